@@ -1,0 +1,356 @@
+"""Mixed-precision ONNX for strongly typed TensorRT: `--precision fp32|fp16|bf16`.
+
+TensorRT 11 builds strongly typed networks only (10.x with the STRONGLY_TYPED flag): every tensor
+has the dtype the ONNX file gives it, so the precision policy lives in the ONNX file we write.
+
+In:  an fp32 ONNX model (plain export, or the rotary-rewritten graph with `RoformerRotary` nodes).
+Out: the same graph with a per-node dtype ("low" = fp16 or bf16, or fp32) and explicit Casts:
+
+| nodes | dtype | why |
+|-------|-------|-----|
+| MatMul, Gemm (and their weight initializers) | low | the FLOPs; accumulation is fp32 inside the GEMM |
+| `RoformerRotary` x inputs / outputs | low | the plugin upcasts to fp32 internally; `sincos` (last input) stays fp32 |
+| LayerNormalization, Softmax, ReduceMean/Sum, Pow, Sqrt, Reciprocal, Exp, Log, Sin, Cos | fp32 | reductions and range-sensitive math (covers decomposed LayerNorm too) |
+| anything else with float inputs (bias Add, GELU, Reshape, Transpose, Where, ...) | low iff **all** its non-constant float inputs are low, else fp32 | |
+| embedding / position tables read by Gather, mask arithmetic | fp32 | their float inputs are only constants, so the rule above keeps them fp32 |
+
+Consequences of the last rule on the exported HF graph: the residual Add (dense output + previous
+LayerNorm output) has one fp32 input, so it is fp32; the attention-mask Add (scores + fp32 mask,
+whose `finfo(float32).min` would be -inf in fp16) is fp32; the unfused rotary math
+(`q * cos + rotate_half(q) * sin`, with fp32 sin/cos from the position table) is fp32.
+Integer inputs keep their dtype; float graph outputs are cast back to fp32.
+
+ONNX Runtime has CPU kernels for fp16 MatMul via its InsertCastTransformer, but none for bf16
+MatMul/Add/LayerNormalization, so `emulate=True` writes a twin: the same plan in fp32 with a
+Cast(f32->low->f32) round trip wherever the real graph stores a low-precision value, and weights
+rounded to low precision. That twin runs on any ORT and carries the storage rounding of the real graph.
+
+Measured on the tiny test model (2 layers, hidden 32; tests/test_engines_precision.py prints them):
+see the final lines of that test's output; the 12-layer demo numbers go in the demo report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.errors import UsageError
+from export.reference import bf16_round
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+LOW_ELEM = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+PLUGIN_OP = "RoformerRotary"
+
+LOW_OPS = frozenset({"MatMul", "Gemm"})
+FP32_OPS = frozenset({
+    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
+    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt",
+    "Reciprocal", "Exp", "Log", "Sin", "Cos",
+})
+# Ops whose low-precision output needs no re-rounding in the emulated twin: they only move or
+# select values that are already representable (or negate them, which is exact).
+EXACT_OPS = frozenset({
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "GatherElements", "Concat", "Split",
+    "Identity", "Flatten", "Expand", "Tile", "Neg", "Where", "Abs",
+})
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read no values: their float input is left as stored
+
+
+def parse_precision(text: str) -> str:
+    """`--precision` value -> one of PRECISIONS; UsageError otherwise."""
+    p = text.strip().lower()
+    if p not in PRECISIONS:
+        raise UsageError(f"--precision {text!r} is not supported; use one of {', '.join(PRECISIONS)}")
+    return p
+
+
+@dataclass
+class PrecisionPlan:
+    """Which dtype each float-carrying node computes in. node_dtype: node index -> "low" | "fp32"."""
+
+    precision: str
+    node_dtype: dict[int, str]
+    float_values: set[str]
+    op_dtypes: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> {"low": n, "fp32": n}
+
+    def to_report(self) -> dict:
+        return {"precision": self.precision, "ops": self.op_dtypes}
+
+
+def _float_constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Float `Constant` nodes become initializers and Identity(initializer) is bypassed, in place, so
+    weights exported as Constants or deduplicated by torch convert like any other weight."""
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1:
+            a = node.attribute[0]
+            arr = None
+            if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                arr = numpy_helper.to_array(a.t)
+            elif a.name == "value_float":
+                arr = np.array(a.f, dtype=np.float32)
+            elif a.name == "value_floats":
+                arr = np.array(list(a.floats), dtype=np.float32)
+            if arr is not None:
+                model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float32), node.output[0]))
+                continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    # torch deduplicates equal tensors (e.g. zero-initialised biases) into Identity(initializer): let the
+    # consumers read the initializer itself, so it converts like any other weight.
+    inits = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {}
+    keep = []
+    for node in model.graph.node:
+        src = alias.get(node.input[0], node.input[0]) if node.input else None
+        if node.op_type == "Identity" and src in inits and node.output[0] not in outputs:
+            alias[node.output[0]] = src
+            continue
+        keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            node.input[i] = alias.get(name, name)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _float_value_names(model: onnx.ModelProto) -> set[str]:
+    """Names of every fp32 tensor in the graph (ONNX type inference; RoformerRotary outputs typed by hand)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    # Type inference cannot see inside the custom op: its outputs have x's dtype (fp32 in the source model).
+    for node in m.graph.node:
+        if node.op_type == PLUGIN_OP:
+            for o in node.output:
+                m.graph.value_info.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    names = set()
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            names.add(vi.name)
+    names |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+    return names
+
+
+def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
+    """Assign a compute dtype to every node that reads or writes floats (rules in the module docstring).
+
+    model: fp32 ONNX, nodes in topological order (the ONNX spec requires it), float Constants already
+    moved to initializers (convert_precision does that). Does not modify the model.
+    """
+    if any(n.op_type in _SUBGRAPH_OPS for n in model.graph.node):
+        raise UsageError("the precision pass does not handle If/Loop/Scan subgraphs; export without control flow")
+    floats = _float_value_names(model)
+    inits = {i.name for i in model.graph.initializer}
+    store: dict[str, str] = {i.name: "fp32" for i in model.graph.input if i.name in floats}
+    node_dtype: dict[int, str] = {}
+    ops: dict[str, Counter] = {}
+    for idx, node in enumerate(model.graph.node):
+        fin = [n for n in node.input if n and n in floats]
+        fout = [n for n in node.output if n and n in floats]
+        if (not fin and not fout) or node.op_type in SHAPE_ONLY_OPS:
+            continue
+        if node.op_type == "Cast":  # output dtype is its `to`; the input is read as stored
+            store.update({o: "fp32" for o in fout})
+            continue
+        if node.op_type in LOW_OPS or node.op_type == PLUGIN_OP:
+            dt = "low"
+        elif node.op_type in FP32_OPS:
+            dt = "fp32"
+        else:
+            acts = [store.get(n, "fp32") for n in fin if n not in inits]
+            dt = "low" if acts and all(a == "low" for a in acts) else "fp32"
+        node_dtype[idx] = dt
+        store.update({o: dt for o in fout})
+        ops.setdefault(node.op_type, Counter())[dt] += 1
+    return PrecisionPlan(precision, node_dtype, floats, {k: dict(v) for k, v in sorted(ops.items())})
+
+
+def _low_initializer(init: TensorProto, precision: str, name: str, emulate: bool) -> TensorProto:
+    arr = numpy_helper.to_array(init).astype(np.float32)
+    if precision == "fp16":
+        if emulate:
+            return numpy_helper.from_array(arr.astype(np.float16).astype(np.float32), name)
+        return numpy_helper.from_array(arr.astype(np.float16), name)
+    rounded = bf16_round(arr)
+    if emulate:
+        return numpy_helper.from_array(rounded, name)
+    bits = (rounded.view(np.uint32) >> 16).astype(np.uint16)  # exact: bf16_round zeroed the low half
+    return helper.make_tensor(name, TensorProto.BFLOAT16, list(arr.shape), bits.tobytes(), raw=True)
+
+
+def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """fp32 ONNX -> mixed-precision ONNX (emulate=False) or its fp32 emulated twin (emulate=True).
+
+    Returns (new model, report dict: plan per op, casts inserted, initializers converted).
+    precision "fp32" returns an unchanged copy. The input model is not modified.
+    """
+    precision = parse_precision(precision)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if precision == "fp32":
+        return out, {"precision": "fp32", "casts": 0, "converted_initializers": 0}
+    _float_constants_to_initializers(out)
+    plan = plan_precision(out, precision)
+    low_elem = LOW_ELEM[precision]
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    low_inits: dict[str, str] = {}
+    casts: dict[tuple[str, str], str] = {}
+    store: dict[str, str] = {i.name: "fp32" for i in g.input if i.name in plan.float_values}
+    new_nodes: list[onnx.NodeProto] = []
+    n_cast = 0
+
+    def round_trip(src: str, dst: str) -> list[onnx.NodeProto]:
+        mid = f"{dst}__{precision}"
+        return [helper.make_node("Cast", [src], [mid], to=low_elem, name=f"{mid}_cast"),
+                helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{dst}_cast")]
+
+    def as_dtype(name: str, need: str) -> str:
+        nonlocal n_cast
+        if name in inits:
+            if need == "fp32":
+                return name
+            if name not in low_inits:
+                low_inits[name] = f"{name}__{precision}"
+                g.initializer.append(_low_initializer(inits[name], precision, low_inits[name], emulate))
+            return low_inits[name]
+        have = store.get(name, "fp32")
+        if have == need or (emulate and need == "fp32"):
+            return name
+        key = (name, need)
+        if key not in casts:
+            casts[key] = f"{name}__to_{precision if need == 'low' else 'fp32'}"
+            n_cast += 1
+            if emulate:
+                new_nodes.extend(round_trip(name, casts[key]))
+            else:
+                to = low_elem if need == "low" else TensorProto.FLOAT
+                new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{casts[key]}_cast"))
+        return casts[key]
+
+    for idx, node in enumerate(list(g.node)):
+        dt = plan.node_dtype.get(idx)
+        fout = [o for o in node.output if o in plan.float_values]
+        if node.op_type == "Cast":
+            store.update({o: "fp32" for o in fout})
+        if dt is None:
+            new_nodes.append(node)
+            continue
+        last = len(node.input) - 1
+        for i, name in enumerate(node.input):
+            if name and name in plan.float_values:
+                need = "fp32" if (node.op_type == PLUGIN_OP and i == last) else dt
+                node.input[i] = as_dtype(name, need)
+        if emulate and dt == "low" and node.op_type not in EXACT_OPS:
+            tail = []
+            for j, o in enumerate(node.output):
+                if o in plan.float_values:
+                    node.output[j] = f"{o}__unrounded"
+                    tail.extend(round_trip(node.output[j], o))
+            new_nodes.append(node)
+            new_nodes.extend(tail)
+        else:
+            new_nodes.append(node)
+        store.update({o: dt for o in fout})
+
+    # Graph outputs: always fp32. Rename a low producer's output and cast it back under the public name.
+    for vo in g.output:
+        if store.get(vo.name) == "low" and not emulate:
+            inner = f"{vo.name}__{precision}"
+            for n in new_nodes:
+                for seq in (n.input, n.output):
+                    for i, name in enumerate(seq):
+                        if name == vo.name:
+                            seq[i] = inner
+            new_nodes.append(helper.make_node("Cast", [inner], [vo.name], to=TensorProto.FLOAT, name=f"{vo.name}_cast"))
+            n_cast += 1
+    del g.node[:]
+    g.node.extend(new_nodes)
+    # Stale value_info would carry fp32 types for tensors that are now low: drop it, re-infer below.
+    del g.value_info[:]
+    used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    if not emulate:
+        for node in g.node:  # the custom op's outputs: typed by hand (TensorRT infers them from the plugin)
+            if node.op_type == PLUGIN_OP:
+                g.value_info.extend(helper.make_tensor_value_info(o, low_elem, None) for o in node.output)
+    report = plan.to_report() | {"emulated": emulate, "casts": n_cast, "converted_initializers": len(low_inits)}
+    return out, report
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write atomically (temp file + os.replace); weights go to `<name>.data` past protobuf's 2 GB limit."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    big = model.ByteSize() > 1_800_000_000
+    if big:
+        data = f"{path.name}.data"
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+    else:
+        onnx.save_model(model, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path, stem: str = "model") -> dict[str, str]:
+    """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`.
+
+    The real bf16 file is checked with onnx.checker (full_check). Returns {artifact key: path}
+    (keys "fp16", or "bf16" and "bf16-emulated"), for report["artifacts"].
+    """
+    precision = parse_precision(precision)
+    if precision == "fp32":
+        return {}
+    model = onnx.load(str(src))
+    out_dir = Path(out_dir)
+    real, _ = convert_precision(model, precision)
+    paths = {precision: save_model(real, out_dir / f"{stem}.{precision}.onnx")}
+    onnx.checker.check_model(str(paths[precision]), full_check=True)
+    if precision == "bf16":
+        twin, _ = convert_precision(model, precision, emulate=True)
+        paths["bf16-emulated"] = save_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def run_ort(path: str | Path, feeds: Mapping[str, np.ndarray], providers: Sequence[str] = ("CPUExecutionProvider",)) -> dict[str, np.ndarray]:
+    """One ONNX Runtime run: {output name: array}."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=list(providers))
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feeds))))
+
+
+def validate_on_ort(path: str | Path, graph: str, precision: str, cases: Iterable[tuple[dict, dict, dict]],
+                    thresholds=None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> list[dict]:
+    """Run an ONNX file on ORT for every (feeds, reference outputs, shape info) triple -> report cases.
+
+    graph: the report's graph name ("fp16", "bf16-emulated"); precision: the threshold precision
+    ("fp16"/"bf16"); shape info: {"batch", "seq", "choices", "padded_rows"} (engines.cases.shape_info).
+    References are PyTorch fp32 outputs. Returns report["validation"] entries (engines.cases.make_case).
+    """
+    import onnxruntime as ort
+
+    from engines.cases import make_case
+
+    sess = ort.InferenceSession(str(path), providers=list(providers))
+    names = [o.name for o in sess.get_outputs()]
+    out = []
+    for feeds, ref, info in cases:
+        got = dict(zip(names, sess.run(names, dict(feeds))))
+        out.append(make_case(graph, precision, info, got, ref, thresholds))
+    return out

@@ -1,0 +1,5 @@
+import sys
+
+from export.build import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""One table of exit codes for every CLI of roformer-trt, and the errors that map to them.
+
+| code | meaning |
+|------|---------|
+| 0 | success |
+| 1 | verification failed: accuracy, or rotary-rewrite coverage (artifacts kept, report says why) |
+| 2 | bad input or usage |
+| 3 | a stage asked for with a `--require-...` flag is unavailable here |
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_VERIFICATION = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class RoformerTrtError(Exception):
+    """Base: carries the exit code; str(e) is the one line shown to the user."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(RoformerTrtError):
+    """Bad input or usage: the message names the problem and the fix."""
+
+    exit_code = EXIT_USAGE
+
+
+class VerificationError(RoformerTrtError):
+    """Accuracy or rewrite coverage failed; artifacts are kept for inspection."""
+
+    exit_code = EXIT_VERIFICATION
+
+
+class UnavailableError(RoformerTrtError):
+    """A required stage (e.g. `--require-engine`) cannot run on this machine."""
+
+    exit_code = EXIT_UNAVAILABLE

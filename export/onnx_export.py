@@ -1,0 +1,189 @@
+"""PyTorch RoFormer -> ONNX with dynamic batch/sequence axes, checked before anyone uses it.
+
+In: an HF RoFormer model (from export.checkpoint), the task, max_len, exporter and opset.
+Out: an ONNX file at `out_path` (written via a temp file, then renamed) that passes
+`onnx.checker.check_model(full_check=True)`. The sinusoidal table is rebuilt for `max_len` first
+(`extend_rotary_table`), so the graph and the PyTorch reference both run past the checkpoint's
+`max_position_embeddings`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export.errors import UsageError
+from export.reference import sincos_table
+from export.spec import INPUT_NAMES, ExportSpec
+
+log = logging.getLogger(__name__)
+
+OPSETS = {"dynamo": range(18, 24), "torchscript": range(17, 21)}
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+MAX_PROTOBUF = 2**31 - 2**26  # stay clear of protobuf's 2 GiB hard limit
+
+
+def check_export_args(exporter: str, opset: int | None, max_len: int) -> int:
+    if exporter not in OPSETS:
+        raise UsageError(f"--exporter {exporter!r} is unknown; use dynamo or torchscript")
+    opset = DEFAULT_OPSET[exporter] if opset is None else opset
+    if exporter == "dynamo" and opset == 17:
+        raise UsageError("--exporter dynamo --opset 17 is refused: torch 2.13 writes an invalid Split there; "
+                         "use --opset 18 or newer, or --exporter torchscript")
+    if opset not in OPSETS[exporter]:
+        r = OPSETS[exporter]
+        raise UsageError(f"--opset {opset} is not supported by the {exporter} exporter; use {r.start}..{r.stop - 1}")
+    return opset
+
+
+def extend_rotary_table(model: torch.nn.Module, max_len: int) -> int:
+    """Rebuild the sinusoidal table (a formula, not weights) with max(max_len, current) rows. Returns rows."""
+    from transformers.models.roformer.modeling_roformer import RoFormerSinusoidalPositionalEmbedding
+    enc = _roformer(model).encoder
+    old = enc.embed_positions
+    rows = max(max_len, old.weight.shape[0])
+    if rows != old.weight.shape[0]:
+        new = RoFormerSinusoidalPositionalEmbedding(rows, old.weight.shape[1])
+        with torch.no_grad():
+            new.weight.copy_(torch.from_numpy(sincos_table(rows, old.weight.shape[1], dtype=np.float64)))
+        enc.embed_positions = new.to(old.weight.dtype).eval()
+    return rows
+
+
+class _Wrapper(torch.nn.Module):
+    """Positional inputs, tuple outputs in ExportSpec order: what both exporters want."""
+
+    def __init__(self, model: torch.nn.Module, spec: ExportSpec):
+        super().__init__()
+        self.model, self.names = model, spec.output_names
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         return_dict=True)
+        return tuple(out[n] for n in self.names)
+
+
+def example_inputs(spec: ExportSpec, vocab_size: int, batch: int = 2, seq: int = 7, choices: int = 3):
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, choices, seq) if spec.task == "multiple-choice" else (batch, seq)
+    ids = torch.randint(0, vocab_size, shape, generator=g)
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+def export_onnx(model: torch.nn.Module, task: str, out_path: str | Path, max_len: int,
+                exporter: str = "dynamo", opset: int | None = None) -> dict:
+    """Export, check and atomically write. Returns facts for report.json `export`."""
+    opset = check_export_args(exporter, opset, max_len)
+    spec = ExportSpec(task)
+    out_path = Path(out_path)
+    rows = extend_rotary_table(model, max_len)
+    wrapper = _Wrapper(model, spec).eval()
+    args = example_inputs(spec, model.config.vocab_size)
+    t0 = time.perf_counter()
+    tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_path.parent))
+    try:
+        tmp = tmpdir / out_path.name
+        with torch.no_grad(), warnings.catch_warnings(), _quiet():
+            warnings.simplefilter("ignore")  # exporter deprecation/tracer chatter; the checks below are the truth
+            if exporter == "dynamo":
+                _export_dynamo(wrapper, args, spec, tmp, opset, max_len)
+            else:
+                _export_torchscript(wrapper, args, spec, tmp, opset)
+        _finalize(tmp)
+        _check_dynamic(tmp, spec)
+        files = _move_into_place(tmpdir, out_path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return {"exporter": exporter, "opset": opset, "max_len": max_len, "table_rows": rows,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - t0, 2), "files": files}
+
+
+def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_len: int) -> None:
+    from torch.export import Dim
+    # "torchvision is not installed. Skipping torchvision::nms" is noise for a text model
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    dims = {axis: Dim(name, min=1, max=max_len if name == "sequence" else 4096)
+            for axis, name in spec.input_axes.items()}
+    dynamic_shapes = {n: dims for n in INPUT_NAMES}
+    program = torch.onnx.export(wrapper, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                                input_names=list(INPUT_NAMES), output_names=list(spec.output_names),
+                                optimize=True, verbose=False)
+    program.save(str(path), external_data=_too_big(wrapper))
+
+
+def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int) -> None:
+    torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=opset,
+                      input_names=list(INPUT_NAMES), output_names=list(spec.output_names),
+                      dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
+
+
+def _too_big(module: torch.nn.Module) -> bool:
+    return sum(p.numel() * p.element_size() for p in module.state_dict().values()) > MAX_PROTOBUF
+
+
+def _finalize(path: Path) -> None:
+    """Move big models to external data, then the full checker on the file (not the proto: > 2 GB works)."""
+    model = onnx.load(str(path))
+    save_model(model, path, external=_has_external(model) or None)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None) -> None:
+    """Save, with weights in `<name>.data` beside it when the proto would pass 2 GB."""
+    if external is None:
+        external = _initializer_bytes(model) > MAX_PROTOBUF
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _check_dynamic(path: Path, spec: ExportSpec) -> None:
+    """Every input axis the spec calls dynamic must be symbolic in the file: nothing froze the sequence."""
+    model = onnx.load(str(path), load_external_data=False)
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in spec.input_axes.items():
+            if dims[axis].dim_value:
+                raise RuntimeError(f"export froze {value.name} axis {axis} ({name}) to {dims[axis].dim_value}")
+
+
+def _move_into_place(tmpdir: Path, out_path: Path) -> list[str]:
+    files = []
+    for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):  # weights first, graph last
+        target = out_path.parent / f.name
+        os.replace(f, target)
+        files.append(target.name)
+    return files
+
+
+def _roformer(model):
+    return model.roformer if hasattr(model, "roformer") else model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress lines of its own on stdout; keep stdout for our results."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -1,0 +1,75 @@
+"""Numpy reference of the RoformerRotary contract (plugins/roformer_rotary/README.md).
+
+The single source of truth that the graph pass's site checks, the CPU lowering, the C++ host
+reference and the CUDA kernel tests compare against. Pure functions, no runtime around them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_BASE = 10000.0
+
+
+def rotary_angles(max_len: int, rotary_dim: int, base: float = DEFAULT_BASE) -> np.ndarray:
+    """float64 angles p * theta_j, written as HF's create_weight does (p / base**(2j/R)).
+
+    Returns [P, R/2] float64.
+    """
+    if rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be a positive even number, got {rotary_dim}")
+    pos = np.arange(max_len, dtype=np.float64)[:, None]  # [P, 1]
+    j = np.arange(rotary_dim // 2, dtype=np.float64)[None, :]  # [1, R/2]
+    return pos / np.power(base, 2.0 * j / rotary_dim)  # [P, R/2]
+
+
+def sincos_table(max_len: int, rotary_dim: int, base: float = DEFAULT_BASE, dtype=np.float32) -> np.ndarray:
+    """The contract's `sincos` input: [P, R] = [sin | cos] halves, built in float64, rounded once."""
+    ang = rotary_angles(max_len, rotary_dim, base)  # [P, R/2]
+    return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).astype(dtype)  # [P, R]
+
+
+def roformer_rotary_ref(
+    xs: Sequence[np.ndarray], sincos: np.ndarray, rotary_dim: int | None = None, interleaved: int = 1
+) -> list[np.ndarray]:
+    """RoformerRotary, exactly as the contract states it: fp32 products and sums, no FMA.
+
+    xs: k arrays [B, H, S, Dh], one dtype (float32, float16, or a bfloat16 emulation passed as float32);
+    sincos: [P, R] float32 with P >= S. Returns k arrays [B, H, S, Dh] in the inputs' dtype.
+    """
+    if interleaved != 1:
+        raise NotImplementedError("RoformerRotary implements interleaved=1 (adjacent pairs) only")
+    if not xs:
+        raise ValueError("RoformerRotary needs at least one tensor to rotate")
+    shape, dtype = xs[0].shape, xs[0].dtype
+    if any(x.shape != shape or x.dtype != dtype for x in xs):
+        raise ValueError(f"all rotated tensors must share shape and dtype, got {[(x.shape, x.dtype) for x in xs]}")
+    b, h, s, dh = shape
+    r = sincos.shape[1] if rotary_dim is None else rotary_dim
+    if r % 2 or not 2 <= r <= dh or sincos.shape[1] != r:
+        raise ValueError(f"rotary_dim {r} must be even, 2 <= R <= Dh={dh} and equal sincos width {sincos.shape[1]}")
+    if sincos.shape[0] < s:
+        raise ValueError(f"sincos has {sincos.shape[0]} rows, sequence needs {s}")
+    table = sincos[:s].astype(np.float32)  # [S, R]
+    sin, cos = table[:, : r // 2], table[:, r // 2 :]  # [S, R/2] each, broadcast over [B, H]
+    out = []
+    for x in xs:
+        xf = x.astype(np.float32)  # [B, H, S, Dh]
+        x0, x1 = xf[..., 0:r:2], xf[..., 1:r:2]  # [B, H, S, R/2] each
+        y = xf.copy()
+        # np.float32 products, then the sum: two roundings, as the contract states (no FMA).
+        y[..., 0:r:2] = (x0 * cos).astype(np.float32) - (x1 * sin).astype(np.float32)
+        y[..., 1:r:2] = (x1 * cos).astype(np.float32) + (x0 * sin).astype(np.float32)
+        out.append(y.astype(dtype))
+    return out
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (nearest even), returned as float32: what __float2bfloat16_rn does."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    nan = np.isnan(x)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    out = u.astype(np.uint32).view(np.float32)
+    return np.where(nan, np.float32(np.nan), out)

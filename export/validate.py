@@ -1,0 +1,138 @@
+"""Run exported graphs in ONNX Runtime (CPU) against the PyTorch model and grade every output.
+
+In: one or more graphs (ONNX path or in-memory ModelProto, with the precision they compute in), the
+PyTorch fp32 model, the shapes to try. Out: validation cases in report.json's schema (per output:
+max/mean abs, max rel, cosine, NaN count, the thresholds used, passed). `failures` lists every
+failing case so the CLI can fail once with all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export.compare import error_stats
+from export.progress import progress
+from export.spec import INPUT_NAMES, ExportSpec
+from export.thresholds import Thresholds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq: int
+    padded_rows: int = 0
+    choices: int | None = None
+
+    def label(self) -> str:
+        c = f"x{self.choices}" if self.choices else ""
+        return f"B={self.batch}{c} S={self.seq}" + (f" pad={self.padded_rows}" if self.padded_rows else "")
+
+
+def validation_shapes(max_len: int, task: str, prime: int = 61) -> list[Shape]:
+    """Batch 1 and 3 at sequence 1 and a prime length, batch 1 at max_len; batch 3 rows padded."""
+    choices = 2 if task == "multiple-choice" else None
+    p = min(prime, max_len)
+    shapes = [Shape(1, 1, 0, choices), Shape(3, 1, 0, choices), Shape(1, p, 0, choices), Shape(3, p, 2, choices)]
+    if max_len not in (1, p):
+        shapes.append(Shape(1, max_len, 0, choices))
+    return shapes
+
+
+def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0) of growing length."""
+    rng = np.random.default_rng(seed + shape.batch * 1009 + shape.seq)
+    dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
+    ids = rng.integers(0, vocab_size, size=dims, dtype=np.int64)
+    mask = np.ones(dims, dtype=np.int64)
+    types = rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
+    for i in range(shape.padded_rows):
+        row = shape.batch - 1 - i
+        keep = max(1, shape.seq - (i + 1) * max(1, shape.seq // 4))  # at least one real token
+        mask[row, ..., keep:] = 0
+        ids[row, ..., keep:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+class TorchReference:
+    """PyTorch fp32 outputs, computed once per shape and shared by every graph validated."""
+
+    def __init__(self, model: torch.nn.Module, task: str):
+        self.model = model.float().eval()
+        self.spec = ExportSpec(task)
+        self._cache: dict[Shape, dict[str, np.ndarray]] = {}
+
+    def __call__(self, shape: Shape, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if shape not in self._cache:
+            with torch.no_grad():
+                out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=True)
+            self._cache[shape] = {n: out[n].float().numpy() for n in self.spec.output_names}
+        return self._cache[shape]
+
+
+def ort_session(graph: str | Path | onnx.ModelProto):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    source = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchReference, shapes: list[Shape],
+                    thresholds: Thresholds, vocab_size: int, type_vocab_size: int) -> list[dict]:
+    """graphs: name -> (ONNX path or ModelProto, precision). Returns one case per graph x shape."""
+    cases = []
+    sessions = {name: ort_session(g) for name, (g, _) in graphs.items()}
+    with progress() as bar:
+        task = bar.add_task("validate", total=len(graphs) * len(shapes))
+        for shape in shapes:
+            inputs = make_inputs(shape, vocab_size, type_vocab_size)
+            ref = reference(shape, inputs)
+            for name, (_, precision) in graphs.items():
+                bar.update(task, description=f"validate {name} {shape.label()}")
+                sess = sessions[name]
+                feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+                got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+                cases.append(grade(name, precision, shape, got, ref, thresholds))
+                bar.advance(task)
+    return cases
+
+
+def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+          thresholds: Thresholds) -> dict:
+    outputs = {}
+    for name, r in ref.items():
+        if name not in got:
+            outputs[name] = {"error": f"graph has no output {name!r} (outputs: {sorted(got)})", "passed": False}
+            continue
+        if got[name].shape != r.shape:
+            outputs[name] = {"error": f"shape {got[name].shape} != reference {r.shape}", "passed": False}
+            continue
+        stats = error_stats(got[name], r)
+        th = thresholds.lookup(precision, graph, name)
+        outputs[name] = {**stats.to_dict(), **th.to_dict(),
+                         "passed": th.passes(stats.max_abs, stats.max_rel, stats.cosine, stats.n_nan)}
+    return {"graph": graph, "precision": precision, "batch": shape.batch, "seq": shape.seq,
+            "choices": shape.choices, "padded_rows": shape.padded_rows, "outputs": outputs,
+            "passed": bool(outputs) and all(o["passed"] for o in outputs.values())}
+
+
+def failures(cases: list[dict]) -> list[str]:
+    """One line per failing case x output, for the one error the CLI raises at the end."""
+    lines = []
+    for c in cases:
+        for out, o in c["outputs"].items():
+            if o["passed"]:
+                continue
+            what = o.get("error") or (f"max_abs {o['max_abs']:.3g} (atol {o['atol']:.1g}), max_rel "
+                                      f"{o['max_rel']:.3g} (rtol {o['rtol']:.1g}), cosine {o['cosine']:.6f} "
+                                      f"(min {o['min_cosine']}), nan {o['n_nan']}")
+            lines.append(f"{c['graph']} [{c['precision']}] B={c['batch']} S={c['seq']} {out}: {what}")
+    return lines

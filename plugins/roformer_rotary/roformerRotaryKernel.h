@@ -1,0 +1,41 @@
+/*
+ * SPDX-License-Identifier: Apache-2.0
+ *
+ * RoformerRotary CUDA launcher: no TensorRT types, so tests and benchmarks call it directly
+ * (C++ through launchRoformerRotary<T>, Python through the extern "C" roformer_rotary_launch + ctypes).
+ * Math and layout: plugins/roformer_rotary/README.md.
+ */
+#pragma once
+
+#include "roformerRotaryShape.h"
+
+#include <cuda_runtime_api.h>
+
+namespace roformer_trt
+{
+
+//! Up to kMAX_ROTARY_TENSORS tensors of one layer, passed to the kernel by value (one launch for q, k[, v]).
+template <typename T>
+struct RotaryTensors
+{
+    T const* x[kMAX_ROTARY_TENSORS]; //!< x_i: [B, H, S, Dh], contiguous
+    T* y[kMAX_ROTARY_TENSORS];       //!< y_i: [B, H, S, Dh], contiguous, never aliasing x_i
+    int32_t count;                   //!< k
+};
+
+//! Rotates all `t.count` tensors in one launch. sincos: [P, R] fp32 ([sin | cos] halves per row).
+//! Instantiated for float, __half and __nv_bfloat16. Returns cudaErrorInvalidValue for a bad call
+//! (see validateRotaryCall), else the launch status (cudaPeekAtLastError). Allocates nothing.
+template <typename T>
+cudaError_t launchRoformerRotary(
+    RotaryTensors<T> const& t, float const* sincos, RotaryShape const& s, cudaStream_t stream) noexcept;
+
+} // namespace roformer_trt
+
+extern "C"
+{
+    //! C entry for ctypes: dtype is a RotaryDType code; x[0..k) and y[0..k) device pointers
+    //! ([B, H, S, Dh] each); sincos a device pointer [P, R] fp32. Returns a cudaError_t as int (0 = success).
+    int roformer_rotary_launch(int dtype, int k, void const* const* x, void* const* y, float const* sincos,
+        int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P, cudaStream_t stream);
+}

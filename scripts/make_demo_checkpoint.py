@@ -1,0 +1,30 @@
+"""Write the deterministic demo checkpoint (canonical {config, state_dict}) and its vocab.txt.
+
+    python scripts/make_demo_checkpoint.py --out demo            # 12-layer, Chinese-base-like
+    python scripts/make_demo_checkpoint.py --out tiny --tiny     # 2-layer model for tests
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.demo import write_demo  # noqa: E402
+from export.spec import TASKS  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo", help="folder for ckpt.pt and vocab.txt")
+    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 32: for tests")
+    p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head")
+    p.add_argument("--rotary-value", action="store_true", help="rotate value too (RoFormer rotary_value=True)")
+    args = p.parse_args()
+    ckpt = write_demo(Path(args.out), tiny=args.tiny, task=args.task, rotary_value=args.rotary_value)
+    print(ckpt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
