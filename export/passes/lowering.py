@@ -1,0 +1,93 @@
+"""Make the TensorRT-bound graph runnable in ONNX Runtime: attach, in memory only, a model-local ONNX
+function `roformer_trt::RoformerRotary` whose body is the contract's math in standard ops.
+
+The file handed to TensorRT never carries this function: TensorRT 10.1's parser prefers a local
+function over a registered plugin and later versions fall back to it silently, which would hide a
+missing plugin. In: a ModelProto with RoformerRotary nodes. Out: a copy with the function(s) attached.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from export.passes.rotary import PLUGIN_DOMAIN, PLUGIN_OP
+
+INT64_MAX = 2**63 - 1
+
+
+def with_rotary_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    arities = {len(n.input) - 1 for n in model.graph.node if n.op_type == PLUGIN_OP and n.domain == PLUGIN_DOMAIN}
+    if not arities:
+        return model
+    if len(arities) > 1:  # a function has one signature; every layer of a RoFormer rotates the same tensors
+        raise ValueError(f"RoformerRotary nodes with different input counts {sorted(arities)} cannot share a function")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+    out.functions.append(rotary_function(arities.pop(), opset))
+    return out
+
+
+def rotary_function(k: int, opset: int) -> onnx.FunctionProto:
+    """RoformerRotary(x_0..x_{k-1}, sincos) -> y_0..y_{k-1}; x [B, H, S, Dh], sincos [P, R] fp32."""
+    c = _Consts()
+    nodes = [
+        helper.make_node("Shape", ["sincos"], ["R"], start=1, end=2),  # [1]
+        helper.make_node("Div", ["R", c.i64("two", 2)], ["half"]),  # [1] R/2
+    ]
+    for i in range(k):
+        x, p = f"x_{i}", f"t{i}_"
+        nodes += [
+            helper.make_node("Cast", [x], [p + "xf"], to=TensorProto.FLOAT),  # [B, H, S, Dh] fp32
+            helper.make_node("Shape", [p + "xf"], [p + "S"], start=2, end=3),  # [1]
+            helper.make_node("Slice", ["sincos", c.i64("zero", 0), p + "S", c.i64("zero", 0)], [p + "tab"]),
+            helper.make_node("Slice", [p + "tab", c.i64("zero", 0), "half", c.i64("one", 1)], [p + "sin"]),
+            helper.make_node("Slice", [p + "tab", "half", "R", c.i64("one", 1)], [p + "cos"]),  # [S, R/2]
+            helper.make_node("Slice", [p + "xf", c.i64("zero", 0), "R", c.i64("three", 3)], [p + "xr"]),
+            helper.make_node("Slice", [p + "xf", "R", c.i64("max", INT64_MAX), c.i64("three", 3)], [p + "rest"]),
+            helper.make_node("Reshape", [p + "xr", c.i64s("pairs", [0, 0, 0, -1, 2])], [p + "pairs"]),
+            helper.make_node("Gather", [p + "pairs", c.i64("g0", 0, scalar=True)], [p + "x0"], axis=4),
+            helper.make_node("Gather", [p + "pairs", c.i64("g1", 1, scalar=True)], [p + "x1"], axis=4),
+            helper.make_node("Mul", [p + "x0", p + "cos"], [p + "x0c"]),
+            helper.make_node("Mul", [p + "x1", p + "sin"], [p + "x1s"]),
+            helper.make_node("Sub", [p + "x0c", p + "x1s"], [p + "y0"]),  # x0*c - x1*s
+            helper.make_node("Mul", [p + "x1", p + "cos"], [p + "x1c"]),
+            helper.make_node("Mul", [p + "x0", p + "sin"], [p + "x0s"]),
+            helper.make_node("Add", [p + "x1c", p + "x0s"], [p + "y1"]),  # x1*c + x0*s
+            helper.make_node("Unsqueeze", [p + "y0", c.i64("last", -1)], [p + "y0u"]),
+            helper.make_node("Unsqueeze", [p + "y1", c.i64("last", -1)], [p + "y1u"]),
+            helper.make_node("Concat", [p + "y0u", p + "y1u"], [p + "ypairs"], axis=-1),
+            helper.make_node("Shape", [p + "xr"], [p + "xr_shape"]),
+            helper.make_node("Reshape", [p + "ypairs", p + "xr_shape"], [p + "yr"]),
+            helper.make_node("Concat", [p + "yr", p + "rest"], [p + "yf"], axis=3),
+            helper.make_node("CastLike", [p + "yf", x], [f"y_{i}"]),
+        ]
+    return helper.make_function(
+        PLUGIN_DOMAIN, PLUGIN_OP, inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
+        outputs=[f"y_{i}" for i in range(k)], nodes=c.nodes + nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["interleaved", "rotary_dim", "plugin_version", "plugin_namespace"])
+
+
+class _Consts:
+    """Constant nodes for a function body (functions have no initializers), each made once."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self._made: set[str] = set()
+
+    def i64(self, name: str, value: int, scalar: bool = False) -> str:
+        if name not in self._made:
+            dims = [] if scalar else [1]
+            t = helper.make_tensor(name, TensorProto.INT64, dims, [value])
+            self.nodes.append(helper.make_node("Constant", [], [name], value=t))
+            self._made.add(name)
+        return name
+
+    def i64s(self, name: str, values: list[int]) -> str:
+        if name not in self._made:
+            t = helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+            self.nodes.append(helper.make_node("Constant", [], [name], value=t))
+            self._made.add(name)
+        return name

@@ -1,0 +1,441 @@
+"""Rotary pass: find every RoFormer rotary site in an exported graph and rewrite it, verified.
+
+A *site* is one rotated tensor (query, key, value when `rotary_value`), HF's
+`x * cos_pos + rotate_half(x) * sin_pos` with RoFormer's interleaved rotate_half:
+
+    Slice(x, 1::2) -> Neg -> Unsqueeze(-1) --+
+    Slice(x, 0::2) ----------> Unsqueeze(-1) -+-> Concat(-1) -> Reshape -> Mul(., sin) --+
+    x ----------------------------------------------------------------> Mul(., cos) -----+-> Add
+
+Layout: x_BHSDh is [B, H, S, Dh]. pattern (`match_site`, read-only) -> check (`verify_sites`: the
+matched subgraph runs in ONNX Runtime on random inputs and is compared with the contract's numpy
+reference) -> rewrite (`rewrite_plugin` / `rewrite_onnx`). Sites are grouped by layer (the hidden
+state their Q/K/V projections read); a layer is rewritten only when all of its sites verify.
+Modes: "plugin" = one `roformer_trt::RoformerRotary` node per layer (plugins/roformer_rotary/README.md);
+"onnx" = one standard `RotaryEmbedding` (opset 23, interleaved=1) per site.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from export.passes.graph_utils import const_ints, const_value, is_last_axis, producer
+from export.reference import roformer_rotary_ref, sincos_table
+
+log = logging.getLogger(__name__)
+
+PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION = "RoformerRotary", "roformer_trt", "1"
+SINCOS_NAME = "roformer_rotary_sincos"
+MODES = ("plugin", "onnx")
+ONNX_ROTARY_OPSET = 23  # RotaryEmbedding entered ai.onnx at 23
+
+
+@dataclass(frozen=True)
+class Miss:
+    anchor: str  # node or tensor where matching started or failed
+    reason: str
+
+
+@dataclass
+class Site:
+    add: gs.Node  # the final Add; its output is the rotated tensor
+    x: gs.Variable  # x_BHSDh
+    layer_key: str = ""  # name of the hidden state feeding this layer's projections
+
+    @property
+    def name(self) -> str:
+        return self.add.name or self.add.outputs[0].name
+
+
+@dataclass
+class PassReport:
+    mode: str
+    expected: int | None = None
+    found: int = 0
+    rewritten: int = 0
+    nodes: int = 0
+    already: int = 0  # sites rewritten by an earlier run (the pass is idempotent)
+    skipped: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "expected": self.expected, "found": self.found, "rewritten": self.rewritten,
+                "nodes": self.nodes, "already_rewritten": self.already, "skipped": self.skipped,
+                "layers": self.layers}
+
+    def coverage_error(self) -> str | None:
+        """None when every expected site is rewritten; otherwise one line naming layers and reasons."""
+        if self.expected is None or self.rewritten >= self.expected:
+            return None
+        if not self.skipped:
+            return (f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten and no candidate found; "
+                    "the graph has no RoFormer (interleaved) rotary embedding, e.g. a BERT or a rotate_half model")
+        why = "; ".join(f"{s.get('layer', '?')} {s['site']}: {s['reason']}" for s in self.skipped[:6])
+        return f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten; skipped {why}"
+
+
+# ---- pattern -------------------------------------------------------------------------------------
+
+def match_site(add: gs.Node) -> Site | Miss | None:
+    """Read-only walk back from an Add. None: not even a candidate (not Add(Mul, Mul))."""
+    if add.op != "Add" or len(add.inputs) != 2:
+        return None
+    muls = [producer(t, "Mul") for t in add.inputs]
+    if any(m is None for m in muls):
+        return None
+    anchor = add.name or add.outputs[0].name
+    for mul_x, mul_r in (muls, muls[::-1]):
+        for rh in mul_r.inputs:
+            reshape = producer(rh, "Reshape")
+            if reshape is None:
+                continue
+            got = _match_rotate_half(reshape.inputs[0])
+            if isinstance(got, Miss):
+                return Miss(anchor, got.reason)
+            if got is None:
+                continue
+            if any(t is got for t in mul_x.inputs):
+                return Site(add=add, x=got)
+            return Miss(anchor, "rotate_half(x) is multiplied in, but x itself is not the other product's operand")
+    if any(_is_half_rotation(t) for m in muls for t in m.inputs):
+        return Miss(anchor, "rotation is rotate_half over split halves (GPT-NeoX/LLaMA), not RoFormer's "
+                            "interleaved pairs; left untouched")
+    return None
+
+
+def _match_rotate_half(cat_out: gs.Tensor):
+    """Concat(Unsqueeze(Neg(x[..., 1::2])), Unsqueeze(x[..., 0::2])) on a new last axis -> x, or Miss/None."""
+    cat = producer(cat_out, "Concat")
+    if cat is None or len(cat.inputs) != 2:
+        return None
+    u_neg, u_even = (producer(t, "Unsqueeze") for t in cat.inputs)
+    if u_neg is None or u_even is None:
+        return None
+    neg = producer(u_neg.inputs[0], "Neg")
+    odd = producer(neg.inputs[0], "Slice") if neg is not None else None
+    even = producer(u_even.inputs[0], "Slice")
+    if odd is None or even is None:
+        return Miss(cat.name, "Concat of unsqueezed tensors is not [-x[1::2], x[0::2]]")
+    if odd.inputs[0] is not even.inputs[0]:
+        return Miss(cat.name, "even and odd slices read different tensors")
+    for u in (u_neg, u_even):
+        axes = const_ints(u.inputs[1]) if len(u.inputs) > 1 else u.attrs.get("axes")
+        if axes is None or len(axes) != 1 or not is_last_axis(int(axes[0]), 5):
+            return Miss(u.name, f"Unsqueeze axes {axes}, expected the new last axis")
+    if not is_last_axis(cat.attrs.get("axis"), 5):
+        return Miss(cat.name, f"Concat axis {cat.attrs.get('axis')}, expected the last axis")
+    for sl, start in ((odd, 1), (even, 0)):
+        miss = _check_strided_slice(sl, start)
+        if miss:
+            return miss
+    return odd.inputs[0]
+
+
+def _check_strided_slice(sl: gs.Node, start: int) -> Miss | None:
+    ins = sl.inputs
+    starts = const_ints(ins[1]) if len(ins) > 1 else None
+    axes = const_ints(ins[3]) if len(ins) > 3 else None
+    steps = const_ints(ins[4]) if len(ins) > 4 else None
+    if starts != [start] or steps != [2] or axes is None or not is_last_axis(axes[0], 4):
+        return Miss(sl.name, f"Slice starts={starts} axes={axes} steps={steps}, expected x[..., {start}::2]")
+    ends = const_ints(ins[2])
+    if ends is None or ends[0] < 2:
+        return Miss(sl.name, f"Slice ends={ends}, expected the end of the head dimension")
+    return None
+
+
+def _is_half_rotation(t: gs.Tensor) -> bool:
+    cat = producer(t, "Concat")
+    if cat is None or len(cat.inputs) != 2:
+        return False
+    neg = producer(cat.inputs[0], "Neg")
+    return neg is not None and producer(neg.inputs[0], "Slice") is not None
+
+
+def layer_key(x: gs.Tensor) -> str:
+    """Walk x back through Transpose/Reshape/Add/Cast to the projection MatMul; its activation input
+    names the layer (query, key and value of one self-attention read the same hidden state)."""
+    t = x
+    for _ in range(8):
+        node = producer(t, ("Transpose", "Reshape", "Add", "Cast", "Identity", "MatMul", "Gemm"))
+        if node is None:
+            break
+        variables = [i for i in node.inputs if const_value(i) is None]
+        if node.op in ("MatMul", "Gemm"):
+            weights = [i for i in node.inputs if const_value(i) is not None or _from_weights(i)]
+            acts = [i for i in node.inputs if i not in weights]
+            if len(acts) == 1:
+                return acts[0].name
+            break
+        if node.op == "Reshape":
+            variables = [node.inputs[0]]
+        if len(variables) != 1:
+            break
+        t = variables[0]
+    return x.name  # a site of its own: reported if a layer then comes out incomplete
+
+
+def _from_weights(t: gs.Tensor) -> bool:
+    """A weight that the exporter passed through Transpose/Cast/Identity of an initializer."""
+    node = producer(t, ("Transpose", "Cast", "Identity"))
+    return node is not None and const_value(node.inputs[0]) is not None
+
+
+# ---- check ---------------------------------------------------------------------------------------
+
+def find_sites(graph: gs.Graph) -> tuple[list[Site], list[Miss]]:
+    sites, misses = [], []
+    for node in graph.nodes:
+        got = match_site(node)
+        if isinstance(got, Site):
+            got.layer_key = layer_key(got.x)
+            sites.append(got)
+        elif isinstance(got, Miss):
+            misses.append(got)
+    return sites, misses
+
+
+def verify_sites(model: onnx.ModelProto, sites: list[Site], table: np.ndarray, feeds: dict[str, np.ndarray],
+                 dtype: np.dtype) -> dict[str, str]:
+    """Run the original graph once in ORT with every site's x and output exposed; compare each output
+    with the contract's reference of x. Returns {site name: reason} for the sites that fail."""
+    import onnxruntime as ort
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = []
+    for s in sites:
+        names += [s.x.name, s.add.outputs[0].name]
+    existing = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=n))
+            existing.add(n)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in sess.get_inputs()}
+    values = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    eps = float(np.finfo(dtype).eps)
+    bad = {}
+    for s in sites:
+        x, y = values[s.x.name], values[s.add.outputs[0].name]
+        if x.ndim != 4 or x.shape != y.shape or x.shape[-1] != table.shape[1]:
+            bad[s.name] = f"x is {list(x.shape)}, expected [B, H, S, {table.shape[1]}] matching the table width"
+            continue
+        if x.shape[2] > table.shape[0]:
+            bad[s.name] = f"sequence {x.shape[2]} exceeds the table's {table.shape[0]} rows"
+            continue
+        ref = roformer_rotary_ref([x], table)[0].astype(np.float64)
+        err = float(np.max(np.abs(y.astype(np.float64) - ref))) if y.size else 0.0
+        # exported graphs round x*cos and rh*sin in their own dtype: a few ulps of |x|; a wrong angle,
+        # sign or pairing is off by O(|x|)
+        tol = 8 * eps * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+        if not err <= tol:
+            bad[s.name] = f"numerical check failed: max |graph - reference| = {err:.3g} > {tol:.3g}"
+    return bad
+
+
+def default_feeds(model: onnx.ModelProto, batch: int = 2, seq: int = 37, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for verification when the caller gives none: ids 0/1 are valid in any vocab, mask all ones."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    init = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in init:
+            continue
+        dims = [d.dim_value if d.dim_value else None for d in inp.type.tensor_type.shape.dim]
+        shape = [batch] + [seq if d is None else d for d in dims[1:]] if dims else []
+        if len(dims) == 3 and dims[1] is None:  # multiple choice [batch, choices, sequence]
+            shape = [batch, 2, seq]
+        et = inp.type.tensor_type.elem_type
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(et)
+        if "mask" in inp.name:
+            feeds[inp.name] = np.ones(shape, dtype=np_dtype)
+        elif np.issubdtype(np_dtype, np.integer):
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np_dtype)
+        else:
+            feeds[inp.name] = rng.standard_normal(shape).astype(np_dtype)
+    return feeds
+
+
+# ---- rewrite -------------------------------------------------------------------------------------
+
+def rewrite_plugin(graph: gs.Graph, layer: list[Site], sincos: gs.Constant, index: int) -> gs.Node:
+    """One RoformerRotary node for all sites of a layer; it takes over the sites' output tensors."""
+    outputs = []
+    for s in layer:
+        y = s.add.outputs[0]
+        s.add.outputs.clear()
+        y.dtype, y.shape = s.x.dtype, s.x.shape  # value_info: dtype and symbolic shape of x
+        outputs.append(y)
+    node = gs.Node(op=PLUGIN_OP, name=f"{PLUGIN_OP}_{index}", domain=PLUGIN_DOMAIN,
+                   attrs={"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_DOMAIN,
+                          "interleaved": 1, "rotary_dim": int(sincos.shape[1])},
+                   inputs=[s.x for s in layer] + [sincos], outputs=outputs)
+    graph.nodes.append(node)
+    return node
+
+
+def rewrite_onnx(graph: gs.Graph, site: Site, cos: gs.Constant, sin: gs.Constant, position_ids: gs.Variable,
+                 index: int) -> gs.Node:
+    """ai.onnx RotaryEmbedding (interleaved=1). fp16/bf16 x is cast to fp32 around it, so the rotation
+    is computed in fp32 as the contract says (and ORT has no bf16 kernel for it)."""
+    y = site.add.outputs[0]
+    site.add.outputs.clear()
+    y.dtype, y.shape = site.x.dtype, site.x.shape
+    x = site.x
+    name = f"RotaryEmbedding_{index}"
+    if x.dtype != np.float32:
+        x32 = gs.Variable(f"{name}_x_fp32", dtype=np.float32, shape=x.shape)
+        graph.nodes.append(gs.Node("Cast", f"{name}_cast_in", {"to": onnx.TensorProto.FLOAT}, [x], [x32]))
+        y32 = gs.Variable(f"{name}_y_fp32", dtype=np.float32, shape=x.shape)
+        node = gs.Node("RotaryEmbedding", name, {"interleaved": 1}, [x32, cos, sin, position_ids], [y32])
+        graph.nodes += [node, gs.Node("Cast", f"{name}_cast_out", {"to": _onnx_type(x.dtype)}, [y32], [y])]
+        return node
+    node = gs.Node("RotaryEmbedding", name, {"interleaved": 1}, [x, cos, sin, position_ids], [y])
+    graph.nodes.append(node)
+    return node
+
+
+def _position_ids(graph: gs.Graph, x: gs.Variable) -> gs.Variable:
+    """position_ids [B, S] = arange(S) broadcast over B, from x's shape: ORT's RotaryEmbedding wants
+    exactly [B, S] (nothing broadcasts)."""
+    shape = graph.layer(op="Shape", inputs=[x], outputs=["rotary_x_shape"])[0]
+    shape.dtype = np.int64
+    b = graph.layer(op="Gather", inputs=[shape, gs.Constant("rotary_i0", np.array([0], np.int64))],
+                    outputs=["rotary_b"], attrs={"axis": 0})[0]
+    s_1d = graph.layer(op="Gather", inputs=[shape, gs.Constant("rotary_i2", np.array([2], np.int64))],
+                       outputs=["rotary_s"], attrs={"axis": 0})[0]
+    s = graph.layer(op="Squeeze", inputs=[s_1d, gs.Constant("rotary_ax0", np.array([0], np.int64))],
+                    outputs=["rotary_s_scalar"])[0]
+    rng = graph.layer(op="Range", inputs=[gs.Constant("rotary_zero", np.array(0, np.int64)), s,
+                                          gs.Constant("rotary_one", np.array(1, np.int64))],
+                      outputs=["rotary_positions"])[0]
+    row = graph.layer(op="Unsqueeze", inputs=[rng, gs.Constant("rotary_ax0b", np.array([0], np.int64))],
+                      outputs=["rotary_positions_1S"])[0]
+    bs = graph.layer(op="Concat", inputs=[b, s_1d], outputs=["rotary_BS"], attrs={"axis": 0})[0]
+    pos = graph.layer(op="Expand", inputs=[row, bs], outputs=["rotary_position_ids"])[0]
+    pos.dtype, pos.shape = np.int64, [x.shape[0] if x.shape else "batch", x.shape[2] if x.shape else "sequence"]
+    return pos
+
+
+def _onnx_type(dtype) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+# ---- driver --------------------------------------------------------------------------------------
+
+def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | None = None,
+                max_len: int | None = None, feeds: dict[str, np.ndarray] | None = None,
+                head_dim: int | None = None, base: float = 10000.0) -> tuple[onnx.ModelProto, PassReport]:
+    """pattern -> check -> rewrite over the whole graph. Returns the new model and the report; the caller
+    decides what a coverage shortfall means (the CLI: exit 1). `head_dim` is a hint for graphs whose
+    shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "onnx" and _ai_onnx_version(model) < ONNX_ROTARY_OPSET:
+        from onnx import version_converter
+        model = version_converter.convert_version(model, ONNX_ROTARY_OPSET)
+    model = onnx.shape_inference.infer_shapes(model)
+    report = PassReport(mode=mode, expected=expected)
+    graph = gs.import_onnx(model)
+    report.already = _count_existing(graph, mode)
+    sites, misses = find_sites(graph)
+    report.found = len(sites)
+    report.skipped += [{"site": m.anchor, "reason": m.reason} for m in misses]
+    if not sites:
+        report.rewritten = report.already
+        report.nodes = _count_nodes(graph, mode)
+        if report.already == 0:
+            log.info("no RoFormer rotary site found (%d near misses)", len(misses))
+        return model, report
+
+    head_dim = head_dim or _head_dim(sites)
+    rows = max_len or _table_rows(graph, head_dim)
+    if rows is None:
+        raise ValueError("max_len is needed: no sinusoidal table initializer of width head_dim in the graph")
+    table = sincos_table(rows, head_dim, base)  # [P, Dh] fp32, float64-built
+    dtype = sites[0].x.dtype or np.float32
+    bad = verify_sites(model, sites, table, feeds or default_feeds(model), np.dtype(dtype))
+
+    layers: dict[str, list[Site]] = {}
+    for s in sites:
+        layers.setdefault(s.layer_key, []).append(s)
+    sincos = gs.Constant(SINCOS_NAME, table)
+    cos = gs.Constant("roformer_rotary_cos_cache", np.ascontiguousarray(table[:, head_dim // 2:]))
+    sin = gs.Constant("roformer_rotary_sin_cache", np.ascontiguousarray(table[:, : head_dim // 2]))
+    position_ids = None
+    for i, (key, layer) in enumerate(layers.items()):
+        failed = {s.name: bad[s.name] for s in layer if s.name in bad}
+        label = f"layer {i}"
+        report.layers.append({"layer": label, "source": key, "sites": [s.name for s in layer],
+                              "rewritten": not failed})
+        if failed:
+            for s in layer:
+                reason = failed.get(s.name) or f"another site of this layer failed: {next(iter(failed.values()))}"
+                report.skipped.append({"layer": label, "site": s.name, "reason": reason})
+            continue
+        if mode == "plugin":
+            rewrite_plugin(graph, layer, sincos, i)
+        else:
+            for j, s in enumerate(layer):
+                if position_ids is None:
+                    position_ids = _position_ids(graph, sites[0].x)
+                rewrite_onnx(graph, s, cos, sin, position_ids, report.rewritten + j)
+        report.rewritten += len(layer)
+    report.rewritten += report.already
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    report.nodes = _count_nodes(graph, mode)
+    out = gs.export_onnx(graph, do_type_check=False)
+    _finish_model(out, model, mode)
+    return out, report
+
+
+def _count_existing(graph: gs.Graph, mode: str) -> int:
+    if mode == "plugin":
+        return sum(len(n.inputs) - 1 for n in graph.nodes if n.op == PLUGIN_OP)
+    return sum(1 for n in graph.nodes if n.op == "RotaryEmbedding")
+
+
+def _count_nodes(graph: gs.Graph, mode: str) -> int:
+    return sum(1 for n in graph.nodes if n.op == (PLUGIN_OP if mode == "plugin" else "RotaryEmbedding"))
+
+
+def _head_dim(sites: list[Site]) -> int:
+    for s in sites:
+        if s.x.shape and isinstance(s.x.shape[-1], (int, np.integer)) and s.x.shape[-1] > 0:
+            return int(s.x.shape[-1])
+    raise ValueError("head size of the rotated tensors is not static after shape inference; pass head_dim")
+
+
+def _ai_onnx_version(model: onnx.ModelProto) -> int:
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
+def _table_rows(graph: gs.Graph, head_dim: int) -> int | None:
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and len(t.shape) == 2 and t.shape[1] == head_dim and t.shape[0] > 1:
+            v = np.asarray(t.values, dtype=np.float64)
+            if np.allclose(v[:8], sincos_table(min(8, t.shape[0]), head_dim, dtype=np.float64), atol=1e-3):
+                return int(t.shape[0])
+    return None
+
+
+def _finish_model(out: onnx.ModelProto, original: onnx.ModelProto, mode: str) -> None:
+    out.ir_version = original.ir_version
+    del out.opset_import[:]
+    for imp in original.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            out.opset_import.append(onnx.helper.make_opsetid("", imp.version))
+        else:
+            out.opset_import.append(imp)
+    if mode == "plugin" and any(n.domain == PLUGIN_DOMAIN for n in out.graph.node):
+        if not any(i.domain == PLUGIN_DOMAIN for i in out.opset_import):
+            out.opset_import.append(onnx.helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    out.functions.extend(original.functions)

@@ -1,0 +1,58 @@
+"""The rotary stage of export.build: model.onnx -> model.rope-<mode>.onnx, plus its validation graph.
+
+In: the plain export on disk, the mode, the loaded checkpoint (for the expected site count and real
+inputs). Out: the rewritten file (atomically written, checker-validated), `report["rewrite"]`, the
+artifact entry, and the graph to validate (for `plugin`, the same graph with the ONNX function that
+lets ONNX Runtime run it, attached in memory only). Returns a coverage failure line or None.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from export.onnx_export import save_model
+from export.passes.lowering import with_rotary_function
+from export.passes.rotary import fuse_rotary
+from export.progress import info, status
+from export.validate import Shape, make_inputs
+
+
+def expected_sites(config) -> int:
+    """Query and key of every layer, plus value when the checkpoint rotates it."""
+    return config.num_hidden_layers * (3 if config.rotary_value else 2)
+
+
+def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: str) -> dict:
+    """Run the pass on `src`, check the result and write it atomically to `dst`. Returns the report dict."""
+    model = onnx.load(str(src))
+    choices = 2 if task == "multiple-choice" else None
+    feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), config.vocab_size, config.type_vocab_size)
+    new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config), max_len=max_len, feeds=feeds,
+                              head_dim=config.hidden_size // config.num_attention_heads)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".rope-", dir=dst.parent))
+    try:
+        tmp = tmpdir / dst.name
+        save_model(new, tmp)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):
+            f.replace(dst.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return report.to_dict() | {"coverage_error": report.coverage_error()}
+
+
+def run_rope_stage(mode: str, ckpt, out: Path, max_len: int, report: dict, graphs: dict) -> str | None:
+    name = f"model.rope-{mode}.onnx"
+    with status(f"rotary pass ({mode})"):
+        rewrite = rewrite_file(out / "model.onnx", out / name, mode, ckpt.config, max_len, ckpt.task)
+    failure = rewrite.pop("coverage_error")
+    report["rewrite"] = rewrite
+    report["artifacts"][f"rope-{mode}"] = name
+    info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
+    graph = onnx.load(str(out / name))
+    graphs[f"rope-{mode}"] = (with_rotary_function(graph) if mode == "plugin" else graph, "fp32")
+    return failure
