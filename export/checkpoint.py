@@ -84,6 +84,12 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def _torch_load(path: Path, trust_pickle: bool):
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive; legacy files are a raw pickle (protocol 2+ starts with 0x80)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint (not a complete torch.save archive nor a "
+                         "pickle: truncated or another format); re-save or re-download it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -174,10 +180,15 @@ def _detect_task(state: dict, config, path: Path) -> str:
         task = "sequence-classification"
     elif "qa_outputs.weight" in keys:
         task = "question-answering"
-    elif "sequence_summary.summary.weight" in keys:
-        task = "multiple-choice"
     elif "classifier.weight" in keys:
-        task = "token-classification"
+        # ForMultipleChoice and ForTokenClassification hold the same keys; the architecture says which,
+        # else the shape does: a multiple-choice classifier scores each choice with one logit.
+        declared = {ARCHITECTURE_TO_TASK.get(a) for a in (config.architectures or [])}
+        if declared & {"multiple-choice", "token-classification"}:
+            task = (declared & {"multiple-choice", "token-classification"}).pop()
+        else:
+            one_logit = state["classifier.weight"].shape[0] == 1 and config.num_labels != 1
+            task = "multiple-choice" if one_logit else "token-classification"
     elif any(k.startswith("roformer.") for k in keys) or any(k.startswith("embeddings.") for k in keys):
         task = "model"
     else:

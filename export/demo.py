@@ -43,6 +43,7 @@ def save_canonical(model, path: Path) -> None:
     """torch.save({'config', 'state_dict'}) via a temp file, so a killed run leaves no half file."""
     import io
     buf = io.BytesIO()
+    model.config.architectures = [type(model).__name__]
     torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, buf)
     write_atomic(Path(path), buf.getvalue())
 

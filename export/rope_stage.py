@@ -31,7 +31,8 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     model = onnx.load(str(src))
     choices = 2 if task == "multiple-choice" else None
     feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), config.vocab_size, config.type_vocab_size)
-    new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config), max_len=max_len, feeds=feeds,
+    new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config),
+                              expected_nodes=config.num_hidden_layers, max_len=max_len, feeds=feeds,
                               head_dim=config.hidden_size // config.num_attention_heads)
     tmpdir = Path(tempfile.mkdtemp(prefix=".rope-", dir=dst.parent))
     try:

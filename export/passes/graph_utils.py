@@ -18,6 +18,9 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     """Value of an initializer or of a Constant node's output; None for anything computed."""
     if isinstance(t, gs.Constant):
         return np.asarray(t.values)
+    ident = producer(t, "Identity")  # TorchScript aliases shared initializers through Identity
+    if ident is not None:
+        return const_value(ident.inputs[0])
     node = producer(t, "Constant")
     if node is not None:
         value = node.attrs.get("value")

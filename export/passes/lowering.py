@@ -67,7 +67,7 @@ def rotary_function(k: int, opset: int) -> onnx.FunctionProto:
         PLUGIN_DOMAIN, PLUGIN_OP, inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
         outputs=[f"y_{i}" for i in range(k)], nodes=c.nodes + nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=["interleaved", "rotary_dim", "plugin_version", "plugin_namespace"])
+        attributes=["interleaved", "rotary_dim", "num_tensors", "plugin_version", "plugin_namespace"])
 
 
 class _Consts:

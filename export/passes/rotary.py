@@ -56,6 +56,7 @@ class Site:
 class PassReport:
     mode: str
     expected: int | None = None
+    expected_nodes: int | None = None  # plugin mode: one node per layer
     found: int = 0
     rewritten: int = 0
     nodes: int = 0
@@ -64,13 +65,16 @@ class PassReport:
     layers: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "expected": self.expected, "found": self.found, "rewritten": self.rewritten,
+        return {"mode": self.mode, "expected": self.expected, "expected_nodes": self.expected_nodes, "found": self.found, "rewritten": self.rewritten,
                 "nodes": self.nodes, "already_rewritten": self.already, "skipped": self.skipped,
                 "layers": self.layers}
 
     def coverage_error(self) -> str | None:
         """None when every expected site is rewritten; otherwise one line naming layers and reasons."""
         if self.expected is None or self.rewritten >= self.expected:
+            if self.mode == "plugin" and self.expected_nodes is not None and self.nodes != self.expected_nodes:
+                return (f"rotary rewrite: {self.nodes} RoformerRotary nodes for {self.expected_nodes} layers; "
+                        "sites of one layer were not grouped into one node")
             return None
         if not self.skipped:
             return (f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten and no candidate found; "
@@ -276,7 +280,7 @@ def rewrite_plugin(graph: gs.Graph, layer: list[Site], sincos: gs.Constant, inde
         outputs.append(y)
     node = gs.Node(op=PLUGIN_OP, name=f"{PLUGIN_OP}_{index}", domain=PLUGIN_DOMAIN,
                    attrs={"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_DOMAIN,
-                          "interleaved": 1, "rotary_dim": int(sincos.shape[1])},
+                          "interleaved": 1, "rotary_dim": int(sincos.shape[1]), "num_tensors": len(layer)},
                    inputs=[s.x for s in layer] + [sincos], outputs=outputs)
     graph.nodes.append(node)
     return node
@@ -332,6 +336,7 @@ def _onnx_type(dtype) -> int:
 # ---- driver --------------------------------------------------------------------------------------
 
 def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | None = None,
+                expected_nodes: int | None = None,
                 max_len: int | None = None, feeds: dict[str, np.ndarray] | None = None,
                 head_dim: int | None = None, base: float = 10000.0) -> tuple[onnx.ModelProto, PassReport]:
     """pattern -> check -> rewrite over the whole graph. Returns the new model and the report; the caller
@@ -339,11 +344,12 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
     shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    original = model
     if mode == "onnx" and _ai_onnx_version(model) < ONNX_ROTARY_OPSET:
         from onnx import version_converter
         model = version_converter.convert_version(model, ONNX_ROTARY_OPSET)
     model = onnx.shape_inference.infer_shapes(model)
-    report = PassReport(mode=mode, expected=expected)
+    report = PassReport(mode=mode, expected=expected, expected_nodes=expected_nodes)
     graph = gs.import_onnx(model)
     report.already = _count_existing(graph, mode)
     sites, misses = find_sites(graph)
@@ -354,7 +360,7 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
         report.nodes = _count_nodes(graph, mode)
         if report.already == 0:
             log.info("no RoFormer rotary site found (%d near misses)", len(misses))
-        return model, report
+        return original, report  # nothing to rewrite: the input, untouched
 
     head_dim = head_dim or _head_dim(sites)
     rows = max_len or _table_rows(graph, head_dim)

@@ -31,7 +31,14 @@ void logMessage(nvinfer1::ILogger::Severity severity, char const* msg) noexcept
     nvinfer1::ILoggerFinder* finder = gLoggerFinder.load();
     if (logger == nullptr && finder != nullptr)
     {
-        logger = finder->findLogger(); // per call: the finder returns the logger of the calling builder/runtime
+        try
+        {
+            logger = finder->findLogger(); // per call: the logger of the calling builder / runtime
+        }
+        catch (...) // findLogger is not declared noexcept; this function is. The message then goes to stderr.
+        {
+            logger = nullptr;
+        }
     }
     if (logger != nullptr)
     {

@@ -9,21 +9,23 @@
  */
 #pragma once
 
+#include "roformerRotaryShape.h"
+
 #include <cstdint>
 
 extern "C"
 {
     //! nullptr when the call is valid, else a static message (same checks as the CUDA launcher).
-    char const* roformer_rotary_host_check(int dtype, int k, int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R,
+    RR_C_API char const* roformer_rotary_host_check(int dtype, int k, int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R,
         int64_t P);
 
     //! y_i = RoformerRotary(x_i) for i < k on host memory; x, y: k pointers to [B, H, S, Dh] arrays of the dtype
     //! (fp16 / bf16 as uint16 bit patterns); sincos: [P, R] float. Returns 0, or 1 when the call is invalid.
-    int roformer_rotary_host(int dtype, int k, void const* const* x, void* const* y, float const* sincos, int64_t B,
+    RR_C_API int roformer_rotary_host(int dtype, int k, void const* const* x, void* const* y, float const* sincos, int64_t B,
         int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P);
 
     //! Software conversions (round to nearest even), exported so tests can check them exhaustively.
-    void roformer_rotary_host_float_to_half(float const* in, uint16_t* out, int64_t n);
-    void roformer_rotary_host_float_to_bf16(float const* in, uint16_t* out, int64_t n);
-    void roformer_rotary_host_half_to_float(uint16_t const* in, float* out, int64_t n);
+    RR_C_API void roformer_rotary_host_float_to_half(float const* in, uint16_t* out, int64_t n);
+    RR_C_API void roformer_rotary_host_float_to_bf16(float const* in, uint16_t* out, int64_t n);
+    RR_C_API void roformer_rotary_host_half_to_float(uint16_t const* in, float* out, int64_t n);
 }

@@ -36,6 +36,6 @@ extern "C"
 {
     //! C entry for ctypes: dtype is a RotaryDType code; x[0..k) and y[0..k) device pointers
     //! ([B, H, S, Dh] each); sincos a device pointer [P, R] fp32. Returns a cudaError_t as int (0 = success).
-    int roformer_rotary_launch(int dtype, int k, void const* const* x, void* const* y, float const* sincos,
+    RR_C_API int roformer_rotary_launch(int dtype, int k, void const* const* x, void* const* y, float const* sincos,
         int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P, cudaStream_t stream);
 }

@@ -9,6 +9,9 @@
 
 #include <cstdint>
 
+//! Marks the extern "C" entry points that the shared libraries export (everything else is hidden).
+#define RR_C_API __attribute__((visibility("default")))
+
 namespace roformer_trt
 {
 

@@ -1,0 +1,294 @@
+"""Latency / throughput benchmark over a (batch, seq) grid: TensorRT engine vs PyTorch vs ONNX Runtime.
+
+In:  an HF checkpoint folder (PyTorch backends), an ONNX file (ORT), optionally a plan + plugin library
+     (TensorRT), a grid `--batch 1,8 --seq 128,512`, iterations and warm-up counts.
+Out: `<out>/bench.json` (every measurement), `bench.md` (table), `bench.png` (p50 latency per backend).
+
+Backends: `trt` (TensorRT + GPU only), `torch-fp32` (CUDA if available, else CPU), `torch-fp16` (GPU
+only), `torch-compile` (opt-in, `torch.compile(dynamic=True)`; first-call compile time reported apart
+as compile_s), `ort` (CUDAExecutionProvider when available, else CPU). Warm-up runs are excluded;
+on GPU each timed call ends with torch.cuda.synchronize(). On a CPU-only machine ORT/CPU and PyTorch
+CPU run, so the report is never empty. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from export.errors import EXIT_OK, EXIT_USAGE, UsageError
+
+log = logging.getLogger(__name__)
+BACKENDS = ("trt", "torch-fp32", "torch-fp16", "torch-compile", "ort")
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    device: str
+    batch: int
+    seq: int
+    iters: int
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    throughput_seq_s: float | None = None  # sequences (batch rows) per second at p50
+    compile_s: float | None = None
+    skipped: str | None = None
+
+
+def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def time_calls(fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[], None] | None = None) -> list[float]:
+    """Wall time of `iters` calls in ms after `warmup` untimed calls; `sync` (e.g. cuda.synchronize) after each."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _torch_backend(model, name: str, device: str):
+    import torch
+
+    m = model.to(device)
+    if name == "torch-fp16":
+        m = m.half()
+    if name == "torch-compile":
+        m = torch.compile(m, dynamic=True)
+
+    def make(feeds):
+        t = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+
+        def call():
+            with torch.inference_mode():
+                return m(**t)
+        return call
+    return make
+
+
+def _ort_backend(onnx_path: str | Path):
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(onnx_path), providers=providers)
+
+    def make(feeds):
+        return lambda: sess.run(None, dict(feeds))
+    return make, ("cuda" if cuda else "cpu")
+
+
+def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, plan=None, plugin_lib=None,
+              backends: Sequence[str] = ("trt", "torch-fp32", "torch-fp16", "ort"), iters: int = 50,
+              warmup: int = 10, vocab_size: int = 1000, type_vocab_size: int = 2,
+              choices: int | None = None, input_names: Sequence[str] | None = None,
+              progress: bool = True) -> list[BenchResult]:
+    """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows."""
+    from engines.build import engine_stage_status
+    from export.validate import Shape, make_inputs
+
+    try:
+        import torch
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        torch, gpu = None, False
+    sync = torch.cuda.synchronize if gpu else None
+    device = "cuda" if gpu else "cpu"
+    makers: dict[str, tuple[Callable | None, str, str | None]] = {}
+    for b in backends:
+        if b not in BACKENDS:
+            raise UsageError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        if b == "trt":
+            st = engine_stage_status()
+            if st["status"] != "available" or not plan:
+                makers[b] = (None, "cuda", st.get("reason") or "no --plan given")
+            else:
+                from engines.runner import EngineRunner
+                r = EngineRunner(plan, plugin_lib)
+                makers[b] = (lambda feeds, r=r: (lambda: r.run_torch(feeds)), "cuda", None)
+        elif b.startswith("torch"):
+            if model is None:
+                makers[b] = (None, device, "no checkpoint given")
+            elif b == "torch-fp16" and not gpu:
+                makers[b] = (None, "cpu", "fp16 PyTorch is only measured on a GPU")
+            else:
+                makers[b] = (_torch_backend(model, b, device), device, None)
+        elif b == "ort":
+            if onnx_path is None:
+                makers[b] = (None, "cpu", "no --onnx given")
+            else:
+                mk, dev = _ort_backend(onnx_path)
+                makers[b] = (mk, dev, None)
+    results = []
+    work = [(b, bs, s) for b in backends for bs, s in grid]
+    iterator = work
+    if progress:
+        from rich.progress import track
+        iterator = track(work, description="benchmark", transient=True)
+    for backend, bs, seq in iterator:
+        make, dev, why = makers[backend]
+        if make is None:
+            results.append(BenchResult(backend, dev, bs, seq, 0, skipped=why))
+            continue
+        feeds = make_inputs(Shape(bs, seq, 0, choices), vocab_size, type_vocab_size)
+        if input_names is not None:
+            feeds = {k: v for k, v in feeds.items() if k in input_names}
+        if backend == "trt":
+            feeds = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
+        call = make(feeds)
+        compile_s = None
+        if backend == "torch-compile":
+            t0 = time.perf_counter()
+            call()
+            if sync:
+                sync()
+            compile_s = time.perf_counter() - t0
+        times = time_calls(call, iters, warmup, sync if dev == "cuda" else None)
+        p = percentiles(times)
+        results.append(BenchResult(backend, dev, bs, seq, iters, **p, throughput_seq_s=bs * 1e3 / p["p50_ms"],
+                                   compile_s=compile_s))
+    return results
+
+
+def to_markdown(results: Sequence[BenchResult], meta: Mapping | None = None) -> str:
+    lines = ["# roformer-trt benchmark", ""]
+    for k, v in (meta or {}).items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "| backend | device | batch | seq | p50 ms | p90 ms | p99 ms | seq/s | compile s | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda x, fmt=".3f": "" if x is None else format(x, fmt)
+    for r in results:
+        lines.append(f"| {r.backend} | {r.device} | {r.batch} | {r.seq} | {f(r.p50_ms)} | {f(r.p90_ms)} | "
+                     f"{f(r.p99_ms)} | {f(r.throughput_seq_s, '.1f')} | {f(r.compile_s, '.1f')} | {r.skipped or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Sequence[BenchResult], path: str | Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for backend in dict.fromkeys(r.backend for r in results):
+        rows = [r for r in results if r.backend == backend and r.p50_ms is not None]
+        if not rows:
+            continue
+        xs = [f"{r.batch}x{r.seq}" for r in rows]
+        ax.errorbar(xs, [r.p50_ms for r in rows],
+                    yerr=[[0] * len(rows), [r.p90_ms - r.p50_ms for r in rows]], marker="o", capsize=3,
+                    label=f"{backend} ({rows[0].device})")
+    ax.set_xlabel("batch x sequence")
+    ax.set_ylabel("latency ms (p50, bar to p90)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Mapping | None = None) -> dict[str, str]:
+    """bench.json / bench.md / bench.png under out_dir (atomic writes); returns their paths."""
+    from engines.build import write_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    write_atomic(paths["json"], json.dumps({"meta": dict(meta or {}), "results": [asdict(r) for r in results]}, indent=2))
+    write_atomic(paths["markdown"], to_markdown(results, meta))
+    tmp = out / ".bench.tmp.png"
+    plot(results, tmp)
+    tmp.replace(paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        v = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not v or min(v) < 1:
+        raise UsageError(f"{flag} {text!r}: values must be >= 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/bench_engines.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0],
+                                epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
+                                       "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_plugins.so "
+                                       "--batch 1,8 --seq 128,512 --out demo/bench")
+    p.add_argument("--checkpoint", help="HF checkpoint folder for the PyTorch backends")
+    p.add_argument("--onnx", help="ONNX file for ONNX Runtime")
+    p.add_argument("--plan", help="TensorRT plan (engines.build output)")
+    p.add_argument("--plugin-lib", help="plugin library the plan was built with")
+    p.add_argument("--batch", default="1,8", help="batch sizes of the grid")
+    p.add_argument("--seq", default="128,512", help="sequence lengths of the grid")
+    p.add_argument("--backends", default="trt,torch-fp32,torch-fp16,ort", help=f"subset of {','.join(BACKENDS)}")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile(dynamic=True) (slow to compile)")
+    p.add_argument("--iters", type=int, default=50, help="timed iterations per point")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations per point")
+    p.add_argument("--out", default="bench", help="output folder for bench.json/.md/.png")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        grid = [(b, s) for b in _ints(args.batch, "--batch") for s in _ints(args.seq, "--seq")]
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if args.compile and "torch-compile" not in backends:
+            backends.append("torch-compile")
+        model, vocab = None, 1000
+        if args.checkpoint:
+            from transformers import AutoModel
+            if not (Path(args.checkpoint) / "config.json").exists():
+                raise UsageError(f"{args.checkpoint} has no config.json; pass the folder written by save_pretrained()")
+            model = AutoModel.from_pretrained(args.checkpoint).eval()
+            vocab = model.config.vocab_size
+        names = None
+        if args.onnx:
+            import onnx
+            from engines.cases import input_axes
+            names = list(input_axes(onnx.load(args.onnx, load_external_data=False)))
+        results = run_bench(grid, model=model, onnx_path=args.onnx, plan=args.plan, plugin_lib=args.plugin_lib,
+                            backends=backends, iters=args.iters, warmup=args.warmup, vocab_size=vocab,
+                            type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
+                            input_names=names)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    meta = {"iters": args.iters, "warmup": args.warmup, "checkpoint": args.checkpoint, "onnx": args.onnx, "plan": args.plan}
+    try:
+        import torch
+        meta["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    paths = write_results(results, args.out, meta)
+    print(json.dumps(paths))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Build TensorRT engines from a (mixed-precision, rotary-rewritten) ONNX file.
+
+In:  ONNX path, plugin library path (libroformer_plugins.so), ProfileSet, precision, workspace limit.
+Out: `<out_dir>/<name>.plan` (atomic write) and `<name>.plan.json`, the sidecar:
+     {"tensorrt_version", "gpu": {"name", "compute_capability"}, "precision", "profiles",
+      "onnx_sha256", "plugin_sha256", "build_seconds", "plugin_layers", "built_at"}.
+An existing plan is reused only when every field in MATCH_KEYS equals the expected value;
+otherwise it is rebuilt and the mismatches are logged (and returned).
+
+Only `build_engine` and `_trt_*` helpers touch TensorRT; `import tensorrt` happens inside them.
+Everything else here (hashing, sidecars, atomic writes, stage status) is plain Python, tested on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+from export.errors import UnavailableError, UsageError, VerificationError
+
+log = logging.getLogger(__name__)
+
+PLUGIN_OP = "RoformerRotary"
+MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")
+INSTALL_HINT = "pip install .[tensorrt] on a GPU machine"
+
+
+# ---------------------------------------------------------------- plain, CPU-testable helpers
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnx_sha256(path: str | Path) -> str:
+    """sha256 of the ONNX file plus its external-data file(s) next to it, if any (`<name>.data`)."""
+    h = hashlib.sha256(sha256_file(path).encode())
+    for extra in sorted(Path(path).parent.glob(Path(path).name + ".data*")):
+        h.update(sha256_file(extra).encode())
+    return h.hexdigest()
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write to a temp file in the same directory, fsync, os.replace: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    return Path(str(plan) + ".json")
+
+
+def make_sidecar(*, tensorrt_version: str, gpu_name: str, compute_capability: str, precision: str,
+                 profiles: list[dict], onnx_sha256: str, plugin_sha256: str | None, **extra) -> dict:
+    """The sidecar dict; MATCH_KEYS decide reuse, the rest (build time, layer counts) is informative."""
+    return {"tensorrt_version": tensorrt_version, "gpu": {"name": gpu_name, "compute_capability": compute_capability},
+            "precision": precision, "profiles": profiles, "onnx_sha256": onnx_sha256,
+            "plugin_sha256": plugin_sha256, **extra}
+
+
+def sidecar_mismatches(existing: Mapping | None, expected: Mapping) -> list[str]:
+    """Human-readable reasons why a plan cannot be reused; [] means reuse is safe."""
+    if existing is None:
+        return ["no sidecar next to the plan"]
+    out = []
+    for k in MATCH_KEYS:
+        a, b = existing.get(k), expected.get(k)
+        # profiles are compared through JSON so tuples and lists compare equal
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            out.append(f"{k}: plan has {a!r}, expected {b!r}")
+    return out
+
+
+def read_sidecar(plan: str | Path) -> dict | None:
+    p = sidecar_path(plan)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:  # an unreadable sidecar means "do not reuse"; logged here
+        log.warning("sidecar %s is unreadable (%s); the engine will be rebuilt", p, e)
+        return None
+
+
+def reuse_decision(plan: str | Path, expected: Mapping) -> tuple[bool, list[str]]:
+    """(True, []) when `plan` exists and its sidecar matches `expected` on MATCH_KEYS."""
+    if not Path(plan).exists():
+        return False, ["no plan yet"]
+    reasons = sidecar_mismatches(read_sidecar(plan), expected)
+    return not reasons, reasons
+
+
+def engine_stage_status() -> dict:
+    """{"status": "available", "tensorrt": version} or {"status": "skipped", "reason": ...}.
+
+    Decided without importing tensorrt when it is absent (find_spec), and without CUDA init when it is.
+    `require_engine(status)` turns a skip into UnavailableError (exit 3) for `--require-engine`.
+    """
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"status": "skipped", "reason": f"TensorRT is not installed ({INSTALL_HINT})"}
+    try:
+        import torch
+    except ImportError:
+        return {"status": "skipped", "reason": "PyTorch is not installed (needed for CUDA buffers)"}
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "reason": "no CUDA GPU is visible (torch.cuda.is_available() is False)"}
+    import tensorrt as trt
+
+    return {"status": "available", "tensorrt": trt.__version__}
+
+
+def require_engine(status: Mapping) -> None:
+    """Raise UnavailableError (exit 3) when the engine stage was skipped."""
+    if status.get("status") != "available":
+        raise UnavailableError(f"--require-engine: engine stage unavailable: {status.get('reason')}")
+
+
+def trt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def count_plugin_nodes(onnx_path: str | Path) -> list[str]:
+    """Names of the RoformerRotary nodes in the ONNX file (weights not loaded)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return [n.name or f"{PLUGIN_OP}_{i}" for i, n in enumerate(m.graph.node) if n.op_type == PLUGIN_OP]
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, "major.minor") of CUDA device 0, via torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnavailableError("no CUDA GPU is visible; engines are built and run on a GPU")
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+# ---------------------------------------------------------------- TensorRT layer (GPU only)
+
+def load_plugins(trt, plugin_lib: str | Path):
+    """Load our plugin library into TensorRT's registry (IPluginRegistry.load_library, TRT >= 10)."""
+    path = Path(plugin_lib)
+    if not path.is_file():
+        raise UsageError(f"plugin library {path} does not exist; build plugins/ first (cmake) or pass --plugin-lib")
+    handle = trt.get_plugin_registry().load_library(str(path))
+    if handle is None:
+        raise UsageError(f"TensorRT could not load plugin library {path}; check it was built for TensorRT {trt.__version__}")
+    return handle
+
+
+def _network_flags(trt) -> int:
+    """Strongly typed on 10.x by name; 11.x is always strongly typed and its bit 1 means something else."""
+    if trt_major(trt.__version__) == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def _parser_errors(parser) -> list[str]:
+    errs = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        where = f"node {e.node()} ({e.node_name()}, op {e.node_operator()})" if e.node() >= 0 else "model"
+        errs.append(f"{where}: {e.desc()} [{e.code()}]")
+    return errs
+
+
+def _progress_monitor(trt):
+    """A trt.IProgressMonitor that drives a rich progress bar on stderr."""
+    from rich.progress import Progress
+
+    class RichMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.progress = Progress(transient=True)
+            self.tasks = {}
+            self.progress.start()
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.tasks[phase_name] = self.progress.add_task(phase_name, total=num_steps)
+
+        def step_complete(self, phase_name, step):
+            if phase_name in self.tasks:
+                self.progress.update(self.tasks[phase_name], completed=step + 1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            task = self.tasks.pop(phase_name, None)
+            if task is not None:
+                self.progress.remove_task(task)
+
+        def close(self):
+            self.progress.stop()
+
+    return RichMonitor()
+
+
+def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugin_lib: str | Path | None,
+                 profiles, precision: str, workspace_mib: int = 4096,
+                 timing_cache: str | Path | None = None, input_axes: Mapping[str, tuple] | None = None,
+                 reuse: bool = True) -> dict:
+    """Build (or reuse) `<out_dir>/<name>.plan`; returns the sidecar dict + {"plan", "reused", "rebuild_reasons"}.
+
+    onnx_path: the file for TensorRT (mixed precision already applied: the network is strongly typed);
+    profiles: engines.profiles.ProfileSet; input_axes: engines.cases.input_axes(model) (read from the
+    file when None); timing_cache: file reused across builds (created if missing, rewritten after).
+    Raises UsageError for parser errors (every error, with its node) and VerificationError when the
+    number of plugin layers differs from the number of RoformerRotary nodes.
+    """
+    import onnx
+    import tensorrt as trt
+
+    from engines.cases import input_axes as read_axes
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    plan = out_dir / f"{name}.plan"
+    gpu_name, cc = gpu_identity()
+    expected = make_sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
+                            precision=precision, profiles=profiles.to_report(), onnx_sha256=onnx_sha256(onnx_path),
+                            plugin_sha256=sha256_file(plugin_lib) if plugin_lib else None)
+    existed = plan.exists()
+    ok, reasons = reuse_decision(plan, expected)
+    if reuse and ok:
+        log.info("reusing %s (sidecar matches)", plan)
+        return {**read_sidecar(plan), "plan": str(plan), "reused": True, "rebuild_reasons": []}
+    if Path(plan).exists():
+        log.info("not reusing %s: %s", plan, "; ".join(reasons))
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    if plugin_lib:
+        load_plugins(trt, plugin_lib)
+    plugin_nodes = count_plugin_nodes(onnx_path)
+    if plugin_nodes and not plugin_lib:
+        raise UsageError(f"{onnx_path} has {len(plugin_nodes)} {PLUGIN_OP} nodes; pass --plugin-lib")
+    axes = input_axes or read_axes(onnx.load(str(onnx_path), load_external_data=False))
+
+    t0 = time.perf_counter()
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise UsageError(f"TensorRT could not parse {onnx_path}: " + " | ".join(_parser_errors(parser)))
+
+    plugin_layers = [network.get_layer(i).name for i in range(network.num_layers)
+                     if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
+    if len(plugin_layers) != len(plugin_nodes):
+        raise VerificationError(f"{len(plugin_nodes)} {PLUGIN_OP} nodes in the ONNX but {len(plugin_layers)} "
+                                f"plugin layers in the network ({plugin_layers}); the parser did not map every node "
+                                "to the plugin (is the library loaded and the node's plugin_namespace right?)")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    for i in range(len(profiles)):
+        p = builder.create_optimization_profile()
+        for tensor, (mn, opt, mx) in profiles.shapes(i, axes).items():
+            p.set_shape(tensor, mn, opt, mx)
+        config.add_optimization_profile(p)
+    monitor = _progress_monitor(trt)
+    config.progress_monitor = monitor
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        monitor.close()
+    if serialized is None:
+        raise VerificationError(f"TensorRT failed to build {plan.name}; see the TensorRT log above")
+    write_atomic(plan, memoryview(serialized))
+    if timing_cache:
+        write_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
+    sidecar = {**expected, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
+               "workspace_mib": workspace_mib, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_atomic(sidecar_path(plan), json.dumps(sidecar, indent=2))
+    return {**sidecar, "plan": str(plan), "reused": False, "rebuild_reasons": reasons if existed else []}

@@ -1,0 +1,168 @@
+"""Text -> embedding against a Triton server serving a roformer-trt model (HTTP or gRPC).
+
+In:  raw Chinese/English text, the model's `vocab.txt` (RoFormerTokenizer, word segmentation by
+     rjieba), a server URL `host:port` and model name.
+Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`).
+
+    from engines.client import TextEncoder
+    enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "roformer_onnx")
+    vectors = enc.embed(["今天天气不错", "hello world"])   # one call: tokenize, send, receive
+
+CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model roformer_onnx "今天天气不错"
+Requests are checked here first (empty text, too long), so the user gets a one-line error instead of
+the server's traceback text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EMBEDDING = "sentence_embedding"
+
+
+class ServerError(RoformerTrtError):
+    """The server refused a request; str(e) is the server's reason, one line."""
+
+    exit_code = 1
+
+
+def load_tokenizer(vocab: Path):
+    """RoFormerTokenizer from a vocab.txt (one token per line, line number = id).
+
+    transformers 5 ignores `vocab_file=` in RoFormerTokenizer's constructor (the vocab stays None and the
+    first call fails inside tokenizers), so the vocab dict is read here and passed as `vocab=`."""
+    vocab = Path(vocab)
+    if not vocab.is_file():
+        raise UsageError(f"{vocab} not found; pass the vocab.txt of the checkpoint the model was built from")
+    try:
+        import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
+        from transformers import RoFormerTokenizer
+    except ImportError as e:
+        raise UnavailableError(f"{e.name} is not installed; pip install rjieba transformers") from e
+    table = {}
+    for i, line in enumerate(vocab.read_text(encoding="utf-8").splitlines()):
+        table.setdefault(line.strip(), i)
+    for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+        if tok not in table:
+            raise UsageError(f"{vocab} has no {tok} line; it is not a BERT/RoFormer vocab.txt")
+    return RoFormerTokenizer(vocab=table)
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """int64 [batch, sequence] feeds, padded to the longest text, truncated to max_length tokens."""
+    if not texts or any(not t.strip() for t in texts):
+        raise UsageError("empty text: every input needs at least one non-space character")
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                    return_token_type_ids=True, return_tensors="np")
+    return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
+
+
+def server_reason(err: Exception) -> str:
+    """The one line that matters from a Triton error: our RequestError text when it is there."""
+    text = str(err)
+    m = re.findall(r"(?:RequestError|PyTritonValidationError): ([^\n\\]+)", text)
+    if m:
+        return m[-1].strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class TritonEncoderClient:
+    """Sends int64 feeds to `model` over HTTP (`protocol="http"`) or gRPC; one connection per instance."""
+
+    def __init__(self, url: str, model: str, protocol: str = "http", timeout_s: float = 30.0):
+        if protocol not in ("http", "grpc"):
+            raise UsageError(f"protocol must be http or grpc, got {protocol!r}")
+        try:
+            if protocol == "http":
+                import tritonclient.http as tc
+                self._client = tc.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+            else:
+                import tritonclient.grpc as tc
+                self._client = tc.InferenceServerClient(url)
+        except ImportError as e:
+            raise UnavailableError("tritonclient is not installed; pip install 'tritonclient[http,grpc]'") from e
+        self._tc, self.model, self.protocol, self.timeout_s = tc, model, protocol, timeout_s
+
+    def infer(self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] = (EMBEDDING,)) -> dict[str, np.ndarray]:
+        tc = self._tc
+        ins = []
+        for name, arr in feeds.items():
+            i = tc.InferInput(name, list(arr.shape), _triton_dtype(arr.dtype))
+            i.set_data_from_numpy(arr)
+            ins.append(i)
+        req = [tc.InferRequestedOutput(n) for n in outputs]
+        kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            res = self._client.infer(self.model, ins, outputs=req, **kw)
+        except Exception as e:  # tritonclient raises InferenceServerException; re-raised with its reason
+            raise ServerError(server_reason(e)) from e
+        return {n: res.as_numpy(n) for n in outputs}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _triton_dtype(dt) -> str:
+    from tritonclient.utils import np_to_triton_dtype
+
+    return np_to_triton_dtype(np.dtype(dt))
+
+
+class TextEncoder:
+    """Text in, embeddings out: tokenizer + TritonEncoderClient."""
+
+    def __init__(self, vocab: Path, url: str, model: str, protocol: str = "http", max_length: int = 512):
+        self.tokenizer = load_tokenizer(vocab)
+        self.client = TritonEncoderClient(url, model, protocol)
+        self.max_length = max_length
+
+    def embed(self, texts: list[str] | str, output: str = EMBEDDING) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.client.infer(encode(self.tokenizer, texts, self.max_length), (output,))[output]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines.client", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Embed text with a roformer-trt model served by Triton.",
+                                epilog='example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 '
+                                       '--model roformer_onnx "今天天气不错" "hello world"')
+    p.add_argument("texts", nargs="+", help="texts to embed")
+    p.add_argument("--vocab", required=True, type=Path, help="vocab.txt of the checkpoint")
+    p.add_argument("--url", default="127.0.0.1:8000", help="server host:port (HTTP or gRPC port)")
+    p.add_argument("--model", required=True, help="model name on the server, e.g. roformer_onnx")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
+    p.add_argument("--max-length", type=int, default=512, help="truncate to this many tokens")
+    args = p.parse_args(argv)
+    try:
+        enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length)
+        try:
+            vec = enc.embed(args.texts)
+        finally:
+            enc.close()
+    except RoformerTrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps({"embeddings": vec.tolist()}))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`python -m engines.serving --build build/<name>`: serve a build's ONNX graph on Triton (CPU, PyTriton).
+
+Blocks until Ctrl-C. Inputs int64 input_ids/attention_mask/token_type_ids [batch, sequence];
+outputs the graph's plus `sentence_embedding` unless --pooling none. Exit codes: export/errors.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from export.errors import EXIT_OK, RoformerTrtError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engines.serving",
+        description="Serve a roformer-trt build with ONNX Runtime behind a Triton server (NVIDIA PyTriton).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python -m engines.serving --build build/roformer_base --http-port 8000 --grpc-port 8001",
+    )
+    p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
+    p.add_argument("--pooling", choices=["mean", "cls", "none"], default="mean",
+                   help="sentence_embedding output added to the graph")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr)
+    from engines.serving.ort_model import OrtEncoder
+    from engines.serving.server import serve
+
+    try:
+        enc = OrtEncoder.from_build(args.build, args.pooling, args.threads)
+        with serve(enc, args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_batch,
+                   verbose=args.verbose) as urls:
+            print(f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops)", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C is the documented way to stop; leaving the block stops the server
+    except RoformerTrtError as e:
+        if args.verbose:
+            logging.exception("failed")
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""CPU speed of the demo model: PyTorch eager vs ONNX Runtime on the plain export, the `--rope onnx`
+graph, and the limit (the same model exported with the rotation replaced by identity).
+
+    python scripts/bench_export.py --model demo/ckpt.pt --seqs 128,512,2048 --reps 15 --out build/bench
+
+Runs are interleaved (one of each variant per round) so drift hits all alike; reports medians with
+min/max and ratios to the rotary-free export, from one run, as JSON + Markdown + PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo/ckpt.pt")
+    p.add_argument("--seqs", default="128,512,2048")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--reps", type=int, default=15, help="interleaved rounds per sequence length")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    p.add_argument("--out", default="build/bench")
+    args = p.parse_args()
+
+    from export.checkpoint import load_checkpoint
+    from export.onnx_export import export_onnx
+    from export.rope_stage import rewrite_file
+    from export.validate import Shape, make_inputs, ort_session
+    from transformers.models.roformer import modeling_roformer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seqs = [int(s) for s in args.seqs.split(",")]
+    max_len = max(seqs)
+    ck = load_checkpoint(args.model)
+    t0 = time.perf_counter()
+    export_onnx(ck.model, ck.task, out / "model.onnx", max_len, args.exporter)
+    export_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rewrite_file(out / "model.onnx", out / "model.rope-onnx.onnx", "onnx", ck.config, max_len, ck.task)
+    rope_s = time.perf_counter() - t0
+
+    original = modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings
+    identity = staticmethod(lambda pos, q, k, v=None: (q, k) if v is None else (q, k, v))
+    modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = identity
+    try:  # the rotary-free limit: same weights, no rotation at all
+        export_onnx(ck.model, ck.task, out / "model.norotary.onnx", max_len, args.exporter)
+    finally:
+        modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = original
+
+    sessions = {name: ort_session(out / f) for name, f in
+                [("ort-plain", "model.onnx"), ("ort-rope-onnx", "model.rope-onnx.onnx"),
+                 ("ort-no-rotary", "model.norotary.onnx")]}
+    model = ck.model.float().eval()
+    rows = []
+    for s in seqs:
+        inputs = make_inputs(Shape(args.batch, s), ck.config.vocab_size, ck.config.type_vocab_size)
+        tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        runners = {name: (lambda sess=sess: sess.run(None, inputs)) for name, sess in sessions.items()}
+        runners["torch-eager"] = lambda: model(**tin)
+        times = {name: [] for name in runners}
+        with torch.no_grad():
+            for name, fn in runners.items():
+                fn()  # warm-up, excluded
+            for r in range(args.reps):
+                for name, fn in runners.items():
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
+                print(f"S={s} round {r + 1}/{args.reps}", file=sys.stderr)
+        base = statistics.median(times["ort-no-rotary"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"seq": s, "batch": args.batch, "variant": name, "reps": len(ts), "median_ms": med * 1e3,
+                         "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3, "vs_no_rotary": med / base})
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{torch.get_num_threads()} threads CPU",
+              "model": args.model, "exporter": args.exporter, "export_seconds": round(export_s, 2),
+              "rope_pass_seconds": round(rope_s, 2), "rows": rows}
+    (out / "bench_export.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [f"# CPU speed ({result['date']}, {result['machine']}, batch {args.batch}, {args.reps} interleaved rounds)",
+          "", f"export ({args.exporter}): {result['export_seconds']} s; rotary pass (onnx): {result['rope_pass_seconds']} s",
+          "", "| seq | variant | median ms | min ms | max ms | vs no-rotary |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['seq']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | "
+           f"{r['vs_no_rotary']:.3f} |" for r in rows]
+    (out / "bench_export.md").write_text("\n".join(md) + "\n")
+    _plot(rows, out / "bench_export.png")
+    print("\n".join(md))
+    return 0
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    variants = sorted({r["variant"] for r in rows})
+    seqs = sorted({r["seq"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        ys = [next(r["median_ms"] for r in rows if r["seq"] == s and r["variant"] == v) for s in seqs]
+        ax.bar(np.arange(len(seqs)) + i * w, ys, w, label=v)
+    ax.set_xticks(np.arange(len(seqs)) + w * (len(variants) - 1) / 2, [f"S={s}" for s in seqs])
+    ax.set_ylabel("median latency (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

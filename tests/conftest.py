@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny deterministic checkpoints and exported graphs, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-based in CI logs
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """Canonical {config, state_dict} checkpoint of a 2-layer RoFormerModel."""
+    from export.demo import write_demo
+    return write_demo(tmp_path_factory.mktemp("tiny"), tiny=True)
+
+
+@pytest.fixture(scope="session")
+def make_ckpt(tmp_path_factory):
+    """make_ckpt(task=..., dtype=..., **config overrides) -> (path, model): cached per argument set."""
+    from export.demo import make_model, save_canonical, tiny_config
+    cache: dict = {}
+
+    def make(task: str = "model", dtype: torch.dtype = torch.float32, **overrides):
+        key = (task, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            model = make_model(tiny_config(**overrides), task, dtype=dtype)
+            path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
+            save_canonical(model, path)
+            cache[key] = (path, model)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(exporter, opset, task=..., dtype=..., max_len=..., **overrides) -> (onnx path, model, config)."""
+    from export.demo import make_model, tiny_config
+    from export.onnx_export import export_onnx
+    cache: dict = {}
+
+    def export(exporter: str, opset: int, task: str = "model", dtype: torch.dtype = torch.float32,
+               max_len: int = 96, **overrides):
+        key = (exporter, opset, task, dtype, max_len, tuple(sorted(overrides.items())))
+        if key not in cache:
+            config = tiny_config(**overrides)
+            model = make_model(config, task, dtype=dtype)
+            path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+            export_onnx(model, task, path, max_len, exporter, opset)
+            cache[key] = (path, model, config)
+        return cache[key]
+
+    return export

@@ -1,0 +1,75 @@
+"""Session fixture that builds the plugin libraries once for the tests/test_plugin_*.py modules.
+
+Import it in a test module with `from plugin_fixtures import plugin_build  # noqa: F401` (pytest puts tests/
+on sys.path). Behaviour:
+  - $ROFORMER_TRT_PLUGIN_DIR set: use the libraries already built there, build nothing;
+  - else run `python -m plugins.build` into plugins/build (incremental: a re-run only relinks what changed),
+    with $ROFORMER_CUDA_ARCHS (default: the build's own) and $TensorRT_INCLUDE_DIR / $TensorRT_ROOT if set;
+  - cmake or nvcc missing: every test that needs a library is skipped, with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from plugins import build as plugin_build_cli
+from plugins import locate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class PluginBuild:
+    build_dir: Path
+    libs: dict[str, Path | None]  # library file name -> path, None when not built
+    log: str = ""  # CMake's output (says why the adapter was skipped)
+    skip_reason: str | None = None  # set when nothing could be built
+    notes: list[str] = field(default_factory=list)
+
+    def require(self, name: str, why_missing: str) -> Path:
+        """The library's path, or pytest.skip with the reason it is absent."""
+        if self.skip_reason:
+            pytest.skip(self.skip_reason)
+        path = self.libs.get(name)
+        if path is None:
+            pytest.skip(f"{name} was not built: {why_missing}")
+        return path
+
+
+def _collect(build_dir: Path) -> dict[str, Path | None]:
+    names = [locate.KERNEL_LIB, locate.HOST_LIB, locate.PLUGIN_LIB, locate.STATIC_PLUGIN_LIB]
+    return {n: (build_dir / n if (build_dir / n).is_file() else None) for n in names}
+
+
+@pytest.fixture(scope="session")
+def plugin_build() -> PluginBuild:
+    prebuilt = os.environ.get(locate.ENV_DIR)
+    if prebuilt:
+        d = Path(prebuilt).resolve()
+        return PluginBuild(d, _collect(d), notes=[f"prebuilt libraries from ${locate.ENV_DIR}={d}"])
+    missing = plugin_build_cli.missing_tools()
+    if missing:
+        return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=f"cannot build the plugins: {', '.join(missing)} "
+                           "not installed (CI needs cmake >= 3.24 and the CUDA toolkit's nvcc)")
+    cmd = [sys.executable, "-m", "plugins.build", "--build-dir", str(locate.DEFAULT_BUILD_DIR)]
+    if os.environ.get("ROFORMER_CUDA_ARCHS"):
+        cmd += ["--archs", os.environ["ROFORMER_CUDA_ARCHS"]]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    log = proc.stderr + proc.stdout
+    if proc.returncode != 0:
+        pytest.fail(f"python -m plugins.build failed (exit {proc.returncode}):\n{log[-6000:]}")
+    return PluginBuild(locate.DEFAULT_BUILD_DIR, _collect(locate.DEFAULT_BUILD_DIR), log=log)
+
+
+def adapter_skip_reason(build: PluginBuild) -> str:
+    """Why libroformer_trt_plugin.so is absent, quoting CMake's own message when there is one."""
+    for line in build.log.splitlines():
+        if "roformer_trt:" in line and "skipped" in line:
+            return line.split("roformer_trt:", 1)[1].strip()
+    return "no TensorRT headers (set TensorRT_INCLUDE_DIR to a folder holding NvInfer.h and rebuild)"
