@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/bench_engines.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description=__doc__.split("\n\n")[0],
                                 epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
-                                       "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_plugins.so "
+                                       "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
                                        "--batch 1,8 --seq 128,512 --out demo/bench")
     p.add_argument("--checkpoint", help="HF checkpoint folder for the PyTorch backends")
     p.add_argument("--onnx", help="ONNX file for ONNX Runtime")

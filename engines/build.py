@@ -1,6 +1,6 @@
 """Build TensorRT engines from a (mixed-precision, rotary-rewritten) ONNX file.
 
-In:  ONNX path, plugin library path (libroformer_plugins.so), ProfileSet, precision, workspace limit.
+In:  ONNX path, plugin library path (libroformer_trt_plugin.so), ProfileSet, precision, workspace limit.
 Out: `<out_dir>/<name>.plan` (atomic write) and `<name>.plan.json`, the sidecar:
      {"tensorrt_version", "gpu": {"name", "compute_capability"}, "precision", "profiles",
       "onnx_sha256", "plugin_sha256", "build_seconds", "plugin_layers", "built_at"}.

@@ -41,7 +41,7 @@ def pick_profile(profile_shapes: Sequence[Mapping[str, tuple]], shapes: Mapping[
 class EngineRunner:
     """A deserialized engine + one execution context + one CUDA stream.
 
-    runner = EngineRunner("out/model.fp16.plan", plugin_lib="plugins/build/libroformer_plugins.so")
+    runner = EngineRunner("out/model.fp16.plan", plugin_lib="plugins/build/libroformer_trt_plugin.so")
     outputs = runner({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt})
     """
 

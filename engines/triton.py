@@ -34,7 +34,7 @@ class RepoReport:
 
     def summary(self) -> str:
         lines = [f"{n}: {m['platform']}, max_batch_size {m['max_batch_size']}, {m['dir']}" for n, m in self.models.items()]
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+        return "\n".join(lines)  # notes go to stderr
 
 
 def read_report(build: Path) -> dict:

@@ -1,6 +1,6 @@
 // embed: token ids -> pooled embeddings with a roformer-trt TensorRT engine (TensorRT 10.x / 11.x).
 //
-//   embed <libroformer_plugins.so> <model.plan> <ids.txt | ->
+//   embed <libroformer_trt_plugin.so> <model.plan> <ids.txt | ->
 //
 // ids.txt: one sequence per line, space-separated token ids ([CLS] ... [SEP] included). Sequences are
 // padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
@@ -189,7 +189,7 @@ int run(int argc, char** argv)
 {
     if (argc != 4)
     {
-        std::cerr << "usage: embed <libroformer_plugins.so> <model.plan> <ids.txt | ->\n";
+        std::cerr << "usage: embed <libroformer_trt_plugin.so> <model.plan> <ids.txt | ->\n";
         return 2;
     }
     Logger logger;
@@ -197,7 +197,7 @@ int run(int argc, char** argv)
     nvinfer1::IPluginRegistry* registry = getPluginRegistry();
     if (registry == nullptr || registry->loadLibrary(argv[1]) == nullptr)
     {
-        std::cerr << "error: cannot load plugin library " << argv[1] << "; pass the path of libroformer_plugins.so\n";
+        std::cerr << "error: cannot load plugin library " << argv[1] << "; pass the path of libroformer_trt_plugin.so\n";
         return 2;
     }
     std::vector<char> const plan = readFile(argv[2]);

@@ -32,7 +32,8 @@ class Limits:
 
 def limits_from_report(report: dict) -> Limits:
     m = report.get("model") or {}
-    max_seq = m.get("max_position_embeddings")
+    # export.build's --max-len (sinusoidal table rows, may exceed max_position_embeddings) bounds the graph
+    max_seq = (report.get("export") or {}).get("max_len") or m.get("max_position_embeddings")
     if max_seq is None:  # fall back to the widest engine profile, the other bound export.build records
         seqs = [p["sequence"][2] for e in (report.get("engine") or {}).get("engines", []) for p in e.get("profiles", [])]
         max_seq = max(seqs) if seqs else None

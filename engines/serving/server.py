@@ -20,7 +20,9 @@ import os
 import socket
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -73,15 +75,18 @@ def make_infer_fn(encoder):
 @contextlib.contextmanager
 def serve(encoder, host: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
           metrics_port: int | None = None, max_batch: int = 8, model_name: str | None = None,
-          verbose: bool = False) -> Iterator[dict]:
-    """Yields {"model", "http", "grpc", "metrics"} (model name and host:port strings)."""
+          verbose: bool = False, log_file: Path | None = None) -> Iterator[dict]:
+    """Yields {"model", "http", "grpc", "metrics", "log"} (model name, host:port strings, server log path).
+    tritonserver's own log goes to `log_file` (default: a temp file), keeping stdout for results."""
     check_runtime()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
     _libpython_on_ld_path()
     ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
-    cfg = TritonConfig(http_address=host, grpc_address=host, http_port=ports[0], grpc_port=ports[1],
+    if log_file is None:
+        log_file = Path(tempfile.mkdtemp(prefix="roformer-triton-")) / "tritonserver.log"
+    cfg = TritonConfig(log_file=Path(log_file), http_address=host, grpc_address=host, http_port=ports[0], grpc_port=ports[1],
                        metrics_port=ports[2], exit_timeout_secs=5, log_verbose=1 if verbose else 0)
     name = model_name or f"{encoder.name}_onnx"
     inputs = [Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=tuple(s.triton_dims()))
@@ -94,6 +99,6 @@ def serve(encoder, host: str = "127.0.0.1", http_port: int | None = None, grpc_p
                     strict=True)
         triton.run()
         urls = {"model": name, "http": f"{host}:{ports[0]}", "grpc": f"{host}:{ports[1]}",
-                "metrics": f"{host}:{ports[2]}"}
-        log.info("serving %s: http %s, grpc %s", name, urls["http"], urls["grpc"])
+                "metrics": f"{host}:{ports[2]}", "log": str(log_file)}
+        log.info("serving %s: http %s, grpc %s; server log %s", name, urls["http"], urls["grpc"], log_file)
         yield urls
