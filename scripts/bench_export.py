@@ -50,7 +50,7 @@ def main() -> int:
     rewrite_file(out / "model.onnx", out / "model.rope-onnx.onnx", "onnx", ck.config, max_len, ck.task)
     rope_s = time.perf_counter() - t0
 
-    original = modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings
+    original = modeling_roformer.RoFormerSelfAttention.__dict__["apply_rotary_position_embeddings"]  # the staticmethod
     identity = staticmethod(lambda pos, q, k, v=None: (q, k) if v is None else (q, k, v))
     modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = identity
     try:  # the rotary-free limit: same weights, no rotation at all
