@@ -14,6 +14,7 @@ CPU run, so the report is never empty. Not part of CI.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -71,8 +72,8 @@ def _torch_backend(model, name: str, device: str):
     import torch
 
     m = model.to(device)
-    if name == "torch-fp16":
-        m = m.half()
+    if name == "torch-fp16":  # .half() converts in place: the fp32 backend shares `model`, so copy first
+        m = copy.deepcopy(m).half()
     if name == "torch-compile":
         m = torch.compile(m, dynamic=True)
 

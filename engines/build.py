@@ -187,6 +187,11 @@ def _parser_errors(parser) -> list[str]:
     return errs
 
 
+def _io_entry(tensor) -> dict:
+    """{"name", "dtype" ("DataType.HALF"), "shape"} of a network input/output, for the sidecar (Triton reads it)."""
+    return {"name": tensor.name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)}
+
+
 def _progress_monitor(trt):
     """A trt.IProgressMonitor that drives a rich progress bar on stderr."""
     from rich.progress import Progress
@@ -270,6 +275,9 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
                                 f"plugin layers in the network ({plugin_layers}); the parser did not map every node "
                                 "to the plugin (is the library loaded and the node's plugin_namespace right?)")
 
+    io = {"inputs": [_io_entry(network.get_input(i)) for i in range(network.num_inputs)],
+          "outputs": [_io_entry(network.get_output(i)) for i in range(network.num_outputs)]}
+
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
@@ -291,7 +299,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     write_atomic(plan, memoryview(serialized))
     if timing_cache:
         write_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
-    sidecar = {**expected, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
+    sidecar = {**expected, **io, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
                "workspace_mib": workspace_mib, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_atomic(sidecar_path(plan), json.dumps(sidecar, indent=2))
     return {**sidecar, "plan": str(plan), "reused": False, "rebuild_reasons": reasons if existed else []}

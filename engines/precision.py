@@ -11,6 +11,7 @@ Out: the same graph with a per-node dtype ("low" = fp16 or bf16, or fp32) and ex
 | MatMul, Gemm (and their weight initializers) | low | the FLOPs; accumulation is fp32 inside the GEMM |
 | `RoformerRotary` x inputs / outputs | low | the plugin upcasts to fp32 internally; `sincos` (last input) stays fp32 |
 | LayerNormalization, Softmax, ReduceMean/Sum, Pow, Sqrt, Reciprocal, Exp, Log, Sin, Cos | fp32 | reductions and range-sensitive math (covers decomposed LayerNorm too) |
+| RotaryEmbedding (`--rope onnx` graphs) | fp32 | the rotation in fp32 with the fp32 sin/cos caches, as in the plugin |
 | anything else with float inputs (bias Add, GELU, Reshape, Transpose, Where, ...) | low iff **all** its non-constant float inputs are low, else fp32 | |
 | embedding / position tables read by Gather, mask arithmetic | fp32 | their float inputs are only constants, so the rule above keeps them fp32 |
 
@@ -59,6 +60,7 @@ FP32_OPS = frozenset({
     "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
     "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt",
     "Reciprocal", "Exp", "Log", "Sin", "Cos",
+    "RotaryEmbedding",  # the `--rope onnx` graph: rotary math in fp32, as the plugin does it internally
 })
 # Ops whose low-precision output needs no re-rounding in the emulated twin: they only move or
 # select values that are already representable (or negate them, which is exact).
@@ -313,21 +315,23 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
-def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path, stem: str = "model") -> dict[str, str]:
+def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path,
+                             stem: str = "model") -> tuple[dict[str, str], dict]:
     """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`.
 
-    The real bf16 file is checked with onnx.checker (full_check). Returns {artifact key: path}
-    (keys "fp16", or "bf16" and "bf16-emulated"), for report["artifacts"].
+    The real file is checked with onnx.checker (full_check). Returns ({artifact key: path}, the
+    conversion report of the real file); keys "fp16", or "bf16" and "bf16-emulated"; ({}, {}) for fp32.
     """
     precision = parse_precision(precision)
     if precision == "fp32":
-        return {}
+        return {}, {}
     model = onnx.load(str(src))
     out_dir = Path(out_dir)
-    real, _ = convert_precision(model, precision)
+    real, report = convert_precision(model, precision)
     paths = {precision: save_model(real, out_dir / f"{stem}.{precision}.onnx")}
+    del real  # a demo-size model is ~0.5 GB per copy
     onnx.checker.check_model(str(paths[precision]), full_check=True)
     if precision == "bf16":
         twin, _ = convert_precision(model, precision, emulate=True)
         paths["bf16-emulated"] = save_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
-    return {k: str(v) for k, v in paths.items()}
+    return {k: str(v) for k, v in paths.items()}, report

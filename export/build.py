@@ -39,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
     p.add_argument("--rope", default="plugin", choices=["plugin", "onnx", "none"],
                    help="plugin: RoformerRotary nodes for TensorRT; onnx: standard RotaryEmbedding; none: as exported")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16: the mixed-precision graph TensorRT "
+                   "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32)")
+    p.add_argument("--batch", default="1,8,32", help="engine batch range min,opt,max (one number N means 1,N,N)")
+    p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 "
+                   "(default: one profile 1..max-len)")
+    p.add_argument("--choices", type=int, help="multiple-choice only: number of choices the engine takes (default 2)")
+    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace limit")
+    p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
+                   "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
+    p.add_argument("--bench-grid", help="BATCHxSEQ list for --bench, e.g. 1x128,8x512 (default: each profile's "
+                   "opt length at batch min and opt)")
+    p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
+    p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
     p.add_argument("--atol", type=float, help="override every atol of the thresholds")
     p.add_argument("--rtol", type=float, help="override every rtol of the thresholds")
     p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
@@ -91,18 +104,34 @@ def run(args, argv: list[str]) -> tuple[dict, Path]:
 
 
 def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Path]:
+    from engines.precision import parse_precision
+    from engines.profiles import ProfileSet
+    from export.bench_stage import parse_grid
+    from export.engine_stage import run_engine_stage
     from export.onnx_export import check_export_args, export_onnx
-    from export.report import save_report, new_report
+    from export.precision_stage import run_precision_stage
+    from export.report import new_report, save_report
     from export.thresholds import ThresholdError, Thresholds
+    from export.validate import TorchReference, failures, validate_graphs, validation_shapes
 
     check_export_args(args.exporter, args.opset, max_len)
     try:
         thresholds = Thresholds.from_cli(args.thresholds, args.atol, args.rtol)
     except ThresholdError as e:
         raise UsageError(str(e)) from None
+    precision = parse_precision(args.precision)
+    profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, ckpt.task))
+    grid = parse_grid(args.bench_grid, profiles) if args.bench else None
+    if args.bench and args.bench_iters < 1:
+        raise UsageError(f"--bench-iters must be >= 1, got {args.bench_iters}")
+    if args.workspace_mib < 1:
+        raise UsageError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
     report = new_report(argv)
     report["model"] = model_facts(ckpt)
     report["checkpoint"] = {"path": str(args.model), "format": ckpt.source_format}
+    report["profiles"] = profiles.to_report()
+    if profiles.added_last:
+        info(f"--profiles tops end below --max-len {max_len}: added a last profile up to {max_len}")
 
     with status(f"exporting ONNX ({args.exporter})"):
         report["export"] = export_onnx(ckpt.model, ckpt.task, out / "model.onnx", max_len, args.exporter, args.opset)
@@ -111,21 +140,37 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
 
     graphs = {"onnx": (out / "model.onnx", "fp32")}
     rewrite_failure = None
+    trt_key = "onnx"
     if args.rope != "none":
         from export.rope_stage import run_rope_stage
         rewrite_failure = run_rope_stage(args.rope, ckpt, out, max_len, report, graphs)
+        trt_key = f"rope-{args.rope}"
     report["plugin"] = plugin_facts()
-    report["engine"] = engine_facts()
 
-    failure_lines: list[str] = []
+    trt_onnx = run_precision_stage(precision, out / report["artifacts"][trt_key], trt_key, report, graphs)
+    report["artifacts"]["tensorrt-onnx"] = trt_onnx.name
+    reference = TorchReference(ckpt.model, ckpt.task)
     if args.skip_validation:
         report["validation_skipped"] = True
     else:
-        from export.validate import TorchReference, failures, validate_graphs, validation_shapes
         shapes = validation_shapes(max_len, ckpt.task)
-        report["validation"] = validate_graphs(graphs, TorchReference(ckpt.model, ckpt.task), shapes, thresholds,
+        report["validation"] = validate_graphs(graphs, reference, shapes, thresholds,
                                                ckpt.config.vocab_size, ckpt.config.type_vocab_size)
-        failure_lines = failures(report["validation"])
+    # An engine is built only from a graph that kept every rotary site and matched PyTorch in ORT.
+    why_not = "the rotary stage failed" if rewrite_failure else (
+        "the ONNX graphs failed validation" if failures(report["validation"]) else None)
+    if why_not:
+        report["engine"] = {"status": "skipped", "reason": why_not, "profiles": report["profiles"]}
+    else:
+        report["validation"] += run_engine_stage(
+            trt_onnx, precision, profiles, report, validate=not args.skip_validation, reference=reference,
+            thresholds=thresholds, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
+            workspace_mib=args.workspace_mib)
+    failure_lines = failures(report["validation"])
+    if args.bench and rewrite_failure is None and not failure_lines:
+        from export.bench_stage import run_bench_stage
+        run_bench_stage(grid, report, out, model=ckpt.model, config=ckpt.config, iters=args.bench_iters,
+                        compile_=args.bench_compile)
     report["passed"] = not failure_lines and rewrite_failure is None and not args.skip_validation
     if rewrite_failure:
         report["failure"] = rewrite_failure
@@ -183,12 +228,13 @@ def plugin_facts() -> dict:
     return library_info(lib)
 
 
-def engine_facts() -> dict:
-    try:
-        from engines.build import engine_stage_status
-    except ImportError:
-        return {"status": "skipped", "reason": "engines.build is not available"}
-    return engine_stage_status()
+def engine_choices(choices: int | None, task: str) -> int | None:
+    """Choices the engine profiles fix for a multiple-choice head (default 2); None for other heads."""
+    if task != "multiple-choice":
+        if choices is not None:
+            raise UsageError(f"--choices applies to multiple-choice checkpoints only; this one is {task}")
+        return None
+    return 2 if choices is None else choices
 
 
 if __name__ == "__main__":

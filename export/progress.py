@@ -22,4 +22,4 @@ def status(message: str):
 
 
 def info(message: str) -> None:
-    _console.print(message, highlight=False)
+    _console.print(message, highlight=False, markup=False, soft_wrap=True)  # "[tensorrt]" is text, not a style

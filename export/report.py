@@ -57,7 +57,8 @@ def render_markdown(r: dict) -> str:
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in r["artifacts"].items()] + [""]
     cases = r.get("validation", [])
     if cases:
-        lines += ["## Validation (ONNX Runtime CPU vs PyTorch fp32)", "",
+        lines += ["## Validation against PyTorch fp32", "",
+                  "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines.", "",
                   "| graph | precision | batch | seq | output | max abs | max rel | cosine | atol | pass |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for c in cases:
@@ -70,6 +71,22 @@ def render_markdown(r: dict) -> str:
                              f"{o['max_abs']:.2e} | {o['max_rel']:.2e} | {o['cosine']:.7f} | {o['atol']:.0e} | "
                              f"{'ok' if o['passed'] else 'FAIL'} |")
         lines.append("")
+    if r.get("precision", {}).get("ops"):
+        p = r["precision"]
+        lines += [f"## Precision: {p['precision']}", "", f"from `{p['source']}`, {p['casts']} casts", "",
+                  "| op | low | fp32 |", "|---|---|---|"]
+        lines += [f"| {op} | {d.get('low', 0)} | {d.get('fp32', 0)} |" for op, d in p["ops"].items()] + [""]
+    if r.get("profiles"):
+        lines += ["## Optimization profiles", "", "| profile | batch min/opt/max | sequence min/opt/max |", "|---|---|---|"]
+        lines += [f"| {p['index']} | {'/'.join(map(str, p['batch']))} | {'/'.join(map(str, p['sequence']))} |"
+                  for p in r["profiles"]] + [""]
+    if r.get("bench"):
+        b = r["bench"]
+        lines += ["## Benchmark", "", "| backend | device | batch | seq | p50 ms | p99 ms | note |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['backend']} | {x['device']} | {x['batch']} | {x['seq']} | "
+                  + (f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | |" if x.get("p50_ms") is not None else f" | | {x['skipped']} |")
+                  for x in b["results"]]
+        lines += ["", f"![benchmark]({b['files']['plot']})", ""]
     for key in ("plugin", "engine"):
         if r.get(key):
             lines += [f"## {key.title()}", "", "```", json.dumps(r[key], indent=2), "```", ""]

@@ -32,6 +32,7 @@ def main() -> int:
     p.add_argument("--out", default="build/bench")
     args = p.parse_args()
 
+    from export.bench_stage import host_description
     from export.checkpoint import load_checkpoint
     from export.onnx_export import export_onnx
     from export.rope_stage import rewrite_file
@@ -72,8 +73,10 @@ def main() -> int:
         with torch.no_grad():
             for name, fn in runners.items():
                 fn()  # warm-up, excluded
+            names = list(runners)
             for r in range(args.reps):
-                for name, fn in runners.items():
+                for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no variant always first
+                    fn = runners[name]
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
@@ -83,7 +86,7 @@ def main() -> int:
             med = statistics.median(ts)
             rows.append({"seq": s, "batch": args.batch, "variant": name, "reps": len(ts), "median_ms": med * 1e3,
                          "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3, "vs_no_rotary": med / base})
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{torch.get_num_threads()} threads CPU",
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": host_description(),
               "model": args.model, "exporter": args.exporter, "export_seconds": round(export_s, 2),
               "rope_pass_seconds": round(rope_s, 2), "rows": rows}
     (out / "bench_export.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.client import TritonEncoderClient  # noqa: E402
+from export.bench_stage import host_description  # noqa: E402
 from export.errors import RoformerTrtError  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def level(urls, protocol, clients, n, warmup, max_s, batch, seq, vocab):
 
 
 def markdown(rows, meta):
-    head = f"Triton (PyTriton + ONNX Runtime, CPU) on {meta['host']}, model {meta['model']}\n\n"
+    head = f"Triton (PyTriton + ONNX Runtime, CPU), {meta['date']}, {meta['host']}, model {meta['model']}\n\n"
     t = "| protocol | clients | requests | batch x seq | req/s | seq/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n"
     for r in rows:
         t += (f"| {r['protocol']} | {r['clients']} | {r['requests']} | {r['batch']}x{r['sequence']} | "
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     except RoformerTrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    meta = {"host": f"{platform.node()} ({platform.processor() or platform.machine()})", "model": urls["model"]}
+    meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "model": urls["model"]}
     md = markdown(rows, meta)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))

@@ -80,6 +80,16 @@ def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
     (["--exporter", "dynamo", "--opset", "17"], r"opset 17 is refused.*invalid Split"),
     (["--exporter", "torchscript", "--opset", "23"], r"--opset 23 is not supported by the torchscript"),
     (["--thresholds", "/nonexistent.toml"], r"thresholds file .* does not exist"),
+    (["--precision", "int8"], r"--precision 'int8' is not supported; use one of fp32, fp16, bf16"),
+    (["--batch", "8,1,4"], r"--batch '8,1,4': needs min <= opt <= max"),
+    (["--batch", "1,x"], r"--batch '1,x': expected comma-separated integers"),
+    (["--max-len", "1024", "--profiles", "512,128"], r"bucket tops must be strictly ascending"),
+    (["--max-len", "256", "--profiles", "128,512"], r"top 512 exceeds --max-len 256.*raise --max-len"),
+    (["--choices", "4"], r"--choices applies to multiple-choice checkpoints only"),
+    (["--workspace-mib", "0"], r"--workspace-mib must be >= 1"),
+    (["--bench", "--bench-grid", "8by128"], r"--bench-grid '8by128': expected BATCHxSEQ"),
+    (["--bench", "--max-len", "64", "--bench-grid", "1x128"], r"sequence length 128 is outside 1..64"),
+    (["--bench", "--batch", "4", "--bench-grid", "16x32"], r"batch 16 is outside the engine's batch range 1..4"),
 ])
 def test_bad_options(tmp_path, capsys, tiny_ckpt, extra, pattern):
     out = tmp_path / "out"

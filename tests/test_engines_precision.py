@@ -112,8 +112,11 @@ def test_fp16_and_bf16_emulated_match_pytorch_fp32(tiny, tmp_path):
 
 def test_real_bf16_file_passes_checker(tiny, tmp_path):
     _, _, path = tiny
-    paths = write_precision_variants(path, "bf16", tmp_path)
+    paths, rep = write_precision_variants(path, "bf16", tmp_path)
     assert set(paths) == {"bf16", "bf16-emulated"}
+    # every MatMul low, every LayerNorm fp32 (the conversion report that export.build puts in report.json)
+    assert rep["precision"] == "bf16" and set(rep["ops"]["MatMul"]) == {"low"}
+    assert set(rep["ops"]["LayerNormalization"]) == {"fp32"}
     onnx.checker.check_model(paths["bf16"], full_check=True)
     real = onnx.load(paths["bf16"])
     weights = [i for i in real.graph.initializer if i.data_type == TensorProto.BFLOAT16]

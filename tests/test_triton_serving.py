@@ -4,25 +4,37 @@ on free ports, and the module fixture stops it. Skipped, with the reason, where 
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] not installed (serving extra)")
-pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (serving extra)")
+from export.errors import UnavailableError
 
-from export.errors import UnavailableError  # noqa: E402
-from engines.client import ServerError, TextEncoder, TritonEncoderClient, encode, load_tokenizer  # noqa: E402
-from engines.serving.server import check_runtime  # noqa: E402
-from engines.serving.tiny import write_tiny_build  # noqa: E402
 
-try:
-    check_runtime()
-    SKIP = None
-except UnavailableError as e:
-    SKIP = str(e)
+def _serving_unavailable() -> str | None:
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError as e:
+        return f"tritonclient[http,grpc] not installed (serving extra): {e}"
+    from engines.serving.server import check_runtime
+    try:
+        check_runtime()
+    except UnavailableError as e:
+        return str(e)
+    return None
+
+
+SKIP = _serving_unavailable()
+# CI's serving environment sets this so that a server that cannot start fails the run instead of skipping.
+if SKIP and os.environ.get("ROFORMER_TRT_REQUIRE_SERVING") == "1":
+    pytest.fail(f"ROFORMER_TRT_REQUIRE_SERVING=1 but the live server cannot run: {SKIP}", pytrace=False)
 pytestmark = [pytest.mark.skipif(SKIP is not None, reason=f"cannot serve here: {SKIP}"), pytest.mark.timeout(150)]
+if SKIP is None:
+    from engines.client import ServerError, TextEncoder, TritonEncoderClient, encode, load_tokenizer
+    from engines.serving.tiny import write_tiny_build
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION
 N_REQUESTS = 24  # per protocol; bounded so the module stays well under a minute

@@ -46,7 +46,9 @@ def check_runtime() -> None:
                                "(the roformer-trt 'serving' extra)") from e
     if int(np.__version__.split(".")[0]) >= 2:
         raise UnavailableError(f"numpy {np.__version__}: nvidia-pytriton 0.7's Python backend returns empty "
-                               "outputs with numpy 2; serve from an environment with numpy<2")
+                               "outputs with numpy 2; serve from an environment of its own with numpy<2 "
+                               "(python -m venv .venv-serving && .venv-serving/bin/pip install -e '.[serving]', "
+                               "as .ci/run does)")
 
 
 def _libpython_on_ld_path() -> None:

@@ -1,0 +1,79 @@
+"""`export.build --bench`: engines.bench over the build's own profiles, into `<out>/bench/`.
+
+Grid: by default each profile's opt sequence length at the batch min and opt (`--bench-grid 1x128,8x512`
+overrides). Backends: the engine when one was built, PyTorch fp32 (fp16 too on a GPU; torch.compile
+with `--bench-compile`), ONNX Runtime on the ORT-runnable graph (`--rope onnx` file, else the plain
+export). On a machine without TensorRT or a GPU the ORT and PyTorch CPU rows are still measured.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+from export.errors import UsageError
+from export.progress import info
+
+
+def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
+    """"BxS,BxS" -> [(B, S), ...], each inside the profiles; None -> the default grid."""
+    if text is None:
+        batches = sorted({profiles.batch.min, profiles.batch.opt})
+        return [(b, s.opt) for s in profiles.sequences for b in batches]
+    grid = []
+    for item in text.split(","):
+        try:
+            b, s = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512") from None
+        profiles.profile_for(b, s)  # UsageError naming the range when (b, s) is outside every profile
+        grid.append((b, s))
+    return grid
+
+
+def run_bench_stage(grid, report: dict, out: Path, *, model, config, iters: int, compile_: bool) -> None:
+    from engines.bench import run_bench, write_results
+    from engines.cases import input_axes
+
+    import onnx
+
+    arts = report["artifacts"]
+    ort_graph = out / arts.get("rope-onnx", arts["onnx"])
+    engines = (report.get("engine") or {}).get("engines") or []
+    plan = out / engines[0]["plan"] if engines else None
+    plugin_lib = (report.get("plugin") or {}).get("path") if plan else None
+    backends = ["trt", "torch-fp32", "torch-fp16", "ort"] + (["torch-compile"] if compile_ else [])
+    info(f"benchmark: {len(grid)} shapes x {len(backends)} backends, {iters} timed runs each")
+    results = run_bench(grid, model=model, onnx_path=ort_graph, plan=plan, plugin_lib=plugin_lib,
+                        backends=backends, iters=iters, warmup=max(1, iters // 10), vocab_size=config.vocab_size,
+                        type_vocab_size=config.type_vocab_size,
+                        input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))))
+    meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "ort_graph": ort_graph.name,
+            "plan": plan.name if plan else None, "iters": iters}
+    paths = write_results(results, out / "bench", meta)
+    report["bench"] = {**meta, "files": {k: str(Path(v).relative_to(out)) for k, v in paths.items()},
+                       "results": [r.__dict__ for r in results]}
+    for key, path in paths.items():
+        arts[f"bench-{key}"] = str(Path(path).relative_to(out))
+
+
+def host_description() -> str:
+    """GPU name or CPU model, with core count and the torch / ONNX Runtime versions the numbers came from."""
+    import onnxruntime
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                   platform.processor() or "CPU")
+        device = f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{device}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []

@@ -1,0 +1,61 @@
+"""The engine stage of export.build: the TensorRT-bound file -> `<name>.plan`, validated against PyTorch.
+
+Where TensorRT or a GPU is missing the stage is skipped with one line saying why and how to enable it,
+and `report["engine"]` = {"status": "skipped", "reason", "profiles"}; `--require-engine` turns that into
+exit 3 in export.build. Where both exist: build (or reuse, sidecar permitting) with engines.build, run
+with engines.runner, grade at every profile's min/opt/max, a prime length and padded rows
+(engines.validate_engine); the cases join report["validation"], so engines.gate gates them too.
+The TensorRT calls are in engines/; this file only wires them, so it has no TensorRT code of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.errors import UsageError
+from export.progress import info
+
+TIMING_CACHE = "timing.cache"  # shared by every build into the same folder
+
+
+def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, validate: bool,
+                     reference=None, thresholds=None, vocab_size: int = 0, type_vocab_size: int = 2,
+                     workspace_mib: int = 4096) -> list[dict]:
+    """Returns the engine's validation cases ([] when skipped or not validating)."""
+    from engines.build import count_plugin_nodes, engine_stage_status
+
+    status = engine_stage_status()
+    if status["status"] != "available":
+        report["engine"] = {**status, "profiles": profiles.to_report()}
+        info(f"engine stage skipped: {status['reason']}")
+        return []
+
+    from engines.build import build_engine
+    from plugins.locate import find_plugin_library
+
+    plugin_lib = None
+    if count_plugin_nodes(trt_onnx):
+        plugin_lib = find_plugin_library()
+        if plugin_lib is None:
+            raise UsageError(f"{trt_onnx.name} has RoformerRotary nodes but the plugin library is not built; "
+                             "run python -m plugins.build (or pass --rope onnx)")
+    out = trt_onnx.parent
+    name = f"model.{precision}"
+    info(f"building TensorRT engine {name}.plan ({len(profiles)} profiles)\n{profiles.table()}")
+    entry = build_engine(trt_onnx, out, name=name, plugin_lib=plugin_lib, profiles=profiles, precision=precision,
+                         workspace_mib=workspace_mib, timing_cache=out / TIMING_CACHE)
+    plan = Path(entry["plan"])
+    info(f"{'reused' if entry['reused'] else 'built'} {plan.name}"
+         + ("" if entry["reused"] else f" in {entry.get('build_seconds')} s"))
+    report["engine"] = {**status, "status": "built", "engines": [{
+        "plan": plan.name, "sidecar": plan.name + ".json", "precision": precision, "onnx": trt_onnx.name,
+        "profiles": profiles.to_report(), "reused": entry["reused"], "build_seconds": entry.get("build_seconds"),
+        "plugin_layers": entry.get("plugin_layers"), "rebuild_reasons": entry.get("rebuild_reasons", [])}]}
+    report["artifacts"][f"engine-{precision}"] = plan.name
+    if not validate:
+        return []
+    from engines.runner import EngineRunner
+    from engines.validate_engine import validate_engine
+
+    runner = EngineRunner(plan, plugin_lib)
+    return validate_engine(runner, reference, profiles, precision, vocab_size, type_vocab_size, thresholds)

@@ -1,0 +1,88 @@
+"""export.build's engine-stage options on a machine without TensorRT: --precision writes and validates the
+mixed-precision graph, --batch/--profiles land in report.json, the engine stage is skipped with its reason
+(exit 3 under --require-engine), and --bench measures the CPU backends. Real runs of the CLI on a tiny model."""
+
+import json
+
+import onnx
+import pytest
+from onnx import TensorProto
+
+from engines.gate import main as gate_main
+from export.build import main
+
+BASE = ["--exporter", "torchscript", "--max-len", "48"]
+
+
+def build(tiny_ckpt, out, *extra):
+    code = main(["--model", str(tiny_ckpt), "--out", str(out), *BASE, *extra])
+    return code, json.loads((out / "report.json").read_text())
+
+
+def low_types(path):
+    m = onnx.load(str(path))
+    return {i.data_type for i in m.graph.initializer} & {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@pytest.mark.parametrize("rope,precision,checked,elem", [
+    ("plugin", "fp16", "rope-plugin.fp16", TensorProto.FLOAT16),
+    ("plugin", "bf16", "rope-plugin.bf16-emulated", TensorProto.BFLOAT16),
+    ("onnx", "fp16", "rope-onnx.fp16", TensorProto.FLOAT16),
+])
+def test_precision_graph_is_written_and_validated(tiny_ckpt, tmp_path, rope, precision, checked, elem):
+    out = tmp_path / precision
+    code, r = build(tiny_ckpt, out, "--rope", rope, "--precision", precision)
+    assert code == 0 and r["passed"]
+    trt_file = out / r["artifacts"]["tensorrt-onnx"]
+    assert trt_file.name == f"model.rope-{rope}.{precision}.onnx" and low_types(trt_file) == {elem}
+    nodes = onnx.load(str(trt_file)).graph.node
+    op = "RoformerRotary" if rope == "plugin" else "RotaryEmbedding"
+    assert sum(n.op_type == op for n in nodes) == (2 if rope == "plugin" else 4)
+    if rope == "onnx":  # the rotation stays fp32: RotaryEmbedding's output is cast, never computed low
+        by_out = {o: n for n in nodes for o in n.output}
+        rot = [n for n in nodes if n.op_type == op]
+        assert all(by_out[n.input[0]].op_type == "Cast" and by_out[n.input[0]].attribute[0].i == TensorProto.FLOAT
+                   for n in rot)
+    assert r["precision"]["precision"] == precision and set(r["precision"]["ops"]["MatMul"]) == {"low"}
+    cases = [c for c in r["validation"] if c["graph"] == checked]
+    assert cases and all(c["precision"] == precision and c["passed"] for c in cases)
+    assert {c["seq"] for c in cases} == {1, 48}  # validation_shapes(48): S=1 and max_len (61 > 48)
+    assert {(c["batch"], c["padded_rows"]) for c in cases} >= {(1, 0), (3, 2)}
+    if precision == "bf16":  # the emulated twin is plain fp32 (ORT runs it); the real file is for TensorRT
+        assert low_types(out / r["artifacts"]["rope-plugin.bf16-emulated"]) == set()
+    assert gate_main([str(out / "report.json")]) == 0
+
+
+def test_profiles_in_report_and_engine_skipped_with_reason(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "p"
+    code, r = build(tiny_ckpt, out, "--batch", "1,4,8", "--profiles", "16,32")
+    assert code == 0
+    assert r["profiles"] == [{"index": 0, "batch": [1, 4, 8], "sequence": [1, 16, 16]},
+                             {"index": 1, "batch": [1, 4, 8], "sequence": [17, 32, 32]},
+                             {"index": 2, "batch": [1, 4, 8], "sequence": [33, 48, 48]}]  # added up to --max-len
+    assert r["engine"]["status"] == "skipped" and "pip install .[tensorrt]" in r["engine"]["reason"]
+    assert r["engine"]["profiles"] == r["profiles"]
+    assert "engine stage skipped" in capsys.readouterr().err
+    assert "## Optimization profiles" in (out / "report.md").read_text()
+
+
+def test_require_engine_exits_3_and_keeps_the_report(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, r = build(tiny_ckpt, out, "--require-engine")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and err[-1].startswith("error: --require-engine") and "TensorRT" in err[-1]
+    assert r["engine"]["status"] == "skipped"
+
+
+def test_bench_measures_cpu_backends(tiny_ckpt, tmp_path):
+    out = tmp_path / "b"
+    code, r = build(tiny_ckpt, out, "--rope", "onnx", "--batch", "1,2,2", "--bench", "--bench-iters", "3")
+    assert code == 0
+    rows = {(x["backend"], x["batch"], x["seq"]): x for x in r["bench"]["results"]}
+    assert set(rows) == {(b, n, 48) for b in ("trt", "torch-fp32", "torch-fp16", "ort") for n in (1, 2)}
+    for n in (1, 2):
+        assert rows[("torch-fp32", n, 48)]["p50_ms"] > 0 and rows[("ort", n, 48)]["p50_ms"] > 0
+        assert "TensorRT is not installed" in rows[("trt", n, 48)]["skipped"]
+    assert r["bench"]["ort_graph"] == "model.rope-onnx.onnx"
+    for key in ("json", "markdown", "plot"):
+        assert (out / r["artifacts"][f"bench-{key}"]).stat().st_size > 0
