@@ -160,14 +160,33 @@ def gpu_identity() -> tuple[str, str]:
 
 # ---------------------------------------------------------------- TensorRT layer (GPU only)
 
+_LOADED: dict[str, object] = {}  # resolved library path -> registry handle, for this process
+
+
 def load_plugins(trt, plugin_lib: str | Path):
-    """Load our plugin library into TensorRT's registry (IPluginRegistry.load_library, TRT >= 10)."""
+    """Load our plugin library into TensorRT's registry (IPluginRegistry.load_library, TRT >= 10), once.
+
+    load_library returns None when any of the library's creators is already registered, so a second
+    call (build, then run, in one process) or a library already loaded another way (LD_PRELOAD, the
+    static variant) must not be loaded again: both are answered from what is registered.
+    """
     path = Path(plugin_lib)
     if not path.is_file():
         raise UsageError(f"plugin library {path} does not exist; build plugins/ first (cmake) or pass --plugin-lib")
-    handle = trt.get_plugin_registry().load_library(str(path))
+    key = str(path.resolve())
+    if key in _LOADED:
+        return _LOADED[key]
+    from export.passes.rotary import PLUGIN_DOMAIN, PLUGIN_VERSION  # the node attributes the parser looks up
+
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_DOMAIN) is not None:
+        log.info("%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION, path)
+        _LOADED[key] = None
+        return None
+    handle = registry.load_library(key)
     if handle is None:
         raise UsageError(f"TensorRT could not load plugin library {path}; check it was built for TensorRT {trt.__version__}")
+    _LOADED[key] = handle
     return handle
 
 
@@ -282,7 +301,10 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        # a cache written by another GPU or TensorRT version: start a fresh one (rewritten after the build)
+        log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", timing_cache)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     for i in range(len(profiles)):
         p = builder.create_optimization_profile()
         for tensor, (mn, opt, mx) in profiles.shapes(i, axes).items():

@@ -149,12 +149,11 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
 
     trt_onnx = run_precision_stage(precision, out / report["artifacts"][trt_key], trt_key, report, graphs)
     report["artifacts"]["tensorrt-onnx"] = trt_onnx.name
-    reference = TorchReference(ckpt.model, ckpt.task)
     if args.skip_validation:
         report["validation_skipped"] = True
     else:
         shapes = validation_shapes(max_len, ckpt.task)
-        report["validation"] = validate_graphs(graphs, reference, shapes, thresholds,
+        report["validation"] = validate_graphs(graphs, TorchReference(ckpt.model, ckpt.task), shapes, thresholds,
                                                ckpt.config.vocab_size, ckpt.config.type_vocab_size)
     # An engine is built only from a graph that kept every rotary site and matched PyTorch in ORT.
     why_not = "the rotary stage failed" if rewrite_failure else (
@@ -162,10 +161,8 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
     if why_not:
         report["engine"] = {"status": "skipped", "reason": why_not, "profiles": report["profiles"]}
     else:
-        report["validation"] += run_engine_stage(
-            trt_onnx, precision, profiles, report, validate=not args.skip_validation, reference=reference,
-            thresholds=thresholds, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
-            workspace_mib=args.workspace_mib)
+        report["validation"] += run_engine_stage(trt_onnx, precision, profiles, report, validate=not args.skip_validation,
+                                                 ckpt=ckpt, thresholds=thresholds, workspace_mib=args.workspace_mib)
     failure_lines = failures(report["validation"])
     if args.bench and rewrite_failure is None and not failure_lines:
         from export.bench_stage import run_bench_stage

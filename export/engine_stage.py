@@ -18,10 +18,9 @@ from export.progress import info
 TIMING_CACHE = "timing.cache"  # shared by every build into the same folder
 
 
-def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, validate: bool,
-                     reference=None, thresholds=None, vocab_size: int = 0, type_vocab_size: int = 2,
-                     workspace_mib: int = 4096) -> list[dict]:
-    """Returns the engine's validation cases ([] when skipped or not validating)."""
+def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, validate: bool, ckpt=None,
+                     thresholds=None, workspace_mib: int = 4096) -> list[dict]:
+    """Returns the engine's validation cases ([] when skipped or not validating); ckpt: the loaded checkpoint."""
     from engines.build import count_plugin_nodes, engine_stage_status
 
     status = engine_stage_status()
@@ -56,6 +55,9 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, 
         return []
     from engines.runner import EngineRunner
     from engines.validate_engine import validate_engine
+    from export.validate import TorchReference
 
     runner = EngineRunner(plan, plugin_lib)
-    return validate_engine(runner, reference, profiles, precision, vocab_size, type_vocab_size, thresholds)
+    reference = TorchReference(ckpt.model, ckpt.task, device="cuda")  # the stage only runs where CUDA is
+    return validate_engine(runner, reference, profiles, precision, ckpt.config.vocab_size,
+                           ckpt.config.type_vocab_size, thresholds)

@@ -62,18 +62,27 @@ def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int =
 
 
 class TorchReference:
-    """PyTorch fp32 outputs, computed once per shape and shared by every graph validated."""
+    """PyTorch fp32 outputs, computed once per shape and shared by every graph validated.
 
-    def __init__(self, model: torch.nn.Module, task: str):
-        self.model = model.float().eval()
+    device "cuda" serves the engine stage's large shapes (batch 32 x 2048 tokens takes minutes on a CPU);
+    TF32 is switched off there so the reference stays true fp32.
+    """
+
+    def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu"):
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.device = torch.device(device)
+        self.model = model.float().eval().to(self.device)
         self.spec = ExportSpec(task)
         self._cache: dict[Shape, dict[str, np.ndarray]] = {}
 
     def __call__(self, shape: Shape, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if shape not in self._cache:
             with torch.no_grad():
-                out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=True)
-            self._cache[shape] = {n: out[n].float().numpy() for n in self.spec.output_names}
+                out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()},
+                                 return_dict=True)
+            self._cache[shape] = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
         return self._cache[shape]
 
 

@@ -89,3 +89,26 @@ def test_engine_matches_pytorch_in_every_profile(built):
         o = c["outputs"]["last_hidden_state"]
         print(f"engine-fp16 B={c['batch']} S={c['seq']} pad={c['padded_rows']}: max_abs {o['max_abs']:.3g}")
     assert cases and all(c["passed"] for c in cases)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_export_build_engine_stage_end_to_end(tmp_path, tiny_ckpt, precision):
+    """The CLI path: export -> rotary pass -> mixed precision -> engine -> engine validation -> gate."""
+    from engines.gate import main as gate_main
+    from export.build import main
+    from plugins.locate import find_plugin_library
+
+    if find_plugin_library() is None:
+        pytest.skip("plugin library not built; run python -m plugins.build")
+    out = tmp_path / precision
+    code = main(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "64",
+                 "--precision", precision, "--batch", "1,2,4", "--profiles", "16,64", "--require-engine"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0 and report["passed"] and report["engine"]["status"] == "built"
+    entry = report["engine"]["engines"][0]
+    assert (out / entry["plan"]).stat().st_size > 0 and entry["plugin_layers"] == 2
+    side = json.loads((out / entry["sidecar"]).read_text())
+    assert {i["name"] for i in side["inputs"]} == {"input_ids", "attention_mask", "token_type_ids"}
+    cases = [c for c in report["validation"] if c["graph"] == f"engine-{precision}"]
+    assert {c["seq"] for c in cases} >= {1, 16, 17, 61, 64} and all(c["passed"] for c in cases)
+    assert gate_main([str(out / "report.json")]) == 0
