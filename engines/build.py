@@ -325,3 +325,80 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
                "workspace_mib": workspace_mib, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_atomic(sidecar_path(plan), json.dumps(sidecar, indent=2))
     return {**sidecar, "plan": str(plan), "reused": False, "rebuild_reasons": reasons if existed else []}
+
+
+# ---------------------------------------------------------------- CLI: python -m engines.build
+
+def table_rows(onnx_path: str | Path) -> int | None:
+    """Rows of the rotary sin/cos table in the file = the longest sequence its engine can accept."""
+    import onnx
+
+    from export.passes.rotary import COS_CACHE_NAME, SINCOS_NAME
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    # the precision pass may append a dtype suffix to a converted initializer's name
+    return next((int(i.dims[0]) for i in m.graph.initializer if i.name.startswith((SINCOS_NAME, COS_CACHE_NAME))), None)
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m engines.build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
+                                            "(report.json artifacts.tensorrt-onnx).",
+                                epilog="example: python -m engines.build build/ckpt/model.rope-plugin.fp16.onnx "
+                                       "--precision fp16 --batch 1,8,32 --profiles 128,512,2048")
+    p.add_argument("onnx", help="ONNX file (mixed precision already applied; the network is strongly typed)")
+    p.add_argument("--out", help="folder for <name>.plan and its sidecar (default: the ONNX file's folder)")
+    p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
+    p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16")
+    p.add_argument("--batch", default="1,8,32", help="batch min,opt,max (one number N means 1,N,N)")
+    p.add_argument("--profiles", help="sequence bucket tops, e.g. 128,512,2048 (default: one profile 1..max-len)")
+    p.add_argument("--choices", type=int, help="multiple-choice graphs: number of choices")
+    p.add_argument("--max-len", type=int, help="longest sequence (default: rows of the graph's rotary table)")
+    p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
+    p.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit")
+    p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the plan)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the sidecar matches")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from export.errors import RoformerTrtError
+    from engines.precision import parse_precision
+    from engines.profiles import ProfileSet
+
+    args = build_parser().parse_args(argv)
+    try:
+        onnx_path = Path(args.onnx)
+        if not onnx_path.is_file():
+            raise UsageError(f"{onnx_path} does not exist; pass the ONNX file export.build wrote "
+                             "(report.json artifacts.tensorrt-onnx)")
+        precision = parse_precision(args.precision)
+        max_len = args.max_len or table_rows(onnx_path)
+        if max_len is None:
+            raise UsageError(f"{onnx_path.name} has no rotary table to read the longest sequence from; pass --max-len")
+        profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, args.choices)
+        status = engine_stage_status()
+        require_engine(status)
+        plugin_lib = args.plugin_lib
+        if plugin_lib is None and count_plugin_nodes(onnx_path):
+            from plugins.locate import find_plugin_library
+            plugin_lib = find_plugin_library()
+        out = Path(args.out) if args.out else onnx_path.parent
+        entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
+                             profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,
+                             timing_cache=args.timing_cache or out / "timing.cache", reuse=not args.force)
+    except RoformerTrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps({k: entry[k] for k in ("plan", "reused", "build_seconds", "plugin_layers") if k in entry}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ class LoadedCheckpoint:
     task: str
     source_format: str
     table: str  # "checkpoint" (verified against the formula) or "generated" (absent from the file)
-    notes: list[str] = field(default_factory=list)
 
 
 def load_checkpoint(path: str | Path, config_path: str | Path | None = None,

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION = "RoformerRotary", "roformer_trt", "1"
 SINCOS_NAME = "roformer_rotary_sincos"
+COS_CACHE_NAME, SIN_CACHE_NAME = "roformer_rotary_cos_cache", "roformer_rotary_sin_cache"  # --rope onnx
 MODES = ("plugin", "onnx")
 ONNX_ROTARY_OPSET = 23  # RotaryEmbedding entered ai.onnx at 23
 
@@ -374,8 +375,8 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
     for s in sites:
         layers.setdefault(s.layer_key, []).append(s)
     sincos = gs.Constant(SINCOS_NAME, table)
-    cos = gs.Constant("roformer_rotary_cos_cache", np.ascontiguousarray(table[:, head_dim // 2:]))
-    sin = gs.Constant("roformer_rotary_sin_cache", np.ascontiguousarray(table[:, : head_dim // 2]))
+    cos = gs.Constant(COS_CACHE_NAME, np.ascontiguousarray(table[:, head_dim // 2:]))
+    sin = gs.Constant(SIN_CACHE_NAME, np.ascontiguousarray(table[:, : head_dim // 2]))
     position_ids = None
     for i, (key, layer) in enumerate(layers.items()):
         failed = {s.name: bad[s.name] for s in layer if s.name in bad}
