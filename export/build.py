@@ -161,8 +161,15 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
     if why_not:
         report["engine"] = {"status": "skipped", "reason": why_not, "profiles": report["profiles"]}
     else:
-        report["validation"] += run_engine_stage(trt_onnx, precision, profiles, report, validate=not args.skip_validation,
-                                                 ckpt=ckpt, thresholds=thresholds, workspace_mib=args.workspace_mib)
+        try:
+            report["validation"] += run_engine_stage(trt_onnx, precision, profiles, report,
+                                                     validate=not args.skip_validation, ckpt=ckpt,
+                                                     thresholds=thresholds, workspace_mib=args.workspace_mib)
+        except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
+            report["engine"] = {"status": "failed", "reason": str(e), "profiles": report["profiles"]}
+            report["failure"] = f"engine stage: {e}"
+            save_report(report, out)
+            raise
     failure_lines = failures(report["validation"])
     if args.bench and rewrite_failure is None and not failure_lines:
         from export.bench_stage import run_bench_stage
