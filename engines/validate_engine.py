@@ -16,14 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from export.validate import Shape, grade, make_inputs
-
-
-def largest_prime_in(lo: int, hi: int) -> int | None:
-    for n in range(hi, max(lo, 2) - 1, -1):
-        if all(n % d for d in range(2, int(n ** 0.5) + 1)):
-            return n
-    return None
+from export.validate import Shape, grade, largest_prime_in, make_inputs
 
 
 def validation_shapes(profiles) -> list[Shape]:

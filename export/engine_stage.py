@@ -21,7 +21,7 @@ TIMING_CACHE = "timing.cache"  # shared by every build into the same folder
 def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, validate: bool, ckpt=None,
                      thresholds=None, workspace_mib: int = 4096) -> list[dict]:
     """Returns the engine's validation cases ([] when skipped or not validating); ckpt: the loaded checkpoint."""
-    from engines.build import count_plugin_nodes, engine_stage_status
+    from engines.build import build_engine, count_plugin_nodes, engine_stage_status
 
     status = engine_stage_status()
     if status["status"] != "available":
@@ -29,7 +29,6 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, 
         info(f"engine stage skipped: {status['reason']}")
         return []
 
-    from engines.build import build_engine
     from plugins.locate import find_plugin_library
 
     plugin_lib = None

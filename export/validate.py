@@ -40,11 +40,19 @@ def validation_shapes(max_len: int, task: str, prime: int = 61) -> list[Shape]:
     """Batch 1 and 3 at sequence 1 and a prime length (the largest prime <= min(61, max_len)), batch 1 at
     max_len; batch 3 rows padded. A prime length catches kernels and graphs that assume even or tiled lengths."""
     choices = 2 if task == "multiple-choice" else None
-    p = next((n for n in range(min(prime, max_len), 1, -1) if all(n % d for d in range(2, int(n ** 0.5) + 1))), 1)
+    p = largest_prime_in(2, min(prime, max_len)) or 1
     shapes = [Shape(1, 1, 0, choices), Shape(3, 1, 0, choices), Shape(1, p, 0, choices), Shape(3, p, 2, choices)]
     if max_len not in (1, p):
         shapes.append(Shape(1, max_len, 0, choices))
     return shapes
+
+
+def largest_prime_in(lo: int, hi: int) -> int | None:
+    """The largest prime in [lo, hi], None when there is none."""
+    for n in range(hi, max(lo, 2) - 1, -1):
+        if all(n % d for d in range(2, int(n ** 0.5) + 1)):
+            return n
+    return None
 
 
 def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
