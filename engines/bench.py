@@ -210,7 +210,7 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> None:
 
 def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Mapping | None = None) -> dict[str, str]:
     """bench.json / bench.md / bench.png under out_dir (atomic writes); returns their paths."""
-    from engines.build import write_atomic
+    from export.report import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

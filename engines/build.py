@@ -8,7 +8,7 @@ An existing plan is reused only when every field in MATCH_KEYS equals the expect
 otherwise it is rebuilt and the mismatches are logged (and returned).
 
 Only `build_engine` and `_trt_*` helpers touch TensorRT; `import tensorrt` happens inside them.
-Everything else here (hashing, sidecars, atomic writes, stage status) is plain Python, tested on CPU.
+Everything else here (hashing, sidecars, stage status) is plain Python, tested on CPU.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Mapping
 
 from export.errors import UnavailableError, UsageError, VerificationError
+from export.report import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,6 @@ def onnx_sha256(path: str | Path) -> str:
     for extra in sorted(Path(path).parent.glob(Path(path).name + ".data*")):
         h.update(sha256_file(extra).encode())
     return h.hexdigest()
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write to a temp file in the same directory, fsync, os.replace: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def sidecar_path(plan: str | Path) -> Path:

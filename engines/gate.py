@@ -81,7 +81,7 @@ def check_report(report: dict, thresholds: Thresholds) -> list[Check]:
 
 
 def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-gate") -> None:
-    from engines.build import write_atomic
+    from export.report import write_atomic
 
     failures = sum(not c.passed for c in checks)
     ts = ET.Element("testsuite", name=suite, tests=str(len(checks)), failures=str(failures), errors="0")

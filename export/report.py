@@ -10,13 +10,23 @@ from pathlib import Path
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same dir, so same filesystem
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # readers see old or new, never half
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write to a temp file in the same directory (same filesystem), fsync, os.replace: readers see the
+    old file or the new one, never half of one; a failed write leaves no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def new_report(argv: list[str]) -> dict:
