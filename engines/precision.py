@@ -299,22 +299,6 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool =
     return out, report
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write atomically (temp file + os.replace); weights go to `<name>.data` past protobuf's 2 GB limit."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    big = model.ByteSize() > 1_800_000_000
-    if big:
-        data = f"{path.name}.data"
-        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data)
-    else:
-        onnx.save_model(model, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path,
                              stem: str = "model") -> tuple[dict[str, str], dict]:
     """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`.
@@ -322,16 +306,17 @@ def write_precision_variants(src: str | Path, precision: str, out_dir: str | Pat
     The real file is checked with onnx.checker (full_check). Returns ({artifact key: path}, the
     conversion report of the real file); keys "fp16", or "bf16" and "bf16-emulated"; ({}, {}) for fp32.
     """
+    from export.onnx_export import write_model  # imports torch; the rest of this module does not need it
+
     precision = parse_precision(precision)
     if precision == "fp32":
         return {}, {}
     model = onnx.load(str(src))
     out_dir = Path(out_dir)
     real, report = convert_precision(model, precision)
-    paths = {precision: save_model(real, out_dir / f"{stem}.{precision}.onnx")}
+    paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True)}
     del real  # a demo-size model is ~0.5 GB per copy
-    onnx.checker.check_model(str(paths[precision]), full_check=True)
     if precision == "bf16":
         twin, _ = convert_precision(model, precision, emulate=True)
-        paths["bf16-emulated"] = save_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
+        paths["bf16-emulated"] = write_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
     return {k: str(v) for k, v in paths.items()}, report

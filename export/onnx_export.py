@@ -151,6 +151,21 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
         onnx.save_model(model, str(path))
 
 
+def write_model(model: onnx.ModelProto, path: str | Path, check: bool = False) -> Path:
+    """Write `model` to `path` atomically: save into a temp folder beside it (weights in `<name>.data` past
+    2 GB), optionally run the full checker on that file, then move the weights and, last, the graph into place."""
+    path = Path(path)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        save_model(model, tmpdir / path.name)
+        if check:
+            onnx.checker.check_model(str(tmpdir / path.name), full_check=True)
+        _move_into_place(tmpdir, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
 def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 

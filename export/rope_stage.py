@@ -8,13 +8,11 @@ lets ONNX Runtime run it, attached in memory only). Returns a coverage failure l
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 
-from export.onnx_export import save_model
+from export.onnx_export import write_model
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
@@ -34,15 +32,7 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config),
                               expected_nodes=config.num_hidden_layers, max_len=max_len, feeds=feeds,
                               head_dim=config.hidden_size // config.num_attention_heads)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".rope-", dir=dst.parent))
-    try:
-        tmp = tmpdir / dst.name
-        save_model(new, tmp)
-        onnx.checker.check_model(str(tmp), full_check=True)
-        for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):
-            f.replace(dst.parent / f.name)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    write_model(new, dst, check=True)
     return report.to_dict() | {"coverage_error": report.coverage_error()}
 
 

@@ -25,8 +25,9 @@ def built(tmp_path_factory):
     from transformers import RoFormerConfig, RoFormerModel
 
     from engines.build import build_engine
-    from engines.precision import convert_precision, save_model
+    from engines.precision import convert_precision
     from engines.profiles import ProfileSet
+    from export.onnx_export import write_model
     from export.passes.rotary import fuse_rotary
     from plugins.locate import find_plugin_library
 
@@ -46,7 +47,7 @@ def built(tmp_path_factory):
                       dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
     rope, _ = fuse_rotary(onnx.load(str(out / "model.onnx")), mode="plugin", head_dim=16, max_len=64)
     fp16, _ = convert_precision(rope, "fp16")
-    onnx_path = save_model(fp16, out / "model.fp16.onnx")
+    onnx_path = write_model(fp16, out / "model.fp16.onnx")
     profiles = ProfileSet.from_cli("1,2,4", "16", 64)
     kw = dict(name="model.fp16", plugin_lib=lib, profiles=profiles, precision="fp16", workspace_mib=1024,
               timing_cache=out / "timing.cache")
