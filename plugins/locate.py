@@ -11,13 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from plugins.identity import HOST_LIB, KERNEL_LIB, PLUGIN_LIB, STATIC_PLUGIN_LIB  # noqa: F401 (callers say locate.PLUGIN_LIB)
+
 ENV_DIR = "ROFORMER_TRT_PLUGIN_DIR"
 DEFAULT_BUILD_DIR = Path(__file__).resolve().parent / "build"
-
-PLUGIN_LIB = "libroformer_trt_plugin.so"  # TensorRT adapter, loaded by path (getCreators / setLoggerFinder)
-STATIC_PLUGIN_LIB = "libroformer_trt_plugin_static.so"  # same adapter, REGISTER_TENSORRT_PLUGIN at load time
-KERNEL_LIB = "libroformer_rotary_kernels.so"  # extern "C" roformer_rotary_launch (CUDA)
-HOST_LIB = "libroformer_rotary_host.so"  # C++ host reference (no CUDA)
 
 
 def search_dirs(build_dir: Path | None = None) -> list[Path]:
