@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from export.errors import RoformerTrtError
-    from engines.precision import parse_precision
+    from export.passes.precision import parse_precision
     from engines.profiles import ProfileSet
 
     args = build_parser().parse_args(argv)

@@ -104,12 +104,12 @@ def run(args, argv: list[str]) -> tuple[dict, Path]:
 
 
 def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Path]:
-    from engines.precision import parse_precision
+    from export.passes.precision import parse_precision
     from engines.profiles import ProfileSet
-    from export.bench_stage import parse_grid
-    from export.engine_stage import run_engine_stage
+    from export.stages.bench import parse_grid
+    from export.stages.engine import run_engine_stage
     from export.onnx_export import check_export_args, export_onnx
-    from export.precision_stage import run_precision_stage
+    from export.stages.precision import run_precision_stage
     from export.report import new_report, save_report
     from export.thresholds import ThresholdError, Thresholds
     from export.validate import TorchReference, failures, validate_graphs, validation_shapes
@@ -142,7 +142,7 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
     rewrite_failure = None
     trt_key = "onnx"
     if args.rope != "none":
-        from export.rope_stage import run_rope_stage
+        from export.stages.rope import run_rope_stage
         rewrite_failure = run_rope_stage(args.rope, ckpt, out, max_len, report, graphs)
         trt_key = f"rope-{args.rope}"
     report["plugin"] = plugin_facts()
@@ -172,7 +172,7 @@ def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Pat
             raise
     failure_lines = failures(report["validation"])
     if args.bench and rewrite_failure is None and not failure_lines:
-        from export.bench_stage import run_bench_stage
+        from export.stages.bench import run_bench_stage
         run_bench_stage(grid, report, out, model=ckpt.model, config=ckpt.config, iters=args.bench_iters,
                         compile_=args.bench_compile)
     report["passed"] = not failure_lines and rewrite_failure is None and not args.skip_validation

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ import onnx
 import torch
 
 from export.errors import UsageError
+from export.onnx_io import MAX_PROTOBUF, has_external, move_into_place, save_model
 from export.reference import sincos_table
 from export.spec import INPUT_NAMES, ExportSpec
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 OPSETS = {"dynamo": range(18, 24), "torchscript": range(17, 21)}
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
-MAX_PROTOBUF = 2**31 - 2**26  # stay clear of protobuf's 2 GiB hard limit
 
 
 def check_export_args(exporter: str, opset: int | None, max_len: int) -> int:
@@ -102,7 +101,7 @@ def export_onnx(model: torch.nn.Module, task: str, out_path: str | Path, max_len
                 _export_torchscript(wrapper, args, spec, tmp, opset)
         _finalize(tmp)
         _check_dynamic(tmp, spec)
-        files = _move_into_place(tmpdir, out_path)
+        files = move_into_place(tmpdir, out_path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return {"exporter": exporter, "opset": opset, "max_len": max_len, "table_rows": rows,
@@ -136,42 +135,8 @@ def _too_big(module: torch.nn.Module) -> bool:
 def _finalize(path: Path) -> None:
     """Move big models to external data, then the full checker on the file (not the proto: > 2 GB works)."""
     model = onnx.load(str(path))
-    save_model(model, path, external=_has_external(model) or None)
+    save_model(model, path, external=has_external(model) or None)
     onnx.checker.check_model(str(path), full_check=True)
-
-
-def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None) -> None:
-    """Save, with weights in `<name>.data` beside it when the proto would pass 2 GB."""
-    if external is None:
-        external = _initializer_bytes(model) > MAX_PROTOBUF
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
-def write_model(model: onnx.ModelProto, path: str | Path, check: bool = False) -> Path:
-    """Write `model` to `path` atomically: save into a temp folder beside it (weights in `<name>.data` past
-    2 GB), optionally run the full checker on that file, then move the weights and, last, the graph into place."""
-    path = Path(path)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        save_model(model, tmpdir / path.name)
-        if check:
-            onnx.checker.check_model(str(tmpdir / path.name), full_check=True)
-        _move_into_place(tmpdir, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
-
-
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _check_dynamic(path: Path, spec: ExportSpec) -> None:
@@ -182,15 +147,6 @@ def _check_dynamic(path: Path, spec: ExportSpec) -> None:
         for axis, name in spec.input_axes.items():
             if dims[axis].dim_value:
                 raise RuntimeError(f"export froze {value.name} axis {axis} ({name}) to {dims[axis].dim_value}")
-
-
-def _move_into_place(tmpdir: Path, out_path: Path) -> list[str]:
-    files = []
-    for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):  # weights first, graph last
-        target = out_path.parent / f.name
-        os.replace(f, target)
-        files.append(target.name)
-    return files
 
 
 def _roformer(model):

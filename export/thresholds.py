@@ -40,7 +40,7 @@ class Threshold:
 
 # fp32: ORT vs PyTorch, the value optimum uses for BERT-family encoders (ATOL_FOR_VALIDATION = 1e-4),
 # cosine from the foundations issue's acceptance bar. fp16/bf16: storage rounding of 2^-11 / 2^-8 per
-# op, compounded over 12 layers; measured margins are in docs of engines/precision.py and the demo report.
+# op, compounded over 12 layers; measured margins are in docs of export/passes/precision.py and the demo report.
 DEFAULTS: dict[str, Threshold] = {
     "fp32": Threshold(atol=1e-4, rtol=1e-4, min_cosine=0.99999),
     "fp16": Threshold(atol=5e-2, rtol=1e-2, min_cosine=0.999),

@@ -32,10 +32,10 @@ def main() -> int:
     p.add_argument("--out", default="build/bench")
     args = p.parse_args()
 
-    from export.bench_stage import host_description
+    from export.stages.bench import host_description
     from export.checkpoint import load_checkpoint
     from export.onnx_export import export_onnx
-    from export.rope_stage import rewrite_file
+    from export.stages.rope import rewrite_file
     from export.validate import Shape, make_inputs, ort_session
     from transformers.models.roformer import modeling_roformer
 

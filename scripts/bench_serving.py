@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.client import TritonEncoderClient  # noqa: E402
-from export.bench_stage import host_description  # noqa: E402
+from export.stages.bench import host_description  # noqa: E402
 from export.errors import RoformerTrtError  # noqa: E402
 
 

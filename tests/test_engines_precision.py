@@ -1,4 +1,4 @@
-"""engines.precision on a tiny exported RoFormer: dtype policy, ORT accuracy vs PyTorch fp32, bf16 checker."""
+"""export.passes.precision on a tiny exported RoFormer: dtype policy, ORT accuracy vs PyTorch fp32, bf16 checker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.precision import convert_precision, parse_precision, plan_precision, write_precision_variants
+from export.passes.precision import convert_precision, parse_precision, plan_precision, write_precision_variants
 from export.errors import UsageError
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, make_inputs, ort_session, validate_graphs

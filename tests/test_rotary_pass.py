@@ -9,7 +9,7 @@ import torch
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import PLUGIN_OP, fuse_rotary
 from export.reference import roformer_rotary_ref, sincos_table
-from export.rope_stage import expected_sites
+from export.stages.rope import expected_sites
 from export.spec import ExportSpec
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, grade, make_inputs, ort_session

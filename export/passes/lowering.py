@@ -11,13 +11,22 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from export.passes.rotary import PLUGIN_DOMAIN, PLUGIN_OP
+from export.errors import VerificationError
+from plugins import identity as rr
+from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP
 
 INT64_MAX = 2**63 - 1
 
 
 def with_rotary_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    arities = {len(n.input) - 1 for n in model.graph.node if n.op_type == PLUGIN_OP and n.domain == PLUGIN_DOMAIN}
+    """Attach the function after checking every node as the TensorRT adapter would (VerificationError
+    naming the node otherwise): the CPU twin must not run a graph the plugin refuses."""
+    nodes = [n for n in model.graph.node if n.op_type == PLUGIN_OP and n.domain == PLUGIN_DOMAIN]
+    for node in nodes:
+        problem = node_problem(model, node)
+        if problem:
+            raise VerificationError(f"{PLUGIN_OP} node {node.name!r}: {problem}")
+    arities = {len(n.input) - 1 for n in nodes}
     if not arities:
         return model
     if len(arities) > 1:  # a function has one signature; every layer of a RoFormer rotates the same tensors
@@ -67,7 +76,31 @@ def rotary_function(k: int, opset: int) -> onnx.FunctionProto:
         PLUGIN_DOMAIN, PLUGIN_OP, inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
         outputs=[f"y_{i}" for i in range(k)], nodes=c.nodes + nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=["interleaved", "rotary_dim", "num_tensors", "plugin_version", "plugin_namespace"])
+        attributes=[*rr.FIELDS, rr.ATTR_PLUGIN_VERSION, rr.ATTR_PLUGIN_NAMESPACE])
+
+
+def node_problem(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
+    """What the plugin would refuse in this node: its attributes, input count, the table's width and
+    the head size (when the graph records them), and the plugin version/namespace the parser looks up."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for key, want in ((rr.ATTR_PLUGIN_VERSION, rr.PLUGIN_VERSION), (rr.ATTR_PLUGIN_NAMESPACE, rr.PLUGIN_NAMESPACE)):
+        got = attrs.pop(key, b"").decode() if isinstance(attrs.get(key, b""), bytes) else attrs.pop(key)
+        if got != want:
+            return f"{key}={got!r}; TensorRT's parser looks the creator up by {key}={want!r}"
+    unknown = set(attrs) - set(rr.FIELDS)
+    if unknown:
+        return f"unknown attributes {sorted(unknown)}; the plugin's fields are {list(rr.FIELDS)}"
+    table = next((t for t in model.graph.initializer if node.input and t.name == node.input[-1]), None)
+    width = int(table.dims[1]) if table is not None and len(table.dims) == 2 else None
+    return rr.plugin_node_problem(attrs, len(node.input), table_width=width, head_dim=_head_dim(model, node))
+
+
+def _head_dim(model: onnx.ModelProto, node: onnx.NodeProto) -> int | None:
+    for vi in list(model.graph.value_info) + list(model.graph.input):
+        if node.input and vi.name == node.input[0]:
+            dims = vi.type.tensor_type.shape.dim
+            return int(dims[-1].dim_value) if dims and dims[-1].dim_value else None
+    return None
 
 
 class _Consts:

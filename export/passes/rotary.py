@@ -26,11 +26,12 @@ import onnx_graphsurgeon as gs
 
 from export.passes.graph_utils import const_ints, const_value, is_last_axis, producer
 from export.reference import roformer_rotary_ref, sincos_table
+from plugins import identity as rr
+from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, SINCOS_INITIALIZER
 
 log = logging.getLogger(__name__)
 
-PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION = "RoformerRotary", "roformer_trt", "1"
-SINCOS_NAME = "roformer_rotary_sincos"
+SINCOS_NAME = SINCOS_INITIALIZER
 COS_CACHE_NAME, SIN_CACHE_NAME = "roformer_rotary_cos_cache", "roformer_rotary_sin_cache"  # --rope onnx
 MODES = ("plugin", "onnx")
 ONNX_ROTARY_OPSET = 23  # RotaryEmbedding entered ai.onnx at 23
@@ -280,8 +281,9 @@ def rewrite_plugin(graph: gs.Graph, layer: list[Site], sincos: gs.Constant, inde
         y.dtype, y.shape = s.x.dtype, s.x.shape  # value_info: dtype and symbolic shape of x
         outputs.append(y)
     node = gs.Node(op=PLUGIN_OP, name=f"{PLUGIN_OP}_{index}", domain=PLUGIN_DOMAIN,
-                   attrs={"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_DOMAIN,
-                          "interleaved": 1, "rotary_dim": int(sincos.shape[1]), "num_tensors": len(layer)},
+                   attrs={rr.ATTR_PLUGIN_VERSION: PLUGIN_VERSION, rr.ATTR_PLUGIN_NAMESPACE: rr.PLUGIN_NAMESPACE,
+                          rr.ATTR_INTERLEAVED: 1, rr.ATTR_ROTARY_DIM: int(sincos.shape[1]),
+                          rr.ATTR_NUM_TENSORS: len(layer)},
                    inputs=[s.x for s in layer] + [sincos], outputs=outputs)
     graph.nodes.append(node)
     return node

@@ -25,9 +25,9 @@ def built(tmp_path_factory):
     from transformers import RoFormerConfig, RoFormerModel
 
     from engines.build import build_engine
-    from engines.precision import convert_precision
+    from export.passes.precision import convert_precision
     from engines.profiles import ProfileSet
-    from export.onnx_export import write_model
+    from export.onnx_io import write_model
     from export.passes.rotary import fuse_rotary
     from plugins.locate import find_plugin_library
 

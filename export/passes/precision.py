@@ -49,11 +49,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
+from export.onnx_io import write_model
 from export.reference import bf16_round
+from export.thresholds import PRECISIONS
+from plugins.identity import PLUGIN_OP
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 LOW_ELEM = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
-PLUGIN_OP = "RoformerRotary"
 
 LOW_OPS = frozenset({"MatMul", "Gemm"})
 FP32_OPS = frozenset({
@@ -306,8 +307,6 @@ def write_precision_variants(src: str | Path, precision: str, out_dir: str | Pat
     The real file is checked with onnx.checker (full_check). Returns ({artifact key: path}, the
     conversion report of the real file); keys "fp16", or "bf16" and "bf16-emulated"; ({}, {}) for fp32.
     """
-    from export.onnx_export import write_model  # imports torch; the rest of this module does not need it
-
     precision = parse_precision(precision)
     if precision == "fp32":
         return {}, {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from engines.precision import write_precision_variants
+from export.passes.precision import write_precision_variants
 from export.passes.lowering import with_rotary_function
 from export.progress import info, status
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from export.onnx_export import write_model
+from export.onnx_io import write_model
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
