@@ -13,7 +13,6 @@ CPU run, so the report is never empty. Not part of CI.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -25,7 +24,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from export.errors import EXIT_OK, EXIT_USAGE, UsageError
+from engines.build import engine_stage_status
+from engines.cases import input_axes
+from engines.runner import EngineRunner
+from export import cli
+from export.atomic import write_atomic
+from export.cli import Parser
+from export.errors import EXIT_OK, UsageError
+from export.validate import Shape, make_inputs
 
 log = logging.getLogger(__name__)
 BACKENDS = ("trt", "torch-fp32", "torch-fp16", "torch-compile", "ort")
@@ -105,9 +111,6 @@ def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, pl
               choices: int | None = None, input_names: Sequence[str] | None = None,
               progress: bool = True) -> list[BenchResult]:
     """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows."""
-    from engines.build import engine_stage_status
-    from export.validate import Shape, make_inputs
-
     try:
         import torch
         gpu = torch.cuda.is_available()
@@ -124,7 +127,6 @@ def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, pl
             if st["status"] != "available" or not plan:
                 makers[b] = (None, "cuda", st.get("reason") or "no --plan given")
             else:
-                from engines.runner import EngineRunner
                 r = EngineRunner(plan, plugin_lib)
                 makers[b] = (lambda feeds, r=r: (lambda: r.run_torch(feeds)), "cuda", None)
         elif b.startswith("torch"):
@@ -210,8 +212,6 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> None:
 
 def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Mapping | None = None) -> dict[str, str]:
     """bench.json / bench.md / bench.png under out_dir (atomic writes); returns their paths."""
-    from export.report import write_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
@@ -233,9 +233,8 @@ def _ints(text: str, flag: str) -> list[int]:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/bench_engines.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0],
+def build_parser() -> Parser:
+    p = Parser(prog="scripts/bench_engines.py", description=__doc__.split("\n\n")[0],
                                 epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
                                        "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
                                        "--batch 1,8 --seq 128,512 --out demo/bench")
@@ -254,31 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        grid = [(b, s) for b in _ints(args.batch, "--batch") for s in _ints(args.seq, "--seq")]
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        if args.compile and "torch-compile" not in backends:
-            backends.append("torch-compile")
-        model, vocab = None, 1000
-        if args.checkpoint:
-            from transformers import AutoModel
-            if not (Path(args.checkpoint) / "config.json").exists():
-                raise UsageError(f"{args.checkpoint} has no config.json; pass the folder written by save_pretrained()")
-            model = AutoModel.from_pretrained(args.checkpoint).eval()
-            vocab = model.config.vocab_size
-        names = None
-        if args.onnx:
-            import onnx
-            from engines.cases import input_axes
-            names = list(input_axes(onnx.load(args.onnx, load_external_data=False)))
-        results = run_bench(grid, model=model, onnx_path=args.onnx, plan=args.plan, plugin_lib=args.plugin_lib,
-                            backends=backends, iters=args.iters, warmup=args.warmup, vocab_size=vocab,
-                            type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
-                            input_names=names)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    grid = [(b, s) for b in _ints(args.batch, "--batch") for s in _ints(args.seq, "--seq")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.compile and "torch-compile" not in backends:
+        backends.append("torch-compile")
+    model, vocab = None, 1000
+    if args.checkpoint:
+        from transformers import AutoModel
+        if not (Path(args.checkpoint) / "config.json").exists():
+            raise UsageError(f"{args.checkpoint} has no config.json; pass the folder written by save_pretrained()")
+        model = AutoModel.from_pretrained(args.checkpoint).eval()
+        vocab = model.config.vocab_size
+    names = None
+    if args.onnx:
+        import onnx
+        names = list(input_axes(onnx.load(args.onnx, load_external_data=False)))
+    results = run_bench(grid, model=model, onnx_path=args.onnx, plan=args.plan, plugin_lib=args.plugin_lib,
+                        backends=backends, iters=args.iters, warmup=args.warmup, vocab_size=vocab,
+                        type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
+                        input_names=names)
     meta = {"iters": args.iters, "warmup": args.warmup, "checkpoint": args.checkpoint, "onnx": args.onnx, "plan": args.plan}
     try:
         import torch

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from export.errors import UnavailableError, UsageError, VerificationError
-from export.report import write_atomic
+from export.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

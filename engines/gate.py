@@ -2,28 +2,46 @@
 
     python -m engines.gate out/report.json [--thresholds gates.toml] [--junit gate.xml]
 
-In:  report.json (schema written by export.build; only "validation" is read), an optional thresholds
-     TOML (export/thresholds.py format; default = DEFAULTS per precision).
-Out: exit 0 when every case x output passes; 1 with a table of the failures; 2 for an unreadable or
-     invalid report/thresholds file (one line on stderr). A report with no validation cases fails:
-     the gate never passes vacuously. --junit writes one testcase per case x output (atomically).
-The pass rule is Threshold.passes on the stored statistics (max_abs, max_rel, cosine, n_nan), so the
-verdict does not depend on the "passed" flags written by whoever produced the report.
+In:  report.json (schema export/report.py), an optional thresholds TOML (export/thresholds.py format;
+     default = DEFAULTS per precision).
+Out: exit 0 when every check passes; 1 with a table of the failures; 2 for an unusable report or
+     thresholds file (malformed, another schema version, not a regular file: one line on stderr).
+Checks, each one line in the table and one JUnit testcase:
+- the report's own verdict: a report its producer marked failed (`passed: false`, `failure`, an engine
+  stage that failed) or not validated (`validation_skipped`) fails;
+- every artifact beside the report is present and has the sha256 the report recorded (a folder where
+  another run's files replaced these fails);
+- every case x output: each statistic a finite real in its range (errors >= 0, cosine in [-1, 1],
+  `n_nan` a non-negative integer), then Threshold.passes on the stored statistics, so the verdict does
+  not depend on the "passed" flags written by whoever produced the report.
+A report with no validation cases fails: the gate never passes vacuously.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFICATION, UsageError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engines.artifacts import verify_artifact
+from export import cli
+from export.atomic import write_atomic
+from export.cli import Parser
+from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
+from export.files import MAX_TOML_BYTES, read_text
+from export.report import Report
+from export.report_io import read_report
 from export.thresholds import ThresholdError, Thresholds
 
 STATS = ("max_abs", "max_rel", "cosine")
+NO_CASES = "the report has no validation cases; the gate does not pass vacuously"
+RANGES = {"max_abs": (0.0, math.inf), "mean_abs": (0.0, math.inf), "max_rel": (0.0, math.inf), "cosine": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -39,27 +57,14 @@ def _case_name(i: int, c: dict) -> str:
     return f"#{i} {c.get('graph')}[{c.get('precision')}] b={c.get('batch')} s={c.get('seq')}{ch} pad={c.get('padded_rows', 0)}"
 
 
-def load_report(path: str | Path) -> dict:
-    """report.json -> dict; UsageError (one line) when unreadable or not the report schema."""
-    p = Path(path)
-    try:
-        report = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"report {p} does not exist; pass the report.json written by export.build") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"report {p} is not readable JSON ({e})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("validation", []), list):
-        raise UsageError(f"report {p}: expected an object with a 'validation' list")
-    for i, c in enumerate(report.get("validation", [])):
-        if not isinstance(c, dict) or not isinstance(c.get("outputs"), dict) or "precision" not in c or "graph" not in c:
-            raise UsageError(f"report {p}: validation[{i}] needs 'graph', 'precision' and an 'outputs' object")
-    return report
-
-
-def check_report(report: dict, thresholds: Thresholds) -> list[Check]:
-    """One Check per case x output; a case with no outputs is one failed Check."""
-    checks = []
-    for i, case in enumerate(report.get("validation", [])):
+def check_report(report: Report, thresholds: Thresholds, build_dir: Path | None = None) -> list[Check]:
+    """The report's verdict, its artifacts (when build_dir is given) and one Check per case x output."""
+    checks = verdict_checks(report)
+    if not report.validation:
+        checks.append(Check("validation", "cases", False, NO_CASES))
+    if build_dir is not None:
+        checks += artifact_checks(report, build_dir)
+    for i, case in enumerate(report.validation):
         name = _case_name(i, case)
         if not case["outputs"]:
             checks.append(Check(name, "-", False, "case has no outputs"))
@@ -68,28 +73,68 @@ def check_report(report: dict, thresholds: Thresholds) -> list[Check]:
                 t = thresholds.lookup(case["precision"], case["graph"], out)
             except ThresholdError as e:
                 raise UsageError(f"validation[{i}]: {e}") from None
-            if not isinstance(s, dict) or any(not isinstance(s.get(k), (int, float)) for k in STATS):
-                err = s.get("error") if isinstance(s, dict) else None
-                checks.append(Check(name, out, False, err or f"statistics {list(STATS)} missing"))
-                continue
-            n_nan = int(s.get("n_nan", 0) or 0)
-            ok = t.passes(float(s["max_abs"]), float(s["max_rel"]), float(s["cosine"]), n_nan)
-            msg = (f"max_abs {s['max_abs']:.3g} (atol {t.atol:.3g}) | max_rel {s['max_rel']:.3g} (rtol {t.rtol:.3g}) "
-                   f"| cosine {s['cosine']:.6f} (min {t.min_cosine}) | nan {n_nan}")
-            checks.append(Check(name, out, ok, msg))
+            checks.append(grade_output(name, out, s, t))
     return checks
 
 
-def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-gate") -> None:
-    from export.report import write_atomic
+def verdict_checks(report: Report) -> list[Check]:
+    """What the producer itself said: failed, not validated, or an engine stage that failed."""
+    problems = []
+    if report.validation_skipped:
+        problems.append("the build was not validated (--skip-validation)")
+    if report.failure:
+        problems.append(f"the build failed: {report.failure}")
+    if (report.engine or {}).get("status") == "failed":
+        problems.append(f"the engine stage failed: {(report.engine or {}).get('reason')}")
+    if not report.passed and not problems:
+        problems.append("the build marked itself not passed")
+    return [Check("report", "verdict", not problems, "; ".join(problems) or "passed")]
 
+
+def artifact_checks(report: Report, build_dir: Path) -> list[Check]:
+    """Every recorded artifact is beside the report, inside the folder, with the recorded sha256."""
+    if report.artifacts and not report.artifacts_sha256:
+        return [Check("report", "artifacts", False, "the report records no artifact hashes; rebuild it with "
+                      "python -m export.build")]
+    missing = set(report.artifacts.values()) - set(report.artifacts_sha256)
+    checks = [Check("artifacts", rel, False, "listed in artifacts but has no recorded sha256") for rel in sorted(missing)]
+    for rel in sorted(report.artifacts_sha256):
+        try:
+            verify_artifact(build_dir, rel, report)
+            checks.append(Check("artifacts", rel, True, "sha256 matches"))
+        except UsageError as e:
+            checks.append(Check("artifacts", rel, False, str(e)))
+    return checks
+
+
+def grade_output(name: str, out: str, s: object, t) -> Check:
+    """One output's statistics, each checked for type and range before the thresholds are applied."""
+    if not isinstance(s, dict):
+        return Check(name, out, False, "statistics are not an object")
+    if "error" in s and not all(k in s for k in STATS):
+        return Check(name, out, False, str(s["error"]))
+    for key in STATS + ("mean_abs",):
+        if key not in s and key in STATS:
+            return Check(name, out, False, f"statistic {key} is missing")
+        if key in s and not _real_in(s[key], *RANGES[key]):
+            lo, hi = RANGES[key]
+            return Check(name, out, False, f"statistic {key} = {s[key]!r} is not a finite number in [{lo}, {hi}]")
+    n_nan = s.get("n_nan", 0)
+    if isinstance(n_nan, bool) or not isinstance(n_nan, int) or n_nan < 0:
+        return Check(name, out, False, f"statistic n_nan = {n_nan!r} is not a non-negative integer")
+    ok = t.passes(float(s["max_abs"]), float(s["max_rel"]), float(s["cosine"]), n_nan)
+    msg = (f"max_abs {s['max_abs']:.3g} (atol {t.atol:.3g}) | max_rel {s['max_rel']:.3g} (rtol {t.rtol:.3g}) "
+           f"| cosine {s['cosine']:.6f} (min {t.min_cosine}) | nan {n_nan}")
+    return Check(name, out, ok, msg)
+
+
+def _real_in(v: object, lo: float, hi: float) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi
+
+
+def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-gate") -> None:
     failures = sum(not c.passed for c in checks)
     ts = ET.Element("testsuite", name=suite, tests=str(len(checks)), failures=str(failures), errors="0")
-    if not checks:
-        tc = ET.SubElement(ts, "testcase", classname=suite, name="validation cases")
-        ET.SubElement(tc, "failure", message="report has no validation cases")
-        ts.set("tests", "1")
-        ts.set("failures", "1")
     for c in checks:
         tc = ET.SubElement(ts, "testcase", classname=c.case, name=c.output)
         if not c.passed:
@@ -103,14 +148,6 @@ def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-ga
 
 def _print_failures(checks: list[Check]) -> None:
     bad = [c for c in checks if not c.passed]
-    try:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
-    except ImportError:  # rich is a dependency; plain text keeps the gate usable without it
-        for c in bad:
-            print(f"FAIL {c.case} {c.output}: {c.message}")
-        return
     table = Table(title=f"accuracy gate: {len(bad)} of {len(checks)} checks failed")
     for col in ("case", "output", "why"):
         table.add_column(col)
@@ -119,36 +156,39 @@ def _print_failures(checks: list[Check]) -> None:
     Console(width=200).print(table)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m engines.gate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Re-check every validation case of report.json against accuracy thresholds. "
-                    "Exit 0: all pass; 1: some fail (or no cases); 2: unreadable report or thresholds.",
-        epilog="example: python -m engines.gate demo/report.json --thresholds gates.toml --junit gate.xml")
-    p.add_argument("report", help="report.json written by export.build")
+def build_parser() -> Parser:
+    p = Parser(prog="python -m engines.gate",
+               description="Re-check report.json: its verdict, the sha256 of every artifact beside it, and every "
+                           "validation case against accuracy thresholds. Exit 0: all pass; 1: some fail (or no "
+                           "cases); 2: unusable report or thresholds.",
+               epilog="example: python -m engines.gate demo/report.json --thresholds gates.toml --junit gate.xml")
+    p.add_argument("report", help="report.json written by export.build (or its folder)")
     p.add_argument("--thresholds", default=None,
                    help="TOML thresholds ([precision.graph.output] tables, see export/thresholds.py); "
                         "default: export.thresholds.DEFAULTS per precision")
-    p.add_argument("--junit", default=None, help="also write JUnit XML here (one testcase per case x output)")
+    p.add_argument("--junit", default=None, help="also write JUnit XML here (one testcase per check)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        thresholds = Thresholds.load(args.thresholds)
-        report = load_report(args.report)
-        checks = check_report(report, thresholds)
-    except (UsageError, ThresholdError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return cli.run(build_parser(), _main, argv, usage_errors=(ThresholdError,))
+
+
+def _main(args) -> int:
+    if args.junit and Path(args.junit).is_dir():
+        raise UsageError(f"--junit {args.junit} is a folder; pass a file path for the JUnit XML")
+    text = read_text(args.thresholds, what="thresholds file", max_bytes=MAX_TOML_BYTES) if args.thresholds else None
+    thresholds = Thresholds.parse(text, str(args.thresholds))
+    path = Path(args.report)
+    report = read_report(path)
+    checks = check_report(report, thresholds, path if path.is_dir() else path.parent)
     if args.junit:
         write_junit(args.junit, checks)
-    if not checks:
-        print("FAILED | the report has no validation cases; the gate does not pass vacuously", file=sys.stderr)
+    if not report.validation:
+        print(f"FAILED | {NO_CASES}", file=sys.stderr)
         return EXIT_VERIFICATION
     if all(c.passed for c in checks):
-        print(f"PASSED | {len(checks)} checks ({len(report['validation'])} cases)")
+        print(f"PASSED | {len(checks)} checks ({len(report.validation)} cases)")
         return EXIT_OK
     _print_failures(checks)
     return EXIT_VERIFICATION

@@ -5,26 +5,39 @@ Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-on
      plain ONNX), always written, for CPU hosts;
      `<out>/<name>_<precision>/{config.pbtxt,1/model.plan}`: one TensorRT model per engine in
      report.json, written only when the build has engines.
-Every config.pbtxt is parsed back with Triton's protobuf and checked against the ONNX graph before
-the model folder is moved into place (staged in `<out>/.staging-<pid>`, then renamed).
-Exit codes: export/errors.py (0 ok, 1 generated config failed its check, 2 usage, 3 missing package).
+Only a build that passed is published, and only the files its report describes: every file is read
+through engines.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
+back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
+place (staged in `<out>/.staging-<random>`, then renamed). Nothing is written outside `--out`.
+Exit codes: export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check,
+2 usage, 3 missing package).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
+import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.errors import EXIT_OK, RoformerTrtError, UsageError
+import onnx
+from google.protobuf.message import DecodeError
 
-log = logging.getLogger("engines.triton")
+from engines import triton_config as tc
+from engines.artifacts import verify_artifact
+from engines.serving.pooling import add_sentence_embedding
+from export import cli
+from export.cli import Parser
+from export.errors import EXIT_OK, UsageError, VerificationError
+from export.report import ONNX_KEY, Report, rope_key
+from export.report_io import read_report
+
 DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a Triton model name is a folder name: no separators
 
 
 @dataclass
@@ -37,152 +50,171 @@ class RepoReport:
         return "\n".join(lines)  # notes go to stderr
 
 
-def read_report(build: Path) -> dict:
-    path = build / "report.json"
-    if not path.is_file():
-        raise UsageError(f"{build} has no report.json; pass the folder written by python -m export.build")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON ({e}); rebuild with python -m export.build") from e
+@dataclass
+class ModelFolder:
+    """One model of the repository, ready to write: its config and the payload it serves."""
+
+    name: str
+    platform: str
+    config_text: str
+    max_batch: int
+    source: str  # the build file it was made from
+    plan: Path | None = None  # tensorrt_plan: copied as 1/model.plan
+    onnx_model: onnx.ModelProto | None = None  # onnxruntime_onnx: saved as 1/model.onnx
+    pooling: str | None = None
+
+    def summary(self, out: Path) -> dict:
+        entry = {"platform": self.platform, "max_batch_size": self.max_batch, "dir": str(out / self.name),
+                 "source": self.source}
+        return entry | ({"pooling": self.pooling} if self.pooling is not None else {})
 
 
-def artifact(build: Path, report: dict, *keys: str) -> Path | None:
-    """First of `keys` present in report["artifacts"] whose file exists."""
-    arts = report.get("artifacts") or {}
+def check_model_name(name: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
+                         "(no path separators)")
+    return name
+
+
+def read_build(build: Path) -> Report:
+    """The build's report, refusing one whose producer did not pass it (the gate would fail it)."""
+    if not build.is_dir():
+        raise UsageError(f"{build} is not a directory; pass the folder written by python -m export.build")
+    report = read_report(build)
+    if not report.passed or report.failure or report.validation_skipped:
+        why = report.failure or ("not validated" if report.validation_skipped else "passed: false")
+        raise VerificationError(f"{build}/report.json says the build did not pass ({why}); fix the build before "
+                                "publishing it")
+    return report
+
+
+def artifact(build: Path, report: Report, *keys: str) -> Path | None:
+    """First of `keys` present in the report's artifacts, checked by engines.artifacts.verify_artifact."""
     for k in keys:
-        if k in arts:
-            p = build / arts[k]
-            if not p.is_file():
-                raise UsageError(f"report.json lists artifact {k!r} = {arts[k]} but {p} is missing; rebuild")
-            return p
+        if k in report.artifacts:
+            return verify_artifact(build, report.artifacts[k], report)
     return None
-
-
-def engine_entries(report: dict) -> list[dict]:
-    eng = report.get("engine") or {}
-    return list(eng.get("engines") or [])
 
 
 def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[int]]:
     profiles = entry.get("profiles") or sidecar.get("profiles") or []
     if not profiles:
         raise UsageError(f"engine {entry.get('plan')} lists no optimization profiles in report.json or its sidecar")
-    maxes = [int(p["batch"][2]) for p in profiles]
-    opts = [int(p["batch"][1]) for p in profiles]
-    return max(maxes), opts
+    return max(int(p["batch"][2]) for p in profiles), [int(p["batch"][1]) for p in profiles]
 
 
-def _write_model(stage: Path, name: str, text: str, payload: Path | None = None, onnx_model=None) -> Path:
-    import onnx
+def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | None, pooling: str,
+                    rep: RepoReport) -> list[ModelFolder]:
+    """One tensorrt_plan model per engine in the report (none when the build has no engine)."""
+    engines = list((report.engine or {}).get("engines") or [])
+    if not engines:
+        rep.notes.append(f"no TensorRT model: {(report.engine or {}).get('reason', 'no engine in report.json')}")
+        return []
+    graph = artifact(build, report, rope_key("plugin"), ONNX_KEY)
+    if graph is None:
+        raise UsageError("report.json has engines but no 'rope-plugin' or 'onnx' artifact to read I/O from")
+    ins, outs = tc.read_onnx_io(graph)
+    models = []
+    for entry in engines:
+        plan = verify_artifact(build, str(entry.get("plan") or ""), report)
+        side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
+        bmax, opts = _batch_max(entry, side)
+        if max_batch is not None and max_batch > bmax:
+            raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
+                             f"pass --max-batch <= {bmax} or rebuild with a larger profile")
+        dtypes = tc.sidecar_dtypes(side)
+        if not dtypes:
+            rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
+        mb = bmax if max_batch is None else max_batch
+        mname = f"{name}_{entry.get('precision', 'trt')}"
+        cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes,
+                             profiles=list(range(len(entry.get("profiles") or side.get("profiles")))), batch_hints=opts)
+        text = tc.config_text(cfg)
+        tc.check_config(text, ins, outs, dtypes)
+        models.append(ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan))
+    if pooling != "none" and not any(o.name == "sentence_embedding" for o in outs):
+        rep.notes.append(f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
+                         "sentence_embedding output (build them from a pooled graph to add one)")
+    return models
 
-    d = stage / name
+
+def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: int) -> ModelFolder:
+    """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added."""
+    src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
+    if src is None:
+        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
+    try:
+        model = add_sentence_embedding(onnx.load(str(src)), pooling)
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
+        raise UsageError(f"{src} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
+                         "python -m export.build") from None
+    ins, outs = tc.read_onnx_io(model)
+    oname = f"{name}_onnx"
+    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch))
+    tc.check_config(text, ins, outs)
+    return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=pooling)
+
+
+def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
+    """Stage every model folder under out/, then swap each into place: old folder or complete new one."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the model repository")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clash = [m.name for m in models if (out / m.name).exists()]
+        if clash and not force:
+            raise UsageError(f"{out} already has {', '.join(clash)}; pass --force to replace them")
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as e:
+        raise UsageError(f"--out {out} is not writable ({e.strerror}); pass a folder you can write to") from None
+    try:
+        for m in models:
+            _write_model(stage, m)
+        for m in models:
+            if (out / m.name).exists():
+                os.replace(out / m.name, stage / f"old-{m.name}")
+            os.replace(stage / m.name, out / m.name)
+    except OSError as e:
+        raise UsageError(f"cannot write the model repository in {out} ({e.strerror}); free space or pick another "
+                         "--out") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # leftovers are our own temp copies only
+
+
+def _write_model(stage: Path, m: ModelFolder) -> None:
+    d = stage / m.name
     (d / "1").mkdir(parents=True)
-    (d / "config.pbtxt").write_text(text)
-    if onnx_model is not None:
-        big = onnx_model.ByteSize() > 1_800_000_000  # protobuf's 2 GiB cap, with margin
-        onnx.save_model(onnx_model, str(d / "1" / "model.onnx"), save_as_external_data=big,
+    (d / "config.pbtxt").write_text(m.config_text)
+    if m.onnx_model is not None:
+        big = m.onnx_model.ByteSize() > 1_800_000_000  # protobuf's 2 GiB cap, with margin
+        onnx.save_model(m.onnx_model, str(d / "1" / "model.onnx"), save_as_external_data=big,
                         location="model.onnx.data" if big else None)
-    if payload is not None:
-        shutil.copyfile(payload, d / "1" / "model.plan")
-    return d
+    if m.plan is not None:
+        shutil.copyfile(m.plan, d / "1" / "model.plan")
 
 
 def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
                      name: str | None = None, force: bool = False) -> RepoReport:
-    import onnx
-
-    from engines import triton_config as tc
-    from engines.serving.pooling import add_sentence_embedding
-
     build, out = Path(build), Path(out)
-    if not build.is_dir():
-        raise UsageError(f"{build} is not a directory; pass the folder written by python -m export.build")
-    report = read_report(build)
-    name = name or build.resolve().name
     if max_batch is not None and max_batch < 0:
         raise UsageError(f"--max-batch must be >= 0, got {max_batch}")
+    name = check_model_name(build.resolve().name if name is None else name)
+    report = read_build(build)
     rep = RepoReport()
-
-    engines = engine_entries(report)
-    trt_models = []  # (model name, text, plan path, inputs, outputs, dtypes)
-    if engines:
-        graph = artifact(build, report, "rope-plugin", "onnx")
-        if graph is None:
-            raise UsageError("report.json has engines but no 'rope-plugin' or 'onnx' artifact to read I/O from")
-        ins, outs = tc.read_onnx_io(graph)
-        for entry in engines:
-            plan = build / entry.get("plan", "")
-            if not entry.get("plan") or not plan.is_file():
-                raise UsageError(f"engine plan {plan} from report.json is missing; rebuild the engine")
-            side = tc.load_sidecar(build, entry)
-            bmax, opts = _batch_max(entry, side)
-            if max_batch is not None and max_batch > bmax:
-                raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
-                                 f"pass --max-batch <= {bmax} or rebuild with a larger profile")
-            mb = bmax if max_batch is None else max_batch
-            n_prof = len(entry.get("profiles") or side.get("profiles"))
-            dtypes = tc.sidecar_dtypes(side)
-            if not dtypes:
-                rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
-            mname = f"{name}_{entry.get('precision', 'trt')}"
-            cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes,
-                                 profiles=list(range(n_prof)), batch_hints=opts)
-            text = tc.config_text(cfg)
-            tc.check_config(text, ins, outs, dtypes)
-            trt_models.append((mname, text, plan, mb))
-        if pooling != "none" and not any(o.name == "sentence_embedding" for o in outs):
-            rep.notes.append(f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
-                             "sentence_embedding output (build them from a pooled graph to add one)")
-        if max_batch is None:
-            max_batch = min(m[3] for m in trt_models)
-    else:
-        reason = (report.get("engine") or {}).get("reason", "no engine in report.json")
-        rep.notes.append(f"no TensorRT model: {reason}")
-
-    src = artifact(build, report, "rope-onnx", "onnx")
-    if src is None:
-        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
-    model = add_sentence_embedding(onnx.load(str(src)), pooling)
-    ins, outs = tc.read_onnx_io(model)
-    mb = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-    oname = f"{name}_onnx"
-    cfg = tc.make_config(oname, "onnxruntime_onnx", ins, outs, mb)
-    otext = tc.config_text(cfg)
-    tc.check_config(otext, ins, outs)
-
-    names = [oname] + [m[0] for m in trt_models]
-    out.mkdir(parents=True, exist_ok=True)
-    clash = [n for n in names if (out / n).exists()]
-    if clash and not force:
-        raise UsageError(f"{out} already has {', '.join(clash)}; pass --force to replace them")
-    stage = out / f".staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)  # only a crashed run of this same pid could have left it
-    try:
-        stage.mkdir()
-        _write_model(stage, oname, otext, onnx_model=model)
-        for mname, text, plan, _ in trt_models:
-            _write_model(stage, mname, text, payload=plan)
-        for n in names:  # a model folder is either the old one or the complete new one
-            if (out / n).exists():
-                os.replace(out / n, stage / f"old-{n}")
-            os.replace(stage / n, out / n)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # leftovers are our own temp copies only
-    rep.models[oname] = {"platform": "onnxruntime_onnx", "max_batch_size": mb, "dir": str(out / oname),
-                         "source": src.name, "pooling": pooling}
-    for mname, _, plan, mbt in trt_models:
-        rep.models[mname] = {"platform": "tensorrt_plan", "max_batch_size": mbt, "dir": str(out / mname),
-                             "source": plan.name}
+    trt = tensorrt_models(build, report, name, max_batch, pooling, rep)
+    if max_batch is None:
+        max_batch = min((m.max_batch for m in trt), default=DEFAULT_MAX_BATCH)
+    models = [onnx_model(build, report, name, pooling, max_batch), *trt]
+    write_repository(out, models, force)
+    rep.models = {m.name: m.summary(out) for m in models}
     return rep
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m engines.triton",
         description="Write a Triton model repository from a roformer-trt build dir: a TensorRT model per engine "
                     "(when built) and an ONNX Runtime twin for CPU hosts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python -m engines.triton --build build/roformer_base --out model_repository --pooling mean",
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
@@ -194,20 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name prefix (default: the build folder's name)")
     p.add_argument("--force", action="store_true", help="replace model folders of the same name in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
-    try:
-        rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force)
-    except RoformerTrtError as e:
-        if args.verbose:
-            log.exception("failed")
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force)
     for n in rep.notes:
         print(f"note: {n}", file=sys.stderr)
     print(json.dumps({"models": rep.models, "notes": rep.notes}, indent=2) if args.json else rep.summary())

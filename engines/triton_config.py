@@ -13,7 +13,6 @@ No tensorrt import: everything here runs on a CPU host.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import onnx
 from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
+from export.files import load_json
 
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
@@ -171,11 +171,9 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     return cfg
 
 
-def load_sidecar(build: Path, entry: dict) -> dict:
-    side = entry.get("sidecar")
-    if not side:
-        return {}
-    path = build / side
-    if not path.is_file():
-        raise UsageError(f"{path} (engine sidecar named in report.json) is missing; rebuild with export.build")
-    return json.loads(path.read_text())
+def load_sidecar(path: Path) -> dict:
+    """An engine's sidecar JSON (already located and checked by engines.artifacts.verify_artifact)."""
+    data = load_json(path, what="engine sidecar", max_bytes=1 << 20)
+    if not isinstance(data, dict):
+        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild it with python -m export.build")
+    return data

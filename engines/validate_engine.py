@@ -1,4 +1,4 @@
-"""Engine vs PyTorch fp32 at shapes inside every optimization profile -> report["validation"] cases.
+"""Engine vs PyTorch fp32 at shapes inside every optimization profile -> the report's validation cases.
 
 In:  a ProfileSet, a runner (callable: numpy feeds -> numpy outputs, e.g. engines.runner.EngineRunner),
      a reference (export.validate.TorchReference, or any callable (Shape, feeds) -> numpy outputs).
@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from export.thresholds import Thresholds
 from export.validate import Shape, grade, largest_prime_in, make_inputs
 
 
@@ -41,8 +42,6 @@ def validate_engine(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nd
                     profiles, precision: str, vocab_size: int, type_vocab_size: int = 2,
                     thresholds=None, seed: int = 0) -> list[dict]:
     """One case per validation shape; graph "engine-<precision>", thresholds looked up by precision."""
-    from export.thresholds import Thresholds
-
     th = thresholds or Thresholds.defaults()
     cases = []
     for shape in validation_shapes(profiles):

@@ -2,31 +2,52 @@
 
 Checkpoint -> model.onnx (plain export) -> rotary pass (TensorRT-bound graph, or standard ONNX
 RotaryEmbedding) -> validation in ONNX Runtime against PyTorch -> report.json + report.md, then the
-engine stage where TensorRT exists. Exit codes: see export/errors.py (0 ok, 1 verification failed,
-2 bad input or usage, 3 a --require-... stage is unavailable here).
+engine stage where TensorRT exists. Exit codes: export/errors.py (0 ok, 1 verification failed,
+2 bad input or usage, 3 a --require-... stage is unavailable here, 4 internal error, 130 interrupted).
+
+Order of work: every flag is checked first (exit 2, nothing written), then `--require-engine` (exit 3,
+nothing written), then the checkpoint is loaded and the stages run in a staging folder inside --out
+that is moved into place at the end (export/staging.py): --out never holds a report beside files of
+another run. The stages, in export/stages/, each return their report section; this file assembles them.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import shutil
 import sys
 import time
-import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+from engines.build import engine_stage_status, require_engine
+from engines.profiles import ProfileSet
+from export import __version__, cli
+from export.checkpoint import LoadedCheckpoint, load_checkpoint
+from export.cli import InterruptNote, Parser
+from export.digest import artifact_hashes, sha256_tree
+from export.files import MAX_TOML_BYTES, read_text
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
+from export.onnx_export import check_export_args, export_onnx
+from export.passes.precision import parse_precision
+from export.progress import info, status
+from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, rope_key
+from export.report_io import report_text, save_report
+from export.stages.bench import parse_grid, run_bench_stage
+from export.stages.engine import run_engine_stage
+from export.stages.precision import run_precision_stage
+from export.stages.rope import run_rope_stage
+from export.staging import BuildFolder
+from export.thresholds import ThresholdError, Thresholds
+from export.validate import TorchReference, failures, validate_graphs, validation_shapes
+from plugins.locate import find_plugin_library, library_info
 
-log = logging.getLogger("export.build")
 MAX_LEN_LIMIT = 65536  # beyond this the table alone is hundreds of MB and validation at max_len takes hours
 EXAMPLE = "example: python -m export.build --model demo/ckpt.pt --max-len 2048"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.build", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EXAMPLE)
+def build_parser() -> Parser:
+    p = Parser(prog="python -m export.build", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
     p.add_argument("--model", required=True, help="checkpoint: HF folder, {config, state_dict} .pt, "
                    "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)")
     p.add_argument("--config", help="config.json for a bare state_dict")
@@ -58,136 +79,171 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-validation", action="store_true", help="export only (the report says not validated)")
     p.add_argument("--require-engine", action="store_true", help="exit 3 if the TensorRT engine stage cannot run here")
     p.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
 
 
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        report, out = run(args, argv)
-    except RoformerTrtError as e:
-        if args.debug:
-            traceback.print_exc()
-        kind = "verification failed" if isinstance(e, VerificationError) else "error"
-        print(f"{kind}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; no partial artifact was kept", file=sys.stderr)
-        return 130
+    argv = sys.argv[1:] if argv is None else list(argv)
+    note = InterruptNote("nothing was written")
+    return cli.run(build_parser(), lambda args: _main(args, argv, note), argv, usage_errors=(ThresholdError,),
+                   interrupt_note=note)
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Every flag, checked before any work (exit 2 with one line on the first bad one)."""
+
+    thresholds: Thresholds
+    precision: str
+    opset: int
+
+    @classmethod
+    def check(cls, args) -> "Flags":
+        check_max_len(args.max_len)
+        opset = check_export_args(args.exporter, args.opset, args.max_len or 1)
+        text = read_text(args.thresholds, what="thresholds file", max_bytes=MAX_TOML_BYTES) if args.thresholds else None
+        thresholds = Thresholds.from_cli(text, str(args.thresholds), args.atol, args.rtol)
+        precision = parse_precision(args.precision)
+        if args.max_len:  # the profiles' syntax and ranges; checked again against the checkpoint's default
+            ProfileSet.from_cli(args.batch, args.profiles, args.max_len, None)
+        if args.bench and args.bench_iters < 1:
+            raise UsageError(f"--bench-iters must be >= 1, got {args.bench_iters}")
+        if args.workspace_mib < 1:
+            raise UsageError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
+        return cls(thresholds, precision, opset)
+
+
+def _main(args, argv: list[str], note: InterruptNote) -> int:
+    flags = Flags.check(args)
+    if args.require_engine:
+        require_engine(engine_stage_status())  # exit 3 in seconds, before anything is loaded or written
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"), status("loading checkpoint"):
+        ckpt = load_checkpoint(args.model, args.config, args.trust_pickle)
+    max_len = args.max_len or ckpt.config.max_position_embeddings
+    profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, ckpt.task))
+    grid = parse_grid(args.bench_grid, profiles) if args.bench else None
+    out = Path(args.out) if args.out else Path("build") / Path(args.model).stem
+    with BuildFolder(out) as folder:
+        note.text = f"nothing was changed in {out}/ (the previous build there, if any, is untouched)"
+        report, error = _run_stages(args, argv, flags, ckpt, max_len, profiles, grid, folder.stage, timings)
+        folder.commit()
+    note.text = f"the finished build in {out}/ was kept"
+    if error is not None:
+        raise error
     if args.json:
-        import json
-        print(json.dumps(report, indent=2, default=str))
+        print(report_text(report), end="")
     else:
         print(f"ok: {out / 'report.json'}")
     return EXIT_OK
 
 
-def run(args, argv: list[str]) -> tuple[dict, Path]:
-    from export.checkpoint import load_checkpoint
-    from export.progress import info, status
-
-    check_max_len(args.max_len)
-    with status("loading checkpoint"):
-        ckpt = load_checkpoint(args.model, args.config, args.trust_pickle)
-    max_len = args.max_len or ckpt.config.max_position_embeddings
-    out = Path(args.out) if args.out else Path("build") / Path(args.model).stem
-    created = prepare_out_dir(out)
-    try:
-        return _run_stages(args, argv, ckpt, max_len, out, info, status)
-    except UsageError:
-        if created and not any(out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _run_stages(args, argv, ckpt, max_len, out, info, status) -> tuple[dict, Path]:
-    from export.passes.precision import parse_precision
-    from engines.profiles import ProfileSet
-    from export.stages.bench import parse_grid
-    from export.stages.engine import run_engine_stage
-    from export.onnx_export import check_export_args, export_onnx
-    from export.stages.precision import run_precision_stage
-    from export.report import new_report, save_report
-    from export.thresholds import ThresholdError, Thresholds
-    from export.validate import TorchReference, failures, validate_graphs, validation_shapes
-
-    check_export_args(args.exporter, args.opset, max_len)
-    try:
-        thresholds = Thresholds.from_cli(args.thresholds, args.atol, args.rtol)
-    except ThresholdError as e:
-        raise UsageError(str(e)) from None
-    precision = parse_precision(args.precision)
-    profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, ckpt.task))
-    grid = parse_grid(args.bench_grid, profiles) if args.bench else None
-    if args.bench and args.bench_iters < 1:
-        raise UsageError(f"--bench-iters must be >= 1, got {args.bench_iters}")
-    if args.workspace_mib < 1:
-        raise UsageError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
-    report = new_report(argv)
-    report["model"] = model_facts(ckpt)
-    report["checkpoint"] = {"path": str(args.model), "format": ckpt.source_format}
-    report["profiles"] = profiles.to_report()
+def _run_stages(args, argv, flags: Flags, ckpt: LoadedCheckpoint, max_len: int, profiles: ProfileSet, grid,
+                work: Path, timings: dict[str, float]) -> tuple[Report, RoformerTrtError | None]:
+    """Every stage into `work`; returns the saved report and the error to raise once it is in place."""
+    report = _new_report(argv, args, ckpt, profiles, timings)
     if profiles.added_last:
         info(f"--profiles tops end below --max-len {max_len}: added a last profile up to {max_len}")
+    graphs, rewrite_failure = _export_and_rewrite(args, flags, ckpt, max_len, work, report, timings)
+    with _timed(timings, "precision"):
+        trt_key = rope_key(args.rope) if report.rewrite else ONNX_KEY
+        stage = run_precision_stage(flags.precision, work / report.artifacts[trt_key], trt_key)
+    report.precision = stage.section
+    report.add_artifacts(stage.artifacts)
+    graphs.update(stage.graphs)
+    _validate(args, flags, ckpt, max_len, graphs, report, timings)
+    error = _engine(args, flags, ckpt, profiles, work, report, rewrite_failure, timings)
+    failure_lines = failures(report.validation)
+    if error is None and args.bench and rewrite_failure is None and not failure_lines:
+        with _timed(timings, "bench"):
+            stage = run_bench_stage(grid, report, work, model=ckpt.model, config=ckpt.config,
+                                    iters=args.bench_iters, compile_=args.bench_compile)
+        report.bench = stage.section
+        report.add_artifacts(stage.artifacts)
+    report.passed = error is None and not failure_lines and rewrite_failure is None and not args.skip_validation
+    if error is None and rewrite_failure:
+        report.failure, error = rewrite_failure, VerificationError(f"{rewrite_failure} (artifacts kept in the "
+                                                                   f"output folder)")
+    elif error is None and failure_lines:
+        report.failure = f"{len(failure_lines)} validation check(s) failed"
+        error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(failure_lines))
+    elif error is None and args.require_engine and (report.engine or {}).get("status") != "built":
+        error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
+    report.artifacts_sha256 = artifact_hashes(work, report.artifacts.values())
+    save_report(report, work)
+    return report, error
 
-    with status(f"exporting ONNX ({args.exporter})"):
-        report["export"] = export_onnx(ckpt.model, ckpt.task, out / "model.onnx", max_len, args.exporter, args.opset)
-    report["artifacts"]["onnx"] = "model.onnx"
-    info(f"exported model.onnx in {report['export']['seconds']} s")
 
-    graphs = {"onnx": (out / "model.onnx", "fp32")}
-    rewrite_failure = None
-    trt_key = "onnx"
-    if args.rope != "none":
-        from export.stages.rope import run_rope_stage
-        rewrite_failure = run_rope_stage(args.rope, ckpt, out, max_len, report, graphs)
-        trt_key = f"rope-{args.rope}"
-    report["plugin"] = plugin_facts()
+def _new_report(argv, args, ckpt: LoadedCheckpoint, profiles: ProfileSet, timings: dict[str, float]) -> Report:
+    report = Report(command=argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    timings=timings)
+    report.model = model_facts(ckpt)
+    report.checkpoint = {"path": str(args.model), "format": ckpt.source_format, "sha256": sha256_tree(args.model)}
+    report.profiles = profiles.to_report()
+    report.plugin = plugin_facts()
+    return report
 
-    trt_onnx = run_precision_stage(precision, out / report["artifacts"][trt_key], trt_key, report, graphs)
-    report["artifacts"]["tensorrt-onnx"] = trt_onnx.name
+
+def _export_and_rewrite(args, flags: Flags, ckpt, max_len: int, work: Path, report: Report,
+                        timings: dict[str, float]) -> tuple[dict, str | None]:
+    """model.onnx, then the rotary pass; returns the graphs to validate and a coverage failure line."""
+    with _timed(timings, "export"), status(f"exporting ONNX ({args.exporter})"):
+        report.export = export_onnx(ckpt.model, ckpt.task, work / "model.onnx", max_len, args.exporter, flags.opset)
+    report.add_artifacts({ONNX_KEY: "model.onnx"})
+    info(f"exported model.onnx in {report.export['seconds']} s")
+    graphs = {ONNX_KEY: (work / "model.onnx", "fp32")}
+    if args.rope == "none":
+        return graphs, None
+    with _timed(timings, "rotary"):
+        stage = run_rope_stage(args.rope, ckpt, work, max_len)
+    report.rewrite = stage.section
+    report.add_artifacts(stage.artifacts)
+    graphs.update(stage.graphs)
+    return graphs, stage.failure
+
+
+def _validate(args, flags: Flags, ckpt, max_len: int, graphs: dict, report: Report, timings) -> None:
     if args.skip_validation:
-        report["validation_skipped"] = True
-    else:
-        shapes = validation_shapes(max_len, ckpt.task)
-        report["validation"] = validate_graphs(graphs, TorchReference(ckpt.model, ckpt.task), shapes, thresholds,
-                                               ckpt.config.vocab_size, ckpt.config.type_vocab_size)
-    # An engine is built only from a graph that kept every rotary site and matched PyTorch in ORT.
+        report.validation_skipped = True
+        return
+    with _timed(timings, "validation"):
+        report.validation = validate_graphs(graphs, TorchReference(ckpt.model, ckpt.task),
+                                            validation_shapes(max_len, ckpt.task), flags.thresholds,
+                                            ckpt.config.vocab_size, ckpt.config.type_vocab_size)
+
+
+def _engine(args, flags: Flags, ckpt, profiles: ProfileSet, work: Path, report: Report, rewrite_failure,
+            timings) -> RoformerTrtError | None:
+    """The engine stage, only from a graph that kept every rotary site and matched PyTorch in ORT.
+    Returns the stage's error (the report still records it) or None."""
     why_not = "the rotary stage failed" if rewrite_failure else (
-        "the ONNX graphs failed validation" if failures(report["validation"]) else None)
+        "the ONNX graphs failed validation" if failures(report.validation) else None)
     if why_not:
-        report["engine"] = {"status": "skipped", "reason": why_not, "profiles": report["profiles"]}
-    else:
-        try:
-            report["validation"] += run_engine_stage(trt_onnx, precision, profiles, report,
-                                                     validate=not args.skip_validation, ckpt=ckpt,
-                                                     thresholds=thresholds, workspace_mib=args.workspace_mib)
-        except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
-            report["engine"] = {"status": "failed", "reason": str(e), "profiles": report["profiles"]}
-            report["failure"] = f"engine stage: {e}"
-            save_report(report, out)
-            raise
-    failure_lines = failures(report["validation"])
-    if args.bench and rewrite_failure is None and not failure_lines:
-        from export.stages.bench import run_bench_stage
-        run_bench_stage(grid, report, out, model=ckpt.model, config=ckpt.config, iters=args.bench_iters,
-                        compile_=args.bench_compile)
-    report["passed"] = not failure_lines and rewrite_failure is None and not args.skip_validation
-    if rewrite_failure:
-        report["failure"] = rewrite_failure
-    elif failure_lines:
-        report["failure"] = f"{len(failure_lines)} validation check(s) failed"
-    save_report(report, out)
-    if rewrite_failure:
-        raise VerificationError(f"{rewrite_failure} (artifacts kept in {out}/)")
-    if failure_lines:
-        raise VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(failure_lines))
-    if args.require_engine and report["engine"].get("status") == "skipped":
-        raise UnavailableError(f"--require-engine: {report['engine']['reason']}")
-    return report, out
+        report.engine = {"status": "skipped", "reason": why_not, "profiles": report.profiles}
+        return None
+    try:
+        with _timed(timings, "engine"):
+            stage = run_engine_stage(work / report.artifacts[TENSORRT_ONNX_KEY], flags.precision, profiles,
+                                     validate=not args.skip_validation, ckpt=ckpt, thresholds=flags.thresholds,
+                                     workspace_mib=args.workspace_mib)
+    except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
+        report.engine = {"status": "failed", "reason": str(e), "profiles": report.profiles}
+        report.failure = f"engine stage: {e}"
+        return e
+    report.engine = stage.section
+    report.add_artifacts(stage.artifacts)
+    report.validation += stage.cases
+    return None
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
 
 def check_max_len(max_len: int | None) -> None:
@@ -199,37 +255,21 @@ def check_max_len(max_len: int | None) -> None:
         raise UsageError(f"--max-len {max_len} is beyond the supported {MAX_LEN_LIMIT}; pass a smaller --max-len")
 
 
-def prepare_out_dir(out: Path) -> bool:
-    """Create the output folder (True if we created it) and prove it is writable before any work."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out {out} is not writable ({e.strerror}); pass a folder you can write to") from None
-    return created
-
-
 def model_facts(ckpt) -> dict:
     c = ckpt.config
     return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
             "head_dim": c.hidden_size // c.num_attention_heads, "embedding_size": c.embedding_size,
-            "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings,
+            "vocab_size": c.vocab_size, "type_vocab_size": c.type_vocab_size,
+            "max_position_embeddings": c.max_position_embeddings,
             "rotary_value": bool(c.rotary_value), "task": ckpt.task,
             "params": sum(p.numel() for p in ckpt.model.parameters()), "table": ckpt.table}
 
 
 def plugin_facts() -> dict:
-    try:
-        from plugins.locate import find_plugin_library, library_info
-    except ImportError as e:  # the plugins package is part of this repo; a broken checkout surfaces here
-        return {"status": "unavailable", "reason": f"plugins.locate not importable: {e}"}
     lib = find_plugin_library()
     if lib is None:
         return {"status": "unavailable", "reason": "plugin library not built; run python -m plugins.build"}
-    return library_info(lib)
+    return {"status": "built", **library_info(lib)}
 
 
 def engine_choices(choices: int | None, task: str) -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from export.report import write_atomic
+from export.atomic import write_atomic
 from export.spec import TASKS
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

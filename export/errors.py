@@ -6,6 +6,10 @@
 | 1 | verification failed: accuracy, or rotary-rewrite coverage (artifacts kept, report says why) |
 | 2 | bad input or usage |
 | 3 | a stage asked for with a `--require-...` flag is unavailable here |
+| 4 | internal error: a bug in roformer-trt (one line; `--debug` shows the traceback) |
+| 130 | interrupted (Ctrl-C); the message says what was kept |
+
+`export/cli.py` maps these errors to the codes for every `python -m` command.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130
 
 
 class RoformerTrtError(Exception):

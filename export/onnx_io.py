@@ -54,3 +54,13 @@ def move_into_place(tmpdir: Path, out_path: Path) -> list[str]:
         os.replace(f, target)
         files.append(target.name)
     return files
+
+
+def external_data_files(onnx_path: str | Path) -> list[str]:
+    """File names (relative to the graph) that `onnx_path`'s initializers keep their weights in."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    names = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(e.value for e in t.external_data if e.key == "location")
+    return sorted(names)

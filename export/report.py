@@ -1,103 +1,249 @@
-"""report.json, the spine every stage appends to, and report.md, the same facts for people."""
+"""report.json, the spine of a build: one typed definition of its sections, with a schema version.
+
+Each stage of export.build returns its own section (the TypedDicts below); `export/build.py` puts them
+into one `Report`; `export/report_io.py` writes it (JSON for machines, report.md for people) and reads
+it back for `engines.gate`, `engines.triton` and `engines.serving`, which refuse a report of another
+schema version or a malformed one (`ReportError`, exit 2). A report without `schema_version` is
+version 0. A leaf module: it imports nothing from the project.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from datetime import datetime, timezone
-from pathlib import Path
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypedDict
 
+SCHEMA_VERSION = 1
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REBUILD = "rebuild it with python -m export.build"
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write to a temp file in the same directory (same filesystem), fsync, os.replace: readers see the
-    old file or the new one, never half of one; a failed write leaves no temp file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+class ReportError(ValueError):
+    """A report.json that cannot be used: one line naming the problem, ending with the fix."""
 
 
-def new_report(argv: list[str]) -> dict:
-    from export import __version__
-    return {"tool": "roformer-trt", "version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": argv,
-            "artifacts": {}, "validation": [], "passed": False}
+# ---- sections --------------------------------------------------------------------------------------
+
+class ModelSection(TypedDict):
+    layers: int
+    hidden: int
+    heads: int
+    head_dim: int
+    embedding_size: int
+    vocab_size: int
+    type_vocab_size: int
+    max_position_embeddings: int
+    rotary_value: bool
+    task: str
+    params: int
+    table: str
 
 
-def load_report(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+class CheckpointSection(TypedDict, total=False):
+    path: str
+    format: str
+    sha256: str
 
 
-def save_report(report: dict, out_dir: Path) -> None:
-    write_atomic(out_dir / REPORT_JSON, (json.dumps(report, indent=2, default=str) + "\n").encode())
-    write_atomic(out_dir / REPORT_MD, render_markdown(report).encode())
+class ExportSection(TypedDict):
+    exporter: str
+    opset: int
+    max_len: int
+    table_rows: int
+    dtype: str
+    seconds: float
+    files: list[str]
 
 
-def render_markdown(r: dict) -> str:
-    m = r.get("model", {})
-    lines = [f"# roformer-trt report: {'PASSED' if r.get('passed') else 'FAILED'}", ""]
-    if r.get("failure"):
-        lines += [f"**Failure:** {r['failure']}", ""]
-    if m:
-        lines += ["## Model", "", "| field | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in m.items()] + [""]
-    if r.get("export"):
-        e = r["export"]
-        lines += ["## Export", "", f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']} "
-                  f"(sinusoidal table {e['table_rows']} rows, {m.get('table', '?')}), {e['seconds']} s", ""]
-    if r.get("rewrite"):
-        w = r["rewrite"]
-        lines += ["## Rotary rewrite", "", f"mode `{w['mode']}`: {w['rewritten']}/{w['expected']} rotary sites "
-                  f"rewritten into {w['nodes']} nodes", ""]
-        lines += [f"- skipped `{s['site']}`: {s['reason']}" for s in w.get("skipped", [])]
-        lines += [""] if w.get("skipped") else []
-    if r.get("artifacts"):
-        lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in r["artifacts"].items()] + [""]
-    cases = r.get("validation", [])
-    if cases:
-        lines += ["## Validation against PyTorch fp32", "",
-                  "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines.", "",
-                  "| graph | precision | batch | seq | output | max abs | max rel | cosine | atol | pass |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for c in cases:
-            for name, o in c["outputs"].items():
-                if "error" in o:
-                    lines.append(f"| {c['graph']} | {c['precision']} | {c['batch']} | {c['seq']} | {name} | "
-                                 f"{o['error']} | | | | FAIL |")
-                    continue
-                lines.append(f"| {c['graph']} | {c['precision']} | {c['batch']} | {c['seq']} | {name} | "
-                             f"{o['max_abs']:.2e} | {o['max_rel']:.2e} | {o['cosine']:.7f} | {o['atol']:.0e} | "
-                             f"{'ok' if o['passed'] else 'FAIL'} |")
-        lines.append("")
-    if r.get("precision", {}).get("ops"):
-        p = r["precision"]
-        lines += [f"## Precision: {p['precision']}", "", f"from `{p['source']}`, {p['casts']} casts", "",
-                  "| op | low | fp32 |", "|---|---|---|"]
-        lines += [f"| {op} | {d.get('low', 0)} | {d.get('fp32', 0)} |" for op, d in p["ops"].items()] + [""]
-    if r.get("profiles"):
-        lines += ["## Optimization profiles", "", "| profile | batch min/opt/max | sequence min/opt/max |", "|---|---|---|"]
-        lines += [f"| {p['index']} | {'/'.join(map(str, p['batch']))} | {'/'.join(map(str, p['sequence']))} |"
-                  for p in r["profiles"]] + [""]
-    if r.get("bench"):
-        b = r["bench"]
-        lines += ["## Benchmark", "", "| backend | device | batch | seq | p50 ms | p99 ms | note |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {x['backend']} | {x['device']} | {x['batch']} | {x['seq']} | "
-                  + (f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | |" if x.get("p50_ms") is not None else f" | | {x['skipped']} |")
-                  for x in b["results"]]
-        lines += ["", f"![benchmark]({b['files']['plot']})", ""]
-    for key in ("plugin", "engine"):
-        if r.get(key):
-            lines += [f"## {key.title()}", "", "```", json.dumps(r[key], indent=2), "```", ""]
-    return "\n".join(lines)
+class RewriteSection(TypedDict, total=False):
+    mode: str  # plugin | onnx
+    expected: int  # rotary sites: 2 per layer, 3 with rotary_value
+    expected_nodes: int
+    found: int
+    rewritten: int
+    nodes: int
+    already_rewritten: int
+    skipped: list[dict]  # {"site", "layer", "reason"}
+    layers: list[dict]
+
+
+class PluginSection(TypedDict, total=False):
+    status: str  # built | unavailable
+    path: str
+    sha256: str
+    reason: str
+
+
+class PrecisionSection(TypedDict, total=False):
+    precision: str
+    source: str
+    ops: dict[str, dict[str, int]]  # op -> {"low": n, "fp32": n}
+    casts: int
+
+
+class ProfileRow(TypedDict):
+    index: int
+    batch: list[int]  # [min, opt, max]
+    sequence: list[int]
+
+
+class OutputStats(TypedDict, total=False):
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine: float
+    n_nan: int
+    atol: float
+    rtol: float
+    min_cosine: float
+    passed: bool
+    error: str  # instead of the statistics when the output could not be compared
+
+
+class ValidationCase(TypedDict):
+    graph: str
+    precision: str
+    batch: int
+    seq: int
+    choices: int | None
+    padded_rows: int
+    outputs: dict[str, OutputStats]
+    passed: bool
+
+
+class EngineSection(TypedDict, total=False):
+    status: str  # built | skipped | failed
+    reason: str
+    profiles: list[ProfileRow]
+    engines: list[dict]  # plan, sidecar, precision, onnx, profiles, reused, build_seconds, plugin_layers
+
+
+class BenchSection(TypedDict, total=False):
+    date: str
+    host: str
+    ort_graph: str
+    plan: str | None
+    iters: int
+    files: dict[str, str]
+    results: list[dict]
+
+
+# ---- artifact keys: the one spelling of report.json "artifacts" keys ---------------------------------
+
+ONNX_KEY = "onnx"  # model.onnx, the plain export
+TENSORRT_ONNX_KEY = "tensorrt-onnx"  # the file the engine is built from
+
+
+def rope_key(mode: str) -> str:
+    return f"rope-{mode}"
+
+
+def precision_key(source_key: str, variant: str) -> str:
+    """variant: fp16, bf16 or bf16-emulated; e.g. "rope-plugin.fp16"."""
+    return f"{source_key}.{variant}"
+
+
+def engine_key(precision: str) -> str:
+    return f"engine-{precision}"
+
+
+def bench_key(kind: str) -> str:
+    return f"bench-{kind}"
+
+
+# ---- the report ------------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    command: list[str]
+    version: str
+    created: str
+    tool: str = "roformer-trt"
+    schema_version: int = SCHEMA_VERSION
+    model: ModelSection | None = None
+    checkpoint: CheckpointSection | None = None
+    export: ExportSection | None = None
+    rewrite: RewriteSection | None = None
+    plugin: PluginSection | None = None
+    precision: PrecisionSection | None = None
+    profiles: list[ProfileRow] = field(default_factory=list)
+    validation: list[ValidationCase] = field(default_factory=list)
+    validation_skipped: bool | None = None
+    engine: EngineSection | None = None
+    bench: BenchSection | None = None
+    reproduce: dict | None = None  # commands that check the engine with NVIDIA's own tools
+    artifacts: dict[str, str] = field(default_factory=dict)  # key -> path relative to the report's folder
+    artifacts_sha256: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of the file
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    passed: bool = False
+    failure: str | None = None
+
+    def add_artifacts(self, artifacts: dict[str, str]) -> None:
+        self.artifacts.update(artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "report.json") -> "Report":
+        """Check the schema version and every section's shape; ReportError (one line) otherwise."""
+        if not isinstance(data, dict):
+            raise ReportError(f"{source} is not a JSON object; {REBUILD}")
+        version = data.get("schema_version", 0)
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise ReportError(f"{source} has schema version {version!r}, this tool reads version {SCHEMA_VERSION}; "
+                              f"{REBUILD}")
+        known = {f.name for f in fields(cls)}
+        for name, want in _SHAPES.items():
+            if name in data and data[name] is not None and not _is(data[name], want):
+                raise ReportError(f"{source}: {name!r} must be {want}, got {_json_type(data[name])}; {REBUILD}")
+        for name in ("command", "version", "created"):
+            if name not in data:
+                raise ReportError(f"{source}: {name!r} is missing; {REBUILD}")
+        for i, case in enumerate(data.get("validation") or []):
+            _check_case(case, f"{source}: validation[{i}]")
+        _check_paths(data.get("artifacts") or {}, f"{source}: artifacts")
+        _check_paths({p: p for p in data.get("artifacts_sha256") or {}}, f"{source}: artifacts_sha256")
+        for path, digest in (data.get("artifacts_sha256") or {}).items():
+            if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+                raise ReportError(f"{source}: artifacts_sha256[{path!r}] is not a sha256 hex digest; {REBUILD}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHAPES = {"command": "list", "version": "str", "created": "str", "tool": "str", "model": "object",
+           "checkpoint": "object", "export": "object", "rewrite": "object", "plugin": "object",
+           "precision": "object", "profiles": "list", "validation": "list", "validation_skipped": "bool",
+           "engine": "object", "bench": "object", "reproduce": "object", "artifacts": "object",
+           "artifacts_sha256": "object", "timings": "object", "passed": "bool", "failure": "str"}
+_TYPES = {"list": list, "str": str, "object": dict, "bool": bool}
+
+
+def _is(value: Any, want: str) -> bool:
+    return isinstance(value, _TYPES[want])
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "list", str: "str", bool: "bool", int: "number", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__)
+
+
+def _check_case(case: Any, where: str) -> None:
+    if not isinstance(case, dict):
+        raise ReportError(f"{where} must be an object; {REBUILD}")
+    for key, typ in (("graph", str), ("precision", str), ("outputs", dict)):
+        if not isinstance(case.get(key), typ):
+            raise ReportError(f"{where}: {key!r} must be {typ.__name__}, got {_json_type(case.get(key))}; {REBUILD}")
+    for key in ("batch", "seq"):
+        if not isinstance(case.get(key), int) or isinstance(case.get(key), bool):
+            raise ReportError(f"{where}: {key!r} must be an integer; {REBUILD}")
+    for name, stats in case["outputs"].items():
+        if not isinstance(stats, dict):
+            raise ReportError(f"{where}: outputs[{name!r}] must be an object; {REBUILD}")
+
+
+def _check_paths(paths: dict, where: str) -> None:
+    """Artifact paths are relative file paths inside the report's folder: no absolute path, no '..'."""
+    for key, rel in paths.items():
+        if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", rel):
+            raise ReportError(f"{where}[{key!r}] = {rel!r} is not a path inside the build folder; {REBUILD}")

@@ -16,9 +16,9 @@ re-checked from the statistics in report.json alone), `cosine >= min_cosine`, an
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Threshold] = {
 }
 
 
+# Allowed range of every threshold: errors are non-negative, a cosine lies in [-1, 1].
+LIMITS = {"atol": (0.0, math.inf), "rtol": (0.0, math.inf), "min_cosine": (-1.0, 1.0)}
+
+
 class ThresholdError(ValueError):
     """A thresholds file that cannot be used."""
 
@@ -61,33 +65,33 @@ class Thresholds:
         return cls({})
 
     @classmethod
-    def load(cls, path: str | Path | None) -> "Thresholds":
-        if path is None:
+    def parse(cls, text: str | None, source: str = "thresholds") -> "Thresholds":
+        """TOML text (read by the caller, e.g. export.files.read_text) -> Thresholds; None -> defaults.
+        Every value must be a finite real: atol, rtol >= 0 and min_cosine in [-1, 1] (ThresholdError otherwise)."""
+        if text is None:
             return cls.defaults()
-        p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ThresholdError(f"thresholds file {p} does not exist; pass an existing TOML file") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ThresholdError(f"thresholds file {p} is not valid TOML ({e}); fix the syntax") from None
+            raise ThresholdError(f"thresholds file {source} is not valid TOML ({e}); fix the syntax") from None
         table: dict[tuple[str, str, str], dict[str, float]] = {}
         for prec, graphs in data.items():
             if prec not in PRECISIONS and prec != "*":
-                raise ThresholdError(f"{p}: unknown precision table [{prec}]; use one of {PRECISIONS} or \"*\"")
-            for graph, outputs in _tables(p, prec, graphs):
-                for output, values in _tables(p, f"{prec}.{graph}", outputs):
-                    bad = set(values) - {"atol", "rtol", "min_cosine"}
+                raise ThresholdError(f"{source}: unknown precision table [{prec}]; use one of {PRECISIONS} or \"*\"")
+            for graph, outputs in _tables(source, prec, graphs):
+                for output, values in _tables(source, f"{prec}.{graph}", outputs):
+                    where = f"{source}: [{prec}.{graph}.{output}]"
+                    bad = set(values) - set(LIMITS)
                     if bad:
-                        raise ThresholdError(f"{p}: [{prec}.{graph}.{output}] has unknown keys {sorted(bad)}; "
-                                             "use atol, rtol, min_cosine")
-                    table[(prec, graph, output)] = {k: float(v) for k, v in values.items()}
+                        raise ThresholdError(f"{where} has unknown keys {sorted(bad)}; use atol, rtol, min_cosine")
+                    table[(prec, graph, output)] = {k: check_value(f"{where} {k}", k, v) for k, v in values.items()}
         return cls(table)
 
     @classmethod
-    def from_cli(cls, path: str | Path | None, atol: float | None, rtol: float | None) -> "Thresholds":
-        th = cls.load(path)
-        override = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
+    def from_cli(cls, text: str | None, source: str, atol: float | None, rtol: float | None) -> "Thresholds":
+        """The thresholds file's text (or None) plus the --atol/--rtol overrides, all checked."""
+        th = cls.parse(text, source)
+        override = {k: check_value(f"--{k}", k, v) for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
         if override:
             th.table[("*", "*", "*")] = {**th.table.get(("*", "*", "*"), {}), **override}
         return th
@@ -104,7 +108,16 @@ class Thresholds:
         return Threshold(**merged)
 
 
-def _tables(path: Path, where: str, value):
+def check_value(where: str, key: str, value) -> float:
+    """A threshold value: a finite real (not a bool) inside LIMITS[key]; ThresholdError naming `where`."""
+    lo, hi = LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ThresholdError(f"{where} = {value!r} is not allowed; it must be a finite number in [{lo}, {hi}]")
+    return float(value)
+
+
+def _tables(source: str, where: str, value):
     if not isinstance(value, dict):
-        raise ThresholdError(f"{path}: [{where}] must be a table; see export/thresholds.py for the format")
+        raise ThresholdError(f"{source}: [{where}] must be a table; see export/thresholds.py for the format")
     return value.items()

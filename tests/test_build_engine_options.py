@@ -3,11 +3,13 @@ mixed-precision graph, --batch/--profiles land in report.json, the engine stage 
 (exit 3 under --require-engine), and --bench measures the CPU backends. Real runs of the CLI on a tiny model."""
 
 import json
+import time
 
 import onnx
 import pytest
 from onnx import TensorProto
 
+from engines.build import engine_stage_status
 from engines.gate import main as gate_main
 from export.build import main
 
@@ -66,12 +68,23 @@ def test_profiles_in_report_and_engine_skipped_with_reason(tiny_ckpt, tmp_path, 
     assert "## Optimization profiles" in (out / "report.md").read_text()
 
 
-def test_require_engine_exits_3_and_keeps_the_report(tiny_ckpt, tmp_path, capsys):
+def test_require_engine_exits_3_before_any_work(tiny_ckpt, tmp_path, capsys):
+    if engine_stage_status()["status"] == "available":
+        pytest.skip("the engine stage can run here, so --require-engine does not refuse")
     out = tmp_path / "r"
-    code, r = build(tiny_ckpt, out, "--require-engine")
+    t0 = time.perf_counter()
+    code = main(["--model", str(tiny_ckpt), "--out", str(out), "--max-len", "48", "--require-engine"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and err[-1].startswith("error: --require-engine") and "TensorRT" in err[-1]
-    assert r["engine"]["status"] == "skipped"
+    assert code == 3 and len(err) == 1 and err[0].startswith("unavailable: --require-engine"), err
+    assert "TensorRT" in err[0] and not out.exists()  # nothing written: decided before the checkpoint is loaded
+    assert time.perf_counter() - t0 < 5
+
+
+def test_usage_errors_come_before_require_engine(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "u"
+    code = main(["--model", str(tiny_ckpt), "--out", str(out), "--precision", "int3", "--require-engine"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[0].startswith("error: --precision"), err
 
 
 def test_bench_measures_cpu_backends(tiny_ckpt, tmp_path):

@@ -20,7 +20,8 @@ def _case(graph, precision, max_abs, seq=16):
             "passed": True}
 
 
-GOOD = {"model": {"layers": 2}, "artifacts": {}, "validation": [_case("onnx", "fp32", 5e-7),
+GOOD = {"schema_version": 1, "command": [], "version": "0", "created": "2026-12-02T00:00:00+00:00",
+        "model": {"layers": 2}, "artifacts": {}, "validation": [_case("onnx", "fp32", 5e-7),
                                                                  _case("fp16", "fp16", 2e-5),
                                                                  _case("bf16-emulated", "bf16", 2e-4, seq=29)],
         "engine": {"status": "skipped", "reason": "x"}, "passed": True}
@@ -37,8 +38,8 @@ def test_good_report_passes_and_junit(tmp_path, capsys):
     assert main([_write(tmp_path, GOOD), "--junit", str(junit)]) == 0
     assert "PASSED" in capsys.readouterr().out
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == "3" and suite.get("failures") == "0"
-    assert len(suite.findall("testcase")) == 3 and not suite.findall("testcase/failure")
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"  # the verdict + 3 cases
+    assert len(suite.findall("testcase")) == 4 and not suite.findall("testcase/failure")
 
 
 def test_doctored_report_fails_with_table_and_junit(tmp_path, capsys):
@@ -48,7 +49,7 @@ def test_doctored_report_fails_with_table_and_junit(tmp_path, capsys):
     junit = tmp_path / "gate.xml"
     assert main([_write(tmp_path, bad), "--junit", str(junit)]) == 1
     out = capsys.readouterr().out
-    assert "1 of 3 checks failed" in out and "fp16[fp16]" in out
+    assert "1 of 4 checks failed" in out and "fp16[fp16]" in out
     suite = ET.parse(junit).getroot().find("testsuite")
     fails = suite.findall("testcase/failure")
     assert suite.get("failures") == "1" and len(fails) == 1 and "max_abs 0.5" in fails[0].get("message")

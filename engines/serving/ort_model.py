@@ -60,14 +60,14 @@ class OrtEncoder:
         import onnx
 
         from engines.serving.pooling import add_sentence_embedding
-        from engines.triton import artifact, read_report
+        from engines.triton import artifact, read_build
 
         build = Path(build)
-        report = read_report(build)
+        report = read_build(build)
         src = artifact(build, report, "rope-onnx", "onnx")
         if src is None:
             raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
-        limits = limits_from_report(report)
+        limits = limits_from_report(report.to_dict())
         if limits.max_sequence is None:
             log.warning("report.json gives no max_position_embeddings: sequence length is not checked")
         model = add_sentence_embedding(onnx.load(str(src)), pooling)

@@ -9,8 +9,12 @@ Inputs `input_ids, attention_mask, token_type_ids` int64 [batch, sequence]; outp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from export import __version__
+from export.digest import artifact_hashes
+from export.report import ONNX_KEY, REPORT_JSON, Report
+from export.report_io import report_text
 
 TINY_CONFIG = dict(
     vocab_size=99,
@@ -49,18 +53,13 @@ def write_tiny_build(out: Path, seed: int = 0):
             opset_version=17,
             dynamo=False,
         )
-    report = {
-        "model": {
-            "layers": config.num_hidden_layers,
-            "hidden": config.hidden_size,
-            "heads": config.num_attention_heads,
-            "head_dim": config.hidden_size // config.num_attention_heads,
-            "task": "base",
-            "max_position_embeddings": config.max_position_embeddings,
-            "vocab_size": config.vocab_size,
-        },
-        "artifacts": {"onnx": "model.onnx"},
-        "engine": {"status": "skipped", "reason": "tiny test build: no TensorRT"},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    report = Report(command=["engines.serving.tiny"], version=__version__, created="tiny test build", passed=True)
+    report.model = {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+                    "heads": config.num_attention_heads, "head_dim": config.hidden_size // config.num_attention_heads,
+                    "task": "base", "max_position_embeddings": config.max_position_embeddings,
+                    "vocab_size": config.vocab_size, "type_vocab_size": config.type_vocab_size}
+    report.artifacts = {ONNX_KEY: "model.onnx"}
+    report.artifacts_sha256 = artifact_hashes(out, report.artifacts.values())
+    report.engine = {"status": "skipped", "reason": "tiny test build: no TensorRT"}
+    (out / REPORT_JSON).write_text(report_text(report))
     return model

@@ -12,8 +12,16 @@ import platform
 import time
 from pathlib import Path
 
+import onnx
+import onnxruntime
+import torch
+
+from engines.bench import run_bench, write_results
+from engines.cases import input_axes
 from export.errors import UsageError
 from export.progress import info
+from export.report import ONNX_KEY, BenchSection, Report, bench_key, rope_key
+from export.stages.result import StageResult
 
 
 def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
@@ -32,17 +40,14 @@ def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
     return grid
 
 
-def run_bench_stage(grid, report: dict, out: Path, *, model, config, iters: int, compile_: bool) -> None:
-    from engines.bench import run_bench, write_results
-    from engines.cases import input_axes
-
-    import onnx
-
-    arts = report["artifacts"]
-    ort_graph = out / arts.get("rope-onnx", arts["onnx"])
-    engines = (report.get("engine") or {}).get("engines") or []
+def run_bench_stage(grid, report: Report, out: Path, *, model, config, iters: int,
+                    compile_: bool) -> StageResult[BenchSection]:
+    """Benchmark into out/bench/; reads the report's artifacts for the graphs and the plan to time."""
+    arts = report.artifacts
+    ort_graph = out / arts.get(rope_key("onnx"), arts[ONNX_KEY])
+    engines = (report.engine or {}).get("engines") or []
     plan = out / engines[0]["plan"] if engines else None
-    plugin_lib = (report.get("plugin") or {}).get("path") if plan else None
+    plugin_lib = (report.plugin or {}).get("path") if plan else None
     backends = ["trt", "torch-fp32", "torch-fp16", "ort"] + (["torch-compile"] if compile_ else [])
     info(f"benchmark: {len(grid)} shapes x {len(backends)} backends, {iters} timed runs each")
     results = run_bench(grid, model=model, onnx_path=ort_graph, plan=plan, plugin_lib=plugin_lib,
@@ -52,17 +57,13 @@ def run_bench_stage(grid, report: dict, out: Path, *, model, config, iters: int,
     meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "ort_graph": ort_graph.name,
             "plan": plan.name if plan else None, "iters": iters}
     paths = write_results(results, out / "bench", meta)
-    report["bench"] = {**meta, "files": {k: str(Path(v).relative_to(out)) for k, v in paths.items()},
-                       "results": [r.__dict__ for r in results]}
-    for key, path in paths.items():
-        arts[f"bench-{key}"] = str(Path(path).relative_to(out))
+    files = {k: str(Path(v).relative_to(out)) for k, v in paths.items()}
+    section: BenchSection = {**meta, "files": files, "results": [r.__dict__ for r in results]}
+    return StageResult(section, artifacts={bench_key(k): f for k, f in files.items()})
 
 
 def host_description() -> str:
     """GPU name or CPU model, with core count and the torch / ONNX Runtime versions the numbers came from."""
-    import onnxruntime
-    import torch
-
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:

@@ -1,10 +1,10 @@
 """The engine stage of export.build: the TensorRT-bound file -> `<name>.plan`, validated against PyTorch.
 
 Where TensorRT or a GPU is missing the stage is skipped with one line saying why and how to enable it,
-and `report["engine"]` = {"status": "skipped", "reason", "profiles"}; `--require-engine` turns that into
-exit 3 in export.build. Where both exist: build (or reuse, sidecar permitting) with engines.build, run
+and the `engine` section is {"status": "skipped", "reason", "profiles"}; `--require-engine` makes
+export.build exit 3 before any work where the stage cannot run. Where both exist: build (or reuse, sidecar permitting) with engines.build, run
 with engines.runner, grade at every profile's min/opt/max, a prime length and padded rows
-(engines.validate_engine); the cases join report["validation"], so engines.gate gates them too.
+(engines.validate_engine); the cases join the report's validation, so engines.gate gates them too.
 The TensorRT calls are in engines/; this file only wires them, so it has no TensorRT code of its own.
 """
 
@@ -12,25 +12,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engines.build import build_engine, count_plugin_nodes, engine_stage_status
+from engines.runner import EngineRunner
+from engines.validate_engine import validate_engine
 from export.errors import UsageError
 from export.progress import info
+from export.report import EngineSection, engine_key
+from export.stages.result import StageResult
+from export.validate import TorchReference
+from plugins.locate import find_plugin_library
 
 TIMING_CACHE = "timing.cache"  # shared by every build into the same folder
 
 
-def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, validate: bool, ckpt=None,
-                     thresholds=None, workspace_mib: int = 4096) -> list[dict]:
-    """Returns the engine's validation cases ([] when skipped or not validating); ckpt: the loaded checkpoint."""
-    from engines.build import build_engine, count_plugin_nodes, engine_stage_status
-
+def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool, ckpt=None, thresholds=None,
+                     workspace_mib: int = 4096) -> StageResult[EngineSection]:
+    """The `engine` section, the plan artifact and the engine's validation cases (none when skipped or
+    not validating); ckpt: the loaded checkpoint."""
     status = engine_stage_status()
     if status["status"] != "available":
-        report["engine"] = {**status, "profiles": profiles.to_report()}
         info(f"engine stage skipped: {status['reason']}")
-        return []
-
-    from plugins.locate import find_plugin_library
-
+        return StageResult({**status, "profiles": profiles.to_report()})
     plugin_lib = None
     if count_plugin_nodes(trt_onnx):
         plugin_lib = find_plugin_library()
@@ -45,18 +47,15 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, report: dict, *, 
     plan = Path(entry["plan"])
     info(f"{'reused' if entry['reused'] else 'built'} {plan.name}"
          + ("" if entry["reused"] else f" in {entry.get('build_seconds')} s"))
-    report["engine"] = {**status, "status": "built", "engines": [{
+    section: EngineSection = {**status, "status": "built", "engines": [{
         "plan": plan.name, "sidecar": plan.name + ".json", "precision": precision, "onnx": trt_onnx.name,
         "profiles": profiles.to_report(), "reused": entry["reused"], "build_seconds": entry.get("build_seconds"),
         "plugin_layers": entry.get("plugin_layers"), "rebuild_reasons": entry.get("rebuild_reasons", [])}]}
-    report["artifacts"][f"engine-{precision}"] = plan.name
+    artifacts = {engine_key(precision): plan.name, engine_key(precision) + ".sidecar": plan.name + ".json"}
     if not validate:
-        return []
-    from engines.runner import EngineRunner
-    from engines.validate_engine import validate_engine
-    from export.validate import TorchReference
-
+        return StageResult(section, artifacts=artifacts)
     runner = EngineRunner(plan, plugin_lib)
     reference = TorchReference(ckpt.model, ckpt.task, device="cuda")  # the stage only runs where CUDA is
-    return validate_engine(runner, reference, profiles, precision, ckpt.config.vocab_size,
-                           ckpt.config.type_vocab_size, thresholds)
+    cases = validate_engine(runner, reference, profiles, precision, ckpt.config.vocab_size,
+                            ckpt.config.type_vocab_size, thresholds)
+    return StageResult(section, artifacts=artifacts, cases=cases)

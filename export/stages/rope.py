@@ -1,9 +1,9 @@
 """The rotary stage of export.build: model.onnx -> model.rope-<mode>.onnx, plus its validation graph.
 
 In: the plain export on disk, the mode, the loaded checkpoint (for the expected site count and real
-inputs). Out: the rewritten file (atomically written, checker-validated), `report["rewrite"]`, the
-artifact entry, and the graph to validate (for `plugin`, the same graph with the ONNX function that
-lets ONNX Runtime run it, attached in memory only). Returns a coverage failure line or None.
+inputs). Out (a StageResult): the rewritten file (atomically written, checker-validated), the `rewrite`
+section, the artifact entry, the graph to validate (for `plugin`, the same graph with the ONNX function
+that lets ONNX Runtime run it, attached in memory only) and a coverage failure line or None.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from export.onnx_io import write_model
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
+from export.report import RewriteSection, rope_key
+from export.stages.result import StageResult
 from export.validate import Shape, make_inputs
 
 
@@ -36,14 +38,14 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     return report.to_dict() | {"coverage_error": report.coverage_error()}
 
 
-def run_rope_stage(mode: str, ckpt, out: Path, max_len: int, report: dict, graphs: dict) -> str | None:
+def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[RewriteSection]:
+    """out/model.onnx -> out/model.rope-<mode>.onnx; the section, the artifact and the graph to validate."""
     name = f"model.rope-{mode}.onnx"
     with status(f"rotary pass ({mode})"):
         rewrite = rewrite_file(out / "model.onnx", out / name, mode, ckpt.config, max_len, ckpt.task)
     failure = rewrite.pop("coverage_error")
-    report["rewrite"] = rewrite
-    report["artifacts"][f"rope-{mode}"] = name
     info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
     graph = onnx.load(str(out / name))
-    graphs[f"rope-{mode}"] = (with_rotary_function(graph) if mode == "plugin" else graph, "fp32")
-    return failure
+    key = rope_key(mode)
+    return StageResult(rewrite, artifacts={key: name}, failure=failure,
+                       graphs={key: (with_rotary_function(graph) if mode == "plugin" else graph, "fp32")})
