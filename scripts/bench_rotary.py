@@ -9,7 +9,7 @@ Before timing, the kernel's output is checked bit for bit against export.referen
 on a mismatch). Each method: warm-up, then per-iteration CUDA events on the current stream; medians with
 p10/p90. Writes bench_rotary.json, bench_rotary.md and bench_rotary.png (sweep over S) to --out.
 
-Exit codes: 0 ok; 1 correctness check failed; 2 no CUDA device / library missing / bad arguments.
+Exit codes (export/cli.py): 0 ok; 1 correctness check failed; 2 library missing / bad arguments; 3 no CUDA device.
 """
 
 from __future__ import annotations
@@ -20,17 +20,29 @@ import json
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the project's packages
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
-DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers.models.roformer.modeling_roformer import RoFormerSelfAttention  # noqa: E402
+
+from export import cli  # noqa: E402
+from export.atomic import write_atomic  # noqa: E402
+from export.cli import Parser  # noqa: E402
+from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError  # noqa: E402
+from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
+from plugins import locate  # noqa: E402
+from plugins.identity import DTYPE_CODES, KERNEL_LIB  # noqa: E402
+
+METHODS = ("ours", "hf_eager", "compiled", "copy")
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --dtype -> plugins.identity.DTYPE_CODES key
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048")
+def build_parser() -> Parser:
+    p = Parser(prog="scripts/bench_rotary.py", description=__doc__.split("\n")[0], epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON, Markdown and PNG")
     p.add_argument("--lib", type=Path, default=None, help="libroformer_rotary_kernels.so (default: plugins.locate)")
     p.add_argument("--batch", type=int, default=8, help="B")
@@ -38,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, default=2048, help="S of the headline measurement")
     p.add_argument("--head-dim", type=int, default=64, help="Dh (= R)")
     p.add_argument("--seqs", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096], help="S sweep")
-    p.add_argument("--dtype", choices=sorted(DTYPE_CODES), default="fp16", help="q/k dtype")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="q/k dtype")
     p.add_argument("--warmup", type=int, default=25, help="untimed iterations per method")
     p.add_argument("--iters", type=int, default=200, help="timed iterations per method")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
@@ -61,132 +73,154 @@ def git_commit() -> str | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
+@dataclass
+class Bench:
+    """Everything one run times: the kernel library, the shapes, the table and the HF functions."""
 
-    from export.reference import bf16_round, roformer_rotary_ref, sincos_table
-    from plugins import locate
+    args: argparse.Namespace
+    lib: ctypes.CDLL
+    lib_path: Path
+    tdtype: object  # torch dtype of q and k
+    code: int  # RotaryDType code of the C entry point
+    table_np: np.ndarray  # [P, R] fp32, P = the largest S
+    table: object  # the same on the GPU
+    hf_rope: object
+    compiled: object | None
 
-    if not torch.cuda.is_available():
-        print("error: no CUDA device visible to torch; run this on a GPU machine with a CUDA build of torch",
-              file=sys.stderr)
-        return EXIT_USAGE
-    lib_path = args.lib or locate.find_kernel_library()
-    if lib_path is None or not Path(lib_path).is_file():
-        print("error: libroformer_rotary_kernels.so not found; build it with `python -m plugins.build` or pass --lib",
-              file=sys.stderr)
-        return EXIT_USAGE
-    from transformers.models.roformer.modeling_roformer import RoFormerSelfAttention
+    @property
+    def max_s(self) -> int:
+        return self.table_np.shape[0]
 
-    lib = load_kernel(Path(lib_path))
-    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    code = DTYPE_CODES[args.dtype]
-    b, h, dh = args.batch, args.heads, args.head_dim
-    max_s = max([args.seq, *args.seqs])
-    table_np = sincos_table(max_s, dh)  # [P, R] fp32, P = the largest S
-    table = torch.from_numpy(table_np).cuda()
-    hf_rope = RoFormerSelfAttention.apply_rotary_position_embeddings
-    compiled = None if args.no_compile else torch.compile(hf_rope)
-
-    def make(s):
+    def make(self, s: int):
         g = torch.Generator(device="cuda").manual_seed(s)
-        q = torch.randn(b, h, s, dh, device="cuda", generator=g).to(tdtype)
-        k = torch.randn(b, h, s, dh, device="cuda", generator=g).to(tdtype)
-        return q, k
+        a = self.args
+        return tuple(torch.randn(a.batch, a.heads, s, a.head_dim, device="cuda", generator=g).to(self.tdtype)
+                     for _ in range(2))
 
-    def ours_fn(q, k, yq, yk, s):
+    def ours(self, q, k, yq, yk, s: int):
+        """A no-argument launch of our kernel on q, k -> yq, yk (current stream)."""
         xp = (ctypes.c_void_p * 2)(q.data_ptr(), k.data_ptr())
         yp = (ctypes.c_void_p * 2)(yq.data_ptr(), yk.data_ptr())
         stream = torch.cuda.current_stream().cuda_stream
+        a = self.args
 
         def run():
-            rc = lib.roformer_rotary_launch(code, 2, xp, yp, table.data_ptr(), b, h, s, dh, dh, max_s, stream)
+            rc = self.lib.roformer_rotary_launch(self.code, 2, xp, yp, self.table.data_ptr(), a.batch, a.heads, s,
+                                                 a.head_dim, a.head_dim, self.max_s, stream)
             if rc != 0:
                 raise RuntimeError(f"roformer_rotary_launch returned cudaError {rc}")
         return run
 
-    def time_fn(fn) -> dict:
-        for _ in range(args.warmup):
-            fn()
-        torch.cuda.synchronize()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        for st, en in zip(starts, ends):
-            st.record()
-            fn()
-            en.record()
-        torch.cuda.synchronize()
-        ms = np.array([st.elapsed_time(en) for st, en in zip(starts, ends)])
-        return {"median_us": float(np.median(ms) * 1e3), "p10_us": float(np.percentile(ms, 10) * 1e3),
-                "p90_us": float(np.percentile(ms, 90) * 1e3), "iters": args.iters}
 
-    # --- correctness first: our output, bit for bit, against the numpy reference (headline shape) ---------
-    s = args.seq
-    q, k = make(s)
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    bench = setup(args)
+    n_bad, hf_diff = check_correctness(bench)
+    if n_bad:
+        raise VerificationError(f"the kernel differs from export.reference in {n_bad} bytes; not timing it")
+    headline = measure(bench, args.seq)
+    sweep = [measure(bench, s) for s in args.seqs]
+    write_results(bench, {"bytes_differing_from_reference": n_bad, "max_abs_diff_vs_hf_eager": hf_diff},
+                  headline, sweep)
+    return EXIT_OK
+
+
+def setup(args) -> Bench:
+    """The GPU, the kernel library and the inputs' table; UnavailableError / UsageError when missing."""
+    if not torch.cuda.is_available():
+        raise UnavailableError("no CUDA device visible to torch; run this on a GPU machine with a CUDA build of torch")
+    lib_path = args.lib or locate.find_kernel_library()
+    if lib_path is None or not Path(lib_path).is_file():
+        raise UsageError(f"{KERNEL_LIB} not found; build it with `python -m plugins.build` or pass --lib")
+    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    table_np = sincos_table(max([args.seq, *args.seqs]), args.head_dim)
+    hf_rope = RoFormerSelfAttention.apply_rotary_position_embeddings
+    return Bench(args, load_kernel(Path(lib_path)), Path(lib_path), tdtype, DTYPE_CODES[DTYPES[args.dtype]],
+                 table_np, torch.from_numpy(table_np).cuda(), hf_rope,
+                 None if args.no_compile else torch.compile(hf_rope))
+
+
+def check_correctness(bench: Bench) -> tuple[int, float]:
+    """Our output at the headline shape, bit for bit against the numpy reference, and its distance to HF."""
+    s = bench.args.seq
+    q, k = bench.make(s)
     yq, yk = torch.empty_like(q), torch.empty_like(k)
-    ours_fn(q, k, yq, yk, s)()
+    bench.ours(q, k, yq, yk, s)()
     torch.cuda.synchronize()
-    if tdtype == torch.bfloat16:
+    if bench.tdtype == torch.bfloat16:
         ref = [bf16_round(y) for y in roformer_rotary_ref([q.float().cpu().numpy(), k.float().cpu().numpy()],
-                                                          table_np)]
+                                                          bench.table_np)]
         got = [yq.float().cpu().numpy(), yk.float().cpu().numpy()]
     else:
-        ref = roformer_rotary_ref([q.cpu().numpy(), k.cpu().numpy()], table_np)
+        ref = roformer_rotary_ref([q.cpu().numpy(), k.cpu().numpy()], bench.table_np)
         got = [yq.cpu().numpy(), yk.cpu().numpy()]
     n_bad = sum(int(np.count_nonzero(g.view(np.uint8) != r.view(np.uint8))) for g, r in zip(got, ref))
-    sin_cos = torch.from_numpy(table_np[:s]).cuda().to(tdtype)[None, None]  # HF's sinusoidal_pos [1, 1, S, Dh]
-    hq, hk = hf_rope(sin_cos, q, k)
+    sin_cos = torch.from_numpy(bench.table_np[:s]).cuda().to(bench.tdtype)[None, None]  # HF's sinusoidal_pos
+    hq, hk = bench.hf_rope(sin_cos, q, k)
     hf_diff = max(float((hq.float() - yq.float()).abs().max()), float((hk.float() - yk.float()).abs().max()))
-    print(f"correctness: {n_bad} bytes differ from export.reference (must be 0); "
-          f"max|ours - hf_eager| = {hf_diff:.3g} (HF multiplies in {args.dtype} with {args.dtype} sin/cos)",
-          file=sys.stderr)
-    if n_bad:
-        print("error: the kernel does not match the reference; not timing it", file=sys.stderr)
-        return EXIT_MISMATCH
+    print(f"correctness: {n_bad} bytes differ from export.reference (must be 0); max|ours - hf_eager| = "
+          f"{hf_diff:.3g} (HF multiplies in {bench.args.dtype} with {bench.args.dtype} sin/cos)", file=sys.stderr)
+    return n_bad, hf_diff
 
-    # --- timing ---------------------------------------------------------------------------------------------
-    def measure(s) -> dict:
-        q, k = make(s)
-        yq, yk = torch.empty_like(q), torch.empty_like(k)
-        pos = torch.from_numpy(table_np[:s]).cuda().to(tdtype)[None, None]
-        src = torch.empty(2 * q.numel(), device="cuda", dtype=tdtype)  # the bytes of q and k
-        dst = torch.empty_like(src)
-        moved = 2 * src.numel() * src.element_size()  # read + write, as ours
-        row = {"S": s, "bytes_moved": moved,
-               "ours": time_fn(ours_fn(q, k, yq, yk, s)),
-               "hf_eager": time_fn(lambda: hf_rope(pos, q, k)),
-               "copy": time_fn(lambda: dst.copy_(src))}
-        if compiled is not None:
-            row["compiled"] = time_fn(lambda: compiled(pos, q, k))
-        for name in ("ours", "hf_eager", "copy", "compiled"):
-            if name in row:
-                row[name]["GB_per_s"] = moved / (row[name]["median_us"] * 1e-6) / 1e9
-        print(f"S={s}: " + ", ".join(f"{n} {row[n]['median_us']:.1f} us" for n in ("ours", "hf_eager", "compiled",
-                                                                                    "copy") if n in row),
-              file=sys.stderr, flush=True)
-        return row
 
-    headline = measure(args.seq)
-    sweep = [measure(s) for s in args.seqs]
+def time_fn(fn, warmup: int, iters: int) -> dict:
+    """Per-iteration CUDA events on the current stream, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for st, en in zip(starts, ends):
+        st.record()
+        fn()
+        en.record()
+    torch.cuda.synchronize()
+    ms = np.array([st.elapsed_time(en) for st, en in zip(starts, ends)])
+    return {"median_us": float(np.median(ms) * 1e3), "p10_us": float(np.percentile(ms, 10) * 1e3),
+            "p90_us": float(np.percentile(ms, 90) * 1e3), "iters": iters}
+
+
+def measure(bench: Bench, s: int) -> dict:
+    """ours, hf_eager, compiled and a same-bytes copy at sequence length s."""
+    q, k = bench.make(s)
+    yq, yk = torch.empty_like(q), torch.empty_like(k)
+    pos = torch.from_numpy(bench.table_np[:s]).cuda().to(bench.tdtype)[None, None]
+    src = torch.empty(2 * q.numel(), device="cuda", dtype=bench.tdtype)  # the bytes of q and k
+    dst = torch.empty_like(src)
+    moved = 2 * src.numel() * src.element_size()  # read + write, as ours
+    w, n = bench.args.warmup, bench.args.iters
+    row = {"S": s, "bytes_moved": moved, "ours": time_fn(bench.ours(q, k, yq, yk, s), w, n),
+           "hf_eager": time_fn(lambda: bench.hf_rope(pos, q, k), w, n), "copy": time_fn(lambda: dst.copy_(src), w, n)}
+    if bench.compiled is not None:
+        row["compiled"] = time_fn(lambda: bench.compiled(pos, q, k), w, n)
+    for name in METHODS:
+        if name in row:
+            row[name]["GB_per_s"] = moved / (row[name]["median_us"] * 1e-6) / 1e9
+    print(f"S={s}: " + ", ".join(f"{m} {row[m]['median_us']:.1f} us" for m in METHODS if m in row),
+          file=sys.stderr, flush=True)
+    return row
+
+
+def write_results(bench: Bench, correctness: dict, headline: dict, sweep: list[dict]) -> None:
+    a = bench.args
     props = torch.cuda.get_device_properties(0)
     result = {
-        "config": {"B": b, "H": h, "S": args.seq, "Dh": dh, "dtype": args.dtype, "tensors": "q,k",
-                   "warmup": args.warmup, "iters": args.iters},
+        "config": {"B": a.batch, "H": a.heads, "S": a.seq, "Dh": a.head_dim, "dtype": a.dtype, "tensors": "q,k",
+                   "warmup": a.warmup, "iters": a.iters},
         "env": {"gpu": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
                 "python": platform.python_version(), "commit": git_commit(),
-                "kernel_library": locate.library_info(lib_path)},
-        "correctness": {"bytes_differing_from_reference": n_bad, "max_abs_diff_vs_hf_eager": hf_diff},
-        "headline": headline,
-        "sweep": sweep,
+                "kernel_library": locate.library_info(bench.lib_path)},
+        "correctness": correctness, "headline": headline, "sweep": sweep,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_rotary.json").write_text(json.dumps(result, indent=2))
-    (args.out / "bench_rotary.md").write_text(markdown(result))
-    plot(result, args.out / "bench_rotary.png")
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(a.out / "bench_rotary.json", json.dumps(result, indent=2))
+    write_atomic(a.out / "bench_rotary.md", markdown(result))
+    plot(result, a.out / "bench_rotary.png")
     print(markdown(result))
-    print(f"wrote {args.out}/bench_rotary.{{json,md,png}}", file=sys.stderr)
-    return EXIT_OK
+    print(f"wrote {a.out}/bench_rotary.{{json,md,png}}", file=sys.stderr)
 
 
 def markdown(r: dict) -> str:
