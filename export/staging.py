@@ -26,7 +26,8 @@ from export.report import REPORT_JSON, REPORT_MD
 
 PREFIX = ".staging-"
 LOCK = ".lock"
-KEEP = ("timing.cache",)  # reused by later runs; never removed by a swap
+TIMING_CACHE = "timing.cache"  # TensorRT timing cache, shared by every build into the folder
+KEEP = (TIMING_CACHE,)  # reused by later runs; never removed by a swap
 # Files a build writes; what the previous set had of these and the new set lacks is removed at the swap.
 OURS = ("model*.onnx", "model*.onnx.data", "model*.plan", "model*.plan.json", "bench")
 

@@ -19,10 +19,9 @@ from export.errors import UsageError
 from export.progress import info
 from export.report import EngineSection, engine_key
 from export.stages.result import StageResult
+from export.staging import TIMING_CACHE
 from export.validate import TorchReference
 from plugins.locate import find_plugin_library
-
-TIMING_CACHE = "timing.cache"  # shared by every build into the same folder
 
 
 def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool, ckpt=None, thresholds=None,
