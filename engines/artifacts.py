@@ -1,0 +1,59 @@
+"""Open a build's artifact only if it is the file report.json names and, when recorded, hashes to.
+
+In:  the build folder, a path relative to it (as report.json's `artifacts` lists it), the report dict.
+Out: the resolved Path of a regular file inside the build folder; else UsageError (exit 2), one line
+     naming the file and saying to rebuild.
+
+Refused: an absolute path or one with `..`; a path that resolves (symlinks followed) outside the build
+folder; a missing or non-regular file; a file whose sha256 differs from `report["artifacts_sha256"]`
+[rel_path] when the report records one (streamed, so an engine of any size costs 1 MiB of memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from export.errors import UsageError
+
+REBUILD = "rebuild it with python -m export.build"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_artifact(build_dir: str | Path, rel_path: str, report: dict) -> Path:
+    build_dir = Path(build_dir)
+    where = f"{build_dir}/report.json artifact {rel_path!r}"
+    if not isinstance(rel_path, str) or not rel_path:
+        raise UsageError(f"{where} is not a relative file path; {REBUILD}")
+    parts = PurePosixPath(rel_path).parts
+    if PurePosixPath(rel_path).is_absolute() or PureWindowsPath(rel_path).is_absolute():
+        raise UsageError(f"{where} is an absolute path; artifacts live inside the build folder, {REBUILD}")
+    if ".." in parts or ".." in PureWindowsPath(rel_path).parts:
+        raise UsageError(f"{where} climbs out of the build folder with '..'; {REBUILD}")
+    root = build_dir.resolve()
+    path = (build_dir / rel_path).resolve()  # symlinks followed, all the way
+    if not path.is_relative_to(root):
+        raise UsageError(f"{where} resolves to {path}, outside {root} (a symlink out of the build); {REBUILD}")
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise UsageError(f"{where}: {build_dir / rel_path} is missing; {REBUILD}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{where}: {build_dir / rel_path} is not a regular file; {REBUILD}")
+    want = (report.get("artifacts_sha256") or {}).get(rel_path)
+    if want is not None:
+        got = sha256_file(path)
+        if got != str(want).lower():
+            raise UsageError(f"{where}: {build_dir / rel_path} has sha256 {got[:16]}..., report.json recorded "
+                             f"{str(want)[:16]}... (changed since the build); {REBUILD}")
+    return path
