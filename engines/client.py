@@ -9,8 +9,9 @@ Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outpu
     vectors = enc.embed(["今天天气不错", "hello world"])   # one call: tokenize, send, receive
 
 CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model roformer_onnx "今天天气不错"
-Requests are checked here first (empty text, too long), so the user gets a one-line error instead of
-the server's traceback text.
+Requests are checked here first (empty text, too long). A request the server refuses comes back as
+ServerError whose text is only the server's one-line reason (`RequestRefused: ...`), never the
+traceback text nvidia-pytriton 0.7 wraps around it (see engines.serving.server.RequestRefused).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import argparse
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
+from export.files import MiB, read_text
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING = "sentence_embedding"
@@ -41,15 +44,16 @@ def load_tokenizer(vocab: Path):
     transformers 5 ignores `vocab_file=` in RoFormerTokenizer's constructor (the vocab stays None and the
     first call fails inside tokenizers), so the vocab dict is read here and passed as `vocab=`."""
     vocab = Path(vocab)
-    if not vocab.is_file():
+    if not vocab.exists():
         raise UsageError(f"{vocab} not found; pass the vocab.txt of the checkpoint the model was built from")
+    text = read_text(vocab, what="vocab", max_bytes=64 * MiB)  # a BERT vocab.txt is ~100 KB to a few MB
     try:
         import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
         from transformers import RoFormerTokenizer
     except ImportError as e:
         raise UnavailableError(f"{e.name} is not installed; pip install rjieba transformers") from e
     table = {}
-    for i, line in enumerate(vocab.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(text.splitlines()):
         table.setdefault(line.strip(), i)
     for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
         if tok not in table:
@@ -66,13 +70,19 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray
     return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
 
 
+_REASON = re.compile(r"(?:RequestRefused|RequestError|PyTritonValidationError): ([^\n\\]+)")
+_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
+
+
 def server_reason(err: Exception) -> str:
-    """The one line that matters from a Triton error: our RequestError text when it is there."""
+    """The one line that matters from a Triton error: our refusal's reason when it is there (the last one:
+    pytriton nests it at the end), else the first line of the error with any file path cut out."""
     text = str(err)
-    m = re.findall(r"(?:RequestError|PyTritonValidationError): ([^\n\\]+)", text)
+    m = _REASON.findall(text)
     if m:
         return m[-1].strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    first = text.splitlines()[0] if text else type(err).__name__
+    return _PATH.sub("<path>", first)
 
 
 class TritonEncoderClient:
@@ -103,9 +113,14 @@ class TritonEncoderClient:
         kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
             res = self._client.infer(self.model, ins, outputs=req, **kw)
-        except Exception as e:  # tritonclient raises InferenceServerException; re-raised with its reason
-            raise ServerError(server_reason(e)) from e
-        return {n: res.as_numpy(n) for n in outputs}
+        except Exception as e:  # tritonclient raises InferenceServerException; re-raised below with its reason
+            reason = server_reason(e)
+            # tritonclient's _raise_if_error frame holds the exception whose traceback holds that frame: a
+            # cycle that keeps this request's serialized inputs alive until the next full GC. Break it.
+            traceback.clear_frames(e.__traceback__)
+        else:
+            return {n: res.as_numpy(n) for n in outputs}
+        raise ServerError(reason)
 
     def close(self) -> None:
         self._client.close()

@@ -58,6 +58,7 @@ def write_tiny_build(out: Path, seed: int = 0):
             "task": "base",
             "max_position_embeddings": config.max_position_embeddings,
             "vocab_size": config.vocab_size,
+            "type_vocab_size": config.type_vocab_size,
         },
         "artifacts": {"onnx": "model.onnx"},
         "engine": {"status": "skipped", "reason": "tiny test build: no TensorRT"},
