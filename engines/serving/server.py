@@ -10,9 +10,9 @@ copy) comes back as status INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) with th
 `RequestRefused: <reason>`; the backend stub runs engines/serving/triton_model.py for that (see there).
 Three facts of nvidia-pytriton 0.7.0 (measured here, Python 3.11):
 - every exception of the infer callable becomes status INTERNAL with PyTriton's traceback text, and the
-  request's tensors stay referenced in the stub until its cyclic GC runs (+117 MiB per refused
-  2,000,000-token request, never given back in 8 requests): triton_model.py answers such requests with an
-  error response instead of raising; the process tree's RSS then stays within 10 % (test_triton_serving);
+  request's tensors stay referenced in the stub until its cyclic GC runs (+109 MiB per refused
+  2,000,000-token request, 916 -> 1788 MiB over 8, never given back): triton_model.py answers such
+  requests with an error response instead of raising (833 -> 833 MiB; test_triton_serving);
 - its Python backend stub needs the running interpreter's libpython: `LIBDIR` of sysconfig is put on
   LD_LIBRARY_PATH (otherwise the stub loads the system libpython and dies on `RLock._recursion_count`);
 - with numpy 2.x every response comes back with empty output buffers ("output tensor shape does not
