@@ -1,27 +1,75 @@
-"""Opening a build's artifacts safely (placeholder until the reliability branch lands; same API)."""
+"""Open a build's artifact only if it is the file report.json names and, when recorded, hashes to.
+
+In:  the build folder, a path relative to it (as report.json's `artifacts` lists it), the report.
+Out: the resolved Path of a regular file inside the build folder; else UsageError (exit 2), one line
+     naming the file and saying to rebuild.
+
+Refused: an absolute path or one with `..`; a path that resolves (symlinks followed) outside the build
+folder; a missing or non-regular file; a file whose sha256 differs from `report["artifacts_sha256"]`
+[rel_path] when the report records one (streamed, so an engine of any size costs 1 MiB of memory).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from export.digest import sha256_file
-from export.errors import UsageError
+from export.errors import UsageError, VerificationError
+from export.report import Report
+from export.report_io import read_report
 
 REBUILD = "rebuild it with python -m export.build"
 
 
-def verify_artifact(build_dir: str | Path, rel_path: str, report) -> Path:
-    """The file `rel_path` inside build_dir, confined to it and matching the report's sha256."""
-    build = Path(build_dir).resolve()
-    if not rel_path or Path(rel_path).is_absolute() or ".." in Path(rel_path).parts:
-        raise UsageError(f"artifact path {rel_path!r} is not inside the build folder; {REBUILD}")
-    path = (build / rel_path).resolve()
-    if not path.is_relative_to(build):
-        raise UsageError(f"artifact {rel_path} resolves outside the build folder ({path}); {REBUILD}")
-    if not path.is_file():
-        raise UsageError(f"artifact {rel_path} is missing from {build}; {REBUILD}")
-    hashes = report.get("artifacts_sha256", {}) if isinstance(report, dict) else report.artifacts_sha256
+def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict) -> Path:
+    build_dir = Path(build_dir)
+    where = f"{build_dir}/report.json artifact {rel_path!r}"
+    if not isinstance(rel_path, str) or not rel_path:
+        raise UsageError(f"{where} is not a relative file path; {REBUILD}")
+    parts = PurePosixPath(rel_path).parts
+    if PurePosixPath(rel_path).is_absolute() or PureWindowsPath(rel_path).is_absolute():
+        raise UsageError(f"{where} is an absolute path; artifacts live inside the build folder, {REBUILD}")
+    if ".." in parts or ".." in PureWindowsPath(rel_path).parts:
+        raise UsageError(f"{where} climbs out of the build folder with '..'; {REBUILD}")
+    root = build_dir.resolve()
+    path = (build_dir / rel_path).resolve()  # symlinks followed, all the way
+    if not path.is_relative_to(root):
+        raise UsageError(f"{where} resolves to {path}, outside {root} (a symlink out of the build); {REBUILD}")
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise UsageError(f"{where}: {build_dir / rel_path} is missing; {REBUILD}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{where}: {build_dir / rel_path} is not a regular file; {REBUILD}")
+    hashes = report.artifacts_sha256 if isinstance(report, Report) else (report.get("artifacts_sha256") or {})
     want = hashes.get(rel_path)
-    if want is not None and sha256_file(path) != want:
-        raise UsageError(f"artifact {rel_path} differs from the one report.json describes (sha256); {REBUILD}")
+    if want is not None:
+        got = sha256_file(path)
+        if got != str(want).lower():
+            raise UsageError(f"{where}: {build_dir / rel_path} has sha256 {got[:16]}..., report.json recorded "
+                             f"{str(want)[:16]}... (changed since the build); {REBUILD}")
     return path
+
+
+def read_build(build: Path) -> Report:
+    """A build's report, refusing one whose producer did not pass it (the gate would fail it): what
+    engines.triton publishes and engines.serving serves."""
+    build = Path(build)
+    if not build.is_dir():
+        raise UsageError(f"{build} is not a directory; pass the folder written by python -m export.build")
+    report = read_report(build)
+    if not report.passed or report.failure or report.validation_skipped:
+        why = report.failure or ("not validated" if report.validation_skipped else "passed: false")
+        raise VerificationError(f"{build}/report.json says the build did not pass ({why}); fix the build before "
+                                "publishing or serving it")
+    return report
+
+
+def artifact(build: Path, report: Report, *keys: str) -> Path | None:
+    """First of `keys` present in the report's artifacts, checked by verify_artifact; None if none is."""
+    for k in keys:
+        if k in report.artifacts:
+            return verify_artifact(build, report.artifacts[k], report)
+    return None

@@ -9,21 +9,25 @@ Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outpu
     vectors = enc.embed(["今天天气不错", "hello world"])   # one call: tokenize, send, receive
 
 CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model roformer_onnx "今天天气不错"
-Requests are checked here first (empty text, too long), so the user gets a one-line error instead of
-the server's traceback text.
+Requests are checked here first (empty text, too long). A request the server refuses comes back as
+ServerError whose text is only the server's one-line reason (`RequestRefused: ...`), never the
+traceback text nvidia-pytriton 0.7 wraps around it (see engines.serving.server.RequestRefused).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
+from export import cli
+from export.cli import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
+from export.files import MiB, read_text
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING = "sentence_embedding"
@@ -41,15 +45,16 @@ def load_tokenizer(vocab: Path):
     transformers 5 ignores `vocab_file=` in RoFormerTokenizer's constructor (the vocab stays None and the
     first call fails inside tokenizers), so the vocab dict is read here and passed as `vocab=`."""
     vocab = Path(vocab)
-    if not vocab.is_file():
+    if not vocab.exists():
         raise UsageError(f"{vocab} not found; pass the vocab.txt of the checkpoint the model was built from")
+    text = read_text(vocab, what="vocab", max_bytes=64 * MiB)  # a BERT vocab.txt is ~100 KB to a few MB
     try:
         import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
         from transformers import RoFormerTokenizer
     except ImportError as e:
         raise UnavailableError(f"{e.name} is not installed; pip install rjieba transformers") from e
     table = {}
-    for i, line in enumerate(vocab.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(text.splitlines()):
         table.setdefault(line.strip(), i)
     for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
         if tok not in table:
@@ -66,13 +71,19 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray
     return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
 
 
+_REASON = re.compile(r"(?:RequestRefused|RequestError|PyTritonValidationError): ([^\n\\]+)")
+_PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
+
+
 def server_reason(err: Exception) -> str:
-    """The one line that matters from a Triton error: our RequestError text when it is there."""
+    """The one line that matters from a Triton error: our refusal's reason when it is there (the last one:
+    pytriton nests it at the end), else the first line of the error with any file path cut out."""
     text = str(err)
-    m = re.findall(r"(?:RequestError|PyTritonValidationError): ([^\n\\]+)", text)
+    m = _REASON.findall(text)
     if m:
         return m[-1].strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    first = text.splitlines()[0] if text else type(err).__name__
+    return _PATH.sub("<path>", first)
 
 
 class TritonEncoderClient:
@@ -103,9 +114,14 @@ class TritonEncoderClient:
         kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
             res = self._client.infer(self.model, ins, outputs=req, **kw)
-        except Exception as e:  # tritonclient raises InferenceServerException; re-raised with its reason
-            raise ServerError(server_reason(e)) from e
-        return {n: res.as_numpy(n) for n in outputs}
+        except Exception as e:  # tritonclient raises InferenceServerException; re-raised below with its reason
+            reason = server_reason(e)
+            # tritonclient's _raise_if_error frame holds the exception whose traceback holds that frame: a
+            # cycle that keeps this request's serialized inputs alive until the next full GC. Break it.
+            traceback.clear_frames(e.__traceback__)
+        else:
+            return {n: res.as_numpy(n) for n in outputs}
+        raise ServerError(reason)
 
     def close(self) -> None:
         self._client.close()
@@ -139,27 +155,29 @@ class TextEncoder:
         self.client.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engines.client", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Embed text with a roformer-trt model served by Triton.",
-                                epilog='example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 '
-                                       '--model roformer_onnx "今天天气不错" "hello world"')
+def build_parser() -> Parser:
+    p = Parser(prog="python -m engines.client", description="Embed text with a roformer-trt model served by Triton.",
+               epilog='example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 '
+                      '--model roformer_onnx "今天天气不错" "hello world"')
     p.add_argument("texts", nargs="+", help="texts to embed")
     p.add_argument("--vocab", required=True, type=Path, help="vocab.txt of the checkpoint")
     p.add_argument("--url", default="127.0.0.1:8000", help="server host:port (HTTP or gRPC port)")
     p.add_argument("--model", required=True, help="model name on the server, e.g. roformer_onnx")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
     p.add_argument("--max-length", type=int, default=512, help="truncate to this many tokens")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length)
     try:
-        enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length)
-        try:
-            vec = enc.embed(args.texts)
-        finally:
-            enc.close()
-    except RoformerTrtError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        vec = enc.embed(args.texts)
+    finally:
+        enc.close()
     print(json.dumps({"embeddings": vec.tolist()}))
     return EXIT_OK
 

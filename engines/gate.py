@@ -34,7 +34,7 @@ from export import cli
 from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import MAX_TOML_BYTES, read_text
+from export.files import MiB, read_text
 from export.report import Report
 from export.report_io import read_report
 from export.thresholds import ThresholdError, Thresholds
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     if args.junit and Path(args.junit).is_dir():
         raise UsageError(f"--junit {args.junit} is a folder; pass a file path for the JUnit XML")
-    text = read_text(args.thresholds, what="thresholds file", max_bytes=MAX_TOML_BYTES) if args.thresholds else None
+    text = read_text(args.thresholds, what="thresholds file", max_bytes=MiB) if args.thresholds else None
     thresholds = Thresholds.parse(text, str(args.thresholds))
     path = Path(args.report)
     report = read_report(path)

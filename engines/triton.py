@@ -28,13 +28,12 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from engines import triton_config as tc
-from engines.artifacts import verify_artifact
+from engines.artifacts import artifact, read_build, verify_artifact
 from engines.serving.pooling import add_sentence_embedding
 from export import cli
 from export.cli import Parser
-from export.errors import EXIT_OK, UsageError, VerificationError
+from export.errors import EXIT_OK, UsageError
 from export.report import ONNX_KEY, Report, rope_key
-from export.report_io import read_report
 
 DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a Triton model name is a folder name: no separators
@@ -74,26 +73,6 @@ def check_model_name(name: str) -> str:
         raise UsageError(f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
                          "(no path separators)")
     return name
-
-
-def read_build(build: Path) -> Report:
-    """The build's report, refusing one whose producer did not pass it (the gate would fail it)."""
-    if not build.is_dir():
-        raise UsageError(f"{build} is not a directory; pass the folder written by python -m export.build")
-    report = read_report(build)
-    if not report.passed or report.failure or report.validation_skipped:
-        why = report.failure or ("not validated" if report.validation_skipped else "passed: false")
-        raise VerificationError(f"{build}/report.json says the build did not pass ({why}); fix the build before "
-                                "publishing it")
-    return report
-
-
-def artifact(build: Path, report: Report, *keys: str) -> Path | None:
-    """First of `keys` present in the report's artifacts, checked by engines.artifacts.verify_artifact."""
-    for k in keys:
-        if k in report.artifacts:
-            return verify_artifact(build, report.artifacts[k], report)
-    return None
 
 
 def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[int]]:

@@ -26,7 +26,7 @@ from export import __version__, cli
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
-from export.files import MAX_TOML_BYTES, read_text
+from export.files import MiB, read_text
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
 from export.onnx_export import check_export_args, export_onnx
 from export.passes.precision import parse_precision
@@ -102,7 +102,7 @@ class Flags:
     def check(cls, args) -> "Flags":
         check_max_len(args.max_len)
         opset = check_export_args(args.exporter, args.opset, args.max_len or 1)
-        text = read_text(args.thresholds, what="thresholds file", max_bytes=MAX_TOML_BYTES) if args.thresholds else None
+        text = read_text(args.thresholds, what="thresholds file", max_bytes=MiB) if args.thresholds else None
         thresholds = Thresholds.from_cli(text, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
         if args.max_len:  # the profiles' syntax and ranges; checked again against the checkpoint's default

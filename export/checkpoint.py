@@ -8,7 +8,7 @@ are an error; only the sinusoidal table and tied weights may be absent).
 
 from __future__ import annotations
 
-import json
+import numbers
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from export.errors import UsageError
+from export.files import MiB, load_json, require_regular_file
 from export.reference import sincos_table
 from export.spec import ARCHITECTURE_TO_TASK, TASKS
 
@@ -42,7 +43,7 @@ def load_checkpoint(path: str | Path, config_path: str | Path | None = None,
         raise UsageError(f"checkpoint {path} does not exist; pass --model PATH to a .pt/.safetensors file or HF folder")
     if path.is_dir():
         config, state, fmt = _load_hf_folder(path)
-    elif path.stat().st_size == 0:
+    elif require_regular_file(path, what="checkpoint").stat().st_size == 0:
         raise UsageError(f"checkpoint {path} is empty (0 bytes); re-save or re-download it")
     elif path.suffix == ".safetensors":
         state, fmt = _load_safetensors(path), "safetensors state_dict"
@@ -66,6 +67,7 @@ def _load_hf_folder(folder: Path):
     for name in HF_WEIGHT_FILES:
         weights = folder / name
         if weights.exists():
+            require_regular_file(weights, what="checkpoint weights")
             state = _load_safetensors(weights) if name.endswith(".safetensors") else _torch_load(weights, False)
             if not isinstance(state, dict):
                 raise UsageError(f"{weights} does not hold a state_dict; re-save it with save_pretrained()")
@@ -133,10 +135,7 @@ def _config_beside(path: Path, config_path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid JSON ({_short(e)}); fix or regenerate the config") from None
+    data = load_json(path, what="checkpoint config", max_bytes=MiB)  # a RoFormer config.json is ~1 KB
     if not isinstance(data, dict):
         raise UsageError(f"{path} does not hold a JSON object; pass a RoFormer config.json")
     return data
@@ -151,17 +150,51 @@ def _make_config(config, path: Path):
     model_type = config.get("model_type", "roformer")
     if model_type != "roformer":
         raise UsageError(f"{path}: config says model_type={model_type!r}, not a RoFormer; pass a RoFormer checkpoint")
+    check_config_values(config, path)
     try:
         cfg = RoFormerConfig(**{k: v for k, v in config.items() if k != "model_type"})
     except (TypeError, ValueError) as e:
         raise UsageError(f"{path}: config is not a valid RoFormerConfig ({_short(e)})") from None
+    check_config_values(cfg.to_dict(), path)  # HF's defaults for the fields the file leaves out
     heads = cfg.num_attention_heads
-    if cfg.hidden_size % heads or (cfg.hidden_size // heads) % 2:
-        raise UsageError(f"{path}: hidden_size {cfg.hidden_size} / heads {heads} must give an even head size; "
-                         "rotary embeddings rotate channel pairs")
+    if cfg.hidden_size % heads:
+        raise UsageError(f"{path}: config num_attention_heads {heads} does not divide hidden_size {cfg.hidden_size}; "
+                         "fix the checkpoint's config (each head gets hidden_size / heads channels)")
+    if (cfg.hidden_size // heads) % 2:
+        raise UsageError(f"{path}: config hidden_size {cfg.hidden_size} / num_attention_heads {heads} gives an odd "
+                         "head size; rotary embeddings rotate channel pairs, fix the checkpoint's config")
     if cfg.is_decoder:
         raise UsageError(f"{path}: is_decoder=True (RoFormerForCausalLM) is not supported; export an encoder")
     return cfg
+
+
+# Sizes that must be whole numbers >= 1; embedding_size may also be null (then it is hidden_size).
+POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size", "embedding_size")
+
+
+def check_config_values(config: dict, path) -> None:
+    """Refuse (UsageError naming the field and the rule) a size that is not an integer >= 1.
+    bool is refused although Python counts it as an int: `hidden_size: true` is a broken file, not 1."""
+    for field in POSITIVE_INT_FIELDS:
+        if field not in config or (field == "embedding_size" and config[field] is None):
+            continue
+        v = config[field]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise UsageError(f"{path}: config {field} is {v!r} ({type(v).__name__}); it must be an integer >= 1, "
+                             "fix the checkpoint's config")
+        if v < 1:
+            raise UsageError(f"{path}: config {field} is {v}; it must be an integer >= 1, fix the checkpoint's config")
+
+
+def check_finite(state: dict, path) -> None:
+    """Refuse a checkpoint holding NaN or inf in any floating tensor, naming the first one."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            bad = int(v.numel() - torch.isfinite(v).sum().item())
+            if bad:
+                raise UsageError(f"{path}: weight {k} has {bad} non-finite value(s) (NaN/inf); the checkpoint is "
+                                 "corrupt, re-export it from training")
 
 
 def _strip_prefixes(state: dict) -> dict:
@@ -205,7 +238,10 @@ def _build_model(config, state: dict, task: str, path: Path):
     if task == "model":  # a bare encoder: accept keys with or without the "roformer." prefix
         state = {k.removeprefix("roformer."): v for k, v in state.items()}
     torch.manual_seed(0)  # never used for weights that matter: every key must come from the file
-    model = cls(config).eval()
+    try:
+        model = cls(config).eval()
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # e.g. an unknown hidden_act
+        raise UsageError(f"{path}: config cannot build {cls.__name__} ({_short(e)}); fix the checkpoint's config") from None
     table_key = TABLE_KEY if task != "model" else TABLE_KEY.removeprefix("roformer.")
     expected = model.state_dict()
     tied = _tied_keys(model)
@@ -220,6 +256,7 @@ def _build_model(config, state: dict, task: str, path: Path):
         if tuple(v.shape) != tuple(expected[k].shape):
             raise UsageError(f"{path}: {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}; "
                              "check config.json against the weights")
+    check_finite(state, path)
     table = "checkpoint" if table_key in state else "generated"
     if table == "checkpoint":
         check_table(state[table_key], path)

@@ -1,4 +1,18 @@
-"""Reading user-named input files safely (placeholder until the reliability branch lands; same API)."""
+"""Reading the files a user names, safely: every refusal is one UsageError line (exit 2).
+
+In:  a path, `what` the file is meant to be (used in the message, e.g. "checkpoint config"), a size cap.
+Out: its bytes, UTF-8 text, parsed JSON or parsed TOML.
+
+- a missing file, a directory, a FIFO, a character or block device or a socket is refused from its
+  `stat`, before it is opened; the open uses O_NONBLOCK (a FIFO swapped in after the stat cannot hang
+  the open) and `fstat` re-checks that what was opened is a regular file;
+- at most `max_bytes + 1` bytes are read, so a file over the cap is refused without being read whole
+  (and a regular file whose size the kernel does not report, like /proc/*, cannot grow memory either);
+- text must be UTF-8; JSON deeper than `max_depth` containers (RecursionError inside json.loads
+  included) and invalid JSON or TOML are refused naming the file, what it is and the fix.
+
+Imports only export.errors (a leaf: anything may use it).
+"""
 
 from __future__ import annotations
 
@@ -9,37 +23,120 @@ from pathlib import Path
 
 from export.errors import UsageError
 
-MAX_TOML_BYTES = 1 << 20  # a thresholds file is a few hundred bytes
+MiB = 1 << 20
+_CHUNK = 1 << 20
+
+
+def require_regular_file(path: str | Path, *, what: str) -> Path:
+    """`path` if it names an existing regular file (symlinks followed); else UsageError. Opens nothing."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist; check the path") from None
+    except NotADirectoryError:
+        raise UsageError(f"{what} {path} does not exist (a parent is not a folder); check the path") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be read ({e.strerror}); check the path and its permissions") from None
+    _require_regular(st.st_mode, path, what)
+    return path
+
+
+def _require_regular(mode: int, path: Path, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{what} {path} is a directory, not a file; pass the file itself")
+    kind = ("FIFO (named pipe)" if stat.S_ISFIFO(mode) else "character device" if stat.S_ISCHR(mode)
+            else "block device" if stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+    raise UsageError(f"{what} {path} is a {kind}, not a regular file; pass a regular file")
 
 
 def read_bytes(path: str | Path, *, what: str, max_bytes: int) -> bytes:
-    p = Path(path)
+    """The whole file, refused (UsageError) unless it is a regular file of at most `max_bytes` bytes."""
+    path = require_regular_file(path, what=what)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {p} does not exist; pass an existing file") from None
+        fd = os.open(path, flags)
     except OSError as e:
-        raise UsageError(f"{what} {p} cannot be opened ({e.strerror}); pass a readable file") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{what} {p} is not a regular file; pass a file")
-        if st.st_size > max_bytes:
-            raise UsageError(f"{what} {p} is {st.st_size} bytes, over the {max_bytes}-byte limit; pass the right file")
-        return f.read(max_bytes + 1)
-
-
-def load_json(path: str | Path, *, what: str, max_bytes: int = 16 << 20, max_depth: int = 64) -> object:
-    raw = read_bytes(path, what=what, max_bytes=max_bytes)
+        raise UsageError(f"{what} {path} cannot be opened ({e.strerror}); check the path and its permissions") from None
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UsageError(f"{what} {path} is not readable JSON ({str(e).splitlines()[0][:120]})") from None
+        st = os.fstat(fd)
+        _require_regular(st.st_mode, path, what)  # the file opened may not be the one stat saw
+        if st.st_size > max_bytes:
+            raise UsageError(_too_big(path, what, st.st_size, max_bytes))
+        parts, got = [], 0
+        while got <= max_bytes:
+            chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - got))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        if got > max_bytes:  # grew after fstat, or a size the kernel does not report
+            raise UsageError(_too_big(path, what, None, max_bytes))
+        return b"".join(parts)
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be read ({e.strerror}); check the file") from None
+    finally:
+        os.close(fd)
+
+
+def _too_big(path: Path, what: str, size: int | None, cap: int) -> str:
+    got = f"{size} bytes" if size is not None else "larger than that"
+    return (f"{what} {path} is {got}, over the {cap}-byte limit for a {what}; "
+            "pass the right file (this one is not what it is named)")
 
 
 def read_text(path: str | Path, *, what: str, max_bytes: int) -> str:
-    raw = read_bytes(path, what=what, max_bytes=max_bytes)
+    """read_bytes decoded as UTF-8 (a BOM is dropped); anything else is a UsageError."""
+    data = read_bytes(path, what=what, max_bytes=max_bytes)
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not UTF-8 text; pass a text file") from None
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "re-save it as UTF-8") from None
+
+
+def json_depth(obj: object) -> int:
+    """Nesting depth of containers (a scalar is 0, `[]` and `{}` are 1); iterative, so any depth is safe."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        elif not isinstance(o, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return deepest
+
+
+def load_json(path: str | Path, *, what: str, max_bytes: int = 16 * MiB, max_depth: int = 64) -> object:
+    """Parsed JSON of a UTF-8 file of at most `max_bytes`, nested at most `max_depth` containers deep."""
+    text = read_text(path, what=what, max_bytes=max_bytes)
+    too_deep = f"{what} {path} nests JSON deeper than {max_depth} levels; it is not a {what}, pass the right file"
+    try:
+        obj = json.loads(text)
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit instead of crashing
+        raise UsageError(too_deep) from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); "
+                         "fix or regenerate it") from None
+    if json_depth(obj) > max_depth:
+        raise UsageError(too_deep)
+    return obj
+
+
+def load_toml(path: str | Path, *, what: str, max_bytes: int = MiB) -> dict:
+    """Parsed TOML (a dict) of a UTF-8 file of at most `max_bytes`."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+        import tomli as tomllib
+    text = read_text(path, what=what, max_bytes=max_bytes)
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise UsageError(f"{what} {path} nests TOML too deeply to parse; pass the right file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{what} {path} is not valid TOML ({str(e).splitlines()[0]}); fix or regenerate it") from None

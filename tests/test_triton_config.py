@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] not installed (serving extra)")
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+try:  # any exception skips: a tritonclient installed without [grpc] raises RuntimeError, not ImportError
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+except Exception as e:
+    pytest.skip(f"tritonclient[grpc] not usable (serving extra): {type(e).__name__}: {e}", allow_module_level=True)
 
 from engines import triton as cli  # noqa: E402
 from engines import triton_config as tc  # noqa: E402

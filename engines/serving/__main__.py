@@ -6,13 +6,15 @@ outputs the graph's plus `sentence_embedding` unless --pooling none. Exit codes:
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import threading
 from pathlib import Path
 
-from export.errors import EXIT_OK, RoformerTrtError
+from engines.serving.ort_model import OrtEncoder
+from engines.serving.server import serve
+from export import cli
+from export.cli import Parser
+from export.errors import EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,30 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
-    p.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr)
-    from engines.serving.ort_model import OrtEncoder
-    from engines.serving.server import serve
+    return cli.run(build_parser(), _main, argv)
 
-    try:
-        enc = OrtEncoder.from_build(args.build, args.pooling, args.threads)
-        with serve(enc, args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_batch,
-                   verbose=args.verbose) as urls:
-            print(f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops)", flush=True)
-            try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                pass  # Ctrl-C is the documented way to stop; leaving the block stops the server
-    except RoformerTrtError as e:
-        if args.verbose:
-            logging.exception("failed")
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+
+def _main(args) -> int:
+    enc = OrtEncoder.from_build(args.build, args.pooling, args.threads)
+    with serve(enc, args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_batch,
+               verbose=args.debug) as urls:
+        print(f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the documented way to stop; leaving the block stops the server
     return EXIT_OK
 
 

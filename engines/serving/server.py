@@ -5,7 +5,14 @@ Out: a running tritonserver (HTTP, gRPC, metrics) with one model, `<encoder.name
      whose inputs are int64 [-1] (sequence; batch implicit) and whose outputs are the graph's.
 
 `serve(...)` is a context manager: the server stops when the block exits.
-Two facts of nvidia-pytriton 0.7.0 (measured here, Python 3.11):
+A refused request (bad shape, dtype, length or values: ort_model's checks, names/shapes/dtypes before any
+copy) comes back as status INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) with the one line
+`RequestRefused: <reason>`; the backend stub runs engines/serving/triton_model.py for that (see there).
+Three facts of nvidia-pytriton 0.7.0 (measured here, Python 3.11):
+- every exception of the infer callable becomes status INTERNAL with PyTriton's traceback text, and the
+  request's tensors stay referenced in the stub until its cyclic GC runs (+109 MiB per refused
+  2,000,000-token request, 916 -> 1788 MiB over 8, never given back): triton_model.py answers such
+  requests with an error response instead of raising (833 -> 833 MiB; test_triton_serving);
 - its Python backend stub needs the running interpreter's libpython: `LIBDIR` of sysconfig is put on
   LD_LIBRARY_PATH (otherwise the stub loads the system libpython and dies on `RLock._recursion_count`);
 - with numpy 2.x every response comes back with empty output buffers ("output tensor shape does not
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
 import sysconfig
@@ -26,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.serving.ort_model import RequestError
 from export.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -58,18 +67,69 @@ def _libpython_on_ld_path() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{cur}" if cur else libdir  # inherited by tritonserver
 
 
-def make_infer_fn(encoder):
-    from pytriton.decorators import batch
-    from pytriton.exceptions import PyTritonValidationError
+STUB_MODEL = Path(__file__).with_name("triton_model.py")  # the model.py the backend stub runs (see that file)
 
-    from engines.serving.ort_model import RequestError
+
+@contextlib.contextmanager
+def our_stub_model() -> Iterator[None]:
+    """While serving, PyTriton's Model writes engines/serving/triton_model.py as the model's model.py and its
+    own proxy model.py as pytriton_model.py beside it (both ways PyTriton 0.7 ships model files: a local
+    model store, pytriton/models/model.py:162-193, and files sent to the server, :144-160). PyTriton offers
+    no hook for this, so the two methods are wrapped for the duration of `serve` and restored after."""
+    from pytriton.models.model import Model
+
+    generate, files = Model.generate_model, Model.get_proxy_model_files
+
+    def generate_model(self, model_repository):
+        generate(self, model_repository)
+        version_dir = Path(model_repository) / self.model_name / str(self.model_version)
+        os.replace(version_dir / "model.py", version_dir / "pytriton_model.py")
+        shutil.copyfile(STUB_MODEL, version_dir / "model.py")
+
+    def get_proxy_model_files(self):
+        out = files(self)
+        prefix = f"file:{self.model_version}/"
+        out[prefix + "pytriton_model.py"] = out.pop(prefix + "model.py")
+        out[prefix + "model.py"] = STUB_MODEL.read_bytes()
+        return out
+
+    Model.generate_model, Model.get_proxy_model_files = generate_model, get_proxy_model_files
+    try:
+        yield
+    finally:
+        Model.generate_model, Model.get_proxy_model_files = generate, files
+
+
+class RequestRefused(Exception):
+    """A request the model cannot serve. Its text reaches the backend stub as the last line of PyTriton's
+    traceback text, `engines.serving.server.RequestRefused: <reason>`; triton_model.py answers the request
+    with status INVALID_ARG and the line from `RequestRefused: ` on."""
+
+
+def make_infer_fn(encoder):
+    """The PyTriton infer callable: checks every request's names, shapes and dtypes before @batch
+    concatenates them (an oversize request is refused without a byte of it being copied), then the values
+    on the batch, which is bounded by then. The refusal is raised after the `except` block, so it chains
+    no exception whose frames hold the batch."""
+    from pytriton.decorators import batch
 
     @batch
-    def infer(**feeds):
-        try:
-            return encoder(feeds)
-        except RequestError as e:  # becomes the error text of the failed request; the server keeps serving
-            raise PyTritonValidationError(str(e)) from e
+    def run(**feeds):
+        return encoder(feeds)
+
+    def infer(requests):
+        problem = None
+        for r in requests:
+            problem = encoder.shape_problem({n: (a.shape, a.dtype) for n, a in r.items()})
+            if problem:
+                break
+        if problem is None:
+            try:
+                return run(requests)
+            except RequestError as e:  # becomes the error text of the failed request; the server keeps serving
+                problem = str(e)
+        del requests  # the refusal's traceback frames must not hold the request's arrays
+        raise RequestRefused(problem)
 
     return infer
 
@@ -95,7 +155,7 @@ def serve(encoder, host: str = "127.0.0.1", http_port: int | None = None, grpc_p
               for s in encoder.inputs]
     outputs = [Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=tuple(s.triton_dims()))
                for s in encoder.outputs]
-    with Triton(config=cfg) as triton:
+    with our_stub_model(), Triton(config=cfg) as triton:
         triton.bind(model_name=name, infer_func=make_infer_fn(encoder), inputs=inputs, outputs=outputs,
                     config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=100)),
                     strict=True)
