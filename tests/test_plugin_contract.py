@@ -140,3 +140,17 @@ def test_contract_under_asan_ubsan(include):
                                   str(d / "tests" / "libroformer_trt_plugin_static_on_stub.so"),
                                   "--namespace", identity.PLUGIN_NAMESPACE)
     assert rc == 0 and failed == 0 and "ERROR: AddressSanitizer" not in err and "runtime error" not in err, out + err
+
+
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_engines_build_refuses_a_library_of_another_major(include):
+    """engines.build reads the library's stamp before TensorRT's load_library sees it (no TensorRT needed)."""
+    from engines.build import plugin_library_major, plugin_major_problem
+
+    lib = build(include) / identity.PLUGIN_LIB
+    major = int(version_of(include).split(".")[0])
+    assert plugin_library_major(lib) == major
+    assert plugin_major_problem(lib, f"{major}.3.0") is None
+    other = 10 if major != 10 else 11
+    why = plugin_major_problem(lib, f"{other}.0.1")
+    assert why and f"TensorRT {major} headers" in why and f"TensorRT {other}.0.1 is running" in why
