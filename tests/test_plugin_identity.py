@@ -107,3 +107,16 @@ def test_cpp_strings_match_yaml(config):
         body = src.split(block, 1)[1].split("}\n", 1)[0]
         assert re.findall(r"PluginField\{(k[A-Z_]+)", body) == ["kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS"]
     assert "not in the contract" not in src.lower() and "not in the contract" not in identity.CONFIG_YAML.read_text().lower()
+
+
+def test_docs_name_the_self_registering_library_for_dlopen_loaders():
+    """Triton's plugins=, LD_PRELOAD and --staticPlugins only dlopen: they need the library that registers at load."""
+    root = identity.CONFIG_YAML.parents[2]
+    texts = {p: p.read_text() for p in [root / "README.md", identity.CONTRACT_README,
+                                        *sorted((root / "engines").glob("triton*.py"))]}
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if re.search(r"plugins=|LD_PRELOAD=|--staticPlugins|Polygraphy `--plugins`", line) and ".so" in line:
+                assert identity.PLUGIN_LIB not in line.replace(identity.STATIC_PLUGIN_LIB, ""), (path.name, line)
+    readme = texts[root / "README.md"]
+    assert f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme
