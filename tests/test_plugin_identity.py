@@ -115,8 +115,7 @@ def test_docs_name_the_self_registering_library_for_dlopen_loaders():
     texts = {p: p.read_text() for p in [root / "README.md", identity.CONTRACT_README,
                                         *sorted((root / "engines").glob("triton*.py"))]}
     for path, text in texts.items():
-        for line in text.splitlines():
-            if re.search(r"plugins=|LD_PRELOAD=|--staticPlugins|Polygraphy `--plugins`", line) and ".so" in line:
-                assert identity.PLUGIN_LIB not in line.replace(identity.STATIC_PLUGIN_LIB, ""), (path.name, line)
+        for lib in re.findall(r"(?:plugins=|LD_PRELOAD=|--staticPlugins[= ]|--plugins )(\S*?\.so)", text):
+            assert lib.endswith(identity.STATIC_PLUGIN_LIB), (path.name, lib)
     readme = texts[root / "README.md"]
     assert f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme
