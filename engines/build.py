@@ -23,7 +23,7 @@ from typing import Mapping
 
 from export.errors import UnavailableError, UsageError, VerificationError
 from export.report import write_atomic
-from plugins.identity import PLUGIN_LIB, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION
+from plugins.identity import PLUGIN_LIB, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, TENSORRT_MAJOR_SYMBOL
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def plugin_library_major(plugin_lib: str | Path) -> int | None:
     if Path(plugin_lib).name != PLUGIN_LIB:
         return None
     try:
-        fn = ctypes.CDLL(str(plugin_lib)).roformer_trt_plugin_tensorrt_major
+        fn = getattr(ctypes.CDLL(str(plugin_lib)), TENSORRT_MAJOR_SYMBOL)
     except (OSError, AttributeError):  # not loadable here, or built before the stamp existed: say nothing
         return None
     fn.restype = ctypes.c_int32

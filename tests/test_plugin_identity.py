@@ -106,6 +106,8 @@ def test_cpp_strings_match_yaml(config):
     for block in ("RoformerRotaryPluginCreator::RoformerRotaryPluginCreator()", "void RoformerRotaryPlugin::initFields()"):
         body = src.split(block, 1)[1].split("}\n", 1)[0]
         assert re.findall(r"PluginField\{(k[A-Z_]+)", body) == ["kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS"]
+    version_src = (identity.CONFIG_YAML.parents[1] / "common" / "runtimeVersion.cpp").read_text()
+    assert f"int32_t {identity.TENSORRT_MAJOR_SYMBOL}()" in version_src
     assert "not in the contract" not in src.lower() and "not in the contract" not in identity.CONFIG_YAML.read_text().lower()
 
 
