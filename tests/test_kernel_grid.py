@@ -29,9 +29,10 @@ def check_run(exe):
     for dtype, path in re.findall(r"^path (\w+) (.+): \d+ cases$", r.stdout, re.M):
         seen.setdefault(dtype, set()).add(path)
     assert seen == PATHS, seen  # every vector width and the element fallback, per dtype
-    oks = re.findall(r"^ok .* k=(\d) .* offset=(\d+) grid=(\S+) path=", r.stdout, re.M)
+    oks = re.findall(r"^ok .* k=(\d) .* offset=(\d+/\d+) grid=(\S+) path=", r.stdout, re.M)
     assert {k for k, _, _ in oks} == {"1", "2", "3", "4"} and {g for _, _, g in oks} == {"launcher", "1x32", "3x7"}
     assert any("R=32" in line and "Dh=64" in line for line in r.stdout.splitlines())  # R < Dh pass-through
+    assert {"0/1", "4/2"} <= {o for _, o, _ in oks}  # x and y aligned differently
     return len(oks)
 
 
@@ -40,7 +41,7 @@ def test_kernel_grid_on_cpu(plugin_build):  # noqa: F811
         pytest.skip(plugin_build.skip_reason)
     exe = plugin_build.build_dir / "tests" / TARGET
     assert exe.is_file(), f"{exe} was not built (ROFORMER_TRT_TESTS is ON by default)"
-    assert check_run(exe) == 864
+    assert check_run(exe) == 1296
 
 
 def test_kernel_grid_under_asan_ubsan():
@@ -49,7 +50,7 @@ def test_kernel_grid_under_asan_ubsan():
         pytest.skip(why)
     ok, log = build_targets(SANITIZE_BUILD_DIR, [TARGET], {"ROFORMER_TRT_SANITIZE": "ON"})
     assert ok, log[-4000:]
-    assert check_run(SANITIZE_BUILD_DIR / "tests" / TARGET) == 864
+    assert check_run(SANITIZE_BUILD_DIR / "tests" / TARGET) == 1296
 
 
 def test_launcher_takes_the_launch_error():

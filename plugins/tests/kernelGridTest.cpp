@@ -10,7 +10,7 @@
  * fp16/bf16 conversions), no byte written outside y_i (guard bytes around each output), x_i and the table
  * untouched, every vector access aligned to its width. Cases: fp32/fp16/bf16 x k = 1..4 x shapes
  * (full rotation, R < Dh, Dh not a multiple of the vector, odd B/H/S) x pointer offsets (aligned, 1, 2
- * and 4 elements off) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the path each case
+ * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the path each case
  * took; exit 0 when all pass. Run by tests/test_kernel_grid.py.
  */
 #include "roformerRotaryHostRef.h"
@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -121,7 +122,7 @@ std::string pathName(RotaryPath p, size_t elem)
 }
 
 template <typename T>
-void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, Grid g)
+void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t yOffset, Grid g)
 {
     int64_t const n = s.elements();
     std::uniform_real_distribution<float> dist(-4.F, 4.F);
@@ -137,7 +138,7 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, Grid g)
     for (int32_t i = 0; i < k; ++i)
     {
         xs.emplace_back(static_cast<size_t>(n), sizeof(T), offset);
-        ys.emplace_back(static_cast<size_t>(n), sizeof(T), offset);
+        ys.emplace_back(static_cast<size_t>(n), sizeof(T), yOffset);
         T* x = reinterpret_cast<T*>(xs.back().data());
         for (int64_t e = 0; e < n; ++e)
         {
@@ -166,9 +167,9 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, Grid g)
     HostAccessLog const log = hostAccessLog();
 
     char label[256];
-    std::snprintf(label, sizeof(label), "%s k=%d B=%ld H=%ld S=%ld Dh=%ld R=%ld P=%ld offset=%zu grid=%s path=%s",
+    std::snprintf(label, sizeof(label), "%s k=%d B=%ld H=%ld S=%ld Dh=%ld R=%ld P=%ld offset=%zu/%zu grid=%s path=%s",
         nameOf<T>(), k, static_cast<long>(s.batch), static_cast<long>(s.heads), static_cast<long>(s.seq),
-        static_cast<long>(s.headDim), static_cast<long>(s.rotaryDim), static_cast<long>(s.tableRows), offset, g.name,
+        static_cast<long>(s.headDim), static_cast<long>(s.rotaryDim), static_cast<long>(s.tableRows), offset, yOffset, g.name,
         pathName(path, sizeof(T)).c_str());
     gPaths[std::string(nameOf<T>()) + " " + pathName(path, sizeof(T))]++;
 
@@ -248,16 +249,17 @@ void runDtype(std::mt19937& rng)
         {1, 1, 1, 2, 2, 1},    // one pair
     };
     Grid const grids[] = {{"launcher", 0, 0}, {"1x32", 1, 32}, {"3x7", 3, 7}};
-    size_t const offsets[] = {0, 1, 2, 4};
+    // element offsets of (x_i, y_i) from a 64-byte boundary: aligned, 1/2/4 off, and x and y aligned differently
+    std::pair<size_t, size_t> const offsets[] = {{0, 0}, {1, 1}, {2, 2}, {4, 4}, {0, 1}, {4, 2}};
     for (int32_t k = 1; k <= kMAX_ROTARY_TENSORS; ++k)
     {
         for (RotaryShape const& s : shapes)
         {
-            for (size_t off : offsets)
+            for (auto const& [xOff, yOff] : offsets)
             {
                 for (Grid const& g : grids)
                 {
-                    runCase<T>(rng, k, s, off, g);
+                    runCase<T>(rng, k, s, xOff, yOff, g);
                 }
             }
         }
