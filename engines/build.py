@@ -13,33 +13,39 @@ Everything else here (hashing, sidecars, stage status) is plain Python, tested o
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Mapping
 
-from export.errors import UnavailableError, UsageError, VerificationError
+import onnx
+from rich.progress import Progress
+
+from engines.cases import input_axes as read_axes
+from engines.profiles import ProfileSet
+from export import cli
 from export.atomic import write_atomic
+from export.cli import Parser
+from export.digest import sha256_file
+from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError
+from export.passes.precision import parse_precision
+from export.passes.rotary import COS_CACHE_NAME, SINCOS_NAME
+from export.staging import TIMING_CACHE
+from plugins.identity import PLUGIN_LIB, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, TENSORRT_MAJOR_SYMBOL
+from plugins.locate import find_plugin_library
 
 log = logging.getLogger(__name__)
 
-PLUGIN_OP = "RoformerRotary"
 MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")
 INSTALL_HINT = "pip install .[tensorrt] on a GPU machine"
 
 
 # ---------------------------------------------------------------- plain, CPU-testable helpers
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def onnx_sha256(path: str | Path) -> str:
     """sha256 of the ONNX file plus its external-data file(s) next to it, if any (`<name>.data`)."""
@@ -124,8 +130,6 @@ def trt_major(version: str) -> int:
 
 def count_plugin_nodes(onnx_path: str | Path) -> list[str]:
     """Names of the RoformerRotary nodes in the ONNX file (weights not loaded)."""
-    import onnx
-
     m = onnx.load(str(onnx_path), load_external_data=False)
     return [n.name or f"{PLUGIN_OP}_{i}" for i, n in enumerate(m.graph.node) if n.op_type == PLUGIN_OP]
 
@@ -145,28 +149,59 @@ def gpu_identity() -> tuple[str, str]:
 _LOADED: dict[str, object] = {}  # resolved library path -> registry handle, for this process
 
 
+def plugin_library_major(plugin_lib: str | Path) -> int | None:
+    """The TensorRT major libroformer_trt_plugin.so was built against (its exported stamp), or None.
+
+    Only for the library TensorRT loads by path: loading it runs no registration (that waits for
+    getCreators), so reading the stamp through ctypes has no side effect. The self-registering library is
+    never opened here (opening it registers the creator)."""
+    if Path(plugin_lib).name != PLUGIN_LIB:
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(str(plugin_lib)), TENSORRT_MAJOR_SYMBOL)
+    except (OSError, AttributeError):  # not loadable here, or built before the stamp existed: say nothing
+        return None
+    fn.restype = ctypes.c_int32
+    return int(fn())
+
+
+def plugin_major_problem(plugin_lib: str | Path, tensorrt_version: str) -> str | None:
+    """Why TensorRT `tensorrt_version` cannot use the library (built against another major), or None."""
+    built = plugin_library_major(plugin_lib)
+    if built is not None and built != trt_major(tensorrt_version):
+        return (f"{plugin_lib} was built against TensorRT {built} headers but TensorRT {tensorrt_version} is running; "
+                f"rebuild it: python -m plugins.build --tensorrt-include <TensorRT {trt_major(tensorrt_version)} include>")
+    return None
+
+
 def load_plugins(trt, plugin_lib: str | Path):
     """Load our plugin library into TensorRT's registry (IPluginRegistry.load_library, TRT >= 10), once.
 
     load_library returns None when any of the library's creators is already registered, so a second
     call (build, then run, in one process) or a library already loaded another way (LD_PRELOAD, the
-    static variant) must not be loaded again: both are answered from what is registered.
+    static variant) is not an error: both are answered from what is registered. A library built
+    against another TensorRT major is refused before TensorRT sees it (UsageError).
     """
     path = Path(plugin_lib)
     if not path.is_file():
-        raise UsageError(f"plugin library {path} does not exist; build plugins/ first (cmake) or pass --plugin-lib")
+        raise UsageError(f"plugin library {path} does not exist; run python -m plugins.build or pass --plugin-lib")
     key = str(path.resolve())
     if key in _LOADED:
         return _LOADED[key]
-    from export.passes.rotary import PLUGIN_DOMAIN, PLUGIN_VERSION  # the node attributes the parser looks up
-
     registry = trt.get_plugin_registry()
-    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_DOMAIN) is not None:
-        log.info("%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION, path)
+    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        log.info("%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION, path)
         _LOADED[key] = None
         return None
+    problem = plugin_major_problem(path, trt.__version__)
+    if problem:
+        raise UsageError(problem)
     handle = registry.load_library(key)
     if handle is None:
+        if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+            log.info("load_library(%s) returned None: %s is already registered (e.g. by LD_PRELOAD)", path, PLUGIN_OP)
+            _LOADED[key] = None
+            return None
         raise UsageError(f"TensorRT could not load plugin library {path}; check it was built for TensorRT {trt.__version__}")
     _LOADED[key] = handle
     return handle
@@ -195,8 +230,6 @@ def _io_entry(tensor) -> dict:
 
 def _progress_monitor(trt):
     """A trt.IProgressMonitor that drives a rich progress bar on stderr."""
-    from rich.progress import Progress
-
     class RichMonitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
@@ -223,62 +256,34 @@ def _progress_monitor(trt):
     return RichMonitor()
 
 
-def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugin_lib: str | Path | None,
-                 profiles, precision: str, workspace_mib: int = 4096,
-                 timing_cache: str | Path | None = None, input_axes: Mapping[str, tuple] | None = None,
-                 reuse: bool = True) -> dict:
-    """Build (or reuse) `<out_dir>/<name>.plan`; returns the sidecar dict + {"plan", "reused", "rebuild_reasons"}.
-
-    onnx_path: the file for TensorRT (mixed precision already applied: the network is strongly typed);
-    profiles: engines.profiles.ProfileSet; input_axes: engines.cases.input_axes(model) (read from the
-    file when None); timing_cache: file reused across builds (created if missing, rewritten after).
-    Raises UsageError for parser errors (every error, with its node) and VerificationError when the
-    number of plugin layers differs from the number of RoformerRotary nodes.
-    """
-    import onnx
-    import tensorrt as trt
-
-    from engines.cases import input_axes as read_axes
-
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    plan = out_dir / f"{name}.plan"
+def _expected_sidecar(trt, onnx_path: Path, plugin_lib, profiles, precision: str) -> dict:
+    """What the sidecar of a plan built now would hold (the MATCH_KEYS decide reuse)."""
     gpu_name, cc = gpu_identity()
-    expected = make_sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
-                            precision=precision, profiles=profiles.to_report(), onnx_sha256=onnx_sha256(onnx_path),
-                            plugin_sha256=sha256_file(plugin_lib) if plugin_lib else None)
-    existed = plan.exists()
-    ok, reasons = reuse_decision(plan, expected)
-    if reuse and ok:
-        log.info("reusing %s (sidecar matches)", plan)
-        return {**read_sidecar(plan), "plan": str(plan), "reused": True, "rebuild_reasons": []}
-    if Path(plan).exists():
-        log.info("not reusing %s: %s", plan, "; ".join(reasons))
+    return make_sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
+                        precision=precision, profiles=profiles.to_report(), onnx_sha256=onnx_sha256(onnx_path),
+                        plugin_sha256=sha256_file(plugin_lib) if plugin_lib else None)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    if plugin_lib:
-        load_plugins(trt, plugin_lib)
-    plugin_nodes = count_plugin_nodes(onnx_path)
-    if plugin_nodes and not plugin_lib:
-        raise UsageError(f"{onnx_path} has {len(plugin_nodes)} {PLUGIN_OP} nodes; pass --plugin-lib")
-    axes = input_axes or read_axes(onnx.load(str(onnx_path), load_external_data=False))
 
-    t0 = time.perf_counter()
-    builder = trt.Builder(logger)
+def _parse_network(trt, builder, logger, onnx_path: Path, plugin_nodes: list[str]):
+    """Parse the file into a (strongly typed) network; every plugin node must become a plugin layer.
+
+    Returns (network, parser, plugin layer names); the parser owns weights the network refers to, so the
+    caller keeps it alive until the build is done."""
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise UsageError(f"TensorRT could not parse {onnx_path}: " + " | ".join(_parser_errors(parser)))
-
     plugin_layers = [network.get_layer(i).name for i in range(network.num_layers)
                      if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
     if len(plugin_layers) != len(plugin_nodes):
         raise VerificationError(f"{len(plugin_nodes)} {PLUGIN_OP} nodes in the ONNX but {len(plugin_layers)} "
                                 f"plugin layers in the network ({plugin_layers}); the parser did not map every node "
                                 "to the plugin (is the library loaded and the node's plugin_namespace right?)")
+    return network, parser, plugin_layers
 
-    io = {"inputs": [_io_entry(network.get_input(i)) for i in range(network.num_inputs)],
-          "outputs": [_io_entry(network.get_output(i)) for i in range(network.num_outputs)]}
 
+def _builder_config(trt, builder, workspace_mib: int, timing_cache, profiles, axes):
+    """Builder config: workspace limit, timing cache (a mismatching one replaced), one profile per bucket."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
@@ -292,6 +297,11 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
         for tensor, (mn, opt, mx) in profiles.shapes(i, axes).items():
             p.set_shape(tensor, mn, opt, mx)
         config.add_optimization_profile(p)
+    return config
+
+
+def _serialize(trt, builder, network, config, plan: Path):
+    """build_serialized_network with a progress bar; VerificationError when TensorRT returns nothing."""
     monitor = _progress_monitor(trt)
     config.progress_monitor = monitor
     try:
@@ -300,7 +310,49 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
         monitor.close()
     if serialized is None:
         raise VerificationError(f"TensorRT failed to build {plan.name}; see the TensorRT log above")
-    write_atomic(plan, memoryview(serialized))
+    return serialized
+
+
+def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugin_lib: str | Path | None,
+                 profiles, precision: str, workspace_mib: int = 4096,
+                 timing_cache: str | Path | None = None, input_axes: Mapping[str, tuple] | None = None,
+                 reuse: bool = True) -> dict:
+    """Build (or reuse) `<out_dir>/<name>.plan`; returns the sidecar dict + {"plan", "reused", "rebuild_reasons"}.
+
+    onnx_path: the file for TensorRT (mixed precision already applied: the network is strongly typed);
+    profiles: engines.profiles.ProfileSet; input_axes: engines.cases.input_axes(model) (read from the
+    file when None); timing_cache: file reused across builds (created if missing, rewritten after).
+    Raises UsageError for parser errors (every error, with its node) and VerificationError when the
+    number of plugin layers differs from the number of RoformerRotary nodes.
+    """
+    import tensorrt as trt
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    plan = out_dir / f"{name}.plan"
+    expected = _expected_sidecar(trt, onnx_path, plugin_lib, profiles, precision)
+    existed = plan.exists()
+    ok, reasons = reuse_decision(plan, expected)
+    if reuse and ok:
+        log.info("reusing %s (sidecar matches)", plan)
+        return {**read_sidecar(plan), "plan": str(plan), "reused": True, "rebuild_reasons": []}
+    if existed:
+        log.info("not reusing %s: %s", plan, "; ".join(reasons))
+
+    plugin_nodes = count_plugin_nodes(onnx_path)
+    if plugin_nodes and not plugin_lib:
+        raise UsageError(f"{onnx_path} has {len(plugin_nodes)} {PLUGIN_OP} nodes; pass --plugin-lib")
+    if plugin_lib:
+        load_plugins(trt, plugin_lib)
+    axes = input_axes or read_axes(onnx.load(str(onnx_path), load_external_data=False))
+
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser, plugin_layers = _parse_network(trt, builder, logger, onnx_path, plugin_nodes)
+    io = {"inputs": [_io_entry(network.get_input(i)) for i in range(network.num_inputs)],
+          "outputs": [_io_entry(network.get_output(i)) for i in range(network.num_outputs)]}
+    config = _builder_config(trt, builder, workspace_mib, timing_cache, profiles, axes)
+    write_atomic(plan, memoryview(_serialize(trt, builder, network, config, plan)))
     if timing_cache:
         write_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
     sidecar = {**expected, **io, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
@@ -313,20 +365,13 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
 
 def table_rows(onnx_path: str | Path) -> int | None:
     """Rows of the rotary sin/cos table in the file = the longest sequence its engine can accept."""
-    import onnx
-
-    from export.passes.rotary import COS_CACHE_NAME, SINCOS_NAME
-
     m = onnx.load(str(onnx_path), load_external_data=False)
     # the precision pass may append a dtype suffix to a converted initializer's name
     return next((int(i.dims[0]) for i in m.graph.initializer if i.name.startswith((SINCOS_NAME, COS_CACHE_NAME))), None)
 
 
-def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m engines.build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
+def build_parser() -> Parser:
+    p = Parser(prog="python -m engines.build", description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
                                             "(report.json artifacts.tensorrt-onnx).",
                                 epilog="example: python -m engines.build build/ckpt/model.rope-plugin.fp16.onnx "
                                        "--precision fp16 --batch 1,8,32 --profiles 128,512,2048")
@@ -335,7 +380,10 @@ def build_parser():
     p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
     p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16")
     p.add_argument("--batch", default="1,8,32", help="batch min,opt,max (one number N means 1,N,N)")
-    p.add_argument("--profiles", help="sequence bucket tops, e.g. 128,512,2048 (default: one profile 1..max-len)")
+    p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 (each "
+                   "profile adds a full tactic search to the build and one Triton instance group). Default: one "
+                   "profile 1..max-len tuned for 128 tokens (or max-len if shorter); --profiles <max-len> tunes "
+                   "the single profile for the longest sequence")
     p.add_argument("--choices", type=int, help="multiple-choice graphs: number of choices")
     p.add_argument("--max-len", type=int, help="longest sequence (default: rows of the graph's rotary table)")
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
@@ -345,42 +393,45 @@ def build_parser():
     return p
 
 
+def check_usage(args) -> tuple[Path, str, object, str | None]:
+    """Every check a user can fix by changing the command (UsageError, exit 2), before asking whether the
+    engine stage can run at all: (onnx path, precision, ProfileSet, plugin library or None)."""
+    onnx_path = Path(args.onnx)
+    if not onnx_path.is_file():
+        raise UsageError(f"{onnx_path} does not exist; pass the ONNX file export.build wrote "
+                         "(report.json artifacts.tensorrt-onnx)")
+    precision = parse_precision(args.precision)
+    rows = table_rows(onnx_path)
+    if args.max_len is not None and rows is not None and args.max_len > rows:
+        raise UsageError(f"--max-len {args.max_len} exceeds the {rows} rows of {onnx_path.name}'s rotary table "
+                         f"(the longest sequence it can accept); pass --max-len <= {rows} or re-export with a larger one")
+    max_len = args.max_len or rows
+    if max_len is None:
+        raise UsageError(f"{onnx_path.name} has no rotary table to read the longest sequence from; pass --max-len")
+    profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, args.choices)
+    plugin_lib = args.plugin_lib
+    if plugin_lib is not None and not Path(plugin_lib).is_file():
+        raise UsageError(f"--plugin-lib {plugin_lib} does not exist; run python -m plugins.build")
+    if plugin_lib is None and count_plugin_nodes(onnx_path):
+        plugin_lib = find_plugin_library()
+    return onnx_path, precision, profiles, plugin_lib
+
+
 def main(argv: list[str] | None = None) -> int:
-    import sys
+    """Usage checks (exit 2), then availability of TensorRT and a GPU (exit 3), then the build."""
+    return cli.run(build_parser(), _main, argv)
 
-    from export.errors import RoformerTrtError
-    from export.passes.precision import parse_precision
-    from engines.profiles import ProfileSet
 
-    args = build_parser().parse_args(argv)
-    try:
-        onnx_path = Path(args.onnx)
-        if not onnx_path.is_file():
-            raise UsageError(f"{onnx_path} does not exist; pass the ONNX file export.build wrote "
-                             "(report.json artifacts.tensorrt-onnx)")
-        precision = parse_precision(args.precision)
-        max_len = args.max_len or table_rows(onnx_path)
-        if max_len is None:
-            raise UsageError(f"{onnx_path.name} has no rotary table to read the longest sequence from; pass --max-len")
-        profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, args.choices)
-        status = engine_stage_status()
-        require_engine(status)
-        plugin_lib = args.plugin_lib
-        if plugin_lib is None and count_plugin_nodes(onnx_path):
-            from plugins.locate import find_plugin_library
-            plugin_lib = find_plugin_library()
-        out = Path(args.out) if args.out else onnx_path.parent
-        entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
-                             profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,
-                             timing_cache=args.timing_cache or out / "timing.cache", reuse=not args.force)
-    except RoformerTrtError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+def _main(args) -> int:
+    onnx_path, precision, profiles, plugin_lib = check_usage(args)
+    require_engine(engine_stage_status())
+    out = Path(args.out) if args.out else onnx_path.parent
+    entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
+                         profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,
+                         timing_cache=args.timing_cache or out / TIMING_CACHE, reuse=not args.force)
     print(json.dumps({k: entry[k] for k in ("plan", "reused", "build_seconds", "plugin_layers") if k in entry}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -10,8 +10,16 @@ Out: a ProfileSet: per profile, (min, opt, max) of every named axis; per-input s
 Coverage rule: a bucket top above max_len is an error (the rotary table has max_len rows). When the
 last top is below max_len, one more bucket (last top + 1 .. max_len, opt = max_len) is **added**,
 rather than stretching the last bucket: the buckets the user asked for keep the ranges (and opt)
-they asked for, and the engine still accepts every length up to max_len. `--profiles` omitted means
-one bucket 1..max_len. The axis names `batch`, `sequence`, `choices` are the ONNX dim_params.
+they asked for, and the engine still accepts every length up to max_len. The axis names `batch`,
+`sequence`, `choices` are the ONNX dim_params.
+
+Default (`--profiles` omitted): ONE profile 1..max_len, tuned (opt) for DEFAULT_OPT_SEQ = 128 tokens, or
+max_len when that is shorter. A serving workload is mostly short requests; an opt at max_len (2048) makes
+TensorRT pick every kernel for the rare longest input. One profile keeps the build as fast as it can be and
+gives the generated Triton repository one instance group (each profile costs a full tactic search at build
+time and one instance group, i.e. its own context and activation memory, in Triton). Buckets
+(`--profiles 128,512,2048`) tune each range for its top at that cost; `--profiles <max_len>` is the
+one-profile spelling tuned for the longest sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Mapping
 from export.errors import UsageError
 
 AXES = ("batch", "choices", "sequence")
+DEFAULT_OPT_SEQ = 128  # opt of the default single profile: a typical serving length, not the longest
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,9 @@ def parse_profiles(text: str | None, max_len: int) -> list[Range]:
     """`--profiles` bucket tops -> sequence Ranges covering 1..max_len (rules in the module docstring)."""
     if not isinstance(max_len, int) or max_len < 1:
         raise UsageError(f"--max-len {max_len!r}: must be an integer >= 1")
-    tops = [max_len] if text is None or str(text).strip() == "" else _ints(text, "--profiles")
+    if text is None or str(text).strip() == "":
+        return [Range(1, min(DEFAULT_OPT_SEQ, max_len), max_len)]  # the default: see the module docstring
+    tops = _ints(text, "--profiles")
     if any(b <= a for a, b in zip(tops, tops[1:])):
         raise UsageError(f"--profiles {text!r}: bucket tops must be strictly ascending, e.g. 128,512,2048")
     if tops[-1] > max_len:

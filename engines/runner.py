@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from engines.build import load_plugins
 from export.errors import UsageError
 
 
@@ -49,8 +50,6 @@ class EngineRunner:
         import tensorrt as trt
         import torch
 
-        from engines.build import load_plugins
-
         self.trt, self.torch = trt, torch
         self.device = torch.device("cuda", device)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -77,26 +76,33 @@ class EngineRunner:
                  trt.int64: torch.int64, trt.int32: torch.int32, trt.int8: torch.int8, trt.bool: torch.bool}
         return table[self.engine.get_tensor_dtype(name)]
 
+    def _set_address(self, name: str, address: int) -> None:
+        if not self.context.set_tensor_address(name, address):
+            raise RuntimeError(f"set_tensor_address failed for {name}; see the TensorRT log")
+
     def run_torch(self, feeds: Mapping[str, "object"]) -> dict[str, "object"]:
         """feeds: torch CUDA tensors (or numpy) -> torch CUDA outputs; no host sync (benchmarks use this)."""
         torch = self.torch
         shapes = {n: tuple(feeds[n].shape) for n in self.inputs}
         profile = pick_profile(self.profile_shapes, shapes)
         if profile != self.active_profile:
-            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
+            if not self.context.set_optimization_profile_async(profile, self.stream.cuda_stream):
+                raise RuntimeError(f"set_optimization_profile_async({profile}) failed; see the TensorRT log")
             self.active_profile = profile
         keep = {}
         for n in self.inputs:
             t = feeds[n]
             t = torch.as_tensor(t).to(self.device, self.torch_dtype(n)).contiguous()
             keep[n] = t
-            self.context.set_input_shape(n, shapes[n])
-            self.context.set_tensor_address(n, t.data_ptr())
+            if not self.context.set_input_shape(n, shapes[n]):
+                raise UsageError(f"TensorRT refused shape {shapes[n]} for input {n} (profile {profile}: "
+                                 f"{self.profile_shapes[profile][n][0]}..{self.profile_shapes[profile][n][2]})")
+            self._set_address(n, t.data_ptr())
         outs = {}
         for n in self.outputs:
             shape = tuple(self.context.get_tensor_shape(n))
             outs[n] = torch.empty(shape, dtype=self.torch_dtype(n), device=self.device)
-            self.context.set_tensor_address(n, outs[n].data_ptr())
+            self._set_address(n, outs[n].data_ptr())
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # inputs copied on the default stream
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"execute_async_v3 failed for shapes {shapes}; see the TensorRT log")

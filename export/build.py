@@ -26,13 +26,14 @@ from export import __version__, cli
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
-from export.files import MiB, read_text
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
+from export.files import MiB, read_text
 from export.onnx_export import check_export_args, export_onnx
 from export.passes.precision import parse_precision
 from export.progress import info, status
-from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, rope_key
+from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
+from export.reproduce import reproduce_commands
 from export.stages.bench import parse_grid, run_bench_stage
 from export.stages.engine import run_engine_stage
 from export.stages.precision import run_precision_stage
@@ -40,7 +41,8 @@ from export.stages.rope import run_rope_stage
 from export.staging import BuildFolder
 from export.thresholds import ThresholdError, Thresholds
 from export.validate import TorchReference, failures, validate_graphs, validation_shapes
-from plugins.locate import find_plugin_library, library_info
+from plugins.identity import PLUGIN_LIB, STATIC_PLUGIN_LIB
+from plugins.locate import find_static_plugin_library, plugin_library_status
 
 MAX_LEN_LIMIT = 65536  # beyond this the table alone is hundreds of MB and validation at max_len takes hours
 EXAMPLE = "example: python -m export.build --model demo/ckpt.pt --max-len 2048"
@@ -64,7 +66,9 @@ def build_parser() -> Parser:
                    "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32)")
     p.add_argument("--batch", default="1,8,32", help="engine batch range min,opt,max (one number N means 1,N,N)")
     p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 "
-                   "(default: one profile 1..max-len)")
+                   "(each profile adds a full tactic search to the engine build and one Triton instance group). "
+                   "Default: one profile 1..max-len tuned for 128 tokens (or max-len if shorter); "
+                   "--profiles <max-len> tunes the single profile for the longest sequence")
     p.add_argument("--choices", type=int, help="multiple-choice only: number of choices the engine takes (default 2)")
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace limit")
     p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
@@ -170,6 +174,7 @@ def _run_stages(args, argv, flags: Flags, ckpt: LoadedCheckpoint, max_len: int, 
         error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(failure_lines))
     elif error is None and args.require_engine and (report.engine or {}).get("status") != "built":
         error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
+    report.reproduce = reproduce(report, flags, ckpt)
     report.artifacts_sha256 = artifact_hashes(work, report.artifacts.values())
     save_report(report, work)
     return report, error
@@ -266,10 +271,23 @@ def model_facts(ckpt) -> dict:
 
 
 def plugin_facts() -> dict:
-    lib = find_plugin_library()
-    if lib is None:
-        return {"status": "unavailable", "reason": "plugin library not built; run python -m plugins.build"}
-    return {"status": "built", **library_info(lib)}
+    """The plugin library's path and sha256, or what happened when it is not built and what to run."""
+    return plugin_library_status()
+
+
+def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | None:
+    """trtexec and Polygraphy commands a TensorRT user runs to check the engine independently."""
+    trt_onnx = report.artifacts.get(TENSORRT_ONNX_KEY)
+    if trt_onnx is None or not report.profiles:
+        return None
+    t = flags.thresholds.lookup(flags.precision, engine_key(flags.precision), "last_hidden_state")
+    plugin = report.plugin or {}
+    static = find_static_plugin_library()
+    return reproduce_commands(
+        trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=f"model.{flags.precision}.plan", profiles=report.profiles,
+        precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
+        atol=t.atol, rtol=t.rtol, plugin_lib=plugin.get("path") or PLUGIN_LIB,
+        static_plugin_lib=str(static) if static else STATIC_PLUGIN_LIB, rank=3 if ckpt.task == "multiple-choice" else 2)
 
 
 def engine_choices(choices: int | None, task: str) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from export.report import Report
+from export.reproduce import render_markdown as render_reproduce
 
 
 def render_markdown(r: Report) -> str:
@@ -117,15 +118,9 @@ def _engine(r: Report) -> list[str]:
 
 
 def _reproduce(r: Report) -> list[str]:
-    rep = r.reproduce
-    if not rep:
+    if not r.reproduce:
         return []
-    lines = ["## Reproduce with NVIDIA's tools", ""]
-    for tool in ("trtexec", "polygraphy"):
-        if rep.get(tool):
-            lines += [f"{tool}:", "", "```"] + list(rep[tool]) + ["```", ""]
-    lines += [f"- {n}" for n in rep.get("notes", [])]
-    return lines + ([""] if rep.get("notes") else [])
+    return ["## Reproduce with NVIDIA's tools", "", render_reproduce(r.reproduce)]
 
 
 def _bench(r: Report) -> list[str]:
@@ -142,4 +137,4 @@ def _bench(r: Report) -> list[str]:
 def _timings(r: Report) -> list[str]:
     if not r.timings:
         return []
-    return ["## Time per stage", ""] + _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in r.timings.items()])
+    return ["## Time per stage", ""] + _table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in r.timings.items()])

@@ -39,6 +39,9 @@ DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 # Libraries `python -m plugins.build` makes, and which loader each one serves.
 PLUGIN_LIB = "libroformer_trt_plugin.so"  # loadLibrary / trtexec --dynamicPlugins: getCreators + setLoggerFinder
 STATIC_PLUGIN_LIB = "libroformer_trt_plugin_static.so"  # dlopen / LD_PRELOAD / Triton / --staticPlugins
+# Exported by both adapter libraries: int32_t roformer_trt_plugin_tensorrt_major(), the TensorRT major of the
+# headers they were built with (they refuse to register with a runtime of another major).
+TENSORRT_MAJOR_SYMBOL = "roformer_trt_plugin_tensorrt_major"
 KERNEL_LIB = "libroformer_rotary_kernels.so"  # extern "C" roformer_rotary_launch (CUDA)
 HOST_LIB = "libroformer_rotary_host.so"  # C++ host reference (no CUDA)
 LIBRARIES = {"plugin": PLUGIN_LIB, "plugin_static": STATIC_PLUGIN_LIB, "kernels": KERNEL_LIB, "host": HOST_LIB}

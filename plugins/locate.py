@@ -63,3 +63,62 @@ def library_info(path: str | os.PathLike) -> dict[str, str]:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return {"path": str(p), "sha256": h.hexdigest()}
+
+
+def _cmake_cache(build_dir: Path) -> dict[str, str]:
+    """NAME -> value of a CMakeCache.txt ({} when there is none)."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return {}
+    out = {}
+    for line in cache.read_text(errors="replace").splitlines():
+        if line and not line.startswith(("#", "//")) and "=" in line and ":" in line.split("=", 1)[0]:
+            key, value = line.split("=", 1)
+            out[key.split(":", 1)[0]] = value
+    return out
+
+
+def headers_version(include_dir: str | os.PathLike) -> str | None:
+    """"major.minor.patch" from NvInferVersion.h in include_dir, None when it is not there."""
+    import re
+
+    f = Path(include_dir) / "NvInferVersion.h"
+    if not f.is_file():
+        return None
+    found = dict(re.findall(r"#define\s+TRT_(MAJOR|MINOR|PATCH)_ENTERPRISE\s+(\d+)", f.read_text(errors="replace")))
+    return ".".join(found.get(k, "0") for k in ("MAJOR", "MINOR", "PATCH")) if "MAJOR" in found else None
+
+
+def plugin_library_status(build_dir: Path | None = None) -> dict:
+    """Whether the TensorRT plugin library is built, and if not, exactly why and what to run.
+
+    Returns {"status": "built", "path", "sha256", "reason", "tensorrt_headers"?} or
+    {"status": "unavailable", "reason"}; the reason is one or two sentences for report.md. Reads only
+    files (the library, plugins/build/CMakeCache.txt); never builds, never imports TensorRT.
+    """
+    bdir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    lib = _find(PLUGIN_LIB, bdir)
+    cache = _cmake_cache(bdir)
+    include = cache.get("TensorRT_INCLUDE_DIR") or ""
+    if lib is not None:
+        out = {"status": "built", **library_info(lib)}
+        version = headers_version(include) if include else None
+        out["reason"] = f"{PLUGIN_LIB} built" + (f" against TensorRT {version} headers ({include})" if version else "")
+        if version:
+            out["tensorrt_headers"] = version
+        return out
+    if not cache:
+        return {"status": "unavailable",
+                "reason": f"plugin library not built: {bdir} holds no CMake build; run python -m plugins.build "
+                          "--tensorrt-include <TensorRT include folder>"}
+    kernels = (bdir / KERNEL_LIB).is_file()
+    done = f"the CUDA kernels were built ({KERNEL_LIB}), but" if kernels else "in the last build"
+    if not include or not (Path(include) / "NvInfer.h").is_file():
+        why = "no TensorRT headers were found (no NvInfer.h given by --tensorrt-include, $TensorRT_INCLUDE_DIR or $TensorRT_ROOT)"
+        return {"status": "unavailable",
+                "reason": f"plugin library not built: {done} the TensorRT adapter ({PLUGIN_LIB}) was skipped because "
+                          f"{why}; point the build at them: python -m plugins.build --tensorrt-include "
+                          "/path/to/TensorRT/include (or --tensorrt-root /path/to/TensorRT)"}
+    return {"status": "unavailable",
+            "reason": f"plugin library not built: TensorRT headers were found ({include}) but {PLUGIN_LIB} is "
+                      f"missing from {bdir}; the build failed or was interrupted: run python -m plugins.build and read its log"}

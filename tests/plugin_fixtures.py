@@ -73,3 +73,44 @@ def adapter_skip_reason(build: PluginBuild) -> str:
         if "roformer_trt:" in line and "skipped" in line:
             return line.split("roformer_trt:", 1)[1].strip()
     return "no TensorRT headers (set TensorRT_INCLUDE_DIR to a folder holding NvInfer.h and rebuild)"
+
+
+SANITIZE_BUILD_DIR = locate.DEFAULT_BUILD_DIR / "sanitize"
+
+
+def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) -> tuple[bool, str]:
+    """Configure plugins/ into build_dir with -D defines and build only `targets` (incremental); (ok, log)."""
+    if plugin_build_cli.missing_tools():
+        pytest.skip(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
+    env = {**os.environ, "CUDACXX": os.environ.get("CUDACXX") or plugin_build_cli.find_nvcc() or "nvcc"}
+    conf = ["cmake", "-S", str(plugin_build_cli.SOURCE_DIR), "-B", str(build_dir),
+            "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90")]
+    conf += [f"-D{k}={v}" for k, v in defines.items()]
+    log = ""
+    for cmd in (conf, ["cmake", "--build", str(build_dir), "-j2", "--target", *targets]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        log += proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            return False, log
+    return True, log
+
+
+def sanitizer_supported() -> str | None:
+    """None when the C++ compiler can link an ASan+UBSan program here, else why not."""
+    import shutil
+    import tempfile
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        return "no C++ compiler"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "t.cpp"
+        src.write_text("int main() { return 0; }\n")
+        proc = subprocess.run([cxx, "-fsanitize=address,undefined", str(src), "-o", str(Path(d) / "t")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return f"{cxx} cannot build with -fsanitize=address,undefined: {proc.stderr.strip()[:200]}"
+        run = subprocess.run([str(Path(d) / "t")], capture_output=True, text=True)
+        if run.returncode != 0:
+            return f"an ASan program does not run here: {run.stderr.strip()[:200]}"
+    return None

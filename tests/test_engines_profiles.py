@@ -27,7 +27,10 @@ def test_buckets_and_added_last():
     assert parse_profiles("128,512,2048", 2048) == [Range(1, 128, 128), Range(129, 512, 512), Range(513, 2048, 2048)]
     # last top below max_len: one bucket is added so every length up to max_len is accepted
     assert parse_profiles("128,512", 1024) == [Range(1, 128, 128), Range(129, 512, 512), Range(513, 1024, 1024)]
+    # default: one profile over every length, tuned for a typical serving length, not the longest
     assert parse_profiles(None, 64) == [Range(1, 64, 64)]
+    assert parse_profiles(None, 2048) == [Range(1, 128, 2048)] and parse_profiles("", 512) == [Range(1, 128, 512)]
+    assert parse_profiles("2048", 2048) == [Range(1, 2048, 2048)]  # the one-profile spelling tuned for max_len
     ps = ProfileSet.from_cli("1,8,32", "128,512", 1024)
     assert ps.added_last and len(ps) == 3
 

@@ -56,7 +56,8 @@ def test_kernel_library_exports_only_the_launcher(plugin_build):  # noqa: F811
 
 def test_dynamic_plugin_exports_getcreators_and_setloggerfinder_only(plugin_build):  # noqa: F811
     lib = plugin_build.require(locate.PLUGIN_LIB, adapter_skip_reason(plugin_build))
-    assert defined(lib) == {"getCreators", "setLoggerFinder"}
+    # + the TensorRT major it was built against (plugins.build and engines.build compare it with the runtime)
+    assert defined(lib) == {"getCreators", "setLoggerFinder", "roformer_trt_plugin_tensorrt_major"}
     need = needed(lib)
     assert not any("nvinfer" in n for n in need), need
     und = undefined(lib)
@@ -68,7 +69,7 @@ def test_dynamic_plugin_exports_getcreators_and_setloggerfinder_only(plugin_buil
 def test_static_plugin_registers_through_libnvinfer(plugin_build):  # noqa: F811
     lib = plugin_build.require(
         locate.STATIC_PLUGIN_LIB, "libnvinfer was not found at build time (set TensorRT_ROOT to an install)")
-    assert "getCreators" not in defined(lib) and "setLoggerFinder" not in defined(lib)
+    assert defined(lib) == {"roformer_trt_plugin_tensorrt_major"}
     assert "getPluginRegistry" in undefined(lib)
     assert any("nvinfer" in n for n in needed(lib)), needed(lib)
 
@@ -100,3 +101,27 @@ def test_library_info_hashes_the_file(tmp_path):
     p.write_bytes(b"\x7fELF" + bytes(range(256)) * 5000)
     info = locate.library_info(p)
     assert info == {"path": str(p.resolve()), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
+def test_plugin_library_status_says_what_happened(tmp_path, monkeypatch):
+    monkeypatch.delenv(locate.ENV_DIR, raising=False)
+    st = locate.plugin_library_status(tmp_path)
+    assert st["status"] == "unavailable" and "python -m plugins.build" in st["reason"]
+    # What README's set-up leaves behind: a CMake build with the kernels, no headers, no adapter.
+    (tmp_path / "CMakeCache.txt").write_text("//doc\nTensorRT_INCLUDE_DIR:PATH=\nCMAKE_BUILD_TYPE:STRING=Release\n")
+    (tmp_path / locate.KERNEL_LIB).write_bytes(b"x")
+    st = locate.plugin_library_status(tmp_path)
+    assert st["status"] == "unavailable"
+    assert "kernels were built" in st["reason"] and "no TensorRT headers" in st["reason"]
+    assert "--tensorrt-include" in st["reason"]
+    inc = tmp_path / "include"
+    inc.mkdir()
+    (inc / "NvInfer.h").write_text("")
+    (inc / "NvInferVersion.h").write_text("#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n"
+                                          "#define TRT_PATCH_ENTERPRISE 0\n")
+    (tmp_path / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
+    assert "failed or was interrupted" in locate.plugin_library_status(tmp_path)["reason"]
+    (tmp_path / locate.PLUGIN_LIB).write_bytes(b"lib")
+    st = locate.plugin_library_status(tmp_path)
+    assert st["status"] == "built" and st["sha256"] == hashlib.sha256(b"lib").hexdigest()
+    assert st["tensorrt_headers"] == "11.1.0" and "11.1.0" in st["reason"]

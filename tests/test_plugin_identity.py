@@ -91,3 +91,33 @@ def test_readme_parameter_table_matches(readme_rows):
 def test_plugin_node_problem_refuses_what_the_plugin_refuses(attrs, n_inputs, why):
     got = identity.plugin_node_problem(attrs, n_inputs, table_width=64, head_dim=64)
     assert (got is None) if why is None else (why in got), got
+
+
+def test_cpp_strings_match_yaml(config):
+    """The adapter's spellings (creator identity, field names) are the YAML's; the contract test
+    (tests/test_plugin_contract.py) then checks the built library answers with them."""
+    src = (identity.CONFIG_YAML.parent / "roformerRotaryPlugin.cpp").read_text()
+    consts = dict(re.findall(r'char const\* const (k[A-Z_]+)\{"([^"]*)"\}', src))
+    assert (consts["kNAME"], consts["kVERSION"], consts["kNAMESPACE"]) == (
+        config["name"], config["version"], config["namespace"])
+    fields = [consts[k] for k in ("kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS")]
+    assert fields == config["versions"][identity.PLUGIN_VERSION]["attributes"]
+    # the creator's field list and the serialized fields name them in the YAML's order
+    for block in ("RoformerRotaryPluginCreator::RoformerRotaryPluginCreator()", "void RoformerRotaryPlugin::initFields()"):
+        body = src.split(block, 1)[1].split("}\n", 1)[0]
+        assert re.findall(r"PluginField\{(k[A-Z_]+)", body) == ["kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS"]
+    version_src = (identity.CONFIG_YAML.parents[1] / "common" / "runtimeVersion.cpp").read_text()
+    assert f"int32_t {identity.TENSORRT_MAJOR_SYMBOL}()" in version_src
+    assert "not in the contract" not in src.lower() and "not in the contract" not in identity.CONFIG_YAML.read_text().lower()
+
+
+def test_docs_name_the_self_registering_library_for_dlopen_loaders():
+    """Triton's plugins=, LD_PRELOAD and --staticPlugins only dlopen: they need the library that registers at load."""
+    root = identity.CONFIG_YAML.parents[2]
+    texts = {p: p.read_text() for p in [root / "README.md", identity.CONTRACT_README,
+                                        *sorted((root / "engines").glob("triton*.py"))]}
+    for path, text in texts.items():
+        for lib in re.findall(r"(?:plugins=|LD_PRELOAD=|--staticPlugins[= ]|--plugins )(\S*?\.so)", text):
+            assert lib.endswith(identity.STATIC_PLUGIN_LIB), (path.name, lib)
+    readme = texts[root / "README.md"]
+    assert f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme

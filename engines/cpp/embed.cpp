@@ -6,8 +6,11 @@
 // padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
 // Prints one line per sequence: the `sentence_embedding` output when the engine has one, otherwise
 // the attention-mask mean of `last_hidden_state` computed here on the host.
-// The plugin library is loaded through the plugin registry (getCreators + setLoggerFinder entry
-// points) before the plan is deserialized, so the RoformerRotary creator is found.
+// The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and
+// setLoggerFinder) before the plan is deserialized, so the RoformerRotary creator is found: pass
+// libroformer_trt_plugin.so. If libroformer_trt_plugin_static.so is already loaded (LD_PRELOAD), its
+// creator is used and the library argument is not loaded again.
+// Steps, in order: loadPlugin, loadEngine, readBatch, bindInputs, bindOutputs, infer, printEmbeddings.
 #include "NvInfer.h"
 
 #include <cuda_fp16.h>
@@ -185,88 +188,118 @@ float toFloat(void const* base, DataType t, int64_t i)
     return static_cast<float const*>(base)[i];
 }
 
-int run(int argc, char** argv)
+//! A failure the user can fix (a wrong file, a shape no profile takes): message on stderr, exit 2.
+struct UsageError : std::runtime_error
 {
-    if (argc != 4)
-    {
-        std::cerr << "usage: embed <libroformer_trt_plugin.so> <model.plan> <ids.txt | ->\n";
-        return 2;
-    }
-    Logger logger;
-    // Registry first: the plan's RoformerRotary layers are resolved by name at deserialization.
+    using std::runtime_error::runtime_error;
+};
+
+// Step 1. Register the RoformerRotary creator before the plan is deserialized (its layers are resolved by
+// name then). loadLibrary calls the library's getCreators/setLoggerFinder: pass libroformer_trt_plugin.so.
+// It returns null both when the library cannot be loaded and when its creator is already registered (by
+// LD_PRELOAD of libroformer_trt_plugin_static.so, say); only the first is an error.
+void loadPlugin(char const* path)
+{
     nvinfer1::IPluginRegistry* registry = getPluginRegistry();
-    if (registry == nullptr || registry->loadLibrary(argv[1]) == nullptr)
+    if (registry == nullptr)
     {
-        std::cerr << "error: cannot load plugin library " << argv[1] << "; pass the path of libroformer_trt_plugin.so\n";
-        return 2;
+        throw std::runtime_error("getPluginRegistry() returned null");
     }
-    std::vector<char> const plan = readFile(argv[2]);
-    std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
-    if (!runtime)
+    auto registered = [registry] { return registry->getCreator("RoformerRotary", "1", "roformer_trt") != nullptr; };
+    if (registered())
+    {
+        return; // already there: loading the library again would be refused
+    }
+    if (registry->loadLibrary(path) == nullptr && !registered())
+    {
+        throw UsageError(std::string("cannot load plugin library ") + path
+            + "; pass the path of libroformer_trt_plugin.so built for this TensorRT version");
+    }
+}
+
+// Step 2. Deserialize the plan and create its execution context.
+struct Engine
+{
+    std::unique_ptr<nvinfer1::IRuntime> runtime;
+    std::unique_ptr<nvinfer1::ICudaEngine> engine;
+    std::unique_ptr<nvinfer1::IExecutionContext> context;
+};
+
+Engine loadEngine(std::string const& planPath, Logger& logger)
+{
+    std::vector<char> const plan = readFile(planPath);
+    Engine e;
+    e.runtime.reset(nvinfer1::createInferRuntime(logger));
+    if (!e.runtime)
     {
         throw std::runtime_error("createInferRuntime failed");
     }
-    std::unique_ptr<nvinfer1::ICudaEngine> engine{runtime->deserializeCudaEngine(plan.data(), plan.size())};
-    if (!engine)
+    e.engine.reset(e.runtime->deserializeCudaEngine(plan.data(), plan.size()));
+    if (!e.engine)
     {
-        std::cerr << "error: " << argv[2] << " did not deserialize (built by another TensorRT version or GPU?)\n";
-        return 2;
+        throw UsageError(planPath + " did not deserialize (built by another TensorRT version or GPU?)");
     }
-    std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
-    if (!context)
+    e.context.reset(e.engine->createExecutionContext());
+    if (!e.context)
     {
         throw std::runtime_error("createExecutionContext failed");
     }
+    return e;
+}
 
-    Batch b;
-    if (std::strcmp(argv[3], "-") == 0)
+// Step 3. Read the token ids ("-": stdin).
+Batch readBatch(char const* path)
+{
+    if (std::strcmp(path, "-") == 0)
     {
-        b = readIds(std::cin);
+        return readIds(std::cin);
     }
-    else
+    std::ifstream f(path);
+    if (!f)
     {
-        std::ifstream f(argv[3]);
-        if (!f)
-        {
-            std::cerr << "error: cannot open " << argv[3] << "\n";
-            return 2;
-        }
-        b = readIds(f);
+        throw UsageError(std::string("cannot open ") + path);
     }
+    return readIds(f);
+}
+
+void setAddress(nvinfer1::IExecutionContext& context, char const* name, void* address)
+{
+    if (!context.setTensorAddress(name, address))
+    {
+        throw std::runtime_error(std::string("setTensorAddress failed for ") + name);
+    }
+}
+
+// Step 4. Pick the profile that takes [B, S], set every input's shape and copy it to the device.
+void bindInputs(Engine& e, Batch const& b, cudaStream_t stream, std::vector<UniqueDevice>& buffers)
+{
     Dims shape{};
     shape.nbDims = 2; // [B, S]
     shape.d[0] = b.batch;
     shape.d[1] = b.seq;
-
-    int32_t const profile = pickProfile(*engine, "input_ids", shape);
+    int32_t const profile = pickProfile(*e.engine, "input_ids", shape);
     if (profile < 0)
     {
-        std::cerr << "error: batch " << b.batch << " x sequence " << b.seq
-                  << " fits no optimization profile of this engine\n";
-        return 2;
+        throw UsageError("batch " + std::to_string(b.batch) + " x sequence " + std::to_string(b.seq)
+            + " fits no optimization profile of this engine");
     }
-    UniqueStream stream = makeStream();
-    if (!context->setOptimizationProfileAsync(profile, stream.get()))
+    if (!e.context->setOptimizationProfileAsync(profile, stream))
     {
         throw std::runtime_error("setOptimizationProfileAsync failed");
     }
-
-    std::vector<UniqueDevice> buffers;
-    char const* pooledName = nullptr;
-    char const* hiddenName = nullptr;
-    for (int32_t i = 0; i < engine->getNbIOTensors(); ++i)
+    for (int32_t i = 0; i < e.engine->getNbIOTensors(); ++i)
     {
-        char const* name = engine->getIOTensorName(i);
-        DataType const type = engine->getTensorDataType(name);
-        if (engine->getTensorIOMode(name) != nvinfer1::TensorIOMode::kINPUT)
+        char const* name = e.engine->getIOTensorName(i);
+        if (e.engine->getTensorIOMode(name) != nvinfer1::TensorIOMode::kINPUT)
         {
             continue;
         }
-        if (!context->setInputShape(name, shape))
+        if (!e.context->setInputShape(name, shape))
         {
             throw std::runtime_error(std::string("setInputShape failed for ") + name);
         }
-        // input_ids / attention_mask / token_type_ids: [B, S], int64 or int32 as the engine declares
+        // input_ids / attention_mask / token_type_ids (zeros): [B, S], int64 or int32 as the engine declares
+        DataType const type = e.engine->getTensorDataType(name);
         std::vector<int64_t> host(b.ids.size(), 0);
         if (std::strcmp(name, "input_ids") == 0)
         {
@@ -280,55 +313,64 @@ int run(int argc, char** argv)
         void const* src = type == DataType::kINT32 ? static_cast<void const*>(host32.data()) : host.data();
         size_t const bytes = host.size() * elementSize(type);
         buffers.push_back(deviceAlloc(bytes));
-        RR_CUDA_CHECK(cudaMemcpyAsync(buffers.back().get(), src, bytes, cudaMemcpyHostToDevice, stream.get()));
-        context->setTensorAddress(name, buffers.back().get());
-        RR_CUDA_CHECK(cudaStreamSynchronize(stream.get())); // host vectors die at the end of this iteration
+        RR_CUDA_CHECK(cudaMemcpyAsync(buffers.back().get(), src, bytes, cudaMemcpyHostToDevice, stream));
+        setAddress(*e.context, name, buffers.back().get());
+        RR_CUDA_CHECK(cudaStreamSynchronize(stream)); // host vectors die at the end of this iteration
     }
-    for (int32_t i = 0; i < engine->getNbIOTensors(); ++i)
+}
+
+// Step 5. Give every output a device buffer; returns the one to print: sentence_embedding, else last_hidden_state.
+char const* bindOutputs(Engine& e, std::vector<UniqueDevice>& buffers)
+{
+    char const* pooled = nullptr;
+    char const* hidden = nullptr;
+    for (int32_t i = 0; i < e.engine->getNbIOTensors(); ++i)
     {
-        char const* name = engine->getIOTensorName(i);
-        if (engine->getTensorIOMode(name) != nvinfer1::TensorIOMode::kOUTPUT)
+        char const* name = e.engine->getIOTensorName(i);
+        if (e.engine->getTensorIOMode(name) != nvinfer1::TensorIOMode::kOUTPUT)
         {
             continue;
         }
-        Dims const d = context->getTensorShape(name);
-        buffers.push_back(deviceAlloc(static_cast<size_t>(volume(d)) * elementSize(engine->getTensorDataType(name))));
-        context->setTensorAddress(name, buffers.back().get());
-        if (std::strcmp(name, "sentence_embedding") == 0)
-        {
-            pooledName = name;
-        }
-        if (std::strcmp(name, "last_hidden_state") == 0)
-        {
-            hiddenName = name;
-        }
+        Dims const d = e.context->getTensorShape(name);
+        buffers.push_back(deviceAlloc(static_cast<size_t>(volume(d)) * elementSize(e.engine->getTensorDataType(name))));
+        setAddress(*e.context, name, buffers.back().get());
+        pooled = std::strcmp(name, "sentence_embedding") == 0 ? name : pooled;
+        hidden = std::strcmp(name, "last_hidden_state") == 0 ? name : hidden;
     }
-    char const* outName = pooledName != nullptr ? pooledName : hiddenName;
-    if (outName == nullptr)
+    if (pooled == nullptr && hidden == nullptr)
     {
-        std::cerr << "error: engine has neither sentence_embedding nor last_hidden_state\n";
-        return 2;
+        throw UsageError("the engine has neither sentence_embedding nor last_hidden_state");
     }
-    if (!context->enqueueV3(stream.get()))
+    return pooled != nullptr ? pooled : hidden;
+}
+
+// Step 6. Run the engine and copy the chosen output back: [B, D] pooled or [B, S, D] hidden.
+std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dims& outDims)
+{
+    if (!e.context->enqueueV3(stream))
     {
         throw std::runtime_error("enqueueV3 failed");
     }
-    Dims const od = context->getTensorShape(outName); // [B, D] pooled or [B, S, D] hidden
-    DataType const ot = engine->getTensorDataType(outName);
-    std::vector<char> out(static_cast<size_t>(volume(od)) * elementSize(ot));
-    RR_CUDA_CHECK(cudaMemcpyAsync(out.data(), context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost,
-        stream.get()));
-    RR_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+    outDims = e.context->getTensorShape(outName);
+    std::vector<char> out(static_cast<size_t>(volume(outDims)) * elementSize(e.engine->getTensorDataType(outName)));
+    RR_CUDA_CHECK(cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost,
+        stream));
+    RR_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return out;
+}
 
+// Step 7. One line per sequence: the pooled vector, or the attention-mask mean of the hidden states.
+void printEmbeddings(std::vector<char> const& out, DataType type, Dims const& od, bool pooled, Batch const& b)
+{
     int64_t const hidden = od.d[od.nbDims - 1];
     for (int64_t i = 0; i < b.batch; ++i)
     {
         std::vector<double> v(static_cast<size_t>(hidden), 0.0);
-        if (outName == pooledName)
+        if (pooled)
         {
             for (int64_t k = 0; k < hidden; ++k)
             {
-                v[k] = toFloat(out.data(), ot, i * hidden + k);
+                v[k] = toFloat(out.data(), type, i * hidden + k);
             }
         }
         else
@@ -343,7 +385,7 @@ int run(int argc, char** argv)
                 count += 1.0;
                 for (int64_t k = 0; k < hidden; ++k)
                 {
-                    v[k] += toFloat(out.data(), ot, (i * b.seq + s) * hidden + k);
+                    v[k] += toFloat(out.data(), type, (i * b.seq + s) * hidden + k);
                 }
             }
             for (auto& x : v)
@@ -357,6 +399,26 @@ int run(int argc, char** argv)
         }
         std::cout << "\n";
     }
+}
+
+int run(int argc, char** argv)
+{
+    if (argc != 4)
+    {
+        std::cerr << "usage: embed <libroformer_trt_plugin.so> <model.plan> <ids.txt | ->\n";
+        return 2;
+    }
+    Logger logger;
+    loadPlugin(argv[1]);
+    Engine e = loadEngine(argv[2], logger);
+    Batch const b = readBatch(argv[3]);
+    UniqueStream stream = makeStream();
+    std::vector<UniqueDevice> buffers;
+    bindInputs(e, b, stream.get(), buffers);
+    char const* outName = bindOutputs(e, buffers);
+    Dims outDims{};
+    std::vector<char> const out = infer(e, outName, stream.get(), outDims);
+    printEmbeddings(out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
     return 0;
 }
 } // namespace
@@ -366,6 +428,11 @@ int main(int argc, char** argv)
     try
     {
         return run(argc, argv);
+    }
+    catch (UsageError const& e)
+    {
+        std::cerr << "error: " << e.what() << "\n";
+        return 2;
     }
     catch (std::exception const& e)
     {

@@ -8,24 +8,16 @@
 #pragma once
 
 #include "roformerRotaryShape.h"
+#include "roformerRotaryThread.h" // RotaryTensors
 
 #include <cuda_runtime_api.h>
 
 namespace roformer_trt
 {
 
-//! Up to kMAX_ROTARY_TENSORS tensors of one layer, passed to the kernel by value (one launch for q, k[, v]).
-template <typename T>
-struct RotaryTensors
-{
-    T const* x[kMAX_ROTARY_TENSORS]; //!< x_i: [B, H, S, Dh], contiguous
-    T* y[kMAX_ROTARY_TENSORS];       //!< y_i: [B, H, S, Dh], contiguous, never aliasing x_i
-    int32_t count;                   //!< k
-};
-
 //! Rotates all `t.count` tensors in one launch. sincos: [P, R] fp32 ([sin | cos] halves per row).
 //! Instantiated for float, __half and __nv_bfloat16. Returns cudaErrorInvalidValue for a bad call
-//! (see validateRotaryCall), else the launch status (cudaPeekAtLastError). Allocates nothing.
+//! (see validateRotaryCall), else the launch status (cudaGetLastError: taken, so it does not stick to later calls). Allocates nothing.
 template <typename T>
 cudaError_t launchRoformerRotary(
     RotaryTensors<T> const& t, float const* sincos, RotaryShape const& s, cudaStream_t stream) noexcept;

@@ -28,8 +28,8 @@ char const* const kVERSION{"1"};
 char const* const kNAMESPACE{"roformer_trt"};
 char const* const kINTERLEAVED{"interleaved"};
 char const* const kROTARY_DIM{"rotary_dim"};
-// Not in the contract's table (yet): TensorRT asks getNbOutputs() before it shows the plugin any input, so
-// the plugin cannot learn k from the graph. Optional, default 2 (query and key); see README "Known issues".
+// In the contract's table (README Parameters, RoformerRotary_PluginConfig.yaml): TensorRT asks getNbOutputs()
+// before it shows the plugin any input, so k must be an attribute. Optional, default 2 (query and key).
 char const* const kNUM_TENSORS{"num_tensors"};
 constexpr int32_t kDEFAULT_NUM_TENSORS{2};
 
