@@ -370,6 +370,17 @@ def table_rows(onnx_path: str | Path) -> int | None:
     return next((int(i.dims[0]) for i in m.graph.initializer if i.name.startswith((SINCOS_NAME, COS_CACHE_NAME))), None)
 
 
+def add_engine_flags(p: Parser) -> None:
+    """--batch, --profiles, --choices, --workspace-mib: the engine options export.build and engines.build share."""
+    p.add_argument("--batch", default="1,8,32", help="engine batch range min,opt,max (one number N means 1,N,N)")
+    p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 "
+                   "(each profile adds a full tactic search to the engine build and one Triton instance group). "
+                   "Default: one profile 1..max-len tuned for 128 tokens (or max-len if shorter); "
+                   "--profiles <max-len> tunes the single profile for the longest sequence")
+    p.add_argument("--choices", type=int, help="multiple-choice only: number of choices the engine takes (default 2)")
+    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace limit")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m engines.build", description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
                                             "(report.json artifacts.tensorrt-onnx).",
@@ -379,15 +390,9 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="folder for <name>.plan and its sidecar (default: the ONNX file's folder)")
     p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
     p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16")
-    p.add_argument("--batch", default="1,8,32", help="batch min,opt,max (one number N means 1,N,N)")
-    p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 (each "
-                   "profile adds a full tactic search to the build and one Triton instance group). Default: one "
-                   "profile 1..max-len tuned for 128 tokens (or max-len if shorter); --profiles <max-len> tunes "
-                   "the single profile for the longest sequence")
-    p.add_argument("--choices", type=int, help="multiple-choice graphs: number of choices")
     p.add_argument("--max-len", type=int, help="longest sequence (default: rows of the graph's rotary table)")
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
-    p.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit")
+    add_engine_flags(p)
     p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the plan)")
     p.add_argument("--force", action="store_true", help="rebuild even when the sidecar matches")
     return p

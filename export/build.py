@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engines.build import engine_stage_status, require_engine
+from engines.build import add_engine_flags, engine_stage_status, require_engine
 from engines.profiles import ProfileSet
 from export import __version__, cli
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -64,13 +64,7 @@ def build_parser() -> Parser:
                    help="plugin: RoformerRotary nodes for TensorRT; onnx: standard RotaryEmbedding; none: as exported")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16: the mixed-precision graph TensorRT "
                    "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32)")
-    p.add_argument("--batch", default="1,8,32", help="engine batch range min,opt,max (one number N means 1,N,N)")
-    p.add_argument("--profiles", help="sequence bucket tops, one optimization profile each, e.g. 128,512,2048 "
-                   "(each profile adds a full tactic search to the engine build and one Triton instance group). "
-                   "Default: one profile 1..max-len tuned for 128 tokens (or max-len if shorter); "
-                   "--profiles <max-len> tunes the single profile for the longest sequence")
-    p.add_argument("--choices", type=int, help="multiple-choice only: number of choices the engine takes (default 2)")
-    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace limit")
+    add_engine_flags(p)
     p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
                    "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
     p.add_argument("--bench-grid", help="BATCHxSEQ list for --bench, e.g. 1x128,8x512 (default: each profile's "
