@@ -38,7 +38,7 @@ from export.stages.bench import parse_grid, run_bench_stage
 from export.stages.engine import run_engine_stage
 from export.stages.precision import run_precision_stage
 from export.stages.rope import run_rope_stage
-from export.staging import BuildFolder
+from export.staging import TIMING_CACHE, BuildFolder
 from export.thresholds import ThresholdError, Thresholds
 from export.validate import TorchReference, failures, validate_graphs, validation_shapes
 from plugins.identity import PLUGIN_LIB, STATIC_PLUGIN_LIB
@@ -125,8 +125,9 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
     out = Path(args.out) if args.out else Path("build") / Path(args.model).stem
     with BuildFolder(out) as folder:
         note.text = f"nothing was changed in {out}/ (the previous build there, if any, is untouched)"
+        folder.reuse(TIMING_CACHE, f"model.{flags.precision}.plan", f"model.{flags.precision}.plan.json")
         report, error = _run_stages(args, argv, flags, ckpt, max_len, profiles, grid, folder.stage, timings)
-        folder.commit()
+        folder.commit({Path(rel).parts[0] for rel in report.artifacts_sha256})
     note.text = f"the finished build in {out}/ was kept"
     if error is not None:
         raise error

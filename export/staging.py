@@ -73,13 +73,16 @@ class BuildFolder:
                 except OSError:
                     shutil.copy2(src, dst)
 
-    def commit(self) -> list[str]:
-        """Move the finished set into place; returns the file names moved. Ctrl-C waits until it is done."""
+    def commit(self, described: set[str]) -> list[str]:
+        """Move the finished set into place: the report, the top-level names it describes (`described`,
+        e.g. "model.onnx", "bench") and KEEP; anything else in the staging folder (a reused plan the run
+        did not keep, say) is dropped with it. Returns the names moved. Ctrl-C waits until it is done."""
         with _no_sigint():
             old_report = self.out / REPORT_JSON
             old_report.unlink(missing_ok=True)  # first: no report may describe a half-swapped folder
             (self.out / REPORT_MD).unlink(missing_ok=True)
-            new = {p.name for p in self.stage.iterdir() if p.name != LOCK}
+            wanted = set(described) | {REPORT_JSON, REPORT_MD, *KEEP}
+            new = {p.name for p in self.stage.iterdir() if p.name in wanted}
             for stale in _ours(self.out):
                 if stale.name not in new and stale.name not in KEEP:
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()

@@ -136,9 +136,11 @@ def test_commit_replaces_the_whole_set(tmp_path):
     for name in ("model.onnx", "model.rope-onnx.onnx", REPORT_JSON, REPORT_MD, "timing.cache", "notes.txt"):
         (out / name).write_text("old")
     with BuildFolder(out) as bf:
-        for name in ("model.onnx", REPORT_MD, REPORT_JSON):
+        bf.reuse("timing.cache", "model.fp16.plan")  # what an engine stage may reuse; absent plan: skipped
+        for name in ("model.onnx", REPORT_MD, REPORT_JSON, "model.fp16.plan"):
             (bf.stage / name).write_text("new")
-        bf.commit()
+        assert (bf.stage / "timing.cache").read_text() == "old"
+        bf.commit({"model.onnx"})  # the report does not describe the plan: it is not moved into place
     files = {p.name: p.read_text() for p in out.iterdir()}
     # the old rope-onnx graph is not described by the new report: gone; timing.cache and user files stay
     assert files == {"model.onnx": "new", REPORT_MD: "new", REPORT_JSON: "new", "timing.cache": "old",
