@@ -46,27 +46,39 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
 
 
 def write_model(model: onnx.ModelProto, path: str | Path, check: bool = False, external: bool | None = None) -> Path:
-    """Write `model` to `path` atomically, optionally running the full checker on the written file.
+    """Write `model` to `path` atomically (new weights first, graph last), optionally running the full
+    checker on the written file. `external`: new weights (tensors the proto holds, >= SIZE_THRESHOLD
+    bytes) go to `<name>.data`; None: only past 2 GB.
 
-    A model whose weights reference data files already (a structure-only rewrite) is written as a temp
-    graph file beside `path` (so its relative locations resolve), checked there and renamed: no weight
-    is copied, and the few tensors it holds in memory (a new sin/cos table) stay in the graph. Otherwise it is saved into a temp folder beside `path` (weights in
-    `<name>.data` when `external`, see save_model), and the weights and, last, the graph move into place.
+    A model whose weights reference data files already (a structure-only rewrite) keeps those references:
+    it is finished as a temp graph file beside `path`, so its relative locations resolve, checked there
+    and renamed. Nothing it references is copied or loaded.
     """
     path = Path(path)
-    if has_external(model):
-        check_locations(model)
-        if _initializer_bytes(model) > MAX_PROTOBUF:
-            raise ValueError(f"{path.name}: over 2 GB of new tensors beside external weights; save them separately")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            onnx.save_model(model, str(tmp))
-            if check:
-                onnx.checker.check_model(str(tmp), full_check=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+    if not has_external(model):
+        return _write_self_contained(model, path, check, external)
+    check_locations(model)
+    if external is None:
+        external = _initializer_bytes(model) > MAX_PROTOBUF
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_model(model, tmpdir / path.name, external=external)  # only the tensors it holds go to the .data
+        for f in tmpdir.iterdir():
+            if f.name != path.name:
+                os.replace(f, path.parent / f.name)  # the new weights, before the graph that reads them
+        os.replace(tmpdir / path.name, tmp)
+        if check:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def _write_self_contained(model: onnx.ModelProto, path: Path, check: bool, external: bool | None) -> Path:
+    """Save into a temp folder beside `path`, check there, then move the weights and, last, the graph."""
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         save_model(model, tmpdir / path.name, external=external)

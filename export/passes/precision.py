@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
-from export.onnx_io import write_model
+from export.onnx_io import load_tensor, write_model
 from export.reference import bf16_round
 from export.thresholds import PRECISIONS
 from plugins.identity import PLUGIN_OP
@@ -225,6 +225,7 @@ class _Conversion:
     plan: PrecisionPlan
     emulate: bool
     store: dict[str, str]  # value name -> "low" | "fp32", as stored so far
+    base_dir: str | Path | None = None  # where initializers in external data are read from, one at a time
     inits: dict[str, TensorProto] = field(default_factory=dict)
     low_inits: dict[str, str] = field(default_factory=dict)  # fp32 initializer -> its low twin's name
     casts: dict[tuple[str, str], str] = field(default_factory=dict)  # (value, needed dtype) -> cast name
@@ -249,8 +250,8 @@ class _Conversion:
                 return name
             if name not in self.low_inits:
                 self.low_inits[name] = f"{name}__{self.precision}"
-                self.graph.initializer.append(_low_initializer(self.inits[name], self.precision,
-                                                               self.low_inits[name], self.emulate))
+                fp32 = load_tensor(self.inits[name], self.base_dir)
+                self.graph.initializer.append(_low_initializer(fp32, self.precision, self.low_inits[name], self.emulate))
             return self.low_inits[name]
         have = self.store.get(name, "fp32")
         if have == need or (self.emulate and need == "fp32"):
@@ -323,12 +324,14 @@ class _Conversion:
 
 
 def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False,
-                      inplace: bool = False) -> tuple[onnx.ModelProto, dict]:
+                      inplace: bool = False, base_dir: str | Path | None = None) -> tuple[onnx.ModelProto, dict]:
     """fp32 ONNX -> mixed-precision ONNX (emulate=False) or its fp32 emulated twin (emulate=True).
 
     Returns (new model, report dict: plan per op, casts inserted, initializers converted).
     precision "fp32" returns an unchanged copy. The input model is not modified unless `inplace`
-    (then it is the returned model: no second copy of the weights in memory).
+    (then it is the returned model: no second copy of the weights in memory). A model loaded without
+    its external data (`base_dir`: its folder) has each weight read when converted, one at a time; the
+    initializers that stay fp32 keep referencing the fp32 data file.
     """
     precision = parse_precision(precision)
     out = model
@@ -340,7 +343,8 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool =
     _float_constants_to_initializers(out)
     plan = plan_precision(out, precision)
     conv = _Conversion(out.graph, plan, emulate,
-                       store={i.name: "fp32" for i in out.graph.input if i.name in plan.float_values})
+                       store={i.name: "fp32" for i in out.graph.input if i.name in plan.float_values},
+                       base_dir=base_dir)
     for idx, node in enumerate(list(out.graph.node)):
         conv.convert_node(idx, node)
     conv.cast_outputs_back()
@@ -351,7 +355,8 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool =
 
 def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path,
                              stem: str = "model") -> tuple[dict[str, str], dict]:
-    """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`.
+    """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`,
+    each with its new weights in `<name>.data` beside it.
 
     The real file is checked with onnx.checker (full_check). Returns ({artifact key: path}, the
     conversion report of the real file); keys "fp16", or "bf16" and "bf16-emulated"; ({}, {}) for fp32.
@@ -359,12 +364,20 @@ def write_precision_variants(src: str | Path, precision: str, out_dir: str | Pat
     precision = parse_precision(precision)
     if precision == "fp32":
         return {}, {}
-    out_dir = Path(out_dir)
-    # Each variant converts a freshly loaded model in place: one fp32 copy of the weights in memory at a time.
-    real, report = convert_precision(onnx.load(str(src)), precision, inplace=True)
-    paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True)}
+    src, out_dir = Path(src), Path(out_dir)
+    # Each variant converts the structure in place and reads one fp32 weight at a time. Beside the source,
+    # the weights that stay fp32 keep pointing at its data file and only the new ones are written
+    # (`<name>.data`); elsewhere the graph is self-contained.
+    beside = src.resolve().parent == out_dir.resolve()
+
+    def convert(emulate: bool) -> tuple[onnx.ModelProto, dict]:
+        return convert_precision(onnx.load(str(src), load_external_data=not beside), precision, emulate=emulate,
+                                 inplace=True, base_dir=src.parent)
+
+    real, report = convert(emulate=False)
+    paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True, external=True)}
     del real
     if precision == "bf16":
-        twin, _ = convert_precision(onnx.load(str(src)), precision, emulate=True, inplace=True)
-        paths["bf16-emulated"] = write_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
+        twin, _ = convert(emulate=True)
+        paths["bf16-emulated"] = write_model(twin, out_dir / f"{stem}.bf16-emulated.onnx", external=True)
     return {k: str(v) for k, v in paths.items()}, report
