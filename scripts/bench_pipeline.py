@@ -50,27 +50,32 @@ def goal_bytes(weight_bytes: int) -> float:
 # ---- children: one stage each ----------------------------------------------------------------------
 
 def run_stage(stage: str, ckpt: Path, work: Path, max_len: int) -> dict:
-    """Run one stage in this process; returns its own seconds (imports and checkpoint load excluded)."""
-    from export.checkpoint import load_checkpoint
-    from export.validate import OnnxFile
+    """Run one stage in this process; returns its own seconds (imports and checkpoint load excluded).
+    The pass and precision stages need no PyTorch model, as in export.build after the export."""
     t0 = time.perf_counter()
     if stage == "precision":
         from export.passes.precision import write_precision_variants
         write_precision_variants(work / "model.rope-plugin.onnx", "fp16", work, stem="model.rope-plugin")
         return {"seconds": time.perf_counter() - t0}
+    if stage == "pass":
+        from export.stages.rope import rewrite_file
+        config = _config_only(ckpt)
+        t0 = time.perf_counter()
+        rep = rewrite_file(work / "model.onnx", work / "model.rope-plugin.onnx", "plugin", config, max_len, "model")
+        assert rep["coverage_error"] is None, rep["coverage_error"]
+        return {"seconds": time.perf_counter() - t0}
+    from export.checkpoint import load_checkpoint
+    from export.onnx_export import extend_rotary_table
+    from export.validate import OnnxFile
     loaded = load_checkpoint(str(ckpt), None, False)
     t0 = time.perf_counter()
     if stage == "export":
         from export.onnx_export import export_onnx
         export_onnx(loaded.model, loaded.task, work / "model.onnx", max_len)
-    elif stage == "pass":
-        from export.stages.rope import rewrite_file
-        rep = rewrite_file(work / "model.onnx", work / "model.rope-plugin.onnx", "plugin", loaded.config,
-                           max_len, loaded.task)
-        assert rep["coverage_error"] is None, rep["coverage_error"]
     elif stage == "validation":
         from export.thresholds import Thresholds
         from export.validate import TorchReference, failures, validate_graphs, validation_shapes
+        extend_rotary_table(loaded.model, max_len)  # as export_onnx does before the CLI validates
         graphs = {"onnx": (OnnxFile(work / "model.onnx"), "fp32"),
                   "rope-plugin": (OnnxFile(work / "model.rope-plugin.onnx", True), "fp32"),
                   "rope-plugin.fp16": (OnnxFile(work / "model.rope-plugin.fp16.onnx", True), "fp16")}
@@ -79,6 +84,14 @@ def run_stage(stage: str, ckpt: Path, work: Path, max_len: int) -> dict:
                                 loaded.config.vocab_size, loaded.config.type_vocab_size)
         assert not failures(cases), failures(cases)
     return {"seconds": time.perf_counter() - t0}
+
+
+def _config_only(ckpt: Path):
+    """The RoFormer config of a canonical {config, state_dict} checkpoint, weights left on disk (mmap)."""
+    import torch
+    from transformers import RoFormerConfig
+    state = torch.load(str(ckpt), map_location="cpu", mmap=True, weights_only=True)
+    return RoFormerConfig.from_dict(state["config"])
 
 
 # ---- parent ------------------------------------------------------------------------------------------
