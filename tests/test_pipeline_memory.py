@@ -12,7 +12,7 @@ import pytest
 from export import validate
 from export.onnx_io import SIZE_THRESHOLD, check_locations, external_data_files
 from export.passes.rotary import SINCOS_NAME
-from export.passes.precision import convert_precision
+from export.passes.precision import convert_precision, write_precision_variants
 from export.stages.rope import expected_sites, rewrite_file
 from export.thresholds import Thresholds
 from export.validate import OnnxFile, Shape, TorchReference, make_inputs, ort_session, validate_graphs
@@ -121,3 +121,19 @@ def test_precision_in_place_equals_copy(exported, precision, emulate):
     in_place, rep_i = convert_precision(original, precision, emulate=emulate, inplace=True)
     assert in_place is original and rep_i == rep_c
     assert in_place.SerializeToString() == copied.SerializeToString()
+
+
+def test_precision_variant_reads_structure_and_shares_fp32_data(exported, tmp_path):
+    path, _, _ = exported("dynamo", 18, max_len=MAX_LEN)
+    work = tmp_path / "build"
+    shutil.copytree(path.parent, work)
+    paths, rep = write_precision_variants(work / "model.onnx", "fp16", work, stem="model")
+    # weights that stay fp32 are read from the fp32 file; only the new fp16 weights are written
+    assert external_data_files(paths["fp16"]) == ["model.fp16.onnx.data", "model.onnx.data"]
+    full, rep_full = convert_precision(onnx.load(str(path)), "fp16")  # the whole model in memory
+    got = onnx.load(paths["fp16"])
+    assert rep == rep_full
+    assert [n.SerializeToString() for n in got.graph.node] == [n.SerializeToString() for n in full.graph.node]
+    arrays = lambda m: {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+    a, b = arrays(got), arrays(full)
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
