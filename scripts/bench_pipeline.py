@@ -8,6 +8,8 @@ large (24 layers, hidden 1024, random init, --max-len 512). Each stage runs in a
 (export: load + torch.onnx export; pass: the rotary rewrite of that export; precision: the fp16 graph of
 the rewrite; validation: load + ORT vs PyTorch on the plain, rewritten and fp16 graphs at the CLI's
 shapes), so each stage's peak RSS is that child's own (`os.wait4`), interpreter and imports included.
+The parent imports neither torch nor onnx: Linux counts a child's RSS before exec (its copy of the
+parent) in the child's peak, so checkpoints are written and weighed by a child too.
 `build` is the CLI's default run (export + pass + validation) and `pass-delta` the issue's measure of the
 pass: peak and wall of `--rope plugin` minus `--rope none`, both `--skip-validation`. Medians of
 `--repeats` runs. Writes pipeline.json, pipeline.md and pipeline.png (peak RSS against fp32 weight
@@ -39,6 +41,7 @@ SIZES = {  # name -> (config overrides for export.demo.demo_config, --max-len)
                    intermediate_size=4096), 512),
 }
 STAGES = ("export", "pass", "precision", "validation")
+CHILDREN = STAGES + ("prepare",)
 GB = 1e9
 
 
@@ -48,6 +51,13 @@ def goal_bytes(weight_bytes: int) -> float:
 
 
 # ---- children: one stage each ----------------------------------------------------------------------
+
+def prepare(size: str, folder: Path, base_ckpt: str | None) -> dict:
+    """Write the size's checkpoint (unless base uses a given one); its fp32 weight bytes and the host."""
+    from export.stages.bench import host_description
+    ckpt = make_checkpoint(size, folder, base_ckpt)
+    return {"ckpt": str(ckpt), "weight_bytes": weight_bytes(ckpt), "host": host_description()}
+
 
 def run_stage(stage: str, ckpt: Path, work: Path, max_len: int) -> dict:
     """Run one stage in this process; returns its own seconds (imports and checkpoint load excluded).
@@ -232,24 +242,31 @@ def main() -> int:
     p.add_argument("--delta-sizes", default="base", help="sizes that also get the pass-delta runs")
     p.add_argument("--out", default="scripts/results/pipeline", help="folder for pipeline.{json,md,png}")
     p.add_argument("--work", help="scratch folder (default: a temp folder, removed at the end)")
-    p.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--max-len", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child == "prepare":
+        print(json.dumps(prepare(args.size, Path(args.work), args.base_ckpt)))
+        return 0
     if args.child:
         print(json.dumps(run_stage(args.child, Path(args.ckpt), Path(args.work), args.max_len)))
         return 0
-    from export.stages.bench import host_description
     scratch = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "host": host_description(),
+    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "host": "",
                "cores": os.cpu_count(), "repeats": args.repeats, "sizes": {}}
+    me = [sys.executable, str(Path(__file__).resolve())]
     try:
         for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
             work = scratch / size
             work.mkdir(parents=True, exist_ok=True)
-            ckpt = make_checkpoint(size, scratch, args.base_ckpt)
-            r = bench_size(size, ckpt, work, args.repeats, size in args.delta_sizes.split(","))
-            results["sizes"][size] = {"weight_bytes": weight_bytes(ckpt), **r}
+            prep = json.loads(measure(me + ["--child", "prepare", "--size", size, "--work", str(scratch)]
+                                      + (["--base-ckpt", args.base_ckpt] if args.base_ckpt else []))["stdout"]
+                              .strip().splitlines()[-1])
+            results["host"] = prep["host"]
+            r = bench_size(size, Path(prep["ckpt"]), work, args.repeats, size in args.delta_sizes.split(","))
+            results["sizes"][size] = {"weight_bytes": prep["weight_bytes"], **r}
             shutil.rmtree(work, ignore_errors=True)
     finally:
         if not args.work:
