@@ -66,6 +66,7 @@ def write_model(model: onnx.ModelProto, path: str | Path, check: bool = False, e
         save_model(model, tmpdir / path.name, external=external)  # only the tensors it holds go to the .data
         for f in tmpdir.iterdir():
             if f.name != path.name:
+                shutil.copymode(tmpdir / path.name, f)  # onnx creates data files 0600; give them the graph's mode
                 os.replace(f, path.parent / f.name)  # the new weights, before the graph that reads them
         os.replace(tmpdir / path.name, tmp)
         if check:
@@ -140,7 +141,10 @@ def has_external(model: onnx.ModelProto) -> bool:
 
 def move_into_place(tmpdir: Path, out_path: Path) -> list[str]:
     files = []
+    graph = tmpdir / out_path.name
     for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):  # weights first, graph last
+        if f != graph and graph.exists():
+            shutil.copymode(graph, f)  # onnx creates data files 0600; give them the graph's mode
         target = out_path.parent / f.name
         os.replace(f, target)
         files.append(target.name)
