@@ -1,8 +1,9 @@
 """PyTorch RoFormer -> ONNX with dynamic batch/sequence axes, checked before anyone uses it.
 
 In: an HF RoFormer model (from export.checkpoint), the task, max_len, exporter and opset.
-Out: an ONNX file at `out_path` (written via a temp file, then renamed) that passes
-`onnx.checker.check_model(full_check=True)`. The sinusoidal table is rebuilt for `max_len` first
+Out: an ONNX file at `out_path` with its weights in `<name>.data` beside it (written in a temp folder,
+then renamed) that passes `onnx.checker.check_model(full_check=True)`. The weights go to external data
+at every size, so later passes read the graph without them and graphs of the same precision share them. The sinusoidal table is rebuilt for `max_len` first
 (`extend_rotary_table`), so the graph and the PyTorch reference both run past the checkpoint's
 `max_position_embeddings`.
 """
@@ -23,7 +24,7 @@ import onnx
 import torch
 
 from export.errors import UsageError
-from export.onnx_io import MAX_PROTOBUF, has_external, move_into_place, save_model
+from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.reference import sincos_table
 from export.spec import INPUT_NAMES, ExportSpec
 
@@ -119,7 +120,7 @@ def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_
     program = torch.onnx.export(wrapper, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
                                 input_names=list(INPUT_NAMES), output_names=list(spec.output_names),
                                 optimize=True, verbose=False)
-    program.save(str(path), external_data=_too_big(wrapper))
+    program.save(str(path), external_data=True)  # streamed to <name>.data: no serialized copy in memory
 
 
 def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int) -> None:
@@ -128,14 +129,16 @@ def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int)
                       dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
 
 
-def _too_big(module: torch.nn.Module) -> bool:
-    return sum(p.numel() * p.element_size() for p in module.state_dict().values()) > MAX_PROTOBUF
-
-
 def _finalize(path: Path) -> None:
-    """Move big models to external data, then the full checker on the file (not the proto: > 2 GB works)."""
-    model = onnx.load(str(path))
-    save_model(model, path, external=has_external(model) or None)
+    """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), then the full
+    checker on the file, which reads the graph and not the weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    if not has_external(model):
+        model = onnx.load(str(path))
+        save_model(model, path, external=True)
+    else:
+        check_locations(model)
+    del model
     onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -1,7 +1,9 @@
 """Run exported graphs in ONNX Runtime (CPU) against the PyTorch model and grade every output.
 
-In: one or more graphs (ONNX path or in-memory ModelProto, with the precision they compute in), the
-PyTorch fp32 model, the shapes to try. Out: validation cases in report.json's schema (per output:
+In: one or more graphs (ONNX path, `OnnxFile`, or a self-contained ModelProto, with the precision they
+compute in), the PyTorch fp32 model, the shapes to try. The PyTorch outputs for every shape are computed
+first, then one ONNX Runtime session at a time is made, run on every shape and dropped, so at most
+one copy of the graph's weights is held besides the PyTorch model. Out: validation cases in report.json's schema (per output:
 max/mean abs, max rel, cosine, NaN count, the thresholds used, passed). `failures` lists every
 failing case so the CLI can fail once with all of them.
 """
@@ -17,6 +19,7 @@ import onnx
 import torch
 
 from export.compare import error_stats
+from export.passes.lowering import with_rotary_function
 from export.progress import progress
 from export.spec import INPUT_NAMES, ExportSpec
 from export.thresholds import Thresholds
@@ -70,6 +73,16 @@ def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int =
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+@dataclass(frozen=True)
+class OnnxFile:
+    """A graph validated from its file, read only when its session is made. rotary_function: attach, in
+    memory, the ONNX function that lets ORT run RoformerRotary nodes (export.passes.lowering); the
+    weights stay in the file's external data, which ORT reads from the file's folder."""
+
+    path: Path
+    rotary_function: bool = False
+
+
 class TorchReference:
     """PyTorch fp32 outputs, computed once per shape and shared by every graph validated.
 
@@ -95,32 +108,44 @@ class TorchReference:
         return self._cache[shape]
 
 
-def ort_session(graph: str | Path | onnx.ModelProto):
+def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    source = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
+    if isinstance(graph, OnnxFile) and graph.rotary_function:
+        model = with_rotary_function(onnx.load(str(graph.path), load_external_data=False))
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                      str(Path(graph.path).resolve().parent))
+        source = model.SerializeToString()
+        del model
+    elif isinstance(graph, OnnxFile):
+        source = str(graph.path)
+    else:
+        source = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchReference, shapes: list[Shape],
                     thresholds: Thresholds, vocab_size: int, type_vocab_size: int) -> list[dict]:
-    """graphs: name -> (ONNX path or ModelProto, precision). Returns one case per graph x shape."""
-    cases = []
-    sessions = {name: ort_session(g) for name, (g, _) in graphs.items()}
+    """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
+    shape-major (every graph at the first shape, then the next shape)."""
+    inputs = {shape: make_inputs(shape, vocab_size, type_vocab_size) for shape in shapes}
+    refs = {shape: reference(shape, inputs[shape]) for shape in shapes}  # PyTorch peak before any session
+    by_graph: dict[str, list[dict]] = {}
     with progress() as bar:
         task = bar.add_task("validate", total=len(graphs) * len(shapes))
-        for shape in shapes:
-            inputs = make_inputs(shape, vocab_size, type_vocab_size)
-            ref = reference(shape, inputs)
-            for name, (_, precision) in graphs.items():
+        for name, (graph, precision) in graphs.items():
+            bar.update(task, description=f"validate {name}: loading")
+            sess = ort_session(graph)
+            by_graph[name] = []
+            for shape in shapes:
                 bar.update(task, description=f"validate {name} {shape.label()}")
-                sess = sessions[name]
-                feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+                feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
                 got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
-                cases.append(grade(name, precision, shape, got, ref, thresholds))
+                by_graph[name].append(grade(name, precision, shape, got, refs[shape], thresholds))
                 bar.advance(task)
-    return cases
+            del sess, got  # one session's weights in memory at a time
+    return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
 
 def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],

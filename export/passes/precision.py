@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
-from export.onnx_io import write_model
+from export.onnx_io import load_tensor, write_model
 from export.reference import bf16_round
 from export.thresholds import PRECISIONS
 from plugins.identity import PLUGIN_OP
@@ -135,8 +135,7 @@ def _float_constants_to_initializers(model: onnx.ModelProto) -> None:
 
 def _float_value_names(model: onnx.ModelProto) -> set[str]:
     """Names of every fp32 tensor in the graph (ONNX type inference; RoformerRotary outputs typed by hand)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = _structure_copy(model)
     # Type inference cannot see inside the custom op: its outputs have x's dtype (fp32 in the source model).
     for node in m.graph.node:
         if node.op_type == PLUGIN_OP:
@@ -149,6 +148,25 @@ def _float_value_names(model: onnx.ModelProto) -> set[str]:
             names.add(vi.name)
     names |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
     return names
+
+
+def _structure_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for type inference without the weights: float initializers of >= 1 KiB become data-less
+    stubs (name, dtype, dims); small ones (shape constants inference may read) are copied whole."""
+    m = onnx.ModelProto()
+    inits = list(model.graph.initializer)
+    m.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                               functions=model.functions))
+    graph = onnx.GraphProto()
+    graph.CopyFrom(onnx.GraphProto(name=model.graph.name, node=model.graph.node, input=model.graph.input,
+                                   output=model.graph.output, value_info=model.graph.value_info))
+    for t in inits:
+        if t.data_type == TensorProto.FLOAT and len(t.raw_data) >= 1024:
+            graph.initializer.append(TensorProto(name=t.name, data_type=t.data_type, dims=t.dims))
+        else:
+            graph.initializer.append(t)
+    m.graph.CopyFrom(graph)
+    return m
 
 
 def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
@@ -198,111 +216,147 @@ def _low_initializer(init: TensorProto, precision: str, name: str, emulate: bool
     return helper.make_tensor(name, TensorProto.BFLOAT16, list(arr.shape), bits.tobytes(), raw=True)
 
 
-def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """fp32 ONNX -> mixed-precision ONNX (emulate=False) or its fp32 emulated twin (emulate=True).
+@dataclass
+class _Conversion:
+    """One convert_precision run over `graph`, node by node in topological order: which dtype each value
+    is stored in so far, the low-precision initializers and Casts made (each once), the new node list."""
 
-    Returns (new model, report dict: plan per op, casts inserted, initializers converted).
-    precision "fp32" returns an unchanged copy. The input model is not modified.
-    """
-    precision = parse_precision(precision)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    if precision == "fp32":
-        return out, {"precision": "fp32", "casts": 0, "converted_initializers": 0}
-    _float_constants_to_initializers(out)
-    plan = plan_precision(out, precision)
-    low_elem = LOW_ELEM[precision]
-    g = out.graph
-    inits = {i.name: i for i in g.initializer}
-    low_inits: dict[str, str] = {}
-    casts: dict[tuple[str, str], str] = {}
-    store: dict[str, str] = {i.name: "fp32" for i in g.input if i.name in plan.float_values}
-    new_nodes: list[onnx.NodeProto] = []
-    n_cast = 0
+    graph: onnx.GraphProto
+    plan: PrecisionPlan
+    emulate: bool
+    store: dict[str, str]  # value name -> "low" | "fp32", as stored so far
+    base_dir: str | Path | None = None  # where initializers in external data are read from, one at a time
+    inits: dict[str, TensorProto] = field(default_factory=dict)
+    low_inits: dict[str, str] = field(default_factory=dict)  # fp32 initializer -> its low twin's name
+    casts: dict[tuple[str, str], str] = field(default_factory=dict)  # (value, needed dtype) -> cast name
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    n_cast: int = 0
 
-    def round_trip(src: str, dst: str) -> list[onnx.NodeProto]:
-        mid = f"{dst}__{precision}"
-        return [helper.make_node("Cast", [src], [mid], to=low_elem, name=f"{mid}_cast"),
+    def __post_init__(self):
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.precision = self.plan.precision
+        self.low_elem = LOW_ELEM[self.precision]
+
+    def round_trip(self, src: str, dst: str) -> list[onnx.NodeProto]:
+        mid = f"{dst}__{self.precision}"
+        return [helper.make_node("Cast", [src], [mid], to=self.low_elem, name=f"{mid}_cast"),
                 helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{dst}_cast")]
 
-    def as_dtype(name: str, need: str) -> str:
-        nonlocal n_cast
-        if name in inits:
+    def as_dtype(self, name: str, need: str) -> str:
+        """The name under which value `name` is available in dtype `need`, adding a Cast or a low
+        initializer the first time it is asked for."""
+        if name in self.inits:
             if need == "fp32":
                 return name
-            if name not in low_inits:
-                low_inits[name] = f"{name}__{precision}"
-                g.initializer.append(_low_initializer(inits[name], precision, low_inits[name], emulate))
-            return low_inits[name]
-        have = store.get(name, "fp32")
-        if have == need or (emulate and need == "fp32"):
+            if name not in self.low_inits:
+                self.low_inits[name] = f"{name}__{self.precision}"
+                fp32 = load_tensor(self.inits[name], self.base_dir)
+                self.graph.initializer.append(_low_initializer(fp32, self.precision, self.low_inits[name], self.emulate))
+            return self.low_inits[name]
+        have = self.store.get(name, "fp32")
+        if have == need or (self.emulate and need == "fp32"):
             return name
         key = (name, need)
-        if key not in casts:
-            casts[key] = f"{name}__to_{precision if need == 'low' else 'fp32'}"
-            n_cast += 1
-            if emulate:
-                new_nodes.extend(round_trip(name, casts[key]))
+        if key not in self.casts:
+            self.casts[key] = f"{name}__to_{self.precision if need == 'low' else 'fp32'}"
+            self.n_cast += 1
+            if self.emulate:
+                self.nodes.extend(self.round_trip(name, self.casts[key]))
             else:
-                to = low_elem if need == "low" else TensorProto.FLOAT
-                new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{casts[key]}_cast"))
-        return casts[key]
+                to = self.low_elem if need == "low" else TensorProto.FLOAT
+                self.nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=to,
+                                                   name=f"{self.casts[key]}_cast"))
+        return self.casts[key]
 
-    for idx, node in enumerate(list(g.node)):
-        dt = plan.node_dtype.get(idx)
-        fout = [o for o in node.output if o in plan.float_values]
+    def convert_node(self, idx: int, node: onnx.NodeProto) -> None:
+        """Rewire `node`'s float inputs to its planned dtype (the plugin's last input, sincos, stays fp32);
+        in the emulated twin, round a low node's outputs through the low dtype."""
+        dt = self.plan.node_dtype.get(idx)
+        fout = [o for o in node.output if o in self.plan.float_values]
         if node.op_type == "Cast":
-            store.update({o: "fp32" for o in fout})
+            self.store.update({o: "fp32" for o in fout})
         if dt is None:
-            new_nodes.append(node)
-            continue
+            self.nodes.append(node)
+            return
         last = len(node.input) - 1
         for i, name in enumerate(node.input):
-            if name and name in plan.float_values:
+            if name and name in self.plan.float_values:
                 need = "fp32" if (node.op_type == PLUGIN_OP and i == last) else dt
-                node.input[i] = as_dtype(name, need)
-        if emulate and dt == "low" and node.op_type not in EXACT_OPS:
-            tail = []
+                node.input[i] = self.as_dtype(name, need)
+        self.nodes.append(node)
+        if self.emulate and dt == "low" and node.op_type not in EXACT_OPS:
             for j, o in enumerate(node.output):
-                if o in plan.float_values:
+                if o in self.plan.float_values:
                     node.output[j] = f"{o}__unrounded"
-                    tail.extend(round_trip(node.output[j], o))
-            new_nodes.append(node)
-            new_nodes.extend(tail)
-        else:
-            new_nodes.append(node)
-        store.update({o: dt for o in fout})
+                    self.nodes.extend(self.round_trip(node.output[j], o))
+        self.store.update({o: dt for o in fout})
 
-    # Graph outputs: always fp32. Rename a low producer's output and cast it back under the public name.
-    for vo in g.output:
-        if store.get(vo.name) == "low" and not emulate:
-            inner = f"{vo.name}__{precision}"
-            for n in new_nodes:
+    def cast_outputs_back(self) -> None:
+        """Graph outputs are always fp32: rename a low producer's output and cast it back under the public name."""
+        for vo in self.graph.output:
+            if self.store.get(vo.name) != "low" or self.emulate:
+                continue
+            inner = f"{vo.name}__{self.precision}"
+            for n in self.nodes:
                 for seq in (n.input, n.output):
                     for i, name in enumerate(seq):
                         if name == vo.name:
                             seq[i] = inner
-            new_nodes.append(helper.make_node("Cast", [inner], [vo.name], to=TensorProto.FLOAT, name=f"{vo.name}_cast"))
-            n_cast += 1
-    del g.node[:]
-    g.node.extend(new_nodes)
-    # Stale value_info would carry fp32 types for tensors that are now low: drop it, re-infer below.
-    del g.value_info[:]
-    used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    if not emulate:
-        for node in g.node:  # the custom op's outputs: typed by hand (TensorRT infers them from the plugin)
-            if node.op_type == PLUGIN_OP:
-                g.value_info.extend(helper.make_tensor_value_info(o, low_elem, None) for o in node.output)
-    report = plan.to_report() | {"emulated": emulate, "casts": n_cast, "converted_initializers": len(low_inits)}
+            self.nodes.append(helper.make_node("Cast", [inner], [vo.name], to=TensorProto.FLOAT,
+                                               name=f"{vo.name}_cast"))
+            self.n_cast += 1
+
+    def finish(self) -> None:
+        """Install the new nodes, drop stale value_info and unused initializers, type the plugin's outputs."""
+        g = self.graph
+        del g.node[:]
+        g.node.extend(self.nodes)
+        # Stale value_info would carry fp32 types for tensors that are now low: drop it.
+        del g.value_info[:]
+        used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
+        kept = [i for i in g.initializer if i.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+        if not self.emulate:
+            for node in g.node:  # the custom op's outputs: typed by hand (TensorRT infers them from the plugin)
+                if node.op_type == PLUGIN_OP:
+                    g.value_info.extend(helper.make_tensor_value_info(o, self.low_elem, None) for o in node.output)
+
+
+def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False,
+                      inplace: bool = False, base_dir: str | Path | None = None) -> tuple[onnx.ModelProto, dict]:
+    """fp32 ONNX -> mixed-precision ONNX (emulate=False) or its fp32 emulated twin (emulate=True).
+
+    Returns (new model, report dict: plan per op, casts inserted, initializers converted).
+    precision "fp32" returns an unchanged copy. The input model is not modified unless `inplace`
+    (then it is the returned model: no second copy of the weights in memory). A model loaded without
+    its external data (`base_dir`: its folder) has each weight read when converted, one at a time; the
+    initializers that stay fp32 keep referencing the fp32 data file.
+    """
+    precision = parse_precision(precision)
+    out = model
+    if not inplace:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    if precision == "fp32":
+        return out, {"precision": "fp32", "casts": 0, "converted_initializers": 0}
+    _float_constants_to_initializers(out)
+    plan = plan_precision(out, precision)
+    conv = _Conversion(out.graph, plan, emulate,
+                       store={i.name: "fp32" for i in out.graph.input if i.name in plan.float_values},
+                       base_dir=base_dir)
+    for idx, node in enumerate(list(out.graph.node)):
+        conv.convert_node(idx, node)
+    conv.cast_outputs_back()
+    conv.finish()
+    report = plan.to_report() | {"emulated": emulate, "casts": conv.n_cast, "converted_initializers": len(conv.low_inits)}
     return out, report
 
 
 def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path,
                              stem: str = "model") -> tuple[dict[str, str], dict]:
-    """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`.
+    """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`,
+    each with its new weights in `<name>.data` beside it.
 
     The real file is checked with onnx.checker (full_check). Returns ({artifact key: path}, the
     conversion report of the real file); keys "fp16", or "bf16" and "bf16-emulated"; ({}, {}) for fp32.
@@ -310,12 +364,20 @@ def write_precision_variants(src: str | Path, precision: str, out_dir: str | Pat
     precision = parse_precision(precision)
     if precision == "fp32":
         return {}, {}
-    model = onnx.load(str(src))
-    out_dir = Path(out_dir)
-    real, report = convert_precision(model, precision)
-    paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True)}
-    del real  # a demo-size model is ~0.5 GB per copy
+    src, out_dir = Path(src), Path(out_dir)
+    # Each variant converts the structure in place and reads one fp32 weight at a time. Beside the source,
+    # the weights that stay fp32 keep pointing at its data file and only the new ones are written
+    # (`<name>.data`); elsewhere the graph is self-contained.
+    beside = src.resolve().parent == out_dir.resolve()
+
+    def convert(emulate: bool) -> tuple[onnx.ModelProto, dict]:
+        return convert_precision(onnx.load(str(src), load_external_data=not beside), precision, emulate=emulate,
+                                 inplace=True, base_dir=src.parent)
+
+    real, report = convert(emulate=False)
+    paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True, external=True)}
+    del real
     if precision == "bf16":
-        twin, _ = convert_precision(model, precision, emulate=True)
-        paths["bf16-emulated"] = write_model(twin, out_dir / f"{stem}.bf16-emulated.onnx")
+        twin, _ = convert(emulate=True)
+        paths["bf16-emulated"] = write_model(twin, out_dir / f"{stem}.bf16-emulated.onnx", external=True)
     return {k: str(v) for k, v in paths.items()}, report

@@ -7,9 +7,13 @@ A *site* is one rotated tensor (query, key, value when `rotary_value`), HF's
     Slice(x, 0::2) ----------> Unsqueeze(-1) -+-> Concat(-1) -> Reshape -> Mul(., sin) --+
     x ----------------------------------------------------------------> Mul(., cos) -----+-> Add
 
-Layout: x_BHSDh is [B, H, S, Dh]. pattern (`match_site`, read-only) -> check (`verify_sites`: the
-matched subgraph runs in ONNX Runtime on random inputs and is compared with the contract's numpy
-reference) -> rewrite (`rewrite_plugin` / `rewrite_onnx`). Sites are grouped by layer (the hidden
+Layout: x_BHSDh is [B, H, S, Dh]. pattern (`match_site`, read-only) -> check (`verify_sites`: each
+site's own subgraph, from a random x_BHSDh to the final Add, with the sin/cos path it reads, runs in
+ONNX Runtime and is compared with the contract's numpy reference) -> rewrite (`rewrite_plugin` /
+`rewrite_onnx`). The pass works on structure: the model may come from
+`onnx.load(path, load_external_data=False)`; it reads only the initializers the verified subgraphs
+need (the position table, shape constants) from `base_dir`, and the rewritten model keeps pointing at
+the same external data. Sites are grouped by layer (the hidden
 state their Q/K/V projections read); a layer is rewritten only when all of its sites verify.
 Modes: "plugin" = one `roformer_trt::RoformerRotary` node per layer (plugins/roformer_rotary/README.md);
 "onnx" = one standard `RotaryEmbedding` (opset 23, interleaved=1) per site.
@@ -19,12 +23,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
-from export.passes.graph_utils import const_ints, const_value, is_last_axis, producer
+from export.onnx_io import is_external, load_tensor
+from export.passes.graph_utils import const_ints, is_last_axis, producer
 from export.reference import roformer_rotary_ref, sincos_table
 from plugins import identity as rr
 from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION, SINCOS_INITIALIZER
@@ -171,9 +178,9 @@ def layer_key(x: gs.Tensor) -> str:
         node = producer(t, ("Transpose", "Reshape", "Add", "Cast", "Identity", "MatMul", "Gemm"))
         if node is None:
             break
-        variables = [i for i in node.inputs if const_value(i) is None]
+        variables = [i for i in node.inputs if not _is_const(i)]
         if node.op in ("MatMul", "Gemm"):
-            weights = [i for i in node.inputs if const_value(i) is not None or _from_weights(i)]
+            weights = [i for i in node.inputs if _is_const(i) or _from_weights(i)]
             acts = [i for i in node.inputs if i not in weights]
             if len(acts) == 1:
                 return acts[0].name
@@ -189,7 +196,18 @@ def layer_key(x: gs.Tensor) -> str:
 def _from_weights(t: gs.Tensor) -> bool:
     """A weight that the exporter passed through Transpose/Cast/Identity of an initializer."""
     node = producer(t, ("Transpose", "Cast", "Identity"))
-    return node is not None and const_value(node.inputs[0]) is not None
+    return node is not None and _is_const(node.inputs[0])
+
+
+def _is_const(t: gs.Tensor) -> bool:
+    """An initializer, a Constant node's output or an Identity of either: decided without reading values
+    (a weight's values may live in external data this pass never loads)."""
+    if isinstance(t, gs.Constant):
+        return True
+    if producer(t, "Constant") is not None:
+        return True
+    ident = producer(t, "Identity")
+    return ident is not None and _is_const(ident.inputs[0])
 
 
 # ---- check ---------------------------------------------------------------------------------------
@@ -207,30 +225,36 @@ def find_sites(graph: gs.Graph) -> tuple[list[Site], list[Miss]]:
 
 
 def verify_sites(model: onnx.ModelProto, sites: list[Site], table: np.ndarray, feeds: dict[str, np.ndarray],
-                 dtype: np.dtype) -> dict[str, str]:
-    """Run the original graph once in ORT with every site's x and output exposed; compare each output
-    with the contract's reference of x. Returns {site name: reason} for the sites that fail."""
+                 dtype: np.dtype, base_dir: str | Path | None = None, seed: int = 0) -> dict[str, str]:
+    """Run every site's own subgraph once in ORT (`site_probe`: x_BHSDh fed with random values, the final
+    Add as output) and compare each output with the contract's reference of x. `feeds` give the shapes
+    (B, S) and any graph input the sin/cos path reads. Returns {site name: reason} for failing sites."""
     import onnxruntime as ort
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = []
+    shapes = concrete_shapes(model, feeds)
+    bad = {}
     for s in sites:
-        names += [s.x.name, s.add.outputs[0].name]
-    existing = {o.name for o in probe.graph.output}
-    for n in names:
-        if n not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=n))
-            existing.add(n)
+        shape = shapes.get(s.x.name) or _x_shape_from_feeds(s.x, feeds)
+        if shape is None:
+            bad[s.name] = f"x is {s.x.shape}, not [B, H, S, Dh] with static H and Dh; cannot verify the site alone"
+        shapes[s.x.name] = shape
+    sites = [s for s in sites if s.name not in bad]
+    if not sites:
+        return bad
+    probe, needs = site_probe(model, sites, shapes, base_dir)
+    rng = np.random.default_rng(seed)
+    xs = {s.x.name: rng.standard_normal(shapes[s.x.name]).astype(np.dtype(s.x.dtype or dtype)) for s in sites}
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in sess.get_inputs()}
-    values = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    outs = [s.add.outputs[0].name for s in sites]
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        values = dict(zip(outs, sess.run(outs, xs | {k: feeds[k] for k in needs})))
+    except Exception as e:  # ORT raises its own error types; the reason lands in the report's skipped list
+        return bad | {s.name: f"the site's subgraph does not run in ONNX Runtime: {e}" for s in sites}
     eps = float(np.finfo(dtype).eps)
-    bad = {}
     for s in sites:
-        x, y = values[s.x.name], values[s.add.outputs[0].name]
+        x, y = xs[s.x.name], values[s.add.outputs[0].name]
         if x.ndim != 4 or x.shape != y.shape or x.shape[-1] != table.shape[1]:
             bad[s.name] = f"x is {list(x.shape)}, expected [B, H, S, {table.shape[1]}] matching the table width"
             continue
@@ -245,6 +269,90 @@ def verify_sites(model: onnx.ModelProto, sites: list[Site], table: np.ndarray, f
         if not err <= tol:
             bad[s.name] = f"numerical check failed: max |graph - reference| = {err:.3g} > {tol:.3g}"
     return bad
+
+
+def _x_shape_from_feeds(x: gs.Variable, feeds: dict[str, np.ndarray]) -> list[int] | None:
+    """x_BHSDh's probe shape when inference cannot size it (e.g. a multiple-choice reshape): H and Dh
+    from the graph, B = the ids' leading dims flattened (batch x choices), S = the ids' last dim."""
+    ids = feeds.get("input_ids", next(iter(feeds.values()), None))
+    shape = x.shape
+    if ids is None or shape is None or len(shape) != 4 or not all(isinstance(shape[i], (int, np.integer))
+                                                                     for i in (1, 3)):
+        return None
+    return [int(np.prod(ids.shape[:-1])), int(shape[1]), int(ids.shape[-1]), int(shape[3])]
+
+
+def concrete_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Static shape of every tensor that shape inference (with data propagation) can size when the
+    graph inputs have the shapes of `feeds`. Works on structure: external weights are not read."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)  # structure-only models copy cheaply; an in-memory model is a test-sized one
+    for inp in m.graph.input:
+        if inp.name in feeds:
+            dims = inp.type.tensor_type.shape.dim
+            for d, n in zip(dims, feeds[inp.name].shape):
+                d.Clear()
+                d.dim_value = int(n)
+    del m.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    del m
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [int(d.dim_value) for d in dims]
+    return shapes
+
+
+def site_probe(model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list[int]],
+               base_dir: str | Path | None) -> tuple[onnx.ModelProto, list[str]]:
+    """A model of the sites' subgraphs only: inputs are each site's x_BHSDh (+ the graph inputs the sin/cos
+    path reads), outputs each site's final Add. Walks back from the Adds and stops at x, at initializers
+    and at Shape nodes whose input has a static shape in `shapes` (folded into a Constant, so the walk does
+    not follow e.g. Shape(hidden_states) into the embeddings). Returns (probe, names of graph inputs it needs)."""
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name: i for i in model.graph.input}
+    cut = {s.x.name for s in sites}
+    kept: dict[int, onnx.NodeProto] = {}
+    need_inits, need_inputs, seen = [], [], set()
+    stack = [s.add.outputs[0].name for s in sites]
+    while stack:
+        name = stack.pop()
+        if not name or name in seen or name in cut:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if name in inits:
+            need_inits.append(name)
+        elif node is None:
+            if name in graph_inputs:
+                need_inputs.append(name)
+        elif id(node) not in kept:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                raise ValueError(f"the rotary site reads {node.op_type} node {node.name!r}, which has a subgraph")
+            kept[id(node)] = node
+            if not (node.op_type == "Shape" and node.input[0] in shapes):
+                stack.extend(node.input)
+    nodes = [_fold_shape(n, shapes) if n.op_type == "Shape" and n.input[0] in shapes else n
+             for n in model.graph.node if id(n) in kept]
+    xs = [onnx.helper.make_tensor_value_info(s.x.name, _onnx_type(s.x.dtype or np.float32), shapes[s.x.name])
+          for s in sites]
+    graph = onnx.helper.make_graph(
+        nodes, "rotary_site_probe", xs + [graph_inputs[n] for n in need_inputs],
+        [onnx.ValueInfoProto(name=s.add.outputs[0].name) for s in sites],
+        initializer=[load_tensor(inits[n], base_dir) for n in need_inits])
+    probe = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    probe.functions.extend(model.functions)
+    return probe, need_inputs
+
+
+def _fold_shape(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> onnx.NodeProto:
+    """Shape(t) -> Constant of t's static shape (with Shape's start/end, which slice like Python)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    dims = shapes[node.input[0]][attrs.get("start", 0):attrs.get("end", None)]
+    value = onnx.numpy_helper.from_array(np.array(dims, dtype=np.int64), node.output[0])
+    return onnx.helper.make_node("Constant", [], [node.output[0]], name=node.name, value=value)
 
 
 def default_feeds(model: onnx.ModelProto, batch: int = 2, seq: int = 37, seed: int = 0) -> dict[str, np.ndarray]:
@@ -341,10 +449,14 @@ def _onnx_type(dtype) -> int:
 def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | None = None,
                 expected_nodes: int | None = None,
                 max_len: int | None = None, feeds: dict[str, np.ndarray] | None = None,
-                head_dim: int | None = None, base: float = 10000.0) -> tuple[onnx.ModelProto, PassReport]:
+                head_dim: int | None = None, base: float = 10000.0,
+                base_dir: str | Path | None = None) -> tuple[onnx.ModelProto, PassReport]:
     """pattern -> check -> rewrite over the whole graph. Returns the new model and the report; the caller
     decides what a coverage shortfall means (the CLI: exit 1). `head_dim` is a hint for graphs whose
-    shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table)."""
+    shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table).
+    `model` may hold its weights or reference them (`onnx.load(..., load_external_data=False)`); then
+    `base_dir` is its folder, the few initializers verification needs are read from there, and the new
+    model references the same data files (write it beside the original)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     original = model
@@ -366,12 +478,12 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
         return original, report  # nothing to rewrite: the input, untouched
 
     head_dim = head_dim or _head_dim(sites)
-    rows = max_len or _table_rows(graph, head_dim)
+    rows = max_len or _table_rows(graph, head_dim, base_dir)
     if rows is None:
         raise ValueError("max_len is needed: no sinusoidal table initializer of width head_dim in the graph")
     table = sincos_table(rows, head_dim, base)  # [P, Dh] fp32, float64-built
     dtype = sites[0].x.dtype or np.float32
-    bad = verify_sites(model, sites, table, feeds or default_feeds(model), np.dtype(dtype))
+    bad = verify_sites(model, sites, table, feeds or default_feeds(model), np.dtype(dtype), base_dir)
 
     layers: dict[str, list[Site]] = {}
     for s in sites:
@@ -427,13 +539,21 @@ def _ai_onnx_version(model: onnx.ModelProto) -> int:
     return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
 
 
-def _table_rows(graph: gs.Graph, head_dim: int) -> int | None:
+def _table_rows(graph: gs.Graph, head_dim: int, base_dir: str | Path | None) -> int | None:
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and len(t.shape) == 2 and t.shape[1] == head_dim and t.shape[0] > 1:
-            v = np.asarray(t.values, dtype=np.float64)
+            v = _constant_array(t, base_dir).astype(np.float64)
             if np.allclose(v[:8], sincos_table(min(8, t.shape[0]), head_dim, dtype=np.float64), atol=1e-3):
                 return int(t.shape[0])
     return None
+
+
+def _constant_array(t: gs.Constant, base_dir: str | Path | None) -> np.ndarray:
+    """t's values; an initializer in external data is read from `base_dir` (this tensor only)."""
+    proto = getattr(t._values, "tensor", None)  # gs keeps the TensorProto of an imported initializer
+    if proto is not None and is_external(proto):
+        return onnx.numpy_helper.to_array(load_tensor(proto, base_dir))
+    return np.asarray(t.values)
 
 
 def _finish_model(out: onnx.ModelProto, original: onnx.ModelProto, mode: str) -> None:

@@ -1,9 +1,11 @@
 """The rotary stage of export.build: model.onnx -> model.rope-<mode>.onnx, plus its validation graph.
 
-In: the plain export on disk, the mode, the loaded checkpoint (for the expected site count and real
-inputs). Out (a StageResult): the rewritten file (atomically written, checker-validated), the `rewrite`
-section, the artifact entry, the graph to validate (for `plugin`, the same graph with the ONNX function
-that lets ONNX Runtime run it, attached in memory only) and a coverage failure line or None.
+In: the plain export on disk (graph + `model.onnx.data`), the mode, the loaded checkpoint (for the
+expected site count and the probe's shapes). Out (a StageResult): the rewritten graph (atomically
+written, checker-validated) beside it, referencing the same `model.onnx.data`: the pass reads the
+graph's structure, never the weights, and writes no copy of them. Also the `rewrite` section, the
+artifact entry, the graph to validate (an `OnnxFile`; for `plugin` ORT gets the ONNX function that
+runs RoformerRotary attached in memory only) and a coverage failure line or None.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from pathlib import Path
 import onnx
 
 from export.onnx_io import write_model
-from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
+from export.passes.lowering import with_rotary_function
 from export.report import RewriteSection, rope_key
 from export.stages.result import StageResult
-from export.validate import Shape, make_inputs
+from export.validate import OnnxFile, Shape, make_inputs
 
 
 def expected_sites(config) -> int:
@@ -27,13 +29,18 @@ def expected_sites(config) -> int:
 
 
 def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: str) -> dict:
-    """Run the pass on `src`, check the result and write it atomically to `dst`. Returns the report dict."""
-    model = onnx.load(str(src))
+    """Run the pass on `src`'s structure, check the result and write it atomically to `dst`, pointing at
+    `src`'s external data (same folder; elsewhere the weights are loaded and written with `dst`).
+    Returns the report dict."""
+    src, dst = Path(src), Path(dst)
+    same_folder = src.resolve().parent == dst.resolve().parent
+    model = onnx.load(str(src), load_external_data=not same_folder)
     choices = 2 if task == "multiple-choice" else None
     feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), config.vocab_size, config.type_vocab_size)
     new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config),
                               expected_nodes=config.num_hidden_layers, max_len=max_len, feeds=feeds,
-                              head_dim=config.hidden_size // config.num_attention_heads)
+                              head_dim=config.hidden_size // config.num_attention_heads, base_dir=src.parent)
+    del model
     write_model(new, dst, check=True)
     return report.to_dict() | {"coverage_error": report.coverage_error()}
 
@@ -45,7 +52,8 @@ def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[Rewr
         rewrite = rewrite_file(out / "model.onnx", out / name, mode, ckpt.config, max_len, ckpt.task)
     failure = rewrite.pop("coverage_error")
     info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
-    graph = onnx.load(str(out / name))
+    if mode == "plugin":  # the plugin's node checks run now, as before, not only when validation starts
+        with_rotary_function(onnx.load(str(out / name), load_external_data=False))
     key = rope_key(mode)
     return StageResult(rewrite, artifacts={key: name}, failure=failure,
-                       graphs={key: (with_rotary_function(graph) if mode == "plugin" else graph, "fp32")})
+                       graphs={key: (OnnxFile(out / name, rotary_function=mode == "plugin"), "fp32")})
