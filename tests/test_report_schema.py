@@ -77,3 +77,31 @@ def long_functions() -> list[str]:
 
 def test_no_function_over_80_lines():
     assert not long_functions(), "split these along their natural steps:\n" + "\n".join(long_functions())
+
+
+def test_serving_refuses_a_report_of_another_schema(tmp_path):
+    import json
+
+    from engines.serving.ort_model import OrtEncoder
+    from export.errors import UsageError
+
+    (tmp_path / "report.json").write_text(json.dumps({"passed": True, "artifacts": {"onnx": "model.onnx"}}))
+    with pytest.raises(UsageError, match="schema version 0.*rebuild it with python -m export.build"):
+        OrtEncoder.from_build(tmp_path)
+
+
+CLIS = ["export.build", "engines.gate", "engines.triton", "engines.build", "engines.serving.__main__", "engines.client",
+        "plugins.build", "engines.bench"]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_takes_debug_and_says_usage_errors_in_one_line(module, capsys):
+    """Every `python -m` entry point goes through export.cli: --debug exists, a bad flag is one line, exit 2."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert "--debug" in mod.build_parser().format_help()
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--no-such-flag"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err

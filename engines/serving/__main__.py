@@ -17,11 +17,10 @@ from export.cli import Parser
 from export.errors import EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="python -m engines.serving",
         description="Serve a roformer-trt build with ONNX Runtime behind a Triton server (NVIDIA PyTriton).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python -m engines.serving --build build/roformer_base --http-port 8000 --grpc-port 8001",
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
