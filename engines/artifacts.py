@@ -15,12 +15,13 @@ import os
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from google.protobuf.message import DecodeError
+
 from export.digest import sha256_file
 from export.errors import UsageError, VerificationError
-from export.report import Report
+from export.onnx_io import external_data_files
+from export.report import REBUILD, Report
 from export.report_io import read_report
-
-REBUILD = "rebuild it with python -m export.build"
 
 
 def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict) -> Path:
@@ -45,6 +46,8 @@ def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict)
         raise UsageError(f"{where}: {build_dir / rel_path} is not a regular file; {REBUILD}")
     hashes = report.artifacts_sha256 if isinstance(report, Report) else (report.get("artifacts_sha256") or {})
     want = hashes.get(rel_path)
+    if want is None and isinstance(report, Report):  # a report of this schema hashes every file it describes
+        raise UsageError(f"{where}: report.json records no sha256 for it; {REBUILD}")
     if want is not None:
         got = sha256_file(path)
         if got != str(want).lower():
@@ -68,8 +71,22 @@ def read_build(build: Path) -> Report:
 
 
 def artifact(build: Path, report: Report, *keys: str) -> Path | None:
-    """First of `keys` present in the report's artifacts, checked by verify_artifact; None if none is."""
+    """First of `keys` present in the report's artifacts, checked by verify_artifact, and for an ONNX graph
+    every external-data file it reads too (onnx.load reads them); None if no key is present."""
     for k in keys:
         if k in report.artifacts:
-            return verify_artifact(build, report.artifacts[k], report)
+            path = verify_artifact(build, report.artifacts[k], report)
+            if path.suffix == ".onnx":
+                parent = PurePosixPath(report.artifacts[k]).parent
+                for data in _external_data(path, build):
+                    verify_artifact(build, (parent / data).as_posix(), report)
+            return path
     return None
+
+
+def _external_data(path: Path, build: Path) -> list[str]:
+    try:
+        return external_data_files(path)
+    except (ValueError, DecodeError) as e:  # a location outside the folder, or not an ONNX file at all
+        raise UsageError(f"{build}/{path.name} is not a usable ONNX graph ({str(e).splitlines()[0][:100]}); "
+                         f"{REBUILD}") from None

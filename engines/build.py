@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 import onnx
+from google.protobuf.message import DecodeError
 from rich.progress import Progress
 
 from engines.cases import input_axes as read_axes
@@ -33,9 +34,11 @@ from export.atomic import write_atomic
 from export.cli import Parser
 from export.digest import sha256_file
 from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError
+from export.files import MiB, load_json
+from export.onnx_io import external_data_files
 from export.passes.precision import parse_precision
 from export.passes.rotary import COS_CACHE_NAME, SINCOS_NAME
-from export.staging import TIMING_CACHE
+from export.report import TIMING_CACHE
 from plugins.identity import PLUGIN_LIB, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, TENSORRT_MAJOR_SYMBOL
 from plugins.locate import find_plugin_library
 
@@ -48,10 +51,11 @@ INSTALL_HINT = "pip install .[tensorrt] on a GPU machine"
 # ---------------------------------------------------------------- plain, CPU-testable helpers
 
 def onnx_sha256(path: str | Path) -> str:
-    """sha256 of the ONNX file plus its external-data file(s) next to it, if any (`<name>.data`)."""
+    """sha256 of the ONNX file plus every external-data file it references (a rewritten or fp16 graph
+    reads most of its weights from model.onnx.data): new weights mean a new hash, so no stale plan is reused."""
     h = hashlib.sha256(sha256_file(path).encode())
-    for extra in sorted(Path(path).parent.glob(Path(path).name + ".data*")):
-        h.update(sha256_file(extra).encode())
+    for extra in external_data_files(path):
+        h.update(sha256_file(Path(path).parent / extra).encode())
     return h.hexdigest()
 
 
@@ -85,10 +89,11 @@ def read_sidecar(plan: str | Path) -> dict | None:
     if not p.exists():
         return None
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:  # an unreadable sidecar means "do not reuse"; logged here
-        log.warning("sidecar %s is unreadable (%s); the engine will be rebuilt", p, e)
+        side = load_json(p, what="engine sidecar", max_bytes=MiB)
+    except UsageError as e:  # an unreadable sidecar means "do not reuse"; logged here
+        log.warning("%s; the engine will be rebuilt", e)
         return None
+    return side if isinstance(side, dict) else None
 
 
 def reuse_decision(plan: str | Path, expected: Mapping) -> tuple[bool, list[str]]:
@@ -406,7 +411,12 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
         raise UsageError(f"{onnx_path} does not exist; pass the ONNX file export.build wrote "
                          "(report.json artifacts.tensorrt-onnx)")
     precision = parse_precision(args.precision)
-    rows = table_rows(onnx_path)
+    try:
+        rows = table_rows(onnx_path)
+    except DecodeError:
+        raise UsageError(f"{onnx_path} is not an ONNX file; pass the ONNX file export.build wrote") from None
+    if args.timing_cache and Path(args.timing_cache).exists() and not Path(args.timing_cache).is_file():
+        raise UsageError(f"--timing-cache {args.timing_cache} is not a file; pass a file path (created if missing)")
     if args.max_len is not None and rows is not None and args.max_len > rows:
         raise UsageError(f"--max-len {args.max_len} exceeds the {rows} rows of {onnx_path.name}'s rotary table "
                          f"(the longest sequence it can accept); pass --max-len <= {rows} or re-export with a larger one")

@@ -34,7 +34,7 @@ from export import cli
 from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import MiB, read_text
+from export.files import load_toml
 from export.report import Report
 from export.report_io import read_report
 from export.thresholds import ThresholdError, Thresholds
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     if args.junit and Path(args.junit).is_dir():
         raise UsageError(f"--junit {args.junit} is a folder; pass a file path for the JUnit XML")
-    text = read_text(args.thresholds, what="thresholds file", max_bytes=MiB) if args.thresholds else None
-    thresholds = Thresholds.parse(text, str(args.thresholds))
+    data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
+    thresholds = Thresholds.from_data(data, str(args.thresholds))
     path = Path(args.report)
     report = read_report(path)
     checks = check_report(report, thresholds, path if path.is_dir() else path.parent)

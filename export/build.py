@@ -27,18 +27,18 @@ from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
-from export.files import MiB, read_text
+from export.files import load_toml
 from export.onnx_export import check_export_args, export_onnx
 from export.passes.precision import parse_precision
 from export.progress import info, status
-from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, engine_key, rope_key
+from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
 from export.reproduce import reproduce_commands
 from export.stages.bench import parse_grid, run_bench_stage
 from export.stages.engine import run_engine_stage
 from export.stages.precision import run_precision_stage
 from export.stages.rope import run_rope_stage
-from export.staging import TIMING_CACHE, BuildFolder
+from export.staging import BuildFolder
 from export.thresholds import ThresholdError, Thresholds
 from export.validate import TorchReference, failures, validate_graphs, validation_shapes
 from plugins.identity import PLUGIN_LIB, STATIC_PLUGIN_LIB
@@ -98,13 +98,19 @@ class Flags:
 
     @classmethod
     def check(cls, args) -> "Flags":
+        if not Path(args.model).exists():
+            raise UsageError(f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file "
+                             "or HF folder")
         check_max_len(args.max_len)
         opset = check_export_args(args.exporter, args.opset, args.max_len or 1)
-        text = read_text(args.thresholds, what="thresholds file", max_bytes=MiB) if args.thresholds else None
-        thresholds = Thresholds.from_cli(text, str(args.thresholds), args.atol, args.rtol)
+        data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
+        thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
-        if args.max_len:  # the profiles' syntax and ranges; checked again against the checkpoint's default
-            ProfileSet.from_cli(args.batch, args.profiles, args.max_len, None)
+        # --batch, --profiles, --choices and --bench-grid as far as they can be judged without the checkpoint
+        # (its max_position_embeddings is the default --max-len); checked again once it is loaded
+        profiles = ProfileSet.from_cli(args.batch, args.profiles, args.max_len or MAX_LEN_LIMIT, args.choices)
+        if args.bench:
+            parse_grid(args.bench_grid, profiles)
         if args.bench and args.bench_iters < 1:
             raise UsageError(f"--bench-iters must be >= 1, got {args.bench_iters}")
         if args.workspace_mib < 1:
@@ -127,8 +133,8 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
         note.text = f"nothing was changed in {out}/ (the previous build there, if any, is untouched)"
         folder.reuse(TIMING_CACHE, f"model.{flags.precision}.plan", f"model.{flags.precision}.plan.json")
         report, error = _run_stages(args, argv, flags, ckpt, max_len, profiles, grid, folder.stage, timings)
-        folder.commit({Path(rel).parts[0] for rel in report.artifacts_sha256})
-    note.text = f"the finished build in {out}/ was kept"
+        folder.commit({Path(rel).parts[0] for rel in report.artifacts_sha256},
+                      on_done=lambda: setattr(note, "text", f"the finished build in {out}/ is in place"))
     if error is not None:
         raise error
     if args.json:
@@ -276,13 +282,16 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     if trt_onnx is None or not report.profiles:
         return None
     t = flags.thresholds.lookup(flags.precision, engine_key(flags.precision), "last_hidden_state")
-    plugin = report.plugin or {}
-    static = find_static_plugin_library()
+    plugin_lib = static_lib = None
+    if (report.rewrite or {}).get("mode") == "plugin":  # a library that is not built here is named for the TRT host
+        static = find_static_plugin_library()
+        plugin_lib = (report.plugin or {}).get("path") or PLUGIN_LIB
+        static_lib = str(static) if static else STATIC_PLUGIN_LIB
     return reproduce_commands(
         trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=f"model.{flags.precision}.plan", profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
-        atol=t.atol, rtol=t.rtol, plugin_lib=plugin.get("path") or PLUGIN_LIB,
-        static_plugin_lib=str(static) if static else STATIC_PLUGIN_LIB, rank=3 if ckpt.task == "multiple-choice" else 2)
+        atol=t.atol, rtol=t.rtol, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
+        rank=3 if ckpt.task == "multiple-choice" else 2)
 
 
 def engine_choices(choices: int | None, task: str) -> int | None:

@@ -7,7 +7,7 @@
 
 | raised | exit | printed (stderr, one line) |
 |---|---|---|
-| a usage problem: argparse, UsageError, ValueError subclasses of the leaf modules (ThresholdError, ReportError) | 2 | `error: ...` |
+| a usage problem: argparse, UsageError, ValueError subclasses of the leaf modules the command names (e.g. ThresholdError) | 2 | `error: ...` |
 | VerificationError | 1 | `verification failed: ...` |
 | UnavailableError | 3 | `unavailable: ...` |
 | KeyboardInterrupt | 130 | `interrupted: <what was kept>` |

@@ -11,7 +11,7 @@ Out: its bytes, UTF-8 text, parsed JSON or parsed TOML.
 - text must be UTF-8; JSON deeper than `max_depth` containers (RecursionError inside json.loads
   included) and invalid JSON or TOML are refused naming the file, what it is and the fix.
 
-Imports only export.errors (a leaf: anything may use it).
+Imports only export.errors, so any module of export, engines or plugins may use it.
 """
 
 from __future__ import annotations

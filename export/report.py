@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, shared by every build into the folder (not an artifact)
 REBUILD = "rebuild it with python -m export.build"
 
 

@@ -18,15 +18,15 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from export.errors import UsageError
-from export.report import REPORT_JSON, REPORT_MD
+from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 PREFIX = ".staging-"
 LOCK = ".lock"
-TIMING_CACHE = "timing.cache"  # TensorRT timing cache, shared by every build into the folder
 KEEP = (TIMING_CACHE,)  # reused by later runs; never removed by a swap
 # Files a build writes; what the previous set had of these and the new set lacks is removed at the swap.
 OURS = ("model*.onnx", "model*.onnx.data", "model*.plan", "model*.plan.json", "bench")
@@ -47,12 +47,17 @@ class BuildFolder:
             raise UsageError(f"--out {self.out} is a file, not a folder; pass a folder path")
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            remove_dead_stagings(self.out)
-            self.stage = Path(tempfile.mkdtemp(prefix=PREFIX, dir=self.out))
-            self._lock_fd = os.open(self.stage / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as e:
-            raise UsageError(f"--out {self.out} is not writable ({e.strerror}); pass a folder you can write to") from None
+            with folder_lock(self.out):  # no other run cleans up or swaps while this staging folder is born
+                remove_dead_stagings(self.out)
+                self.stage = Path(tempfile.mkdtemp(prefix=PREFIX, dir=self.out))
+                self._lock_fd = os.open(self.stage / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except BaseException as e:
+            self.__exit__()  # nothing half-made stays behind, Ctrl-C included
+            if isinstance(e, OSError):
+                raise UsageError(f"--out {self.out} is not writable ({e.strerror}); pass a folder you can write "
+                                 "to") from None
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -73,11 +78,13 @@ class BuildFolder:
                 except OSError:
                     shutil.copy2(src, dst)
 
-    def commit(self, described: set[str]) -> list[str]:
+    def commit(self, described: set[str], on_done: Callable[[], None] | None = None) -> list[str]:
         """Move the finished set into place: the report, the top-level names it describes (`described`,
         e.g. "model.onnx", "bench") and KEEP; anything else in the staging folder (a reused plan the run
-        did not keep, say) is dropped with it. Returns the names moved. Ctrl-C waits until it is done."""
-        with _no_sigint():
+        did not keep, say) is dropped with it. Returns the names moved. Ctrl-C waits until it is done, and
+        `on_done` runs before it is let through (so an interrupt message can say the new set is in place).
+        Other runs into the same folder wait for the swap (the folder lock)."""
+        with _no_sigint(), folder_lock(self.out):
             old_report = self.out / REPORT_JSON
             old_report.unlink(missing_ok=True)  # first: no report may describe a half-swapped folder
             (self.out / REPORT_MD).unlink(missing_ok=True)
@@ -92,7 +99,21 @@ class BuildFolder:
                 if (self.stage / name).is_dir() and target.is_dir():
                     shutil.rmtree(target)
                 os.replace(self.stage / name, target)
+            if on_done is not None:
+                on_done()
             return order
+
+
+@contextmanager
+def folder_lock(out: Path):
+    """Exclusive lock on the folder itself (flock on its descriptor: no lock file is left in it) while
+    staging folders are made, cleaned up or swapped in."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_dead_stagings(out: Path) -> list[str]:

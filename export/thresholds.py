@@ -17,8 +17,7 @@ re-checked from the statistics in report.json alone), `cosine >= min_cosine`, an
 from __future__ import annotations
 
 import math
-import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -59,21 +58,18 @@ class ThresholdError(ValueError):
 @dataclass
 class Thresholds:
     table: dict[tuple[str, str, str], dict[str, float]]
+    overrides: dict[str, float] = field(default_factory=dict)  # --atol / --rtol: applied last, over every table
 
     @classmethod
     def defaults(cls) -> "Thresholds":
         return cls({})
 
     @classmethod
-    def parse(cls, text: str | None, source: str = "thresholds") -> "Thresholds":
-        """TOML text (read by the caller, e.g. export.files.read_text) -> Thresholds; None -> defaults.
+    def from_data(cls, data: dict | None, source: str = "thresholds") -> "Thresholds":
+        """Parsed TOML (read by the caller with export.files.load_toml) -> Thresholds; None -> defaults.
         Every value must be a finite real: atol, rtol >= 0 and min_cosine in [-1, 1] (ThresholdError otherwise)."""
-        if text is None:
+        if data is None:
             return cls.defaults()
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ThresholdError(f"thresholds file {source} is not valid TOML ({e}); fix the syntax") from None
         table: dict[tuple[str, str, str], dict[str, float]] = {}
         for prec, graphs in data.items():
             if prec not in PRECISIONS and prec != "*":
@@ -81,6 +77,8 @@ class Thresholds:
             for graph, outputs in _tables(source, prec, graphs):
                 for output, values in _tables(source, f"{prec}.{graph}", outputs):
                     where = f"{source}: [{prec}.{graph}.{output}]"
+                    if not isinstance(values, dict):
+                        raise ThresholdError(f"{where} must be a table of atol, rtol, min_cosine")
                     bad = set(values) - set(LIMITS)
                     if bad:
                         raise ThresholdError(f"{where} has unknown keys {sorted(bad)}; use atol, rtol, min_cosine")
@@ -88,12 +86,10 @@ class Thresholds:
         return cls(table)
 
     @classmethod
-    def from_cli(cls, text: str | None, source: str, atol: float | None, rtol: float | None) -> "Thresholds":
-        """The thresholds file's text (or None) plus the --atol/--rtol overrides, all checked."""
-        th = cls.parse(text, source)
-        override = {k: check_value(f"--{k}", k, v) for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
-        if override:
-            th.table[("*", "*", "*")] = {**th.table.get(("*", "*", "*"), {}), **override}
+    def from_cli(cls, data: dict | None, source: str, atol: float | None, rtol: float | None) -> "Thresholds":
+        """The thresholds file's data (or None) plus the --atol/--rtol overrides, all checked."""
+        th = cls.from_data(data, source)
+        th.overrides = {k: check_value(f"--{k}", k, v) for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
         return th
 
     def lookup(self, precision: str, graph: str, output: str) -> Threshold:
@@ -105,6 +101,7 @@ class Thresholds:
         for key in [("*", "*", "*"), (precision, "*", "*"), (precision, graph, "*"), (precision, "*", output),
                     (precision, graph, output)]:
             merged.update(self.table.get(key, {}))
+        merged.update(self.overrides)  # --atol/--rtol override every atol/rtol, the file's included
         return Threshold(**merged)
 
 

@@ -33,12 +33,30 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
 
 
 def test_hashes(tmp_path):
-    f = tmp_path / "m.onnx"
+    f = tmp_path / "abc.bin"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 "abc"
-    before = onnx_sha256(f)
-    (tmp_path / "m.onnx.data").write_bytes(b"weights")
-    assert onnx_sha256(f) != before  # external weights are part of the identity
+
+
+def test_onnx_identity_covers_the_shared_weights_file(tmp_path):
+    """A rewritten graph reads its weights from model.onnx.data: new weights, same graph bytes, new identity,
+    so a plan built from the old weights is never reused."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    path = tmp_path / "model.rope-plugin.onnx"
+    onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    before, graph_bytes = onnx_sha256(path), path.read_bytes()
+    data = bytearray((tmp_path / "model.onnx.data").read_bytes())
+    data[0] ^= 1
+    (tmp_path / "model.onnx.data").write_bytes(bytes(data))
+    assert path.read_bytes() == graph_bytes and onnx_sha256(path) != before
 
 
 def test_sidecar_match_and_mismatch(tmp_path):

@@ -186,3 +186,23 @@ def test_report_records_hashes_timings_and_schema(previous):
     assert {"load", "export", "rotary", "precision", "validation"} <= set(r["timings"])
     md = (previous / REPORT_MD).read_text()
     assert "## Time per stage" in md and "| stage | seconds |" in md and "```\n{" not in md  # no JSON dumps
+
+
+def test_a_node_the_plugin_refuses_fails_verification_with_the_report_kept(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A pass that wrote interleaved=0 (the CPU lowering never reads it): exit 1, report and artifacts kept."""
+    from export.passes import rotary
+
+    real = rotary.rewrite_plugin
+
+    def interleaved_0(*args, **kwargs):
+        node = real(*args, **kwargs)
+        node.attrs["interleaved"] = 0
+        return node
+    monkeypatch.setattr(rotary, "rewrite_plugin", interleaved_0)
+    out = tmp_path / "o"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 1
+    assert "interleaved=0" in capsys.readouterr().err
+    r = json.loads((out / REPORT_JSON).read_text())
+    assert r["passed"] is False and "interleaved=0" in r["failure"] and r["engine"]["status"] == "skipped"
+    assert (out / "model.rope-plugin.onnx").exists()
+    assert gate([str(out / REPORT_JSON)]) == 1

@@ -243,7 +243,7 @@ def test_triton_garbage_onnx_with_matching_hash_exits_2(copy, tmp_path, capsys):
     digest = hashlib.sha256(b"garbage").hexdigest()
     doctor(lambda r: r["artifacts_sha256"].update({"model.onnx": digest}))
     assert triton.main(["--build", str(out), "--out", str(tmp_path / "r")]) == 2
-    assert "not a loadable ONNX model" in one_line(capsys)
+    assert "not a usable ONNX graph" in one_line(capsys)
 
 
 @pytest.mark.parametrize("bad_out", ["file", "/proc/roformer-trt-test"])
@@ -263,3 +263,34 @@ def test_triton_json_list_report_exits_2(built, tmp_path, capsys):
     (b / REPORT_JSON).write_text("[1, 2]")
     assert triton.main(["--build", str(b), "--out", str(tmp_path / "r")]) == 2
     assert "not a JSON object" in one_line(capsys)
+
+
+def test_deeply_nested_thresholds_exit_2(built, tmp_path, capsys):
+    t = tmp_path / "deep.toml"
+    t.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 2
+    assert "deep" in one_line(capsys)
+
+
+def test_atol_flag_overrides_every_table_of_the_file(tmp_path):
+    from export.thresholds import Thresholds
+
+    th = Thresholds.from_cli({"fp32": {"engine-fp32": {"*": {"atol": 0.0}}}}, "t.toml", atol=0.5, rtol=None)
+    assert th.lookup("fp32", "engine-fp32", "last_hidden_state").atol == 0.5
+    assert th.lookup("fp32", "onnx", "last_hidden_state").rtol == 1e-4  # untouched where no flag was given
+
+
+def test_triton_and_serving_check_the_weights_file_too(copy, tmp_path, capsys):
+    """The graphs read model.onnx.data: a changed byte there is refused like a changed graph."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] not installed")
+    from engines.serving.ort_model import OrtEncoder
+    from export.errors import UsageError
+
+    out, _ = copy
+    data = bytearray((out / "model.onnx.data").read_bytes())
+    data[-1] ^= 1
+    (out / "model.onnx.data").write_bytes(bytes(data))
+    assert triton.main(["--build", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert "model.onnx.data" in one_line(capsys) and not (tmp_path / "r" / "tiny_onnx").exists()
+    with pytest.raises(UsageError, match="model.onnx.data"):
+        OrtEncoder.from_build(out)

@@ -118,7 +118,7 @@ def make_infer_fn(encoder):
         return encoder(feeds)
 
     def infer(requests):
-        problem = None
+        problem, r = None, None
         for r in requests:
             problem = encoder.shape_problem({n: (a.shape, a.dtype) for n, a in r.items()})
             if problem:
@@ -128,7 +128,7 @@ def make_infer_fn(encoder):
                 return run(requests)
             except RequestError as e:  # becomes the error text of the failed request; the server keeps serving
                 problem = str(e)
-        del requests  # the refusal's traceback frames must not hold the request's arrays
+        del requests, r  # the refusal's traceback frames must not hold any request's arrays (r: the last one)
         raise RequestRefused(problem)
 
     return infer

@@ -17,9 +17,8 @@ from engines.runner import EngineRunner
 from engines.validate_engine import validate_engine
 from export.errors import UsageError
 from export.progress import info
-from export.report import EngineSection, engine_key
+from export.report import TIMING_CACHE, EngineSection, engine_key
 from export.stages.result import StageResult
-from export.staging import TIMING_CACHE
 from export.validate import TorchReference
 from plugins.locate import find_plugin_library
 

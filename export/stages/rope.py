@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from export.errors import VerificationError
 from export.onnx_io import write_model
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
@@ -52,8 +53,11 @@ def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[Rewr
         rewrite = rewrite_file(out / "model.onnx", out / name, mode, ckpt.config, max_len, ckpt.task)
     failure = rewrite.pop("coverage_error")
     info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
-    if mode == "plugin":  # the plugin's node checks run now, as before, not only when validation starts
-        with_rotary_function(onnx.load(str(out / name), load_external_data=False))
+    if mode == "plugin" and failure is None:  # the plugin's node checks, now, not when validation starts
+        try:
+            with_rotary_function(onnx.load(str(out / name), load_external_data=False))
+        except VerificationError as e:  # a node TensorRT would refuse: a failed rewrite, artifacts kept
+            failure = f"rotary rewrite: {e}"
     key = rope_key(mode)
     return StageResult(rewrite, artifacts={key: name}, failure=failure,
                        graphs={key: (OnnxFile(out / name, rotary_function=mode == "plugin"), "fp32")})
