@@ -107,3 +107,20 @@ def test_bench_measures_cpu_backends(tiny_ckpt, tmp_path):
     assert r["bench"]["ort_graph"] == "model.rope-onnx.onnx"
     for key in ("json", "markdown", "plot"):
         assert (out / r["artifacts"][f"bench-{key}"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags,why", [
+    (["--batch", "abc"], "--batch"), (["--profiles", "9,3"], "--profiles"), (["--choices", "0"], "--choices"),
+    (["--bench", "--bench-grid", "1y128"], "--bench-grid"),
+])
+def test_every_flag_is_checked_before_require_engine(tiny_ckpt, tmp_path, capsys, flags, why):
+    """Usage (exit 2) before availability (exit 3), even for flags whose full check needs the checkpoint."""
+    code = main(["--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), *flags, "--require-engine"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and why in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_is_exit_2_before_require_engine(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nope.pt"), "--require-engine"]) == 2
+    assert "does not exist" in capsys.readouterr().err
