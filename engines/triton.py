@@ -33,6 +33,7 @@ from engines.serving.pooling import add_sentence_embedding
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
+from export.onnx_io import save_model
 from export.report import ONNX_KEY, Report, rope_key
 
 DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
@@ -150,9 +151,15 @@ def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
         for m in models:
             _write_model(stage, m)
         for m in models:
+            old = stage / f"old-{m.name}"
             if (out / m.name).exists():
-                os.replace(out / m.name, stage / f"old-{m.name}")
-            os.replace(stage / m.name, out / m.name)
+                os.replace(out / m.name, old)
+            try:
+                os.replace(stage / m.name, out / m.name)
+            except OSError:
+                if old.exists():  # put the previous folder back before the staging folder goes
+                    os.replace(old, out / m.name)
+                raise
     except OSError as e:
         raise UsageError(f"cannot write the model repository in {out} ({e.strerror}); free space or pick another "
                          "--out") from None
@@ -165,9 +172,7 @@ def _write_model(stage: Path, m: ModelFolder) -> None:
     (d / "1").mkdir(parents=True)
     (d / "config.pbtxt").write_text(m.config_text)
     if m.onnx_model is not None:
-        big = m.onnx_model.ByteSize() > 1_800_000_000  # protobuf's 2 GiB cap, with margin
-        onnx.save_model(m.onnx_model, str(d / "1" / "model.onnx"), save_as_external_data=big,
-                        location="model.onnx.data" if big else None)
+        save_model(m.onnx_model, d / "1" / "model.onnx")  # weights beside it only past protobuf's 2 GB
     if m.plan is not None:
         shutil.copyfile(m.plan, d / "1" / "model.plan")
 
