@@ -64,10 +64,7 @@ def write_model(model: onnx.ModelProto, path: str | Path, check: bool = False, e
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_model(model, tmpdir / path.name, external=external)  # only the tensors it holds go to the .data
-        for f in tmpdir.iterdir():
-            if f.name != path.name:
-                shutil.copymode(tmpdir / path.name, f)  # onnx creates data files 0600; give them the graph's mode
-                os.replace(f, path.parent / f.name)  # the new weights, before the graph that reads them
+        _move_data_files(tmpdir, path)  # the new weights, before the graph that reads them
         os.replace(tmpdir / path.name, tmp)
         if check:
             onnx.checker.check_model(str(tmp), full_check=True)
@@ -140,12 +137,20 @@ def has_external(model: onnx.ModelProto) -> bool:
 
 
 def move_into_place(tmpdir: Path, out_path: Path) -> list[str]:
-    files = []
+    """The graph saved in tmpdir and its data files into out_path's folder: weights first, graph last."""
+    files = _move_data_files(tmpdir, out_path)
+    os.replace(tmpdir / out_path.name, out_path)
+    return files + [out_path.name]
+
+
+def _move_data_files(tmpdir: Path, out_path: Path) -> list[str]:
+    """Every file in tmpdir but the graph `out_path.name`, moved beside out_path with the graph's mode
+    (onnx creates data files 0600, which a server running as another user could not read)."""
     graph = tmpdir / out_path.name
-    for f in sorted(tmpdir.iterdir(), key=lambda p: p.suffix != ".data"):  # weights first, graph last
-        if f != graph and graph.exists():
-            shutil.copymode(graph, f)  # onnx creates data files 0600; give them the graph's mode
-        target = out_path.parent / f.name
-        os.replace(f, target)
-        files.append(target.name)
-    return files
+    moved = []
+    for f in sorted(tmpdir.iterdir()):
+        if f.name != graph.name:
+            shutil.copymode(graph, f)
+            os.replace(f, out_path.parent / f.name)
+            moved.append(f.name)
+    return moved
