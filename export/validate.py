@@ -22,7 +22,7 @@ from export.compare import error_stats
 from export.errors import VerificationError
 from export.passes.lowering import with_rotary_function
 from export.progress import progress
-from export.spec import INPUT_NAMES, ExportSpec
+from export.spec import ExportSpec
 from export.thresholds import Thresholds
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
