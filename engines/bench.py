@@ -24,9 +24,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from engines.build import engine_stage_status
-from engines.cases import input_axes
-from engines.runner import EngineRunner
+from engines.tensorrt.availability import engine_stage_status
+from engines.tensorrt.graph import input_axes
+from engines.tensorrt.runner import EngineRunner
 from export import cli
 from export.atomic import write_atomic
 from export.cli import Parser

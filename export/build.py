@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engines.build import add_engine_flags, engine_stage_status, require_engine
-from engines.profiles import ProfileSet
+from engines.tensorrt.availability import engine_stage_status, require_engine
+
+from engines.tensorrt.flags import add_engine_flags
+from engines.tensorrt.profiles import ProfileSet
 from export import __version__, cli
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.cli import InterruptNote, Parser

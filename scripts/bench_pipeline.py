@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SIZES = {  # name -> (config overrides for export.demo.demo_config, --max-len)
+SIZES = {  # name -> (config overrides for tests.fixtures.checkpoints.demo_config, --max-len)
     "tiny": (dict(vocab_size=99, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=37, max_position_embeddings=64), 64),
     "base": ({}, 2048),
@@ -125,7 +125,7 @@ def measure(cmd: list[str]) -> dict:
 def make_checkpoint(size: str, folder: Path, base_ckpt: str | None) -> Path:
     if size == "base" and base_ckpt:
         return Path(base_ckpt)
-    from export.demo import demo_config, make_model, save_canonical
+    from tests.fixtures.checkpoints import demo_config, make_model, save_canonical
     overrides, _ = SIZES[size]
     path = folder / f"{size}.pt"
     if not path.exists():

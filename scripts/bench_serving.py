@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     from engines.serving.ort_model import OrtEncoder
     from engines.serving.server import serve
-    from engines.serving.tiny import write_tiny_build
+    from tests.fixtures.tiny_build import write_tiny_build
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

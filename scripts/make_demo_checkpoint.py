@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.demo import write_demo  # noqa: E402
+from tests.fixtures.checkpoints import write_demo  # noqa: E402
 from export.spec import TASKS  # noqa: E402
 
 

@@ -14,14 +14,14 @@ os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-base
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """Canonical {config, state_dict} checkpoint of a 2-layer RoFormerModel."""
-    from export.demo import write_demo
+    from tests.fixtures.checkpoints import write_demo
     return write_demo(tmp_path_factory.mktemp("tiny"), tiny=True)
 
 
 @pytest.fixture(scope="session")
 def make_ckpt(tmp_path_factory):
     """make_ckpt(task=..., dtype=..., **config overrides) -> (path, model): cached per argument set."""
-    from export.demo import make_model, save_canonical, tiny_config
+    from tests.fixtures.checkpoints import make_model, save_canonical, tiny_config
     cache: dict = {}
 
     def make(task: str = "model", dtype: torch.dtype = torch.float32, **overrides):
@@ -39,7 +39,7 @@ def make_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """exported(exporter, opset, task=..., dtype=..., max_len=..., **overrides) -> (onnx path, model, config)."""
-    from export.demo import make_model, tiny_config
+    from tests.fixtures.checkpoints import make_model, tiny_config
     from export.onnx_export import export_onnx
     cache: dict = {}
 

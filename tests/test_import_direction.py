@@ -1,11 +1,9 @@
-"""Dependencies run one way, read from every module's imports (AST, not regex).
+"""Dependencies run one way, read from every module's imports (AST, not regex), against one table of layers.
 
-- `plugins` is the bottom: it imports only itself and export's error/CLI leaves (export.errors, export.cli).
-- `export` may import `plugins`; it imports `engines` only in the orchestrator (export/build.py) and in the
-  stages that drive engines (export/stages/).
-- `engines` may import `export` and `plugins`.
-- The leaf modules import nothing from the project.
-- Project imports sit at the top of a module, so its first lines show what it depends on.
+Every module of export/, engines/ and plugins/ belongs to exactly one layer of LAYERS (the longest prefix
+that names it decides). A module may import modules of its own layer and of the layers below it; a
+leaf imports nothing from the project. Project imports sit at the top of a module, so its first lines
+show what it depends on. README's "Code layout" is drawn from this table.
 """
 
 from __future__ import annotations
@@ -17,10 +15,39 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("export", "engines", "plugins")
-LEAVES = {"export/errors.py", "export/report.py", "export/thresholds.py", "export/reference.py",
-          "export/atomic.py", "plugins/identity.py"}
-PLUGINS_MAY_IMPORT = {"export.errors", "export.cli"}
-EXPORT_DRIVERS = ("export/build.py", "export/stages/")
+
+# Lowest first. (layer name, module prefixes): a prefix names a module or a package.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("leaves: import nothing from the project", (
+        "export.__init__", "export.errors", "export.report", "export.thresholds", "export.reference",
+        "export.atomic", "export.spec", "export.progress", "export.compare", "export.reproduce",
+        "plugins.__init__", "plugins.identity")),
+    ("shared: CLI path, files, ONNX I/O, the report on disk, the verdict", (
+        "export.cli", "export.files", "export.onnx_io", "export.digest", "export.report_md", "export.report_io",
+        "export.verdict")),
+    ("plugins: the C++/CUDA library's build and location", ("plugins",)),
+    ("export: checkpoint -> ONNX -> passes -> validation", ("export",)),
+    ("engines.tensorrt and build-folder access", ("engines.__init__", "engines.artifacts", "engines.tensorrt")),
+    ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
+    ("orchestrator: export.build and the stages it runs", ("export.build", "export.stages", "export.__main__")),
+]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix naming `module` (a package's modules belong to it)."""
+    best, best_len = -1, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = i, len(prefix)
+    if best < 0:
+        raise KeyError(f"{module} is in no layer of LAYERS; add it to the table")
+    return best
 
 
 def modules() -> list[Path]:
@@ -46,38 +73,53 @@ def project_imports(path: Path) -> list[tuple[int, str, bool]]:
     return found
 
 
-def violation(rel: str, module: str) -> str | None:
-    pkg = module.split(".")[0]
-    if rel in LEAVES:
-        return "a leaf module imports nothing from the project"
-    if rel.startswith("plugins/") and pkg != "plugins" and not any(
-            module == m or module.startswith(m + ".") for m in PLUGINS_MAY_IMPORT):
-        return f"plugins may import only plugins and {sorted(PLUGINS_MAY_IMPORT)}"
-    if rel.startswith("export/") and pkg == "engines" and not rel.startswith(EXPORT_DRIVERS):
-        return "export imports engines only in export/build.py and export/stages/"
+def violation(importer: str, imported: str) -> str | None:
+    """Why `importer` may not import `imported`, or None. Both are dotted module names."""
+    if (ROOT / imported.replace(".", "/")).is_dir():
+        imported += ".__init__"
+    mine, theirs = layer_of(importer), layer_of(imported)
+    if mine == 0:
+        return f"{importer} is a leaf ({LAYERS[0][0]})"
+    if theirs > mine:
+        return f"layer '{LAYERS[mine][0]}' may not import layer '{LAYERS[theirs][0]}'"
     return None
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_imports_run_one_way_and_sit_at_the_top(path):
-    rel = path.relative_to(ROOT).as_posix()
+def test_imports_run_down_the_layers_and_sit_at_the_top(path):
+    name = module_name(path)
     problems = []
     for line, module, at_top in project_imports(path):
-        why = violation(rel, module)
+        why = violation(name, module)
         if why:
-            problems.append(f"{rel}:{line} imports {module}: {why}")
+            problems.append(f"{name}:{line} imports {module}: {why}")
         if not at_top:
-            problems.append(f"{rel}:{line} imports {module} inside a function; put it at the top")
+            problems.append(f"{name}:{line} imports {module} inside a function; put it at the top")
     assert not problems, "\n".join(problems)
 
 
+def test_every_module_has_a_layer():
+    missing = []
+    for path in modules():
+        try:
+            layer_of(module_name(path))
+        except KeyError as e:
+            missing.append(str(e))
+    assert not missing, "\n".join(missing)
+
+
 def test_the_rule_catches_a_backwards_import(tmp_path):
-    """The checker itself can fail: a leaf importing the project, export importing engines, plugins importing export."""
-    assert violation("export/report.py", "export.errors")
-    assert violation("export/validate.py", "engines.build")
-    assert violation("plugins/build.py", "export.validate")
-    assert violation("export/stages/engine.py", "engines.build") is None
-    assert violation("engines/gate.py", "export.report") is None
+    """The checker itself can fail: a leaf importing the project, export importing engines, plugins importing
+    export's core, the TensorRT layer importing serving."""
+    assert violation("export.report", "export.errors")
+    assert violation("export.validate", "engines.tensorrt.builder")
+    assert violation("plugins.build", "export.validate")
+    assert violation("engines.tensorrt.runner", "engines.serving.server")
+    assert violation("export.stages.engine", "engines.tensorrt.builder") is None
+    assert violation("engines.gate", "export.report") is None
+    assert violation("plugins.build", "export.cli") is None
+    with pytest.raises(KeyError):
+        layer_of("elsewhere.module")
     src = tmp_path / "m.py"
     src.write_text("import os\n\ndef f():\n    from export.report import Report\n")
     assert project_imports(src) == [(4, "export.report", False)]

@@ -23,7 +23,7 @@ PARTIAL = {
     "tritonclient/grpc/__init__.py": 'raise RuntimeError("The installation does not include grpc support. '
                                      'Specify \'grpc\' or \'all\' while installing the tritonclient package.")',
 }
-PROBED = ["tests/test_triton_serving.py", "tests/test_triton_config.py"]
+PROBED = ["tests/engines/serving/test_live.py", "tests/engines/triton/test_repository.py"]
 
 
 @pytest.fixture(scope="module")

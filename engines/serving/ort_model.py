@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from engines.artifacts import artifact, read_build
 from engines.serving.pooling import add_sentence_embedding
-from engines.triton_config import read_onnx_io
+from engines.triton.config import read_onnx_io
 from export.errors import UsageError
 from export.report import ONNX_KEY, rope_key
 

@@ -17,7 +17,7 @@ import onnxruntime
 import torch
 
 from engines.bench import run_bench, write_results
-from engines.cases import input_axes
+from engines.tensorrt.graph import input_axes
 from export.errors import UsageError
 from export.progress import info
 from export.report import ONNX_KEY, BenchSection, Report, bench_key, rope_key

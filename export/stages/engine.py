@@ -3,8 +3,8 @@
 Where TensorRT or a GPU is missing the stage is skipped with one line saying why and how to enable it,
 and the `engine` section is {"status": "skipped", "reason", "profiles"}; `--require-engine` makes
 export.build exit 3 before any work where the stage cannot run. Where both exist: build (or reuse, sidecar permitting) with engines.build, run
-with engines.runner, grade at every profile's min/opt/max, a prime length and padded rows
-(engines.validate_engine); the cases join the report's validation, so engines.gate gates them too.
+with engines.tensorrt.runner, grade at every profile's min/opt/max, a prime length and padded rows
+(engines.tensorrt.validate); the cases join the report's validation, so engines.gate gates them too.
 The TensorRT calls are in engines/; this file only wires them, so it has no TensorRT code of its own.
 """
 
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.build import build_engine, count_plugin_nodes, engine_stage_status
-from engines.runner import EngineRunner
-from engines.validate_engine import validate_engine
+from engines.tensorrt.availability import engine_stage_status
+
+from engines.tensorrt.builder import build_engine
+
+from engines.tensorrt.graph import count_plugin_nodes
+from engines.tensorrt.runner import EngineRunner
+from engines.tensorrt.validate import validate_engine
 from export.errors import UsageError
 from export.progress import info
 from export.report import TIMING_CACHE, EngineSection, engine_key

@@ -1,0 +1,54 @@
+"""Can the engine stage run here? TensorRT installed, PyTorch with a visible CUDA GPU.
+
+Decided without importing tensorrt when it is absent (find_spec), and without CUDA init when it is.
+`require_engine(status)` turns a skip into UnavailableError (exit 3) for `--require-engine`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Mapping
+
+from export.errors import UnavailableError
+
+INSTALL_HINT = "pip install .[tensorrt] on a GPU machine"
+
+
+def engine_stage_status() -> dict:
+    """{"status": "available", "tensorrt": version} or {"status": "skipped", "reason": ...}.
+
+    Decided without importing tensorrt when it is absent (find_spec), and without CUDA init when it is.
+    `require_engine(status)` turns a skip into UnavailableError (exit 3) for `--require-engine`.
+    """
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"status": "skipped", "reason": f"TensorRT is not installed ({INSTALL_HINT})"}
+    try:
+        import torch
+    except ImportError:
+        return {"status": "skipped", "reason": "PyTorch is not installed (needed for CUDA buffers)"}
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "reason": "no CUDA GPU is visible (torch.cuda.is_available() is False)"}
+    import tensorrt as trt
+
+    return {"status": "available", "tensorrt": trt.__version__}
+
+
+def require_engine(status: Mapping) -> None:
+    """Raise UnavailableError (exit 3) when the engine stage was skipped."""
+    if status.get("status") != "available":
+        raise UnavailableError(f"--require-engine: engine stage unavailable: {status.get('reason')}")
+
+
+def trt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, "major.minor") of CUDA device 0, via torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnavailableError("no CUDA GPU is visible; engines are built and run on a GPU")
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+

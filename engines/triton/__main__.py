@@ -1,0 +1,53 @@
+"""CLI: python -m engines.triton --build build/<name> --out model_repository
+
+A roformer-trt build folder -> a Triton model repository (engines.triton.repository). Exit codes:
+export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check, 2 usage,
+3 missing package).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engines.triton.repository import DEFAULT_MAX_BATCH, build_repository
+from export import cli
+from export.cli import Parser
+from export.errors import EXIT_OK
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="python -m engines.triton",
+        description="Write a Triton model repository from a roformer-trt build dir: a TensorRT model per engine "
+                    "(when built) and an ONNX Runtime twin for CPU hosts.",
+        epilog="example: python -m engines.triton --build build/roformer_base --out model_repository --pooling mean",
+    )
+    p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
+    p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
+    p.add_argument("--pooling", choices=["mean", "cls", "none"], default="none",
+                   help="add a sentence_embedding [batch, hidden] output to the ONNX twin")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})")
+    p.add_argument("--name", default=None, help="model name prefix (default: the build folder's name)")
+    p.add_argument("--force", action="store_true", help="replace model folders of the same name in --out")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force)
+    for n in rep.notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(json.dumps({"models": rep.models, "notes": rep.notes}, indent=2) if args.json else rep.summary())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

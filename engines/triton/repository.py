@@ -1,0 +1,190 @@
+"""A roformer-trt build dir -> a Triton model repository (CLI: `python -m engines.triton`).
+
+In:  `build/<name>/` from `python -m export.build` (report.json, ONNX artifacts, optional engines).
+Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-onnx graph, else the
+     plain ONNX), always written, for CPU hosts;
+     `<out>/<name>_<precision>/{config.pbtxt,1/model.plan}`: one TensorRT model per engine in
+     report.json, written only when the build has engines.
+Only a build that passed is published, and only the files its report describes: every file is read
+through engines.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
+back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
+place (staged in `<out>/.staging-<random>`, then renamed). Nothing is written outside `--out`.
+Exit codes: export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check,
+2 usage, 3 missing package).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from engines.triton import config as tc
+from engines.artifacts import artifact, read_build, verify_artifact
+from engines.serving.pooling import add_sentence_embedding
+from export.errors import UsageError
+from export.onnx_io import save_model
+from export.report import ONNX_KEY, Report, rope_key
+
+DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a Triton model name is a folder name: no separators
+
+
+@dataclass
+class RepoReport:
+    models: dict[str, dict] = field(default_factory=dict)  # model name -> {platform, dir, max_batch, notes}
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{n}: {m['platform']}, max_batch_size {m['max_batch_size']}, {m['dir']}" for n, m in self.models.items()]
+        return "\n".join(lines)  # notes go to stderr
+
+
+@dataclass
+class ModelFolder:
+    """One model of the repository, ready to write: its config and the payload it serves."""
+
+    name: str
+    platform: str
+    config_text: str
+    max_batch: int
+    source: str  # the build file it was made from
+    plan: Path | None = None  # tensorrt_plan: copied as 1/model.plan
+    onnx_model: onnx.ModelProto | None = None  # onnxruntime_onnx: saved as 1/model.onnx
+    pooling: str | None = None
+
+    def summary(self, out: Path) -> dict:
+        entry = {"platform": self.platform, "max_batch_size": self.max_batch, "dir": str(out / self.name),
+                 "source": self.source}
+        return entry | ({"pooling": self.pooling} if self.pooling is not None else {})
+
+
+def check_model_name(name: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
+                         "(no path separators)")
+    return name
+
+
+def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[int]]:
+    profiles = entry.get("profiles") or sidecar.get("profiles") or []
+    if not profiles:
+        raise UsageError(f"engine {entry.get('plan')} lists no optimization profiles in report.json or its sidecar")
+    return max(int(p["batch"][2]) for p in profiles), [int(p["batch"][1]) for p in profiles]
+
+
+def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | None, pooling: str,
+                    rep: RepoReport) -> list[ModelFolder]:
+    """One tensorrt_plan model per engine in the report (none when the build has no engine)."""
+    engines = list((report.engine or {}).get("engines") or [])
+    if not engines:
+        rep.notes.append(f"no TensorRT model: {(report.engine or {}).get('reason', 'no engine in report.json')}")
+        return []
+    graph = artifact(build, report, rope_key("plugin"), ONNX_KEY)
+    if graph is None:
+        raise UsageError("report.json has engines but no 'rope-plugin' or 'onnx' artifact to read I/O from")
+    ins, outs = tc.read_onnx_io(graph)
+    models = []
+    for entry in engines:
+        plan = verify_artifact(build, str(entry.get("plan") or ""), report)
+        side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
+        bmax, opts = _batch_max(entry, side)
+        if max_batch is not None and max_batch > bmax:
+            raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
+                             f"pass --max-batch <= {bmax} or rebuild with a larger profile")
+        dtypes = tc.sidecar_dtypes(side)
+        if not dtypes:
+            rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
+        mb = bmax if max_batch is None else max_batch
+        mname = f"{name}_{entry.get('precision', 'trt')}"
+        cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes,
+                             profiles=list(range(len(entry.get("profiles") or side.get("profiles")))), batch_hints=opts)
+        text = tc.config_text(cfg)
+        tc.check_config(text, ins, outs, dtypes)
+        models.append(ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan))
+    if pooling != "none" and not any(o.name == "sentence_embedding" for o in outs):
+        rep.notes.append(f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
+                         "sentence_embedding output (build them from a pooled graph to add one)")
+    return models
+
+
+def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: int) -> ModelFolder:
+    """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added."""
+    src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
+    if src is None:
+        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
+    try:
+        model = add_sentence_embedding(onnx.load(str(src)), pooling)
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
+        raise UsageError(f"{src} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
+                         "python -m export.build") from None
+    ins, outs = tc.read_onnx_io(model)
+    oname = f"{name}_onnx"
+    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch))
+    tc.check_config(text, ins, outs)
+    return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=pooling)
+
+
+def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
+    """Stage every model folder under out/, then swap each into place: old folder or complete new one."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the model repository")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clash = [m.name for m in models if (out / m.name).exists()]
+        if clash and not force:
+            raise UsageError(f"{out} already has {', '.join(clash)}; pass --force to replace them")
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as e:
+        raise UsageError(f"--out {out} is not writable ({e.strerror}); pass a folder you can write to") from None
+    try:
+        for m in models:
+            _write_model(stage, m)
+        for m in models:
+            old = stage / f"old-{m.name}"
+            if (out / m.name).exists():
+                os.replace(out / m.name, old)
+            try:
+                os.replace(stage / m.name, out / m.name)
+            except OSError:
+                if old.exists():  # put the previous folder back before the staging folder goes
+                    os.replace(old, out / m.name)
+                raise
+    except OSError as e:
+        raise UsageError(f"cannot write the model repository in {out} ({e.strerror}); free space or pick another "
+                         "--out") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # leftovers are our own temp copies only
+
+
+def _write_model(stage: Path, m: ModelFolder) -> None:
+    d = stage / m.name
+    (d / "1").mkdir(parents=True)
+    (d / "config.pbtxt").write_text(m.config_text)
+    if m.onnx_model is not None:
+        save_model(m.onnx_model, d / "1" / "model.onnx")  # weights beside it only past protobuf's 2 GB
+    if m.plan is not None:
+        shutil.copyfile(m.plan, d / "1" / "model.plan")
+
+
+def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
+                     name: str | None = None, force: bool = False) -> RepoReport:
+    build, out = Path(build), Path(out)
+    if max_batch is not None and max_batch < 0:
+        raise UsageError(f"--max-batch must be >= 0, got {max_batch}")
+    name = check_model_name(build.resolve().name if name is None else name)
+    report = read_build(build)
+    rep = RepoReport()
+    trt = tensorrt_models(build, report, name, max_batch, pooling, rep)
+    if max_batch is None:
+        max_batch = min((m.max_batch for m in trt), default=DEFAULT_MAX_BATCH)
+    models = [onnx_model(build, report, name, pooling, max_batch), *trt]
+    write_repository(out, models, force)
+    rep.models = {m.name: m.summary(out) for m in models}
+    return rep

@@ -1,0 +1,208 @@
+"""export.build under interruption, kills, reruns and bad flags: --out only ever holds a report with the
+exact files it describes. Interrupts and kills run the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engines.gate import main as gate
+from export.build import main as build
+from export.report import REPORT_JSON, REPORT_MD
+from export.staging import PREFIX, BuildFolder, remove_dead_stagings
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--exporter", "torchscript", "--max-len", "24"]
+
+
+def cli(ckpt, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "export.build", "--model", str(ckpt), "--out", str(out), *FAST, *extra]
+
+
+def start(argv) -> subprocess.Popen:
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        hits = list(folder.glob(pattern))
+        if hits:
+            return hits[0]
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended before {pattern} appeared: {proc.communicate()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"{pattern} did not appear in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def previous(tiny_ckpt, tmp_path_factory):
+    """A passing build, the 'previous set' every test below must leave untouched or replace whole."""
+    out = tmp_path_factory.mktemp("prev") / "out"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fresh_copy(previous, tmp_path) -> Path:
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(previous, out)
+    return out
+
+
+def test_sigint_after_model_onnx_keeps_the_previous_set(previous, tiny_ckpt, tmp_path):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out)
+    proc = start(cli(tiny_ckpt, out))
+    wait_for(f"{PREFIX}*/model.onnx", out, proc)
+    time.sleep(0.03)  # the finding: about 30 ms after model.onnx appears
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("⠋", " "))]
+    assert lines[-1].startswith("interrupted: nothing was changed in") and "Traceback" not in err, err
+    assert snapshot(out) == before and not list(out.glob(PREFIX + "*"))
+    assert gate([str(out / REPORT_JSON)]) == 0
+
+
+def test_sigkill_mid_build_leaves_the_old_set_and_the_next_run_cleans_up(previous, tiny_ckpt, tmp_path, make_ckpt):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out)
+    proc = start(cli(tiny_ckpt, out))
+    wait_for(f"{PREFIX}*/model.onnx", out, proc)
+    proc.kill()
+    proc.communicate()
+    assert [p.name for p in out.glob(PREFIX + "*")], "the killed run's staging folder is expected here"
+    after = {k: v for k, v in snapshot(out).items() if not k.startswith(PREFIX)}
+    assert after == before  # the report still describes exactly the files beside it
+    assert gate([str(out / REPORT_JSON)]) == 0
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 0  # the rerun removes the dead one
+    assert not list(out.glob(PREFIX + "*"))
+
+
+def test_stale_report_cannot_pass_beside_another_runs_model(previous, tiny_ckpt, tmp_path):
+    """Build A passed; a rerun is killed after its new model.onnx exists: no report may pass beside it."""
+    out = fresh_copy(previous, tmp_path)
+    proc = start(cli(tiny_ckpt, out, "--opset", "18"))  # a different graph than A's
+    staged = wait_for(f"{PREFIX}*/model.onnx", out, proc)
+    proc.kill()
+    proc.communicate()
+    assert gate([str(out / REPORT_JSON)]) == 0  # the old set is whole: its report may pass
+    assert staged.exists()  # a SIGKILL leaves the staging folder; the new model.onnx never reached --out
+    (out / "model.onnx").write_bytes(staged.read_bytes())  # the old tool's failure: new model, old report
+    assert staged.read_bytes() != (previous / "model.onnx").read_bytes()
+    assert gate([str(out / REPORT_JSON)]) == 1
+
+
+def test_live_staging_is_never_removed(tmp_path):
+    out = tmp_path / "o"
+    with BuildFolder(out) as live:
+        (live.stage / "model.onnx").write_bytes(b"x")
+        assert remove_dead_stagings(out) == [] and (live.stage / "model.onnx").exists()
+    assert not out.exists()  # the run made the folder and committed nothing: it leaves no empty folder
+
+
+def test_a_run_that_fails_removes_only_what_it_made(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError):
+        with BuildFolder(out) as bf:
+            (bf.stage / "model.onnx").write_bytes(b"x")
+            raise RuntimeError("stage failed")
+    assert not out.exists()
+    kept = tmp_path / "k"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("user file")
+    with pytest.raises(RuntimeError), BuildFolder(kept):
+        raise RuntimeError("stage failed")
+    assert [p.name for p in kept.iterdir()] == ["mine.txt"]
+
+
+def test_commit_replaces_the_whole_set(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("model.onnx", "model.rope-onnx.onnx", REPORT_JSON, REPORT_MD, "timing.cache", "notes.txt"):
+        (out / name).write_text("old")
+    with BuildFolder(out) as bf:
+        bf.reuse("timing.cache", "model.fp16.plan")  # what an engine stage may reuse; absent plan: skipped
+        for name in ("model.onnx", REPORT_MD, REPORT_JSON, "model.fp16.plan"):
+            (bf.stage / name).write_text("new")
+        assert (bf.stage / "timing.cache").read_text() == "old"
+        bf.commit({"model.onnx"})  # the report does not describe the plan: it is not moved into place
+    files = {p.name: p.read_text() for p in out.iterdir()}
+    # the old rope-onnx graph is not described by the new report: gone; timing.cache and user files stay
+    assert files == {"model.onnx": "new", REPORT_MD: "new", REPORT_JSON: "new", "timing.cache": "old",
+                     "notes.txt": "old"}
+
+
+@pytest.mark.parametrize("flags,key", [
+    (["--atol", "-1"], "--atol"), (["--rtol", "nan"], "--rtol"), (["--atol", "inf"], "--atol"),
+])
+def test_bad_threshold_flags_exit_2_before_any_work(tiny_ckpt, tmp_path, capsys, flags, key):
+    out = tmp_path / "o"
+    t0 = time.perf_counter()
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0] and not out.exists()
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("toml,key", [('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"), ("abc", "TOML"),
+                                      (b"\xff\xfe", "UTF-8")])
+def test_bad_thresholds_file_exits_2_before_any_work(tiny_ckpt, tmp_path, capsys, toml, key):
+    t = tmp_path / "t.toml"
+    t.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
+    out = tmp_path / "o"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--thresholds", str(t)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0] and not out.exists(), err
+
+
+def test_thresholds_fifo_does_not_hang(tiny_ckpt, tmp_path, capsys):
+    fifo = tmp_path / "t.toml"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    assert build(["--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), *FAST, "--thresholds", str(fifo)]) == 2
+    assert time.perf_counter() - t0 < 5 and "not a regular file" in capsys.readouterr().err
+
+
+def test_report_records_hashes_timings_and_schema(previous):
+    r = json.loads((previous / REPORT_JSON).read_text())
+    assert r["schema_version"] == 1 and r["passed"] is True
+    assert set(r["artifacts"].values()) <= set(r["artifacts_sha256"])
+    assert len(r["checkpoint"]["sha256"]) == 64
+    assert {"load", "export", "rotary", "precision", "validation"} <= set(r["timings"])
+    md = (previous / REPORT_MD).read_text()
+    assert "## Time per stage" in md and "| stage | seconds |" in md and "```\n{" not in md  # no JSON dumps
+
+
+def test_a_node_the_plugin_refuses_fails_verification_with_the_report_kept(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A pass that wrote interleaved=0 (the CPU lowering never reads it): exit 1, report and artifacts kept."""
+    from export.passes import rotary
+
+    real = rotary.rewrite_plugin
+
+    def interleaved_0(*args, **kwargs):
+        node = real(*args, **kwargs)
+        node.attrs["interleaved"] = 0
+        return node
+    monkeypatch.setattr(rotary, "rewrite_plugin", interleaved_0)
+    out = tmp_path / "o"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 1
+    assert "interleaved=0" in capsys.readouterr().err
+    r = json.loads((out / REPORT_JSON).read_text())
+    assert r["passed"] is False and "interleaved=0" in r["failure"] and r["engine"]["status"] == "skipped"
+    assert (out / "model.rope-plugin.onnx").exists()
+    assert gate([str(out / REPORT_JSON)]) == 1

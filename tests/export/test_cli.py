@@ -1,0 +1,127 @@
+"""Every bad input: exit 2, one line on stderr naming problem and fix, no traceback, no files left."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from export.build import main
+from tests.fixtures.checkpoints import make_model, tiny_config
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if line.strip()]
+
+
+def assert_clean_failure(code, lines, out, pattern):
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "Traceback" not in lines[0]
+    import re
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def bert_checkpoint(path):
+    cfg = tiny_config().to_dict()
+    cfg["model_type"] = "bert"
+    torch.save({"config": cfg, "state_dict": {"embeddings.word_embeddings.weight": torch.zeros(2, 2)}}, path)
+
+
+def wrong_keys_checkpoint(path):
+    model = make_model(tiny_config(), "model")
+    sd = {k.replace("query", "q_proj"): v for k, v in model.state_dict().items()}
+    torch.save({"config": model.config.to_dict(), "state_dict": sd}, path)
+
+
+def truncated_checkpoint(path, source):
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing", r"does not exist.*--model"),
+    ("empty", r"is empty.*re-save"),
+    ("truncated", r"not a readable PyTorch checkpoint.*truncated"),
+    ("garbage", r"not a readable PyTorch checkpoint"),
+    ("bert", r"model_type='bert', not a RoFormer"),
+    ("wrong_keys", r"missing .* keys.*unexpected .* keys"),
+    ("list", r"not a state_dict"),
+])
+def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
+    ckpt = tmp_path / "in" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    if case == "empty":
+        ckpt.write_bytes(b"")
+    elif case == "truncated":
+        truncated_checkpoint(ckpt, tiny_ckpt)
+    elif case == "garbage":
+        ckpt.write_bytes(os.urandom(4096))
+    elif case == "bert":
+        bert_checkpoint(ckpt)
+    elif case == "wrong_keys":
+        wrong_keys_checkpoint(ckpt)
+    elif case == "list":
+        torch.save([1, 2, 3], ckpt)
+    out = tmp_path / "out"
+    code, lines = run_cli(["--model", str(ckpt), "--out", str(out)], capsys)
+    assert_clean_failure(code, lines, out, pattern)
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--max-len", "0"], r"--max-len must be a positive"),
+    (["--max-len", "-5"], r"--max-len must be a positive"),
+    (["--max-len", "10000000"], r"beyond the supported"),
+    (["--exporter", "dynamo", "--opset", "17"], r"opset 17 is refused.*invalid Split"),
+    (["--exporter", "torchscript", "--opset", "23"], r"--opset 23 is not supported by the torchscript"),
+    (["--thresholds", "/nonexistent.toml"], r"thresholds file .* does not exist"),
+    (["--precision", "int8"], r"--precision 'int8' is not supported; use one of fp32, fp16, bf16"),
+    (["--batch", "8,1,4"], r"--batch '8,1,4': needs min <= opt <= max"),
+    (["--batch", "1,x"], r"--batch '1,x': expected comma-separated integers"),
+    (["--max-len", "1024", "--profiles", "512,128"], r"bucket tops must be strictly ascending"),
+    (["--max-len", "256", "--profiles", "128,512"], r"top 512 exceeds --max-len 256.*raise --max-len"),
+    (["--choices", "4"], r"--choices applies to multiple-choice checkpoints only"),
+    (["--workspace-mib", "0"], r"--workspace-mib must be >= 1"),
+    (["--bench", "--bench-grid", "8by128"], r"--bench-grid '8by128': expected BATCHxSEQ"),
+    (["--bench", "--max-len", "64", "--bench-grid", "1x128"], r"sequence length 128 is outside 1..64"),
+    (["--bench", "--batch", "4", "--bench-grid", "16x32"], r"batch 16 is outside the engine's batch range 1..4"),
+])
+def test_bad_options(tmp_path, capsys, tiny_ckpt, extra, pattern):
+    out = tmp_path / "out"
+    code, lines = run_cli(["--model", str(tiny_ckpt), "--out", str(out), *extra], capsys)
+    assert_clean_failure(code, lines, out, pattern)
+
+
+def test_unwritable_out(tmp_path, capsys, tiny_ckpt):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "sub"  # a folder below a regular file cannot be created, even as root
+    code, lines = run_cli(["--model", str(tiny_ckpt), "--out", str(out)], capsys)
+    assert_clean_failure(code, lines, out, r"--out .* is not writable")
+
+
+def test_pickle_refused_names_the_flag(tmp_path, capsys):
+    torch.save(make_model(tiny_config(), "model"), tmp_path / "m.pt")
+    out = tmp_path / "out"
+    code, lines = run_cli(["--model", str(tmp_path / "m.pt"), "--out", str(out)], capsys)
+    assert_clean_failure(code, lines, out, r"--trust-pickle")
+
+
+def test_module_entry_point_exit_code(tmp_path):
+    """The real `python -m export.build` process: exit code and one stderr line."""
+    r = subprocess.run([sys.executable, "-m", "export.build", "--model", str(tmp_path / "nope.pt"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_report_flag(tmp_path, capsys, tiny_ckpt):
+    code = main(["--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--exporter", "torchscript",
+                 "--max-len", "32", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"] and report["artifacts"]["rope-plugin"] == "model.rope-plugin.onnx"

@@ -1,0 +1,115 @@
+"""Session fixture that builds the plugin libraries once for the tests/plugins/ modules.
+
+Import it in a test module with `from tests.plugins.fixtures import plugin_build  # noqa: F401`. Behaviour:
+  - $ROFORMER_TRT_PLUGIN_DIR set: use the libraries already built there, build nothing;
+  - else run `python -m plugins.build` into plugins/build (incremental: a re-run only relinks what changed),
+    with $ROFORMER_CUDA_ARCHS (default: the build's own) and $TensorRT_INCLUDE_DIR / $TensorRT_ROOT if set;
+  - cmake or nvcc missing: every test that needs a library is skipped, with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from plugins import build as plugin_build_cli
+from plugins import locate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PluginBuild:
+    build_dir: Path
+    libs: dict[str, Path | None]  # library file name -> path, None when not built
+    log: str = ""  # CMake's output (says why the adapter was skipped)
+    skip_reason: str | None = None  # set when nothing could be built
+    notes: list[str] = field(default_factory=list)
+
+    def require(self, name: str, why_missing: str) -> Path:
+        """The library's path, or pytest.skip with the reason it is absent."""
+        if self.skip_reason:
+            pytest.skip(self.skip_reason)
+        path = self.libs.get(name)
+        if path is None:
+            pytest.skip(f"{name} was not built: {why_missing}")
+        return path
+
+
+def _collect(build_dir: Path) -> dict[str, Path | None]:
+    names = [locate.KERNEL_LIB, locate.HOST_LIB, locate.PLUGIN_LIB, locate.STATIC_PLUGIN_LIB]
+    return {n: (build_dir / n if (build_dir / n).is_file() else None) for n in names}
+
+
+@pytest.fixture(scope="session")
+def plugin_build() -> PluginBuild:
+    prebuilt = os.environ.get(locate.ENV_DIR)
+    if prebuilt:
+        d = Path(prebuilt).resolve()
+        return PluginBuild(d, _collect(d), notes=[f"prebuilt libraries from ${locate.ENV_DIR}={d}"])
+    missing = plugin_build_cli.missing_tools()
+    if missing:
+        return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=f"cannot build the plugins: {', '.join(missing)} "
+                           "not installed (CI needs cmake >= 3.24 and the CUDA toolkit's nvcc)")
+    cmd = [sys.executable, "-m", "plugins.build", "--build-dir", str(locate.DEFAULT_BUILD_DIR)]
+    if os.environ.get("ROFORMER_CUDA_ARCHS"):
+        cmd += ["--archs", os.environ["ROFORMER_CUDA_ARCHS"]]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    log = proc.stderr + proc.stdout
+    if proc.returncode != 0:
+        pytest.fail(f"python -m plugins.build failed (exit {proc.returncode}):\n{log[-6000:]}")
+    return PluginBuild(locate.DEFAULT_BUILD_DIR, _collect(locate.DEFAULT_BUILD_DIR), log=log)
+
+
+def adapter_skip_reason(build: PluginBuild) -> str:
+    """Why libroformer_trt_plugin.so is absent, quoting CMake's own message when there is one."""
+    for line in build.log.splitlines():
+        if "roformer_trt:" in line and "skipped" in line:
+            return line.split("roformer_trt:", 1)[1].strip()
+    return "no TensorRT headers (set TensorRT_INCLUDE_DIR to a folder holding NvInfer.h and rebuild)"
+
+
+SANITIZE_BUILD_DIR = locate.DEFAULT_BUILD_DIR / "sanitize"
+
+
+def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) -> tuple[bool, str]:
+    """Configure plugins/ into build_dir with -D defines and build only `targets` (incremental); (ok, log)."""
+    if plugin_build_cli.missing_tools():
+        pytest.skip(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
+    env = {**os.environ, "CUDACXX": os.environ.get("CUDACXX") or plugin_build_cli.find_nvcc() or "nvcc"}
+    conf = ["cmake", "-S", str(plugin_build_cli.SOURCE_DIR), "-B", str(build_dir),
+            "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90")]
+    conf += [f"-D{k}={v}" for k, v in defines.items()]
+    log = ""
+    for cmd in (conf, ["cmake", "--build", str(build_dir), "-j2", "--target", *targets]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        log += proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            return False, log
+    return True, log
+
+
+def sanitizer_supported() -> str | None:
+    """None when the C++ compiler can link an ASan+UBSan program here, else why not."""
+    import shutil
+    import tempfile
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        return "no C++ compiler"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "t.cpp"
+        src.write_text("int main() { return 0; }\n")
+        proc = subprocess.run([cxx, "-fsanitize=address,undefined", str(src), "-o", str(Path(d) / "t")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return f"{cxx} cannot build with -fsanitize=address,undefined: {proc.stderr.strip()[:200]}"
+        run = subprocess.run([str(Path(d) / "t")], capture_output=True, text=True)
+        if run.returncode != 0:
+            return f"an ASan program does not run here: {run.stderr.strip()[:200]}"
+    return None

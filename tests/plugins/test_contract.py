@@ -1,0 +1,156 @@
+"""Contract test of the TensorRT adapter: plugins/tests/contractTest.cpp drives the built library the way
+TensorRT's ONNX parser, builder and runtime call it, through its public C ABI only.
+
+TensorRT itself is never run here (it cannot be installed on the machines this project is built on); what
+runs is our library, called by a host program. The stand-ins (a logger finder, a constant-folding
+expression builder, a TEST-ONLY stub `libnvinfer.so.<major>` with a recording registry) exist only in the
+test build and only drive our library's side of the ABI.
+
+Headers: set ROFORMER_TRT_TENSORRT_INCLUDE to one or more TensorRT include folders separated by ':'
+(e.g. 10.x and 11.x), or TensorRT_INCLUDE_DIR to one; without them every test here skips with that reason
+(CI has no headers). Each header version gets its own build folder plugins/build/contract-<version>[-sanitize].
+The expected identity (name, version, namespace, fields) comes from plugins.identity, which
+tests/test_plugin_identity.py checks against RoformerRotary_PluginConfig.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.plugins.fixtures import build_targets, sanitizer_supported
+
+from plugins import identity, locate
+
+ENV = "ROFORMER_TRT_TENSORRT_INCLUDE"
+TARGETS = ["roformer_trt_plugin", "roformer_trt_contract_test", "roformer_trt_stub_runtime",
+           "roformer_trt_plugin_static_on_stub"]
+MIN_BAD_FIELD_SETS = 20
+
+
+def header_dirs() -> list[Path]:
+    raw = os.environ.get(ENV) or os.environ.get("TensorRT_INCLUDE_DIR") or ""
+    return [Path(p) for p in raw.split(os.pathsep) if p and (Path(p) / "NvInfer.h").is_file()]
+
+
+HEADERS = header_dirs()
+pytestmark = pytest.mark.skipif(not HEADERS, reason=f"no TensorRT headers: set {ENV}=<include>[:<include>] "
+                                "(folders holding NvInfer.h, e.g. 10.x and 11.x) to run the contract test")
+
+
+def version_of(include: Path) -> str:
+    return locate.headers_version(include) or "unknown"
+
+
+_BUILDS: dict[tuple[str, bool], Path] = {}
+
+
+def build(include: Path, sanitize: bool = False) -> Path:
+    """Build dir for these headers (built once per session)."""
+    key = (str(include), sanitize)
+    if key not in _BUILDS:
+        d = locate.DEFAULT_BUILD_DIR / f"contract-{version_of(include)}{'-sanitize' if sanitize else ''}"
+        ok, log = build_targets(d, TARGETS, {"TensorRT_INCLUDE_DIR": str(include.resolve()),
+                                             "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"})
+        assert ok, log[-6000:]
+        _BUILDS[key] = d
+    return _BUILDS[key]
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def run(exe: Path, *args: str, env: dict | None = None) -> tuple[int, str, str, int, int]:
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **(env or {})})
+    m = re.search(r"contract: (\d+) passed, (\d+) failed", r.stdout)
+    passed, failed = (int(m[1]), int(m[2])) if m else (0, -1)
+    return r.returncode, r.stdout, r.stderr, passed, failed
+
+
+def drive(d: Path):
+    args = ["drive", str(d / identity.PLUGIN_LIB), "--name", identity.PLUGIN_OP, "--version", identity.PLUGIN_VERSION,
+            "--namespace", identity.PLUGIN_NAMESPACE, "--fields", ",".join(identity.FIELDS)]
+    return run(d / "tests" / "roformer_trt_contract_test", *args, *([] if has_gpu() else ["--no-gpu"]))
+
+
+def check_drive(result):
+    rc, out, err, passed, failed = result
+    assert rc == 0 and failed == 0, out[-6000:] + err[-2000:]
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert not fails, fails
+    bad = [line for line in out.splitlines() if line.startswith("ok   bad fields")]
+    assert len(bad) >= 2 * MIN_BAD_FIELD_SETS, len(bad)  # both phases
+    assert sum("kBUILD" in b for b in bad) == sum("kRUNTIME" in b for b in bad)
+    for k in range(1, 5):
+        assert f"ok   k={k}: supportsFormatCombination accepts exactly the contract's combinations" in out
+    return passed
+
+
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_contract_drive(include):
+    passed = check_drive(drive(build(include)))
+    print(f"TensorRT {version_of(include)} headers: contract drive {passed} checks passed")
+
+
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_static_library_registers_under_its_own_namespace(include):
+    d = build(include)
+    major = version_of(include).split(".")[0]
+    exe, stub = d / "tests" / "roformer_trt_contract_test", d / "tests" / "stub" / f"libnvinfer.so.{major}"
+    lib = d / "tests" / "libroformer_trt_plugin_static_on_stub.so"
+    for refuse in ("0", "1"):
+        rc, out, err, _, failed = run(exe, "static", str(stub), str(lib), "--namespace", identity.PLUGIN_NAMESPACE,
+                                      env={"RR_STUB_REFUSE": refuse} if refuse == "1" else None)
+        assert rc == 0 and failed == 0, out + err
+        assert f'registerCreator gets the creator\'s namespace "{identity.PLUGIN_NAMESPACE}"' in out
+
+
+def test_mixed_majors_refuse_instead_of_crashing():
+    """A host of one major (its runtime, a stub, loaded RTLD_LOCAL first) loading a library of the other."""
+    by_major = {version_of(h).split(".")[0]: h for h in HEADERS}
+    if len(by_major) < 2:
+        pytest.skip(f"needs headers of two TensorRT majors in {ENV}, got {sorted(by_major)}")
+    majors = sorted(by_major)[:2]
+    for host_major, lib_major in (majors, majors[::-1]):
+        host, lib = build(by_major[host_major]), build(by_major[lib_major])
+        rc, out, err, passed, failed = run(host / "tests" / "roformer_trt_contract_test", "mixed",
+                                           str(host / "tests" / "stub" / f"libnvinfer.so.{host_major}"),
+                                           str(lib / identity.PLUGIN_LIB))
+        assert rc == 0 and failed == 0, f"host {host_major}, library {lib_major}: rc {rc}\n{out}\n{err}"
+        lines = [line for line in err.splitlines() if "refusing to register" in line]
+        assert len(lines) == 1, err  # one line naming both versions
+        assert f"TensorRT {lib_major} headers" in lines[0] and f"running TensorRT is {host_major}." in lines[0]
+
+
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_contract_under_asan_ubsan(include):
+    why = sanitizer_supported()
+    if why:
+        pytest.skip(why)
+    d = build(include, sanitize=True)
+    check_drive(drive(d))
+    major = version_of(include).split(".")[0]
+    rc, out, err, _, failed = run(d / "tests" / "roformer_trt_contract_test", "static",
+                                  str(d / "tests" / "stub" / f"libnvinfer.so.{major}"),
+                                  str(d / "tests" / "libroformer_trt_plugin_static_on_stub.so"),
+                                  "--namespace", identity.PLUGIN_NAMESPACE)
+    assert rc == 0 and failed == 0 and "ERROR: AddressSanitizer" not in err and "runtime error" not in err, out + err
+
+
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_engines_build_refuses_a_library_of_another_major(include):
+    """engines.build reads the library's stamp before TensorRT's load_library sees it (no TensorRT needed)."""
+    from engines.tensorrt.plugin_library import plugin_library_major, plugin_major_problem
+
+    lib = build(include) / identity.PLUGIN_LIB
+    major = int(version_of(include).split(".")[0])
+    assert plugin_library_major(lib) == major
+    assert plugin_major_problem(lib, f"{major}.3.0") is None
+    other = 10 if major != 10 else 11
+    why = plugin_major_problem(lib, f"{other}.0.1")
+    assert why and f"TensorRT {major} headers" in why and f"TensorRT {other}.0.1 is running" in why
