@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from export.report import PRECISIONS
 
 
 @dataclass(frozen=True)
