@@ -26,13 +26,13 @@ from pathlib import Path
 
 from engines.tensorrt.availability import engine_stage_status, require_engine
 from engines.tensorrt.flags import add_engine_flags
-from export import __version__, cli, memory
+from export import __version__, cli, disk, memory
 from export.build_plan import Flags, Plan
 from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
-from export.layout import plan_file, sidecar_file
+from export.layout import Planned, plan_file, sidecar_file
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
@@ -104,15 +104,21 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
     engine = engine_stage_status()
     if args.require_engine:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
+    planned = flags.planned(args, engine["status"] == "available")
     with BuildFolder(flags.out, force=args.force) as folder:
-        folder.check_collisions(flags.planned(args, engine["status"] == "available").files())
-        run = Run(args, argv, flags)
+        folder.check_collisions(planned.files())
+        run = Run(args, argv, flags, planned)
         ckpt, plan = run.load()
         note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
         folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
-        report, error = run.stages(ckpt, plan, folder.stage)
-        folder.commit(report.artifacts_sha256, report.artifacts_sha256,
-                      on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"))
+        try:
+            report, error = run.stages(ckpt, plan, folder.stage)
+            folder.commit(report.artifacts_sha256, report.artifacts_sha256,
+                          on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"))
+        except (RoformerTrtError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a disk that filled up is the user's to fix: named as such, exit 2
+            raise disk.full_disk(flags.out, run.disk_need, e) or e
     if error is not None:
         raise error
     print(report_text(report), end="") if args.json else print(f"ok: {flags.out / 'report.json'}")
@@ -126,7 +132,9 @@ class Run:
     args: object
     argv: list[str]
     flags: Flags
+    planned: Planned
     timings: dict[str, float] = field(default_factory=dict)
+    disk_need: int = 0
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
@@ -135,6 +143,8 @@ class Run:
             inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
             plan = Plan.decide(a, inspected.config, inspected.task)
             memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
+            self.disk_need = disk.need(inspected.config, self.planned)
+            disk.require(self.flags.out, self.disk_need)
             if inspected.config_source.startswith("--config"):
                 info(f"using {inspected.config_source} instead of the checkpoint's own config")
             if inspected.weights_dtype != "float32":

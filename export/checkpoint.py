@@ -8,7 +8,8 @@ Two steps, so a build decides its memory before spending it:
    weights are refused.
 2. `materialize(inspected, table_rows)`: the fp32 eval-mode model with exactly the checkpoint's weights (only the
    sinusoidal table and tied weights may be absent) and a table of `table_rows` rows (the build's --max-len;
-   the table is a formula, so it can be longer than max_position_embeddings).
+   the table is a formula, computed in float64 and rounded once to fp32, so it can be longer than
+   max_position_embeddings; a stored table is verified against it in its own dtype, then replaced by it).
 `load_checkpoint` does both. Between them `export.build` checks the memory the build will need.
 """
 
@@ -76,11 +77,11 @@ def inspect_checkpoint(path: str | Path, config_path: str | Path | None = None, 
     expected = _meta_state(config, task, path)
     table_key = TABLE_KEY if task != "model" else TABLE_KEY.removeprefix("roformer.")
     check_keys_and_shapes(state, expected, table_key, path)
-    state, dtype = upcast(state, path)
-    check_finite(state, path)
     table = "checkpoint" if table_key in state else "generated"
     if table == "checkpoint":
-        check_table(state[table_key], path)
+        check_table(state[table_key], path)  # in its stored dtype, to that dtype's precision
+    state, dtype = upcast({k: v for k, v in state.items() if k != table_key}, path)
+    check_finite(state, path)
     return InspectedCheckpoint(config, state, task, files.source_format, files.config_source, dtype, table, path)
 
 
@@ -92,9 +93,8 @@ def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> Loade
     model = cls(ck.config).eval()
     table_key = TABLE_KEY if ck.task != "model" else TABLE_KEY.removeprefix("roformer.")
     state = dict(ck.state)
-    if table_key not in state:
-        emb = model.state_dict()[table_key]
-        state[table_key] = torch.from_numpy(sincos_table(emb.shape[0], emb.shape[1]))
+    emb = model.state_dict()[table_key]  # the formula in fp32 (a stored table was verified against it)
+    state[table_key] = torch.from_numpy(sincos_table(emb.shape[0], emb.shape[1]))
     model.load_state_dict(state, strict=False)  # strictness enforced at inspection, with tied keys allowed
     model.tie_weights()
     if table_rows:
@@ -140,7 +140,7 @@ def check_table(weight: torch.Tensor, path) -> None:
     rows, dim = weight.shape
     want = torch.from_numpy(sincos_table(rows, dim, dtype=np.float64))
     err = (weight.double() - want).abs().max().item()
-    tol = torch.finfo(torch.float32).eps  # one ulp at 1.0: rounding-order differences only
+    tol = torch.finfo(weight.dtype).eps  # one ulp at 1.0 of the stored dtype: rounding differences only
     if not err <= tol:
         raise UsageError(f"{path}: the sinusoidal position table differs from the RoFormer formula by {err:.3g} "
                          f"(> {tol:.1g}); this checkpoint was not trained with standard RoFormer rotary embeddings")

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared: CLI path, files, ONNX I/O, the report on disk, the verdict", (
         "export.cli", "export.files", "export.onnx_io", "export.digest", "export.report_md", "export.report_io",
         "export.thresholds", "export.artifacts", "export.verdict", "export.layout", "export.ownership",
-        "export.memory")),
+        "export.memory", "export.disk")),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
     ("export: checkpoint -> ONNX -> passes -> validation", ("export",)),
     ("engines.tensorrt and build-folder access", ("engines.__init__", "export.artifacts", "engines.tensorrt")),
