@@ -142,3 +142,20 @@ def test_the_shortest_max_len_builds_and_passes(tmp_path, capsys, tiny_ckpt, exp
     assert main(["--model", str(tiny_ckpt), "--out", str(out), "--max-len", str(MIN_MAX_LEN), "--exporter",
                  exporter]) == 0
     assert gate([str(out)]) == 0
+
+
+CLIS = ["export.build", "engines.gate", "engines.triton.__main__", "engines.build", "engines.serving.__main__", "engines.client",
+        "plugins.build", "engines.bench"]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_takes_debug_and_says_usage_errors_in_one_line(module, capsys):
+    """Every `python -m` entry point goes through export.cli: --debug exists, a bad flag is one line, exit 2."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert "--debug" in mod.build_parser().format_help()
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--no-such-flag"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
