@@ -12,14 +12,14 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from engines.tensorrt.availability import engine_stage_status, require_engine
+from engines.tensorrt.availability import engine_stage_status, fp8_problem, gpu_identity, require_engine
 from engines.tensorrt.builder import build_engine
 from engines.tensorrt.flags import add_engine_flags
-from engines.tensorrt.graph import count_plugin_nodes, declared_max_len
+from engines.tensorrt.graph import count_plugin_nodes, declared_max_len, quantized_format
 from engines.tensorrt.profiles import ProfileSet
 from export import cli
 from export.cli import Parser
-from export.errors import EXIT_OK, UsageError
+from export.errors import EXIT_OK, UnavailableError, UsageError
 from export.passes.precision import parse_precision
 from export.report import TIMING_CACHE
 from plugins.locate import find_plugin_library
@@ -33,7 +33,8 @@ def build_parser() -> Parser:
     p.add_argument("onnx", help="ONNX file (mixed precision already applied; the network is strongly typed)")
     p.add_argument("--out", help="folder for <name>.plan and its sidecar (default: the ONNX file's folder)")
     p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
-    p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16")
+    p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16 | int8 | fp8 "
+                   "(int8/fp8: the Q/DQ graph export.build quantized; calibration happens there, never here)")
     p.add_argument("--max-len", type=int, help="longest sequence (default: the length the graph declares, "
                    "export.build's --max-len)")
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
@@ -55,6 +56,7 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
         declared = declared_max_len(onnx_path)
     except DecodeError:
         raise UsageError(f"{onnx_path} is not an ONNX file; pass the ONNX file export.build wrote") from None
+    check_quantized_precision(onnx_path, precision)
     if args.timing_cache and Path(args.timing_cache).exists() and not Path(args.timing_cache).is_file():
         raise UsageError(f"--timing-cache {args.timing_cache} is not a file; pass a file path (created if missing)")
     if args.max_len is not None and args.max_len < 1:
@@ -75,6 +77,19 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
     return onnx_path, precision, profiles, plugin_lib
 
 
+def check_quantized_precision(onnx_path: Path, precision: str) -> None:
+    """--precision int8 | fp8 needs a graph quantized to that type; any other precision a graph without Q/DQ."""
+    try:
+        fmt = quantized_format(onnx_path)
+    except ValueError as e:
+        raise UsageError(f"{e}; quantize with python -m export.build --precision int8 or fp8") from None
+    if precision in ("int8", "fp8") and fmt is None:
+        raise UsageError(f"{onnx_path.name} has no Q/DQ nodes; --precision {precision} builds from the graph python -m "
+                         f"export.build --precision {precision} wrote (engines.build never calibrates)")
+    if fmt is not None and fmt != precision:
+        raise UsageError(f"{onnx_path.name} is quantized to {fmt}; pass --precision {fmt}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Usage checks (exit 2), then availability of TensorRT and a GPU (exit 3), then the build."""
     return cli.run(build_parser(), _main, argv)
@@ -83,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     onnx_path, precision, profiles, plugin_lib = check_usage(args)
     require_engine(engine_stage_status(), flag=None)
+    if precision == "fp8":
+        problem = fp8_problem(*gpu_identity())
+        if problem:
+            raise UnavailableError(problem)
     out = Path(args.out) if args.out else onnx_path.parent
     entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
                          profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,

@@ -33,6 +33,7 @@ from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
 from export.layout import Planned, plan_file, sidecar_file
+from export.passes.quantize.options import add_quant_flags
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
@@ -41,6 +42,7 @@ from export.stages.bench import run_bench_stage
 from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
 from export.stages.precision import run_precision_stage
+from export.stages.quantize import run_quantize_stage
 from export.stages.result import StageResult
 from export.stages.rope import run_rope_stage
 from export.stages.validation import run_validation_stage
@@ -71,7 +73,9 @@ def build_parser() -> Parser:
     p.add_argument("--rope", default="plugin", choices=["plugin", "onnx", "none"],
                    help="plugin: RoformerRotary nodes for TensorRT; onnx: standard RotaryEmbedding; none: as exported")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16: the mixed-precision graph TensorRT "
-                   "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32)")
+                   "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32); int8 | fp8: Q/DQ "
+                   "graph (explicit quantization, calibrated; export/passes/quantize)")
+    add_quant_flags(p)
     add_engine_flags(p)
     p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
                    "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
@@ -163,9 +167,14 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
-        with self.timed("precision"):
-            results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],
-                                                       trt_key)
+        if self.flags.quant is not None and not results["rewrite"].failure:
+            with self.timed("quantize"):
+                results["quantize"] = run_quantize_stage(self.flags.quant, work / _artifacts(results)[trt_key],
+                                                         trt_key, ckpt, plan.max_len, self.flags.thresholds)
+        elif self.flags.quant is None:
+            with self.timed("precision"):
+                results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],
+                                                           trt_key)
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
@@ -200,6 +209,8 @@ class Run:
     def why_no_engine(results: dict) -> str | None:
         if "rewrite" in results and results["rewrite"].failure:
             return "the rotary stage failed"
+        if "quantize" in results and results["quantize"].failure:
+            return "the quantized graph departs from its placement"
         if "validation" in results and failures(results["validation"].cases):
             return "the ONNX graphs failed validation"
         return None
@@ -225,6 +236,8 @@ class Run:
         elif error is None and case_failures and not self.args.skip_validation:
             report.failure = f"{len(case_failures)} validation check(s) failed"
             error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures))
+        elif error is None and report.failure:  # a stage's own failure (e.g. a quantized graph off its placement)
+            error = VerificationError(f"{report.failure} (artifacts kept in the output folder)")
         elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
             error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
         save_report(report, work)
@@ -251,6 +264,7 @@ def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheck
         command=run.argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=model_facts(ckpt), checkpoint=checkpoint_facts(run.args, ckpt), export=section("export"),
         rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
+        quantization=section("quantize"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
         validation_skipped=True if run.args.skip_validation else None, engine=section("engine"),

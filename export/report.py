@@ -131,7 +131,7 @@ class BenchSection(TypedDict, total=False):
 
 # ---- artifact keys: the one spelling of report.json "artifacts" keys ---------------------------------
 
-PRECISIONS = ("fp32", "fp16", "bf16")  # what a graph computes in; thresholds exist for each
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")  # what a graph computes in; thresholds exist for each
 ONNX_KEY = "onnx"  # model.onnx, the plain export
 TENSORRT_ONNX_KEY = "tensorrt-onnx"  # the file the engine is built from
 EMULATED = "-emulated"  # "bf16-emulated": an fp32 graph that rounds to bf16 where the real one stores bf16
@@ -142,7 +142,7 @@ def rope_key(mode: str) -> str:
 
 
 def precision_key(source_key: str, variant: str) -> str:
-    """variant: fp16, bf16 or bf16-emulated; e.g. "rope-plugin.fp16"."""
+    """variant: fp16, bf16, bf16-emulated, int8 or fp8; e.g. "rope-plugin.fp16", "rope-plugin.int8"."""
     return f"{source_key}.{variant}"
 
 
@@ -186,6 +186,7 @@ class Report:
     rewrite: RewriteSection | None = None
     plugin: PluginSection | None = None
     precision: PrecisionSection | None = None
+    quantization: dict | None = None  # --precision int8 | fp8: export.stages.quantize
     profiles: list[ProfileRow] = field(default_factory=list)
     validation: list[ValidationCase] = field(default_factory=list)
     validation_skipped: bool | None = None
@@ -233,7 +234,7 @@ class Report:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHAPES = {"command": "list", "version": "str", "created": "str", "tool": "str", "model": "object",
            "checkpoint": "object", "export": "object", "rewrite": "object", "plugin": "object",
-           "precision": "object", "profiles": "list", "validation": "list", "validation_skipped": "bool",
+           "precision": "object", "quantization": "object", "profiles": "list", "validation": "list", "validation_skipped": "bool",
            "engine": "object", "bench": "object", "reproduce": "object", "artifacts": "object",
            "artifacts_sha256": "object", "timings": "object", "passed": "bool", "failure": "str"}
 _TYPES = {"list": list, "str": str, "object": dict, "bool": bool}

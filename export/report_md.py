@@ -12,7 +12,8 @@ def render_markdown(r: Report) -> str:
         lines += [f"**Failure:** {r.failure}", ""]
     if r.validation_skipped:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
-    for section in (_model, _export, _rewrite, _artifacts, _validation, _precision, _profiles, _plugin, _engine,
+    for section in (_model, _export, _rewrite, _artifacts, _validation, _precision, _quantization, _profiles, _plugin,
+                    _engine,
                     _reproduce, _bench, _timings):
         lines += section(r)
     return "\n".join(lines)
@@ -113,6 +114,34 @@ def _precision(r: Report) -> list[str]:
         return []
     return [f"## Precision: {p['precision']}", "", f"from `{p['source']}`, {p['casts']} casts", ""] + _table(
         ["op", "low", "fp32"], [[op, d.get("low", 0), d.get("fp32", 0)] for op, d in p["ops"].items()])
+
+
+def _quantization(r: Report) -> list[str]:
+    q = r.quantization
+    if not q:
+        return []
+    c = q.get("calibration") or {}
+    opset = q.get("opset") or {}
+    lines = [f"## Quantization: {q.get('format')}", "",
+             f"Q/DQ in `{q.get('source')}`, {q.get('high_precision')} for what is not quantized, opset "
+             f"{opset.get('source')} raised to {opset.get('graph')}. Calibration: {c.get('samples')} samples "
+             f"({c.get('tokens')} tokens, {c.get('source')}, sha256 `{str(c.get('sha256'))[:16]}…`), method "
+             f"{q.get('method')}.", ""]
+    if c.get("note"):
+        lines += [f"**{c['note']}**", ""]
+    lines += _table(["role", "quantized", "high"], [[k, v.get("quantized"), v.get("high")]
+                                                    for k, v in (q.get("placement") or {}).items()])
+    fb = q.get("fallback") or {}
+    if fb.get("mode") == "auto":
+        kept = fb.get("kept") or []
+        lines += [f"Fallback: {len(kept)} of {fb.get('quantizable')} MatMuls kept high (budget {fb.get('budget')}), "
+                  f"{100 * fb.get('high_flops_share', 0):.1f} % of the MatMul FLOPs; "
+                  + ("passed." if fb.get("passed") else f"**{fb.get('reason')}**"), ""]
+        if kept:
+            lines += _table(["kept high", "role", "local error", "FLOPs share"],
+                            [[k["node"], k["role"], f"{k['error']:.3g}", f"{100 * k['flops_share']:.1f} %"]
+                             for k in kept])
+    return lines
 
 
 def _profiles(r: Report) -> list[str]:

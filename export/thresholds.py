@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Threshold] = {
     "fp32": Threshold(atol=1e-4, rtol=1e-4, min_cosine=0.99999),
     "fp16": Threshold(atol=5e-2, rtol=1e-2, min_cosine=0.999),
     "bf16": Threshold(atol=2.5e-1, rtol=5e-2, min_cosine=0.99),
+    "int8": Threshold(atol=2.5e-1, rtol=1e-1, min_cosine=0.999),
+    "fp8": Threshold(atol=5e-1, rtol=2e-1, min_cosine=0.995),
 }
 
 

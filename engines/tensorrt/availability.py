@@ -44,6 +44,19 @@ def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
 
+FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later (TensorRT's hardware support matrix)
+
+
+def fp8_problem(name: str, cc: str) -> str | None:
+    """Why an FP8 engine cannot be built on GPU `name` of compute capability `cc` ("major.minor"), or None."""
+    major, minor = (int(x) for x in cc.split("."))
+    if (major, minor) >= FP8_MIN_CC:
+        return None
+    need = ".".join(map(str, FP8_MIN_CC))
+    return (f"FP8 engines need compute capability >= {need} (Ada, Hopper or newer); {name} is {cc}: build the int8 "
+            "graph (--precision int8) here, or the fp8 one on such a GPU")
+
+
 def gpu_identity() -> tuple[str, str]:
     """(GPU name, "major.minor") of CUDA device 0, via torch."""
     import torch

@@ -4,6 +4,7 @@
   "sequence")} or ("batch", "choices", "sequence") for multiple choice: what optimization profiles bind.
 - `count_plugin_nodes`: the RoformerRotary nodes, each of which must become one plugin layer.
 - `declared_max_len`: the longest sequence the graph declares (export.build's --max-len), what the engine accepts.
+- `quantized_format`: "int8" / "fp8" for a Q/DQ graph (export.build --precision int8 | fp8), None otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import onnx
 
 from export.onnx_export import declared_max_len as declared_max_len_of
 from plugins.identity import PLUGIN_OP
+
+QUANT_TYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.FLOAT8E4M3FN: "fp8"}
 
 
 def input_axes(model) -> dict[str, tuple]:
@@ -26,6 +29,18 @@ def input_axes(model) -> dict[str, tuple]:
         dims = vi.type.tensor_type.shape.dim
         axes[vi.name] = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in dims)
     return axes
+
+
+def quantized_format(onnx_path: str | Path) -> str | None:
+    """"int8" or "fp8" for a Q/DQ graph (read from its zero points' type), None for a graph without Q/DQ.
+    ValueError for a graph that mixes both (TensorRT cannot use INT8 and FP8 in one network)."""
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    types = {t.name: t.data_type for t in m.graph.initializer}
+    found = {QUANT_TYPES.get(types.get(n.input[2]), "other") for n in m.graph.node
+             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    if len(found) > 1:
+        raise ValueError(f"{Path(onnx_path).name} mixes Q/DQ types {sorted(found)}")
+    return found.pop() if found else None
 
 
 def count_plugin_nodes(onnx_path: str | Path) -> list[str]:

@@ -334,6 +334,8 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool =
     initializers that stay fp32 keep referencing the fp32 data file.
     """
     precision = parse_precision(precision)
+    if precision not in LOW_ELEM and precision != "fp32":
+        raise UsageError(f"{precision} graphs are made by export.passes.quantize, not by the precision pass")
     out = model
     if not inplace:
         out = onnx.ModelProto()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.tensorrt.availability import engine_stage_status
+from engines.tensorrt.availability import engine_stage_status, fp8_problem, gpu_identity
 
 from engines.tensorrt.builder import build_engine
 
@@ -33,6 +33,9 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool
     """The `engine` section, the plan artifact and the engine's validation cases (none when skipped or
     not validating); ckpt: the loaded checkpoint (its model is not changed: the CUDA reference is a copy)."""
     status = engine_stage_status()
+    if status["status"] == "available" and precision == "fp8":
+        problem = fp8_problem(*gpu_identity())
+        status = {"status": "skipped", "reason": problem} if problem else status
     if status["status"] != "available":
         info(f"engine stage skipped: {status['reason']}")
         return StageResult({**status, "profiles": profiles.to_report()})

@@ -45,7 +45,8 @@ def test_every_graph_declares_max_len(built, tmp_path):
 
 
 @pytest.mark.parametrize("extra,pattern", [
-    (["--precision", "int8"], "--precision 'int8' is not supported"),
+    (["--precision", "int8"], "has no Q/DQ nodes; --precision int8 builds from the graph"),
+    (["--precision", "int4"], "--precision 'int4' is not supported"),
     (["--profiles", "16,64"], "top 64 exceeds --max-len 48"),
     (["--batch", "4,2,1"], "needs min <= opt <= max"),
     (["--max-len", "64"], "--max-len 64 exceeds the 48 tokens"),  # would fail deep inside the TensorRT build

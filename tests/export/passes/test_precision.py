@@ -43,8 +43,14 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 def test_parse_precision_rejects_unknown():
     assert parse_precision("FP16") == "fp16"
-    with pytest.raises(UsageError, match="fp32, fp16, bf16"):
-        parse_precision("int8")
+    with pytest.raises(UsageError, match="fp32, fp16, bf16, int8, fp8"):
+        parse_precision("int4")
+
+
+def test_the_precision_pass_leaves_int8_and_fp8_to_quantization(exported):
+    path, _, _ = exported("torchscript", 17)
+    with pytest.raises(UsageError, match="export.passes.quantize"):
+        convert_precision(onnx.load(str(path)), "int8")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

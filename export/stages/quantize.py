@@ -1,0 +1,97 @@
+"""The quantization stage of export.build (`--precision int8 | fp8`): the TensorRT-bound fp32 graph -> its Q/DQ twin.
+
+In: the fp32 graph the rotary stage left (`model.rope-plugin.onnx` or `model.rope-onnx.onnx`), its artifact key,
+the checked QuantOptions, the loaded checkpoint (config, and its model for the fallback's PyTorch reference), the
+build's max_len and thresholds. Out: `<stem>.int8.onnx` / `<stem>.fp8.onnx` (new weights in `<name>.data`, the
+rest read from the source's data file), the `quantization` section (placement per role, calibration data and its
+sha256, every scale, the fallback's account), the artifacts (the file is also `tensorrt-onnx`, the engine's
+source) and the graph to validate (RoformerRotary through its in-memory ONNX function, as for fp16).
+A graph that departs from the placement (a site without Q/DQ, Q/DQ anywhere else or at a rotary node) is a failed
+stage: the report says where, and export.build exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.compare import error_stats
+from export.onnx_io import write_model
+from export.passes.quantize import build, calibrate, check_quantized, plan
+from export.passes.quantize.data import CalibSet, file_set, synthetic_set
+from export.passes.quantize.fallback import EvalCase, FallbackResult, run_fallback
+from export.passes.quantize.options import QuantOptions
+from export.progress import info, status
+from export.report import TENSORRT_ONNX_KEY, precision_key
+from export.stages.result import StageResult
+from export.thresholds import Thresholds
+from export.validate import OnnxFile, TorchReference, make_inputs, validation_shapes
+
+FALLBACK_SEED = 1  # validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on
+FALLBACK_MARGIN = 0.8  # the fallback stops at 80 % of each threshold, so validation's inputs pass with room
+
+
+def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
+    if q.calib is None:
+        return synthetic_set(config.vocab_size, config.type_vocab_size, max_len, q.size or 64)
+    return file_set(q.calib, q.vocab, config.vocab_size, config.type_vocab_size, max_len, q.size)
+
+
+def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, ckpt, max_len: int,
+                       thresholds: Thresholds) -> StageResult[dict]:
+    plugin = src_key == "rope-plugin"
+    choices = 2 if ckpt.task == "multiple-choice" else None
+    key = precision_key(src_key, q.fmt)
+    placement = plan(src)
+    calib = calibration_set(q, ckpt.config, max_len)
+    with status(f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples "
+                f"({q.method.name})"):
+        amax = calibrate(src, placement, calib, q.method, rotary_function=plugin, choices=choices)
+    fallback = None
+    if q.fallback == "auto":
+        with status("fallback: sensitivity sweep and search"):
+            fallback = _fallback(q, src, placement, amax, ckpt, max_len, thresholds, key, plugin)
+        placement = placement.with_kept(fallback.keep)
+    with status(f"writing the {q.fmt} graph ({q.high} high precision)"):
+        model, summary = build(src, placement, amax, q.fmt, q.high)
+        problems = check_quantized(model, placement)
+        dst = src.with_name(f"{src.stem}.{q.fmt}.onnx")
+        write_model(model, dst, check=True, external=True)
+        del model
+    section = {**q.to_report(), "source": src.name, "calibration": calib.to_report(),
+               "placement": placement.counts(), "kept_high": sorted(placement.keep_high), **summary.to_report(),
+               "fallback": fallback.report if fallback else {"mode": "none"}, "structure_problems": problems}
+    counts = ", ".join(f"{role} {c['quantized']} quantized / {c['high']} high" for role, c in placement.counts().items())
+    info(f"{q.fmt} graph: {counts}; opset {summary.opset['graph']}; {dst.name}")
+    if calib.note:
+        info(f"note: {calib.note}")
+    failure = f"quantization: the graph departs from its placement: {'; '.join(problems[:3])}" if problems else None
+    return StageResult(section, artifacts={key: dst.name, TENSORRT_ONNX_KEY: dst.name}, failure=failure,
+                       graphs={key: (OnnxFile(dst, rotary_function=plugin), q.fmt)})
+
+
+def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,
+              plugin: bool) -> FallbackResult:
+    """Evaluation cases (validation's shapes, FALLBACK_SEED inputs, PyTorch fp32 outputs) and the search."""
+    reference = TorchReference(ckpt.model, ckpt.task)
+    cases = []
+    for shape in validation_shapes(max_len, ckpt.task):
+        feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=FALLBACK_SEED)
+        cases.append(EvalCase(shape.label(), feeds, reference(shape, feeds)))
+
+    def judge(got: dict, case: EvalCase) -> tuple[bool, str]:
+        worst = []
+        for out, ref in case.refs.items():
+            s = error_stats(got[out], ref)
+            t = thresholds.lookup(q.fmt, key, out)
+            ok = bool(s.n_nan == 0 and (s.max_abs <= FALLBACK_MARGIN * t.atol or s.max_rel <= FALLBACK_MARGIN * t.rtol)
+                      and 1 - s.cosine <= FALLBACK_MARGIN * (1 - t.min_cosine))
+            worst.append((ok, f"{case.label} {out}: max_abs {s.max_abs:.3g}, cosine {s.cosine:.6f}"))
+        return all(ok for ok, _ in worst), next((w for ok, w in worst if not ok), worst[-1][1])
+
+    budget = int(q.budget * len(placement.nodes()))
+    result = run_fallback(src, placement, amax, q.fmt, cases, judge=judge, budget=budget, rotary_function=plugin,
+                          trial=lambda keep: build(src, placement.with_kept(keep), amax, q.fmt, "fp32")[0])
+    kept = len(result.keep)
+    info(f"fallback: {kept} of {len(placement.nodes())} MatMuls kept in {q.high}"
+         + ("" if result.passed else f"; {result.report.get('reason')}"))
+    return result
