@@ -169,8 +169,11 @@ class Run:
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
         if self.flags.quant is not None and not results["rewrite"].failure:
             with self.timed("quantize"):
-                results["quantize"] = run_quantize_stage(self.flags.quant, work / _artifacts(results)[trt_key],
-                                                         trt_key, ckpt, plan.max_len, self.flags.thresholds)
+                cpu_key = rope_key("onnx") if a.rope == "onnx" else ONNX_KEY
+                arts = _artifacts(results)
+                results["quantize"] = run_quantize_stage(self.flags.quant, work / arts[trt_key], trt_key,
+                                                         work / arts[cpu_key], cpu_key, ckpt, plan.max_len,
+                                                         self.flags.thresholds)
         elif self.flags.quant is None:
             with self.timed("precision"):
                 results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
+from export.report import CPU_TWIN, REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 ONNX_FILE = "model.onnx"
 BENCH_DIR = "bench"
@@ -32,6 +32,17 @@ def precision_files(source: str, precision: str) -> dict[str, str]:
     stem = source.removesuffix(".onnx")
     variants = [precision] + (["bf16-emulated"] if precision == "bf16" else [])
     return {v: f"{stem}.{v}.onnx" for v in variants}
+
+
+def cpu_graph(rope: str) -> str:
+    """The fp32 graph ONNX Runtime serves on CPU hosts (engines.triton's `<name>_onnx`): the rope-onnx graph, else the
+    plain export (the plugin graph needs TensorRT)."""
+    return rope_file("onnx") if rope == "onnx" else ONNX_FILE
+
+
+def cpu_twin_file(source: str) -> str:
+    """The INT8 CPU twin of graph `source` (--precision int8): "model.int8-cpu.onnx"."""
+    return f"{source.removesuffix('.onnx')}.{CPU_TWIN}.onnx"
 
 
 def plan_file(precision: str) -> str:
@@ -59,6 +70,9 @@ class Planned:
             names.append(source)
         for graph in precision_files(source, self.precision).values():
             names += [graph, data_file(graph)]
+        if self.precision == "int8":
+            twin = cpu_twin_file(cpu_graph(self.rope))
+            names += [twin, data_file(twin)]
         if self.engine:
             names += [plan_file(self.precision), sidecar_file(plan_file(self.precision)), TIMING_CACHE]
         if self.bench:

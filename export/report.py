@@ -135,6 +135,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")  # what a graph computes in
 ONNX_KEY = "onnx"  # model.onnx, the plain export
 TENSORRT_ONNX_KEY = "tensorrt-onnx"  # the file the engine is built from
 EMULATED = "-emulated"  # "bf16-emulated": an fp32 graph that rounds to bf16 where the real one stores bf16
+CPU_SUFFIX = "-cpu"
+CPU_TWIN = "int8" + CPU_SUFFIX  # "onnx.int8-cpu": the INT8 ONNX Runtime model for CPU hosts (passes/quantize/cpu_twin)
 
 
 def rope_key(mode: str) -> str:
@@ -157,13 +159,13 @@ def bench_key(kind: str) -> str:
 def key_precision(key: str) -> str | None:
     """The precision a graph artifact computes in, read from its key (never from a label beside it):
     "onnx", "rope-plugin" -> fp32; "rope-plugin.fp16" -> fp16; "rope-plugin.bf16-emulated" -> bf16;
-    "engine-fp16" -> fp16. None for a key that names no validated graph (a sidecar, a bench file)."""
+    "rope-plugin.int8" -> int8; "onnx.int8-cpu" -> int8 (the CPU twin); "engine-fp16" -> fp16. None for a key that names no validated graph (a sidecar, a bench file)."""
     if not isinstance(key, str):
         return None
     if key.startswith("engine-"):
         precision = key.removeprefix("engine-")
     elif "." in key:
-        precision = key.rsplit(".", 1)[1].removesuffix(EMULATED)
+        precision = key.rsplit(".", 1)[1].removesuffix(EMULATED).removesuffix(CPU_SUFFIX)
     elif key == ONNX_KEY or key.startswith("rope-"):
         precision = "fp32"
     else:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from engines.triton.repository import DEFAULT_MAX_BATCH, build_repository
+from engines.triton.twin import CHOICES
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK
@@ -30,6 +31,8 @@ def build_parser() -> Parser:
                    help="add a sentence_embedding [batch, hidden] output to the ONNX twin")
     p.add_argument("--max-batch", type=int, default=None,
                    help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})")
+    p.add_argument("--onnx-twin", choices=CHOICES, default="auto", help="the ONNX Runtime model: auto (default) the "
+                   "INT8 CPU twin when the build has one (export.build --precision int8), else fp32; int8; fp32")
     p.add_argument("--name", default=None, help="model name prefix (default: the build folder's name)")
     p.add_argument("--force", action="store_true", help="replace model folders of the same name in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force)
+    rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force, args.onnx_twin)
     for n in rep.notes:
         print(f"note: {n}", file=sys.stderr)
     print(json.dumps({"models": rep.models, "notes": rep.notes}, indent=2) if args.json else rep.summary())

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 from engines.serving.pooling import add_sentence_embedding
 from engines.tensorrt.profiles import INT32_MAX
 from engines.triton import config as tc
+from engines.triton.twin import twin_keys
 from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError
 from export.onnx_io import save_model
@@ -118,11 +119,13 @@ def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | Non
     return models
 
 
-def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: int) -> ModelFolder:
-    """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added."""
-    src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
+def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: int, twin: str = "auto") -> ModelFolder:
+    """The ONNX Runtime twin (engines.triton.twin: the INT8 CPU twin by default when the build has one, else the
+    rope-onnx graph, else the plain export), with the pooling output added."""
+    keys = twin_keys(report, twin)
+    src = artifact(build, report, *keys)
     if src is None:
-        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
+        raise UsageError(f"{build}/report.json lists none of the artifacts {', '.join(keys)}")
     try:
         model = add_sentence_embedding(onnx.load(str(src)), pooling)
     except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
@@ -193,7 +196,7 @@ def _write_model(stage: Path, m: ModelFolder) -> None:
 
 
 def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
-                     name: str | None = None, force: bool = False) -> RepoReport:
+                     name: str | None = None, force: bool = False, twin: str = "auto") -> RepoReport:
     build, out = Path(build), Path(out)
     if max_batch is not None and not 0 <= max_batch <= INT32_MAX:
         raise UsageError(f"--max-batch must be from 0 to {INT32_MAX} (Triton's max_batch_size is int32), got {max_batch}")
@@ -204,7 +207,7 @@ def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: i
     trt = tensorrt_models(build, report, name, max_batch, pooling, rep)
     if max_batch is None:
         max_batch = min((m.max_batch for m in trt), default=DEFAULT_MAX_BATCH)
-    models = [onnx_model(build, report, name, pooling, max_batch), *trt]
+    models = [onnx_model(build, report, name, pooling, max_batch, twin), *trt]
     write_repository(out, models, force)
     rep.models = {m.name: m.summary(out) for m in models}
     return rep

@@ -15,13 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.compare import error_stats
+from export.layout import cpu_twin_file
 from export.onnx_io import write_model
 from export.passes.quantize import build, calibrate, check_quantized, plan
 from export.passes.quantize.data import CalibSet, file_set, synthetic_set
+from export.passes.quantize.cpu_twin import RECIPE as CPU_TWIN_RECIPE
+from export.passes.quantize.cpu_twin import write_cpu_twin
 from export.passes.quantize.fallback import EvalCase, FallbackResult, run_fallback
 from export.passes.quantize.options import QuantOptions
 from export.progress import info, status
-from export.report import TENSORRT_ONNX_KEY, precision_key
+from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
 from export.stages.result import StageResult
 from export.thresholds import Thresholds
 from export.validate import OnnxFile, TorchReference, make_inputs, validation_shapes
@@ -36,8 +39,10 @@ def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
     return file_set(q.calib, q.vocab, config.vocab_size, config.type_vocab_size, max_len, q.size)
 
 
-def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, ckpt, max_len: int,
+def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, cpu_key: str, ckpt, max_len: int,
                        thresholds: Thresholds) -> StageResult[dict]:
+    """src/src_key: the TensorRT-bound fp32 graph; cpu_src/cpu_key: the fp32 graph ONNX Runtime serves on CPU hosts,
+    from which --precision int8 also makes the INT8 CPU twin."""
     plugin = src_key == "rope-plugin"
     choices = 2 if ckpt.task == "multiple-choice" else None
     key = precision_key(src_key, q.fmt)
@@ -65,8 +70,16 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, ckpt, max_len: 
     if calib.note:
         info(f"note: {calib.note}")
     failure = f"quantization: the graph departs from its placement: {'; '.join(problems[:3])}" if problems else None
-    return StageResult(section, artifacts={key: dst.name, TENSORRT_ONNX_KEY: dst.name}, failure=failure,
-                       graphs={key: (OnnxFile(dst, rotary_function=plugin), q.fmt)})
+    artifacts = {key: dst.name, TENSORRT_ONNX_KEY: dst.name}
+    graphs = {key: (OnnxFile(dst, rotary_function=plugin), q.fmt)}
+    if q.fmt == "int8":
+        with status("writing the INT8 CPU twin"):
+            twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)))
+        twin_key = precision_key(cpu_key, CPU_TWIN)
+        artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin), "int8")
+        section["cpu_twin"] = {"file": twin.name, "source": cpu_src.name, "recipe": CPU_TWIN_RECIPE}
+        info(f"INT8 CPU twin: {twin.name}")
+    return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
 
 
 def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,

@@ -64,11 +64,11 @@ class CalibSet:
         def gen():
             i = 0
             while i < len(order):
-                longest = len(self.samples[order[i]][0])
-                n = max(1, batch_tokens // max(1, longest))
-                group = [self.samples[j] for j in order[i:i + n]]
-                i += len(group)
-                yield _feed(group, choices)
+                n = 1  # ascending lengths: the group's last sample is its longest, the padded width
+                while i + n < len(order) and (n + 1) * len(self.samples[order[i + n]][0]) <= batch_tokens:
+                    n += 1
+                yield _feed([self.samples[j] for j in order[i:i + n]], choices)
+                i += n
 
         return gen
 

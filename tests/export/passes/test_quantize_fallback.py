@@ -1,0 +1,119 @@
+"""The accuracy-driven fallback: the search finds the fewest nodes to keep high, the sensitivity sweep finds the node
+whose quantization is broken, and a graph that cannot pass within the budget says why."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from export.compare import error_stats
+from export.passes.quantize import build
+from export.passes.quantize.fallback import EvalCase, run_fallback, search, sensitivity
+from export.validate import Shape, TorchReference, make_inputs
+from tests.export.passes.quantize_fixtures import calibrated, rope_graph
+
+
+@pytest.mark.parametrize("need,budget", [(0, 8), (1, 8), (3, 8), (5, 8), (8, 8), (7, 10)])
+def test_search_finds_the_smallest_passing_prefix(need, budget):
+    order = [f"n{i}" for i in range(20)]
+    tried = []
+
+    def attempt(keep):
+        tried.append(len(keep))
+        return len(keep) >= need, f"kept {len(keep)}"
+
+    k, trials = search(order, budget, attempt)
+    assert k == need
+    assert len(tried) == len(set(tried)) <= 2 * budget.bit_length() + 1  # each k once, a logarithmic number
+    assert {t["kept"]: t["passed"] for t in trials} == {n: n >= need for n in tried}
+
+
+def test_search_gives_up_at_the_budget():
+    k, trials = search(list("abcdefgh"), 5, lambda keep: (False, "no"))
+    assert k is None and max(t["kept"] for t in trials) == 5
+
+
+def cases_for(model, config, shapes=(Shape(1, 1), Shape(3, 17, 2))):
+    ref = TorchReference(model, "model")
+    out = []
+    for s in shapes:
+        feeds = make_inputs(s, config.vocab_size, config.type_vocab_size, seed=1)
+        out.append(EvalCase(s.label(), feeds, ref(s, feeds)))
+    return out
+
+
+def judge_at(max_abs: float):
+    def judge(got, case):
+        s = error_stats(got["last_hidden_state"], case.refs["last_hidden_state"])
+        return s.max_abs <= max_abs, f"{case.label}: max_abs {s.max_abs:.3g}"
+    return judge
+
+
+def test_sweep_and_search_find_the_broken_node(tmp_path_factory, exported):
+    """One tensor's range set 100x too small (its values clip): the sweep ranks its readers first, and the fallback
+    keeps exactly those high and passes; with the correct range it keeps nothing."""
+    src, model, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    site = next(s for s in placement.sites if s.role == "linear" and s.kind == "activation")
+    bad = dict(amax) | {site.tensor: amax[site.tensor] / 100}
+    readers = {s.node for s in placement.sites if s.tensor == site.tensor}
+    cases = cases_for(model, config)
+
+    sens = sensitivity(src, placement, bad, "int8", cases, rotary_function=True)
+    top = sorted(sens, key=lambda n: -sens[n]["error"])[:len(readers)]
+    assert set(top) == readers, (top, readers)
+    assert all(v["flops"] > 0 for v in sens.values())
+
+    def trial(amax_):
+        return lambda keep: build(src, placement.with_kept(keep), amax_, "int8", "fp32")[0]
+
+    # a bar between the clean graph's error and the broken one's, measured rather than guessed
+    clean = max(error_stats(_run(trial(amax)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
+                for c in cases)
+    broken = max(error_stats(_run(trial(bad)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
+                 for c in cases)
+    assert broken > 10 * clean, (clean, broken)
+    bar = 3 * clean
+    r = run_fallback(src, placement, bad, "int8", cases, judge=judge_at(bar), trial=trial(bad), budget=4,
+                     rotary_function=True)
+    assert r.passed and r.keep == frozenset(readers), r.report
+    assert [k["node"] for k in r.report["kept"]] == top
+    assert 0 < r.report["high_flops_share"] < 1
+    ok = run_fallback(src, placement, amax, "int8", cases, judge=judge_at(bar), trial=trial(amax), budget=4,
+                      rotary_function=True)
+    assert ok.passed and ok.keep == frozenset() and ok.report["trials"] == [{"kept": 0, "passed": True,
+                                                                             "worst": ok.report["trials"][0]["worst"]}]
+    none = run_fallback(src, placement, bad, "int8", cases, judge=judge_at(clean / 1000), trial=trial(bad), budget=2,
+                        rotary_function=True)
+    assert not none.passed and "budget" in none.report["reason"] and len(none.keep) == 2
+
+
+def _run(model, src, case):
+    from export.passes.quantize.calibrate import single_thread_session
+    sess = single_thread_session(model, src.parent, rotary_function=True)
+    names = list(case.refs)
+    return dict(zip(names, sess.run(names, case.feeds)))
+
+
+def test_sensitivity_is_the_nodes_own_relative_error(tmp_path_factory, exported):
+    """The sweep's number for a node equals ||fq(x) @ fq(W) - x @ W|| / ||x @ W|| computed in numpy from the fp32
+    graph's x (fq: the same scales, round to nearest even), for every node, not only the one checked."""
+    from onnx import numpy_helper
+    from export.passes.quantize.calibrate import calibration_session
+    from export.passes.quantize.qdq import quantize_weight
+    src, model, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    cases = cases_for(model, config, shapes=(Shape(3, 17, 2),))
+    sens = sensitivity(src, placement, amax, "int8", cases, rotary_function=True)
+    assert set(sens) == set(placement.nodes())
+    site = next(s for s in placement.sites if s.role == "linear" and s.kind == "activation")
+    w_site = next(s for s in placement.sites if s.node == site.node and s.kind == "weight")
+    x = calibration_session(src, [site.tensor], rotary_function=True).run([site.tensor], cases[0].feeds)[0]
+    w = numpy_helper.to_array(next(t for t in onnx.load(str(src)).graph.initializer if t.name == w_site.tensor))
+    step = np.float32(amax[site.tensor] / 127)
+    xq = np.clip(np.rint(x / step), -128, 127) * step
+    q, scale = quantize_weight(w, "int8", w_site.axis, np.float32)
+    y, yq = x.astype(np.float64) @ w, xq.astype(np.float64) @ (q.astype(np.float64) * scale)
+    assert sens[site.node]["error"] == pytest.approx(np.linalg.norm(yq - y) / np.linalg.norm(y), rel=1e-3)
+    assert sens[site.node]["flops"] == 2 * x.size * w.shape[1]

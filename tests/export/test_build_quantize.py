@@ -1,0 +1,127 @@
+"""export.build --precision int8 | fp8 end to end on the tiny checkpoint: the Q/DQ graph and the CPU twin are written,
+validated in ONNX Runtime against PyTorch and gated; the rotary rewrite is the fp32 build's; calibration data and
+mistakes with it; the same data gives the same files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import onnx
+import pytest
+
+from engines.gate import main as gate
+from export.build import main as build
+from export.digest import sha256_file
+from export.layout import MANIFEST
+from export.onnx_io import external_data_files
+from export.passes.lowering import with_rotary_function
+from export.passes.rotary import PLUGIN_OP
+from tests.export.test_cli import assert_clean_failure, run_cli
+
+FAST = ["--exporter", "torchscript", "--max-len", "24"]
+
+
+def report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def int8_build(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "int8"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8"]) == 0
+    return out
+
+
+def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, built):
+    r, plain = report(int8_build), report(built)
+    assert r["passed"] and r["artifacts"]["tensorrt-onnx"] == "model.rope-plugin.int8.onnx"
+    assert r["rewrite"] == plain["rewrite"]  # the rotary pass and its verification, untouched by quantization
+    graphs = {c["graph"] for c in r["validation"]}
+    assert {"rope-plugin.int8", "onnx.int8-cpu"} <= graphs
+    for c in r["validation"]:
+        if c["graph"] in ("rope-plugin.int8", "onnx.int8-cpu"):
+            assert c["precision"] == "int8" and c["passed"], c
+    assert {c["padded_rows"] for c in r["validation"] if c["graph"] == "rope-plugin.int8"} >= {0, 2}
+    q = r["quantization"]
+    assert q["structure_problems"] == [] and q["opset"] == {"source": 17, "graph": 19}
+    assert q["calibration"]["source"] == "synthetic" and "unknown" in q["calibration"]["note"]
+    assert re.fullmatch(r"[0-9a-f]{64}", q["calibration"]["sha256"])
+    assert q["activation_scales"] and all(v["scale"] > 0 for v in q["activation_scales"].values())
+    assert q["fallback"]["mode"] == "auto" and q["fallback"]["passed"]
+    model = onnx.load(str(int8_build / "model.rope-plugin.int8.onnx"), load_external_data=False)
+    source = onnx.load(str(int8_build / "model.rope-plugin.onnx"), load_external_data=False)
+    assert sum(n.op_type == PLUGIN_OP for n in model.graph.node) == sum(n.op_type == PLUGIN_OP for n in source.graph.node)
+    with_rotary_function(model)  # the plugin's node checks
+    assert gate([str(int8_build / "report.json")]) == 0
+    assert "## Quantization: int8" in (int8_build / "report.md").read_text()
+
+
+def test_the_gate_rechecks_int8_thresholds(int8_build, tmp_path):
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[int8."*"."*"]\natol = 0.0\nrtol = 0.0\nmin_cosine = 1.0\n')
+    assert gate([str(int8_build / "report.json"), "--thresholds", str(strict)]) == 1
+
+
+def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):
+    r = report(int8_build)
+    twin = r["artifacts"]["onnx.int8-cpu"]
+    assert twin == "model.int8-cpu.onnx" and r["quantization"]["cpu_twin"]["source"] == "model.onnx"
+    assert external_data_files(int8_build / twin) == ["model.int8-cpu.onnx.data", "model.onnx.data"]
+    m = onnx.load(str(int8_build / twin), load_external_data=False)
+    assert {n.op_type for n in m.graph.node} >= {"DynamicQuantizeLinear", "MatMulInteger"}
+    written = {p.name for p in int8_build.iterdir()}  # no leftovers of ORT's quantizer (its inferred copy, temp dirs)
+    assert written == {"model.onnx", "model.onnx.data", "model.rope-plugin.onnx", "model.rope-plugin.int8.onnx",
+                       "model.rope-plugin.int8.onnx.data", "model.int8-cpu.onnx", "model.int8-cpu.onnx.data",
+                       "report.json", "report.md", MANIFEST}
+
+
+def test_fp8_build_with_fp32_high_precision(tiny_ckpt, tmp_path):
+    out = tmp_path / "fp8"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "fp8", "--quant-high", "fp32",
+                  "--quant-fallback", "none"]) == 0
+    r = report(out)
+    assert r["passed"] and "onnx.int8-cpu" not in r["artifacts"]  # the CPU twin is INT8 only
+    m = onnx.load(str(out / "model.rope-plugin.fp8.onnx"), load_external_data=False)
+    types = {t.data_type for t in m.graph.initializer}
+    assert onnx.TensorProto.FLOAT8E4M3FN in types and onnx.TensorProto.FLOAT16 not in types
+    assert r["quantization"]["fallback"] == {"mode": "none"} and r["quantization"]["high_precision"] == "fp32"
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.onnx.data", "model.rope-plugin.onnx",
+                                               "model.rope-plugin.fp8.onnx", "model.rope-plugin.fp8.onnx.data",
+                                               "report.json", "report.md", MANIFEST}
+
+
+def test_rope_onnx_int8_keeps_every_rotary_embedding(tiny_ckpt, tmp_path):
+    out = tmp_path / "ro"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--rope", "onnx", "--precision", "int8",
+                  "--quant-fallback", "none"]) == 0
+    r = report(out)
+    assert r["passed"] and r["artifacts"]["rope-onnx.int8-cpu"] == "model.rope-onnx.int8-cpu.onnx"
+    before = onnx.load(str(out / "model.rope-onnx.onnx"), load_external_data=False)
+    after = onnx.load(str(out / "model.rope-onnx.int8.onnx"), load_external_data=False)
+    count = [sum(n.op_type == "RotaryEmbedding" for n in m.graph.node) for m in (before, after)]
+    assert count[0] == count[1] == r["rewrite"]["expected"]
+
+
+def test_text_calibration_is_recorded_and_the_same_data_gives_the_same_files(tiny_ckpt, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("hello world\nabc def ghi\n" * 4)
+    outs = [tmp_path / f"c{i}" for i in range(2)]
+    for out in outs:
+        assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--calib", str(calib),
+                      "--calib-method", "entropy", "--quant-fallback", "none"]) == 0
+    c = report(outs[0])["quantization"]["calibration"]
+    assert c["source"] == str(calib) and c["samples"] == 8 and "note" not in c and "Tokenizer" in c["tokenizer"]
+    files = ["model.rope-plugin.int8.onnx", "model.rope-plugin.int8.onnx.data", "model.int8-cpu.onnx",
+             "model.int8-cpu.onnx.data"]
+    assert [sha256_file(outs[0] / f) for f in files] == [sha256_file(outs[1] / f) for f in files]
+
+
+def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_path, capsys):
+    ckpt, _ = make_ckpt()  # no vocab.txt beside it
+    calib = tmp_path / "calib.txt"
+    calib.write_text("hello\n")
+    out = tmp_path / "out"
+    code, lines = run_cli(["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys)
+    assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
