@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from export.artifacts import artifact
 from export.verdict import read_build
-from engines.serving.pooling import add_sentence_embedding
+from export.passes.pooling import add_sentence_embedding
 from engines.triton.config import read_onnx_io
 from export.errors import UsageError
 from export.report import ONNX_KEY, rope_key
