@@ -134,32 +134,47 @@ def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | Non
 def _tensorrt_model(build: Path, report: Report, entry: dict, name: str, max_batch: int | None, io, max_len: int,
                     instances: int, rep: RepoReport) -> ModelFolder:
     """The model folder of one engine: its config checked against the graph and against the backend's rules."""
-    ins, outs = io
     plan = verify_artifact(build, str(entry.get("plan") or ""), report)
     side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
     bmax, profiles = _batch_max(entry, side)
     if max_batch is not None and max_batch > bmax:
         raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
                          f"pass --max-batch <= {bmax} or rebuild with a larger profile")
-    engine_outputs = [o.get("name") for o in side.get("outputs") or [] if isinstance(o, dict)]
-    if engine_outputs and sorted(engine_outputs) != sorted(o.name for o in outs):
-        raise VerificationError(f"{plan.name} has outputs {engine_outputs} (its sidecar), the graph it was built "
-                                f"from {[o.name for o in outs]}; rebuild the engine")
+    check_engine_outputs(plan.name, side, io[1])
     dtypes = tc.sidecar_dtypes(side)
     if not dtypes:
         rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
     mb = bmax if max_batch is None else max_batch
     mname = f"{name}_{entry.get('precision', 'trt')}"
-    cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes, profiles=list(range(len(profiles))),
-                         instances=instances)
+    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len)
+    return ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan)
+
+
+def check_engine_outputs(plan: str, sidecar: dict, outputs: list) -> None:
+    """The outputs the sidecar recorded from the built network must be the graph's (the config lists the
+    graph's): VerificationError otherwise. A sidecar that records none is not checked."""
+    engine = [o.get("name") for o in sidecar.get("outputs") or [] if isinstance(o, dict)]
+    if engine and sorted(engine) != sorted(o.name for o in outputs):
+        raise VerificationError(f"{plan} has outputs {engine} (its sidecar), the graph it was built from "
+                                f"{[o.name for o in outputs]}; rebuild the engine")
+
+
+def tensorrt_config(name: str, io, max_batch: int, dtypes: dict[str, str], profiles: list[dict], instances: int,
+                    max_len: int = 0) -> str:
+    """config.pbtxt of a tensorrt_plan model for an engine with these profile rows (report.json `profiles`),
+    parsed back and checked against the graph's I/O and against the backend's rules: every instance must take
+    every batch 1..max_batch x every length 1..max_len (0: the longest profile's); VerificationError otherwise."""
+    ins, outs = io
+    cfg = tc.make_config(name, "tensorrt_plan", ins, outs, max_batch, dtypes=dtypes,
+                         profiles=list(range(len(profiles))), instances=instances)
     text = tc.config_text(cfg)
     parsed = tc.check_config(text, ins, outs, dtypes)
     longest = max_len or max(int(p["sequence"][2]) for p in profiles)
     refused = backend_rules.refused_shapes(parsed, backend_rules.profile_boxes(profiles), longest)
     if refused:
-        raise VerificationError(f"{mname}/config.pbtxt: Triton's TensorRT backend would fail requests it accepts "
+        raise VerificationError(f"{name}/config.pbtxt: Triton's TensorRT backend would fail requests it accepts "
                                 f"(batch 1..max_batch_size x sequence 1..{longest}): " + "; ".join(refused))
-    return ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan)
+    return text
 
 
 def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
@@ -172,7 +187,8 @@ def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
 
 def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, max_batch: int) -> ModelFolder:
     """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added
-    (a Pooling: the build's own, normalisation included; the twin keeps last_hidden_state either way)."""
+    (a Pooling: the build's own, normalisation included; a graph that has it already is served as it is,
+    otherwise the twin keeps last_hidden_state too)."""
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
         raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")

@@ -13,23 +13,27 @@ try:  # any exception skips: a tritonclient installed without [grpc] raises Runt
 except Exception as e:
     pytest.skip(f"tritonclient[grpc] not usable (serving extra): {type(e).__name__}: {e}", allow_module_level=True)
 
+from google.protobuf import text_format  # noqa: E402
+
 from engines.tensorrt.profiles import ProfileSet  # noqa: E402
 from engines.triton import backend_rules as rules  # noqa: E402
 from engines.triton import config as tc  # noqa: E402
-from engines.triton.repository import _batch_max  # noqa: E402
-from export.errors import UsageError  # noqa: E402
+from engines.triton.repository import _batch_max, check_engine_outputs, tensorrt_config  # noqa: E402
+from export.errors import UsageError, VerificationError  # noqa: E402
 
 MAX_LEN = 2048
-INPUTS = [tc.TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask", "token_type_ids")]
-OUTPUTS = [tc.TensorSpec("last_hidden_state", "float32", ("batch", "sequence", 32)),
-           tc.TensorSpec("sentence_embedding", "float32", ("batch", 32))]
 
 
-def generated(profiles: ProfileSet, instances: int = 1):
-    """The config engines.triton writes for an engine with these profiles, parsed back as Triton would."""
-    cfg = tc.make_config("m_fp16", "tensorrt_plan", INPUTS, OUTPUTS, profiles.batch.max,
-                         profiles=list(range(len(profiles))), instances=instances)
-    return tc.check_config(tc.config_text(cfg), INPUTS, OUTPUTS)
+@pytest.fixture(scope="module")
+def io(pooled):
+    """Inputs and outputs of a real TensorRT-bound graph (the pooled tiny build's fp16 file)."""
+    return tc.read_onnx_io(pooled / "model.rope-plugin.fp16.onnx")
+
+
+def generated(io, profiles: ProfileSet, instances: int = 1):
+    """The config.pbtxt engines.triton writes for an engine with these profiles, parsed back as Triton would."""
+    text = tensorrt_config("m_fp16", io, profiles.batch.max, {}, profiles.to_report(), instances, MAX_LEN)
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def every_shape_refused(cfg, boxes, max_len):
@@ -41,9 +45,9 @@ def every_shape_refused(cfg, boxes, max_len):
 
 @pytest.mark.parametrize("tops", [None, "2048", "512,2048", "128,512,2048", "128,512"])
 @pytest.mark.parametrize("instances", [1, 2])
-def test_every_instance_takes_every_length(tops, instances):
+def test_every_instance_takes_every_length(io, tops, instances):
     profiles = ProfileSet.from_cli("1,8,32", tops, MAX_LEN)
-    cfg = generated(profiles, instances)
+    cfg = generated(io, profiles, instances)
     insts = rules.instances_for(cfg, len(profiles))
     assert len(insts) == instances and all(i.profiles == tuple(range(len(profiles))) for i in insts)
     assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == instances
@@ -56,10 +60,10 @@ def test_every_instance_takes_every_length(tops, instances):
     assert cfg.dynamic_batching.max_queue_delay_microseconds == tc.QUEUE_DELAY_US
 
 
-def test_one_group_per_profile_fails_requests_on_the_wrong_instance():
+def test_one_group_per_profile_fails_requests_on_the_wrong_instance(io):
     """The layout engines.triton wrote before: instance group i listing profile i only."""
     profiles = ProfileSet.from_cli("1,8,32", "128,512,2048", MAX_LEN)
-    cfg = generated(profiles)
+    cfg = generated(io, profiles)
     del cfg.instance_group[:]
     for p in range(len(profiles)):
         cfg.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, count=1, profile=[str(p)])
@@ -99,8 +103,24 @@ def test_interval_shortcut_agrees_with_brute_force():
             assert f"refuses batch {brute[0][1]} x sequence {brute[0][2]} and {len(brute) - 1} more" in lines[0]
 
 
+def test_generator_refuses_a_config_that_would_fail_requests(io):
+    rows = ProfileSet.from_cli("1,8,32", "128,2048", MAX_LEN).to_report()
+    rows[1]["sequence"][0] = 200  # lengths 129..199 in no profile
+    with pytest.raises(VerificationError, match="m_fp16_0_0 .*refuses batch 1 x sequence 129 and"):
+        tensorrt_config("m_fp16", io, 32, {}, rows, 1, MAX_LEN)
+
+
 def test_an_engine_that_refuses_batch_1_is_refused():
     rows = ProfileSet.from_cli("2,8,32", None, 64).to_report()
     with pytest.raises(UsageError, match="batches from 2 only.*--batch 1,OPT,MAX"):
         _batch_max({"plan": "model.fp16.plan", "profiles": rows}, {})
     assert _batch_max({"plan": "p", "profiles": ProfileSet.from_cli("8", None, 64).to_report()}, {})[0] == 8
+
+
+def test_sidecar_outputs_must_be_the_graphs(io):
+    _, outs = io
+    side = {"outputs": [{"name": o.name, "dtype": "DataType.FLOAT"} for o in outs]}
+    check_engine_outputs("model.fp16.plan", side, outs)
+    check_engine_outputs("model.fp16.plan", {}, outs)  # an older sidecar records none
+    with pytest.raises(VerificationError, match="model.fp16.plan has outputs .*last_hidden_state.*rebuild"):
+        check_engine_outputs("model.fp16.plan", {"outputs": side["outputs"][:1]}, outs)
