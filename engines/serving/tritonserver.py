@@ -150,14 +150,7 @@ class TritonProcess:
 
     def death(self) -> ServerDiedError | None:
         """Why the server cannot serve any more (tritonserver or a backend stub exited), else None."""
-        code = self.proc.poll()
-        if code is not None:
-            return ServerDiedError(f"tritonserver exited ({exit_text(code)}); see {self.log_file}")
-        gone = [pid for pid in self.stubs if not _alive(pid)]
-        if gone:
-            return ServerDiedError(f"the model's Python backend stub (pid {gone[0]}) exited, so tritonserver "
-                                   f"serves nothing; see {self.log_file}")
-        return None
+        return server_death(self.proc, self.stubs, self.log_file)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -171,6 +164,17 @@ class TritonProcess:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self._log.close()
+
+
+def server_death(proc: subprocess.Popen, stubs: list[int], log_file: Path) -> ServerDiedError | None:
+    code = proc.poll()
+    if code is not None:
+        return ServerDiedError(f"tritonserver exited ({exit_text(code)}); see {log_file}")
+    gone = [pid for pid in stubs if not _alive(pid)]
+    if gone:
+        return ServerDiedError(f"the model's Python backend stub (pid {gone[0]}) exited, so tritonserver "
+                               f"serves nothing; see {log_file}")
+    return None
 
 
 def exit_text(code: int) -> str:

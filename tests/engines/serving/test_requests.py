@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from engines.serving.ort_model import OrtEncoder, RequestError
-from tests.fixtures.tiny_build import write_tiny_build
+from tests.fixtures.tiny_export import export_tiny_build
 from export.errors import UsageError
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     b = tmp_path_factory.mktemp("serving") / "tiny"
-    write_tiny_build(b)
+    export_tiny_build(b)
     return b
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ except Exception as e:
 
 from engines.triton import __main__ as cli  # noqa: E402
 from engines.triton import config as tc  # noqa: E402
-from tests.fixtures.tiny_build import write_tiny_build  # noqa: E402
+from tests.fixtures.tiny_export import export_tiny_build  # noqa: E402
 
 # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION for BERT-family encoders
 ATOL = 1e-4
@@ -24,7 +25,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     build = tmp_path_factory.mktemp("b") / "tiny"
-    model = write_tiny_build(build)
+    model = export_tiny_build(build)
     return build, model
 
 
@@ -49,6 +50,7 @@ def test_ort_twin_matches_onnx_io(tiny, tmp_path, capsys):
     hidden = model.config.hidden_size
     assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
     assert list(cfg.dynamic_batching.preferred_batch_size)[-1] == cfg.max_batch_size
+    assert cfg.parameters[tc.MAX_SEQUENCE_LENGTH].string_value == "64"  # the build's --max-len: engines.client reads it
     assert [p.name for p in repo.iterdir()] == ["tiny_onnx"]  # no staging dir left behind
 
 
@@ -129,8 +131,7 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
     assert parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4 and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
     report = json.loads((build / "report.json").read_text())
     bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "model.onnx").write_bytes((build / "model.onnx").read_bytes())
+    shutil.copytree(build, bad)  # every file of the build, the plan the doctored report names excepted
     report["engine"] = {"engines": [{"plan": "model.fp16.plan", "precision": "fp16",
                                      "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}]}]}
     (bad / "report.json").write_text(json.dumps(report))
