@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -45,18 +46,44 @@ class Refusal(Exception):
         self.status = status
 
 
-def count_elements(data) -> int | None:
-    """Leaves of a KServe `data` value (flat or nested row-major lists), None if it is not such a value."""
-    count, stack = 0, [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, (bool, int, float, str)):
-            count += 1
-        else:
-            return None
-    return count
+INT_RANGE = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT8": -8, "UINT16": -16, "UINT32": -32, "UINT64": -64}
+
+
+def data_problem(name, data, shape, datatype) -> str | None:
+    """Why a KServe JSON `data` value does not hold `shape` of `datatype`, else None. Taken: a flat list of
+    prod(shape) values, or lists nested exactly as `shape` (tritonserver answers 500 to anything else)."""
+    if not isinstance(data, list):
+        return f"input {name!r}: 'data' must be a list"
+    level, dims = [data], []
+    while level and all(isinstance(x, list) for x in level):
+        lengths = {len(x) for x in level}
+        if len(lengths) != 1:
+            return f"input {name!r}: 'data' is a ragged nested list; send a flat list or lists nested as the shape"
+        dims.append(lengths.pop())
+        level = [y for x in level for y in x]
+    if any(isinstance(x, list) for x in level):
+        return f"input {name!r}: 'data' mixes lists and values; send a flat list or lists nested as the shape"
+    n = 1
+    for d in shape:
+        n *= d
+    if dims != [n] and dims != list(shape):
+        return (f"input {name!r}: shape {list(shape)} declares {n} elements but 'data' holds {len(level)} "
+                f"(nested as {dims}); send matching data")
+    return _values_problem(name, level, datatype)
+
+
+def _values_problem(name, values, datatype) -> str | None:
+    bits = INT_RANGE.get(datatype)
+    if bits is not None:
+        lo, hi = (0, 2 ** -bits - 1) if bits < 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if not all(type(v) is int and lo <= v <= hi for v in values):
+            return f"input {name!r}: every value of a {datatype} input must be an integer in [{lo}, {hi}]"
+    elif datatype == "BOOL":
+        if not all(type(v) is bool for v in values):
+            return f"input {name!r}: every value of a BOOL input must be true or false"
+    elif not all(type(v) in (int, float) for v in values):
+        return f"input {name!r}: every value of a {datatype} input must be a number"
+    return None
 
 
 def judge_infer(body: bytes, header_length: int | None, cap: RequestCap) -> None:
@@ -85,10 +112,8 @@ def judge_infer(body: bytes, header_length: int | None, cap: RequestCap) -> None
             problem = input_problem(name, item.get("shape"), item.get("datatype"), nbytes=size, cap=cap)
             binary_total += size
         elif "data" in item:
-            count = count_elements(item["data"])
-            if count is None:
-                raise Refusal(400, f"input {name!r}: 'data' must be a list of numbers")
-            problem = input_problem(name, item.get("shape"), item.get("datatype"), count=count, cap=cap)
+            problem = input_problem(name, item.get("shape"), item.get("datatype"), cap=cap)
+            problem = problem or data_problem(name, item["data"], item["shape"], item["datatype"])
         else:
             problem = f"input {name!r} has neither 'data' nor a binary_data_size parameter"
         if problem:
@@ -153,8 +178,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise Refusal(400, "compressed request bodies are not taken; send it uncompressed")
         body = self.rfile.read(length)
-        self._unread = 0
-        if len(body) != length:
+        self._unread = length - len(body)
+        if len(body) != length:  # the client closed or stopped sending: answered, then the connection closed
             raise Refusal(400, f"the body ended after {len(body)} of {length} bytes")
         return body
 
@@ -180,8 +205,11 @@ class FrontHandler(BaseHTTPRequestHandler):
         if self._unread:  # a body still unread makes the connection unusable
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client went away before its answer: nothing left to tell it
+            self.close_connection = True
 
     def _forward(self, body: bytes | None) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", HEADER_LENGTH.lower())}
@@ -211,6 +239,15 @@ class HttpFront(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._local = threading.local()
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request, client_address):
+        """A client that vanished or stalled (socket timeout) ends its own connection: one debug line, no
+        traceback on stderr; anything else is a bug of the front, logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.exception("http front: unexpected error serving %s", client_address)
 
     def process_request(self, request, client_address):
         self._slots.acquire()  # bounds the threads: the accept loop waits while every slot is taken

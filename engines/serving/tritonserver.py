@@ -11,7 +11,9 @@ What the backend needs, set in the subprocess's environment only (os.environ is 
 - LD_LIBRARY_PATH: the interpreter's LIBDIR (the stub links libpython3.X) and the wheel's bundled libraries;
 - the stub ignores PYTHONPATH and runs the base interpreter's site-packages (numpy 2 there, measured):
   the model's EXECUTION_ENV_PATH parameter points it at the running venv instead (python_repository);
-- cwd: the project's root, so the stub imports this very roformer-trt even when it is not installed.
+- cwd: the project's root, so the stub imports this very roformer-trt even when it is not installed;
+- numpy must be < 2 in that environment: under numpy 2 the backend answers every request with HTTP 500
+  "output tensor shape does not match size of output" (measured: the stub pointed at the main venv).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def find_tritonserver() -> TritonDist:
     if not version.startswith(TESTED_PYTRITON):
         raise UnavailableError(f"nvidia-pytriton {version} is untested; install nvidia-pytriton==0.7.* "
                                "(the roformer-trt 'serving' extra)")
+    numpy_major = int(importlib.metadata.version("numpy").split(".")[0])
+    if numpy_major >= 2:  # the stub runs this environment (EXECUTION_ENV_PATH), so its numpy
+        raise UnavailableError(f"numpy {importlib.metadata.version('numpy')}: tritonserver 2.51's Python backend "
+                               "answers every request with empty outputs under numpy 2 ('output tensor shape does "
+                               "not match size of output'); serve from an environment with numpy<2 (python -m venv "
+                               ".venv-serving && .venv-serving/bin/pip install -e '.[serving]', as .ci/run does)")
     spec = importlib.util.find_spec("pytriton")  # located, not imported: none of PyTriton's code runs
     root = Path(next(iter(spec.submodule_search_locations)))
     py = f"{sys.version_info.major}.{sys.version_info.minor}"

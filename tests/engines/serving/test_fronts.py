@@ -96,11 +96,17 @@ def infer_json(shape, data, name="input_ids"):
 
 @pytest.mark.parametrize("body,status,expected", [
     (infer_json([1, 1_000_000_000_000], [1]), 400, "more than the model's limit of 512"),
-    (infer_json([1, 3], [1, 2]), 400, "declares 3 elements but the data holds 2"),
+    (infer_json([1, 3], [1, 2]), 400, "declares 3 elements but 'data' holds 2"),
+    (infer_json([1, 3], [[1, 2, 3, 4]]), 400, "declares 3 elements but 'data' holds 4 (nested as [1, 4])"),
+    (infer_json([2, 2], [[1, 2], [3]]), 400, "ragged nested list"),
+    (infer_json([1, 2], [1.5, 2]), 400, "must be an integer in [-9223372036854775808, 9223372036854775807]"),
+    (infer_json([1, 2], [True, 2]), 400, "must be an integer"),
+    (infer_json([1, 1], [2**70]), 400, "must be an integer"),
     (infer_json([1, -1], [1]), 400, "negative dimension"),
     (b'{"inputs": [{"name"', 400, "request body is not valid JSON"),
     (b"[" * 90_000, 400, "request body is not valid JSON"),  # nested past Python's recursion limit
-    (infer_json([1, 2], [[1], {"a": 1}]), 400, "'data' must be a list of numbers"),
+    (infer_json([1, 2], [[1], {"a": 1}]), 400, "'data' mixes lists and values"),
+    (infer_json([1, 1], {"a": 1}), 400, "'data' must be a list"),
     (json.dumps({"inputs": [{"name": "input_ids", "shape": [1], "datatype": "INT64", "data": [1],
                              "parameters": {"shared_memory_region": "r"}}]}).encode(), 400, "shared memory"),
     (b"{}", 400, "request has no 'inputs' list"),
@@ -235,3 +241,22 @@ def test_watch_raises_the_death_it_sees():
     with pytest.raises(ServerDiedError, match="exit code 1"):
         watch(s, interval_s=0.01)
     assert s.polls == 3
+
+
+def test_usage_is_checked_before_availability(tmp_path, capsys):
+    """A missing build is exit 2 even where tritonserver is missing; a build that is fine but no tritonserver
+    (the main environment: no nvidia-pytriton, numpy 2) is exit 3 with the reason, and nothing keeps running."""
+    import importlib.util
+
+    from engines.serving.__main__ import main
+
+    assert main(["--build", str(tmp_path / "missing"), "--http-port", "0", "--grpc-port", "0"]) == 2
+    assert "export.build" in capsys.readouterr().err
+    assert main(["--build", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+    if importlib.util.find_spec("pytriton") is None:
+        from engines.serving.server import check_runtime
+        from export.errors import UnavailableError
+
+        with pytest.raises(UnavailableError, match="nvidia-pytriton is not installed"):
+            check_runtime()

@@ -279,7 +279,8 @@ def test_client_truncates_to_the_positions_the_model_publishes(server, tmp_path,
 HOSTILE_JSON = [  # (body, what the one-line answer says); every one got HTTP 500 or killed tritonserver 2.51
     (b'{"inputs":[{"name":"input_ids","shape":[1,1000000000000],"datatype":"INT64","data":[1]}]}',
      "more than the model's limit"),
-    (b'{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","data":[1]}]}', "but the data holds 1"),
+    (b'{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","data":[1]}]}', "but 'data' holds 1"),
+    (b'{"inputs":[{"name":"input_ids","shape":[2,2],"datatype":"INT64","data":[[1,2],[3]]}]}', "ragged"),
     (b'{"inputs":[{"name":"input_ids","shape":[1,-3],"datatype":"INT64","data":[1]}]}', "negative dimension"),
     (b'{"inputs":[{"name"', "not valid JSON"),
 ]
