@@ -9,6 +9,6 @@
   our HTTP and gRPC fronts (`http_front`, `grpc_front`, `request_limits`) on the public ports.
 - `engines.client` goes from raw text to embeddings against either server.
 
-Nothing here imports tensorrt or pytriton (its tritonserver is run, not imported); the gRPC front imports
-grpc and tritonclient.grpc (the dev and serving extras).
+Nothing here imports tensorrt or pytriton (its tritonserver is run, not imported); grpc and
+tritonclient.grpc (the dev and serving extras) are imported when present and required only to serve.
 """

@@ -17,10 +17,17 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-from tritonclient.grpc import service_pb2
-
 from engines.serving.request_limits import RequestCap, input_problem
+from export.errors import UnavailableError
+
+try:  # the dev and serving extras; without them `python -m engines.serving --help` still works
+    import grpc
+    from tritonclient.grpc import service_pb2
+except Exception as e:  # ImportError, or the RuntimeError of a tritonclient installed without [grpc]
+    grpc = service_pb2 = None
+    MISSING = f"{type(e).__name__}: {e}"
+else:
+    MISSING = None
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ TYPED_CONTENTS = {  # datatype -> the InferTensorContents field that carries it
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
 
 
-def infer_problem(request: service_pb2.ModelInferRequest, cap: RequestCap) -> str | None:
+def infer_problem(request, cap: RequestCap) -> str | None:
     """The one-line reason a ModelInferRequest's inputs cannot be served as declared, else None."""
     if not request.inputs:
         return "request has no inputs; send input_ids, attention_mask and token_type_ids"
@@ -58,8 +65,14 @@ def infer_problem(request: service_pb2.ModelInferRequest, cap: RequestCap) -> st
     return None
 
 
-class FrontHandler(grpc.GenericRpcHandler):
-    def __init__(self, channel: grpc.Channel, cap: RequestCap):
+def require_grpc() -> None:
+    if MISSING is not None:
+        raise UnavailableError(f"grpcio and tritonclient[grpc] are needed for the gRPC front ({MISSING}); "
+                               "pip install -e '.[serving]'")
+
+
+class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
+    def __init__(self, channel, cap: RequestCap):
         self.channel, self.cap = channel, cap
 
     def service(self, details):
@@ -70,7 +83,7 @@ class FrontHandler(grpc.GenericRpcHandler):
             return grpc.unary_unary_rpc_method_handler(self._not_offered)
         upstream = self.channel.unary_unary(details.method)  # bytes in, bytes out
 
-        def forward(body: bytes, context: grpc.ServicerContext) -> bytes:
+        def forward(body: bytes, context) -> bytes:
             if name == "ModelInfer":
                 self._check(body, context)
             metadata = [(k, v) for k, v in context.invocation_metadata() if not k.startswith((":", "grpc-"))]
@@ -85,7 +98,7 @@ class FrontHandler(grpc.GenericRpcHandler):
 
         return grpc.unary_unary_rpc_method_handler(forward)
 
-    def _check(self, body: bytes, context: grpc.ServicerContext) -> None:
+    def _check(self, body: bytes, context) -> None:
         request = service_pb2.ModelInferRequest()
         try:
             request.ParseFromString(body)
@@ -97,14 +110,15 @@ class FrontHandler(grpc.GenericRpcHandler):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     @staticmethod
-    def _not_offered(_request, context: grpc.ServicerContext):
+    def _not_offered(_request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "this method is not offered on this port (health, metadata, "
                                                      "config, statistics and ModelInfer are)")
 
 
-def start_grpc_front(address: str, upstream: str, cap: RequestCap) -> tuple[grpc.Server, grpc.Channel, int]:
+def start_grpc_front(address: str, upstream: str, cap: RequestCap):
     """Serve the front on `address` (host:port, port 0: a free one); returns the server, its upstream
     channel (stop and close both) and the port it listens on."""
+    require_grpc()
     channel = grpc.insecure_channel(upstream, options=[("grpc.max_send_message_length", -1),
                                                        ("grpc.max_receive_message_length", -1)])
     server = grpc.server(ThreadPoolExecutor(WORKERS, thread_name_prefix="grpc-front"),

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines.serving.grpc_front import start_grpc_front
+from engines.serving.grpc_front import require_grpc, start_grpc_front
 from engines.serving.http_front import HttpFront
 from engines.serving.ort_model import load_build
 from engines.serving.python_repository import write_python_repository
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def check_runtime() -> None:
-    """Raise UnavailableError (exit 3) when tritonserver cannot be run from this environment."""
+    """Raise UnavailableError (exit 3) when tritonserver or the fronts cannot run in this environment."""
     find_tritonserver()
+    require_grpc()
 
 
 @contextlib.contextmanager
@@ -47,6 +48,7 @@ def serve(build: Path, pooling: str = "mean", host: str = "127.0.0.1", http_port
     """Serve `build` until the block exits. Port None (or 0): a free one."""
     model, limits, name = load_build(build, pooling)  # usage errors (exit 2) before anything starts
     dist = find_tritonserver()  # then availability (exit 3)
+    require_grpc()
     name = f"{name}_onnx"
     work = Path(tempfile.mkdtemp(prefix="roformer-serving-"))
     log_file = Path(log_file) if log_file else work / "tritonserver.log"
