@@ -87,14 +87,14 @@ def main(argv=None) -> int:
 
     from engines.serving.ort_model import load_build
     from engines.serving.server import serve
-    from tests.fixtures.tiny_export import export_tiny_build
+    from tests.fixtures.tiny_build import write_tiny_build
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             build = args.build
             if args.tiny:
                 build = Path(tmp) / "tiny"
-                export_tiny_build(build)
+                write_tiny_build(build)
             _, limits, _ = load_build(build, "mean")
             if limits.max_sequence and args.sequence > limits.max_sequence:
                 raise SystemExit(f"error: --sequence {args.sequence} > the model's {limits.max_sequence} positions")

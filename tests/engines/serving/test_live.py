@@ -42,7 +42,7 @@ LIVE_TIMEOUT_S = 900
 pytestmark = [pytest.mark.skipif(SKIP is not None, reason=f"cannot serve here: {SKIP}"), pytest.mark.timeout(LIVE_TIMEOUT_S)]
 if SKIP is None:
     from engines.client import ServerError, TextEncoder, TritonEncoderClient, encode, load_tokenizer
-    from tests.fixtures.tiny_export import export_tiny_build
+    from tests.fixtures.tiny_build import write_tiny_build
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION
 N_REQUESTS = 24  # per protocol; bounded so the module stays well under a minute
@@ -53,7 +53,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "我", "们", "爱", "北
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     build = tmp_path_factory.mktemp("serve") / "tiny"
-    return build, export_tiny_build(build)
+    return build, write_tiny_build(build)
 
 
 @pytest.fixture(scope="module")
