@@ -160,6 +160,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         except Refusal as r:
             self._refuse(r)
             return
+        if not read_body and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            self.close_connection = True  # a body on GET/HEAD is not read: the connection cannot go on
         self._forward(body if read_body else None)
 
     def _read_body(self) -> bytes:

@@ -83,6 +83,8 @@ def serve(build: Path, pooling: str = "mean", host: str = "127.0.0.1", http_port
         shutil.rmtree(work / "backends", ignore_errors=True)  # ours: links into the wheel
         if own_repository:
             shutil.rmtree(repo, ignore_errors=True)  # ours: a copy of the build's graph
+        if server is None:  # tritonserver never started: no log worth keeping, the folder is ours and empty
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _listen_http(host: str, port: int, upstream: tuple[str, int], cap) -> HttpFront:
