@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from export.passes.lowering import with_rotary_function
-from export.passes.rotary import PLUGIN_OP, fuse_rotary
+from export.passes.rotary import fuse_rotary
 from export.reference import roformer_rotary_ref, sincos_table
 from export.stages.rope import expected_sites
 from export.spec import ExportSpec
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, grade, make_inputs, ort_session
+from plugins.identity import PLUGIN_OP
 
 GRID = [("torchscript", 17), ("torchscript", 18), ("torchscript", 20), ("dynamo", 18), ("dynamo", 20), ("dynamo", 23)]
 SHAPES = [Shape(1, 1), Shape(3, 13, 2)]
