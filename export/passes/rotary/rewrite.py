@@ -22,9 +22,10 @@ ONNX_ROTARY_INTERLEAVED = (0, 1)  # RotaryEmbedding-23: split halves or adjacent
 
 def refusal(mode: str, layout: Layout) -> str | None:
     """Why `mode` cannot rewrite a site of this layout, or None."""
+    attr = identity.ATTR_INTERLEAVED
     if mode == "plugin" and layout.interleaved not in identity.INTERLEAVED_ALLOWED:
-        return (f"layout {layout.name} needs {identity.ATTR_INTERLEAVED}={layout.interleaved}; the {identity.PLUGIN_OP} "
-                f"plugin implements {identity.ATTR_INTERLEAVED}={identity.INTERLEAVED_ALLOWED}; use --rope onnx")
+        return (f"layout {layout.name} needs {attr}={layout.interleaved}; the {identity.PLUGIN_OP} plugin implements "
+                f"{attr} in {identity.INTERLEAVED_ALLOWED} only; use --rope onnx")
     if mode == "onnx" and layout.interleaved not in ONNX_ROTARY_INTERLEAVED:
         return f"layout {layout.name} needs interleaved={layout.interleaved}; RotaryEmbedding takes 0 or 1"
     return None
