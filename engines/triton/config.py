@@ -172,7 +172,7 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
 
 
 def load_sidecar(path: Path) -> dict:
-    """An engine's sidecar JSON (already located and checked by engines.artifacts.verify_artifact)."""
+    """An engine's sidecar JSON (already located and checked by export.artifacts.verify_artifact)."""
     data = load_json(path, what="engine sidecar", max_bytes=1 << 20)
     if not isinstance(data, dict):
         raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild it with python -m export.build")

@@ -6,7 +6,7 @@ Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-on
      `<out>/<name>_<precision>/{config.pbtxt,1/model.plan}`: one TensorRT model per engine in
      report.json, written only when the build has engines.
 Only a build that passed is published, and only the files its report describes: every file is read
-through engines.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
+through export.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
 back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
 place (staged in `<out>/.staging-<random>`, then renamed). Nothing is written outside `--out`.
 Exit codes: export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check,
@@ -26,7 +26,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from engines.triton import config as tc
-from engines.artifacts import artifact, read_build, verify_artifact
+from export.artifacts import artifact, verify_artifact
+from export.verdict import read_build
 from engines.serving.pooling import add_sentence_embedding
 from export.errors import UsageError
 from export.onnx_io import save_model

@@ -36,7 +36,7 @@ def test_round_trip_keeps_every_section():
 
 def test_every_section_renders_as_tables_not_json():
     md = render_markdown(full_report())
-    for heading in ("## Model", "## Plugin", "## Engine", "## Optimization profiles", "## Artifacts",
+    for heading in ("## Model", "## Plugin", "## Engine", "## Optimization profiles", "## Files",
                     "## Time per stage"):
         assert heading in md
     assert "| model.fp16.plan | fp16 |" in md and "| `/p/libroformer_trt_plugin.so` |" in md

@@ -1,5 +1,6 @@
 """The driver over a graph with two layers, one of which cannot be rewritten: counts carry across runs."""
 
+import onnx
 import torch
 
 from export.passes.rotary import fuse_rotary
@@ -27,12 +28,14 @@ class TwoLayers(torch.nn.Module):
 def test_a_partly_rewritten_graph_keeps_its_counts_on_the_next_run(tmp_path):
     torch.manual_seed(0)
     model = export_module(TwoLayers(), tmp_path / "two.onnx", 2 * DH, ["y0", "y1"])
+    onnx.helper.set_model_props(model, {"roformer_trt.max_len": str(ROWS)})
     kw = dict(expected=4, expected_nodes=2, max_len=ROWS, head_dim=DH)
     first, rep1 = fuse_rotary(model, "plugin", **kw)
     assert (rep1.found, rep1.rewritten, rep1.nodes, rep1.already) == (4, 2, 1, 0), rep1.to_dict()
     assert [layer["rewritten"] for layer in rep1.layers] == [True, False]
     assert len(rep1.skipped) == 2 and all("numerical check failed" in s["reason"] for s in rep1.skipped)
     assert "2/4" in rep1.coverage_error()
+    assert {p.key: p.value for p in first.metadata_props} == {"roformer_trt.max_len": str(ROWS)}  # kept
 
     second, rep2 = fuse_rotary(first, "plugin", **kw)
     assert (rep2.found, rep2.already, rep2.rewritten, rep2.nodes) == (2, 2, 2, 1), rep2.to_dict()
