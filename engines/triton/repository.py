@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from engines.serving.ort_model import limits_from_report
 from engines.tensorrt.profiles import INT32_MAX
 from engines.triton import backend_rules
 from engines.triton import config as tc
@@ -80,6 +81,12 @@ def check_model_name(name: str) -> str:
         raise UsageError(f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
                          "(no path separators)")
     return name
+
+
+def positions_parameter(report: Report) -> dict[str, str]:
+    """{max_sequence_length: N}, the positions the build takes (engines.client truncates to it); {} if unknown."""
+    n = limits_from_report(report.to_dict()).max_sequence
+    return {tc.MAX_SEQUENCE_LENGTH: str(n)} if n else {}
 
 
 def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[dict]]:
@@ -146,7 +153,7 @@ def _tensorrt_model(build: Path, report: Report, entry: dict, name: str, max_bat
         rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
     mb = bmax if max_batch is None else max_batch
     mname = f"{name}_{entry.get('precision', 'trt')}"
-    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len)
+    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len, positions_parameter(report))
     return ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan)
 
 
@@ -160,13 +167,13 @@ def check_engine_outputs(plan: str, sidecar: dict, outputs: list) -> None:
 
 
 def tensorrt_config(name: str, io, max_batch: int, dtypes: dict[str, str], profiles: list[dict], instances: int,
-                    max_len: int = 0) -> str:
+                    max_len: int = 0, parameters: dict[str, str] | None = None) -> str:
     """config.pbtxt of a tensorrt_plan model for an engine with these profile rows (report.json `profiles`),
     parsed back and checked against the graph's I/O and against the backend's rules: every instance must take
     every batch 1..max_batch x every length 1..max_len (0: the longest profile's); VerificationError otherwise."""
     ins, outs = io
     cfg = tc.make_config(name, "tensorrt_plan", ins, outs, max_batch, dtypes=dtypes,
-                         profiles=list(range(len(profiles))), instances=instances)
+                         profiles=list(range(len(profiles))), instances=instances, parameters=parameters)
     text = tc.config_text(cfg)
     parsed = tc.check_config(text, ins, outs, dtypes)
     longest = max_len or max(int(p["sequence"][2]) for p in profiles)
@@ -197,7 +204,8 @@ def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, m
     model = add_sentence_embedding(_load(src), pooling)
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
-    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch))
+    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch,
+                                         parameters=positions_parameter(report)))
     tc.check_config(text, ins, outs)
     mode = pooling.describe() if isinstance(pooling, Pooling) else pooling
     return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=mode)

@@ -51,6 +51,7 @@ def test_ort_twin_matches_onnx_io(tiny, tmp_path, capsys):
     assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
     assert not cfg.dynamic_batching.preferred_batch_size  # requests of equal shape merge, up to max_batch_size
     assert cfg.dynamic_batching.max_queue_delay_microseconds == tc.QUEUE_DELAY_US
+    assert cfg.parameters[tc.MAX_SEQUENCE_LENGTH].string_value == "64"  # the build's --max-len: engines.client reads it
     assert [p.name for p in repo.iterdir()] == ["tiny_onnx"]  # no staging dir left behind
 
 
@@ -131,7 +132,7 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
     assert parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4 and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
     report = json.loads((build / "report.json").read_text())
     bad = tmp_path / "bad"
-    shutil.copytree(build, bad)
+    shutil.copytree(build, bad)  # every file of the build, the plan the doctored report names excepted
     report["engine"] = {"engines": [{"plan": "model.fp16.plan", "precision": "fp16",
                                      "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}]}]}
     (bad / "report.json").write_text(json.dumps(report))
@@ -165,7 +166,8 @@ def test_twin_serves_the_builds_own_pooling(pooled, tmp_path, capsys):
     twin = repo / "tiny_onnx" / "1" / "model.onnx"
     hidden = json.loads((pooled / "report.json").read_text())["model"]["hidden"]
     cfg = parse(repo / "tiny_onnx" / "config.pbtxt")
-    assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
+    assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden],
+                                                          "sentence_embedding": [hidden]}
     feeds = make_inputs(Shape(3, 19, padded_rows=2), vocab_size=99, type_vocab_size=2)
     engine_graph = ort_session(OnnxFile(pooled / "model.rope-plugin.onnx", rotary_function=True))
     want = dict(zip([o.name for o in engine_graph.get_outputs()], engine_graph.run(None, feeds)))["sentence_embedding"]
