@@ -34,11 +34,12 @@ from engines.serving.ort_model import limits_from_report
 from engines.tensorrt.profiles import INT32_MAX
 from engines.triton import backend_rules
 from engines.triton import config as tc
+from engines.triton.pooling import tensorrt_graph, twin_pooling
 from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError, VerificationError
 from export.onnx_io import save_model
-from export.passes.pooling import EMBEDDING, Pooling, add_sentence_embedding, declared_pooling
-from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, rope_key
+from export.passes.pooling import EMBEDDING, Pooling, add_sentence_embedding
+from export.report import ONNX_KEY, Report, rope_key
 from export.report_io import read_report
 from export.staging import check_out_path
 from export.verdict import read_build
@@ -98,23 +99,6 @@ def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[dict]]:
         raise UsageError(f"engine {entry.get('plan')} takes batches from {low} only, and Triton sends batches of 1 "
                          "up; rebuild it with --batch 1,OPT,MAX")
     return max(int(p["batch"][2]) for p in profiles), profiles
-
-
-def tensorrt_graph(build: Path, report: Report) -> Path | None:
-    """The graph TensorRT builds from (its I/O and pooling are the engine's), None when the report has none."""
-    return artifact(build, report, TENSORRT_ONNX_KEY, rope_key("plugin"), ONNX_KEY)
-
-
-def build_pooling(build: Path, report: Report, asked: str) -> Pooling | None:
-    """The pooling the build's TensorRT-bound graph computes (None: it has no sentence_embedding); `asked`
-    (--pooling) must be that mode or none: UsageError naming both otherwise."""
-    graph = tensorrt_graph(build, report)
-    have = declared_pooling(_load(graph, weights=False)) if graph is not None else None
-    if have is not None and asked not in ("none", have.mode):
-        raise UsageError(f"--pooling {asked} disagrees with the build: {graph.name} computes {EMBEDDING} with "
-                         f"{have.describe()} pooling; pass --pooling {have.mode} or none, or rebuild with "
-                         f"python -m export.build --pooling {asked}")
-    return have
 
 
 def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | None, pooling: str,
@@ -194,13 +178,11 @@ def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
 
 def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, max_batch: int) -> ModelFolder:
     """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added
-    (a Pooling: the build's own, normalisation included; a graph that has it already is served as it is,
-    otherwise the twin keeps last_hidden_state too)."""
+    (engines.triton.pooling.twin_pooling: the build's own, normalisation included, when it has one; a graph
+    that has the output already is served as it is)."""
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
         raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
-    if isinstance(pooling, Pooling):
-        pooling = Pooling(pooling.mode, pooling.normalize)
     model = add_sentence_embedding(_load(src), pooling)
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
@@ -279,11 +261,11 @@ def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: i
     check_out(out, planned_models(build, name), force)  # before any work: the build is judged after this
     report = read_build(build)
     rep = RepoReport()
-    built_with = build_pooling(build, report, pooling)
+    twin = twin_pooling(build, report, pooling)  # exit 2 when --pooling disagrees with a pooled build
     trt = tensorrt_models(build, report, name, max_batch, pooling, rep, instances)
     if max_batch is None:
         max_batch = min((m.max_batch for m in trt), default=DEFAULT_MAX_BATCH)
-    models = [onnx_model(build, report, name, built_with or pooling, max_batch), *trt]
+    models = [onnx_model(build, report, name, twin, max_batch), *trt]
     write_repository(out, models, force)
     rep.models = {m.name: m.summary(out) for m in models}
     return rep
