@@ -117,3 +117,17 @@ def test_contradicting_pooling_flags_exit_2(tiny_ckpt, tmp_path, capsys, flags, 
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *flags]) == 2
     assert fragment in one_line(capsys)
     assert not out.exists()
+
+
+def test_grading_fails_an_output_the_graph_should_not_have():
+    """--outputs sentence_embedding: a graph that kept last_hidden_state fails validation instead of passing."""
+    import numpy as np
+
+    from export.thresholds import Thresholds
+    from export.validate import Shape, grade
+
+    emb = np.ones((2, 4), np.float32)
+    got = {EMBEDDING: emb, HIDDEN: np.ones((2, 3, 4), np.float32)}
+    case = grade("rope-plugin", "fp32", Shape(2, 3), got, {EMBEDDING: emb}, Thresholds.defaults())
+    assert not case["passed"] and case["outputs"][EMBEDDING]["passed"]
+    assert "unexpected output 'last_hidden_state'" in case["outputs"][HIDDEN]["error"]
