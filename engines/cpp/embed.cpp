@@ -353,8 +353,8 @@ std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dim
     }
     outDims = e.context->getTensorShape(outName);
     std::vector<char> out(static_cast<size_t>(volume(outDims)) * elementSize(e.engine->getTensorDataType(outName)));
-    RR_CUDA_CHECK(cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost,
-        stream));
+    RR_CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost, stream));
     RR_CUDA_CHECK(cudaStreamSynchronize(stream));
     return out;
 }
@@ -418,7 +418,8 @@ int run(int argc, char** argv)
     char const* outName = bindOutputs(e, buffers);
     Dims outDims{};
     std::vector<char> const out = infer(e, outName, stream.get(), outDims);
-    printEmbeddings(out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
+    printEmbeddings(
+        out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
     return 0;
 }
 } // namespace

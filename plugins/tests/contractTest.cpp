@@ -120,7 +120,8 @@ class FoldingBuilder : public IExprBuilder
             exprs.emplace_back(value, true);
             return &exprs.back();
         }
-        IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
+        IDimensionExpr const* operation(
+            DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
         {
             if (!a.isConstant() || !b.isConstant())
             {
@@ -222,7 +223,7 @@ struct Library
 {
     void* handle{nullptr};
     void (*setLoggerFinder)(ILoggerFinder*){nullptr};
-    IPluginCreatorInterface* const* (*getCreators)(int32_t&){nullptr};
+    IPluginCreatorInterface* const* (*getCreators)(int32_t&) {nullptr};
 };
 
 Library openPlugin(char const* path, int flags = RTLD_NOW | RTLD_LOCAL)
@@ -235,7 +236,7 @@ Library openPlugin(char const* path, int flags = RTLD_NOW | RTLD_LOCAL)
         std::exit(2);
     }
     lib.setLoggerFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(lib.handle, "setLoggerFinder"));
-    lib.getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(lib.handle, "getCreators"));
+    lib.getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*)(int32_t&)>(dlsym(lib.handle, "getCreators"));
     return lib;
 }
 
@@ -263,8 +264,8 @@ Dims dims(std::initializer_list<int64_t> v)
 }
 
 //! k rotated tensors [B, H, S, Dh] of `t` + the table [P, R] fp32, then k outputs.
-std::vector<DynamicPluginTensorDesc> ioDescs(int32_t k, DataType t, Dims x, Dims tab, int64_t maxS = -1,
-    DataType tabType = DataType::kFLOAT)
+std::vector<DynamicPluginTensorDesc> ioDescs(
+    int32_t k, DataType t, Dims x, Dims tab, int64_t maxS = -1, DataType tabType = DataType::kFLOAT)
 {
     std::vector<DynamicPluginTensorDesc> io(static_cast<size_t>(2 * k + 1));
     for (int32_t i = 0; i < 2 * k + 1; ++i)
@@ -341,7 +342,8 @@ void driveFormats(IPluginV3OneBuild* b, int32_t k)
     // As the builder does: position by position, earlier positions fixed to an accepted combination.
     for (auto const& [t0, f0] : rotated)
     {
-        std::vector<DynamicPluginTensorDesc> io = ioDescs(k, static_cast<DataType>(t0), dims({1, 2, 8, 64}), dims({16, 64}));
+        std::vector<DynamicPluginTensorDesc> io
+            = ioDescs(k, static_cast<DataType>(t0), dims({1, 2, 8, 64}), dims({16, 64}));
         for (int32_t pos = 0; pos < n; ++pos)
         {
             std::set<std::pair<int32_t, int32_t>> accepted;
@@ -371,15 +373,16 @@ void driveFormats(IPluginV3OneBuild* b, int32_t k)
             io[static_cast<size_t>(pos)].desc.format = TensorFormat::kLINEAR;
         }
     }
-    check(ok, "k=" + std::to_string(k) + ": supportsFormatCombination accepts exactly the contract's combinations" + why);
+    check(
+        ok, "k=" + std::to_string(k) + ": supportsFormatCombination accepts exactly the contract's combinations" + why);
 }
 
 void driveBuild(IPluginCreatorV3One* c, int32_t k)
 {
     std::string const tag = "k=" + std::to_string(k) + ": ";
     size_t mark = gFinder.logger.errors.size();
-    IPluginV3* p = create(c, {intField("interleaved", 1), intField("rotary_dim", 64), intField("num_tensors", k)},
-        TensorRTPhase::kBUILD);
+    IPluginV3* p = create(
+        c, {intField("interleaved", 1), intField("rotary_dim", 64), intField("num_tensors", k)}, TensorRTPhase::kBUILD);
     check(p != nullptr && !loggedSince(mark), tag + "createPlugin(kBUILD) with the parser's fields");
     if (p == nullptr)
     {
@@ -456,7 +459,8 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
 
     // configurePlugin
     auto io = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
-    check(build->configurePlugin(io.data(), k + 1, io.data() + k + 1, k) == 0, tag + "configurePlugin accepts a valid profile");
+    check(build->configurePlugin(io.data(), k + 1, io.data() + k + 1, k) == 0,
+        tag + "configurePlugin accepts a valid profile");
     struct Refusal
     {
         char const* what;
@@ -465,8 +469,10 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     std::vector<Refusal> refusals;
     refusals.push_back({"R > Dh", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 32}), dims({512, 64}), 512)});
     refusals.push_back({"odd Dh", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 65}), dims({512, 64}), 512)});
-    refusals.push_back({"profile S above the table rows", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 513)});
-    refusals.push_back({"fp16 table", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512, DataType::kHALF)});
+    refusals.push_back(
+        {"profile S above the table rows", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 513)});
+    refusals.push_back(
+        {"fp16 table", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512, DataType::kHALF)});
     if (k > 1)
     {
         auto m = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
@@ -495,12 +501,15 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     PluginFieldCollection const* ser = rt->getFieldsToSerialize();
     std::string const before = describe(ser);
-    check(before == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=1, rotary_dim:"
-            + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=32, num_tensors:"
-            + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=" + std::to_string(k),
+    check(before
+            == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=1, rotary_dim:"
+                + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=32, num_tensors:"
+                + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=" + std::to_string(k),
         tag + "getFieldsToSerialize: " + before);
     IPluginV3* back = c->createPlugin("rotary_0", ser, TensorRTPhase::kRUNTIME);
-    auto* backRt = back ? static_cast<IPluginV3OneRuntime*>(back->getCapabilityInterface(PluginCapabilityType::kRUNTIME)) : nullptr;
+    auto* backRt = back
+        ? static_cast<IPluginV3OneRuntime*>(back->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+        : nullptr;
     check(backRt != nullptr && describe(backRt->getFieldsToSerialize()) == before,
         tag + "createPlugin(kRUNTIME) from the serialized fields gives identical fields");
 
@@ -509,8 +518,10 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     delete p; // the copies must not point into the original (ASan would see it)
     for (IPluginV3* copy : {cl, att})
     {
-        auto* r = copy ? static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME)) : nullptr;
-        auto* b = copy ? static_cast<IPluginV3OneBuild*>(copy->getCapabilityInterface(PluginCapabilityType::kBUILD)) : nullptr;
+        auto* r = copy ? static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+                       : nullptr;
+        auto* b = copy ? static_cast<IPluginV3OneBuild*>(copy->getCapabilityInterface(PluginCapabilityType::kBUILD))
+                       : nullptr;
         check(r && b && describe(r->getFieldsToSerialize()) == before && b->getNbOutputs() == k,
             tag + (copy == cl ? "clone" : "attachToContext") + " is a deep copy that outlives the original");
     }
@@ -536,7 +547,8 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
         longer[static_cast<size_t>(i)].dims.d[2] = 17;
     }
     size_t mark = gFinder.logger.errors.size();
-    check(r->onShapeChange(longer.data(), k + 1, out.data(), k) != 0 && loggedSince(mark), tag + "onShapeChange refuses S > P");
+    check(r->onShapeChange(longer.data(), k + 1, out.data(), k) != 0 && loggedSince(mark),
+        tag + "onShapeChange refuses S > P");
 
     // enqueue: refusals never touch memory
     std::vector<uint16_t> host(2 * 4 * 16 * 64 * static_cast<size_t>(k) * 2 + 16 * 32 * 2);
@@ -548,7 +560,8 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     mark = gFinder.logger.errors.size();
     check(r->enqueue(in.data(), out.data(), nullptr, outs.data(), nullptr, nullptr) != 0 && loggedSince(mark),
         tag + "enqueue refuses null inputs");
-    check(r->enqueue(in.data(), out.data(), ins.data(), nullptr, nullptr, nullptr) != 0, tag + "enqueue refuses null outputs");
+    check(r->enqueue(in.data(), out.data(), ins.data(), nullptr, nullptr, nullptr) != 0,
+        tag + "enqueue refuses null outputs");
     std::vector<void const*> nullIns(static_cast<size_t>(k + 1), nullptr);
     check(r->enqueue(in.data(), out.data(), nullIns.data(), outs.data(), nullptr, nullptr) != 0,
         tag + "enqueue refuses null tensor pointers");
@@ -604,9 +617,9 @@ void badFields(IPluginCreatorV3One* c, std::string const& what, std::vector<Fiel
         int status = 0;
         waitpid(pid, &status, 0);
         std::string how = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-            : WEXITSTATUS(status) == 3           ? "returned a plugin"
-            : WEXITSTATUS(status) == 4           ? "returned nullptr without a logged reason"
-                                                 : "exit " + std::to_string(WEXITSTATUS(status));
+            : WEXITSTATUS(status) == 3        ? "returned a plugin"
+            : WEXITSTATUS(status) == 4        ? "returned nullptr without a logged reason"
+                                              : "exit " + std::to_string(WEXITSTATUS(status));
         bool const ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         check(ok, "bad fields " + label + ": nullptr with a logged reason" + (ok ? "" : " (" + how + ")"));
     }
@@ -694,9 +707,9 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
         return 1;
     }
     auto count = stubFn<int32_t (*)()>(stub, "rr_stub_registration_count");
-    auto reg = stubFn<IPluginCreatorInterface* (*) (int32_t, char const**)>(stub, "rr_stub_registration");
+    auto reg = stubFn<IPluginCreatorInterface* (*)(int32_t, char const**)>(stub, "rr_stub_registration");
     auto nMsg = stubFn<int32_t (*)()>(stub, "rr_stub_message_count");
-    auto msg = stubFn<char const* (*) (int32_t)>(stub, "rr_stub_message");
+    auto msg = stubFn<char const* (*)(int32_t)>(stub, "rr_stub_message");
     void* plugin = dlopen(pluginPath, RTLD_NOW | RTLD_LOCAL);
     check(plugin != nullptr, std::string("dlopen the static plugin library: ") + (plugin ? "" : dlerror()));
     if (!plugin)
@@ -708,7 +721,8 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
     {
         char const* gotNs = nullptr;
         auto* c = static_cast<IPluginCreatorV3One*>(reg(0, &gotNs));
-        check(ns == gotNs, std::string("registerCreator gets the creator's namespace \"") + ns + "\", got \"" + gotNs + "\"");
+        check(ns == gotNs,
+            std::string("registerCreator gets the creator's namespace \"") + ns + "\", got \"" + gotNs + "\"");
         check(std::string(c->getPluginNamespace()) == gotNs, "the namespace passed is the creator's own");
     }
     bool const refuse = std::getenv("RR_STUB_REFUSE") != nullptr;
@@ -717,7 +731,8 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
     {
         logged = logged || std::strstr(msg(i), "refused") != nullptr;
     }
-    check(logged == refuse, refuse ? "a refused registerCreator is logged" : "nothing logged when registration succeeds");
+    check(
+        logged == refuse, refuse ? "a refused registerCreator is logged" : "nothing logged when registration succeeds");
     return 0;
 }
 
@@ -762,11 +777,16 @@ int main(int argc, char** argv)
     {
         std::string const a = argv[i];
         auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-        if (a == "--name") e.name = next();
-        else if (a == "--version") e.version = next();
-        else if (a == "--namespace") e.ns = next();
-        else if (a == "--fields") e.fields = split(next(), ',');
-        else if (a == "--no-gpu") e.gpu = false;
+        if (a == "--name")
+            e.name = next();
+        else if (a == "--version")
+            e.version = next();
+        else if (a == "--namespace")
+            e.ns = next();
+        else if (a == "--fields")
+            e.fields = split(next(), ',');
+        else if (a == "--no-gpu")
+            e.gpu = false;
     }
     std::printf("host built with TensorRT %d.%d headers\n", NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR);
     int rc = 0;

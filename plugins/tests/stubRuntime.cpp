@@ -49,7 +49,8 @@ public:
         *n = 0;
         return nullptr;
     }
-    IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
+    IPluginCreator* getPluginCreator(
+        AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
     {
         return nullptr;
     }
@@ -72,7 +73,8 @@ public:
         *n = 0;
         return nullptr;
     }
-    IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
+    IPluginCreatorInterface* getCreator(
+        AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
     {
         return nullptr;
     }
