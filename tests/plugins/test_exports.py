@@ -2,8 +2,9 @@
 
 The dynamically loaded adapter must export exactly getCreators and setLoggerFinder and need nothing from
 libnvinfer (TensorRT resolves it by path and hands it a logger finder); the static variant must register
-through libnvinfer and export no getCreators (so it can never be registered twice). Adapter checks skip,
-with CMake's reason, where no TensorRT headers were found (CI).
+through libnvinfer and export no getCreators (so it can never be registered twice). The adapter is checked as
+the default build made it (skipped, with CMake's reason, where that build found no TensorRT headers) and as built
+against every set of headers tests.fixtures.toolchain finds (both majors where ../shared/tensorrt-headers is).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.plugins.fixtures import adapter_skip_reason, plugin_build  # noqa: F401  (session fixture)
+from tests.fixtures.toolchain import headers_missing, tensorrt_include_dirs, version_of
+from tests.plugins.fixtures import adapter_skip_reason, contract_build, plugin_build  # noqa: F401  (session fixture)
 
 from plugins import locate
 
@@ -55,7 +57,19 @@ def test_kernel_library_exports_only_the_launcher(plugin_build):  # noqa: F811
 
 
 def test_dynamic_plugin_exports_getcreators_and_setloggerfinder_only(plugin_build):  # noqa: F811
-    lib = plugin_build.require(locate.PLUGIN_LIB, adapter_skip_reason(plugin_build))
+    check_dynamic_plugin(plugin_build.require(locate.PLUGIN_LIB, adapter_skip_reason(plugin_build)))
+
+
+HEADERS = tensorrt_include_dirs()
+
+
+@pytest.mark.skipif(not HEADERS, reason=headers_missing())
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_dynamic_plugin_exports_for_every_tensorrt_major(include):
+    check_dynamic_plugin(contract_build(include) / locate.PLUGIN_LIB)
+
+
+def check_dynamic_plugin(lib: Path) -> None:
     # + the TensorRT major it was built against (plugins.build and engines.build compare it with the runtime)
     assert defined(lib) == {"getCreators", "setLoggerFinder", "roformer_trt_plugin_tensorrt_major"}
     need = needed(lib)
