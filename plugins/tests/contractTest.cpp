@@ -9,9 +9,12 @@
  *   contract_test drive  <libroformer_trt_plugin.so> --name N --version V --namespace NS --fields a,b,c [--no-gpu]
  *   contract_test static <stub libnvinfer.so.M> <static plugin library linked to it> --namespace NS
  *   contract_test mixed  <stub libnvinfer.so.M> <libroformer_trt_plugin.so built with another major>
+ *   contract_test lookup <stub libnvinfer.so.M> <libroformer_trt_plugin.so> --name N --version V --namespace NS
  *
  * Prints "ok <check>" / "FAIL <check>" per check and "contract: P passed, F failed"; exit 0 when F == 0.
  */
+#include "../common/creatorLookup.h"
+
 #include <NvInferRuntime.h>
 #include <NvInferVersion.h>
 
@@ -762,6 +765,88 @@ int mixedMode(char const* stubPath, char const* pluginPath)
     return 0;
 }
 
+//! A V3One creator that claims any identity and interface kind: the registry entries a lookup must tell apart.
+class DecoyCreator : public IPluginCreatorV3One
+{
+public:
+    DecoyCreator(char const* kind, int32_t major, std::string name, std::string version, std::string ns)
+        : mKind(kind)
+        , mMajor(major)
+        , mName(std::move(name))
+        , mVersion(std::move(version))
+        , mNamespace(std::move(ns))
+    {
+    }
+    InterfaceInfo getInterfaceInfo() const noexcept override { return InterfaceInfo{mKind, mMajor, 0}; }
+    IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const*, TensorRTPhase) noexcept override
+    {
+        return nullptr;
+    }
+    PluginFieldCollection const* getFieldNames() noexcept override { return &mNoFields; }
+    AsciiChar const* getPluginName() const noexcept override { return mName.c_str(); }
+    AsciiChar const* getPluginVersion() const noexcept override { return mVersion.c_str(); }
+    AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
+
+private:
+    char const* mKind;
+    int32_t mMajor;
+    std::string mName, mVersion, mNamespace;
+    PluginFieldCollection mNoFields{};
+};
+
+//! plugins/common/creatorLookup.h against the stub's recording registry: it finds our creator only by its
+//! (name, version, namespace) and interface kind, reads the registry's list and never calls getCreator
+//! (whose misses TensorRT logs as errors).
+int lookupMode(char const* stubPath, char const* pluginPath, Expect const& e)
+{
+    void* stub = dlopen(stubPath, RTLD_NOW | RTLD_LOCAL);
+    check(stub != nullptr, std::string("load the stub runtime RTLD_LOCAL: ") + (stub ? "" : dlerror()));
+    if (!stub)
+    {
+        return 1;
+    }
+    IPluginRegistry& registry = *stubFn<IPluginRegistry* (*)()>(stub, "getPluginRegistry")();
+    auto getCreatorCalls = stubFn<int32_t (*)()>(stub, "rr_stub_get_creator_calls");
+    auto find
+        = [&] { return roformer_trt::findCreatorV3One(registry, e.name.c_str(), e.version.c_str(), e.ns.c_str()); };
+    check(find() == nullptr, "empty registry: not found");
+
+    // Same identity behind another kind or layout, or one field off: none of them is ours.
+    std::deque<DecoyCreator> decoys;
+    decoys.emplace_back("PLUGIN CREATOR_V3QUICK", 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V1", 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 2, e.name, e.version, e.ns);
+    decoys.emplace_back(nullptr, 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name, e.version, ""); // REGISTER_TENSORRT_PLUGIN's namespace
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name, e.version + "0", e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name + "X", e.version, e.ns);
+    for (DecoyCreator& d : decoys)
+    {
+        registry.registerCreator(d, d.getPluginNamespace());
+    }
+    check(find() == nullptr,
+        std::to_string(decoys.size())
+            + " decoys (other kind, kind major, null kind, namespace, version, name): none found");
+
+    // What loadLibrary does with libroformer_trt_plugin.so: ask its creators and register each under its namespace.
+    Library lib = openPlugin(pluginPath);
+    lib.setLoggerFinder(&gFinder);
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = lib.getCreators(n);
+    check(creators != nullptr && n == 1, "getCreators returns one creator (got " + std::to_string(n) + ")");
+    if (creators == nullptr || n != 1)
+    {
+        return 1;
+    }
+    auto* ours = static_cast<IPluginCreatorV3One*>(creators[0]);
+    check(registry.registerCreator(*ours, ours->getPluginNamespace()), "our creator registered after the decoys");
+    check(find() == ours, "found: exactly our creator, not a decoy with its identity");
+    check(registry.deregisterCreator(*ours) && find() == nullptr, "deregistered: not found again");
+    check(getCreatorCalls() == 0,
+        "IPluginRegistry::getCreator never called (" + std::to_string(getCreatorCalls()) + " calls)");
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -801,6 +886,10 @@ int main(int argc, char** argv)
     else if (mode == "mixed" && argc >= 4)
     {
         rc = mixedMode(argv[2], argv[3]);
+    }
+    else if (mode == "lookup" && argc >= 4)
+    {
+        rc = lookupMode(argv[2], argv[3], e);
     }
     else
     {

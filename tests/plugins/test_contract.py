@@ -82,6 +82,22 @@ def test_static_library_registers_under_its_own_namespace(include):
         assert f'registerCreator gets the creator\'s namespace "{identity.PLUGIN_NAMESPACE}"' in out
 
 
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
+    """plugins/common/creatorLookup.h (engines/cpp/embed.cpp's lookup) against the stub's recording registry:
+    TensorRT logs every getCreator miss as an error, so the lookup reads getAllCreators instead, and tells
+    our creator from decoys with its identity behind another interface kind."""
+    d = build(include)
+    major = version_of(include).split(".")[0]
+    rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup",
+                                       str(d / "tests" / "stub" / f"libnvinfer.so.{major}"), str(d / identity.PLUGIN_LIB),
+                                       "--name", identity.PLUGIN_OP, "--version", identity.PLUGIN_VERSION,
+                                       "--namespace", identity.PLUGIN_NAMESPACE)
+    assert rc == 0 and failed == 0, out + err
+    assert "ok   found: exactly our creator, not a decoy with its identity" in out
+    assert "ok   IPluginRegistry::getCreator never called (0 calls)" in out
+
+
 def test_mixed_majors_refuse_instead_of_crashing():
     """A host of one major (its runtime, a stub, loaded RTLD_LOCAL first) loading a library of the other."""
     by_major = {version_of(h).split(".")[0]: h for h in HEADERS}

@@ -1,10 +1,13 @@
 """engines/cpp compiles -Wall -Wextra -Werror clean against the TensorRT headers of every major found
 (tests.fixtures.toolchain: $ROFORMER_TRT_TENSORRT_INCLUDE, $TensorRT_INCLUDE_DIR or ../shared/tensorrt-headers).
-Compile only (objects): linking and running need libnvinfer and a GPU, which CI does not have."""
+Compile only (objects): linking and running need libnvinfer and a GPU, which CI does not have. What a compiler
+lets through is read from the source: includes a standard library happens to bring in transitively, and the
+element types of the precisions the export writes."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,9 +15,22 @@ from pathlib import Path
 import pytest
 from tests.fixtures.toolchain import headers_missing, skip_or_fail, tensorrt_include_dirs, version_of
 
+from export.thresholds import PRECISIONS
+
 CPP = Path(__file__).resolve().parents[3] / "engines" / "cpp"
 CUDA_INC = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 HEADERS = tensorrt_include_dirs()
+# std:: names embed.cpp uses -> the header the standard declares them in (libstdc++ may bring it in anyway).
+STD_HEADERS = {"max": "algorithm", "min": "algorithm", "sort": "algorithm", "find": "algorithm",
+               "istreambuf_iterator": "iterator", "unique_ptr": "memory", "runtime_error": "stdexcept",
+               "ifstream": "fstream", "istringstream": "sstream", "strcmp": "cstring", "remove_pointer_t": "type_traits"}
+# The precisions export.build writes (export.passes.precision) -> TensorRT DataType and its bytes.
+OUTPUT_TYPES = {"fp32": ("kFLOAT", 4), "fp16": ("kHALF", 2), "bf16": ("kBF16", 2)}
+
+
+def code() -> str:
+    """embed.cpp without // comments."""
+    return "\n".join(line.split("//")[0] for line in (CPP / "embed.cpp").read_text().splitlines())
 
 
 def toolchain(need_cmake: bool = False) -> None:
@@ -49,3 +65,21 @@ def test_cmake_project_builds_objects(tmp_path, include):
     assert build.returncode == 0, build.stdout + build.stderr
     assert list(b.rglob("embed.cpp.o"))
 
+
+def test_every_std_name_used_has_its_own_include():
+    src = code()
+    included = set(re.findall(r"#include\s*<(\w+)>", src))
+    missing = {f"std::{name} needs <{header}>" for name, header in STD_HEADERS.items()
+               if re.search(rf"\bstd::{name}\b", src) and header not in included}
+    assert not missing, sorted(missing)
+
+
+def test_element_size_and_to_float_cover_every_exported_precision():
+    src = code()
+    size_body = src.split("size_t elementSize(DataType t)", 1)[1].split("\n}\n", 1)[0]
+    sizes = {t: int(n) for t, n in re.findall(r"case DataType::(k\w+): return (\d+);", size_body)}
+    to_float = src.split("float toFloat(void const* base, DataType t, int64_t i)", 1)[1].split("\n}\n", 1)[0]
+    assert set(OUTPUT_TYPES) == set(PRECISIONS)
+    for precision, (trt_type, nbytes) in OUTPUT_TYPES.items():
+        assert sizes.get(trt_type) == nbytes, f"{precision}: elementSize({trt_type}) is {sizes.get(trt_type)}"
+        assert f"DataType::{trt_type}" in to_float, f"{precision}: toFloat does not read {trt_type}"
