@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cstring>
+#include <limits>
 #include <memory>
 
 using namespace nvinfer1;
@@ -74,6 +75,31 @@ void checkInputs(PluginTensorDesc const* in, int32_t k, int32_t rotaryDim)
     RR_VALIDATE(in[k].type == DataType::kFLOAT, "sincos must be fp32");
     RR_VALIDATE(tab.d[1] == -1 || tab.d[1] == rotaryDim,
         "sincos width " + std::to_string(tab.d[1]) + " must equal rotary_dim " + std::to_string(rotaryDim));
+}
+
+//! One integer field's value. TensorRT 10.x's ONNX parser passes an INT attribute as one kINT32; a kINT64 of
+//! length 1 (another parser, or a host filling the fields itself) is accepted when its value fits int32, so a
+//! value like 2^32 + 64 is refused instead of truncated to 64.
+int32_t readIntField(PluginField const& f)
+{
+    std::string const name{f.name};
+    RR_VALIDATE(f.length == 1 && f.data != nullptr,
+        "field '" + name + "' must hold one value, got length " + std::to_string(f.length)
+            + (f.data == nullptr ? " and no data" : ""));
+    if (f.type == PluginFieldType::kINT32)
+    {
+        int32_t v{};
+        std::memcpy(&v, f.data, sizeof(v));
+        return v;
+    }
+    RR_VALIDATE(f.type == PluginFieldType::kINT64,
+        "field '" + name + "' must be kINT32 or kINT64, got PluginFieldType "
+            + std::to_string(static_cast<int32_t>(f.type)));
+    int64_t v{};
+    std::memcpy(&v, f.data, sizeof(v));
+    RR_VALIDATE(v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(),
+        "field '" + name + "' is " + std::to_string(v) + ", outside the int32 range");
+    return static_cast<int32_t>(v);
 }
 
 } // namespace
@@ -444,9 +470,7 @@ IPluginV3* RoformerRotaryPluginCreator::createPlugin(
                     (std::string("RoformerRotary: ignoring unknown field '") + f.name + "'").c_str());
                 continue;
             }
-            RR_VALIDATE(f.type == PluginFieldType::kINT32 && f.length == 1 && f.data != nullptr,
-                std::string("field '") + f.name + "' must be one kINT32");
-            *dst = *static_cast<int32_t const*>(f.data);
+            *dst = readIntField(f);
         }
         RR_VALIDATE(rotaryDim != -1, "the rotary_dim field is required");
         // The same constructor validates build-time and deserialized (kRUNTIME) plugins.

@@ -187,6 +187,14 @@ Field intField(std::string name, int32_t v)
     return f;
 }
 
+//! The same attribute as a parser that maps ONNX INT (int64 in the proto) to kINT64 would pass it.
+Field int64Field(std::string name, int64_t v)
+{
+    Field f{std::move(name), PluginFieldType::kINT64, 1, std::vector<unsigned char>(sizeof(int64_t))};
+    std::memcpy(f.data.data(), &v, sizeof(v));
+    return f;
+}
+
 //! Owns the storage a PluginFieldCollection points into.
 struct Fields
 {
@@ -391,6 +399,18 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     {
         return;
     }
+    // The same attributes as kINT64 fields: the same plugin, serialized as the contract's kINT32 fields.
+    mark = gFinder.logger.errors.size();
+    IPluginV3* p64
+        = create(c, {int64Field("interleaved", 1), int64Field("rotary_dim", 64), int64Field("num_tensors", k)},
+            TensorRTPhase::kBUILD);
+    auto serialized = [](IPluginV3* q) {
+        auto* r = static_cast<IPluginV3OneRuntime*>(q->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        return describe(r->getFieldsToSerialize());
+    };
+    check(p64 != nullptr && !loggedSince(mark) && serialized(p64) == serialized(p),
+        tag + "createPlugin(kBUILD) with kINT64 fields gives the kINT32 plugin: " + (p64 ? serialized(p64) : "null"));
+    delete p64;
     auto* core = static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE));
     auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
     auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -648,7 +668,13 @@ void driveBadFields(IPluginCreatorV3One* c)
     badFields(c, "rotary_dim missing", {I(1), K(2)});
     badFields(c, "no fields", {});
     badFields(c, "rotary_dim kFLOAT32", {I(1), typed("rotary_dim", PluginFieldType::kFLOAT32, 1, 4), K(2)});
-    badFields(c, "rotary_dim kINT64", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 1, 8), K(2)});
+    badFields(
+        c, "rotary_dim kINT64 0x0101010101010101", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 1, 8), K(2)});
+    badFields(c, "rotary_dim kINT64 2^32 + 64 (64 if truncated)",
+        {I(1), int64Field("rotary_dim", (int64_t{1} << 32) + 64), K(2)});
+    badFields(c, "num_tensors kINT64 INT32_MIN - 1", {I(1), R(64), int64Field("num_tensors", int64_t{INT32_MIN} - 1)});
+    badFields(c, "rotary_dim kINT64 63", {I(1), int64Field("rotary_dim", 63), K(2)});
+    badFields(c, "rotary_dim kINT64 length 2", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 2, 16), K(2)});
     badFields(c, "num_tensors kINT8", {I(1), R(64), typed("num_tensors", PluginFieldType::kINT8, 1, 1)});
     badFields(c, "num_tensors kINT16", {I(1), R(64), typed("num_tensors", PluginFieldType::kINT16, 1, 2)});
     badFields(c, "interleaved kCHAR", {typed("interleaved", PluginFieldType::kCHAR, 2, 2), R(64), K(2)});
