@@ -27,7 +27,7 @@ from engines.tensorrt.availability import gpu_identity, trt_major
 from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.graph import input_axes as read_axes
 from engines.tensorrt.plugin_library import load_plugins
-from engines.tensorrt.sidecar import make_sidecar, onnx_sha256, read_sidecar, reuse_decision, sidecar_path
+from engines.tensorrt.sidecar import load_sidecar, make_sidecar, onnx_sha256, reuse_decision, sidecar_path
 from export.atomic import write_atomic
 from export.digest import sha256_file
 from export.errors import UsageError, VerificationError
@@ -178,7 +178,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     ok, reasons = reuse_decision(plan, expected)
     if reuse and ok:
         log.info("reusing %s (sidecar matches)", plan)
-        return {**read_sidecar(plan), "plan": str(plan), "reused": True, "rebuild_reasons": []}
+        return {**load_sidecar(sidecar_path(plan)), "plan": str(plan), "reused": True, "rebuild_reasons": []}
     if existed:
         log.info("not reusing %s: %s", plan, "; ".join(reasons))
 

@@ -20,7 +20,6 @@ import onnx
 from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
-from export.files import load_json
 
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
@@ -170,10 +169,3 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
         raise VerificationError("config.pbtxt disagrees with the graph: " + "; ".join(bad))
     return cfg
 
-
-def load_sidecar(path: Path) -> dict:
-    """An engine's sidecar JSON (already located and checked by engines.artifacts.verify_artifact)."""
-    data = load_json(path, what="engine sidecar", max_bytes=1 << 20)
-    if not isinstance(data, dict):
-        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild it with python -m export.build")
-    return data
