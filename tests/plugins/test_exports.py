@@ -139,3 +139,32 @@ def test_plugin_library_status_says_what_happened(tmp_path, monkeypatch):
     st = locate.plugin_library_status(tmp_path)
     assert st["status"] == "built" and st["sha256"] == hashlib.sha256(b"lib").hexdigest()
     assert st["tensorrt_headers"] == "11.1.0" and "11.1.0" in st["reason"]
+
+
+def _headers(folder, major: int, minor: int):
+    """A fake include folder (NvInfer.h, NvInferVersion.h) and a CMakeCache.txt in `folder` pointing at it."""
+    inc = folder / f"include-{major}"
+    inc.mkdir(parents=True)
+    (inc / "NvInfer.h").write_text("")
+    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE {minor}\n"
+                                          "#define TRT_PATCH_ENTERPRISE 0\n")
+    (folder / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
+
+
+def test_plugin_library_status_reads_the_headers_of_the_library_it_found(tmp_path, monkeypatch):
+    """A library from $ROFORMER_TRT_PLUGIN_DIR is described by its own build's cache, not the default folder's."""
+    default, prebuilt = tmp_path / "build", tmp_path / "prebuilt"
+    _headers(default, 11, 1)
+    (default / locate.PLUGIN_LIB).write_bytes(b"default")
+    prebuilt.mkdir()
+    (prebuilt / locate.PLUGIN_LIB).write_bytes(b"prebuilt")
+    monkeypatch.setenv(locate.ENV_DIR, str(prebuilt))
+    st = locate.plugin_library_status(default)
+    assert st["path"] == str((prebuilt / locate.PLUGIN_LIB).resolve())
+    assert "tensorrt_headers" not in st and "11.1" not in st["reason"]  # no cache beside it: no version claimed
+    _headers(prebuilt, 10, 16)
+    st = locate.plugin_library_status(default)
+    assert st["tensorrt_headers"] == "10.16.0" and "10.16.0" in st["reason"]
+    monkeypatch.delenv(locate.ENV_DIR)
+    st = locate.plugin_library_status(default)
+    assert st["path"] == str((default / locate.PLUGIN_LIB).resolve()) and st["tensorrt_headers"] == "11.1.0"
