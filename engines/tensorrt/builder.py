@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _created(obj, what: str):
-    """`obj`, or VerificationError: TensorRT's builder calls answer failure with None (a null pointer), not an exception."""
+    """`obj`, or VerificationError: TensorRT's builder calls answer failure with None (a null pointer), never raise."""
     if obj is None:
         raise VerificationError(f"TensorRT could not {what}; see the TensorRT log above")
     return obj

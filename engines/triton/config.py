@@ -168,4 +168,3 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     if bad:
         raise VerificationError("config.pbtxt disagrees with the graph: " + "; ".join(bad))
     return cfg
-

@@ -58,7 +58,8 @@ def plugin_build() -> PluginBuild:
         return PluginBuild(d, _collect(d), notes=[f"prebuilt libraries from ${locate.ENV_DIR}={d}"])
     missing = plugin_build_cli.missing_tools()
     if missing:
-        why = f"cannot build the plugins: {', '.join(missing)} not installed (CI needs cmake >= 3.24 and the CUDA toolkit's nvcc)"
+        why = (f"cannot build the plugins: {', '.join(missing)} not installed (CI needs cmake >= 3.24 and the CUDA "
+               "toolkit's nvcc)")
         if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
             pytest.fail(f"{REQUIRE_TOOLS_ENV}=1 but {why}", pytrace=False)
         return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=why)

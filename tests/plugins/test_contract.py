@@ -92,10 +92,10 @@ def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
     our creator from decoys with its identity behind another interface kind."""
     d = build(include)
     major = version_of(include).split(".")[0]
-    rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup",
-                                       str(d / "tests" / "stub" / f"libnvinfer.so.{major}"), str(d / identity.PLUGIN_LIB),
-                                       "--name", identity.PLUGIN_OP, "--version", identity.PLUGIN_VERSION,
-                                       "--namespace", identity.PLUGIN_NAMESPACE)
+    stub = d / "tests" / "stub" / f"libnvinfer.so.{major}"
+    rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup", str(stub),
+                                       str(d / identity.PLUGIN_LIB), "--name", identity.PLUGIN_OP,
+                                       "--version", identity.PLUGIN_VERSION, "--namespace", identity.PLUGIN_NAMESPACE)
     assert rc == 0 and failed == 0, out + err
     assert "ok   found: exactly our creator, not a decoy with its identity" in out
     assert "ok   IPluginRegistry::getCreator never called (0 calls)" in out

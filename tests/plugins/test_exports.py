@@ -146,8 +146,8 @@ def _headers(folder, major: int, minor: int):
     inc = folder / f"include-{major}"
     inc.mkdir(parents=True)
     (inc / "NvInfer.h").write_text("")
-    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE {minor}\n"
-                                          "#define TRT_PATCH_ENTERPRISE 0\n")
+    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n"
+                                          f"#define TRT_MINOR_ENTERPRISE {minor}\n#define TRT_PATCH_ENTERPRISE 0\n")
     (folder / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
 
 

@@ -23,7 +23,8 @@ HEADERS = tensorrt_include_dirs()
 # std:: names embed.cpp uses -> the header the standard declares them in (libstdc++ may bring it in anyway).
 STD_HEADERS = {"max": "algorithm", "min": "algorithm", "sort": "algorithm", "find": "algorithm",
                "istreambuf_iterator": "iterator", "unique_ptr": "memory", "runtime_error": "stdexcept",
-               "ifstream": "fstream", "istringstream": "sstream", "strcmp": "cstring", "remove_pointer_t": "type_traits"}
+               "ifstream": "fstream", "istringstream": "sstream", "strcmp": "cstring",
+               "remove_pointer_t": "type_traits"}
 # The precisions export.build writes (export.passes.precision) -> TensorRT DataType and its bytes.
 OUTPUT_TYPES = {"fp32": ("kFLOAT", 4), "fp16": ("kHALF", 2), "bf16": ("kBF16", 2)}
 

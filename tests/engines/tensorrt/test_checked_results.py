@@ -30,8 +30,8 @@ def unchecked_results(tree: ast.AST, methods: set[str], checker: str) -> list[st
             continue
         parent = parents[call]
         by_checker = isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id == checker
-        by_name = (isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name)
-                   and parent.targets[0].id in tested_names)
+        by_name = (isinstance(parent, ast.Assign) and len(parent.targets) == 1
+                   and isinstance(parent.targets[0], ast.Name) and parent.targets[0].id in tested_names)
         if not (id(call) in in_tests or by_checker or by_name):
             bad.append(f"line {call.lineno}: {call.func.attr}")
     return bad
