@@ -90,7 +90,10 @@ def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
     """plugins/common/creatorLookup.h (engines/cpp/embed.cpp's lookup) against the stub's recording registry:
     TensorRT logs every getCreator miss as an error, so the lookup reads getAllCreators instead, and tells
     our creator from decoys with its identity behind another interface kind."""
-    d = build(include)
+    check_lookup(build(include), include)
+
+
+def check_lookup(d: Path, include: Path) -> str:
     major = version_of(include).split(".")[0]
     stub = d / "tests" / "stub" / f"libnvinfer.so.{major}"
     rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup", str(stub),
@@ -99,6 +102,7 @@ def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
     assert rc == 0 and failed == 0, out + err
     assert "ok   found: exactly our creator, not a decoy with its identity" in out
     assert "ok   IPluginRegistry::getCreator never called (0 calls)" in out
+    return err
 
 
 def test_mixed_majors_refuse_instead_of_crashing():
@@ -126,6 +130,8 @@ def test_contract_under_asan_ubsan(include):
         pytest.skip(why)
     d = build(include, sanitize=True)
     check_drive(drive(d))
+    err = check_lookup(d, include)
+    assert "ERROR: AddressSanitizer" not in err and "runtime error" not in err, err
     major = version_of(include).split(".")[0]
     rc, out, err, _, failed = run(d / "tests" / "roformer_trt_contract_test", "static",
                                   str(d / "tests" / "stub" / f"libnvinfer.so.{major}"),
