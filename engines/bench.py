@@ -31,7 +31,7 @@ from export import cli
 from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
-from export.validate import Shape, make_inputs
+from export.validate import Shape, fp32_eval_on, make_inputs
 
 log = logging.getLogger(__name__)
 BACKENDS = ("trt", "torch-fp32", "torch-fp16", "torch-compile", "ort")
@@ -77,8 +77,8 @@ def time_calls(fn: Callable[[], object], iters: int, warmup: int, sync: Callable
 def _torch_backend(model, name: str, device: str):
     import torch
 
-    m = model.to(device)
-    if name == "torch-fp16":  # .half() converts in place: the fp32 backend shares `model`, so copy first
+    m = fp32_eval_on(model, torch.device(device))  # the caller's model is never moved or converted
+    if name == "torch-fp16":  # .half() converts in place: the fp32 backend may share `m`, so copy first
         m = copy.deepcopy(m).half()
     if name == "torch-compile":
         m = torch.compile(m, dynamic=True)

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from engines.tensorrt.availability import engine_stage_status, require_engine
 from engines.tensorrt.builder import build_engine
 from engines.tensorrt.flags import add_engine_flags
-from engines.tensorrt.graph import count_plugin_nodes, table_rows
+from engines.tensorrt.graph import count_plugin_nodes, declared_max_len
 from engines.tensorrt.profiles import ProfileSet
 from export import cli
 from export.cli import Parser
@@ -34,7 +34,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="folder for <name>.plan and its sidecar (default: the ONNX file's folder)")
     p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
     p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16")
-    p.add_argument("--max-len", type=int, help="longest sequence (default: rows of the graph's rotary table)")
+    p.add_argument("--max-len", type=int, help="longest sequence (default: the length the graph declares, "
+                   "export.build's --max-len)")
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
     add_engine_flags(p)
     p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the plan)")
@@ -51,17 +52,20 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
                          "(report.json artifacts.tensorrt-onnx)")
     precision = parse_precision(args.precision)
     try:
-        rows = table_rows(onnx_path)
+        declared = declared_max_len(onnx_path)
     except DecodeError:
         raise UsageError(f"{onnx_path} is not an ONNX file; pass the ONNX file export.build wrote") from None
     if args.timing_cache and Path(args.timing_cache).exists() and not Path(args.timing_cache).is_file():
         raise UsageError(f"--timing-cache {args.timing_cache} is not a file; pass a file path (created if missing)")
-    if args.max_len is not None and rows is not None and args.max_len > rows:
-        raise UsageError(f"--max-len {args.max_len} exceeds the {rows} rows of {onnx_path.name}'s rotary table "
-                         f"(the longest sequence it can accept); pass --max-len <= {rows} or re-export with a larger one")
-    max_len = args.max_len or rows
+    if args.max_len is not None and args.max_len < 1:
+        raise UsageError(f"--max-len must be a positive number of tokens, got {args.max_len}")
+    if args.max_len is not None and declared is not None and args.max_len > declared:
+        raise UsageError(f"--max-len {args.max_len} exceeds the {declared} tokens {onnx_path.name} declares (the "
+                         f"longest sequence it can accept); pass --max-len <= {declared} or re-export with a larger one")
+    max_len = args.max_len or declared
     if max_len is None:
-        raise UsageError(f"{onnx_path.name} has no rotary table to read the longest sequence from; pass --max-len")
+        raise UsageError(f"{onnx_path.name} declares no longest sequence (not written by this export.build); pass "
+                         "--max-len")
     profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, args.choices)
     plugin_lib = args.plugin_lib
     if plugin_lib is not None and not Path(plugin_lib).is_file():
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     onnx_path, precision, profiles, plugin_lib = check_usage(args)
-    require_engine(engine_stage_status())
+    require_engine(engine_stage_status(), flag=None)
     out = Path(args.out) if args.out else onnx_path.parent
     entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
                          profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,

@@ -1,14 +1,18 @@
 """CLI: python -m export.build --model ckpt.pt --max-len 2048
 
 Checkpoint -> model.onnx (plain export) -> rotary pass (TensorRT-bound graph, or standard ONNX
-RotaryEmbedding) -> validation in ONNX Runtime against PyTorch -> report.json + report.md, then the
-engine stage where TensorRT exists. Exit codes: export/errors.py (0 ok, 1 verification failed,
+RotaryEmbedding) -> precision graph -> validation in ONNX Runtime against PyTorch -> the engine stage where
+TensorRT exists -> report.json + report.md. Exit codes: export/errors.py (0 ok, 1 verification failed,
 2 bad input or usage, 3 a --require-... stage is unavailable here, 4 internal error, 130 interrupted).
 
-Order of work: every flag is checked first (exit 2, nothing written), then `--require-engine` (exit 3,
-nothing written), then the checkpoint is loaded and the stages run in a staging folder inside --out
-that is moved into place at the end (export/staging.py): --out never holds a report beside files of
-another run. The stages, in export/stages/, each return their report section; this file assembles them.
+Order of work: every flag is checked first, then --out (writable, and no file of the user's that this run
+would replace: exit 2, nothing written), then `--require-engine` (exit 3). Then the checkpoint is read and
+checked (keys, shapes, dtypes) without building the model, the length and profiles are decided once, the
+memory the build needs is compared with what is available, and only then is the model built. The stages
+(export/stages/) run in a staging folder inside --out and each returns its result; this file alone
+assembles report.json from them, judges it with export.verdict, and moves the set into place
+(export/staging.py): --out never holds a report beside files of another run, and a user's files are never
+moved, replaced or removed.
 """
 
 from __future__ import annotations
@@ -16,37 +20,37 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from engines.tensorrt.availability import engine_stage_status, require_engine
-
 from engines.tensorrt.flags import add_engine_flags
-from engines.tensorrt.profiles import ProfileSet
-from export import __version__, cli
-from export.checkpoint import LoadedCheckpoint, load_checkpoint
+from export import __version__, cli, disk, memory
+from export.build_plan import Flags, Plan
+from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
-from export.files import load_toml
-from export.onnx_export import check_export_args, export_onnx
-from export.passes.precision import parse_precision
+from export.layout import Planned, plan_file, sidecar_file
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
 from export.reproduce import reproduce_commands
-from export.stages.bench import parse_grid, run_bench_stage
+from export.stages.bench import run_bench_stage
 from export.stages.engine import run_engine_stage
+from export.stages.onnx import run_export_stage
 from export.stages.precision import run_precision_stage
+from export.stages.result import StageResult
 from export.stages.rope import run_rope_stage
+from export.stages.validation import run_validation_stage
 from export.staging import BuildFolder
-from export.thresholds import ThresholdError, Thresholds
-from export.validate import TorchReference, failures, validate_graphs, validation_shapes
+from export.thresholds import ThresholdError
+from export.validate import failures
+from export.verdict import case_checks, failure_lines, judge, passed
 from plugins.identity import PLUGIN_LIB, STATIC_PLUGIN_LIB
 from plugins.locate import find_static_plugin_library, plugin_library_status
 
-MAX_LEN_LIMIT = 65536  # beyond this the table alone is hundreds of MB and validation at max_len takes hours
 EXAMPLE = "example: python -m export.build --model demo/ckpt.pt --max-len 2048"
 
 
@@ -54,12 +58,14 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m export.build", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
     p.add_argument("--model", required=True, help="checkpoint: HF folder, {config, state_dict} .pt, "
                    "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)")
-    p.add_argument("--config", help="config.json for a bare state_dict")
+    p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickled nn.Module (runs code from the file; only for files you trust)")
     p.add_argument("--out", help="output folder (default: build/<checkpoint stem>)")
-    p.add_argument("--max-len", type=int, help="longest sequence the graphs serve (default: the checkpoint's "
-                   "max_position_embeddings); may exceed it, the sinusoidal table is computed")
+    p.add_argument("--force", action="store_true", help="overwrite files in --out that roformer-trt did not write "
+                   "but that this build writes (by default the build refuses, naming them)")
+    p.add_argument("--max-len", type=int, help="longest sequence the graphs serve, at least 2 (default: the "
+                   "checkpoint's max_position_embeddings); may exceed it, the sinusoidal table is computed")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
     p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
     p.add_argument("--rope", default="plugin", choices=["plugin", "onnx", "none"],
@@ -76,11 +82,12 @@ def build_parser() -> Parser:
     p.add_argument("--atol", type=float, help="override every atol of the thresholds")
     p.add_argument("--rtol", type=float, help="override every rtol of the thresholds")
     p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
+    p.add_argument("--max-memory", help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
+                   f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger")
     p.add_argument("--skip-validation", action="store_true", help="export only (the report says not validated)")
     p.add_argument("--require-engine", action="store_true", help="exit 3 if the TensorRT engine stage cannot run here")
     p.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
     return p
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,180 +97,178 @@ def main(argv: list[str] | None = None) -> int:
                    interrupt_note=note)
 
 
-@dataclass(frozen=True)
-class Flags:
-    """Every flag, checked before any work (exit 2 with one line on the first bad one)."""
-
-    thresholds: Thresholds
-    precision: str
-    opset: int
-
-    @classmethod
-    def check(cls, args) -> "Flags":
-        if not Path(args.model).exists():
-            raise UsageError(f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file "
-                             "or HF folder")
-        check_max_len(args.max_len)
-        opset = check_export_args(args.exporter, args.opset, args.max_len or 1)
-        data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
-        thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
-        precision = parse_precision(args.precision)
-        # --batch, --profiles, --choices and --bench-grid as far as they can be judged without the checkpoint
-        # (its max_position_embeddings is the default --max-len); checked again once it is loaded
-        profiles = ProfileSet.from_cli(args.batch, args.profiles, args.max_len or MAX_LEN_LIMIT, args.choices)
-        if args.bench:
-            parse_grid(args.bench_grid, profiles)
-        if args.bench and args.bench_iters < 1:
-            raise UsageError(f"--bench-iters must be >= 1, got {args.bench_iters}")
-        if args.workspace_mib < 1:
-            raise UsageError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
-        return cls(thresholds, precision, opset)
-
-
 def _main(args, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
+    if args.max_memory is not None:
+        memory.parse_bytes(args.max_memory, "--max-memory")
+    engine = engine_stage_status()
     if args.require_engine:
-        require_engine(engine_stage_status())  # exit 3 in seconds, before anything is loaded or written
-    timings: dict[str, float] = {}
-    with _timed(timings, "load"), status("loading checkpoint"):
-        ckpt = load_checkpoint(args.model, args.config, args.trust_pickle)
-    max_len = args.max_len or ckpt.config.max_position_embeddings
-    profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, ckpt.task))
-    grid = parse_grid(args.bench_grid, profiles) if args.bench else None
-    out = Path(args.out) if args.out else Path("build") / Path(args.model).stem
-    with BuildFolder(out) as folder:
-        note.text = f"nothing was changed in {out}/ (the previous build there, if any, is untouched)"
-        folder.reuse(TIMING_CACHE, f"model.{flags.precision}.plan", f"model.{flags.precision}.plan.json")
-        report, error = _run_stages(args, argv, flags, ckpt, max_len, profiles, grid, folder.stage, timings)
-        folder.commit({Path(rel).parts[0] for rel in report.artifacts_sha256},
-                      on_done=lambda: setattr(note, "text", f"the finished build in {out}/ is in place"))
+        require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
+    planned = flags.planned(args, engine["status"] == "available")
+    with BuildFolder(flags.out, force=args.force) as folder:
+        folder.check_collisions(planned.files())
+        run = Run(args, argv, flags, planned)
+        ckpt, plan = run.load()
+        note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
+        folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
+        try:
+            report, error = run.stages(ckpt, plan, folder.stage)
+            folder.commit(report.artifacts_sha256, report.artifacts_sha256,
+                          on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"))
+        except (RoformerTrtError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a disk that filled up is the user's to fix: named as such, exit 2
+            raise disk.full_disk(flags.out, run.disk_need, e) or e
     if error is not None:
         raise error
-    if args.json:
-        print(report_text(report), end="")
-    else:
-        print(f"ok: {out / 'report.json'}")
+    print(report_text(report), end="") if args.json else print(f"ok: {flags.out / 'report.json'}")
     return EXIT_OK
 
 
-def _run_stages(args, argv, flags: Flags, ckpt: LoadedCheckpoint, max_len: int, profiles: ProfileSet, grid,
-                work: Path, timings: dict[str, float]) -> tuple[Report, RoformerTrtError | None]:
-    """Every stage into `work`; returns the saved report and the error to raise once it is in place."""
-    report = _new_report(argv, args, ckpt, profiles, timings)
-    if profiles.added_last:
-        info(f"--profiles tops end below --max-len {max_len}: added a last profile up to {max_len}")
-    graphs, rewrite_failure = _export_and_rewrite(args, flags, ckpt, max_len, work, report, timings)
-    with _timed(timings, "precision"):
-        trt_key = rope_key(args.rope) if report.rewrite else ONNX_KEY
-        stage = run_precision_stage(flags.precision, work / report.artifacts[trt_key], trt_key)
-    report.precision = stage.section
-    report.add_artifacts(stage.artifacts)
-    graphs.update(stage.graphs)
-    _validate(args, flags, ckpt, max_len, graphs, report, timings)
-    error = _engine(args, flags, ckpt, profiles, work, report, rewrite_failure, timings)
-    failure_lines = failures(report.validation)
-    if error is None and args.bench and rewrite_failure is None and not failure_lines:
-        with _timed(timings, "bench"):
-            stage = run_bench_stage(grid, report, work, model=ckpt.model, config=ckpt.config,
-                                    iters=args.bench_iters, compile_=args.bench_compile)
-        report.bench = stage.section
-        report.add_artifacts(stage.artifacts)
-    report.passed = error is None and not failure_lines and rewrite_failure is None and not args.skip_validation
-    if error is None and rewrite_failure:
-        report.failure, error = rewrite_failure, VerificationError(f"{rewrite_failure} (artifacts kept in the "
-                                                                   f"output folder)")
-    elif error is None and failure_lines:
-        report.failure = f"{len(failure_lines)} validation check(s) failed"
-        error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(failure_lines))
-    elif error is None and args.require_engine and (report.engine or {}).get("status") != "built":
-        error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
-    report.reproduce = reproduce(report, flags, ckpt)
-    report.artifacts_sha256 = artifact_hashes(work, report.artifacts.values())
-    save_report(report, work)
-    return report, error
+@dataclass
+class Run:
+    """One build: the command, its checked flags, and the seconds each stage took."""
+
+    args: object
+    argv: list[str]
+    flags: Flags
+    planned: Planned
+    timings: dict[str, float] = field(default_factory=dict)
+    disk_need: int = 0
+
+    def load(self) -> tuple[LoadedCheckpoint, Plan]:
+        """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
+        a = self.args
+        with self.timed("load"), status("reading checkpoint"):
+            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
+            plan = Plan.decide(a, inspected.config, inspected.task)
+            memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
+            self.disk_need = disk.need(inspected.config, self.planned)
+            disk.require(self.flags.out, self.disk_need)
+            if inspected.config_source.startswith("--config"):
+                info(f"using {inspected.config_source} instead of the checkpoint's own config")
+            if inspected.weights_dtype != "float32":
+                info(f"weights stored as {inspected.weights_dtype}")
+            ckpt = materialize(inspected, table_rows=plan.max_len)
+        if plan.profiles.added_last:
+            info(f"--profiles tops end below --max-len {plan.max_len}: added a last profile up to {plan.max_len}")
+        return ckpt, plan
+
+    def stages(self, ckpt: LoadedCheckpoint, plan: Plan, work: Path) -> tuple[Report, RoformerTrtError | None]:
+        """Every stage into `work`; returns the saved report and the error to raise once it is in place."""
+        a, results = self.args, {}
+        with self.timed("export"):
+            results["export"] = run_export_stage(ckpt.model, ckpt.task, work, plan.max_len, a.exporter, self.flags.opset)
+        if a.rope != "none":
+            with self.timed("rotary"):
+                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
+        trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
+        with self.timed("precision"):
+            results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],
+                                                       trt_key)
+        if not a.skip_validation:
+            with self.timed("validation"):
+                results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
+                                                             plan.max_len, self.flags.thresholds)
+        error = self.engine(results, ckpt, plan, work)
+        if error is None and a.bench and not self.why_no_engine(results):
+            with self.timed("bench"):
+                results["bench"] = self.bench(results, ckpt, plan, work)
+        return self.finish(results, ckpt, plan, work, error)
+
+    def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
+        """The engine stage, only from a graph that kept every rotary site and matched PyTorch in ORT; its
+        error (a failed parse or build) is returned for the report to record."""
+        why_not = self.why_no_engine(results)
+        if why_not:
+            results["engine"] = StageResult({"status": "skipped", "reason": why_not,
+                                             "profiles": plan.profiles.to_report()})
+            return None
+        try:
+            with self.timed("engine"):
+                results["engine"] = run_engine_stage(
+                    work / _artifacts(results)[TENSORRT_ONNX_KEY], self.flags.precision, plan.profiles,
+                    validate=not self.args.skip_validation, ckpt=ckpt, thresholds=self.flags.thresholds,
+                    workspace_mib=self.args.workspace_mib)
+        except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
+            results["engine"] = StageResult({"status": "failed", "reason": str(e),
+                                             "profiles": plan.profiles.to_report()}, failure=f"engine stage: {e}")
+            return e
+        return None
+
+    @staticmethod
+    def why_no_engine(results: dict) -> str | None:
+        if "rewrite" in results and results["rewrite"].failure:
+            return "the rotary stage failed"
+        if "validation" in results and failures(results["validation"].cases):
+            return "the ONNX graphs failed validation"
+        return None
+
+    def bench(self, results: dict, ckpt, plan: Plan, work: Path) -> StageResult:
+        arts = _artifacts(results)
+        engines = (results["engine"].section or {}).get("engines") or []
+        plan_path = work / engines[0]["plan"] if engines else None
+        return run_bench_stage(plan.grid, work, ort_graph=work / arts.get(rope_key("onnx"), arts[ONNX_KEY]),
+                               plan=plan_path, plugin_lib=plugin_library_status().get("path"), model=ckpt.model,
+                               config=ckpt.config, iters=self.args.bench_iters, compile_=self.args.bench_compile)
+
+    def finish(self, results: dict, ckpt, plan: Plan, work: Path,
+               error: RoformerTrtError | None) -> tuple[Report, RoformerTrtError | None]:
+        """Assemble the report from the results, judge it (export.verdict), save it; returns it and the error."""
+        report = assemble_report(self, results, ckpt, plan, work)
+        checks = judge(report, self.flags.thresholds, own_flag=False)
+        report.passed = passed(checks)
+        rewrite_failure = results["rewrite"].failure if "rewrite" in results else None
+        case_failures = failure_lines(case_checks(report, self.flags.thresholds))
+        if error is None and rewrite_failure:
+            error = VerificationError(f"{rewrite_failure} (artifacts kept in the output folder)")
+        elif error is None and case_failures and not self.args.skip_validation:
+            report.failure = f"{len(case_failures)} validation check(s) failed"
+            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures))
+        elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
+            error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
+        save_report(report, work)
+        return report, error
+
+    @contextmanager
+    def timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
 
-def _new_report(argv, args, ckpt: LoadedCheckpoint, profiles: ProfileSet, timings: dict[str, float]) -> Report:
-    report = Report(command=argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    timings=timings)
-    report.model = model_facts(ckpt)
-    report.checkpoint = {"path": str(args.model), "format": ckpt.source_format, "sha256": sha256_tree(args.model)}
-    report.profiles = profiles.to_report()
-    report.plugin = plugin_facts()
+def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheckpoint, plan: Plan,
+                    work: Path) -> Report:
+    """The one place report.json is put together: every section from the stage that produced it."""
+    def section(name):
+        return results[name].section if name in results else None
+
+    artifacts = _artifacts(results)
+    failure = next((r.failure for r in results.values() if r.failure), None)
+    report = Report(
+        command=run.argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=model_facts(ckpt), checkpoint=checkpoint_facts(run.args, ckpt), export=section("export"),
+        rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
+        profiles=plan.profiles.to_report(),
+        validation=[c for r in results.values() for c in r.cases],
+        validation_skipped=True if run.args.skip_validation else None, engine=section("engine"),
+        bench=section("bench"), artifacts=artifacts, artifacts_sha256=artifact_hashes(work, artifacts.values()),
+        timings=run.timings, failure=failure)
+    report.reproduce = reproduce(report, run.flags, ckpt)
     return report
 
 
-def _export_and_rewrite(args, flags: Flags, ckpt, max_len: int, work: Path, report: Report,
-                        timings: dict[str, float]) -> tuple[dict, str | None]:
-    """model.onnx, then the rotary pass; returns the graphs to validate and a coverage failure line."""
-    with _timed(timings, "export"), status(f"exporting ONNX ({args.exporter})"):
-        report.export = export_onnx(ckpt.model, ckpt.task, work / "model.onnx", max_len, args.exporter, flags.opset)
-    report.add_artifacts({ONNX_KEY: "model.onnx"})
-    info(f"exported model.onnx in {report.export['seconds']} s")
-    graphs = {ONNX_KEY: (work / "model.onnx", "fp32")}
-    if args.rope == "none":
-        return graphs, None
-    with _timed(timings, "rotary"):
-        stage = run_rope_stage(args.rope, ckpt, work, max_len)
-    report.rewrite = stage.section
-    report.add_artifacts(stage.artifacts)
-    graphs.update(stage.graphs)
-    return graphs, stage.failure
+def _artifacts(results: dict[str, StageResult]) -> dict[str, str]:
+    return {k: v for r in results.values() for k, v in r.artifacts.items()}
 
 
-def _validate(args, flags: Flags, ckpt, max_len: int, graphs: dict, report: Report, timings) -> None:
-    if args.skip_validation:
-        report.validation_skipped = True
-        return
-    with _timed(timings, "validation"):
-        report.validation = validate_graphs(graphs, TorchReference(ckpt.model, ckpt.task),
-                                            validation_shapes(max_len, ckpt.task), flags.thresholds,
-                                            ckpt.config.vocab_size, ckpt.config.type_vocab_size)
+def _graphs(results: dict[str, StageResult]) -> dict:
+    return {k: v for r in results.values() for k, v in r.graphs.items()}
 
 
-def _engine(args, flags: Flags, ckpt, profiles: ProfileSet, work: Path, report: Report, rewrite_failure,
-            timings) -> RoformerTrtError | None:
-    """The engine stage, only from a graph that kept every rotary site and matched PyTorch in ORT.
-    Returns the stage's error (the report still records it) or None."""
-    why_not = "the rotary stage failed" if rewrite_failure else (
-        "the ONNX graphs failed validation" if failures(report.validation) else None)
-    if why_not:
-        report.engine = {"status": "skipped", "reason": why_not, "profiles": report.profiles}
-        return None
-    try:
-        with _timed(timings, "engine"):
-            stage = run_engine_stage(work / report.artifacts[TENSORRT_ONNX_KEY], flags.precision, profiles,
-                                     validate=not args.skip_validation, ckpt=ckpt, thresholds=flags.thresholds,
-                                     workspace_mib=args.workspace_mib)
-    except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
-        report.engine = {"status": "failed", "reason": str(e), "profiles": report.profiles}
-        report.failure = f"engine stage: {e}"
-        return e
-    report.engine = stage.section
-    report.add_artifacts(stage.artifacts)
-    report.validation += stage.cases
-    return None
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str):
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
-
-
-def check_max_len(max_len: int | None) -> None:
-    if max_len is None:
-        return
-    if max_len <= 0:
-        raise UsageError(f"--max-len must be a positive number of tokens, got {max_len}; e.g. --max-len 2048")
-    if max_len > MAX_LEN_LIMIT:
-        raise UsageError(f"--max-len {max_len} is beyond the supported {MAX_LEN_LIMIT}; pass a smaller --max-len")
-
-
-def model_facts(ckpt) -> dict:
+def model_facts(ckpt: LoadedCheckpoint) -> dict:
     c = ckpt.config
     return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
             "head_dim": c.hidden_size // c.num_attention_heads, "embedding_size": c.embedding_size,
@@ -273,9 +278,9 @@ def model_facts(ckpt) -> dict:
             "params": sum(p.numel() for p in ckpt.model.parameters()), "table": ckpt.table}
 
 
-def plugin_facts() -> dict:
-    """The plugin library's path and sha256, or what happened when it is not built and what to run."""
-    return plugin_library_status()
+def checkpoint_facts(args, ckpt: LoadedCheckpoint) -> dict:
+    return {"path": str(args.model), "format": ckpt.source_format, "sha256": sha256_tree(args.model),
+            "config_source": ckpt.config_source, "weights_dtype": ckpt.weights_dtype}
 
 
 def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | None:
@@ -290,19 +295,10 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         plugin_lib = (report.plugin or {}).get("path") or PLUGIN_LIB
         static_lib = str(static) if static else STATIC_PLUGIN_LIB
     return reproduce_commands(
-        trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=f"model.{flags.precision}.plan", profiles=report.profiles,
+        trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
         atol=t.atol, rtol=t.rtol, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
         rank=3 if ckpt.task == "multiple-choice" else 2)
-
-
-def engine_choices(choices: int | None, task: str) -> int | None:
-    """Choices the engine profiles fix for a multiple-choice head (default 2); None for other heads."""
-    if task != "multiple-choice":
-        if choices is not None:
-            raise UsageError(f"--choices applies to multiple-choice checkpoints only; this one is {task}")
-        return None
-    return 2 if choices is None else choices
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
+import warnings
 from typing import Callable
 
 from export.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, RoformerTrtError, UnavailableError, VerificationError
@@ -56,7 +58,7 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], in
     """
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    _quiet_libraries(debug)
     note = interrupt_note or InterruptNote()
     try:
         return main(args)
@@ -79,15 +81,29 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], in
         return EXIT_INTERNAL
 
 
+def _quiet_libraries(debug: bool) -> None:
+    """Without --debug, nothing but our own lines reaches the terminal: libraries' warnings (a torch
+    UserWarning, say) and their log records below ERROR stay behind --debug."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(name)s: %(message)s")
+    for ours in ("export", "engines", "plugins"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        warnings.simplefilter("ignore")
+
+
 def _label(e: RoformerTrtError) -> str:
     if isinstance(e, VerificationError):
         return "verification failed"
     return "unavailable" if isinstance(e, UnavailableError) else "error"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")  # terminal escapes (colours) in a library's text
+
+
 def _one_line(e: BaseException) -> str:
-    """The first line of the message, and for verification failures the whole list (it is the report)."""
-    text = str(e) or type(e).__name__
+    """The first line of the message, and for verification failures the whole list (it is the report); no
+    terminal escape sequences (a library's coloured text must not colour or corrupt the user's terminal)."""
+    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
     return text if isinstance(e, VerificationError) else text.splitlines()[0]
 
 

@@ -3,9 +3,11 @@
 In: an HF RoFormer model (from export.checkpoint), the task, max_len, exporter and opset.
 Out: an ONNX file at `out_path` with its weights in `<name>.data` beside it (written in a temp folder,
 then renamed) that passes `onnx.checker.check_model(full_check=True)`. The weights go to external data
-at every size, so later passes read the graph without them and graphs of the same precision share them. The sinusoidal table is rebuilt for `max_len` first
-(`extend_rotary_table`), so the graph and the PyTorch reference both run past the checkpoint's
-`max_position_embeddings`.
+at every size, so later passes read the graph without them and graphs of the same precision share them.
+The graph runs up to `max_len` tokens, also past the checkpoint's `max_position_embeddings`: the sinusoidal
+table is a formula, so a model whose table is shorter is exported with a longer one swapped in for the
+export and restored after it (`export.checkpoint.table_of_at_least`: the caller's model is left as it was).
+The file declares that length in its metadata (`MAX_LEN_KEY`), which engines.build reads.
 """
 
 from __future__ import annotations
@@ -19,22 +21,36 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
+from export.checkpoint import table_of_at_least
 from export.errors import UsageError
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
-from export.reference import sincos_table
 from export.spec import INPUT_NAMES, ExportSpec
 
 log = logging.getLogger(__name__)
 
 OPSETS = {"dynamo": range(18, 24), "torchscript": range(17, 21)}
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+# The shortest --max-len: the dynamo exporter cannot make a dimension whose range is 1..1 ("inconsistent
+# min=1, max=1"), and validation wants a prime length beside length 1. Measured: 2 exports, rewrites and
+# validates with both exporters, every rope mode and fp16 (tests/export/test_cli.py builds at 2).
+MIN_MAX_LEN = 2
 
 
-def check_export_args(exporter: str, opset: int | None, max_len: int) -> int:
+MAX_LEN_KEY = "roformer_trt.max_len"  # metadata_props: the longest sequence the graph serves
+
+
+def declared_max_len(model: onnx.ModelProto) -> int | None:
+    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none."""
+    for prop in model.metadata_props:
+        if prop.key == MAX_LEN_KEY and prop.value.isdigit():
+            return int(prop.value)
+    return None
+
+
+def check_export_args(exporter: str, opset: int | None) -> int:
     if exporter not in OPSETS:
         raise UsageError(f"--exporter {exporter!r} is unknown; use dynamo or torchscript")
     opset = DEFAULT_OPSET[exporter] if opset is None else opset
@@ -45,20 +61,6 @@ def check_export_args(exporter: str, opset: int | None, max_len: int) -> int:
         r = OPSETS[exporter]
         raise UsageError(f"--opset {opset} is not supported by the {exporter} exporter; use {r.start}..{r.stop - 1}")
     return opset
-
-
-def extend_rotary_table(model: torch.nn.Module, max_len: int) -> int:
-    """Rebuild the sinusoidal table (a formula, not weights) with max(max_len, current) rows. Returns rows."""
-    from transformers.models.roformer.modeling_roformer import RoFormerSinusoidalPositionalEmbedding
-    enc = _roformer(model).encoder
-    old = enc.embed_positions
-    rows = max(max_len, old.weight.shape[0])
-    if rows != old.weight.shape[0]:
-        new = RoFormerSinusoidalPositionalEmbedding(rows, old.weight.shape[1])
-        with torch.no_grad():
-            new.weight.copy_(torch.from_numpy(sincos_table(rows, old.weight.shape[1], dtype=np.float64)))
-        enc.embed_positions = new.to(old.weight.dtype).eval()
-    return rows
 
 
 class _Wrapper(torch.nn.Module):
@@ -84,23 +86,25 @@ def example_inputs(spec: ExportSpec, vocab_size: int, batch: int = 2, seq: int =
 def export_onnx(model: torch.nn.Module, task: str, out_path: str | Path, max_len: int,
                 exporter: str = "dynamo", opset: int | None = None) -> dict:
     """Export, check and atomically write. Returns facts for report.json `export`."""
-    opset = check_export_args(exporter, opset, max_len)
+    opset = check_export_args(exporter, opset)
+    if max_len < MIN_MAX_LEN:
+        raise UsageError(f"max_len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
+                         f"support; pass --max-len {MIN_MAX_LEN} or more")
     spec = ExportSpec(task)
     out_path = Path(out_path)
-    rows = extend_rotary_table(model, max_len)
     wrapper = _Wrapper(model, spec).eval()
-    args = example_inputs(spec, model.config.vocab_size)
+    args = example_inputs(spec, model.config.vocab_size, seq=min(7, max_len))  # a trace within the range
     t0 = time.perf_counter()
     tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_path.parent))
     try:
         tmp = tmpdir / out_path.name
-        with torch.no_grad(), warnings.catch_warnings(), _quiet():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet(), table_of_at_least(model, max_len) as rows:
             warnings.simplefilter("ignore")  # exporter deprecation/tracer chatter; the checks below are the truth
             if exporter == "dynamo":
                 _export_dynamo(wrapper, args, spec, tmp, opset, max_len)
             else:
                 _export_torchscript(wrapper, args, spec, tmp, opset)
-        _finalize(tmp)
+        _finalize(tmp, max_len)
         _check_dynamic(tmp, spec)
         files = move_into_place(tmpdir, out_path)
     finally:
@@ -129,15 +133,16 @@ def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int)
                       dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
 
 
-def _finalize(path: Path) -> None:
-    """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), then the full
-    checker on the file, which reads the graph and not the weights."""
+def _finalize(path: Path, max_len: int) -> None:
+    """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), the declared length
+    in the metadata, then the full checker on the file, which reads the graph and not the weights."""
     model = onnx.load(str(path), load_external_data=False)
     if not has_external(model):
         model = onnx.load(str(path))
-        save_model(model, path, external=True)
     else:
         check_locations(model)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, MAX_LEN_KEY: str(max_len)})
+    save_model(model, path, external=not has_external(model))
     del model
     onnx.checker.check_model(str(path), full_check=True)
 

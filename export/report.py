@@ -131,8 +131,10 @@ class BenchSection(TypedDict, total=False):
 
 # ---- artifact keys: the one spelling of report.json "artifacts" keys ---------------------------------
 
+PRECISIONS = ("fp32", "fp16", "bf16")  # what a graph computes in; thresholds exist for each
 ONNX_KEY = "onnx"  # model.onnx, the plain export
 TENSORRT_ONNX_KEY = "tensorrt-onnx"  # the file the engine is built from
+EMULATED = "-emulated"  # "bf16-emulated": an fp32 graph that rounds to bf16 where the real one stores bf16
 
 
 def rope_key(mode: str) -> str:
@@ -150,6 +152,23 @@ def engine_key(precision: str) -> str:
 
 def bench_key(kind: str) -> str:
     return f"bench-{kind}"
+
+
+def key_precision(key: str) -> str | None:
+    """The precision a graph artifact computes in, read from its key (never from a label beside it):
+    "onnx", "rope-plugin" -> fp32; "rope-plugin.fp16" -> fp16; "rope-plugin.bf16-emulated" -> bf16;
+    "engine-fp16" -> fp16. None for a key that names no validated graph (a sidecar, a bench file)."""
+    if not isinstance(key, str):
+        return None
+    if key.startswith("engine-"):
+        precision = key.removeprefix("engine-")
+    elif "." in key:
+        precision = key.rsplit(".", 1)[1].removesuffix(EMULATED)
+    elif key == ONNX_KEY or key.startswith("rope-"):
+        precision = "fp32"
+    else:
+        return None
+    return precision if precision in PRECISIONS else None
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -246,5 +265,6 @@ def _check_case(case: Any, where: str) -> None:
 def _check_paths(paths: dict, where: str) -> None:
     """Artifact paths are relative file paths inside the report's folder: no absolute path, no '..'."""
     for key, rel in paths.items():
-        if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", rel):
+        if not isinstance(rel, str) or not rel or "\x00" in rel or rel.startswith(("/", "\\")) \
+                or ".." in re.split(r"[\\/]", rel):
             raise ReportError(f"{where}[{key!r}] = {rel!r} is not a path inside the build folder; {REBUILD}")

@@ -1,14 +1,25 @@
-"""A build folder whose report always describes exactly the files beside it.
+"""A build folder whose report always describes exactly the files beside it, and whose user files are safe.
 
 A run works in `<out>/.staging-<random>/`, holding an exclusive lock on `.staging-*/.lock` for its whole
 life, and moves the finished set into `<out>` at the end: the previous set stays untouched until then.
-The swap removes the old report first and writes the new report.json last, so at no moment does a
-report sit beside artifacts of another run. What later runs reuse (`timing.cache`, plans whose sidecar
-matches) is linked into the staging folder before the engine stage and survives the swap.
-
 Staging folders of dead runs (killed, even by SIGKILL) are removed by the next run: the kernel drops a
-dead process's lock, so a `.staging-*` folder whose lock can be taken belongs to nobody. Only folders
-with our prefix and our lock file are touched.
+dead process's lock, so a `.staging-*` folder whose lock can be taken belongs to nobody.
+
+Ownership (export.ownership): a run removes or replaces only files a run of ours wrote, as the manifest
+`.roformer-trt-files.json` and the previous report record them, with their sha256. Everything else in
+`<out>` is the user's: never moved, replaced or removed (a folder such as `bench/` is never removed
+whole: only our files in it, and the folder itself once it is empty). A planned file whose name is taken
+by a user's file is refused before any work (`check_collisions`, exit 2), unless `force`.
+
+The swap (`commit`), under a lock on the folder and with Ctrl-C held:
+1. the manifest is rewritten to claim the old and the new set (a kill from here on leaves a folder whose
+   every file of ours is still recognised);
+2. the old report.json and report.md are removed (no report may describe a half-swapped folder);
+3. files of the old set the new one does not have are removed;
+4. the new files are moved in: weights (`*.data`), then other files, graphs (`*.onnx`), report.md, and
+   report.json last;
+5. the manifest is rewritten to the new set with its hashes.
+`commit` returns the moves in the order made, so the order is checked by a test, not trusted.
 """
 
 from __future__ import annotations
@@ -18,33 +29,33 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from export.digest import sha256_file
 from export.errors import UsageError
+from export.ownership import Ownership, merge_claims, write_manifest
 from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 PREFIX = ".staging-"
 LOCK = ".lock"
-KEEP = (TIMING_CACHE,)  # reused by later runs; never removed by a swap
-# Files a build writes; what the previous set had of these and the new set lacks is removed at the swap.
-OURS = ("model*.onnx", "model*.onnx.data", "model*.plan", "model*.plan.json", "bench")
+KEEP = (TIMING_CACHE,)  # reused by later runs; kept when the new set does not write it
 
 
 class BuildFolder:
-    """`with BuildFolder(out) as bf:` work in `bf.stage`, then `bf.commit()`; without commit, out is untouched."""
+    """`with BuildFolder(out) as bf:` work in `bf.stage`, then `bf.commit(files)`; without commit, out is untouched."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, force: bool = False):
         self.out = Path(out)
+        self.force = force
         self.created = False
         self.stage: Path | None = None
         self._lock_fd: int | None = None
 
     def __enter__(self) -> "BuildFolder":
+        check_out_path(self.out)
         self.created = not self.out.exists()
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is a file, not a folder; pass a folder path")
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             with folder_lock(self.out):  # no other run cleans up or swaps while this staging folder is born
@@ -68,40 +79,95 @@ class BuildFolder:
         if self.created and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()  # a run that produced nothing leaves no empty folder it made
 
+    def check_collisions(self, planned: Iterable[str]) -> None:
+        """UsageError (before any work) when a file this run will write would replace a user's file."""
+        taken = Ownership(self.out).collisions(planned)
+        folders = [n for n in taken if (self.out / n).is_dir() and not (self.out / n).is_symlink()]
+        if folders:
+            raise UsageError(f"--out {self.out} holds a folder {folders[0]!r} where this build writes a file; move it "
+                             "away or pass another --out")
+        if taken and not self.force:
+            more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+            raise UsageError(f"--out {self.out} holds {taken[0]!r}{more}, not written by roformer-trt, which this build "
+                             "would replace; move it away, pass another --out, or pass --force to overwrite it")
+
     def reuse(self, *names: str) -> None:
-        """Link (or copy) files of the previous set that a stage may reuse into the staging folder."""
+        """Link (or copy) files of the previous set that a stage may reuse into the staging folder: only files a
+        run of ours wrote, never a user's file of the same name."""
+        owner = Ownership(self.out)
         for name in names:
             src, dst = self.out / name, self.stage / name
-            if src.is_file() and not src.is_symlink() and not dst.exists():
+            if owner.owns(name) and not dst.exists():
                 try:
                     os.link(src, dst)
                 except OSError:
                     shutil.copy2(src, dst)
 
-    def commit(self, described: set[str], on_done: Callable[[], None] | None = None) -> list[str]:
-        """Move the finished set into place: the report, the top-level names it describes (`described`,
-        e.g. "model.onnx", "bench") and KEEP; anything else in the staging folder (a reused plan the run
-        did not keep, say) is dropped with it. Returns the names moved. Ctrl-C waits until it is done, and
-        `on_done` runs before it is let through (so an interrupt message can say the new set is in place).
-        Other runs into the same folder wait for the swap (the folder lock)."""
+    def commit(self, files: Iterable[str], hashes: dict[str, str],
+               on_done: Callable[[], None] | None = None) -> list[str]:
+        """Move the finished set into place: `files` (paths relative to the staging folder, e.g. "model.onnx",
+        "bench/bench.json"), plus report.json, report.md and KEEP when the staging folder has them; anything else
+        there is dropped with it. `hashes`: sha256 of files already hashed (the report's). Returns the moves in
+        the order made. Ctrl-C waits until it is done, and `on_done` runs before it is let through."""
         with _no_sigint(), folder_lock(self.out):
-            old_report = self.out / REPORT_JSON
-            old_report.unlink(missing_ok=True)  # first: no report may describe a half-swapped folder
-            (self.out / REPORT_MD).unlink(missing_ok=True)
-            wanted = set(described) | {REPORT_JSON, REPORT_MD, *KEEP}
-            new = {p.name for p in self.stage.iterdir() if p.name in wanted}
-            for stale in _ours(self.out):
-                if stale.name not in new and stale.name not in KEEP:
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-            order = sorted(new, key=lambda n: (n in (REPORT_MD, REPORT_JSON), n == REPORT_JSON, n.endswith(".onnx"), n))
-            for name in order:  # weights, then graphs, then report.md, and report.json last
-                target = self.out / name
-                if (self.stage / name).is_dir() and target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(self.stage / name, target)
+            wanted = set(files) | {REPORT_JSON, REPORT_MD, *KEEP}
+            new = sorted(n for n in wanted if (self.stage / n).is_file())
+            owner = Ownership(self.out)
+            old = owner.files()
+            self.check_collisions(new)  # again under the lock: a user's file may have appeared meanwhile
+            new_hashes = {n: hashes.get(n) or sha256_file(self.stage / n) for n in new}
+            write_manifest(self.out, merge_claims({n: owner.claims[n] for n in old}, new_hashes))  # both sets
+            for name in (REPORT_JSON, REPORT_MD):
+                if name in old:
+                    (self.out / name).unlink()  # first: no report may describe a half-swapped folder
+            for stale in sorted(set(old) - set(new) - set(KEEP) - {REPORT_JSON, REPORT_MD}):
+                _remove_file(self.out, stale)
+            kept = {n: owner.claims[n] for n in KEEP if n in old and n not in new}
+            moves = sorted(new, key=move_rank)
+            for name in moves:  # weights, then other files, graphs, report.md, and report.json last
+                _place(self.stage / name, self.out / name)
+            write_manifest(self.out, {**kept, **new_hashes})
             if on_done is not None:
                 on_done()
-            return order
+            return moves
+
+
+def move_rank(name: str) -> tuple:
+    """Weights first, then anything else, then graphs (which read the weights), report.md, report.json last."""
+    return (name == REPORT_JSON, name == REPORT_MD, name.endswith(".onnx"), not name.endswith(".data"), name)
+
+
+def check_out_path(out: Path) -> None:
+    """--out problems a user can fix, found from the path alone before any work (UsageError, exit 2)."""
+    for part in out.parts:
+        if len(os.fsencode(part)) > 255:
+            raise UsageError(f"--out has a path component of {len(os.fsencode(part))} bytes ({part[:40]}...); file "
+                             "systems allow 255, pass a shorter name")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; pass a folder path")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out} cannot be made: {probe} is a file; pass a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable ({probe} is read-only for this user); pass a folder you can "
+                         "write to")
+
+
+def _place(src: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, target)
+
+
+def _remove_file(out: Path, rel: str) -> None:
+    """Remove one file of ours, then the folders it leaves empty up to `out` (never a folder with anything in it)."""
+    path = out / rel
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != out and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 @contextmanager
@@ -133,10 +199,6 @@ def remove_dead_stagings(out: Path) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d.name)
     return removed
-
-
-def _ours(out: Path) -> set[Path]:
-    return {p for pattern in OURS for p in out.glob(pattern)}
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Accuracy thresholds: one TOML format shared by `export.validate` and `engines.gate`.
 
-Format (every table optional; a more specific key wins):
+Format (every table optional):
 
     [fp32."*"."*"]                         # [<precision>.<graph>.<output>], "*" matches any
     atol = 1e-4
@@ -10,8 +10,15 @@ Format (every table optional; a more specific key wins):
     [fp16.engine.logits]
     atol = 0.1
 
+Precedence, from weakest to strongest (each later table overrides the keys it sets): the defaults of the
+precision, `["*"."*"."*"]`, `[p."*"."*"]`, the graph-wide `[p.<graph>."*"]`, the output-wide `[p."*".<output>]`,
+and `[p.<graph>.<output>]`; `--atol`/`--rtol` override them all. So when a graph-wide and an output-wide
+table both set a key, the output's wins: an output's own tolerance (logits vs hidden states) outranks a
+tolerance given to a whole graph.
+
 A case passes an output when `max_abs <= atol or max_rel <= rtol` (Polygraphy's rule, so it can be
-re-checked from the statistics in report.json alone), `cosine >= min_cosine`, and nothing is NaN.
+re-checked from the statistics in report.json alone; equality passes), `cosine >= min_cosine`, and nothing
+is NaN.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from export.report import PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ failing case so the CLI can fail once with all of them.
 
 from __future__ import annotations
 
+import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,26 +89,44 @@ class OnnxFile:
 class TorchReference:
     """PyTorch fp32 outputs, computed once per shape and shared by every graph validated.
 
-    device "cuda" serves the engine stage's large shapes (batch 32 x 2048 tokens takes minutes on a CPU);
-    TF32 is switched off there so the reference stays true fp32.
+    Works on the caller's model only when it is already fp32, in eval mode and on `device`; otherwise on a
+    converted copy, so the caller's model is never changed. device "cuda" serves the engine stage's large
+    shapes (batch 32 x 2048 tokens takes minutes on a CPU); TF32 is off while the reference runs there
+    (`true_fp32`), so it stays true fp32, and the flags are restored after.
     """
 
     def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu"):
-        if device.startswith("cuda"):
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         self.device = torch.device(device)
-        self.model = model.float().eval().to(self.device)
+        self.model = fp32_eval_on(model, self.device)
         self.spec = ExportSpec(task)
         self._cache: dict[Shape, dict[str, np.ndarray]] = {}
 
     def __call__(self, shape: Shape, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if shape not in self._cache:
-            with torch.no_grad():
+            with torch.no_grad(), true_fp32():
                 out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()},
                                  return_dict=True)
             self._cache[shape] = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
         return self._cache[shape]
+
+
+def fp32_eval_on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` itself when it is fp32, in eval mode and on `device`; else an fp32 eval copy there."""
+    params = list(model.parameters())
+    ready = not model.training and all(p.dtype == torch.float32 and p.device == device for p in params)
+    return model if ready else copy.deepcopy(model).float().eval().to(device)
+
+
+@contextmanager
+def true_fp32():
+    """TF32 off for the block (a GPU reference must be true fp32), the process's flags restored after:
+    the one place roformer-trt touches these global flags."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):

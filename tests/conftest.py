@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,28 @@ def exported(tmp_path_factory):
         return cache[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def built(tiny_ckpt, tmp_path_factory):
+    """One real tiny build (export.build), shared by the tests that read or doctor a build folder."""
+    from export.build import main as build
+
+    out = tmp_path_factory.mktemp("rel") / "tiny"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "24"]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(built, tmp_path):
+    """A fresh copy of the build and a function that rewrites its report.json."""
+    out = tmp_path / "tiny"
+    shutil.copytree(built, out)
+
+    def doctor(change):
+        r = json.loads((out / "report.json").read_text())
+        change(r)
+        (out / "report.json").write_text(json.dumps(r))
+        return str(out / "report.json")
+
+    return out, doctor

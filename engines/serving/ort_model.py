@@ -1,7 +1,7 @@
 """ONNX Runtime encoder for serving: the graph of a build, request checks, one-line errors.
 
 In:  a build dir (`report.json` + the `rope-onnx` graph, else the plain `onnx` one, each checked by
-     engines.artifacts.verify_artifact), a pooling mode.
+     export.artifacts.verify_artifact), a pooling mode.
 Out: `OrtEncoder(feeds) -> {output name: array}` for int64 inputs `input_ids`, `attention_mask`,
      `token_type_ids` [batch, sequence] (or [batch, choices, sequence]); outputs as in the graph,
      plus `sentence_embedding` [batch, hidden] with pooling "mean" or "cls".
@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from engines.artifacts import artifact, read_build
+from export.artifacts import artifact
+from export.verdict import read_build
 from engines.serving.pooling import add_sentence_embedding
 from engines.triton.config import read_onnx_io
 from export.errors import UsageError

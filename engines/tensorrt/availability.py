@@ -33,10 +33,11 @@ def engine_stage_status() -> dict:
     return {"status": "available", "tensorrt": trt.__version__}
 
 
-def require_engine(status: Mapping) -> None:
+def require_engine(status: Mapping, flag: str | None = "--require-engine") -> None:
     """Raise UnavailableError (exit 3) when the engine stage was skipped."""
     if status.get("status") != "available":
-        raise UnavailableError(f"--require-engine: engine stage unavailable: {status.get('reason')}")
+        prefix = f"{flag}: " if flag else ""
+        raise UnavailableError(f"{prefix}the TensorRT engine cannot be built here: {status.get('reason')}")
 
 
 def trt_major(version: str) -> int:

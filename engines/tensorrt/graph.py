@@ -3,7 +3,7 @@
 - `input_axes`: graph inputs -> axis names (dim_param) or fixed ints, e.g. {"input_ids": ("batch",
   "sequence")} or ("batch", "choices", "sequence") for multiple choice: what optimization profiles bind.
 - `count_plugin_nodes`: the RoformerRotary nodes, each of which must become one plugin layer.
-- `table_rows`: rows of the rotary sin/cos table, the longest sequence the engine can accept.
+- `declared_max_len`: the longest sequence the graph declares (export.build's --max-len), what the engine accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from export.passes.rotary import COS_CACHE_NAME, SINCOS_NAME
+from export.onnx_export import declared_max_len as declared_max_len_of
 from plugins.identity import PLUGIN_OP
 
 
@@ -34,10 +34,7 @@ def count_plugin_nodes(onnx_path: str | Path) -> list[str]:
     return [n.name or f"{PLUGIN_OP}_{i}" for i, n in enumerate(m.graph.node) if n.op_type == PLUGIN_OP]
 
 
-def table_rows(onnx_path: str | Path) -> int | None:
-    """Rows of the rotary sin/cos table in the file = the longest sequence its engine can accept."""
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    # the precision pass may append a dtype suffix to a converted initializer's name
-    return next((int(i.dims[0]) for i in m.graph.initializer if i.name.startswith((SINCOS_NAME, COS_CACHE_NAME))), None)
-
-
+def declared_max_len(onnx_path: str | Path) -> int | None:
+    """The longest sequence the graph declares it serves (export.build writes it into the file's metadata),
+    None for a graph that declares none."""
+    return declared_max_len_of(onnx.load(str(onnx_path), load_external_data=False))

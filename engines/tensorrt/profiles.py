@@ -46,6 +46,9 @@ class Range:
         return [self.min, self.opt, self.max]
 
 
+INT32_MAX = 2**31 - 1  # TensorRT dimensions are int32
+
+
 def _ints(text: str, flag: str) -> list[int]:
     parts = [p.strip() for p in str(text).split(",")]
     try:
@@ -54,7 +57,20 @@ def _ints(text: str, flag: str) -> list[int]:
         raise UsageError(f"{flag} {text!r}: expected comma-separated integers, e.g. {flag} 1,8,32") from None
     if any(v < 1 for v in values):
         raise UsageError(f"{flag} {text!r}: every value must be >= 1")
+    if any(v > INT32_MAX for v in values):
+        raise UsageError(f"{flag} {text!r}: values must be <= {INT32_MAX} (TensorRT dimensions are int32)")
     return values
+
+
+def parse_profile_tops(text: str | None) -> list[int] | None:
+    """`--profiles` as written: strictly ascending bucket tops, or None for the default. Needs no --max-len,
+    so it is checked before the checkpoint is read; parse_profiles checks the tops against max_len."""
+    if text is None or str(text).strip() == "":
+        return None
+    tops = _ints(text, "--profiles")
+    if any(b <= a for a, b in zip(tops, tops[1:])):
+        raise UsageError(f"--profiles {text!r}: bucket tops must be strictly ascending, e.g. 128,512,2048")
+    return tops
 
 
 def parse_batch(text: str) -> Range:
@@ -73,11 +89,9 @@ def parse_profiles(text: str | None, max_len: int) -> list[Range]:
     """`--profiles` bucket tops -> sequence Ranges covering 1..max_len (rules in the module docstring)."""
     if not isinstance(max_len, int) or max_len < 1:
         raise UsageError(f"--max-len {max_len!r}: must be an integer >= 1")
-    if text is None or str(text).strip() == "":
+    tops = parse_profile_tops(text)
+    if tops is None:
         return [Range(1, min(DEFAULT_OPT_SEQ, max_len), max_len)]  # the default: see the module docstring
-    tops = _ints(text, "--profiles")
-    if any(b <= a for a, b in zip(tops, tops[1:])):
-        raise UsageError(f"--profiles {text!r}: bucket tops must be strictly ascending, e.g. 128,512,2048")
     if tops[-1] > max_len:
         raise UsageError(f"--profiles {text!r}: top {tops[-1]} exceeds --max-len {max_len} "
                          f"(the rotary table has {max_len} rows); lower it or raise --max-len")
@@ -85,6 +99,11 @@ def parse_profiles(text: str | None, max_len: int) -> list[Range]:
         tops = tops + [max_len]
     lows = [1] + [t + 1 for t in tops[:-1]]
     return [Range(lo, hi, hi) for lo, hi in zip(lows, tops)]
+
+
+def check_choices(choices: int | None) -> None:
+    if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= 64):
+        raise UsageError(f"--choices {choices!r}: must be an integer from 1 to 64")
 
 
 @dataclass(frozen=True)
@@ -102,9 +121,8 @@ class ProfileSet:
         """Validate every flag up front; UsageError (one line) on the first problem."""
         b = parse_batch(batch)
         seqs = parse_profiles(profiles, max_len)
-        if choices is not None and (not isinstance(choices, int) or choices < 1):
-            raise UsageError(f"--choices {choices!r}: must be an integer >= 1")
-        asked = None if profiles is None or str(profiles).strip() == "" else _ints(profiles, "--profiles")
+        check_choices(choices)
+        asked = parse_profile_tops(profiles)
         return cls(b, tuple(seqs), max_len, choices, added_last=asked is not None and asked[-1] < max_len)
 
     def __len__(self) -> int:

@@ -6,7 +6,7 @@ Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-on
      `<out>/<name>_<precision>/{config.pbtxt,1/model.plan}`: one TensorRT model per engine in
      report.json, written only when the build has engines.
 Only a build that passed is published, and only the files its report describes: every file is read
-through engines.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
+through export.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
 back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
 place (staged in `<out>/.staging-<random>`, then renamed). Nothing is written outside `--out`.
 Exit codes: export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check,
@@ -25,13 +25,17 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from engines.triton import config as tc
-from engines.artifacts import artifact, read_build, verify_artifact
-from engines.tensorrt.sidecar import load_sidecar
 from engines.serving.pooling import add_sentence_embedding
+from engines.tensorrt.profiles import INT32_MAX
+from engines.tensorrt.sidecar import load_sidecar
+from engines.triton import config as tc
+from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError
 from export.onnx_io import save_model
 from export.report import ONNX_KEY, Report, rope_key
+from export.report_io import read_report
+from export.staging import check_out_path
+from export.verdict import read_build
 
 DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a Triton model name is a folder name: no separators
@@ -164,6 +168,21 @@ def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
         shutil.rmtree(stage, ignore_errors=True)  # leftovers are our own temp copies only
 
 
+def planned_models(build: Path, name: str) -> list[str]:
+    """The model folders a run will write, from the report alone (read, not yet judged: that costs hashing)."""
+    report = read_report(build) if build.is_dir() else None
+    engines = ((report.engine or {}).get("engines") or []) if report else []
+    return [f"{name}_onnx"] + [f"{name}_{e.get('precision', 'trt')}" for e in engines if isinstance(e, dict)]
+
+
+def check_out(out: Path, names: list[str], force: bool) -> None:
+    """--out problems found from the path and the planned model names alone (UsageError, exit 2)."""
+    check_out_path(out)
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not force:
+        raise UsageError(f"{out} already has {', '.join(clash)}; pass --force to replace them")
+
+
 def _write_model(stage: Path, m: ModelFolder) -> None:
     d = stage / m.name
     (d / "1").mkdir(parents=True)
@@ -177,9 +196,10 @@ def _write_model(stage: Path, m: ModelFolder) -> None:
 def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
                      name: str | None = None, force: bool = False) -> RepoReport:
     build, out = Path(build), Path(out)
-    if max_batch is not None and max_batch < 0:
-        raise UsageError(f"--max-batch must be >= 0, got {max_batch}")
+    if max_batch is not None and not 0 <= max_batch <= INT32_MAX:
+        raise UsageError(f"--max-batch must be from 0 to {INT32_MAX} (Triton's max_batch_size is int32), got {max_batch}")
     name = check_model_name(build.resolve().name if name is None else name)
+    check_out(out, planned_models(build, name), force)  # before any work: the build is judged after this
     report = read_build(build)
     rep = RepoReport()
     trt = tensorrt_models(build, report, name, max_batch, pooling, rep)

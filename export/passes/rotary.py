@@ -571,3 +571,4 @@ def _finish_model(out: onnx.ModelProto, original: onnx.ModelProto, mode: str) ->
         if not any(i.domain == PLUGIN_DOMAIN for i in out.opset_import):
             out.opset_import.append(onnx.helper.make_opsetid(PLUGIN_DOMAIN, 1))
     out.functions.extend(original.functions)
+    out.metadata_props.extend(original.metadata_props)  # e.g. the declared max_len engines.build reads

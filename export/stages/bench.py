@@ -1,5 +1,7 @@
 """`export.build --bench`: engines.bench over the build's own profiles, into `<out>/bench/`.
 
+It gets the files it times (the ORT graph, the plan) from the orchestrator, never from the report.
+
 Grid: by default each profile's opt sequence length at the batch min and opt (`--bench-grid 1x128,8x512`
 overrides). Backends: the engine when one was built, PyTorch fp32 (fp16 too on a GPU; torch.compile
 with `--bench-compile`), ONNX Runtime on the ORT-runnable graph (`--rope onnx` file, else the plain
@@ -20,8 +22,21 @@ from engines.bench import run_bench, write_results
 from engines.tensorrt.graph import input_axes
 from export.errors import UsageError
 from export.progress import info
-from export.report import ONNX_KEY, BenchSection, Report, bench_key, rope_key
+from export.layout import BENCH_DIR
+from export.report import BenchSection, bench_key
 from export.stages.result import StageResult
+
+
+def parse_grid_text(text: str) -> list[tuple[int, int]]:
+    """"BxS,BxS" -> [(B, S), ...] as written (checked before the checkpoint is read)."""
+    grid = []
+    for item in text.split(","):
+        try:
+            b, s = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512") from None
+        grid.append((b, s))
+    return grid
 
 
 def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
@@ -29,34 +44,25 @@ def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
     if text is None:
         batches = sorted({profiles.batch.min, profiles.batch.opt})
         return [(b, s.opt) for s in profiles.sequences for b in batches]
-    grid = []
-    for item in text.split(","):
-        try:
-            b, s = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512") from None
+    grid = parse_grid_text(text)
+    for b, s in grid:
         profiles.profile_for(b, s)  # UsageError naming the range when (b, s) is outside every profile
-        grid.append((b, s))
     return grid
 
 
-def run_bench_stage(grid, report: Report, out: Path, *, model, config, iters: int,
-                    compile_: bool) -> StageResult[BenchSection]:
-    """Benchmark into out/bench/; reads the report's artifacts for the graphs and the plan to time."""
-    arts = report.artifacts
-    ort_graph = out / arts.get(rope_key("onnx"), arts[ONNX_KEY])
-    engines = (report.engine or {}).get("engines") or []
-    plan = out / engines[0]["plan"] if engines else None
-    plugin_lib = (report.plugin or {}).get("path") if plan else None
+def run_bench_stage(grid, out: Path, *, ort_graph: Path, plan: Path | None, plugin_lib: str | None, model, config,
+                    iters: int, compile_: bool) -> StageResult[BenchSection]:
+    """Benchmark into out/bench/: ORT on `ort_graph`, the engine `plan` when one was built (with `plugin_lib`),
+    PyTorch on `model` (never changed: the backends work on copies where they convert it)."""
     backends = ["trt", "torch-fp32", "torch-fp16", "ort"] + (["torch-compile"] if compile_ else [])
     info(f"benchmark: {len(grid)} shapes x {len(backends)} backends, {iters} timed runs each")
-    results = run_bench(grid, model=model, onnx_path=ort_graph, plan=plan, plugin_lib=plugin_lib,
+    results = run_bench(grid, model=model, onnx_path=ort_graph, plan=plan, plugin_lib=plugin_lib if plan else None,
                         backends=backends, iters=iters, warmup=max(1, iters // 10), vocab_size=config.vocab_size,
                         type_vocab_size=config.type_vocab_size,
                         input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))))
     meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "ort_graph": ort_graph.name,
             "plan": plan.name if plan else None, "iters": iters}
-    paths = write_results(results, out / "bench", meta)
+    paths = write_results(results, out / BENCH_DIR, meta)
     files = {k: str(Path(v).relative_to(out)) for k, v in paths.items()}
     section: BenchSection = {**meta, "files": files, "results": [r.__dict__ for r in results]}
     return StageResult(section, artifacts={bench_key(k): f for k, f in files.items()})

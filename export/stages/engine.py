@@ -20,6 +20,7 @@ from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.runner import EngineRunner
 from engines.tensorrt.validate import validate_engine
 from export.errors import UsageError
+from export.layout import plan_file, sidecar_file
 from export.progress import info
 from export.report import TIMING_CACHE, EngineSection, engine_key
 from export.stages.result import StageResult
@@ -30,7 +31,7 @@ from plugins.locate import find_plugin_library
 def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool, ckpt=None, thresholds=None,
                      workspace_mib: int = 4096) -> StageResult[EngineSection]:
     """The `engine` section, the plan artifact and the engine's validation cases (none when skipped or
-    not validating); ckpt: the loaded checkpoint."""
+    not validating); ckpt: the loaded checkpoint (its model is not changed: the CUDA reference is a copy)."""
     status = engine_stage_status()
     if status["status"] != "available":
         info(f"engine stage skipped: {status['reason']}")
@@ -42,7 +43,7 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool
             raise UsageError(f"{trt_onnx.name} has RoformerRotary nodes but the plugin library is not built; "
                              "run python -m plugins.build (or pass --rope onnx)")
     out = trt_onnx.parent
-    name = f"model.{precision}"
+    name = plan_file(precision).removesuffix(".plan")
     info(f"building TensorRT engine {name}.plan ({len(profiles)} profiles)\n{profiles.table()}")
     entry = build_engine(trt_onnx, out, name=name, plugin_lib=plugin_lib, profiles=profiles, precision=precision,
                          workspace_mib=workspace_mib, timing_cache=out / TIMING_CACHE)
@@ -50,10 +51,10 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool
     info(f"{'reused' if entry['reused'] else 'built'} {plan.name}"
          + ("" if entry["reused"] else f" in {entry.get('build_seconds')} s"))
     section: EngineSection = {**status, "status": "built", "engines": [{
-        "plan": plan.name, "sidecar": plan.name + ".json", "precision": precision, "onnx": trt_onnx.name,
+        "plan": plan.name, "sidecar": sidecar_file(plan.name), "precision": precision, "onnx": trt_onnx.name,
         "profiles": profiles.to_report(), "reused": entry["reused"], "build_seconds": entry.get("build_seconds"),
         "plugin_layers": entry.get("plugin_layers"), "rebuild_reasons": entry.get("rebuild_reasons", [])}]}
-    artifacts = {engine_key(precision): plan.name, engine_key(precision) + ".sidecar": plan.name + ".json"}
+    artifacts = {engine_key(precision): plan.name, engine_key(precision) + ".sidecar": sidecar_file(plan.name)}
     if not validate:
         return StageResult(section, artifacts=artifacts)
     runner = EngineRunner(plan, plugin_lib)

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from export.errors import VerificationError
+from export.layout import ONNX_FILE, rope_file
 from export.onnx_io import write_model
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
@@ -48,9 +49,9 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
 
 def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[RewriteSection]:
     """out/model.onnx -> out/model.rope-<mode>.onnx; the section, the artifact and the graph to validate."""
-    name = f"model.rope-{mode}.onnx"
+    name = rope_file(mode)
     with status(f"rotary pass ({mode})"):
-        rewrite = rewrite_file(out / "model.onnx", out / name, mode, ckpt.config, max_len, ckpt.task)
+        rewrite = rewrite_file(out / ONNX_FILE, out / name, mode, ckpt.config, max_len, ckpt.task)
     failure = rewrite.pop("coverage_error")
     info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
     if mode == "plugin" and failure is None:  # the plugin's node checks, now, not when validation starts

@@ -1,4 +1,4 @@
-"""engines.artifacts.verify_artifact: a build's file is used only if it is inside the build and unchanged."""
+"""export.artifacts.verify_artifact: a build's file is used only if it is inside the build and unchanged."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from engines.artifacts import verify_artifact
+from export.artifacts import verify_artifact
 from export.errors import UsageError
 
 

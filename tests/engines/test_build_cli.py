@@ -1,18 +1,20 @@
 """`python -m engines.build` on a machine without TensorRT: every flag is checked before the TensorRT
-question, the longest sequence is read from the graph's rotary table, and the missing TensorRT is exit 3
-with the reason (the build itself runs in tests/gpu/test_engine_build.py where TensorRT exists)."""
+question, the longest sequence is what the graph declares (export.build's --max-len, in its metadata), and
+the missing TensorRT is exit 3 with the reason (the build itself runs in
+tests/engines/tensorrt/test_build_gpu.py where TensorRT exists)."""
 
 import subprocess
 import sys
 
 import pytest
 
+import onnx
+
 from engines.build import main
-
 from engines.tensorrt.availability import engine_stage_status
-
-from engines.tensorrt.graph import table_rows
+from engines.tensorrt.graph import declared_max_len
 from export.build import main as export_main
+from tests.limits import SLOW_MACHINE_S
 
 STAGE = engine_stage_status()
 
@@ -32,17 +34,21 @@ def run(argv, capsys):
     return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
-def test_table_rows_gives_max_len(built):
-    assert table_rows(built / "plugin" / "model.rope-plugin.fp16.onnx") == 48
-    assert table_rows(built / "onnx" / "model.rope-onnx.fp16.onnx") == 48
-    assert table_rows(built / "plugin" / "model.onnx") is None  # plain export: no rotary table
+def test_every_graph_declares_max_len(built, tmp_path):
+    for graph in ("plugin/model.rope-plugin.fp16.onnx", "onnx/model.rope-onnx.fp16.onnx", "plugin/model.onnx",
+                  "plugin/model.rope-plugin.onnx"):
+        assert declared_max_len(built / graph) == 48, graph
+    bare = onnx.load(str(built / "plugin" / "model.onnx"), load_external_data=False)
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    assert declared_max_len(tmp_path / "bare.onnx") is None  # not our export: nothing is guessed from names
 
 
 @pytest.mark.parametrize("extra,pattern", [
     (["--precision", "int8"], "--precision 'int8' is not supported"),
     (["--profiles", "16,64"], "top 64 exceeds --max-len 48"),
     (["--batch", "4,2,1"], "needs min <= opt <= max"),
-    (["--max-len", "64"], "--max-len 64 exceeds the 48 rows"),  # would fail deep inside the TensorRT build
+    (["--max-len", "64"], "--max-len 64 exceeds the 48 tokens"),  # would fail deep inside the TensorRT build
     (["--plugin-lib", "nope.so"], "--plugin-lib nope.so does not exist"),
 ])
 def test_bad_flags_exit_2(built, capsys, extra, pattern):
@@ -53,15 +59,18 @@ def test_bad_flags_exit_2(built, capsys, extra, pattern):
 def test_missing_file_and_unknown_length_exit_2(built, capsys):
     code, err = run([built / "nope.onnx"], capsys)
     assert code == 2 and "does not exist" in err[0]
-    code, err = run([built / "plugin" / "model.onnx"], capsys)
+    bare = onnx.load(str(built / "plugin" / "model.rope-plugin.fp16.onnx"), load_external_data=False)
+    del bare.metadata_props[:]
+    onnx.save(bare, str(built / "plugin" / "bare.onnx"))
+    code, err = run([built / "plugin" / "bare.onnx"], capsys)
     assert code == 2 and "pass --max-len" in err[0]
 
 
-@pytest.mark.parametrize("extra,pattern", [(["--max-len", "64"], "exceeds the 48 rows"), (["--precision", "int8"], "int8")])
+@pytest.mark.parametrize("extra,pattern", [(["--max-len", "64"], "exceeds the 48 tokens"), (["--precision", "int8"], "int8")])
 def test_usage_errors_come_before_availability(built, extra, pattern):
     """In a fresh process, a usage error is exit 2 on every machine, never hidden behind exit 3 (no TensorRT)."""
     r = subprocess.run([sys.executable, "-m", "engines.build", str(built / "plugin" / "model.rope-plugin.fp16.onnx"),
-                        *extra], capture_output=True, text=True, timeout=120)
+                        *extra], capture_output=True, text=True, timeout=SLOW_MACHINE_S)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and pattern in r.stderr, r.stderr
 
 
@@ -70,7 +79,7 @@ def test_usage_errors_come_before_availability(built, extra, pattern):
 def test_without_tensorrt_exit_3_with_reason(built):
     plan_dir = built / "plugin"
     r = subprocess.run([sys.executable, "-m", "engines.build", str(plan_dir / "model.rope-plugin.fp16.onnx"),
-                        "--precision", "fp16", "--profiles", "16,48"], capture_output=True, text=True, timeout=120)
+                        "--precision", "fp16", "--profiles", "16,48"], capture_output=True, text=True, timeout=SLOW_MACHINE_S)
     assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
     assert STAGE["reason"] in r.stderr
     assert not list(plan_dir.glob("*.plan*")) and not (plan_dir / "timing.cache").exists()

@@ -1,88 +1,244 @@
-"""engines.gate: passes a good report, fails a doctored one, JUnit content, exit 2 on bad files."""
+"""engines.gate, the CI gate: the one verdict (export.verdict) on real reports, doctored ones and unusable files.
+
+One real tiny build is made per module; each test doctors a copy of it. The CLI's own parts (the table,
+JUnit, exit codes, thresholds files) are tested here; the verdict's rules one by one in
+tests/export/test_verdict.py.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
+import math
+import os
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from engines.gate import main
-from export.thresholds import DEFAULTS
+from engines.gate import main as gate
+from export.report import REPORT_JSON, SCHEMA_VERSION
+from tests.helpers import one_line
+from tests.limits import HANG_S
 
 
-def _case(graph, precision, max_abs, seq=16):
-    t = DEFAULTS[precision]
-    return {"graph": graph, "precision": precision, "batch": 2, "seq": seq, "choices": None, "padded_rows": 0,
-            "outputs": {"last_hidden_state": {"max_abs": max_abs, "mean_abs": max_abs / 10, "max_rel": 1.0,
-                                              "cosine": 0.9999999, "n_nan": 0, **t.to_dict(), "passed": True}},
-            "passed": True}
-
-
-GOOD = {"schema_version": 1, "command": [], "version": "0", "created": "2026-12-02T00:00:00+00:00",
-        "model": {"layers": 2}, "artifacts": {}, "validation": [_case("onnx", "fp32", 5e-7),
-                                                                 _case("fp16", "fp16", 2e-5),
-                                                                 _case("bf16-emulated", "bf16", 2e-4, seq=29)],
-        "engine": {"status": "skipped", "reason": "x"}, "passed": True}
-
-
-def _write(tmp_path, obj, name="report.json"):
-    p = tmp_path / name
-    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
-    return str(p)
-
-
-def test_good_report_passes_and_junit(tmp_path, capsys):
-    junit = tmp_path / "gate.xml"
-    assert main([_write(tmp_path, GOOD), "--junit", str(junit)]) == 0
+def test_the_real_build_passes_the_gate(built, capsys):
+    assert gate([str(built / REPORT_JSON)]) == 0
     assert "PASSED" in capsys.readouterr().out
-    suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == "4" and suite.get("failures") == "0"  # the verdict + 3 cases
-    assert len(suite.findall("testcase")) == 4 and not suite.findall("testcase/failure")
 
 
-def test_doctored_report_fails_with_table_and_junit(tmp_path, capsys):
-    bad = copy.deepcopy(GOOD)
-    # stored flags still say passed: the gate re-checks the statistics, it does not trust the flags
-    bad["validation"][1]["outputs"]["last_hidden_state"]["max_abs"] = 10 * DEFAULTS["fp16"].atol
+# ---- impossible statistics fail the case, naming it ------------------------------------------------
+
+@pytest.mark.parametrize("key,value", [
+    ("max_abs", math.nan), ("max_abs", math.inf), ("max_rel", math.nan), ("max_abs", -1e-9), ("max_rel", -0.5),
+    ("cosine", 7.0), ("cosine", -1.5), ("cosine", math.nan), ("max_abs", True), ("n_nan", 0.5), ("n_nan", "many"),
+    ("n_nan", -1), ("n_nan", False), ("mean_abs", -1.0), ("max_abs", None),
+])
+def test_impossible_statistic_fails_naming_it(copy, capsys, key, value):
+    out, doctor = copy
+
+    def change(r):
+        r["validation"][0]["outputs"]["last_hidden_state"][key] = value
+    assert gate([doctor(change)]) == 1
+    text = capsys.readouterr().out
+    assert key in text, text
+
+
+def test_missing_statistic_fails(copy, capsys):
+    out, doctor = copy
+    assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].pop("cosine"))]) == 1
+    assert "cosine is missing" in capsys.readouterr().out
+
+
+def test_cosine_is_checked(copy):
+    """A case within atol but below min_cosine fails: the gate does not ignore cosine."""
+    out, doctor = copy
+    assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].update(cosine=0.5))]) == 1
+
+
+def test_max_rel_alternative_is_kept(copy):
+    """max_abs over atol but max_rel under rtol passes (Polygraphy's rule); both over fails."""
+    out, doctor = copy
+
+    def within_rel(r):
+        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, max_rel=1e-6)
+    assert gate([doctor(within_rel)]) == 0
+
+    def neither(r):
+        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, max_rel=1.0)
+    assert gate([doctor(neither)]) == 1
+
+
+# ---- the producer's own verdict ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,why", [
+    (lambda r: r.update(passed=False), "not passed"),
+    (lambda r: r.update(failure="rotary rewrite: 3/4 sites"), "rotary rewrite"),
+    (lambda r: r.update(engine={"status": "failed", "reason": "parser error"}), "engine stage failed"),
+    (lambda r: r.update(validation_skipped=True), "not validated"),
+])
+def test_report_marked_failed_by_its_producer_fails(copy, capsys, change, why):
+    out, doctor = copy
+    assert gate([doctor(change)]) == 1
+    assert why in capsys.readouterr().out
+
+
+# ---- artifacts beside the report -----------------------------------------------------------------------
+
+def test_replaced_artifact_fails(copy, capsys):
+    """The stale-report attack: another run's model.onnx beside this report."""
+    out, doctor = copy
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[-1] ^= 1
+    (out / "model.onnx").write_bytes(bytes(data))
+    assert gate([str(out / REPORT_JSON)]) == 1
+    assert "model.onnx" in capsys.readouterr().out
+
+
+def test_missing_artifact_fails(copy, capsys):
+    out, _ = copy
+    (out / "model.rope-plugin.onnx").unlink()
+    assert gate([str(out / REPORT_JSON)]) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def test_symlink_out_of_the_folder_fails(copy, tmp_path, capsys):
+    out, _ = copy
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(out / "model.onnx", outside)
+    (out / "model.onnx").unlink()
+    (out / "model.onnx").symlink_to(outside)
     junit = tmp_path / "gate.xml"
-    assert main([_write(tmp_path, bad), "--junit", str(junit)]) == 1
+    assert gate([str(out / REPORT_JSON), "--junit", str(junit)]) == 1
+    assert "a symlink out of the build" in junit.read_text()
+
+
+@pytest.mark.parametrize("path", ["../../etc/hostname", "/etc/hostname", "a/../../x.onnx"])
+def test_artifact_path_leaving_the_folder_is_refused(copy, capsys, path):
+    out, doctor = copy
+    assert gate([doctor(lambda r: r["artifacts"].update(onnx=path))]) == 2
+    assert "not a path inside the build folder" in one_line(capsys)
+
+
+def test_unhashed_artifacts_fail(copy, capsys):
+    out, doctor = copy
+    assert gate([doctor(lambda r: r.pop("artifacts_sha256"))]) == 1
+    assert "no artifact hashes" in capsys.readouterr().out
+
+
+# ---- malformed reports: exit 2, one line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("change,text", [
+    (lambda r: r.pop("schema_version"), "schema version 0"),
+    (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}"),
+    (lambda r: r.update(schema_version="1"), "schema version '1'"),
+    (lambda r: r["validation"][0].update(graph=["a"]), "'graph' must be str"),
+    (lambda r: r["validation"][0].update(batch="2"), "'batch' must be an integer"),
+    (lambda r: r.update(validation={"a": 1}), "'validation' must be list"),
+    (lambda r: r.update(artifacts_sha256={"model.onnx": "zz"}), "not a sha256"),
+])
+def test_malformed_report_exits_2(copy, capsys, change, text):
+    out, doctor = copy
+    assert gate([doctor(change)]) == 2
+    line = one_line(capsys)
+    assert text in line and line.endswith("rebuild it with python -m export.build"), line
+
+
+@pytest.mark.parametrize("content", [b"[" * 100000 + b"]" * 100000, b"\xff\xfe{}", b"[1, 2]", b"{", b""])
+def test_unreadable_report_exits_2(tmp_path, capsys, content):
+    p = tmp_path / REPORT_JSON
+    p.write_bytes(content)
+    assert gate([str(p)]) == 2
+    assert one_line(capsys).startswith("error: ")
+
+
+@pytest.mark.timeout(HANG_S)
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "dir"])
+def test_special_files_as_report_exit_2_at_once(tmp_path, capsys, special):
+    path = {"fifo": tmp_path / "fifo", "/dev/zero": "/dev/zero", "dir": tmp_path}[special]
+    if special == "fifo":
+        os.mkfifo(path)
+    assert gate([str(path)]) == 2  # the test's HANG_S timeout catches an open that blocks
+    one_line(capsys)
+
+
+def test_junit_directory_exits_2(built, tmp_path, capsys):
+    assert gate([str(built / REPORT_JSON), "--junit", str(tmp_path)]) == 2
+    assert "--junit" in one_line(capsys)
+
+
+@pytest.mark.parametrize("toml,key", [
+    ("abc", "not valid TOML"), ('["*"."*"."*"]\natol = -1\n', "atol"), ('["*"."*"."*"]\nrtol = nan\n', "rtol"),
+    ('["*"."*"."*"]\natol = inf\n', "atol"), ('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"),
+    ('["*"."*"."*"]\natol = true\n', "atol"), ('["*"."*"."*"]\natol = "1e-3"\n', "atol"),
+])
+def test_bad_thresholds_exit_2_naming_the_key(built, tmp_path, capsys, toml, key):
+    t = tmp_path / "t.toml"
+    t.write_text(toml)
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 2
+    assert key in one_line(capsys)
+
+
+def test_non_utf8_thresholds_exit_2(built, tmp_path, capsys):
+    t = tmp_path / "t.toml"
+    t.write_bytes(b"\xff\xfe atol")
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 2
+    assert "UTF-8" in one_line(capsys)
+
+
+def test_deeply_nested_thresholds_exit_2(built, tmp_path, capsys):
+    t = tmp_path / "deep.toml"
+    t.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 2
+    assert "deep" in one_line(capsys)
+
+
+def test_atol_flag_overrides_every_table_of_the_file(tmp_path):
+    from export.thresholds import Thresholds
+
+    th = Thresholds.from_cli({"fp32": {"engine-fp32": {"*": {"atol": 0.0}}}}, "t.toml", atol=0.5, rtol=None)
+    assert th.lookup("fp32", "engine-fp32", "last_hidden_state").atol == 0.5
+    assert th.lookup("fp32", "onnx", "last_hidden_state").rtol == 1e-4  # untouched where no flag was given
+
+
+# ---- the CLI: table, JUnit -------------------------------------------------------------------------------
+
+def test_good_report_passes_and_junit(built, tmp_path, capsys):
+    junit = tmp_path / "gate.xml"
+    assert gate([str(built / REPORT_JSON), "--junit", str(junit)]) == 0
     out = capsys.readouterr().out
-    assert "1 of 4 checks failed" in out and "fp16[fp16]" in out
     suite = ET.parse(junit).getroot().find("testsuite")
-    fails = suite.findall("testcase/failure")
-    assert suite.get("failures") == "1" and len(fails) == 1 and "max_abs 0.5" in fails[0].get("message")
+    n = int(suite.get("tests"))
+    assert f"PASSED | {n} checks" in out and suite.get("failures") == "0" and not suite.findall("testcase/failure")
+    assert len(suite.findall("testcase")) == n
 
 
-def test_thresholds_file_tightens(tmp_path):
-    toml = _write(tmp_path, '[bf16."*"."*"]\natol = 1e-4\n', "gates.toml")
-    assert main([_write(tmp_path, GOOD), "--thresholds", toml]) == 1
-
-
-def test_nan_fails(tmp_path):
-    bad = copy.deepcopy(GOOD)
-    bad["validation"][0]["outputs"]["last_hidden_state"]["n_nan"] = 3
-    assert main([_write(tmp_path, bad)]) == 1
-
-
-def test_zero_cases_fail(tmp_path, capsys):
-    empty = {**GOOD, "validation": []}
+def test_doctored_report_fails_with_table_and_junit(copy, tmp_path, capsys):
+    out, doctor = copy
     junit = tmp_path / "gate.xml"
-    assert main([_write(tmp_path, empty), "--junit", str(junit)]) == 1
+
+    def too_far(r):  # the stored flags still say passed: the gate re-checks the statistics, not the flags
+        r["validation"][1]["outputs"]["last_hidden_state"].update(max_abs=0.5, max_rel=0.5)
+    assert gate([doctor(too_far), "--junit", str(junit)]) == 1
+    text = capsys.readouterr().out
+    assert "1 of" in text and "checks failed" in text and "max_abs 0.5" in text
+    fails = ET.parse(junit).getroot().find("testsuite").findall("testcase/failure")
+    assert len(fails) == 1 and "max_abs 0.5" in fails[0].get("message")
+
+
+def test_thresholds_file_tightens(built, tmp_path):
+    t = tmp_path / "gates.toml"
+    t.write_text('[fp32."*"."*"]\natol = 0.0\nrtol = 0.0\n')
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 1
+
+
+def test_zero_cases_fail(copy, tmp_path, capsys):
+    out, doctor = copy
+    junit = tmp_path / "gate.xml"
+    assert gate([doctor(lambda r: r.update(validation=[])), "--junit", str(junit)]) == 1
     assert "no validation cases" in capsys.readouterr().err
-    assert ET.parse(junit).getroot().find("testsuite").get("failures") == "1"
+    assert ET.parse(junit).getroot().find("testsuite").get("failures") != "0"
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), json.dumps({"validation": [{"graph": "x"}]})])
-def test_bad_report_exits_2(tmp_path, capsys, content):
-    assert main([_write(tmp_path, content)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_missing_and_bad_thresholds_exit_2(tmp_path, capsys):
-    assert main([str(tmp_path / "nope.json")]) == 2
-    assert main([_write(tmp_path, GOOD), "--thresholds", _write(tmp_path, "[fp16\n", "t.toml")]) == 2
-    assert main([_write(tmp_path, GOOD), "--thresholds", _write(tmp_path, "[int8.x.y]\natol=1\n", "u.toml")]) == 2
-    assert all(line.startswith("error: ") for line in capsys.readouterr().err.splitlines())
+def test_junit_path_that_cannot_be_written_exits_2(built, capsys):
+    assert gate([str(built / REPORT_JSON), "--junit", "/proc/roformer-trt-gate.xml"]) == 2
+    assert "--junit" in one_line(capsys)

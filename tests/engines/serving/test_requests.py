@@ -1,6 +1,6 @@
 """engines.serving without a server (main environment, ONNX Runtime only): request checks and the build's
 files. A request is judged on its metadata before anything is copied; values that would be answered as
-if valid are refused; the graph is opened only through engines.artifacts.verify_artifact."""
+if valid are refused; the graph is opened only through export.artifacts.verify_artifact."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from engines.serving.ort_model import OrtEncoder, RequestError
 from tests.fixtures.tiny_build import write_tiny_build
-from export.errors import UsageError
+from export.errors import UsageError, VerificationError
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_graph_is_checked_against_the_report(tmp_path, build):
     b = tmp_path / "b"
     shutil.copytree(build, b)
     report = json.loads((b / "report.json").read_text())
-    report["artifacts_sha256"] = {"model.onnx": hashlib.sha256(b"something else").hexdigest()}
+    report["artifacts_sha256"]["model.onnx"] = hashlib.sha256(b"something else").hexdigest()
     (b / "report.json").write_text(json.dumps(report))
-    with pytest.raises(UsageError, match="model.onnx has sha256 .* rebuild it with python -m export.build"):
+    with pytest.raises(VerificationError, match="model.onnx has sha256 .* rebuild it with python -m export.build"):
         OrtEncoder.from_build(b, threads=1)
     report["artifacts_sha256"] = {}
     report["artifacts"]["onnx"] = "../../etc/hostname"

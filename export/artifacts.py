@@ -1,5 +1,8 @@
 """Open a build's artifact only if it is the file report.json names and, when recorded, hashes to.
 
+Used by the verdict (export.verdict, every artifact of a report) and by what reads a build's files
+(engines.triton, engines.serving: `artifact`).
+
 In:  the build folder, a path relative to it (as report.json's `artifacts` lists it), the report.
 Out: the resolved Path of a regular file inside the build folder; else UsageError (exit 2), one line
      naming the file and saying to rebuild.
@@ -18,10 +21,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from google.protobuf.message import DecodeError
 
 from export.digest import sha256_file
-from export.errors import UsageError, VerificationError
+from export.errors import UsageError
 from export.onnx_io import external_data_files
 from export.report import REBUILD, Report
-from export.report_io import read_report
 
 
 def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict) -> Path:
@@ -54,20 +56,6 @@ def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict)
             raise UsageError(f"{where}: {build_dir / rel_path} has sha256 {got[:16]}..., report.json recorded "
                              f"{str(want)[:16]}... (changed since the build); {REBUILD}")
     return path
-
-
-def read_build(build: Path) -> Report:
-    """A build's report, refusing one whose producer did not pass it (the gate would fail it): what
-    engines.triton publishes and engines.serving serves."""
-    build = Path(build)
-    if not build.is_dir():
-        raise UsageError(f"{build} is not a directory; pass the folder written by python -m export.build")
-    report = read_report(build)
-    if not report.passed or report.failure or report.validation_skipped:
-        why = report.failure or ("not validated" if report.validation_skipped else "passed: false")
-        raise VerificationError(f"{build}/report.json says the build did not pass ({why}); fix the build before "
-                                "publishing or serving it")
-    return report
 
 
 def artifact(build: Path, report: Report, *keys: str) -> Path | None:

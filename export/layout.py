@@ -1,0 +1,66 @@
+"""The files a build writes into its folder: one spelling of every name, and which names a run will write.
+
+The stages name their outputs through these functions, and `planned_files` lists, from the flags alone,
+every file a run may write, so `export.build` can refuse to overwrite a user's file before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
+
+ONNX_FILE = "model.onnx"
+BENCH_DIR = "bench"
+BENCH_FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+MANIFEST = ".roformer-trt-files.json"  # what runs of roformer-trt wrote here (export.staging)
+
+
+def data_file(graph: str) -> str:
+    """The external-data file written beside graph `graph`."""
+    return graph + ".data"
+
+
+def rope_file(mode: str) -> str:
+    return f"model.rope-{mode}.onnx"
+
+
+def precision_files(source: str, precision: str) -> dict[str, str]:
+    """{variant: file} of the precision stage for source graph `source` ("model.rope-plugin.onnx")."""
+    if precision == "fp32":
+        return {}
+    stem = source.removesuffix(".onnx")
+    variants = [precision] + (["bf16-emulated"] if precision == "bf16" else [])
+    return {v: f"{stem}.{v}.onnx" for v in variants}
+
+
+def plan_file(precision: str) -> str:
+    return f"model.{precision}.plan"
+
+
+def sidecar_file(plan: str) -> str:
+    return plan + ".json"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a run of export.build is going to write, decided from its flags."""
+
+    rope: str  # plugin | onnx | none
+    precision: str
+    engine: bool  # the engine stage can run here
+    bench: bool
+
+    def files(self) -> list[str]:
+        names = [ONNX_FILE, data_file(ONNX_FILE), REPORT_JSON, REPORT_MD]
+        source = ONNX_FILE
+        if self.rope != "none":
+            source = rope_file(self.rope)
+            names.append(source)
+        for graph in precision_files(source, self.precision).values():
+            names += [graph, data_file(graph)]
+        if self.engine:
+            names += [plan_file(self.precision), sidecar_file(plan_file(self.precision)), TIMING_CACHE]
+        if self.bench:
+            names += [f"{BENCH_DIR}/{f}" for f in BENCH_FILES.values()]
+        return names

@@ -1,0 +1,121 @@
+"""Memory is decided before it is spent: what a build will need, what this process may use, and the refusal.
+
+`build_estimate(config, max_len)` computes, from the config alone (nothing allocated), the weights' size
+and the build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
+RLIMIT_AS minus this process's address space, or the override (`--max-memory`, or the environment variable
+ROFORMER_TRT_MEMORY_LIMIT, e.g. "8G", so tests are deterministic). `require(estimate, ...)` refuses a build
+that would not fit with one line (exit 2) naming both numbers.
+
+The peak model was fitted to scripts/bench_pipeline.py's measurements (2026-12-02): the default build peaks
+at about IMPORTS + 3 x the fp32 weights + ONNX Runtime's activations at batch 1 x max_len (the tiny, demo
+and large builds measured 0.57, 2.32 and 3.64 GB; this model says 0.9, 2.9 and 5.2: it errs on the safe
+side by design, since its job is to refuse 283 GB, not to save the last 10 %).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.errors import UsageError
+
+GB = 10**9
+IMPORTS = 0.8 * GB  # torch + transformers + onnx + ONNX Runtime, measured before the checkpoint loads
+ENV = "ROFORMER_TRT_MEMORY_LIMIT"
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int  # bytes of the fp32 weights
+    activations: int  # bytes of ONNX Runtime's activations at batch 1 x max_len
+    peak: int  # bytes the whole build is expected to hold at once
+
+    def describe(self) -> str:
+        return (f"about {self.peak / GB:.1f} GB (fp32 weights {self.weights / GB:.2f} GB, activations at the "
+                f"longest sequence {self.activations / GB:.2f} GB)")
+
+
+def parameter_count(config) -> int:
+    """Parameters of a RoFormer encoder (and the usual heads, bounded by the LM head) from its config."""
+    e = config.embedding_size or config.hidden_size
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    embeddings = (config.vocab_size + config.type_vocab_size) * e + 2 * e + (e * h + h if e != h else 0)
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    head = config.vocab_size * e + h * h + 3 * h  # masked-LM decoder, the largest head
+    return embeddings + n * layer + head
+
+
+def build_estimate(config, max_len: int) -> Estimate:
+    weights = 4 * parameter_count(config)
+    s, heads = max_len, config.num_attention_heads
+    # attention scores, softmax and the masked copy per head, plus the per-token tensors of a layer
+    activations = 4 * (3 * heads * s * s + s * (8 * config.hidden_size + 2 * config.intermediate_size))
+    table = 4 * max_len * (config.hidden_size // heads)
+    return Estimate(weights, activations + table, int(IMPORTS + 3 * weights + activations + table))
+
+
+def parse_bytes(text: str, where: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"{where} {text!r} is not a memory size; write e.g. 8G, 512M or 2000000000")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
+
+
+def available(override: str | None = None) -> tuple[int, str]:
+    """(bytes this process may still use, where that number came from)."""
+    if override is not None:
+        return parse_bytes(override, "--max-memory"), "--max-memory"
+    if os.environ.get(ENV):
+        return parse_bytes(os.environ[ENV], ENV), ENV
+    limits = [v for v in (_mem_available(), _cgroup_room(), _address_space_room()) if v is not None]
+    return (min(limits, key=lambda v: v[0]) if limits else (1 << 62, "no limit found"))
+
+
+def require(estimate: Estimate, what: str, override: str | None = None) -> None:
+    """UsageError when the estimate does not fit. An override is the whole process's budget; a measured limit
+    is the room left now, after the imports this process already holds."""
+    have, source = available(override)
+    measured = override is None and not os.environ.get(ENV)
+    need = estimate.peak - IMPORTS if measured else estimate.peak
+    if need > have:
+        raise UsageError(f"{what} needs {estimate.describe()}, but only {have / GB:.1f} GB is available ({source}); "
+                         "use a smaller --max-len or a machine with more memory (--max-memory overrides the limit)")
+
+
+def _mem_available() -> tuple[int, str] | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "MemAvailable"
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_room() -> tuple[int, str] | None:
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            text = Path(limit).read_text().strip()
+            if text == "max" or int(text) >= 1 << 60:
+                return None
+            return int(text) - int(Path(usage).read_text().strip()), "the cgroup's memory limit"
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _address_space_room() -> tuple[int, str] | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmSize:"))
+    except (OSError, StopIteration):
+        size = 0
+    return soft - size, "RLIMIT_AS (ulimit -v)"

@@ -1,0 +1,19 @@
+"""The validation stage of export.build: every graph in ONNX Runtime against the PyTorch model.
+
+In: the graphs the other stages returned (name -> (graph, precision)), the fp32 model (the reference works
+on it without changing it), the shapes for the build's max_len, the thresholds. Out: the validation cases
+(report.json `validation`); the verdict on them is export.verdict's, taken by the orchestrator.
+"""
+
+from __future__ import annotations
+
+from export.stages.result import StageResult
+from export.thresholds import Thresholds
+from export.validate import TorchReference, validate_graphs, validation_shapes
+
+
+def run_validation_stage(graphs: dict, model, task: str, config, max_len: int,
+                         thresholds: Thresholds) -> StageResult[None]:
+    cases = validate_graphs(graphs, TorchReference(model, task), validation_shapes(max_len, task), thresholds,
+                            config.vocab_size, config.type_vocab_size)
+    return StageResult(None, cases=cases)

@@ -1,0 +1,107 @@
+"""export.verdict, the one verdict: each rule on a synthetic report (files are not read without a build_dir),
+and the three callers (export.build, engines.gate, read_build) agreeing on the same report."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from export.errors import VerificationError
+from export.report import Report, key_precision
+from export.thresholds import DEFAULTS, Thresholds
+from export.verdict import judge, passed, read_build
+
+H = "a" * 64
+
+
+def case(graph: str, precision: str, max_abs: float, **stats) -> dict:
+    t = DEFAULTS[precision]
+    out = {"max_abs": max_abs, "mean_abs": max_abs / 10, "max_rel": 1.0, "cosine": 0.9999999, "n_nan": 0,
+           **t.to_dict(), "passed": True, **stats}
+    return {"graph": graph, "precision": precision, "batch": 2, "seq": 16, "choices": None, "padded_rows": 0,
+            "outputs": {"last_hidden_state": out}, "passed": True}
+
+
+GOOD = dict(command=[], version="0", created="x", passed=True,
+            artifacts={"onnx": "model.onnx", "rope-plugin.fp16": "model.rope-plugin.fp16.onnx",
+                       "rope-plugin.bf16-emulated": "model.rope-plugin.bf16-emulated.onnx"},
+            artifacts_sha256={"model.onnx": H, "model.rope-plugin.fp16.onnx": H,
+                              "model.rope-plugin.bf16-emulated.onnx": H},
+            validation=[case("onnx", "fp32", 5e-7), case("rope-plugin.fp16", "fp16", 2e-3),
+                        case("rope-plugin.bf16-emulated", "bf16", 2e-2)])
+
+
+def verdict(**changes) -> list:
+    fields = copy.deepcopy(GOOD)
+    fields.update(changes)
+    return judge(Report(**fields), Thresholds.defaults())
+
+
+def failed(checks) -> str:
+    return " | ".join(c.message for c in checks if not c.passed)
+
+
+def test_a_good_report_passes():
+    assert passed(verdict())
+
+
+@pytest.mark.parametrize("changes,why", [
+    ({"validation": []}, "no validation cases"),
+    ({"artifacts": {}, "artifacts_sha256": {}}, "is not an artifact of the report"),
+    ({"artifacts_sha256": {}}, "has no recorded sha256"),
+    ({"passed": False}, "marked itself not passed"),
+    ({"failure": "rotary rewrite: 3/4"}, "the build failed"),
+    ({"validation_skipped": True}, "not validated"),
+    ({"engine": {"status": "failed", "reason": "parser"}}, "engine stage failed"),
+])
+def test_each_rule_fails_the_verdict(changes, why):
+    checks = verdict(**changes)
+    assert not passed(checks) and why in failed(checks)
+
+
+def test_a_case_about_a_graph_the_report_does_not_list_fails():
+    checks = verdict(validation=[*GOOD["validation"], case("rope-onnx", "fp32", 0.0)])
+    assert "'rope-onnx' is not an artifact" in failed(checks)
+
+
+def test_relabelling_the_precision_buys_nothing():
+    """An fp32 graph labelled bf16 would get bf16's thresholds (0.2 passes): the key decides, the label fails."""
+    relabelled = case("onnx", "bf16", 0.2)
+    checks = verdict(validation=[relabelled])
+    assert not passed(checks) and "thresholds follow the graph" in failed(checks)
+    honest = case("onnx", "fp32", 0.2)
+    honest["outputs"]["last_hidden_state"]["max_rel"] = 0.2
+    assert "max_abs 0.2" in failed(verdict(validation=[honest]))  # judged as fp32: fails
+
+
+def test_an_output_with_an_error_fails_whatever_its_statistics_say():
+    c = case("onnx", "fp32", 0.0, error="graph has no output 'last_hidden_state'")
+    assert "error: graph has no output" in failed(verdict(validation=[c]))
+
+
+def test_own_flag_is_left_out_for_the_producer():
+    fields = copy.deepcopy(GOOD) | {"passed": False}
+    assert passed(judge(Report(**fields), Thresholds.defaults(), own_flag=False))
+
+
+@pytest.mark.parametrize("key,precision", [
+    ("onnx", "fp32"), ("rope-plugin", "fp32"), ("rope-onnx", "fp32"), ("rope-plugin.fp16", "fp16"),
+    ("onnx.bf16", "bf16"), ("rope-plugin.bf16-emulated", "bf16"), ("engine-fp16", "fp16"),
+    ("engine-fp16.sidecar", None), ("bench-json", None), ("tensorrt-onnx", None), ("x.int3", None),
+])
+def test_key_precision(key, precision):
+    assert key_precision(key) == precision
+
+
+def test_the_build_the_gate_and_read_build_agree(built, copy, capsys):
+    """One verdict: the real build passed it, the gate passes it, read_build serves it; a relabelled case
+    fails all of them at once."""
+    from engines.gate import main as gate
+
+    assert read_build(built).passed and gate([str(built)]) == 0
+    out, doctor = copy
+    doctor(lambda r: r["validation"][0].update(precision="bf16"))
+    assert gate([str(out)]) == 1
+    with pytest.raises(VerificationError, match="thresholds follow the graph"):
+        read_build(out)
