@@ -21,6 +21,8 @@ from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
 
+MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a served model takes
+
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
     "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
@@ -109,12 +111,20 @@ def _pb2():
 
 def make_config(name: str, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int,
                 dtypes: dict[str, str] | None = None, profiles: list[int] | None = None,
-                batch_hints: list[int] = (), queue_delay_us: int = 100):
+                batch_hints: list[int] = (), queue_delay_us: int = 100, parameters: dict[str, str] | None = None):
     """ModelConfig for `platform` "tensorrt_plan" (one KIND_GPU instance group per profile index in
-    `profiles`) or "onnxruntime_onnx" (one KIND_CPU instance). `dtypes` overrides the ONNX dtypes."""
+    `profiles`), "onnxruntime_onnx" or "python" (Triton's Python backend; one KIND_CPU instance each).
+    `dtypes` overrides the ONNX dtypes; `parameters` become `parameters { key value { string_value } }`
+    (e.g. MAX_SEQUENCE_LENGTH, which engines.client reads to truncate)."""
     mc, _ = _pb2()
     dtypes = dtypes or {}
-    cfg = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
+    cfg = mc.ModelConfig(name=name, max_batch_size=max_batch)
+    if platform == "python":
+        cfg.backend = "python"
+    else:
+        cfg.platform = platform
+    for key, value in (parameters or {}).items():
+        cfg.parameters[key].string_value = str(value)
     for spec, field in [(s, cfg.input) for s in inputs] + [(s, cfg.output) for s in outputs]:
         dt = dtypes.get(spec.name, spec.dtype)
         if dt not in TRITON_DTYPE:

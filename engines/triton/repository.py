@@ -25,6 +25,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from engines.serving.ort_model import limits_from_report
 from engines.serving.pooling import add_sentence_embedding
 from engines.tensorrt.profiles import INT32_MAX
 from engines.tensorrt.sidecar import load_sidecar
@@ -77,6 +78,12 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def positions_parameter(report: Report) -> dict[str, str]:
+    """{max_sequence_length: N}, the positions the build takes (engines.client truncates to it); {} if unknown."""
+    n = limits_from_report(report.to_dict()).max_sequence
+    return {tc.MAX_SEQUENCE_LENGTH: str(n)} if n else {}
+
+
 def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[int]]:
     profiles = entry.get("profiles") or sidecar.get("profiles") or []
     if not profiles:
@@ -109,7 +116,8 @@ def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | Non
         mb = bmax if max_batch is None else max_batch
         mname = f"{name}_{entry.get('precision', 'trt')}"
         cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes,
-                             profiles=list(range(len(entry.get("profiles") or side.get("profiles")))), batch_hints=opts)
+                             profiles=list(range(len(entry.get("profiles") or side.get("profiles")))), batch_hints=opts,
+                             parameters=positions_parameter(report))
         text = tc.config_text(cfg)
         tc.check_config(text, ins, outs, dtypes)
         models.append(ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan))
@@ -131,7 +139,8 @@ def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: 
                          "python -m export.build") from None
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
-    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch))
+    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch,
+                                         parameters=positions_parameter(report)))
     tc.check_config(text, ins, outs)
     return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=pooling)
 

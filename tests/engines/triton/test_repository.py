@@ -50,6 +50,7 @@ def test_ort_twin_matches_onnx_io(tiny, tmp_path, capsys):
     hidden = model.config.hidden_size
     assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
     assert list(cfg.dynamic_batching.preferred_batch_size)[-1] == cfg.max_batch_size
+    assert cfg.parameters[tc.MAX_SEQUENCE_LENGTH].string_value == "64"  # the build's --max-len: engines.client reads it
     assert [p.name for p in repo.iterdir()] == ["tiny_onnx"]  # no staging dir left behind
 
 
@@ -130,7 +131,7 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
     assert parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4 and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
     report = json.loads((build / "report.json").read_text())
     bad = tmp_path / "bad"
-    shutil.copytree(build, bad)
+    shutil.copytree(build, bad)  # every file of the build, the plan the doctored report names excepted
     report["engine"] = {"engines": [{"plan": "model.fp16.plan", "precision": "fp16",
                                      "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}]}]}
     (bad / "report.json").write_text(json.dumps(report))
