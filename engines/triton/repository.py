@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 from engines.serving.ort_model import limits_from_report
 from engines.serving.pooling import add_sentence_embedding
 from engines.tensorrt.profiles import INT32_MAX
+from engines.tensorrt.sidecar import load_sidecar
 from engines.triton import config as tc
 from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError
@@ -104,7 +105,7 @@ def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | Non
     models = []
     for entry in engines:
         plan = verify_artifact(build, str(entry.get("plan") or ""), report)
-        side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
+        side = load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
         bmax, opts = _batch_max(entry, side)
         if max_batch is not None and max_batch > bmax:
             raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
