@@ -11,18 +11,24 @@
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and
 // setLoggerFinder) before the plan is deserialized, so the RoformerRotary creator is found: pass
 // libroformer_trt_plugin.so. If libroformer_trt_plugin_static.so is already loaded (LD_PRELOAD), its
-// creator is used and the library argument is not loaded again.
+// creator is used and the library argument is not loaded again. Whether it is registered is read from the
+// registry's list of creators (plugins/common/creatorLookup.h), never asked with getCreator, whose miss
+// TensorRT logs as an error on every first load.
 // Steps, in order: loadPlugin, loadEngine, readBatch, bindInputs, bindOutputs, infer, printEmbeddings.
+#include "../../plugins/common/creatorLookup.h"
 #include "NvInfer.h"
 #include "embedOutputs.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -88,6 +94,7 @@ size_t elementSize(DataType t)
     {
     case DataType::kFLOAT: return 4;
     case DataType::kHALF: return 2;
+    case DataType::kBF16: return 2;
     case DataType::kINT32: return 4;
     case DataType::kINT64: return 8;
     default: throw std::runtime_error("embed: unsupported tensor data type " + std::to_string(static_cast<int>(t)));
@@ -184,11 +191,13 @@ int32_t pickProfile(nvinfer1::ICudaEngine const& engine, char const* tensor, Dim
 
 float toFloat(void const* base, DataType t, int64_t i)
 {
-    if (t == DataType::kHALF)
+    switch (t)
     {
-        return __half2float(static_cast<__half const*>(base)[i]);
+    case DataType::kHALF: return __half2float(static_cast<__half const*>(base)[i]);
+    case DataType::kBF16: return __bfloat162float(static_cast<__nv_bfloat16 const*>(base)[i]);
+    case DataType::kFLOAT: return static_cast<float const*>(base)[i];
+    default: throw std::runtime_error("embed: output type " + std::to_string(static_cast<int>(t)) + " is not a float");
     }
-    return static_cast<float const*>(base)[i];
 }
 
 //! A failure the user can fix (a wrong file, a shape no profile takes): message on stderr, exit 2.
@@ -200,7 +209,8 @@ struct UsageError : std::runtime_error
 // Step 1. Register the RoformerRotary creator before the plan is deserialized (its layers are resolved by
 // name then). loadLibrary calls the library's getCreators/setLoggerFinder: pass libroformer_trt_plugin.so.
 // It returns null both when the library cannot be loaded and when its creator is already registered (by
-// LD_PRELOAD of libroformer_trt_plugin_static.so, say); only the first is an error.
+// LD_PRELOAD of libroformer_trt_plugin_static.so, say); only the first is an error. "Registered?" is read from
+// the registry's list (findCreatorV3One): getCreator would log an error for the expected miss.
 void loadPlugin(char const* path)
 {
     nvinfer1::IPluginRegistry* registry = getPluginRegistry();
@@ -208,7 +218,9 @@ void loadPlugin(char const* path)
     {
         throw std::runtime_error("getPluginRegistry() returned null");
     }
-    auto registered = [registry] { return registry->getCreator("RoformerRotary", "1", "roformer_trt") != nullptr; };
+    auto registered = [registry] {
+        return roformer_trt::findCreatorV3One(*registry, "RoformerRotary", "1", "roformer_trt") != nullptr;
+    };
     if (registered())
     {
         return; // already there: loading the library again would be refused
@@ -358,8 +370,8 @@ std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dim
     }
     outDims = e.context->getTensorShape(outName);
     std::vector<char> out(static_cast<size_t>(volume(outDims)) * elementSize(e.engine->getTensorDataType(outName)));
-    RR_CUDA_CHECK(cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost,
-        stream));
+    RR_CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost, stream));
     RR_CUDA_CHECK(cudaStreamSynchronize(stream));
     return out;
 }
@@ -413,7 +425,8 @@ int run(int argc, char** argv)
     char const* outName = bindOutputs(e, buffers);
     Dims outDims{};
     std::vector<char> const out = infer(e, outName, stream.get(), outDims);
-    printEmbeddings(out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
+    printEmbeddings(
+        out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
     return 0;
 }
 } // namespace

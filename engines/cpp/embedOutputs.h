@@ -52,8 +52,7 @@ inline std::string checkShape(bool pooled, std::vector<int64_t> const& dims, int
 //! rule: sum / max(count, 1e-9), so an all-padding row gives zeros. value(i): element i of hidden as a float;
 //! mask: [B, S] row-major.
 template <typename Value>
-std::vector<double> maskedMean(
-    Value value, std::vector<int64_t> const& mask, int64_t row, int64_t seq, int64_t hidden)
+std::vector<double> maskedMean(Value value, std::vector<int64_t> const& mask, int64_t row, int64_t seq, int64_t hidden)
 {
     std::vector<double> v(static_cast<size_t>(hidden), 0.0);
     double count = 0.0;

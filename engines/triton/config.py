@@ -24,7 +24,6 @@ import onnx
 from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
-from export.files import load_json
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a served model takes
 
@@ -179,11 +178,3 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     if bad:
         raise VerificationError("config.pbtxt disagrees with the graph: " + "; ".join(bad))
     return cfg
-
-
-def load_sidecar(path: Path) -> dict:
-    """An engine's sidecar JSON (already located and checked by export.artifacts.verify_artifact)."""
-    data = load_json(path, what="engine sidecar", max_bytes=1 << 20)
-    if not isinstance(data, dict):
-        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild it with python -m export.build")
-    return data

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 
 from engines.serving.ort_model import limits_from_report
 from engines.tensorrt.profiles import INT32_MAX
+from engines.tensorrt.sidecar import load_sidecar
 from engines.triton import backend_rules
 from engines.triton import config as tc
 from engines.triton.pooling import tensorrt_graph, twin_pooling
@@ -126,7 +127,7 @@ def _tensorrt_model(build: Path, report: Report, entry: dict, name: str, max_bat
                     instances: int, rep: RepoReport) -> ModelFolder:
     """The model folder of one engine: its config checked against the graph and against the backend's rules."""
     plan = verify_artifact(build, str(entry.get("plan") or ""), report)
-    side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
+    side = load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
     bmax, profiles = _batch_max(entry, side)
     if max_batch is not None and max_batch > bmax:
         raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "

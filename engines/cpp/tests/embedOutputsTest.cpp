@@ -25,8 +25,8 @@ int main(int argc, char** argv)
         {
             dims.push_back(std::atoll(argv[i]));
         }
-        std::string const why = embed::checkShape(std::string(argv[2]) == "pooled", dims, std::atoll(argv[3]),
-            std::atoll(argv[4]));
+        std::string const why
+            = embed::checkShape(std::string(argv[2]) == "pooled", dims, std::atoll(argv[3]), std::atoll(argv[4]));
         std::cout << (why.empty() ? "ok" : why) << "\n";
         return 0;
     }
