@@ -4,8 +4,10 @@
 //
 // ids.txt: one sequence per line, space-separated token ids ([CLS] ... [SEP] included). Sequences are
 // padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
-// Prints one line per sequence: the `sentence_embedding` output when the engine has one, otherwise
-// the attention-mask mean of `last_hidden_state` computed here on the host.
+// Prints one line per sequence: the `sentence_embedding` output when the engine has one (export.build
+// --pooling mean|cls; with --outputs sentence_embedding it is the engine's only output), otherwise the
+// attention-mask mean of `last_hidden_state` computed here on the host (embedOutputs.h: the choice, the
+// shape check and the mean, tested on the host).
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and
 // setLoggerFinder) before the plan is deserialized, so the RoformerRotary creator is found: pass
 // libroformer_trt_plugin.so. If libroformer_trt_plugin_static.so is already loaded (LD_PRELOAD), its
@@ -15,6 +17,7 @@
 // Steps, in order: loadPlugin, loadEngine, readBatch, bindInputs, bindOutputs, infer, printEmbeddings.
 #include "../../plugins/common/creatorLookup.h"
 #include "NvInfer.h"
+#include "embedOutputs.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -331,11 +334,12 @@ void bindInputs(Engine& e, Batch const& b, cudaStream_t stream, std::vector<Uniq
     }
 }
 
-// Step 5. Give every output a device buffer; returns the one to print: sentence_embedding, else last_hidden_state.
+// Step 5. Give every output a device buffer (TensorRT needs an address for each); returns the one to print:
+// sentence_embedding, else last_hidden_state (embed::chooseOutput).
 char const* bindOutputs(Engine& e, std::vector<UniqueDevice>& buffers)
 {
-    char const* pooled = nullptr;
-    char const* hidden = nullptr;
+    std::vector<char const*> outputs;
+    std::vector<std::string> names;
     for (int32_t i = 0; i < e.engine->getNbIOTensors(); ++i)
     {
         char const* name = e.engine->getIOTensorName(i);
@@ -346,14 +350,15 @@ char const* bindOutputs(Engine& e, std::vector<UniqueDevice>& buffers)
         Dims const d = e.context->getTensorShape(name);
         buffers.push_back(deviceAlloc(static_cast<size_t>(volume(d)) * elementSize(e.engine->getTensorDataType(name))));
         setAddress(*e.context, name, buffers.back().get());
-        pooled = std::strcmp(name, "sentence_embedding") == 0 ? name : pooled;
-        hidden = std::strcmp(name, "last_hidden_state") == 0 ? name : hidden;
+        outputs.push_back(name);
+        names.emplace_back(name);
     }
-    if (pooled == nullptr && hidden == nullptr)
+    int32_t const chosen = embed::chooseOutput(names);
+    if (chosen < 0)
     {
         throw UsageError("the engine has neither sentence_embedding nor last_hidden_state");
     }
-    return pooled != nullptr ? pooled : hidden;
+    return outputs[static_cast<size_t>(chosen)];
 }
 
 // Step 6. Run the engine and copy the chosen output back: [B, D] pooled or [B, S, D] hidden.
@@ -374,7 +379,13 @@ std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dim
 // Step 7. One line per sequence: the pooled vector, or the attention-mask mean of the hidden states.
 void printEmbeddings(std::vector<char> const& out, DataType type, Dims const& od, bool pooled, Batch const& b)
 {
+    std::string const bad = embed::checkShape(pooled, std::vector<int64_t>(od.d, od.d + od.nbDims), b.batch, b.seq);
+    if (!bad.empty())
+    {
+        throw std::runtime_error("embed: " + bad);
+    }
     int64_t const hidden = od.d[od.nbDims - 1];
+    auto const value = [&out, type](int64_t j) { return toFloat(out.data(), type, j); };
     for (int64_t i = 0; i < b.batch; ++i)
     {
         std::vector<double> v(static_cast<size_t>(hidden), 0.0);
@@ -382,28 +393,12 @@ void printEmbeddings(std::vector<char> const& out, DataType type, Dims const& od
         {
             for (int64_t k = 0; k < hidden; ++k)
             {
-                v[k] = toFloat(out.data(), type, i * hidden + k);
+                v[k] = value(i * hidden + k);
             }
         }
         else
         {
-            double count = 0.0; // mean over real tokens; all-padding rows stay zero
-            for (int64_t s = 0; s < b.seq; ++s)
-            {
-                if (b.mask[i * b.seq + s] == 0)
-                {
-                    continue;
-                }
-                count += 1.0;
-                for (int64_t k = 0; k < hidden; ++k)
-                {
-                    v[k] += toFloat(out.data(), type, (i * b.seq + s) * hidden + k);
-                }
-            }
-            for (auto& x : v)
-            {
-                x /= std::max(count, 1e-9);
-            }
+            v = embed::maskedMean(value, b.mask, i, b.seq, hidden);
         }
         for (int64_t k = 0; k < hidden; ++k)
         {

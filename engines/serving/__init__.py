@@ -2,7 +2,7 @@
 
 - `engines.triton` (CLI) turns `build/<name>/` into a Triton model repository (TensorRT model when the
   build has engines, ONNX Runtime twin always).
-- `engines.serving.pooling` adds the `sentence_embedding` output to an ONNX graph.
+- `export.passes.pooling` (an export pass) adds the `sentence_embedding` output to an ONNX graph.
 - `engines.serving.ort_model` runs that graph with ONNX Runtime and validates requests.
 - `engines.serving.server` (`python -m engines.serving`) serves it live: our Python-backend model repository
   (`python_repository`, `backend_model`), the tritonserver that nvidia-pytriton ships (`tritonserver`), and

@@ -31,7 +31,8 @@ def build_parser() -> Parser:
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument("--pooling", choices=["mean", "cls", "none"], default="mean",
-                   help="sentence_embedding output added to the graph")
+                   help="sentence_embedding output added to the graph (a build made with export.build --pooling "
+                        "serves its own: pass that mode or none)")
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")

@@ -23,8 +23,9 @@ import onnxruntime as ort
 
 from export.artifacts import artifact
 from export.verdict import read_build
-from engines.serving.pooling import add_sentence_embedding
+from export.passes.pooling import add_sentence_embedding
 from engines.triton.config import read_onnx_io
+from engines.triton.pooling import twin_pooling
 from export.errors import UsageError
 from export.report import ONNX_KEY, rope_key
 
@@ -79,6 +80,7 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
                     ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size)):
         if v is None:
             log.warning("report.json gives no %s is not checked", what)
+    pooling = twin_pooling(build, report, pooling)  # a build made with --pooling serves its own embedding
     return add_sentence_embedding(graph, pooling), limits, build.resolve().name
 
 
