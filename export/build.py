@@ -32,7 +32,8 @@ from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
-from export.layout import Planned, plan_file, sidecar_file
+from export.layout import ONNX_FILE, Planned, plan_file, sidecar_file
+from export.passes.pooling import HIDDEN, POOLINGS, check_task
 from export.passes.quantize.options import add_quant_flags
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
@@ -41,6 +42,7 @@ from export.reproduce import reproduce_commands
 from export.stages.bench import run_bench_stage
 from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
+from export.stages.pooling import run_pooling_stage, with_engine_outputs
 from export.stages.precision import run_precision_stage
 from export.stages.quantize import run_quantize_stage
 from export.stages.result import StageResult
@@ -76,6 +78,12 @@ def build_parser() -> Parser:
                    "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32); int8 | fp8: Q/DQ "
                    "graph (explicit quantization, calibrated; export/passes/quantize)")
     add_quant_flags(p)
+    p.add_argument("--pooling", default="none", choices=POOLINGS, help="add sentence_embedding [batch, hidden] to "
+                   "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
+                   "mean) or cls (first token); none: the outputs as exported. Base-model checkpoints only")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with --pooling)")
+    p.add_argument("--outputs", help="with --pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
+                   "engine drops last_hidden_state) or last_hidden_state,sentence_embedding (default: both)")
     add_engine_flags(p)
     p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
                    "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
@@ -145,6 +153,7 @@ class Run:
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
             inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
+            check_task(self.flags.pooling, inspected.task)
             plan = Plan.decide(a, inspected.config, inspected.task)
             memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
             self.disk_need = disk.need(inspected.config, self.planned)
@@ -167,26 +176,39 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
-        if self.flags.quant is not None and not results["rewrite"].failure:
-            with self.timed("quantize"):
-                cpu_key = rope_key("onnx") if a.rope == "onnx" else ONNX_KEY
-                arts = _artifacts(results)
-                results["quantize"] = run_quantize_stage(self.flags.quant, work / arts[trt_key], trt_key,
-                                                         work / arts[cpu_key], cpu_key, ckpt, plan.max_len,
-                                                         self.flags.thresholds)
-        elif self.flags.quant is None:
-            with self.timed("precision"):
-                results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],
-                                                           trt_key)
+        pooling = self.flags.pooling
+        if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
+            with self.timed("pooling"):
+                results["pooling"] = run_pooling_stage(pooling, work / _artifacts(results)[trt_key], trt_key,
+                                                       rotary_function=a.rope == "plugin")
+        self.low_precision(results, ckpt, plan, work, trt_key)
+        if pooling is not None and TENSORRT_ONNX_KEY in _artifacts(results):
+            results["pooling"] = with_engine_outputs(results["pooling"], work / _artifacts(results)[TENSORRT_ONNX_KEY],
+                                                     plan.max_len)
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
-                                                             plan.max_len, self.flags.thresholds)
+                                                             plan.max_len, self.flags.thresholds, pooling)
         error = self.engine(results, ckpt, plan, work)
         if error is None and a.bench and not self.why_no_engine(results):
             with self.timed("bench"):
                 results["bench"] = self.bench(results, ckpt, plan, work)
         return self.finish(results, ckpt, plan, work, error)
+
+    def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
+        """The precision stage (fp16/bf16 graphs), or for int8/fp8 the quantization stage, from the fp32
+        TensorRT-bound graph; none after a failed rotary rewrite (the quantized graph would have no sites)."""
+        arts, outputs = _artifacts(results), self.flags.pooling.outputs if self.flags.pooling else None
+        if self.flags.quant is None:
+            with self.timed("precision"):
+                results["precision"] = run_precision_stage(self.flags.precision, work / arts[trt_key], trt_key,
+                                                           outputs=outputs)
+        elif not results["rewrite"].failure:
+            cpu_key = rope_key("onnx") if self.args.rope == "onnx" else ONNX_KEY
+            with self.timed("quantize"):
+                results["quantize"] = run_quantize_stage(self.flags.quant, work / arts[trt_key], trt_key,
+                                                         work / arts[cpu_key], cpu_key, ckpt, plan.max_len,
+                                                         self.flags.thresholds, self.flags.pooling)
 
     def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
         """The engine stage, only from a graph that kept every rotary site and matched PyTorch in ORT; its
@@ -201,7 +223,7 @@ class Run:
                 results["engine"] = run_engine_stage(
                     work / _artifacts(results)[TENSORRT_ONNX_KEY], self.flags.precision, plan.profiles,
                     validate=not self.args.skip_validation, ckpt=ckpt, thresholds=self.flags.thresholds,
-                    workspace_mib=self.args.workspace_mib)
+                    workspace_mib=self.args.workspace_mib, pooling=self.flags.pooling)
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
             results["engine"] = StageResult({"status": "failed", "reason": str(e),
                                              "profiles": plan.profiles.to_report()}, failure=f"engine stage: {e}")
@@ -267,7 +289,7 @@ def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheck
         command=run.argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=model_facts(ckpt), checkpoint=checkpoint_facts(run.args, ckpt), export=section("export"),
         rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
-        quantization=section("quantize"),
+        quantization=section("quantize"), pooling=section("pooling"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
         validation_skipped=True if run.args.skip_validation else None, engine=section("engine"),
@@ -311,11 +333,16 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         static = find_static_plugin_library()
         plugin_lib = (report.plugin or {}).get("path") or PLUGIN_LIB
         static_lib = str(static) if static else STATIC_PLUGIN_LIB
-    return reproduce_commands(
+    cmds = reproduce_commands(
         trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
         atol=t.atol, rtol=t.rtol, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
         rank=3 if ckpt.task == "multiple-choice" else 2)
+    if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export
+        cmds["notes"].append("model.onnx has no sentence_embedding (the TensorRT-bound graph gained it), so Polygraphy "
+                             f"compares only the outputs both have ({HIDDEN} if the engine kept it); report.json "
+                             "`validation` grades sentence_embedding against PyTorch.")
+    return cmds
 
 
 if __name__ == "__main__":

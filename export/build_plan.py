@@ -16,6 +16,7 @@ from export.errors import UsageError
 from export.files import load_toml
 from export.layout import Planned
 from export.onnx_export import MIN_MAX_LEN, check_export_args
+from export.passes.pooling import Pooling, parse_pooling
 from export.passes.precision import parse_precision
 from export.passes.quantize.options import QuantOptions
 from export.stages.bench import parse_grid, parse_grid_text
@@ -33,6 +34,7 @@ class Flags:
     precision: str
     opset: int
     out: Path
+    pooling: Pooling | None = None  # --pooling mean|cls (--normalize, --outputs); None: outputs as exported
     quant: QuantOptions | None = None  # --precision int8 | fp8
 
     @classmethod
@@ -42,6 +44,7 @@ class Flags:
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
         thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
+        pooling = parse_pooling(args.pooling, args.normalize, args.outputs)
         quant = QuantOptions.check(args, precision)
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)
@@ -60,7 +63,7 @@ class Flags:
         if not Path(args.model).exists():
             raise UsageError(f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file "
                              "or HF folder")
-        return cls(thresholds, precision, opset, default_out(args), quant)
+        return cls(thresholds, precision, opset, default_out(args), pooling, quant)
 
     def planned(self, args, engine_available: bool) -> Planned:
         return Planned(args.rope, self.precision, engine_available, bool(args.bench))

@@ -22,6 +22,7 @@ from export.passes.quantize.data import CalibSet, file_set, synthetic_set
 from export.passes.quantize.cpu_twin import RECIPE as CPU_TWIN_RECIPE
 from export.passes.quantize.cpu_twin import write_cpu_twin
 from export.passes.quantize.fallback import EvalCase, FallbackResult, run_fallback
+from export.passes.pooling import Pooling
 from export.passes.quantize.options import QuantOptions
 from export.progress import info, status
 from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
@@ -40,9 +41,10 @@ def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
 
 
 def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, cpu_key: str, ckpt, max_len: int,
-                       thresholds: Thresholds) -> StageResult[dict]:
-    """src/src_key: the TensorRT-bound fp32 graph; cpu_src/cpu_key: the fp32 graph ONNX Runtime serves on CPU hosts,
-    from which --precision int8 also makes the INT8 CPU twin."""
+                       thresholds: Thresholds, pooling: Pooling | None = None) -> StageResult[dict]:
+    """src/src_key: the TensorRT-bound fp32 graph (pooled already with --pooling); cpu_src/cpu_key: the fp32 graph ONNX
+    Runtime serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin."""
+    outputs = pooling.outputs if pooling else None
     plugin = src_key == "rope-plugin"
     choices = 2 if ckpt.task == "multiple-choice" else None
     key = precision_key(src_key, q.fmt)
@@ -54,7 +56,7 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
     fallback = None
     if q.fallback == "auto":
         with status("fallback: sensitivity sweep and search"):
-            fallback = _fallback(q, src, placement, amax, ckpt, max_len, thresholds, key, plugin)
+            fallback = _fallback(q, src, placement, amax, ckpt, max_len, thresholds, key, plugin, pooling)
         placement = placement.with_kept(fallback.keep)
     with status(f"writing the {q.fmt} graph ({q.high} high precision)"):
         model, summary = build(src, placement, amax, q.fmt, q.high)
@@ -71,25 +73,29 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
         info(f"note: {calib.note}")
     failure = f"quantization: the graph departs from its placement: {'; '.join(problems[:3])}" if problems else None
     artifacts = {key: dst.name, TENSORRT_ONNX_KEY: dst.name}
-    graphs = {key: (OnnxFile(dst, rotary_function=plugin), q.fmt)}
+    graphs = {key: (OnnxFile(dst, rotary_function=plugin, outputs=outputs), q.fmt)}
     if q.fmt == "int8":
         with status("writing the INT8 CPU twin"):
             twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)))
         twin_key = precision_key(cpu_key, CPU_TWIN)
-        artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin), "int8")
+        twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
+        artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin, outputs=twin_outputs), "int8")
         section["cpu_twin"] = {"file": twin.name, "source": cpu_src.name, "recipe": CPU_TWIN_RECIPE}
         info(f"INT8 CPU twin: {twin.name}")
     return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
 
 
 def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,
-              plugin: bool) -> FallbackResult:
-    """Evaluation cases (validation's shapes, FALLBACK_SEED inputs, PyTorch fp32 outputs) and the search."""
-    reference = TorchReference(ckpt.model, ckpt.task)
+              plugin: bool, pooling: Pooling | None) -> FallbackResult:
+    """Evaluation cases (validation's shapes, FALLBACK_SEED inputs, PyTorch fp32 outputs of the graph's outputs) and
+    the search."""
+    reference = TorchReference(ckpt.model, ckpt.task, pooling=pooling)
     cases = []
     for shape in validation_shapes(max_len, ckpt.task):
         feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=FALLBACK_SEED)
-        cases.append(EvalCase(shape.label(), feeds, reference(shape, feeds)))
+        refs = reference(shape, feeds)
+        wanted = pooling.outputs if pooling else tuple(refs)
+        cases.append(EvalCase(shape.label(), feeds, {k: refs[k] for k in wanted}))
 
     def judge(got: dict, case: EvalCase) -> tuple[bool, str]:
         worst = []
