@@ -17,7 +17,7 @@ from export.digest import sha256_file
 from export.layout import MANIFEST
 from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
-from export.passes.rotary import PLUGIN_OP
+from plugins.identity import PLUGIN_OP
 from tests.export.test_cli import assert_clean_failure, run_cli
 
 FAST = ["--exporter", "torchscript", "--max-len", "24"]

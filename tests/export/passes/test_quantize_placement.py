@@ -13,7 +13,7 @@ from export.passes.lowering import with_rotary_function
 from export.passes.quantize import build, check_quantized, plan
 from export.passes.quantize.placement import DQ_OP, Q_OP
 from export.passes.quantize.qdq import quantize_weight
-from export.passes.rotary import PLUGIN_OP
+from plugins.identity import PLUGIN_OP
 from tests.export.passes.quantize_fixtures import calibrated, rope_graph
 
 LINEAR_PER_LAYER = 6  # Q, K, V, attention output, FFN in, FFN out
