@@ -7,11 +7,10 @@
 Variants, all made from the build's fp32 CPU graph (what engines.triton publishes as `<name>_onnx`: the
 `rope-onnx` graph, else the plain `model.onnx`):
 - fp32: the graph as is (the baseline every speed-up is relative to);
-- dynamic: `quantize_dynamic`, MatMul, per-tensor int8 weights (the issue's anchor);
-- dynamic-pc: the same with per-channel weights; dynamic-pc@basic / @extended: ONNX Runtime's graph
-  optimization level lowered from ALL;
-- dynamic-fused: ORT's transformer fusions (SkipLayerNormalization, BiasGelu; the rotary attention does not fuse)
-  before dynamic-pc;
+- dynamic: `quantize_dynamic`, MatMul, per-tensor int8 weights (the issue's anchor); dynamic@basic / @extended:
+  ONNX Runtime's graph optimization level lowered from ALL; dynamic-pc: per-channel weights;
+- fused-dynamic(-pc): ORT's transformer fusions first (SkipLayerNormalization, BiasGelu, EmbedLayerNormalization;
+  the rotary attention does not fuse), then dynamic (per-channel);
 - static-qdq-s8: our Q/DQ placement and calibration with fp32 as the high precision (the TensorRT graph's
   quantization), and static-qdq-s8-linear without the attention matmuls;
 - static-qop-u8: `quantize_static`, QOperator, uint8 activations, per-channel weights, MatMul (ORT's CPU recipe).
@@ -63,19 +62,22 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
                                           weight_type=QuantType.QInt8, use_external_data_format=True)
 
     make("dynamic", dyn(False))
+    made["dynamic@basic"] = (made["dynamic"][0], "basic")
+    made["dynamic@extended"] = (made["dynamic"][0], "extended")
     make("dynamic-pc", dyn(True))
-    made["dynamic-pc@basic"] = (made["dynamic-pc"][0], "basic")
-    made["dynamic-pc@extended"] = (made["dynamic-pc"][0], "extended")
 
-    def fused(p):
-        from onnxruntime.transformers.optimizer import optimize_model
-        m = optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads,
-                           hidden_size=config.hidden_size, opt_level=1)
-        tmp = work / "fused-fp32.onnx"
-        m.save_model_to_file(str(tmp), use_external_data_format=True)
-        dyn(True, tmp)(p)
+    def fused(per_channel):
+        def write(p):
+            from onnxruntime.transformers.optimizer import optimize_model
+            m = optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, opt_level=0)  # Python fusions only: no ORT temp file
+            tmp = work / "fused-fp32.onnx"
+            m.save_model_to_file(str(tmp), use_external_data_format=True)
+            dyn(per_channel, tmp)(p)
+        return write
 
-    make("dynamic-fused", fused)
+    make("fused-dynamic", fused(False))
+    make("fused-dynamic-pc", fused(True))
     placement = plan(src)
     amax = calibrate(src, placement, calib, CalibMethod("max"), rotary_function=False)
 

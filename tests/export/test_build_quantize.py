@@ -125,3 +125,13 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
     out = tmp_path / "out"
     code, lines = run_cli(["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys)
     assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
+
+
+def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):
+    out = tmp_path / "pooled"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--pooling", "mean",
+                  "--outputs", "sentence_embedding", "--quant-fallback", "none"]) == 0
+    r = report(out)
+    cases = {c["graph"]: set(c["outputs"]) for c in r["validation"]}
+    assert r["passed"] and cases["rope-plugin.int8"] == {"sentence_embedding"}
+    assert cases["onnx.int8-cpu"] == {"last_hidden_state"}  # the CPU twin comes from the unpooled export

@@ -26,7 +26,9 @@ STD_HEADERS = {"max": "algorithm", "min": "algorithm", "sort": "algorithm", "fin
                "ifstream": "fstream", "istringstream": "sstream", "strcmp": "cstring",
                "remove_pointer_t": "type_traits"}
 # The precisions export.build writes (export.passes.precision) -> TensorRT DataType and its bytes.
-OUTPUT_TYPES = {"fp32": ("kFLOAT", 4), "fp16": ("kHALF", 2), "bf16": ("kBF16", 2)}
+OUTPUT_TYPES = {"fp32": ("kFLOAT", 4), "fp16": ("kHALF", 2), "bf16": ("kBF16", 2),
+                # Q/DQ graphs (export.passes.quantize) quantize only inside: their outputs stay float
+                "int8": ("kFLOAT", 4), "fp8": ("kFLOAT", 4)}
 
 
 def code() -> str:

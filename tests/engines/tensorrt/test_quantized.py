@@ -3,15 +3,19 @@ GPU's compute capability. TensorRT itself is not needed (nor faked) for any of t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.build import check_quantized_precision
-from engines.tensorrt.availability import fp8_problem
+from engines.tensorrt.availability import engine_stage_status, fp8_problem
 from engines.tensorrt.graph import quantized_format
 from export.errors import UsageError
+from tests.limits import SLOW_MACHINE_S
 
 
 def qdq_graph(path, zero_types: list[int]):
@@ -63,3 +67,14 @@ def test_fp8_needs_compute_capability_8_9(name, cc, ok):
     assert (problem is None) == ok
     if not ok:
         assert f"{name} is {cc}" in problem and ">= 8.9" in problem and "--precision int8" in problem
+
+
+@pytest.mark.skipif(engine_stage_status()["status"] == "available", reason="TensorRT and a GPU are here: the build "
+                    "would run (tests/engines/tensorrt/test_build_gpu.py builds engines)")
+def test_a_quantized_graph_passes_usage_and_stops_at_availability(tmp_path):
+    """A real INT8 Q/DQ graph with --precision int8 is accepted (exit 3 here: no TensorRT), never calibrated."""
+    r = subprocess.run([sys.executable, "-m", "engines.build", str(qdq_graph(tmp_path / "g.onnx", [TensorProto.INT8])),
+                        "--precision", "int8", "--max-len", "16", "--profiles", "16"], capture_output=True, text=True,
+                       timeout=SLOW_MACHINE_S)
+    assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
