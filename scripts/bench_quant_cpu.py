@@ -101,7 +101,7 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
     make("static-qop-u8", lambda p: quantize_static(
         str(src), str(p), Reader(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul"],
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, use_external_data_format=True))
-    make("cpu-twin", lambda p: write_cpu_twin(src, p))
+    make("cpu-twin", lambda p: write_cpu_twin(src, p, config.num_attention_heads, config.hidden_size))
     return made
 
 

@@ -76,7 +76,8 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
     graphs = {key: (OnnxFile(dst, rotary_function=plugin, outputs=outputs), q.fmt)}
     if q.fmt == "int8":
         with status("writing the INT8 CPU twin"):
-            twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)))
+            twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)),
+                                  ckpt.config.num_attention_heads, ckpt.config.hidden_size)
         twin_key = precision_key(cpu_key, CPU_TWIN)
         twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
         artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin, outputs=twin_outputs), "int8")

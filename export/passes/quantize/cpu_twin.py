@@ -2,10 +2,14 @@
 with its MatMul weights in int8.
 
 In: the build's fp32 CPU graph (`model.rope-onnx.onnx`, else `model.onnx`; weights in its external data file).
-Out: `<dst>` + `<dst>.data`: onnxruntime.quantization.quantize_dynamic (the MatMuls with constant weights: int8
-per-channel weights, uint8 activations quantized per tensor at run time; the attention matmuls, LayerNorm, GELU
-and Softmax stay fp32). Measured against the other variants (static Q/DQ as in the TensorRT graph, QOperator,
-ORT fusions, optimization levels) by scripts/bench_quant_cpu.py: results in scripts/results/quant/quant_cpu.md.
+Out: `<dst>` + `<dst>.data`: ONNX Runtime's transformer fusions (onnxruntime.transformers.optimizer, Python passes
+only: SkipLayerNormalization, BiasGelu, EmbedLayerNormalization; the rotary attention does not fuse), then
+onnxruntime.quantization.quantize_dynamic on the MatMuls with constant weights (int8 per-tensor weights, uint8
+activations quantized per tensor at run time; the attention matmuls, LayerNorm, GELU and Softmax stay fp32).
+Chosen by scripts/bench_quant_cpu.py (scripts/results/quant/quant_cpu.md) over static Q/DQ as in the TensorRT
+graph (slower on CPU: int8 activations, and 0.78 row cosine at S=512 without the fallback), QOperator uint8,
+per-channel weights (as fast, more accurate on the demo, less on the stress checkpoint than the per-tensor
+anchor) and ORT's optimization levels (within noise).
 Beside the source, every initializer the quantizer left unchanged points back at the source's data file instead
 of being copied; elsewhere the twin holds all its weights.
 ORT's quantizer writes its shape-inferred copy beside the source and its output in a temp folder beside `dst`:
@@ -22,19 +26,27 @@ import onnx
 
 from export.onnx_io import is_external, load_tensor, write_model
 
-RECIPE = "onnxruntime.quantization.quantize_dynamic: MatMul with constant weights, int8 per-channel weights"
+RECIPE = ("onnxruntime.transformers fusions (opt_level 0), then onnxruntime.quantization.quantize_dynamic: MatMul with "
+          "constant weights, int8 per-tensor weights, uint8 activations per tensor at run time")
 
 
-def write_cpu_twin(src: Path, dst: Path) -> Path:
-    """src: the fp32 CPU graph; dst: the twin's path (beside src). Returns dst."""
+def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
+    """src: the fp32 CPU graph; dst: the twin's path (beside src); heads, hidden: the model's (for ORT's fusion
+    patterns). Returns dst."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
 
     src, dst = Path(src), Path(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
-        out = tmp / dst.name
-        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8, use_external_data_format=True)
+        fused, out = tmp / "fused.onnx", tmp / dst.name
+        optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
+                       opt_level=0).save_model_to_file(str(fused), use_external_data_format=True)
+        # DefaultTensorType: ONNX shape inference cannot type the outputs of the fused com.microsoft ops; every
+        # float of this fp32 graph is float32
+        quantize_dynamic(str(fused), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
+                         weight_type=QuantType.QInt8, use_external_data_format=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         model = onnx.load(str(out))
         if dst.parent.resolve() == src.parent.resolve():  # elsewhere the twin holds all of its weights
             _share_unchanged(model, src)
