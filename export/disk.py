@@ -23,7 +23,8 @@ NEARLY_FULL = 8 << 20  # a write that failed with less than this free failed for
 
 def need(config, planned: Planned) -> int:
     weights = 4 * parameter_count(config)
-    low = {"fp32": 0.0, "fp16": 0.5, "bf16": 1.5}.get(planned.precision, 1.0)  # bf16 also writes its fp32 twin
+    # bf16 also writes its fp32 twin; int8 a byte per MatMul weight twice (the Q/DQ graph and the CPU twin)
+    low = {"fp32": 0.0, "fp16": 0.5, "bf16": 1.5, "int8": 0.5, "fp8": 0.25}.get(planned.precision, 1.0)
     plan = (0.5 if planned.precision != "fp32" else 1.0) if planned.engine else 0.0
     return int(weights * (1.0 + low + plan)) + SLACK
 

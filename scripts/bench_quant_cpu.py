@@ -17,7 +17,8 @@ Variants, all made from the build's fp32 CPU graph (what engines.triton publishe
 The twin export.build writes (`--precision int8`, export/passes/quantize/cpu_twin.py) is `cpu-twin` below.
 
 Speed: interleaved rounds (each round runs every variant once, the order rotated), medians with min/max, per
-batch x sequence. Accuracy: against PyTorch fp32, per-row cosine over non-padded rows and the largest absolute
+batch x sequence; ONNX Runtime's CPU memory arena is off for every session (a dozen demo-size sessions with
+their arenas grown to batch 8 x 512 do not fit beside each other in 24 GB). Accuracy: against PyTorch fp32, per-row cosine over non-padded rows and the largest absolute
 error scaled by the reference's largest magnitude, at batch 3 x 128 with 2 padded rows and batch 1 x 512; the
 stress checkpoint (outlier channels) for accuracy only. Writes quant_cpu.{json,md,png} into --out.
 """
@@ -109,6 +110,7 @@ def session(path: Path, opt: str):
     import onnxruntime as ort
     o = ort.SessionOptions()
     o.log_severity_level = 3
+    o.enable_cpu_mem_arena = False  # a dozen sessions side by side: each keeps only what a run needs
     o.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt]
