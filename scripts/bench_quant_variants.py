@@ -1,6 +1,7 @@
-"""SmoothQuant against the accuracy-driven fallback, INT8, on the outlier stress checkpoint (and the demo).
+"""INT8 placement choices measured: SmoothQuant against the accuracy-driven fallback, and quantizing the residual
+Adds, on the outlier stress checkpoint and the demo.
 
-    python scripts/bench_smoothquant.py --build build/stress --model stress/ckpt.pt --label stress \
+    python scripts/bench_quant_variants.py --build build/stress --model stress/ckpt.pt --label stress \
         --out scripts/results/quant
 
 SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language
@@ -11,10 +12,11 @@ into LayerNorm: it is an explicit Mul before the Q (one per smoothed tensor). Sm
 only by weighted MatMuls (Q/K/V, attention output, FFN in and out).
 
 Variants, each the rope-plugin graph with our placement and max calibration (synthetic set), fp32 high precision:
-none; fallback (export.build's --quant-fallback auto); smooth (alpha 0.5); smooth + fallback. Each is judged at
+none; residual (the residual Adds' inputs quantized too, as NVIDIA's QDQBERT does for TensorRT's Add fusion);
+fallback (export.build's --quant-fallback auto); smooth (alpha 0.5); smooth + fallback. Each is judged at
 the validation shapes up to --max-len against PyTorch fp32 with the int8 thresholds of export/thresholds.py, and
 the fallback's own account (nodes kept high, their share of the MatMul FLOPs). Writes
-smoothquant_<label>.{json,md} into --out.
+quant_variants_<label>.{json,md} into --out.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def main() -> int:
     smooth = lambda keep: smoothed_graph(src, placement.with_kept(keep), amax, scales, smooth_amax)  # noqa: E731
     result = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "label": args.label, "alpha": args.alpha,
               "thresholds": th.to_dict(), "variants": {}}
+    residual = plan(src, residual=True)
+    ramax = calibrate(src, residual, calib, CalibMethod("max"), rotary_function=True)
+    result["variants"]["residual"] = {"kept": 0, "cases": evaluate(build(src, residual, ramax, "int8", "fp32")[0], test)}
     for name, make in (("none", plain), ("smooth", smooth)):
         result["variants"][name] = {"kept": 0, "cases": evaluate(make(frozenset()), test)}
         t = time.perf_counter()
@@ -170,10 +175,11 @@ def main() -> int:
             "seconds": round(time.perf_counter() - t, 1), "cases": evaluate(make(fb.keep), test)}
         print(name, json.dumps(result["variants"][f"{name}+fallback"]["cases"][-1]), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"smoothquant_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# SmoothQuant (alpha {args.alpha}) vs the fallback, INT8, {args.label} ({result['date']}, "
+    (args.out / f"quant_variants_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# INT8 variants: SmoothQuant (alpha {args.alpha}), the fallback, residual Adds, {args.label} ({result['date']}, "
              f"{result['host']})", "", f"Thresholds (int8): {th.to_dict()}. Fallback tuned on seed-{FALLBACK_SEED} "
              "inputs, judged here on the validation inputs (seed 0).", "",
+             "Cells: min per-row cosine / max |error| / max |reference|.", "",
              "| variant | kept high | high FLOPs | every case passes | " + " | ".join(
                  c["shape"] for c in result["variants"]["none"]["cases"]) + " |",
              "|---|---|---|---|" + "---|" * len(result["variants"]["none"]["cases"])]
@@ -181,8 +187,8 @@ def main() -> int:
         lines.append(f"| {name} | {v['kept']} | {100 * v.get('high_flops_share', 0):.1f} % | "
                      f"{all(c['passed'] for c in v['cases'])} | " + " | ".join(
                          f"{c['row_cosine']:.5f} / {c['scaled_error']:.3f}" for c in v["cases"]) + " |")
-    (args.out / f"smoothquant_{args.label}.md").write_text("\n".join(lines) + "\n")
-    print(args.out / f"smoothquant_{args.label}.md")
+    (args.out / f"quant_variants_{args.label}.md").write_text("\n".join(lines) + "\n")
+    print(args.out / f"quant_variants_{args.label}.md")
     return 0
 
 
