@@ -79,8 +79,10 @@ def build_parser() -> Parser:
                    "opt length at batch min and opt)")
     p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
     p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
-    p.add_argument("--atol", type=float, help="override every atol of the thresholds")
-    p.add_argument("--rtol", type=float, help="override every rtol of the thresholds")
+    p.add_argument("--atol", type=float, help="override every atol of the thresholds (absolute alternative: "
+                   "max abs error <= atol also passes; default 0, off)")
+    p.add_argument("--rtol", type=float, help="override every rtol of the thresholds (bound on scaled_error = "
+                   "max abs error / max |reference|; export/thresholds.py)")
     p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
     p.add_argument("--max-memory", help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
                    f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger")
@@ -289,6 +291,11 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     if trt_onnx is None or not report.profiles:
         return None
     t = flags.thresholds.lookup(flags.precision, engine_key(flags.precision), "last_hidden_state")
+    # Polygraphy compares element by element: our bound scaled_error <= rtol, i.e. max|e| <= rtol * max|ref|,
+    # becomes its --atol with the largest reference magnitude the validation saw (max_abs / scaled_error).
+    scales = [o["max_abs"] / o["scaled_error"] for c in report.validation for o in c["outputs"].values()
+              if o.get("scaled_error")]
+    atol = max([t.atol] + ([t.rtol * max(scales)] if scales else []))
     plugin_lib = static_lib = None
     if (report.rewrite or {}).get("mode") == "plugin":  # a library that is not built here is named for the TRT host
         static = find_static_plugin_library()
@@ -297,7 +304,7 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     return reproduce_commands(
         trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
-        atol=t.atol, rtol=t.rtol, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
+        atol=atol, rtol=0.0, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
         rank=3 if ckpt.task == "multiple-choice" else 2)
 
 

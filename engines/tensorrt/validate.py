@@ -46,5 +46,6 @@ def validate_engine(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nd
     cases = []
     for shape in validation_shapes(profiles):
         feeds = make_inputs(shape, vocab_size, type_vocab_size, seed=seed)
-        cases.append(grade(f"engine-{precision}", precision, shape, dict(run(feeds)), reference(shape, feeds), th))
+        cases.append(grade(f"engine-{precision}", precision, shape, dict(run(feeds)), reference(shape, feeds), th,
+                           feeds))
     return cases
