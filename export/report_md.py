@@ -12,8 +12,8 @@ def render_markdown(r: Report) -> str:
         lines += [f"**Failure:** {r.failure}", ""]
     if r.validation_skipped:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
-    for section in (_model, _export, _rewrite, _artifacts, _validation, _precision, _profiles, _plugin, _engine,
-                    _reproduce, _bench, _timings):
+    for section in (_model, _export, _rewrite, _artifacts, _validation, _diagnosis, _precision, _profiles, _plugin,
+                    _engine, _reproduce, _bench, _timings):
         lines += section(r)
     return "\n".join(lines)
 
@@ -108,6 +108,32 @@ def _validation(r: Report) -> list[str]:
             "NaN; the thresholds follow the graph's precision (export/thresholds.py).", ""] + _table(
         ["graph", "precision", "batch", "seq", "output", "scaled error", "rtol", "max abs", "cosine", "row cosine",
          "pass"], rows)
+
+
+def _diagnosis(r: Report) -> list[str]:
+    d = r.diagnosis
+    if not d:
+        return []
+    lines = ["## Where it diverges", "", f"`{d.get('graph')}` against PyTorch at batch {d.get('batch')} x sequence "
+             f"{d.get('seq')} (the smallest failing case): {divergence_sentence(d.get('first_divergence'))}", ""]
+    if not d.get("complete", True):
+        lines += [f"Incomplete: {d.get('reason')}.", ""]
+    if d.get("files"):
+        lines += [f"Layer by layer: [{d['files']['md']}]({d['files']['md']}), ![error against depth]"
+                  f"({d['files']['png']}); rerun with `python -m export.diagnose --build <this folder>`.", ""]
+    return lines
+
+
+def divergence_sentence(first: dict | None) -> str:
+    """One line: where the candidate first leaves the threshold, and the node(s) there."""
+    if first is None:
+        return "No divergence: every landmark is within the thresholds."
+    where = {"embeddings": "in the embeddings", "head": f"in the head output {first['point']}"}.get(
+        first["stage"], f"in layer {first['layer']} ({first['point']})")
+    nodes = ", ".join(f"`{n}`" for n in first.get("nodes") or []) or "no node located"
+    node = first.get("first_node")
+    detail = f"; first failing tensor `{node['tensor']}` ({node['op']})" if node else ""
+    return f"First divergence {where}: node(s) {nodes}{detail}; scaled error {first['scaled_error']:.3g}."
 
 
 def _precision(r: Report) -> list[str]:
