@@ -38,6 +38,8 @@ from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, eng
 from export.report_io import report_text, save_report
 from export.reproduce import reproduce_commands
 from export.stages.bench import run_bench_stage
+from export.stages.diagnosis import run_diagnosis_stage
+from export.stages.diagnosis import summary as diagnosis_summary
 from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
 from export.stages.precision import run_precision_stage
@@ -172,6 +174,12 @@ class Run:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
                                                              plan.max_len, self.flags.thresholds)
+            if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
+                with self.timed("diagnosis"):
+                    diagnosis = run_diagnosis_stage(results["validation"].cases, _graphs(results), ckpt,
+                                                    self.flags.thresholds, work)
+                if diagnosis is not None:
+                    results["diagnosis"] = diagnosis
         error = self.engine(results, ckpt, plan, work)
         if error is None and a.bench and not self.why_no_engine(results):
             with self.timed("bench"):
@@ -225,8 +233,10 @@ class Run:
         if error is None and rewrite_failure:
             error = VerificationError(f"{rewrite_failure} (artifacts kept in the output folder)")
         elif error is None and case_failures and not self.args.skip_validation:
-            report.failure = f"{len(case_failures)} validation check(s) failed"
-            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures))
+            where = diagnosis_summary(report.diagnosis)
+            report.failure = f"{len(case_failures)} validation check(s) failed" + (f"; {where}" if where else "")
+            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures)
+                                      + (f"\n{where}" if where else ""))
         elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
             error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
         save_report(report, work)
@@ -255,7 +265,8 @@ def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheck
         rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
-        validation_skipped=True if run.args.skip_validation else None, engine=section("engine"),
+        validation_skipped=True if run.args.skip_validation else None, diagnosis=section("diagnosis"),
+        engine=section("engine"),
         bench=section("bench"), artifacts=artifacts, artifacts_sha256=artifact_hashes(work, artifacts.values()),
         timings=run.timings, failure=failure)
     report.reproduce = reproduce(report, run.flags, ckpt)

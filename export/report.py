@@ -170,6 +170,10 @@ def bench_key(kind: str) -> str:
     return f"bench-{kind}"
 
 
+def diagnosis_key(kind: str) -> str:
+    return f"diagnosis-{kind}"
+
+
 def key_precision(key: str) -> str | None:
     """The precision a graph artifact computes in, read from its key (never from a label beside it):
     "onnx", "rope-plugin" -> fp32; "rope-plugin.fp16" -> fp16; "rope-plugin.bf16-emulated" -> bf16;
