@@ -130,10 +130,12 @@ def divergence_sentence(first: dict | None) -> str:
         return "No divergence: every landmark is within the thresholds."
     where = {"embeddings": "in the embeddings", "head": f"in the head output {first['point']}"}.get(
         first["stage"], f"in layer {first['layer']} ({first['point']})")
-    nodes = ", ".join(f"`{n}`" for n in first.get("nodes") or []) or "no node located"
+    landmark = ", ".join(f"`{n}`" for n in first.get("landmark_nodes") or []) or "not located"
     node = first.get("first_node")
-    detail = f"; first failing tensor `{node['tensor']}` ({node['op']})" if node else ""
-    return f"First divergence {where}: node(s) {nodes}{detail}; scaled error {first['scaled_error']:.3g}."
+    if node:
+        return (f"First divergence {where}, landmark node(s) {landmark}: first failing tensor `{node['tensor']}` "
+                f"from node `{node['node']}` ({node['op']}); scaled error {first['scaled_error']:.3g}.")
+    return f"First divergence {where}: node(s) {landmark}; scaled error {first['scaled_error']:.3g}."
 
 
 def _precision(r: Report) -> list[str]:
