@@ -12,7 +12,8 @@ attention output, the FFN output and the layer output, then head outputs), locat
 so names need not survive; each landmark is judged by the pass rule of export/thresholds.py on the statistics
 of export/compare.py (scaled error, per-row cosine over non-padded tokens). The first landmark in depth order
 that fails is the first divergence; when the reference is an ONNX graph whose tensor names the candidate kept,
-the search continues inside that layer for the first tensor, in graph order, that fails, and names its node.
+the search continues between the last landmarks that agreed and that one for the first tensor, in graph
+order, that fails, and names its node.
 The CLI is `python -m export.diagnose` (export/diagnose/__main__.py); rendering in export/diagnose/render.py.
 """
 
@@ -120,8 +121,10 @@ def _first_divergence(p: Point, cand: OnnxSide, names: OnnxSide | None, feeds, t
     stage = "embeddings" if p.stage == "embeddings" else "head" if p.stage == "head" else "layer"
     node = None
     if names is not None:
-        region = search_region(cand, p.stage, p.layer, p.name)
-        node = first_failing_node(names, cand, region, feeds, t, budget_bytes, _largest_tensor(feeds, points, cand))
+        agreed = [(q.stage, q.name if q.stage == "head" else q.layer) for q in points if q.passed]
+        region = search_region(cand, ("head", p.name) if p.stage == "head" else (p.stage, p.layer), agreed)
+        node = first_failing_node(names, cand, region, feeds, t, budget_bytes, _largest_tensor(feeds, points, cand),
+                                  p.scaled_error or 0.0)
     out = {"stage": stage, "layer": p.layer, "point": p.name, "nodes": [node["node"]] if node else p.nodes,
            "landmark_nodes": p.nodes, "scaled_error": p.scaled_error, "first_node": node}
     if p.row_cosine is not None:

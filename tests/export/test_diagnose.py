@@ -109,3 +109,37 @@ def test_the_time_cap_stops_between_groups_and_says_where(six):
     d = diagnose(plain, plain, feeds, budget_bytes=1, deadline=0.0)
     assert not d.complete and d.reason == "time cap reached after layer 0"
     assert {p.layer for p in d.points} == {None, 0}
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "multiple-choice"])
+def test_task_heads_and_the_choices_axis(exported, task):
+    """The MLM head's LayerNorm is not a layer, its logits are a head landmark; [batch, choices, seq] inputs
+    reach the layers as [batch x choices, seq]: both compare against PyTorch landmark by landmark."""
+    path, model, config = exported("torchscript", 17, task=task)
+    shape = Shape(2, 9, padded_rows=1, choices=2 if task == "multiple-choice" else None)
+    feeds = make_inputs(shape, config.vocab_size, config.type_vocab_size)
+    d = diagnose_model(model, task, onnx.load(str(path)), feeds)
+    assert d.first_divergence is None and d.layers == config.num_hidden_layers
+    assert [p.name for p in d.points if p.stage == "head"] == ["logits"]
+    assert len([p for p in d.points if p.layer is not None]) == 5 * config.num_hidden_layers
+    bad = faults.perturb_weight(onnx.load(str(path)), 1, "ffn_out")
+    first = diagnose_model(model, task, bad, feeds).first_divergence
+    assert (first["stage"], first["layer"], first["point"]) == ("layer", 1, "ffn_output")
+
+
+def test_layernorm_in_fp16_is_named_not_the_softmax_it_disturbs(tmp_path):
+    """On the outlier checkpoint the fp16 LayerNorm overflows in layer 0's attention block; rounding from the
+    embeddings' fp16 LayerNorm already nudges that block's Softmax past the per-row bound, but the node named
+    is the one where the divergence appears at its size: the LayerNorm's."""
+    from export.onnx_export import export_onnx
+    from tests.fixtures.checkpoints import add_outliers, make_model, tiny_config
+
+    model = add_outliers(make_model(tiny_config(), "model"))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, "model", path, 32, "torchscript", 17)
+    low, _ = convert_precision(onnx.load(str(path)), "fp16")
+    feeds = make_inputs(SHAPE, 99, 2)
+    first = diagnose(low, faults.layernorm_low(low), feeds).first_divergence
+    assert (first["stage"], first["layer"], first["point"]) == ("layer", 0, "attention_output"), first
+    assert first["first_node"]["tensor"] == locate(low).landmarks[3].tensors[0]  # layer 0's attention LayerNorm
+    assert first["first_node"]["scaled_error"] > 0.1
