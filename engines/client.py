@@ -5,18 +5,20 @@ In:  raw Chinese/English text, the model's `vocab.txt` (RoFormerTokenizer, word 
 Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`).
 
     from engines.client import TextEncoder
-    enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "roformer_onnx")
+    enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "ckpt_onnx")
     vectors = enc.embed(["今天天气不错", "hello world"])   # one call: tokenize, send, receive
 
-CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model roformer_onnx "今天天气不错"
-Requests are checked here first (empty text, too long). A request the server refuses comes back as
-ServerError whose text is only the server's one-line reason (`RequestRefused: ...`), never the
-traceback text nvidia-pytriton 0.7 wraps around it (see engines.serving.server.RequestRefused).
+CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model ckpt_onnx "今天天气不错"
+Texts are truncated to the model's positions: the `max_sequence_length` parameter of its config.pbtxt
+(engines.serving and engines.triton publish it), or `--max-length` / `max_length=`, which override it.
+Empty text is refused here. A request the server refuses comes back as ServerError whose text is only
+the server's one-line reason, with any file path cut out.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import traceback
@@ -30,7 +32,10 @@ from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageErro
 from export.files import MiB, read_text
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
+FALLBACK_MAX_LENGTH = 512  # a model whose config publishes no positions (another server's): BERT's usual
 EMBEDDING = "sentence_embedding"
+log = logging.getLogger(__name__)
 
 
 class ServerError(RoformerTrtError):
@@ -71,17 +76,15 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray
     return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
 
 
-_REASON = re.compile(r"(?:RequestRefused|RequestError|PyTritonValidationError): ([^\n\\]+)")
 _PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
 
 
 def server_reason(err: Exception) -> str:
-    """The one line that matters from a Triton error: our refusal's reason when it is there (the last one:
-    pytriton nests it at the end), else the first line of the error with any file path cut out."""
-    text = str(err)
-    m = _REASON.findall(text)
-    if m:
-        return m[-1].strip()
+    """The one line that matters from a Triton error: its message without the status prefix that
+    str(InferenceServerException) adds, first line only, any file path cut out."""
+    message = getattr(err, "message", None)
+    text = message() if callable(message) else str(err)
+    text = text or str(err)
     first = text.splitlines()[0] if text else type(err).__name__
     return _PATH.sub("<path>", first)
 
@@ -123,6 +126,21 @@ class TritonEncoderClient:
             return {n: res.as_numpy(n) for n in outputs}
         raise ServerError(reason)
 
+    def max_sequence_length(self) -> int | None:
+        """The positions the model's config publishes (parameter max_sequence_length), else None."""
+        try:
+            cfg = self._client.get_model_config(self.model)
+        except Exception as e:  # tritonclient raises InferenceServerException; re-raised below with its reason
+            reason = server_reason(e)
+        else:
+            if self.protocol == "http":
+                value = ((cfg.get("parameters") or {}).get(MAX_SEQUENCE_LENGTH) or {}).get("string_value")
+            else:
+                params = cfg.config.parameters
+                value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
+            return int(value) if value and value.isdigit() and int(value) > 0 else None
+        raise ServerError(reason)
+
     def close(self) -> None:
         self._client.close()
 
@@ -140,11 +158,20 @@ def _triton_dtype(dt) -> str:
 
 
 class TextEncoder:
-    """Text in, embeddings out: tokenizer + TritonEncoderClient."""
+    """Text in, embeddings out: tokenizer + TritonEncoderClient. max_length None: the model's positions, read
+    from its config on the server (FALLBACK_MAX_LENGTH, with a warning, when it publishes none)."""
 
-    def __init__(self, vocab: Path, url: str, model: str, protocol: str = "http", max_length: int = 512):
+    def __init__(self, vocab: Path, url: str, model: str, protocol: str = "http", max_length: int | None = None):
+        if max_length is not None and max_length < 1:
+            raise UsageError(f"--max-length must be >= 1, got {max_length}")
         self.tokenizer = load_tokenizer(vocab)
         self.client = TritonEncoderClient(url, model, protocol)
+        if max_length is None:
+            max_length = self.client.max_sequence_length()
+            if max_length is None:
+                log.warning("%s publishes no %s; truncating to %d tokens (pass --max-length)", model,
+                            MAX_SEQUENCE_LENGTH, FALLBACK_MAX_LENGTH)
+                max_length = FALLBACK_MAX_LENGTH
         self.max_length = max_length
 
     def embed(self, texts: list[str] | str, output: str = EMBEDDING) -> np.ndarray:
@@ -158,13 +185,14 @@ class TextEncoder:
 def build_parser() -> Parser:
     p = Parser(prog="python -m engines.client", description="Embed text with a roformer-trt model served by Triton.",
                epilog='example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 '
-                      '--model roformer_onnx "今天天气不错" "hello world"')
+                      '--model ckpt_onnx "今天天气不错" "hello world"')
     p.add_argument("texts", nargs="+", help="texts to embed")
     p.add_argument("--vocab", required=True, type=Path, help="vocab.txt of the checkpoint")
     p.add_argument("--url", default="127.0.0.1:8000", help="server host:port (HTTP or gRPC port)")
-    p.add_argument("--model", required=True, help="model name on the server, e.g. roformer_onnx")
+    p.add_argument("--model", required=True, help="model name on the server, e.g. ckpt_onnx")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
-    p.add_argument("--max-length", type=int, default=512, help="truncate to this many tokens")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)")
     return p
 
 

@@ -32,7 +32,8 @@ from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
-from export.layout import Planned, plan_file, sidecar_file
+from export.layout import ONNX_FILE, Planned, plan_file, sidecar_file
+from export.passes.pooling import HIDDEN, POOLINGS, check_task
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
@@ -42,6 +43,7 @@ from export.stages.diagnosis import run_diagnosis_stage
 from export.stages.diagnosis import summary as diagnosis_summary
 from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
+from export.stages.pooling import run_pooling_stage, with_engine_outputs
 from export.stages.precision import run_precision_stage
 from export.stages.result import StageResult
 from export.stages.rope import run_rope_stage
@@ -74,6 +76,12 @@ def build_parser() -> Parser:
                    help="plugin: RoformerRotary nodes for TensorRT; onnx: standard RotaryEmbedding; none: as exported")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16: the mixed-precision graph TensorRT "
                    "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32)")
+    p.add_argument("--pooling", default="none", choices=POOLINGS, help="add sentence_embedding [batch, hidden] to "
+                   "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
+                   "mean) or cls (first token); none: the outputs as exported. Base-model checkpoints only")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with --pooling)")
+    p.add_argument("--outputs", help="with --pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
+                   "engine drops last_hidden_state) or last_hidden_state,sentence_embedding (default: both)")
     add_engine_flags(p)
     p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
                    "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
@@ -145,6 +153,7 @@ class Run:
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
             inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
+            check_task(self.flags.pooling, inspected.task)
             plan = Plan.decide(a, inspected.config, inspected.task)
             memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
             self.disk_need = disk.need(inspected.config, self.planned)
@@ -167,13 +176,21 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
+        pooling = self.flags.pooling
+        if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
+            with self.timed("pooling"):
+                results["pooling"] = run_pooling_stage(pooling, work / _artifacts(results)[trt_key], trt_key,
+                                                       rotary_function=a.rope == "plugin")
         with self.timed("precision"):
             results["precision"] = run_precision_stage(self.flags.precision, work / _artifacts(results)[trt_key],
-                                                       trt_key)
+                                                       trt_key, outputs=pooling.outputs if pooling else None)
+        if pooling is not None:
+            results["pooling"] = with_engine_outputs(results["pooling"], work / _artifacts(results)[TENSORRT_ONNX_KEY],
+                                                     plan.max_len)
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
-                                                             plan.max_len, self.flags.thresholds)
+                                                             plan.max_len, self.flags.thresholds, pooling)
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
                     diagnosis = run_diagnosis_stage(results["validation"].cases, _graphs(results), ckpt,
@@ -199,7 +216,7 @@ class Run:
                 results["engine"] = run_engine_stage(
                     work / _artifacts(results)[TENSORRT_ONNX_KEY], self.flags.precision, plan.profiles,
                     validate=not self.args.skip_validation, ckpt=ckpt, thresholds=self.flags.thresholds,
-                    workspace_mib=self.args.workspace_mib)
+                    workspace_mib=self.args.workspace_mib, pooling=self.flags.pooling)
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
             results["engine"] = StageResult({"status": "failed", "reason": str(e),
                                              "profiles": plan.profiles.to_report()}, failure=f"engine stage: {e}")
@@ -263,6 +280,7 @@ def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheck
         command=run.argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=model_facts(ckpt), checkpoint=checkpoint_facts(run.args, ckpt), export=section("export"),
         rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
+        pooling=section("pooling"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
         validation_skipped=True if run.args.skip_validation else None, diagnosis=section("diagnosis"),
@@ -312,11 +330,16 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         static = find_static_plugin_library()
         plugin_lib = (report.plugin or {}).get("path") or PLUGIN_LIB
         static_lib = str(static) if static else STATIC_PLUGIN_LIB
-    return reproduce_commands(
+    cmds = reproduce_commands(
         trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
         atol=atol, rtol=0.0, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
         rank=3 if ckpt.task == "multiple-choice" else 2)
+    if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export
+        cmds["notes"].append("model.onnx has no sentence_embedding (the TensorRT-bound graph gained it), so Polygraphy "
+                             f"compares only the outputs both have ({HIDDEN} if the engine kept it); report.json "
+                             "`validation` grades sentence_embedding against PyTorch.")
+    return cmds
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from export.errors import UsageError
 from export.files import load_toml
 from export.layout import Planned
 from export.onnx_export import MIN_MAX_LEN, check_export_args
+from export.passes.pooling import Pooling, parse_pooling
 from export.passes.precision import parse_precision
 from export.stages.bench import parse_grid, parse_grid_text
 from export.thresholds import Thresholds
@@ -32,6 +33,7 @@ class Flags:
     precision: str
     opset: int
     out: Path
+    pooling: Pooling | None = None  # --pooling mean|cls (--normalize, --outputs); None: outputs as exported
 
     @classmethod
     def check(cls, args) -> "Flags":
@@ -40,6 +42,7 @@ class Flags:
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
         thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
+        pooling = parse_pooling(args.pooling, args.normalize, args.outputs)
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)
         if tops and args.max_len and tops[-1] > args.max_len:
@@ -57,7 +60,7 @@ class Flags:
         if not Path(args.model).exists():
             raise UsageError(f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file "
                              "or HF folder")
-        return cls(thresholds, precision, opset, default_out(args))
+        return cls(thresholds, precision, opset, default_out(args), pooling)
 
     def planned(self, args, engine_available: bool) -> Planned:
         return Planned(args.rope, self.precision, engine_available, bool(args.bench), not args.skip_validation)

@@ -7,6 +7,7 @@
 | 2 | bad input or usage |
 | 3 | a stage asked for with a `--require-...` flag is unavailable here |
 | 4 | internal error: a bug in roformer-trt (one line; `--debug` shows the traceback) |
+| 5 | `engines.serving`: the inference server died while serving (one line naming the cause and the server log), so a supervisor restarts it |
 | 130 | interrupted (Ctrl-C); the message says what was kept |
 
 `export/cli.py` maps these errors to the codes for every `python -m` command.
@@ -19,6 +20,7 @@ EXIT_VERIFICATION = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INTERNAL = 4
+EXIT_SERVER_DIED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -44,3 +46,9 @@ class UnavailableError(RoformerTrtError):
     """A required stage (e.g. `--require-engine`) cannot run on this machine."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class ServerDiedError(RoformerTrtError):
+    """A server that `engines.serving` started died (tritonserver or its model's backend stub)."""
+
+    exit_code = EXIT_SERVER_DIED

@@ -2,6 +2,9 @@
 
 The stages name their outputs through these functions, and `planned_files` lists, from the flags alone,
 every file a run may write, so `export.build` can refuse to overwrite a user's file before any work.
+`--pooling` writes no file of its own: the fp32 TensorRT-bound graph (`rope_file(mode)`, or ONNX_FILE with
+`--rope none`) gains the `sentence_embedding` output under its own name, and the precision graphs and the
+plan made from it inherit it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Numpy reference of the RoformerRotary contract (plugins/roformer_rotary/README.md).
+"""Numpy references: the RoformerRotary contract (plugins/roformer_rotary/README.md) and the pooled
+`sentence_embedding` (export/passes/pooling.py).
 
 The single source of truth that the graph pass's site checks, the CPU lowering, the C++ host
-reference and the CUDA kernel tests compare against. Pure functions, no runtime around them.
+reference and the CUDA kernel tests compare against, and that validation grades the pooled output
+with. Pure functions, no runtime around them.
 """
 
 from __future__ import annotations
@@ -73,3 +75,26 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     out = u.astype(np.uint32).view(np.float32)
     return np.where(nan, np.float32(np.nan), out)
+
+
+MEAN_CLAMP = 1e-9  # sentence-transformers' Pooling: torch.clamp(sum_mask, min=1e-9)
+NORM_EPS = 1e-12  # sentence-transformers' Normalize: F.normalize(p=2, dim=1), whose eps is 1e-12
+
+
+def sentence_embedding_ref(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool = False) -> np.ndarray:
+    """sentence-transformers' pooling of `last_hidden_state`, computed in float64.
+
+    hidden: [B, S, D]; mask: [B, S] of 0/1. mode "mean": sum_s(h * m) / max(sum_s m, 1e-9) (an all-padding
+    row gives zeros, not NaN); "cls": h[:, 0]. normalize: e / max(||e||_2, 1e-12). Returns [B, D] float64.
+    """
+    h = hidden.astype(np.float64)  # [B, S, D]
+    if mode == "mean":
+        m = mask.astype(np.float64)[..., None]  # [B, S, 1]
+        e = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), MEAN_CLAMP)  # [B, D] / [B, 1]
+    elif mode == "cls":
+        e = h[:, 0]  # [B, D]
+    else:
+        raise NotImplementedError(f"pooling {mode!r}: only mean and cls are defined")
+    if normalize:
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), NORM_EPS)  # [B, D] / [B, 1]
+    return e

@@ -82,6 +82,18 @@ class PrecisionSection(TypedDict, total=False):
     casts: int
 
 
+class PoolingSection(TypedDict, total=False):
+    """`export.build --pooling mean|cls` only (absent otherwise)."""
+    mode: str  # mean | cls
+    normalize: bool  # L2-normalised
+    graph: str  # the fp32 TensorRT-bound graph that gained sentence_embedding (its file name kept)
+    outputs: list[str]  # that graph's outputs, and the engine's
+    hidden_state: dict  # last_hidden_state {dtype, shape} as the graph declared it before pooling
+    engine_graph: str  # the file TensorRT builds from (after the precision stage)
+    engine_outputs: dict[str, dict]  # its outputs: name -> {dtype, shape}
+    request_bytes: dict  # batch 8 x max_len: bytes per engine output, last_hidden_state, sentence_embedding, saved
+
+
 class ProfileRow(TypedDict):
     index: int
     batch: list[int]  # [min, opt, max]
@@ -206,6 +218,7 @@ class Report:
     rewrite: RewriteSection | None = None
     plugin: PluginSection | None = None
     precision: PrecisionSection | None = None
+    pooling: PoolingSection | None = None  # optional (no schema bump): readers of version 1 ignore it
     profiles: list[ProfileRow] = field(default_factory=list)
     validation: list[ValidationCase] = field(default_factory=list)
     validation_skipped: bool | None = None
@@ -254,8 +267,8 @@ class Report:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHAPES = {"command": "list", "version": "str", "created": "str", "tool": "str", "model": "object",
            "checkpoint": "object", "export": "object", "rewrite": "object", "plugin": "object",
-           "precision": "object", "profiles": "list", "validation": "list", "validation_skipped": "bool",
-           "diagnosis": "object",
+           "precision": "object", "pooling": "object", "profiles": "list", "validation": "list",
+           "validation_skipped": "bool", "diagnosis": "object",
            "engine": "object", "bench": "object", "reproduce": "object", "artifacts": "object",
            "artifacts_sha256": "object", "timings": "object", "passed": "bool", "failure": "str"}
 _TYPES = {"list": list, "str": str, "object": dict, "bool": bool}

@@ -12,7 +12,8 @@ def render_markdown(r: Report) -> str:
         lines += [f"**Failure:** {r.failure}", ""]
     if r.validation_skipped:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
-    for section in (_model, _export, _rewrite, _artifacts, _validation, _diagnosis, _precision, _profiles, _plugin,
+    for section in (_model, _export, _rewrite, _pooling, _artifacts, _validation, _diagnosis, _precision, _profiles,
+                    _plugin,
                     _engine, _reproduce, _bench, _timings):
         lines += section(r)
     return "\n".join(lines)
@@ -71,6 +72,22 @@ def _rewrite(r: Report) -> list[str]:
     if w.get("skipped"):
         lines += _table(["site", "layer", "reason"], [[s.get("site"), s.get("layer"), s.get("reason")]
                                                       for s in w["skipped"]])
+    return lines
+
+
+def _pooling(r: Report) -> list[str]:
+    p = r.pooling
+    if not p:
+        return []
+    lines = ["## Pooling", "", f"`sentence_embedding` [batch, hidden] computed in fp32 inside `{p.get('graph')}` "
+             f"({p.get('mode')} pooling{', L2-normalised' if p.get('normalize') else ''}); outputs: "
+             f"{', '.join(p.get('outputs') or [])}.", ""]
+    b = p.get("request_bytes")
+    if b:
+        rows = [[name, f"{n:,}"] for name, n in b["engine_outputs"].items()]
+        lines += [f"Bytes per request of batch {b['batch']} x {b['sequence']} tokens from `{p.get('engine_graph')}` "
+                  f"(last_hidden_state would be {b['last_hidden_state']:,}; fetching sentence_embedding instead "
+                  f"saves {b['saved']:,}):", ""] + _table(["engine output", "bytes"], rows)
     return lines
 
 

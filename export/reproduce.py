@@ -9,7 +9,8 @@ the structure):
   - trtexec (samples/common/sampleOptions.cpp): several profiles are `--profile=i` followed by that
     profile's `--minShapes/--optShapes/--maxShapes` (shape flags repeated without `--profile` are an
     error); a shape spec is `name:1x128,name2:...`; `--stronglyTyped` takes the types from the file (11.x
-    has no `--fp16`/`--bf16`); `--dynamicPlugins` calls the library's getCreators (our
+    has no `--fp16`/`--bf16`, and its `--stronglyTyped` is a deprecated no-op: every network is strongly typed
+    there); `--dynamicPlugins` calls the library's getCreators (our
     libroformer_trt_plugin.so), `--staticPlugins` only dlopens (libroformer_trt_plugin_static.so).
   - Polygraphy (tools/Polygraphy/polygraphy/tools/args): `--trt-min/opt/max-shapes` once per profile
     (action=append); `--plugins` only dlopens, so it takes the self-registering library;
@@ -99,7 +100,8 @@ def reproduce_commands(*, trt_onnx: str, reference_onnx: str, plan: str, profile
 
     notes = [
         f"The file is strongly typed (its {precision} types are in the graph): trtexec takes --stronglyTyped, "
-        "not --fp16/--bf16 (TensorRT 11 has neither).",
+        "not --fp16/--bf16 (TensorRT 11 has neither). trtexec 11.x accepts --stronglyTyped as a deprecated no-op "
+        "(every network is strongly typed there); 10.x needs it.",
         "One --profile=i group of --minShapes/--optShapes/--maxShapes per profile; repeating the shape flags "
         "without --profile is an error in trtexec.",
         "Polygraphy compares element by element: --atol is our bound rtol x max|reference| (the largest "

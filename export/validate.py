@@ -23,7 +23,9 @@ import torch
 from export.compare import error_stats, row_mask
 from export.errors import VerificationError
 from export.passes.lowering import with_rotary_function
+from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
+from export.reference import sentence_embedding_ref
 from export.spec import ExportSpec
 from export.thresholds import Thresholds
 
@@ -86,10 +88,12 @@ def padding_mask(shape: Shape) -> np.ndarray:
 class OnnxFile:
     """A graph validated from its file, read only when its session is made. rotary_function: attach, in
     memory, the ONNX function that lets ORT run RoformerRotary nodes (export.passes.lowering); the
-    weights stay in the file's external data, which ORT reads from the file's folder."""
+    weights stay in the file's external data, which ORT reads from the file's folder. outputs: the
+    outputs it must have and is graded on (None: the task's, ExportSpec.output_names)."""
 
     path: Path
     rotary_function: bool = False
+    outputs: tuple[str, ...] | None = None
 
 
 class TorchReference:
@@ -99,12 +103,15 @@ class TorchReference:
     converted copy, so the caller's model is never changed. device "cuda" serves the engine stage's large
     shapes (batch 32 x 2048 tokens takes minutes on a CPU); TF32 is off while the reference runs there
     (`true_fp32`), so it stays true fp32, and the flags are restored after.
+    With `pooling`, `sentence_embedding` too: sentence-transformers' rule on the fp32 hidden states
+    (export.reference.sentence_embedding_ref, in float64), padded rows masked as the graph masks them.
     """
 
-    def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu", pooling: Pooling | None = None):
         self.device = torch.device(device)
         self.model = fp32_eval_on(model, self.device)
         self.spec = ExportSpec(task)
+        self.pooling = pooling
         self._cache: dict[Shape, dict[str, np.ndarray]] = {}
 
     def __call__(self, shape: Shape, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -112,7 +119,11 @@ class TorchReference:
             with torch.no_grad(), true_fp32():
                 out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()},
                                  return_dict=True)
-            self._cache[shape] = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
+            ref = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
+            if self.pooling is not None:
+                ref[EMBEDDING] = sentence_embedding_ref(ref[HIDDEN], inputs[MASK], self.pooling.mode,
+                                                        self.pooling.normalize)
+            self._cache[shape] = ref
         return self._cache[shape]
 
 
@@ -166,24 +177,34 @@ def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchRefer
             try:
                 sess = ort_session(graph)
             except VerificationError as e:  # a graph the plugin would refuse: every case fails, naming why
-                by_graph[name] = [unrunnable(name, precision, shape, refs[shape], str(e)) for shape in shapes]
+                by_graph[name] = [unrunnable(name, precision, shape, expected_outputs(graph, reference), str(e))
+                                  for shape in shapes]
                 bar.advance(task, len(shapes))
                 continue
             by_graph[name] = []
+            names = expected_outputs(graph, reference)
             for shape in shapes:
                 bar.update(task, description=f"validate {name} {shape.label()}")
                 feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
                 got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
-                by_graph[name].append(grade(name, precision, shape, got, refs[shape], thresholds, inputs[shape]))
+                ref = {n: refs[shape][n] for n in names}
+                by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
             del sess, got  # one session's weights in memory at a time
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
 
-def unrunnable(graph: str, precision: str, shape: Shape, ref: dict[str, np.ndarray], why: str) -> dict:
+def expected_outputs(graph, reference: TorchReference) -> tuple[str, ...]:
+    """The outputs `graph` is graded on: an OnnxFile's own list, else the task's."""
+    if isinstance(graph, OnnxFile) and graph.outputs is not None:
+        return graph.outputs
+    return reference.spec.output_names
+
+
+def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
     """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
     return {"graph": graph, "precision": precision, "batch": shape.batch, "seq": shape.seq, "choices": shape.choices,
-            "padded_rows": shape.padded_rows, "outputs": {n: {"error": why, "passed": False} for n in ref},
+            "padded_rows": shape.padded_rows, "outputs": {n: {"error": why, "passed": False} for n in names},
             "passed": False}
 
 
@@ -192,7 +213,8 @@ def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], 
     """One validation case. inputs: the feeds (their attention_mask says which rows are padding); None: the
     padding make_inputs gives `shape`."""
     mask = inputs["attention_mask"] if inputs is not None else padding_mask(shape)
-    outputs = {}
+    outputs = {name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
+               for name in got if name not in ref}  # e.g. last_hidden_state kept despite --outputs sentence_embedding
     for name, r in ref.items():
         if name not in got:
             outputs[name] = {"error": f"graph has no output {name!r} (outputs: {sorted(got)})", "passed": False}

@@ -17,7 +17,9 @@ CONTRACT_README = CONFIG_YAML.with_name("README.md")
 PLUGIN_OP = "RoformerRotary"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "roformer_trt"
-PLUGIN_DOMAIN = "roformer_trt"  # ONNX node domain (for onnx.checker; TensorRT's parser ignores it)
+# ONNX node domain: onnx.checker needs one, and TensorRT's parser retries the creator lookup with it as the
+# namespace when plugin_namespace finds none (onnx-tensorrt FallbackPluginImporter): the same string, then.
+PLUGIN_DOMAIN = "roformer_trt"
 SINCOS_INITIALIZER = "roformer_rotary_sincos"
 
 # Creator fields = ONNX attributes TensorRT's parser passes (all INT, length 1).

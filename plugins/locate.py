@@ -94,19 +94,22 @@ def plugin_library_status(build_dir: Path | None = None) -> dict:
 
     Returns {"status": "built", "path", "sha256", "reason", "tensorrt_headers"?} or
     {"status": "unavailable", "reason"}; the reason is one or two sentences for report.md. Reads only
-    files (the library, plugins/build/CMakeCache.txt); never builds, never imports TensorRT.
+    files (the library, the CMakeCache.txt of the folder it was built in); never builds, never imports TensorRT.
+    The headers' version is read from the cache beside the library found ($ROFORMER_TRT_PLUGIN_DIR's when it
+    comes from there), so it always describes that library; none there, none reported.
     """
     bdir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
     lib = _find(PLUGIN_LIB, bdir)
-    cache = _cmake_cache(bdir)
-    include = cache.get("TensorRT_INCLUDE_DIR") or ""
     if lib is not None:
+        include = _cmake_cache(lib.parent).get("TensorRT_INCLUDE_DIR") or ""
         out = {"status": "built", **library_info(lib)}
         version = headers_version(include) if include else None
         out["reason"] = f"{PLUGIN_LIB} built" + (f" against TensorRT {version} headers ({include})" if version else "")
         if version:
             out["tensorrt_headers"] = version
         return out
+    cache = _cmake_cache(bdir)
+    include = cache.get("TensorRT_INCLUDE_DIR") or ""
     if not cache:
         return {"status": "unavailable",
                 "reason": f"plugin library not built: {bdir} holds no CMake build; run python -m plugins.build "

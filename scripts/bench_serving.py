@@ -1,7 +1,8 @@
-"""Throughput and latency of the live Triton server (PyTriton + ONNX Runtime, CPU) at 1/4/16 clients.
+"""Throughput and latency of the live Triton server (engines.serving: our fronts, tritonserver's Python
+backend, ONNX Runtime, CPU) at 1/4/16 clients.
 
-    python scripts/bench_serving.py --build build/roformer_base --requests 200 --json bench.json --md bench.md
-    python scripts/bench_serving.py --tiny          # random tiny RoFormer, for a smoke run
+    python scripts/bench_serving.py --build build/ckpt --requests 200 --json bench.json --md bench.md
+    python scripts/bench_serving.py --tiny          # the tiny checkpoint through export.build, for a smoke run
 
 Each level: `--warmup` untimed requests, then `--requests` timed ones (or until `--max-seconds`), each
 client thread on its own connection. Reports requests/s, sequences/s and p50/p99 latency (ms).
@@ -59,7 +60,7 @@ def level(urls, protocol, clients, n, warmup, max_s, batch, seq, vocab):
 
 
 def markdown(rows, meta):
-    head = f"Triton (PyTriton + ONNX Runtime, CPU), {meta['date']}, {meta['host']}, model {meta['model']}\n\n"
+    head = f"Triton (engines.serving: fronts + Python backend + ONNX Runtime, CPU), {meta['date']}, {meta['host']}, model {meta['model']}\n\n"
     t = "| protocol | clients | requests | batch x seq | req/s | seq/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n"
     for r in rows:
         t += (f"| {r['protocol']} | {r['clients']} | {r['requests']} | {r['batch']}x{r['sequence']} | "
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--md", type=Path, help="write the Markdown table here")
     args = p.parse_args(argv)
 
-    from engines.serving.ort_model import OrtEncoder
+    from engines.serving.ort_model import load_build
     from engines.serving.server import serve
     from tests.fixtures.tiny_build import write_tiny_build
 
@@ -94,12 +95,12 @@ def main(argv=None) -> int:
             if args.tiny:
                 build = Path(tmp) / "tiny"
                 write_tiny_build(build)
-            enc = OrtEncoder.from_build(build, "mean")
-            if enc.limits.max_sequence and args.sequence > enc.limits.max_sequence:
-                raise SystemExit(f"error: --sequence {args.sequence} > the model's {enc.limits.max_sequence} positions")
-            vocab = enc.limits.vocab_size or 100
+            _, limits, _ = load_build(build, "mean")
+            if limits.max_sequence and args.sequence > limits.max_sequence:
+                raise SystemExit(f"error: --sequence {args.sequence} > the model's {limits.max_sequence} positions")
+            vocab = limits.vocab_size or 100
             rows = []
-            with serve(enc, max_batch=max(16, args.batch)) as urls:
+            with serve(build, "mean", http_port=0, grpc_port=0, max_batch=max(16, args.batch)) as urls:
                 for proto in args.protocols:
                     for c in args.clients:
                         rows.append(level(urls, proto, c, args.requests, args.warmup, args.max_seconds,

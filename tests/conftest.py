@@ -69,6 +69,17 @@ def built(tiny_ckpt, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def pooled(tiny_ckpt, tmp_path_factory):
+    """A real tiny build with `--pooling mean --normalize --precision fp16`, shared by the pooling and Triton tests."""
+    from export.build import main as build
+
+    out = tmp_path_factory.mktemp("pooled") / "tiny"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "24",
+                  "--pooling", "mean", "--normalize", "--precision", "fp16"]) == 0
+    return out
+
+
 @pytest.fixture
 def copy(built, tmp_path):
     """A fresh copy of the build and a function that rewrites its report.json."""

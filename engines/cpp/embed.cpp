@@ -4,22 +4,31 @@
 //
 // ids.txt: one sequence per line, space-separated token ids ([CLS] ... [SEP] included). Sequences are
 // padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
-// Prints one line per sequence: the `sentence_embedding` output when the engine has one, otherwise
-// the attention-mask mean of `last_hidden_state` computed here on the host.
+// Prints one line per sequence: the `sentence_embedding` output when the engine has one (export.build
+// --pooling mean|cls; with --outputs sentence_embedding it is the engine's only output), otherwise the
+// attention-mask mean of `last_hidden_state` computed here on the host (embedOutputs.h: the choice, the
+// shape check and the mean, tested on the host).
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and
 // setLoggerFinder) before the plan is deserialized, so the RoformerRotary creator is found: pass
 // libroformer_trt_plugin.so. If libroformer_trt_plugin_static.so is already loaded (LD_PRELOAD), its
-// creator is used and the library argument is not loaded again.
+// creator is used and the library argument is not loaded again. Whether it is registered is read from the
+// registry's list of creators (plugins/common/creatorLookup.h), never asked with getCreator, whose miss
+// TensorRT logs as an error on every first load.
 // Steps, in order: loadPlugin, loadEngine, readBatch, bindInputs, bindOutputs, infer, printEmbeddings.
+#include "../../plugins/common/creatorLookup.h"
 #include "NvInfer.h"
+#include "embedOutputs.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -85,6 +94,7 @@ size_t elementSize(DataType t)
     {
     case DataType::kFLOAT: return 4;
     case DataType::kHALF: return 2;
+    case DataType::kBF16: return 2;
     case DataType::kINT32: return 4;
     case DataType::kINT64: return 8;
     default: throw std::runtime_error("embed: unsupported tensor data type " + std::to_string(static_cast<int>(t)));
@@ -181,11 +191,13 @@ int32_t pickProfile(nvinfer1::ICudaEngine const& engine, char const* tensor, Dim
 
 float toFloat(void const* base, DataType t, int64_t i)
 {
-    if (t == DataType::kHALF)
+    switch (t)
     {
-        return __half2float(static_cast<__half const*>(base)[i]);
+    case DataType::kHALF: return __half2float(static_cast<__half const*>(base)[i]);
+    case DataType::kBF16: return __bfloat162float(static_cast<__nv_bfloat16 const*>(base)[i]);
+    case DataType::kFLOAT: return static_cast<float const*>(base)[i];
+    default: throw std::runtime_error("embed: output type " + std::to_string(static_cast<int>(t)) + " is not a float");
     }
-    return static_cast<float const*>(base)[i];
 }
 
 //! A failure the user can fix (a wrong file, a shape no profile takes): message on stderr, exit 2.
@@ -197,7 +209,8 @@ struct UsageError : std::runtime_error
 // Step 1. Register the RoformerRotary creator before the plan is deserialized (its layers are resolved by
 // name then). loadLibrary calls the library's getCreators/setLoggerFinder: pass libroformer_trt_plugin.so.
 // It returns null both when the library cannot be loaded and when its creator is already registered (by
-// LD_PRELOAD of libroformer_trt_plugin_static.so, say); only the first is an error.
+// LD_PRELOAD of libroformer_trt_plugin_static.so, say); only the first is an error. "Registered?" is read from
+// the registry's list (findCreatorV3One): getCreator would log an error for the expected miss.
 void loadPlugin(char const* path)
 {
     nvinfer1::IPluginRegistry* registry = getPluginRegistry();
@@ -205,7 +218,9 @@ void loadPlugin(char const* path)
     {
         throw std::runtime_error("getPluginRegistry() returned null");
     }
-    auto registered = [registry] { return registry->getCreator("RoformerRotary", "1", "roformer_trt") != nullptr; };
+    auto registered = [registry] {
+        return roformer_trt::findCreatorV3One(*registry, "RoformerRotary", "1", "roformer_trt") != nullptr;
+    };
     if (registered())
     {
         return; // already there: loading the library again would be refused
@@ -319,11 +334,12 @@ void bindInputs(Engine& e, Batch const& b, cudaStream_t stream, std::vector<Uniq
     }
 }
 
-// Step 5. Give every output a device buffer; returns the one to print: sentence_embedding, else last_hidden_state.
+// Step 5. Give every output a device buffer (TensorRT needs an address for each); returns the one to print:
+// sentence_embedding, else last_hidden_state (embed::chooseOutput).
 char const* bindOutputs(Engine& e, std::vector<UniqueDevice>& buffers)
 {
-    char const* pooled = nullptr;
-    char const* hidden = nullptr;
+    std::vector<char const*> outputs;
+    std::vector<std::string> names;
     for (int32_t i = 0; i < e.engine->getNbIOTensors(); ++i)
     {
         char const* name = e.engine->getIOTensorName(i);
@@ -334,14 +350,15 @@ char const* bindOutputs(Engine& e, std::vector<UniqueDevice>& buffers)
         Dims const d = e.context->getTensorShape(name);
         buffers.push_back(deviceAlloc(static_cast<size_t>(volume(d)) * elementSize(e.engine->getTensorDataType(name))));
         setAddress(*e.context, name, buffers.back().get());
-        pooled = std::strcmp(name, "sentence_embedding") == 0 ? name : pooled;
-        hidden = std::strcmp(name, "last_hidden_state") == 0 ? name : hidden;
+        outputs.push_back(name);
+        names.emplace_back(name);
     }
-    if (pooled == nullptr && hidden == nullptr)
+    int32_t const chosen = embed::chooseOutput(names);
+    if (chosen < 0)
     {
         throw UsageError("the engine has neither sentence_embedding nor last_hidden_state");
     }
-    return pooled != nullptr ? pooled : hidden;
+    return outputs[static_cast<size_t>(chosen)];
 }
 
 // Step 6. Run the engine and copy the chosen output back: [B, D] pooled or [B, S, D] hidden.
@@ -353,8 +370,8 @@ std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dim
     }
     outDims = e.context->getTensorShape(outName);
     std::vector<char> out(static_cast<size_t>(volume(outDims)) * elementSize(e.engine->getTensorDataType(outName)));
-    RR_CUDA_CHECK(cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost,
-        stream));
+    RR_CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), e.context->getTensorAddress(outName), out.size(), cudaMemcpyDeviceToHost, stream));
     RR_CUDA_CHECK(cudaStreamSynchronize(stream));
     return out;
 }
@@ -362,7 +379,13 @@ std::vector<char> infer(Engine& e, char const* outName, cudaStream_t stream, Dim
 // Step 7. One line per sequence: the pooled vector, or the attention-mask mean of the hidden states.
 void printEmbeddings(std::vector<char> const& out, DataType type, Dims const& od, bool pooled, Batch const& b)
 {
+    std::string const bad = embed::checkShape(pooled, std::vector<int64_t>(od.d, od.d + od.nbDims), b.batch, b.seq);
+    if (!bad.empty())
+    {
+        throw std::runtime_error("embed: " + bad);
+    }
     int64_t const hidden = od.d[od.nbDims - 1];
+    auto const value = [&out, type](int64_t j) { return toFloat(out.data(), type, j); };
     for (int64_t i = 0; i < b.batch; ++i)
     {
         std::vector<double> v(static_cast<size_t>(hidden), 0.0);
@@ -370,28 +393,12 @@ void printEmbeddings(std::vector<char> const& out, DataType type, Dims const& od
         {
             for (int64_t k = 0; k < hidden; ++k)
             {
-                v[k] = toFloat(out.data(), type, i * hidden + k);
+                v[k] = value(i * hidden + k);
             }
         }
         else
         {
-            double count = 0.0; // mean over real tokens; all-padding rows stay zero
-            for (int64_t s = 0; s < b.seq; ++s)
-            {
-                if (b.mask[i * b.seq + s] == 0)
-                {
-                    continue;
-                }
-                count += 1.0;
-                for (int64_t k = 0; k < hidden; ++k)
-                {
-                    v[k] += toFloat(out.data(), type, (i * b.seq + s) * hidden + k);
-                }
-            }
-            for (auto& x : v)
-            {
-                x /= std::max(count, 1e-9);
-            }
+            v = embed::maskedMean(value, b.mask, i, b.seq, hidden);
         }
         for (int64_t k = 0; k < hidden; ++k)
         {
@@ -418,7 +425,8 @@ int run(int argc, char** argv)
     char const* outName = bindOutputs(e, buffers);
     Dims outDims{};
     std::vector<char> const out = infer(e, outName, stream.get(), outDims);
-    printEmbeddings(out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
+    printEmbeddings(
+        out, e.engine->getTensorDataType(outName), outDims, std::strcmp(outName, "sentence_embedding") == 0, b);
     return 0;
 }
 } // namespace

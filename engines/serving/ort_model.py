@@ -23,8 +23,9 @@ import onnxruntime as ort
 
 from export.artifacts import artifact
 from export.verdict import read_build
-from engines.serving.pooling import add_sentence_embedding
+from export.passes.pooling import add_sentence_embedding
 from engines.triton.config import read_onnx_io
+from engines.triton.pooling import twin_pooling
 from export.errors import UsageError
 from export.report import ONNX_KEY, rope_key
 
@@ -61,6 +62,28 @@ def limits_from_report(report: dict) -> Limits:
                   int(m["type_vocab_size"]) if m.get("type_vocab_size") else None)
 
 
+def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Limits, str]:
+    """(the graph to serve with its pooling output, the request limits, the build's name) of a build that
+    passed; its files checked by export.artifacts."""
+    build = Path(build)
+    report = read_build(build)
+    src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
+    if src is None:
+        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact; "
+                         "rebuild it with python -m export.build")
+    limits = limits_from_report(report.to_dict())
+    graph = onnx.load(str(src))
+    if limits.type_vocab_size is None:
+        limits = Limits(limits.max_sequence, limits.vocab_size, type_vocab_from_graph(graph))
+    for what, v in (("max_position_embeddings: sequence length", limits.max_sequence),
+                    ("vocab_size: input_ids", limits.vocab_size),
+                    ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size)):
+        if v is None:
+            log.warning("report.json gives no %s is not checked", what)
+    pooling = twin_pooling(build, report, pooling)  # a build made with --pooling serves its own embedding
+    return add_sentence_embedding(graph, pooling), limits, build.resolve().name
+
+
 class OrtEncoder:
     def __init__(self, model, limits: Limits, name: str = "roformer", threads: int | None = None):
         self.name = name
@@ -74,24 +97,8 @@ class OrtEncoder:
 
     @classmethod
     def from_build(cls, build: Path, pooling: str = "mean", threads: int | None = None) -> "OrtEncoder":
-
-        build = Path(build)
-        report = read_build(build)
-        src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
-        if src is None:
-            raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact; "
-                             "rebuild it with python -m export.build")
-        limits = limits_from_report(report.to_dict())
-        graph = onnx.load(str(src))
-        if limits.type_vocab_size is None:
-            limits = Limits(limits.max_sequence, limits.vocab_size, type_vocab_from_graph(graph))
-        for what, v in (("max_position_embeddings: sequence length", limits.max_sequence),
-                        ("vocab_size: input_ids", limits.vocab_size),
-                        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size)):
-            if v is None:
-                log.warning("report.json gives no %s is not checked", what)
-        model = add_sentence_embedding(graph, pooling)
-        return cls(model, limits, name=build.resolve().name, threads=threads)
+        model, limits, name = load_build(build, pooling)
+        return cls(model, limits, name=name, threads=threads)
 
     def shape_problem(self, meta: dict[str, tuple[tuple[int, ...], np.dtype]]) -> str | None:
         """The one-line reason a request of these {name: (shape, dtype)} cannot be served, else None.

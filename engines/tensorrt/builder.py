@@ -27,13 +27,20 @@ from engines.tensorrt.availability import gpu_identity, trt_major
 from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.graph import input_axes as read_axes
 from engines.tensorrt.plugin_library import load_plugins
-from engines.tensorrt.sidecar import make_sidecar, onnx_sha256, read_sidecar, reuse_decision, sidecar_path
+from engines.tensorrt.sidecar import load_sidecar, make_sidecar, onnx_sha256, reuse_decision, sidecar_path
 from export.atomic import write_atomic
 from export.digest import sha256_file
 from export.errors import UsageError, VerificationError
 from plugins.identity import PLUGIN_OP
 
 log = logging.getLogger(__name__)
+
+
+def _created(obj, what: str):
+    """`obj`, or VerificationError: TensorRT's builder calls answer failure with None (a null pointer), never raise."""
+    if obj is None:
+        raise VerificationError(f"TensorRT could not {what}; see the TensorRT log above")
+    return obj
 
 
 def _network_flags(trt) -> int:
@@ -98,7 +105,7 @@ def _parse_network(trt, builder, logger, onnx_path: Path, plugin_nodes: list[str
 
     Returns (network, parser, plugin layer names); the parser owns weights the network refers to, so the
     caller keeps it alive until the build is done."""
-    network = builder.create_network(_network_flags(trt))
+    network = _created(builder.create_network(_network_flags(trt)), "create a network")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise UsageError(f"TensorRT could not parse {onnx_path}: " + " | ".join(_parser_errors(parser)))
@@ -112,20 +119,28 @@ def _parse_network(trt, builder, logger, onnx_path: Path, plugin_nodes: list[str
 
 
 def _builder_config(trt, builder, workspace_mib: int, timing_cache, profiles, axes):
-    """Builder config: workspace limit, timing cache (a mismatching one replaced), one profile per bucket."""
-    config = builder.create_builder_config()
+    """Builder config: workspace limit, timing cache (a mismatching one replaced), one profile per bucket.
+
+    Every result TensorRT answers failure with is checked: None from a create call, False from
+    set_timing_cache, -1 from add_optimization_profile (an invalid profile). p.set_shape raises by itself."""
+    config = _created(builder.create_builder_config(), "create a builder config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
     cache = config.create_timing_cache(cache_bytes)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         # a cache written by another GPU or TensorRT version: start a fresh one (rewritten after the build)
         log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", timing_cache)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        fresh = _created(config.create_timing_cache(b""), "create an empty timing cache")
+        if not config.set_timing_cache(fresh, ignore_mismatch=False):
+            raise VerificationError("TensorRT refused an empty timing cache; see the TensorRT log above")
     for i in range(len(profiles)):
-        p = builder.create_optimization_profile()
-        for tensor, (mn, opt, mx) in profiles.shapes(i, axes).items():
+        p = _created(builder.create_optimization_profile(), "create an optimization profile")
+        shapes = profiles.shapes(i, axes)
+        for tensor, (mn, opt, mx) in shapes.items():
             p.set_shape(tensor, mn, opt, mx)
-        config.add_optimization_profile(p)
+        if config.add_optimization_profile(p) < 0:
+            raise VerificationError(f"TensorRT refused optimization profile {i} as invalid (min/opt/max per input: "
+                                    f"{shapes}); see the TensorRT log above")
     return config
 
 
@@ -163,7 +178,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     ok, reasons = reuse_decision(plan, expected)
     if reuse and ok:
         log.info("reusing %s (sidecar matches)", plan)
-        return {**read_sidecar(plan), "plan": str(plan), "reused": True, "rebuild_reasons": []}
+        return {**load_sidecar(sidecar_path(plan)), "plan": str(plan), "reused": True, "rebuild_reasons": []}
     if existed:
         log.info("not reusing %s: %s", plan, "; ".join(reasons))
 
@@ -183,7 +198,8 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     config = _builder_config(trt, builder, workspace_mib, timing_cache, profiles, axes)
     write_atomic(plan, memoryview(_serialize(trt, builder, network, config, plan)))
     if timing_cache:
-        write_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
+        cache = _created(config.get_timing_cache(), "return the timing cache")
+        write_atomic(timing_cache, memoryview(_created(cache.serialize(), "serialize the timing cache")))
     sidecar = {**expected, **io, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
                "workspace_mib": workspace_mib, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_atomic(sidecar_path(plan), json.dumps(sidecar, indent=2))

@@ -1,6 +1,7 @@
-"""Our plugin library inside TensorRT's registry: which major it was built for, and loading it once.
+"""Our plugin library in TensorRT's registry: the major it was built for, whether it is registered, loading it once.
 
-Only `load_plugins` touches TensorRT (through the `trt` module its caller imported).
+Only `is_registered` and `load_plugins` touch TensorRT (through the registry or `trt` module their caller
+has); whether our creator is among the registry's creators is decided by `find_creator`, on plain data.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from pathlib import Path
+from typing import Iterable
 
 from engines.tensorrt.availability import trt_major
 from export.errors import UsageError
@@ -43,6 +45,32 @@ def plugin_major_problem(plugin_lib: str | Path, tensorrt_version: str) -> str |
     return None
 
 
+def find_creator(creators: Iterable | None, op: str = PLUGIN_OP, version: str = PLUGIN_VERSION,
+                 namespace: str = PLUGIN_NAMESPACE):
+    """The creator registered as (op, version, namespace) in `creators`, or None.
+
+    creators: TensorRT's `registry.all_creators` (TensorRT >= 10.8): IPluginCreator, IPluginCreatorV3One or
+    IPluginCreatorV3Quick objects, which the binding has already cast by their interface kind, each with `name`,
+    `plugin_version` and `plugin_namespace`; anything without them is skipped. The list is read because
+    `registry.get_creator` reports every miss through TensorRT's logger as an error ("Error Code 4: API Usage
+    Error (Cannot find plugin ...)"), and the first load of our library starts with exactly that miss."""
+    for c in creators or ():
+        if (getattr(c, "name", None), getattr(c, "plugin_version", None),
+                getattr(c, "plugin_namespace", None)) == (op, version, namespace):
+            return c
+    return None
+
+
+def is_registered(registry) -> bool:
+    """Whether our creator is in TensorRT's plugin registry, read from its list of creators."""
+    creators = registry.all_creators
+    if creators is None:
+        # The binding answers None when it cannot list a creator (a kind it does not know): only then ask by
+        # name, and a miss shows in TensorRT's log as an error.
+        return registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None
+    return find_creator(creators) is not None
+
+
 def load_plugins(trt, plugin_lib: str | Path):
     """Load our plugin library into TensorRT's registry (IPluginRegistry.load_library, TRT >= 10), once.
 
@@ -58,7 +86,7 @@ def load_plugins(trt, plugin_lib: str | Path):
     if key in _LOADED:
         return _LOADED[key]
     registry = trt.get_plugin_registry()
-    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+    if is_registered(registry):
         log.info("%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION, path)
         _LOADED[key] = None
         return None
@@ -67,7 +95,7 @@ def load_plugins(trt, plugin_lib: str | Path):
         raise UsageError(problem)
     handle = registry.load_library(key)
     if handle is None:
-        if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        if is_registered(registry):
             log.info("load_library(%s) returned None: %s is already registered (e.g. by LD_PRELOAD)", path, PLUGIN_OP)
             _LOADED[key] = None
             return None

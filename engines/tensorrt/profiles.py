@@ -16,8 +16,9 @@ they asked for, and the engine still accepts every length up to max_len. The axi
 Default (`--profiles` omitted): ONE profile 1..max_len, tuned (opt) for DEFAULT_OPT_SEQ = 128 tokens, or
 max_len when that is shorter. A serving workload is mostly short requests; an opt at max_len (2048) makes
 TensorRT pick every kernel for the rare longest input. One profile keeps the build as fast as it can be and
-gives the generated Triton repository one instance group (each profile costs a full tactic search at build
-time and one instance group, i.e. its own context and activation memory, in Triton). Buckets
+each Triton instance at one execution context (each profile costs a full tactic search at build time, and in
+Triton one more context, with its activation memory, in every instance: engines.triton lists every profile
+in each instance so any instance takes any length). Buckets
 (`--profiles 128,512,2048`) tune each range for its top at that cost; `--profiles <max_len>` is the
 one-profile spelling tuned for the longest sequence.
 """

@@ -2,14 +2,14 @@
 
 {"tensorrt_version", "gpu": {"name", "compute_capability"}, "precision", "profiles", "onnx_sha256",
  "plugin_sha256", ...informative fields}. A plan is reused only when every MATCH_KEYS field equals what a
-build now would record; otherwise it is rebuilt and the mismatches are returned. Plain Python, no TensorRT.
+build now would record; otherwise it is rebuilt and the mismatches are returned. `load_sidecar` is the one
+reader of the file, for the reuse rule and for engines.triton alike. Plain Python, no TensorRT.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -17,8 +17,6 @@ from export.digest import sha256_file
 from export.errors import UsageError
 from export.files import MiB, load_json
 from export.onnx_io import external_data_files
-
-log = logging.getLogger(__name__)
 
 MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")
 
@@ -44,10 +42,8 @@ def make_sidecar(*, tensorrt_version: str, gpu_name: str, compute_capability: st
             "plugin_sha256": plugin_sha256, **extra}
 
 
-def sidecar_mismatches(existing: Mapping | None, expected: Mapping) -> list[str]:
-    """Human-readable reasons why a plan cannot be reused; [] means reuse is safe."""
-    if existing is None:
-        return ["no sidecar next to the plan"]
+def sidecar_mismatches(existing: Mapping, expected: Mapping) -> list[str]:
+    """Human-readable reasons why a plan with sidecar `existing` cannot be reused; [] means reuse is safe."""
     out = []
     for k in MATCH_KEYS:
         a, b = existing.get(k), expected.get(k)
@@ -57,22 +53,28 @@ def sidecar_mismatches(existing: Mapping | None, expected: Mapping) -> list[str]
     return out
 
 
-def read_sidecar(plan: str | Path) -> dict | None:
-    p = sidecar_path(plan)
-    if not p.exists():
-        return None
-    try:
-        side = load_json(p, what="engine sidecar", max_bytes=MiB)
-    except UsageError as e:  # an unreadable sidecar means "do not reuse"; logged here
-        log.warning("%s; the engine will be rebuilt", e)
-        return None
-    return side if isinstance(side, dict) else None
+def load_sidecar(path: str | Path) -> dict:
+    """The sidecar JSON object at `path` (a `<name>.plan.json`), read through export.files (size cap, depth).
+
+    UsageError, naming the file, when it is missing, unreadable, not JSON or not a JSON object: every caller
+    either stops with it (engines.triton) or turns it into a reason to rebuild (reuse_decision)."""
+    data = load_json(path, what="engine sidecar", max_bytes=MiB)
+    if not isinstance(data, dict):
+        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild the engine (python -m engines.build "
+                         "or python -m export.build)")
+    return data
 
 
 def reuse_decision(plan: str | Path, expected: Mapping) -> tuple[bool, list[str]]:
-    """(True, []) when `plan` exists and its sidecar matches `expected` on MATCH_KEYS."""
+    """(True, []) when `plan` exists and its sidecar matches `expected` on MATCH_KEYS, else (False, reasons)."""
     if not Path(plan).exists():
         return False, ["no plan yet"]
-    reasons = sidecar_mismatches(read_sidecar(plan), expected)
+    if not sidecar_path(plan).exists():
+        return False, ["no sidecar next to the plan"]
+    try:
+        existing = load_sidecar(sidecar_path(plan))
+    except UsageError as e:  # an unreadable sidecar is a reason to rebuild, given like the others
+        return False, [str(e)]
+    reasons = sidecar_mismatches(existing, expected)
     return not reasons, reasons
 

@@ -8,6 +8,10 @@ Out: a `model_config_pb2.ModelConfig` and its text form. `check_config` parses t
 
 Triton conventions used (model_config.proto): with `max_batch_size > 0` the batch axis is implicit,
 so `dims` is the ONNX shape without its first axis, every symbolic axis written as -1.
+A `tensorrt_plan` model gets ONE instance group that lists every optimization profile: Triton's TensorRT
+backend makes one execution context per listed profile in each instance and picks, per batch of requests,
+a profile whose min..max holds its shapes, while an instance listing a single profile refuses every shape
+outside it (engines/triton/backend_rules.py models those rules, with the source lines).
 No tensorrt import: everything here runs on a CPU host.
 """
 
@@ -20,7 +24,8 @@ import onnx
 from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
-from export.files import load_json
+
+MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a served model takes
 
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
@@ -28,6 +33,7 @@ TRITON_DTYPE = {
     "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
     "bfloat16": "TYPE_BF16",
 }
+QUEUE_DELAY_US = 100  # how long a request may wait for others of its shape to join its batch
 # spellings a sidecar may use for a TensorRT DataType (str(trt.DataType.HALF) is "DataType.HALF")
 _TRT_DTYPE = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
               "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
@@ -88,16 +94,6 @@ def sidecar_dtypes(sidecar: dict) -> dict[str, str]:
     return out
 
 
-def preferred_batch_sizes(max_batch: int, hints: list[int] = ()) -> list[int]:
-    """Powers of two from 2, the hints (e.g. profile opt batches) and max_batch itself, all <= max_batch."""
-    sizes = {b for b in hints if 1 < b <= max_batch} | {max_batch}
-    p = 2
-    while p < max_batch:
-        sizes.add(p)
-        p *= 2
-    return sorted(s for s in sizes if s >= 1)
-
-
 def _pb2():
     try:
         from google.protobuf import text_format
@@ -109,13 +105,27 @@ def _pb2():
 
 
 def make_config(name: str, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int,
-                dtypes: dict[str, str] | None = None, profiles: list[int] | None = None,
-                batch_hints: list[int] = (), queue_delay_us: int = 100):
-    """ModelConfig for `platform` "tensorrt_plan" (one KIND_GPU instance group per profile index in
-    `profiles`) or "onnxruntime_onnx" (one KIND_CPU instance). `dtypes` overrides the ONNX dtypes."""
+                dtypes: dict[str, str] | None = None, profiles: list[int] | None = None, instances: int = 1,
+                queue_delay_us: int = QUEUE_DELAY_US, parameters: dict[str, str] | None = None):
+    """ModelConfig for `platform` "tensorrt_plan", "onnxruntime_onnx" or "python" (Triton's Python backend; one
+    KIND_CPU instance each). `dtypes` overrides the ONNX dtypes; `parameters` become `parameters { key value
+    { string_value } }` (e.g. MAX_SEQUENCE_LENGTH, which engines.client reads to truncate).
+
+    tensorrt_plan: one KIND_GPU instance group of `instances` instances per GPU, each listing every profile
+    index in `profiles` (default [0]): any instance then takes any shape some profile takes (module docstring).
+    dynamic_batching, when max_batch > 1: the queue delay only. Triton merges requests only when their
+    inputs have equal shapes (model_config.proto, allow_ragged_batch) and up to max_batch_size; no
+    preferred_batch_size, which Triton's batcher guide keeps for batch sizes that run much faster than others
+    (profiles that differ by batch; ours share one batch range and differ by sequence length)."""
     mc, _ = _pb2()
     dtypes = dtypes or {}
-    cfg = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
+    cfg = mc.ModelConfig(name=name, max_batch_size=max_batch)
+    if platform == "python":
+        cfg.backend = "python"
+    else:
+        cfg.platform = platform
+    for key, value in (parameters or {}).items():
+        cfg.parameters[key].string_value = str(value)
     for spec, field in [(s, cfg.input) for s in inputs] + [(s, cfg.output) for s in outputs]:
         dt = dtypes.get(spec.name, spec.dtype)
         if dt not in TRITON_DTYPE:
@@ -126,12 +136,11 @@ def make_config(name: str, platform: str, inputs: list[TensorSpec], outputs: lis
         dims = spec.triton_dims() if max_batch > 0 else [d if isinstance(d, int) else -1 for d in spec.shape]
         field.add(name=spec.name, data_type=mc.DataType.Value(TRITON_DTYPE[dt]), dims=dims)
     if platform == "tensorrt_plan":
-        for p in profiles or [0]:
-            cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1, profile=[str(p)])
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=instances,
+                               profile=[str(p) for p in (profiles or [0])])
     else:
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     if max_batch > 1:
-        cfg.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(max_batch, list(batch_hints)))
         cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     return cfg
 
@@ -169,11 +178,3 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     if bad:
         raise VerificationError("config.pbtxt disagrees with the graph: " + "; ".join(bad))
     return cfg
-
-
-def load_sidecar(path: Path) -> dict:
-    """An engine's sidecar JSON (already located and checked by export.artifacts.verify_artifact)."""
-    data = load_json(path, what="engine sidecar", max_bytes=1 << 20)
-    if not isinstance(data, dict):
-        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild it with python -m export.build")
-    return data

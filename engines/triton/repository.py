@@ -4,7 +4,12 @@ In:  `build/<name>/` from `python -m export.build` (report.json, ONNX artifacts,
 Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-onnx graph, else the
      plain ONNX), always written, for CPU hosts;
      `<out>/<name>_<precision>/{config.pbtxt,1/model.plan}`: one TensorRT model per engine in
-     report.json, written only when the build has engines.
+     report.json, written only when the build has engines: one instance group (`--instances` per GPU)
+     listing every optimization profile, checked against the backend's rules (engines.triton.backend_rules)
+     to take every batch 1..max_batch_size x every length 1..max-len on every instance.
+Pooling: a build whose TensorRT-bound graph computes `sentence_embedding` (export.build --pooling) serves
+it from both models: the ONNX twin gets the same pooling (export.passes.pooling); `--pooling` must then
+be that mode or none (exit 2 otherwise). Without it, `--pooling mean|cls` adds the output to the twin only.
 Only a build that passed is published, and only the files its report describes: every file is read
 through export.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
 back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
@@ -25,12 +30,16 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from engines.serving.pooling import add_sentence_embedding
+from engines.serving.ort_model import limits_from_report
 from engines.tensorrt.profiles import INT32_MAX
+from engines.tensorrt.sidecar import load_sidecar
+from engines.triton import backend_rules
 from engines.triton import config as tc
+from engines.triton.pooling import tensorrt_graph, twin_pooling
 from export.artifacts import artifact, verify_artifact
-from export.errors import UsageError
+from export.errors import UsageError, VerificationError
 from export.onnx_io import save_model
+from export.passes.pooling import EMBEDDING, Pooling, add_sentence_embedding
 from export.report import ONNX_KEY, Report, rope_key
 from export.report_io import read_report
 from export.staging import check_out_path
@@ -76,63 +85,113 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[int]]:
+def positions_parameter(report: Report) -> dict[str, str]:
+    """{max_sequence_length: N}, the positions the build takes (engines.client truncates to it); {} if unknown."""
+    n = limits_from_report(report.to_dict()).max_sequence
+    return {tc.MAX_SEQUENCE_LENGTH: str(n)} if n else {}
+
+
+def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[dict]]:
     profiles = entry.get("profiles") or sidecar.get("profiles") or []
     if not profiles:
         raise UsageError(f"engine {entry.get('plan')} lists no optimization profiles in report.json or its sidecar")
-    return max(int(p["batch"][2]) for p in profiles), [int(p["batch"][1]) for p in profiles]
+    low = max(int(p["batch"][0]) for p in profiles)
+    if low > 1:  # Triton's batcher sends any batch from 1 up: every instance must take batch 1
+        raise UsageError(f"engine {entry.get('plan')} takes batches from {low} only, and Triton sends batches of 1 "
+                         "up; rebuild it with --batch 1,OPT,MAX")
+    return max(int(p["batch"][2]) for p in profiles), profiles
 
 
 def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | None, pooling: str,
-                    rep: RepoReport) -> list[ModelFolder]:
+                    rep: RepoReport, instances: int = 1) -> list[ModelFolder]:
     """One tensorrt_plan model per engine in the report (none when the build has no engine)."""
     engines = list((report.engine or {}).get("engines") or [])
     if not engines:
         rep.notes.append(f"no TensorRT model: {(report.engine or {}).get('reason', 'no engine in report.json')}")
         return []
-    graph = artifact(build, report, rope_key("plugin"), ONNX_KEY)
+    graph = tensorrt_graph(build, report)
     if graph is None:
-        raise UsageError("report.json has engines but no 'rope-plugin' or 'onnx' artifact to read I/O from")
+        raise UsageError("report.json has engines but no 'tensorrt-onnx', 'rope-plugin' or 'onnx' artifact to read "
+                         "I/O from")
     ins, outs = tc.read_onnx_io(graph)
-    models = []
-    for entry in engines:
-        plan = verify_artifact(build, str(entry.get("plan") or ""), report)
-        side = tc.load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
-        bmax, opts = _batch_max(entry, side)
-        if max_batch is not None and max_batch > bmax:
-            raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
-                             f"pass --max-batch <= {bmax} or rebuild with a larger profile")
-        dtypes = tc.sidecar_dtypes(side)
-        if not dtypes:
-            rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
-        mb = bmax if max_batch is None else max_batch
-        mname = f"{name}_{entry.get('precision', 'trt')}"
-        cfg = tc.make_config(mname, "tensorrt_plan", ins, outs, mb, dtypes=dtypes,
-                             profiles=list(range(len(entry.get("profiles") or side.get("profiles")))), batch_hints=opts)
-        text = tc.config_text(cfg)
-        tc.check_config(text, ins, outs, dtypes)
-        models.append(ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan))
-    if pooling != "none" and not any(o.name == "sentence_embedding" for o in outs):
+    max_len = int((report.export or {}).get("max_len") or 0)
+    models = [_tensorrt_model(build, report, entry, name, max_batch, (ins, outs), max_len, instances, rep)
+              for entry in engines]
+    if pooling != "none" and not any(o.name == EMBEDDING for o in outs):
         rep.notes.append(f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
-                         "sentence_embedding output (build them from a pooled graph to add one)")
+                         f"{EMBEDDING} output (build with python -m export.build --pooling {pooling} to add one)")
     return models
 
 
-def onnx_model(build: Path, report: Report, name: str, pooling: str, max_batch: int) -> ModelFolder:
-    """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added."""
+def _tensorrt_model(build: Path, report: Report, entry: dict, name: str, max_batch: int | None, io, max_len: int,
+                    instances: int, rep: RepoReport) -> ModelFolder:
+    """The model folder of one engine: its config checked against the graph and against the backend's rules."""
+    plan = verify_artifact(build, str(entry.get("plan") or ""), report)
+    side = load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
+    bmax, profiles = _batch_max(entry, side)
+    if max_batch is not None and max_batch > bmax:
+        raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
+                         f"pass --max-batch <= {bmax} or rebuild with a larger profile")
+    check_engine_outputs(plan.name, side, io[1])
+    dtypes = tc.sidecar_dtypes(side)
+    if not dtypes:
+        rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
+    mb = bmax if max_batch is None else max_batch
+    mname = f"{name}_{entry.get('precision', 'trt')}"
+    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len, positions_parameter(report))
+    return ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan)
+
+
+def check_engine_outputs(plan: str, sidecar: dict, outputs: list) -> None:
+    """The outputs the sidecar recorded from the built network must be the graph's (the config lists the
+    graph's): VerificationError otherwise. A sidecar that records none is not checked."""
+    engine = [o.get("name") for o in sidecar.get("outputs") or [] if isinstance(o, dict)]
+    if engine and sorted(engine) != sorted(o.name for o in outputs):
+        raise VerificationError(f"{plan} has outputs {engine} (its sidecar), the graph it was built from "
+                                f"{[o.name for o in outputs]}; rebuild the engine")
+
+
+def tensorrt_config(name: str, io, max_batch: int, dtypes: dict[str, str], profiles: list[dict], instances: int,
+                    max_len: int = 0, parameters: dict[str, str] | None = None) -> str:
+    """config.pbtxt of a tensorrt_plan model for an engine with these profile rows (report.json `profiles`),
+    parsed back and checked against the graph's I/O and against the backend's rules: every instance must take
+    every batch 1..max_batch x every length 1..max_len (0: the longest profile's); VerificationError otherwise."""
+    ins, outs = io
+    cfg = tc.make_config(name, "tensorrt_plan", ins, outs, max_batch, dtypes=dtypes,
+                         profiles=list(range(len(profiles))), instances=instances, parameters=parameters)
+    text = tc.config_text(cfg)
+    parsed = tc.check_config(text, ins, outs, dtypes)
+    longest = max_len or max(int(p["sequence"][2]) for p in profiles)
+    refused = backend_rules.refused_shapes(parsed, backend_rules.profile_boxes(profiles), longest)
+    if refused:
+        raise VerificationError(f"{name}/config.pbtxt: Triton's TensorRT backend would fail requests it accepts "
+                                f"(batch 1..max_batch_size x sequence 1..{longest}): " + "; ".join(refused))
+    return text
+
+
+def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=weights)
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
+        raise UsageError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
+                         "python -m export.build") from None
+
+
+def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, max_batch: int) -> ModelFolder:
+    """The ONNX Runtime twin: the rope-onnx graph, else the plain export, with the pooling output added
+    (engines.triton.pooling.twin_pooling: the build's own, normalisation included, when it has one; a graph
+    that has the output already is served as it is)."""
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
         raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact")
-    try:
-        model = add_sentence_embedding(onnx.load(str(src)), pooling)
-    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
-        raise UsageError(f"{src} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
-                         "python -m export.build") from None
+    model = add_sentence_embedding(_load(src), pooling)
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
-    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch))
+    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch,
+                                         parameters=positions_parameter(report)))
     tc.check_config(text, ins, outs)
-    return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=pooling)
+    mode = pooling.describe() if isinstance(pooling, Pooling) else pooling
+    return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=mode)
 
 
 def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
@@ -193,18 +252,21 @@ def _write_model(stage: Path, m: ModelFolder) -> None:
 
 
 def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
-                     name: str | None = None, force: bool = False) -> RepoReport:
+                     name: str | None = None, force: bool = False, instances: int = 1) -> RepoReport:
     build, out = Path(build), Path(out)
     if max_batch is not None and not 0 <= max_batch <= INT32_MAX:
         raise UsageError(f"--max-batch must be from 0 to {INT32_MAX} (Triton's max_batch_size is int32), got {max_batch}")
+    if not 1 <= instances <= INT32_MAX:
+        raise UsageError(f"--instances must be from 1 to {INT32_MAX} (Triton's count is int32), got {instances}")
     name = check_model_name(build.resolve().name if name is None else name)
     check_out(out, planned_models(build, name), force)  # before any work: the build is judged after this
     report = read_build(build)
     rep = RepoReport()
-    trt = tensorrt_models(build, report, name, max_batch, pooling, rep)
+    twin = twin_pooling(build, report, pooling)  # exit 2 when --pooling disagrees with a pooled build
+    trt = tensorrt_models(build, report, name, max_batch, pooling, rep, instances)
     if max_batch is None:
         max_batch = min((m.max_batch for m in trt), default=DEFAULT_MAX_BATCH)
-    models = [onnx_model(build, report, name, pooling, max_batch), *trt]
+    models = [onnx_model(build, report, name, twin, max_batch), *trt]
     write_repository(out, models, force)
     rep.models = {m.name: m.summary(out) for m in models}
     return rep

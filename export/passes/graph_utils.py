@@ -41,3 +41,12 @@ def const_ints(t: gs.Tensor | None) -> list[int] | None:
 
 def is_last_axis(axis: int | None, rank: int) -> bool:
     return axis is not None and axis in (-1, rank - 1)
+
+
+def static_dim(shape, axis: int = -1) -> int | None:
+    """shape[axis] when it is known: a positive int. A symbolic dim (str), an unknown one (None or 0, as
+    ONNX writes an unset dim_value) or a missing axis gives None. The head size is static_dim(x_BHSDh)."""
+    if not shape or not -len(shape) <= axis < len(shape):
+        return None
+    d = shape[axis]
+    return int(d) if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 else None

@@ -12,7 +12,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.errors import VerificationError
-from plugins import identity as rr
+from export.passes.graph_utils import static_dim
+from plugins import identity
 from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP
 
 INT64_MAX = 2**63 - 1
@@ -76,30 +77,32 @@ def rotary_function(k: int, opset: int) -> onnx.FunctionProto:
         PLUGIN_DOMAIN, PLUGIN_OP, inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
         outputs=[f"y_{i}" for i in range(k)], nodes=c.nodes + nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=[*rr.FIELDS, rr.ATTR_PLUGIN_VERSION, rr.ATTR_PLUGIN_NAMESPACE])
+        attributes=[*identity.FIELDS, identity.ATTR_PLUGIN_VERSION, identity.ATTR_PLUGIN_NAMESPACE])
 
 
 def node_problem(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
     """What the plugin would refuse in this node: its attributes, input count, the table's width and
     the head size (when the graph records them), and the plugin version/namespace the parser looks up."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    for key, want in ((rr.ATTR_PLUGIN_VERSION, rr.PLUGIN_VERSION), (rr.ATTR_PLUGIN_NAMESPACE, rr.PLUGIN_NAMESPACE)):
+    for key, want in ((identity.ATTR_PLUGIN_VERSION, identity.PLUGIN_VERSION),
+                      (identity.ATTR_PLUGIN_NAMESPACE, identity.PLUGIN_NAMESPACE)):
         got = attrs.pop(key, b"").decode() if isinstance(attrs.get(key, b""), bytes) else attrs.pop(key)
         if got != want:
             return f"{key}={got!r}; TensorRT's parser looks the creator up by {key}={want!r}"
-    unknown = set(attrs) - set(rr.FIELDS)
+    unknown = set(attrs) - set(identity.FIELDS)
     if unknown:
-        return f"unknown attributes {sorted(unknown)}; the plugin's fields are {list(rr.FIELDS)}"
+        return f"unknown attributes {sorted(unknown)}; the plugin's fields are {list(identity.FIELDS)}"
     table = next((t for t in model.graph.initializer if node.input and t.name == node.input[-1]), None)
     width = int(table.dims[1]) if table is not None and len(table.dims) == 2 else None
-    return rr.plugin_node_problem(attrs, len(node.input), table_width=width, head_dim=_head_dim(model, node))
+    head_dim = static_dim(_recorded_shape(model, node.input[0])) if node.input else None
+    return identity.plugin_node_problem(attrs, len(node.input), table_width=width, head_dim=head_dim)
 
 
-def _head_dim(model: onnx.ModelProto, node: onnx.NodeProto) -> int | None:
+def _recorded_shape(model: onnx.ModelProto, name: str) -> list | None:
+    """The shape the graph records for tensor `name` (value_info or input): ints, with 0 for an unknown dim."""
     for vi in list(model.graph.value_info) + list(model.graph.input):
-        if node.input and vi.name == node.input[0]:
-            dims = vi.type.tensor_type.shape.dim
-            return int(dims[-1].dim_value) if dims and dims[-1].dim_value else None
+        if vi.name == name:
+            return [d.dim_value for d in vi.type.tensor_type.shape.dim]
     return None
 
 

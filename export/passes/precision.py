@@ -12,6 +12,7 @@ Out: the same graph with a per-node dtype ("low" = fp16 or bf16, or fp32) and ex
 | `RoformerRotary` x inputs / outputs | low | the plugin upcasts to fp32 internally; `sincos` (last input) stays fp32 |
 | LayerNormalization, Softmax, ReduceMean/Sum, Pow, Sqrt, Reciprocal, Exp, Log, Sin, Cos | fp32 | reductions and range-sensitive math (covers decomposed LayerNorm too) |
 | RotaryEmbedding (`--rope onnx` graphs) | fp32 | the rotation in fp32 with the fp32 sin/cos caches, as in the plugin |
+| the pooling pass's nodes (`pool/...`, export.passes.pooling) | fp32 | `sentence_embedding` is a sum over up to max-len tokens, computed in fp32 |
 | anything else with float inputs (bias Add, GELU, Reshape, Transpose, Where, ...) | low iff **all** its non-constant float inputs are low, else fp32 | |
 | embedding / position tables read by Gather, mask arithmetic | fp32 | their float inputs are only constants, so the rule above keeps them fp32 |
 
@@ -50,6 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
 from export.onnx_io import load_tensor, write_model
+from export.passes.pooling import NODE_PREFIX as POOLING_NODES
 from export.reference import bf16_round
 from export.thresholds import PRECISIONS
 from plugins.identity import PLUGIN_OP
@@ -192,7 +194,7 @@ def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
             continue
         if node.op_type in LOW_OPS or node.op_type == PLUGIN_OP:
             dt = "low"
-        elif node.op_type in FP32_OPS:
+        elif node.op_type in FP32_OPS or node.name.startswith(POOLING_NODES):
             dt = "fp32"
         else:
             acts = [store.get(n, "fp32") for n in fin if n not in inits]

@@ -21,6 +21,7 @@ from engines.tensorrt.runner import EngineRunner
 from engines.tensorrt.validate import validate_engine
 from export.errors import UsageError
 from export.layout import plan_file, sidecar_file
+from export.passes.pooling import Pooling
 from export.progress import info
 from export.report import TIMING_CACHE, EngineSection, engine_key
 from export.stages.result import StageResult
@@ -29,9 +30,10 @@ from plugins.locate import find_plugin_library
 
 
 def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool, ckpt=None, thresholds=None,
-                     workspace_mib: int = 4096) -> StageResult[EngineSection]:
+                     workspace_mib: int = 4096, pooling: Pooling | None = None) -> StageResult[EngineSection]:
     """The `engine` section, the plan artifact and the engine's validation cases (none when skipped or
-    not validating); ckpt: the loaded checkpoint (its model is not changed: the CUDA reference is a copy)."""
+    not validating); ckpt: the loaded checkpoint (its model is not changed: the CUDA reference is a copy);
+    pooling: what the graph's sentence_embedding computes, graded like the other outputs."""
     status = engine_stage_status()
     if status["status"] != "available":
         info(f"engine stage skipped: {status['reason']}")
@@ -58,7 +60,7 @@ def run_engine_stage(trt_onnx: Path, precision: str, profiles, *, validate: bool
     if not validate:
         return StageResult(section, artifacts=artifacts)
     runner = EngineRunner(plan, plugin_lib)
-    reference = TorchReference(ckpt.model, ckpt.task, device="cuda")  # the stage only runs where CUDA is
+    reference = TorchReference(ckpt.model, ckpt.task, device="cuda", pooling=pooling)  # only runs where CUDA is
     cases = validate_engine(runner, reference, profiles, precision, ckpt.config.vocab_size,
-                            ckpt.config.type_vocab_size, thresholds)
+                            ckpt.config.type_vocab_size, thresholds, outputs=pooling.outputs if pooling else None)
     return StageResult(section, artifacts=artifacts, cases=cases)

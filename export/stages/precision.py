@@ -20,8 +20,10 @@ from export.stages.result import StageResult
 from export.validate import OnnxFile
 
 
-def run_precision_stage(precision: str, src: Path, src_key: str) -> StageResult[PrecisionSection]:
-    """src: the fp32 TensorRT-bound file; src_key: its artifact key ("rope-plugin", "onnx", ...).
+def run_precision_stage(precision: str, src: Path, src_key: str,
+                        outputs: tuple[str, ...] | None = None) -> StageResult[PrecisionSection]:
+    """src: the fp32 TensorRT-bound file; src_key: its artifact key ("rope-plugin", "onnx", ...); outputs: the
+    outputs the new graph must have (None: the task's; export.passes.pooling's with --pooling).
     The result's artifacts always hold TENSORRT_ONNX_KEY: the file the engine stage builds from."""
     section: PrecisionSection = {"precision": precision, "source": src.name}
     if precision == "fp32":
@@ -32,7 +34,7 @@ def run_precision_stage(precision: str, src: Path, src_key: str) -> StageResult[
     artifacts = {precision_key(src_key, key): Path(path).name for key, path in paths.items()}
     artifacts[TENSORRT_ONNX_KEY] = Path(paths[precision]).name
     checked = "bf16-emulated" if precision == "bf16" else precision
-    graph = OnnxFile(Path(paths[checked]), rotary_function=True)
+    graph = OnnxFile(Path(paths[checked]), rotary_function=True, outputs=outputs)
     low = sum(v.get("low", 0) for v in plan["ops"].values())
     info(f"{precision} graph: {low} nodes in {precision}, {plan['casts']} casts, {Path(paths[precision]).name}")
     return StageResult(section, artifacts=artifacts, graphs={precision_key(src_key, checked): (graph, precision)})

@@ -7,13 +7,15 @@ on it without changing it), the shapes for the build's max_len, the thresholds. 
 
 from __future__ import annotations
 
+from export.passes.pooling import Pooling
 from export.stages.result import StageResult
 from export.thresholds import Thresholds
 from export.validate import TorchReference, validate_graphs, validation_shapes
 
 
 def run_validation_stage(graphs: dict, model, task: str, config, max_len: int,
-                         thresholds: Thresholds) -> StageResult[None]:
-    cases = validate_graphs(graphs, TorchReference(model, task), validation_shapes(max_len, task), thresholds,
-                            config.vocab_size, config.type_vocab_size)
+                         thresholds: Thresholds, pooling: Pooling | None = None) -> StageResult[None]:
+    """pooling: the reference computes sentence_embedding too, for the graphs that have it (their OnnxFile says)."""
+    cases = validate_graphs(graphs, TorchReference(model, task, pooling=pooling), validation_shapes(max_len, task),
+                            thresholds, config.vocab_size, config.type_vocab_size)
     return StageResult(None, cases=cases)

@@ -25,7 +25,7 @@ int32_t loadedVersion(std::string const& soname, int32_t major) noexcept
     }
     auto fn = reinterpret_cast<GetVersion>(dlsym(handle, "getInferLibVersion"));
     int32_t const version = fn != nullptr ? fn() : major * 10000; // (MAJOR * 100 + MINOR) * 100 + PATCH
-    dlclose(handle); // balances the reference RTLD_NOLOAD took
+    dlclose(handle);                                              // balances the reference RTLD_NOLOAD took
     return version;
 }
 

@@ -23,9 +23,9 @@ int32_t builtTensorRTMajor() noexcept;
 
 struct RuntimeCheck
 {
-    bool compatible{true};   //!< false: a runtime of another major is loaded; register nothing
+    bool compatible{true};     //!< false: a runtime of another major is loaded; register nothing
     int32_t runningVersion{0}; //!< getInferLibVersion() of the loaded runtime, 0 when none was found
-    std::string library;     //!< the SONAME it was found under ("libnvinfer.so.10"), empty when none
+    std::string library;       //!< the SONAME it was found under ("libnvinfer.so.10"), empty when none
 };
 
 //! Learns the running TensorRT once per process (thread-safe) and reports a mismatch or an unknown

@@ -29,11 +29,11 @@ constexpr int32_t kTHREADS = 256;
 
 //! The kernel is one call of the per-thread body (roformerRotaryThread.h), which the CPU grid test also runs.
 template <typename T, int N, bool kVECTOR>
-__global__ void __launch_bounds__(kTHREADS) roformerRotaryKernel(RotaryTensors<T> t, float const* __restrict__ sincos,
-    int64_t rows, int64_t seq, int32_t headDim, int32_t rotaryDim)
+__global__ void __launch_bounds__(kTHREADS) roformerRotaryKernel(
+    RotaryTensors<T> t, float const* __restrict__ sincos, int64_t rows, int64_t seq, int32_t headDim, int32_t rotaryDim)
 {
-    rotaryThread<T, N, kVECTOR>(t, sincos, rows, seq, headDim, rotaryDim,
-        ThreadIndex{blockIdx.x, threadIdx.x, blockDim.x, gridDim.x});
+    rotaryThread<T, N, kVECTOR>(
+        t, sincos, rows, seq, headDim, rotaryDim, ThreadIndex{blockIdx.x, threadIdx.x, blockDim.x, gridDim.x});
 }
 
 template <typename T, int N, bool kVECTOR>
@@ -87,9 +87,8 @@ cudaError_t launchRoformerRotary(
             return cudaErrorInvalidValue;
         }
     }
-    withPath<T>(choosePath(t, s.headDim), [&](auto n, auto vector) {
-        launchWith<T, decltype(n)::value, decltype(vector)::value>(t, sincos, s, stream);
-    });
+    withPath<T>(choosePath(t, s.headDim),
+        [&](auto n, auto vector) { launchWith<T, decltype(n)::value, decltype(vector)::value>(t, sincos, s, stream); });
     // Take (and clear) the launch's error: this library links its own static cudart, so nobody else clears
     // it, and cudaPeekAtLastError would leave a failed launch's error set for every later call on this thread.
     return cudaGetLastError();

@@ -17,7 +17,8 @@ namespace roformer_trt
 
 //! Rotates all `t.count` tensors in one launch. sincos: [P, R] fp32 ([sin | cos] halves per row).
 //! Instantiated for float, __half and __nv_bfloat16. Returns cudaErrorInvalidValue for a bad call
-//! (see validateRotaryCall), else the launch status (cudaGetLastError: taken, so it does not stick to later calls). Allocates nothing.
+//! (see validateRotaryCall), else the launch status (cudaGetLastError: taken, so it does not stick to later calls).
+//! Allocates nothing.
 template <typename T>
 cudaError_t launchRoformerRotary(
     RotaryTensors<T> const& t, float const* sincos, RotaryShape const& s, cudaStream_t stream) noexcept;

@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cstring>
+#include <limits>
 #include <memory>
 
 using namespace nvinfer1;
@@ -55,7 +56,8 @@ void checkInputs(PluginTensorDesc const* in, int32_t k, int32_t rotaryDim)
     for (int32_t i = 0; i < k; ++i)
     {
         Dims const& xi = in[i].dims;
-        RR_VALIDATE(xi.nbDims == 4, "x_" + std::to_string(i) + " must be rank 4 [B, H, S, Dh], got " + dimsToString(xi));
+        RR_VALIDATE(
+            xi.nbDims == 4, "x_" + std::to_string(i) + " must be rank 4 [B, H, S, Dh], got " + dimsToString(xi));
         RR_VALIDATE(isRotatedType(in[i].type), "x_" + std::to_string(i) + " must be fp32, fp16 or bf16");
         RR_VALIDATE(in[i].type == in[0].type, "all rotated tensors must have the same dtype");
         for (int32_t a = 0; a < 4; ++a)
@@ -75,6 +77,31 @@ void checkInputs(PluginTensorDesc const* in, int32_t k, int32_t rotaryDim)
         "sincos width " + std::to_string(tab.d[1]) + " must equal rotary_dim " + std::to_string(rotaryDim));
 }
 
+//! One integer field's value. TensorRT 10.x's ONNX parser passes an INT attribute as one kINT32; a kINT64 of
+//! length 1 (another parser, or a host filling the fields itself) is accepted when its value fits int32, so a
+//! value like 2^32 + 64 is refused instead of truncated to 64.
+int32_t readIntField(PluginField const& f)
+{
+    std::string const name{f.name};
+    RR_VALIDATE(f.length == 1 && f.data != nullptr,
+        "field '" + name + "' must hold one value, got length " + std::to_string(f.length)
+            + (f.data == nullptr ? " and no data" : ""));
+    if (f.type == PluginFieldType::kINT32)
+    {
+        int32_t v{};
+        std::memcpy(&v, f.data, sizeof(v));
+        return v;
+    }
+    RR_VALIDATE(f.type == PluginFieldType::kINT64,
+        "field '" + name + "' must be kINT32 or kINT64, got PluginFieldType "
+            + std::to_string(static_cast<int32_t>(f.type)));
+    int64_t v{};
+    std::memcpy(&v, f.data, sizeof(v));
+    RR_VALIDATE(v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(),
+        "field '" + name + "' is " + std::to_string(v) + ", outside the int32 range");
+    return static_cast<int32_t>(v);
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -87,7 +114,8 @@ RoformerRotaryPlugin::RoformerRotaryPlugin(int32_t interleaved, int32_t rotaryDi
 {
     // Build-time and deserialized plugins both come through here, so both are checked the same way.
     RR_VALIDATE(mInterleaved == 1, "interleaved must be 1 (adjacent pairs); split halves (0) is not implemented");
-    RR_VALIDATE(mRotaryDim >= 2 && mRotaryDim % 2 == 0, "rotary_dim must be even and >= 2, got " + std::to_string(mRotaryDim));
+    RR_VALIDATE(
+        mRotaryDim >= 2 && mRotaryDim % 2 == 0, "rotary_dim must be even and >= 2, got " + std::to_string(mRotaryDim));
     RR_VALIDATE(mNumTensors >= 1 && mNumTensors <= kMAX_ROTARY_TENSORS,
         "num_tensors must be in [1, 4], got " + std::to_string(mNumTensors));
     initFields();
@@ -273,7 +301,8 @@ int32_t RoformerRotaryPlugin::configurePlugin(
         }
         // Profile: the largest S must fit the table (P is usually a constant: the table is an initializer).
         int64_t const maxS = in[0].max.nbDims == 4 ? in[0].max.d[2] : -1;
-        int64_t const rows = in[mNumTensors].desc.dims.d[0] != -1 ? in[mNumTensors].desc.dims.d[0]
+        int64_t const rows = in[mNumTensors].desc.dims.d[0] != -1
+            ? in[mNumTensors].desc.dims.d[0]
             : (in[mNumTensors].min.nbDims == 2 ? in[mNumTensors].min.d[0] : -1);
         RR_VALIDATE(maxS < 0 || rows < 0 || maxS <= rows,
             "profile max sequence " + std::to_string(maxS) + " exceeds the sincos table rows " + std::to_string(rows)
@@ -316,8 +345,8 @@ int32_t RoformerRotaryPlugin::onShapeChange(
 namespace
 {
 template <typename T>
-cudaError_t dispatch(int32_t k, RotaryShape const& s, void const* const* inputs, void* const* outputs,
-    cudaStream_t stream)
+cudaError_t dispatch(
+    int32_t k, RotaryShape const& s, void const* const* inputs, void* const* outputs, cudaStream_t stream)
 {
     RotaryTensors<T> t{};
     t.count = k;
@@ -336,7 +365,7 @@ int32_t RoformerRotaryPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     try
     {
         RR_VALIDATE(inputDesc != nullptr && inputs != nullptr && outputs != nullptr, "null enqueue arguments");
-        Dims const& x = inputDesc[0].dims; // [B, H, S, Dh]
+        Dims const& x = inputDesc[0].dims;             // [B, H, S, Dh]
         Dims const& tab = inputDesc[mNumTensors].dims; // [P, R]
         RR_VALIDATE(x.nbDims == 4 && tab.nbDims == 2, "bad ranks at enqueue");
         RotaryShape const s{x.d[0], x.d[1], x.d[2], x.d[3], mRotaryDim, tab.d[0]};
@@ -432,18 +461,16 @@ IPluginV3* RoformerRotaryPluginCreator::createPlugin(
                 continue;
             }
             int32_t* dst = std::strcmp(f.name, kINTERLEAVED) == 0 ? &interleaved
-                : std::strcmp(f.name, kROTARY_DIM) == 0         ? &rotaryDim
-                : std::strcmp(f.name, kNUM_TENSORS) == 0        ? &numTensors
-                                                                : nullptr;
+                : std::strcmp(f.name, kROTARY_DIM) == 0           ? &rotaryDim
+                : std::strcmp(f.name, kNUM_TENSORS) == 0          ? &numTensors
+                                                                  : nullptr;
             if (dst == nullptr)
             {
                 logMessage(ILogger::Severity::kWARNING,
                     (std::string("RoformerRotary: ignoring unknown field '") + f.name + "'").c_str());
                 continue;
             }
-            RR_VALIDATE(f.type == PluginFieldType::kINT32 && f.length == 1 && f.data != nullptr,
-                std::string("field '") + f.name + "' must be one kINT32");
-            *dst = *static_cast<int32_t const*>(f.data);
+            *dst = readIntField(f);
         }
         RR_VALIDATE(rotaryDim != -1, "the rotary_dim field is required");
         // The same constructor validates build-time and deserialized (kRUNTIME) plugins.

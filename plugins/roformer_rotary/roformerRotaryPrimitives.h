@@ -47,8 +47,8 @@ struct alignas(sizeof(T) * N) Pack
 //! Host build only: what the kernel body touched, so the grid test can check and report it.
 struct HostAccessLog
 {
-    int64_t misaligned{0};   //!< vector accesses whose address is not a multiple of the vector width
-    int64_t vectorBytes{0};  //!< width of the last vector access (0: only element accesses)
+    int64_t misaligned{0};  //!< vector accesses whose address is not a multiple of the vector width
+    int64_t vectorBytes{0}; //!< width of the last vector access (0: only element accesses)
     int64_t elementAccesses{0};
 };
 inline HostAccessLog& hostAccessLog()
@@ -61,34 +61,77 @@ inline HostAccessLog& hostAccessLog()
 namespace prim
 {
 #if defined(__CUDA_ARCH__)
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ float ldg(float const* p) { return __ldg(p); }
+__device__ __forceinline__ float mul(float a, float b)
+{
+    return __fmul_rn(a, b);
+}
+__device__ __forceinline__ float add(float a, float b)
+{
+    return __fadd_rn(a, b);
+}
+__device__ __forceinline__ float sub(float a, float b)
+{
+    return __fsub_rn(a, b);
+}
+__device__ __forceinline__ float ldg(float const* p)
+{
+    return __ldg(p);
+}
 #else
-inline float mul(float a, float b) { return a * b; } // -ffp-contract=off: never fused with the add below
-inline float add(float a, float b) { return a + b; }
-inline float sub(float a, float b) { return a - b; }
-inline float ldg(float const* p) { return *p; }
+// -ffp-contract=off: mul is never fused with the add below
+inline float mul(float a, float b)
+{
+    return a * b;
+}
+inline float add(float a, float b)
+{
+    return a + b;
+}
+inline float sub(float a, float b)
+{
+    return a - b;
+}
+inline float ldg(float const* p)
+{
+    return *p;
+}
 #endif
 
 template <typename T>
 RR_HD float toFloat(T v);
 template <>
-RR_HD float toFloat<float>(float v) { return v; }
+RR_HD float toFloat<float>(float v)
+{
+    return v;
+}
 template <>
-RR_HD float toFloat<__half>(__half v) { return __half2float(v); }
+RR_HD float toFloat<__half>(__half v)
+{
+    return __half2float(v);
+}
 template <>
-RR_HD float toFloat<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+RR_HD float toFloat<__nv_bfloat16>(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
 
 template <typename T>
 RR_HD T fromFloat(float v); // round to nearest even, as the contract's cast_T
 template <>
-RR_HD float fromFloat<float>(float v) { return v; }
+RR_HD float fromFloat<float>(float v)
+{
+    return v;
+}
 template <>
-RR_HD __half fromFloat<__half>(float v) { return __float2half_rn(v); }
+RR_HD __half fromFloat<__half>(float v)
+{
+    return __float2half_rn(v);
+}
 template <>
-RR_HD __nv_bfloat16 fromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+RR_HD __nv_bfloat16 fromFloat<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
+}
 
 #if !defined(__CUDA_ARCH__)
 //! Host: records the access; false when p is not aligned to the vector's width.

@@ -28,10 +28,10 @@ constexpr int32_t kMAX_ROTARY_TENSORS = 4; //!< k <= 4: query, key, value (+1 sp
 //! Sizes of one RoformerRotary call. x_i, y_i: [B, H, S, Dh]; sincos: [P, R] fp32.
 struct RotaryShape
 {
-    int64_t batch{0};   //!< B
-    int64_t heads{0};   //!< H
-    int64_t seq{0};     //!< S
-    int64_t headDim{0}; //!< Dh
+    int64_t batch{0};     //!< B
+    int64_t heads{0};     //!< H
+    int64_t seq{0};       //!< S
+    int64_t headDim{0};   //!< Dh
     int64_t rotaryDim{0}; //!< R, leading channels rotated
     int64_t tableRows{0}; //!< P, rows of the sincos table (P >= S)
 

@@ -135,16 +135,16 @@ RR_HD void rotaryThread(RotaryTensors<T> const& t,
     int64_t const stride = at.gridDim * at.blockDim;
     for (int64_t c = at.block * at.blockDim + at.thread; c < total; c += stride)
     {
-        int64_t const row = c / chunksPerRow;                               // (b, h, p) flattened
+        int64_t const row = c / chunksPerRow;                                // (b, h, p) flattened
         int32_t const d0 = static_cast<int32_t>(c - row * chunksPerRow) * N; // first channel of the chunk
-        int64_t const pos = row % seq;                                      // p: table row
-        float const* tab = sincos + pos * rotaryDim;                        // [R]
+        int64_t const pos = row % seq;                                       // p: table row
+        float const* tab = sincos + pos * rotaryDim;                         // [R]
 
         // Pairs at channel >= R pass through untouched; R is even, so a pair is entirely in or out.
         float sn[N / 2];
         float cs[N / 2];
         bool rot[N / 2];
-RR_UNROLL
+        RR_UNROLL
         for (int q = 0; q < N / 2; ++q)
         {
             int32_t const j = d0 / 2 + q; // pair index
@@ -154,7 +154,7 @@ RR_UNROLL
         }
 
         int64_t const off = row * headDim + d0;
-RR_UNROLL
+        RR_UNROLL
         for (int i = 0; i < kMAX_ROTARY_TENSORS; ++i)
         {
             if (i >= t.count)
@@ -168,7 +168,7 @@ RR_UNROLL
             }
             else
             {
-RR_UNROLL
+                RR_UNROLL
                 for (int e = 0; e < N; ++e)
                 {
                     prim::noteElementAccess<T>();
@@ -176,7 +176,7 @@ RR_UNROLL
                 }
             }
             Pack<T, N> out;
-RR_UNROLL
+            RR_UNROLL
             for (int q = 0; q < N / 2; ++q)
             {
                 if (rot[q])
@@ -198,7 +198,7 @@ RR_UNROLL
             }
             else
             {
-RR_UNROLL
+                RR_UNROLL
                 for (int e = 0; e < N; ++e)
                 {
                     prim::noteElementAccess<T>();

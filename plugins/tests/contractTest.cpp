@@ -9,9 +9,12 @@
  *   contract_test drive  <libroformer_trt_plugin.so> --name N --version V --namespace NS --fields a,b,c [--no-gpu]
  *   contract_test static <stub libnvinfer.so.M> <static plugin library linked to it> --namespace NS
  *   contract_test mixed  <stub libnvinfer.so.M> <libroformer_trt_plugin.so built with another major>
+ *   contract_test lookup <stub libnvinfer.so.M> <libroformer_trt_plugin.so> --name N --version V --namespace NS
  *
  * Prints "ok <check>" / "FAIL <check>" per check and "contract: P passed, F failed"; exit 0 when F == 0.
  */
+#include "../common/creatorLookup.h"
+
 #include <NvInferRuntime.h>
 #include <NvInferVersion.h>
 
@@ -120,7 +123,8 @@ class FoldingBuilder : public IExprBuilder
             exprs.emplace_back(value, true);
             return &exprs.back();
         }
-        IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
+        IDimensionExpr const* operation(
+            DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
         {
             if (!a.isConstant() || !b.isConstant())
             {
@@ -183,6 +187,14 @@ Field intField(std::string name, int32_t v)
     return f;
 }
 
+//! The same attribute as a parser that maps ONNX INT (int64 in the proto) to kINT64 would pass it.
+Field int64Field(std::string name, int64_t v)
+{
+    Field f{std::move(name), PluginFieldType::kINT64, 1, std::vector<unsigned char>(sizeof(int64_t))};
+    std::memcpy(f.data.data(), &v, sizeof(v));
+    return f;
+}
+
 //! Owns the storage a PluginFieldCollection points into.
 struct Fields
 {
@@ -222,7 +234,7 @@ struct Library
 {
     void* handle{nullptr};
     void (*setLoggerFinder)(ILoggerFinder*){nullptr};
-    IPluginCreatorInterface* const* (*getCreators)(int32_t&){nullptr};
+    IPluginCreatorInterface* const* (*getCreators)(int32_t&) {nullptr};
 };
 
 Library openPlugin(char const* path, int flags = RTLD_NOW | RTLD_LOCAL)
@@ -235,7 +247,7 @@ Library openPlugin(char const* path, int flags = RTLD_NOW | RTLD_LOCAL)
         std::exit(2);
     }
     lib.setLoggerFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(lib.handle, "setLoggerFinder"));
-    lib.getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(lib.handle, "getCreators"));
+    lib.getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*)(int32_t&)>(dlsym(lib.handle, "getCreators"));
     return lib;
 }
 
@@ -263,8 +275,8 @@ Dims dims(std::initializer_list<int64_t> v)
 }
 
 //! k rotated tensors [B, H, S, Dh] of `t` + the table [P, R] fp32, then k outputs.
-std::vector<DynamicPluginTensorDesc> ioDescs(int32_t k, DataType t, Dims x, Dims tab, int64_t maxS = -1,
-    DataType tabType = DataType::kFLOAT)
+std::vector<DynamicPluginTensorDesc> ioDescs(
+    int32_t k, DataType t, Dims x, Dims tab, int64_t maxS = -1, DataType tabType = DataType::kFLOAT)
 {
     std::vector<DynamicPluginTensorDesc> io(static_cast<size_t>(2 * k + 1));
     for (int32_t i = 0; i < 2 * k + 1; ++i)
@@ -341,7 +353,8 @@ void driveFormats(IPluginV3OneBuild* b, int32_t k)
     // As the builder does: position by position, earlier positions fixed to an accepted combination.
     for (auto const& [t0, f0] : rotated)
     {
-        std::vector<DynamicPluginTensorDesc> io = ioDescs(k, static_cast<DataType>(t0), dims({1, 2, 8, 64}), dims({16, 64}));
+        std::vector<DynamicPluginTensorDesc> io
+            = ioDescs(k, static_cast<DataType>(t0), dims({1, 2, 8, 64}), dims({16, 64}));
         for (int32_t pos = 0; pos < n; ++pos)
         {
             std::set<std::pair<int32_t, int32_t>> accepted;
@@ -371,20 +384,33 @@ void driveFormats(IPluginV3OneBuild* b, int32_t k)
             io[static_cast<size_t>(pos)].desc.format = TensorFormat::kLINEAR;
         }
     }
-    check(ok, "k=" + std::to_string(k) + ": supportsFormatCombination accepts exactly the contract's combinations" + why);
+    check(
+        ok, "k=" + std::to_string(k) + ": supportsFormatCombination accepts exactly the contract's combinations" + why);
 }
 
 void driveBuild(IPluginCreatorV3One* c, int32_t k)
 {
     std::string const tag = "k=" + std::to_string(k) + ": ";
     size_t mark = gFinder.logger.errors.size();
-    IPluginV3* p = create(c, {intField("interleaved", 1), intField("rotary_dim", 64), intField("num_tensors", k)},
-        TensorRTPhase::kBUILD);
+    IPluginV3* p = create(
+        c, {intField("interleaved", 1), intField("rotary_dim", 64), intField("num_tensors", k)}, TensorRTPhase::kBUILD);
     check(p != nullptr && !loggedSince(mark), tag + "createPlugin(kBUILD) with the parser's fields");
     if (p == nullptr)
     {
         return;
     }
+    // The same attributes as kINT64 fields: the same plugin, serialized as the contract's kINT32 fields.
+    mark = gFinder.logger.errors.size();
+    IPluginV3* p64
+        = create(c, {int64Field("interleaved", 1), int64Field("rotary_dim", 64), int64Field("num_tensors", k)},
+            TensorRTPhase::kBUILD);
+    auto serialized = [](IPluginV3* q) {
+        auto* r = static_cast<IPluginV3OneRuntime*>(q->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        return describe(r->getFieldsToSerialize());
+    };
+    check(p64 != nullptr && !loggedSince(mark) && serialized(p64) == serialized(p),
+        tag + "createPlugin(kBUILD) with kINT64 fields gives the kINT32 plugin: " + (p64 ? serialized(p64) : "null"));
+    delete p64;
     auto* core = static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE));
     auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
     auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -456,7 +482,8 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
 
     // configurePlugin
     auto io = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
-    check(build->configurePlugin(io.data(), k + 1, io.data() + k + 1, k) == 0, tag + "configurePlugin accepts a valid profile");
+    check(build->configurePlugin(io.data(), k + 1, io.data() + k + 1, k) == 0,
+        tag + "configurePlugin accepts a valid profile");
     struct Refusal
     {
         char const* what;
@@ -465,8 +492,10 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     std::vector<Refusal> refusals;
     refusals.push_back({"R > Dh", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 32}), dims({512, 64}), 512)});
     refusals.push_back({"odd Dh", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 65}), dims({512, 64}), 512)});
-    refusals.push_back({"profile S above the table rows", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 513)});
-    refusals.push_back({"fp16 table", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512, DataType::kHALF)});
+    refusals.push_back(
+        {"profile S above the table rows", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 513)});
+    refusals.push_back(
+        {"fp16 table", ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512, DataType::kHALF)});
     if (k > 1)
     {
         auto m = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
@@ -495,12 +524,15 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     PluginFieldCollection const* ser = rt->getFieldsToSerialize();
     std::string const before = describe(ser);
-    check(before == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=1, rotary_dim:"
-            + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=32, num_tensors:"
-            + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=" + std::to_string(k),
+    check(before
+            == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=1, rotary_dim:"
+                + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=32, num_tensors:"
+                + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=" + std::to_string(k),
         tag + "getFieldsToSerialize: " + before);
     IPluginV3* back = c->createPlugin("rotary_0", ser, TensorRTPhase::kRUNTIME);
-    auto* backRt = back ? static_cast<IPluginV3OneRuntime*>(back->getCapabilityInterface(PluginCapabilityType::kRUNTIME)) : nullptr;
+    auto* backRt = back
+        ? static_cast<IPluginV3OneRuntime*>(back->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+        : nullptr;
     check(backRt != nullptr && describe(backRt->getFieldsToSerialize()) == before,
         tag + "createPlugin(kRUNTIME) from the serialized fields gives identical fields");
 
@@ -509,8 +541,10 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     delete p; // the copies must not point into the original (ASan would see it)
     for (IPluginV3* copy : {cl, att})
     {
-        auto* r = copy ? static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME)) : nullptr;
-        auto* b = copy ? static_cast<IPluginV3OneBuild*>(copy->getCapabilityInterface(PluginCapabilityType::kBUILD)) : nullptr;
+        auto* r = copy ? static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+                       : nullptr;
+        auto* b = copy ? static_cast<IPluginV3OneBuild*>(copy->getCapabilityInterface(PluginCapabilityType::kBUILD))
+                       : nullptr;
         check(r && b && describe(r->getFieldsToSerialize()) == before && b->getNbOutputs() == k,
             tag + (copy == cl ? "clone" : "attachToContext") + " is a deep copy that outlives the original");
     }
@@ -536,7 +570,8 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
         longer[static_cast<size_t>(i)].dims.d[2] = 17;
     }
     size_t mark = gFinder.logger.errors.size();
-    check(r->onShapeChange(longer.data(), k + 1, out.data(), k) != 0 && loggedSince(mark), tag + "onShapeChange refuses S > P");
+    check(r->onShapeChange(longer.data(), k + 1, out.data(), k) != 0 && loggedSince(mark),
+        tag + "onShapeChange refuses S > P");
 
     // enqueue: refusals never touch memory
     std::vector<uint16_t> host(2 * 4 * 16 * 64 * static_cast<size_t>(k) * 2 + 16 * 32 * 2);
@@ -548,7 +583,8 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     mark = gFinder.logger.errors.size();
     check(r->enqueue(in.data(), out.data(), nullptr, outs.data(), nullptr, nullptr) != 0 && loggedSince(mark),
         tag + "enqueue refuses null inputs");
-    check(r->enqueue(in.data(), out.data(), ins.data(), nullptr, nullptr, nullptr) != 0, tag + "enqueue refuses null outputs");
+    check(r->enqueue(in.data(), out.data(), ins.data(), nullptr, nullptr, nullptr) != 0,
+        tag + "enqueue refuses null outputs");
     std::vector<void const*> nullIns(static_cast<size_t>(k + 1), nullptr);
     check(r->enqueue(in.data(), out.data(), nullIns.data(), outs.data(), nullptr, nullptr) != 0,
         tag + "enqueue refuses null tensor pointers");
@@ -604,9 +640,9 @@ void badFields(IPluginCreatorV3One* c, std::string const& what, std::vector<Fiel
         int status = 0;
         waitpid(pid, &status, 0);
         std::string how = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-            : WEXITSTATUS(status) == 3           ? "returned a plugin"
-            : WEXITSTATUS(status) == 4           ? "returned nullptr without a logged reason"
-                                                 : "exit " + std::to_string(WEXITSTATUS(status));
+            : WEXITSTATUS(status) == 3        ? "returned a plugin"
+            : WEXITSTATUS(status) == 4        ? "returned nullptr without a logged reason"
+                                              : "exit " + std::to_string(WEXITSTATUS(status));
         bool const ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         check(ok, "bad fields " + label + ": nullptr with a logged reason" + (ok ? "" : " (" + how + ")"));
     }
@@ -632,7 +668,13 @@ void driveBadFields(IPluginCreatorV3One* c)
     badFields(c, "rotary_dim missing", {I(1), K(2)});
     badFields(c, "no fields", {});
     badFields(c, "rotary_dim kFLOAT32", {I(1), typed("rotary_dim", PluginFieldType::kFLOAT32, 1, 4), K(2)});
-    badFields(c, "rotary_dim kINT64", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 1, 8), K(2)});
+    badFields(
+        c, "rotary_dim kINT64 0x0101010101010101", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 1, 8), K(2)});
+    badFields(c, "rotary_dim kINT64 2^32 + 64 (64 if truncated)",
+        {I(1), int64Field("rotary_dim", (int64_t{1} << 32) + 64), K(2)});
+    badFields(c, "num_tensors kINT64 INT32_MIN - 1", {I(1), R(64), int64Field("num_tensors", int64_t{INT32_MIN} - 1)});
+    badFields(c, "rotary_dim kINT64 63", {I(1), int64Field("rotary_dim", 63), K(2)});
+    badFields(c, "rotary_dim kINT64 length 2", {I(1), typed("rotary_dim", PluginFieldType::kINT64, 2, 16), K(2)});
     badFields(c, "num_tensors kINT8", {I(1), R(64), typed("num_tensors", PluginFieldType::kINT8, 1, 1)});
     badFields(c, "num_tensors kINT16", {I(1), R(64), typed("num_tensors", PluginFieldType::kINT16, 1, 2)});
     badFields(c, "interleaved kCHAR", {typed("interleaved", PluginFieldType::kCHAR, 2, 2), R(64), K(2)});
@@ -694,9 +736,9 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
         return 1;
     }
     auto count = stubFn<int32_t (*)()>(stub, "rr_stub_registration_count");
-    auto reg = stubFn<IPluginCreatorInterface* (*) (int32_t, char const**)>(stub, "rr_stub_registration");
+    auto reg = stubFn<IPluginCreatorInterface* (*)(int32_t, char const**)>(stub, "rr_stub_registration");
     auto nMsg = stubFn<int32_t (*)()>(stub, "rr_stub_message_count");
-    auto msg = stubFn<char const* (*) (int32_t)>(stub, "rr_stub_message");
+    auto msg = stubFn<char const* (*)(int32_t)>(stub, "rr_stub_message");
     void* plugin = dlopen(pluginPath, RTLD_NOW | RTLD_LOCAL);
     check(plugin != nullptr, std::string("dlopen the static plugin library: ") + (plugin ? "" : dlerror()));
     if (!plugin)
@@ -708,7 +750,8 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
     {
         char const* gotNs = nullptr;
         auto* c = static_cast<IPluginCreatorV3One*>(reg(0, &gotNs));
-        check(ns == gotNs, std::string("registerCreator gets the creator's namespace \"") + ns + "\", got \"" + gotNs + "\"");
+        check(ns == gotNs,
+            std::string("registerCreator gets the creator's namespace \"") + ns + "\", got \"" + gotNs + "\"");
         check(std::string(c->getPluginNamespace()) == gotNs, "the namespace passed is the creator's own");
     }
     bool const refuse = std::getenv("RR_STUB_REFUSE") != nullptr;
@@ -717,7 +760,8 @@ int staticMode(char const* stubPath, char const* pluginPath, std::string const& 
     {
         logged = logged || std::strstr(msg(i), "refused") != nullptr;
     }
-    check(logged == refuse, refuse ? "a refused registerCreator is logged" : "nothing logged when registration succeeds");
+    check(
+        logged == refuse, refuse ? "a refused registerCreator is logged" : "nothing logged when registration succeeds");
     return 0;
 }
 
@@ -747,6 +791,88 @@ int mixedMode(char const* stubPath, char const* pluginPath)
     return 0;
 }
 
+//! A V3One creator that claims any identity and interface kind: the registry entries a lookup must tell apart.
+class DecoyCreator : public IPluginCreatorV3One
+{
+public:
+    DecoyCreator(char const* kind, int32_t major, std::string name, std::string version, std::string ns)
+        : mKind(kind)
+        , mMajor(major)
+        , mName(std::move(name))
+        , mVersion(std::move(version))
+        , mNamespace(std::move(ns))
+    {
+    }
+    InterfaceInfo getInterfaceInfo() const noexcept override { return InterfaceInfo{mKind, mMajor, 0}; }
+    IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const*, TensorRTPhase) noexcept override
+    {
+        return nullptr;
+    }
+    PluginFieldCollection const* getFieldNames() noexcept override { return &mNoFields; }
+    AsciiChar const* getPluginName() const noexcept override { return mName.c_str(); }
+    AsciiChar const* getPluginVersion() const noexcept override { return mVersion.c_str(); }
+    AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
+
+private:
+    char const* mKind;
+    int32_t mMajor;
+    std::string mName, mVersion, mNamespace;
+    PluginFieldCollection mNoFields{};
+};
+
+//! plugins/common/creatorLookup.h against the stub's recording registry: it finds our creator only by its
+//! (name, version, namespace) and interface kind, reads the registry's list and never calls getCreator
+//! (whose misses TensorRT logs as errors).
+int lookupMode(char const* stubPath, char const* pluginPath, Expect const& e)
+{
+    void* stub = dlopen(stubPath, RTLD_NOW | RTLD_LOCAL);
+    check(stub != nullptr, std::string("load the stub runtime RTLD_LOCAL: ") + (stub ? "" : dlerror()));
+    if (!stub)
+    {
+        return 1;
+    }
+    IPluginRegistry& registry = *stubFn<IPluginRegistry* (*)()>(stub, "getPluginRegistry")();
+    auto getCreatorCalls = stubFn<int32_t (*)()>(stub, "rr_stub_get_creator_calls");
+    auto find
+        = [&] { return roformer_trt::findCreatorV3One(registry, e.name.c_str(), e.version.c_str(), e.ns.c_str()); };
+    check(find() == nullptr, "empty registry: not found");
+
+    // Same identity behind another kind or layout, or one field off: none of them is ours.
+    std::deque<DecoyCreator> decoys;
+    decoys.emplace_back("PLUGIN CREATOR_V3QUICK", 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V1", 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 2, e.name, e.version, e.ns);
+    decoys.emplace_back(nullptr, 1, e.name, e.version, e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name, e.version, ""); // REGISTER_TENSORRT_PLUGIN's namespace
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name, e.version + "0", e.ns);
+    decoys.emplace_back("PLUGIN CREATOR_V3ONE", 1, e.name + "X", e.version, e.ns);
+    for (DecoyCreator& d : decoys)
+    {
+        registry.registerCreator(d, d.getPluginNamespace());
+    }
+    check(find() == nullptr,
+        std::to_string(decoys.size())
+            + " decoys (other kind, kind major, null kind, namespace, version, name): none found");
+
+    // What loadLibrary does with libroformer_trt_plugin.so: ask its creators and register each under its namespace.
+    Library lib = openPlugin(pluginPath);
+    lib.setLoggerFinder(&gFinder);
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = lib.getCreators(n);
+    check(creators != nullptr && n == 1, "getCreators returns one creator (got " + std::to_string(n) + ")");
+    if (creators == nullptr || n != 1)
+    {
+        return 1;
+    }
+    auto* ours = static_cast<IPluginCreatorV3One*>(creators[0]);
+    check(registry.registerCreator(*ours, ours->getPluginNamespace()), "our creator registered after the decoys");
+    check(find() == ours, "found: exactly our creator, not a decoy with its identity");
+    check(registry.deregisterCreator(*ours) && find() == nullptr, "deregistered: not found again");
+    check(getCreatorCalls() == 0,
+        "IPluginRegistry::getCreator never called (" + std::to_string(getCreatorCalls()) + " calls)");
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -762,11 +888,16 @@ int main(int argc, char** argv)
     {
         std::string const a = argv[i];
         auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-        if (a == "--name") e.name = next();
-        else if (a == "--version") e.version = next();
-        else if (a == "--namespace") e.ns = next();
-        else if (a == "--fields") e.fields = split(next(), ',');
-        else if (a == "--no-gpu") e.gpu = false;
+        if (a == "--name")
+            e.name = next();
+        else if (a == "--version")
+            e.version = next();
+        else if (a == "--namespace")
+            e.ns = next();
+        else if (a == "--fields")
+            e.fields = split(next(), ',');
+        else if (a == "--no-gpu")
+            e.gpu = false;
     }
     std::printf("host built with TensorRT %d.%d headers\n", NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR);
     int rc = 0;
@@ -781,6 +912,10 @@ int main(int argc, char** argv)
     else if (mode == "mixed" && argc >= 4)
     {
         rc = mixedMode(argv[2], argv[3]);
+    }
+    else if (mode == "lookup" && argc >= 4)
+    {
+        rc = lookupMode(argv[2], argv[3], e);
     }
     else
     {

@@ -10,8 +10,8 @@
  * fp16/bf16 conversions), no byte written outside y_i (guard bytes around each output), x_i and the table
  * untouched, every vector access aligned to its width. Cases: fp32/fp16/bf16 x k = 1..4 x shapes
  * (full rotation, R < Dh, Dh not a multiple of the vector, odd B/H/S) x pointer offsets (aligned, 1, 2
- * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the path each case
- * took; exit 0 when all pass. Run by tests/test_kernel_grid.py.
+ * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the
+ * path each case took; exit 0 when all pass. Run by tests/test_kernel_grid.py.
  */
 #include "roformerRotaryHostRef.h"
 #include "roformerRotaryThread.h"
@@ -19,9 +19,9 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <utility>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace roformer_trt;
@@ -36,8 +36,8 @@ void fail(std::string const& what)
     std::printf("FAIL %s\n", what.c_str());
 }
 
-constexpr size_t kGUARD = 64;          // bytes before and after each buffer
-constexpr unsigned char kFILL = 0xA5;  // guard and output pattern
+constexpr size_t kGUARD = 64;         // bytes before and after each buffer
+constexpr unsigned char kFILL = 0xA5; // guard and output pattern
 
 //! A byte buffer holding n elements at `offset` elements past a 64-byte-aligned start, with guards.
 struct Guarded
@@ -71,20 +71,38 @@ struct Guarded
 template <typename T>
 int32_t codeOf();
 template <>
-int32_t codeOf<float>() { return kROTARY_F32; }
+int32_t codeOf<float>()
+{
+    return kROTARY_F32;
+}
 template <>
-int32_t codeOf<__half>() { return kROTARY_F16; }
+int32_t codeOf<__half>()
+{
+    return kROTARY_F16;
+}
 template <>
-int32_t codeOf<__nv_bfloat16>() { return kROTARY_BF16; }
+int32_t codeOf<__nv_bfloat16>()
+{
+    return kROTARY_BF16;
+}
 
 template <typename T>
 char const* nameOf();
 template <>
-char const* nameOf<float>() { return "fp32"; }
+char const* nameOf<float>()
+{
+    return "fp32";
+}
 template <>
-char const* nameOf<__half>() { return "fp16"; }
+char const* nameOf<__half>()
+{
+    return "fp16";
+}
 template <>
-char const* nameOf<__nv_bfloat16>() { return "bf16"; }
+char const* nameOf<__nv_bfloat16>()
+{
+    return "bf16";
+}
 
 struct Grid
 {
@@ -169,12 +187,12 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t 
     char label[256];
     std::snprintf(label, sizeof(label), "%s k=%d B=%ld H=%ld S=%ld Dh=%ld R=%ld P=%ld offset=%zu/%zu grid=%s path=%s",
         nameOf<T>(), k, static_cast<long>(s.batch), static_cast<long>(s.heads), static_cast<long>(s.seq),
-        static_cast<long>(s.headDim), static_cast<long>(s.rotaryDim), static_cast<long>(s.tableRows), offset, yOffset, g.name,
-        pathName(path, sizeof(T)).c_str());
+        static_cast<long>(s.headDim), static_cast<long>(s.rotaryDim), static_cast<long>(s.tableRows), offset, yOffset,
+        g.name, pathName(path, sizeof(T)).c_str());
     gPaths[std::string(nameOf<T>()) + " " + pathName(path, sizeof(T))]++;
 
-    if (roformer_rotary_host(codeOf<T>(), k, rx, ry, table.data(), s.batch, s.heads, s.seq, s.headDim, s.rotaryDim,
-            s.tableRows)
+    if (roformer_rotary_host(
+            codeOf<T>(), k, rx, ry, table.data(), s.batch, s.heads, s.seq, s.headDim, s.rotaryDim, s.tableRows)
         != 0)
     {
         fail(std::string(label) + ": the host reference refused the call");
@@ -241,12 +259,12 @@ template <typename T>
 void runDtype(std::mt19937& rng)
 {
     RotaryShape const shapes[] = {
-        {2, 3, 5, 64, 64, 8},  // full rotation, vector paths
-        {1, 2, 7, 64, 32, 7},  // R < Dh: pass-through channels
-        {1, 1, 3, 6, 4, 4},    // Dh = 6: no 16- or 8-byte vector fits
-        {3, 1, 9, 10, 10, 9},  // odd sizes, Dh % 4 == 2
-        {1, 2, 4, 24, 16, 6},  // Dh % 16 != 0 for fp16, R < Dh
-        {1, 1, 1, 2, 2, 1},    // one pair
+        {2, 3, 5, 64, 64, 8}, // full rotation, vector paths
+        {1, 2, 7, 64, 32, 7}, // R < Dh: pass-through channels
+        {1, 1, 3, 6, 4, 4},   // Dh = 6: no 16- or 8-byte vector fits
+        {3, 1, 9, 10, 10, 9}, // odd sizes, Dh % 4 == 2
+        {1, 2, 4, 24, 16, 6}, // Dh % 16 != 0 for fp16, R < Dh
+        {1, 1, 1, 2, 2, 1},   // one pair
     };
     Grid const grids[] = {{"launcher", 0, 0}, {"1x32", 1, 32}, {"3x7", 3, 7}};
     // element offsets of (x_i, y_i) from a 64-byte boundary: aligned, 1/2/4 off, and x and y aligned differently

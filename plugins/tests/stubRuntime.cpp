@@ -7,12 +7,15 @@
  *   - the static plugin library can be linked and loaded, and its registerCreator call recorded;
  *   - a host can load it RTLD_LOCAL first, as Python's tensorrt and Triton load the real one, and our
  *     library's check of the running major (runtimeVersion.cpp) can be driven.
+ *   - a creator lookup can be driven against a registry that lists what was registered (getAllCreators) and
+ *     counts the getCreator calls a host makes (plugins/common/creatorLookup.h must make none).
  * Recordings are read back through the extern "C" rr_stub_* functions. RR_STUB_REFUSE=1 in the
- * environment makes registerCreator return false.
+ * environment makes registerCreator return false (and the creator is not listed).
  */
 #include <NvInferRuntime.h>
 #include <NvInferVersion.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -27,8 +30,10 @@ struct Registration
     IPluginCreatorInterface* creator;
     std::string pluginNamespace;
 };
-std::vector<Registration> gRegistrations;
+std::vector<Registration> gRegistrations;      // every registerCreator call, refused ones too
+std::vector<IPluginCreatorInterface*> gListed; // accepted and not deregistered: what getAllCreators returns
 std::vector<std::string> gMessages;
+int32_t gGetCreatorCalls{0};
 
 class RecordingLogger : public ILogger
 {
@@ -49,7 +54,8 @@ public:
         *n = 0;
         return nullptr;
     }
-    IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
+    IPluginCreator* getPluginCreator(
+        AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
     {
         return nullptr;
     }
@@ -65,18 +71,34 @@ public:
     {
         gRegistrations.push_back({&creator, ns != nullptr ? ns : "(null)"});
         char const* refuse = std::getenv("RR_STUB_REFUSE");
-        return !(refuse != nullptr && std::strcmp(refuse, "1") == 0);
+        bool const accepted = !(refuse != nullptr && std::strcmp(refuse, "1") == 0);
+        if (accepted)
+        {
+            gListed.push_back(&creator);
+        }
+        return accepted;
     }
     IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override
     {
-        *n = 0;
-        return nullptr;
+        *n = static_cast<int32_t>(gListed.size());
+        return gListed.empty() ? nullptr : gListed.data(); // as TensorRT: nullptr when there are none
     }
-    IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
+    IPluginCreatorInterface* getCreator(
+        AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
     {
+        ++gGetCreatorCalls; // only counted: a host that asks here is what the test refuses
         return nullptr;
     }
-    bool deregisterCreator(IPluginCreatorInterface const& /*creator*/) noexcept override { return false; }
+    bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override
+    {
+        auto const it = std::find(gListed.begin(), gListed.end(), &creator);
+        if (it == gListed.end())
+        {
+            return false;
+        }
+        gListed.erase(it);
+        return true;
+    }
     IPluginResource* acquirePluginResource(AsciiChar const* /*key*/, IPluginResource* /*res*/) noexcept override
     {
         return nullptr;
@@ -121,6 +143,10 @@ RR_STUB_API IPluginCreatorInterface* rr_stub_registration(int32_t i, char const*
 RR_STUB_API int32_t rr_stub_message_count()
 {
     return static_cast<int32_t>(gMessages.size());
+}
+RR_STUB_API int32_t rr_stub_get_creator_calls()
+{
+    return gGetCreatorCalls;
 }
 RR_STUB_API char const* rr_stub_message(int32_t i)
 {

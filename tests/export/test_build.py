@@ -151,15 +151,15 @@ def test_report_records_hashes_timings_and_schema(previous):
 
 def test_a_node_the_plugin_refuses_fails_verification_with_the_report_kept(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """A pass that wrote interleaved=0 (the CPU lowering never reads it): exit 1, report and artifacts kept."""
-    from export.passes import rotary
+    from export.passes.rotary import rewrite
 
-    real = rotary.rewrite_plugin
+    real = rewrite.rewrite_plugin
 
     def interleaved_0(*args, **kwargs):
         node = real(*args, **kwargs)
         node.attrs["interleaved"] = 0
         return node
-    monkeypatch.setattr(rotary, "rewrite_plugin", interleaved_0)
+    monkeypatch.setattr(rewrite, "rewrite_plugin", interleaved_0)
     out = tmp_path / "o"
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 1
     assert "interleaved=0" in capsys.readouterr().err

@@ -81,6 +81,13 @@ def test_notes_say_which_library_and_that_cosine_is_not_checked():
     assert identity.PLUGIN_LIB in notes and identity.STATIC_PLUGIN_LIB in notes
 
 
+def test_notes_say_stronglytyped_is_a_no_op_in_trtexec_11():
+    """v11.1 samples/common/sampleOptions.cpp: "--stronglyTyped [Deprecated] Strongly typed network is now enabled by
+    default. This flag is a no-op."; v10.16 needs it for a strongly typed network."""
+    (note,) = [n for n in commands()["notes"] if "--stronglyTyped" in n]
+    assert "trtexec 11.x" in note and "deprecated no-op" in note and "10.x needs it" in note
+
+
 def test_onnx_rope_graph_needs_no_plugin_and_choices_rank_3():
     c = commands(plugin_lib=None, static_plugin_lib=None, trt_onnx="model.rope-onnx.fp16.onnx",
                  profiles=[{"index": 0, "batch": [1, 1, 2], "choices": [4, 4, 4], "sequence": [1, 32, 32]}], rank=3)

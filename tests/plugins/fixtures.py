@@ -4,7 +4,10 @@ Import it in a test module with `from tests.plugins.fixtures import plugin_build
   - $ROFORMER_TRT_PLUGIN_DIR set: use the libraries already built there, build nothing;
   - else run `python -m plugins.build` into plugins/build (incremental: a re-run only relinks what changed),
     with $ROFORMER_CUDA_ARCHS (default: the build's own) and $TensorRT_INCLUDE_DIR / $TensorRT_ROOT if set;
-  - cmake or nvcc missing: every test that needs a library is skipped, with that reason.
+  - cmake or nvcc missing: every test that needs a library is skipped, with that reason (a failure with
+    ROFORMER_TRT_REQUIRE_PLUGIN_TOOLS=1, as in .ci/run).
+`contract_build(include)` builds the TensorRT adapter and its contract test against one set of TensorRT headers
+(tests.fixtures.toolchain.tensorrt_include_dirs) into plugins/build/contract-<version>[-sanitize].
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV, skip_or_fail, version_of
 
 from plugins import build as plugin_build_cli
 from plugins import locate
@@ -54,8 +58,11 @@ def plugin_build() -> PluginBuild:
         return PluginBuild(d, _collect(d), notes=[f"prebuilt libraries from ${locate.ENV_DIR}={d}"])
     missing = plugin_build_cli.missing_tools()
     if missing:
-        return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=f"cannot build the plugins: {', '.join(missing)} "
-                           "not installed (CI needs cmake >= 3.24 and the CUDA toolkit's nvcc)")
+        why = (f"cannot build the plugins: {', '.join(missing)} not installed (CI needs cmake >= 3.24 and the CUDA "
+               "toolkit's nvcc)")
+        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+            pytest.fail(f"{REQUIRE_TOOLS_ENV}=1 but {why}", pytrace=False)
+        return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=why)
     cmd = [sys.executable, "-m", "plugins.build", "--build-dir", str(locate.DEFAULT_BUILD_DIR)]
     if os.environ.get("ROFORMER_CUDA_ARCHS"):
         cmd += ["--archs", os.environ["ROFORMER_CUDA_ARCHS"]]
@@ -80,7 +87,7 @@ SANITIZE_BUILD_DIR = locate.DEFAULT_BUILD_DIR / "sanitize"
 def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) -> tuple[bool, str]:
     """Configure plugins/ into build_dir with -D defines and build only `targets` (incremental); (ok, log)."""
     if plugin_build_cli.missing_tools():
-        pytest.skip(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
+        skip_or_fail(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
     env = {**os.environ, "CUDACXX": os.environ.get("CUDACXX") or plugin_build_cli.find_nvcc() or "nvcc"}
     conf = ["cmake", "-S", str(plugin_build_cli.SOURCE_DIR), "-B", str(build_dir),
             "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90")]
@@ -92,6 +99,23 @@ def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) 
         if proc.returncode != 0:
             return False, log
     return True, log
+
+
+CONTRACT_TARGETS = ["roformer_trt_plugin", "roformer_trt_contract_test", "roformer_trt_stub_runtime",
+                    "roformer_trt_plugin_static_on_stub"]
+_CONTRACT_BUILDS: dict[tuple[str, bool], Path] = {}
+
+
+def contract_build(include: Path, sanitize: bool = False) -> Path:
+    """Build folder of the adapter, its contract test and the stub runtime for these headers (once per session)."""
+    key = (str(include), sanitize)
+    if key not in _CONTRACT_BUILDS:
+        d = locate.DEFAULT_BUILD_DIR / f"contract-{version_of(include)}{'-sanitize' if sanitize else ''}"
+        ok, log = build_targets(d, CONTRACT_TARGETS, {"TensorRT_INCLUDE_DIR": str(include.resolve()),
+                                                      "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"})
+        assert ok, log[-6000:]
+        _CONTRACT_BUILDS[key] = d
+    return _CONTRACT_BUILDS[key]
 
 
 def sanitizer_supported() -> str | None:

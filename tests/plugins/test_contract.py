@@ -6,11 +6,11 @@ runs is our library, called by a host program. The stand-ins (a logger finder, a
 expression builder, a TEST-ONLY stub `libnvinfer.so.<major>` with a recording registry) exist only in the
 test build and only drive our library's side of the ABI.
 
-Headers: set ROFORMER_TRT_TENSORRT_INCLUDE to one or more TensorRT include folders separated by ':'
-(e.g. 10.x and 11.x), or TensorRT_INCLUDE_DIR to one; without them every test here skips with that reason
-(CI has no headers). Each header version gets its own build folder plugins/build/contract-<version>[-sanitize].
+Headers: tests.fixtures.toolchain.tensorrt_include_dirs ($ROFORMER_TRT_TENSORRT_INCLUDE, $TensorRT_INCLUDE_DIR, or
+../shared/tensorrt-headers beside the repository: v10.16 and v11.1); without any, every test here skips with that
+reason. Each header version gets its own build folder plugins/build/contract-<version>[-sanitize].
 The expected identity (name, version, namespace, fields) comes from plugins.identity, which
-tests/test_plugin_identity.py checks against RoformerRotary_PluginConfig.yaml.
+tests/plugins/test_identity.py checks against RoformerRotary_PluginConfig.yaml.
 """
 
 from __future__ import annotations
@@ -21,43 +21,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.plugins.fixtures import build_targets, sanitizer_supported
+from tests.fixtures.toolchain import HEADERS_ENV, headers_missing, tensorrt_include_dirs, version_of
+from tests.plugins.fixtures import contract_build as build
+from tests.plugins.fixtures import sanitizer_supported
 
-from plugins import identity, locate
+from plugins import identity
 
-ENV = "ROFORMER_TRT_TENSORRT_INCLUDE"
-TARGETS = ["roformer_trt_plugin", "roformer_trt_contract_test", "roformer_trt_stub_runtime",
-           "roformer_trt_plugin_static_on_stub"]
 MIN_BAD_FIELD_SETS = 20
-
-
-def header_dirs() -> list[Path]:
-    raw = os.environ.get(ENV) or os.environ.get("TensorRT_INCLUDE_DIR") or ""
-    return [Path(p) for p in raw.split(os.pathsep) if p and (Path(p) / "NvInfer.h").is_file()]
-
-
-HEADERS = header_dirs()
-pytestmark = pytest.mark.skipif(not HEADERS, reason=f"no TensorRT headers: set {ENV}=<include>[:<include>] "
-                                "(folders holding NvInfer.h, e.g. 10.x and 11.x) to run the contract test")
-
-
-def version_of(include: Path) -> str:
-    return locate.headers_version(include) or "unknown"
-
-
-_BUILDS: dict[tuple[str, bool], Path] = {}
-
-
-def build(include: Path, sanitize: bool = False) -> Path:
-    """Build dir for these headers (built once per session)."""
-    key = (str(include), sanitize)
-    if key not in _BUILDS:
-        d = locate.DEFAULT_BUILD_DIR / f"contract-{version_of(include)}{'-sanitize' if sanitize else ''}"
-        ok, log = build_targets(d, TARGETS, {"TensorRT_INCLUDE_DIR": str(include.resolve()),
-                                             "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"})
-        assert ok, log[-6000:]
-        _BUILDS[key] = d
-    return _BUILDS[key]
+HEADERS = tensorrt_include_dirs()
+pytestmark = pytest.mark.skipif(not HEADERS, reason=headers_missing())
 
 
 def has_gpu() -> bool:
@@ -88,6 +60,9 @@ def check_drive(result):
     assert sum("kBUILD" in b for b in bad) == sum("kRUNTIME" in b for b in bad)
     for k in range(1, 5):
         assert f"ok   k={k}: supportsFormatCombination accepts exactly the contract's combinations" in out
+        # 10.x's parser passes kINT32; a kINT64 of length 1 makes the same plugin, range-checked
+        assert f"ok   k={k}: createPlugin(kBUILD) with kINT64 fields gives the kINT32 plugin" in out
+    assert "ok   bad fields kBUILD rotary_dim kINT64 2^32 + 64 (64 if truncated)" in out
     return passed
 
 
@@ -110,11 +85,32 @@ def test_static_library_registers_under_its_own_namespace(include):
         assert f'registerCreator gets the creator\'s namespace "{identity.PLUGIN_NAMESPACE}"' in out
 
 
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
+    """plugins/common/creatorLookup.h (engines/cpp/embed.cpp's lookup) against the stub's recording registry:
+    TensorRT logs every getCreator miss as an error, so the lookup reads getAllCreators instead, and tells
+    our creator from decoys with its identity behind another interface kind."""
+    check_lookup(build(include), include)
+
+
+def check_lookup(d: Path, include: Path) -> str:
+    major = version_of(include).split(".")[0]
+    stub = d / "tests" / "stub" / f"libnvinfer.so.{major}"
+    rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup", str(stub),
+                                       str(d / identity.PLUGIN_LIB), "--name", identity.PLUGIN_OP,
+                                       "--version", identity.PLUGIN_VERSION, "--namespace", identity.PLUGIN_NAMESPACE)
+    assert rc == 0 and failed == 0, out + err
+    assert "ok   found: exactly our creator, not a decoy with its identity" in out
+    assert "ok   IPluginRegistry::getCreator never called (0 calls)" in out
+    return err
+
+
 def test_mixed_majors_refuse_instead_of_crashing():
     """A host of one major (its runtime, a stub, loaded RTLD_LOCAL first) loading a library of the other."""
     by_major = {version_of(h).split(".")[0]: h for h in HEADERS}
     if len(by_major) < 2:
-        pytest.skip(f"needs headers of two TensorRT majors in {ENV}, got {sorted(by_major)}")
+        pytest.skip(f"needs headers of two TensorRT majors ({HEADERS_ENV} or ../shared/tensorrt-headers), "
+                    f"got {sorted(by_major)}")
     majors = sorted(by_major)[:2]
     for host_major, lib_major in (majors, majors[::-1]):
         host, lib = build(by_major[host_major]), build(by_major[lib_major])
@@ -134,6 +130,8 @@ def test_contract_under_asan_ubsan(include):
         pytest.skip(why)
     d = build(include, sanitize=True)
     check_drive(drive(d))
+    err = check_lookup(d, include)
+    assert "ERROR: AddressSanitizer" not in err and "runtime error" not in err, err
     major = version_of(include).split(".")[0]
     rc, out, err, _, failed = run(d / "tests" / "roformer_trt_contract_test", "static",
                                   str(d / "tests" / "stub" / f"libnvinfer.so.{major}"),

@@ -2,8 +2,9 @@
 
 The dynamically loaded adapter must export exactly getCreators and setLoggerFinder and need nothing from
 libnvinfer (TensorRT resolves it by path and hands it a logger finder); the static variant must register
-through libnvinfer and export no getCreators (so it can never be registered twice). Adapter checks skip,
-with CMake's reason, where no TensorRT headers were found (CI).
+through libnvinfer and export no getCreators (so it can never be registered twice). The adapter is checked as
+the default build made it (skipped, with CMake's reason, where that build found no TensorRT headers) and as built
+against every set of headers tests.fixtures.toolchain finds (both majors where ../shared/tensorrt-headers is).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.plugins.fixtures import adapter_skip_reason, plugin_build  # noqa: F401  (session fixture)
+from tests.fixtures.toolchain import headers_missing, tensorrt_include_dirs, version_of
+from tests.plugins.fixtures import adapter_skip_reason, contract_build, plugin_build  # noqa: F401  (session fixture)
 
 from plugins import locate
 
@@ -55,7 +57,19 @@ def test_kernel_library_exports_only_the_launcher(plugin_build):  # noqa: F811
 
 
 def test_dynamic_plugin_exports_getcreators_and_setloggerfinder_only(plugin_build):  # noqa: F811
-    lib = plugin_build.require(locate.PLUGIN_LIB, adapter_skip_reason(plugin_build))
+    check_dynamic_plugin(plugin_build.require(locate.PLUGIN_LIB, adapter_skip_reason(plugin_build)))
+
+
+HEADERS = tensorrt_include_dirs()
+
+
+@pytest.mark.skipif(not HEADERS, reason=headers_missing())
+@pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
+def test_dynamic_plugin_exports_for_every_tensorrt_major(include):
+    check_dynamic_plugin(contract_build(include) / locate.PLUGIN_LIB)
+
+
+def check_dynamic_plugin(lib: Path) -> None:
     # + the TensorRT major it was built against (plugins.build and engines.build compare it with the runtime)
     assert defined(lib) == {"getCreators", "setLoggerFinder", "roformer_trt_plugin_tensorrt_major"}
     need = needed(lib)
@@ -125,3 +139,32 @@ def test_plugin_library_status_says_what_happened(tmp_path, monkeypatch):
     st = locate.plugin_library_status(tmp_path)
     assert st["status"] == "built" and st["sha256"] == hashlib.sha256(b"lib").hexdigest()
     assert st["tensorrt_headers"] == "11.1.0" and "11.1.0" in st["reason"]
+
+
+def _headers(folder, major: int, minor: int):
+    """A fake include folder (NvInfer.h, NvInferVersion.h) and a CMakeCache.txt in `folder` pointing at it."""
+    inc = folder / f"include-{major}"
+    inc.mkdir(parents=True)
+    (inc / "NvInfer.h").write_text("")
+    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n"
+                                          f"#define TRT_MINOR_ENTERPRISE {minor}\n#define TRT_PATCH_ENTERPRISE 0\n")
+    (folder / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
+
+
+def test_plugin_library_status_reads_the_headers_of_the_library_it_found(tmp_path, monkeypatch):
+    """A library from $ROFORMER_TRT_PLUGIN_DIR is described by its own build's cache, not the default folder's."""
+    default, prebuilt = tmp_path / "build", tmp_path / "prebuilt"
+    _headers(default, 11, 1)
+    (default / locate.PLUGIN_LIB).write_bytes(b"default")
+    prebuilt.mkdir()
+    (prebuilt / locate.PLUGIN_LIB).write_bytes(b"prebuilt")
+    monkeypatch.setenv(locate.ENV_DIR, str(prebuilt))
+    st = locate.plugin_library_status(default)
+    assert st["path"] == str((prebuilt / locate.PLUGIN_LIB).resolve())
+    assert "tensorrt_headers" not in st and "11.1" not in st["reason"]  # no cache beside it: no version claimed
+    _headers(prebuilt, 10, 16)
+    st = locate.plugin_library_status(default)
+    assert st["tensorrt_headers"] == "10.16.0" and "10.16.0" in st["reason"]
+    monkeypatch.delenv(locate.ENV_DIR)
+    st = locate.plugin_library_status(default)
+    assert st["path"] == str((default / locate.PLUGIN_LIB).resolve()) and st["tensorrt_headers"] == "11.1.0"

@@ -99,3 +99,16 @@ def test_client_vocab_is_read_safely(tmp_path, capsys):
         code = main(["--vocab", str(tmp_path / name), "--model", "m", "hello"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_pooled_build_is_served_with_its_own_pooling(pooled):
+    """export.build --pooling mean --normalize: the served graph (the plain export, pooled here) computes what
+    the engine computes, normalisation included; another mode is refused, naming both."""
+    from engines.serving.ort_model import load_build
+    from export.passes.pooling import Pooling, declared_pooling
+
+    model, _, _ = load_build(pooled, "mean")
+    assert declared_pooling(model) == Pooling("mean", normalize=True)
+    assert declared_pooling(load_build(pooled, "none")[0]) == Pooling("mean", normalize=True)
+    with pytest.raises(UsageError, match="--pooling cls disagrees with the build.*mean, L2-normalised"):
+        load_build(pooled, "cls")

@@ -74,7 +74,6 @@ def test_sidecar_match_and_mismatch(tmp_path):
         reasons = sidecar_mismatches(other, expected)
         assert len(reasons) == 1 and reasons[0].startswith(key), reasons
     assert set(MATCH_KEYS) <= set(expected)
-    assert sidecar_mismatches(None, expected) == ["no sidecar next to the plan"]
 
 
 def test_reuse_decision(tmp_path):
@@ -87,8 +86,34 @@ def test_reuse_decision(tmp_path):
     assert reuse_decision(plan, expected) == (True, [])
     ok, reasons = reuse_decision(plan, _sidecar(onnx_sha256="d" * 64))
     assert not ok and "onnx_sha256" in reasons[0]
+    # an unreadable sidecar: rebuilt, and the reason names the file and what is wrong with it
     sidecar_path(plan).write_text("{broken")
-    assert reuse_decision(plan, expected)[0] is False
+    ok, reasons = reuse_decision(plan, expected)
+    assert not ok and str(sidecar_path(plan)) in reasons[0] and "not valid JSON" in reasons[0]
+    sidecar_path(plan).write_text("[1, 2]")
+    ok, reasons = reuse_decision(plan, expected)
+    assert not ok and reasons == [f"engine sidecar {sidecar_path(plan)} is not a JSON object; rebuild the engine "
+                                  "(python -m engines.build or python -m export.build)"]
+
+
+def test_one_sidecar_reader_for_reuse_and_triton(tmp_path):
+    """engines.triton reads a sidecar through the reader the reuse rule uses: one policy (UsageError naming the
+    file), which the reuse rule turns into a reason to rebuild and engines.triton into exit 2."""
+    import engines.triton.config as triton_config
+    import engines.triton.repository as triton_repository
+    from engines.tensorrt import sidecar
+
+    assert triton_repository.load_sidecar is sidecar.load_sidecar and not hasattr(triton_config, "load_sidecar")
+    side = tmp_path / "model.fp16.plan.json"
+    for text, why in (("[1, 2]", "is not a JSON object"), ("{broken", "is not valid JSON"), (None, "does not exist")):
+        if text is not None:
+            side.write_text(text)
+        else:
+            side.unlink()
+        with pytest.raises(UsageError, match=why):
+            sidecar.load_sidecar(side)
+    side.write_text(json.dumps(_sidecar()))
+    assert sidecar.load_sidecar(side) == _sidecar()
 
 
 def test_trt_major():

@@ -49,7 +49,9 @@ def test_ort_twin_matches_onnx_io(tiny, tmp_path, capsys):
     assert all(list(i.dims) == [-1] and i.data_type == model_config_pb2.TYPE_INT64 for i in cfg.input)
     hidden = model.config.hidden_size
     assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
-    assert list(cfg.dynamic_batching.preferred_batch_size)[-1] == cfg.max_batch_size
+    assert not cfg.dynamic_batching.preferred_batch_size  # requests of equal shape merge, up to max_batch_size
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == tc.QUEUE_DELAY_US
+    assert cfg.parameters[tc.MAX_SEQUENCE_LENGTH].string_value == "64"  # the build's --max-len: engines.client reads it
     assert [p.name for p in repo.iterdir()] == ["tiny_onnx"]  # no staging dir left behind
 
 
@@ -68,7 +70,7 @@ def test_pooled_graph_matches_torch(tiny, pooling):
     import onnx
 
     from engines.serving.ort_model import Limits, OrtEncoder
-    from engines.serving.pooling import add_sentence_embedding
+    from export.passes.pooling import add_sentence_embedding
 
     build, model = tiny
     enc = OrtEncoder(add_sentence_embedding(onnx.load(str(build / "model.onnx")), pooling), Limits(64, 99))
@@ -92,12 +94,12 @@ def test_tensorrt_config_from_engine_metadata(tiny):
     build, _ = tiny
     ins, outs = tc.read_onnx_io(build / "model.onnx")
     dtypes = tc.sidecar_dtypes({"outputs": [{"name": "last_hidden_state", "dtype": "DataType.HALF"}]})
-    cfg = tc.make_config("tiny_fp16", "tensorrt_plan", ins, outs, 32, dtypes=dtypes, profiles=[0, 1], batch_hints=[8, 16])
+    cfg = tc.make_config("tiny_fp16", "tensorrt_plan", ins, outs, 32, dtypes=dtypes, profiles=[0, 1], instances=2)
     parsed = tc.check_config(tc.config_text(cfg), ins, outs, dtypes)
     assert parsed.platform == "tensorrt_plan" and parsed.max_batch_size == 32
-    assert [list(g.profile) for g in parsed.instance_group] == [["0"], ["1"]]
-    assert all(g.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for g in parsed.instance_group)
-    assert list(parsed.dynamic_batching.preferred_batch_size) == [2, 4, 8, 16, 32]
+    assert [(list(g.profile), g.count) for g in parsed.instance_group] == [(["0", "1"], 2)]  # one group, every profile
+    assert parsed.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert not parsed.dynamic_batching.preferred_batch_size
     out = {o.name: o for o in parsed.output}
     assert out["last_hidden_state"].data_type == model_config_pb2.TYPE_FP16
 
@@ -130,7 +132,7 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
     assert parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4 and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
     report = json.loads((build / "report.json").read_text())
     bad = tmp_path / "bad"
-    shutil.copytree(build, bad)
+    shutil.copytree(build, bad)  # every file of the build, the plan the doctored report names excepted
     report["engine"] = {"engines": [{"plan": "model.fp16.plan", "precision": "fp16",
                                      "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}]}]}
     (bad / "report.json").write_text(json.dumps(report))
@@ -141,10 +143,66 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
 def test_pooling_needs_hidden_state(tiny):
     import onnx
 
-    from engines.serving.pooling import add_sentence_embedding
+    from export.passes.pooling import add_sentence_embedding
 
     build, _ = tiny
     m = onnx.load(str(build / "model.onnx"))
     m.graph.output[0].name = "logits"
     with pytest.raises(tc.UsageError, match="last_hidden_state"):
         add_sentence_embedding(m, "mean")
+
+
+# ---- a build made with export.build --pooling: both models serve its sentence_embedding ----------------------
+
+def test_twin_serves_the_builds_own_pooling(pooled, tmp_path, capsys):
+    import onnx
+
+    from export.validate import OnnxFile, Shape, make_inputs, ort_session
+
+    repo = tmp_path / "repo"
+    assert cli.main(["--build", str(pooled), "--out", str(repo), "--json"]) == 0  # --pooling none keeps the build's
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["models"]["tiny_onnx"]["pooling"] == "mean, L2-normalised"
+    twin = repo / "tiny_onnx" / "1" / "model.onnx"
+    hidden = json.loads((pooled / "report.json").read_text())["model"]["hidden"]
+    cfg = parse(repo / "tiny_onnx" / "config.pbtxt")
+    assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden],
+                                                          "sentence_embedding": [hidden]}
+    feeds = make_inputs(Shape(3, 19, padded_rows=2), vocab_size=99, type_vocab_size=2)
+    engine_graph = ort_session(OnnxFile(pooled / "model.rope-plugin.onnx", rotary_function=True))
+    want = dict(zip([o.name for o in engine_graph.get_outputs()], engine_graph.run(None, feeds)))["sentence_embedding"]
+    got = ort_session(onnx.load(str(twin))).run(["sentence_embedding"], feeds)[0]
+    assert float(np.abs(got - want).max()) <= ATOL  # same pooling, normalisation included, as the TensorRT-bound graph
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+
+
+def test_one_request_fits_both_models_of_a_pooled_build(pooled, tmp_path):
+    """The TensorRT model's config (from the graph TensorRT builds from) and the twin's declare the same inputs and
+    the same sentence_embedding, so engines.client's one request (int64 inputs, sentence_embedding) fits both."""
+    repo = tmp_path / "repo"
+    assert cli.main(["--build", str(pooled), "--out", str(repo), "--pooling", "mean"]) == 0
+    twin = parse(repo / "tiny_onnx" / "config.pbtxt")
+    ins, outs = tc.read_onnx_io(pooled / "model.rope-plugin.fp16.onnx")
+    trt = tc.check_config(tc.config_text(tc.make_config("tiny_fp16", "tensorrt_plan", ins, outs, 8)), ins, outs)
+    assert [(i.name, i.data_type, list(i.dims)) for i in trt.input] == [(i.name, i.data_type, list(i.dims))
+                                                                        for i in twin.input]
+    hidden = json.loads((pooled / "report.json").read_text())["model"]["hidden"]
+
+    def embedding(cfg):
+        return next((o.data_type, list(o.dims)) for o in cfg.output if o.name == "sentence_embedding")
+
+    assert embedding(trt) == embedding(twin) == (model_config_pb2.TYPE_FP32, [hidden])
+
+
+def test_pooling_flag_must_agree_with_the_build(pooled, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert cli.main(["--build", str(pooled), "--out", str(repo), "--pooling", "cls"]) == 2
+    err = capsys.readouterr().err
+    assert "--pooling cls disagrees" in err and "mean, L2-normalised pooling" in err and "--pooling mean or none" in err
+    assert not repo.exists() or not list(repo.iterdir())
+
+
+def test_instances_must_be_positive(tiny, tmp_path, capsys):
+    build, _ = tiny
+    assert cli.main(["--build", str(build), "--out", str(tmp_path / "r"), "--instances", "0"]) == 2
+    assert "--instances must be from 1" in capsys.readouterr().err

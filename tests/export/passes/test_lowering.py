@@ -10,7 +10,7 @@ from onnx import helper
 from export.errors import VerificationError
 from export.passes.lowering import node_problem, with_rotary_function
 from export.passes.rotary import fuse_rotary
-from plugins import identity as rr
+from plugins import identity
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def rewritten(exported):
 
 
 def plugin_nodes(model):
-    return [n for n in model.graph.node if n.op_type == rr.PLUGIN_OP]
+    return [n for n in model.graph.node if n.op_type == identity.PLUGIN_OP]
 
 
 def test_every_node_the_pass_writes_is_one_the_plugin_accepts(rewritten):
@@ -44,15 +44,15 @@ def _with_attr(model, name, value):
 
 
 @pytest.mark.parametrize("name,value,why", [
-    (rr.ATTR_INTERLEAVED, 0, "interleaved=0"),
-    (rr.ATTR_INTERLEAVED, 2, "interleaved=2"),
-    (rr.ATTR_ROTARY_DIM, 6, "sincos table is"),
-    (rr.ATTR_ROTARY_DIM, 7, "rotary_dim=7"),
-    (rr.ATTR_ROTARY_DIM, None, "missing required attribute"),
-    (rr.ATTR_NUM_TENSORS, 3, "inputs but num_tensors=3"),
-    (rr.ATTR_NUM_TENSORS, 5, "num_tensors=5"),
-    (rr.ATTR_PLUGIN_NAMESPACE, "", "plugin_namespace"),
-    (rr.ATTR_PLUGIN_VERSION, "2", "plugin_version"),
+    (identity.ATTR_INTERLEAVED, 0, "interleaved=0"),
+    (identity.ATTR_INTERLEAVED, 2, "interleaved=2"),
+    (identity.ATTR_ROTARY_DIM, 6, "sincos table is"),
+    (identity.ATTR_ROTARY_DIM, 7, "rotary_dim=7"),
+    (identity.ATTR_ROTARY_DIM, None, "missing required attribute"),
+    (identity.ATTR_NUM_TENSORS, 3, "inputs but num_tensors=3"),
+    (identity.ATTR_NUM_TENSORS, 5, "num_tensors=5"),
+    (identity.ATTR_PLUGIN_NAMESPACE, "", "plugin_namespace"),
+    (identity.ATTR_PLUGIN_VERSION, "2", "plugin_version"),
     ("rope_base", 10000, "unknown attributes"),
 ])
 def test_a_node_the_plugin_refuses_does_not_run_on_the_cpu(rewritten, name, value, why):

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from export.passes.lowering import with_rotary_function
-from export.passes.rotary import PLUGIN_OP, fuse_rotary
+from export.passes.rotary import fuse_rotary
 from export.reference import roformer_rotary_ref, sincos_table
 from export.stages.rope import expected_sites
 from export.spec import ExportSpec
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, grade, make_inputs, ort_session
+from plugins.identity import PLUGIN_OP
+from tests.export.passes.rotary.graphs import NeoXAttention
 
 GRID = [("torchscript", 17), ("torchscript", 18), ("torchscript", 20), ("dynamo", 18), ("dynamo", 20), ("dynamo", 23)]
 SHAPES = [Shape(1, 1), Shape(3, 13, 2)]
@@ -99,22 +101,6 @@ def test_wrong_angles_are_detected_and_not_rewritten(tmp_path):
     assert all("numerical check failed" in s["reason"] for s in rep.skipped)
     assert "0/4" in rep.coverage_error()
     assert not any(n.op_type == PLUGIN_OP for n in new.graph.node)
-
-
-class NeoXAttention(torch.nn.Module):
-    """GPT-NeoX/LLaMA rotate_half: split halves, not interleaved pairs. Must not be taken for RoFormer."""
-
-    def __init__(self):
-        super().__init__()
-        self.q = torch.nn.Linear(16, 16)
-
-    def forward(self, h):
-        b, s, _ = h.shape
-        x = self.q(h).view(b, s, 2, 8).transpose(1, 2)
-        ang = torch.arange(s, dtype=torch.float32)[:, None] * 10000 ** (-torch.arange(4) / 4.0)
-        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
-        x1, x2 = x[..., :4], x[..., 4:]
-        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 def test_neox_rotate_half_left_untouched(tmp_path):

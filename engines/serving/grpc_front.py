@@ -1,0 +1,133 @@
+"""The public gRPC port of engines.serving: a front before tritonserver's gRPC endpoint on loopback.
+
+In:  the public host:port, tritonserver's loopback gRPC address, the served model's RequestCap.
+Out: a grpc.Server that forwards the KServe v2 methods tritonclient uses (live, ready, metadata, config,
+     statistics, repository index, ModelInfer) as raw bytes, after checking every ModelInfer input's
+     declaration (shape non-negative and within the cap, data of exactly the declared size; the same
+     request_limits as the HTTP front). Refused: INVALID_ARGUMENT with one line; a message over the cap is
+     RESOURCE_EXHAUSTED (gRPC's own receive limit); streaming inference, shared memory, model load/unload,
+     logging and trace settings are UNIMPLEMENTED here.
+Why: over gRPC tritonserver 2.51 compares the declared byte size with the data, but in 64 bits: an INT64
+input of shape [1, 2**61 + 1] with 8 bytes of data passes and kills the model's backend stub, after which
+tritonserver answers every request with "Stub process is not healthy" while reporting itself ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from engines.serving.request_limits import RequestCap, input_problem
+from export.errors import UnavailableError
+
+try:  # the dev and serving extras; without them `python -m engines.serving --help` still works
+    import grpc
+    from tritonclient.grpc import service_pb2
+except Exception as e:  # ImportError, or the RuntimeError of a tritonclient installed without [grpc]
+    grpc = service_pb2 = None
+    MISSING = f"{type(e).__name__}: {e}"
+else:
+    MISSING = None
+
+log = logging.getLogger(__name__)
+
+SERVICE = "/inference.GRPCInferenceService/"
+FORWARDED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+             "ModelStatistics", "RepositoryIndex", "ModelInfer"}
+STREAMING = {"ModelStreamInfer"}
+WORKERS = 16  # requests handled at once; more wait in gRPC's queue
+UPSTREAM_TIMEOUT_S = 600.0  # when the client set no deadline
+TYPED_CONTENTS = {  # datatype -> the InferTensorContents field that carries it
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "INT64": "int64_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def infer_problem(request, cap: RequestCap) -> str | None:
+    """The one-line reason a ModelInferRequest's inputs cannot be served as declared, else None."""
+    if not request.inputs:
+        return "request has no inputs; send input_ids, attention_mask and token_type_ids"
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        return f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+    for i, item in enumerate(request.inputs):
+        if "shared_memory_region" in item.parameters:
+            return f"input {item.name!r}: shared memory is not offered on this port; send the data in the request"
+        shape = list(item.shape)
+        if raw:
+            problem = input_problem(item.name, shape, item.datatype, nbytes=len(raw[i]), cap=cap)
+        else:
+            field = TYPED_CONTENTS.get(item.datatype)
+            count = len(getattr(item.contents, field)) if field else None
+            problem = input_problem(item.name, shape, item.datatype, count=count, cap=cap)
+        if problem:
+            return problem
+    return None
+
+
+def require_grpc() -> None:
+    if MISSING is not None:
+        raise UnavailableError(f"grpcio and tritonclient[grpc] are needed for the gRPC front ({MISSING}); "
+                               "pip install -e '.[serving]'")
+
+
+class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
+    def __init__(self, channel, cap: RequestCap):
+        self.channel, self.cap = channel, cap
+
+    def service(self, details):
+        name = details.method[len(SERVICE):] if details.method.startswith(SERVICE) else None
+        if name in STREAMING:
+            return grpc.stream_stream_rpc_method_handler(self._not_offered)
+        if name not in FORWARDED:
+            return grpc.unary_unary_rpc_method_handler(self._not_offered)
+        upstream = self.channel.unary_unary(details.method)  # bytes in, bytes out
+
+        def forward(body: bytes, context) -> bytes:
+            if name == "ModelInfer":
+                self._check(body, context)
+            metadata = [(k, v) for k, v in context.invocation_metadata() if not k.startswith((":", "grpc-"))]
+            remaining = context.time_remaining()  # None, or a huge number, when the client set no deadline
+            timeout = UPSTREAM_TIMEOUT_S if remaining is None else min(remaining, UPSTREAM_TIMEOUT_S)
+            try:
+                return upstream(body, metadata=metadata, timeout=timeout)
+            except grpc.RpcError as e:  # tritonserver's own answer, relayed with its code
+                code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNAVAILABLE
+                details_text = e.details() if isinstance(e, grpc.Call) else str(e)
+            context.abort(code, details_text)
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    def _check(self, body: bytes, context) -> None:
+        request = service_pb2.ModelInferRequest()
+        try:
+            request.ParseFromString(body)
+        except Exception as e:  # protobuf raises DecodeError (a plain Exception subclass); answered below
+            problem = f"request is not a ModelInferRequest ({type(e).__name__})"
+        else:
+            problem = infer_problem(request, self.cap)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    @staticmethod
+    def _not_offered(_request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "this method is not offered on this port (health, metadata, "
+                                                     "config, statistics and ModelInfer are)")
+
+
+def start_grpc_front(address: str, upstream: str, cap: RequestCap):
+    """Serve the front on `address` (host:port, port 0: a free one); returns the server, its upstream
+    channel (stop and close both) and the port it listens on."""
+    require_grpc()
+    channel = grpc.insecure_channel(upstream, options=[("grpc.max_send_message_length", -1),
+                                                       ("grpc.max_receive_message_length", -1)])
+    server = grpc.server(ThreadPoolExecutor(WORKERS, thread_name_prefix="grpc-front"),
+                         handlers=(FrontHandler(channel, cap),),
+                         options=[("grpc.max_receive_message_length", cap.max_body_bytes),
+                                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+    port = server.add_insecure_port(address)
+    if port == 0:
+        channel.close()
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, channel, port

@@ -1,0 +1,160 @@
+"""The rotary pass's driver: pattern -> check -> probe -> rewrite over a whole model.
+
+In: an ONNX model (with its weights, or structure only: `onnx.load(path, load_external_data=False)` and
+`base_dir` its folder), the mode ("plugin" | "onnx") and what the caller knows (expected site and node
+counts, max_len, head_dim, feeds). Out: the rewritten model (the input itself when nothing matched) and a
+`PassReport`. A layer (the sites whose projections read one hidden state) is rewritten only when every
+one of its sites passes the check and the probe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_graphsurgeon as gs
+
+from export.onnx_io import is_external, load_tensor
+from export.passes.rotary import rewrite, rules
+from export.passes.rotary.match import check_site, find_sites
+from export.passes.rotary.probe import default_feeds, verify_sites
+from export.passes.rotary.results import PassReport, Site
+from export.reference import DEFAULT_BASE, sincos_table
+from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP
+
+log = logging.getLogger(__name__)
+
+MODES = ("plugin", "onnx")
+ONNX_ROTARY_OPSET = 23  # RotaryEmbedding entered ai.onnx at 23
+
+
+def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | None = None,
+                expected_nodes: int | None = None,
+                max_len: int | None = None, feeds: dict[str, np.ndarray] | None = None,
+                head_dim: int | None = None, base: float = DEFAULT_BASE,
+                base_dir: str | Path | None = None,
+                layouts: Sequence[rules.Layout] | None = None) -> tuple[onnx.ModelProto, PassReport]:
+    """pattern -> check -> probe -> rewrite over the whole graph. Returns the new model and the report; the
+    caller decides what a coverage shortfall means (the CLI: exit 1). `head_dim` is a hint for graphs whose
+    shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table);
+    `layouts` defaults to rules.LAYOUTS. The new model references the same external data files as the
+    input (write it beside the original)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    original = model
+    if mode == "onnx" and _ai_onnx_version(model) < ONNX_ROTARY_OPSET:
+        from onnx import version_converter
+        model = version_converter.convert_version(model, ONNX_ROTARY_OPSET)
+    model = onnx.shape_inference.infer_shapes(model)
+    report = PassReport(mode=mode, expected=expected, expected_nodes=expected_nodes)
+    graph = gs.import_onnx(model)
+    report.already = _count_existing(graph, mode)
+    sites, misses = find_sites(graph, rules.LAYOUTS if layouts is None else layouts)
+    report.found = len(sites)
+    report.skipped += [{"site": m.anchor, "reason": m.reason} for m in misses]
+    if not sites:
+        report.rewritten = report.already
+        report.nodes = _count_nodes(graph, mode)
+        if report.already == 0:
+            log.info("no RoFormer rotary site found (%d near misses)", len(misses))
+        return original, report  # nothing to rewrite: the input, untouched
+
+    dims = {"Dh": head_dim} if head_dim else {}
+    bad = {s.name: why for s in sites if (why := check_site(s, dims) or rewrite.refusal(mode, s.layout))}
+    if "Dh" not in dims:
+        raise ValueError("head size of the rotated tensors is not static after shape inference; pass head_dim")
+    rows = max_len or _table_rows(graph, dims["Dh"], base_dir)
+    if rows is None:
+        raise ValueError("max_len is needed: no sinusoidal table initializer of width head_dim in the graph")
+    table = sincos_table(rows, dims["Dh"], base)  # [P, Dh] fp32, float64-built
+    dtype = np.dtype(sites[0].x.dtype or np.float32)
+    checked = [s for s in sites if s.name not in bad]
+    bad |= verify_sites(model, checked, table, feeds or default_feeds(model), dtype, base_dir) if checked else {}
+
+    _rewrite_layers(graph, sites, bad, table, mode, report)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    report.nodes = _count_nodes(graph, mode)
+    out = gs.export_onnx(graph, do_type_check=False)
+    _finish_model(out, model, mode)
+    return out, report
+
+
+def _rewrite_layers(graph: gs.Graph, sites: list[Site], bad: dict[str, str], table: np.ndarray, mode: str,
+                    report: PassReport) -> None:
+    """Group sites by layer; rewrite every layer whose sites all passed, report the others site by site."""
+    layers: dict[str, list[Site]] = {}
+    for s in sites:
+        layers.setdefault(s.layer_key, []).append(s)
+    sincos, cos, sin = rewrite.tables(table)
+    position_ids = None
+    for i, (key, layer) in enumerate(layers.items()):
+        failed = {s.name: bad[s.name] for s in layer if s.name in bad}
+        if not failed and len({s.layout.name for s in layer}) > 1:  # one node, one `interleaved`
+            failed = {layer[0].name: f"the layer mixes layouts {sorted({s.layout.name for s in layer})}"}
+        label = f"layer {i}"
+        report.layers.append({"layer": label, "source": key, "sites": [s.name for s in layer],
+                              "rewritten": not failed})
+        if failed:
+            for s in layer:
+                reason = failed.get(s.name) or f"another site of this layer failed: {next(iter(failed.values()))}"
+                report.skipped.append({"layer": label, "site": s.name, "reason": reason})
+            continue
+        if mode == "plugin":
+            rewrite.rewrite_plugin(graph, layer, sincos, i)
+        else:
+            for j, s in enumerate(layer):
+                if position_ids is None:
+                    position_ids = rewrite.position_ids(graph, sites[0].x)
+                rewrite.rewrite_onnx(graph, s, cos, sin, position_ids, report.rewritten + j)
+        report.rewritten += len(layer)
+    report.rewritten += report.already
+
+
+def _count_existing(graph: gs.Graph, mode: str) -> int:
+    if mode == "plugin":
+        return sum(len(n.inputs) - 1 for n in graph.nodes if n.op == PLUGIN_OP)
+    return sum(1 for n in graph.nodes if n.op == "RotaryEmbedding")
+
+
+def _count_nodes(graph: gs.Graph, mode: str) -> int:
+    return sum(1 for n in graph.nodes if n.op == (PLUGIN_OP if mode == "plugin" else "RotaryEmbedding"))
+
+
+def _ai_onnx_version(model: onnx.ModelProto) -> int:
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
+def _table_rows(graph: gs.Graph, head_dim: int, base_dir: str | Path | None) -> int | None:
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and len(t.shape) == 2 and t.shape[1] == head_dim and t.shape[0] > 1:
+            v = _constant_array(t, base_dir).astype(np.float64)
+            if np.allclose(v[:8], sincos_table(min(8, t.shape[0]), head_dim, dtype=np.float64), atol=1e-3):
+                return int(t.shape[0])
+    return None
+
+
+def _constant_array(t: gs.Constant, base_dir: str | Path | None) -> np.ndarray:
+    """t's values; an initializer in external data is read from `base_dir` (this tensor only)."""
+    proto = getattr(t._values, "tensor", None)  # gs keeps the TensorProto of an imported initializer
+    if proto is not None and is_external(proto):
+        return onnx.numpy_helper.to_array(load_tensor(proto, base_dir))
+    return np.asarray(t.values)
+
+
+def _finish_model(out: onnx.ModelProto, original: onnx.ModelProto, mode: str) -> None:
+    out.ir_version = original.ir_version
+    del out.opset_import[:]
+    for imp in original.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            out.opset_import.append(onnx.helper.make_opsetid("", imp.version))
+        else:
+            out.opset_import.append(imp)
+    if mode == "plugin" and any(n.domain == PLUGIN_DOMAIN for n in out.graph.node):
+        if not any(i.domain == PLUGIN_DOMAIN for i in out.opset_import):
+            out.opset_import.append(onnx.helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    out.functions.extend(original.functions)
+    out.metadata_props.extend(original.metadata_props)  # e.g. the declared max_len engines.build reads

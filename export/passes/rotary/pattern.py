@@ -1,0 +1,131 @@
+"""A small declarative pattern language over onnx-graphsurgeon graphs, onnxscript-rewriter style.
+
+A pattern describes the subgraph that produced a tensor and reads like the code it came from:
+
+    Op("Neg", Op("Slice", Var("x"), where=strided(1)))     # -x[..., 1::2]
+
+`match(pattern, tensor)` walks back through producers, never changes the graph, and returns a `Match`
+(the bindings: `Var` names -> tensors, named `Op`s -> nodes), or `NoMatch` with the reasons of the
+alternatives that got furthest. Two kinds of failure, as onnxscript's MatchStatus has them:
+- structure (an op that is not there, a tensor with several producers): not a candidate, no reason;
+- a condition (an attribute or constant checked by `where`, a `Var` bound to two different tensors):
+  a near miss, with a reason naming the node at fault. Callers report these.
+Commutative ops try both input orders; the first complete match wins over every near miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Union
+
+import onnx_graphsurgeon as gs
+
+from export.passes.graph_utils import producer
+
+Check = Callable[[gs.Node], Union[str, None]]  # why the node fails a condition, or None
+Bindings = dict  # name -> gs.Tensor (Var) or gs.Node (named Op)
+
+
+@dataclass(frozen=True)
+class Var:
+    """Any tensor, bound to `name`; every later occurrence of `name` must be that same tensor.
+    `differs` is the reason reported when it is not (default: both tensor names)."""
+    name: str
+    differs: str = ""
+
+
+@dataclass(frozen=True)
+class AnyValue:
+    """Any tensor, not bound."""
+
+
+ANY = AnyValue()
+
+
+@dataclass(frozen=True, init=False)
+class Op:
+    """The tensor's one producer has op `op` (or one of them) and its first inputs match `inputs`.
+    n_inputs: the exact input count, where more inputs would change the meaning (Concat);
+    commutative: a two-input op whose inputs may come in either order (Add, Mul);
+    where: conditions a pattern cannot express, checked once the inputs match;
+    name: bind the matched node under this name."""
+    op: tuple[str, ...]
+    inputs: tuple
+    n_inputs: int | None
+    commutative: bool
+    where: tuple[Check, ...]
+    name: str | None
+
+    def __init__(self, op: str | tuple[str, ...], *inputs, n_inputs: int | None = None, commutative: bool = False,
+                 where: Check | tuple[Check, ...] = (), name: str | None = None):
+        set_ = object.__setattr__  # frozen dataclass with a positional *inputs signature
+        set_(self, "op", (op,) if isinstance(op, str) else tuple(op))
+        set_(self, "inputs", inputs)
+        set_(self, "n_inputs", n_inputs)
+        set_(self, "commutative", commutative)
+        set_(self, "where", where if isinstance(where, tuple) else (where,))
+        set_(self, "name", name)
+        if commutative and len(inputs) != 2:
+            raise ValueError(f"a commutative pattern takes two inputs, got {len(inputs)}")
+
+
+Pattern = Union[Var, AnyValue, Op]
+
+
+@dataclass
+class Match:
+    bindings: Bindings
+
+    def __getitem__(self, name: str):
+        return self.bindings[name]
+
+
+@dataclass
+class NoMatch:
+    reasons: list[str] = field(default_factory=list)  # near misses; empty: not even a candidate
+
+
+def match(pattern: Pattern, tensor: gs.Tensor, bindings: Bindings | None = None) -> Match | NoMatch:
+    """The first way `tensor` matches `pattern` (given earlier `bindings`), or the near misses."""
+    reasons: list[str] = []
+    for got in _match(pattern, tensor, dict(bindings or {}), reasons):
+        return Match(got)
+    return NoMatch(reasons)
+
+
+def _match(p: Pattern, t: gs.Tensor, b: Bindings, reasons: list[str]) -> Iterator[Bindings]:
+    """Every binding under which `t` matches `p`, lazily (backtracking over commutative orders)."""
+    if isinstance(p, AnyValue):
+        yield b
+    elif isinstance(p, Var):
+        bound = b.get(p.name)
+        if bound is None:
+            yield {**b, p.name: t}
+        elif bound is t:
+            yield b
+        else:
+            reasons.append(p.differs or f"{p.name} is {bound.name!r} in one place and {t.name!r} in another")
+    else:
+        node = producer(t, p.op)
+        if node is None or len(node.inputs) < len(p.inputs):
+            return
+        if p.n_inputs is not None and len(node.inputs) != p.n_inputs:
+            return
+        orders = [list(node.inputs[:len(p.inputs)])]
+        if p.commutative:
+            orders.append(orders[0][::-1])
+        for ins in orders:
+            for got in _match_inputs(p.inputs, ins, b, reasons):
+                why = next((w for w in (check(node) for check in p.where) if w), None)
+                if why:
+                    reasons.append(f"{node.op} {node.name!r}: {why}")
+                    continue
+                yield {**got, p.name: node} if p.name else got
+
+
+def _match_inputs(patterns: tuple, tensors: list[gs.Tensor], b: Bindings, reasons: list[str]) -> Iterator[Bindings]:
+    if not patterns:
+        yield b
+        return
+    for got in _match(patterns[0], tensors[0], b, reasons):
+        yield from _match_inputs(patterns[1:], tensors[1:], got, reasons)
