@@ -107,6 +107,8 @@ def _fmt_cell(c: dict) -> list[str]:
     located = c.get("located") or ""
     if c.get("located_ok") is False:
         located += " (wrong layer)"
+    if c.get("located_seconds") is not None:
+        located += f", {c['located_seconds']} s"
     return [c["checkpoint"], c["defect"], layer, c["graph"], f"{c['scaled_error']:.2e}", f"{c['row_cosine']:.9f}",
             verdict, expected, "yes" if c["ok"] else "**NO**", located]
 
