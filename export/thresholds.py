@@ -32,8 +32,8 @@ How the keys and flags map onto schema 1's (`--atol`, `--rtol` and old TOML file
 - `min_cosine`: unchanged. `min_row_cosine`: new; a file without it gets the precision's default.
 
 The defaults (DEFAULTS) come from measurements, not taste: honest fp32, fp16 and bf16 builds of the demo and
-the outlier stress checkpoint, every validation shape up to S = 2048 (scripts/gate_sensitivity.py,
-scripts/results/gate_sensitivity.md). rtol is twice the worst honest scaled_error, rounded up to the next
+the outlier stress checkpoint, every validation shape up to S = 2048 (scripts/gate_sensitivity.py, results
+in scripts/results/gate_sensitivity/). rtol is twice the worst honest scaled_error, rounded up to the next
 1-2-5 step; 1 - min_row_cosine is four times the worst honest 1 - row_cosine (cosine loss grows with the
 square of the error, so this is the same factor 2 on the error), rounded up the same way. The same
 measurements show every injected defect of the fp32 graph above the fp32 bound, and what is not caught.
@@ -66,7 +66,7 @@ class Threshold:
         return asdict(self)
 
 
-# Worst honest values measured (scripts/results/gate_sensitivity.md, ONNX Runtime CPU vs PyTorch fp32, demo and
+# Worst honest values measured (scripts/results/gate_sensitivity/, ONNX Runtime CPU vs PyTorch fp32, demo and
 # stress checkpoints, B=1..3, S=1..2048): scaled_error fp32 3.8e-6, fp16 1.03e-3, bf16 2.1e-2 (all on the stress
 # checkpoint at S=2048); 1 - row_cosine fp32 1.1e-11, fp16 7.0e-7, bf16 2.2e-4. min_cosine keeps schema 1's
 # values (the whole-tensor cosine is far from them on every honest build).

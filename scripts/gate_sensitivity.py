@@ -119,18 +119,22 @@ def render_markdown(r: dict) -> str:
              "statistic is the worst over the build's validation shapes (batch 1 and 3, sequence 1, 61 and "
              f"{r['max_len']}, padded rows), ONNX Runtime CPU against PyTorch fp32, default thresholds "
              "(export/thresholds.py).", ""]
-    lines += ["| checkpoint | largest \|output\| | median \|output\| |", "|---|---|---|"]
+    lines += ["| checkpoint | largest \\|output\\| | median \\|output\\| |", "|---|---|---|"]
     for name, c in r["checkpoints"].items():
         a = c["activations"]
         lines.append(f"| {name} | {a['max_abs']:.1f} | {a['median_abs']:.3f} |")
-    head = ["checkpoint", "defect", "layer", "graph", "scaled error", "row cosine", "default gate", "expected", "as expected",
-            "export.diagnose: first divergence"]
-    rows = [_fmt_cell(c) for ck in r["checkpoints"].values() for c in ck["cells"]]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in rows]
-    notes = sorted({(c["defect"], c["note"]) for ck in r["checkpoints"].values() for c in ck["cells"] if c["note"]})
-    lines += ["", "Not caught, and why:", ""] + [f"- {d} on {', '.join(sorted({c['checkpoint'] for ck in r['checkpoints'].values() for c in ck['cells'] if c['defect'] == d and c['note'] == n}))}: {n}" for d, n in notes]
-    lines += ["", "| precision | worst honest scaled error | worst honest 1 - row cosine | rule: rtol = 2 x worst, next 1-2-5 | "
-              "default rtol | rule: 1 - min_row_cosine = 4 x worst | default |", "|---|---|---|---|---|---|---|"]
+    head = ["checkpoint", "defect", "layer", "graph", "scaled error", "row cosine", "default gate", "expected",
+            "as expected", "export.diagnose: first divergence"]
+    cells = [c for ck in r["checkpoints"].values() for c in ck["cells"]]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_fmt_cell(c)) + " |" for c in cells]
+    lines += ["", "Not caught, and why:", ""]
+    for defect, note in sorted({(c["defect"], c["note"]) for c in cells if c["note"]}):
+        where = sorted({c["checkpoint"] for c in cells if c["defect"] == defect and c["note"] == note})
+        lines.append(f"- {defect} on {', '.join(where)}: {note}")
+    lines += ["", "| precision | worst honest scaled error | worst honest 1 - row cosine | rule: rtol = 2 x worst, "
+              "next 1-2-5 | default rtol | rule: 1 - min_row_cosine = 4 x worst | default |",
+              "|---|---|---|---|---|---|---|"]
     for precision, d in r["derivation"].items():
         lines.append(f"| {precision} | {d['worst_scaled_error']:.2e} | {d['worst_1_minus_row_cosine']:.2e} | "
                      f"{d['rule_rtol']:.0e} | {d['default_rtol']:.0e} | {d['rule_1_minus_min_row_cosine']:.0e} | "
@@ -181,8 +185,12 @@ def main() -> int:
     p.add_argument("--out", default="scripts/results/gate_sensitivity", help="folder for the results")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints (a quick run; the suite tests these)")
     p.add_argument("--max-len", type=int, help="default: 2048 (64 with --tiny)")
+    p.add_argument("--render", action="store_true", help="only re-render --out's gate_sensitivity.json")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
+    if args.render:
+        write_results(json.loads((out / "gate_sensitivity.json").read_text()), out)
+        return 0
     max_len = args.max_len or (64 if args.tiny else 2048)
     base = "tiny" if args.tiny else "demo"
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
