@@ -105,8 +105,8 @@ def _diagnose(ref, cand: OnnxSide, feeds, thresholds, precision, graph_key, budg
     first = next((p for p in result.points if not p.passed), None)
     divergence = None
     if first is not None:
-        divergence = _first_divergence(first, cand, names, feeds, threshold_of((first.stage, first.layer)),
-                                       budget_bytes, result.points)
+        key = ("head", first.name) if first.stage == "head" else (first.stage, first.layer)
+        divergence = _first_divergence(first, cand, names, feeds, threshold_of(key), budget_bytes, result.points)
     mask = np.asarray(feeds["attention_mask"])
     shape = {"batch": int(mask.shape[0]), "seq": int(mask.shape[-1]), "padded_rows": int((mask == 0).any(-1).sum()),
              **({"choices": int(mask.shape[1])} if mask.ndim == 3 else {})}

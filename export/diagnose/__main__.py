@@ -131,10 +131,10 @@ def _default_key(report) -> str | None:
 def _checkpoint(args, report, graph: Path):
     """The report's checkpoint (or --model), refused unless its sha256 is the recorded one."""
     recorded = report.checkpoint or {}
-    path = Path(args.model or recorded.get("path") or "")
-    if not str(path) or not path.exists():
-        raise UsageError(f"checkpoint {str(path)!r} not found; pass --model PATH (the checkpoint the build was "
-                         "made from)")
+    text = args.model or recorded.get("path") or ""
+    path = Path(text)
+    if not text or not path.exists():
+        raise UsageError(f"checkpoint {text!r} not found; pass --model PATH (the checkpoint the build was made from)")
     want, got = recorded.get("sha256"), sha256_tree(path)
     if want and got != want:
         raise UsageError(f"checkpoint {path} has sha256 {got[:16]}..., report.json records {want[:16]}... (not the "

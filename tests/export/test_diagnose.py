@@ -143,3 +143,21 @@ def test_layernorm_in_fp16_is_named_not_the_softmax_it_disturbs(tmp_path):
     assert (first["stage"], first["layer"], first["point"]) == ("layer", 0, "attention_output"), first
     assert first["first_node"]["tensor"] == locate(low).landmarks[3].tensors[0]  # layer 0's attention LayerNorm
     assert first["first_node"]["scaled_error"] > 0.1
+
+
+def test_a_fault_after_the_last_layer_is_the_head(exported):
+    """The masked-LM decoder matrix perturbed: every layer agrees, stage "head", layer null, point "logits"."""
+    from onnx import numpy_helper
+
+    from export.diagnose.structure import Graph
+
+    path, model, config = exported("torchscript", 17, task="masked-lm")
+    bad = onnx.load(str(path))
+    g = Graph(bad)
+    node = faults._matmul_above(g, "logits")
+    init = next(t for t in bad.graph.initializer if t.name in node.input)
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(w * 1.01, init.name))
+    feeds = make_inputs(SHAPE, config.vocab_size, config.type_vocab_size)
+    first = diagnose_model(model, "masked-lm", bad, feeds).first_divergence
+    assert (first["stage"], first["layer"], first["point"]) == ("head", None, "logits"), first

@@ -58,10 +58,11 @@ def test_the_recorded_checkpoint_moved_away_needs_model(built, tmp_path, capsys)
     copy = tmp_path / "b"
     shutil.copytree(built, copy)
     r = json.loads((copy / "report.json").read_text())
-    r["checkpoint"]["path"] = str(tmp_path / "gone.pt")
-    (copy / "report.json").write_text(json.dumps(r))
-    assert diagnose(["--build", str(copy)]) == 2
-    assert "pass --model" in one_line(capsys)
+    for recorded in (str(tmp_path / "gone.pt"), ""):  # "" must not become ".", the working directory
+        r["checkpoint"]["path"] = recorded
+        (copy / "report.json").write_text(json.dumps(r))
+        assert diagnose(["--build", str(copy)]) == 2
+        assert "pass --model" in one_line(capsys)
 
 
 @pytest.mark.parametrize("argv,text", [
