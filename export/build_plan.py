@@ -63,7 +63,7 @@ class Flags:
         return cls(thresholds, precision, opset, default_out(args), pooling)
 
     def planned(self, args, engine_available: bool) -> Planned:
-        return Planned(args.rope, self.precision, engine_available, bool(args.bench))
+        return Planned(args.rope, self.precision, engine_available, bool(args.bench), not args.skip_validation)
 
 
 @dataclass(frozen=True)
