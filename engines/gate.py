@@ -24,7 +24,9 @@ from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
 from export.files import load_toml
+from export.report import Report
 from export.report_io import read_report
+from export.report_md import divergence_sentence
 from export.thresholds import ThresholdError, Thresholds
 from export.verdict import NO_CASES, Check, judge, passed
 
@@ -43,13 +45,21 @@ def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-ga
     write_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
-def _print_failures(checks: list[Check]) -> None:
+def _print_failures(checks: list[Check], report: Report, build_dir: Path) -> None:
     bad = [c for c in checks if not c.passed]
     table = Table(title=f"accuracy gate: {len(bad)} of {len(checks)} checks failed")
     for col in ("case", "output", "why"):
         table.add_column(col)
     for c in bad:
         table.add_row(escape(c.case), escape(c.output), escape(c.message))  # "[fp16]" is not markup
+    d = report.diagnosis
+    if d:  # where the build's own diagnosis found the first divergence
+        files = d.get("files") or {}
+        table.caption = (f"where: {d.get('graph')} B={d.get('batch')} S={d.get('seq')}: "
+                         f"{divergence_sentence(d.get('first_divergence'))}"
+                         + (f" Layer by layer: {build_dir / files['md']}." if files.get("md") else ""))
+    elif any(c.case.startswith("#") for c in bad):
+        table.caption = f"where: python -m export.diagnose --build {build_dir} names the first divergent layer and node"
     Console(width=200, color_system=None).print(table)
 
 
@@ -91,7 +101,7 @@ def _main(args) -> int:
     if passed(checks):
         print(f"PASSED | {len(checks)} checks ({len(report.validation)} cases)")
         return EXIT_OK
-    _print_failures(checks)
+    _print_failures(checks, report, path if path.is_dir() else path.parent)
     return EXIT_VERIFICATION
 
 

@@ -40,6 +40,8 @@ from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, eng
 from export.report_io import report_text, save_report
 from export.reproduce import reproduce_commands
 from export.stages.bench import run_bench_stage
+from export.stages.diagnosis import run_diagnosis_stage
+from export.stages.diagnosis import summary as diagnosis_summary
 from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
 from export.stages.pooling import run_pooling_stage, with_engine_outputs
@@ -91,8 +93,10 @@ def build_parser() -> Parser:
                    "opt length at batch min and opt)")
     p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
     p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
-    p.add_argument("--atol", type=float, help="override every atol of the thresholds")
-    p.add_argument("--rtol", type=float, help="override every rtol of the thresholds")
+    p.add_argument("--atol", type=float, help="override every atol of the thresholds (absolute alternative: "
+                   "max abs error <= atol also passes; default 0, off)")
+    p.add_argument("--rtol", type=float, help="override every rtol of the thresholds (bound on scaled_error = "
+                   "max abs error / max |reference|; export/thresholds.py)")
     p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
     p.add_argument("--max-memory", help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
                    f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger")
@@ -189,6 +193,12 @@ class Run:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
                                                              plan.max_len, self.flags.thresholds, pooling)
+            if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
+                with self.timed("diagnosis"):
+                    diagnosis = run_diagnosis_stage(results["validation"].cases, _graphs(results), ckpt,
+                                                    self.flags.thresholds, work)
+                if diagnosis is not None:
+                    results["diagnosis"] = diagnosis
         error = self.engine(results, ckpt, plan, work)
         if error is None and a.bench and not self.why_no_engine(results):
             with self.timed("bench"):
@@ -259,8 +269,10 @@ class Run:
         if error is None and rewrite_failure:
             error = VerificationError(f"{rewrite_failure} (artifacts kept in the output folder)")
         elif error is None and case_failures and not self.args.skip_validation:
-            report.failure = f"{len(case_failures)} validation check(s) failed"
-            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures))
+            where = diagnosis_summary(report.diagnosis)
+            report.failure = f"{len(case_failures)} validation check(s) failed" + (f"; {where}" if where else "")
+            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures)
+                                      + (f"\n{where}" if where else ""))
         elif error is None and report.failure:  # a stage's own failure (e.g. a quantized graph off its placement)
             error = VerificationError(f"{report.failure} (artifacts kept in the output folder)")
         elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
@@ -292,7 +304,8 @@ def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheck
         quantization=section("quantize"), pooling=section("pooling"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
-        validation_skipped=True if run.args.skip_validation else None, engine=section("engine"),
+        validation_skipped=True if run.args.skip_validation else None, diagnosis=section("diagnosis"),
+        engine=section("engine"),
         bench=section("bench"), artifacts=artifacts, artifacts_sha256=artifact_hashes(work, artifacts.values()),
         timings=run.timings, failure=failure)
     report.reproduce = reproduce(report, run.flags, ckpt)
@@ -328,6 +341,11 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     if trt_onnx is None or not report.profiles:
         return None
     t = flags.thresholds.lookup(flags.precision, engine_key(flags.precision), "last_hidden_state")
+    # Polygraphy compares element by element: our bound scaled_error <= rtol, i.e. max|e| <= rtol * max|ref|,
+    # becomes its --atol with the largest reference magnitude the validation saw (max_abs / scaled_error).
+    scales = [o["max_abs"] / o["scaled_error"] for c in report.validation for o in c["outputs"].values()
+              if o.get("scaled_error")]
+    atol = max([t.atol] + ([t.rtol * max(scales)] if scales else []))
     plugin_lib = static_lib = None
     if (report.rewrite or {}).get("mode") == "plugin":  # a library that is not built here is named for the TRT host
         static = find_static_plugin_library()
@@ -336,7 +354,7 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     cmds = reproduce_commands(
         trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
         precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
-        atol=t.atol, rtol=t.rtol, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
+        atol=atol, rtol=0.0, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
         rank=3 if ckpt.task == "multiple-choice" else 2)
     if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export
         cmds["notes"].append("model.onnx has no sentence_embedding (the TensorRT-bound graph gained it), so Polygraphy "

@@ -66,7 +66,7 @@ class Flags:
         return cls(thresholds, precision, opset, default_out(args), pooling, quant)
 
     def planned(self, args, engine_available: bool) -> Planned:
-        return Planned(args.rope, self.precision, engine_available, bool(args.bench))
+        return Planned(args.rope, self.precision, engine_available, bool(args.bench), not args.skip_validation)
 
 
 @dataclass(frozen=True)

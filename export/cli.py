@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from typing import Callable
@@ -56,6 +58,8 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], in
     usage_errors: exception types that mean bad input (exit 2) besides UsageError, e.g. ThresholdError.
     interrupt_note: updated by `main` so Ctrl-C says what was kept.
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is KeyboardInterrupt
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     debug = bool(getattr(args, "debug", False))
     _quiet_libraries(debug)

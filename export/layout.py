@@ -16,6 +16,8 @@ from export.report import CPU_TWIN, REPORT_JSON, REPORT_MD, TIMING_CACHE
 ONNX_FILE = "model.onnx"
 BENCH_DIR = "bench"
 BENCH_FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+DIAGNOSIS_DIR = "diagnosis"
+DIAGNOSIS_FILES = {"json": "diagnosis.json", "md": "diagnosis.md", "png": "diagnosis.png"}
 MANIFEST = ".roformer-trt-files.json"  # what runs of roformer-trt wrote here (export.staging)
 
 
@@ -48,6 +50,11 @@ def cpu_twin_file(source: str) -> str:
     return f"{source.removesuffix('.onnx')}.{CPU_TWIN}.onnx"
 
 
+def diagnosis_file(kind: str) -> str:
+    """The diagnosis written when validation fails (export/stages/diagnosis.py): kind json | md | png."""
+    return f"{DIAGNOSIS_DIR}/{DIAGNOSIS_FILES[kind]}"
+
+
 def plan_file(precision: str) -> str:
     return f"model.{precision}.plan"
 
@@ -64,6 +71,7 @@ class Planned:
     precision: str
     engine: bool  # the engine stage can run here
     bench: bool
+    diagnose: bool = True  # validation runs, so a failing one may write the diagnosis
 
     def files(self) -> list[str]:
         names = [ONNX_FILE, data_file(ONNX_FILE), REPORT_JSON, REPORT_MD]
@@ -80,4 +88,6 @@ class Planned:
             names += [plan_file(self.precision), sidecar_file(plan_file(self.precision)), TIMING_CACHE]
         if self.bench:
             names += [f"{BENCH_DIR}/{f}" for f in BENCH_FILES.values()]
+        if self.diagnose:
+            names += [diagnosis_file(kind) for kind in DIAGNOSIS_FILES]
         return names

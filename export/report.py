@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: scaled_error and row_cosine replace max_rel; min_row_cosine; diagnosis
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, shared by every build into the folder (not an artifact)
 REBUILD = "rebuild it with python -m export.build"
@@ -100,15 +100,17 @@ class ProfileRow(TypedDict):
     sequence: list[int]
 
 
-class OutputStats(TypedDict, total=False):
+class OutputStats(TypedDict, total=False):  # the statistics are defined in export/compare.py
     max_abs: float
     mean_abs: float
-    max_rel: float
+    scaled_error: float  # max_abs / max|ref|
     cosine: float
+    row_cosine: float  # min over non-padded rows; only outputs with rows (last_hidden_state, sentence_embedding)
     n_nan: int
     atol: float
     rtol: float
     min_cosine: float
+    min_row_cosine: float
     passed: bool
     error: str  # instead of the statistics when the output could not be compared
 
@@ -122,6 +124,20 @@ class ValidationCase(TypedDict):
     padded_rows: int
     outputs: dict[str, OutputStats]
     passed: bool
+
+
+class DiagnosisSection(TypedDict, total=False):
+    """export.diagnose on one failing case (export/stages/diagnosis.py): where the graph first diverges."""
+    graph: str  # artifact key of the graph diagnosed
+    reference: str  # "pytorch"
+    batch: int
+    seq: int
+    first_divergence: dict | None  # {"stage", "layer", "point", "nodes", ...}; None: nothing diverges
+    layers: list[dict]  # per landmark: stage, layer, scaled_error, row_cosine, passed
+    complete: bool  # False: the time cap stopped it (`reason` says where)
+    reason: str
+    seconds: float
+    files: dict[str, str]  # json / md / png beside the report
 
 
 class EngineSection(TypedDict, total=False):
@@ -168,6 +184,10 @@ def bench_key(kind: str) -> str:
     return f"bench-{kind}"
 
 
+def diagnosis_key(kind: str) -> str:
+    return f"diagnosis-{kind}"
+
+
 def key_precision(key: str) -> str | None:
     """The precision a graph artifact computes in, read from its key (never from a label beside it):
     "onnx", "rope-plugin" -> fp32; "rope-plugin.fp16" -> fp16; "rope-plugin.bf16-emulated" -> bf16;
@@ -206,6 +226,7 @@ class Report:
     profiles: list[ProfileRow] = field(default_factory=list)
     validation: list[ValidationCase] = field(default_factory=list)
     validation_skipped: bool | None = None
+    diagnosis: DiagnosisSection | None = None
     engine: EngineSection | None = None
     bench: BenchSection | None = None
     reproduce: dict | None = None  # commands that check the engine with NVIDIA's own tools
@@ -251,7 +272,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHAPES = {"command": "list", "version": "str", "created": "str", "tool": "str", "model": "object",
            "checkpoint": "object", "export": "object", "rewrite": "object", "plugin": "object",
            "precision": "object", "pooling": "object", "quantization": "object", "profiles": "list",
-           "validation": "list", "validation_skipped": "bool",
+           "validation": "list", "validation_skipped": "bool", "diagnosis": "object",
            "engine": "object", "bench": "object", "reproduce": "object", "artifacts": "object",
            "artifacts_sha256": "object", "timings": "object", "passed": "bool", "failure": "str"}
 _TYPES = {"list": list, "str": str, "object": dict, "bool": bool}

@@ -12,8 +12,8 @@ def render_markdown(r: Report) -> str:
         lines += [f"**Failure:** {r.failure}", ""]
     if r.validation_skipped:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
-    for section in (_model, _export, _rewrite, _pooling, _artifacts, _validation, _precision, _quantization, _profiles,
-                    _plugin, _engine, _reproduce, _bench, _timings):
+    for section in (_model, _export, _rewrite, _pooling, _artifacts, _validation, _diagnosis, _precision, _quantization,
+                    _profiles, _plugin, _engine, _reproduce, _bench, _timings):
         lines += section(r)
     return "\n".join(lines)
 
@@ -112,15 +112,46 @@ def _validation(r: Report) -> list[str]:
         for name, o in c["outputs"].items():
             head = [c["graph"], c["precision"], c["batch"], c["seq"], name]
             if "error" in o:
-                rows.append(head + [o["error"], "", "", "", "FAIL"])
+                rows.append(head + [o["error"], "", "", "", "", "FAIL"])
                 continue
-            rows.append(head + [f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}", f"{o['cosine']:.7f}", f"{o['atol']:.0e}",
-                                "ok" if o["passed"] else "FAIL"])
+            row = f"{o['row_cosine']:.9f}" if "row_cosine" in o else "n/a"
+            rows.append(head + [f"{o['scaled_error']:.2e}", f"{o['rtol']:.0e}", f"{o['max_abs']:.2e}",
+                                f"{o['cosine']:.7f}", row, "ok" if o["passed"] else "FAIL"])
     return ["## Validation against PyTorch fp32", "",
             "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines. An output passes when "
-            "max abs <= atol or max rel <= rtol (either one), cosine >= its minimum, and nothing is NaN; the "
-            "thresholds follow the graph's precision (export/thresholds.py).", ""] + _table(
-        ["graph", "precision", "batch", "seq", "output", "max abs", "max rel", "cosine", "atol", "pass"], rows)
+            "its scaled error (max abs / max |reference|) <= rtol (or max abs <= atol, when an atol is set), its "
+            "cosine and its per-row cosine (minimum over non-padded tokens) reach their minimums, and nothing is "
+            "NaN; the thresholds follow the graph's precision (export/thresholds.py).", ""] + _table(
+        ["graph", "precision", "batch", "seq", "output", "scaled error", "rtol", "max abs", "cosine", "row cosine",
+         "pass"], rows)
+
+
+def _diagnosis(r: Report) -> list[str]:
+    d = r.diagnosis
+    if not d:
+        return []
+    lines = ["## Where it diverges", "", f"`{d.get('graph')}` against PyTorch at batch {d.get('batch')} x sequence "
+             f"{d.get('seq')} (the smallest failing case): {divergence_sentence(d.get('first_divergence'))}", ""]
+    if not d.get("complete", True):
+        lines += [f"Incomplete: {d.get('reason')}.", ""]
+    if d.get("files"):
+        lines += [f"Layer by layer: [{d['files']['md']}]({d['files']['md']}), ![error against depth]"
+                  f"({d['files']['png']}); rerun with `python -m export.diagnose --build <this folder>`.", ""]
+    return lines
+
+
+def divergence_sentence(first: dict | None) -> str:
+    """One line: where the candidate first leaves the threshold, and the node(s) there."""
+    if first is None:
+        return "No divergence: every landmark is within the thresholds."
+    where = {"embeddings": "in the embeddings", "head": f"in the head output {first['point']}"}.get(
+        first["stage"], f"in layer {first['layer']} ({first['point']})")
+    landmark = ", ".join(f"`{n}`" for n in first.get("landmark_nodes") or []) or "not located"
+    node = first.get("first_node")
+    if node:
+        return (f"First divergence {where}, landmark node(s) {landmark}: first failing tensor `{node['tensor']}` "
+                f"from node `{node['node']}` ({node['op']}); scaled error {first['scaled_error']:.3g}.")
+    return f"First divergence {where}: node(s) {landmark}; scaled error {first['scaled_error']:.3g}."
 
 
 def _precision(r: Report) -> list[str]:

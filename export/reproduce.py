@@ -104,8 +104,9 @@ def reproduce_commands(*, trt_onnx: str, reference_onnx: str, plan: str, profile
         "(every network is strongly typed there); 10.x needs it.",
         "One --profile=i group of --minShapes/--optShapes/--maxShapes per profile; repeating the shape flags "
         "without --profile is an error in trtexec.",
-        "Polygraphy compares the maximum absolute/relative error against atol/rtol only; cosine similarity, "
-        "which our report also checks, is not checked there.",
+        "Polygraphy compares element by element: --atol is our bound rtol x max|reference| (the largest "
+        "reference magnitude of the validation cases), --rtol 0; cosine and per-row cosine, which our report "
+        "also checks, are not checked there.",
     ]
     if uses_plugin:
         notes.insert(0, "trtexec --dynamicPlugins takes libroformer_trt_plugin.so (it calls getCreators); "

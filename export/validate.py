@@ -4,8 +4,8 @@ In: one or more graphs (ONNX path, `OnnxFile`, or a self-contained ModelProto, w
 compute in), the PyTorch fp32 model, the shapes to try. The PyTorch outputs for every shape are computed
 first, then one ONNX Runtime session at a time is made, run on every shape and dropped, so at most
 one copy of the graph's weights is held besides the PyTorch model. Out: validation cases in report.json's schema (per output:
-max/mean abs, max rel, cosine, NaN count, the thresholds used, passed). `failures` lists every
-failing case so the CLI can fail once with all of them.
+the statistics of export/compare.py, with the per-row cosine over non-padded rows, the thresholds used,
+passed). `failures` lists every failing case so the CLI can fail once with all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.compare import error_stats
+from export.compare import error_stats, row_mask
 from export.errors import VerificationError
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
@@ -64,18 +64,24 @@ def largest_prime_in(lo: int, hi: int) -> int | None:
 
 
 def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0) of growing length."""
+    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length."""
     rng = np.random.default_rng(seed + shape.batch * 1009 + shape.seq)
     dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
     ids = rng.integers(0, vocab_size, size=dims, dtype=np.int64)
-    mask = np.ones(dims, dtype=np.int64)
     types = rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
-    for i in range(shape.padded_rows):
-        row = shape.batch - 1 - i
-        keep = max(1, shape.seq - (i + 1) * max(1, shape.seq // 4))  # at least one real token
-        mask[row, ..., keep:] = 0
-        ids[row, ..., keep:] = 0
+    mask = padding_mask(shape)
+    ids[mask == 0] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def padding_mask(shape: Shape) -> np.ndarray:
+    """The attention_mask make_inputs gives `shape`: 1 everywhere but the padded tail of the last rows."""
+    dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
+    mask = np.ones(dims, dtype=np.int64)
+    for i in range(shape.padded_rows):
+        keep = max(1, shape.seq - (i + 1) * max(1, shape.seq // 4))  # at least one real token
+        mask[shape.batch - 1 - i, ..., keep:] = 0
+    return mask
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchRefer
                 feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
                 got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
                 ref = {n: refs[shape][n] for n in names}
-                by_graph[name].append(grade(name, precision, shape, got, ref, thresholds))
+                by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
             del sess, got  # one session's weights in memory at a time
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
@@ -203,7 +209,10 @@ def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...],
 
 
 def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-          thresholds: Thresholds) -> dict:
+          thresholds: Thresholds, inputs: dict[str, np.ndarray] | None = None) -> dict:
+    """One validation case. inputs: the feeds (their attention_mask says which rows are padding); None: the
+    padding make_inputs gives `shape`."""
+    mask = inputs["attention_mask"] if inputs is not None else padding_mask(shape)
     outputs = {name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
                for name in got if name not in ref}  # e.g. last_hidden_state kept despite --outputs sentence_embedding
     for name, r in ref.items():
@@ -213,10 +222,11 @@ def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], 
         if got[name].shape != r.shape:
             outputs[name] = {"error": f"shape {got[name].shape} != reference {r.shape}", "passed": False}
             continue
-        stats = error_stats(got[name], r)
+        stats = error_stats(got[name], r, row_mask(name, r.shape, mask))
         th = thresholds.lookup(precision, graph, name)
         outputs[name] = {**stats.to_dict(), **th.to_dict(),
-                         "passed": th.passes(stats.max_abs, stats.max_rel, stats.cosine, stats.n_nan)}
+                         "passed": th.passes(stats.max_abs, stats.scaled_error, stats.cosine, stats.n_nan,
+                                             stats.row_cosine)}
     return {"graph": graph, "precision": precision, "batch": shape.batch, "seq": shape.seq,
             "choices": shape.choices, "padded_rows": shape.padded_rows, "outputs": outputs,
             "passed": bool(outputs) and all(o["passed"] for o in outputs.values())}
@@ -229,8 +239,9 @@ def failures(cases: list[dict]) -> list[str]:
         for out, o in c["outputs"].items():
             if o["passed"]:
                 continue
-            what = o.get("error") or (f"max_abs {o['max_abs']:.3g} (atol {o['atol']:.1g}), max_rel "
-                                      f"{o['max_rel']:.3g} (rtol {o['rtol']:.1g}), cosine {o['cosine']:.6f} "
-                                      f"(min {o['min_cosine']}), nan {o['n_nan']}")
+            row = f", row cosine {o['row_cosine']:.9f} (min {o['min_row_cosine']})" if "row_cosine" in o else ""
+            what = o.get("error") or (f"max_abs {o['max_abs']:.3g} (atol {o['atol']:.1g}), scaled_error "
+                                      f"{o['scaled_error']:.3g} (rtol {o['rtol']:.1g}), cosine {o['cosine']:.6f} "
+                                      f"(min {o['min_cosine']}){row}, nan {o['n_nan']}")
             lines.append(f"{c['graph']} [{c['precision']}] B={c['batch']} S={c['seq']} {out}: {what}")
     return lines

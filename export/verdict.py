@@ -11,8 +11,9 @@ engines.serving serves) all call it. A report passes only when every Check passe
   a case about a graph it does not list, proves nothing;
 - the case's thresholds come from its artifact key (`export.report.key_precision`): "rope-plugin.fp16" is judged
   as fp16 whatever its `precision` field says, and a `precision` field that disagrees with the key fails;
-- every output: an `error` fails whatever else it holds; each statistic a finite real in its range; then
-  `Threshold.passes` on the stored statistics, so the flags a producer wrote decide nothing;
+- every output: an `error` fails whatever else it holds; each statistic a finite real in its range (the
+  per-row cosine required for outputs that have rows, export.compare.ROW_OUTPUTS); then `Threshold.passes`
+  on the stored statistics, so the flags a producer wrote decide nothing;
 - with `build_dir`: every artifact (and every external-data file it reads) is beside the report, inside the
   folder, and has the recorded sha256.
 """
@@ -24,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.artifacts import verify_artifact
+from export.compare import ROW_OUTPUTS
 from export.errors import UsageError, VerificationError
 from export.report import Report, key_precision
 from export.report_io import read_report
 from export.thresholds import Threshold, ThresholdError, Thresholds
 
-STATS = ("max_abs", "max_rel", "cosine")  # required: the pass rule reads them
-RANGES = {"max_abs": (0.0, math.inf), "mean_abs": (0.0, math.inf), "max_rel": (0.0, math.inf),
-          "cosine": (-1.0, 1.0)}
+STATS = ("max_abs", "scaled_error", "cosine")  # required: the pass rule reads them
+ROW_STATS = ("row_cosine",)  # also required for outputs with rows (export.compare.ROW_OUTPUTS)
+RANGES = {"max_abs": (0.0, math.inf), "mean_abs": (0.0, math.inf), "scaled_error": (0.0, math.inf),
+          "cosine": (-1.0, 1.0), "row_cosine": (-1.0, 1.0)}
 NO_CASES = "the report has no validation cases; the verdict never passes vacuously"
 
 
@@ -144,7 +147,7 @@ def grade_output(name: str, out: str, s: object, t: Threshold) -> Check:
         return Check(name, out, False, "statistics are not an object")
     if "error" in s:
         return Check(name, out, False, f"error: {s['error']}")
-    for key in STATS:
+    for key in STATS + (ROW_STATS if out in ROW_OUTPUTS else ()):
         if key not in s:
             return Check(name, out, False, f"statistic {key} is missing")
     for key, (lo, hi) in RANGES.items():
@@ -153,10 +156,15 @@ def grade_output(name: str, out: str, s: object, t: Threshold) -> Check:
     n_nan = s.get("n_nan", 0)
     if isinstance(n_nan, bool) or not isinstance(n_nan, int) or n_nan < 0:
         return Check(name, out, False, f"statistic n_nan = {n_nan!r} is not a non-negative integer")
-    ok = t.passes(float(s["max_abs"]), float(s["max_rel"]), float(s["cosine"]), n_nan)
-    msg = (f"max_abs {s['max_abs']:.3g} (atol {t.atol:.3g}) | max_rel {s['max_rel']:.3g} (rtol {t.rtol:.3g}) "
-           f"| cosine {s['cosine']:.6f} (min {t.min_cosine}) | nan {n_nan}")
-    return Check(name, out, ok, msg)
+    row = float(s["row_cosine"]) if out in ROW_OUTPUTS else None
+    ok = t.passes(float(s["max_abs"]), float(s["scaled_error"]), float(s["cosine"]), n_nan, row)
+    return Check(name, out, ok, describe(s, t, n_nan, row))
+
+
+def describe(s: dict, t: Threshold, n_nan: int, row: float | None) -> str:
+    rows = "" if row is None else f" | row cosine {row:.9f} (min {t.min_row_cosine:.11g})"
+    return (f"scaled_error {s['scaled_error']:.3g} (rtol {t.rtol:.3g}) | max_abs {s['max_abs']:.3g} (atol "
+            f"{t.atol:.3g}) | cosine {s['cosine']:.6f} (min {t.min_cosine}){rows} | nan {n_nan}")
 
 
 def artifact_checks(report: Report, build_dir: Path) -> list[Check]:

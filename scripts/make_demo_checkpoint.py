@@ -2,6 +2,11 @@
 
     python scripts/make_demo_checkpoint.py --out demo            # 12-layer, Chinese-base-like
     python scripts/make_demo_checkpoint.py --out tiny --tiny     # 2-layer model for tests
+    python scripts/make_demo_checkpoint.py --out stress --outliers   # the stress twin (synthetic outlier channels)
+
+--outliers writes the same model with a few LayerNorm channels scaled and biased like the outlier dimensions of
+trained BERT-family encoders (tests/fixtures/checkpoints.add_outliers says what it emulates and its sources).
+It is synthetic: its config carries `roformer_trt_synthetic` saying so.
 """
 
 import argparse
@@ -20,8 +25,10 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="2 layers, hidden 32: for tests")
     p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head")
     p.add_argument("--rotary-value", action="store_true", help="rotate value too (RoFormer rotary_value=True)")
+    p.add_argument("--outliers", action="store_true", help="the stress twin: outlier LayerNorm channels (synthetic)")
     args = p.parse_args()
-    ckpt = write_demo(Path(args.out), tiny=args.tiny, task=args.task, rotary_value=args.rotary_value)
+    ckpt = write_demo(Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers,
+                      rotary_value=args.rotary_value)
     print(ckpt)
     return 0
 

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "export.thresholds", "export.artifacts", "export.verdict", "export.layout", "export.ownership",
         "export.memory", "export.disk")),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
-    ("export: checkpoint -> ONNX -> passes -> validation", ("export",)),
+    ("export: checkpoint -> ONNX -> passes -> validation -> diagnosis", ("export", "export.diagnose")),
     ("engines.tensorrt and build-folder access", ("engines.__init__", "export.artifacts", "engines.tensorrt")),
     ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
     ("orchestrator: export.build, its plan and the stages it runs",

@@ -49,5 +49,5 @@ def validate_engine(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nd
         feeds = make_inputs(shape, vocab_size, type_vocab_size, seed=seed)
         ref = dict(reference(shape, feeds))
         ref = ref if outputs is None else {n: ref[n] for n in outputs}
-        cases.append(grade(f"engine-{precision}", precision, shape, dict(run(feeds)), ref, th))
+        cases.append(grade(f"engine-{precision}", precision, shape, dict(run(feeds)), ref, th, feeds))
     return cases

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.compare import error_stats
+from export.compare import error_stats, row_mask
 from export.layout import cpu_twin_file
 from export.onnx_io import write_model
 from export.passes.quantize import build, calibrate, check_quantized, plan
@@ -27,11 +27,21 @@ from export.passes.quantize.options import QuantOptions
 from export.progress import info, status
 from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
 from export.stages.result import StageResult
-from export.thresholds import Thresholds
+from export.thresholds import Threshold, Thresholds
 from export.validate import OnnxFile, TorchReference, make_inputs, validation_shapes
 
-FALLBACK_SEED = 1  # validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on
+# Validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on, and on several
+# draws of each short shape, because the largest error of one draw is a tail statistic (on tiny-stress, seeds 0..9
+# of batch 3 x 61 ranged 0.002 to 0.018 in scaled error). The longest shape, costly, gets one draw.
+FALLBACK_SEEDS = tuple(range(1, 9))
+FEW_TOKENS = 512  # shapes of at most this many tokens get every seed
 FALLBACK_MARGIN = 0.8  # the fallback stops at 80 % of each threshold, so validation's inputs pass with room
+
+
+def with_margin(t: Threshold, margin: float = FALLBACK_MARGIN) -> Threshold:
+    """`t` with every error bound (and every cosine's distance from 1) scaled by `margin`."""
+    return Threshold(atol=margin * t.atol, rtol=margin * t.rtol, min_cosine=1 - margin * (1 - t.min_cosine),
+                     min_row_cosine=1 - margin * (1 - t.min_row_cosine))
 
 
 def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
@@ -86,26 +96,32 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
     return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
 
 
-def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,
-              plugin: bool, pooling: Pooling | None) -> FallbackResult:
-    """Evaluation cases (validation's shapes, FALLBACK_SEED inputs, PyTorch fp32 outputs of the graph's outputs) and
-    the search."""
-    reference = TorchReference(ckpt.model, ckpt.task, pooling=pooling)
+def fallback_cases(ckpt, max_len: int, pooling: Pooling | None = None) -> list[EvalCase]:
+    """Validation's shapes with FALLBACK_SEEDS inputs (one draw for shapes over FEW_TOKENS), PyTorch fp32 outputs
+    of the graph's outputs."""
     cases = []
     for shape in validation_shapes(max_len, ckpt.task):
-        feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=FALLBACK_SEED)
-        refs = reference(shape, feeds)
-        wanted = pooling.outputs if pooling else tuple(refs)
-        cases.append(EvalCase(shape.label(), feeds, {k: refs[k] for k in wanted}))
+        for seed in FALLBACK_SEEDS if shape.batch * shape.seq <= FEW_TOKENS else FALLBACK_SEEDS[:1]:
+            feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=seed)
+            refs = TorchReference(ckpt.model, ckpt.task, pooling=pooling)(shape, feeds)  # it caches by shape alone
+            wanted = pooling.outputs if pooling else tuple(refs)
+            cases.append(EvalCase(f"{shape.label()} seed {seed}", feeds, {k: refs[k] for k in wanted}))
+    return cases
+
+
+def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,
+              plugin: bool, pooling: Pooling | None) -> FallbackResult:
+    """The evaluation cases (fallback_cases) and the search, judged with the thresholds less FALLBACK_MARGIN."""
+    cases = fallback_cases(ckpt, max_len, pooling)
 
     def judge(got: dict, case: EvalCase) -> tuple[bool, str]:
         worst = []
         for out, ref in case.refs.items():
-            s = error_stats(got[out], ref)
-            t = thresholds.lookup(q.fmt, key, out)
-            ok = bool(s.n_nan == 0 and (s.max_abs <= FALLBACK_MARGIN * t.atol or s.max_rel <= FALLBACK_MARGIN * t.rtol)
-                      and 1 - s.cosine <= FALLBACK_MARGIN * (1 - t.min_cosine))
-            worst.append((ok, f"{case.label} {out}: max_abs {s.max_abs:.3g}, cosine {s.cosine:.6f}"))
+            s = error_stats(got[out], ref, row_mask(out, ref.shape, case.feeds["attention_mask"]))
+            ok = with_margin(thresholds.lookup(q.fmt, key, out)).passes(s.max_abs, s.scaled_error, s.cosine, s.n_nan,
+                                                                          s.row_cosine)
+            rows = "" if s.row_cosine is None else f", row cosine {s.row_cosine:.6f}"
+            worst.append((ok, f"{case.label} {out}: scaled error {s.scaled_error:.3g}{rows}"))
         return all(ok for ok, _ in worst), next((w for ok, w in worst if not ok), worst[-1][1])
 
     budget = int(q.budget * len(placement.nodes()))

@@ -29,9 +29,10 @@ def test_the_real_build_passes_the_gate(built, capsys):
 # ---- impossible statistics fail the case, naming it ------------------------------------------------
 
 @pytest.mark.parametrize("key,value", [
-    ("max_abs", math.nan), ("max_abs", math.inf), ("max_rel", math.nan), ("max_abs", -1e-9), ("max_rel", -0.5),
-    ("cosine", 7.0), ("cosine", -1.5), ("cosine", math.nan), ("max_abs", True), ("n_nan", 0.5), ("n_nan", "many"),
-    ("n_nan", -1), ("n_nan", False), ("mean_abs", -1.0), ("max_abs", None),
+    ("max_abs", math.nan), ("max_abs", math.inf), ("scaled_error", math.nan), ("max_abs", -1e-9),
+    ("scaled_error", -0.5), ("cosine", 7.0), ("cosine", -1.5), ("cosine", math.nan), ("max_abs", True),
+    ("n_nan", 0.5), ("n_nan", "many"), ("n_nan", -1), ("n_nan", False), ("mean_abs", -1.0), ("max_abs", None),
+    ("row_cosine", 1.5), ("row_cosine", math.nan), ("row_cosine", "high"),
 ])
 def test_impossible_statistic_fails_naming_it(copy, capsys, key, value):
     out, doctor = copy
@@ -43,10 +44,11 @@ def test_impossible_statistic_fails_naming_it(copy, capsys, key, value):
     assert key in text, text
 
 
-def test_missing_statistic_fails(copy, capsys):
+@pytest.mark.parametrize("key", ["cosine", "scaled_error", "row_cosine"])
+def test_missing_statistic_fails(copy, capsys, key):
     out, doctor = copy
-    assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].pop("cosine"))]) == 1
-    assert "cosine is missing" in capsys.readouterr().out
+    assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].pop(key))]) == 1
+    assert f"{key} is missing" in capsys.readouterr().out
 
 
 def test_cosine_is_checked(copy):
@@ -55,17 +57,33 @@ def test_cosine_is_checked(copy):
     assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].update(cosine=0.5))]) == 1
 
 
-def test_max_rel_alternative_is_kept(copy):
-    """max_abs over atol but max_rel under rtol passes (Polygraphy's rule); both over fails."""
+def test_the_gate_judges_scaled_error_not_max_abs(copy):
+    """A large max_abs with a small scaled_error passes (an output of large magnitude); a scaled_error over
+    rtol fails, whatever max_abs says."""
     out, doctor = copy
 
-    def within_rel(r):
-        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, max_rel=1e-6)
-    assert gate([doctor(within_rel)]) == 0
+    def large_outputs(r):
+        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, scaled_error=1e-6)
+    assert gate([doctor(large_outputs)]) == 0
 
-    def neither(r):
-        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, max_rel=1.0)
-    assert gate([doctor(neither)]) == 1
+    def scaled_over(r):
+        r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1e-9, scaled_error=1e-3)
+    assert gate([doctor(scaled_over)]) == 1
+
+
+def test_row_cosine_is_checked(copy, capsys):
+    out, doctor = copy
+    assert gate([doctor(lambda r: r["validation"][0]["outputs"]["last_hidden_state"].update(row_cosine=0.99))]) == 1
+    assert "row cosine 0.990000000" in capsys.readouterr().out
+
+
+def test_the_gate_uses_its_own_thresholds_not_the_stored_ones(built, tmp_path):
+    """A file with an absolute alternative (schema 1 style) re-judges the same statistics."""
+    t = tmp_path / "abs.toml"
+    t.write_text('[fp32."*"."*"]\natol = 1.0\nrtol = 0.0\n')
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 0
+    t.write_text('[fp32."*"."*"]\natol = 0.0\nrtol = 0.0\n')
+    assert gate([str(built / REPORT_JSON), "--thresholds", str(t)]) == 1
 
 
 # ---- the producer's own verdict ----------------------------------------------------------------------
@@ -131,6 +149,7 @@ def test_unhashed_artifacts_fail(copy, capsys):
     (lambda r: r.pop("schema_version"), "schema version 0"),
     (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}"),
     (lambda r: r.update(schema_version="1"), "schema version '1'"),
+    (lambda r: r.update(schema_version=1), "schema version 1, this tool reads version 2"),
     (lambda r: r["validation"][0].update(graph=["a"]), "'graph' must be str"),
     (lambda r: r["validation"][0].update(batch="2"), "'batch' must be an integer"),
     (lambda r: r.update(validation={"a": 1}), "'validation' must be list"),
@@ -170,6 +189,7 @@ def test_junit_directory_exits_2(built, tmp_path, capsys):
     ("abc", "not valid TOML"), ('["*"."*"."*"]\natol = -1\n', "atol"), ('["*"."*"."*"]\nrtol = nan\n', "rtol"),
     ('["*"."*"."*"]\natol = inf\n', "atol"), ('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"),
     ('["*"."*"."*"]\natol = true\n', "atol"), ('["*"."*"."*"]\natol = "1e-3"\n', "atol"),
+    ('["*"."*"."*"]\nmin_row_cosine = 1.01\n', "min_row_cosine"),
 ])
 def test_bad_thresholds_exit_2_naming_the_key(built, tmp_path, capsys, toml, key):
     t = tmp_path / "t.toml"
@@ -193,11 +213,11 @@ def test_deeply_nested_thresholds_exit_2(built, tmp_path, capsys):
 
 
 def test_atol_flag_overrides_every_table_of_the_file(tmp_path):
-    from export.thresholds import Thresholds
+    from export.thresholds import DEFAULTS, Thresholds
 
     th = Thresholds.from_cli({"fp32": {"engine-fp32": {"*": {"atol": 0.0}}}}, "t.toml", atol=0.5, rtol=None)
     assert th.lookup("fp32", "engine-fp32", "last_hidden_state").atol == 0.5
-    assert th.lookup("fp32", "onnx", "last_hidden_state").rtol == 1e-4  # untouched where no flag was given
+    assert th.lookup("fp32", "onnx", "last_hidden_state").rtol == DEFAULTS["fp32"].rtol  # untouched: no flag
 
 
 # ---- the CLI: table, JUnit -------------------------------------------------------------------------------
@@ -217,12 +237,12 @@ def test_doctored_report_fails_with_table_and_junit(copy, tmp_path, capsys):
     junit = tmp_path / "gate.xml"
 
     def too_far(r):  # the stored flags still say passed: the gate re-checks the statistics, not the flags
-        r["validation"][1]["outputs"]["last_hidden_state"].update(max_abs=0.5, max_rel=0.5)
+        r["validation"][1]["outputs"]["last_hidden_state"].update(max_abs=0.5, scaled_error=0.5)
     assert gate([doctor(too_far), "--junit", str(junit)]) == 1
     text = capsys.readouterr().out
-    assert "1 of" in text and "checks failed" in text and "max_abs 0.5" in text
+    assert "1 of" in text and "checks failed" in text and "scaled_error 0.5" in text
     fails = ET.parse(junit).getroot().find("testsuite").findall("testcase/failure")
-    assert len(fails) == 1 and "max_abs 0.5" in fails[0].get("message")
+    assert len(fails) == 1 and "scaled_error 0.5" in fails[0].get("message")
 
 
 def test_thresholds_file_tightens(built, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from engines.gate import main as gate
 from export.build import main as build
-from export.report import REPORT_JSON, REPORT_MD
+from export.report import REPORT_JSON, REPORT_MD, SCHEMA_VERSION
 from export.staging import PREFIX
 from tests.limits import HANG_S, SLOW_MACHINE_S, no_checkpoint_reading
 
@@ -141,7 +141,7 @@ def test_thresholds_fifo_does_not_hang(tiny_ckpt, tmp_path, capsys, monkeypatch)
 
 def test_report_records_hashes_timings_and_schema(previous):
     r = json.loads((previous / REPORT_JSON).read_text())
-    assert r["schema_version"] == 1 and r["passed"] is True
+    assert r["schema_version"] == SCHEMA_VERSION == 2 and r["passed"] is True
     assert set(r["artifacts"].values()) <= set(r["artifacts_sha256"])
     assert len(r["checkpoint"]["sha256"]) == 64
     assert {"load", "export", "rotary", "precision", "validation"} <= set(r["timings"])

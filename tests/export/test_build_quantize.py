@@ -135,3 +135,26 @@ def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):
     cases = {c["graph"]: set(c["outputs"]) for c in r["validation"]}
     assert r["passed"] and cases["rope-plugin.int8"] == {"sentence_embedding"}
     assert cases["onnx.int8-cpu"] == {"last_hidden_state"}  # the CPU twin comes from the unpooled export
+
+
+def test_fallback_turns_a_failing_stress_graph_into_a_passing_one(tmp_path, capsys):
+    """tiny-stress (outlier LayerNorm channels) under a scaled-error bound of 1 % on the int8 graph: quantized whole it
+    fails validation (exit 1); the fallback keeps the MatMuls reading the outlier LayerNorm high and it passes, and
+    the report says which and what they cost."""
+    from tests.fixtures.checkpoints import write_demo
+    ckpt = write_demo(tmp_path / "stress", tiny=True, outliers=True)
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[int8."rope-plugin.int8"."*"]\nrtol = 0.01\n')
+    common = ["--model", str(ckpt), "--exporter", "torchscript", "--max-len", "128", "--precision", "int8",
+              "--thresholds", str(strict)]
+    assert build([*common, "--out", str(tmp_path / "none"), "--quant-fallback", "none"]) == 1
+    failed = report(tmp_path / "none")
+    assert not failed["passed"] and any(not c["passed"] for c in failed["validation"] if c["graph"] == "rope-plugin.int8")
+    assert build([*common, "--out", str(tmp_path / "auto"), "--quant-fallback-budget", "0.5"]) == 0
+    fb = report(tmp_path / "auto")["quantization"]["fallback"]
+    assert fb["passed"] and 0 < len(fb["kept"]) <= fb["budget"] and 0 < fb["high_flops_share"] < 0.5
+    assert any(k["node"].endswith("layer.0/attention/self/query/MatMul") for k in fb["kept"]), fb["kept"]
+    # a budget too small: the build fails validation, and the report says why the fallback could not help
+    assert build([*common, "--out", str(tmp_path / "small"), "--quant-fallback-budget", "0.1"]) == 1
+    small = report(tmp_path / "small")["quantization"]["fallback"]
+    assert not small["passed"] and "(the budget) still fails" in small["reason"] and len(small["kept"]) == 1

@@ -1,27 +1,57 @@
-"""export.thresholds: the pass rule at its boundaries and the precedence of the tables, as the docstring states."""
+"""export.thresholds: the pass rule at its boundaries, the precedence of the tables, as the docstring states, and
+old (schema 1) threshold files still read."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from export.thresholds import Threshold, ThresholdError, Thresholds
+from export.compare import error_stats
+from export.thresholds import DEFAULTS, Threshold, ThresholdError, Thresholds
 
 
 def test_the_boundary_passes():
-    t = Threshold(atol=1e-4, rtol=0.0, min_cosine=0.99)
-    assert t.passes(1e-4, 1.0, 0.99)  # max_abs == atol and cosine == min_cosine: both pass
+    t = Threshold(atol=1e-4, rtol=0.0, min_cosine=0.99, min_row_cosine=0.999)
+    assert t.passes(1e-4, 1.0, 0.99, row_cosine=0.999)  # every statistic at its bound: passes
     assert not t.passes(1.0000001e-4, 1.0, 0.99)
     assert not t.passes(1e-4, 1.0, 0.98999)
-    assert Threshold(atol=0.0, rtol=1e-3, min_cosine=0.0).passes(5.0, 1e-3, 0.5)  # max_rel == rtol passes
+    assert not t.passes(1e-4, 1.0, 0.99, row_cosine=0.99899)
+    scaled = Threshold(atol=0.0, rtol=1e-3, min_cosine=0.0, min_row_cosine=0.0)
+    assert scaled.passes(5.0, 1e-3, 0.5)  # scaled_error == rtol passes, whatever max_abs is
+    assert not scaled.passes(5.0, 1.0000001e-3, 0.5)
+
+
+def test_row_cosine_applies_only_to_outputs_with_rows():
+    t = Threshold(atol=0.0, rtol=1.0, min_cosine=0.0, min_row_cosine=0.999)
+    assert t.passes(0.0, 0.0, 1.0, row_cosine=None)  # logits: no rows, no criterion
+    assert not t.passes(0.0, 0.0, 1.0, row_cosine=0.5)
 
 
 def test_nan_and_nan_counts_fail():
-    t = Threshold(atol=1.0, rtol=1.0, min_cosine=0.0)
+    t = Threshold(atol=1.0, rtol=1.0, min_cosine=0.0, min_row_cosine=0.0)
     assert not t.passes(math.nan, math.nan, 1.0)
     assert not t.passes(0.0, 0.0, math.nan)
     assert not t.passes(0.0, 0.0, 1.0, n_nan=1)
+    assert not t.passes(0.0, 0.0, 1.0, row_cosine=math.nan)
+
+
+def test_a_schema_1_thresholds_file_still_reads():
+    """atol, rtol and min_cosine keep their keys; min_row_cosine comes from the precision's default."""
+    th = Thresholds.from_data({"fp16": {"*": {"*": {"atol": 0.05, "rtol": 0.01, "min_cosine": 0.999}}}})
+    t = th.lookup("fp16", "rope-plugin.fp16", "last_hidden_state")
+    assert (t.atol, t.rtol, t.min_cosine) == (0.05, 0.01, 0.999)
+    assert t.min_row_cosine == DEFAULTS["fp16"].min_row_cosine
+
+
+def test_scaled_error_never_exceeds_max_rel():
+    """Why an old file's rtol passes everything it passed before: max|e| / max|ref| <= max(|e| / |ref|)."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 9, 16)) * rng.uniform(0.01, 100, (1, 1, 16))
+    got = ref + rng.standard_normal(ref.shape) * 1e-3
+    s = error_stats(got, ref)
+    assert s.scaled_error <= float(np.max(np.abs(got - ref) / np.abs(ref)))
 
 
 def test_output_wide_table_beats_graph_wide_table():
@@ -43,7 +73,8 @@ def test_precedence_from_weakest_to_strongest():
 
 
 @pytest.mark.parametrize("data", [{"int3": {}}, {"fp32": {"*": {"*": {"atol": -1}}}},
-                                  {"fp32": {"*": {"*": {"cosine": 1}}}}, {"fp32": {"*": {"*": 1}}}])
+                                  {"fp32": {"*": {"*": {"cosine": 1}}}}, {"fp32": {"*": {"*": 1}}},
+                                  {"fp32": {"*": {"*": {"min_row_cosine": 1.5}}}}, {"fp32": {"*": {"*": {"max_rel": 1}}}}])
 def test_bad_tables_are_refused(data):
     with pytest.raises(ThresholdError):
         Thresholds.from_data(data)

@@ -15,10 +15,10 @@ from export.verdict import judge, passed, read_build
 H = "a" * 64
 
 
-def case(graph: str, precision: str, max_abs: float, **stats) -> dict:
+def case(graph: str, precision: str, err: float, **stats) -> dict:
     t = DEFAULTS[precision]
-    out = {"max_abs": max_abs, "mean_abs": max_abs / 10, "max_rel": 1.0, "cosine": 0.9999999, "n_nan": 0,
-           **t.to_dict(), "passed": True, **stats}
+    out = {"max_abs": err * 5, "mean_abs": err / 2, "scaled_error": err,
+           "cosine": 0.9999999, "row_cosine": 1 - 1e-12, "n_nan": 0, **t.to_dict(), "passed": True, **stats}
     return {"graph": graph, "precision": precision, "batch": 2, "seq": 16, "choices": None, "padded_rows": 0,
             "outputs": {"last_hidden_state": out}, "passed": True}
 
@@ -66,13 +66,32 @@ def test_a_case_about_a_graph_the_report_does_not_list_fails():
 
 
 def test_relabelling_the_precision_buys_nothing():
-    """An fp32 graph labelled bf16 would get bf16's thresholds (0.2 passes): the key decides, the label fails."""
-    relabelled = case("onnx", "bf16", 0.2)
+    """An fp32 graph labelled bf16 would get bf16's thresholds (0.02 passes): the key decides, the label fails."""
+    relabelled = case("onnx", "bf16", 0.02)
     checks = verdict(validation=[relabelled])
     assert not passed(checks) and "thresholds follow the graph" in failed(checks)
-    honest = case("onnx", "fp32", 0.2)
-    honest["outputs"]["last_hidden_state"]["max_rel"] = 0.2
-    assert "max_abs 0.2" in failed(verdict(validation=[honest]))  # judged as fp32: fails
+    honest = case("onnx", "fp32", 0.02)
+    assert "scaled_error 0.02" in failed(verdict(validation=[honest]))  # judged as fp32: fails
+
+
+@pytest.mark.parametrize("stat,value,why", [
+    ("scaled_error", 2e-5, "scaled_error 2e-05"), ("row_cosine", 0.9999, "row cosine 0.999900000"),
+    ("cosine", 0.5, "cosine 0.500000"),
+])
+def test_each_statistic_can_fail_a_case(stat, value, why):
+    c = case("onnx", "fp32", 5e-7, **{stat: value})
+    assert why in failed(verdict(validation=[c]))
+
+
+def test_row_cosine_is_required_for_hidden_states_only():
+    c = case("onnx", "fp32", 5e-7)
+    del c["outputs"]["last_hidden_state"]["row_cosine"]
+    assert "statistic row_cosine is missing" in failed(verdict(validation=[c]))
+    logits = case("onnx", "fp32", 5e-7)
+    stats = logits["outputs"].pop("last_hidden_state")
+    del stats["row_cosine"]
+    logits["outputs"]["logits"] = stats
+    assert passed(verdict(validation=[logits]))
 
 
 def test_an_output_with_an_error_fails_whatever_its_statistics_say():
