@@ -18,9 +18,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,11 +55,17 @@ class BenchResult:
 
 def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
     a = np.asarray(times_ms, dtype=np.float64)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
 
 
-def time_calls(fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[], None] | None = None) -> list[float]:
+def time_calls(
+    fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[], None] | None = None
+) -> list[float]:
     """Wall time of `iters` calls in ms after `warmup` untimed calls; `sync` (e.g. cuda.synchronize) after each."""
     sync = sync or (lambda: None)
     for _ in range(warmup):
@@ -89,7 +95,9 @@ def _torch_backend(model, name: str, device: str):
         def call():
             with torch.inference_mode():
                 return m(**t)
+
         return call
+
     return make
 
 
@@ -102,17 +110,30 @@ def _ort_backend(onnx_path: str | Path):
 
     def make(feeds):
         return lambda: sess.run(None, dict(feeds))
+
     return make, ("cuda" if cuda else "cpu")
 
 
-def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, plan=None, plugin_lib=None,
-              backends: Sequence[str] = ("trt", "torch-fp32", "torch-fp16", "ort"), iters: int = 50,
-              warmup: int = 10, vocab_size: int = 1000, type_vocab_size: int = 2,
-              choices: int | None = None, input_names: Sequence[str] | None = None,
-              progress: bool = True) -> list[BenchResult]:
+def run_bench(
+    grid: Sequence[tuple[int, int]],
+    *,
+    model=None,
+    onnx_path=None,
+    plan=None,
+    plugin_lib=None,
+    backends: Sequence[str] = ("trt", "torch-fp32", "torch-fp16", "ort"),
+    iters: int = 50,
+    warmup: int = 10,
+    vocab_size: int = 1000,
+    type_vocab_size: int = 2,
+    choices: int | None = None,
+    input_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[BenchResult]:
     """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows."""
     try:
         import torch
+
         gpu = torch.cuda.is_available()
     except ImportError:
         torch, gpu = None, False
@@ -128,7 +149,7 @@ def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, pl
                 makers[b] = (None, "cuda", st.get("reason") or "no --plan given")
             else:
                 r = EngineRunner(plan, plugin_lib)
-                makers[b] = (lambda feeds, r=r: (lambda: r.run_torch(feeds)), "cuda", None)
+                makers[b] = (lambda feeds, r=r: lambda: r.run_torch(feeds), "cuda", None)
         elif b.startswith("torch"):
             if model is None:
                 makers[b] = (None, device, "no checkpoint given")
@@ -147,6 +168,7 @@ def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, pl
     iterator = work
     if progress:
         from rich.progress import track
+
         iterator = track(work, description="benchmark", transient=True)
     for backend, bs, seq in iterator:
         make, dev, why = makers[backend]
@@ -168,8 +190,9 @@ def run_bench(grid: Sequence[tuple[int, int]], *, model=None, onnx_path=None, pl
             compile_s = time.perf_counter() - t0
         times = time_calls(call, iters, warmup, sync if dev == "cuda" else None)
         p = percentiles(times)
-        results.append(BenchResult(backend, dev, bs, seq, iters, **p, throughput_seq_s=bs * 1e3 / p["p50_ms"],
-                                   compile_s=compile_s))
+        results.append(
+            BenchResult(backend, dev, bs, seq, iters, **p, throughput_seq_s=bs * 1e3 / p["p50_ms"], compile_s=compile_s)
+        )
     return results
 
 
@@ -177,17 +200,26 @@ def to_markdown(results: Sequence[BenchResult], meta: Mapping | None = None) -> 
     lines = ["# roformer-trt benchmark", ""]
     for k, v in (meta or {}).items():
         lines.append(f"- {k}: {v}")
-    lines += ["", "| backend | device | batch | seq | p50 ms | p90 ms | p99 ms | seq/s | compile s | note |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda x, fmt=".3f": "" if x is None else format(x, fmt)
+    lines += [
+        "",
+        "| backend | device | batch | seq | p50 ms | p90 ms | p99 ms | seq/s | compile s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x, fmt=".3f"):
+        return "" if x is None else format(x, fmt)
+
     for r in results:
-        lines.append(f"| {r.backend} | {r.device} | {r.batch} | {r.seq} | {f(r.p50_ms)} | {f(r.p90_ms)} | "
-                     f"{f(r.p99_ms)} | {f(r.throughput_seq_s, '.1f')} | {f(r.compile_s, '.1f')} | {r.skipped or ''} |")
+        lines.append(
+            f"| {r.backend} | {r.device} | {r.batch} | {r.seq} | {f(r.p50_ms)} | {f(r.p90_ms)} | "
+            f"{f(r.p99_ms)} | {f(r.throughput_seq_s, '.1f')} | {f(r.compile_s, '.1f')} | {r.skipped or ''} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(results: Sequence[BenchResult], path: str | Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -197,9 +229,14 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> None:
         if not rows:
             continue
         xs = [f"{r.batch}x{r.seq}" for r in rows]
-        ax.errorbar(xs, [r.p50_ms for r in rows],
-                    yerr=[[0] * len(rows), [r.p90_ms - r.p50_ms for r in rows]], marker="o", capsize=3,
-                    label=f"{backend} ({rows[0].device})")
+        ax.errorbar(
+            xs,
+            [r.p50_ms for r in rows],
+            yerr=[[0] * len(rows), [r.p90_ms - r.p50_ms for r in rows]],
+            marker="o",
+            capsize=3,
+            label=f"{backend} ({rows[0].device})",
+        )
     ax.set_xlabel("batch x sequence")
     ax.set_ylabel("latency ms (p50, bar to p90)")
     ax.set_yscale("log")
@@ -215,7 +252,9 @@ def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Map
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
-    write_atomic(paths["json"], json.dumps({"meta": dict(meta or {}), "results": [asdict(r) for r in results]}, indent=2))
+    write_atomic(
+        paths["json"], json.dumps({"meta": dict(meta or {}), "results": [asdict(r) for r in results]}, indent=2)
+    )
     write_atomic(paths["markdown"], to_markdown(results, meta))
     tmp = out / ".bench.tmp.png"
     plot(results, tmp)
@@ -234,10 +273,13 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="scripts/bench_engines.py", description=__doc__.split("\n\n")[0],
-                                epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
-                                       "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
-                                       "--batch 1,8 --seq 128,512 --out demo/bench")
+    p = Parser(
+        prog="scripts/bench_engines.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
+        "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
+        "--batch 1,8 --seq 128,512 --out demo/bench",
+    )
     p.add_argument("--checkpoint", help="HF checkpoint folder for the PyTorch backends")
     p.add_argument("--onnx", help="ONNX file for ONNX Runtime")
     p.add_argument("--plan", help="TensorRT plan (engines.build output)")
@@ -264,6 +306,7 @@ def _main(args) -> int:
     model, vocab = None, 1000
     if args.checkpoint:
         from transformers import AutoModel
+
         if not (Path(args.checkpoint) / "config.json").exists():
             raise UsageError(f"{args.checkpoint} has no config.json; pass the folder written by save_pretrained()")
         model = AutoModel.from_pretrained(args.checkpoint).eval()
@@ -271,14 +314,31 @@ def _main(args) -> int:
     names = None
     if args.onnx:
         import onnx
+
         names = list(input_axes(onnx.load(args.onnx, load_external_data=False)))
-    results = run_bench(grid, model=model, onnx_path=args.onnx, plan=args.plan, plugin_lib=args.plugin_lib,
-                        backends=backends, iters=args.iters, warmup=args.warmup, vocab_size=vocab,
-                        type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
-                        input_names=names)
-    meta = {"iters": args.iters, "warmup": args.warmup, "checkpoint": args.checkpoint, "onnx": args.onnx, "plan": args.plan}
+    results = run_bench(
+        grid,
+        model=model,
+        onnx_path=args.onnx,
+        plan=args.plan,
+        plugin_lib=args.plugin_lib,
+        backends=backends,
+        iters=args.iters,
+        warmup=args.warmup,
+        vocab_size=vocab,
+        type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
+        input_names=names,
+    )
+    meta = {
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "checkpoint": args.checkpoint,
+        "onnx": args.onnx,
+        "plan": args.plan,
+    }
     try:
         import torch
+
         meta["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
         meta["torch"] = torch.__version__
     except ImportError:

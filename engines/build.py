@@ -26,17 +26,27 @@ from plugins.locate import find_plugin_library
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m engines.build", description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
-                                            "(report.json artifacts.tensorrt-onnx).",
-                                epilog="example: python -m engines.build build/ckpt/model.rope-plugin.fp16.onnx "
-                                       "--precision fp16 --batch 1,8,32 --profiles 128,512,2048")
+    p = Parser(
+        prog="python -m engines.build",
+        description="Build a TensorRT engine from the TensorRT-bound ONNX that export.build wrote "
+        "(report.json artifacts.tensorrt-onnx).",
+        epilog="example: python -m engines.build build/ckpt/model.rope-plugin.fp16.onnx "
+        "--precision fp16 --batch 1,8,32 --profiles 128,512,2048",
+    )
     p.add_argument("onnx", help="ONNX file (mixed precision already applied; the network is strongly typed)")
     p.add_argument("--out", help="folder for <name>.plan and its sidecar (default: the ONNX file's folder)")
     p.add_argument("--name", help="plan name without .plan (default: model.<precision>)")
-    p.add_argument("--precision", default="fp32", help="recorded in the sidecar: fp32 | fp16 | bf16 | int8 | fp8 "
-                   "(int8/fp8: the Q/DQ graph export.build quantized; calibration happens there, never here)")
-    p.add_argument("--max-len", type=int, help="longest sequence (default: the length the graph declares, "
-                   "export.build's --max-len)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="recorded in the sidecar: fp32 | fp16 | bf16 | int8 | fp8 "
+        "(int8/fp8: the Q/DQ graph export.build quantized; calibration happens there, never here)",
+    )
+    p.add_argument(
+        "--max-len",
+        type=int,
+        help="longest sequence (default: the length the graph declares, export.build's --max-len)",
+    )
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
     add_engine_flags(p)
     p.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside the plan)")
@@ -49,8 +59,9 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
     engine stage can run at all: (onnx path, precision, ProfileSet, plugin library or None)."""
     onnx_path = Path(args.onnx)
     if not onnx_path.is_file():
-        raise UsageError(f"{onnx_path} does not exist; pass the ONNX file export.build wrote "
-                         "(report.json artifacts.tensorrt-onnx)")
+        raise UsageError(
+            f"{onnx_path} does not exist; pass the ONNX file export.build wrote (report.json artifacts.tensorrt-onnx)"
+        )
     precision = parse_precision(args.precision)
     try:
         declared = declared_max_len(onnx_path)
@@ -62,12 +73,15 @@ def check_usage(args) -> tuple[Path, str, object, str | None]:
     if args.max_len is not None and args.max_len < 1:
         raise UsageError(f"--max-len must be a positive number of tokens, got {args.max_len}")
     if args.max_len is not None and declared is not None and args.max_len > declared:
-        raise UsageError(f"--max-len {args.max_len} exceeds the {declared} tokens {onnx_path.name} declares (the "
-                         f"longest sequence it can accept); pass --max-len <= {declared} or re-export with a larger one")
+        raise UsageError(
+            f"--max-len {args.max_len} exceeds the {declared} tokens {onnx_path.name} declares (the "
+            f"longest sequence it can accept); pass --max-len <= {declared} or re-export with a larger one"
+        )
     max_len = args.max_len or declared
     if max_len is None:
-        raise UsageError(f"{onnx_path.name} declares no longest sequence (not written by this export.build); pass "
-                         "--max-len")
+        raise UsageError(
+            f"{onnx_path.name} declares no longest sequence (not written by this export.build); pass --max-len"
+        )
     profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, args.choices)
     plugin_lib = args.plugin_lib
     if plugin_lib is not None and not Path(plugin_lib).is_file():
@@ -84,8 +98,10 @@ def check_quantized_precision(onnx_path: Path, precision: str) -> None:
     except ValueError as e:
         raise UsageError(f"{e}; quantize with python -m export.build --precision int8 or fp8") from None
     if precision in ("int8", "fp8") and fmt is None:
-        raise UsageError(f"{onnx_path.name} has no Q/DQ nodes; --precision {precision} builds from the graph python -m "
-                         f"export.build --precision {precision} wrote (engines.build never calibrates)")
+        raise UsageError(
+            f"{onnx_path.name} has no Q/DQ nodes; --precision {precision} builds from the graph python -m "
+            f"export.build --precision {precision} wrote (engines.build never calibrates)"
+        )
     if fmt is not None and fmt != precision:
         raise UsageError(f"{onnx_path.name} is quantized to {fmt}; pass --precision {fmt}")
 
@@ -103,9 +119,17 @@ def _main(args) -> int:
         if problem:
             raise UnavailableError(problem)
     out = Path(args.out) if args.out else onnx_path.parent
-    entry = build_engine(onnx_path, out, name=args.name or f"model.{precision}", plugin_lib=plugin_lib,
-                         profiles=profiles, precision=precision, workspace_mib=args.workspace_mib,
-                         timing_cache=args.timing_cache or out / TIMING_CACHE, reuse=not args.force)
+    entry = build_engine(
+        onnx_path,
+        out,
+        name=args.name or f"model.{precision}",
+        plugin_lib=plugin_lib,
+        profiles=profiles,
+        precision=precision,
+        workspace_mib=args.workspace_mib,
+        timing_cache=args.timing_cache or out / TIMING_CACHE,
+        reuse=not args.force,
+    )
     print(json.dumps({k: entry[k] for k in ("plan", "reused", "build_seconds", "plugin_layers") if k in entry}))
     return EXIT_OK
 

@@ -71,8 +71,14 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray
     """int64 [batch, sequence] feeds, padded to the longest text, truncated to max_length tokens."""
     if not texts or any(not t.strip() for t in texts):
         raise UsageError("empty text: every input needs at least one non-space character")
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                    return_token_type_ids=True, return_tensors="np")
+    enc = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=True,
+        return_tensors="np",
+    )
     return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
 
 
@@ -98,9 +104,11 @@ class TritonEncoderClient:
         try:
             if protocol == "http":
                 import tritonclient.http as tc
+
                 self._client = tc.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
             else:
                 import tritonclient.grpc as tc
+
                 self._client = tc.InferenceServerClient(url)
         except ImportError as e:
             raise UnavailableError("tritonclient is not installed; pip install 'tritonclient[http,grpc]'") from e
@@ -169,8 +177,12 @@ class TextEncoder:
         if max_length is None:
             max_length = self.client.max_sequence_length()
             if max_length is None:
-                log.warning("%s publishes no %s; truncating to %d tokens (pass --max-length)", model,
-                            MAX_SEQUENCE_LENGTH, FALLBACK_MAX_LENGTH)
+                log.warning(
+                    "%s publishes no %s; truncating to %d tokens (pass --max-length)",
+                    model,
+                    MAX_SEQUENCE_LENGTH,
+                    FALLBACK_MAX_LENGTH,
+                )
                 max_length = FALLBACK_MAX_LENGTH
         self.max_length = max_length
 
@@ -183,16 +195,23 @@ class TextEncoder:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m engines.client", description="Embed text with a roformer-trt model served by Triton.",
-               epilog='example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 '
-                      '--model ckpt_onnx "今天天气不错" "hello world"')
+    p = Parser(
+        prog="python -m engines.client",
+        description="Embed text with a roformer-trt model served by Triton.",
+        epilog="example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 "
+        '--model ckpt_onnx "今天天气不错" "hello world"',
+    )
     p.add_argument("texts", nargs="+", help="texts to embed")
     p.add_argument("--vocab", required=True, type=Path, help="vocab.txt of the checkpoint")
     p.add_argument("--url", default="127.0.0.1:8000", help="server host:port (HTTP or gRPC port)")
     p.add_argument("--model", required=True, help="model name on the server, e.g. ckpt_onnx")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
+    )
     return p
 
 

@@ -55,24 +55,31 @@ def _print_failures(checks: list[Check], report: Report, build_dir: Path) -> Non
     d = report.diagnosis
     if d:  # where the build's own diagnosis found the first divergence
         files = d.get("files") or {}
-        table.caption = (f"where: {d.get('graph')} B={d.get('batch')} S={d.get('seq')}: "
-                         f"{divergence_sentence(d.get('first_divergence'))}"
-                         + (f" Layer by layer: {build_dir / files['md']}." if files.get("md") else ""))
+        table.caption = (
+            f"where: {d.get('graph')} B={d.get('batch')} S={d.get('seq')}: "
+            f"{divergence_sentence(d.get('first_divergence'))}"
+            + (f" Layer by layer: {build_dir / files['md']}." if files.get("md") else "")
+        )
     elif any(c.case.startswith("#") for c in bad):
         table.caption = f"where: python -m export.diagnose --build {build_dir} names the first divergent layer and node"
     Console(width=200, color_system=None).print(table)
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m engines.gate",
-               description="Re-check report.json: its verdict, the sha256 of every artifact beside it, and every "
-                           "validation case against accuracy thresholds. Exit 0: all pass; 1: some fail (or no "
-                           "cases); 2: unusable report or thresholds.",
-               epilog="example: python -m engines.gate build/ckpt/report.json --thresholds gates.toml --junit gate.xml")
+    p = Parser(
+        prog="python -m engines.gate",
+        description="Re-check report.json: its verdict, the sha256 of every artifact beside it, and every "
+        "validation case against accuracy thresholds. Exit 0: all pass; 1: some fail (or no "
+        "cases); 2: unusable report or thresholds.",
+        epilog="example: python -m engines.gate build/ckpt/report.json --thresholds gates.toml --junit gate.xml",
+    )
     p.add_argument("report", help="report.json written by export.build (or its folder)")
-    p.add_argument("--thresholds", default=None,
-                   help="TOML thresholds ([precision.graph.output] tables, see export/thresholds.py); "
-                        "default: export.thresholds.DEFAULTS per precision")
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        help="TOML thresholds ([precision.graph.output] tables, see export/thresholds.py); "
+        "default: export.thresholds.DEFAULTS per precision",
+    )
     p.add_argument("--junit", default=None, help="also write JUnit XML here (one testcase per check)")
     return p
 
@@ -93,8 +100,9 @@ def _main(args) -> int:
         try:
             write_junit(args.junit, checks)
         except OSError as e:
-            raise UsageError(f"--junit {args.junit} cannot be written ({e.strerror}); pass a file path in a folder "
-                             "you can write to") from None
+            raise UsageError(
+                f"--junit {args.junit} cannot be written ({e.strerror}); pass a file path in a folder you can write to"
+            ) from None
     if not report.validation:
         print(f"FAILED | {NO_CASES}", file=sys.stderr)
         return EXIT_VERIFICATION

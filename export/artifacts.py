@@ -53,8 +53,10 @@ def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict)
     if want is not None:
         got = sha256_file(path)
         if got != str(want).lower():
-            raise UsageError(f"{where}: {build_dir / rel_path} has sha256 {got[:16]}..., report.json recorded "
-                             f"{str(want)[:16]}... (changed since the build); {REBUILD}")
+            raise UsageError(
+                f"{where}: {build_dir / rel_path} has sha256 {got[:16]}..., report.json recorded "
+                f"{str(want)[:16]}... (changed since the build); {REBUILD}"
+            )
     return path
 
 
@@ -76,5 +78,6 @@ def _external_data(path: Path, build: Path) -> list[str]:
     try:
         return external_data_files(path)
     except (ValueError, DecodeError) as e:  # a location outside the folder, or not an ONNX file at all
-        raise UsageError(f"{build}/{path.name} is not a usable ONNX graph ({str(e).splitlines()[0][:100]}); "
-                         f"{REBUILD}") from None
+        raise UsageError(
+            f"{build}/{path.name} is not a usable ONNX graph ({str(e).splitlines()[0][:100]}); {REBUILD}"
+        ) from None

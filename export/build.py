@@ -25,16 +25,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engines.tensorrt.availability import engine_stage_status, require_engine
-from engines.tensorrt.flags import add_engine_flags
-from export import __version__, cli, disk, memory
+from export import __version__, build_flags, cli, disk, memory
 from export.build_plan import Flags, Plan
 from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.digest import artifact_hashes, sha256_tree
-from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError, VerificationError
+from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, VerificationError
 from export.layout import ONNX_FILE, Planned, plan_file, sidecar_file
-from export.passes.pooling import HIDDEN, POOLINGS, check_task
-from export.passes.quantize.options import add_quant_flags
+from export.passes.pooling import HIDDEN, check_task
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
@@ -61,56 +59,15 @@ EXAMPLE = "example: python -m export.build --model demo/ckpt.pt --max-len 2048"
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m export.build", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
-    p.add_argument("--model", required=True, help="checkpoint: HF folder, {config, state_dict} .pt, "
-                   "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)")
-    p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a pickled nn.Module (runs code from the file; only for files you trust)")
-    p.add_argument("--out", help="output folder (default: build/<checkpoint stem>)")
-    p.add_argument("--force", action="store_true", help="overwrite files in --out that roformer-trt did not write "
-                   "but that this build writes (by default the build refuses, naming them)")
-    p.add_argument("--max-len", type=int, help="longest sequence the graphs serve, at least 2 (default: the "
-                   "checkpoint's max_position_embeddings); may exceed it, the sinusoidal table is computed")
-    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
-    p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
-    p.add_argument("--rope", default="plugin", choices=["plugin", "onnx", "none"],
-                   help="plugin: RoformerRotary nodes for TensorRT; onnx: standard RotaryEmbedding; none: as exported")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16: the mixed-precision graph TensorRT "
-                   "builds from (matmuls low; LayerNorm, Softmax, residuals, rotary math fp32); int8 | fp8: Q/DQ "
-                   "graph (explicit quantization, calibrated; export/passes/quantize)")
-    add_quant_flags(p)
-    p.add_argument("--pooling", default="none", choices=POOLINGS, help="add sentence_embedding [batch, hidden] to "
-                   "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
-                   "mean) or cls (first token); none: the outputs as exported. Base-model checkpoints only")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with --pooling)")
-    p.add_argument("--outputs", help="with --pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
-                   "engine drops last_hidden_state) or last_hidden_state,sentence_embedding (default: both)")
-    add_engine_flags(p)
-    p.add_argument("--bench", action="store_true", help="after validation, benchmark engine / PyTorch / ORT "
-                   "into <out>/bench/ (on a machine without a GPU: ORT and PyTorch CPU)")
-    p.add_argument("--bench-grid", help="BATCHxSEQ list for --bench, e.g. 1x128,8x512 (default: each profile's "
-                   "opt length at batch min and opt)")
-    p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
-    p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
-    p.add_argument("--atol", type=float, help="override every atol of the thresholds (absolute alternative: "
-                   "max abs error <= atol also passes; default 0, off)")
-    p.add_argument("--rtol", type=float, help="override every rtol of the thresholds (bound on scaled_error = "
-                   "max abs error / max |reference|; export/thresholds.py)")
-    p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
-    p.add_argument("--max-memory", help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
-                   f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger")
-    p.add_argument("--skip-validation", action="store_true", help="export only (the report says not validated)")
-    p.add_argument("--require-engine", action="store_true", help="exit 3 if the TensorRT engine stage cannot run here")
-    p.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
-    return p
+    return build_flags.build_parser(__doc__.split("\n\n")[1], EXAMPLE)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     note = InterruptNote("nothing was written")
-    return cli.run(build_parser(), lambda args: _main(args, argv, note), argv, usage_errors=(ThresholdError,),
-                   interrupt_note=note)
+    return cli.run(
+        build_parser(), lambda args: _main(args, argv, note), argv, usage_errors=(ThresholdError,), interrupt_note=note
+    )
 
 
 def _main(args, argv: list[str], note: InterruptNote) -> int:
@@ -129,12 +86,18 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
         folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
         try:
             report, error = run.stages(ckpt, plan, folder.stage)
-            folder.commit(report.artifacts_sha256, report.artifacts_sha256,
-                          on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"))
+            folder.commit(
+                report.artifacts_sha256,
+                report.artifacts_sha256,
+                on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"),
+            )
         except (RoformerTrtError, KeyboardInterrupt):
             raise
         except Exception as e:  # a disk that filled up is the user's to fix: named as such, exit 2
-            raise disk.full_disk(flags.out, run.disk_need, e) or e
+            full = disk.full_disk(flags.out, run.disk_need, e)
+            if full is None:
+                raise
+            raise full from e
     if error is not None:
         raise error
     print(report_text(report), end="") if args.json else print(f"ok: {flags.out / 'report.json'}")
@@ -175,7 +138,9 @@ class Run:
         """Every stage into `work`; returns the saved report and the error to raise once it is in place."""
         a, results = self.args, {}
         with self.timed("export"):
-            results["export"] = run_export_stage(ckpt.model, ckpt.task, work, plan.max_len, a.exporter, self.flags.opset)
+            results["export"] = run_export_stage(
+                ckpt.model, ckpt.task, work, plan.max_len, a.exporter, self.flags.opset
+            )
         if a.rope != "none":
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
@@ -183,20 +148,24 @@ class Run:
         pooling = self.flags.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
             with self.timed("pooling"):
-                results["pooling"] = run_pooling_stage(pooling, work / _artifacts(results)[trt_key], trt_key,
-                                                       rotary_function=a.rope == "plugin")
+                results["pooling"] = run_pooling_stage(
+                    pooling, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
+                )
         self.low_precision(results, ckpt, plan, work, trt_key)
         if pooling is not None and TENSORRT_ONNX_KEY in _artifacts(results):
-            results["pooling"] = with_engine_outputs(results["pooling"], work / _artifacts(results)[TENSORRT_ONNX_KEY],
-                                                     plan.max_len)
+            results["pooling"] = with_engine_outputs(
+                results["pooling"], work / _artifacts(results)[TENSORRT_ONNX_KEY], plan.max_len
+            )
         if not a.skip_validation:
             with self.timed("validation"):
-                results["validation"] = run_validation_stage(_graphs(results), ckpt.model, ckpt.task, ckpt.config,
-                                                             plan.max_len, self.flags.thresholds, pooling)
+                results["validation"] = run_validation_stage(
+                    _graphs(results), ckpt.model, ckpt.task, ckpt.config, plan.max_len, self.flags.thresholds, pooling
+                )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
-                    diagnosis = run_diagnosis_stage(results["validation"].cases, _graphs(results), ckpt,
-                                                    self.flags.thresholds, work)
+                    diagnosis = run_diagnosis_stage(
+                        results["validation"].cases, _graphs(results), ckpt, self.flags.thresholds, work
+                    )
                 if diagnosis is not None:
                     results["diagnosis"] = diagnosis
         error = self.engine(results, ckpt, plan, work)
@@ -211,32 +180,50 @@ class Run:
         arts, outputs = _artifacts(results), self.flags.pooling.outputs if self.flags.pooling else None
         if self.flags.quant is None:
             with self.timed("precision"):
-                results["precision"] = run_precision_stage(self.flags.precision, work / arts[trt_key], trt_key,
-                                                           outputs=outputs)
+                results["precision"] = run_precision_stage(
+                    self.flags.precision, work / arts[trt_key], trt_key, outputs=outputs
+                )
         elif not results["rewrite"].failure:
             cpu_key = rope_key("onnx") if self.args.rope == "onnx" else ONNX_KEY
             with self.timed("quantize"):
-                results["quantize"] = run_quantize_stage(self.flags.quant, work / arts[trt_key], trt_key,
-                                                         work / arts[cpu_key], cpu_key, ckpt, plan.max_len,
-                                                         self.flags.thresholds, self.flags.pooling)
+                results["quantize"] = run_quantize_stage(
+                    self.flags.quant,
+                    work / arts[trt_key],
+                    trt_key,
+                    work / arts[cpu_key],
+                    cpu_key,
+                    ckpt,
+                    plan.max_len,
+                    self.flags.thresholds,
+                    self.flags.pooling,
+                )
 
     def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
         """The engine stage, only from a graph that kept every rotary site and matched PyTorch in ORT; its
         error (a failed parse or build) is returned for the report to record."""
         why_not = self.why_no_engine(results)
         if why_not:
-            results["engine"] = StageResult({"status": "skipped", "reason": why_not,
-                                             "profiles": plan.profiles.to_report()})
+            results["engine"] = StageResult(
+                {"status": "skipped", "reason": why_not, "profiles": plan.profiles.to_report()}
+            )
             return None
         try:
             with self.timed("engine"):
                 results["engine"] = run_engine_stage(
-                    work / _artifacts(results)[TENSORRT_ONNX_KEY], self.flags.precision, plan.profiles,
-                    validate=not self.args.skip_validation, ckpt=ckpt, thresholds=self.flags.thresholds,
-                    workspace_mib=self.args.workspace_mib, pooling=self.flags.pooling)
+                    work / _artifacts(results)[TENSORRT_ONNX_KEY],
+                    self.flags.precision,
+                    plan.profiles,
+                    validate=not self.args.skip_validation,
+                    ckpt=ckpt,
+                    thresholds=self.flags.thresholds,
+                    workspace_mib=self.args.workspace_mib,
+                    pooling=self.flags.pooling,
+                )
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
-            results["engine"] = StageResult({"status": "failed", "reason": str(e),
-                                             "profiles": plan.profiles.to_report()}, failure=f"engine stage: {e}")
+            results["engine"] = StageResult(
+                {"status": "failed", "reason": str(e), "profiles": plan.profiles.to_report()},
+                failure=f"engine stage: {e}",
+            )
             return e
         return None
 
@@ -254,12 +241,21 @@ class Run:
         arts = _artifacts(results)
         engines = (results["engine"].section or {}).get("engines") or []
         plan_path = work / engines[0]["plan"] if engines else None
-        return run_bench_stage(plan.grid, work, ort_graph=work / arts.get(rope_key("onnx"), arts[ONNX_KEY]),
-                               plan=plan_path, plugin_lib=plugin_library_status().get("path"), model=ckpt.model,
-                               config=ckpt.config, iters=self.args.bench_iters, compile_=self.args.bench_compile)
+        return run_bench_stage(
+            plan.grid,
+            work,
+            ort_graph=work / arts.get(rope_key("onnx"), arts[ONNX_KEY]),
+            plan=plan_path,
+            plugin_lib=plugin_library_status().get("path"),
+            model=ckpt.model,
+            config=ckpt.config,
+            iters=self.args.bench_iters,
+            compile_=self.args.bench_compile,
+        )
 
-    def finish(self, results: dict, ckpt, plan: Plan, work: Path,
-               error: RoformerTrtError | None) -> tuple[Report, RoformerTrtError | None]:
+    def finish(
+        self, results: dict, ckpt, plan: Plan, work: Path, error: RoformerTrtError | None
+    ) -> tuple[Report, RoformerTrtError | None]:
         """Assemble the report from the results, judge it (export.verdict), save it; returns it and the error."""
         report = assemble_report(self, results, ckpt, plan, work)
         checks = judge(report, self.flags.thresholds, own_flag=False)
@@ -271,8 +267,11 @@ class Run:
         elif error is None and case_failures and not self.args.skip_validation:
             where = diagnosis_summary(report.diagnosis)
             report.failure = f"{len(case_failures)} validation check(s) failed" + (f"; {where}" if where else "")
-            error = VerificationError("outputs differ from PyTorch beyond thresholds:\n  " + "\n  ".join(case_failures)
-                                      + (f"\n{where}" if where else ""))
+            error = VerificationError(
+                "outputs differ from PyTorch beyond thresholds:\n  "
+                + "\n  ".join(case_failures)
+                + (f"\n{where}" if where else "")
+            )
         elif error is None and report.failure:  # a stage's own failure (e.g. a quantized graph off its placement)
             error = VerificationError(f"{report.failure} (artifacts kept in the output folder)")
         elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
@@ -289,25 +288,39 @@ class Run:
             self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
 
-def assemble_report(run: Run, results: dict[str, StageResult], ckpt: LoadedCheckpoint, plan: Plan,
-                    work: Path) -> Report:
+def assemble_report(
+    run: Run, results: dict[str, StageResult], ckpt: LoadedCheckpoint, plan: Plan, work: Path
+) -> Report:
     """The one place report.json is put together: every section from the stage that produced it."""
+
     def section(name):
         return results[name].section if name in results else None
 
     artifacts = _artifacts(results)
     failure = next((r.failure for r in results.values() if r.failure), None)
     report = Report(
-        command=run.argv, version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=model_facts(ckpt), checkpoint=checkpoint_facts(run.args, ckpt), export=section("export"),
-        rewrite=section("rewrite"), plugin=plugin_library_status(), precision=section("precision"),
-        quantization=section("quantize"), pooling=section("pooling"),
+        command=run.argv,
+        version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=model_facts(ckpt),
+        checkpoint=checkpoint_facts(run.args, ckpt),
+        export=section("export"),
+        rewrite=section("rewrite"),
+        plugin=plugin_library_status(),
+        precision=section("precision"),
+        quantization=section("quantize"),
+        pooling=section("pooling"),
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
-        validation_skipped=True if run.args.skip_validation else None, diagnosis=section("diagnosis"),
+        validation_skipped=True if run.args.skip_validation else None,
+        diagnosis=section("diagnosis"),
         engine=section("engine"),
-        bench=section("bench"), artifacts=artifacts, artifacts_sha256=artifact_hashes(work, artifacts.values()),
-        timings=run.timings, failure=failure)
+        bench=section("bench"),
+        artifacts=artifacts,
+        artifacts_sha256=artifact_hashes(work, artifacts.values()),
+        timings=run.timings,
+        failure=failure,
+    )
     report.reproduce = reproduce(report, run.flags, ckpt)
     return report
 
@@ -322,17 +335,30 @@ def _graphs(results: dict[str, StageResult]) -> dict:
 
 def model_facts(ckpt: LoadedCheckpoint) -> dict:
     c = ckpt.config
-    return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-            "head_dim": c.hidden_size // c.num_attention_heads, "embedding_size": c.embedding_size,
-            "vocab_size": c.vocab_size, "type_vocab_size": c.type_vocab_size,
-            "max_position_embeddings": c.max_position_embeddings,
-            "rotary_value": bool(c.rotary_value), "task": ckpt.task,
-            "params": sum(p.numel() for p in ckpt.model.parameters()), "table": ckpt.table}
+    return {
+        "layers": c.num_hidden_layers,
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "head_dim": c.hidden_size // c.num_attention_heads,
+        "embedding_size": c.embedding_size,
+        "vocab_size": c.vocab_size,
+        "type_vocab_size": c.type_vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rotary_value": bool(c.rotary_value),
+        "task": ckpt.task,
+        "params": sum(p.numel() for p in ckpt.model.parameters()),
+        "table": ckpt.table,
+    }
 
 
 def checkpoint_facts(args, ckpt: LoadedCheckpoint) -> dict:
-    return {"path": str(args.model), "format": ckpt.source_format, "sha256": sha256_tree(args.model),
-            "config_source": ckpt.config_source, "weights_dtype": ckpt.weights_dtype}
+    return {
+        "path": str(args.model),
+        "format": ckpt.source_format,
+        "sha256": sha256_tree(args.model),
+        "config_source": ckpt.config_source,
+        "weights_dtype": ckpt.weights_dtype,
+    }
 
 
 def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | None:
@@ -343,8 +369,12 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
     t = flags.thresholds.lookup(flags.precision, engine_key(flags.precision), "last_hidden_state")
     # Polygraphy compares element by element: our bound scaled_error <= rtol, i.e. max|e| <= rtol * max|ref|,
     # becomes its --atol with the largest reference magnitude the validation saw (max_abs / scaled_error).
-    scales = [o["max_abs"] / o["scaled_error"] for c in report.validation for o in c["outputs"].values()
-              if o.get("scaled_error")]
+    scales = [
+        o["max_abs"] / o["scaled_error"]
+        for c in report.validation
+        for o in c["outputs"].values()
+        if o.get("scaled_error")
+    ]
     atol = max([t.atol] + ([t.rtol * max(scales)] if scales else []))
     plugin_lib = static_lib = None
     if (report.rewrite or {}).get("mode") == "plugin":  # a library that is not built here is named for the TRT host
@@ -352,14 +382,25 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         plugin_lib = (report.plugin or {}).get("path") or PLUGIN_LIB
         static_lib = str(static) if static else STATIC_PLUGIN_LIB
     cmds = reproduce_commands(
-        trt_onnx=trt_onnx, reference_onnx="model.onnx", plan=plan_file(flags.precision), profiles=report.profiles,
-        precision=flags.precision, vocab_size=ckpt.config.vocab_size, type_vocab_size=ckpt.config.type_vocab_size,
-        atol=atol, rtol=0.0, plugin_lib=plugin_lib, static_plugin_lib=static_lib,
-        rank=3 if ckpt.task == "multiple-choice" else 2)
+        trt_onnx=trt_onnx,
+        reference_onnx="model.onnx",
+        plan=plan_file(flags.precision),
+        profiles=report.profiles,
+        precision=flags.precision,
+        vocab_size=ckpt.config.vocab_size,
+        type_vocab_size=ckpt.config.type_vocab_size,
+        atol=atol,
+        rtol=0.0,
+        plugin_lib=plugin_lib,
+        static_plugin_lib=static_lib,
+        rank=3 if ckpt.task == "multiple-choice" else 2,
+    )
     if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export
-        cmds["notes"].append("model.onnx has no sentence_embedding (the TensorRT-bound graph gained it), so Polygraphy "
-                             f"compares only the outputs both have ({HIDDEN} if the engine kept it); report.json "
-                             "`validation` grades sentence_embedding against PyTorch.")
+        cmds["notes"].append(
+            "model.onnx has no sentence_embedding (the TensorRT-bound graph gained it), so Polygraphy "
+            f"compares only the outputs both have ({HIDDEN} if the engine kept it); report.json "
+            "`validation` grades sentence_embedding against PyTorch."
+        )
     return cmds
 
 

@@ -38,7 +38,7 @@ class Flags:
     quant: QuantOptions | None = None  # --precision int8 | fp8
 
     @classmethod
-    def check(cls, args) -> "Flags":
+    def check(cls, args) -> Flags:
         check_max_len(args.max_len)
         opset = check_export_args(args.exporter, args.opset)
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
@@ -49,8 +49,10 @@ class Flags:
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)
         if tops and args.max_len and tops[-1] > args.max_len:
-            raise UsageError(f"--profiles {args.profiles!r}: top {tops[-1]} exceeds --max-len {args.max_len}; lower "
-                             "it or raise --max-len")
+            raise UsageError(
+                f"--profiles {args.profiles!r}: top {tops[-1]} exceeds --max-len {args.max_len}; lower "
+                "it or raise --max-len"
+            )
         check_choices(args.choices)
         if args.bench and not 1 <= args.bench_iters <= MAX_BENCH_ITERS:
             raise UsageError(f"--bench-iters must be from 1 to {MAX_BENCH_ITERS}, got {args.bench_iters}")
@@ -61,8 +63,9 @@ class Flags:
         if not 1 <= args.workspace_mib <= 1 << 24:
             raise UsageError(f"--workspace-mib must be from 1 to {1 << 24}, got {args.workspace_mib}")
         if not Path(args.model).exists():
-            raise UsageError(f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file "
-                             "or HF folder")
+            raise UsageError(
+                f"checkpoint {args.model} does not exist; pass --model PATH to a .pt/.safetensors file or HF folder"
+            )
         return cls(thresholds, precision, opset, default_out(args), pooling, quant)
 
     def planned(self, args, engine_available: bool) -> Planned:
@@ -78,11 +81,13 @@ class Plan:
     grid: list[tuple[int, int]] | None
 
     @classmethod
-    def decide(cls, args, config, task: str) -> "Plan":
+    def decide(cls, args, config, task: str) -> Plan:
         max_len = args.max_len or config.max_position_embeddings
         if max_len < MIN_MAX_LEN or max_len > MAX_LEN_LIMIT:
-            raise UsageError(f"the checkpoint's max_position_embeddings {max_len} is outside {MIN_MAX_LEN}.."
-                             f"{MAX_LEN_LIMIT}; pass --max-len in that range")
+            raise UsageError(
+                f"the checkpoint's max_position_embeddings {max_len} is outside {MIN_MAX_LEN}.."
+                f"{MAX_LEN_LIMIT}; pass --max-len in that range"
+            )
         profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, task))
         grid = parse_grid(args.bench_grid, profiles) if args.bench else None
         return cls(max_len, profiles, grid)
@@ -96,8 +101,10 @@ def check_max_len(max_len: int | None) -> None:
     if max_len is None:
         return
     if max_len < MIN_MAX_LEN:
-        raise UsageError(f"--max-len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
-                         f"support; pass --max-len {MIN_MAX_LEN} or more (e.g. --max-len 2048)")
+        raise UsageError(
+            f"--max-len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
+            f"support; pass --max-len {MIN_MAX_LEN} or more (e.g. --max-len 2048)"
+        )
     if max_len > MAX_LEN_LIMIT:
         raise UsageError(f"--max-len {max_len} is beyond the supported {MAX_LEN_LIMIT}; pass a smaller --max-len")
 

@@ -59,13 +59,19 @@ class LoadedCheckpoint:
     weights_dtype: str = "float32"
 
 
-def load_checkpoint(path: str | Path, config_path: str | Path | None = None, trust_pickle: bool = False,
-                    task: str | None = None, table_rows: int | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path,
+    config_path: str | Path | None = None,
+    trust_pickle: bool = False,
+    task: str | None = None,
+    table_rows: int | None = None,
+) -> LoadedCheckpoint:
     return materialize(inspect_checkpoint(path, config_path, trust_pickle, task), table_rows)
 
 
-def inspect_checkpoint(path: str | Path, config_path: str | Path | None = None, trust_pickle: bool = False,
-                       task: str | None = None) -> InspectedCheckpoint:
+def inspect_checkpoint(
+    path: str | Path, config_path: str | Path | None = None, trust_pickle: bool = False, task: str | None = None
+) -> InspectedCheckpoint:
     path = Path(path)
     files = read_checkpoint(path, config_path, trust_pickle)
     config = make_config(files.config, path)
@@ -88,6 +94,7 @@ def inspect_checkpoint(path: str | Path, config_path: str | Path | None = None, 
 def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> LoadedCheckpoint:
     """The fp32 eval-mode HF model holding the checkpoint's weights, its table at least `table_rows` long."""
     import transformers
+
     cls = getattr(transformers, TASKS[ck.task][0])
     torch.manual_seed(0)  # never used for weights that matter: every key comes from the file
     model = cls(ck.config).eval()
@@ -99,11 +106,13 @@ def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> Loade
     model.tie_weights()
     if table_rows:
         _set_table(model, max(table_rows, _table(model).weight.shape[0]))
-    return LoadedCheckpoint(model.float().eval(), ck.config, ck.task, ck.source_format, ck.table, ck.config_source,
-                            ck.weights_dtype)
+    return LoadedCheckpoint(
+        model.float().eval(), ck.config, ck.task, ck.source_format, ck.table, ck.config_source, ck.weights_dtype
+    )
 
 
 # ---- the sinusoidal table --------------------------------------------------------------------------------
+
 
 def _table(model):
     return (model.roformer if hasattr(model, "roformer") else model).encoder.embed_positions
@@ -111,6 +120,7 @@ def _table(model):
 
 def _set_table(model, rows: int) -> None:
     from transformers.models.roformer.modeling_roformer import RoFormerSinusoidalPositionalEmbedding
+
     enc = (model.roformer if hasattr(model, "roformer") else model).encoder
     old = enc.embed_positions
     new = RoFormerSinusoidalPositionalEmbedding(rows, old.weight.shape[1])
@@ -142,22 +152,37 @@ def check_table(weight: torch.Tensor, path) -> None:
     err = (weight.double() - want).abs().max().item()
     tol = torch.finfo(weight.dtype).eps  # one ulp at 1.0 of the stored dtype: rounding differences only
     if not err <= tol:
-        raise UsageError(f"{path}: the sinusoidal position table differs from the RoFormer formula by {err:.3g} "
-                         f"(> {tol:.1g}); this checkpoint was not trained with standard RoFormer rotary embeddings")
+        raise UsageError(
+            f"{path}: the sinusoidal position table differs from the RoFormer formula by {err:.3g} "
+            f"(> {tol:.1g}); this checkpoint was not trained with standard RoFormer rotary embeddings"
+        )
 
 
 # ---- config ----------------------------------------------------------------------------------------------
 
 # Sizes that must be whole numbers >= 1; embedding_size may also be null (then it is hidden_size).
-POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                       "max_position_embeddings", "type_vocab_size", "embedding_size")
+POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "embedding_size",
+)
 # Reals: (low, high, low inclusive); a NaN or inf is never a config value.
-REAL_FIELDS = {"layer_norm_eps": (0.0, 1.0, False), "initializer_range": (0.0, math.inf, True),
-               "hidden_dropout_prob": (0.0, 1.0, True), "attention_probs_dropout_prob": (0.0, 1.0, True)}
+REAL_FIELDS = {
+    "layer_norm_eps": (0.0, 1.0, False),
+    "initializer_range": (0.0, math.inf, True),
+    "hidden_dropout_prob": (0.0, 1.0, True),
+    "attention_probs_dropout_prob": (0.0, 1.0, True),
+}
 
 
 def make_config(config, path: Path):
     from transformers import RoFormerConfig
+
     if not isinstance(config, dict):
         config = config.to_dict()
     model_type = config.get("model_type", "roformer")
@@ -171,11 +196,15 @@ def make_config(config, path: Path):
     check_config_values(cfg.to_dict(), path)  # HF's defaults for the fields the file leaves out
     heads = cfg.num_attention_heads
     if cfg.hidden_size % heads:
-        raise UsageError(f"{path}: config num_attention_heads {heads} does not divide hidden_size {cfg.hidden_size}; "
-                         "fix the checkpoint's config (each head gets hidden_size / heads channels)")
+        raise UsageError(
+            f"{path}: config num_attention_heads {heads} does not divide hidden_size {cfg.hidden_size}; "
+            "fix the checkpoint's config (each head gets hidden_size / heads channels)"
+        )
     if (cfg.hidden_size // heads) % 2:
-        raise UsageError(f"{path}: config hidden_size {cfg.hidden_size} / num_attention_heads {heads} gives an odd "
-                         "head size; rotary embeddings rotate channel pairs, fix the checkpoint's config")
+        raise UsageError(
+            f"{path}: config hidden_size {cfg.hidden_size} / num_attention_heads {heads} gives an odd "
+            "head size; rotary embeddings rotate channel pairs, fix the checkpoint's config"
+        )
     if cfg.is_decoder:
         raise UsageError(f"{path}: is_decoder=True (RoFormerForCausalLM) is not supported; export an encoder")
     return cfg
@@ -189,28 +218,38 @@ def check_config_values(config: dict, path) -> None:
             continue
         v = config[field]
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise UsageError(f"{path}: config {field} is {v!r} ({type(v).__name__}); it must be an integer >= 1, "
-                             "fix the checkpoint's config")
+            raise UsageError(
+                f"{path}: config {field} is {v!r} ({type(v).__name__}); it must be an integer >= 1, "
+                "fix the checkpoint's config"
+            )
         if v < 1:
             raise UsageError(f"{path}: config {field} is {v}; it must be an integer >= 1, fix the checkpoint's config")
     for field, (lo, hi, lo_ok) in REAL_FIELDS.items():
         if field not in config or config[field] is None:
             continue
         v = config[field]
-        ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and \
-            (lo <= v if lo_ok else lo < v) and v <= hi
+        ok = (
+            not isinstance(v, bool)
+            and isinstance(v, numbers.Real)
+            and math.isfinite(v)
+            and (lo <= v if lo_ok else lo < v)
+            and v <= hi
+        )
         if not ok:
             interval = f"{'[' if lo_ok else '('}{lo}, {hi}]"
-            raise UsageError(f"{path}: config {field} is {v!r}; it must be a finite number in {interval}, fix the "
-                             "checkpoint's config")
+            raise UsageError(
+                f"{path}: config {field} is {v!r}; it must be a finite number in {interval}, fix the "
+                "checkpoint's config"
+            )
 
 
 # ---- keys, shapes, dtypes, values -----------------------------------------------------------------------
 
+
 def _strip_prefixes(state: dict) -> dict:
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -234,11 +273,15 @@ def detect_task(state: dict, config, path: Path) -> str:
     elif any(k.startswith("roformer.") for k in keys) or any(k.startswith("embeddings.") for k in keys):
         task = "model"
     else:
-        raise UsageError(f"{path}: keys {sorted(keys)[:3]}... are not a RoFormer state_dict; pass a RoFormer checkpoint")
+        raise UsageError(
+            f"{path}: keys {sorted(keys)[:3]}... are not a RoFormer state_dict; pass a RoFormer checkpoint"
+        )
     declared = [ARCHITECTURE_TO_TASK[a] for a in (config.architectures or []) if a in ARCHITECTURE_TO_TASK]
     if declared and task != "model" and declared[0] != task:
-        raise UsageError(f"{path}: config.architectures says {config.architectures[0]} but the weights hold a "
-                         f"{TASKS[task][0]} head; fix config.json")
+        raise UsageError(
+            f"{path}: config.architectures says {config.architectures[0]} but the weights hold a "
+            f"{TASKS[task][0]} head; fix config.json"
+        )
     return task
 
 
@@ -248,19 +291,24 @@ def check_layer_count(state: dict, config, path) -> None:
     layers = {int(m.group(1)) for k in state for m in [LAYER_KEY.search(k)] if m}
     if len(layers) < config.num_hidden_layers:
         held = f"{len(layers)} (encoder.layer.{min(layers)}-{max(layers)})" if layers else "none"
-        raise UsageError(f"{path}: config num_hidden_layers is {config.num_hidden_layers} but the weights hold "
-                         f"{held}; the config does not belong to these weights, fix it or pass the right --config")
+        raise UsageError(
+            f"{path}: config num_hidden_layers is {config.num_hidden_layers} but the weights hold "
+            f"{held}; the config does not belong to these weights, fix it or pass the right --config"
+        )
 
 
 def _meta_state(config, task: str, path) -> dict:
     """The state_dict the task's HF class expects, built on the meta device: shapes and dtypes, no memory."""
     import transformers
+
     cls = getattr(transformers, TASKS[task][0])
     try:
         with torch.device("meta"):
             model = cls(config)
     except Exception as e:  # e.g. an unknown hidden_act
-        raise UsageError(f"{path}: config cannot build {cls.__name__} ({short(e)}); fix the checkpoint's config") from None
+        raise UsageError(
+            f"{path}: config cannot build {cls.__name__} ({short(e)}); fix the checkpoint's config"
+        ) from None
     tied = getattr(model, "_tied_weights_keys", None) or {}
     expected = dict(model.state_dict())
     expected["__tied__"] = set(tied.keys() if isinstance(tied, dict) else tied)
@@ -273,17 +321,24 @@ def check_keys_and_shapes(state: dict, expected: dict, table_key: str, path) -> 
     missing = sorted(set(expected) - set(state) - tied - {table_key})
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        parts = ([f"missing {len(missing)} keys {missing[:6]}"] if missing else []) + \
-                ([f"unexpected {len(unexpected)} keys {unexpected[:6]}"] if unexpected else [])
-        raise UsageError(f"{path} does not match {name}: {'; '.join(parts)}; check the checkpoint and "
-                         "its config (num_hidden_layers, heads, num_labels)")
+        parts = ([f"missing {len(missing)} keys {missing[:6]}"] if missing else []) + (
+            [f"unexpected {len(unexpected)} keys {unexpected[:6]}"] if unexpected else []
+        )
+        raise UsageError(
+            f"{path} does not match {name}: {'; '.join(parts)}; check the checkpoint and "
+            "its config (num_hidden_layers, heads, num_labels)"
+        )
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise UsageError(f"{path}: {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}; "
-                             "check config.json against the weights")
+            raise UsageError(
+                f"{path}: {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}; "
+                "check config.json against the weights"
+            )
         if expected[k].is_floating_point() and not v.is_floating_point():
-            raise UsageError(f"{path}: weight {k} is {str(v.dtype).removeprefix('torch.')}, not floating point; "
-                             "RoFormer weights are float32/float16/bfloat16, re-save the checkpoint from training")
+            raise UsageError(
+                f"{path}: weight {k} is {str(v.dtype).removeprefix('torch.')}, not floating point; "
+                "RoFormer weights are float32/float16/bfloat16, re-save the checkpoint from training"
+            )
 
 
 def upcast(state: dict, path) -> tuple[dict, str]:
@@ -301,5 +356,7 @@ def check_finite(state: dict, path) -> None:
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             bad = int(v.numel() - torch.isfinite(v).sum().item())
             if bad:
-                raise UsageError(f"{path}: weight {k} has {bad} non-finite value(s) (NaN/inf); the checkpoint is "
-                                 "corrupt, re-export it from training")
+                raise UsageError(
+                    f"{path}: weight {k} has {bad} non-finite value(s) (NaN/inf); the checkpoint is "
+                    "corrupt, re-export it from training"
+                )

@@ -33,8 +33,9 @@ class CheckpointFiles:
     config_source: str  # "checkpoint", "config.json beside it", or "--config <path>"
 
 
-def read_checkpoint(path: str | Path, config_path: str | Path | None = None,
-                    trust_pickle: bool = False) -> CheckpointFiles:
+def read_checkpoint(
+    path: str | Path, config_path: str | Path | None = None, trust_pickle: bool = False
+) -> CheckpointFiles:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist; pass --model PATH to a .pt/.safetensors file or HF folder")
@@ -73,6 +74,7 @@ def _load_hf_folder(folder: Path):
 def _load_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -85,18 +87,25 @@ def _torch_load(path: Path, trust_pickle: bool):
     is_zip = zipfile.is_zipfile(path)
     # torch.save writes a zip archive; legacy files are a raw pickle (protocol 2+ starts with 0x80)
     if not is_zip and head[:1] != b"\x80":
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint (not a complete torch.save archive nor a "
-                         "pickle: truncated or another format); re-save or re-download it")
+        raise UsageError(
+            f"{path} is not a readable PyTorch checkpoint (not a complete torch.save archive nor a "
+            "pickle: truncated or another format); re-save or re-download it"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         if not trust_pickle or "weights_only" not in str(e):
-            hint = ("if you trust its source, pass --trust-pickle, or re-save it as {config, state_dict}"
-                    if "weights_only" in str(e) else "it may be truncated or corrupt, re-save or re-download it")
+            hint = (
+                "if you trust its source, pass --trust-pickle, or re-save it as {config, state_dict}"
+                if "weights_only" in str(e)
+                else "it may be truncated or corrupt, re-save or re-download it"
+            )
             raise UsageError(f"{path} is not a checkpoint the safe loader accepts ({short(e)}); {hint}") from None
     except Exception as e:  # any failure of the safe loader on a foreign file is the file's problem
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint ({short(e)}); it may be truncated or "
-                         "corrupt, re-save or re-download it") from None
+        raise UsageError(
+            f"{path} is not a readable PyTorch checkpoint ({short(e)}); it may be truncated or "
+            "corrupt, re-save or re-download it"
+        ) from None
     # Only reached with trust_pickle=True after the safe load refused: unpickling runs the file's code.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -108,12 +117,16 @@ def _unpack_torch_object(path: Path, obj, explicit: dict | None):
     if isinstance(obj, torch.nn.Module):
         config = getattr(obj, "config", None)
         if config is None or getattr(config, "model_type", None) != "roformer":
-            raise UsageError(f"{path} holds a {type(obj).__name__}, not a HF RoFormer model; "
-                             "save a RoFormer model or {config, state_dict}")
+            raise UsageError(
+                f"{path} holds a {type(obj).__name__}, not a HF RoFormer model; "
+                "save a RoFormer model or {config, state_dict}"
+            )
         return config.to_dict(), obj.state_dict(), "pickled nn.Module", "checkpoint (the module's config)"
     if not isinstance(obj, dict):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a state_dict or {{config, state_dict}}; "
-                         "re-save it as torch.save({'config': cfg.to_dict(), 'state_dict': model.state_dict()})")
+        raise UsageError(
+            f"{path} holds a {type(obj).__name__}, not a state_dict or {{config, state_dict}}; "
+            "re-save it as torch.save({'config': cfg.to_dict(), 'state_dict': model.state_dict()})"
+        )
     if "state_dict" in obj and "config" in obj:
         if not isinstance(obj["config"], dict) or not isinstance(obj["state_dict"], dict):
             raise UsageError(f"{path}: 'config' must be a dict and 'state_dict' a dict of tensors")
@@ -121,8 +134,10 @@ def _unpack_torch_object(path: Path, obj, explicit: dict | None):
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         config, source = _config_beside(path, explicit)
         return config, obj, "bare state_dict", source
-    raise UsageError(f"{path} is a dict with keys {sorted(map(str, obj))[:5]}, neither a state_dict nor "
-                     "{config, state_dict}; re-save it in one of those forms")
+    raise UsageError(
+        f"{path} is a dict with keys {sorted(map(str, obj))[:5]}, neither a state_dict nor "
+        "{config, state_dict}; re-save it in one of those forms"
+    )
 
 
 def _config_beside(path: Path, explicit: dict | None) -> tuple[dict, str]:

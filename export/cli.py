@@ -27,9 +27,16 @@ import sys
 import threading
 import traceback
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
-from export.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, RoformerTrtError, UnavailableError, VerificationError
+from export.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RoformerTrtError,
+    UnavailableError,
+    VerificationError,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,8 +58,14 @@ class InterruptNote:
         self.text = text
 
 
-def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], int], argv: list[str] | None = None,
-        *, usage_errors: tuple[type[Exception], ...] = (), interrupt_note: InterruptNote | None = None) -> int:
+def run(
+    parser: argparse.ArgumentParser,
+    main: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+    *,
+    usage_errors: tuple[type[Exception], ...] = (),
+    interrupt_note: InterruptNote | None = None,
+) -> int:
     """Parse argv, run `main(args)` and map what it raises to the exit-code table above.
 
     usage_errors: exception types that mean bad input (exit 2) besides UsageError, e.g. ThresholdError.
@@ -80,8 +93,9 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], in
         return EXIT_USAGE
     except Exception as e:  # a bug: one line, the traceback behind --debug, and an exit code of its own
         _trace(debug)
-        print(f"internal error: {type(e).__name__}: {_one_line(e)}; rerun with --debug for the traceback",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(e).__name__}: {_one_line(e)}; rerun with --debug for the traceback", file=sys.stderr
+        )
         return EXIT_INTERNAL
 
 

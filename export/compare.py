@@ -53,9 +53,14 @@ def error_stats(got: np.ndarray, ref: np.ndarray, rows: np.ndarray | None = None
     g, r = got.astype(np.float64), ref.astype(np.float64)
     a = np.abs(g - r)
     max_abs = float(a.max())
-    return ErrorStats(max_abs, float(a.mean()), max_abs / max(float(np.abs(r).max()), TINY),
-                      _cosine(g.ravel(), r.ravel()), int(np.isnan(g).sum()),
-                      None if rows is None else _min_row_cosine(g, r, rows))
+    return ErrorStats(
+        max_abs,
+        float(a.mean()),
+        max_abs / max(float(np.abs(r).max()), TINY),
+        _cosine(g.ravel(), r.ravel()),
+        int(np.isnan(g).sum()),
+        None if rows is None else _min_row_cosine(g, r, rows),
+    )
 
 
 def _cosine(g: np.ndarray, r: np.ndarray) -> float:
@@ -87,6 +92,6 @@ def row_mask(output: str, shape: tuple[int, ...], attention_mask: np.ndarray) ->
     rows = tuple(shape[:-1])
     if mask.shape == rows:
         return mask
-    if mask.shape[:len(rows)] == rows:  # per sentence: any real token in it
+    if mask.shape[: len(rows)] == rows:  # per sentence: any real token in it
         return mask.reshape(*rows, -1).any(axis=-1)
     raise ValueError(f"{output} rows {rows} do not match attention_mask {mask.shape}")

@@ -39,8 +39,10 @@ def free(out: Path) -> int:
 def require(out: Path, nbytes: int) -> None:
     have = free(out)
     if nbytes > have:
-        raise UsageError(f"--out {out} has {have / GB:.2f} GB free but this build writes about {nbytes / GB:.2f} GB; "
-                         "free some space or pass an --out on another disk")
+        raise UsageError(
+            f"--out {out} has {have / GB:.2f} GB free but this build writes about {nbytes / GB:.2f} GB; "
+            "free some space or pass an --out on another disk"
+        )
 
 
 def full_disk(out: Path, nbytes: int, error: BaseException) -> UsageError | None:
@@ -48,5 +50,7 @@ def full_disk(out: Path, nbytes: int, error: BaseException) -> UsageError | None
     no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
     if not no_space and free(out) >= NEARLY_FULL:
         return None
-    return UsageError(f"no space left on the disk of --out {out} (Errno {errno.ENOSPC}); the build writes about "
-                      f"{nbytes / GB:.2f} GB: free some space or pass an --out on another disk")
+    return UsageError(
+        f"no space left on the disk of --out {out} (Errno {errno.ENOSPC}); the build writes about "
+        f"{nbytes / GB:.2f} GB: free some space or pass an --out on another disk"
+    )

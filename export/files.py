@@ -47,8 +47,17 @@ def _require_regular(mode: int, path: Path, what: str) -> None:
         return
     if stat.S_ISDIR(mode):
         raise UsageError(f"{what} {path} is a directory, not a file; pass the file itself")
-    kind = ("FIFO (named pipe)" if stat.S_ISFIFO(mode) else "character device" if stat.S_ISCHR(mode)
-            else "block device" if stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+    kind = (
+        "FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "character device"
+        if stat.S_ISCHR(mode)
+        else "block device"
+        if stat.S_ISBLK(mode)
+        else "socket"
+        if stat.S_ISSOCK(mode)
+        else "special file"
+    )
     raise UsageError(f"{what} {path} is a {kind}, not a regular file; pass a regular file")
 
 
@@ -83,8 +92,10 @@ def read_bytes(path: str | Path, *, what: str, max_bytes: int) -> bytes:
 
 def _too_big(path: Path, what: str, size: int | None, cap: int) -> str:
     got = f"{size} bytes" if size is not None else "larger than that"
-    return (f"{what} {path} is {got}, over the {cap}-byte limit for a {what}; "
-            "pass the right file (this one is not what it is named)")
+    return (
+        f"{what} {path} is {got}, over the {cap}-byte limit for a {what}; "
+        "pass the right file (this one is not what it is named)"
+    )
 
 
 def read_text(path: str | Path, *, what: str, max_bytes: int) -> str:
@@ -93,8 +104,9 @@ def read_text(path: str | Path, *, what: str, max_bytes: int) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                         "re-save it as UTF-8") from None
+        raise UsageError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); re-save it as UTF-8"
+        ) from None
 
 
 def json_depth(obj: object) -> int:
@@ -120,8 +132,9 @@ def load_json(path: str | Path, *, what: str, max_bytes: int = 16 * MiB, max_dep
     except RecursionError:  # the C decoder stops at the interpreter's recursion limit instead of crashing
         raise UsageError(too_deep) from None
     except json.JSONDecodeError as e:
-        raise UsageError(f"{what} {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); "
-                         "fix or regenerate it") from None
+        raise UsageError(
+            f"{what} {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); fix or regenerate it"
+        ) from None
     if json_depth(obj) > max_depth:
         raise UsageError(too_deep)
     return obj

@@ -35,8 +35,10 @@ class Estimate:
     peak: int  # bytes the whole build is expected to hold at once
 
     def describe(self) -> str:
-        return (f"about {self.peak / GB:.1f} GB (fp32 weights {self.weights / GB:.2f} GB, activations at the "
-                f"longest sequence {self.activations / GB:.2f} GB)")
+        return (
+            f"about {self.peak / GB:.1f} GB (fp32 weights {self.weights / GB:.2f} GB, activations at the "
+            f"longest sequence {self.activations / GB:.2f} GB)"
+        )
 
 
 def parameter_count(config) -> int:
@@ -72,7 +74,7 @@ def available(override: str | None = None) -> tuple[int, str]:
     if os.environ.get(ENV):
         return parse_bytes(os.environ[ENV], ENV), ENV
     limits = [v for v in (_mem_available(), _cgroup_room(), _address_space_room()) if v is not None]
-    return (min(limits, key=lambda v: v[0]) if limits else (1 << 62, "no limit found"))
+    return min(limits, key=lambda v: v[0]) if limits else (1 << 62, "no limit found")
 
 
 def require(estimate: Estimate, what: str, override: str | None = None) -> None:
@@ -82,8 +84,10 @@ def require(estimate: Estimate, what: str, override: str | None = None) -> None:
     measured = override is None and not os.environ.get(ENV)
     need = estimate.peak - IMPORTS if measured else estimate.peak
     if need > have:
-        raise UsageError(f"{what} needs {estimate.describe()}, but only {have / GB:.1f} GB is available ({source}); "
-                         "use a smaller --max-len or a machine with more memory (--max-memory overrides the limit)")
+        raise UsageError(
+            f"{what} needs {estimate.describe()}, but only {have / GB:.1f} GB is available ({source}); "
+            "use a smaller --max-len or a machine with more memory (--max-memory overrides the limit)"
+        )
 
 
 def _mem_available() -> tuple[int, str] | None:
@@ -97,8 +101,10 @@ def _mem_available() -> tuple[int, str] | None:
 
 
 def _cgroup_room() -> tuple[int, str] | None:
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             text = Path(limit).read_text().strip()
             if text == "max" or int(text) >= 1 << 60:
@@ -114,8 +120,11 @@ def _address_space_room() -> tuple[int, str] | None:
     if soft == resource.RLIM_INFINITY:
         return None
     try:
-        size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmSize:"))
+        size = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmSize:")
+        )
     except (OSError, StopIteration):
         size = 0
     return soft - size, "RLIMIT_AS (ulimit -v)"

@@ -55,8 +55,10 @@ def check_export_args(exporter: str, opset: int | None) -> int:
         raise UsageError(f"--exporter {exporter!r} is unknown; use dynamo or torchscript")
     opset = DEFAULT_OPSET[exporter] if opset is None else opset
     if exporter == "dynamo" and opset == 17:
-        raise UsageError("--exporter dynamo --opset 17 is refused: torch 2.13 writes an invalid Split there; "
-                         "use --opset 18 or newer, or --exporter torchscript")
+        raise UsageError(
+            "--exporter dynamo --opset 17 is refused: torch 2.13 writes an invalid Split there; "
+            "use --opset 18 or newer, or --exporter torchscript"
+        )
     if opset not in OPSETS[exporter]:
         r = OPSETS[exporter]
         raise UsageError(f"--opset {opset} is not supported by the {exporter} exporter; use {r.start}..{r.stop - 1}")
@@ -71,8 +73,9 @@ class _Wrapper(torch.nn.Module):
         self.model, self.names = model, spec.output_names
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         return_dict=True)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
+        )
         return tuple(out[n] for n in self.names)
 
 
@@ -83,13 +86,21 @@ def example_inputs(spec: ExportSpec, vocab_size: int, batch: int = 2, seq: int =
     return ids, torch.ones_like(ids), torch.zeros_like(ids)
 
 
-def export_onnx(model: torch.nn.Module, task: str, out_path: str | Path, max_len: int,
-                exporter: str = "dynamo", opset: int | None = None) -> dict:
+def export_onnx(
+    model: torch.nn.Module,
+    task: str,
+    out_path: str | Path,
+    max_len: int,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+) -> dict:
     """Export, check and atomically write. Returns facts for report.json `export`."""
     opset = check_export_args(exporter, opset)
     if max_len < MIN_MAX_LEN:
-        raise UsageError(f"max_len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
-                         f"support; pass --max-len {MIN_MAX_LEN} or more")
+        raise UsageError(
+            f"max_len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
+            f"support; pass --max-len {MIN_MAX_LEN} or more"
+        )
     spec = ExportSpec(task)
     out_path = Path(out_path)
     wrapper = _Wrapper(model, spec).eval()
@@ -109,28 +120,52 @@ def export_onnx(model: torch.nn.Module, task: str, out_path: str | Path, max_len
         files = move_into_place(tmpdir, out_path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return {"exporter": exporter, "opset": opset, "max_len": max_len, "table_rows": rows,
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "seconds": round(time.perf_counter() - t0, 2), "files": files}
+    return {
+        "exporter": exporter,
+        "opset": opset,
+        "max_len": max_len,
+        "table_rows": rows,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "files": files,
+    }
 
 
 def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_len: int) -> None:
     from torch.export import Dim
+
     # "torchvision is not installed. Skipping torchvision::nms" is noise for a text model
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    dims = {axis: Dim(name, min=1, max=max_len if name == "sequence" else 4096)
-            for axis, name in spec.input_axes.items()}
+    dims = {
+        axis: Dim(name, min=1, max=max_len if name == "sequence" else 4096) for axis, name in spec.input_axes.items()
+    }
     dynamic_shapes = {n: dims for n in INPUT_NAMES}
-    program = torch.onnx.export(wrapper, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                                input_names=list(INPUT_NAMES), output_names=list(spec.output_names),
-                                optimize=True, verbose=False)
+    program = torch.onnx.export(
+        wrapper,
+        args,
+        dynamo=True,
+        opset_version=opset,
+        dynamic_shapes=dynamic_shapes,
+        input_names=list(INPUT_NAMES),
+        output_names=list(spec.output_names),
+        optimize=True,
+        verbose=False,
+    )
     program.save(str(path), external_data=True)  # streamed to <name>.data: no serialized copy in memory
 
 
 def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int) -> None:
-    torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=opset,
-                      input_names=list(INPUT_NAMES), output_names=list(spec.output_names),
-                      dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
+    torch.onnx.export(
+        wrapper,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=list(INPUT_NAMES),
+        output_names=list(spec.output_names),
+        dynamic_axes=spec.dynamic_axes(),
+        do_constant_folding=True,
+    )
 
 
 def _finalize(path: Path, max_len: int) -> None:

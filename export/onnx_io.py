@@ -39,8 +39,14 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
     if external is None:
         external = _initializer_bytes(model) > MAX_PROTOBUF
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name(path.name), size_threshold=SIZE_THRESHOLD)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name(path.name),
+            size_threshold=SIZE_THRESHOLD,
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -104,8 +110,10 @@ def check_locations(model: onnx.ModelProto) -> list[str]:
         loc = ExternalDataInfo(t).location
         p = PurePosixPath(loc.replace("\\", "/"))
         if p.is_absolute() or len(p.parts) != 1 or p.name in ("", ".", ".."):
-            raise ValueError(f"tensor {t.name!r} has external data at {loc!r}; expected a file name beside "
-                             "the graph (no folders), so the build folder can move as a whole")
+            raise ValueError(
+                f"tensor {t.name!r} has external data at {loc!r}; expected a file name beside "
+                "the graph (no folders), so the build folder can move as a whole"
+            )
         names.add(loc)
     return sorted(names)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from export.atomic import write_atomic
@@ -63,13 +64,13 @@ class Ownership:
         return rel == TIMING_CACHE
 
 
-def write_manifest(out: Path, files: dict[str, frozenset[str] | set[str] | str]) -> None:
+def write_manifest(out: Path, files: Mapping[str, frozenset[str] | set[str] | str]) -> None:
     """files: {relative path: its sha256, or every sha256 it may have (old and new, during a swap)}."""
     table = {rel: sorted({h} if isinstance(h, str) else h) for rel, h in sorted(files.items())}
     write_atomic(Path(out) / MANIFEST, json.dumps({"tool": TOOL, "files": table}, indent=1))
 
 
-def merge_claims(*tables: dict) -> dict[str, set[str]]:
+def merge_claims(*tables: Mapping[str, str | Iterable[str]]) -> dict[str, set[str]]:
     """The union of claim tables ({path: sha256 or a set of them}): a path keeps every hash any table gives."""
     out: dict[str, set[str]] = {}
     for table in tables:
@@ -79,7 +80,7 @@ def merge_claims(*tables: dict) -> dict[str, set[str]]:
 
 
 def _claims(out: Path) -> dict[str, frozenset[str]]:
-    tables = []
+    tables: list[Mapping[str, str | Iterable[str]]] = []
     report = _read_json(out / REPORT_JSON)
     if isinstance(report, dict) and report.get("tool") == TOOL:
         tables.append({REPORT_JSON: BY_CONTENT, REPORT_MD: BY_CONTENT})

@@ -11,9 +11,16 @@ _console = Console(stderr=True)
 
 
 def progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=_console, transient=not sys.stderr.isatty(),
-                    disable=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_console,
+        transient=not sys.stderr.isatty(),
+        disable=False,
+    )
 
 
 def status(message: str):

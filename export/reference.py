@@ -8,7 +8,7 @@ with. Pure functions, no runtime around them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -25,6 +25,7 @@ class ReportError(ValueError):
 
 # ---- sections --------------------------------------------------------------------------------------
 
+
 class ModelSection(TypedDict):
     layers: int
     hidden: int
@@ -84,6 +85,7 @@ class PrecisionSection(TypedDict, total=False):
 
 class PoolingSection(TypedDict, total=False):
     """`export.build --pooling mean|cls` only (absent otherwise)."""
+
     mode: str  # mean | cls
     normalize: bool  # L2-normalised
     graph: str  # the fp32 TensorRT-bound graph that gained sentence_embedding (its file name kept)
@@ -128,6 +130,7 @@ class ValidationCase(TypedDict):
 
 class DiagnosisSection(TypedDict, total=False):
     """export.diagnose on one failing case (export/stages/diagnosis.py): where the graph first diverges."""
+
     graph: str  # artifact key of the graph diagnosed
     reference: str  # "pytorch"
     batch: int
@@ -208,6 +211,7 @@ def key_precision(key: str) -> str | None:
 
 # ---- the report ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Report:
     command: list[str]
@@ -243,14 +247,15 @@ class Report:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "report.json") -> "Report":
+    def from_dict(cls, data: Any, source: str = "report.json") -> Report:
         """Check the schema version and every section's shape; ReportError (one line) otherwise."""
         if not isinstance(data, dict):
             raise ReportError(f"{source} is not a JSON object; {REBUILD}")
         version = data.get("schema_version", 0)
         if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise ReportError(f"{source} has schema version {version!r}, this tool reads version {SCHEMA_VERSION}; "
-                              f"{REBUILD}")
+            raise ReportError(
+                f"{source} has schema version {version!r}, this tool reads version {SCHEMA_VERSION}; {REBUILD}"
+            )
         known = {f.name for f in fields(cls)}
         for name, want in _SHAPES.items():
             if name in data and data[name] is not None and not _is(data[name], want):
@@ -269,12 +274,32 @@ class Report:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHAPES = {"command": "list", "version": "str", "created": "str", "tool": "str", "model": "object",
-           "checkpoint": "object", "export": "object", "rewrite": "object", "plugin": "object",
-           "precision": "object", "pooling": "object", "quantization": "object", "profiles": "list",
-           "validation": "list", "validation_skipped": "bool", "diagnosis": "object",
-           "engine": "object", "bench": "object", "reproduce": "object", "artifacts": "object",
-           "artifacts_sha256": "object", "timings": "object", "passed": "bool", "failure": "str"}
+_SHAPES = {
+    "command": "list",
+    "version": "str",
+    "created": "str",
+    "tool": "str",
+    "model": "object",
+    "checkpoint": "object",
+    "export": "object",
+    "rewrite": "object",
+    "plugin": "object",
+    "precision": "object",
+    "pooling": "object",
+    "quantization": "object",
+    "profiles": "list",
+    "validation": "list",
+    "validation_skipped": "bool",
+    "diagnosis": "object",
+    "engine": "object",
+    "bench": "object",
+    "reproduce": "object",
+    "artifacts": "object",
+    "artifacts_sha256": "object",
+    "timings": "object",
+    "passed": "bool",
+    "failure": "str",
+}
 _TYPES = {"list": list, "str": str, "object": dict, "bool": bool}
 
 
@@ -284,7 +309,8 @@ def _is(value: Any, want: str) -> bool:
 
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "list", str: "str", bool: "bool", int: "number", float: "number"}.get(
-        type(value), "null" if value is None else type(value).__name__)
+        type(value), "null" if value is None else type(value).__name__
+    )
 
 
 def _check_case(case: Any, where: str) -> None:
@@ -304,6 +330,11 @@ def _check_case(case: Any, where: str) -> None:
 def _check_paths(paths: dict, where: str) -> None:
     """Artifact paths are relative file paths inside the report's folder: no absolute path, no '..'."""
     for key, rel in paths.items():
-        if not isinstance(rel, str) or not rel or "\x00" in rel or rel.startswith(("/", "\\")) \
-                or ".." in re.split(r"[\\/]", rel):
+        if (
+            not isinstance(rel, str)
+            or not rel
+            or "\x00" in rel
+            or rel.startswith(("/", "\\"))
+            or ".." in re.split(r"[\\/]", rel)
+        ):
             raise ReportError(f"{where}[{key!r}] = {rel!r} is not a path inside the build folder; {REBUILD}")

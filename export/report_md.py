@@ -12,8 +12,23 @@ def render_markdown(r: Report) -> str:
         lines += [f"**Failure:** {r.failure}", ""]
     if r.validation_skipped:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
-    for section in (_model, _export, _rewrite, _pooling, _artifacts, _validation, _diagnosis, _precision, _quantization,
-                    _profiles, _plugin, _engine, _reproduce, _bench, _timings):
+    for section in (
+        _model,
+        _export,
+        _rewrite,
+        _pooling,
+        _artifacts,
+        _validation,
+        _diagnosis,
+        _precision,
+        _quantization,
+        _profiles,
+        _plugin,
+        _engine,
+        _reproduce,
+        _bench,
+        _timings,
+    ):
         lines += section(r)
     return "\n".join(lines)
 
@@ -29,8 +44,12 @@ def _model(r: Report) -> list[str]:
         return []
     lines = ["## Model", ""] + _table(["field", "value"], [[k, v] for k, v in r.model.items()])
     if r.checkpoint:
-        lines += [f"Checkpoint `{r.checkpoint.get('path')}` ({r.checkpoint.get('format')}"
-                  + (f", sha256 `{r.checkpoint['sha256'][:16]}…`" if r.checkpoint.get("sha256") else "") + ")", ""]
+        lines += [
+            f"Checkpoint `{r.checkpoint.get('path')}` ({r.checkpoint.get('format')}"
+            + (f", sha256 `{r.checkpoint['sha256'][:16]}…`" if r.checkpoint.get("sha256") else "")
+            + ")",
+            "",
+        ]
     return lines
 
 
@@ -38,8 +57,12 @@ def _export(r: Report) -> list[str]:
     if not r.export:
         return []
     e = r.export
-    return ["## Export", "", f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, "
-            f"{e['seconds']} s. {_table_sentence(r)}", ""] + _checkpoint_notes(r)
+    return [
+        "## Export",
+        "",
+        f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, {e['seconds']} s. {_table_sentence(r)}",
+        "",
+    ] + _checkpoint_notes(r)
 
 
 def _table_sentence(r: Report) -> str:
@@ -66,11 +89,17 @@ def _rewrite(r: Report) -> list[str]:
     if not r.rewrite:
         return []
     w = r.rewrite
-    lines = ["## Rotary rewrite", "", f"mode `{w.get('mode')}`: {w.get('rewritten')}/{w.get('expected')} rotary sites "
-             f"rewritten into {w.get('nodes')} nodes", ""]
+    lines = [
+        "## Rotary rewrite",
+        "",
+        f"mode `{w.get('mode')}`: {w.get('rewritten')}/{w.get('expected')} rotary sites "
+        f"rewritten into {w.get('nodes')} nodes",
+        "",
+    ]
     if w.get("skipped"):
-        lines += _table(["site", "layer", "reason"], [[s.get("site"), s.get("layer"), s.get("reason")]
-                                                      for s in w["skipped"]])
+        lines += _table(
+            ["site", "layer", "reason"], [[s.get("site"), s.get("layer"), s.get("reason")] for s in w["skipped"]]
+        )
     return lines
 
 
@@ -78,15 +107,23 @@ def _pooling(r: Report) -> list[str]:
     p = r.pooling
     if not p:
         return []
-    lines = ["## Pooling", "", f"`sentence_embedding` [batch, hidden] computed in fp32 inside `{p.get('graph')}` "
-             f"({p.get('mode')} pooling{', L2-normalised' if p.get('normalize') else ''}); outputs: "
-             f"{', '.join(p.get('outputs') or [])}.", ""]
+    lines = [
+        "## Pooling",
+        "",
+        f"`sentence_embedding` [batch, hidden] computed in fp32 inside `{p.get('graph')}` "
+        f"({p.get('mode')} pooling{', L2-normalised' if p.get('normalize') else ''}); outputs: "
+        f"{', '.join(p.get('outputs') or [])}.",
+        "",
+    ]
     b = p.get("request_bytes")
     if b:
         rows = [[name, f"{n:,}"] for name, n in b["engine_outputs"].items()]
-        lines += [f"Bytes per request of batch {b['batch']} x {b['sequence']} tokens from `{p.get('engine_graph')}` "
-                  f"(last_hidden_state would be {b['last_hidden_state']:,}; fetching sentence_embedding instead "
-                  f"saves {b['saved']:,}):", ""] + _table(["engine output", "bytes"], rows)
+        lines += [
+            f"Bytes per request of batch {b['batch']} x {b['sequence']} tokens from `{p.get('engine_graph')}` "
+            f"(last_hidden_state would be {b['last_hidden_state']:,}; fetching sentence_embedding instead "
+            f"saves {b['saved']:,}):",
+            "",
+        ] + _table(["engine output", "bytes"], rows)
     return lines
 
 
@@ -98,10 +135,16 @@ def _artifacts(r: Report) -> list[str]:
     for k, v in r.artifacts.items():
         keys.setdefault(v, []).append(k)
     files = sorted(set(r.artifacts_sha256) | set(r.artifacts.values()))
-    rows = [[f"`{f}`", ", ".join(keys.get(f, [])) or "weights read by a graph", (r.artifacts_sha256.get(f) or "")[:16]]
-            for f in files]
-    return ["## Files", "", "Paths are relative to this report's folder; `engines.gate` re-hashes every file listed "
-            "here.", ""] + _table(["file", "artifact", "sha256 (first 16)"], rows)
+    rows = [
+        [f"`{f}`", ", ".join(keys.get(f, [])) or "weights read by a graph", (r.artifacts_sha256.get(f) or "")[:16]]
+        for f in files
+    ]
+    return [
+        "## Files",
+        "",
+        "Paths are relative to this report's folder; `engines.gate` re-hashes every file listed here.",
+        "",
+    ] + _table(["file", "artifact", "sha256 (first 16)"], rows)
 
 
 def _validation(r: Report) -> list[str]:
@@ -115,28 +158,62 @@ def _validation(r: Report) -> list[str]:
                 rows.append(head + [o["error"], "", "", "", "", "FAIL"])
                 continue
             row = f"{o['row_cosine']:.9f}" if "row_cosine" in o else "n/a"
-            rows.append(head + [f"{o['scaled_error']:.2e}", f"{o['rtol']:.0e}", f"{o['max_abs']:.2e}",
-                                f"{o['cosine']:.7f}", row, "ok" if o["passed"] else "FAIL"])
-    return ["## Validation against PyTorch fp32", "",
-            "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines. An output passes when "
-            "its scaled error (max abs / max |reference|) <= rtol (or max abs <= atol, when an atol is set), its "
-            "cosine and its per-row cosine (minimum over non-padded tokens) reach their minimums, and nothing is "
-            "NaN; the thresholds follow the graph's precision (export/thresholds.py).", ""] + _table(
-        ["graph", "precision", "batch", "seq", "output", "scaled error", "rtol", "max abs", "cosine", "row cosine",
-         "pass"], rows)
+            rows.append(
+                head
+                + [
+                    f"{o['scaled_error']:.2e}",
+                    f"{o['rtol']:.0e}",
+                    f"{o['max_abs']:.2e}",
+                    f"{o['cosine']:.7f}",
+                    row,
+                    "ok" if o["passed"] else "FAIL",
+                ]
+            )
+    return [
+        "## Validation against PyTorch fp32",
+        "",
+        "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines. An output passes when "
+        "its scaled error (max abs / max |reference|) <= rtol (or max abs <= atol, when an atol is set), its "
+        "cosine and its per-row cosine (minimum over non-padded tokens) reach their minimums, and nothing is "
+        "NaN; the thresholds follow the graph's precision (export/thresholds.py).",
+        "",
+    ] + _table(
+        [
+            "graph",
+            "precision",
+            "batch",
+            "seq",
+            "output",
+            "scaled error",
+            "rtol",
+            "max abs",
+            "cosine",
+            "row cosine",
+            "pass",
+        ],
+        rows,
+    )
 
 
 def _diagnosis(r: Report) -> list[str]:
     d = r.diagnosis
     if not d:
         return []
-    lines = ["## Where it diverges", "", f"`{d.get('graph')}` against PyTorch at batch {d.get('batch')} x sequence "
-             f"{d.get('seq')} (the smallest failing case): {divergence_sentence(d.get('first_divergence'))}", ""]
+    lines = [
+        "## Where it diverges",
+        "",
+        f"`{d.get('graph')}` against PyTorch at batch {d.get('batch')} x sequence "
+        f"{d.get('seq')} (the smallest failing case): {divergence_sentence(d.get('first_divergence'))}",
+        "",
+    ]
     if not d.get("complete", True):
         lines += [f"Incomplete: {d.get('reason')}.", ""]
     if d.get("files"):
-        lines += [f"Layer by layer: [{d['files']['md']}]({d['files']['md']}), ![error against depth]"
-                  f"({d['files']['png']}); rerun with `python -m export.diagnose --build <this folder>`.", ""]
+        lines += [
+            f"Layer by layer: [{d['files']['md']}]({d['files']['md']}), ![error against depth]"
+            f"({d['files']['png']}); rerun with `python -m export.diagnose --build <this folder>`.",
+            "",
+        ]
     return lines
 
 
@@ -145,12 +222,15 @@ def divergence_sentence(first: dict | None) -> str:
     if first is None:
         return "No divergence: every landmark is within the thresholds."
     where = {"embeddings": "in the embeddings", "head": f"in the head output {first['point']}"}.get(
-        first["stage"], f"in layer {first['layer']} ({first['point']})")
+        first["stage"], f"in layer {first['layer']} ({first['point']})"
+    )
     landmark = ", ".join(f"`{n}`" for n in first.get("landmark_nodes") or []) or "not located"
     node = first.get("first_node")
     if node:
-        return (f"First divergence {where}, landmark node(s) {landmark}: first failing tensor `{node['tensor']}` "
-                f"from node `{node['node']}` ({node['op']}); scaled error {first['scaled_error']:.3g}.")
+        return (
+            f"First divergence {where}, landmark node(s) {landmark}: first failing tensor `{node['tensor']}` "
+            f"from node `{node['node']}` ({node['op']}); scaled error {first['scaled_error']:.3g}."
+        )
     return f"First divergence {where}: node(s) {landmark}; scaled error {first['scaled_error']:.3g}."
 
 
@@ -159,7 +239,8 @@ def _precision(r: Report) -> list[str]:
     if not p.get("ops"):
         return []
     return [f"## Precision: {p['precision']}", "", f"from `{p['source']}`, {p['casts']} casts", ""] + _table(
-        ["op", "low", "fp32"], [[op, d.get("low", 0), d.get("fp32", 0)] for op, d in p["ops"].items()])
+        ["op", "low", "fp32"], [[op, d.get("low", 0), d.get("fp32", 0)] for op, d in p["ops"].items()]
+    )
 
 
 def _quantization(r: Report) -> list[str]:
@@ -168,25 +249,35 @@ def _quantization(r: Report) -> list[str]:
         return []
     c = q.get("calibration") or {}
     opset = q.get("opset") or {}
-    lines = [f"## Quantization: {q.get('format')}", "",
-             f"Q/DQ in `{q.get('source')}`, {q.get('high_precision')} for what is not quantized, opset "
-             f"{opset.get('source')} raised to {opset.get('graph')}. Calibration: {c.get('samples')} samples "
-             f"({c.get('tokens')} tokens, {c.get('source')}, sha256 `{str(c.get('sha256'))[:16]}…`), method "
-             f"{q.get('method')}.", ""]
+    lines = [
+        f"## Quantization: {q.get('format')}",
+        "",
+        f"Q/DQ in `{q.get('source')}`, {q.get('high_precision')} for what is not quantized, opset "
+        f"{opset.get('source')} raised to {opset.get('graph')}. Calibration: {c.get('samples')} samples "
+        f"({c.get('tokens')} tokens, {c.get('source')}, sha256 `{str(c.get('sha256'))[:16]}…`), method "
+        f"{q.get('method')}.",
+        "",
+    ]
     if c.get("note"):
         lines += [f"**{c['note']}**", ""]
-    lines += _table(["role", "quantized", "high"], [[k, v.get("quantized"), v.get("high")]
-                                                    for k, v in (q.get("placement") or {}).items()])
+    lines += _table(
+        ["role", "quantized", "high"],
+        [[k, v.get("quantized"), v.get("high")] for k, v in (q.get("placement") or {}).items()],
+    )
     fb = q.get("fallback") or {}
     if fb.get("mode") == "auto":
         kept = fb.get("kept") or []
-        lines += [f"Fallback: {len(kept)} of {fb.get('quantizable')} MatMuls kept high (budget {fb.get('budget')}), "
-                  f"{100 * fb.get('high_flops_share', 0):.1f} % of the MatMul FLOPs; "
-                  + ("passed." if fb.get("passed") else f"**{fb.get('reason')}**"), ""]
+        lines += [
+            f"Fallback: {len(kept)} of {fb.get('quantizable')} MatMuls kept high (budget {fb.get('budget')}), "
+            f"{100 * fb.get('high_flops_share', 0):.1f} % of the MatMul FLOPs; "
+            + ("passed." if fb.get("passed") else f"**{fb.get('reason')}**"),
+            "",
+        ]
         if kept:
-            lines += _table(["kept high", "role", "local error", "FLOPs share"],
-                            [[k["node"], k["role"], f"{k['error']:.3g}", f"{100 * k['flops_share']:.1f} %"]
-                             for k in kept])
+            lines += _table(
+                ["kept high", "role", "local error", "FLOPs share"],
+                [[k["node"], k["role"], f"{k['error']:.3g}", f"{100 * k['flops_share']:.1f} %"] for k in kept],
+            )
     return lines
 
 
@@ -212,11 +303,21 @@ def _engine(r: Report) -> list[str]:
         return []
     if e.get("status") != "built":
         return ["## Engine", "", f"**{e.get('status')}**: {e.get('reason', '')}", ""]
-    rows = [[x.get("plan"), x.get("precision"), x.get("onnx"), "reused" if x.get("reused") else "built",
-             x.get("build_seconds"), x.get("plugin_layers"), "; ".join(x.get("rebuild_reasons") or [])]
-            for x in e.get("engines", [])]
-    return ["## Engine", ""] + _table(["plan", "precision", "from", "status", "build s", "plugin layers",
-                                       "rebuild reasons"], rows)
+    rows = [
+        [
+            x.get("plan"),
+            x.get("precision"),
+            x.get("onnx"),
+            "reused" if x.get("reused") else "built",
+            x.get("build_seconds"),
+            x.get("plugin_layers"),
+            "; ".join(x.get("rebuild_reasons") or []),
+        ]
+        for x in e.get("engines", [])
+    ]
+    return ["## Engine", ""] + _table(
+        ["plan", "precision", "from", "status", "build s", "plugin layers", "rebuild reasons"], rows
+    )
 
 
 def _reproduce(r: Report) -> list[str]:
@@ -229,11 +330,20 @@ def _bench(r: Report) -> list[str]:
     b = r.bench
     if not b:
         return []
-    rows = [[x["backend"], x["device"], x["batch"], x["seq"]]
-            + ([f"{x['p50_ms']:.2f}", f"{x['p99_ms']:.2f}", ""] if x.get("p50_ms") is not None
-               else ["", "", x.get("skipped")]) for x in b["results"]]
-    return ["## Benchmark", ""] + _table(["backend", "device", "batch", "seq", "p50 ms", "p99 ms", "note"], rows) \
+    rows = [
+        [x["backend"], x["device"], x["batch"], x["seq"]]
+        + (
+            [f"{x['p50_ms']:.2f}", f"{x['p99_ms']:.2f}", ""]
+            if x.get("p50_ms") is not None
+            else ["", "", x.get("skipped")]
+        )
+        for x in b["results"]
+    ]
+    return (
+        ["## Benchmark", ""]
+        + _table(["backend", "device", "batch", "seq", "p50 ms", "p99 ms", "note"], rows)
         + [f"![benchmark]({b['files']['plot']})", ""]
+    )
 
 
 def _timings(r: Report) -> list[str]:

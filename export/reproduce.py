@@ -25,7 +25,7 @@ in ONNX Runtime on those inputs and compares.
 from __future__ import annotations
 
 import shlex
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 DEFAULT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 POLY_INPUTS = "polygraphy_inputs.json"
@@ -52,10 +52,22 @@ def _poly_specs(inputs: Sequence[str], dims: list[int]) -> list[str]:
     return [f"{name}:[{','.join(map(str, dims))}]" for name in inputs]
 
 
-def reproduce_commands(*, trt_onnx: str, reference_onnx: str, plan: str, profiles: Sequence[Mapping],
-                       precision: str, vocab_size: int, type_vocab_size: int, atol: float, rtol: float,
-                       plugin_lib: str | None, static_plugin_lib: str | None,
-                       inputs: Sequence[str] = DEFAULT_INPUTS, rank: int = 2) -> dict:
+def reproduce_commands(
+    *,
+    trt_onnx: str,
+    reference_onnx: str,
+    plan: str,
+    profiles: Sequence[Mapping],
+    precision: str,
+    vocab_size: int,
+    type_vocab_size: int,
+    atol: float,
+    rtol: float,
+    plugin_lib: str | None,
+    static_plugin_lib: str | None,
+    inputs: Sequence[str] = DEFAULT_INPUTS,
+    rank: int = 2,
+) -> dict:
     """{"trtexec": [command], "polygraphy": [build+run, compare], "notes": [...]}; each command is one shell line.
 
     trt_onnx: the TensorRT-bound file (report.json artifacts.tensorrt-onnx; RoformerRotary nodes when the
@@ -73,31 +85,74 @@ def reproduce_commands(*, trt_onnx: str, reference_onnx: str, plan: str, profile
     if vocab_size < 1 or type_vocab_size < 1:
         raise ValueError(f"vocab_size {vocab_size} and type_vocab_size {type_vocab_size} must be >= 1")
     uses_plugin = plugin_lib is not None or static_plugin_lib is not None
+    last = len(profiles) - 1
+    run_dims = _dims(profiles[last], 2, rank)  # the longest sequence, the most demanding case
+    trtexec = _trtexec(trt_onnx, plan, profiles, plugin_lib, inputs, rank, run_dims)
+    build, compare = _polygraphy(
+        trt_onnx, reference_onnx, profiles, static_plugin_lib, inputs, rank, run_dims, vocab_size, type_vocab_size
+    )
+    compare += ["--atol", f"{atol:g}", "--rtol", f"{rtol:g}"]
+    notes = _notes(precision, uses_plugin, static_plugin_lib)
+    return {"trtexec": [shlex.join(trtexec)], "polygraphy": [shlex.join(build), shlex.join(compare)], "notes": notes}
 
+
+def _trtexec(trt_onnx, plan, profiles, plugin_lib, inputs, rank, run_dims) -> list[str]:
     trtexec = ["trtexec", f"--onnx={trt_onnx}", f"--saveEngine={plan}", "--stronglyTyped"]
     if plugin_lib:
         trtexec.append(f"--dynamicPlugins={plugin_lib}")
     for i, row in enumerate(profiles):
-        trtexec += [f"--profile={i}"] + [f"--{k}Shapes={_trtexec_spec(inputs, _dims(row, w, rank))}"
-                                         for w, k in enumerate(("min", "opt", "max"))]
-    last = len(profiles) - 1
-    run_dims = _dims(profiles[last], 2, rank)  # the longest sequence, the most demanding case
-    trtexec += [f"--useProfile={last}", f"--shapes={_trtexec_spec(inputs, run_dims)}"]
+        trtexec += [f"--profile={i}"] + [
+            f"--{k}Shapes={_trtexec_spec(inputs, _dims(row, w, rank))}" for w, k in enumerate(("min", "opt", "max"))
+        ]
+    trtexec += [f"--useProfile={len(profiles) - 1}", f"--shapes={_trtexec_spec(inputs, run_dims)}"]
+    return trtexec
 
-    ranges = {"input_ids": f"[0,{vocab_size - 1}]", "attention_mask": "[1,1]",
-              "token_type_ids": f"[0,{type_vocab_size - 1}]"}
+
+def _polygraphy(
+    trt_onnx, reference_onnx, profiles, static_plugin_lib, inputs, rank, run_dims, vocab_size, type_vocab_size
+) -> tuple[list[str], list[str]]:
+    """Build+run the engine saving inputs and outputs; rerun the reference on them (tolerances appended by the
+    caller)."""
+
+    ranges = {
+        "input_ids": f"[0,{vocab_size - 1}]",
+        "attention_mask": "[1,1]",
+        "token_type_ids": f"[0,{type_vocab_size - 1}]",
+    }
     build = ["polygraphy", "run", trt_onnx, "--trt", "--strongly-typed"]
     if static_plugin_lib:
         build += ["--plugins", static_plugin_lib]
     for w, k in enumerate(("min", "opt", "max")):
         for row in profiles:
             build += [f"--trt-{k}-shapes", *_poly_specs(inputs, _dims(row, w, rank))]
-    build += ["--optimization-profile", str(last), "--input-shapes", *_poly_specs(inputs, run_dims),
-              "--val-range", *[f"{n}:{ranges[n]}" for n in inputs if n in ranges],
-              "--save-inputs", POLY_INPUTS, "--save-outputs", POLY_OUTPUTS]
-    compare = ["polygraphy", "run", reference_onnx, "--onnxrt", "--load-inputs", POLY_INPUTS,
-               "--load-outputs", POLY_OUTPUTS, "--check-error-stat", "max", "--atol", f"{atol:g}", "--rtol", f"{rtol:g}"]
+    build += [
+        "--optimization-profile",
+        str(len(profiles) - 1),
+        "--input-shapes",
+        *_poly_specs(inputs, run_dims),
+        "--val-range",
+        *[f"{n}:{ranges[n]}" for n in inputs if n in ranges],
+        "--save-inputs",
+        POLY_INPUTS,
+        "--save-outputs",
+        POLY_OUTPUTS,
+    ]
+    compare = [
+        "polygraphy",
+        "run",
+        reference_onnx,
+        "--onnxrt",
+        "--load-inputs",
+        POLY_INPUTS,
+        "--load-outputs",
+        POLY_OUTPUTS,
+        "--check-error-stat",
+        "max",
+    ]
+    return build, compare
 
+
+def _notes(precision: str, uses_plugin: bool, static_plugin_lib: str | None) -> list[str]:
     notes = [
         f"The file is strongly typed (its {precision} types are in the graph): trtexec takes --stronglyTyped, "
         "not --fp16/--bf16 (TensorRT 11 has neither). trtexec 11.x accepts --stronglyTyped as a deprecated no-op "
@@ -109,21 +164,39 @@ def reproduce_commands(*, trt_onnx: str, reference_onnx: str, plan: str, profile
         "also checks, are not checked there.",
     ]
     if uses_plugin:
-        notes.insert(0, "trtexec --dynamicPlugins takes libroformer_trt_plugin.so (it calls getCreators); "
-                        "Polygraphy --plugins and trtexec --staticPlugins only dlopen, so they take "
-                        "libroformer_trt_plugin_static.so, which registers the creator at load time.")
-        notes.append("ONNX Runtime cannot run the TensorRT-bound graph (RoformerRotary has no ONNX function), "
-                      "so the second Polygraphy command runs the plain export on the saved inputs.")
+        notes.insert(
+            0,
+            "trtexec --dynamicPlugins takes libroformer_trt_plugin.so (it calls getCreators); "
+            "Polygraphy --plugins and trtexec --staticPlugins only dlopen, so they take "
+            "libroformer_trt_plugin_static.so, which registers the creator at load time.",
+        )
+        notes.append(
+            "ONNX Runtime cannot run the TensorRT-bound graph (RoformerRotary has no ONNX function), "
+            "so the second Polygraphy command runs the plain export on the saved inputs."
+        )
         if not static_plugin_lib:
-            notes.append("libroformer_trt_plugin_static.so was not built (no libnvinfer found at build time): "
-                         "build it on the TensorRT machine before running the Polygraphy command.")
-    return {"trtexec": [shlex.join(trtexec)], "polygraphy": [shlex.join(build), shlex.join(compare)], "notes": notes}
+            notes.append(
+                "libroformer_trt_plugin_static.so was not built (no libnvinfer found at build time): "
+                "build it on the TensorRT machine before running the Polygraphy command."
+            )
+    return notes
 
 
 def render_markdown(cmds: Mapping) -> str:
     """The commands as a report.md section (no heading: the caller places it)."""
-    lines = ["trtexec (build the engine from the same graph and time it):", "", "```sh", *cmds["trtexec"], "```", "",
-             "Polygraphy (build and run in TensorRT saving inputs and outputs, then compare with ONNX Runtime):",
-             "", "```sh", *cmds["polygraphy"], "```", ""]
+    lines = [
+        "trtexec (build the engine from the same graph and time it):",
+        "",
+        "```sh",
+        *cmds["trtexec"],
+        "```",
+        "",
+        "Polygraphy (build and run in TensorRT saving inputs and outputs, then compare with ONNX Runtime):",
+        "",
+        "```sh",
+        *cmds["polygraphy"],
+        "```",
+        "",
+    ]
     lines += [f"- {n}" for n in cmds.get("notes", [])]
     return "\n".join(lines) + "\n"

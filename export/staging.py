@@ -53,7 +53,7 @@ class BuildFolder:
         self.stage: Path | None = None
         self._lock_fd: int | None = None
 
-    def __enter__(self) -> "BuildFolder":
+    def __enter__(self) -> BuildFolder:
         check_out_path(self.out)
         self.created = not self.out.exists()
         try:
@@ -66,8 +66,9 @@ class BuildFolder:
         except BaseException as e:
             self.__exit__()  # nothing half-made stays behind, Ctrl-C included
             if isinstance(e, OSError):
-                raise UsageError(f"--out {self.out} is not writable ({e.strerror}); pass a folder you can write "
-                                 "to") from None
+                raise UsageError(
+                    f"--out {self.out} is not writable ({e.strerror}); pass a folder you can write to"
+                ) from None
             raise
         return self
 
@@ -84,38 +85,49 @@ class BuildFolder:
         taken = Ownership(self.out).collisions(planned)
         folders = [n for n in taken if (self.out / n).is_dir() and not (self.out / n).is_symlink()]
         if folders:
-            raise UsageError(f"--out {self.out} holds a folder {folders[0]!r} where this build writes a file; move it "
-                             "away or pass another --out")
+            raise UsageError(
+                f"--out {self.out} holds a folder {folders[0]!r} where this build writes a file; move it "
+                "away or pass another --out"
+            )
         if taken and not self.force:
             more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
-            raise UsageError(f"--out {self.out} holds {taken[0]!r}{more}, not written by roformer-trt, which this build "
-                             "would replace; move it away, pass another --out, or pass --force to overwrite it")
+            raise UsageError(
+                f"--out {self.out} holds {taken[0]!r}{more}, not written by roformer-trt, which this build "
+                "would replace; move it away, pass another --out, or pass --force to overwrite it"
+            )
+
+    def _staged(self) -> Path:
+        if self.stage is None:
+            raise RuntimeError("StagedFolder is used outside its with-block")
+        return self.stage
 
     def reuse(self, *names: str) -> None:
         """Link (or copy) files of the previous set that a stage may reuse into the staging folder: only files a
         run of ours wrote, never a user's file of the same name."""
-        owner = Ownership(self.out)
+        owner, stage = Ownership(self.out), self._staged()
         for name in names:
-            src, dst = self.out / name, self.stage / name
+            src, dst = self.out / name, stage / name
             if owner.owns(name) and not dst.exists():
                 try:
                     os.link(src, dst)
                 except OSError:
                     shutil.copy2(src, dst)
 
-    def commit(self, files: Iterable[str], hashes: dict[str, str],
-               on_done: Callable[[], None] | None = None) -> list[str]:
+    def commit(
+        self, files: Iterable[str], hashes: dict[str, str], on_done: Callable[[], None] | None = None
+    ) -> list[str]:
         """Move the finished set into place: `files` (paths relative to the staging folder, e.g. "model.onnx",
         "bench/bench.json"), plus report.json, report.md and KEEP when the staging folder has them; anything else
         there is dropped with it. `hashes`: sha256 of files already hashed (the report's). Returns the moves in
         the order made. Ctrl-C waits until it is done, and `on_done` runs before it is let through."""
+        stage = self._staged()
         with _no_sigint(), folder_lock(self.out):
             wanted = set(files) | {REPORT_JSON, REPORT_MD, *KEEP}
-            new = sorted(n for n in wanted if (self.stage / n).is_file())
+            new = sorted(n for n in wanted if (stage / n).is_file())
             owner = Ownership(self.out)
             old = owner.files()
             self.check_collisions(new)  # again under the lock: a user's file may have appeared meanwhile
-            new_hashes = {n: hashes.get(n) or sha256_file(self.stage / n) for n in new}
+            new_hashes = {n: hashes.get(n) or sha256_file(stage / n) for n in new}
             write_manifest(self.out, merge_claims({n: owner.claims[n] for n in old}, new_hashes))  # both sets
             for name in (REPORT_JSON, REPORT_MD):
                 if name in old:
@@ -125,7 +137,7 @@ class BuildFolder:
             kept = {n: owner.claims[n] for n in KEEP if n in old and n not in new}
             moves = sorted(new, key=move_rank)
             for name in moves:  # weights, then other files, graphs, report.md, and report.json last
-                _place(self.stage / name, self.out / name)
+                _place(stage / name, self.out / name)
             write_manifest(self.out, {**kept, **new_hashes})
             if on_done is not None:
                 on_done()
@@ -141,8 +153,10 @@ def check_out_path(out: Path) -> None:
     """--out problems a user can fix, found from the path alone before any work (UsageError, exit 2)."""
     for part in out.parts:
         if len(os.fsencode(part)) > 255:
-            raise UsageError(f"--out has a path component of {len(os.fsencode(part))} bytes ({part[:40]}...); file "
-                             "systems allow 255, pass a shorter name")
+            raise UsageError(
+                f"--out has a path component of {len(os.fsencode(part))} bytes ({part[:40]}...); file "
+                "systems allow 255, pass a shorter name"
+            )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; pass a folder path")
     probe = out
@@ -151,8 +165,9 @@ def check_out_path(out: Path) -> None:
     if not probe.is_dir():
         raise UsageError(f"--out {out} cannot be made: {probe} is a file; pass a folder path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out} is not writable ({probe} is read-only for this user); pass a folder you can "
-                         "write to")
+        raise UsageError(
+            f"--out {out} is not writable ({probe} is read-only for this user); pass a folder you can write to"
+        )
 
 
 def _place(src: Path, target: Path) -> None:

@@ -54,8 +54,9 @@ class Threshold:
     min_cosine: float
     min_row_cosine: float
 
-    def passes(self, max_abs: float, scaled_error: float, cosine: float, n_nan: int = 0,
-               row_cosine: float | None = None) -> bool:
+    def passes(
+        self, max_abs: float, scaled_error: float, cosine: float, n_nan: int = 0, row_cosine: float | None = None
+    ) -> bool:
         """row_cosine None: the output has no rows, the criterion does not apply."""
         # NaN compares False everywhere, so a NaN statistic fails on its own.
         close = max_abs <= self.atol or scaled_error <= self.rtol
@@ -101,11 +102,11 @@ class Thresholds:
     overrides: dict[str, float] = field(default_factory=dict)  # --atol / --rtol: applied last, over every table
 
     @classmethod
-    def defaults(cls) -> "Thresholds":
+    def defaults(cls) -> Thresholds:
         return cls({})
 
     @classmethod
-    def from_data(cls, data: dict | None, source: str = "thresholds") -> "Thresholds":
+    def from_data(cls, data: dict | None, source: str = "thresholds") -> Thresholds:
         """Parsed TOML (read by the caller with export.files.load_toml) -> Thresholds; None -> defaults.
         Every value must be a finite real: atol, rtol >= 0, the cosines in [-1, 1] (ThresholdError otherwise)."""
         if data is None:
@@ -113,7 +114,7 @@ class Thresholds:
         table: dict[tuple[str, str, str], dict[str, float]] = {}
         for prec, graphs in data.items():
             if prec not in PRECISIONS and prec != "*":
-                raise ThresholdError(f"{source}: unknown precision table [{prec}]; use one of {PRECISIONS} or \"*\"")
+                raise ThresholdError(f'{source}: unknown precision table [{prec}]; use one of {PRECISIONS} or "*"')
             for graph, outputs in _tables(source, prec, graphs):
                 for output, values in _tables(source, f"{prec}.{graph}", outputs):
                     where = f"{source}: [{prec}.{graph}.{output}]"
@@ -126,7 +127,7 @@ class Thresholds:
         return cls(table)
 
     @classmethod
-    def from_cli(cls, data: dict | None, source: str, atol: float | None, rtol: float | None) -> "Thresholds":
+    def from_cli(cls, data: dict | None, source: str, atol: float | None, rtol: float | None) -> Thresholds:
         """The thresholds file's data (or None) plus the --atol/--rtol overrides, all checked."""
         th = cls.from_data(data, source)
         th.overrides = {k: check_value(f"--{k}", k, v) for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
@@ -138,8 +139,13 @@ class Thresholds:
             raise ThresholdError(f"no default thresholds for precision {precision!r}")
         merged = base.to_dict()
         # least specific first, so the most specific key is applied last and wins
-        for key in [("*", "*", "*"), (precision, "*", "*"), (precision, graph, "*"), (precision, "*", output),
-                    (precision, graph, output)]:
+        for key in [
+            ("*", "*", "*"),
+            (precision, "*", "*"),
+            (precision, graph, "*"),
+            (precision, "*", output),
+            (precision, graph, output),
+        ]:
             merged.update(self.table.get(key, {}))
         merged.update(self.overrides)  # --atol/--rtol override every atol/rtol, the file's included
         return Threshold(**merged)
@@ -148,8 +154,12 @@ class Thresholds:
 def check_value(where: str, key: str, value) -> float:
     """A threshold value: a finite real (not a bool) inside LIMITS[key]; ThresholdError naming `where`."""
     lo, hi = LIMITS[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
         raise ThresholdError(f"{where} = {value!r} is not allowed; it must be a finite number in [{lo}, {hi}]")
     return float(value)
 

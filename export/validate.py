@@ -3,8 +3,8 @@
 In: one or more graphs (ONNX path, `OnnxFile`, or a self-contained ModelProto, with the precision they
 compute in), the PyTorch fp32 model, the shapes to try. The PyTorch outputs for every shape are computed
 first, then one ONNX Runtime session at a time is made, run on every shape and dropped, so at most
-one copy of the graph's weights is held besides the PyTorch model. Out: validation cases in report.json's schema (per output:
-the statistics of export/compare.py, with the per-row cosine over non-padded rows, the thresholds used,
+one copy of the graph's weights is held besides the PyTorch model. Out: validation cases in report.json's schema
+(per output: the statistics of export/compare.py, with the per-row cosine over non-padded rows, the thresholds used,
 passed). `failures` lists every failing case so the CLI can fail once with all of them.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def validation_shapes(max_len: int, task: str, prime: int = 61) -> list[Shape]:
 def largest_prime_in(lo: int, hi: int) -> int | None:
     """The largest prime in [lo, hi], None when there is none."""
     for n in range(hi, max(lo, 2) - 1, -1):
-        if all(n % d for d in range(2, int(n ** 0.5) + 1)):
+        if all(n % d for d in range(2, int(n**0.5) + 1)):
             return n
     return None
 
@@ -114,15 +115,17 @@ class TorchReference:
         self.pooling = pooling
         self._cache: dict[Shape, dict[str, np.ndarray]] = {}
 
-    def __call__(self, shape: Shape, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, shape: Shape, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if shape not in self._cache:
             with torch.no_grad(), true_fp32():
-                out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()},
-                                 return_dict=True)
+                out = self.model(
+                    **{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}, return_dict=True
+                )
             ref = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
             if self.pooling is not None:
-                ref[EMBEDDING] = sentence_embedding_ref(ref[HIDDEN], inputs[MASK], self.pooling.mode,
-                                                        self.pooling.normalize)
+                ref[EMBEDDING] = sentence_embedding_ref(
+                    ref[HIDDEN], inputs[MASK], self.pooling.mode, self.pooling.normalize
+                )
             self._cache[shape] = ref
         return self._cache[shape]
 
@@ -148,12 +151,14 @@ def true_fp32():
 
 def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if isinstance(graph, OnnxFile) and graph.rotary_function:
         model = with_rotary_function(onnx.load(str(graph.path), load_external_data=False))
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                      str(Path(graph.path).resolve().parent))
+        opts.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(Path(graph.path).resolve().parent)
+        )
         source = model.SerializeToString()
         del model
     elif isinstance(graph, OnnxFile):
@@ -163,8 +168,14 @@ def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchReference, shapes: list[Shape],
-                    thresholds: Thresholds, vocab_size: int, type_vocab_size: int) -> list[dict]:
+def validate_graphs(
+    graphs: dict[str, tuple[object, str]],
+    reference: TorchReference,
+    shapes: list[Shape],
+    thresholds: Thresholds,
+    vocab_size: int,
+    type_vocab_size: int,
+) -> list[dict]:
     """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
     shape-major (every graph at the first shape, then the next shape)."""
     inputs = {shape: make_inputs(shape, vocab_size, type_vocab_size) for shape in shapes}
@@ -177,8 +188,9 @@ def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchRefer
             try:
                 sess = ort_session(graph)
             except VerificationError as e:  # a graph the plugin would refuse: every case fails, naming why
-                by_graph[name] = [unrunnable(name, precision, shape, expected_outputs(graph, reference), str(e))
-                                  for shape in shapes]
+                by_graph[name] = [
+                    unrunnable(name, precision, shape, expected_outputs(graph, reference), str(e)) for shape in shapes
+                ]
                 bar.advance(task, len(shapes))
                 continue
             by_graph[name] = []
@@ -186,7 +198,7 @@ def validate_graphs(graphs: dict[str, tuple[object, str]], reference: TorchRefer
             for shape in shapes:
                 bar.update(task, description=f"validate {name} {shape.label()}")
                 feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
-                got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+                got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
                 ref = {n: refs[shape][n] for n in names}
                 by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
@@ -203,18 +215,35 @@ def expected_outputs(graph, reference: TorchReference) -> tuple[str, ...]:
 
 def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
     """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
-    return {"graph": graph, "precision": precision, "batch": shape.batch, "seq": shape.seq, "choices": shape.choices,
-            "padded_rows": shape.padded_rows, "outputs": {n: {"error": why, "passed": False} for n in names},
-            "passed": False}
+    return {
+        "graph": graph,
+        "precision": precision,
+        "batch": shape.batch,
+        "seq": shape.seq,
+        "choices": shape.choices,
+        "padded_rows": shape.padded_rows,
+        "outputs": {n: {"error": why, "passed": False} for n in names},
+        "passed": False,
+    }
 
 
-def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-          thresholds: Thresholds, inputs: dict[str, np.ndarray] | None = None) -> dict:
+def grade(
+    graph: str,
+    precision: str,
+    shape: Shape,
+    got: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    thresholds: Thresholds,
+    inputs: dict[str, np.ndarray] | None = None,
+) -> dict:
     """One validation case. inputs: the feeds (their attention_mask says which rows are padding); None: the
     padding make_inputs gives `shape`."""
     mask = inputs["attention_mask"] if inputs is not None else padding_mask(shape)
-    outputs = {name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
-               for name in got if name not in ref}  # e.g. last_hidden_state kept despite --outputs sentence_embedding
+    outputs = {
+        name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
+        for name in got
+        if name not in ref
+    }  # e.g. last_hidden_state kept despite --outputs sentence_embedding
     for name, r in ref.items():
         if name not in got:
             outputs[name] = {"error": f"graph has no output {name!r} (outputs: {sorted(got)})", "passed": False}
@@ -224,12 +253,21 @@ def grade(graph: str, precision: str, shape: Shape, got: dict[str, np.ndarray], 
             continue
         stats = error_stats(got[name], r, row_mask(name, r.shape, mask))
         th = thresholds.lookup(precision, graph, name)
-        outputs[name] = {**stats.to_dict(), **th.to_dict(),
-                         "passed": th.passes(stats.max_abs, stats.scaled_error, stats.cosine, stats.n_nan,
-                                             stats.row_cosine)}
-    return {"graph": graph, "precision": precision, "batch": shape.batch, "seq": shape.seq,
-            "choices": shape.choices, "padded_rows": shape.padded_rows, "outputs": outputs,
-            "passed": bool(outputs) and all(o["passed"] for o in outputs.values())}
+        outputs[name] = {
+            **stats.to_dict(),
+            **th.to_dict(),
+            "passed": th.passes(stats.max_abs, stats.scaled_error, stats.cosine, stats.n_nan, stats.row_cosine),
+        }
+    return {
+        "graph": graph,
+        "precision": precision,
+        "batch": shape.batch,
+        "seq": shape.seq,
+        "choices": shape.choices,
+        "padded_rows": shape.padded_rows,
+        "outputs": outputs,
+        "passed": bool(outputs) and all(o["passed"] for o in outputs.values()),
+    }
 
 
 def failures(cases: list[dict]) -> list[str]:
@@ -240,8 +278,10 @@ def failures(cases: list[dict]) -> list[str]:
             if o["passed"]:
                 continue
             row = f", row cosine {o['row_cosine']:.9f} (min {o['min_row_cosine']})" if "row_cosine" in o else ""
-            what = o.get("error") or (f"max_abs {o['max_abs']:.3g} (atol {o['atol']:.1g}), scaled_error "
-                                      f"{o['scaled_error']:.3g} (rtol {o['rtol']:.1g}), cosine {o['cosine']:.6f} "
-                                      f"(min {o['min_cosine']}){row}, nan {o['n_nan']}")
+            what = o.get("error") or (
+                f"max_abs {o['max_abs']:.3g} (atol {o['atol']:.1g}), scaled_error "
+                f"{o['scaled_error']:.3g} (rtol {o['rtol']:.1g}), cosine {o['cosine']:.6f} "
+                f"(min {o['min_cosine']}){row}, nan {o['n_nan']}"
+            )
             lines.append(f"{c['graph']} [{c['precision']}] B={c['batch']} S={c['seq']} {out}: {what}")
     return lines

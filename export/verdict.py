@@ -21,8 +21,10 @@ engines.serving serves) all call it. A report passes only when every Check passe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from export.artifacts import verify_artifact
 from export.compare import ROW_OUTPUTS
@@ -33,8 +35,13 @@ from export.thresholds import Threshold, ThresholdError, Thresholds
 
 STATS = ("max_abs", "scaled_error", "cosine")  # required: the pass rule reads them
 ROW_STATS = ("row_cosine",)  # also required for outputs with rows (export.compare.ROW_OUTPUTS)
-RANGES = {"max_abs": (0.0, math.inf), "mean_abs": (0.0, math.inf), "scaled_error": (0.0, math.inf),
-          "cosine": (-1.0, 1.0), "row_cosine": (-1.0, 1.0)}
+RANGES = {
+    "max_abs": (0.0, math.inf),
+    "mean_abs": (0.0, math.inf),
+    "scaled_error": (0.0, math.inf),
+    "cosine": (-1.0, 1.0),
+    "row_cosine": (-1.0, 1.0),
+}
 NO_CASES = "the report has no validation cases; the verdict never passes vacuously"
 
 
@@ -46,8 +53,9 @@ class Check:
     message: str
 
 
-def judge(report: Report, thresholds: Thresholds, build_dir: Path | None = None, *,
-          own_flag: bool = True) -> list[Check]:
+def judge(
+    report: Report, thresholds: Thresholds, build_dir: Path | None = None, *, own_flag: bool = True
+) -> list[Check]:
     """Every check of the verdict; the report passes when all pass. own_flag=False leaves out the report's own
     `passed` field (export.build judges before it sets it); build_dir: also check the files beside it."""
     checks = producer_checks(report, own_flag) + case_checks(report, thresholds)
@@ -67,9 +75,11 @@ def read_build(build: Path, thresholds: Thresholds | None = None) -> Report:
     bad = failure_lines(judge(report, thresholds or Thresholds.defaults(), build))
     if bad:
         more = f" (and {len(bad) - 2} more)" if len(bad) > 2 else ""
-        raise VerificationError(f"{build}/report.json does not pass the verdict: {'; '.join(bad[:2])}{more}; run "
-                                f"python -m engines.gate {build} for the table, fix the build before publishing or "
-                                "serving it")
+        raise VerificationError(
+            f"{build}/report.json does not pass the verdict: {'; '.join(bad[:2])}{more}; run "
+            f"python -m engines.gate {build} for the table, fix the build before publishing or "
+            "serving it"
+        )
     return report
 
 
@@ -109,6 +119,7 @@ def case_checks(report: Report, thresholds: Thresholds) -> list[Check]:
         if not case["outputs"]:
             checks.append(Check(name, "-", False, "case has no outputs"))
         precision = key_precision(case["graph"])
+        assert precision is not None  # graph_problem refused a key that names no graph
         for out, stats in case["outputs"].items():
             try:
                 t = thresholds.lookup(precision, case["graph"], out)
@@ -118,7 +129,7 @@ def case_checks(report: Report, thresholds: Thresholds) -> list[Check]:
     return checks
 
 
-def graph_problem(report: Report, case: dict) -> str | None:
+def graph_problem(report: Report, case: Mapping[str, Any]) -> str | None:
     """Why a case proves nothing about the files beside the report, or None."""
     key = case.get("graph")
     if key not in report.artifacts:
@@ -130,15 +141,19 @@ def graph_problem(report: Report, case: dict) -> str | None:
     if precision is None:
         return f"artifact {key!r} is not a graph the report can validate"
     if case.get("precision") != precision:
-        return (f"case says precision {case.get('precision')!r} but its graph {key!r} is {precision}; the "
-                "thresholds follow the graph, not the label")
+        return (
+            f"case says precision {case.get('precision')!r} but its graph {key!r} is {precision}; the "
+            "thresholds follow the graph, not the label"
+        )
     return None
 
 
-def case_name(i: int, c: dict) -> str:
+def case_name(i: int, c: Mapping[str, Any]) -> str:
     ch = f" c={c['choices']}" if c.get("choices") else ""
-    return (f"#{i} {c.get('graph')}[{c.get('precision')}] b={c.get('batch')} s={c.get('seq')}{ch} "
-            f"pad={c.get('padded_rows', 0)}")
+    return (
+        f"#{i} {c.get('graph')}[{c.get('precision')}] b={c.get('batch')} s={c.get('seq')}{ch} "
+        f"pad={c.get('padded_rows', 0)}"
+    )
 
 
 def grade_output(name: str, out: str, s: object, t: Threshold) -> Check:
@@ -163,8 +178,10 @@ def grade_output(name: str, out: str, s: object, t: Threshold) -> Check:
 
 def describe(s: dict, t: Threshold, n_nan: int, row: float | None) -> str:
     rows = "" if row is None else f" | row cosine {row:.9f} (min {t.min_row_cosine:.11g})"
-    return (f"scaled_error {s['scaled_error']:.3g} (rtol {t.rtol:.3g}) | max_abs {s['max_abs']:.3g} (atol "
-            f"{t.atol:.3g}) | cosine {s['cosine']:.6f} (min {t.min_cosine}){rows} | nan {n_nan}")
+    return (
+        f"scaled_error {s['scaled_error']:.3g} (rtol {t.rtol:.3g}) | max_abs {s['max_abs']:.3g} (atol "
+        f"{t.atol:.3g}) | cosine {s['cosine']:.6f} (min {t.min_cosine}){rows} | nan {n_nan}"
+    )
 
 
 def artifact_checks(report: Report, build_dir: Path) -> list[Check]:
@@ -172,10 +189,18 @@ def artifact_checks(report: Report, build_dir: Path) -> list[Check]:
     if not report.artifacts:
         return [Check("report", "artifacts", False, "the report lists no artifacts: it describes no files")]
     if not report.artifacts_sha256:
-        return [Check("report", "artifacts", False, "the report records no artifact hashes; rebuild it with "
-                      "python -m export.build")]
+        return [
+            Check(
+                "report",
+                "artifacts",
+                False,
+                "the report records no artifact hashes; rebuild it with python -m export.build",
+            )
+        ]
     missing = set(report.artifacts.values()) - set(report.artifacts_sha256)
-    checks = [Check("artifacts", rel, False, "listed in artifacts but has no recorded sha256") for rel in sorted(missing)]
+    checks = [
+        Check("artifacts", rel, False, "listed in artifacts but has no recorded sha256") for rel in sorted(missing)
+    ]
     for rel in sorted(report.artifacts_sha256):
         try:
             verify_artifact(build_dir, rel, report)

@@ -42,12 +42,23 @@ def build_parser() -> Parser:
         epilog="example: python -m plugins.build --tensorrt-include /opt/tensorrt/include --archs 90",
     )
     p.add_argument("--build-dir", type=Path, default=locate.DEFAULT_BUILD_DIR, help="CMake build folder")
-    p.add_argument("--tensorrt-include", type=Path, default=None,
-                   help="folder holding NvInfer.h (default: $TensorRT_INCLUDE_DIR, else found under --tensorrt-root)")
-    p.add_argument("--tensorrt-root", type=Path, default=None,
-                   help="TensorRT install root with include/ and lib/ (default: $TensorRT_ROOT)")
-    p.add_argument("--archs", default=DEFAULT_ARCHS,
-                   help="CUDA SM archs, ';' or ',' separated; SASS for each, plus PTX for the last")
+    p.add_argument(
+        "--tensorrt-include",
+        type=Path,
+        default=None,
+        help="folder holding NvInfer.h (default: $TensorRT_INCLUDE_DIR, else found under --tensorrt-root)",
+    )
+    p.add_argument(
+        "--tensorrt-root",
+        type=Path,
+        default=None,
+        help="TensorRT install root with include/ and lib/ (default: $TensorRT_ROOT)",
+    )
+    p.add_argument(
+        "--archs",
+        default=DEFAULT_ARCHS,
+        help="CUDA SM archs, ';' or ',' separated; SASS for each, plus PTX for the last",
+    )
     p.add_argument("--build-type", default="Release", help="CMAKE_BUILD_TYPE")
     p.add_argument("-j", "--jobs", type=int, default=2, help="parallel build jobs")
     p.add_argument("--json", action="store_true", help="print the library paths as JSON on stdout")
@@ -111,16 +122,25 @@ def major_mismatch(args: argparse.Namespace) -> str | None:
     installed = installed_tensorrt()
     built = headers_major(args)
     if installed and built and installed.split(".")[0] != built:
-        return (f"the TensorRT headers are {built}.x but the installed tensorrt package is {installed}: a plugin "
-                f"library built with them would be refused by that runtime; pass --tensorrt-include with the "
-                f"TensorRT {installed.split('.')[0]} headers")
+        return (
+            f"the TensorRT headers are {built}.x but the installed tensorrt package is {installed}: a plugin "
+            f"library built with them would be refused by that runtime; pass --tensorrt-include with the "
+            f"TensorRT {installed.split('.')[0]} headers"
+        )
     return None
 
 
 def configure_command(args: argparse.Namespace) -> list[str]:
     archs = ";".join(a.strip() for a in args.archs.replace(",", ";").split(";") if a.strip())
-    cmd = ["cmake", "-S", str(SOURCE_DIR), "-B", str(args.build_dir),
-           f"-DCMAKE_BUILD_TYPE={args.build_type}", f"-DROFORMER_CUDA_ARCHS={archs}"]
+    cmd = [
+        "cmake",
+        "-S",
+        str(SOURCE_DIR),
+        "-B",
+        str(args.build_dir),
+        f"-DCMAKE_BUILD_TYPE={args.build_type}",
+        f"-DROFORMER_CUDA_ARCHS={archs}",
+    ]
     include = args.tensorrt_include or os.environ.get("TensorRT_INCLUDE_DIR")
     root = args.tensorrt_root or os.environ.get("TensorRT_ROOT")
     if include:

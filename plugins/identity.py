@@ -49,7 +49,9 @@ HOST_LIB = "libroformer_rotary_host.so"  # C++ host reference (no CUDA)
 LIBRARIES = {"plugin": PLUGIN_LIB, "plugin_static": STATIC_PLUGIN_LIB, "kernels": KERNEL_LIB, "host": HOST_LIB}
 
 
-def plugin_node_problem(attrs: dict, n_inputs: int, table_width: int | None = None, head_dim: int | None = None) -> str | None:
+def plugin_node_problem(
+    attrs: dict, n_inputs: int, table_width: int | None = None, head_dim: int | None = None
+) -> str | None:
     """Why TensorRT's adapter would refuse a RoformerRotary node with these attributes, or None.
 
     attrs: the node's attributes as plain Python values; n_inputs: its input count (x_0..x_{k-1}, sincos);

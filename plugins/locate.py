@@ -79,7 +79,7 @@ def _cmake_cache(build_dir: Path) -> dict[str, str]:
 
 
 def headers_version(include_dir: str | os.PathLike) -> str | None:
-    """"major.minor.patch" from NvInferVersion.h in include_dir, None when it is not there."""
+    """ "major.minor.patch" from NvInferVersion.h in include_dir, None when it is not there."""
     import re
 
     f = Path(include_dir) / "NvInferVersion.h"
@@ -111,17 +111,26 @@ def plugin_library_status(build_dir: Path | None = None) -> dict:
     cache = _cmake_cache(bdir)
     include = cache.get("TensorRT_INCLUDE_DIR") or ""
     if not cache:
-        return {"status": "unavailable",
-                "reason": f"plugin library not built: {bdir} holds no CMake build; run python -m plugins.build "
-                          "--tensorrt-include <TensorRT include folder>"}
+        return {
+            "status": "unavailable",
+            "reason": f"plugin library not built: {bdir} holds no CMake build; run python -m plugins.build "
+            "--tensorrt-include <TensorRT include folder>",
+        }
     kernels = (bdir / KERNEL_LIB).is_file()
     done = f"the CUDA kernels were built ({KERNEL_LIB}), but" if kernels else "in the last build"
     if not include or not (Path(include) / "NvInfer.h").is_file():
-        why = "no TensorRT headers were found (no NvInfer.h given by --tensorrt-include, $TensorRT_INCLUDE_DIR or $TensorRT_ROOT)"
-        return {"status": "unavailable",
-                "reason": f"plugin library not built: {done} the TensorRT adapter ({PLUGIN_LIB}) was skipped because "
-                          f"{why}; point the build at them: python -m plugins.build --tensorrt-include "
-                          "/path/to/TensorRT/include (or --tensorrt-root /path/to/TensorRT)"}
-    return {"status": "unavailable",
-            "reason": f"plugin library not built: TensorRT headers were found ({include}) but {PLUGIN_LIB} is "
-                      f"missing from {bdir}; the build failed or was interrupted: run python -m plugins.build and read its log"}
+        why = (
+            "no TensorRT headers were found "
+            "(no NvInfer.h given by --tensorrt-include, $TensorRT_INCLUDE_DIR or $TensorRT_ROOT)"
+        )
+        return {
+            "status": "unavailable",
+            "reason": f"plugin library not built: {done} the TensorRT adapter ({PLUGIN_LIB}) was skipped because "
+            f"{why}; point the build at them: python -m plugins.build --tensorrt-include "
+            "/path/to/TensorRT/include (or --tensorrt-root /path/to/TensorRT)",
+        }
+    return {
+        "status": "unavailable",
+        "reason": f"plugin library not built: TensorRT headers were found ({include}) but {PLUGIN_LIB} is "
+        f"missing from {bdir}; the build failed or was interrupted: run python -m plugins.build and read its log",
+    }

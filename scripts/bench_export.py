@@ -32,12 +32,13 @@ def main() -> int:
     p.add_argument("--out", default="build/bench")
     args = p.parse_args()
 
-    from export.stages.bench import host_description
+    from transformers.models.roformer import modeling_roformer
+
     from export.checkpoint import load_checkpoint
     from export.onnx_export import export_onnx
+    from export.stages.bench import host_description
     from export.stages.rope import rewrite_file
     from export.validate import Shape, make_inputs, ort_session
-    from transformers.models.roformer import modeling_roformer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,23 +60,28 @@ def main() -> int:
     finally:
         modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = original
 
-    sessions = {name: ort_session(out / f) for name, f in
-                [("ort-plain", "model.onnx"), ("ort-rope-onnx", "model.rope-onnx.onnx"),
-                 ("ort-no-rotary", "model.norotary.onnx")]}
+    sessions = {
+        name: ort_session(out / f)
+        for name, f in [
+            ("ort-plain", "model.onnx"),
+            ("ort-rope-onnx", "model.rope-onnx.onnx"),
+            ("ort-no-rotary", "model.norotary.onnx"),
+        ]
+    }
     model = ck.model.float().eval()
     rows = []
     for s in seqs:
         inputs = make_inputs(Shape(args.batch, s), ck.config.vocab_size, ck.config.type_vocab_size)
         tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
-        runners = {name: (lambda sess=sess: sess.run(None, inputs)) for name, sess in sessions.items()}
-        runners["torch-eager"] = lambda: model(**tin)
+        runners = {name: (lambda sess=sess, inputs=inputs: sess.run(None, inputs)) for name, sess in sessions.items()}
+        runners["torch-eager"] = lambda tin=tin: model(**tin)
         times = {name: [] for name in runners}
         with torch.no_grad():
-            for name, fn in runners.items():
+            for fn in runners.values():
                 fn()  # warm-up, excluded
             names = list(runners)
             for r in range(args.reps):
-                for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no variant always first
+                for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no variant always first
                     fn = runners[name]
                     t = time.perf_counter()
                     fn()
@@ -84,17 +90,41 @@ def main() -> int:
         base = statistics.median(times["ort-no-rotary"])
         for name, ts in times.items():
             med = statistics.median(ts)
-            rows.append({"seq": s, "batch": args.batch, "variant": name, "reps": len(ts), "median_ms": med * 1e3,
-                         "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3, "vs_no_rotary": med / base})
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": host_description(),
-              "model": args.model, "exporter": args.exporter, "export_seconds": round(export_s, 2),
-              "rope_pass_seconds": round(rope_s, 2), "rows": rows}
+            rows.append(
+                {
+                    "seq": s,
+                    "batch": args.batch,
+                    "variant": name,
+                    "reps": len(ts),
+                    "median_ms": med * 1e3,
+                    "min_ms": min(ts) * 1e3,
+                    "max_ms": max(ts) * 1e3,
+                    "vs_no_rotary": med / base,
+                }
+            )
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": host_description(),
+        "model": args.model,
+        "exporter": args.exporter,
+        "export_seconds": round(export_s, 2),
+        "rope_pass_seconds": round(rope_s, 2),
+        "rows": rows,
+    }
     (out / "bench_export.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# CPU speed ({result['date']}, {result['machine']}, batch {args.batch}, {args.reps} interleaved rounds)",
-          "", f"export ({args.exporter}): {result['export_seconds']} s; rotary pass (onnx): {result['rope_pass_seconds']} s",
-          "", "| seq | variant | median ms | min ms | max ms | vs no-rotary |", "|---|---|---|---|---|---|"]
-    md += [f"| {r['seq']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | "
-           f"{r['vs_no_rotary']:.3f} |" for r in rows]
+    md = [
+        f"# CPU speed ({result['date']}, {result['machine']}, batch {args.batch}, {args.reps} interleaved rounds)",
+        "",
+        f"export ({args.exporter}): {result['export_seconds']} s; rotary pass (onnx): {result['rope_pass_seconds']} s",
+        "",
+        "| seq | variant | median ms | min ms | max ms | vs no-rotary |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['seq']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | "
+        f"{r['vs_no_rotary']:.3f} |"
+        for r in rows
+    ]
     (out / "bench_export.md").write_text("\n".join(md) + "\n")
     _plot(rows, out / "bench_export.png")
     print("\n".join(md))
@@ -103,8 +133,10 @@ def main() -> int:
 
 def _plot(rows, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     variants = sorted({r["variant"] for r in rows})
     seqs = sorted({r["seq"] for r in rows})
     fig, ax = plt.subplots(figsize=(7, 4))

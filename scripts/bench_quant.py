@@ -45,6 +45,7 @@ def calibration_npz(ckpt: str, path: Path) -> None:
     """The batches export.build's default (synthetic) calibration runs, for ModelOpt's reader."""
     from export.checkpoint import inspect_checkpoint
     from export.passes.quantize.data import synthetic_set
+
     cfg = inspect_checkpoint(ckpt, None, False).config
     feeds = synthetic_set(cfg.vocab_size, cfg.type_vocab_size, 2048).batches()()
     np.savez(path, **{f"b{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
@@ -53,6 +54,7 @@ def calibration_npz(ckpt: str, path: Path) -> None:
 def placement(path: Path) -> dict[str, int]:
     """Op type -> number of nodes of that type that read a DequantizeLinear output."""
     import onnx
+
     m = onnx.load(str(path), load_external_data=False)
     dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return dict(sorted(collections.Counter(n.op_type for n in m.graph.node if dq & set(n.input)).items()))
@@ -62,6 +64,7 @@ def accuracy(graphs: dict[str, tuple[Path, bool]], ckpt: str) -> dict[str, dict]
     from export.checkpoint import load_checkpoint
     from export.compare import error_stats, row_mask
     from export.validate import OnnxFile, Shape, TorchReference, make_inputs, ort_session, validation_shapes
+
     ck = load_checkpoint(ckpt, table_rows=2048)
     ref = TorchReference(ck.model, ck.task)
     shapes = validation_shapes(2048, ck.task) + [Shape(3, 128, 2)]
@@ -74,12 +77,25 @@ def accuracy(graphs: dict[str, tuple[Path, bool]], ckpt: str) -> dict[str, dict]
         for s in shapes:
             got = sess.run(["last_hidden_state"], feeds[s])[0]
             st = error_stats(got, refs[s], row_mask("last_hidden_state", got.shape, feeds[s]["attention_mask"]))
-            rows.append({"shape": s.label(), "row_cosine": st.row_cosine, "scaled_error": st.scaled_error,
-                         "max_abs": st.max_abs})
-        out[name] = {"file": path.name, "cases": rows, "min_row_cosine": min(r["row_cosine"] for r in rows),
-                     "max_scaled_error": max(r["scaled_error"] for r in rows), "qdq_placement": placement(path)}
-        print(f"{name}: row cosine {out[name]['min_row_cosine']:.6f}, scaled {out[name]['max_scaled_error']:.4f}",
-              file=sys.stderr)
+            rows.append(
+                {
+                    "shape": s.label(),
+                    "row_cosine": st.row_cosine,
+                    "scaled_error": st.scaled_error,
+                    "max_abs": st.max_abs,
+                }
+            )
+        out[name] = {
+            "file": path.name,
+            "cases": rows,
+            "min_row_cosine": min(r["row_cosine"] for r in rows),
+            "max_scaled_error": max(r["scaled_error"] for r in rows),
+            "qdq_placement": placement(path),
+        }
+        print(
+            f"{name}: row cosine {out[name]['min_row_cosine']:.6f}, scaled {out[name]['max_scaled_error']:.4f}",
+            file=sys.stderr,
+        )
         del sess
     return out
 
@@ -95,51 +111,84 @@ def checkpoint(label: str, ckpt: str, args) -> dict:
         dst = work / f"modelopt-{fmt}.onnx"
         if not dst.exists():
             t = time.perf_counter()
-            run([args.modelopt_python, "scripts/modelopt_quantize.py", "--onnx", str(base / "model.rope-onnx.onnx"),
-                 "--calib", str(work / "calib.npz"), "--mode", fmt, "--out", str(dst)])
+            run(
+                [
+                    args.modelopt_python,
+                    "scripts/modelopt_quantize.py",
+                    "--onnx",
+                    str(base / "model.rope-onnx.onnx"),
+                    "--calib",
+                    str(work / "calib.npz"),
+                    "--mode",
+                    fmt,
+                    "--out",
+                    str(dst),
+                ]
+            )
             seconds[fmt] = round(time.perf_counter() - t, 1)
     graphs = {f"ours-{fmt}": (ours[fmt] / f"model.rope-plugin.{fmt}.onnx", True) for fmt in ("int8", "fp8")}
     graphs |= {f"modelopt-{fmt}": (work / f"modelopt-{fmt}.onnx", False) for fmt in ("int8", "fp8")}
     result = {"accuracy": accuracy(graphs, ckpt), "modelopt_seconds": seconds}
     for fmt in ("int8", "fp8"):
         q = json.loads((ours[fmt] / "report.json").read_text())["quantization"]
-        result[f"ours-{fmt}"] = {"kept_high": q["kept_high"], "fallback": {k: q["fallback"].get(k) for k in
-                                 ("passed", "budget", "high_flops_share", "reason")},
-                                 "seconds": json.loads((ours[fmt] / "report.json").read_text())["timings"]}
+        result[f"ours-{fmt}"] = {
+            "kept_high": q["kept_high"],
+            "fallback": {k: q["fallback"].get(k) for k in ("passed", "budget", "high_flops_share", "reason")},
+            "seconds": json.loads((ours[fmt] / "report.json").read_text())["timings"],
+        }
     return result
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Ours vs ModelOpt {r['modelopt']} ONNX PTQ ({r['date']}, {r['host']})", "",
-             "ONNX Runtime CPU against PyTorch fp32; shapes: the validation shapes at --max-len 2048 (B=1/3 x S=1/61, "
-             "B=1 x 2048, padded rows) and B=3 x 128; per-row cosine over non-padded tokens (min over shapes), "
-             "max |error| / max |reference| (max over shapes). Ours: the rope-plugin graph with its RoformerRotary "
-             "function; ModelOpt: the rope-onnx graph (it cannot run the plugin graph). Same calibration batches.", ""]
+    lines = [
+        f"# Ours vs ModelOpt {r['modelopt']} ONNX PTQ ({r['date']}, {r['host']})",
+        "",
+        "ONNX Runtime CPU against PyTorch fp32; shapes: the validation shapes at --max-len 2048 (B=1/3 x S=1/61, "
+        "B=1 x 2048, padded rows) and B=3 x 128; per-row cosine over non-padded tokens (min over shapes), "
+        "max |error| / max |reference| (max over shapes). Ours: the rope-plugin graph with its RoformerRotary "
+        "function; ModelOpt: the rope-onnx graph (it cannot run the plugin graph). Same calibration batches.",
+        "",
+    ]
     for label, c in r["checkpoints"].items():
-        lines += [f"## {label}", "", "| graph | min row cosine | max scaled error | kept high | Q/DQ readers per op type |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## {label}",
+            "",
+            "| graph | min row cosine | max scaled error | kept high | Q/DQ readers per op type |",
+            "|---|---|---|---|---|",
+        ]
         for name, a in c["accuracy"].items():
             kept = len(c[name]["kept_high"]) if name in c else ""
             qdq = ", ".join(f"{k} {v}" for k, v in a["qdq_placement"].items())
             lines.append(f"| {name} | {a['min_row_cosine']:.6f} | {a['max_scaled_error']:.4f} | {kept} | {qdq} |")
-        lines += ["", "| graph | " + " | ".join(x["shape"] for x in next(iter(c["accuracy"].values()))["cases"]) + " |",
-                  "|---|" + "---|" * len(next(iter(c["accuracy"].values()))["cases"])]
+        lines += [
+            "",
+            "| graph | " + " | ".join(x["shape"] for x in next(iter(c["accuracy"].values()))["cases"]) + " |",
+            "|---|" + "---|" * len(next(iter(c["accuracy"].values()))["cases"]),
+        ]
         for name, a in c["accuracy"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{x['row_cosine']:.5f} / {x['scaled_error']:.3f}"
-                                                     for x in a["cases"]) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{x['row_cosine']:.5f} / {x['scaled_error']:.3f}" for x in a["cases"])
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(r: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(r["checkpoints"]), figsize=(11, 4), squeeze=False)
-    for ax, (label, c) in zip(axes[0], r["checkpoints"].items()):
+    for ax, (label, c) in zip(axes[0], r["checkpoints"].items(), strict=True):
         names = list(c["accuracy"])
-        ax.bar(names, [1 - c["accuracy"][n]["min_row_cosine"] for n in names],
-               color=["tab:blue" if n.startswith("ours") else "tab:orange" for n in names])
+        ax.bar(
+            names,
+            [1 - c["accuracy"][n]["min_row_cosine"] for n in names],
+            color=["tab:blue" if n.startswith("ours") else "tab:orange" for n in names],
+        )
         ax.set_yscale("log")
         ax.set_title(f"{label}: 1 - min per-row cosine (lower is better)")
         ax.tick_params(axis="x", rotation=20)
@@ -156,8 +205,13 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
     args = p.parse_args()
     from export.stages.bench import host_description
-    version = subprocess.run([args.modelopt_python, "-c", "import modelopt; print(modelopt.__version__)"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+
+    version = subprocess.run(
+        [args.modelopt_python, "-c", "import modelopt; print(modelopt.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     r = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "modelopt": version, "checkpoints": {}}
     for label, ckpt in (("demo", args.demo), ("stress", args.stress)):
         if ckpt:

@@ -18,7 +18,8 @@ The twin export.build writes (`--precision int8`, export/passes/quantize/cpu_twi
 
 Speed: interleaved rounds (each round runs every variant once, the order rotated), medians with min/max, per
 batch x sequence; ONNX Runtime's CPU memory arena is off for every session (a dozen demo-size sessions with
-their arenas grown to batch 8 x 512 do not fit beside each other in 24 GB). Accuracy: against PyTorch fp32, per-row cosine over non-padded rows and the largest absolute
+their arenas grown to batch 8 x 512 do not fit beside each other in 24 GB). Accuracy: against PyTorch fp32,
+per-row cosine over non-padded rows and the largest absolute
 error scaled by the reference's largest magnitude, at batch 3 x 128 with 2 padded rows and batch 1 x 512; the
 stress checkpoint (outlier channels) for accuracy only. Writes quant_cpu.{json,md,png} into --out.
 """
@@ -40,7 +41,13 @@ import numpy as np  # noqa: E402
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
     """name -> (model file, ORT optimization level), made once into `work`."""
     from onnx.external_data_helper import load_external_data_for_model
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from export.onnx_io import write_model
     from export.passes.quantize import build, calibrate, plan
@@ -59,8 +66,14 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
         made[name] = (path, opt)
 
     def dyn(per_channel, source=src):
-        return lambda p: quantize_dynamic(str(source), str(p), op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                                          weight_type=QuantType.QInt8, use_external_data_format=True)
+        return lambda p: quantize_dynamic(
+            str(source),
+            str(p),
+            op_types_to_quantize=["MatMul"],
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        )
 
     make("dynamic", dyn(False))
     made["dynamic@basic"] = (made["dynamic"][0], "basic")
@@ -70,11 +83,18 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
     def fused(per_channel):
         def write(p):
             from onnxruntime.transformers.optimizer import optimize_model
-            m = optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, opt_level=0)  # Python fusions only: no ORT temp file
+
+            m = optimize_model(
+                str(src),
+                model_type="bert",
+                num_heads=config.num_attention_heads,
+                hidden_size=config.hidden_size,
+                opt_level=0,
+            )  # Python fusions only: no ORT temp file
             tmp = work / "fused-fp32.onnx"
             m.save_model_to_file(str(tmp), use_external_data_format=True)
             dyn(per_channel, tmp)(p)
+
         return write
 
     make("fused-dynamic", fused(False))
@@ -87,6 +107,7 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
             model = build(src, pl, amax, "int8", "fp32")[0]
             load_external_data_for_model(model, str(src.parent))
             write_model(model, p, external=True)
+
         return write
 
     make("static-qdq-s8", ours(placement))
@@ -99,27 +120,42 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
         def get_next(self):
             return next(self.it, None)
 
-    make("static-qop-u8", lambda p: quantize_static(
-        str(src), str(p), Reader(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul"],
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, use_external_data_format=True))
+    make(
+        "static-qop-u8",
+        lambda p: quantize_static(
+            str(src),
+            str(p),
+            Reader(),
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        ),
+    )
     make("cpu-twin", lambda p: write_cpu_twin(src, p, config.num_attention_heads, config.hidden_size))
     return made
 
 
 def session(path: Path, opt: str):
     import onnxruntime as ort
+
     o = ort.SessionOptions()
     o.log_severity_level = 3
     o.enable_cpu_mem_arena = False  # a dozen sessions side by side: each keeps only what a run needs
-    o.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt]
+    o.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt]
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
 def accuracy(sessions: dict, model, task: str, config) -> dict[str, dict]:
     """Per variant: the worst per-row cosine and scaled max abs over the accuracy shapes."""
     from export.validate import Shape, TorchReference, make_inputs
+
     ref = TorchReference(model, task)
     out = {name: {"min_row_cosine": 1.0, "scaled_max_abs": 0.0} for name in sessions}
     for shape in (Shape(3, 128, 2), Shape(1, 512)):
@@ -131,12 +167,15 @@ def accuracy(sessions: dict, model, task: str, config) -> dict[str, dict]:
             gr, rr = g[rows], r[rows]
             cos = (gr * rr).sum(-1) / (np.linalg.norm(gr, axis=-1) * np.linalg.norm(rr, axis=-1))
             out[name]["min_row_cosine"] = min(out[name]["min_row_cosine"], float(cos.min()))
-            out[name]["scaled_max_abs"] = max(out[name]["scaled_max_abs"], float(np.abs(gr - rr).max() / np.abs(rr).max()))
+            out[name]["scaled_max_abs"] = max(
+                out[name]["scaled_max_abs"], float(np.abs(gr - rr).max() / np.abs(rr).max())
+            )
     return out
 
 
 def speed(sessions: dict, grid: list[tuple[int, int]], rounds: int, config) -> list[dict]:
     from export.validate import Shape, make_inputs
+
     rows = []
     names = list(sessions)
     for b, s in grid:
@@ -145,17 +184,28 @@ def speed(sessions: dict, grid: list[tuple[int, int]], rounds: int, config) -> l
         for n in names:
             sessions[n].run(None, feeds)  # warm-up, excluded
         for r in range(rounds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
+            for n in names[r % len(names) :] + names[: r % len(names)]:
                 t = time.perf_counter()
                 sessions[n].run(None, feeds)
                 times[n].append(time.perf_counter() - t)
         base = statistics.median(times["fp32"])
         for n in names:
             med = statistics.median(times[n])
-            rows.append({"variant": n, "batch": b, "seq": s, "median_ms": 1e3 * med, "min_ms": 1e3 * min(times[n]),
-                         "max_ms": 1e3 * max(times[n]), "speedup": base / med})
-        print(f"{b}x{s}: " + ", ".join(f"{r['variant']} {r['speedup']:.2f}x" for r in rows[-len(names):]),
-              file=sys.stderr)
+            rows.append(
+                {
+                    "variant": n,
+                    "batch": b,
+                    "seq": s,
+                    "median_ms": 1e3 * med,
+                    "min_ms": 1e3 * min(times[n]),
+                    "max_ms": 1e3 * max(times[n]),
+                    "speedup": base / med,
+                }
+            )
+        print(
+            f"{b}x{s}: " + ", ".join(f"{r['variant']} {r['speedup']:.2f}x" for r in rows[-len(names) :]),
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -202,30 +252,47 @@ def markdown(r: dict) -> str:
     lines = [f"# INT8 CPU twin ({r['date']}, {r['host']}, ONNX Runtime CPU, {r['rounds']} interleaved rounds)", ""]
     demo = r["checkpoints"].get("demo", {})
     if demo.get("speed"):
-        lines += ["## Speed (demo model)", "", "| variant | batch x seq | median ms | min ms | max ms | speed-up vs fp32 |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {x['variant']} | {x['batch']}x{x['seq']} | {x['median_ms']:.0f} | {x['min_ms']:.0f} | "
-                  f"{x['max_ms']:.0f} | {x['speedup']:.2f} |" for x in demo["speed"]]
+        lines += [
+            "## Speed (demo model)",
+            "",
+            "| variant | batch x seq | median ms | min ms | max ms | speed-up vs fp32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['variant']} | {x['batch']}x{x['seq']} | {x['median_ms']:.0f} | {x['min_ms']:.0f} | "
+            f"{x['max_ms']:.0f} | {x['speedup']:.2f} |"
+            for x in demo["speed"]
+        ]
         lines.append("")
     for label, entry in r["checkpoints"].items():
-        lines += [f"## Accuracy ({label}: `{entry['source']}`, against PyTorch fp32)", "",
-                  "| variant | min per-row cosine | max abs / max abs of the reference |", "|---|---|---|"]
-        lines += [f"| {n} | {a['min_row_cosine']:.6f} | {a['scaled_max_abs']:.4f} |" for n, a in entry["accuracy"].items()]
+        lines += [
+            f"## Accuracy ({label}: `{entry['source']}`, against PyTorch fp32)",
+            "",
+            "| variant | min per-row cosine | max abs / max abs of the reference |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {a['min_row_cosine']:.6f} | {a['scaled_max_abs']:.4f} |" for n, a in entry["accuracy"].items()
+        ]
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(r: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     speed_rows = r["checkpoints"].get("demo", {}).get("speed") or []
     shapes = sorted({(x["batch"], x["seq"]) for x in speed_rows})
     names = list(dict.fromkeys(x["variant"] for x in speed_rows))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     w = 0.8 / max(1, len(names))
     for i, n in enumerate(names):
-        ys = [next(x["speedup"] for x in speed_rows if x["variant"] == n and (x["batch"], x["seq"]) == s) for s in shapes]
+        ys = [
+            next(x["speedup"] for x in speed_rows if x["variant"] == n and (x["batch"], x["seq"]) == s) for s in shapes
+        ]
         ax.bar([k + i * w for k in range(len(shapes))], ys, w, label=n)
     ax.set_xticks([k + 0.4 - w / 2 for k in range(len(shapes))], [f"{b}x{s}" for b, s in shapes])
     ax.set_ylabel("speed-up vs fp32 (median)")

@@ -36,6 +36,7 @@ ALPHA = 0.5  # the paper's default
 
 def channel_amax(src: Path, tensors: list[str], batches) -> dict[str, np.ndarray]:
     from export.passes.quantize.calibrate import calibration_session, run_batches
+
     sess = calibration_session(src, tensors, rotary_function=True)
     out: dict[str, np.ndarray] = {}
 
@@ -51,7 +52,9 @@ def smoothing(src: Path, placement, batches, alpha: float) -> dict[str, np.ndarr
     """tensor -> s (per input channel) for every activation read only by weighted MatMuls."""
     import onnx
     from onnx import numpy_helper
+
     from export.onnx_io import load_tensor
+
     inits = {t.name: t for t in onnx.load(str(src), load_external_data=False).graph.initializer}
     readers: dict[str, list] = {}
     for s in placement.sites:
@@ -62,8 +65,9 @@ def smoothing(src: Path, placement, batches, alpha: float) -> dict[str, np.ndarr
     scales = {}
     for t in sorted(targets):
         weights = [x.tensor for x in placement.sites if x.kind == "weight" and x.node in {r.node for r in readers[t]}]
-        wmax = np.max([np.abs(numpy_helper.to_array(load_tensor(inits[w], src.parent))).max(axis=1) for w in weights],
-                      axis=0)
+        wmax = np.max(
+            [np.abs(numpy_helper.to_array(load_tensor(inits[w], src.parent))).max(axis=1) for w in weights], axis=0
+        )
         s = np.power(np.maximum(amax[t], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
         scales[t] = np.clip(s, 1e-5, 1e5).astype(np.float32)
     return scales
@@ -73,9 +77,11 @@ def smoothed_graph(src: Path, placement, amax: dict, scales: dict, smooth_amax: 
     """The int8 graph with x / s before each smoothed Q (its range: max over channels of amax_c / s_c, exact for max
     calibration) and W * s quantized; kept-high nodes read x and W."""
     from onnx import helper, numpy_helper
+
     from export.onnx_io import load_tensor
     from export.passes.quantize.placement import load_structure
     from export.passes.quantize.qdq import insert_qdq
+
     model = load_structure(src)
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
@@ -139,8 +145,11 @@ def main() -> int:
         return out
 
     def stats(got, case):
-        st = error_stats(got["last_hidden_state"], case.refs["last_hidden_state"],
-                         row_mask("last_hidden_state", got["last_hidden_state"].shape, case.feeds["attention_mask"]))
+        st = error_stats(
+            got["last_hidden_state"],
+            case.refs["last_hidden_state"],
+            row_mask("last_hidden_state", got["last_hidden_state"].shape, case.feeds["attention_mask"]),
+        )
         return st
 
     def judge(got, case, margin=FALLBACK_MARGIN):
@@ -153,40 +162,78 @@ def main() -> int:
         rows = []
         for c in test_cases:
             st = stats({"last_hidden_state": sess.run(["last_hidden_state"], c.feeds)[0]}, c)
-            rows.append({"shape": c.label, "row_cosine": st.row_cosine, "scaled_error": st.scaled_error,
-                         "passed": st.scaled_error <= th.rtol and st.row_cosine >= th.min_row_cosine})
+            rows.append(
+                {
+                    "shape": c.label,
+                    "row_cosine": st.row_cosine,
+                    "scaled_error": st.scaled_error,
+                    "passed": st.scaled_error <= th.rtol and st.row_cosine >= th.min_row_cosine,
+                }
+            )
         return rows
 
     tune, test = fallback_cases(ck, args.max_len), validation_cases()
     plain = lambda keep: build(src, placement.with_kept(keep), amax, "int8", "fp32")[0]  # noqa: E731
     smooth = lambda keep: smoothed_graph(src, placement.with_kept(keep), amax, scales, smooth_amax)  # noqa: E731
-    result = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "label": args.label, "alpha": args.alpha,
-              "thresholds": th.to_dict(), "variants": {}}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "host": host_description(),
+        "label": args.label,
+        "alpha": args.alpha,
+        "thresholds": th.to_dict(),
+        "variants": {},
+    }
     residual = plan(src, residual=True)
     ramax = calibrate(src, residual, calib, CalibMethod("max"), rotary_function=True)
-    result["variants"]["residual"] = {"kept": 0, "cases": evaluate(build(src, residual, ramax, "int8", "fp32")[0], test)}
+    result["variants"]["residual"] = {
+        "kept": 0,
+        "cases": evaluate(build(src, residual, ramax, "int8", "fp32")[0], test),
+    }
     for name, make in (("none", plain), ("smooth", smooth)):
         result["variants"][name] = {"kept": 0, "cases": evaluate(make(frozenset()), test)}
         t = time.perf_counter()
-        fb = run_fallback(src, placement, amax, "int8", tune, judge=judge, trial=make,
-                          budget=len(placement.nodes()) // 4, rotary_function=True)
+        fb = run_fallback(
+            src,
+            placement,
+            amax,
+            "int8",
+            tune,
+            judge=judge,
+            trial=make,
+            budget=len(placement.nodes()) // 4,
+            rotary_function=True,
+        )
         result["variants"][f"{name}+fallback"] = {
-            "kept": len(fb.keep), "high_flops_share": fb.report["high_flops_share"], "passed": fb.passed,
-            "seconds": round(time.perf_counter() - t, 1), "cases": evaluate(make(fb.keep), test)}
+            "kept": len(fb.keep),
+            "high_flops_share": fb.report["high_flops_share"],
+            "passed": fb.passed,
+            "seconds": round(time.perf_counter() - t, 1),
+            "cases": evaluate(make(fb.keep), test),
+        }
         print(name, json.dumps(result["variants"][f"{name}+fallback"]["cases"][-1]), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"quant_variants_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# INT8 variants: SmoothQuant (alpha {args.alpha}), the fallback, residual Adds, {args.label} ({result['date']}, "
-             f"{result['host']})", "", f"Thresholds (int8): {th.to_dict()}. Fallback tuned on export.build's "
-             "evaluation inputs (seeds 1-8), judged here on the validation inputs (seed 0).", "",
-             "Cells: min per-row cosine / max |error| / max |reference|.", "",
-             "| variant | kept high | high FLOPs | every case passes | " + " | ".join(
-                 c["shape"] for c in result["variants"]["none"]["cases"]) + " |",
-             "|---|---|---|---|" + "---|" * len(result["variants"]["none"]["cases"])]
+    lines = [
+        f"# INT8 variants: SmoothQuant (alpha {args.alpha}), the fallback, residual Adds, {args.label} "
+        f"({result['date']}, {result['host']})",
+        "",
+        f"Thresholds (int8): {th.to_dict()}. Fallback tuned on export.build's "
+        "evaluation inputs (seeds 1-8), judged here on the validation inputs (seed 0).",
+        "",
+        "Cells: min per-row cosine / max |error| / max |reference|.",
+        "",
+        "| variant | kept high | high FLOPs | every case passes | "
+        + " | ".join(c["shape"] for c in result["variants"]["none"]["cases"])
+        + " |",
+        "|---|---|---|---|" + "---|" * len(result["variants"]["none"]["cases"]),
+    ]
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['kept']} | {100 * v.get('high_flops_share', 0):.1f} % | "
-                     f"{all(c['passed'] for c in v['cases'])} | " + " | ".join(
-                         f"{c['row_cosine']:.5f} / {c['scaled_error']:.3f}" for c in v["cases"]) + " |")
+        lines.append(
+            f"| {name} | {v['kept']} | {100 * v.get('high_flops_share', 0):.1f} % | "
+            f"{all(c['passed'] for c in v['cases'])} | "
+            + " | ".join(f"{c['row_cosine']:.5f} / {c['scaled_error']:.3f}" for c in v["cases"])
+            + " |"
+        )
     (args.out / f"quant_variants_{args.label}.md").write_text("\n".join(lines) + "\n")
     print(args.out / f"quant_variants_{args.label}.md")
     return 0

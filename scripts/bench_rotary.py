@@ -42,7 +42,11 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --dtype -
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="scripts/bench_rotary.py", description=__doc__.split("\n")[0], epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048")
+    p = Parser(
+        prog="scripts/bench_rotary.py",
+        description=__doc__.split("\n")[0],
+        epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048",
+    )
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON, Markdown and PNG")
     p.add_argument("--lib", type=Path, default=None, help="libroformer_rotary_kernels.so (default: plugins.locate)")
     p.add_argument("--batch", type=int, default=8, help="B")
@@ -60,8 +64,11 @@ def build_parser() -> Parser:
 def load_kernel(path: Path):
     lib = ctypes.CDLL(str(path))
     lib.roformer_rotary_launch.restype = ctypes.c_int
-    lib.roformer_rotary_launch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                           ctypes.c_void_p] + [ctypes.c_int64] * 6 + [ctypes.c_void_p]
+    lib.roformer_rotary_launch.argtypes = (
+        [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        + [ctypes.c_int64] * 6
+        + [ctypes.c_void_p]
+    )
     return lib
 
 
@@ -94,8 +101,9 @@ class Bench:
     def make(self, s: int):
         g = torch.Generator(device="cuda").manual_seed(s)
         a = self.args
-        return tuple(torch.randn(a.batch, a.heads, s, a.head_dim, device="cuda", generator=g).to(self.tdtype)
-                     for _ in range(2))
+        return tuple(
+            torch.randn(a.batch, a.heads, s, a.head_dim, device="cuda", generator=g).to(self.tdtype) for _ in range(2)
+        )
 
     def ours(self, q, k, yq, yk, s: int):
         """A no-argument launch of our kernel on q, k -> yq, yk (current stream)."""
@@ -105,10 +113,23 @@ class Bench:
         a = self.args
 
         def run():
-            rc = self.lib.roformer_rotary_launch(self.code, 2, xp, yp, self.table.data_ptr(), a.batch, a.heads, s,
-                                                 a.head_dim, a.head_dim, self.max_s, stream)
+            rc = self.lib.roformer_rotary_launch(
+                self.code,
+                2,
+                xp,
+                yp,
+                self.table.data_ptr(),
+                a.batch,
+                a.heads,
+                s,
+                a.head_dim,
+                a.head_dim,
+                self.max_s,
+                stream,
+            )
             if rc != 0:
                 raise RuntimeError(f"roformer_rotary_launch returned cudaError {rc}")
+
         return run
 
 
@@ -123,8 +144,9 @@ def _main(args) -> int:
         raise VerificationError(f"the kernel differs from export.reference in {n_bad} bytes; not timing it")
     headline = measure(bench, args.seq)
     sweep = [measure(bench, s) for s in args.seqs]
-    write_results(bench, {"bytes_differing_from_reference": n_bad, "max_abs_diff_vs_hf_eager": hf_diff},
-                  headline, sweep)
+    write_results(
+        bench, {"bytes_differing_from_reference": n_bad, "max_abs_diff_vs_hf_eager": hf_diff}, headline, sweep
+    )
     return EXIT_OK
 
 
@@ -138,9 +160,17 @@ def setup(args) -> Bench:
     tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     table_np = sincos_table(max([args.seq, *args.seqs]), args.head_dim)
     hf_rope = RoFormerSelfAttention.apply_rotary_position_embeddings
-    return Bench(args, load_kernel(Path(lib_path)), Path(lib_path), tdtype, DTYPE_CODES[DTYPES[args.dtype]],
-                 table_np, torch.from_numpy(table_np).cuda(), hf_rope,
-                 None if args.no_compile else torch.compile(hf_rope))
+    return Bench(
+        args,
+        load_kernel(Path(lib_path)),
+        Path(lib_path),
+        tdtype,
+        DTYPE_CODES[DTYPES[args.dtype]],
+        table_np,
+        torch.from_numpy(table_np).cuda(),
+        hf_rope,
+        None if args.no_compile else torch.compile(hf_rope),
+    )
 
 
 def check_correctness(bench: Bench) -> tuple[int, float]:
@@ -151,18 +181,23 @@ def check_correctness(bench: Bench) -> tuple[int, float]:
     bench.ours(q, k, yq, yk, s)()
     torch.cuda.synchronize()
     if bench.tdtype == torch.bfloat16:
-        ref = [bf16_round(y) for y in roformer_rotary_ref([q.float().cpu().numpy(), k.float().cpu().numpy()],
-                                                          bench.table_np)]
+        ref = [
+            bf16_round(y)
+            for y in roformer_rotary_ref([q.float().cpu().numpy(), k.float().cpu().numpy()], bench.table_np)
+        ]
         got = [yq.float().cpu().numpy(), yk.float().cpu().numpy()]
     else:
         ref = roformer_rotary_ref([q.cpu().numpy(), k.cpu().numpy()], bench.table_np)
         got = [yq.cpu().numpy(), yk.cpu().numpy()]
-    n_bad = sum(int(np.count_nonzero(g.view(np.uint8) != r.view(np.uint8))) for g, r in zip(got, ref))
+    n_bad = sum(int(np.count_nonzero(g.view(np.uint8) != r.view(np.uint8))) for g, r in zip(got, ref, strict=True))
     sin_cos = torch.from_numpy(bench.table_np[:s]).cuda().to(bench.tdtype)[None, None]  # HF's sinusoidal_pos
     hq, hk = bench.hf_rope(sin_cos, q, k)
     hf_diff = max(float((hq.float() - yq.float()).abs().max()), float((hk.float() - yk.float()).abs().max()))
-    print(f"correctness: {n_bad} bytes differ from export.reference (must be 0); max|ours - hf_eager| = "
-          f"{hf_diff:.3g} (HF multiplies in {bench.args.dtype} with {bench.args.dtype} sin/cos)", file=sys.stderr)
+    print(
+        f"correctness: {n_bad} bytes differ from export.reference (must be 0); max|ours - hf_eager| = "
+        f"{hf_diff:.3g} (HF multiplies in {bench.args.dtype} with {bench.args.dtype} sin/cos)",
+        file=sys.stderr,
+    )
     return n_bad, hf_diff
 
 
@@ -173,14 +208,18 @@ def time_fn(fn, warmup: int, iters: int) -> dict:
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for st, en in zip(starts, ends):
+    for st, en in zip(starts, ends, strict=True):
         st.record()
         fn()
         en.record()
     torch.cuda.synchronize()
-    ms = np.array([st.elapsed_time(en) for st, en in zip(starts, ends)])
-    return {"median_us": float(np.median(ms) * 1e3), "p10_us": float(np.percentile(ms, 10) * 1e3),
-            "p90_us": float(np.percentile(ms, 90) * 1e3), "iters": iters}
+    ms = np.array([st.elapsed_time(en) for st, en in zip(starts, ends, strict=True)])
+    return {
+        "median_us": float(np.median(ms) * 1e3),
+        "p10_us": float(np.percentile(ms, 10) * 1e3),
+        "p90_us": float(np.percentile(ms, 90) * 1e3),
+        "iters": iters,
+    }
 
 
 def measure(bench: Bench, s: int) -> dict:
@@ -192,15 +231,23 @@ def measure(bench: Bench, s: int) -> dict:
     dst = torch.empty_like(src)
     moved = 2 * src.numel() * src.element_size()  # read + write, as ours
     w, n = bench.args.warmup, bench.args.iters
-    row = {"S": s, "bytes_moved": moved, "ours": time_fn(bench.ours(q, k, yq, yk, s), w, n),
-           "hf_eager": time_fn(lambda: bench.hf_rope(pos, q, k), w, n), "copy": time_fn(lambda: dst.copy_(src), w, n)}
+    row = {
+        "S": s,
+        "bytes_moved": moved,
+        "ours": time_fn(bench.ours(q, k, yq, yk, s), w, n),
+        "hf_eager": time_fn(lambda: bench.hf_rope(pos, q, k), w, n),
+        "copy": time_fn(lambda: dst.copy_(src), w, n),
+    }
     if bench.compiled is not None:
         row["compiled"] = time_fn(lambda: bench.compiled(pos, q, k), w, n)
     for name in METHODS:
         if name in row:
             row[name]["GB_per_s"] = moved / (row[name]["median_us"] * 1e-6) / 1e9
-    print(f"S={s}: " + ", ".join(f"{m} {row[m]['median_us']:.1f} us" for m in METHODS if m in row),
-          file=sys.stderr, flush=True)
+    print(
+        f"S={s}: " + ", ".join(f"{m} {row[m]['median_us']:.1f} us" for m in METHODS if m in row),
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -208,12 +255,27 @@ def write_results(bench: Bench, correctness: dict, headline: dict, sweep: list[d
     a = bench.args
     props = torch.cuda.get_device_properties(0)
     result = {
-        "config": {"B": a.batch, "H": a.heads, "S": a.seq, "Dh": a.head_dim, "dtype": a.dtype, "tensors": "q,k",
-                   "warmup": a.warmup, "iters": a.iters},
-        "env": {"gpu": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                "python": platform.python_version(), "commit": git_commit(),
-                "kernel_library": locate.library_info(bench.lib_path)},
-        "correctness": correctness, "headline": headline, "sweep": sweep,
+        "config": {
+            "B": a.batch,
+            "H": a.heads,
+            "S": a.seq,
+            "Dh": a.head_dim,
+            "dtype": a.dtype,
+            "tensors": "q,k",
+            "warmup": a.warmup,
+            "iters": a.iters,
+        },
+        "env": {
+            "gpu": props.name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "commit": git_commit(),
+            "kernel_library": locate.library_info(bench.lib_path),
+        },
+        "correctness": correctness,
+        "headline": headline,
+        "sweep": sweep,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out / "bench_rotary.json", json.dumps(result, indent=2))
@@ -226,18 +288,27 @@ def write_results(bench: Bench, correctness: dict, headline: dict, sweep: list[d
 def markdown(r: dict) -> str:
     c, e = r["config"], r["env"]
     names = [n for n in ("ours", "hf_eager", "compiled", "copy") if n in r["headline"]]
-    lines = [f"# RoformerRotary benchmark ({e['gpu']}, torch {e['torch']}, CUDA {e['cuda']}, commit {e['commit']})",
-             "", f"q and k, [B={c['B']}, H={c['H']}, S, Dh={c['Dh']}], {c['dtype']}; median of {c['iters']} "
-             f"iterations after {c['warmup']} warm-up (p10-p90 in brackets). `copy` moves the same bytes.", "",
-             "| S | " + " | ".join(f"{n} us" for n in names) + " | ours GB/s | copy GB/s |",
-             "|---|" + "---|" * (len(names) + 2)]
+    lines = [
+        f"# RoformerRotary benchmark ({e['gpu']}, torch {e['torch']}, CUDA {e['cuda']}, commit {e['commit']})",
+        "",
+        f"q and k, [B={c['B']}, H={c['H']}, S, Dh={c['Dh']}], {c['dtype']}; median of {c['iters']} "
+        f"iterations after {c['warmup']} warm-up (p10-p90 in brackets). `copy` moves the same bytes.",
+        "",
+        "| S | " + " | ".join(f"{n} us" for n in names) + " | ours GB/s | copy GB/s |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
     for row in [r["headline"], *r["sweep"]]:
         cells = [f"{row[n]['median_us']:.1f} [{row[n]['p10_us']:.1f}-{row[n]['p90_us']:.1f}]" for n in names]
-        lines.append(f"| {row['S']} | " + " | ".join(cells)
-                     + f" | {row['ours']['GB_per_s']:.0f} | {row['copy']['GB_per_s']:.0f} |")
+        lines.append(
+            f"| {row['S']} | "
+            + " | ".join(cells)
+            + f" | {row['ours']['GB_per_s']:.0f} | {row['copy']['GB_per_s']:.0f} |"
+        )
     lines.append("")
-    lines.append(f"Correctness before timing: {r['correctness']['bytes_differing_from_reference']} bytes differ from "
-                 f"export.reference; max |ours - hf_eager| = {r['correctness']['max_abs_diff_vs_hf_eager']:.3g}.")
+    lines.append(
+        f"Correctness before timing: {r['correctness']['bytes_differing_from_reference']} bytes differ from "
+        f"export.reference; max |ours - hf_eager| = {r['correctness']['max_abs_diff_vs_hf_eager']:.3g}."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.client import TritonEncoderClient  # noqa: E402
-from export.stages.bench import host_description  # noqa: E402
 from export.errors import RoformerTrtError  # noqa: E402
+from export.stages.bench import host_description  # noqa: E402
 
 
 def level(urls, protocol, clients, n, warmup, max_s, batch, seq, vocab):
@@ -54,23 +54,42 @@ def level(urls, protocol, clients, n, warmup, max_s, batch, seq, vocab):
         list(pool.map(worker, range(clients)))
     wall = time.perf_counter() - t0
     ms = np.array(lat) * 1e3
-    return {"protocol": protocol, "clients": clients, "requests": len(lat), "batch": batch, "sequence": seq,
-            "req_per_s": len(lat) / wall, "seq_per_s": len(lat) * batch / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "protocol": protocol,
+        "clients": clients,
+        "requests": len(lat),
+        "batch": batch,
+        "sequence": seq,
+        "req_per_s": len(lat) / wall,
+        "seq_per_s": len(lat) * batch / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def markdown(rows, meta):
-    head = f"Triton (engines.serving: fronts + Python backend + ONNX Runtime, CPU), {meta['date']}, {meta['host']}, model {meta['model']}\n\n"
-    t = "| protocol | clients | requests | batch x seq | req/s | seq/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n"
+    head = (
+        f"Triton (engines.serving: fronts + Python backend + ONNX Runtime, CPU), {meta['date']}, {meta['host']}, "
+        f"model {meta['model']}\n\n"
+    )
+    t = (
+        "| protocol | clients | requests | batch x seq | req/s | seq/s | p50 ms | p99 ms |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
     for r in rows:
-        t += (f"| {r['protocol']} | {r['clients']} | {r['requests']} | {r['batch']}x{r['sequence']} | "
-              f"{r['req_per_s']:.1f} | {r['seq_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |\n")
+        t += (
+            f"| {r['protocol']} | {r['clients']} | {r['requests']} | {r['batch']}x{r['sequence']} | "
+            f"{r['req_per_s']:.1f} | {r['seq_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |\n"
+        )
     return head + t
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="example: python scripts/bench_serving.py --tiny --requests 100")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python scripts/bench_serving.py --tiny --requests 100",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--build", type=Path, help="folder written by python -m export.build")
     src.add_argument("--tiny", action="store_true", help="benchmark a random tiny RoFormer")
@@ -103,8 +122,19 @@ def main(argv=None) -> int:
             with serve(build, "mean", http_port=0, grpc_port=0, max_batch=max(16, args.batch)) as urls:
                 for proto in args.protocols:
                     for c in args.clients:
-                        rows.append(level(urls, proto, c, args.requests, args.warmup, args.max_seconds,
-                                          args.batch, args.sequence, vocab))
+                        rows.append(
+                            level(
+                                urls,
+                                proto,
+                                c,
+                                args.requests,
+                                args.warmup,
+                                args.max_seconds,
+                                args.batch,
+                                args.sequence,
+                                vocab,
+                            )
+                        )
                         print(f"{proto} x{c}: {rows[-1]['req_per_s']:.1f} req/s", file=sys.stderr)
     except RoformerTrtError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -46,8 +46,22 @@ def measure_checkpoint(name: str, ckpt: Path, work: Path, max_len: int, tiny: bo
     for precision in ("fp16", "bf16"):
         out = work / f"{name}-{precision}"
         t0 = time.perf_counter()
-        code = run([sys.executable, "-m", "export.build", "--model", str(ckpt), "--out", str(out), "--max-len",
-                    str(max_len), "--precision", precision, "--force"])
+        code = run(
+            [
+                sys.executable,
+                "-m",
+                "export.build",
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--max-len",
+                str(max_len),
+                "--precision",
+                precision,
+                "--force",
+            ]
+        )
         gate = run([sys.executable, "-m", "engines.gate", str(out)])
         builds[precision] = {"build_exit": code, "gate_exit": gate, "seconds": round(time.perf_counter() - t0, 1)}
         seen = {c.graph for c in cells}  # the fp32 graphs are in both builds: counted once (the fp16 build's)
@@ -58,22 +72,31 @@ def measure_checkpoint(name: str, ckpt: Path, work: Path, max_len: int, tiny: bo
     outliers = name.endswith("stress")
     not_caught = None if outliers else (TINY_WITHOUT_OUTLIERS if tiny else WITHOUT_OUTLIERS)
     t0 = time.perf_counter()
-    cells += defects(name, ck.model, ck.task, ck.config, work / f"{name}-fp16", max_len, layers, not_caught,
-                     locate=True)
+    cells += defects(
+        name, ck.model, ck.task, ck.config, work / f"{name}-fp16", max_len, layers, not_caught, locate=True
+    )
     shape = Shape(1, max_len)
-    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.config.vocab_size,
-                                                               ck.config.type_vocab_size))["last_hidden_state"]
-    return {"cells": [c.to_dict() for c in cells], "builds": builds, "defect_seconds": round(time.perf_counter() - t0, 1),
-            "activations": {"shape": f"B=1 S={max_len}", "max_abs": float(np.abs(out).max()),
-                            "median_abs": float(np.median(np.abs(out)))}}
+    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.config.vocab_size, ck.config.type_vocab_size))[
+        "last_hidden_state"
+    ]
+    return {
+        "cells": [c.to_dict() for c in cells],
+        "builds": builds,
+        "defect_seconds": round(time.perf_counter() - t0, 1),
+        "activations": {
+            "shape": f"B=1 S={max_len}",
+            "max_abs": float(np.abs(out).max()),
+            "median_abs": float(np.median(np.abs(out))),
+        },
+    }
 
 
 def step_125(x: float) -> float:
     """The next value of the 1-2-5 series at or above x."""
     e = math.floor(math.log10(x))
     for m in (1, 2, 5, 10):
-        if m * 10 ** e >= x * (1 - 1e-9):
-            return m * 10 ** e
+        if m * 10**e >= x * (1 - 1e-9):
+            return m * 10**e
     return 10 ** (e + 1)
 
 
@@ -84,20 +107,37 @@ def derivation(cells: list[dict]) -> dict:
         hs = [c for c in cells if c["defect"] == "honest" and c["precision"] == precision]
         scaled = max(c["scaled_error"] for c in hs)
         loss = max(1 - c["row_cosine"] for c in hs)
-        out[precision] = {"worst_scaled_error": scaled, "worst_1_minus_row_cosine": loss,
-                          "rule_rtol": step_125(2 * scaled), "rule_1_minus_min_row_cosine": step_125(4 * loss),
-                          "default_rtol": DEFAULTS[precision].rtol,
-                          "default_1_minus_min_row_cosine": 1 - DEFAULTS[precision].min_row_cosine}
+        out[precision] = {
+            "worst_scaled_error": scaled,
+            "worst_1_minus_row_cosine": loss,
+            "rule_rtol": step_125(2 * scaled),
+            "rule_1_minus_min_row_cosine": step_125(4 * loss),
+            "default_rtol": DEFAULTS[precision].rtol,
+            "default_1_minus_min_row_cosine": 1 - DEFAULTS[precision].min_row_cosine,
+        }
     return out
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     import onnxruntime
     import torch
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, " \
-           f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+
+    return (
+        f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+    )
 
 
 def _fmt_cell(c: dict) -> list[str]:
@@ -109,22 +149,46 @@ def _fmt_cell(c: dict) -> list[str]:
         located += " (wrong layer)"
     if c.get("located_seconds") is not None:
         located += f", {c['located_seconds']} s"
-    return [c["checkpoint"], c["defect"], layer, c["graph"], f"{c['scaled_error']:.2e}", f"{c['row_cosine']:.9f}",
-            verdict, expected, "yes" if c["ok"] else "**NO**", located]
+    return [
+        c["checkpoint"],
+        c["defect"],
+        layer,
+        c["graph"],
+        f"{c['scaled_error']:.2e}",
+        f"{c['row_cosine']:.9f}",
+        verdict,
+        expected,
+        "yes" if c["ok"] else "**NO**",
+        located,
+    ]
 
 
 def render_markdown(r: dict) -> str:
-    lines = ["# Gate sensitivity and specificity", "",
-             f"{r['date']}, {r['machine']}. `python scripts/gate_sensitivity.py` (max_len {r['max_len']}); every "
-             "statistic is the worst over the build's validation shapes (batch 1 and 3, sequence 1, 61 and "
-             f"{r['max_len']}, padded rows), ONNX Runtime CPU against PyTorch fp32, default thresholds "
-             "(export/thresholds.py).", ""]
+    lines = [
+        "# Gate sensitivity and specificity",
+        "",
+        f"{r['date']}, {r['machine']}. `python scripts/gate_sensitivity.py` (max_len {r['max_len']}); every "
+        "statistic is the worst over the build's validation shapes (batch 1 and 3, sequence 1, 61 and "
+        f"{r['max_len']}, padded rows), ONNX Runtime CPU against PyTorch fp32, default thresholds "
+        "(export/thresholds.py).",
+        "",
+    ]
     lines += ["| checkpoint | largest \\|output\\| | median \\|output\\| |", "|---|---|---|"]
     for name, c in r["checkpoints"].items():
         a = c["activations"]
         lines.append(f"| {name} | {a['max_abs']:.1f} | {a['median_abs']:.3f} |")
-    head = ["checkpoint", "defect", "layer", "graph", "scaled error", "row cosine", "default gate", "expected",
-            "as expected", "export.diagnose: first divergence"]
+    head = [
+        "checkpoint",
+        "defect",
+        "layer",
+        "graph",
+        "scaled error",
+        "row cosine",
+        "default gate",
+        "expected",
+        "as expected",
+        "export.diagnose: first divergence",
+    ]
     cells = [c for ck in r["checkpoints"].values() for c in ck["cells"]]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt_cell(c)) + " |" for c in cells]
@@ -132,31 +196,43 @@ def render_markdown(r: dict) -> str:
     for defect, note in sorted({(c["defect"], c["note"]) for c in cells if c["note"]}):
         where = sorted({c["checkpoint"] for c in cells if c["defect"] == defect and c["note"] == note})
         lines.append(f"- {defect} on {', '.join(where)}: {note}")
-    lines += ["", "| precision | worst honest scaled error | worst honest 1 - row cosine | rule: rtol = 2 x worst, "
-              "next 1-2-5 | default rtol | rule: 1 - min_row_cosine = 4 x worst | default |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| precision | worst honest scaled error | worst honest 1 - row cosine | rule: rtol = 2 x worst, "
+        "next 1-2-5 | default rtol | rule: 1 - min_row_cosine = 4 x worst | default |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for precision, d in r["derivation"].items():
-        lines.append(f"| {precision} | {d['worst_scaled_error']:.2e} | {d['worst_1_minus_row_cosine']:.2e} | "
-                     f"{d['rule_rtol']:.0e} | {d['default_rtol']:.0e} | {d['rule_1_minus_min_row_cosine']:.0e} | "
-                     f"{d['default_1_minus_min_row_cosine']:.0e} |")
+        lines.append(
+            f"| {precision} | {d['worst_scaled_error']:.2e} | {d['worst_1_minus_row_cosine']:.2e} | "
+            f"{d['rule_rtol']:.0e} | {d['default_rtol']:.0e} | {d['rule_1_minus_min_row_cosine']:.0e} | "
+            f"{d['default_1_minus_min_row_cosine']:.0e} |"
+        )
     lines += ["", f"Every cell as expected: **{r['all_ok']}**.", ""]
     for name, c in r["checkpoints"].items():
-        b = ", ".join(f"{p}: build exit {v['build_exit']}, gate exit {v['gate_exit']}, {v['seconds']} s"
-                      for p, v in c["builds"].items())
+        b = ", ".join(
+            f"{p}: build exit {v['build_exit']}, gate exit {v['gate_exit']}, {v['seconds']} s"
+            for p, v in c["builds"].items()
+        )
         lines.append(f"- {name}: {b}; defects {c['defect_seconds']} s.")
     return "\n".join(lines) + "\n"
 
 
 def render_png(r: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(r["checkpoints"]), figsize=(13, 5), sharey=True)
-    for ax, (name, ck) in zip(axes, r["checkpoints"].items()):
+    for ax, (name, ck) in zip(axes, r["checkpoints"].items(), strict=True):
         cells = ck["cells"]
-        labels = [f"{c['defect']}{'' if c['layer'] is None else ' L' + str(c['layer'])} [{c['precision']}]" for c in cells]
-        colors = ["tab:green" if c["defect"] == "honest" else ("tab:red" if c["caught"] else "tab:orange") for c in cells]
+        labels = [
+            f"{c['defect']}{'' if c['layer'] is None else ' L' + str(c['layer'])} [{c['precision']}]" for c in cells
+        ]
+        colors = [
+            "tab:green" if c["defect"] == "honest" else ("tab:red" if c["caught"] else "tab:orange") for c in cells
+        ]
         ax.scatter(range(len(cells)), [max(c["scaled_error"], 1e-9) for c in cells], c=colors, s=18)
         for precision, style in (("fp32", ":"), ("fp16", "--"), ("bf16", "-.")):
             ax.axhline(DEFAULTS[precision].rtol, ls=style, c="k", lw=0.8, label=f"rtol {precision}")
@@ -193,8 +269,12 @@ def main() -> int:
         return 0
     max_len = args.max_len or (64 if args.tiny else 2048)
     base = "tiny" if args.tiny else "demo"
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "max_len": max_len, "checkpoints": {}}
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "max_len": max_len,
+        "checkpoints": {},
+    }
     for name in (base, f"{base}-stress"):
         ckpt = write_demo(work / name, tiny=args.tiny, outliers=name.endswith("stress"))
         result["checkpoints"][name] = measure_checkpoint(name, ckpt, work, max_len, args.tiny)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.checkpoints import write_demo  # noqa: E402
 from export.spec import TASKS  # noqa: E402
+from tests.fixtures.checkpoints import write_demo  # noqa: E402
 
 
 def main() -> int:
@@ -27,8 +27,9 @@ def main() -> int:
     p.add_argument("--rotary-value", action="store_true", help="rotate value too (RoFormer rotary_value=True)")
     p.add_argument("--outliers", action="store_true", help="the stress twin: outlier LayerNorm channels (synthetic)")
     args = p.parse_args()
-    ckpt = write_demo(Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers,
-                      rotary_value=args.rotary_value)
+    ckpt = write_demo(
+        Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers, rotary_value=args.rotary_value
+    )
     print(ckpt)
     return 0
 

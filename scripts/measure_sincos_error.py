@@ -39,8 +39,12 @@ def measure(head_dim: int, max_pos: int, base: float = DEFAULT_BASE) -> dict:
     def worst(err: np.ndarray) -> dict:
         idx = np.unravel_index(int(np.argmax(err)), err.shape)
         p, c = int(idx[0]), int(idx[1])
-        return {"max_abs_err": float(err[idx]), "position": p, "pair": c % (r // 2), "which": "sin" if c < r // 2
-                else "cos"}
+        return {
+            "max_abs_err": float(err[idx]),
+            "position": p,
+            "pair": c % (r // 2),
+            "which": "sin" if c < r // 2 else "cos",
+        }
 
     return {
         "head_dim": head_dim,
@@ -53,9 +57,11 @@ def measure(head_dim: int, max_pos: int, base: float = DEFAULT_BASE) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="example: python scripts/measure_sincos_error.py --head-dims 64 128")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python scripts/measure_sincos_error.py --head-dims 64 128",
+    )
     p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
     p.add_argument("--max-pos", type=int, default=8192, help="positions 0 .. max-pos-1")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -64,12 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         a, f, t = r["fp32_angle"], r["fp32_angle_fp32_sincos"], r["fp32_table"]
         print(f"Dh={r['head_dim']} positions < {r['max_pos']}:")
-        print(f"  sin/cos of fp32 angles p*theta_j   max|err| {a['max_abs_err']:.3e}  "
-              f"(worst p={a['position']} j={a['pair']} {a['which']})")
-        print(f"    same, with float32 np.sin/np.cos  max|err| {f['max_abs_err']:.3e}  "
-              f"(worst p={f['position']} j={f['pair']} {f['which']})")
-        print(f"  float64 table rounded to fp32      max|err| {t['max_abs_err']:.3e}  "
-              f"(worst p={t['position']} j={t['pair']} {t['which']})")
+        print(
+            f"  sin/cos of fp32 angles p*theta_j   max|err| {a['max_abs_err']:.3e}  "
+            f"(worst p={a['position']} j={a['pair']} {a['which']})"
+        )
+        print(
+            f"    same, with float32 np.sin/np.cos  max|err| {f['max_abs_err']:.3e}  "
+            f"(worst p={f['position']} j={f['pair']} {f['which']})"
+        )
+        print(
+            f"  float64 table rounded to fp32      max|err| {t['max_abs_err']:.3e}  "
+            f"(worst p={t['position']} j={t['pair']} {t['which']})"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -59,10 +59,18 @@ def main() -> int:
             return self.feeds[0]
 
     t0 = time.perf_counter()
-    quantize(args.onnx, quantize_mode=args.mode, calibration_data_reader=Reader(), calibration_eps=["cpu"],
-             use_external_data_format=True, output_path=args.out, log_level="WARNING")
-    print(json.dumps({"out": args.out, "seconds": round(time.perf_counter() - t0, 1),
-                      "modelopt": modelopt.__version__}))
+    quantize(
+        args.onnx,
+        quantize_mode=args.mode,
+        calibration_data_reader=Reader(),
+        calibration_eps=["cpu"],
+        use_external_data_format=True,
+        output_path=args.out,
+        log_level="WARNING",
+    )
+    print(
+        json.dumps({"out": args.out, "seconds": round(time.perf_counter() - t0, 1), "modelopt": modelopt.__version__})
+    )
     return 0
 
 

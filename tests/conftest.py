@@ -17,6 +17,7 @@ os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-base
 def tiny_ckpt(tmp_path_factory) -> Path:
     """Canonical {config, state_dict} checkpoint of a 2-layer RoFormerModel."""
     from tests.fixtures.checkpoints import write_demo
+
     return write_demo(tmp_path_factory.mktemp("tiny"), tiny=True)
 
 
@@ -24,6 +25,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def make_ckpt(tmp_path_factory):
     """make_ckpt(task=..., dtype=..., **config overrides) -> (path, model): cached per argument set."""
     from tests.fixtures.checkpoints import make_model, save_canonical, tiny_config
+
     cache: dict = {}
 
     def make(task: str = "model", dtype: torch.dtype = torch.float32, **overrides):
@@ -41,12 +43,19 @@ def make_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """exported(exporter, opset, task=..., dtype=..., max_len=..., **overrides) -> (onnx path, model, config)."""
-    from tests.fixtures.checkpoints import make_model, tiny_config
     from export.onnx_export import export_onnx
+    from tests.fixtures.checkpoints import make_model, tiny_config
+
     cache: dict = {}
 
-    def export(exporter: str, opset: int, task: str = "model", dtype: torch.dtype = torch.float32,
-               max_len: int = 96, **overrides):
+    def export(
+        exporter: str,
+        opset: int,
+        task: str = "model",
+        dtype: torch.dtype = torch.float32,
+        max_len: int = 96,
+        **overrides,
+    ):
         key = (exporter, opset, task, dtype, max_len, tuple(sorted(overrides.items())))
         if key not in cache:
             config = tiny_config(**overrides)
@@ -75,8 +84,26 @@ def pooled(tiny_ckpt, tmp_path_factory):
     from export.build import main as build
 
     out = tmp_path_factory.mktemp("pooled") / "tiny"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "24",
-                  "--pooling", "mean", "--normalize", "--precision", "fp16"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                "--exporter",
+                "torchscript",
+                "--max-len",
+                "24",
+                "--pooling",
+                "mean",
+                "--normalize",
+                "--precision",
+                "fp16",
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -15,4 +15,5 @@ def no_checkpoint_reading(monkeypatch) -> None:
 
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was read: the check did not come before the work")
+
     monkeypatch.setattr(export.build, "inspect_checkpoint", refuse)

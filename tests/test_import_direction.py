@@ -18,20 +18,47 @@ PACKAGES = ("export", "engines", "plugins")
 
 # Lowest first. (layer name, module prefixes): a prefix names a module or a package.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaves: import nothing from the project", (
-        "export.__init__", "export.errors", "export.report", "export.reference",
-        "export.atomic", "export.spec", "export.progress", "export.compare", "export.reproduce",
-        "plugins.identity")),
-    ("shared: CLI path, files, ONNX I/O, the report on disk, the verdict", (
-        "export.cli", "export.files", "export.onnx_io", "export.digest", "export.report_md", "export.report_io",
-        "export.thresholds", "export.artifacts", "export.verdict", "export.layout", "export.ownership",
-        "export.memory", "export.disk")),
+    (
+        "leaves: import nothing from the project",
+        (
+            "export.__init__",
+            "export.errors",
+            "export.report",
+            "export.reference",
+            "export.atomic",
+            "export.spec",
+            "export.progress",
+            "export.compare",
+            "export.reproduce",
+            "plugins.identity",
+        ),
+    ),
+    (
+        "shared: CLI path, files, ONNX I/O, the report on disk, the verdict",
+        (
+            "export.cli",
+            "export.files",
+            "export.onnx_io",
+            "export.digest",
+            "export.report_md",
+            "export.report_io",
+            "export.thresholds",
+            "export.artifacts",
+            "export.verdict",
+            "export.layout",
+            "export.ownership",
+            "export.memory",
+            "export.disk",
+        ),
+    ),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
     ("export: checkpoint -> ONNX -> passes -> validation -> diagnosis", ("export", "export.diagnose")),
     ("engines.tensorrt and build-folder access", ("engines.__init__", "export.artifacts", "engines.tensorrt")),
     ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
-    ("orchestrator: export.build, its plan and the stages it runs",
-     ("export.build", "export.build_plan", "export.stages", "export.__main__")),
+    (
+        "orchestrator: export.build, its plan and the stages it runs",
+        ("export.build", "export.build_flags", "export.build_plan", "export.stages", "export.__main__"),
+    ),
 ]
 
 
@@ -53,7 +80,9 @@ def layer_of(module: str) -> int:
 
 
 def modules() -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "build" not in p.relative_to(ROOT).parts[1:-1])
+    return sorted(
+        p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "build" not in p.relative_to(ROOT).parts[1:-1]
+    )
 
 
 def project_imports(path: Path) -> list[tuple[int, str, bool]]:

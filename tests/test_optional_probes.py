@@ -19,9 +19,9 @@ PARTIAL = {
     "tritonclient/__init__.py": "",
     "tritonclient/utils/__init__.py": "",
     "tritonclient/http/__init__.py": 'raise RuntimeError("The installation does not include http support. '
-                                     'Specify \'http\' or \'all\' while installing the tritonclient package.")',
+    "Specify 'http' or 'all' while installing the tritonclient package.\")",
     "tritonclient/grpc/__init__.py": 'raise RuntimeError("The installation does not include grpc support. '
-                                     'Specify \'grpc\' or \'all\' while installing the tritonclient package.")',
+    "Specify 'grpc' or 'all' while installing the tritonclient package.\")",
 }
 PROBED = ["tests/engines/serving/test_live.py", "tests/engines/triton/test_repository.py"]
 
@@ -40,8 +40,14 @@ def run_pytest(site: Path, files: list[str], require: bool) -> subprocess.Comple
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
     if require:
         env["ROFORMER_TRT_REQUIRE_SERVING"] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_partial_tritonclient_skips_with_the_reason(partial_site):

@@ -26,22 +26,30 @@ def build_parser() -> Parser:
     p = Parser(
         prog="python -m engines.serving",
         description="Serve a roformer-trt build with ONNX Runtime behind Triton's Python backend "
-                    "(tritonserver from nvidia-pytriton, our HTTP and gRPC fronts on the public ports).",
+        "(tritonserver from nvidia-pytriton, our HTTP and gRPC fronts on the public ports).",
         epilog="example: python -m engines.serving --build build/ckpt --http-port 8000 --grpc-port 8001",
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
-    p.add_argument("--pooling", choices=["mean", "cls", "none"], default="mean",
-                   help="sentence_embedding output added to the graph (a build made with export.build --pooling "
-                        "serves its own: pass that mode or none)")
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls", "none"],
+        default="mean",
+        help="sentence_embedding output added to the graph (a build made with export.build --pooling "
+        "serves its own: pass that mode or none)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port, on 127.0.0.1 (0: a free one)")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
-    p.add_argument("--repository", type=Path, default=None,
-                   help="write the Triton model repository here (a new or empty folder; kept after exit) "
-                        "instead of a temporary folder")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="write the Triton model repository here (a new or empty folder; kept after exit) "
+        "instead of a temporary folder",
+    )
     p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
@@ -63,10 +71,22 @@ def _main(args) -> int:
         raise UsageError(f"--max-batch must be >= 1, got {args.max_batch}")
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with serve(args.build, args.pooling, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                   args.max_batch, args.threads, args.repository) as urls:
-            print(f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops); "
-                  f"server log {urls['log']}", flush=True)
+        with serve(
+            args.build,
+            args.pooling,
+            args.host,
+            args.http_port,
+            args.grpc_port,
+            args.metrics_port,
+            args.max_batch,
+            args.threads,
+            args.repository,
+        ) as urls:
+            print(
+                f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops); "
+                f"server log {urls['log']}",
+                flush=True,
+            )
             watch(urls["server"])
     finally:
         signal.signal(signal.SIGTERM, previous)

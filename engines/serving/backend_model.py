@@ -37,11 +37,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = config.get("parameters") or {}
-        limits = Limits(_int_parameter(params, "max_sequence_length"), _int_parameter(params, "vocab_size"),
-                        _int_parameter(params, "type_vocab_size"))
+        limits = Limits(
+            _int_parameter(params, "max_sequence_length"),
+            _int_parameter(params, "vocab_size"),
+            _int_parameter(params, "type_vocab_size"),
+        )
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.encoder = OrtEncoder(str(graph), limits, name=config["name"],
-                                  threads=_int_parameter(params, "ort_threads"))
+        self.encoder = OrtEncoder(
+            str(graph), limits, name=config["name"], threads=_int_parameter(params, "ort_threads")
+        )
         self.input_names = [s.name for s in self.encoder.inputs]
         self.dtypes = {s.name: np.dtype(s.dtype) for s in self.encoder.inputs}
 
@@ -90,17 +94,22 @@ class TritonPythonModel:
             message = f"model execution failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             for i, _ in members:
                 responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+                    output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
+                )
             return
         start = 0
         for i, feeds in members:
             rows = feeds[self.input_names[0]].shape[0]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(n, np.ascontiguousarray(a[start:start + rows])) for n, a in outputs.items()])
+            responses[i] = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(n, np.ascontiguousarray(a[start : start + rows])) for n, a in outputs.items()
+                ]
+            )
             start += rows
 
 
 def refused(reason: str):
     """An error response with status INVALID_ARG and the reason, one line."""
-    return pb_utils.InferenceResponse(output_tensors=[],
-                                      error=pb_utils.TritonError(reason, pb_utils.TritonError.INVALID_ARG))
+    return pb_utils.InferenceResponse(
+        output_tensors=[], error=pb_utils.TritonError(reason, pb_utils.TritonError.INVALID_ARG)
+    )

@@ -32,15 +32,33 @@ else:
 log = logging.getLogger(__name__)
 
 SERVICE = "/inference.GRPCInferenceService/"
-FORWARDED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-             "ModelStatistics", "RepositoryIndex", "ModelInfer"}
+FORWARDED = {
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "ModelInfer",
+}
 STREAMING = {"ModelStreamInfer"}
 WORKERS = 16  # requests handled at once; more wait in gRPC's queue
 UPSTREAM_TIMEOUT_S = 600.0  # when the client set no deadline
 TYPED_CONTENTS = {  # datatype -> the InferTensorContents field that carries it
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "INT64": "int64_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "INT64": "int64_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
 
 
 def infer_problem(request, cap: RequestCap) -> str | None:
@@ -67,8 +85,9 @@ def infer_problem(request, cap: RequestCap) -> str | None:
 
 def require_grpc() -> None:
     if MISSING is not None:
-        raise UnavailableError(f"grpcio and tritonclient[grpc] are needed for the gRPC front ({MISSING}); "
-                               "pip install -e '.[serving]'")
+        raise UnavailableError(
+            f"grpcio and tritonclient[grpc] are needed for the gRPC front ({MISSING}); pip install -e '.[serving]'"
+        )
 
 
 class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
@@ -76,7 +95,7 @@ class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
         self.channel, self.cap = channel, cap
 
     def service(self, details):
-        name = details.method[len(SERVICE):] if details.method.startswith(SERVICE) else None
+        name = details.method[len(SERVICE) :] if details.method.startswith(SERVICE) else None
         if name in STREAMING:
             return grpc.stream_stream_rpc_method_handler(self._not_offered)
         if name not in FORWARDED:
@@ -111,20 +130,28 @@ class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
 
     @staticmethod
     def _not_offered(_request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "this method is not offered on this port (health, metadata, "
-                                                     "config, statistics and ModelInfer are)")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "this method is not offered on this port (health, metadata, config, statistics and ModelInfer are)",
+        )
 
 
 def start_grpc_front(address: str, upstream: str, cap: RequestCap):
     """Serve the front on `address` (host:port, port 0: a free one); returns the server, its upstream
     channel (stop and close both) and the port it listens on."""
     require_grpc()
-    channel = grpc.insecure_channel(upstream, options=[("grpc.max_send_message_length", -1),
-                                                       ("grpc.max_receive_message_length", -1)])
-    server = grpc.server(ThreadPoolExecutor(WORKERS, thread_name_prefix="grpc-front"),
-                         handlers=(FrontHandler(channel, cap),),
-                         options=[("grpc.max_receive_message_length", cap.max_body_bytes),
-                                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+    channel = grpc.insecure_channel(
+        upstream, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    )
+    server = grpc.server(
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="grpc-front"),
+        handlers=(FrontHandler(channel, cap),),
+        options=[
+            ("grpc.max_receive_message_length", cap.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     port = server.add_insecure_port(address)
     if port == 0:
         channel.close()

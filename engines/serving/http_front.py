@@ -67,15 +67,17 @@ def data_problem(name, data, shape, datatype) -> str | None:
     for d in shape:
         n *= d
     if dims != [n] and dims != list(shape):
-        return (f"input {name!r}: shape {list(shape)} declares {n} elements but 'data' holds {len(level)} "
-                f"(nested as {dims}); send matching data")
+        return (
+            f"input {name!r}: shape {list(shape)} declares {n} elements but 'data' holds {len(level)} "
+            f"(nested as {dims}); send matching data"
+        )
     return _values_problem(name, level, datatype)
 
 
 def _values_problem(name, values, datatype) -> str | None:
     bits = INT_RANGE.get(datatype)
     if bits is not None:
-        lo, hi = (0, 2 ** -bits - 1) if bits < 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        lo, hi = (0, 2**-bits - 1) if bits < 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         if not all(type(v) is int and lo <= v <= hi for v in values):
             return f"input {name!r}: every value of a {datatype} input must be an integer in [{lo}, {hi}]"
     elif datatype == "BOOL":
@@ -92,8 +94,9 @@ def judge_infer(body: bytes, header_length: int | None, cap: RequestCap) -> None
     try:
         request = json.loads(head)
     except (ValueError, RecursionError) as e:
-        raise Refusal(400, f"request body is not valid JSON ({str(e).splitlines()[0][:80]}); send a KServe v2 "
-                           "inference request") from None
+        raise Refusal(
+            400, f"request body is not valid JSON ({str(e).splitlines()[0][:80]}); send a KServe v2 inference request"
+        ) from None
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list) or not inputs:
         raise Refusal(400, "request has no 'inputs' list; send a KServe v2 inference request")
@@ -103,12 +106,15 @@ def judge_infer(body: bytes, header_length: int | None, cap: RequestCap) -> None
             raise Refusal(400, "every entry of 'inputs' must be an object with name, shape, datatype and data")
         name, params = item.get("name"), item.get("parameters") or {}
         if not isinstance(params, dict) or "shared_memory_region" in params:
-            raise Refusal(400, f"input {name!r}: shared memory is not offered on this port; send the data in the request")
+            raise Refusal(
+                400, f"input {name!r}: shared memory is not offered on this port; send the data in the request"
+            )
         size = params.get("binary_data_size")
         if size is not None:
             if header_length is None or type(size) is not int or size < 0:
-                raise Refusal(400, f"input {name!r}: binary_data_size needs a non-negative integer and the "
-                                   f"{HEADER_LENGTH} header")
+                raise Refusal(
+                    400, f"input {name!r}: binary_data_size needs a non-negative integer and the {HEADER_LENGTH} header"
+                )
             problem = input_problem(name, item.get("shape"), item.get("datatype"), nbytes=size, cap=cap)
             binary_total += size
         elif "data" in item:
@@ -119,15 +125,18 @@ def judge_infer(body: bytes, header_length: int | None, cap: RequestCap) -> None
         if problem:
             raise Refusal(400, problem)
     if header_length is not None and binary_total != len(body) - header_length:
-        raise Refusal(400, f"the binary section holds {len(body) - header_length} bytes but the inputs declare "
-                           f"{binary_total}; send matching data")
+        raise Refusal(
+            400,
+            f"the binary section holds {len(body) - header_length} bytes but the inputs declare "
+            f"{binary_total}; send matching data",
+        )
 
 
 class FrontHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as tritonclient expects
     disable_nagle_algorithm = True  # headers and body go out in two writes: without this, +40 ms (delayed ACK)
     timeout = SOCKET_TIMEOUT_S
-    server: "HttpFront"
+    server: HttpFront
 
     def log_message(self, fmt, *args):  # access log at debug level, not on stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -152,8 +161,11 @@ class FrontHandler(BaseHTTPRequestHandler):
         self._unread = 0  # body bytes still in the socket when a refusal is sent
         try:
             if not OFFERED.get(self.command, re.compile("$^")).fullmatch(path):
-                raise Refusal(404, f"{self.command} {path[:80]} is not offered on this port "
-                                   "(health, metadata, config, statistics and infer are)")
+                raise Refusal(
+                    404,
+                    f"{self.command} {path[:80]} is not offered on this port "
+                    "(health, metadata, config, statistics and infer are)",
+                )
             body = self._read_body() if read_body else b""
             if path.endswith("/infer"):
                 judge_infer(body, self._header_length(), self.server.cap)
@@ -173,10 +185,13 @@ class FrontHandler(BaseHTTPRequestHandler):
             raise Refusal(411, "send the body with a Content-Length")
         length = self._unread = int(raw)
         if length > self.server.cap.max_body_bytes:
-            raise Refusal(413, f"request body of {length} bytes exceeds the model's limit of "
-                               f"{self.server.cap.max_body_bytes} bytes (--max-batch {self.server.cap.max_batch} x "
-                               f"{self.server.cap.positions} positions); send at most {self.server.cap.positions} "
-                               "tokens per sequence")
+            raise Refusal(
+                413,
+                f"request body of {length} bytes exceeds the model's limit of "
+                f"{self.server.cap.max_body_bytes} bytes (--max-batch {self.server.cap.max_batch} x "
+                f"{self.server.cap.positions} positions); send at most {self.server.cap.positions} "
+                "tokens per sequence",
+            )
         if self.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise Refusal(400, "compressed request bodies are not taken; send it uncompressed")
         body = self.rfile.read(length)
@@ -220,8 +235,13 @@ class FrontHandler(BaseHTTPRequestHandler):
         try:
             status, reply_headers, data = self.server.upstream(self.command, self.path, body, headers)
         except OSError as e:
-            self._refuse(Refusal(503, f"the inference server does not answer ({type(e).__name__}); "
-                                      "engines.serving exits and should be restarted"))
+            self._refuse(
+                Refusal(
+                    503,
+                    f"the inference server does not answer ({type(e).__name__}); "
+                    "engines.serving exits and should be restarted",
+                )
+            )
             return
         self.send_response(status)
         for k, v in reply_headers:

@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.artifacts import artifact
-from export.verdict import read_build
-from export.passes.pooling import add_sentence_embedding
 from engines.triton.config import read_onnx_io
 from engines.triton.pooling import twin_pooling
+from export.artifacts import artifact
 from export.errors import UsageError
+from export.passes.pooling import add_sentence_embedding
 from export.report import ONNX_KEY, rope_key
+from export.verdict import read_build
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,15 @@ def limits_from_report(report: dict) -> Limits:
     # export.build's --max-len (sinusoidal table rows, may exceed max_position_embeddings) bounds the graph
     max_seq = (report.get("export") or {}).get("max_len") or m.get("max_position_embeddings")
     if max_seq is None:  # fall back to the widest engine profile, the other bound export.build records
-        seqs = [p["sequence"][2] for e in (report.get("engine") or {}).get("engines", []) for p in e.get("profiles", [])]
+        seqs = [
+            p["sequence"][2] for e in (report.get("engine") or {}).get("engines", []) for p in e.get("profiles", [])
+        ]
         max_seq = max(seqs) if seqs else None
-    return Limits(int(max_seq) if max_seq else None, int(m["vocab_size"]) if m.get("vocab_size") else None,
-                  int(m["type_vocab_size"]) if m.get("type_vocab_size") else None)
+    return Limits(
+        int(max_seq) if max_seq else None,
+        int(m["vocab_size"]) if m.get("vocab_size") else None,
+        int(m["type_vocab_size"]) if m.get("type_vocab_size") else None,
+    )
 
 
 def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Limits, str]:
@@ -69,15 +74,19 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
     report = read_build(build)
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
-        raise UsageError(f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact; "
-                         "rebuild it with python -m export.build")
+        raise UsageError(
+            f"{build}/report.json lists neither a 'rope-onnx' nor an 'onnx' artifact; "
+            "rebuild it with python -m export.build"
+        )
     limits = limits_from_report(report.to_dict())
     graph = onnx.load(str(src))
     if limits.type_vocab_size is None:
         limits = Limits(limits.max_sequence, limits.vocab_size, type_vocab_from_graph(graph))
-    for what, v in (("max_position_embeddings: sequence length", limits.max_sequence),
-                    ("vocab_size: input_ids", limits.vocab_size),
-                    ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size)):
+    for what, v in (
+        ("max_position_embeddings: sequence length", limits.max_sequence),
+        ("vocab_size: input_ids", limits.vocab_size),
+        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size),
+    ):
         if v is None:
             log.warning("report.json gives no %s is not checked", what)
     pooling = twin_pooling(build, report, pooling)  # a build made with --pooling serves its own embedding
@@ -96,7 +105,7 @@ class OrtEncoder:
         self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
     @classmethod
-    def from_build(cls, build: Path, pooling: str = "mean", threads: int | None = None) -> "OrtEncoder":
+    def from_build(cls, build: Path, pooling: str = "mean", threads: int | None = None) -> OrtEncoder:
         model, limits, name = load_build(build, pooling)
         return cls(model, limits, name=name, threads=threads)
 
@@ -114,8 +123,10 @@ class OrtEncoder:
         shape = shapes[want[0]]
         lim = self.limits
         if shape and lim.max_sequence is not None and shape[-1] > lim.max_sequence:
-            return (f"sequence length {shape[-1]} exceeds the model's {lim.max_sequence} positions; "
-                    f"truncate to {lim.max_sequence} tokens")
+            return (
+                f"sequence length {shape[-1]} exceeds the model's {lim.max_sequence} positions; "
+                f"truncate to {lim.max_sequence} tokens"
+            )
         if len(set(shapes.values())) != 1:
             return f"inputs must share one shape, got {shapes}"
         if len(shape) == 0 or shape[0] == 0:
@@ -131,19 +142,29 @@ class OrtEncoder:
         lim = self.limits
         ids = feeds["input_ids"]
         if lim.vocab_size is not None and (ids.min() < 0 or ids.max() >= lim.vocab_size):
-            raise RequestError(f"input_ids outside [0, {lim.vocab_size}): min {ids.min()}, max {ids.max()}; "
-                               "use the model's own vocab.txt")
+            raise RequestError(
+                f"input_ids outside [0, {lim.vocab_size}): min {ids.min()}, max {ids.max()}; "
+                "use the model's own vocab.txt"
+            )
         types = feeds.get("token_type_ids")
-        if types is not None and lim.type_vocab_size is not None and (types.min() < 0 or types.max() >= lim.type_vocab_size):
-            raise RequestError(f"token_type_ids outside [0, {lim.type_vocab_size}): min {types.min()}, "
-                               f"max {types.max()}; send 0 for the first segment, 1 for the second")
+        if (
+            types is not None
+            and lim.type_vocab_size is not None
+            and (types.min() < 0 or types.max() >= lim.type_vocab_size)
+        ):
+            raise RequestError(
+                f"token_type_ids outside [0, {lim.type_vocab_size}): min {types.min()}, "
+                f"max {types.max()}; send 0 for the first segment, 1 for the second"
+            )
         mask = feeds.get("attention_mask")
         if mask is not None and ((mask != 0) & (mask != 1)).any():
-            raise RequestError(f"attention_mask holds values other than 0 and 1 (min {mask.min()}, max {mask.max()}); "
-                               "send 1 for tokens and 0 for padding")
+            raise RequestError(
+                f"attention_mask holds values other than 0 and 1 (min {mask.min()}, max {mask.max()}); "
+                "send 1 for tokens and 0 for padding"
+            )
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_request(feeds)
         names = [o.name for o in self.outputs]
         res = self.session.run(names, {s.name: feeds[s.name] for s in self.inputs})
-        return dict(zip(names, res))
+        return dict(zip(names, res, strict=True))

@@ -25,21 +25,40 @@ BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
 QUEUE_DELAY_US = 100  # dynamic batching: how long a request waits for others to join its batch
 
 
-def python_config_text(name: str, model: onnx.ModelProto, limits: Limits, max_batch: int, threads: int | None,
-                       env_path: Path | None) -> str:
+def python_config_text(
+    name: str, model: onnx.ModelProto, limits: Limits, max_batch: int, threads: int | None, env_path: Path | None
+) -> str:
     ins, outs = tc.read_onnx_io(model)
-    params = {tc.MAX_SEQUENCE_LENGTH: limits.max_sequence, "vocab_size": limits.vocab_size,
-              "type_vocab_size": limits.type_vocab_size, "ort_threads": threads,
-              "EXECUTION_ENV_PATH": env_path}
-    cfg = tc.make_config(name, "python", ins, outs, max_batch, queue_delay_us=QUEUE_DELAY_US,
-                         parameters={k: str(v) for k, v in params.items() if v is not None})
+    params = {
+        tc.MAX_SEQUENCE_LENGTH: limits.max_sequence,
+        "vocab_size": limits.vocab_size,
+        "type_vocab_size": limits.type_vocab_size,
+        "ort_threads": threads,
+        "EXECUTION_ENV_PATH": env_path,
+    }
+    cfg = tc.make_config(
+        name,
+        "python",
+        ins,
+        outs,
+        max_batch,
+        queue_delay_us=QUEUE_DELAY_US,
+        parameters={k: str(v) for k, v in params.items() if v is not None},
+    )
     text = tc.config_text(cfg)
     tc.check_config(text, ins, outs)
     return text
 
 
-def write_python_repository(out: Path, name: str, model: onnx.ModelProto, limits: Limits, max_batch: int,
-                            threads: int | None = None, env_path: Path | None = None) -> Path:
+def write_python_repository(
+    out: Path,
+    name: str,
+    model: onnx.ModelProto,
+    limits: Limits,
+    max_batch: int,
+    threads: int | None = None,
+    env_path: Path | None = None,
+) -> Path:
     """Writes the model folder `<out>/<name>`; returns it."""
     out = Path(out)
     if max_batch < 1:
@@ -54,6 +73,7 @@ def write_python_repository(out: Path, name: str, model: onnx.ModelProto, limits
         shutil.copyfile(BACKEND_MODEL, version / "model.py")
         save_model(model, version / "model.onnx")  # weights beside it only past protobuf's 2 GB
     except OSError as e:
-        raise UsageError(f"cannot write the model repository in {out} ({e.strerror}); free space or pick "
-                         "another --repository") from None
+        raise UsageError(
+            f"cannot write the model repository in {out} ({e.strerror}); free space or pick another --repository"
+        ) from None
     return out / name

@@ -18,8 +18,21 @@ import math
 from dataclasses import dataclass
 
 # KServe v2 datatype -> bytes per element (BYTES has none: variable length, and no input of ours takes it)
-ELEMENT_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
-                 "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+ELEMENT_BYTES = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "BF16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+}
 JSON_BYTES_PER_ELEMENT = 21  # the longest int64 in JSON text, "-9223372036854775808", and its comma
 HEADER_SLACK = 64 * 1024  # names, shapes, parameters and whitespace around the data
 MAX_CHOICES = 16  # a symbolic middle axis (multiple choice: [batch, choices, sequence]) counts this much
@@ -57,14 +70,17 @@ def declared_elements(name: str, shape, cap: RequestCap) -> tuple[int | None, st
         return None, f"input {name!r}: shape {list(shape)} has a negative dimension; declare the real shape"
     n = math.prod(shape)
     if n > cap.max_elements:
-        return None, (f"input {name!r}: shape {list(shape)[:8]} declares {n} elements, more than the model's limit of "
-                      f"{cap.max_elements} (--max-batch {cap.max_batch} x {cap.positions} positions); "
-                      f"send at most {cap.positions} tokens per sequence")
+        return None, (
+            f"input {name!r}: shape {list(shape)[:8]} declares {n} elements, more than the model's limit of "
+            f"{cap.max_elements} (--max-batch {cap.max_batch} x {cap.positions} positions); "
+            f"send at most {cap.positions} tokens per sequence"
+        )
     return n, None
 
 
-def input_problem(name, shape, datatype, *, count: int | None = None, nbytes: int | None = None,
-                  cap: RequestCap) -> str | None:
+def input_problem(
+    name, shape, datatype, *, count: int | None = None, nbytes: int | None = None, cap: RequestCap
+) -> str | None:
     """Why an input declaring `shape` and `datatype` with `count` data elements (JSON, typed gRPC contents)
     or `nbytes` bytes of data (binary HTTP, raw gRPC contents) cannot be served, else None."""
     if not isinstance(name, str) or not name:
@@ -75,8 +91,12 @@ def input_problem(name, shape, datatype, *, count: int | None = None, nbytes: in
     if datatype not in ELEMENT_BYTES:
         return f"input {name!r}: datatype {str(datatype)[:20]!r} is not served here; send INT64"
     if count is not None and count != n:
-        return f"input {name!r}: shape {list(shape)} declares {n} elements but the data holds {count}; send matching data"
+        return (
+            f"input {name!r}: shape {list(shape)} declares {n} elements but the data holds {count}; send matching data"
+        )
     if nbytes is not None and nbytes != n * ELEMENT_BYTES[datatype]:
-        return (f"input {name!r}: shape {list(shape)} of {datatype} is {n * ELEMENT_BYTES[datatype]} bytes but the "
-                f"data holds {nbytes}; send matching data")
+        return (
+            f"input {name!r}: shape {list(shape)} of {datatype} is {n * ELEMENT_BYTES[datatype]} bytes but the "
+            f"data holds {nbytes}; send matching data"
+        )
     return None

@@ -42,9 +42,18 @@ def check_runtime() -> None:
 
 
 @contextlib.contextmanager
-def serve(build: Path, pooling: str = "mean", host: str = "127.0.0.1", http_port: int | None = None,
-          grpc_port: int | None = None, metrics_port: int | None = None, max_batch: int = 8,
-          threads: int | None = None, repository: Path | None = None, log_file: Path | None = None) -> Iterator[dict]:
+def serve(
+    build: Path,
+    pooling: str = "mean",
+    host: str = "127.0.0.1",
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
+    max_batch: int = 8,
+    threads: int | None = None,
+    repository: Path | None = None,
+    log_file: Path | None = None,
+) -> Iterator[dict]:
     """Serve `build` until the block exits. Port None (or 0): a free one."""
     model, limits, name = load_build(build, pooling)  # usage errors (exit 2) before anything starts
     dist = find_tritonserver()  # then availability (exit 3)
@@ -67,9 +76,15 @@ def serve(build: Path, pooling: str = "mean", host: str = "127.0.0.1", http_port
         grpc_server, channel, public_grpc = _listen_grpc(host, public_grpc, f"127.0.0.1:{ports['grpc']}", cap)
         server.wait_ready(name)
         front.start()
-        urls = {"model": name, "http": f"{host}:{front.server_address[1]}", "grpc": f"{host}:{public_grpc}",
-                "metrics": f"127.0.0.1:{ports['metrics']}", "log": str(log_file), "repository": str(repo),
-                "server": server}
+        urls = {
+            "model": name,
+            "http": f"{host}:{front.server_address[1]}",
+            "grpc": f"{host}:{public_grpc}",
+            "metrics": f"127.0.0.1:{ports['metrics']}",
+            "log": str(log_file),
+            "repository": str(repo),
+            "server": server,
+        }
         log.info("serving %s: http %s, grpc %s; server log %s", name, urls["http"], urls["grpc"], log_file)
         yield urls
     finally:
@@ -99,7 +114,9 @@ def _check_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port} for gRPC ({e.strerror}); pass a free --grpc-port") from None
+            raise UsageError(
+                f"cannot listen on {host}:{port} for gRPC ({e.strerror}); pass a free --grpc-port"
+            ) from None
 
 
 def _listen_grpc(host: str, port: int, upstream: str, cap):

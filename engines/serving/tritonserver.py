@@ -54,29 +54,41 @@ def find_tritonserver() -> TritonDist:
     try:
         version = importlib.metadata.version("nvidia-pytriton")
     except importlib.metadata.PackageNotFoundError:
-        raise UnavailableError("nvidia-pytriton is not installed; pip install 'nvidia-pytriton==0.7.*' "
-                               "(the roformer-trt 'serving' extra)") from None
+        raise UnavailableError(
+            "nvidia-pytriton is not installed; pip install 'nvidia-pytriton==0.7.*' (the roformer-trt 'serving' extra)"
+        ) from None
     if not version.startswith(TESTED_PYTRITON):
-        raise UnavailableError(f"nvidia-pytriton {version} is untested; install nvidia-pytriton==0.7.* "
-                               "(the roformer-trt 'serving' extra)")
+        raise UnavailableError(
+            f"nvidia-pytriton {version} is untested; install nvidia-pytriton==0.7.* (the roformer-trt 'serving' extra)"
+        )
     numpy_major = int(importlib.metadata.version("numpy").split(".")[0])
     if numpy_major >= 2:  # the stub runs this environment (EXECUTION_ENV_PATH), so its numpy
-        raise UnavailableError(f"numpy {importlib.metadata.version('numpy')}: tritonserver 2.51's Python backend "
-                               "answers every request with empty outputs under numpy 2 ('output tensor shape does "
-                               "not match size of output'); serve from an environment with numpy<2 (python -m venv "
-                               ".venv-serving && .venv-serving/bin/pip install -e '.[serving]', as .ci/run does)")
+        raise UnavailableError(
+            f"numpy {importlib.metadata.version('numpy')}: tritonserver 2.51's Python backend "
+            "answers every request with empty outputs under numpy 2 ('output tensor shape does "
+            "not match size of output'); serve from an environment with numpy<2 (python -m venv "
+            ".venv-serving && .venv-serving/bin/pip install -e '.[serving]', as .ci/run does)"
+        )
     spec = importlib.util.find_spec("pytriton")  # located, not imported: none of PyTriton's code runs
     root = Path(next(iter(spec.submodule_search_locations)))
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    dist = TritonDist(root / "tritonserver" / "bin" / "tritonserver", root / "tritonserver" / "backends",
-                      root / "tritonserver" / "python_backend_stubs" / py / STUB_NAME,
-                      root.parent / "nvidia_pytriton.libs")
-    for what, path in (("tritonserver", dist.binary), (f"a Python {py} backend stub", dist.stub),
-                       ("the Python backend", dist.backends / "python" / "libtriton_python.so"),
-                       ("its libraries", dist.libs)):
+    dist = TritonDist(
+        root / "tritonserver" / "bin" / "tritonserver",
+        root / "tritonserver" / "backends",
+        root / "tritonserver" / "python_backend_stubs" / py / STUB_NAME,
+        root.parent / "nvidia_pytriton.libs",
+    )
+    for what, path in (
+        ("tritonserver", dist.binary),
+        (f"a Python {py} backend stub", dist.stub),
+        ("the Python backend", dist.backends / "python" / "libtriton_python.so"),
+        ("its libraries", dist.libs),
+    ):
         if not path.exists():
-            raise UnavailableError(f"nvidia-pytriton {version} has no {what} at {path}; reinstall it "
-                                   f"(pip install --force-reinstall 'nvidia-pytriton==0.7.*')")
+            raise UnavailableError(
+                f"nvidia-pytriton {version} has no {what} at {path}; reinstall it "
+                f"(pip install --force-reinstall 'nvidia-pytriton==0.7.*')"
+            )
     return dist
 
 
@@ -122,13 +134,39 @@ def _die_with_parent() -> None:
 class TritonProcess:
     def __init__(self, dist: TritonDist, repository: Path, work: Path, log_file: Path, ports: dict[str, int]):
         self.log_file, self.ports, self.stubs = Path(log_file), ports, []
-        cmd = [str(dist.binary), "--model-repository", str(repository), "--backend-directory",
-               str(backend_folder(dist, work)), "--http-address", "127.0.0.1", "--http-port", str(ports["http"]),
-               "--grpc-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]), "--metrics-address", "127.0.0.1",
-               "--metrics-port", str(ports["metrics"]), "--exit-timeout-secs", "5", "--strict-readiness", "true"]
+        cmd = [
+            str(dist.binary),
+            "--model-repository",
+            str(repository),
+            "--backend-directory",
+            str(backend_folder(dist, work)),
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            str(ports["http"]),
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            str(ports["grpc"]),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(ports["metrics"]),
+            "--exit-timeout-secs",
+            "5",
+            "--strict-readiness",
+            "true",
+        ]
         self._log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=server_env(dist), cwd=PROJECT_ROOT, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=server_env(dist),
+            cwd=PROJECT_ROOT,
+            preexec_fn=_die_with_parent,
+        )
 
     def wait_ready(self, model: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until `model` is ready; UnavailableError naming the log's last error when it cannot load."""
@@ -136,8 +174,10 @@ class TritonProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise UnavailableError(f"tritonserver could not serve {model} ({exit_text(self.proc.returncode)}): "
-                                       f"{self.last_error()}; see {self.log_file}")
+                raise UnavailableError(
+                    f"tritonserver could not serve {model} ({exit_text(self.proc.returncode)}): "
+                    f"{self.last_error()}; see {self.log_file}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=5) as r:
                     if r.status == 200:
@@ -180,8 +220,9 @@ def server_death(proc: subprocess.Popen, stubs: list[int], log_file: Path) -> Se
         return ServerDiedError(f"tritonserver exited ({exit_text(code)}); see {log_file}")
     gone = [pid for pid in stubs if not _alive(pid)]
     if gone:
-        return ServerDiedError(f"the model's Python backend stub (pid {gone[0]}) exited, so tritonserver "
-                               f"serves nothing; see {log_file}")
+        return ServerDiedError(
+            f"the model's Python backend stub (pid {gone[0]}) exited, so tritonserver serves nothing; see {log_file}"
+        )
     return None
 
 

@@ -7,7 +7,7 @@ Decided without importing tensorrt when it is absent (find_spec), and without CU
 from __future__ import annotations
 
 import importlib.util
-from typing import Mapping
+from collections.abc import Mapping
 
 from export.errors import UnavailableError
 
@@ -53,8 +53,10 @@ def fp8_problem(name: str, cc: str) -> str | None:
     if (major, minor) >= FP8_MIN_CC:
         return None
     need = ".".join(map(str, FP8_MIN_CC))
-    return (f"FP8 engines need compute capability >= {need} (Ada, Hopper or newer); {name} is {cc}: build the int8 "
-            "graph (--precision int8) here, or the fp8 one on such a GPU")
+    return (
+        f"FP8 engines need compute capability >= {need} (Ada, Hopper or newer); {name} is {cc}: build the int8 "
+        "graph (--precision int8) here, or the fp8 one on such a GPU"
+    )
 
 
 def gpu_identity() -> tuple[str, str]:
@@ -65,4 +67,3 @@ def gpu_identity() -> tuple[str, str]:
         raise UnavailableError("no CUDA GPU is visible; engines are built and run on a GPU")
     major, minor = torch.cuda.get_device_capability(0)
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
-

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import onnx
 from rich.progress import Progress
@@ -66,6 +66,7 @@ def _io_entry(tensor) -> dict:
 
 def _progress_monitor(trt):
     """A trt.IProgressMonitor that drives a rich progress bar on stderr."""
+
     class RichMonitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
@@ -95,9 +96,15 @@ def _progress_monitor(trt):
 def _expected_sidecar(trt, onnx_path: Path, plugin_lib, profiles, precision: str) -> dict:
     """What the sidecar of a plan built now would hold (the MATCH_KEYS decide reuse)."""
     gpu_name, cc = gpu_identity()
-    return make_sidecar(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
-                        precision=precision, profiles=profiles.to_report(), onnx_sha256=onnx_sha256(onnx_path),
-                        plugin_sha256=sha256_file(plugin_lib) if plugin_lib else None)
+    return make_sidecar(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=precision,
+        profiles=profiles.to_report(),
+        onnx_sha256=onnx_sha256(onnx_path),
+        plugin_sha256=sha256_file(plugin_lib) if plugin_lib else None,
+    )
 
 
 def _parse_network(trt, builder, logger, onnx_path: Path, plugin_nodes: list[str]):
@@ -109,12 +116,17 @@ def _parse_network(trt, builder, logger, onnx_path: Path, plugin_nodes: list[str
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise UsageError(f"TensorRT could not parse {onnx_path}: " + " | ".join(_parser_errors(parser)))
-    plugin_layers = [network.get_layer(i).name for i in range(network.num_layers)
-                     if network.get_layer(i).type == trt.LayerType.PLUGIN_V3]
+    plugin_layers = [
+        network.get_layer(i).name
+        for i in range(network.num_layers)
+        if network.get_layer(i).type == trt.LayerType.PLUGIN_V3
+    ]
     if len(plugin_layers) != len(plugin_nodes):
-        raise VerificationError(f"{len(plugin_nodes)} {PLUGIN_OP} nodes in the ONNX but {len(plugin_layers)} "
-                                f"plugin layers in the network ({plugin_layers}); the parser did not map every node "
-                                "to the plugin (is the library loaded and the node's plugin_namespace right?)")
+        raise VerificationError(
+            f"{len(plugin_nodes)} {PLUGIN_OP} nodes in the ONNX but {len(plugin_layers)} "
+            f"plugin layers in the network ({plugin_layers}); the parser did not map every node "
+            "to the plugin (is the library loaded and the node's plugin_namespace right?)"
+        )
     return network, parser, plugin_layers
 
 
@@ -139,8 +151,10 @@ def _builder_config(trt, builder, workspace_mib: int, timing_cache, profiles, ax
         for tensor, (mn, opt, mx) in shapes.items():
             p.set_shape(tensor, mn, opt, mx)
         if config.add_optimization_profile(p) < 0:
-            raise VerificationError(f"TensorRT refused optimization profile {i} as invalid (min/opt/max per input: "
-                                    f"{shapes}); see the TensorRT log above")
+            raise VerificationError(
+                f"TensorRT refused optimization profile {i} as invalid (min/opt/max per input: "
+                f"{shapes}); see the TensorRT log above"
+            )
     return config
 
 
@@ -157,10 +171,19 @@ def _serialize(trt, builder, network, config, plan: Path):
     return serialized
 
 
-def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugin_lib: str | Path | None,
-                 profiles, precision: str, workspace_mib: int = 4096,
-                 timing_cache: str | Path | None = None, input_axes: Mapping[str, tuple] | None = None,
-                 reuse: bool = True) -> dict:
+def build_engine(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str,
+    plugin_lib: str | Path | None,
+    profiles,
+    precision: str,
+    workspace_mib: int = 4096,
+    timing_cache: str | Path | None = None,
+    input_axes: Mapping[str, tuple] | None = None,
+    reuse: bool = True,
+) -> dict:
     """Build (or reuse) `<out_dir>/<name>.plan`; returns the sidecar dict + {"plan", "reused", "rebuild_reasons"}.
 
     onnx_path: the file for TensorRT (mixed precision already applied: the network is strongly typed);
@@ -193,16 +216,22 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, *, name: str, plugi
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser, plugin_layers = _parse_network(trt, builder, logger, onnx_path, plugin_nodes)
-    io = {"inputs": [_io_entry(network.get_input(i)) for i in range(network.num_inputs)],
-          "outputs": [_io_entry(network.get_output(i)) for i in range(network.num_outputs)]}
+    io = {
+        "inputs": [_io_entry(network.get_input(i)) for i in range(network.num_inputs)],
+        "outputs": [_io_entry(network.get_output(i)) for i in range(network.num_outputs)],
+    }
     config = _builder_config(trt, builder, workspace_mib, timing_cache, profiles, axes)
     write_atomic(plan, memoryview(_serialize(trt, builder, network, config, plan)))
     if timing_cache:
         cache = _created(config.get_timing_cache(), "return the timing cache")
         write_atomic(timing_cache, memoryview(_created(cache.serialize(), "serialize the timing cache")))
-    sidecar = {**expected, **io, "build_seconds": round(time.perf_counter() - t0, 2), "plugin_layers": len(plugin_layers),
-               "workspace_mib": workspace_mib, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    sidecar = {
+        **expected,
+        **io,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "plugin_layers": len(plugin_layers),
+        "workspace_mib": workspace_mib,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_atomic(sidecar_path(plan), json.dumps(sidecar, indent=2))
     return {**sidecar, "plan": str(plan), "reused": False, "rebuild_reasons": reasons if existed else []}
-
-

@@ -32,12 +32,15 @@ def input_axes(model) -> dict[str, tuple]:
 
 
 def quantized_format(onnx_path: str | Path) -> str | None:
-    """"int8" or "fp8" for a Q/DQ graph (read from its zero points' type), None for a graph without Q/DQ.
+    """ "int8" or "fp8" for a Q/DQ graph (read from its zero points' type), None for a graph without Q/DQ.
     ValueError for a graph that mixes both (TensorRT cannot use INT8 and FP8 in one network)."""
     m = onnx.load(str(onnx_path), load_external_data=False)
     types = {t.name: t.data_type for t in m.graph.initializer}
-    found = {QUANT_TYPES.get(types.get(n.input[2]), "other") for n in m.graph.node
-             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    found = {
+        QUANT_TYPES.get(types.get(n.input[2]), "other")
+        for n in m.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    }
     if len(found) > 1:
         raise ValueError(f"{Path(onnx_path).name} mixes Q/DQ types {sorted(found)}")
     return found.pop() if found else None

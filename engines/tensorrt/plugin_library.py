@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from engines.tensorrt.availability import trt_major
 from export.errors import UsageError
@@ -40,13 +40,16 @@ def plugin_major_problem(plugin_lib: str | Path, tensorrt_version: str) -> str |
     """Why TensorRT `tensorrt_version` cannot use the library (built against another major), or None."""
     built = plugin_library_major(plugin_lib)
     if built is not None and built != trt_major(tensorrt_version):
-        return (f"{plugin_lib} was built against TensorRT {built} headers but TensorRT {tensorrt_version} is running; "
-                f"rebuild it: python -m plugins.build --tensorrt-include <TensorRT {trt_major(tensorrt_version)} include>")
+        return (
+            f"{plugin_lib} was built against TensorRT {built} headers but TensorRT {tensorrt_version} is running; "
+            f"rebuild it: python -m plugins.build --tensorrt-include <TensorRT {trt_major(tensorrt_version)} include>"
+        )
     return None
 
 
-def find_creator(creators: Iterable | None, op: str = PLUGIN_OP, version: str = PLUGIN_VERSION,
-                 namespace: str = PLUGIN_NAMESPACE):
+def find_creator(
+    creators: Iterable | None, op: str = PLUGIN_OP, version: str = PLUGIN_VERSION, namespace: str = PLUGIN_NAMESPACE
+):
     """The creator registered as (op, version, namespace) in `creators`, or None.
 
     creators: TensorRT's `registry.all_creators` (TensorRT >= 10.8): IPluginCreator, IPluginCreatorV3One or
@@ -55,8 +58,11 @@ def find_creator(creators: Iterable | None, op: str = PLUGIN_OP, version: str = 
     `registry.get_creator` reports every miss through TensorRT's logger as an error ("Error Code 4: API Usage
     Error (Cannot find plugin ...)"), and the first load of our library starts with exactly that miss."""
     for c in creators or ():
-        if (getattr(c, "name", None), getattr(c, "plugin_version", None),
-                getattr(c, "plugin_namespace", None)) == (op, version, namespace):
+        if (getattr(c, "name", None), getattr(c, "plugin_version", None), getattr(c, "plugin_namespace", None)) == (
+            op,
+            version,
+            namespace,
+        ):
             return c
     return None
 
@@ -87,7 +93,9 @@ def load_plugins(trt, plugin_lib: str | Path):
         return _LOADED[key]
     registry = trt.get_plugin_registry()
     if is_registered(registry):
-        log.info("%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION, path)
+        log.info(
+            "%s %s v%s is already registered; not loading %s again", PLUGIN_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION, path
+        )
         _LOADED[key] = None
         return None
     problem = plugin_major_problem(path, trt.__version__)
@@ -99,7 +107,8 @@ def load_plugins(trt, plugin_lib: str | Path):
             log.info("load_library(%s) returned None: %s is already registered (e.g. by LD_PRELOAD)", path, PLUGIN_OP)
             _LOADED[key] = None
             return None
-        raise UsageError(f"TensorRT could not load plugin library {path}; check it was built for TensorRT {trt.__version__}")
+        raise UsageError(
+            f"TensorRT could not load plugin library {path}; check it was built for TensorRT {trt.__version__}"
+        )
     _LOADED[key] = handle
     return handle
-

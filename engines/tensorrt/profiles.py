@@ -25,8 +25,9 @@ one-profile spelling tuned for the longest sequence.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from export.errors import UsageError
 
@@ -69,7 +70,7 @@ def parse_profile_tops(text: str | None) -> list[int] | None:
     if text is None or str(text).strip() == "":
         return None
     tops = _ints(text, "--profiles")
-    if any(b <= a for a, b in zip(tops, tops[1:])):
+    if any(b <= a for a, b in itertools.pairwise(tops)):
         raise UsageError(f"--profiles {text!r}: bucket tops must be strictly ascending, e.g. 128,512,2048")
     return tops
 
@@ -94,12 +95,14 @@ def parse_profiles(text: str | None, max_len: int) -> list[Range]:
     if tops is None:
         return [Range(1, min(DEFAULT_OPT_SEQ, max_len), max_len)]  # the default: see the module docstring
     if tops[-1] > max_len:
-        raise UsageError(f"--profiles {text!r}: top {tops[-1]} exceeds --max-len {max_len} "
-                         f"(the rotary table has {max_len} rows); lower it or raise --max-len")
+        raise UsageError(
+            f"--profiles {text!r}: top {tops[-1]} exceeds --max-len {max_len} "
+            f"(the rotary table has {max_len} rows); lower it or raise --max-len"
+        )
     if tops[-1] < max_len:
         tops = tops + [max_len]
     lows = [1] + [t + 1 for t in tops[:-1]]
-    return [Range(lo, hi, hi) for lo, hi in zip(lows, tops)]
+    return [Range(lo, hi, hi) for lo, hi in zip(lows, tops, strict=True)]
 
 
 def check_choices(choices: int | None) -> None:
@@ -118,7 +121,7 @@ class ProfileSet:
     added_last: bool = False  # True when a bucket was added to reach max_len
 
     @classmethod
-    def from_cli(cls, batch: str, profiles: str | None, max_len: int, choices: int | None = None) -> "ProfileSet":
+    def from_cli(cls, batch: str, profiles: str | None, max_len: int, choices: int | None = None) -> ProfileSet:
         """Validate every flag up front; UsageError (one line) on the first problem."""
         b = parse_batch(batch)
         seqs = parse_profiles(profiles, max_len)
@@ -166,7 +169,9 @@ class ProfileSet:
         for i, s in enumerate(self.sequences):
             if seq in s:
                 return i
-        raise UsageError(f"sequence length {seq} is outside 1..{self.max_len}; the engine was built for max_len {self.max_len}")
+        raise UsageError(
+            f"sequence length {seq} is outside 1..{self.max_len}; the engine was built for max_len {self.max_len}"
+        )
 
     def to_report(self) -> list[dict]:
         """report["engine"]["profiles"]: one row per profile, [min, opt, max] per axis."""
@@ -179,6 +184,8 @@ class ProfileSet:
         """The same as a plain-text table for logs."""
         lines = ["profile  batch(min/opt/max)  sequence(min/opt/max)" + ("  choices" if self.choices else "")]
         for row in self.to_report():
-            line = f"{row['index']:>7}  {'/'.join(map(str, row['batch'])):>18}  {'/'.join(map(str, row['sequence'])):>21}"
+            line = (
+                f"{row['index']:>7}  {'/'.join(map(str, row['batch'])):>18}  {'/'.join(map(str, row['sequence'])):>21}"
+            )
             lines.append(line + (f"  {self.choices}" if self.choices else ""))
         return "\n".join(lines)

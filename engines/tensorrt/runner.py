@@ -10,8 +10,8 @@ set_input_shape, get_tensor_shape, set_tensor_address, execute_async_v3.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,13 +29,14 @@ def pick_profile(profile_shapes: Sequence[Mapping[str, tuple]], shapes: Mapping[
         fits = True
         for name, shape in shapes.items():
             mn, _, mx = prof[name]
-            if len(shape) != len(mn) or any(not lo <= s <= hi for s, lo, hi in zip(shape, mn, mx)):
+            if len(shape) != len(mn) or any(not lo <= s <= hi for s, lo, hi in zip(shape, mn, mx, strict=True)):
                 fits = False
                 break
         if fits:
             return i
-    ranges = "; ".join(f"profile {i}: " + ", ".join(f"{n} {p[n][0]}..{p[n][2]}" for n in shapes)
-                       for i, p in enumerate(profile_shapes))
+    ranges = "; ".join(
+        f"profile {i}: " + ", ".join(f"{n} {p[n][0]}..{p[n][2]}" for n in shapes) for i, p in enumerate(profile_shapes)
+    )
     raise UsageError(f"no optimization profile accepts shapes {dict(shapes)} ({ranges})")
 
 
@@ -58,7 +59,9 @@ class EngineRunner:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
-            raise UsageError(f"TensorRT could not deserialize {plan}; rebuild it for TensorRT {trt.__version__} on this GPU")
+            raise UsageError(
+                f"TensorRT could not deserialize {plan}; rebuild it for TensorRT {trt.__version__} on this GPU"
+            )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device=self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -72,15 +75,22 @@ class EngineRunner:
 
     def torch_dtype(self, name: str):
         trt, torch = self.trt, self.torch
-        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-                 trt.int64: torch.int64, trt.int32: torch.int32, trt.int8: torch.int8, trt.bool: torch.bool}
+        table = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64,
+            trt.int32: torch.int32,
+            trt.int8: torch.int8,
+            trt.bool: torch.bool,
+        }
         return table[self.engine.get_tensor_dtype(name)]
 
     def _set_address(self, name: str, address: int) -> None:
         if not self.context.set_tensor_address(name, address):
             raise RuntimeError(f"set_tensor_address failed for {name}; see the TensorRT log")
 
-    def run_torch(self, feeds: Mapping[str, "object"]) -> dict[str, "object"]:
+    def run_torch(self, feeds: Mapping[str, object]) -> dict[str, object]:
         """feeds: torch CUDA tensors (or numpy) -> torch CUDA outputs; no host sync (benchmarks use this)."""
         torch = self.torch
         shapes = {n: tuple(feeds[n].shape) for n in self.inputs}
@@ -95,8 +105,10 @@ class EngineRunner:
             t = torch.as_tensor(t).to(self.device, self.torch_dtype(n)).contiguous()
             keep[n] = t
             if not self.context.set_input_shape(n, shapes[n]):
-                raise UsageError(f"TensorRT refused shape {shapes[n]} for input {n} (profile {profile}: "
-                                 f"{self.profile_shapes[profile][n][0]}..{self.profile_shapes[profile][n][2]})")
+                raise UsageError(
+                    f"TensorRT refused shape {shapes[n]} for input {n} (profile {profile}: "
+                    f"{self.profile_shapes[profile][n][0]}..{self.profile_shapes[profile][n][2]})"
+                )
             self._set_address(n, t.data_ptr())
         outs = {}
         for n in self.outputs:

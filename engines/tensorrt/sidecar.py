@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from export.digest import sha256_file
 from export.errors import UsageError
@@ -34,12 +34,27 @@ def sidecar_path(plan: str | Path) -> Path:
     return Path(str(plan) + ".json")
 
 
-def make_sidecar(*, tensorrt_version: str, gpu_name: str, compute_capability: str, precision: str,
-                 profiles: list[dict], onnx_sha256: str, plugin_sha256: str | None, **extra) -> dict:
+def make_sidecar(
+    *,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    precision: str,
+    profiles: list[dict],
+    onnx_sha256: str,
+    plugin_sha256: str | None,
+    **extra,
+) -> dict:
     """The sidecar dict; MATCH_KEYS decide reuse, the rest (build time, layer counts) is informative."""
-    return {"tensorrt_version": tensorrt_version, "gpu": {"name": gpu_name, "compute_capability": compute_capability},
-            "precision": precision, "profiles": profiles, "onnx_sha256": onnx_sha256,
-            "plugin_sha256": plugin_sha256, **extra}
+    return {
+        "tensorrt_version": tensorrt_version,
+        "gpu": {"name": gpu_name, "compute_capability": compute_capability},
+        "precision": precision,
+        "profiles": profiles,
+        "onnx_sha256": onnx_sha256,
+        "plugin_sha256": plugin_sha256,
+        **extra,
+    }
 
 
 def sidecar_mismatches(existing: Mapping, expected: Mapping) -> list[str]:
@@ -60,8 +75,10 @@ def load_sidecar(path: str | Path) -> dict:
     either stops with it (engines.triton) or turns it into a reason to rebuild (reuse_decision)."""
     data = load_json(path, what="engine sidecar", max_bytes=MiB)
     if not isinstance(data, dict):
-        raise UsageError(f"engine sidecar {path} is not a JSON object; rebuild the engine (python -m engines.build "
-                         "or python -m export.build)")
+        raise UsageError(
+            f"engine sidecar {path} is not a JSON object; rebuild the engine (python -m engines.build "
+            "or python -m export.build)"
+        )
     return data
 
 
@@ -77,4 +94,3 @@ def reuse_decision(plan: str | Path, expected: Mapping) -> tuple[bool, list[str]
         return False, [str(e)]
     reasons = sidecar_mismatches(existing, expected)
     return not reasons, reasons
-

@@ -12,7 +12,7 @@ its rows padded (export.validate.make_inputs pads the last rows).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -37,10 +37,17 @@ def validation_shapes(profiles) -> list[Shape]:
     return out
 
 
-def validate_engine(run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
-                    reference: Callable[[Shape, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
-                    profiles, precision: str, vocab_size: int, type_vocab_size: int = 2,
-                    thresholds=None, seed: int = 0, outputs: tuple[str, ...] | None = None) -> list[dict]:
+def validate_engine(
+    run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
+    reference: Callable[[Shape, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
+    profiles,
+    precision: str,
+    vocab_size: int,
+    type_vocab_size: int = 2,
+    thresholds=None,
+    seed: int = 0,
+    outputs: tuple[str, ...] | None = None,
+) -> list[dict]:
     """One case per validation shape; graph "engine-<precision>", thresholds looked up by precision.
     outputs: the ones the engine must have and is graded on (None: every output the reference gives)."""
     th = thresholds or Thresholds.defaults()

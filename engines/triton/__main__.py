@@ -22,22 +22,39 @@ def build_parser() -> Parser:
     p = Parser(
         prog="python -m engines.triton",
         description="Write a Triton model repository from a roformer-trt build dir: a TensorRT model per engine "
-                    "(when built; one instance group listing every optimization profile, so every instance takes "
-                    "every length) and an ONNX Runtime twin for CPU hosts.",
+        "(when built; one instance group listing every optimization profile, so every instance takes "
+        "every length) and an ONNX Runtime twin for CPU hosts.",
         epilog="example: python -m engines.triton --build build/roformer_base --out model_repository --pooling mean",
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
-    p.add_argument("--pooling", choices=["mean", "cls", "none"], default="none",
-                   help="add a sentence_embedding [batch, hidden] output to the ONNX twin. A build made with "
-                        "export.build --pooling serves its own from both models: pass that mode or none")
-    p.add_argument("--instances", type=int, default=1,
-                   help="instances of each TensorRT model per GPU (the instance group's count); each holds one "
-                        "execution context per optimization profile")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})")
-    p.add_argument("--onnx-twin", choices=CHOICES, default="auto", help="the ONNX Runtime model: auto (default) the "
-                   "INT8 CPU twin when the build has one (export.build --precision int8), else fp32; int8; fp32")
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls", "none"],
+        default="none",
+        help="add a sentence_embedding [batch, hidden] output to the ONNX twin. A build made with "
+        "export.build --pooling serves its own from both models: pass that mode or none",
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="instances of each TensorRT model per GPU (the instance group's count); each holds one "
+        "execution context per optimization profile",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--onnx-twin",
+        choices=CHOICES,
+        default="auto",
+        help="the ONNX Runtime model: auto (default) the "
+        "INT8 CPU twin when the build has one (export.build --precision int8), else fp32; int8; fp32",
+    )
     p.add_argument("--name", default=None, help="model name prefix (default: the build folder's name)")
     p.add_argument("--force", action="store_true", help="replace model folders of the same name in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -50,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    rep = build_repository(args.build, args.out, args.pooling, args.max_batch, args.name, args.force, args.instances,
-                           args.onnx_twin)
+    rep = build_repository(
+        args.build, args.out, args.pooling, args.max_batch, args.name, args.force, args.instances, args.onnx_twin
+    )
     for n in rep.notes:
         print(f"note: {n}", file=sys.stderr)
     print(json.dumps({"models": rep.models, "notes": rep.notes}, indent=2) if args.json else rep.summary())

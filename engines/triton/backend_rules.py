@@ -45,8 +45,10 @@ class Instance:
 
 def profile_boxes(rows: list[dict]) -> list[ProfileBox]:
     """report.json `profiles` rows ({"batch": [min, opt, max], "sequence": [min, opt, max]}) -> boxes."""
-    return [ProfileBox((int(r["batch"][0]), int(r["batch"][2])), (int(r["sequence"][0]), int(r["sequence"][2])))
-            for r in rows]
+    return [
+        ProfileBox((int(r["batch"][0]), int(r["batch"][2])), (int(r["sequence"][0]), int(r["sequence"][2])))
+        for r in rows
+    ]
 
 
 def instances_for(cfg, n_profiles: int) -> list[Instance]:
@@ -79,8 +81,10 @@ def refused_shapes(cfg, boxes: list[ProfileBox], max_len: int) -> list[str]:
         refused = [(b, s) for s in range(1, max_len + 1) for b in _refused_batches(inst, boxes, s, max_batch)]
         if refused:
             b, s = refused[0]
-            lines.append(f"{inst.name} (profiles {list(inst.profiles)}) refuses batch {b} x sequence {s} and "
-                         f"{len(refused) - 1} more of the {max_batch * max_len} shapes")
+            lines.append(
+                f"{inst.name} (profiles {list(inst.profiles)}) refuses batch {b} x sequence {s} and "
+                f"{len(refused) - 1} more of the {max_batch * max_len} shapes"
+            )
     return lines
 
 

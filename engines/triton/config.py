@@ -29,14 +29,28 @@ MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a
 
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
-    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
     "bfloat16": "TYPE_BF16",
 }
 QUEUE_DELAY_US = 100  # how long a request may wait for others of its shape to join its batch
 # spellings a sidecar may use for a TensorRT DataType (str(trt.DataType.HALF) is "DataType.HALF")
-_TRT_DTYPE = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-              "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+_TRT_DTYPE = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +72,10 @@ class TensorSpec:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     t = value.type.tensor_type
-    shape = tuple(d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else -1)
-                  for d in t.shape.dim)
+    shape = tuple(
+        d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else -1)
+        for d in t.shape.dim
+    )
     return TensorSpec(value.name, helper.tensor_dtype_to_np_dtype(t.elem_type).name, shape)
 
 
@@ -99,14 +115,24 @@ def _pb2():
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError as e:
-        raise UnavailableError(f"{e.name or e} is not installed; pip install 'tritonclient[grpc]' "
-                               "(the roformer-trt 'serving' extra)") from e
+        raise UnavailableError(
+            f"{e.name or e} is not installed; pip install 'tritonclient[grpc]' (the roformer-trt 'serving' extra)"
+        ) from e
     return model_config_pb2, text_format
 
 
-def make_config(name: str, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int,
-                dtypes: dict[str, str] | None = None, profiles: list[int] | None = None, instances: int = 1,
-                queue_delay_us: int = QUEUE_DELAY_US, parameters: dict[str, str] | None = None):
+def make_config(
+    name: str,
+    platform: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    max_batch: int,
+    dtypes: dict[str, str] | None = None,
+    profiles: list[int] | None = None,
+    instances: int = 1,
+    queue_delay_us: int = QUEUE_DELAY_US,
+    parameters: dict[str, str] | None = None,
+):
     """ModelConfig for `platform` "tensorrt_plan", "onnxruntime_onnx" or "python" (Triton's Python backend; one
     KIND_CPU instance each). `dtypes` overrides the ONNX dtypes; `parameters` become `parameters { key value
     { string_value } }` (e.g. MAX_SEQUENCE_LENGTH, which engines.client reads to truncate).
@@ -131,13 +157,16 @@ def make_config(name: str, platform: str, inputs: list[TensorSpec], outputs: lis
         if dt not in TRITON_DTYPE:
             raise UsageError(f"{spec.name}: dtype {dt} has no Triton type")
         if max_batch > 0 and not spec.batched:
-            raise UsageError(f"{spec.name} has shape {list(spec.shape)}: its first axis must be the named "
-                             "batch axis to serve with max_batch_size > 0; pass --max-batch 0")
+            raise UsageError(
+                f"{spec.name} has shape {list(spec.shape)}: its first axis must be the named "
+                "batch axis to serve with max_batch_size > 0; pass --max-batch 0"
+            )
         dims = spec.triton_dims() if max_batch > 0 else [d if isinstance(d, int) else -1 for d in spec.shape]
         field.add(name=spec.name, data_type=mc.DataType.Value(TRITON_DTYPE[dt]), dims=dims)
     if platform == "tensorrt_plan":
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=instances,
-                               profile=[str(p) for p in (profiles or [0])])
+        cfg.instance_group.add(
+            kind=mc.ModelInstanceGroup.KIND_GPU, count=instances, profile=[str(p) for p in (profiles or [0])]
+        )
     else:
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     if max_batch > 1:
@@ -150,8 +179,7 @@ def config_text(cfg) -> str:
     return text_format.MessageToString(cfg)
 
 
-def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 dtypes: dict[str, str] | None = None):
+def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec], dtypes: dict[str, str] | None = None):
     """Parse `text` as a ModelConfig and compare it with the graph; returns the parsed message.
     Raises VerificationError listing every difference."""
     mc, text_format = _pb2()

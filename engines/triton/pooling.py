@@ -31,9 +31,11 @@ def build_pooling(build: Path, report: Report, asked: str) -> Pooling | None:
     graph = tensorrt_graph(build, report)
     have = declared_pooling(onnx.load(str(graph), load_external_data=False)) if graph is not None else None
     if have is not None and asked not in ("none", have.mode):
-        raise UsageError(f"--pooling {asked} disagrees with the build: {graph.name} computes {EMBEDDING} with "
-                         f"{have.describe()} pooling; pass --pooling {have.mode} or none, or rebuild with "
-                         f"python -m export.build --pooling {asked}")
+        raise UsageError(
+            f"--pooling {asked} disagrees with the build: {graph.name} computes {EMBEDDING} with "
+            f"{have.describe()} pooling; pass --pooling {have.mode} or none, or rebuild with "
+            f"python -m export.build --pooling {asked}"
+        )
     return have
 
 

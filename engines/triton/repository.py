@@ -41,7 +41,7 @@ from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError, VerificationError
 from export.onnx_io import save_model
 from export.passes.pooling import EMBEDDING, Pooling, add_sentence_embedding
-from export.report import ONNX_KEY, Report, rope_key
+from export.report import Report
 from export.report_io import read_report
 from export.staging import check_out_path
 from export.verdict import read_build
@@ -56,7 +56,9 @@ class RepoReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"{n}: {m['platform']}, max_batch_size {m['max_batch_size']}, {m['dir']}" for n, m in self.models.items()]
+        lines = [
+            f"{n}: {m['platform']}, max_batch_size {m['max_batch_size']}, {m['dir']}" for n, m in self.models.items()
+        ]
         return "\n".join(lines)  # notes go to stderr
 
 
@@ -74,15 +76,21 @@ class ModelFolder:
     pooling: str | None = None
 
     def summary(self, out: Path) -> dict:
-        entry = {"platform": self.platform, "max_batch_size": self.max_batch, "dir": str(out / self.name),
-                 "source": self.source}
+        entry = {
+            "platform": self.platform,
+            "max_batch_size": self.max_batch,
+            "dir": str(out / self.name),
+            "source": self.source,
+        }
         return entry | ({"pooling": self.pooling} if self.pooling is not None else {})
 
 
 def check_model_name(name: str) -> str:
     if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
-        raise UsageError(f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
-                         "(no path separators)")
+        raise UsageError(
+            f"--name {name!r} is not a valid Triton model name; use letters, digits, '_', '-' and '.' "
+            "(no path separators)"
+        )
     return name
 
 
@@ -98,13 +106,16 @@ def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[dict]]:
         raise UsageError(f"engine {entry.get('plan')} lists no optimization profiles in report.json or its sidecar")
     low = max(int(p["batch"][0]) for p in profiles)
     if low > 1:  # Triton's batcher sends any batch from 1 up: every instance must take batch 1
-        raise UsageError(f"engine {entry.get('plan')} takes batches from {low} only, and Triton sends batches of 1 "
-                         "up; rebuild it with --batch 1,OPT,MAX")
+        raise UsageError(
+            f"engine {entry.get('plan')} takes batches from {low} only, and Triton sends batches of 1 "
+            "up; rebuild it with --batch 1,OPT,MAX"
+        )
     return max(int(p["batch"][2]) for p in profiles), profiles
 
 
-def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | None, pooling: str,
-                    rep: RepoReport, instances: int = 1) -> list[ModelFolder]:
+def tensorrt_models(
+    build: Path, report: Report, name: str, max_batch: int | None, pooling: str, rep: RepoReport, instances: int = 1
+) -> list[ModelFolder]:
     """One tensorrt_plan model per engine in the report (none when the build has no engine)."""
     engines = list((report.engine or {}).get("engines") or [])
     if not engines:
@@ -112,27 +123,43 @@ def tensorrt_models(build: Path, report: Report, name: str, max_batch: int | Non
         return []
     graph = tensorrt_graph(build, report)
     if graph is None:
-        raise UsageError("report.json has engines but no 'tensorrt-onnx', 'rope-plugin' or 'onnx' artifact to read "
-                         "I/O from")
+        raise UsageError(
+            "report.json has engines but no 'tensorrt-onnx', 'rope-plugin' or 'onnx' artifact to read I/O from"
+        )
     ins, outs = tc.read_onnx_io(graph)
     max_len = int((report.export or {}).get("max_len") or 0)
-    models = [_tensorrt_model(build, report, entry, name, max_batch, (ins, outs), max_len, instances, rep)
-              for entry in engines]
+    models = [
+        _tensorrt_model(build, report, entry, name, max_batch, (ins, outs), max_len, instances, rep)
+        for entry in engines
+    ]
     if pooling != "none" and not any(o.name == EMBEDDING for o in outs):
-        rep.notes.append(f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
-                         f"{EMBEDDING} output (build with python -m export.build --pooling {pooling} to add one)")
+        rep.notes.append(
+            f"--pooling {pooling} applies to the ONNX twin only: the TensorRT engines have no "
+            f"{EMBEDDING} output (build with python -m export.build --pooling {pooling} to add one)"
+        )
     return models
 
 
-def _tensorrt_model(build: Path, report: Report, entry: dict, name: str, max_batch: int | None, io, max_len: int,
-                    instances: int, rep: RepoReport) -> ModelFolder:
+def _tensorrt_model(
+    build: Path,
+    report: Report,
+    entry: dict,
+    name: str,
+    max_batch: int | None,
+    io,
+    max_len: int,
+    instances: int,
+    rep: RepoReport,
+) -> ModelFolder:
     """The model folder of one engine: its config checked against the graph and against the backend's rules."""
     plan = verify_artifact(build, str(entry.get("plan") or ""), report)
     side = load_sidecar(verify_artifact(build, entry["sidecar"], report)) if entry.get("sidecar") else {}
     bmax, profiles = _batch_max(entry, side)
     if max_batch is not None and max_batch > bmax:
-        raise UsageError(f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
-                         f"pass --max-batch <= {bmax} or rebuild with a larger profile")
+        raise UsageError(
+            f"--max-batch {max_batch} exceeds the engine's batch max {bmax} ({plan.name}); "
+            f"pass --max-batch <= {bmax} or rebuild with a larger profile"
+        )
     check_engine_outputs(plan.name, side, io[1])
     dtypes = tc.sidecar_dtypes(side)
     if not dtypes:
@@ -148,25 +175,46 @@ def check_engine_outputs(plan: str, sidecar: dict, outputs: list) -> None:
     graph's): VerificationError otherwise. A sidecar that records none is not checked."""
     engine = [o.get("name") for o in sidecar.get("outputs") or [] if isinstance(o, dict)]
     if engine and sorted(engine) != sorted(o.name for o in outputs):
-        raise VerificationError(f"{plan} has outputs {engine} (its sidecar), the graph it was built from "
-                                f"{[o.name for o in outputs]}; rebuild the engine")
+        raise VerificationError(
+            f"{plan} has outputs {engine} (its sidecar), the graph it was built from "
+            f"{[o.name for o in outputs]}; rebuild the engine"
+        )
 
 
-def tensorrt_config(name: str, io, max_batch: int, dtypes: dict[str, str], profiles: list[dict], instances: int,
-                    max_len: int = 0, parameters: dict[str, str] | None = None) -> str:
+def tensorrt_config(
+    name: str,
+    io,
+    max_batch: int,
+    dtypes: dict[str, str],
+    profiles: list[dict],
+    instances: int,
+    max_len: int = 0,
+    parameters: dict[str, str] | None = None,
+) -> str:
     """config.pbtxt of a tensorrt_plan model for an engine with these profile rows (report.json `profiles`),
     parsed back and checked against the graph's I/O and against the backend's rules: every instance must take
     every batch 1..max_batch x every length 1..max_len (0: the longest profile's); VerificationError otherwise."""
     ins, outs = io
-    cfg = tc.make_config(name, "tensorrt_plan", ins, outs, max_batch, dtypes=dtypes,
-                         profiles=list(range(len(profiles))), instances=instances, parameters=parameters)
+    cfg = tc.make_config(
+        name,
+        "tensorrt_plan",
+        ins,
+        outs,
+        max_batch,
+        dtypes=dtypes,
+        profiles=list(range(len(profiles))),
+        instances=instances,
+        parameters=parameters,
+    )
     text = tc.config_text(cfg)
     parsed = tc.check_config(text, ins, outs, dtypes)
     longest = max_len or max(int(p["sequence"][2]) for p in profiles)
     refused = backend_rules.refused_shapes(parsed, backend_rules.profile_boxes(profiles), longest)
     if refused:
-        raise VerificationError(f"{name}/config.pbtxt: Triton's TensorRT backend would fail requests it accepts "
-                                f"(batch 1..max_batch_size x sequence 1..{longest}): " + "; ".join(refused))
+        raise VerificationError(
+            f"{name}/config.pbtxt: Triton's TensorRT backend would fail requests it accepts "
+            f"(batch 1..max_batch_size x sequence 1..{longest}): " + "; ".join(refused)
+        )
     return text
 
 
@@ -174,12 +222,15 @@ def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=weights)
     except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
-        raise UsageError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
-                         "python -m export.build") from None
+        raise UsageError(
+            f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:100]}); rebuild it with "
+            "python -m export.build"
+        ) from None
 
 
-def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, max_batch: int,
-               onnx_twin: str = "auto") -> ModelFolder:
+def onnx_model(
+    build: Path, report: Report, name: str, pooling: str | Pooling, max_batch: int, onnx_twin: str = "auto"
+) -> ModelFolder:
     """The ONNX Runtime twin (engines.triton.twin: the INT8 CPU twin when the build has one, unless --onnx-twin
     says otherwise; else the rope-onnx graph, else the plain export), with the pooling output added
     (engines.triton.pooling.twin_pooling: the build's own, normalisation included, when it has one; a graph
@@ -191,8 +242,9 @@ def onnx_model(build: Path, report: Report, name: str, pooling: str | Pooling, m
     model = add_sentence_embedding(_load(src), pooling)
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
-    text = tc.config_text(tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch,
-                                         parameters=positions_parameter(report)))
+    text = tc.config_text(
+        tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch, parameters=positions_parameter(report))
+    )
     tc.check_config(text, ins, outs)
     mode = pooling.describe() if isinstance(pooling, Pooling) else pooling
     return ModelFolder(oname, "onnxruntime_onnx", text, max_batch, src.name, onnx_model=model, pooling=mode)
@@ -224,8 +276,9 @@ def write_repository(out: Path, models: list[ModelFolder], force: bool) -> None:
                     os.replace(old, out / m.name)
                 raise
     except OSError as e:
-        raise UsageError(f"cannot write the model repository in {out} ({e.strerror}); free space or pick another "
-                         "--out") from None
+        raise UsageError(
+            f"cannot write the model repository in {out} ({e.strerror}); free space or pick another --out"
+        ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # leftovers are our own temp copies only
 
@@ -255,12 +308,21 @@ def _write_model(stage: Path, m: ModelFolder) -> None:
         shutil.copyfile(m.plan, d / "1" / "model.plan")
 
 
-def build_repository(build: Path, out: Path, pooling: str = "none", max_batch: int | None = None,
-                     name: str | None = None, force: bool = False, instances: int = 1,
-                     onnx_twin: str = "auto") -> RepoReport:
+def build_repository(
+    build: Path,
+    out: Path,
+    pooling: str = "none",
+    max_batch: int | None = None,
+    name: str | None = None,
+    force: bool = False,
+    instances: int = 1,
+    onnx_twin: str = "auto",
+) -> RepoReport:
     build, out = Path(build), Path(out)
     if max_batch is not None and not 0 <= max_batch <= INT32_MAX:
-        raise UsageError(f"--max-batch must be from 0 to {INT32_MAX} (Triton's max_batch_size is int32), got {max_batch}")
+        raise UsageError(
+            f"--max-batch must be from 0 to {INT32_MAX} (Triton's max_batch_size is int32), got {max_batch}"
+        )
     if not 1 <= instances <= INT32_MAX:
         raise UsageError(f"--instances must be from 1 to {INT32_MAX} (Triton's count is int32), got {instances}")
     name = check_model_name(build.resolve().name if name is None else name)

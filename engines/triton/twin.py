@@ -21,8 +21,10 @@ def twin_keys(report: Report, choice: str = "auto") -> tuple[str, ...]:
     """Artifact keys to try, in order, for the ONNX Runtime model."""
     has_int8 = any(k in report.artifacts for k in INT8_KEYS)
     if choice == "int8" and not has_int8:
-        raise UsageError("--onnx-twin int8: the build has no INT8 CPU twin; build it with python -m export.build "
-                         "--precision int8, or pass --onnx-twin fp32")
+        raise UsageError(
+            "--onnx-twin int8: the build has no INT8 CPU twin; build it with python -m export.build "
+            "--precision int8, or pass --onnx-twin fp32"
+        )
     if choice == "int8" or (choice == "auto" and has_int8):
         return INT8_KEYS
     return FP32_KEYS

@@ -49,11 +49,21 @@ class Diagnosis:
     shape: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"reference": self.reference, "candidate": self.candidate, **self.shape, "precision": self.precision,
-                "thresholds": self.threshold.to_dict(), "layers": self.layers,
-                "first_divergence": self.first_divergence, "points": [p.to_dict() for p in self.points],
-                "complete": self.complete, "reason": self.reason, "notes": self.notes, "cost": self.cost,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            **self.shape,
+            "precision": self.precision,
+            "thresholds": self.threshold.to_dict(),
+            "layers": self.layers,
+            "first_divergence": self.first_divergence,
+            "points": [p.to_dict() for p in self.points],
+            "complete": self.complete,
+            "reason": self.reason,
+            "notes": self.notes,
+            "cost": self.cost,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
@@ -63,25 +73,59 @@ def graph_precision(model: onnx.ModelProto) -> str:
     return "fp16" if TensorProto.FLOAT16 in types else "bf16" if TensorProto.BFLOAT16 in types else "fp32"
 
 
-def diagnose(ref_graph, cand_graph, feeds: dict[str, np.ndarray], thresholds: Thresholds | None = None,
-             precision: str | None = None, graph_key: str = "*", budget_bytes: int = DEFAULT_BUDGET,
-             deadline: float | None = None) -> Diagnosis:
+def diagnose(
+    ref_graph,
+    cand_graph,
+    feeds: dict[str, np.ndarray],
+    thresholds: Thresholds | None = None,
+    precision: str | None = None,
+    graph_key: str = "*",
+    budget_bytes: int = DEFAULT_BUDGET,
+    deadline: float | None = None,
+) -> Diagnosis:
     """Two ONNX graphs of one model. precision: the candidate's (default: read from its dtypes)."""
     cand = OnnxSide(cand_graph, _label(cand_graph))
     ref = OnnxSide(ref_graph, _label(ref_graph))
-    return _diagnose(ref, cand, feeds, thresholds, precision or graph_precision(cand.model), graph_key,
-                     budget_bytes, deadline, names=ref)
+    return _diagnose(
+        ref,
+        cand,
+        feeds,
+        thresholds,
+        precision or graph_precision(cand.model),
+        graph_key,
+        budget_bytes,
+        deadline,
+        names=ref,
+    )
 
 
-def diagnose_model(model, task: str, cand_graph, feeds: dict[str, np.ndarray], thresholds: Thresholds | None = None,
-                   precision: str | None = None, graph_key: str = "*", name_reference=None,
-                   budget_bytes: int = DEFAULT_BUDGET, deadline: float | None = None) -> Diagnosis:
+def diagnose_model(
+    model,
+    task: str,
+    cand_graph,
+    feeds: dict[str, np.ndarray],
+    thresholds: Thresholds | None = None,
+    precision: str | None = None,
+    graph_key: str = "*",
+    name_reference=None,
+    budget_bytes: int = DEFAULT_BUDGET,
+    deadline: float | None = None,
+) -> Diagnosis:
     """A graph against the PyTorch model (fp32, eval). name_reference: an ONNX graph that matches PyTorch and
     shares the candidate's tensor names (the build's plain export), for the search of the node."""
     cand = OnnxSide(cand_graph, _label(cand_graph))
     names = OnnxSide(name_reference, _label(name_reference)) if name_reference is not None else None
-    return _diagnose(TorchSide(model, task), cand, feeds, thresholds, precision or graph_precision(cand.model),
-                     graph_key, budget_bytes, deadline, names=names)
+    return _diagnose(
+        TorchSide(model, task),
+        cand,
+        feeds,
+        thresholds,
+        precision or graph_precision(cand.model),
+        graph_key,
+        budget_bytes,
+        deadline,
+        names=names,
+    )
 
 
 def _label(graph) -> str:
@@ -90,8 +134,9 @@ def _label(graph) -> str:
     return str(getattr(graph, "path", graph))
 
 
-def _diagnose(ref, cand: OnnxSide, feeds, thresholds, precision, graph_key, budget_bytes, deadline,
-              names: OnnxSide | None) -> Diagnosis:
+def _diagnose(
+    ref, cand: OnnxSide, feeds, thresholds, precision, graph_key, budget_bytes, deadline, names: OnnxSide | None
+) -> Diagnosis:
     t0 = time.monotonic()
     thresholds = thresholds or Thresholds.defaults()
 
@@ -108,25 +153,49 @@ def _diagnose(ref, cand: OnnxSide, feeds, thresholds, precision, graph_key, budg
         key = ("head", first.name) if first.stage == "head" else (first.stage, first.layer)
         divergence = _first_divergence(first, cand, names, feeds, threshold_of(key), budget_bytes, result.points)
     mask = np.asarray(feeds["attention_mask"])
-    shape = {"batch": int(mask.shape[0]), "seq": int(mask.shape[-1]), "padded_rows": int((mask == 0).any(-1).sum()),
-             **({"choices": int(mask.shape[1])} if mask.ndim == 3 else {})}
-    return Diagnosis(ref.label, cand.label, precision, threshold_of(("layer_output", 0)), result.points, divergence,
-                     cand.layers, result.complete, result.reason, notes,
-                     {"runs_per_side": result.runs, "layers_per_group": result.group_layers,
-                      "budget_bytes": budget_bytes}, time.monotonic() - t0, shape)
+    shape = {
+        "batch": int(mask.shape[0]),
+        "seq": int(mask.shape[-1]),
+        "padded_rows": int((mask == 0).any(-1).sum()),
+        **({"choices": int(mask.shape[1])} if mask.ndim == 3 else {}),
+    }
+    return Diagnosis(
+        ref.label,
+        cand.label,
+        precision,
+        threshold_of(("layer_output", 0)),
+        result.points,
+        divergence,
+        cand.layers,
+        result.complete,
+        result.reason,
+        notes,
+        {"runs_per_side": result.runs, "layers_per_group": result.group_layers, "budget_bytes": budget_bytes},
+        time.monotonic() - t0,
+        shape,
+    )
 
 
-def _first_divergence(p: Point, cand: OnnxSide, names: OnnxSide | None, feeds, t: Threshold, budget_bytes: int,
-                      points: list[Point]) -> dict:
+def _first_divergence(
+    p: Point, cand: OnnxSide, names: OnnxSide | None, feeds, t: Threshold, budget_bytes: int, points: list[Point]
+) -> dict:
     stage = "embeddings" if p.stage == "embeddings" else "head" if p.stage == "head" else "layer"
     node = None
     if names is not None:
         agreed = [(q.stage, q.name if q.stage == "head" else q.layer) for q in points if q.passed]
         region = search_region(cand, ("head", p.name) if p.stage == "head" else (p.stage, p.layer), agreed)
-        node = first_failing_node(names, cand, region, feeds, t, budget_bytes, _largest_tensor(feeds, points, cand),
-                                  p.scaled_error or 0.0)
-    out = {"stage": stage, "layer": p.layer, "point": p.name, "nodes": [node["node"]] if node else p.nodes,
-           "landmark_nodes": p.nodes, "scaled_error": p.scaled_error, "first_node": node}
+        node = first_failing_node(
+            names, cand, region, feeds, t, budget_bytes, _largest_tensor(feeds, points, cand), p.scaled_error or 0.0
+        )
+    out = {
+        "stage": stage,
+        "layer": p.layer,
+        "point": p.name,
+        "nodes": [node["node"]] if node else p.nodes,
+        "landmark_nodes": p.nodes,
+        "scaled_error": p.scaled_error,
+        "first_node": node,
+    }
     if p.row_cosine is not None:
         out["row_cosine"] = p.row_cosine
     return out

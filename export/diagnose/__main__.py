@@ -31,25 +31,37 @@ from export.report_md import divergence_sentence
 from export.thresholds import ThresholdError, Thresholds
 from export.validate import OnnxFile, Shape, make_inputs
 
-EXAMPLE = ("examples: python -m export.diagnose build/ckpt/model.onnx build/ckpt/model.rope-plugin.fp16.onnx --png d.png; "
-           "python -m export.diagnose --build build/ckpt --graph rope-plugin.fp16 --json d.json")
+EXAMPLE = (
+    "examples: python -m export.diagnose build/ckpt/model.onnx build/ckpt/model.rope-plugin.fp16.onnx --png d.png; "
+    "python -m export.diagnose --build build/ckpt --graph rope-plugin.fp16 --json d.json"
+)
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m export.diagnose", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
     p.add_argument("graphs", nargs="*", metavar="REF.onnx CAND.onnx", help="reference and candidate graphs")
     p.add_argument("--build", help="a folder written by python -m export.build: its graph against PyTorch")
-    p.add_argument("--graph", help="with --build: the artifact key to diagnose (default: the graph of the first "
-                   "failing validation case, else the last graph validated)")
+    p.add_argument(
+        "--graph",
+        help="with --build: the artifact key to diagnose (default: the graph of the first "
+        "failing validation case, else the last graph validated)",
+    )
     p.add_argument("--model", help="with --build: the checkpoint, instead of the path report.json records")
     p.add_argument("--trust-pickle", action="store_true", help="with --build: allow a pickled nn.Module checkpoint")
     p.add_argument("--batch", type=int, help="batch of the inputs (default: the failing case's, else 2)")
     p.add_argument("--seq", type=int, help="sequence length (default: the failing case's, else min(61, max_len))")
-    p.add_argument("--precision", help="the candidate's precision for its thresholds (default: read from its dtypes "
-                   "or, with --build, from the artifact key)")
+    p.add_argument(
+        "--precision",
+        help="the candidate's precision for its thresholds (default: read from its dtypes "
+        "or, with --build, from the artifact key)",
+    )
     p.add_argument("--thresholds", help="thresholds TOML (export/thresholds.py); default: the precision's defaults")
-    p.add_argument("--budget-mib", type=int, default=DEFAULT_BUDGET >> 20,
-                   help="memory for exposed tensors per run; more layers per run above it")
+    p.add_argument(
+        "--budget-mib",
+        type=int,
+        default=DEFAULT_BUDGET >> 20,
+        help="memory for exposed tensors per run; more layers per run above it",
+    )
     p.add_argument("--time-cap", type=float, help="seconds after which no further layer group is started")
     p.add_argument("--json", help="write the diagnosis as JSON here")
     p.add_argument("--md", help="write it as Markdown here")
@@ -72,8 +84,9 @@ def _main(args) -> int:
         ref, cand = (require_regular_file(g, what="graph") for g in args.graphs)
         model = structure_of(cand)
         feeds = graph_feeds(model, graph_shape(model, args.batch or 2, args.seq or _default_seq(model)))
-        d = diagnose(ref, cand, feeds, thresholds, args.precision, budget_bytes=args.budget_mib << 20,
-                     deadline=deadline)
+        d = diagnose(
+            ref, cand, feeds, thresholds, args.precision, budget_bytes=args.budget_mib << 20, deadline=deadline
+        )
     out = d.to_json()
     written = write_outputs(out, args.json, args.md, args.png)
     print(divergence_sentence(out["first_divergence"]))
@@ -111,15 +124,27 @@ def _build_mode(args, thresholds: Thresholds, deadline):
     key = args.graph or _default_key(report)
     if key is None or key_precision(key) is None or key not in report.artifacts or key.startswith("engine-"):
         graphs = sorted(k for k in report.artifacts if key_precision(k) and not k.startswith("engine-"))
-        raise UsageError(f"--graph {key!r} is not an ONNX graph of {build}/report.json; use one of {graphs} (a "
-                         "TensorRT engine is diagnosed through the ONNX graph it was built from)")
+        raise UsageError(
+            f"--graph {key!r} is not an ONNX graph of {build}/report.json; use one of {graphs} (a "
+            "TensorRT engine is diagnosed through the ONNX graph it was built from)"
+        )
     graph = artifact(build, report, key)
     ck = _checkpoint(args, report, graph)
     shape = _case_shape(report, key, args, ck.config)
     feeds = make_inputs(shape, ck.config.vocab_size, ck.config.type_vocab_size)
     names = _name_reference(build, report, key)
-    return diagnose_model(ck.model, ck.task, OnnxFile(graph, rotary_function=True), feeds, thresholds,
-                          args.precision or key_precision(key), key, names, args.budget_mib << 20, deadline)
+    return diagnose_model(
+        ck.model,
+        ck.task,
+        OnnxFile(graph, rotary_function=True),
+        feeds,
+        thresholds,
+        args.precision or key_precision(key),
+        key,
+        names,
+        args.budget_mib << 20,
+        deadline,
+    )
 
 
 def _default_key(report) -> str | None:
@@ -137,8 +162,10 @@ def _checkpoint(args, report, graph: Path):
         raise UsageError(f"checkpoint {text!r} not found; pass --model PATH (the checkpoint the build was made from)")
     want, got = recorded.get("sha256"), sha256_tree(path)
     if want and got != want:
-        raise UsageError(f"checkpoint {path} has sha256 {got[:16]}..., report.json records {want[:16]}... (not the "
-                         "checkpoint of this build); pass --model with the checkpoint the build was made from")
+        raise UsageError(
+            f"checkpoint {path} has sha256 {got[:16]}..., report.json records {want[:16]}... (not the "
+            "checkpoint of this build); pass --model with the checkpoint the build was made from"
+        )
     source = recorded.get("config_source") or ""
     config = source.removeprefix("--config ") if source.startswith("--config ") else None
     rows = declared_max_len(structure_of(graph))
@@ -147,8 +174,10 @@ def _checkpoint(args, report, graph: Path):
 
 def _case_shape(report, key: str, args, config) -> Shape:
     """The smallest failing case of `key` (batch x seq), with --batch/--seq overriding."""
-    failing = sorted((c for c in report.validation if c["graph"] == key and not c.get("passed")),
-                     key=lambda c: (c["batch"] * c["seq"], c["seq"]))
+    failing = sorted(
+        (c for c in report.validation if c["graph"] == key and not c.get("passed")),
+        key=lambda c: (c["batch"] * c["seq"], c["seq"]),
+    )
     if failing and args.batch is None and args.seq is None:
         c = failing[0]
         return Shape(c["batch"], c["seq"], c.get("padded_rows", 0), c.get("choices"))

@@ -15,8 +15,8 @@ the weights loaded once more); with the default budget the demo at S = 2048 need
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def depth(key: Key) -> tuple[int, int]:
 
 def groups_after_first(keys: list[Key], per_group: int) -> list[list[Key]]:
     layers = sorted({k[1] for k in keys if k[0] not in ("embeddings", "head")})
-    chunks = [layers[i:i + per_group] for i in range(0, len(layers), per_group)]
+    chunks = [layers[i : i + per_group] for i in range(0, len(layers), per_group)]
     out = [[k for k in keys if k[0] not in ("embeddings", "head") and k[1] in chunk] for chunk in chunks]
     heads = [k for k in keys if k[0] == "head"]
     if heads:
@@ -75,8 +75,14 @@ def groups_after_first(keys: list[Key], per_group: int) -> list[list[Key]]:
     return out
 
 
-def compare(ref, cand, feeds: dict[str, np.ndarray], threshold_of: Callable[[Key], Threshold],
-            budget_bytes: int = DEFAULT_BUDGET, deadline: float | None = None) -> Comparison:
+def compare(
+    ref,
+    cand,
+    feeds: dict[str, np.ndarray],
+    threshold_of: Callable[[Key], Threshold],
+    budget_bytes: int = DEFAULT_BUDGET,
+    deadline: float | None = None,
+) -> Comparison:
     """Every landmark both sides have, judged by threshold_of(key); stops between groups past `deadline`
     (time.monotonic() value), saying where."""
     shared = set(cand.keys())
@@ -105,29 +111,46 @@ def _run_group(ref, cand, keys: list[Key], feeds, threshold_of) -> tuple[list[Po
     r, c = ref.fetch(keys, feeds), cand.fetch(keys, feeds)
     mask = np.asarray(feeds["attention_mask"])
     points = [compare_point(k, r.get(k), c.get(k), mask, threshold_of(k), cand.nodes(k)) for k in keys]
-    layer_bytes = sum(a.nbytes for side in (r, c) for k, arrays in side.items() if k[0] not in ("embeddings", "head")
-                      for a in arrays)
+    layer_bytes = sum(
+        a.nbytes for side in (r, c) for k, arrays in side.items() if k[0] not in ("embeddings", "head") for a in arrays
+    )
     return points, layer_bytes
 
 
-def compare_point(key: Key, ref: list[np.ndarray] | None, got: list[np.ndarray] | None, mask: np.ndarray,
-                  t: Threshold, nodes: list[str]) -> Point:
+def compare_point(
+    key: Key,
+    ref: list[np.ndarray] | None,
+    got: list[np.ndarray] | None,
+    mask: np.ndarray,
+    t: Threshold,
+    nodes: list[str],
+) -> Point:
     stage, where = key
     layer = where if stage not in ("embeddings", "head") else None
     name = where if stage == "head" else stage
     if not ref or not got or len(ref) != len(got):
         return Point(stage, layer, name, True, nodes=nodes, note="not produced by both sides")
     stats = []
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         g = aligned(g, r)
         if g is None:
             return Point(stage, layer, name, True, nodes=nodes, note=f"shapes differ: {got[0].shape} vs {r.shape}")
         rows = row_mask(name, r.shape, mask) if stage == "head" else token_rows(r.shape, mask)
         stats.append(error_stats(g.astype(np.float32), r.astype(np.float32), rows))
     rows = [s.row_cosine for s in stats if s.row_cosine is not None]
-    p = Point(stage, layer, name, False, max(s.scaled_error for s in stats), max(s.max_abs for s in stats),
-              min(s.cosine for s in stats), min(rows) if rows else None, sum(s.n_nan for s in stats), nodes,
-              list(ref[0].shape))
+    p = Point(
+        stage,
+        layer,
+        name,
+        False,
+        max(s.scaled_error for s in stats),
+        max(s.max_abs for s in stats),
+        min(s.cosine for s in stats),
+        min(rows) if rows else None,
+        sum(s.n_nan for s in stats),
+        nodes,
+        list(ref[0].shape),
+    )
     p.passed = t.passes(p.max_abs, p.scaled_error, p.cosine, p.n_nan, p.row_cosine)
     return p
 

@@ -31,8 +31,9 @@ def _path(graph) -> Path:
     return Path(graph.path if isinstance(graph, OnnxFile) else graph)
 
 
-def run_exposed(graph, names: list[str], feeds: dict[str, np.ndarray],
-                structure: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+def run_exposed(
+    graph, names: list[str], feeds: dict[str, np.ndarray], structure: onnx.ModelProto | None = None
+) -> dict[str, np.ndarray]:
     """Outputs `names` (intermediate or not, each once) of `graph` on `feeds`."""
     import onnxruntime as ort
 
@@ -49,11 +50,12 @@ def run_exposed(graph, names: list[str], feeds: dict[str, np.ndarray],
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not isinstance(graph, onnx.ModelProto):
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                      str(_path(graph).resolve().parent))
+        opts.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(_path(graph).resolve().parent)
+        )
     sess = ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     del out
     wanted = {i.name for i in sess.get_inputs()}
     names = list(dict.fromkeys(names))
     values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
-    return {n: np.asarray(v) for n, v in zip(names, values)}
+    return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}

@@ -6,8 +6,17 @@ from collections import deque
 
 import onnx
 
-from export.diagnose.structure import (FUSED_ATTENTION_OPS, MATMUL_OPS, PASS_THROUGH, SHAPE_OPS, Graph, Landmark, Norm,
-                                       Structure, find_norms)
+from export.diagnose.structure import (
+    FUSED_ATTENTION_OPS,
+    MATMUL_OPS,
+    PASS_THROUGH,
+    SHAPE_OPS,
+    Graph,
+    Landmark,
+    Norm,
+    Structure,
+    find_norms,
+)
 
 SCORES_DEPTH = 8  # ops between the scores MatMul and its Softmax (scale, mask Add, Where, Casts): a handful
 
@@ -20,7 +29,7 @@ def locate(model: onnx.ModelProto) -> Structure:
     notes: list[str] = []
     landmarks: list[Landmark] = []
     regions: dict[int, list[int]] = {}
-    embeddings = [n for n, k in zip(norms, kinds) if k == "embeddings"]
+    embeddings = [n for n, k in zip(norms, kinds, strict=True) if k == "embeddings"]
     if embeddings:
         e = embeddings[-1]
         landmarks.append(Landmark("embeddings", None, (e.output,), (g.name(e.index),)))
@@ -28,8 +37,12 @@ def locate(model: onnx.ModelProto) -> Structure:
         notes.append("no embeddings LayerNorm found (no normalisation without a weight MatMul upstream)")
     layers = _pair_layers(norms, kinds, notes)
     for k, (attn, ffn) in enumerate(layers):
-        regions[k] = sorted(_region(g, attn.inputs, stops - {attn.output}) | _region(g, ffn.inputs, stops - {ffn.output})
-                            | _norm_nodes(g, attn) | _norm_nodes(g, ffn))
+        regions[k] = sorted(
+            _region(g, attn.inputs, stops - {attn.output})
+            | _region(g, ffn.inputs, stops - {ffn.output})
+            | _norm_nodes(g, attn)
+            | _norm_nodes(g, ffn)
+        )
         landmarks += _layer_landmarks(g, k, attn, ffn, stops, regions[k], notes)
     last = layers[-1][1].output if layers else None
     for out in g.outputs:
@@ -83,7 +96,7 @@ def _pair_layers(norms: list[Norm], kinds: list[str], notes: list[str]) -> list[
     """(attention LN, FFN LN) per layer, in order; an LN with a MatMul upstream that closes no attention block
     is the head's (e.g. the masked-LM transform)."""
     layers, open_attn = [], None
-    for norm, kind in zip(norms, kinds):
+    for norm, kind in zip(norms, kinds, strict=True):
         if kind == "attention":
             if open_attn is not None:
                 notes.append(f"attention block at node {open_attn.index} has no FFN LayerNorm after it")
@@ -92,24 +105,30 @@ def _pair_layers(norms: list[Norm], kinds: list[str], notes: list[str]) -> list[
             layers.append((open_attn, norm))
             open_attn = None
         elif kind == "embeddings" and layers:
-            notes.append(f"a normalisation without weights after layer {len(layers) - 1} (node {norm.index}) is ignored")
+            notes.append(
+                f"a normalisation without weights after layer {len(layers) - 1} (node {norm.index}) is ignored"
+            )
     return layers
 
 
-def _layer_landmarks(g: Graph, k: int, attn: Norm, ffn: Norm, stops: set[str], region: list[int],
-                     notes: list[str]) -> list[Landmark]:
+def _layer_landmarks(
+    g: Graph, k: int, attn: Norm, ffn: Norm, stops: set[str], region: list[int], notes: list[str]
+) -> list[Landmark]:
     out = []
     scores = _scores_matmul(g, region)
     if scores is None:
-        notes.append(f"layer {k}: no attention-scores MatMul before a Softmax (a fused attention op?): "
-                     "attention_input and rotary_output not located")
+        notes.append(
+            f"layer {k}: no attention-scores MatMul before a Softmax (a fused attention op?): "
+            "attention_input and rotary_output not located"
+        )
     else:
         rotated = (_peel(g, g.nodes[scores].input[0]), _peel(g, g.nodes[scores].input[1], transpose=True))
         out.append(Landmark("rotary_output", k, rotated, tuple(_producer_name(g, t) for t in rotated)))
         projections = [_projection(g, t, stops) for t in rotated]
         if all(projections) and projections[0] != projections[1]:
-            out.append(Landmark("attention_input", k, tuple(p[0] for p in projections),
-                                tuple(p[1] for p in projections)))
+            out.append(
+                Landmark("attention_input", k, tuple(p[0] for p in projections), tuple(p[1] for p in projections))
+            )
         else:
             notes.append(f"layer {k}: the Q/K projections (MatMul with a weight) before the rotary were not found")
     out.append(Landmark("attention_output", k, (attn.output,), (g.name(attn.index),)))
@@ -162,8 +181,12 @@ def _peel(g: Graph, t: str, transpose: bool = False) -> str:
 
 def _swaps_last_two(n: onnx.NodeProto) -> bool:
     perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
-    return perm is not None and len(perm) >= 2 and perm[-2:] == [len(perm) - 1, len(perm) - 2] and \
-        perm[:-2] == list(range(len(perm) - 2))
+    return (
+        perm is not None
+        and len(perm) >= 2
+        and perm[-2:] == [len(perm) - 1, len(perm) - 2]
+        and perm[:-2] == list(range(len(perm) - 2))
+    )
 
 
 def _projection(g: Graph, t: str, stops: set[str]) -> tuple[str, str] | None:

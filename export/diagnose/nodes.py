@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.compare import error_stats
 from export.diagnose.divergence import aligned, token_rows
 from export.diagnose.locate import upstream
 from export.diagnose.sides import OnnxSide
 from export.diagnose.structure import SHAPE_OPS
-from export.compare import error_stats
 from export.thresholds import Threshold
 
 SKIP_OPS = SHAPE_OPS | {"Constant", "ConstantOfShape", "Range"}
@@ -37,9 +37,16 @@ def search_region(cand: OnnxSide, key, passed: list) -> list[int]:
     return upstream(cand.model, list(lm.tensors), stops)
 
 
-def first_failing_node(ref: OnnxSide, cand: OnnxSide, region: list[int], feeds: dict[str, np.ndarray],
-                       t: Threshold, budget_bytes: int, largest_tensor_bytes: int,
-                       landmark_error: float = 0.0) -> dict | None:
+def first_failing_node(
+    ref: OnnxSide,
+    cand: OnnxSide,
+    region: list[int],
+    feeds: dict[str, np.ndarray],
+    t: Threshold,
+    budget_bytes: int,
+    largest_tensor_bytes: int,
+    landmark_error: float = 0.0,
+) -> dict | None:
     known = {o for n in ref.model.graph.node for o in n.output} | {i.name for i in ref.model.graph.input}
     names, producer = [], {}
     for i in region:
@@ -54,15 +61,19 @@ def first_failing_node(ref: OnnxSide, cand: OnnxSide, region: list[int], feeds: 
     mask = np.asarray(feeds["attention_mask"])
     first = None
     for start in range(0, len(names), per_chunk):
-        chunk = names[start:start + per_chunk]
+        chunk = names[start : start + per_chunk]
         r, c = ref.tensors(chunk, feeds), cand.tensors(chunk, feeds)
         for name in chunk:
             found = _judge(name, r[name], c[name], mask, t)
             if found is None:
                 continue
             node = producer[name]
-            found = {"node": node.name or f"{node.op_type} producing {name}", "op": node.op_type, "tensor": name,
-                     **found}
+            found = {
+                "node": node.name or f"{node.op_type} producing {name}",
+                "op": node.op_type,
+                "tensor": name,
+                **found,
+            }
             if found["scaled_error"] >= SIZE * landmark_error:
                 return found
             first = first or found

@@ -16,29 +16,40 @@ from export.report_md import divergence_sentence
 def render_markdown(d: dict) -> str:
     """d: Diagnosis.to_json()."""
     t = d["thresholds"]
-    lines = ["# Where does it diverge?", "",
-             f"Reference `{d['reference']}`, candidate `{d['candidate']}` ({d['precision']}), batch {d['batch']} x "
-             f"sequence {d['seq']}, {d.get('padded_rows', 0)} padded row(s). Thresholds: scaled error <= "
-             f"{t['rtol']:.3g}, per-row cosine >= {t['min_row_cosine']:.11g}, cosine >= {t['min_cosine']}.", "",
-             divergence_sentence(d["first_divergence"]), ""]
+    lines = [
+        "# Where does it diverge?",
+        "",
+        f"Reference `{d['reference']}`, candidate `{d['candidate']}` ({d['precision']}), batch {d['batch']} x "
+        f"sequence {d['seq']}, {d.get('padded_rows', 0)} padded row(s). Thresholds: scaled error <= "
+        f"{t['rtol']:.3g}, per-row cosine >= {t['min_row_cosine']:.11g}, cosine >= {t['min_cosine']}.",
+        "",
+        divergence_sentence(d["first_divergence"]),
+        "",
+    ]
     if not d["complete"]:
         lines += [f"**Incomplete**: {d['reason']}.", ""]
-    lines += ["| depth | layer | landmark | scaled error | row cosine | cosine | nodes | pass |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| depth | layer | landmark | scaled error | row cosine | cosine | nodes | pass |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i, p in enumerate(d["points"]):
         if "scaled_error" not in p:
             lines.append(f"| {i} | {_layer(p)} | {p['name']} | | | | | {p.get('note', '')} |")
             continue
         row = f"{p['row_cosine']:.9f}" if "row_cosine" in p else "n/a"
         nodes = ", ".join(f"`{n}`" for n in p.get("nodes", []))
-        lines.append(f"| {i} | {_layer(p)} | {p['name']} | {p['scaled_error']:.2e} | {row} | {p['cosine']:.7f} | "
-                     f"{nodes} | {'ok' if p['passed'] else 'FAIL'} |")
+        lines.append(
+            f"| {i} | {_layer(p)} | {p['name']} | {p['scaled_error']:.2e} | {row} | {p['cosine']:.7f} | "
+            f"{nodes} | {'ok' if p['passed'] else 'FAIL'} |"
+        )
     lines.append("")
     if d["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in d["notes"]] + [""]
     c = d.get("cost") or {}
-    lines.append(f"{c.get('runs_per_side')} run(s) of each side ({c.get('layers_per_group')} layer(s) per group after "
-                 f"the first), {d['seconds']} s.")
+    lines.append(
+        f"{c.get('runs_per_side')} run(s) of each side ({c.get('layers_per_group')} layer(s) per group after "
+        f"the first), {d['seconds']} s."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -50,6 +61,7 @@ def render_png(d: dict) -> bytes:
     """Scaled error and 1 - per-row cosine of every landmark against depth, thresholds dashed, the first
     divergence marked."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -91,8 +103,11 @@ def _tick(p: dict) -> str:
 def write_outputs(d: dict, json_path=None, md_path=None, png_path=None) -> dict[str, str]:
     """Write the files asked for; returns {"json" | "md" | "png": path}."""
     written = {}
-    for kind, path, data in (("json", json_path, lambda: json.dumps(d, indent=2) + "\n"),
-                             ("md", md_path, lambda: render_markdown(d)), ("png", png_path, lambda: render_png(d))):
+    for kind, path, data in (
+        ("json", json_path, lambda: json.dumps(d, indent=2) + "\n"),
+        ("md", md_path, lambda: render_markdown(d)),
+        ("png", png_path, lambda: render_png(d)),
+    ):
         if path is not None:
             write_atomic(Path(path), data())
             written[kind] = str(path)

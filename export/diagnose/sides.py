@@ -66,8 +66,14 @@ class TorchSide:
 
     def fetch(self, keys: list[Key], feeds: dict[str, np.ndarray]) -> dict[Key, list[np.ndarray]]:
         layers = {k[1] for k in keys if k[0] not in ("embeddings", "head")}
-        found = capture(self.model, self.task, feeds, layers, embeddings=("embeddings", None) in keys,
-                        head=any(k[0] == "head" for k in keys))
+        found = capture(
+            self.model,
+            self.task,
+            feeds,
+            layers,
+            embeddings=("embeddings", None) in keys,
+            head=any(k[0] == "head" for k in keys),
+        )
         return {k: found[k] for k in keys if k in found}
 
     def nodes(self, key: Key) -> list[str]:

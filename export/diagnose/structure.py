@@ -24,13 +24,19 @@ what both graphs have.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import onnx
 
-NORM_OPS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-                      "SkipSimplifiedLayerNormalization", "RMSNormalization"})
+NORM_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "SkipLayerNormalization",
+        "SimplifiedLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "RMSNormalization",
+    }
+)
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul"})
 FUSED_ATTENTION_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention"})
 PASS_THROUGH = frozenset({"Cast", "Identity"})  # same values, maybe another dtype
@@ -48,7 +54,9 @@ class Landmark:
     @property
     def key(self) -> tuple[int, int]:
         """Depth order: embeddings, then each layer's stages in order, then the head."""
-        layer = -1 if self.layer is None and self.stage == "embeddings" else (10**9 if self.layer is None else self.layer)
+        layer = (
+            -1 if self.layer is None and self.stage == "embeddings" else (10**9 if self.layer is None else self.layer)
+        )
         return layer, STAGES.index(self.stage)
 
 
@@ -92,8 +100,14 @@ class Graph:
         if tensor in self.inits:
             return True
         node = self.node_of(tensor)
-        ok = node is not None and depth < 8 and (node.op_type == "Constant" or (
-            bool(node.input) and all(not x or self.is_const(x, depth + 1) for x in node.input)))
+        ok = (
+            node is not None
+            and depth < 8
+            and (
+                node.op_type == "Constant"
+                or (bool(node.input) and all(not x or self.is_const(x, depth + 1) for x in node.input))
+            )
+        )
         self._const[tensor] = ok
         return ok
 
@@ -115,7 +129,7 @@ def find_norms(g: Graph) -> list[Norm]:
     norms = []
     for i, n in enumerate(g.nodes):
         if n.op_type in NORM_OPS:
-            data = tuple(x for x in n.input[:2 if n.op_type.startswith("Skip") else 1] if x)
+            data = tuple(x for x in n.input[: 2 if n.op_type.startswith("Skip") else 1] if x)
             norms.append(Norm(i, data, n.output[0], i))
         elif n.op_type == "ReduceMean":
             norm = _decomposed_norm(g, i)
@@ -133,13 +147,19 @@ def _decomposed_norm(g: Graph, i: int) -> Norm | None:
     if not subs:
         return None
     d = _forward(g, subs[0].output[0])
-    scaled = [g.nodes[j] for j in g.consumers.get(d, []) if g.nodes[j].op_type in ("Div", "Mul")
-              and not all(t == d for t in g.nodes[j].input)]  # Mul(d, d) is the variance, not the scaling
+    scaled = [
+        g.nodes[j]
+        for j in g.consumers.get(d, [])
+        if g.nodes[j].op_type in ("Div", "Mul") and not all(t == d for t in g.nodes[j].input)
+    ]  # Mul(d, d) is the variance, not the scaling
     if not scaled:
         return None
     out = _forward(g, scaled[0].output[0])
-    while (nxt := g.single_consumer(out)) is not None and nxt.op_type in ("Mul", "Add") and \
-            any(g.is_const(t) for t in nxt.input if t != out):
+    while (
+        (nxt := g.single_consumer(out)) is not None
+        and nxt.op_type in ("Mul", "Add")
+        and any(g.is_const(t) for t in nxt.input if t != out)
+    ):
         out = _forward(g, nxt.output[0])
     return Norm(g.producer[out], (x,), out, i)
 

@@ -20,8 +20,14 @@ from export.spec import ExportSpec
 from export.validate import true_fp32
 
 
-def capture(model: torch.nn.Module, task: str, feeds: dict[str, np.ndarray], layers: set[int] | None = None,
-            embeddings: bool = True, head: bool = True) -> dict[tuple[str, object], list[np.ndarray]]:
+def capture(
+    model: torch.nn.Module,
+    task: str,
+    feeds: dict[str, np.ndarray],
+    layers: set[int] | None = None,
+    embeddings: bool = True,
+    head: bool = True,
+) -> dict[tuple[str, object], list[np.ndarray]]:
     """Run `model` (fp32, eval, CPU) once on `feeds`; the landmarks of `layers` (None: all), the embeddings and
     the head outputs as float32 arrays."""
     base = model.base_model
@@ -32,6 +38,7 @@ def capture(model: torch.nn.Module, task: str, feeds: dict[str, np.ndarray], lay
     def keep(key):
         def hook(_module, _inputs, output):
             found.setdefault(key, []).append(_np(output))
+
         return hook
 
     with ExitStack() as stack:
@@ -39,10 +46,13 @@ def capture(model: torch.nn.Module, task: str, feeds: dict[str, np.ndarray], lay
             stack.enter_context(_hooked(base.embeddings.LayerNorm, keep(("embeddings", None))))
         for k in sorted(wanted):
             layer = base.encoder.layer[k]
-            for module, stage in ((layer.attention.self.query, "attention_input"),
-                                  (layer.attention.self.key, "attention_input"),
-                                  (layer.attention.output, "attention_output"),
-                                  (layer.output.dense, "ffn_output"), (layer.output, "layer_output")):
+            for module, stage in (
+                (layer.attention.self.query, "attention_input"),
+                (layer.attention.self.key, "attention_input"),
+                (layer.attention.output, "attention_output"),
+                (layer.output.dense, "ffn_output"),
+                (layer.output, "layer_output"),
+            ):
                 stack.enter_context(_hooked(module, keep((stage, k))))
             stack.enter_context(_rotary_tap(layer.attention.self, found, k))
         with torch.no_grad(), true_fp32():

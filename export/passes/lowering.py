@@ -74,18 +74,24 @@ def rotary_function(k: int, opset: int) -> onnx.FunctionProto:
             helper.make_node("CastLike", [p + "yf", x], [f"y_{i}"]),
         ]
     return helper.make_function(
-        PLUGIN_DOMAIN, PLUGIN_OP, inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
-        outputs=[f"y_{i}" for i in range(k)], nodes=c.nodes + nodes,
+        PLUGIN_DOMAIN,
+        PLUGIN_OP,
+        inputs=[f"x_{i}" for i in range(k)] + ["sincos"],
+        outputs=[f"y_{i}" for i in range(k)],
+        nodes=c.nodes + nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=[*identity.FIELDS, identity.ATTR_PLUGIN_VERSION, identity.ATTR_PLUGIN_NAMESPACE])
+        attributes=[*identity.FIELDS, identity.ATTR_PLUGIN_VERSION, identity.ATTR_PLUGIN_NAMESPACE],
+    )
 
 
 def node_problem(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
     """What the plugin would refuse in this node: its attributes, input count, the table's width and
     the head size (when the graph records them), and the plugin version/namespace the parser looks up."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    for key, want in ((identity.ATTR_PLUGIN_VERSION, identity.PLUGIN_VERSION),
-                      (identity.ATTR_PLUGIN_NAMESPACE, identity.PLUGIN_NAMESPACE)):
+    for key, want in (
+        (identity.ATTR_PLUGIN_VERSION, identity.PLUGIN_VERSION),
+        (identity.ATTR_PLUGIN_NAMESPACE, identity.PLUGIN_NAMESPACE),
+    ):
         got = attrs.pop(key, b"").decode() if isinstance(attrs.get(key, b""), bytes) else attrs.pop(key)
         if got != want:
             return f"{key}={got!r}; TensorRT's parser looks the creator up by {key}={want!r}"

@@ -68,8 +68,10 @@ def parse_pooling(mode: str, normalize: bool, outputs: str | None) -> Pooling | 
         if normalize:
             raise UsageError("--normalize applies to a pooled output; add --pooling mean or --pooling cls")
         if names is not None:
-            raise UsageError("--outputs chooses between last_hidden_state and sentence_embedding; add --pooling "
-                             "mean or --pooling cls, or drop --outputs")
+            raise UsageError(
+                "--outputs chooses between last_hidden_state and sentence_embedding; add --pooling "
+                "mean or --pooling cls, or drop --outputs"
+            )
         return None
     if names is None:
         return Pooling(mode, normalize)
@@ -82,8 +84,10 @@ def check_task(pooling: Pooling | None, task: str) -> None:
     """Pooling means something only for a head that returns the hidden states; UsageError for the others."""
     if pooling is None or HIDDEN in TASKS[task][1]:
         return
-    raise UsageError(f"--pooling {pooling.mode} pools last_hidden_state, and a {task} checkpoint "
-                     f"({TASKS[task][0]}) returns {', '.join(TASKS[task][1])}; drop --pooling for this head")
+    raise UsageError(
+        f"--pooling {pooling.mode} pools last_hidden_state, and a {task} checkpoint "
+        f"({TASKS[task][0]}) returns {', '.join(TASKS[task][1])}; drop --pooling for this head"
+    )
 
 
 def declared_pooling(model: onnx.ModelProto) -> Pooling | None:
@@ -94,13 +98,16 @@ def declared_pooling(model: onnx.ModelProto) -> Pooling | None:
         return None
     props = {p.key: p.value for p in model.metadata_props}
     if props.get(POOLING_KEY) not in ("mean", "cls"):
-        raise UsageError(f"the graph has a {EMBEDDING!r} output but does not say how it was pooled (metadata "
-                         f"{POOLING_KEY}); rebuild it with python -m export.build --pooling mean|cls")
+        raise UsageError(
+            f"the graph has a {EMBEDDING!r} output but does not say how it was pooled (metadata "
+            f"{POOLING_KEY}); rebuild it with python -m export.build --pooling mean|cls"
+        )
     return Pooling(props[POOLING_KEY], props.get(NORMALIZE_KEY) == "1", keep_hidden=HIDDEN in outputs)
 
 
-def add_sentence_embedding(model: onnx.ModelProto, pooling: str | Pooling, normalize: bool = False,
-                           keep_hidden: bool = True) -> onnx.ModelProto:
+def add_sentence_embedding(
+    model: onnx.ModelProto, pooling: str | Pooling, normalize: bool = False, keep_hidden: bool = True
+) -> onnx.ModelProto:
     """A copy of `model` with `sentence_embedding`; `pooling` "none" returns `model` itself (an output it
     already has is kept). A graph that already has the output is returned as it is when it was pooled with
     the same mode (its own normalisation kept), else UsageError naming both."""
@@ -113,14 +120,18 @@ def add_sentence_embedding(model: onnx.ModelProto, pooling: str | Pooling, norma
     have = declared_pooling(model)
     if have is not None:
         if have.mode != pooling.mode:
-            raise UsageError(f"the graph already computes {EMBEDDING} with {have.describe()} pooling, and "
-                             f"{pooling.mode} was asked for; pass --pooling {have.mode} (or none) to serve it")
+            raise UsageError(
+                f"the graph already computes {EMBEDDING} with {have.describe()} pooling, and "
+                f"{pooling.mode} was asked for; pass --pooling {have.mode} (or none) to serve it"
+            )
         return model
     g = model.graph
     hidden = next((o for o in g.output if o.name == HIDDEN), None)
     if hidden is None:
-        raise UsageError(f"--pooling {pooling.mode} needs a {HIDDEN!r} output, the graph has "
-                         f"{[o.name for o in g.output]}; use --pooling none for task heads")
+        raise UsageError(
+            f"--pooling {pooling.mode} needs a {HIDDEN!r} output, the graph has "
+            f"{[o.name for o in g.output]}; use --pooling none for task heads"
+        )
     dims = hidden.type.tensor_type.shape.dim  # [batch, sequence, hidden]
     if len(dims) != 3:
         raise UsageError(f"{HIDDEN} has rank {len(dims)}, expected [batch, sequence, hidden]")
@@ -129,9 +140,11 @@ def add_sentence_embedding(model: onnx.ModelProto, pooling: str | Pooling, norma
     out = onnx.ModelProto()
     out.CopyFrom(model)
     _append_pooling(out.graph, pooling, hidden.type.tensor_type.elem_type)
-    emb = helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT,
-                                        [dims[0].dim_param or dims[0].dim_value or "batch",
-                                         dims[2].dim_value or dims[2].dim_param or "hidden"])
+    emb = helper.make_tensor_value_info(
+        EMBEDDING,
+        TensorProto.FLOAT,
+        [dims[0].dim_param or dims[0].dim_value or "batch", dims[2].dim_value or dims[2].dim_param or "hidden"],
+    )
     if not pooling.keep_hidden:
         kept = [o for o in out.graph.output if o.name != HIDDEN]
         del out.graph.output[:]
@@ -151,8 +164,11 @@ def _append_pooling(g: onnx.GraphProto, pooling: Pooling, hidden_elem: int) -> N
     if pooling.mode == "cls":
         consts["first"] = np.array(0, np.int64)
     else:
-        consts |= {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64),
-                   "clamp": np.array(MEAN_CLAMP, np.float32)}
+        consts |= {
+            "axis1": np.array([1], np.int64),
+            "axis2": np.array([2], np.int64),
+            "clamp": np.array(MEAN_CLAMP, np.float32),
+        }
     if pooling.normalize:
         consts |= {"axis1": np.array([1], np.int64), "norm_eps": np.array(NORM_EPS, np.float32)}
     g.initializer.extend(numpy_helper.from_array(v, p + k) for k, v in consts.items())

@@ -51,6 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
 from export.onnx_io import load_tensor, write_model
+from export.passes.float_tensors import float_constants_to_initializers, float_value_names
 from export.passes.pooling import NODE_PREFIX as POOLING_NODES
 from export.reference import bf16_round
 from export.thresholds import PRECISIONS
@@ -59,18 +60,50 @@ from plugins.identity import PLUGIN_OP
 LOW_ELEM = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 
 LOW_OPS = frozenset({"MatMul", "Gemm"})
-FP32_OPS = frozenset({
-    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
-    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt",
-    "Reciprocal", "Exp", "Log", "Sin", "Cos",
-    "RotaryEmbedding",  # the `--rope onnx` graph: rotary math in fp32, as the plugin does it internally
-})
+FP32_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "SkipLayerNormalization",
+        "SimplifiedLayerNormalization",
+        "RMSNormalization",
+        "Softmax",
+        "LogSoftmax",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "ReduceL2",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "Exp",
+        "Log",
+        "Sin",
+        "Cos",
+        "RotaryEmbedding",  # the `--rope onnx` graph: rotary math in fp32, as the plugin does it internally
+    }
+)
 # Ops whose low-precision output needs no re-rounding in the emulated twin: they only move or
 # select values that are already representable (or negate them, which is exact).
-EXACT_OPS = frozenset({
-    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "GatherElements", "Concat", "Split",
-    "Identity", "Flatten", "Expand", "Tile", "Neg", "Where", "Abs",
-})
+EXACT_OPS = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Gather",
+        "GatherElements",
+        "Concat",
+        "Split",
+        "Identity",
+        "Flatten",
+        "Expand",
+        "Tile",
+        "Neg",
+        "Where",
+        "Abs",
+    }
+)
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read no values: their float input is left as stored
 
@@ -96,81 +129,6 @@ class PrecisionPlan:
         return {"precision": self.precision, "ops": self.op_dtypes}
 
 
-def _float_constants_to_initializers(model: onnx.ModelProto) -> None:
-    """Float `Constant` nodes become initializers and Identity(initializer) is bypassed, in place, so
-    weights exported as Constants or deduplicated by torch convert like any other weight."""
-    keep = []
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1:
-            a = node.attribute[0]
-            arr = None
-            if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                arr = numpy_helper.to_array(a.t)
-            elif a.name == "value_float":
-                arr = np.array(a.f, dtype=np.float32)
-            elif a.name == "value_floats":
-                arr = np.array(list(a.floats), dtype=np.float32)
-            if arr is not None:
-                model.graph.initializer.append(numpy_helper.from_array(arr.astype(np.float32), node.output[0]))
-                continue
-        keep.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    # torch deduplicates equal tensors (e.g. zero-initialised biases) into Identity(initializer): let the
-    # consumers read the initializer itself, so it converts like any other weight.
-    inits = {i.name for i in model.graph.initializer}
-    outputs = {o.name for o in model.graph.output}
-    alias = {}
-    keep = []
-    for node in model.graph.node:
-        src = alias.get(node.input[0], node.input[0]) if node.input else None
-        if node.op_type == "Identity" and src in inits and node.output[0] not in outputs:
-            alias[node.output[0]] = src
-            continue
-        keep.append(node)
-    for node in keep:
-        for i, name in enumerate(node.input):
-            node.input[i] = alias.get(name, name)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-
-
-def _float_value_names(model: onnx.ModelProto) -> set[str]:
-    """Names of every fp32 tensor in the graph (ONNX type inference; RoformerRotary outputs typed by hand)."""
-    m = _structure_copy(model)
-    # Type inference cannot see inside the custom op: its outputs have x's dtype (fp32 in the source model).
-    for node in m.graph.node:
-        if node.op_type == PLUGIN_OP:
-            for o in node.output:
-                m.graph.value_info.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
-    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-    names = set()
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            names.add(vi.name)
-    names |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    return names
-
-
-def _structure_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for type inference without the weights: float initializers of >= 1 KiB become data-less
-    stubs (name, dtype, dims); small ones (shape constants inference may read) are copied whole."""
-    m = onnx.ModelProto()
-    inits = list(model.graph.initializer)
-    m.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
-                               functions=model.functions))
-    graph = onnx.GraphProto()
-    graph.CopyFrom(onnx.GraphProto(name=model.graph.name, node=model.graph.node, input=model.graph.input,
-                                   output=model.graph.output, value_info=model.graph.value_info))
-    for t in inits:
-        if t.data_type == TensorProto.FLOAT and len(t.raw_data) >= 1024:
-            graph.initializer.append(TensorProto(name=t.name, data_type=t.data_type, dims=t.dims))
-        else:
-            graph.initializer.append(t)
-    m.graph.CopyFrom(graph)
-    return m
-
-
 def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
     """Assign a compute dtype to every node that reads or writes floats (rules in the module docstring).
 
@@ -179,7 +137,7 @@ def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
     """
     if any(n.op_type in _SUBGRAPH_OPS for n in model.graph.node):
         raise UsageError("the precision pass does not handle If/Loop/Scan subgraphs; export without control flow")
-    floats = _float_value_names(model)
+    floats = float_value_names(model)
     inits = {i.name for i in model.graph.initializer}
     store: dict[str, str] = {i.name: "fp32" for i in model.graph.input if i.name in floats}
     node_dtype: dict[int, str] = {}
@@ -241,8 +199,10 @@ class _Conversion:
 
     def round_trip(self, src: str, dst: str) -> list[onnx.NodeProto]:
         mid = f"{dst}__{self.precision}"
-        return [helper.make_node("Cast", [src], [mid], to=self.low_elem, name=f"{mid}_cast"),
-                helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{dst}_cast")]
+        return [
+            helper.make_node("Cast", [src], [mid], to=self.low_elem, name=f"{mid}_cast"),
+            helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{dst}_cast"),
+        ]
 
     def as_dtype(self, name: str, need: str) -> str:
         """The name under which value `name` is available in dtype `need`, adding a Cast or a low
@@ -253,7 +213,9 @@ class _Conversion:
             if name not in self.low_inits:
                 self.low_inits[name] = f"{name}__{self.precision}"
                 fp32 = load_tensor(self.inits[name], self.base_dir)
-                self.graph.initializer.append(_low_initializer(fp32, self.precision, self.low_inits[name], self.emulate))
+                self.graph.initializer.append(
+                    _low_initializer(fp32, self.precision, self.low_inits[name], self.emulate)
+                )
             return self.low_inits[name]
         have = self.store.get(name, "fp32")
         if have == need or (self.emulate and need == "fp32"):
@@ -266,8 +228,9 @@ class _Conversion:
                 self.nodes.extend(self.round_trip(name, self.casts[key]))
             else:
                 to = self.low_elem if need == "low" else TensorProto.FLOAT
-                self.nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=to,
-                                                   name=f"{self.casts[key]}_cast"))
+                self.nodes.append(
+                    helper.make_node("Cast", [name], [self.casts[key]], to=to, name=f"{self.casts[key]}_cast")
+                )
         return self.casts[key]
 
     def convert_node(self, idx: int, node: onnx.NodeProto) -> None:
@@ -304,8 +267,9 @@ class _Conversion:
                     for i, name in enumerate(seq):
                         if name == vo.name:
                             seq[i] = inner
-            self.nodes.append(helper.make_node("Cast", [inner], [vo.name], to=TensorProto.FLOAT,
-                                               name=f"{vo.name}_cast"))
+            self.nodes.append(
+                helper.make_node("Cast", [inner], [vo.name], to=TensorProto.FLOAT, name=f"{vo.name}_cast")
+            )
             self.n_cast += 1
 
     def finish(self) -> None:
@@ -325,8 +289,14 @@ class _Conversion:
                     g.value_info.extend(helper.make_tensor_value_info(o, self.low_elem, None) for o in node.output)
 
 
-def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False,
-                      inplace: bool = False, base_dir: str | Path | None = None) -> tuple[onnx.ModelProto, dict]:
+def convert_precision(
+    model: onnx.ModelProto,
+    precision: str,
+    *,
+    emulate: bool = False,
+    inplace: bool = False,
+    base_dir: str | Path | None = None,
+) -> tuple[onnx.ModelProto, dict]:
     """fp32 ONNX -> mixed-precision ONNX (emulate=False) or its fp32 emulated twin (emulate=True).
 
     Returns (new model, report dict: plan per op, casts inserted, initializers converted).
@@ -344,21 +314,30 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, emulate: bool =
         out.CopyFrom(model)
     if precision == "fp32":
         return out, {"precision": "fp32", "casts": 0, "converted_initializers": 0}
-    _float_constants_to_initializers(out)
+    float_constants_to_initializers(out)
     plan = plan_precision(out, precision)
-    conv = _Conversion(out.graph, plan, emulate,
-                       store={i.name: "fp32" for i in out.graph.input if i.name in plan.float_values},
-                       base_dir=base_dir)
+    conv = _Conversion(
+        out.graph,
+        plan,
+        emulate,
+        store={i.name: "fp32" for i in out.graph.input if i.name in plan.float_values},
+        base_dir=base_dir,
+    )
     for idx, node in enumerate(list(out.graph.node)):
         conv.convert_node(idx, node)
     conv.cast_outputs_back()
     conv.finish()
-    report = plan.to_report() | {"emulated": emulate, "casts": conv.n_cast, "converted_initializers": len(conv.low_inits)}
+    report = plan.to_report() | {
+        "emulated": emulate,
+        "casts": conv.n_cast,
+        "converted_initializers": len(conv.low_inits),
+    }
     return out, report
 
 
-def write_precision_variants(src: str | Path, precision: str, out_dir: str | Path,
-                             stem: str = "model") -> tuple[dict[str, str], dict]:
+def write_precision_variants(
+    src: str | Path, precision: str, out_dir: str | Path, stem: str = "model"
+) -> tuple[dict[str, str], dict]:
     """Write `<stem>.<precision>.onnx` (the file TensorRT gets) and, for bf16, `<stem>.bf16-emulated.onnx`,
     each with its new weights in `<name>.data` beside it.
 
@@ -375,8 +354,13 @@ def write_precision_variants(src: str | Path, precision: str, out_dir: str | Pat
     beside = src.resolve().parent == out_dir.resolve()
 
     def convert(emulate: bool) -> tuple[onnx.ModelProto, dict]:
-        return convert_precision(onnx.load(str(src), load_external_data=not beside), precision, emulate=emulate,
-                                 inplace=True, base_dir=src.parent)
+        return convert_precision(
+            onnx.load(str(src), load_external_data=not beside),
+            precision,
+            emulate=emulate,
+            inplace=True,
+            base_dir=src.parent,
+        )
 
     real, report = convert(emulate=False)
     paths = {precision: write_model(real, out_dir / f"{stem}.{precision}.onnx", check=True, external=True)}

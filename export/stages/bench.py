@@ -21,26 +21,28 @@ import torch
 from engines.bench import run_bench, write_results
 from engines.tensorrt.graph import input_axes
 from export.errors import UsageError
-from export.progress import info
 from export.layout import BENCH_DIR
+from export.progress import info
 from export.report import BenchSection, bench_key
 from export.stages.result import StageResult
 
 
 def parse_grid_text(text: str) -> list[tuple[int, int]]:
-    """"BxS,BxS" -> [(B, S), ...] as written (checked before the checkpoint is read)."""
+    """ "BxS,BxS" -> [(B, S), ...] as written (checked before the checkpoint is read)."""
     grid = []
     for item in text.split(","):
         try:
             b, s = (int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise UsageError(f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512") from None
+            raise UsageError(
+                f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512"
+            ) from None
         grid.append((b, s))
     return grid
 
 
 def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
-    """"BxS,BxS" -> [(B, S), ...], each inside the profiles; None -> the default grid."""
+    """ "BxS,BxS" -> [(B, S), ...], each inside the profiles; None -> the default grid."""
     if text is None:
         batches = sorted({profiles.batch.min, profiles.batch.opt})
         return [(b, s.opt) for s in profiles.sequences for b in batches]
@@ -50,19 +52,43 @@ def parse_grid(text: str | None, profiles) -> list[tuple[int, int]]:
     return grid
 
 
-def run_bench_stage(grid, out: Path, *, ort_graph: Path, plan: Path | None, plugin_lib: str | None, model, config,
-                    iters: int, compile_: bool) -> StageResult[BenchSection]:
+def run_bench_stage(
+    grid,
+    out: Path,
+    *,
+    ort_graph: Path,
+    plan: Path | None,
+    plugin_lib: str | None,
+    model,
+    config,
+    iters: int,
+    compile_: bool,
+) -> StageResult[BenchSection]:
     """Benchmark into out/bench/: ORT on `ort_graph`, the engine `plan` when one was built (with `plugin_lib`),
     PyTorch on `model` (never changed: the backends work on copies where they convert it)."""
     backends = ["trt", "torch-fp32", "torch-fp16", "ort"] + (["torch-compile"] if compile_ else [])
     info(f"benchmark: {len(grid)} shapes x {len(backends)} backends, {iters} timed runs each")
-    results = run_bench(grid, model=model, onnx_path=ort_graph, plan=plan, plugin_lib=plugin_lib if plan else None,
-                        backends=backends, iters=iters, warmup=max(1, iters // 10), vocab_size=config.vocab_size,
-                        type_vocab_size=config.type_vocab_size,
-                        input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))))
-    meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "ort_graph": ort_graph.name,
-            "plan": plan.name if plan else None, "iters": iters}
-    paths = write_results(results, out / BENCH_DIR, meta)
+    results = run_bench(
+        grid,
+        model=model,
+        onnx_path=ort_graph,
+        plan=plan,
+        plugin_lib=plugin_lib if plan else None,
+        backends=backends,
+        iters=iters,
+        warmup=max(1, iters // 10),
+        vocab_size=config.vocab_size,
+        type_vocab_size=config.type_vocab_size,
+        input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))),
+    )
+    meta: BenchSection = {
+        "date": time.strftime("%Y-%m-%d"),
+        "host": host_description(),
+        "ort_graph": ort_graph.name,
+        "plan": plan.name if plan else None,
+        "iters": iters,
+    }
+    paths = write_results(results, out / BENCH_DIR, dict(meta))
     files = {k: str(Path(v).relative_to(out)) for k, v in paths.items()}
     section: BenchSection = {**meta, "files": files, "results": [r.__dict__ for r in results]}
     return StageResult(section, artifacts={bench_key(k): f for k, f in files.items()})
@@ -73,8 +99,10 @@ def host_description() -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-                   platform.processor() or "CPU")
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+            platform.processor() or "CPU",
+        )
         device = f"{cpu}, {torch.get_num_threads()} threads"
     return f"{device}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
 

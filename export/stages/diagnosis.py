@@ -17,9 +17,9 @@ import logging
 import time
 from pathlib import Path
 
+from export.atomic import write_atomic
 from export.diagnose import diagnose_model
 from export.diagnose.render import render_markdown, render_png
-from export.atomic import write_atomic
 from export.layout import DIAGNOSIS_FILES, diagnosis_file
 from export.progress import status
 from export.report import ONNX_KEY, DiagnosisSection, diagnosis_key
@@ -32,8 +32,9 @@ TIME_CAP_S = 120.0
 log = logging.getLogger(__name__)
 
 
-def run_diagnosis_stage(cases: list[dict], graphs: dict, ckpt, thresholds: Thresholds,
-                        work: Path) -> StageResult[DiagnosisSection] | None:
+def run_diagnosis_stage(
+    cases: list[dict], graphs: dict, ckpt, thresholds: Thresholds, work: Path
+) -> StageResult[DiagnosisSection] | None:
     failing = [c for c in cases if not c["passed"] and c["graph"] in graphs]
     if not failing:
         return None
@@ -47,19 +48,30 @@ def run_diagnosis_stage(cases: list[dict], graphs: dict, ckpt, thresholds: Thres
     t0 = time.monotonic()
     try:
         with status(f"diagnosing {first_graph} at {shape.label()}"):
-            d = diagnose_model(ckpt.model, ckpt.task, graph, feeds, thresholds, precision, first_graph, names,
-                               deadline=t0 + TIME_CAP_S)
+            d = diagnose_model(
+                ckpt.model, ckpt.task, graph, feeds, thresholds, precision, first_graph, names, deadline=t0 + TIME_CAP_S
+            )
     except Exception as e:  # surfaces in report.json / report.md; the validation failure is what the build reports
         log.debug("diagnosis failed", exc_info=True)
-        section |= {"complete": False, "reason": f"the diagnosis failed: {type(e).__name__}: {e}",
-                    "first_divergence": None, "seconds": round(time.monotonic() - t0, 2)}
+        section |= {
+            "complete": False,
+            "reason": f"the diagnosis failed: {type(e).__name__}: {e}",
+            "first_divergence": None,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
         return StageResult(section)
     out = d.to_json()
     artifacts = _write(out, work)
-    section |= {"first_divergence": out["first_divergence"], "complete": out["complete"], "seconds": out["seconds"],
-                "layers": [{k: p[k] for k in ("stage", "layer", "name", "scaled_error", "row_cosine", "passed")
-                            if k in p} for p in out["points"]],
-                "files": {kind: diagnosis_file(kind) for kind in DIAGNOSIS_FILES}}
+    section |= {
+        "first_divergence": out["first_divergence"],
+        "complete": out["complete"],
+        "seconds": out["seconds"],
+        "layers": [
+            {k: p[k] for k in ("stage", "layer", "name", "scaled_error", "row_cosine", "passed") if k in p}
+            for p in out["points"]
+        ],
+        "files": {kind: diagnosis_file(kind) for kind in DIAGNOSIS_FILES},
+    }
     if out["reason"]:
         section["reason"] = out["reason"]
     return StageResult(section, artifacts=artifacts)
@@ -74,7 +86,11 @@ def _name_reference(cases: list[dict], graphs: dict, graph: str):
 
 
 def _write(d: dict, work: Path) -> dict[str, str]:
-    data = {"json": json.dumps(d, indent=2) + "\n", "md": render_markdown(d), "png": render_png(d)}
+    data: dict[str, str | bytes] = {
+        "json": json.dumps(d, indent=2) + "\n",
+        "md": render_markdown(d),
+        "png": render_png(d),
+    }
     for kind, content in data.items():
         write_atomic(work / diagnosis_file(kind), content)
     return {diagnosis_key(kind): diagnosis_file(kind) for kind in data}
@@ -86,5 +102,6 @@ def summary(section: DiagnosisSection | None) -> str | None:
         return None
     if section.get("reason") and section.get("first_divergence") is None:
         return f"diagnosis: {section['reason']}"
-    return f"diagnosis ({section['graph']}, B={section['batch']} S={section['seq']}): " + \
-        divergence_sentence(section.get("first_divergence"))
+    return f"diagnosis ({section['graph']}, B={section['batch']} S={section['seq']}): " + divergence_sentence(
+        section.get("first_divergence")
+    )

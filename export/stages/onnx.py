@@ -8,6 +8,7 @@ validate.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from export.layout import ONNX_FILE
 from export.onnx_export import export_onnx
@@ -16,8 +17,12 @@ from export.report import ONNX_KEY, ExportSection
 from export.stages.result import StageResult
 
 
-def run_export_stage(model, task: str, out: Path, max_len: int, exporter: str, opset: int) -> StageResult[ExportSection]:
+def run_export_stage(
+    model, task: str, out: Path, max_len: int, exporter: str, opset: int
+) -> StageResult[ExportSection]:
     with status(f"exporting ONNX ({exporter})"):
         section = export_onnx(model, task, out / ONNX_FILE, max_len, exporter, opset)
     info(f"exported {ONNX_FILE} in {section['seconds']} s")
-    return StageResult(section, artifacts={ONNX_KEY: ONNX_FILE}, graphs={ONNX_KEY: (out / ONNX_FILE, "fp32")})
+    return StageResult(
+        cast(ExportSection, section), artifacts={ONNX_KEY: ONNX_FILE}, graphs={ONNX_KEY: (out / ONNX_FILE, "fp32")}
+    )

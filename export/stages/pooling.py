@@ -36,8 +36,13 @@ def run_pooling_stage(pooling: Pooling, src: Path, src_key: str, rotary_function
         hidden = declared_outputs(model)[HIDDEN]
         write_model(add_sentence_embedding(model, pooling), src, check=True)
     info(f"{src.name}: outputs {', '.join(pooling.outputs)} ({pooling.describe()} pooling, fp32)")
-    section: PoolingSection = {"mode": pooling.mode, "normalize": pooling.normalize, "graph": src.name,
-                               "outputs": list(pooling.outputs), "hidden_state": hidden}
+    section: PoolingSection = {
+        "mode": pooling.mode,
+        "normalize": pooling.normalize,
+        "graph": src.name,
+        "outputs": list(pooling.outputs),
+        "hidden_state": hidden,
+    }
     graph = OnnxFile(src, rotary_function=rotary_function, outputs=pooling.outputs)
     return StageResult(section, graphs={src_key: (graph, "fp32")})
 
@@ -49,9 +54,19 @@ def with_engine_outputs(result: StageResult[PoolingSection], trt_graph: Path, ma
     outputs = declared_outputs(onnx.load(str(trt_graph), load_external_data=False))
     sizes = {name: request_bytes(o, max_len) for name, o in outputs.items()}
     hidden = request_bytes(result.section["hidden_state"], max_len)
-    section = {**result.section, "engine_graph": trt_graph.name, "engine_outputs": outputs, "request_bytes": {
-        "batch": REQUEST_BATCH, "sequence": max_len, "engine_outputs": sizes, HIDDEN: hidden,
-        EMBEDDING: sizes[EMBEDDING], "saved": hidden - sizes[EMBEDDING]}}
+    section = {
+        **result.section,
+        "engine_graph": trt_graph.name,
+        "engine_outputs": outputs,
+        "request_bytes": {
+            "batch": REQUEST_BATCH,
+            "sequence": max_len,
+            "engine_outputs": sizes,
+            HIDDEN: hidden,
+            EMBEDDING: sizes[EMBEDDING],
+            "saved": hidden - sizes[EMBEDDING],
+        },
+    }
     return StageResult(section, result.artifacts, result.graphs, result.cases, result.failure)
 
 

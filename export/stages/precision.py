@@ -20,8 +20,9 @@ from export.stages.result import StageResult
 from export.validate import OnnxFile
 
 
-def run_precision_stage(precision: str, src: Path, src_key: str,
-                        outputs: tuple[str, ...] | None = None) -> StageResult[PrecisionSection]:
+def run_precision_stage(
+    precision: str, src: Path, src_key: str, outputs: tuple[str, ...] | None = None
+) -> StageResult[PrecisionSection]:
     """src: the fp32 TensorRT-bound file; src_key: its artifact key ("rope-plugin", "onnx", ...); outputs: the
     outputs the new graph must have (None: the task's; export.passes.pooling's with --pooling).
     The result's artifacts always hold TENSORRT_ONNX_KEY: the file the engine stage builds from."""

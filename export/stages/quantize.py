@@ -17,12 +17,12 @@ from pathlib import Path
 from export.compare import error_stats, row_mask
 from export.layout import cpu_twin_file
 from export.onnx_io import write_model
+from export.passes.pooling import Pooling
 from export.passes.quantize import build, calibrate, check_quantized, plan
-from export.passes.quantize.data import CalibSet, file_set, synthetic_set
 from export.passes.quantize.cpu_twin import RECIPE as CPU_TWIN_RECIPE
 from export.passes.quantize.cpu_twin import write_cpu_twin
+from export.passes.quantize.data import CalibSet, file_set, synthetic_set
 from export.passes.quantize.fallback import EvalCase, FallbackResult, run_fallback
-from export.passes.pooling import Pooling
 from export.passes.quantize.options import QuantOptions
 from export.progress import info, status
 from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
@@ -40,8 +40,12 @@ FALLBACK_MARGIN = 0.8  # the fallback stops at 80 % of each threshold, so valida
 
 def with_margin(t: Threshold, margin: float = FALLBACK_MARGIN) -> Threshold:
     """`t` with every error bound (and every cosine's distance from 1) scaled by `margin`."""
-    return Threshold(atol=margin * t.atol, rtol=margin * t.rtol, min_cosine=1 - margin * (1 - t.min_cosine),
-                     min_row_cosine=1 - margin * (1 - t.min_row_cosine))
+    return Threshold(
+        atol=margin * t.atol,
+        rtol=margin * t.rtol,
+        min_cosine=1 - margin * (1 - t.min_cosine),
+        min_row_cosine=1 - margin * (1 - t.min_row_cosine),
+    )
 
 
 def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
@@ -50,8 +54,17 @@ def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
     return file_set(q.calib, q.vocab, config.vocab_size, config.type_vocab_size, max_len, q.size)
 
 
-def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, cpu_key: str, ckpt, max_len: int,
-                       thresholds: Thresholds, pooling: Pooling | None = None) -> StageResult[dict]:
+def run_quantize_stage(
+    q: QuantOptions,
+    src: Path,
+    src_key: str,
+    cpu_src: Path,
+    cpu_key: str,
+    ckpt,
+    max_len: int,
+    thresholds: Thresholds,
+    pooling: Pooling | None = None,
+) -> StageResult[dict]:
     """src/src_key: the TensorRT-bound fp32 graph (pooled already with --pooling); cpu_src/cpu_key: the fp32 graph ONNX
     Runtime serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin."""
     outputs = pooling.outputs if pooling else None
@@ -60,8 +73,9 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
     key = precision_key(src_key, q.fmt)
     placement = plan(src)
     calib = calibration_set(q, ckpt.config, max_len)
-    with status(f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples "
-                f"({q.method.name})"):
+    with status(
+        f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples ({q.method.name})"
+    ):
         amax = calibrate(src, placement, calib, q.method, rotary_function=plugin, choices=choices)
     fallback = None
     if q.fallback == "auto":
@@ -74,10 +88,19 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
         dst = src.with_name(f"{src.stem}.{q.fmt}.onnx")
         write_model(model, dst, check=True, external=True)
         del model
-    section = {**q.to_report(), "source": src.name, "calibration": calib.to_report(),
-               "placement": placement.counts(), "kept_high": sorted(placement.keep_high), **summary.to_report(),
-               "fallback": fallback.report if fallback else {"mode": "none"}, "structure_problems": problems}
-    counts = ", ".join(f"{role} {c['quantized']} quantized / {c['high']} high" for role, c in placement.counts().items())
+    section = {
+        **q.to_report(),
+        "source": src.name,
+        "calibration": calib.to_report(),
+        "placement": placement.counts(),
+        "kept_high": sorted(placement.keep_high),
+        **summary.to_report(),
+        "fallback": fallback.report if fallback else {"mode": "none"},
+        "structure_problems": problems,
+    }
+    counts = ", ".join(
+        f"{role} {c['quantized']} quantized / {c['high']} high" for role, c in placement.counts().items()
+    )
     info(f"{q.fmt} graph: {counts}; opset {summary.opset['graph']}; {dst.name}")
     if calib.note:
         info(f"note: {calib.note}")
@@ -86,8 +109,12 @@ def run_quantize_stage(q: QuantOptions, src: Path, src_key: str, cpu_src: Path, 
     graphs = {key: (OnnxFile(dst, rotary_function=plugin, outputs=outputs), q.fmt)}
     if q.fmt == "int8":
         with status("writing the INT8 CPU twin"):
-            twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)),
-                                  ckpt.config.num_attention_heads, ckpt.config.hidden_size)
+            twin = write_cpu_twin(
+                cpu_src,
+                cpu_src.with_name(cpu_twin_file(cpu_src.name)),
+                ckpt.config.num_attention_heads,
+                ckpt.config.hidden_size,
+            )
         twin_key = precision_key(cpu_key, CPU_TWIN)
         twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
         artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin, outputs=twin_outputs), "int8")
@@ -109,8 +136,18 @@ def fallback_cases(ckpt, max_len: int, pooling: Pooling | None = None) -> list[E
     return cases
 
 
-def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, thresholds: Thresholds, key: str,
-              plugin: bool, pooling: Pooling | None) -> FallbackResult:
+def _fallback(
+    q: QuantOptions,
+    src: Path,
+    placement,
+    amax,
+    ckpt,
+    max_len: int,
+    thresholds: Thresholds,
+    key: str,
+    plugin: bool,
+    pooling: Pooling | None,
+) -> FallbackResult:
     """The evaluation cases (fallback_cases) and the search, judged with the thresholds less FALLBACK_MARGIN."""
     cases = fallback_cases(ckpt, max_len, pooling)
 
@@ -118,16 +155,28 @@ def _fallback(q: QuantOptions, src: Path, placement, amax, ckpt, max_len: int, t
         worst = []
         for out, ref in case.refs.items():
             s = error_stats(got[out], ref, row_mask(out, ref.shape, case.feeds["attention_mask"]))
-            ok = with_margin(thresholds.lookup(q.fmt, key, out)).passes(s.max_abs, s.scaled_error, s.cosine, s.n_nan,
-                                                                          s.row_cosine)
+            ok = with_margin(thresholds.lookup(q.fmt, key, out)).passes(
+                s.max_abs, s.scaled_error, s.cosine, s.n_nan, s.row_cosine
+            )
             rows = "" if s.row_cosine is None else f", row cosine {s.row_cosine:.6f}"
             worst.append((ok, f"{case.label} {out}: scaled error {s.scaled_error:.3g}{rows}"))
         return all(ok for ok, _ in worst), next((w for ok, w in worst if not ok), worst[-1][1])
 
     budget = int(q.budget * len(placement.nodes()))
-    result = run_fallback(src, placement, amax, q.fmt, cases, judge=judge, budget=budget, rotary_function=plugin,
-                          trial=lambda keep: build(src, placement.with_kept(keep), amax, q.fmt, "fp32")[0])
+    result = run_fallback(
+        src,
+        placement,
+        amax,
+        q.fmt,
+        cases,
+        judge=judge,
+        budget=budget,
+        rotary_function=plugin,
+        trial=lambda keep: build(src, placement.with_kept(keep), amax, q.fmt, "fp32")[0],
+    )
     kept = len(result.keep)
-    info(f"fallback: {kept} of {len(placement.nodes())} MatMuls kept in {q.high}"
-         + ("" if result.passed else f"; {result.report.get('reason')}"))
+    info(
+        f"fallback: {kept} of {len(placement.nodes())} MatMuls kept in {q.high}"
+        + ("" if result.passed else f"; {result.report.get('reason')}")
+    )
     return result

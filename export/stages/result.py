@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -12,6 +13,6 @@ S = TypeVar("S")
 class StageResult(Generic[S]):
     section: S  # the stage's report.json section
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact key -> file name in the build folder
-    graphs: dict[str, tuple[object, str]] = field(default_factory=dict)  # to validate: name -> (graph, precision)
+    graphs: Mapping[str, tuple[object, str]] = field(default_factory=dict)  # to validate: name -> (graph, precision)
     cases: list[dict] = field(default_factory=list)  # validation cases the stage graded itself (engines)
     failure: str | None = None  # a coverage or stage failure line for report.json "failure"

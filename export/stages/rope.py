@@ -11,15 +11,16 @@ runs RoformerRotary attached in memory only) and a coverage failure line or None
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import onnx
 
 from export.errors import VerificationError
 from export.layout import ONNX_FILE, rope_file
 from export.onnx_io import write_model
+from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
-from export.passes.lowering import with_rotary_function
 from export.report import RewriteSection, rope_key
 from export.stages.result import StageResult
 from export.validate import OnnxFile, Shape, make_inputs
@@ -39,9 +40,16 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     model = onnx.load(str(src), load_external_data=not same_folder)
     choices = 2 if task == "multiple-choice" else None
     feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), config.vocab_size, config.type_vocab_size)
-    new, report = fuse_rotary(model, mode=mode, expected=expected_sites(config),
-                              expected_nodes=config.num_hidden_layers, max_len=max_len, feeds=feeds,
-                              head_dim=config.hidden_size // config.num_attention_heads, base_dir=src.parent)
+    new, report = fuse_rotary(
+        model,
+        mode=mode,
+        expected=expected_sites(config),
+        expected_nodes=config.num_hidden_layers,
+        max_len=max_len,
+        feeds=feeds,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        base_dir=src.parent,
+    )
     del model
     write_model(new, dst, check=True)
     return report.to_dict() | {"coverage_error": report.coverage_error()}
@@ -60,5 +68,9 @@ def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[Rewr
         except VerificationError as e:  # a node TensorRT would refuse: a failed rewrite, artifacts kept
             failure = f"rotary rewrite: {e}"
     key = rope_key(mode)
-    return StageResult(rewrite, artifacts={key: name}, failure=failure,
-                       graphs={key: (OnnxFile(out / name, rotary_function=mode == "plugin"), "fp32")})
+    return StageResult(
+        cast(RewriteSection, rewrite),
+        artifacts={key: name},
+        failure=failure,
+        graphs={key: (OnnxFile(out / name, rotary_function=mode == "plugin"), "fp32")},
+    )

@@ -18,8 +18,7 @@ def build(tmp_path):
     (b / "model.onnx").write_bytes(data)
     (b / "engines").mkdir()
     (b / "engines" / "a.plan").write_bytes(b"plan")
-    report = {"artifacts": {"onnx": "model.onnx"},
-              "artifacts_sha256": {"model.onnx": hashlib.sha256(data).hexdigest()}}
+    report = {"artifacts": {"onnx": "model.onnx"}, "artifacts_sha256": {"model.onnx": hashlib.sha256(data).hexdigest()}}
     return b, report
 
 

@@ -17,8 +17,15 @@ def test_percentiles():
 def test_bench_smoke(tmp_path):
     from transformers import RoFormerConfig, RoFormerModel
 
-    cfg = RoFormerConfig(vocab_size=99, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=64)
+    cfg = RoFormerConfig(
+        vocab_size=99,
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = RoFormerModel(cfg).eval()
     ckpt = tmp_path / "ckpt"
@@ -26,13 +33,35 @@ def test_bench_smoke(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     ax = {0: "batch", 1: "sequence"}
     ids = torch.randint(0, 99, (2, 16))
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_path), dynamo=False,
-                      opset_version=17, input_names=["input_ids", "attention_mask", "token_type_ids"],
-                      output_names=["last_hidden_state"],
-                      dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+    )
     out = tmp_path / "bench"
-    rc = main(["--checkpoint", str(ckpt), "--onnx", str(onnx_path), "--batch", "1,2", "--seq", "8",
-               "--iters", "2", "--warmup", "1", "--out", str(out)])
+    rc = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--onnx",
+            str(onnx_path),
+            "--batch",
+            "1,2",
+            "--seq",
+            "8",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "bench.json").read_text())
     ran = {(r["backend"], r["batch"]) for r in data["results"] if r["p50_ms"] is not None}

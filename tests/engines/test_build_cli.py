@@ -6,9 +6,8 @@ tests/engines/tensorrt/test_build_gpu.py where TensorRT exists)."""
 import subprocess
 import sys
 
-import pytest
-
 import onnx
+import pytest
 
 from engines.build import main
 from engines.tensorrt.availability import engine_stage_status
@@ -23,8 +22,23 @@ STAGE = engine_stage_status()
 def built(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
     for rope in ("plugin", "onnx"):
-        code = export_main(["--model", str(tiny_ckpt), "--out", str(out / rope), "--exporter", "torchscript",
-                            "--max-len", "48", "--rope", rope, "--precision", "fp16", "--skip-validation"])
+        code = export_main(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out / rope),
+                "--exporter",
+                "torchscript",
+                "--max-len",
+                "48",
+                "--rope",
+                rope,
+                "--precision",
+                "fp16",
+                "--skip-validation",
+            ]
+        )
         assert code == 0
     return out
 
@@ -35,8 +49,12 @@ def run(argv, capsys):
 
 
 def test_every_graph_declares_max_len(built, tmp_path):
-    for graph in ("plugin/model.rope-plugin.fp16.onnx", "onnx/model.rope-onnx.fp16.onnx", "plugin/model.onnx",
-                  "plugin/model.rope-plugin.onnx"):
+    for graph in (
+        "plugin/model.rope-plugin.fp16.onnx",
+        "onnx/model.rope-onnx.fp16.onnx",
+        "plugin/model.onnx",
+        "plugin/model.rope-plugin.onnx",
+    ):
         assert declared_max_len(built / graph) == 48, graph
     bare = onnx.load(str(built / "plugin" / "model.onnx"), load_external_data=False)
     del bare.metadata_props[:]
@@ -44,14 +62,17 @@ def test_every_graph_declares_max_len(built, tmp_path):
     assert declared_max_len(tmp_path / "bare.onnx") is None  # not our export: nothing is guessed from names
 
 
-@pytest.mark.parametrize("extra,pattern", [
-    (["--precision", "int8"], "has no Q/DQ nodes; --precision int8 builds from the graph"),
-    (["--precision", "int4"], "--precision 'int4' is not supported"),
-    (["--profiles", "16,64"], "top 64 exceeds --max-len 48"),
-    (["--batch", "4,2,1"], "needs min <= opt <= max"),
-    (["--max-len", "64"], "--max-len 64 exceeds the 48 tokens"),  # would fail deep inside the TensorRT build
-    (["--plugin-lib", "nope.so"], "--plugin-lib nope.so does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--precision", "int8"], "has no Q/DQ nodes; --precision int8 builds from the graph"),
+        (["--precision", "int4"], "--precision 'int4' is not supported"),
+        (["--profiles", "16,64"], "top 64 exceeds --max-len 48"),
+        (["--batch", "4,2,1"], "needs min <= opt <= max"),
+        (["--max-len", "64"], "--max-len 64 exceeds the 48 tokens"),  # would fail deep inside the TensorRT build
+        (["--plugin-lib", "nope.so"], "--plugin-lib nope.so does not exist"),
+    ],
+)
 def test_bad_flags_exit_2(built, capsys, extra, pattern):
     code, err = run([built / "plugin" / "model.rope-plugin.fp16.onnx", *extra], capsys)
     assert code == 2 and len(err) == 1 and pattern in err[0], err
@@ -67,20 +88,42 @@ def test_missing_file_and_unknown_length_exit_2(built, capsys):
     assert code == 2 and "pass --max-len" in err[0]
 
 
-@pytest.mark.parametrize("extra,pattern", [(["--max-len", "64"], "exceeds the 48 tokens"), (["--precision", "int8"], "int8")])
+@pytest.mark.parametrize(
+    "extra,pattern", [(["--max-len", "64"], "exceeds the 48 tokens"), (["--precision", "int8"], "int8")]
+)
 def test_usage_errors_come_before_availability(built, extra, pattern):
     """In a fresh process, a usage error is exit 2 on every machine, never hidden behind exit 3 (no TensorRT)."""
-    r = subprocess.run([sys.executable, "-m", "engines.build", str(built / "plugin" / "model.rope-plugin.fp16.onnx"),
-                        *extra], capture_output=True, text=True, timeout=SLOW_MACHINE_S)
+    r = subprocess.run(
+        [sys.executable, "-m", "engines.build", str(built / "plugin" / "model.rope-plugin.fp16.onnx"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=SLOW_MACHINE_S,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and pattern in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(STAGE["status"] == "available", reason=f"the engine stage can run here (TensorRT "
-                    f"{STAGE.get('tensorrt')} and a GPU); tests/gpu/test_engine_build.py builds the engine")
+@pytest.mark.skipif(
+    STAGE["status"] == "available",
+    reason=f"the engine stage can run here (TensorRT "
+    f"{STAGE.get('tensorrt')} and a GPU); tests/gpu/test_engine_build.py builds the engine",
+)
 def test_without_tensorrt_exit_3_with_reason(built):
     plan_dir = built / "plugin"
-    r = subprocess.run([sys.executable, "-m", "engines.build", str(plan_dir / "model.rope-plugin.fp16.onnx"),
-                        "--precision", "fp16", "--profiles", "16,48"], capture_output=True, text=True, timeout=SLOW_MACHINE_S)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engines.build",
+            str(plan_dir / "model.rope-plugin.fp16.onnx"),
+            "--precision",
+            "fp16",
+            "--profiles",
+            "16,48",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SLOW_MACHINE_S,
+    )
     assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
     assert STAGE["reason"] in r.stderr
     assert not list(plan_dir.glob("*.plan*")) and not (plan_dir / "timing.cache").exists()

@@ -7,7 +7,6 @@ tests/export/test_verdict.py.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -28,17 +27,36 @@ def test_the_real_build_passes_the_gate(built, capsys):
 
 # ---- impossible statistics fail the case, naming it ------------------------------------------------
 
-@pytest.mark.parametrize("key,value", [
-    ("max_abs", math.nan), ("max_abs", math.inf), ("scaled_error", math.nan), ("max_abs", -1e-9),
-    ("scaled_error", -0.5), ("cosine", 7.0), ("cosine", -1.5), ("cosine", math.nan), ("max_abs", True),
-    ("n_nan", 0.5), ("n_nan", "many"), ("n_nan", -1), ("n_nan", False), ("mean_abs", -1.0), ("max_abs", None),
-    ("row_cosine", 1.5), ("row_cosine", math.nan), ("row_cosine", "high"),
-])
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("max_abs", math.nan),
+        ("max_abs", math.inf),
+        ("scaled_error", math.nan),
+        ("max_abs", -1e-9),
+        ("scaled_error", -0.5),
+        ("cosine", 7.0),
+        ("cosine", -1.5),
+        ("cosine", math.nan),
+        ("max_abs", True),
+        ("n_nan", 0.5),
+        ("n_nan", "many"),
+        ("n_nan", -1),
+        ("n_nan", False),
+        ("mean_abs", -1.0),
+        ("max_abs", None),
+        ("row_cosine", 1.5),
+        ("row_cosine", math.nan),
+        ("row_cosine", "high"),
+    ],
+)
 def test_impossible_statistic_fails_naming_it(copy, capsys, key, value):
     out, doctor = copy
 
     def change(r):
         r["validation"][0]["outputs"]["last_hidden_state"][key] = value
+
     assert gate([doctor(change)]) == 1
     text = capsys.readouterr().out
     assert key in text, text
@@ -64,10 +82,12 @@ def test_the_gate_judges_scaled_error_not_max_abs(copy):
 
     def large_outputs(r):
         r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1.0, scaled_error=1e-6)
+
     assert gate([doctor(large_outputs)]) == 0
 
     def scaled_over(r):
         r["validation"][0]["outputs"]["last_hidden_state"].update(max_abs=1e-9, scaled_error=1e-3)
+
     assert gate([doctor(scaled_over)]) == 1
 
 
@@ -88,12 +108,16 @@ def test_the_gate_uses_its_own_thresholds_not_the_stored_ones(built, tmp_path):
 
 # ---- the producer's own verdict ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("change,why", [
-    (lambda r: r.update(passed=False), "not passed"),
-    (lambda r: r.update(failure="rotary rewrite: 3/4 sites"), "rotary rewrite"),
-    (lambda r: r.update(engine={"status": "failed", "reason": "parser error"}), "engine stage failed"),
-    (lambda r: r.update(validation_skipped=True), "not validated"),
-])
+
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (lambda r: r.update(passed=False), "not passed"),
+        (lambda r: r.update(failure="rotary rewrite: 3/4 sites"), "rotary rewrite"),
+        (lambda r: r.update(engine={"status": "failed", "reason": "parser error"}), "engine stage failed"),
+        (lambda r: r.update(validation_skipped=True), "not validated"),
+    ],
+)
 def test_report_marked_failed_by_its_producer_fails(copy, capsys, change, why):
     out, doctor = copy
     assert gate([doctor(change)]) == 1
@@ -101,6 +125,7 @@ def test_report_marked_failed_by_its_producer_fails(copy, capsys, change, why):
 
 
 # ---- artifacts beside the report -----------------------------------------------------------------------
+
 
 def test_replaced_artifact_fails(copy, capsys):
     """The stale-report attack: another run's model.onnx beside this report."""
@@ -145,16 +170,20 @@ def test_unhashed_artifacts_fail(copy, capsys):
 
 # ---- malformed reports: exit 2, one line ---------------------------------------------------------------
 
-@pytest.mark.parametrize("change,text", [
-    (lambda r: r.pop("schema_version"), "schema version 0"),
-    (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}"),
-    (lambda r: r.update(schema_version="1"), "schema version '1'"),
-    (lambda r: r.update(schema_version=1), "schema version 1, this tool reads version 2"),
-    (lambda r: r["validation"][0].update(graph=["a"]), "'graph' must be str"),
-    (lambda r: r["validation"][0].update(batch="2"), "'batch' must be an integer"),
-    (lambda r: r.update(validation={"a": 1}), "'validation' must be list"),
-    (lambda r: r.update(artifacts_sha256={"model.onnx": "zz"}), "not a sha256"),
-])
+
+@pytest.mark.parametrize(
+    "change,text",
+    [
+        (lambda r: r.pop("schema_version"), "schema version 0"),
+        (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}"),
+        (lambda r: r.update(schema_version="1"), "schema version '1'"),
+        (lambda r: r.update(schema_version=1), "schema version 1, this tool reads version 2"),
+        (lambda r: r["validation"][0].update(graph=["a"]), "'graph' must be str"),
+        (lambda r: r["validation"][0].update(batch="2"), "'batch' must be an integer"),
+        (lambda r: r.update(validation={"a": 1}), "'validation' must be list"),
+        (lambda r: r.update(artifacts_sha256={"model.onnx": "zz"}), "not a sha256"),
+    ],
+)
 def test_malformed_report_exits_2(copy, capsys, change, text):
     out, doctor = copy
     assert gate([doctor(change)]) == 2
@@ -185,12 +214,19 @@ def test_junit_directory_exits_2(built, tmp_path, capsys):
     assert "--junit" in one_line(capsys)
 
 
-@pytest.mark.parametrize("toml,key", [
-    ("abc", "not valid TOML"), ('["*"."*"."*"]\natol = -1\n', "atol"), ('["*"."*"."*"]\nrtol = nan\n', "rtol"),
-    ('["*"."*"."*"]\natol = inf\n', "atol"), ('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"),
-    ('["*"."*"."*"]\natol = true\n', "atol"), ('["*"."*"."*"]\natol = "1e-3"\n', "atol"),
-    ('["*"."*"."*"]\nmin_row_cosine = 1.01\n', "min_row_cosine"),
-])
+@pytest.mark.parametrize(
+    "toml,key",
+    [
+        ("abc", "not valid TOML"),
+        ('["*"."*"."*"]\natol = -1\n', "atol"),
+        ('["*"."*"."*"]\nrtol = nan\n', "rtol"),
+        ('["*"."*"."*"]\natol = inf\n', "atol"),
+        ('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"),
+        ('["*"."*"."*"]\natol = true\n', "atol"),
+        ('["*"."*"."*"]\natol = "1e-3"\n', "atol"),
+        ('["*"."*"."*"]\nmin_row_cosine = 1.01\n', "min_row_cosine"),
+    ],
+)
 def test_bad_thresholds_exit_2_naming_the_key(built, tmp_path, capsys, toml, key):
     t = tmp_path / "t.toml"
     t.write_text(toml)
@@ -222,6 +258,7 @@ def test_atol_flag_overrides_every_table_of_the_file(tmp_path):
 
 # ---- the CLI: table, JUnit -------------------------------------------------------------------------------
 
+
 def test_good_report_passes_and_junit(built, tmp_path, capsys):
     junit = tmp_path / "gate.xml"
     assert gate([str(built / REPORT_JSON), "--junit", str(junit)]) == 0
@@ -238,6 +275,7 @@ def test_doctored_report_fails_with_table_and_junit(copy, tmp_path, capsys):
 
     def too_far(r):  # the stored flags still say passed: the gate re-checks the statistics, not the flags
         r["validation"][1]["outputs"]["last_hidden_state"].update(max_abs=0.5, scaled_error=0.5)
+
     assert gate([doctor(too_far), "--junit", str(junit)]) == 1
     text = capsys.readouterr().out
     assert "1 of" in text and "checks failed" in text and "scaled_error 0.5" in text

@@ -28,8 +28,14 @@ def cli(ckpt, out, *extra) -> list[str]:
 
 
 def start(argv) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = SLOW_MACHINE_S) -> Path:
@@ -59,6 +65,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def fresh_copy(previous, tmp_path) -> Path:
     import shutil
+
     out = tmp_path / "out"
     shutil.copytree(previous, out)
     return out
@@ -108,9 +115,14 @@ def test_stale_report_cannot_pass_beside_another_runs_model(previous, tiny_ckpt,
     assert gate([str(out / REPORT_JSON)]) == 1
 
 
-@pytest.mark.parametrize("flags,key", [
-    (["--atol", "-1"], "--atol"), (["--rtol", "nan"], "--rtol"), (["--atol", "inf"], "--atol"),
-])
+@pytest.mark.parametrize(
+    "flags,key",
+    [
+        (["--atol", "-1"], "--atol"),
+        (["--rtol", "nan"], "--rtol"),
+        (["--atol", "inf"], "--atol"),
+    ],
+)
 def test_bad_threshold_flags_exit_2_before_any_work(tiny_ckpt, tmp_path, capsys, monkeypatch, flags, key):
     out = tmp_path / "o"
     no_checkpoint_reading(monkeypatch)
@@ -119,8 +131,9 @@ def test_bad_threshold_flags_exit_2_before_any_work(tiny_ckpt, tmp_path, capsys,
     assert len(err) == 1 and key in err[0] and not out.exists()
 
 
-@pytest.mark.parametrize("toml,key", [('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"), ("abc", "TOML"),
-                                      (b"\xff\xfe", "UTF-8")])
+@pytest.mark.parametrize(
+    "toml,key", [('["*"."*"."*"]\nmin_cosine = 2\n', "min_cosine"), ("abc", "TOML"), (b"\xff\xfe", "UTF-8")]
+)
 def test_bad_thresholds_file_exits_2_before_any_work(tiny_ckpt, tmp_path, capsys, toml, key):
     t = tmp_path / "t.toml"
     t.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
@@ -159,6 +172,7 @@ def test_a_node_the_plugin_refuses_fails_verification_with_the_report_kept(tiny_
         node = real(*args, **kwargs)
         node.attrs["interleaved"] = 0
         return node
+
     monkeypatch.setattr(rewrite, "rewrite_plugin", interleaved_0)
     out = tmp_path / "o"
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 1

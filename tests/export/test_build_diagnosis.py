@@ -31,6 +31,7 @@ def failed(tiny_ckpt, tmp_path_factory):
         path = out / "model.onnx"
         write_model(faults.perturb_weight(onnx.load(str(path)), LAYER, "ffn_out"), path, external=True)
         return result
+
     mp.setattr(export.build, "run_export_stage", faulty)
     out = tmp_path_factory.mktemp("diag") / "out"
     try:
@@ -48,8 +49,9 @@ def test_the_build_fails_and_names_the_layer(failed, capsys):
     first = d["first_divergence"]
     assert (first["stage"], first["layer"], first["point"]) == ("layer", LAYER, "ffn_output"), first
     assert d["graph"] == "onnx" and d["reference"] == "pytorch" and d["complete"] is True
-    smallest = min((c for c in r["validation"] if c["graph"] == "onnx" and not c["passed"]),
-                   key=lambda c: c["batch"] * c["seq"])
+    smallest = min(
+        (c for c in r["validation"] if c["graph"] == "onnx" and not c["passed"]), key=lambda c: c["batch"] * c["seq"]
+    )
     assert (d["batch"], d["seq"]) == (smallest["batch"], smallest["seq"])
     assert f"layer {LAYER} (ffn_output)" in r["failure"] and "diagnosis" in r["timings"]
     md = (out / REPORT_MD).read_text()

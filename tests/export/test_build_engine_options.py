@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from engines.tensorrt.availability import engine_stage_status
 from engines.gate import main as gate_main
+from engines.tensorrt.availability import engine_stage_status
 from export.build import main
 from tests.limits import no_checkpoint_reading
 
@@ -17,7 +17,8 @@ STAGE = engine_stage_status()  # cheap: no tensorrt import when it is absent, no
 needs_no_engine_stage = pytest.mark.skipif(
     STAGE["status"] == "available",
     reason=f"the engine stage can run here (TensorRT {STAGE.get('tensorrt')} and a GPU): this test checks what a "
-           "machine without them reports (tests/gpu/test_engine_build.py covers the stage itself)")
+    "machine without them reports (tests/gpu/test_engine_build.py covers the stage itself)",
+)
 
 BASE = ["--exporter", "torchscript", "--max-len", "48"]
 
@@ -32,11 +33,14 @@ def low_types(path):
     return {i.data_type for i in m.graph.initializer} & {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
-@pytest.mark.parametrize("rope,precision,checked,elem", [
-    ("plugin", "fp16", "rope-plugin.fp16", TensorProto.FLOAT16),
-    ("plugin", "bf16", "rope-plugin.bf16-emulated", TensorProto.BFLOAT16),
-    ("onnx", "fp16", "rope-onnx.fp16", TensorProto.FLOAT16),
-])
+@pytest.mark.parametrize(
+    "rope,precision,checked,elem",
+    [
+        ("plugin", "fp16", "rope-plugin.fp16", TensorProto.FLOAT16),
+        ("plugin", "bf16", "rope-plugin.bf16-emulated", TensorProto.BFLOAT16),
+        ("onnx", "fp16", "rope-onnx.fp16", TensorProto.FLOAT16),
+    ],
+)
 def test_precision_graph_is_written_and_validated(tiny_ckpt, tmp_path, rope, precision, checked, elem):
     out = tmp_path / precision
     code, r = build(tiny_ckpt, out, "--rope", rope, "--precision", precision)
@@ -49,8 +53,9 @@ def test_precision_graph_is_written_and_validated(tiny_ckpt, tmp_path, rope, pre
     if rope == "onnx":  # the rotation stays fp32: RotaryEmbedding's output is cast, never computed low
         by_out = {o: n for n in nodes for o in n.output}
         rot = [n for n in nodes if n.op_type == op]
-        assert all(by_out[n.input[0]].op_type == "Cast" and by_out[n.input[0]].attribute[0].i == TensorProto.FLOAT
-                   for n in rot)
+        assert all(
+            by_out[n.input[0]].op_type == "Cast" and by_out[n.input[0]].attribute[0].i == TensorProto.FLOAT for n in rot
+        )
     assert r["precision"]["precision"] == precision and set(r["precision"]["ops"]["MatMul"]) == {"low"}
     cases = [c for c in r["validation"] if c["graph"] == checked]
     assert cases and all(c["precision"] == precision and c["passed"] for c in cases)
@@ -66,9 +71,11 @@ def test_profiles_in_report_and_engine_skipped_with_reason(tiny_ckpt, tmp_path, 
     out = tmp_path / "p"
     code, r = build(tiny_ckpt, out, "--batch", "1,4,8", "--profiles", "16,32")
     assert code == 0
-    assert r["profiles"] == [{"index": 0, "batch": [1, 4, 8], "sequence": [1, 16, 16]},
-                             {"index": 1, "batch": [1, 4, 8], "sequence": [17, 32, 32]},
-                             {"index": 2, "batch": [1, 4, 8], "sequence": [33, 48, 48]}]  # added up to --max-len
+    assert r["profiles"] == [
+        {"index": 0, "batch": [1, 4, 8], "sequence": [1, 16, 16]},
+        {"index": 1, "batch": [1, 4, 8], "sequence": [17, 32, 32]},
+        {"index": 2, "batch": [1, 4, 8], "sequence": [33, 48, 48]},
+    ]  # added up to --max-len
     assert r["engine"]["status"] == "skipped" and r["engine"]["reason"] == STAGE["reason"]
     assert r["engine"]["profiles"] == r["profiles"]
     assert "engine stage skipped" in capsys.readouterr().err
@@ -108,10 +115,15 @@ def test_bench_measures_cpu_backends(tiny_ckpt, tmp_path):
         assert (out / r["artifacts"][f"bench-{key}"]).stat().st_size > 0
 
 
-@pytest.mark.parametrize("flags,why", [
-    (["--batch", "abc"], "--batch"), (["--profiles", "9,3"], "--profiles"), (["--choices", "0"], "--choices"),
-    (["--bench", "--bench-grid", "1y128"], "--bench-grid"),
-])
+@pytest.mark.parametrize(
+    "flags,why",
+    [
+        (["--batch", "abc"], "--batch"),
+        (["--profiles", "9,3"], "--profiles"),
+        (["--choices", "0"], "--choices"),
+        (["--bench", "--bench-grid", "1y128"], "--bench-grid"),
+    ],
+)
 def test_every_flag_is_checked_before_require_engine(tiny_ckpt, tmp_path, capsys, flags, why):
     """Usage (exit 2) before availability (exit 3), even for flags whose full check needs the checkpoint."""
     code = main(["--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), *flags, "--require-engine"])

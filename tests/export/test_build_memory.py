@@ -11,8 +11,8 @@ import pytest
 
 from export import validate
 from export.onnx_io import SIZE_THRESHOLD, check_locations, external_data_files
-from export.passes.rotary import SINCOS_NAME
 from export.passes.precision import convert_precision, write_precision_variants
+from export.passes.rotary import SINCOS_NAME
 from export.stages.rope import expected_sites, rewrite_file
 from export.thresholds import Thresholds
 from export.validate import OnnxFile, Shape, TorchReference, make_inputs, ort_session, validate_graphs
@@ -25,6 +25,7 @@ def data_reads(monkeypatch):
     """Bytes onnx reads from external data files while the test runs (every onnx path to external data,
     onnx.load included, goes through external_data_helper._read_external_data_bytes)."""
     from onnx import external_data_helper
+
     counter = {"bytes": 0, "tensors": []}
     real = external_data_helper._read_external_data_bytes
 
@@ -49,16 +50,20 @@ def test_pass_reads_no_weights_and_shares_the_data_file(exported, tmp_path, data
     table = MAX_LEN * head_dim * 4  # the position table is the only initializer the site probe needs
 
     rep = rewrite_file(src, dst, "plugin", config, MAX_LEN, "model")
-    print(f"{exporter}: read {data_reads['bytes']} B of {weights} B of weights (table {table} B): "
-          f"{data_reads['tensors']}")
+    print(
+        f"{exporter}: read {data_reads['bytes']} B of {weights} B of weights (table {table} B): {data_reads['tensors']}"
+    )
     assert rep["coverage_error"] is None and rep["rewritten"] == expected_sites(config)
     assert data_reads["bytes"] <= table, "the rotary pass read weights it does not change"
     # one data file for both fp32 graphs; the rewritten graph holds no weight of its own
     assert external_data_files(src) == external_data_files(dst) == ["model.onnx.data"]
     assert sorted(p.name for p in work.iterdir()) == ["model.onnx", "model.onnx.data", "model.rope-plugin.onnx"]
     graph = onnx.load(str(dst), load_external_data=False)
-    inline = [t.name for t in graph.graph.initializer
-              if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= SIZE_THRESHOLD]
+    inline = [
+        t.name
+        for t in graph.graph.initializer
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= SIZE_THRESHOLD
+    ]
     assert inline == [SINCOS_NAME], f"the rewritten graph carries tensors of its own: {inline}"
 
     # a finished set moved as a whole stays loadable: relative locations, onnx.load + checker + ORT
@@ -100,11 +105,14 @@ def test_validation_holds_one_session_at_a_time(exported, tmp_path, monkeypatch)
         return sess
 
     monkeypatch.setattr(validate, "ort_session", tracked)
-    graphs = {"onnx": (work / "model.onnx", "fp32"),
-              "rope-plugin": (OnnxFile(work / "model.rope-plugin.onnx", rotary_function=True), "fp32")}
+    graphs = {
+        "onnx": (work / "model.onnx", "fp32"),
+        "rope-plugin": (OnnxFile(work / "model.rope-plugin.onnx", rotary_function=True), "fp32"),
+    }
     shapes = [Shape(1, 1), Shape(3, 13, 2)]
-    cases = validate_graphs(graphs, TorchReference(model, "model"), shapes, Thresholds.defaults(),
-                            config.vocab_size, config.type_vocab_size)
+    cases = validate_graphs(
+        graphs, TorchReference(model, "model"), shapes, Thresholds.defaults(), config.vocab_size, config.type_vocab_size
+    )
     assert peak[0] == 1, f"{peak[0]} ORT sessions alive at once"
     # the report keeps its order: every graph at the first shape, then the next shape
     assert [(c["graph"], c["seq"]) for c in cases] == [(g, s.seq) for s in shapes for g in graphs]

@@ -27,8 +27,10 @@ def report_of(out) -> dict:
 def declared(path) -> dict[str, tuple]:
     """{output: (elem type, shape)} of a graph file."""
     m = onnx.load(str(path), load_external_data=False)
-    return {o.name: (o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
-            for o in m.graph.output}
+    return {
+        o.name: (o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
+        for o in m.graph.output
+    }
 
 
 def test_pooled_fp16_graph_is_validated_against_pytorch_at_every_shape(pooled, capsys):
@@ -54,8 +56,9 @@ def test_pooled_fp16_graph_is_validated_against_pytorch_at_every_shape(pooled, c
 
 
 def test_pooled_nodes_compute_in_fp32_in_the_fp16_graph(pooled):
-    m = onnx.shape_inference.infer_shapes(onnx.load(str(pooled / "model.rope-plugin.fp16.onnx"),
-                                                    load_external_data=False))
+    m = onnx.shape_inference.infer_shapes(
+        onnx.load(str(pooled / "model.rope-plugin.fp16.onnx"), load_external_data=False)
+    )
     types = {v.name: v.type.tensor_type.elem_type for v in list(m.graph.value_info) + list(m.graph.output)}
     pool_values = [o for n in m.graph.node if n.name.startswith("pool/") for o in n.output]
     assert pool_values and {types[v] for v in pool_values} == {TensorProto.FLOAT}
@@ -65,8 +68,12 @@ def test_pooled_nodes_compute_in_fp32_in_the_fp16_graph(pooled):
 def test_report_records_outputs_and_bytes_per_request(pooled):
     p = report_of(pooled)["pooling"]
     hidden = report_of(pooled)["model"]["hidden"]
-    assert (p["mode"], p["normalize"], p["graph"], p["outputs"]) == ("mean", True, "model.rope-plugin.onnx",
-                                                                      [HIDDEN, EMBEDDING])
+    assert (p["mode"], p["normalize"], p["graph"], p["outputs"]) == (
+        "mean",
+        True,
+        "model.rope-plugin.onnx",
+        [HIDDEN, EMBEDDING],
+    )
     assert p["engine_graph"] == "model.rope-plugin.fp16.onnx"
     assert p["engine_outputs"][EMBEDDING] == {"dtype": "float32", "shape": ["batch", hidden]}
     b = p["request_bytes"]
@@ -80,8 +87,27 @@ def test_report_records_outputs_and_bytes_per_request(pooled):
 
 def test_outputs_sentence_embedding_drops_the_hidden_state(tiny_ckpt, tmp_path):
     out = tmp_path / "cls"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "16",
-                  "--rope", "none", "--pooling", "cls", "--outputs", "sentence_embedding"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                "--exporter",
+                "torchscript",
+                "--max-len",
+                "16",
+                "--rope",
+                "none",
+                "--pooling",
+                "cls",
+                "--outputs",
+                "sentence_embedding",
+            ]
+        )
+        == 0
+    )
     r = report_of(out)
     assert r["passed"] and r["artifacts"]["tensorrt-onnx"] == "model.onnx"  # --rope none: the export gains it
     assert list(declared(out / "model.onnx")) == [EMBEDDING]
@@ -100,18 +126,36 @@ def test_default_build_keeps_its_outputs(built):
 def test_pooling_refused_for_heads_without_hidden_states(make_ckpt, tmp_path, capsys, task):
     ckpt, _ = make_ckpt(task=task)
     out = tmp_path / "o"
-    assert build(["--model", str(ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "16",
-                  "--pooling", "mean"]) == 2
+    assert (
+        build(
+            [
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--exporter",
+                "torchscript",
+                "--max-len",
+                "16",
+                "--pooling",
+                "mean",
+            ]
+        )
+        == 2
+    )
     line = one_line(capsys)
     assert f"a {task} checkpoint" in line and "drop --pooling" in line, line
     assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--normalize"], "--normalize applies"),
-    (["--outputs", "sentence_embedding"], "--outputs chooses"),
-    (["--pooling", "mean", "--outputs", "last_hidden_state"], "--outputs 'last_hidden_state'"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--normalize"], "--normalize applies"),
+        (["--outputs", "sentence_embedding"], "--outputs chooses"),
+        (["--pooling", "mean", "--outputs", "last_hidden_state"], "--outputs 'last_hidden_state'"),
+    ],
+)
 def test_contradicting_pooling_flags_exit_2(tiny_ckpt, tmp_path, capsys, flags, fragment):
     out = tmp_path / "o"
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *flags]) == 2

@@ -52,7 +52,9 @@ def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, 
     assert q["fallback"]["mode"] == "auto" and q["fallback"]["passed"]
     model = onnx.load(str(int8_build / "model.rope-plugin.int8.onnx"), load_external_data=False)
     source = onnx.load(str(int8_build / "model.rope-plugin.onnx"), load_external_data=False)
-    assert sum(n.op_type == PLUGIN_OP for n in model.graph.node) == sum(n.op_type == PLUGIN_OP for n in source.graph.node)
+    assert sum(n.op_type == PLUGIN_OP for n in model.graph.node) == sum(
+        n.op_type == PLUGIN_OP for n in source.graph.node
+    )
     with_rotary_function(model)  # the plugin's node checks
     assert gate([str(int8_build / "report.json")]) == 0
     assert "## Quantization: int8" in (int8_build / "report.md").read_text()
@@ -72,30 +74,78 @@ def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):
     m = onnx.load(str(int8_build / twin), load_external_data=False)
     assert {n.op_type for n in m.graph.node} >= {"DynamicQuantizeLinear", "MatMulInteger"}
     written = {p.name for p in int8_build.iterdir()}  # no leftovers of ORT's quantizer (its inferred copy, temp dirs)
-    assert written == {"model.onnx", "model.onnx.data", "model.rope-plugin.onnx", "model.rope-plugin.int8.onnx",
-                       "model.rope-plugin.int8.onnx.data", "model.int8-cpu.onnx", "model.int8-cpu.onnx.data",
-                       "report.json", "report.md", MANIFEST}
+    assert written == {
+        "model.onnx",
+        "model.onnx.data",
+        "model.rope-plugin.onnx",
+        "model.rope-plugin.int8.onnx",
+        "model.rope-plugin.int8.onnx.data",
+        "model.int8-cpu.onnx",
+        "model.int8-cpu.onnx.data",
+        "report.json",
+        "report.md",
+        MANIFEST,
+    }
 
 
 def test_fp8_build_with_fp32_high_precision(tiny_ckpt, tmp_path):
     out = tmp_path / "fp8"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "fp8", "--quant-high", "fp32",
-                  "--quant-fallback", "none"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                *FAST,
+                "--precision",
+                "fp8",
+                "--quant-high",
+                "fp32",
+                "--quant-fallback",
+                "none",
+            ]
+        )
+        == 0
+    )
     r = report(out)
     assert r["passed"] and "onnx.int8-cpu" not in r["artifacts"]  # the CPU twin is INT8 only
     m = onnx.load(str(out / "model.rope-plugin.fp8.onnx"), load_external_data=False)
     types = {t.data_type for t in m.graph.initializer}
     assert onnx.TensorProto.FLOAT8E4M3FN in types and onnx.TensorProto.FLOAT16 not in types
     assert r["quantization"]["fallback"] == {"mode": "none"} and r["quantization"]["high_precision"] == "fp32"
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.onnx.data", "model.rope-plugin.onnx",
-                                               "model.rope-plugin.fp8.onnx", "model.rope-plugin.fp8.onnx.data",
-                                               "report.json", "report.md", MANIFEST}
+    assert {p.name for p in out.iterdir()} == {
+        "model.onnx",
+        "model.onnx.data",
+        "model.rope-plugin.onnx",
+        "model.rope-plugin.fp8.onnx",
+        "model.rope-plugin.fp8.onnx.data",
+        "report.json",
+        "report.md",
+        MANIFEST,
+    }
 
 
 def test_rope_onnx_int8_keeps_every_rotary_embedding(tiny_ckpt, tmp_path):
     out = tmp_path / "ro"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--rope", "onnx", "--precision", "int8",
-                  "--quant-fallback", "none"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                *FAST,
+                "--rope",
+                "onnx",
+                "--precision",
+                "int8",
+                "--quant-fallback",
+                "none",
+            ]
+        )
+        == 0
+    )
     r = report(out)
     assert r["passed"] and r["artifacts"]["rope-onnx.int8-cpu"] == "model.rope-onnx.int8-cpu.onnx"
     before = onnx.load(str(out / "model.rope-onnx.onnx"), load_external_data=False)
@@ -109,12 +159,34 @@ def test_text_calibration_is_recorded_and_the_same_data_gives_the_same_files(tin
     calib.write_text("hello world\nabc def ghi\n" * 4)
     outs = [tmp_path / f"c{i}" for i in range(2)]
     for out in outs:
-        assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--calib", str(calib),
-                      "--calib-method", "entropy", "--quant-fallback", "none"]) == 0
+        assert (
+            build(
+                [
+                    "--model",
+                    str(tiny_ckpt),
+                    "--out",
+                    str(out),
+                    *FAST,
+                    "--precision",
+                    "int8",
+                    "--calib",
+                    str(calib),
+                    "--calib-method",
+                    "entropy",
+                    "--quant-fallback",
+                    "none",
+                ]
+            )
+            == 0
+        )
     c = report(outs[0])["quantization"]["calibration"]
     assert c["source"] == str(calib) and c["samples"] == 8 and "note" not in c and "Tokenizer" in c["tokenizer"]
-    files = ["model.rope-plugin.int8.onnx", "model.rope-plugin.int8.onnx.data", "model.int8-cpu.onnx",
-             "model.int8-cpu.onnx.data"]
+    files = [
+        "model.rope-plugin.int8.onnx",
+        "model.rope-plugin.int8.onnx.data",
+        "model.int8-cpu.onnx",
+        "model.int8-cpu.onnx.data",
+    ]
     assert [sha256_file(outs[0] / f) for f in files] == [sha256_file(outs[1] / f) for f in files]
 
 
@@ -123,14 +195,34 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
     calib = tmp_path / "calib.txt"
     calib.write_text("hello\n")
     out = tmp_path / "out"
-    code, lines = run_cli(["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys)
+    code, lines = run_cli(
+        ["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys
+    )
     assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
 
 
 def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):
     out = tmp_path / "pooled"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--pooling", "mean",
-                  "--outputs", "sentence_embedding", "--quant-fallback", "none"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                *FAST,
+                "--precision",
+                "int8",
+                "--pooling",
+                "mean",
+                "--outputs",
+                "sentence_embedding",
+                "--quant-fallback",
+                "none",
+            ]
+        )
+        == 0
+    )
     r = report(out)
     cases = {c["graph"]: set(c["outputs"]) for c in r["validation"]}
     assert r["passed"] and cases["rope-plugin.int8"] == {"sentence_embedding"}
@@ -142,14 +234,27 @@ def test_fallback_turns_a_failing_stress_graph_into_a_passing_one(tmp_path, caps
     fails validation (exit 1); the fallback keeps the MatMuls reading the outlier LayerNorm high and it passes, and
     the report says which and what they cost."""
     from tests.fixtures.checkpoints import write_demo
+
     ckpt = write_demo(tmp_path / "stress", tiny=True, outliers=True)
     strict = tmp_path / "strict.toml"
     strict.write_text('[int8."rope-plugin.int8"."*"]\nrtol = 0.01\n')
-    common = ["--model", str(ckpt), "--exporter", "torchscript", "--max-len", "128", "--precision", "int8",
-              "--thresholds", str(strict)]
+    common = [
+        "--model",
+        str(ckpt),
+        "--exporter",
+        "torchscript",
+        "--max-len",
+        "128",
+        "--precision",
+        "int8",
+        "--thresholds",
+        str(strict),
+    ]
     assert build([*common, "--out", str(tmp_path / "none"), "--quant-fallback", "none"]) == 1
     failed = report(tmp_path / "none")
-    assert not failed["passed"] and any(not c["passed"] for c in failed["validation"] if c["graph"] == "rope-plugin.int8")
+    assert not failed["passed"] and any(
+        not c["passed"] for c in failed["validation"] if c["graph"] == "rope-plugin.int8"
+    )
     assert build([*common, "--out", str(tmp_path / "auto"), "--quant-fallback-budget", "0.5"]) == 0
     fb = report(tmp_path / "auto")["quantization"]["fallback"]
     assert fb["passed"] and 0 < len(fb["kept"]) <= fb["budget"] and 0 < fb["high_flops_share"] < 0.5

@@ -47,6 +47,7 @@ def save(tmp_path, name, config, state) -> str:
 
 # ---- --config: used when given, refused when it cannot be right, never ignored --------------------------
 
+
 def test_explicit_config_beats_the_checkpoints_own_and_the_report_says_so(tmp_path, capsys, parts):
     config, state = parts
     ckpt = save(tmp_path, "c.pt", config, state)
@@ -58,10 +59,15 @@ def test_explicit_config_beats_the_checkpoints_own_and_the_report_says_so(tmp_pa
     assert "Config: --config" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("config,fragment", [
-    ("/nonexistent.json", "does not exist"), ("/dev/null", "character device"),
-    ("/proc/self/environ", "not valid JSON"), ("conflicting", "num_hidden_layers is 5"),
-])
+@pytest.mark.parametrize(
+    "config,fragment",
+    [
+        ("/nonexistent.json", "does not exist"),
+        ("/dev/null", "character device"),
+        ("/proc/self/environ", "not valid JSON"),
+        ("conflicting", "num_hidden_layers is 5"),
+    ],
+)
 def test_a_config_that_cannot_be_used_is_refused(tmp_path, capsys, parts, config, fragment):
     cfg, state = parts
     ckpt = save(tmp_path, "c.pt", cfg, state)
@@ -72,6 +78,7 @@ def test_a_config_that_cannot_be_used_is_refused(tmp_path, capsys, parts, config
 
 
 # ---- checkpoints that are not what they claim --------------------------------------------------------
+
 
 def test_garbage_after_a_pickle_header_is_refused(tmp_path, capsys):
     ckpt = tmp_path / "g.pt"
@@ -99,14 +106,22 @@ def test_low_precision_weights_load_upcast_and_say_so(tmp_path, parts, dtype):
     assert gate([str(out)]) == 0
 
 
-@pytest.mark.parametrize("field,value", [("layer_norm_eps", float("nan")), ("layer_norm_eps", 0.0),
-                                         ("hidden_dropout_prob", 2.0), ("initializer_range", float("inf"))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("layer_norm_eps", float("nan")),
+        ("layer_norm_eps", 0.0),
+        ("hidden_dropout_prob", 2.0),
+        ("initializer_range", float("inf")),
+    ],
+)
 def test_a_real_config_field_out_of_range_is_refused(tmp_path, capsys, parts, field, value):
     config, state = parts
     refused(capsys, ["--model", save(tmp_path, "c.pt", {**config, field: value}, state), *FAST], tmp_path / "o", field)
 
 
 # ---- memory and disk decided before they are spent --------------------------------------------------
+
 
 def test_a_config_far_larger_than_its_weights_is_refused_at_once(tmp_path, capsys, parts, monkeypatch):
     """110 kB of weights with num_hidden_layers 10000 asked for 283 GB: refused before a model is described."""
@@ -123,8 +138,13 @@ def test_a_build_that_would_not_fit_in_memory_is_refused_with_both_numbers(tmp_p
 
     monkeypatch.setattr(ck, "materialize", lambda *a, **k: pytest.fail("the model was built"))
     monkeypatch.setenv("ROFORMER_TRT_MEMORY_LIMIT", "2G")
-    line = refused(capsys, ["--model", str(tiny_ckpt), "--max-len", "65536"], tmp_path / "o",
-                   "needs about", "only 2.1 GB is available (ROFORMER_TRT_MEMORY_LIMIT)")
+    line = refused(
+        capsys,
+        ["--model", str(tiny_ckpt), "--max-len", "65536"],
+        tmp_path / "o",
+        "needs about",
+        "only 2.1 GB is available (ROFORMER_TRT_MEMORY_LIMIT)",
+    )
     assert "--max-len" in line
     refused(capsys, ["--model", str(tiny_ckpt), "--max-memory", "1M", *FAST], tmp_path / "o2", "(--max-memory)")
 
@@ -144,15 +164,18 @@ def test_a_full_disk_is_named_with_the_space_needed(tmp_path, capsys, tiny_ckpt,
     try:
         if not precheck:  # the disk fills up during the build (another writer): Errno 28 mid-way
             import export.disk
+
             monkeypatch.setattr(export.disk, "require", lambda *a: None)
-        line = refused(capsys, ["--model", str(tiny_ckpt), *FAST], mount / "o",
-                       "free" if precheck else "no space left", "GB")
+        line = refused(
+            capsys, ["--model", str(tiny_ckpt), *FAST], mount / "o", "free" if precheck else "no space left", "GB"
+        )
         assert "another disk" in line and not (mount / "o").exists()
     finally:
         subprocess.run(["umount", str(mount)])
 
 
 # ---- --out and names, before any work --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("what", ["file", "long", "collision"])
 def test_out_problems_are_refused_before_the_checkpoint_is_read(tmp_path, capsys, tiny_ckpt, monkeypatch, what):
@@ -174,8 +197,9 @@ def test_a_nul_byte_in_an_artifact_name_is_a_malformed_report(copy, capsys):
     assert "not a path inside the build folder" in one_line(capsys)
 
 
-def test_triton_refuses_a_huge_max_batch_and_an_existing_model_folder_before_any_work(built, tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_triton_refuses_a_huge_max_batch_and_an_existing_model_folder_before_any_work(
+    built, tmp_path, capsys, monkeypatch
+):
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] not installed")
     from engines.triton import __main__ as triton
     from engines.triton import repository
@@ -190,12 +214,14 @@ def test_triton_refuses_a_huge_max_batch_and_an_existing_model_folder_before_any
 
 # ---- what reaches the terminal ------------------------------------------------------------------------
 
+
 def test_library_warnings_and_colour_codes_stay_behind_debug(capsys):
     import warnings
 
     def noisy(args):
-        warnings.warn("a library's UserWarning", UserWarning)
+        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
         raise UsageError("\x1b[31mthe problem\x1b[0m; the fix")
+
     for debug in (False, True):
         parser = cli.Parser(prog="t")
         with warnings.catch_warnings(record=True) as shown:  # what would reach the terminal
@@ -208,9 +234,14 @@ def test_library_warnings_and_colour_codes_stay_behind_debug(capsys):
 
 
 def test_ctrl_c_while_importing_is_one_line_and_130(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "export.build", "--model", "x.pt"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "export.build", "--model", "x.pt"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     time.sleep(0.4)  # inside the imports (torch alone takes seconds), after the interpreter started
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=SLOW_MACHINE_S)

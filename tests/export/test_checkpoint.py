@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from export.checkpoint import load_checkpoint
-from tests.fixtures.checkpoints import make_model, tiny_config
 from export.errors import UsageError
 from export.spec import TASKS
+from tests.fixtures.checkpoints import make_model, tiny_config
 
 
 def same_weights(a, b) -> bool:
@@ -48,6 +48,7 @@ def test_bare_state_dict_with_config_beside_and_given(tmp_path):
 
 def test_bare_safetensors(tmp_path):
     from safetensors.torch import save_file
+
     model = make_model(tiny_config(), "token-classification")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))

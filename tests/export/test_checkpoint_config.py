@@ -29,20 +29,23 @@ def build_refuses(tmp_path, capsys, config: dict, state: dict) -> str:
     return err
 
 
-@pytest.mark.parametrize("field,value,rule", [
-    ("num_attention_heads", 0, "must be an integer >= 1"),
-    ("vocab_size", -5, "must be an integer >= 1"),
-    ("max_position_embeddings", 0, "must be an integer >= 1"),
-    ("type_vocab_size", 0, "must be an integer >= 1"),
-    ("num_hidden_layers", 0, "must be an integer >= 1"),
-    ("intermediate_size", 0, "must be an integer >= 1"),
-    ("embedding_size", 0, "must be an integer >= 1"),
-    ("hidden_size", "32", "(str); it must be an integer >= 1"),
-    ("hidden_size", True, "(bool); it must be an integer >= 1"),
-    ("num_attention_heads", 2.0, "(float); it must be an integer >= 1"),
-    ("num_attention_heads", 3, "does not divide hidden_size 32"),
-    ("num_attention_heads", 32, "gives an odd head size"),
-])
+@pytest.mark.parametrize(
+    "field,value,rule",
+    [
+        ("num_attention_heads", 0, "must be an integer >= 1"),
+        ("vocab_size", -5, "must be an integer >= 1"),
+        ("max_position_embeddings", 0, "must be an integer >= 1"),
+        ("type_vocab_size", 0, "must be an integer >= 1"),
+        ("num_hidden_layers", 0, "must be an integer >= 1"),
+        ("intermediate_size", 0, "must be an integer >= 1"),
+        ("embedding_size", 0, "must be an integer >= 1"),
+        ("hidden_size", "32", "(str); it must be an integer >= 1"),
+        ("hidden_size", True, "(bool); it must be an integer >= 1"),
+        ("num_attention_heads", 2.0, "(float); it must be an integer >= 1"),
+        ("num_attention_heads", 3, "does not divide hidden_size 32"),
+        ("num_attention_heads", 32, "gives an odd head size"),
+    ],
+)
 def test_bad_config_value_is_refused(tmp_path, capsys, tiny_parts, field, value, rule):
     config, state = tiny_parts
     err = build_refuses(tmp_path, capsys, {**config, field: value}, state)

@@ -24,6 +24,7 @@ def assert_clean_failure(code, lines, out, pattern):
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert "Traceback" not in lines[0]
     import re
+
     assert re.search(pattern, lines[0]), lines[0]
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
@@ -45,15 +46,18 @@ def truncated_checkpoint(path, source):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("missing", r"does not exist.*--model"),
-    ("empty", r"is empty.*re-save"),
-    ("truncated", r"not a readable PyTorch checkpoint.*truncated"),
-    ("garbage", r"not a readable PyTorch checkpoint"),
-    ("bert", r"model_type='bert', not a RoFormer"),
-    ("wrong_keys", r"missing .* keys.*unexpected .* keys"),
-    ("list", r"not a state_dict"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("missing", r"does not exist.*--model"),
+        ("empty", r"is empty.*re-save"),
+        ("truncated", r"not a readable PyTorch checkpoint.*truncated"),
+        ("garbage", r"not a readable PyTorch checkpoint"),
+        ("bert", r"model_type='bert', not a RoFormer"),
+        ("wrong_keys", r"missing .* keys.*unexpected .* keys"),
+        ("list", r"not a state_dict"),
+    ],
+)
 def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
     ckpt = tmp_path / "in" / "ckpt.pt"
     ckpt.parent.mkdir()
@@ -74,36 +78,42 @@ def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
     assert_clean_failure(code, lines, out, pattern)
 
 
-@pytest.mark.parametrize("extra,pattern", [
-    (["--max-len", "0"], r"--max-len 0 is below 2"),
-    (["--max-len", "-5"], r"--max-len -5 is below 2"),
-    (["--max-len", "1"], r"--max-len 1 is below 2.*--max-len 2 or more"),
-    (["--max-len", "10000000"], r"beyond the supported"),
-    (["--exporter", "dynamo", "--opset", "17"], r"opset 17 is refused.*invalid Split"),
-    (["--exporter", "torchscript", "--opset", "23"], r"--opset 23 is not supported by the torchscript"),
-    (["--thresholds", "/nonexistent.toml"], r"thresholds file .* does not exist"),
-    (["--precision", "int4"], r"--precision 'int4' is not supported; use one of fp32, fp16, bf16, int8, fp8"),
-    (["--calib-method", "max"], r"--calib-method applies to --precision int8 or fp8"),
-    (["--precision", "fp8", "--calib-method", "entropy"], r"entropy models INT8's 128 uniform levels"),
-    (["--precision", "int8", "--calib-method", "kl"], r"--calib-method 'kl' is not one of max, entropy, percentile"),
-    (["--precision", "int8", "--rope", "none"], r"--precision int8 places Q/DQ around the fused rotary nodes"),
-    (["--precision", "int8", "--quant-fallback-budget", "2"], r"--quant-fallback-budget must be a fraction"),
-    (["--precision", "int8", "--calib", "/nonexistent.txt"], r"--calib /nonexistent.txt is not a file"),
-    (["--precision", "int8", "--calib-size", "0"], r"--calib-size must be from 1"),
-    (["--precision", "fp8", "--calib-vocab", "/nonexistent/vocab.txt"], r"--calib-vocab .* is not a file"),
-    (["--batch", "8,1,4"], r"--batch '8,1,4': needs min <= opt <= max"),
-    (["--batch", "1,x"], r"--batch '1,x': expected comma-separated integers"),
-    (["--max-len", "1024", "--profiles", "512,128"], r"bucket tops must be strictly ascending"),
-    (["--max-len", "256", "--profiles", "128,512"], r"top 512 exceeds --max-len 256.*raise --max-len"),
-    (["--choices", "4"], r"--choices applies to multiple-choice checkpoints only"),
-    (["--workspace-mib", "0"], r"--workspace-mib must be from 1"),
-    (["--batch", "99999999999"], r"<= 2147483647"),
-    (["--max-memory", "lots"], r"--max-memory 'lots' is not a memory size"),
-    (["--bench-grid", "1x8"], r"--bench-grid applies with --bench"),
-    (["--bench", "--bench-grid", "8by128"], r"--bench-grid '8by128': expected BATCHxSEQ"),
-    (["--bench", "--max-len", "64", "--bench-grid", "1x128"], r"sequence length 128 is outside 1..64"),
-    (["--bench", "--batch", "4", "--bench-grid", "16x32"], r"batch 16 is outside the engine's batch range 1..4"),
-])
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--max-len", "0"], r"--max-len 0 is below 2"),
+        (["--max-len", "-5"], r"--max-len -5 is below 2"),
+        (["--max-len", "1"], r"--max-len 1 is below 2.*--max-len 2 or more"),
+        (["--max-len", "10000000"], r"beyond the supported"),
+        (["--exporter", "dynamo", "--opset", "17"], r"opset 17 is refused.*invalid Split"),
+        (["--exporter", "torchscript", "--opset", "23"], r"--opset 23 is not supported by the torchscript"),
+        (["--thresholds", "/nonexistent.toml"], r"thresholds file .* does not exist"),
+        (["--precision", "int4"], r"--precision 'int4' is not supported; use one of fp32, fp16, bf16, int8, fp8"),
+        (["--calib-method", "max"], r"--calib-method applies to --precision int8 or fp8"),
+        (["--precision", "fp8", "--calib-method", "entropy"], r"entropy models INT8's 128 uniform levels"),
+        (
+            ["--precision", "int8", "--calib-method", "kl"],
+            r"--calib-method 'kl' is not one of max, entropy, percentile",
+        ),
+        (["--precision", "int8", "--rope", "none"], r"--precision int8 places Q/DQ around the fused rotary nodes"),
+        (["--precision", "int8", "--quant-fallback-budget", "2"], r"--quant-fallback-budget must be a fraction"),
+        (["--precision", "int8", "--calib", "/nonexistent.txt"], r"--calib /nonexistent.txt is not a file"),
+        (["--precision", "int8", "--calib-size", "0"], r"--calib-size must be from 1"),
+        (["--precision", "fp8", "--calib-vocab", "/nonexistent/vocab.txt"], r"--calib-vocab .* is not a file"),
+        (["--batch", "8,1,4"], r"--batch '8,1,4': needs min <= opt <= max"),
+        (["--batch", "1,x"], r"--batch '1,x': expected comma-separated integers"),
+        (["--max-len", "1024", "--profiles", "512,128"], r"bucket tops must be strictly ascending"),
+        (["--max-len", "256", "--profiles", "128,512"], r"top 512 exceeds --max-len 256.*raise --max-len"),
+        (["--choices", "4"], r"--choices applies to multiple-choice checkpoints only"),
+        (["--workspace-mib", "0"], r"--workspace-mib must be from 1"),
+        (["--batch", "99999999999"], r"<= 2147483647"),
+        (["--max-memory", "lots"], r"--max-memory 'lots' is not a memory size"),
+        (["--bench-grid", "1x8"], r"--bench-grid applies with --bench"),
+        (["--bench", "--bench-grid", "8by128"], r"--bench-grid '8by128': expected BATCHxSEQ"),
+        (["--bench", "--max-len", "64", "--bench-grid", "1x128"], r"sequence length 128 is outside 1..64"),
+        (["--bench", "--batch", "4", "--bench-grid", "16x32"], r"batch 16 is outside the engine's batch range 1..4"),
+    ],
+)
 def test_bad_options(tmp_path, capsys, tiny_ckpt, extra, pattern):
     out = tmp_path / "out"
     code, lines = run_cli(["--model", str(tiny_ckpt), "--out", str(out), *extra], capsys)
@@ -127,15 +137,30 @@ def test_pickle_refused_names_the_flag(tmp_path, capsys):
 
 def test_module_entry_point_exit_code(tmp_path):
     """The real `python -m export.build` process: exit code and one stderr line."""
-    r = subprocess.run([sys.executable, "-m", "export.build", "--model", str(tmp_path / "nope.pt"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=SLOW_MACHINE_S)
+    r = subprocess.run(
+        [sys.executable, "-m", "export.build", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=SLOW_MACHINE_S,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_json_report_flag(tmp_path, capsys, tiny_ckpt):
-    code = main(["--model", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--exporter", "torchscript",
-                 "--max-len", "32", "--json"])
+    code = main(
+        [
+            "--model",
+            str(tiny_ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--exporter",
+            "torchscript",
+            "--max-len",
+            "32",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["passed"] and report["artifacts"]["rope-plugin"] == "model.rope-plugin.onnx"
 
@@ -147,13 +172,22 @@ def test_the_shortest_max_len_builds_and_passes(tmp_path, capsys, tiny_ckpt, exp
     from export.onnx_export import MIN_MAX_LEN
 
     out = tmp_path / "o"
-    assert main(["--model", str(tiny_ckpt), "--out", str(out), "--max-len", str(MIN_MAX_LEN), "--exporter",
-                 exporter]) == 0
+    assert (
+        main(["--model", str(tiny_ckpt), "--out", str(out), "--max-len", str(MIN_MAX_LEN), "--exporter", exporter]) == 0
+    )
     assert gate([str(out)]) == 0
 
 
-CLIS = ["export.build", "engines.gate", "engines.triton.__main__", "engines.build", "engines.serving.__main__", "engines.client",
-        "plugins.build", "engines.bench"]
+CLIS = [
+    "export.build",
+    "engines.gate",
+    "engines.triton.__main__",
+    "engines.build",
+    "engines.serving.__main__",
+    "engines.client",
+    "plugins.build",
+    "engines.bench",
+]
 
 
 @pytest.mark.parametrize("module", CLIS)

@@ -20,7 +20,9 @@ def test_scaled_error_does_not_depend_on_the_outputs_scale():
     s = error_stats(got, ref)
     big = error_stats(got * 1000, ref * 1000)
     assert s.scaled_error == pytest.approx(0.01 / np.abs(ref).max(), rel=1e-4)
-    assert big.scaled_error == pytest.approx(s.scaled_error, rel=1e-6) and big.max_abs == pytest.approx(1000 * s.max_abs)
+    assert big.scaled_error == pytest.approx(s.scaled_error, rel=1e-6) and big.max_abs == pytest.approx(
+        1000 * s.max_abs
+    )
 
 
 def test_an_outlier_channel_sets_the_scale():

@@ -25,8 +25,13 @@ def pair(built, tmp_path_factory):
 
 def test_two_graphs_that_agree(built, tmp_path, capsys):
     files = {k: tmp_path / f"d.{k}" for k in ("json", "md", "png")}
-    code = diagnose([str(built / "model.onnx"), str(built / "model.rope-plugin.onnx"),
-                     *[x for k, p in files.items() for x in (f"--{k}", str(p))]])
+    code = diagnose(
+        [
+            str(built / "model.onnx"),
+            str(built / "model.rope-plugin.onnx"),
+            *[x for k, p in files.items() for x in (f"--{k}", str(p))],
+        ]
+    )
     assert code == 0 and "No divergence" in capsys.readouterr().out
     d = json.loads(files["json"].read_text())
     assert d["first_divergence"] is None and d["precision"] == "fp32" and d["batch"] == 2 and d["padded_rows"] == 1
@@ -65,17 +70,22 @@ def test_the_recorded_checkpoint_moved_away_needs_model(built, tmp_path, capsys)
         assert "pass --model" in one_line(capsys)
 
 
-@pytest.mark.parametrize("argv,text", [
-    ([], "pass two graphs"), (["a.onnx"], "pass two graphs"),
-    (["a.onnx", "b.onnx", "--build", "x"], "not both"), (["a.onnx", "b.onnx", "--graph", "onnx"], "go with --build"),
-    (["--build", "{built}", "--graph", "engine-fp16"], "TensorRT engine"),
-    (["--build", "{built}", "--graph", "nope"], "not an ONNX graph"),
-    (["--build", "{built}", "--seq", "999"], "max_len"),
-    (["{built}/model.onnx", "{built}/missing.onnx"], "missing.onnx"),
-    (["{built}/model.onnx", "{built}/model.onnx", "--seq", "999"], "max_len"),
-    (["{built}/model.onnx", "{built}/model.onnx", "--json", "{built}"], "is a folder"),
-    (["--build", "{built}/nope"], "not a directory"),
-])
+@pytest.mark.parametrize(
+    "argv,text",
+    [
+        ([], "pass two graphs"),
+        (["a.onnx"], "pass two graphs"),
+        (["a.onnx", "b.onnx", "--build", "x"], "not both"),
+        (["a.onnx", "b.onnx", "--graph", "onnx"], "go with --build"),
+        (["--build", "{built}", "--graph", "engine-fp16"], "TensorRT engine"),
+        (["--build", "{built}", "--graph", "nope"], "not an ONNX graph"),
+        (["--build", "{built}", "--seq", "999"], "max_len"),
+        (["{built}/model.onnx", "{built}/missing.onnx"], "missing.onnx"),
+        (["{built}/model.onnx", "{built}/model.onnx", "--seq", "999"], "max_len"),
+        (["{built}/model.onnx", "{built}/model.onnx", "--json", "{built}"], "is a folder"),
+        (["--build", "{built}/nope"], "not a directory"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(built, capsys, argv, text):
     assert diagnose([a.format(built=built) for a in argv]) == 2
     assert text in one_line(capsys)

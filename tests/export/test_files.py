@@ -132,6 +132,6 @@ def test_valid_files_load(tmp_path):
     j.write_bytes('\ufeff{"a": [1, {"b": "é"}]}'.encode())
     assert load_json(j, what="report") == {"a": [1, {"b": "é"}]}
     t = tmp_path / "t.toml"
-    t.write_text('[gate]\natol = 1e-3\n')
+    t.write_text("[gate]\natol = 1e-3\n")
     assert load_toml(t, what="thresholds") == {"gate": {"atol": 1e-3}}
     assert require_regular_file(t, what="thresholds") == t

@@ -25,8 +25,10 @@ def checkpoint(request, tmp_path_factory):
     """The checkpoint, and its honest fp16 and bf16 builds (each also holds the fp32 graphs)."""
     d = tmp_path_factory.mktemp(request.param)
     ckpt = write_demo(d / "ckpt", tiny=True, outliers=request.param == "tiny-stress")
-    codes = {p: build(["--model", str(ckpt), "--out", str(d / p), "--max-len", str(MAX_LEN), "--precision", p])
-             for p in ("fp16", "bf16")}
+    codes = {
+        p: build(["--model", str(ckpt), "--out", str(d / p), "--max-len", str(MAX_LEN), "--precision", p])
+        for p in ("fp16", "bf16")
+    }
     return request.param, ckpt, d, codes
 
 
@@ -43,11 +45,21 @@ def test_honest_builds_pass_the_default_gate(checkpoint):
 def test_every_defect_is_caught_and_what_is_not_is_harmless(checkpoint):
     name, ckpt, d, _ = checkpoint
     ck = load_checkpoint(ckpt, table_rows=MAX_LEN)
-    cells = defects(name, ck.model, ck.task, ck.config, d / "fp16", MAX_LEN, [0, 1],
-                    TINY_WITHOUT_OUTLIERS if name == "tiny" else None)
+    cells = defects(
+        name,
+        ck.model,
+        ck.task,
+        ck.config,
+        d / "fp16",
+        MAX_LEN,
+        [0, 1],
+        TINY_WITHOUT_OUTLIERS if name == "tiny" else None,
+    )
     for c in cells:
-        print(f"{name} {c.defect} layer {c.layer}: scaled_error {c.scaled_error:.3g} row_cosine {c.row_cosine:.12f} "
-              f"caught {c.caught}")
+        print(
+            f"{name} {c.defect} layer {c.layer}: scaled_error {c.scaled_error:.3g} row_cosine {c.row_cosine:.12f} "
+            f"caught {c.caught}"
+        )
     assert all(c.ok for c in cells), [c.to_dict() for c in cells if not c.ok]
     both = [c for c in cells if c.defect == "shift_positions_both"]
     assert all(c.scaled_error < DEFAULTS["fp32"].rtol for c in both)  # the same values, up to rounding

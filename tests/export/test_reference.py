@@ -33,11 +33,10 @@ def test_reference_matches_hf_apply_rotary(k, b, h, s, d):
     table = sincos_table(s + 3, d)
     pos = torch.from_numpy(table[:s]).double()[None, None]
     t = [torch.from_numpy(x).double() for x in xs]
-    hf = RoFormerSelfAttention.apply_rotary_position_embeddings(pos, t[0], t[min(1, k - 1)],
-                                                                t[2] if k == 3 else None)
+    hf = RoFormerSelfAttention.apply_rotary_position_embeddings(pos, t[0], t[min(1, k - 1)], t[2] if k == 3 else None)
     hf = [hf[0]] if k == 1 else list(hf)
     ours = roformer_rotary_ref(xs, table)
-    for o, r in zip(ours, hf):
+    for o, r in zip(ours, hf, strict=True):
         err = np.abs(o.astype(np.float64) - r.numpy()).max()
         # fp32 math against float64: two roundings of products of magnitude <= |x|
         assert err <= 4 * np.finfo(np.float32).eps * np.abs(r.numpy()).max(), err
@@ -77,7 +76,9 @@ def test_reference_rejects_what_the_contract_rejects(bad):
 
 
 def test_bf16_round_is_nearest_even():
-    assert torch.equal(torch.from_numpy(bf16_round(np.array([1.00390625, 1.01171875, -3.3], np.float32))),
-                       torch.tensor([1.00390625, 1.01171875, -3.3]).to(torch.bfloat16).float())
+    assert torch.equal(
+        torch.from_numpy(bf16_round(np.array([1.00390625, 1.01171875, -3.3], np.float32))),
+        torch.tensor([1.00390625, 1.01171875, -3.3]).to(torch.bfloat16).float(),
+    )
     v = np.random.default_rng(3).standard_normal(10000).astype(np.float32)
     assert np.array_equal(bf16_round(v), torch.from_numpy(v).to(torch.bfloat16).float().numpy())

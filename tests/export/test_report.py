@@ -17,9 +17,20 @@ def full_report() -> Report:
     r = Report(command=["--model", "x"], version="0.1.0", created="2026-12-02T00:00:00+00:00", passed=True)
     r.model = {"layers": 2, "hidden": 32}
     r.plugin = {"status": "built", "path": "/p/libroformer_trt_plugin.so", "sha256": "ab" * 32}
-    r.engine = {"status": "built", "engines": [{"plan": "model.fp16.plan", "precision": "fp16",
-                                                "onnx": "model.rope-plugin.fp16.onnx", "reused": False,
-                                                "build_seconds": 12.5, "plugin_layers": 2, "rebuild_reasons": []}]}
+    r.engine = {
+        "status": "built",
+        "engines": [
+            {
+                "plan": "model.fp16.plan",
+                "precision": "fp16",
+                "onnx": "model.rope-plugin.fp16.onnx",
+                "reused": False,
+                "build_seconds": 12.5,
+                "plugin_layers": 2,
+                "rebuild_reasons": [],
+            }
+        ],
+    }
     r.profiles = [{"index": 0, "batch": [1, 8, 32], "sequence": [1, 128, 128]}]
     r.timings = {"export": 1.25}
     r.artifacts = {"onnx": "model.onnx"}
@@ -35,8 +46,7 @@ def test_round_trip_keeps_every_section():
 
 def test_every_section_renders_as_tables_not_json():
     md = render_markdown(full_report())
-    for heading in ("## Model", "## Plugin", "## Engine", "## Optimization profiles", "## Files",
-                    "## Time per stage"):
+    for heading in ("## Model", "## Plugin", "## Engine", "## Optimization profiles", "## Files", "## Time per stage"):
         assert heading in md
     assert "| model.fp16.plan | fp16 |" in md and "| `/p/libroformer_trt_plugin.so` |" in md
     assert "{" not in md  # no JSON dumps anywhere
@@ -58,7 +68,11 @@ def test_malformed_reports_are_refused(data):
 
 def test_artifact_keys_have_one_spelling():
     assert [rope_key("plugin"), precision_key("rope-plugin", "fp16"), engine_key("bf16"), bench_key("plot")] == [
-        "rope-plugin", "rope-plugin.fp16", "engine-bf16", "bench-plot"]
+        "rope-plugin",
+        "rope-plugin.fp16",
+        "engine-bf16",
+        "bench-plot",
+    ]
 
 
 def test_serving_refuses_a_report_of_another_schema(tmp_path):

@@ -15,21 +15,59 @@ from export.reproduce import POLY_INPUTS, POLY_OUTPUTS, render_markdown, reprodu
 from plugins import identity
 
 # trtexec: flags (name before '=') that both tags parse. --fp16/--bf16 exist in 10.16 only.
-TRTEXEC_FLAGS = {"--onnx", "--saveEngine", "--stronglyTyped", "--dynamicPlugins", "--staticPlugins", "--profile",
-                 "--minShapes", "--optShapes", "--maxShapes", "--shapes", "--useProfile"}
-POLYGRAPHY_FLAGS = {"--trt", "--onnxrt", "--strongly-typed", "--plugins", "--trt-min-shapes", "--trt-opt-shapes",
-                    "--trt-max-shapes", "--optimization-profile", "--input-shapes", "--val-range", "--save-inputs",
-                    "--save-outputs", "--load-inputs", "--load-outputs", "--check-error-stat", "--atol", "--rtol"}
+TRTEXEC_FLAGS = {
+    "--onnx",
+    "--saveEngine",
+    "--stronglyTyped",
+    "--dynamicPlugins",
+    "--staticPlugins",
+    "--profile",
+    "--minShapes",
+    "--optShapes",
+    "--maxShapes",
+    "--shapes",
+    "--useProfile",
+}
+POLYGRAPHY_FLAGS = {
+    "--trt",
+    "--onnxrt",
+    "--strongly-typed",
+    "--plugins",
+    "--trt-min-shapes",
+    "--trt-opt-shapes",
+    "--trt-max-shapes",
+    "--optimization-profile",
+    "--input-shapes",
+    "--val-range",
+    "--save-inputs",
+    "--save-outputs",
+    "--load-inputs",
+    "--load-outputs",
+    "--check-error-stat",
+    "--atol",
+    "--rtol",
+}
 
-PROFILES = [{"index": 0, "batch": [1, 4, 8], "sequence": [1, 16, 16]},
-            {"index": 1, "batch": [1, 4, 8], "sequence": [17, 64, 64]}]
+PROFILES = [
+    {"index": 0, "batch": [1, 4, 8], "sequence": [1, 16, 16]},
+    {"index": 1, "batch": [1, 4, 8], "sequence": [17, 64, 64]},
+]
 
 
 def commands(**over):
-    kw = dict(trt_onnx="model.rope-plugin.fp16.onnx", reference_onnx="model.onnx", plan="model.fp16.trtexec.plan",
-              profiles=PROFILES, precision="fp16", vocab_size=1000, type_vocab_size=2, atol=0.02, rtol=0.001,
-              plugin_lib=f"plugins/build/{identity.PLUGIN_LIB}",
-              static_plugin_lib=f"plugins/build/{identity.STATIC_PLUGIN_LIB}")
+    kw = dict(
+        trt_onnx="model.rope-plugin.fp16.onnx",
+        reference_onnx="model.onnx",
+        plan="model.fp16.trtexec.plan",
+        profiles=PROFILES,
+        precision="fp16",
+        vocab_size=1000,
+        type_vocab_size=2,
+        atol=0.02,
+        rtol=0.001,
+        plugin_lib=f"plugins/build/{identity.PLUGIN_LIB}",
+        static_plugin_lib=f"plugins/build/{identity.STATIC_PLUGIN_LIB}",
+    )
     kw.update(over)
     return reproduce_commands(**kw)
 
@@ -49,7 +87,7 @@ def test_trtexec_one_profile_group_per_profile_strongly_typed_dynamic_plugin():
     assert len(starts) == len(PROFILES)
     for i, s in enumerate(starts):  # each group: --profile=i, then its min, opt, max
         assert opts[s] == f"--profile={i}"
-        assert flags(opts[s + 1:s + 4]) == ["--minShapes", "--optShapes", "--maxShapes"]
+        assert flags(opts[s + 1 : s + 4]) == ["--minShapes", "--optShapes", "--maxShapes"]
     assert flags(opts).count("--minShapes") == len(PROFILES)  # never repeated outside a --profile group
     assert "--minShapes=input_ids:1x17,attention_mask:1x17,token_type_ids:1x17" in argv
     assert "--maxShapes=input_ids:8x64,attention_mask:8x64,token_type_ids:8x64" in argv
@@ -63,9 +101,9 @@ def test_polygraphy_builds_with_the_self_registering_library_then_compares_in_or
     assert build[build.index("--plugins") + 1].endswith(identity.STATIC_PLUGIN_LIB)
     assert flags(build).count("--trt-min-shapes") == len(PROFILES)
     i = build.index("--trt-max-shapes")
-    assert build[i + 1:i + 4] == ["input_ids:[8,16]", "attention_mask:[8,16]", "token_type_ids:[8,16]"]
+    assert build[i + 1 : i + 4] == ["input_ids:[8,16]", "attention_mask:[8,16]", "token_type_ids:[8,16]"]
     v = build.index("--val-range")
-    assert build[v + 1:v + 4] == ["input_ids:[0,999]", "attention_mask:[1,1]", "token_type_ids:[0,1]"]
+    assert build[v + 1 : v + 4] == ["input_ids:[0,999]", "attention_mask:[1,1]", "token_type_ids:[0,1]"]
     assert build[build.index("--save-inputs") + 1] == POLY_INPUTS
     assert build[build.index("--save-outputs") + 1] == POLY_OUTPUTS
     assert compare[:4] == ["polygraphy", "run", "model.onnx", "--onnxrt"]
@@ -89,8 +127,13 @@ def test_notes_say_stronglytyped_is_a_no_op_in_trtexec_11():
 
 
 def test_onnx_rope_graph_needs_no_plugin_and_choices_rank_3():
-    c = commands(plugin_lib=None, static_plugin_lib=None, trt_onnx="model.rope-onnx.fp16.onnx",
-                 profiles=[{"index": 0, "batch": [1, 1, 2], "choices": [4, 4, 4], "sequence": [1, 32, 32]}], rank=3)
+    c = commands(
+        plugin_lib=None,
+        static_plugin_lib=None,
+        trt_onnx="model.rope-onnx.fp16.onnx",
+        profiles=[{"index": 0, "batch": [1, 1, 2], "choices": [4, 4, 4], "sequence": [1, 32, 32]}],
+        rank=3,
+    )
     assert "Plugins" not in c["trtexec"][0] and "--plugins" not in c["polygraphy"][0]
     assert "--maxShapes=input_ids:2x4x32,attention_mask:2x4x32,token_type_ids:2x4x32" in shlex.split(c["trtexec"][0])
     with pytest.raises(ValueError):

@@ -16,8 +16,13 @@ from export.report import REPORT_JSON, REPORT_MD
 from export.staging import PREFIX, BuildFolder, move_rank, remove_dead_stagings
 
 FAST = ["--exporter", "torchscript", "--max-len", "24"]
-USER_FILES = {"bench/my_results.csv": "a,b\n1,2\n", "model_quantized.onnx": "mine", "model-final.plan": "mine",
-              "model.v1.plan.json": "{}", "notes.txt": "keep me"}
+USER_FILES = {
+    "bench/my_results.csv": "a,b\n1,2\n",
+    "model_quantized.onnx": "mine",
+    "model-final.plan": "mine",
+    "model.v1.plan.json": "{}",
+    "notes.txt": "keep me",
+}
 
 
 def put(folder, files: dict[str, str]) -> None:
@@ -27,8 +32,11 @@ def put(folder, files: dict[str, str]) -> None:
 
 
 def tree(folder) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): p.read_text(errors="replace") for p in sorted(folder.rglob("*"))
-            if p.is_file() and PREFIX not in p.as_posix()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_text(errors="replace")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and PREFIX not in p.as_posix()
+    }
 
 
 def stage(bf: BuildFolder, files: dict[str, str]) -> dict[str, str]:
@@ -42,8 +50,23 @@ def test_the_users_files_survive_a_build_and_a_rebuild(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     put(out, USER_FILES)
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--bench", "--bench-iters", "1",
-                  "--bench-grid", "1x8"]) == 0
+    assert (
+        build(
+            [
+                "--model",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                *FAST,
+                "--bench",
+                "--bench-iters",
+                "1",
+                "--bench-grid",
+                "1x8",
+            ]
+        )
+        == 0
+    )
     assert (out / "bench" / "bench.json").exists()
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 0  # no bench: our bench files go
     after = tree(out)
@@ -79,8 +102,15 @@ def test_a_doctored_report_claims_nothing_whose_hash_differs(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     put(out, {"notes.txt": "keep"})
-    (out / REPORT_JSON).write_text(json.dumps({"tool": "roformer-trt", "artifacts": {"x": "notes.txt"},
-                                               "artifacts_sha256": {"notes.txt": "0" * 64, "../up": "0" * 64}}))
+    (out / REPORT_JSON).write_text(
+        json.dumps(
+            {
+                "tool": "roformer-trt",
+                "artifacts": {"x": "notes.txt"},
+                "artifacts_sha256": {"notes.txt": "0" * 64, "../up": "0" * 64},
+            }
+        )
+    )
     owner = Ownership(out)
     assert not owner.owns("notes.txt") and "../up" not in owner.claims and owner.owns(REPORT_JSON)
 
@@ -88,8 +118,16 @@ def test_a_doctored_report_claims_nothing_whose_hash_differs(tmp_path):
 def test_commit_moves_weights_then_graphs_then_reports_and_rewrites_the_manifest_last(tmp_path):
     out = tmp_path / "o"
     with BuildFolder(out) as bf:
-        hashes = stage(bf, {"model.onnx": "g", "model.onnx.data": "w", "bench/bench.json": "{}",
-                            REPORT_MD: "# roformer-trt report", REPORT_JSON: json.dumps({"tool": "roformer-trt"})})
+        hashes = stage(
+            bf,
+            {
+                "model.onnx": "g",
+                "model.onnx.data": "w",
+                "bench/bench.json": "{}",
+                REPORT_MD: "# roformer-trt report",
+                REPORT_JSON: json.dumps({"tool": "roformer-trt"}),
+            },
+        )
         moves = bf.commit(hashes, hashes)
     assert moves == ["model.onnx.data", "bench/bench.json", "model.onnx", REPORT_MD, REPORT_JSON]
     assert sorted(moves, key=move_rank) == moves
@@ -100,21 +138,41 @@ def test_commit_moves_weights_then_graphs_then_reports_and_rewrites_the_manifest
 def test_commit_replaces_our_old_set_and_keeps_everything_else(tmp_path):
     out = tmp_path / "o"
     with BuildFolder(out) as bf:
-        old = stage(bf, {"model.onnx": "old", "model.rope-onnx.onnx": "old", "timing.cache": "old",
-                         "bench/bench.json": "old", REPORT_JSON: json.dumps({"tool": "roformer-trt"})})
+        old = stage(
+            bf,
+            {
+                "model.onnx": "old",
+                "model.rope-onnx.onnx": "old",
+                "timing.cache": "old",
+                "bench/bench.json": "old",
+                REPORT_JSON: json.dumps({"tool": "roformer-trt"}),
+            },
+        )
         bf.commit(old, old)
     put(out, USER_FILES)
     with BuildFolder(out) as bf:
         bf.reuse("timing.cache", "model.fp16.plan")  # what an engine stage may reuse; absent plan: skipped
         assert (bf.stage / "timing.cache").read_text() == "old"
         (bf.stage / "timing.cache").unlink()  # this run did not keep it: the old one stays
-        new = stage(bf, {"model.onnx": "new", "model.fp16.plan": "new", REPORT_MD: "new",
-                         REPORT_JSON: json.dumps({"tool": "roformer-trt", "n": 2})})
+        new = stage(
+            bf,
+            {
+                "model.onnx": "new",
+                "model.fp16.plan": "new",
+                REPORT_MD: "new",
+                REPORT_JSON: json.dumps({"tool": "roformer-trt", "n": 2}),
+            },
+        )
         bf.commit({"model.onnx": new["model.onnx"]}, new)  # the plan is not described: not moved into place
     files = tree(out)
     files.pop(MANIFEST)
-    assert files == {**USER_FILES, "model.onnx": "new", REPORT_MD: "new", "timing.cache": "old",
-                     REPORT_JSON: json.dumps({"tool": "roformer-trt", "n": 2})}
+    assert files == {
+        **USER_FILES,
+        "model.onnx": "new",
+        REPORT_MD: "new",
+        "timing.cache": "old",
+        REPORT_JSON: json.dumps({"tool": "roformer-trt", "n": 2}),
+    }
 
 
 def test_a_kill_during_the_swap_leaves_a_manifest_that_still_claims_both_sets(tmp_path, monkeypatch):
@@ -122,15 +180,16 @@ def test_a_kill_during_the_swap_leaves_a_manifest_that_still_claims_both_sets(tm
     file of ours there, so it removes them and nothing else."""
     out = tmp_path / "o"
     with BuildFolder(out) as bf:
-        old = stage(bf, {"model.onnx": "old", "model.rope-plugin.onnx": "old", REPORT_JSON: "{\"tool\": \"roformer-trt\"}"})
+        old = stage(bf, {"model.onnx": "old", "model.rope-plugin.onnx": "old", REPORT_JSON: '{"tool": "roformer-trt"}'})
         bf.commit(old, old)
     put(out, USER_FILES)
     import export.staging as staging
 
     def killed(*args):
         raise KeyboardInterrupt  # stands for SIGKILL at the first move: nothing after it runs
+
     with BuildFolder(out) as bf:
-        new = stage(bf, {"model.onnx": "new", "model.rope-onnx.onnx": "new", REPORT_JSON: "{\"tool\": \"roformer-trt\"}"})
+        new = stage(bf, {"model.onnx": "new", "model.rope-onnx.onnx": "new", REPORT_JSON: '{"tool": "roformer-trt"}'})
         monkeypatch.setattr(staging, "_place", killed)
         with pytest.raises(KeyboardInterrupt):
             bf.commit(new, new)
@@ -139,10 +198,13 @@ def test_a_kill_during_the_swap_leaves_a_manifest_that_still_claims_both_sets(tm
     claims = Ownership(out).files()
     assert "model.rope-plugin.onnx" not in tree(out) and not set(USER_FILES) & set(claims)
     with BuildFolder(out) as bf:
-        again = stage(bf, {"model.onnx": "again", REPORT_JSON: "{\"tool\": \"roformer-trt\"}"})
+        again = stage(bf, {"model.onnx": "again", REPORT_JSON: '{"tool": "roformer-trt"}'})
         bf.commit(again, again)
-    assert {k: v for k, v in tree(out).items() if k != MANIFEST} == {**USER_FILES, "model.onnx": "again",
-                                                                   REPORT_JSON: "{\"tool\": \"roformer-trt\"}"}
+    assert {k: v for k, v in tree(out).items() if k != MANIFEST} == {
+        **USER_FILES,
+        "model.onnx": "again",
+        REPORT_JSON: '{"tool": "roformer-trt"}',
+    }
 
 
 def test_a_user_folder_where_a_file_goes_is_refused_even_with_force(tmp_path):
@@ -175,12 +237,18 @@ def test_a_run_that_fails_removes_only_what_it_made(tmp_path):
     assert [p.name for p in kept.iterdir()] == ["mine.txt"]
 
 
-@pytest.mark.parametrize("bad,why", [("file", "is a file"), ("long", "255"), ("under-file", "is a file"),
-                                     ("read-only", "not writable")])
+@pytest.mark.parametrize(
+    "bad,why", [("file", "is a file"), ("long", "255"), ("under-file", "is a file"), ("read-only", "not writable")]
+)
 def test_out_problems_are_found_from_the_path(tmp_path, bad, why):
     import os
-    target = {"file": tmp_path / "f", "long": tmp_path / ("x" * 300), "under-file": tmp_path / "f" / "sub",
-              "read-only": tmp_path / "ro" / "out"}[bad]
+
+    target = {
+        "file": tmp_path / "f",
+        "long": tmp_path / ("x" * 300),
+        "under-file": tmp_path / "f" / "sub",
+        "read-only": tmp_path / "ro" / "out",
+    }[bad]
     (tmp_path / "f").write_text("a file")
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o500)

@@ -62,8 +62,12 @@ def test_output_wide_table_beats_graph_wide_table():
 
 
 def test_precedence_from_weakest_to_strongest():
-    th = Thresholds.from_data({"*": {"*": {"*": {"atol": 1.0}}}, "fp32": {"*": {"*": {"atol": 2.0}},
-                                                                          "g": {"o": {"atol": 4.0}, "*": {"atol": 3.0}}}})
+    th = Thresholds.from_data(
+        {
+            "*": {"*": {"*": {"atol": 1.0}}},
+            "fp32": {"*": {"*": {"atol": 2.0}}, "g": {"o": {"atol": 4.0}, "*": {"atol": 3.0}}},
+        }
+    )
     assert th.lookup("fp32", "x", "y").atol == 2.0
     assert th.lookup("fp32", "g", "y").atol == 3.0
     assert th.lookup("fp32", "g", "o").atol == 4.0
@@ -72,9 +76,17 @@ def test_precedence_from_weakest_to_strongest():
     assert flags.lookup("fp32", "g", "o").atol == 9.0
 
 
-@pytest.mark.parametrize("data", [{"int3": {}}, {"fp32": {"*": {"*": {"atol": -1}}}},
-                                  {"fp32": {"*": {"*": {"cosine": 1}}}}, {"fp32": {"*": {"*": 1}}},
-                                  {"fp32": {"*": {"*": {"min_row_cosine": 1.5}}}}, {"fp32": {"*": {"*": {"max_rel": 1}}}}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"int3": {}},
+        {"fp32": {"*": {"*": {"atol": -1}}}},
+        {"fp32": {"*": {"*": {"cosine": 1}}}},
+        {"fp32": {"*": {"*": 1}}},
+        {"fp32": {"*": {"*": {"min_row_cosine": 1.5}}}},
+        {"fp32": {"*": {"*": {"max_rel": 1}}}},
+    ],
+)
 def test_bad_tables_are_refused(data):
     with pytest.raises(ThresholdError):
         Thresholds.from_data(data)

@@ -17,19 +17,46 @@ H = "a" * 64
 
 def case(graph: str, precision: str, err: float, **stats) -> dict:
     t = DEFAULTS[precision]
-    out = {"max_abs": err * 5, "mean_abs": err / 2, "scaled_error": err,
-           "cosine": 0.9999999, "row_cosine": 1 - 1e-12, "n_nan": 0, **t.to_dict(), "passed": True, **stats}
-    return {"graph": graph, "precision": precision, "batch": 2, "seq": 16, "choices": None, "padded_rows": 0,
-            "outputs": {"last_hidden_state": out}, "passed": True}
+    out = {
+        "max_abs": err * 5,
+        "mean_abs": err / 2,
+        "scaled_error": err,
+        "cosine": 0.9999999,
+        "row_cosine": 1 - 1e-12,
+        "n_nan": 0,
+        **t.to_dict(),
+        "passed": True,
+        **stats,
+    }
+    return {
+        "graph": graph,
+        "precision": precision,
+        "batch": 2,
+        "seq": 16,
+        "choices": None,
+        "padded_rows": 0,
+        "outputs": {"last_hidden_state": out},
+        "passed": True,
+    }
 
 
-GOOD = dict(command=[], version="0", created="x", passed=True,
-            artifacts={"onnx": "model.onnx", "rope-plugin.fp16": "model.rope-plugin.fp16.onnx",
-                       "rope-plugin.bf16-emulated": "model.rope-plugin.bf16-emulated.onnx"},
-            artifacts_sha256={"model.onnx": H, "model.rope-plugin.fp16.onnx": H,
-                              "model.rope-plugin.bf16-emulated.onnx": H},
-            validation=[case("onnx", "fp32", 5e-7), case("rope-plugin.fp16", "fp16", 2e-3),
-                        case("rope-plugin.bf16-emulated", "bf16", 2e-2)])
+GOOD = dict(
+    command=[],
+    version="0",
+    created="x",
+    passed=True,
+    artifacts={
+        "onnx": "model.onnx",
+        "rope-plugin.fp16": "model.rope-plugin.fp16.onnx",
+        "rope-plugin.bf16-emulated": "model.rope-plugin.bf16-emulated.onnx",
+    },
+    artifacts_sha256={"model.onnx": H, "model.rope-plugin.fp16.onnx": H, "model.rope-plugin.bf16-emulated.onnx": H},
+    validation=[
+        case("onnx", "fp32", 5e-7),
+        case("rope-plugin.fp16", "fp16", 2e-3),
+        case("rope-plugin.bf16-emulated", "bf16", 2e-2),
+    ],
+)
 
 
 def verdict(**changes) -> list:
@@ -46,15 +73,18 @@ def test_a_good_report_passes():
     assert passed(verdict())
 
 
-@pytest.mark.parametrize("changes,why", [
-    ({"validation": []}, "no validation cases"),
-    ({"artifacts": {}, "artifacts_sha256": {}}, "is not an artifact of the report"),
-    ({"artifacts_sha256": {}}, "has no recorded sha256"),
-    ({"passed": False}, "marked itself not passed"),
-    ({"failure": "rotary rewrite: 3/4"}, "the build failed"),
-    ({"validation_skipped": True}, "not validated"),
-    ({"engine": {"status": "failed", "reason": "parser"}}, "engine stage failed"),
-])
+@pytest.mark.parametrize(
+    "changes,why",
+    [
+        ({"validation": []}, "no validation cases"),
+        ({"artifacts": {}, "artifacts_sha256": {}}, "is not an artifact of the report"),
+        ({"artifacts_sha256": {}}, "has no recorded sha256"),
+        ({"passed": False}, "marked itself not passed"),
+        ({"failure": "rotary rewrite: 3/4"}, "the build failed"),
+        ({"validation_skipped": True}, "not validated"),
+        ({"engine": {"status": "failed", "reason": "parser"}}, "engine stage failed"),
+    ],
+)
 def test_each_rule_fails_the_verdict(changes, why):
     checks = verdict(**changes)
     assert not passed(checks) and why in failed(checks)
@@ -74,10 +104,14 @@ def test_relabelling_the_precision_buys_nothing():
     assert "scaled_error 0.02" in failed(verdict(validation=[honest]))  # judged as fp32: fails
 
 
-@pytest.mark.parametrize("stat,value,why", [
-    ("scaled_error", 2e-5, "scaled_error 2e-05"), ("row_cosine", 0.9999, "row cosine 0.999900000"),
-    ("cosine", 0.5, "cosine 0.500000"),
-])
+@pytest.mark.parametrize(
+    "stat,value,why",
+    [
+        ("scaled_error", 2e-5, "scaled_error 2e-05"),
+        ("row_cosine", 0.9999, "row cosine 0.999900000"),
+        ("cosine", 0.5, "cosine 0.500000"),
+    ],
+)
 def test_each_statistic_can_fail_a_case(stat, value, why):
     c = case("onnx", "fp32", 5e-7, **{stat: value})
     assert why in failed(verdict(validation=[c]))
@@ -104,11 +138,22 @@ def test_own_flag_is_left_out_for_the_producer():
     assert passed(judge(Report(**fields), Thresholds.defaults(), own_flag=False))
 
 
-@pytest.mark.parametrize("key,precision", [
-    ("onnx", "fp32"), ("rope-plugin", "fp32"), ("rope-onnx", "fp32"), ("rope-plugin.fp16", "fp16"),
-    ("onnx.bf16", "bf16"), ("rope-plugin.bf16-emulated", "bf16"), ("engine-fp16", "fp16"),
-    ("engine-fp16.sidecar", None), ("bench-json", None), ("tensorrt-onnx", None), ("x.int3", None),
-])
+@pytest.mark.parametrize(
+    "key,precision",
+    [
+        ("onnx", "fp32"),
+        ("rope-plugin", "fp32"),
+        ("rope-onnx", "fp32"),
+        ("rope-plugin.fp16", "fp16"),
+        ("onnx.bf16", "bf16"),
+        ("rope-plugin.bf16-emulated", "bf16"),
+        ("engine-fp16", "fp16"),
+        ("engine-fp16.sidecar", None),
+        ("bench-json", None),
+        ("tensorrt-onnx", None),
+        ("x.int3", None),
+    ],
+)
 def test_key_precision(key, precision):
     assert key_precision(key) == precision
 

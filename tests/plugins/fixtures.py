@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV, skip_or_fail, version_of
 
 from plugins import build as plugin_build_cli
 from plugins import locate
+from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV, skip_or_fail, version_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,8 +58,10 @@ def plugin_build() -> PluginBuild:
         return PluginBuild(d, _collect(d), notes=[f"prebuilt libraries from ${locate.ENV_DIR}={d}"])
     missing = plugin_build_cli.missing_tools()
     if missing:
-        why = (f"cannot build the plugins: {', '.join(missing)} not installed (CI needs cmake >= 3.24 and the CUDA "
-               "toolkit's nvcc)")
+        why = (
+            f"cannot build the plugins: {', '.join(missing)} not installed (CI needs cmake >= 3.24 and the CUDA "
+            "toolkit's nvcc)"
+        )
         if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
             pytest.fail(f"{REQUIRE_TOOLS_ENV}=1 but {why}", pytrace=False)
         return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=why)
@@ -89,8 +91,14 @@ def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) 
     if plugin_build_cli.missing_tools():
         skip_or_fail(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
     env = {**os.environ, "CUDACXX": os.environ.get("CUDACXX") or plugin_build_cli.find_nvcc() or "nvcc"}
-    conf = ["cmake", "-S", str(plugin_build_cli.SOURCE_DIR), "-B", str(build_dir),
-            "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90")]
+    conf = [
+        "cmake",
+        "-S",
+        str(plugin_build_cli.SOURCE_DIR),
+        "-B",
+        str(build_dir),
+        "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90"),
+    ]
     conf += [f"-D{k}={v}" for k, v in defines.items()]
     log = ""
     for cmd in (conf, ["cmake", "--build", str(build_dir), "-j2", "--target", *targets]):
@@ -101,8 +109,12 @@ def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) 
     return True, log
 
 
-CONTRACT_TARGETS = ["roformer_trt_plugin", "roformer_trt_contract_test", "roformer_trt_stub_runtime",
-                    "roformer_trt_plugin_static_on_stub"]
+CONTRACT_TARGETS = [
+    "roformer_trt_plugin",
+    "roformer_trt_contract_test",
+    "roformer_trt_stub_runtime",
+    "roformer_trt_plugin_static_on_stub",
+]
 _CONTRACT_BUILDS: dict[tuple[str, bool], Path] = {}
 
 
@@ -111,8 +123,11 @@ def contract_build(include: Path, sanitize: bool = False) -> Path:
     key = (str(include), sanitize)
     if key not in _CONTRACT_BUILDS:
         d = locate.DEFAULT_BUILD_DIR / f"contract-{version_of(include)}{'-sanitize' if sanitize else ''}"
-        ok, log = build_targets(d, CONTRACT_TARGETS, {"TensorRT_INCLUDE_DIR": str(include.resolve()),
-                                                      "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"})
+        ok, log = build_targets(
+            d,
+            CONTRACT_TARGETS,
+            {"TensorRT_INCLUDE_DIR": str(include.resolve()), "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"},
+        )
         assert ok, log[-6000:]
         _CONTRACT_BUILDS[key] = d
     return _CONTRACT_BUILDS[key]
@@ -129,8 +144,9 @@ def sanitizer_supported() -> str | None:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "t.cpp"
         src.write_text("int main() { return 0; }\n")
-        proc = subprocess.run([cxx, "-fsanitize=address,undefined", str(src), "-o", str(Path(d) / "t")],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [cxx, "-fsanitize=address,undefined", str(src), "-o", str(Path(d) / "t")], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             return f"{cxx} cannot build with -fsanitize=address,undefined: {proc.stderr.strip()[:200]}"
         run = subprocess.run([str(Path(d) / "t")], capture_output=True, text=True)

@@ -17,8 +17,9 @@ def headers(tmp_path: Path, major: int) -> Path:
     inc = tmp_path / f"include{major}"
     inc.mkdir()
     (inc / "NvInfer.h").write_text("")
-    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE 1\n"
-                                          "#define TRT_PATCH_ENTERPRISE 0\n")
+    (inc / "NvInferVersion.h").write_text(
+        f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE 1\n#define TRT_PATCH_ENTERPRISE 0\n"
+    )
     return inc
 
 

@@ -21,11 +21,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from plugins import identity
 from tests.fixtures.toolchain import HEADERS_ENV, headers_missing, tensorrt_include_dirs, version_of
 from tests.plugins.fixtures import contract_build as build
 from tests.plugins.fixtures import sanitizer_supported
-
-from plugins import identity
 
 MIN_BAD_FIELD_SETS = 20
 HEADERS = tensorrt_include_dirs()
@@ -37,16 +37,27 @@ def has_gpu() -> bool:
 
 
 def run(exe: Path, *args: str, env: dict | None = None) -> tuple[int, str, str, int, int]:
-    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, **(env or {})})
+    r = subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
     m = re.search(r"contract: (\d+) passed, (\d+) failed", r.stdout)
     passed, failed = (int(m[1]), int(m[2])) if m else (0, -1)
     return r.returncode, r.stdout, r.stderr, passed, failed
 
 
 def drive(d: Path):
-    args = ["drive", str(d / identity.PLUGIN_LIB), "--name", identity.PLUGIN_OP, "--version", identity.PLUGIN_VERSION,
-            "--namespace", identity.PLUGIN_NAMESPACE, "--fields", ",".join(identity.FIELDS)]
+    args = [
+        "drive",
+        str(d / identity.PLUGIN_LIB),
+        "--name",
+        identity.PLUGIN_OP,
+        "--version",
+        identity.PLUGIN_VERSION,
+        "--namespace",
+        identity.PLUGIN_NAMESPACE,
+        "--fields",
+        ",".join(identity.FIELDS),
+    ]
     return run(d / "tests" / "roformer_trt_contract_test", *args, *([] if has_gpu() else ["--no-gpu"]))
 
 
@@ -79,8 +90,15 @@ def test_static_library_registers_under_its_own_namespace(include):
     exe, stub = d / "tests" / "roformer_trt_contract_test", d / "tests" / "stub" / f"libnvinfer.so.{major}"
     lib = d / "tests" / "libroformer_trt_plugin_static_on_stub.so"
     for refuse in ("0", "1"):
-        rc, out, err, _, failed = run(exe, "static", str(stub), str(lib), "--namespace", identity.PLUGIN_NAMESPACE,
-                                      env={"RR_STUB_REFUSE": refuse} if refuse == "1" else None)
+        rc, out, err, _, failed = run(
+            exe,
+            "static",
+            str(stub),
+            str(lib),
+            "--namespace",
+            identity.PLUGIN_NAMESPACE,
+            env={"RR_STUB_REFUSE": refuse} if refuse == "1" else None,
+        )
         assert rc == 0 and failed == 0, out + err
         assert f'registerCreator gets the creator\'s namespace "{identity.PLUGIN_NAMESPACE}"' in out
 
@@ -96,9 +114,18 @@ def test_creator_lookup_walks_the_list_and_never_calls_getcreator(include):
 def check_lookup(d: Path, include: Path) -> str:
     major = version_of(include).split(".")[0]
     stub = d / "tests" / "stub" / f"libnvinfer.so.{major}"
-    rc, out, err, passed, failed = run(d / "tests" / "roformer_trt_contract_test", "lookup", str(stub),
-                                       str(d / identity.PLUGIN_LIB), "--name", identity.PLUGIN_OP,
-                                       "--version", identity.PLUGIN_VERSION, "--namespace", identity.PLUGIN_NAMESPACE)
+    rc, out, err, passed, failed = run(
+        d / "tests" / "roformer_trt_contract_test",
+        "lookup",
+        str(stub),
+        str(d / identity.PLUGIN_LIB),
+        "--name",
+        identity.PLUGIN_OP,
+        "--version",
+        identity.PLUGIN_VERSION,
+        "--namespace",
+        identity.PLUGIN_NAMESPACE,
+    )
     assert rc == 0 and failed == 0, out + err
     assert "ok   found: exactly our creator, not a decoy with its identity" in out
     assert "ok   IPluginRegistry::getCreator never called (0 calls)" in out
@@ -109,14 +136,19 @@ def test_mixed_majors_refuse_instead_of_crashing():
     """A host of one major (its runtime, a stub, loaded RTLD_LOCAL first) loading a library of the other."""
     by_major = {version_of(h).split(".")[0]: h for h in HEADERS}
     if len(by_major) < 2:
-        pytest.skip(f"needs headers of two TensorRT majors ({HEADERS_ENV} or ../shared/tensorrt-headers), "
-                    f"got {sorted(by_major)}")
+        pytest.skip(
+            f"needs headers of two TensorRT majors ({HEADERS_ENV} or ../shared/tensorrt-headers), "
+            f"got {sorted(by_major)}"
+        )
     majors = sorted(by_major)[:2]
     for host_major, lib_major in (majors, majors[::-1]):
         host, lib = build(by_major[host_major]), build(by_major[lib_major])
-        rc, out, err, passed, failed = run(host / "tests" / "roformer_trt_contract_test", "mixed",
-                                           str(host / "tests" / "stub" / f"libnvinfer.so.{host_major}"),
-                                           str(lib / identity.PLUGIN_LIB))
+        rc, out, err, passed, failed = run(
+            host / "tests" / "roformer_trt_contract_test",
+            "mixed",
+            str(host / "tests" / "stub" / f"libnvinfer.so.{host_major}"),
+            str(lib / identity.PLUGIN_LIB),
+        )
         assert rc == 0 and failed == 0, f"host {host_major}, library {lib_major}: rc {rc}\n{out}\n{err}"
         lines = [line for line in err.splitlines() if "refusing to register" in line]
         assert len(lines) == 1, err  # one line naming both versions
@@ -133,10 +165,14 @@ def test_contract_under_asan_ubsan(include):
     err = check_lookup(d, include)
     assert "ERROR: AddressSanitizer" not in err and "runtime error" not in err, err
     major = version_of(include).split(".")[0]
-    rc, out, err, _, failed = run(d / "tests" / "roformer_trt_contract_test", "static",
-                                  str(d / "tests" / "stub" / f"libnvinfer.so.{major}"),
-                                  str(d / "tests" / "libroformer_trt_plugin_static_on_stub.so"),
-                                  "--namespace", identity.PLUGIN_NAMESPACE)
+    rc, out, err, _, failed = run(
+        d / "tests" / "roformer_trt_contract_test",
+        "static",
+        str(d / "tests" / "stub" / f"libnvinfer.so.{major}"),
+        str(d / "tests" / "libroformer_trt_plugin_static_on_stub.so"),
+        "--namespace",
+        identity.PLUGIN_NAMESPACE,
+    )
     assert rc == 0 and failed == 0 and "ERROR: AddressSanitizer" not in err and "runtime error" not in err, out + err
 
 

@@ -15,13 +15,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from plugins import locate
 from tests.fixtures.toolchain import headers_missing, tensorrt_include_dirs, version_of
 from tests.plugins.fixtures import adapter_skip_reason, contract_build, plugin_build  # noqa: F401  (session fixture)
 
-from plugins import locate
-
-pytestmark = pytest.mark.skipif(shutil.which("nm") is None or shutil.which("readelf") is None,
-                                reason="binutils (nm, readelf) not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("nm") is None or shutil.which("readelf") is None, reason="binutils (nm, readelf) not installed"
+)
 
 
 def defined(lib: Path) -> set[str]:
@@ -43,8 +44,13 @@ def needed(lib: Path) -> list[str]:
 
 def test_host_library_is_plain_cpp(plugin_build):  # noqa: F811
     lib = plugin_build.require(locate.HOST_LIB, "see the CMake log")
-    assert defined(lib) == {"roformer_rotary_host", "roformer_rotary_host_check", "roformer_rotary_host_float_to_half",
-                            "roformer_rotary_host_float_to_bf16", "roformer_rotary_host_half_to_float"}
+    assert defined(lib) == {
+        "roformer_rotary_host",
+        "roformer_rotary_host_check",
+        "roformer_rotary_host_float_to_half",
+        "roformer_rotary_host_float_to_bf16",
+        "roformer_rotary_host_half_to_float",
+    }
     assert not any("cuda" in n.lower() for n in needed(lib)), needed(lib)
     assert not any(n.startswith("cuda") for n in undefined(lib))
 
@@ -82,7 +88,8 @@ def check_dynamic_plugin(lib: Path) -> None:
 
 def test_static_plugin_registers_through_libnvinfer(plugin_build):  # noqa: F811
     lib = plugin_build.require(
-        locate.STATIC_PLUGIN_LIB, "libnvinfer was not found at build time (set TensorRT_ROOT to an install)")
+        locate.STATIC_PLUGIN_LIB, "libnvinfer was not found at build time (set TensorRT_ROOT to an install)"
+    )
     assert defined(lib) == {"roformer_trt_plugin_tensorrt_major"}
     assert "getPluginRegistry" in undefined(lib)
     assert any("nvinfer" in n for n in needed(lib)), needed(lib)
@@ -90,8 +97,11 @@ def test_static_plugin_registers_through_libnvinfer(plugin_build):  # noqa: F811
 
 def test_locate_finds_the_built_libraries(plugin_build, monkeypatch):  # noqa: F811
     monkeypatch.setenv(locate.ENV_DIR, str(plugin_build.build_dir))
-    finders = {locate.KERNEL_LIB: locate.find_kernel_library, locate.HOST_LIB: locate.find_host_library,
-               locate.PLUGIN_LIB: locate.find_plugin_library}
+    finders = {
+        locate.KERNEL_LIB: locate.find_kernel_library,
+        locate.HOST_LIB: locate.find_host_library,
+        locate.PLUGIN_LIB: locate.find_plugin_library,
+    }
     built = {name: path for name, path in plugin_build.libs.items() if name in finders and path is not None}
     assert built, "nothing was built"
     for name, path in built.items():
@@ -131,8 +141,9 @@ def test_plugin_library_status_says_what_happened(tmp_path, monkeypatch):
     inc = tmp_path / "include"
     inc.mkdir()
     (inc / "NvInfer.h").write_text("")
-    (inc / "NvInferVersion.h").write_text("#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n"
-                                          "#define TRT_PATCH_ENTERPRISE 0\n")
+    (inc / "NvInferVersion.h").write_text(
+        "#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n#define TRT_PATCH_ENTERPRISE 0\n"
+    )
     (tmp_path / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
     assert "failed or was interrupted" in locate.plugin_library_status(tmp_path)["reason"]
     (tmp_path / locate.PLUGIN_LIB).write_bytes(b"lib")
@@ -146,8 +157,9 @@ def _headers(folder, major: int, minor: int):
     inc = folder / f"include-{major}"
     inc.mkdir(parents=True)
     (inc / "NvInfer.h").write_text("")
-    (inc / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n"
-                                          f"#define TRT_MINOR_ENTERPRISE {minor}\n#define TRT_PATCH_ENTERPRISE 0\n")
+    (inc / "NvInferVersion.h").write_text(
+        f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE {minor}\n#define TRT_PATCH_ENTERPRISE 0\n"
+    )
     (folder / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={inc}\n")
 
 

@@ -11,10 +11,10 @@ import ctypes
 
 import numpy as np
 import pytest
-from tests.plugins.fixtures import plugin_build  # noqa: F401  (session fixture)
 
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table
 from plugins import locate
+from tests.plugins.fixtures import plugin_build  # noqa: F401  (session fixture)
 
 F32, F16, BF16 = 0, 1, 2  # RotaryDType codes (plugins/roformer_rotary/roformerRotaryShape.h)
 I64 = ctypes.c_int64
@@ -24,12 +24,20 @@ I64 = ctypes.c_int64
 def host(plugin_build):  # noqa: F811
     lib = ctypes.CDLL(str(plugin_build.require(locate.HOST_LIB, "see the CMake log")))
     lib.roformer_rotary_host.restype = ctypes.c_int
-    lib.roformer_rotary_host.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.c_void_p] + [I64] * 6
+    lib.roformer_rotary_host.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ] + [I64] * 6
     lib.roformer_rotary_host_check.restype = ctypes.c_char_p
     lib.roformer_rotary_host_check.argtypes = [ctypes.c_int, ctypes.c_int] + [I64] * 6
-    for fn in ("roformer_rotary_host_float_to_half", "roformer_rotary_host_float_to_bf16",
-               "roformer_rotary_host_half_to_float"):
+    for fn in (
+        "roformer_rotary_host_float_to_half",
+        "roformer_rotary_host_float_to_bf16",
+        "roformer_rotary_host_half_to_float",
+    ):
         getattr(lib, fn).restype = None
         getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p, I64]
     return lib
@@ -43,8 +51,9 @@ def run_host(lib, dtype_code: int, xs: list[np.ndarray], table: np.ndarray, rota
     xp = (ctypes.c_void_p * len(xs))(*[x.ctypes.data for x in xs])
     yp = (ctypes.c_void_p * len(ys))(*[y.ctypes.data for y in ys])
     table = np.ascontiguousarray(table, dtype=np.float32)
-    rc = lib.roformer_rotary_host(dtype_code, len(xs), xp, yp, table.ctypes.data, b, h, s, dh, rotary_dim,
-                                  table.shape[0])
+    rc = lib.roformer_rotary_host(
+        dtype_code, len(xs), xp, yp, table.ctypes.data, b, h, s, dh, rotary_dim, table.shape[0]
+    )
     assert rc == 0, lib.roformer_rotary_host_check(dtype_code, len(xs), b, h, s, dh, rotary_dim, table.shape[0])
     return ys
 
@@ -70,9 +79,9 @@ def make_inputs(rng, k, shape, dtype_code):
         q = max(n // 16, 1)
         # |x| up to the fp16 max (finite inputs): a rotated pair can exceed it and round to inf
         flat[idx[:q]] = (rng.uniform(3.0e4, 65504.0, q) * rng.choice([-1.0, 1.0], q)).astype(np.float32)
-        flat[idx[q:2 * q]] *= np.float32(1e-6)  # fp16 subnormal range
-        flat[idx[2 * q:2 * q + 1]] = 0.0
-        flat[idx[2 * q + 1:2 * q + 2]] = -0.0
+        flat[idx[q : 2 * q]] *= np.float32(1e-6)  # fp16 subnormal range
+        flat[idx[2 * q : 2 * q + 1]] = 0.0
+        flat[idx[2 * q + 1 : 2 * q + 2]] = -0.0
         if dtype_code == F16:
             xs.append(x.astype(np.float16))
         elif dtype_code == BF16:
@@ -112,13 +121,15 @@ def test_host_matches_numpy_reference_bitwise(host, dtype_code, k, b, h, s, dh, 
     got = run_host(host, dtype_code, args, table, r)
     if dtype_code == BF16:
         got = [bits_to_f32(g) for g in got]
-    for i, (g, want) in enumerate(zip(got, ref)):
+    for i, (g, want) in enumerate(zip(got, ref, strict=True)):
         uint = np.uint16 if g.dtype == np.float16 else np.uint32
         diff = np.flatnonzero(g.view(uint) != want.view(uint))
         print(f"x_{i}: {diff.size} of {g.size} elements differ")
-        assert diff.size == 0, f"x_{i} first differing element {diff[:5]}: got {g.reshape(-1)[diff[:5]]}, " \
-                               f"want {want.reshape(-1)[diff[:5]]}"
-    for a, a0 in zip(args, before):
+        assert diff.size == 0, (
+            f"x_{i} first differing element {diff[:5]}: got {g.reshape(-1)[diff[:5]]}, "
+            f"want {want.reshape(-1)[diff[:5]]}"
+        )
+    for a, a0 in zip(args, before, strict=True):
         assert np.array_equal(a.view(np.uint8), a0.view(np.uint8)), "the host reference wrote its input"
 
 
@@ -166,8 +177,20 @@ def test_empty_batch_is_a_valid_no_op(host):
 def test_float_to_half_matches_numpy(host):
     """Software fp32 -> fp16 (nearest even, subnormals, overflow) on ~430k bit patterns spread over all 2^32."""
     f = np.arange(0, 2**32, 9973, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    extra = np.array([65504.0, 65519.996, 65520.0, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0000001, 3 * 2.0**-26,
-                      2.0**-14, 2.0**-14 * (1 - 2.0**-12)], dtype=np.float32)
+    extra = np.array(
+        [
+            65504.0,
+            65519.996,
+            65520.0,
+            2.0**-24,
+            2.0**-25,
+            2.0**-25 * 1.0000001,
+            3 * 2.0**-26,
+            2.0**-14,
+            2.0**-14 * (1 - 2.0**-12),
+        ],
+        dtype=np.float32,
+    )
     f = np.concatenate([f, extra, -extra])
     out = np.empty(f.size, dtype=np.uint16)
     host.roformer_rotary_host_float_to_half(f.ctypes.data, out.ctypes.data, f.size)

@@ -34,7 +34,10 @@ def readme_rows() -> dict[str, dict[str, str]]:
 
 def test_creator_identity_matches_yaml(config):
     assert (config["name"], config["version"], config["namespace"]) == (
-        identity.PLUGIN_OP, identity.PLUGIN_VERSION, identity.PLUGIN_NAMESPACE)
+        identity.PLUGIN_OP,
+        identity.PLUGIN_VERSION,
+        identity.PLUGIN_NAMESPACE,
+    )
     assert config["interface"] == "IPluginV3"
     assert config["roformer_trt"]["onnx_domain"] == identity.PLUGIN_DOMAIN
     assert config["roformer_trt"]["sincos_initializer"] == identity.SINCOS_INITIALIZER
@@ -69,25 +72,29 @@ def test_readme_parameter_table_matches(readme_rows):
     assert all(readme_rows[f]["type"] == "INT" for f in identity.FIELDS)
     assert readme_rows[identity.ATTR_INTERLEAVED]["allowed"] == "`1`"
     assert readme_rows[identity.ATTR_NUM_TENSORS]["allowed"].startswith(
-        f"`{identity.MIN_TENSORS} … {identity.MAX_TENSORS}`")
+        f"`{identity.MIN_TENSORS} … {identity.MAX_TENSORS}`"
+    )
     assert readme_rows[identity.ATTR_NUM_TENSORS]["default"] == f"`{identity.DEFAULT_NUM_TENSORS}`"
     assert readme_rows[identity.ATTR_PLUGIN_VERSION]["allowed"] == f'`"{identity.PLUGIN_VERSION}"`'
     assert readme_rows[identity.ATTR_PLUGIN_NAMESPACE]["allowed"] == f'`"{identity.PLUGIN_NAMESPACE}"`'
 
 
-@pytest.mark.parametrize("attrs,n_inputs,why", [
-    ({"interleaved": 0, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=0"),
-    ({"interleaved": 2, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=2"),
-    ({"interleaved": 1, "num_tensors": 2}, 3, "missing required attribute 'rotary_dim'"),
-    ({"interleaved": 1, "rotary_dim": 63, "num_tensors": 2}, 3, "rotary_dim=63"),
-    ({"interleaved": 1, "rotary_dim": 0, "num_tensors": 2}, 3, "rotary_dim=0"),
-    ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 5}, 6, "num_tensors=5"),
-    ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 0}, 1, "num_tensors=0"),
-    ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 2}, 4, "4 inputs but num_tensors=2"),
-    ({"interleaved": 1, "rotary_dim": 64}, 4, "4 inputs but num_tensors=2"),  # the default k is 2
-    ({"interleaved": 1, "rotary_dim": 32, "num_tensors": 2}, 3, "the sincos table is 64 wide"),
-    ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 2}, 3, None),
-])
+@pytest.mark.parametrize(
+    "attrs,n_inputs,why",
+    [
+        ({"interleaved": 0, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=0"),
+        ({"interleaved": 2, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=2"),
+        ({"interleaved": 1, "num_tensors": 2}, 3, "missing required attribute 'rotary_dim'"),
+        ({"interleaved": 1, "rotary_dim": 63, "num_tensors": 2}, 3, "rotary_dim=63"),
+        ({"interleaved": 1, "rotary_dim": 0, "num_tensors": 2}, 3, "rotary_dim=0"),
+        ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 5}, 6, "num_tensors=5"),
+        ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 0}, 1, "num_tensors=0"),
+        ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 2}, 4, "4 inputs but num_tensors=2"),
+        ({"interleaved": 1, "rotary_dim": 64}, 4, "4 inputs but num_tensors=2"),  # the default k is 2
+        ({"interleaved": 1, "rotary_dim": 32, "num_tensors": 2}, 3, "the sincos table is 64 wide"),
+        ({"interleaved": 1, "rotary_dim": 64, "num_tensors": 2}, 3, None),
+    ],
+)
 def test_plugin_node_problem_refuses_what_the_plugin_refuses(attrs, n_inputs, why):
     got = identity.plugin_node_problem(attrs, n_inputs, table_width=64, head_dim=64)
     assert (got is None) if why is None else (why in got), got
@@ -99,25 +106,39 @@ def test_cpp_strings_match_yaml(config):
     src = (identity.CONFIG_YAML.parent / "roformerRotaryPlugin.cpp").read_text()
     consts = dict(re.findall(r'char const\* const (k[A-Z_]+)\{"([^"]*)"\}', src))
     assert (consts["kNAME"], consts["kVERSION"], consts["kNAMESPACE"]) == (
-        config["name"], config["version"], config["namespace"])
+        config["name"],
+        config["version"],
+        config["namespace"],
+    )
     fields = [consts[k] for k in ("kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS")]
     assert fields == config["versions"][identity.PLUGIN_VERSION]["attributes"]
     # the creator's field list and the serialized fields name them in the YAML's order
-    for block in ("RoformerRotaryPluginCreator::RoformerRotaryPluginCreator()", "void RoformerRotaryPlugin::initFields()"):
+    for block in (
+        "RoformerRotaryPluginCreator::RoformerRotaryPluginCreator()",
+        "void RoformerRotaryPlugin::initFields()",
+    ):
         body = src.split(block, 1)[1].split("}\n", 1)[0]
         assert re.findall(r"PluginField\{(k[A-Z_]+)", body) == ["kINTERLEAVED", "kROTARY_DIM", "kNUM_TENSORS"]
     version_src = (identity.CONFIG_YAML.parents[1] / "common" / "runtimeVersion.cpp").read_text()
     assert f"int32_t {identity.TENSORRT_MAJOR_SYMBOL}()" in version_src
-    assert "not in the contract" not in src.lower() and "not in the contract" not in identity.CONFIG_YAML.read_text().lower()
+    assert (
+        "not in the contract" not in src.lower()
+        and "not in the contract" not in identity.CONFIG_YAML.read_text().lower()
+    )
 
 
 def test_docs_name_the_self_registering_library_for_dlopen_loaders():
     """Triton's plugins=, LD_PRELOAD and --staticPlugins only dlopen: they need the library that registers at load."""
     root = identity.CONFIG_YAML.parents[2]
-    texts = {p: p.read_text() for p in [root / "README.md", identity.CONTRACT_README,
-                                        *sorted((root / "engines").glob("triton*.py"))]}
+    texts = {
+        p: p.read_text()
+        for p in [root / "README.md", identity.CONTRACT_README, *sorted((root / "engines").glob("triton*.py"))]
+    }
     for path, text in texts.items():
         for lib in re.findall(r"(?:plugins=|LD_PRELOAD=|--staticPlugins[= ]|--plugins )(\S*?\.so)", text):
             assert lib.endswith(identity.STATIC_PLUGIN_LIB), (path.name, lib)
     readme = texts[root / "README.md"]
-    assert f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme
+    assert (
+        f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme
+        and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme
+    )

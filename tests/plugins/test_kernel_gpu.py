@@ -25,8 +25,10 @@ from plugins import locate  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch (CPU-only build "
-                       "or no GPU); these tests need one"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="no CUDA device visible to torch (CPU-only build or no GPU); these tests need one",
+    ),
 ]
 
 F32, F16, BF16 = 0, 1, 2  # RotaryDType codes
@@ -48,16 +50,26 @@ def kernels(tmp_path_factory):
             pytest.skip(f"cannot build the kernels: {', '.join(missing)} not installed")
         major, minor = torch.cuda.get_device_capability()
         build_dir = tmp_path_factory.mktemp("plugins-build")
-        cmd = [sys.executable, "-m", "plugins.build", "--build-dir", str(build_dir), "--archs", f"{major}{minor}",
-               "-j", str(os.cpu_count() or 2)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "plugins.build",
+            "--build-dir",
+            str(build_dir),
+            "--archs",
+            f"{major}{minor}",
+            "-j",
+            str(os.cpu_count() or 2),
+        ]
         proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"kernel build failed:\n{(proc.stderr + proc.stdout)[-6000:]}")
         path = build_dir / locate.KERNEL_LIB
     lib = ctypes.CDLL(str(path))
     lib.roformer_rotary_launch.restype = ctypes.c_int
-    lib.roformer_rotary_launch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                           ctypes.c_void_p] + [I64] * 6 + [ctypes.c_void_p]
+    lib.roformer_rotary_launch.argtypes = (
+        [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [I64] * 6 + [ctypes.c_void_p]
+    )
     return lib
 
 
@@ -67,8 +79,9 @@ def launch(lib, xs: list, ys: list, table, rotary_dim: int) -> int:
     xp = (ctypes.c_void_p * len(xs))(*[x.data_ptr() for x in xs])
     yp = (ctypes.c_void_p * len(ys))(*[y.data_ptr() for y in ys])
     stream = torch.cuda.current_stream().cuda_stream
-    rc = lib.roformer_rotary_launch(DTYPES[xs[0].dtype], len(xs), xp, yp, table.data_ptr(), b, h, s, dh, rotary_dim,
-                                    table.shape[0], stream)
+    rc = lib.roformer_rotary_launch(
+        DTYPES[xs[0].dtype], len(xs), xp, yp, table.data_ptr(), b, h, s, dh, rotary_dim, table.shape[0], stream
+    )
     torch.cuda.synchronize()
     return rc
 
@@ -94,21 +107,32 @@ def check(lib, xs, rotary_dim, p_extra=3):
     before = [x.clone() for x in xs]
     ys = [torch.full_like(x, float("nan")) for x in xs]  # poison: every element must be written
     assert launch(lib, xs, ys, table, rotary_dim) == 0
-    for i, (x, x0) in enumerate(zip(xs, before)):
-        assert torch.equal(x.view(torch.uint8) if x.dtype != torch.float32 else x.view(torch.int32),
-                           x0.view(torch.uint8) if x0.dtype != torch.float32 else x0.view(torch.int32)), \
-            f"x_{i} was modified"
-    for i, (y, want) in enumerate(zip(ys, reference(xs, table_np, rotary_dim))):
+    for i, (x, x0) in enumerate(zip(xs, before, strict=True)):
+        assert torch.equal(
+            x.view(torch.uint8) if x.dtype != torch.float32 else x.view(torch.int32),
+            x0.view(torch.uint8) if x0.dtype != torch.float32 else x0.view(torch.int32),
+        ), f"x_{i} was modified"
+    for i, (y, want) in enumerate(zip(ys, reference(xs, table_np, rotary_dim), strict=True)):
         got = y.float().cpu().numpy() if y.dtype == torch.bfloat16 else y.cpu().numpy()
         bad = np.flatnonzero(as_bits(got) != as_bits(want))
         print(f"y_{i} {tuple(y.shape)} {y.dtype}: {bad.size} differing elements")
-        assert bad.size == 0, f"y_{i} first bad {bad[:5]}: got {got.reshape(-1)[bad[:5]]}, " \
-                              f"want {want.reshape(-1)[bad[:5]]}"
+        assert bad.size == 0, (
+            f"y_{i} first bad {bad[:5]}: got {got.reshape(-1)[bad[:5]]}, want {want.reshape(-1)[bad[:5]]}"
+        )
 
 
 # (B, H, S, Dh, R). Dh=64/128 take 16-byte vectors, 68 and 12 8-byte ones (fp16/bf16), 6 and 2 4-byte pairs.
-SHAPES = [(1, 1, 1, 2, 2), (2, 12, 217, 64, 64), (3, 5, 113, 128, 128), (1, 5, 17, 128, 64), (2, 3, 31, 6, 6),
-          (1, 2, 9, 6, 4), (2, 4, 19, 68, 68), (1, 3, 50, 12, 8), (8, 12, 1, 64, 64)]
+SHAPES = [
+    (1, 1, 1, 2, 2),
+    (2, 12, 217, 64, 64),
+    (3, 5, 113, 128, 128),
+    (1, 5, 17, 128, 64),
+    (2, 3, 31, 6, 6),
+    (1, 2, 9, 6, 4),
+    (2, 4, 19, 68, 68),
+    (1, 3, 50, 12, 8),
+    (8, 12, 1, 64, 64),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -159,7 +183,7 @@ def test_more_than_2g_elements_uses_64_bit_indices(kernels):
     b, h, s, dh = 1, 16, 2**21 + 8, 64  # 2^31 + 8*16*64 elements
     x = torch.empty(b, h, s, dh, device="cuda", dtype=torch.float16)
     x.view(-1)[: 2**20].normal_()
-    x.view(-1)[-(2**20):].normal_()
+    x.view(-1)[-(2**20) :].normal_()
     table_np = sincos_table(s, dh)
     table = torch.from_numpy(table_np).cuda()
     y = torch.empty_like(x)

@@ -13,12 +13,15 @@ import re
 import subprocess
 
 import pytest
+
 from tests.plugins.fixtures import SANITIZE_BUILD_DIR, build_targets, plugin_build, sanitizer_supported  # noqa: F401
 
 TARGET = "roformer_rotary_kernel_grid_test"
-PATHS = {"fp32": {"16B vector", "8B vector", "element"},
-         "fp16": {"16B vector", "8B vector", "4B vector", "element"},
-         "bf16": {"16B vector", "8B vector", "4B vector", "element"}}
+PATHS = {
+    "fp32": {"16B vector", "8B vector", "element"},
+    "fp16": {"16B vector", "8B vector", "4B vector", "element"},
+    "bf16": {"16B vector", "8B vector", "4B vector", "element"},
+}
 
 
 def check_run(exe):

@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV
-
 from plugins import locate
+from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBED = "tests/plugins/test_kernel_grid.py::test_kernel_grid_on_cpu"
@@ -26,8 +25,14 @@ def run_without_cmake(tmp_path: Path, require: bool) -> subprocess.CompletedProc
     env["PATH"] = str(empty)
     if require:
         env[REQUIRE_TOOLS_ENV] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", PROBED],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", PROBED],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_missing_cmake_skips_with_the_reason(tmp_path):

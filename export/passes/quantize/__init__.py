@@ -25,7 +25,6 @@ from export.passes.quantize.data import CalibSet
 from export.passes.quantize.placement import Placement, check_quantized, load_structure, plan_placement
 from export.passes.quantize.qdq import QdqSummary, insert_qdq
 
-
 __all__ = ["plan", "calibrate", "build", "check_quantized", "Placement"]
 
 
@@ -33,8 +32,15 @@ def plan(src: Path, residual: bool = False) -> Placement:
     return plan_placement(load_structure(src), residual=residual)
 
 
-def calibrate(src: Path, placement: Placement, calib: CalibSet, method: CalibMethod, *, rotary_function: bool,
-              choices: int | None = None) -> dict[str, float]:
+def calibrate(
+    src: Path,
+    placement: Placement,
+    calib: CalibSet,
+    method: CalibMethod,
+    *,
+    rotary_function: bool,
+    choices: int | None = None,
+) -> dict[str, float]:
     """{fp32 tensor: amax} for every activation of the placement (kept-high nodes included: the fallback may
     quantize them again)."""
     tensors = placement.activations()
@@ -42,14 +48,19 @@ def calibrate(src: Path, placement: Placement, calib: CalibSet, method: CalibMet
     return collect_amax(session, tensors, calib.batches(choices), method)
 
 
-def build(src: Path, placement: Placement, amax: dict[str, float], fmt: str,
-          high: str) -> tuple[onnx.ModelProto, QdqSummary]:
+def build(
+    src: Path, placement: Placement, amax: dict[str, float], fmt: str, high: str
+) -> tuple[onnx.ModelProto, QdqSummary]:
     """The quantized graph in memory: `high` precision (fp16: export.passes.precision's rules) for what is not
     quantized, Q/DQ of `fmt` at every active site."""
     src = Path(src)
     model = load_structure(src)
-    weights = {s.tensor: _copy(t) for t in model.graph.initializer for s in placement.sites
-               if s.kind == "weight" and s.tensor == t.name}
+    weights = {
+        s.tensor: _copy(t)
+        for t in model.graph.initializer
+        for s in placement.sites
+        if s.kind == "weight" and s.tensor == t.name
+    }
     if high == "fp16":
         model, _ = convert_precision(model, "fp16", inplace=True, base_dir=src.parent)
 

@@ -20,9 +20,9 @@ on the demo model), prints to stdout, and its entropy search is plain Python loo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -52,8 +52,10 @@ def check_method(method: str, fmt: str) -> CalibMethod:
     if method not in METHODS:
         raise UsageError(f"--calib-method {method!r} is not one of {', '.join(METHODS)}")
     if fmt == "fp8" and method == "entropy":
-        raise UsageError("--calib-method entropy models INT8's 128 uniform levels, not FP8's; use max or "
-                         "percentile with --precision fp8")
+        raise UsageError(
+            "--calib-method entropy models INT8's 128 uniform levels, not FP8's; use max or "
+            "percentile with --precision fp8"
+        )
     return CalibMethod(method)
 
 
@@ -61,8 +63,9 @@ def calibration_session(path: Path, tensors: list[str], rotary_function: bool):
     """A single-threaded ORT session of the fp32 graph at `path` that also returns `tensors`."""
     model = onnx.load(str(path), load_external_data=False)
     present = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
-                              for t in tensors if t not in present)
+    model.graph.output.extend(
+        helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors if t not in present
+    )
     return single_thread_session(model, Path(path).parent, rotary_function)
 
 
@@ -86,15 +89,18 @@ def run_batches(session, tensors: list[str], batches: Callable[[], Iterable[dict
     wanted = {i.name for i in session.get_inputs()}
     for feed in batches():
         outs = session.run(tensors, {k: v for k, v in feed.items() if k in wanted})
-        for name, arr in zip(tensors, outs):
+        for name, arr in zip(tensors, outs, strict=True):
             if not np.all(np.isfinite(arr)):
-                raise VerificationError(f"calibration: tensor {name} holds NaN or inf in the fp32 graph; the model "
-                                        "itself is broken on the calibration data")
+                raise VerificationError(
+                    f"calibration: tensor {name} holds NaN or inf in the fp32 graph; the model "
+                    "itself is broken on the calibration data"
+                )
             visit(name, np.abs(arr, dtype=np.float32))
 
 
-def collect_amax(session, tensors: list[str], batches: Callable[[], Iterable[dict]],
-                 method: CalibMethod) -> dict[str, float]:
+def collect_amax(
+    session, tensors: list[str], batches: Callable[[], Iterable[dict]], method: CalibMethod
+) -> dict[str, float]:
     """{tensor: amax} over every batch. `batches` is called once per pass (twice for histogram methods)."""
     if not tensors:
         return {}

@@ -26,8 +26,10 @@ import onnx
 
 from export.onnx_io import is_external, load_tensor, write_model
 
-RECIPE = ("onnxruntime.transformers fusions (opt_level 0), then onnxruntime.quantization.quantize_dynamic: MatMul with "
-          "constant weights, int8 per-tensor weights, uint8 activations per tensor at run time")
+RECIPE = (
+    "onnxruntime.transformers fusions (opt_level 0), then onnxruntime.quantization.quantize_dynamic: MatMul with "
+    "constant weights, int8 per-tensor weights, uint8 activations per tensor at run time"
+)
 
 
 def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
@@ -40,13 +42,20 @@ def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
         fused, out = tmp / "fused.onnx", tmp / dst.name
-        optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
-                       opt_level=0).save_model_to_file(str(fused), use_external_data_format=True)
+        optimize_model(
+            str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+        ).save_model_to_file(str(fused), use_external_data_format=True)
         # DefaultTensorType: ONNX shape inference cannot type the outputs of the fused com.microsoft ops; every
         # float of this fp32 graph is float32
-        quantize_dynamic(str(fused), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
-                         weight_type=QuantType.QInt8, use_external_data_format=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(fused),
+            str(out),
+            op_types_to_quantize=["MatMul"],
+            per_channel=False,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         model = onnx.load(str(out))
         if dst.parent.resolve() == src.parent.resolve():  # elsewhere the twin holds all of its weights
             _share_unchanged(model, src)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,8 +28,10 @@ SYNTHETIC_SIZE = 64  # samples when --calib is not given
 MAX_CALIB_SIZE = 100_000
 SYNTHETIC_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128)  # cut to the calibration length cap
 CALIB_LEN_CAP = 128  # longest calibration sample (ranges are per token; longer costs time, not coverage)
-SYNTHETIC_NOTE = ("calibrated on synthetic token ids (seeded, uniform over the vocab): accuracy on real text is "
-                  "unknown; pass --calib FILE with text like the deployment's")
+SYNTHETIC_NOTE = (
+    "calibrated on synthetic token ids (seeded, uniform over the vocab): accuracy on real text is "
+    "unknown; pass --calib FILE with text like the deployment's"
+)
 BATCH_TOKENS = 1024  # tokens per calibration batch: about 60 MB of activations per batch for the demo model
 
 
@@ -52,8 +54,14 @@ class CalibSet:
 
     def to_report(self) -> dict:
         lengths = [len(i) for i, _ in self.samples]
-        out = {"source": self.source, "samples": len(self.samples), "tokens": int(sum(lengths)),
-               "min_len": min(lengths), "max_len": max(lengths), "sha256": self.sha256}
+        out = {
+            "source": self.source,
+            "samples": len(self.samples),
+            "tokens": int(sum(lengths)),
+            "min_len": min(lengths),
+            "max_len": max(lengths),
+            "sha256": self.sha256,
+        }
         return out | {k: v for k, v in (("tokenizer", self.tokenizer), ("note", self.note)) if v}
 
     def batches(self, choices: int | None = None, batch_tokens: int = BATCH_TOKENS) -> Callable[[], Iterator[dict]]:
@@ -67,7 +75,7 @@ class CalibSet:
                 n = 1  # ascending lengths: the group's last sample is its longest, the padded width
                 while i + n < len(order) and (n + 1) * len(self.samples[order[i + n]][0]) <= batch_tokens:
                     n += 1
-                yield _feed([self.samples[j] for j in order[i:i + n]], choices)
+                yield _feed([self.samples[j] for j in order[i : i + n]], choices)
                 i += n
 
         return gen
@@ -79,7 +87,7 @@ def _feed(group: list[tuple[np.ndarray, np.ndarray]], choices: int | None) -> di
     types = np.zeros_like(ids)
     mask = np.zeros_like(ids)
     for r, (i, t) in enumerate(group):
-        ids[r, :len(i)], types[r, :len(t)], mask[r, :len(i)] = i, t, 1
+        ids[r, : len(i)], types[r, : len(t)], mask[r, : len(i)] = i, t, 1
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     if choices:
         feed = {k: np.repeat(v[:, None, :], choices, axis=1) for k, v in feed.items()}
@@ -95,7 +103,7 @@ def synthetic_set(vocab_size: int, type_vocab_size: int, max_len: int, size: int
         ids = rng.integers(0, vocab_size, size=n, dtype=np.int64)
         types = np.zeros(n, np.int64)
         if type_vocab_size > 1 and k % 2:
-            types[n // 2:] = 1  # a second segment in every other sample
+            types[n // 2 :] = 1  # a second segment in every other sample
         samples.append((ids, types))
     return CalibSet(samples, "synthetic", note=SYNTHETIC_NOTE)
 
@@ -106,8 +114,9 @@ def check_size(size: int | None) -> int | None:
     return size
 
 
-def file_set(path: Path, vocab: Path | None, vocab_size: int, type_vocab_size: int, max_len: int,
-             size: int | None) -> CalibSet:
+def file_set(
+    path: Path, vocab: Path | None, vocab_size: int, type_vocab_size: int, max_len: int, size: int | None
+) -> CalibSet:
     """The user's calibration file; UsageError (exit 2) naming the file and line for anything unusable."""
     path = Path(path)
     text = read_text(path, what="calibration file", max_bytes=256 * MiB)
@@ -121,22 +130,27 @@ def file_set(path: Path, vocab: Path | None, vocab_size: int, type_vocab_size: i
         return CalibSet(samples, str(path), tokenizer="token ids (JSON lines)")
     if vocab is None or not Path(vocab).is_file():
         where = f"{vocab} does not exist" if vocab else "there is no vocab.txt beside the checkpoint"
-        raise UsageError(f"--calib {path} is text and {where}; pass --calib-vocab PATH, or give token ids as JSON "
-                         "lines in a .jsonl file")
+        raise UsageError(
+            f"--calib {path} is text and {where}; pass --calib-vocab PATH, or give token ids as JSON "
+            "lines in a .jsonl file"
+        )
     tok, name = text_tokenizer(Path(vocab))
     samples = []
     for n, line in lines:
         enc = tok(line, truncation=True, max_length=cap, return_token_type_ids=True)
         ids = np.asarray(enc["input_ids"], np.int64)
         if ids.size and int(ids.max()) >= vocab_size:
-            raise UsageError(f"{path}:{n}: token id {int(ids.max())} from {vocab} is outside the model's vocab of "
-                             f"{vocab_size}; pass the vocab.txt of this checkpoint with --calib-vocab")
+            raise UsageError(
+                f"{path}:{n}: token id {int(ids.max())} from {vocab} is outside the model's vocab of "
+                f"{vocab_size}; pass the vocab.txt of this checkpoint with --calib-vocab"
+            )
         samples.append((ids, np.asarray(enc["token_type_ids"], np.int64)))
     return CalibSet(samples, str(path), tokenizer=name)
 
 
-def _json_sample(path: Path, n: int, line: str, vocab_size: int, type_vocab_size: int,
-                 cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _json_sample(
+    path: Path, n: int, line: str, vocab_size: int, type_vocab_size: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
     where = f"{path}:{n}"
     try:
         obj = json.loads(line)
@@ -171,8 +185,12 @@ def text_tokenizer(vocab: Path):
     try:
         import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
         from transformers import RoFormerTokenizer
+
         return RoFormerTokenizer(vocab=table), f"RoFormerTokenizer ({vocab.name}, rjieba word segmentation)"
     except ImportError:
         from transformers import BertTokenizer
-        return BertTokenizer(vocab=table), (f"BertTokenizer ({vocab.name}; rjieba not installed: CJK split per "
-                                            "character, not by words as RoFormerTokenizer does)")
+
+        return BertTokenizer(vocab=table), (
+            f"BertTokenizer ({vocab.name}; rjieba not installed: CJK split per "
+            "character, not by words as RoFormerTokenizer does)"
+        )

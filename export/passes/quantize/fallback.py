@@ -18,9 +18,9 @@ share of the MatMul FLOPs, or why no graph within the budget passes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -48,7 +48,9 @@ class FallbackResult:
     report: dict = field(default_factory=dict)
 
 
-def sensitivity_model(src: Path, placement: Placement, amax: dict[str, float], fmt: str) -> tuple[onnx.ModelProto, list[str]]:
+def sensitivity_model(
+    src: Path, placement: Placement, amax: dict[str, float], fmt: str
+) -> tuple[onnx.ModelProto, list[str]]:
     """The fp32 graph plus, per quantizable node i, outputs err_i / ref_i (sums of squares of the twin's error and
     of the node's output) and shape_a_i / shape_b_i (its inputs' shapes, for FLOPs). Returns (model, nodes)."""
     src = Path(src)
@@ -66,23 +68,29 @@ def sensitivity_model(src: Path, placement: Placement, amax: dict[str, float], f
         for site in (s for s in placement.sites if s.node == name):
             twin.input[site.index] = ins.dq_for(site, node.input[site.index])
         y, p = node.output[0], f"__sens{i}_"
-        extra += [twin, helper.make_node("Sub", [twin.output[0], y], [p + "d"]),
-                  helper.make_node("ReduceSumSquare", [p + "d"], [p + "err"], keepdims=0),
-                  helper.make_node("ReduceSumSquare", [y], [p + "ref"], keepdims=0),
-                  helper.make_node("Shape", [node.input[0]], [p + "sa"]),
-                  helper.make_node("Shape", [node.input[1]], [p + "sb"])]
-        outs += [helper.make_tensor_value_info(p + "err", TensorProto.FLOAT, []),
-                 helper.make_tensor_value_info(p + "ref", TensorProto.FLOAT, []),
-                 helper.make_tensor_value_info(p + "sa", TensorProto.INT64, None),
-                 helper.make_tensor_value_info(p + "sb", TensorProto.INT64, None)]
+        extra += [
+            twin,
+            helper.make_node("Sub", [twin.output[0], y], [p + "d"]),
+            helper.make_node("ReduceSumSquare", [p + "d"], [p + "err"], keepdims=0),
+            helper.make_node("ReduceSumSquare", [y], [p + "ref"], keepdims=0),
+            helper.make_node("Shape", [node.input[0]], [p + "sa"]),
+            helper.make_node("Shape", [node.input[1]], [p + "sb"]),
+        ]
+        outs += [
+            helper.make_tensor_value_info(p + "err", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info(p + "ref", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info(p + "sa", TensorProto.INT64, None),
+            helper.make_tensor_value_info(p + "sb", TensorProto.INT64, None),
+        ]
     ins.new_nodes += extra
     ins.finish()
     model.graph.output.extend(outs)
     return model, nodes
 
 
-def sensitivity(src: Path, placement: Placement, amax: dict[str, float], fmt: str, cases: list[EvalCase],
-                rotary_function: bool) -> dict[str, dict]:
+def sensitivity(
+    src: Path, placement: Placement, amax: dict[str, float], fmt: str, cases: list[EvalCase], rotary_function: bool
+) -> dict[str, dict]:
     """node -> {"error": largest relative local error over the cases, "flops": MatMul FLOPs at the largest case}."""
     model, nodes = sensitivity_model(src, placement, amax, fmt)
     sess = single_thread_session(model, Path(src).parent, rotary_function)
@@ -91,7 +99,7 @@ def sensitivity(src: Path, placement: Placement, amax: dict[str, float], fmt: st
     names = [f"__sens{i}_{k}" for i in range(len(nodes)) for k in ("err", "ref", "sa", "sb")]
     out = {n: {"error": 0.0, "flops": 0} for n in nodes}
     for case in cases:
-        got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted})))
+        got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
         for i, n in enumerate(nodes):
             err, ref = float(got[f"__sens{i}_err"]), float(got[f"__sens{i}_ref"])
             rel = float(np.sqrt(err / ref)) if ref > 0 else (0.0 if err == 0 else float("inf"))
@@ -105,7 +113,9 @@ def _flops(sa: np.ndarray, sb: np.ndarray) -> int:
     return int(2 * np.prod(sa.astype(np.float64)) * sb[-1]) if len(sa) and len(sb) else 0
 
 
-def search(order: list[str], budget: int, attempt: Callable[[frozenset[str]], tuple[bool, str]]) -> tuple[int | None, list[dict]]:
+def search(
+    order: list[str], budget: int, attempt: Callable[[frozenset[str]], tuple[bool, str]]
+) -> tuple[int | None, list[dict]]:
     """Smallest k (by doubling, then bisection) whose top-k kept high passes; None when k = budget fails too."""
     trials: dict[int, tuple[bool, str]] = {}
 
@@ -135,9 +145,18 @@ def _trials(trials: dict[int, tuple[bool, str]]) -> list[dict]:
     return [{"kept": k, "passed": p, "worst": w} for k, (p, w) in trials.items()]
 
 
-def run_fallback(src: Path, placement: Placement, amax: dict[str, float], fmt: str, cases: list[EvalCase], *,
-                 judge: Callable[[dict, EvalCase], tuple[bool, str]], trial: Callable[[frozenset[str]], onnx.ModelProto],
-                 budget: int, rotary_function: bool) -> FallbackResult:
+def run_fallback(
+    src: Path,
+    placement: Placement,
+    amax: dict[str, float],
+    fmt: str,
+    cases: list[EvalCase],
+    *,
+    judge: Callable[[dict, EvalCase], tuple[bool, str]],
+    trial: Callable[[frozenset[str]], onnx.ModelProto],
+    budget: int,
+    rotary_function: bool,
+) -> FallbackResult:
     """Sensitivity sweep, then the search (module docstring); the report says what stayed high and what it cost."""
     sens = sensitivity(src, placement, amax, fmt, cases, rotary_function)
     order = sorted(sens, key=lambda n: -sens[n]["error"])  # stable: graph order among equals
@@ -148,21 +167,31 @@ def run_fallback(src: Path, placement: Placement, amax: dict[str, float], fmt: s
         graded = []
         for case in cases:
             names = list(case.refs)
-            got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted})))
+            got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
             graded.append(judge(got, case))
         failed = [line for ok, line in graded if not ok]
         return not failed, failed[0] if failed else graded[-1][1]
 
     k, trials = search(order, budget, attempt)
     total = sum(v["flops"] for v in sens.values()) or 1
-    kept = order[:budget if k is None else k]  # failing: the budget's worth, the closest it got
-    report = {"mode": "auto", "budget": budget, "quantizable": len(order), "passed": k is not None, "trials": trials,
-              "ranking": [{"node": n, "role": placement.role(n), "error": sens[n]["error"]} for n in order[:10]],
-              "kept": [{"node": n, "role": placement.role(n), "error": sens[n]["error"],
-                        "flops_share": sens[n]["flops"] / total} for n in kept],
-              "high_flops_share": sum(sens[n]["flops"] for n in kept) / total}
+    kept = order[: budget if k is None else k]  # failing: the budget's worth, the closest it got
+    report = {
+        "mode": "auto",
+        "budget": budget,
+        "quantizable": len(order),
+        "passed": k is not None,
+        "trials": trials,
+        "ranking": [{"node": n, "role": placement.role(n), "error": sens[n]["error"]} for n in order[:10]],
+        "kept": [
+            {"node": n, "role": placement.role(n), "error": sens[n]["error"], "flops_share": sens[n]["flops"] / total}
+            for n in kept
+        ],
+        "high_flops_share": sum(sens[n]["flops"] for n in kept) / total,
+    }
     if k is None:
         worst = trials[-1]["worst"] if trials else ""
-        report["reason"] = (f"keeping the {budget} most sensitive of {len(order)} quantized MatMuls in high precision "
-                            f"(the budget) still fails: {worst}")
+        report["reason"] = (
+            f"keeping the {budget} most sensitive of {len(order)} quantized MatMuls in high precision "
+            f"(the budget) still fails: {worst}"
+        )
     return FallbackResult(frozenset(kept), k is not None, report)

@@ -15,22 +15,38 @@ from export.passes.quantize.fallback import MODES as FALLBACK_MODES
 
 QUANTIZED = ("int8", "fp8")
 HIGH_PRECISIONS = ("fp16", "fp32")
-DEFAULT_BUDGET = 0.25  # at most a quarter of the quantized MatMuls may stay high: "a few", and still most FLOPs in 8 bits
+DEFAULT_BUDGET = (
+    0.25  # at most a quarter of the quantized MatMuls may stay high: "a few", and still most FLOPs in 8 bits
+)
 FLAGS = ("calib", "calib_vocab", "calib_size", "calib_method", "quant_high", "quant_fallback", "quant_fallback_budget")
 
 
 def add_quant_flags(p) -> None:
-    p.add_argument("--quant-high", choices=HIGH_PRECISIONS, help="int8/fp8: precision of what is not quantized "
-                   "(default fp16: export.passes.precision's rules)")
-    p.add_argument("--calib", help="int8/fp8 calibration data: text, one sample a line (tokenized with --calib-vocab), "
-                   "or token ids as JSON lines in a .jsonl file (default: a deterministic synthetic set)")
+    p.add_argument(
+        "--quant-high",
+        choices=HIGH_PRECISIONS,
+        help="int8/fp8: precision of what is not quantized (default fp16: export.passes.precision's rules)",
+    )
+    p.add_argument(
+        "--calib",
+        help="int8/fp8 calibration data: text, one sample a line (tokenized with --calib-vocab), "
+        "or token ids as JSON lines in a .jsonl file (default: a deterministic synthetic set)",
+    )
     p.add_argument("--calib-vocab", help="vocab.txt for --calib text (default: vocab.txt beside the checkpoint)")
     p.add_argument("--calib-size", type=int, help="use the first N samples of --calib (synthetic: 64)")
     p.add_argument("--calib-method", help="max | entropy | percentile (int8); max | percentile (fp8). Default max")
-    p.add_argument("--quant-fallback", choices=FALLBACK_MODES, help="auto (default): keep the MatMuls whose "
-                   "quantization costs the most in high precision until the graph passes its thresholds; none")
-    p.add_argument("--quant-fallback-budget", type=float, help="the most MatMuls --quant-fallback auto may keep high, "
-                   f"as a fraction of the quantized ones (default {DEFAULT_BUDGET})")
+    p.add_argument(
+        "--quant-fallback",
+        choices=FALLBACK_MODES,
+        help="auto (default): keep the MatMuls whose "
+        "quantization costs the most in high precision until the graph passes its thresholds; none",
+    )
+    p.add_argument(
+        "--quant-fallback-budget",
+        type=float,
+        help="the most MatMuls --quant-fallback auto may keep high, "
+        f"as a fraction of the quantized ones (default {DEFAULT_BUDGET})",
+    )
 
 
 @dataclass(frozen=True)
@@ -45,15 +61,17 @@ class QuantOptions:
     budget: float
 
     @classmethod
-    def check(cls, args, precision: str) -> "QuantOptions | None":
+    def check(cls, args, precision: str) -> QuantOptions | None:
         given = [f"--{f.replace('_', '-')}" for f in FLAGS if getattr(args, f, None) is not None]
         if precision not in QUANTIZED:
             if given:
                 raise UsageError(f"{given[0]} applies to --precision int8 or fp8; drop it or quantize")
             return None
         if args.rope == "none":
-            raise UsageError(f"--precision {precision} places Q/DQ around the fused rotary nodes; use --rope plugin "
-                             "(default) or --rope onnx")
+            raise UsageError(
+                f"--precision {precision} places Q/DQ around the fused rotary nodes; use --rope plugin "
+                "(default) or --rope onnx"
+            )
         calib = Path(args.calib) if args.calib else None
         if calib is not None and not calib.is_file():
             raise UsageError(f"--calib {calib} is not a file; pass a text file (one sample a line) or a .jsonl file")
@@ -61,12 +79,25 @@ class QuantOptions:
         budget = DEFAULT_BUDGET if args.quant_fallback_budget is None else args.quant_fallback_budget
         if not 0.0 <= budget <= 1.0:
             raise UsageError(f"--quant-fallback-budget must be a fraction from 0 to 1, got {budget}")
-        return cls(precision, args.quant_high or "fp16", calib, vocab, check_size(args.calib_size),
-                   check_method(args.calib_method or "max", precision), args.quant_fallback or "auto", budget)
+        return cls(
+            precision,
+            args.quant_high or "fp16",
+            calib,
+            vocab,
+            check_size(args.calib_size),
+            check_method(args.calib_method or "max", precision),
+            args.quant_fallback or "auto",
+            budget,
+        )
 
     def to_report(self) -> dict:
-        return {"format": self.fmt, "high_precision": self.high, **self.method.to_report(), "fallback": self.fallback,
-                "fallback_budget": self.budget}
+        return {
+            "format": self.fmt,
+            "high_precision": self.high,
+            **self.method.to_report(),
+            "fallback": self.fallback,
+            "fallback_budget": self.budget,
+        }
 
 
 def _vocab(args, calib: Path | None) -> Path | None:
@@ -81,6 +112,8 @@ def _vocab(args, calib: Path | None) -> Path | None:
     if beside.is_file():
         return beside
     if calib is not None and calib.suffix != ".jsonl":
-        raise UsageError(f"--calib {calib} is text but there is no vocab.txt beside the checkpoint ({beside}); pass "
-                         "--calib-vocab PATH, or give token ids as JSON lines in a .jsonl file")
+        raise UsageError(
+            f"--calib {calib} is text but there is no vocab.txt beside the checkpoint ({beside}); pass "
+            "--calib-vocab PATH, or give token ids as JSON lines in a .jsonl file"
+        )
     return None

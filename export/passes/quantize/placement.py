@@ -68,7 +68,7 @@ class Placement:
         """fp32 tensor names whose ranges calibration must measure, each once."""
         return list(dict.fromkeys(s.tensor for s in self.sites if s.kind == "activation"))
 
-    def with_kept(self, keep: set[str] | frozenset[str]) -> "Placement":
+    def with_kept(self, keep: set[str] | frozenset[str]) -> Placement:
         return Placement(self.sites, frozenset(keep), self.residual)
 
     def role(self, node: str) -> str:
@@ -168,11 +168,17 @@ def check_quantized(model: onnx.ModelProto, placement: Placement) -> list[str]:
     allowed = {s.node for s in placement.active()}
     for node in model.graph.node:
         if node.op_type in ROTARY_OPS:
-            problems += [f"rotary node {node.name} reads a quantized tensor ({t})"
-                         for t in node.input if t and _reaches_dq(t, producers)]
+            problems += [
+                f"rotary node {node.name} reads a quantized tensor ({t})"
+                for t in node.input
+                if t and _reaches_dq(t, producers)
+            ]
         elif node.name not in allowed:
-            problems += [f"{node.op_type} node {node.name} reads a dequantized tensor ({t}), outside the rules"
-                         for t in node.input if t in producers and producers[t].op_type == DQ_OP]
+            problems += [
+                f"{node.op_type} node {node.name} reads a dequantized tensor ({t}), outside the rules"
+                for t in node.input
+                if t in producers and producers[t].op_type == DQ_OP
+            ]
     return problems
 
 

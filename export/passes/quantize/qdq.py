@@ -21,10 +21,9 @@ FP8 Q/DQ and fp16 scales need opset 19: the graph's default opset is raised to a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -71,8 +70,10 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     for t in model.graph.initializer:  # big tensors as data-less stubs: inference reads dtype and shape only
         g.initializer.append(TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) if _nbytes(t) >= 1024 else t)
     inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     types.update({t.name: t.data_type for t in model.graph.initializer})
     return types
 
@@ -109,11 +110,16 @@ class Inserter:
             scale = np.array(amax / self.qmax, dtype=HIGH_NP.get(elem, np.float32))
             s = self.init(scale, f"{tensor}__qscale")
             z = self.zero(f"{tensor}__qzero", ())
-            self.new_nodes += [helper.make_node(Q_OP, [tensor, s, z], [f"{tensor}__q"], name=f"{tensor}__Q"),
-                               helper.make_node(DQ_OP, [f"{tensor}__q", s, z], [f"{tensor}__dq"], name=f"{tensor}__DQ")]
+            self.new_nodes += [
+                helper.make_node(Q_OP, [tensor, s, z], [f"{tensor}__q"], name=f"{tensor}__Q"),
+                helper.make_node(DQ_OP, [f"{tensor}__q", s, z], [f"{tensor}__dq"], name=f"{tensor}__DQ"),
+            ]
             self.made[tensor] = f"{tensor}__dq"
-            self.summary.activations[site.tensor] = {"amax": amax, "scale": float(scale),
-                                                     "dtype": TensorProto.DataType.Name(elem).lower()}
+            self.summary.activations[site.tensor] = {
+                "amax": amax,
+                "scale": float(scale),
+                "dtype": TensorProto.DataType.Name(elem).lower(),
+            }
         return self.made[tensor]
 
     def weight_site(self, site: Site, elem: int) -> str:
@@ -127,11 +133,15 @@ class Inserter:
             s = self.init(scale, f"{site.tensor}__wscale")
             z = self.zero(f"{site.tensor}__wzero", scale.shape)
             attrs = {"axis": site.axis} if scale.ndim else {}
-            self.new_nodes.append(helper.make_node(DQ_OP, [qn, s, z], [f"{site.tensor}__dqw"],
-                                                   name=f"{site.tensor}__DQw", **attrs))
+            self.new_nodes.append(
+                helper.make_node(DQ_OP, [qn, s, z], [f"{site.tensor}__dqw"], name=f"{site.tensor}__DQw", **attrs)
+            )
             self.made[key] = f"{site.tensor}__dqw"
-            self.summary.weights[site.tensor] = {"channels": int(scale.size), "scale_min": float(scale.min()),
-                                                 "scale_max": float(scale.max())}
+            self.summary.weights[site.tensor] = {
+                "channels": int(scale.size),
+                "scale_min": float(scale.min()),
+                "scale_max": float(scale.max()),
+            }
         return self.made[key]
 
     def dq_for(self, site: Site, tensor: str) -> str:
@@ -166,8 +176,9 @@ def quantize_weight(w: np.ndarray, fmt: str, axis: int | None, high) -> tuple[np
     return np.clip(x, -qmax, qmax).astype(ml_dtypes.float8_e4m3fn), scale
 
 
-def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, float], fmt: str,
-               weight: Callable[[str], np.ndarray]) -> QdqSummary:
+def insert_qdq(
+    model: onnx.ModelProto, placement: Placement, amax: dict[str, float], fmt: str, weight: Callable[[str], np.ndarray]
+) -> QdqSummary:
     """Q/DQ for every active site of `placement`, in place; unused initializers dropped, nodes re-sorted."""
     opset = raise_opset(model)
     ins = Inserter(model, fmt, amax, weight)

@@ -25,5 +25,16 @@ from export.passes.rotary.results import Miss, PassReport, Site
 from export.passes.rotary.rewrite import COS_CACHE_NAME, SIN_CACHE_NAME, SINCOS_NAME
 from export.passes.rotary.rules import LAYOUTS, Layout
 
-__all__ = ["COS_CACHE_NAME", "LAYOUTS", "MODES", "Layout", "Miss", "ONNX_ROTARY_OPSET", "PassReport",
-           "SINCOS_NAME", "SIN_CACHE_NAME", "Site", "fuse_rotary"]
+__all__ = [
+    "COS_CACHE_NAME",
+    "LAYOUTS",
+    "MODES",
+    "Layout",
+    "Miss",
+    "ONNX_ROTARY_OPSET",
+    "PassReport",
+    "SINCOS_NAME",
+    "SIN_CACHE_NAME",
+    "Site",
+    "fuse_rotary",
+]

@@ -10,8 +10,8 @@ one of its sites passes the check and the probe.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -32,12 +32,18 @@ MODES = ("plugin", "onnx")
 ONNX_ROTARY_OPSET = 23  # RotaryEmbedding entered ai.onnx at 23
 
 
-def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | None = None,
-                expected_nodes: int | None = None,
-                max_len: int | None = None, feeds: dict[str, np.ndarray] | None = None,
-                head_dim: int | None = None, base: float = DEFAULT_BASE,
-                base_dir: str | Path | None = None,
-                layouts: Sequence[rules.Layout] | None = None) -> tuple[onnx.ModelProto, PassReport]:
+def fuse_rotary(
+    model: onnx.ModelProto,
+    mode: str = "plugin",
+    expected: int | None = None,
+    expected_nodes: int | None = None,
+    max_len: int | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    head_dim: int | None = None,
+    base: float = DEFAULT_BASE,
+    base_dir: str | Path | None = None,
+    layouts: Sequence[rules.Layout] | None = None,
+) -> tuple[onnx.ModelProto, PassReport]:
     """pattern -> check -> probe -> rewrite over the whole graph. Returns the new model and the report; the
     caller decides what a coverage shortfall means (the CLI: exit 1). `head_dim` is a hint for graphs whose
     shapes are not inferable; `max_len` sizes the sin/cos table (default: the graph's own table);
@@ -48,6 +54,7 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
     original = model
     if mode == "onnx" and _ai_onnx_version(model) < ONNX_ROTARY_OPSET:
         from onnx import version_converter
+
         model = version_converter.convert_version(model, ONNX_ROTARY_OPSET)
     model = onnx.shape_inference.infer_shapes(model)
     report = PassReport(mode=mode, expected=expected, expected_nodes=expected_nodes)
@@ -83,8 +90,9 @@ def fuse_rotary(model: onnx.ModelProto, mode: str = "plugin", expected: int | No
     return out, report
 
 
-def _rewrite_layers(graph: gs.Graph, sites: list[Site], bad: dict[str, str], table: np.ndarray, mode: str,
-                    report: PassReport) -> None:
+def _rewrite_layers(
+    graph: gs.Graph, sites: list[Site], bad: dict[str, str], table: np.ndarray, mode: str, report: PassReport
+) -> None:
     """Group sites by layer; rewrite every layer whose sites all passed, report the others site by site."""
     layers: dict[str, list[Site]] = {}
     for s in sites:
@@ -96,8 +104,7 @@ def _rewrite_layers(graph: gs.Graph, sites: list[Site], bad: dict[str, str], tab
         if not failed and len({s.layout.name for s in layer}) > 1:  # one node, one `interleaved`
             failed = {layer[0].name: f"the layer mixes layouts {sorted({s.layout.name for s in layer})}"}
         label = f"layer {i}"
-        report.layers.append({"layer": label, "source": key, "sites": [s.name for s in layer],
-                              "rewritten": not failed})
+        report.layers.append({"layer": label, "source": key, "sites": [s.name for s in layer], "rewritten": not failed})
         if failed:
             for s in layer:
                 reason = failed.get(s.name) or f"another site of this layer failed: {next(iter(failed.values()))}"

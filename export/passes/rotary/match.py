@@ -7,7 +7,7 @@ Out: `Site`s (x_BHSDh, the final Add, the layout, the layer they belong to) and 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx_graphsurgeon as gs
 

@@ -15,14 +15,14 @@ Commutative ops try both input orders; the first complete match wins over every 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
 
 import onnx_graphsurgeon as gs
 
 from export.passes.graph_utils import producer
 
-Check = Callable[[gs.Node], Union[str, None]]  # why the node fails a condition, or None
+Check = Callable[[gs.Node], str | None]  # why the node fails a condition, or None
 Bindings = dict  # name -> gs.Tensor (Var) or gs.Node (named Op)
 
 
@@ -30,6 +30,7 @@ Bindings = dict  # name -> gs.Tensor (Var) or gs.Node (named Op)
 class Var:
     """Any tensor, bound to `name`; every later occurrence of `name` must be that same tensor.
     `differs` is the reason reported when it is not (default: both tensor names)."""
+
     name: str
     differs: str = ""
 
@@ -49,6 +50,7 @@ class Op:
     commutative: a two-input op whose inputs may come in either order (Add, Mul);
     where: conditions a pattern cannot express, checked once the inputs match;
     name: bind the matched node under this name."""
+
     op: tuple[str, ...]
     inputs: tuple
     n_inputs: int | None
@@ -56,8 +58,15 @@ class Op:
     where: tuple[Check, ...]
     name: str | None
 
-    def __init__(self, op: str | tuple[str, ...], *inputs, n_inputs: int | None = None, commutative: bool = False,
-                 where: Check | tuple[Check, ...] = (), name: str | None = None):
+    def __init__(
+        self,
+        op: str | tuple[str, ...],
+        *inputs,
+        n_inputs: int | None = None,
+        commutative: bool = False,
+        where: Check | tuple[Check, ...] = (),
+        name: str | None = None,
+    ):
         set_ = object.__setattr__  # frozen dataclass with a positional *inputs signature
         set_(self, "op", (op,) if isinstance(op, str) else tuple(op))
         set_(self, "inputs", inputs)
@@ -69,7 +78,7 @@ class Op:
             raise ValueError(f"a commutative pattern takes two inputs, got {len(inputs)}")
 
 
-Pattern = Union[Var, AnyValue, Op]
+Pattern = Var | AnyValue | Op
 
 
 @dataclass
@@ -111,7 +120,7 @@ def _match(p: Pattern, t: gs.Tensor, b: Bindings, reasons: list[str]) -> Iterato
             return
         if p.n_inputs is not None and len(node.inputs) != p.n_inputs:
             return
-        orders = [list(node.inputs[:len(p.inputs)])]
+        orders = [list(node.inputs[: len(p.inputs)])]
         if p.commutative:
             orders.append(orders[0][::-1])
         for ins in orders:

@@ -22,12 +22,20 @@ from export.onnx_io import load_tensor
 from export.passes.rotary.results import Site
 
 
-def verify_sites(model: onnx.ModelProto, sites: list[Site], table: np.ndarray, feeds: dict[str, np.ndarray],
-                 dtype: np.dtype, base_dir: str | Path | None = None, seed: int = 0) -> dict[str, str]:
+def verify_sites(
+    model: onnx.ModelProto,
+    sites: list[Site],
+    table: np.ndarray,
+    feeds: dict[str, np.ndarray],
+    dtype: np.dtype,
+    base_dir: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, str]:
     """Run every site's own subgraph once in ORT (`site_probe`: x_BHSDh fed with random values, the final
     Add as output) and compare each output with its layout's reference of x. Returns {site name: reason}
     for failing sites."""
     import onnxruntime as ort
+
     shapes = concrete_shapes(model, feeds)
     bad = {}
     for s in sites:
@@ -50,7 +58,7 @@ def verify_sites(model: onnx.ModelProto, sites: list[Site], table: np.ndarray, f
     outs = [s.add.outputs[0].name for s in sites]
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        values = dict(zip(outs, sess.run(outs, xs | {k: feeds[k] for k in needs})))
+        values = dict(zip(outs, sess.run(outs, xs | {k: feeds[k] for k in needs}), strict=True))
     except Exception as e:  # ORT raises its own error types; the reason lands in the report's skipped list
         return bad | {s.name: f"the site's subgraph does not run in ONNX Runtime: {e}" for s in sites}
     for s in sites:
@@ -78,8 +86,10 @@ def error_verdict(err: float, tol: float) -> str | None:
     """None when err is within tol. A NaN or infinite error is a failure of its own, said by name: every
     comparison with NaN is False, so a check written as `err > tol` would pass it."""
     if not math.isfinite(err):
-        return (f"numerical check failed: max |graph - reference| is {err} "
-                "(NaN or inf in the site's output; the reference is finite)")
+        return (
+            f"numerical check failed: max |graph - reference| is {err} "
+            "(NaN or inf in the site's output; the reference is finite)"
+        )
     if err > tol:
         return f"numerical check failed: max |graph - reference| = {err:.3g} > {tol:.3g}"
     return None
@@ -90,8 +100,12 @@ def _x_shape_from_feeds(x: gs.Variable, feeds: dict[str, np.ndarray]) -> list[in
     from the graph, B = the ids' leading dims flattened (batch x choices), S = the ids' last dim."""
     ids = feeds.get("input_ids", next(iter(feeds.values()), None))
     shape = x.shape
-    if ids is None or shape is None or len(shape) != 4 or not all(isinstance(shape[i], (int, np.integer))
-                                                                     for i in (1, 3)):
+    if (
+        ids is None
+        or shape is None
+        or len(shape) != 4
+        or not all(isinstance(shape[i], (int, np.integer)) for i in (1, 3))
+    ):
         return None
     return [int(np.prod(ids.shape[:-1])), int(shape[1]), int(ids.shape[-1]), int(shape[3])]
 
@@ -104,7 +118,7 @@ def concrete_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dic
     for inp in m.graph.input:
         if inp.name in feeds:
             dims = inp.type.tensor_type.shape.dim
-            for d, n in zip(dims, feeds[inp.name].shape):
+            for d, n in zip(dims, feeds[inp.name].shape, strict=True):
                 d.Clear()
                 d.dim_value = int(n)
     del m.graph.value_info[:]
@@ -118,8 +132,9 @@ def concrete_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dic
     return shapes
 
 
-def site_probe(model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list[int]],
-               base_dir: str | Path | None) -> tuple[onnx.ModelProto, list[str]]:
+def site_probe(
+    model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list[int]], base_dir: str | Path | None
+) -> tuple[onnx.ModelProto, list[str]]:
     """A model of the sites' subgraphs only: inputs are each site's x_BHSDh (+ the graph inputs the sin/cos
     path reads), outputs each site's final Add. Walks back from the Adds and stops at x, at initializers
     and at Shape nodes whose input has a static shape in `shapes` (folded into a Constant, so the walk does
@@ -148,14 +163,20 @@ def site_probe(model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list
             kept[id(node)] = node
             if not (node.op_type == "Shape" and node.input[0] in shapes):
                 stack.extend(node.input)
-    nodes = [_fold_shape(n, shapes) if n.op_type == "Shape" and n.input[0] in shapes else n
-             for n in model.graph.node if id(n) in kept]
+    nodes = [
+        _fold_shape(n, shapes) if n.op_type == "Shape" and n.input[0] in shapes else n
+        for n in model.graph.node
+        if id(n) in kept
+    ]
     elem = lambda s: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(s.x.dtype or np.float32))  # noqa: E731
     xs = [onnx.helper.make_tensor_value_info(s.x.name, elem(s), shapes[s.x.name]) for s in sites]
     graph = onnx.helper.make_graph(
-        nodes, "rotary_site_probe", xs + [graph_inputs[n] for n in need_inputs],
+        nodes,
+        "rotary_site_probe",
+        xs + [graph_inputs[n] for n in need_inputs],
         [onnx.ValueInfoProto(name=s.add.outputs[0].name) for s in sites],
-        initializer=[load_tensor(inits[n], base_dir) for n in need_inits])
+        initializer=[load_tensor(inits[n], base_dir) for n in need_inits],
+    )
     probe = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     probe.functions.extend(model.functions)
     return probe, need_inputs
@@ -164,7 +185,7 @@ def site_probe(model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list
 def _fold_shape(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> onnx.NodeProto:
     """Shape(t) -> Constant of t's static shape (with Shape's start/end, which slice like Python)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    dims = shapes[node.input[0]][attrs.get("start", 0):attrs.get("end", None)]
+    dims = shapes[node.input[0]][attrs.get("start", 0) : attrs.get("end", None)]
     value = onnx.numpy_helper.from_array(np.array(dims, dtype=np.int64), node.output[0])
     return onnx.helper.make_node("Constant", [], [node.output[0]], name=node.name, value=value)
 

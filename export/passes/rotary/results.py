@@ -43,19 +43,31 @@ class PassReport:
     layers: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "expected": self.expected, "expected_nodes": self.expected_nodes,
-                "found": self.found, "rewritten": self.rewritten, "nodes": self.nodes,
-                "already_rewritten": self.already, "skipped": self.skipped, "layers": self.layers}
+        return {
+            "mode": self.mode,
+            "expected": self.expected,
+            "expected_nodes": self.expected_nodes,
+            "found": self.found,
+            "rewritten": self.rewritten,
+            "nodes": self.nodes,
+            "already_rewritten": self.already,
+            "skipped": self.skipped,
+            "layers": self.layers,
+        }
 
     def coverage_error(self) -> str | None:
         """None when every expected site is rewritten; otherwise one line naming layers and reasons."""
         if self.expected is None or self.rewritten >= self.expected:
             if self.mode == "plugin" and self.expected_nodes is not None and self.nodes != self.expected_nodes:
-                return (f"rotary rewrite: {self.nodes} RoformerRotary nodes for {self.expected_nodes} layers; "
-                        "sites of one layer were not grouped into one node")
+                return (
+                    f"rotary rewrite: {self.nodes} RoformerRotary nodes for {self.expected_nodes} layers; "
+                    "sites of one layer were not grouped into one node"
+                )
             return None
         if not self.skipped:
-            return (f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten and no candidate found; "
-                    "the graph has no RoFormer (interleaved) rotary embedding, e.g. a BERT or a rotate_half model")
+            return (
+                f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten and no candidate found; "
+                "the graph has no RoFormer (interleaved) rotary embedding, e.g. a BERT or a rotate_half model"
+            )
         why = "; ".join(f"{s.get('layer', '?')} {s['site']}: {s['reason']}" for s in self.skipped[:6])
         return f"rotary rewrite: {self.rewritten}/{self.expected} sites rewritten; skipped {why}"

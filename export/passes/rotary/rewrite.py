@@ -24,8 +24,10 @@ def refusal(mode: str, layout: Layout) -> str | None:
     """Why `mode` cannot rewrite a site of this layout, or None."""
     attr = identity.ATTR_INTERLEAVED
     if mode == "plugin" and layout.interleaved not in identity.INTERLEAVED_ALLOWED:
-        return (f"layout {layout.name} needs {attr}={layout.interleaved}; the {identity.PLUGIN_OP} plugin implements "
-                f"{attr} in {identity.INTERLEAVED_ALLOWED} only; use --rope onnx")
+        return (
+            f"layout {layout.name} needs {attr}={layout.interleaved}; the {identity.PLUGIN_OP} plugin implements "
+            f"{attr} in {identity.INTERLEAVED_ALLOWED} only; use --rope onnx"
+        )
     if mode == "onnx" and layout.interleaved not in ONNX_ROTARY_INTERLEAVED:
         return f"layout {layout.name} needs interleaved={layout.interleaved}; RotaryEmbedding takes 0 or 1"
     return None
@@ -34,8 +36,11 @@ def refusal(mode: str, layout: Layout) -> str | None:
 def tables(table: np.ndarray) -> tuple[gs.Constant, gs.Constant, gs.Constant]:
     """sincos [P, Dh] for the plugin; cos and sin caches [P, Dh/2] for RotaryEmbedding."""
     half = table.shape[1] // 2
-    return (gs.Constant(SINCOS_NAME, table), gs.Constant(COS_CACHE_NAME, np.ascontiguousarray(table[:, half:])),
-            gs.Constant(SIN_CACHE_NAME, np.ascontiguousarray(table[:, :half])))
+    return (
+        gs.Constant(SINCOS_NAME, table),
+        gs.Constant(COS_CACHE_NAME, np.ascontiguousarray(table[:, half:])),
+        gs.Constant(SIN_CACHE_NAME, np.ascontiguousarray(table[:, :half])),
+    )
 
 
 def _take_output(site: Site) -> gs.Variable:
@@ -49,19 +54,27 @@ def _take_output(site: Site) -> gs.Variable:
 def rewrite_plugin(graph: gs.Graph, layer: list[Site], sincos: gs.Constant, index: int) -> gs.Node:
     """One RoformerRotary node for all sites of a layer; it takes over the sites' output tensors."""
     outputs = [_take_output(s) for s in layer]
-    node = gs.Node(op=identity.PLUGIN_OP, name=f"{identity.PLUGIN_OP}_{index}", domain=identity.PLUGIN_DOMAIN,
-                   attrs={identity.ATTR_PLUGIN_VERSION: identity.PLUGIN_VERSION,
-                          identity.ATTR_PLUGIN_NAMESPACE: identity.PLUGIN_NAMESPACE,
-                          identity.ATTR_INTERLEAVED: layer[0].layout.interleaved,
-                          identity.ATTR_ROTARY_DIM: int(sincos.shape[1]),
-                          identity.ATTR_NUM_TENSORS: len(layer)},
-                   inputs=[s.x for s in layer] + [sincos], outputs=outputs)
+    node = gs.Node(
+        op=identity.PLUGIN_OP,
+        name=f"{identity.PLUGIN_OP}_{index}",
+        domain=identity.PLUGIN_DOMAIN,
+        attrs={
+            identity.ATTR_PLUGIN_VERSION: identity.PLUGIN_VERSION,
+            identity.ATTR_PLUGIN_NAMESPACE: identity.PLUGIN_NAMESPACE,
+            identity.ATTR_INTERLEAVED: layer[0].layout.interleaved,
+            identity.ATTR_ROTARY_DIM: int(sincos.shape[1]),
+            identity.ATTR_NUM_TENSORS: len(layer),
+        },
+        inputs=[s.x for s in layer] + [sincos],
+        outputs=outputs,
+    )
     graph.nodes.append(node)
     return node
 
 
-def rewrite_onnx(graph: gs.Graph, site: Site, cos: gs.Constant, sin: gs.Constant, position_ids: gs.Variable,
-                 index: int) -> gs.Node:
+def rewrite_onnx(
+    graph: gs.Graph, site: Site, cos: gs.Constant, sin: gs.Constant, position_ids: gs.Variable, index: int
+) -> gs.Node:
     """ai.onnx RotaryEmbedding. fp16/bf16 x is cast to fp32 around it, so the rotation is computed in fp32
     as the contract says (and ORT has no bf16 kernel for it)."""
     y = _take_output(site)
@@ -86,17 +99,31 @@ def position_ids(graph: gs.Graph, x: gs.Variable) -> gs.Variable:
     exactly [B, S] (nothing broadcasts)."""
     shape = graph.layer(op="Shape", inputs=[x], outputs=["rotary_x_shape"])[0]
     shape.dtype = np.int64
-    b = graph.layer(op="Gather", inputs=[shape, gs.Constant("rotary_i0", np.array([0], np.int64))],
-                    outputs=["rotary_b"], attrs={"axis": 0})[0]
-    s_1d = graph.layer(op="Gather", inputs=[shape, gs.Constant("rotary_i2", np.array([2], np.int64))],
-                       outputs=["rotary_s"], attrs={"axis": 0})[0]
-    s = graph.layer(op="Squeeze", inputs=[s_1d, gs.Constant("rotary_ax0", np.array([0], np.int64))],
-                    outputs=["rotary_s_scalar"])[0]
-    rng = graph.layer(op="Range", inputs=[gs.Constant("rotary_zero", np.array(0, np.int64)), s,
-                                          gs.Constant("rotary_one", np.array(1, np.int64))],
-                      outputs=["rotary_positions"])[0]
-    row = graph.layer(op="Unsqueeze", inputs=[rng, gs.Constant("rotary_ax0b", np.array([0], np.int64))],
-                      outputs=["rotary_positions_1S"])[0]
+    b = graph.layer(
+        op="Gather",
+        inputs=[shape, gs.Constant("rotary_i0", np.array([0], np.int64))],
+        outputs=["rotary_b"],
+        attrs={"axis": 0},
+    )[0]
+    s_1d = graph.layer(
+        op="Gather",
+        inputs=[shape, gs.Constant("rotary_i2", np.array([2], np.int64))],
+        outputs=["rotary_s"],
+        attrs={"axis": 0},
+    )[0]
+    s = graph.layer(
+        op="Squeeze", inputs=[s_1d, gs.Constant("rotary_ax0", np.array([0], np.int64))], outputs=["rotary_s_scalar"]
+    )[0]
+    rng = graph.layer(
+        op="Range",
+        inputs=[gs.Constant("rotary_zero", np.array(0, np.int64)), s, gs.Constant("rotary_one", np.array(1, np.int64))],
+        outputs=["rotary_positions"],
+    )[0]
+    row = graph.layer(
+        op="Unsqueeze",
+        inputs=[rng, gs.Constant("rotary_ax0b", np.array([0], np.int64))],
+        outputs=["rotary_positions_1S"],
+    )[0]
     bs = graph.layer(op="Concat", inputs=[b, s_1d], outputs=["rotary_BS"], attrs={"axis": 0})[0]
     pos = graph.layer(op="Expand", inputs=[row, bs], outputs=["rotary_position_ids"])[0]
     pos.dtype, pos.shape = np.int64, [x.shape[0] if x.shape else "batch", x.shape[2] if x.shape else "sequence"]

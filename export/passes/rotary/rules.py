@@ -14,8 +14,8 @@ A new layout is one `Layout` added to `LAYOUTS` (in matching order) plus its tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -44,14 +44,21 @@ def site_frame(rotation: Op) -> Op:
     """x * cos_pos + rotation * sin_pos, each product and the sum in either operand order. The rotation is
     matched first, so it binds x and the other product must then read that very tensor."""
     x = Var("x", differs="rotate_half(x) is multiplied in, but x itself is not the other product's operand")
-    return Op("Add", Op("Mul", rotation, ANY, commutative=True), Op("Mul", x, ANY, commutative=True),
-              commutative=True, name="add")
+    return Op(
+        "Add",
+        Op("Mul", rotation, ANY, commutative=True),
+        Op("Mul", x, ANY, commutative=True),
+        commutative=True,
+        name="add",
+    )
 
 
 # ---- conditions a pattern cannot express --------------------------------------------------------
 
+
 def strided_slice(start: int) -> Check:
     """Slice(x, starts=[start], ends, axes=[last], steps=[2]) = x[..., start::2] of a 4-D x."""
+
     def check(sl) -> str | None:
         ins = sl.inputs
         starts = const_ints(ins[1]) if len(ins) > 1 else None
@@ -63,16 +70,19 @@ def strided_slice(start: int) -> Check:
         if ends is None or ends[0] < 2:
             return f"ends={ends}, expected the end of the head dimension"
         return None
+
     return check
 
 
 def unsqueeze_last(rank: int) -> Check:
     """Unsqueeze that adds the new last axis of a rank-`rank` result (axes as input, or attribute before opset 13)."""
+
     def check(u) -> str | None:
         axes = const_ints(u.inputs[1]) if len(u.inputs) > 1 else u.attrs.get("axes")
         if axes is None or len(axes) != 1 or not is_last_axis(int(axes[0]), rank):
             return f"axes {axes}, expected the new last axis"
         return None
+
     return check
 
 
@@ -80,6 +90,7 @@ def concat_last(rank: int) -> Check:
     def check(cat) -> str | None:
         axis = cat.attrs.get("axis")
         return None if is_last_axis(axis, rank) else f"axis {axis}, expected the last axis"
+
     return check
 
 
@@ -91,12 +102,20 @@ X = Var("x")
 #   torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape_as(x)
 ROFORMER_INTERLEAVED = Layout(
     name="roformer-interleaved",
-    rotation=Op("Reshape", Op(
-        "Concat",
-        Op("Unsqueeze", Op("Neg", Op("Slice", X, where=strided_slice(1))), where=unsqueeze_last(5)),
-        Op("Unsqueeze", Op("Slice", Var("x", differs="even and odd slices read different tensors"),
-                           where=strided_slice(0)), where=unsqueeze_last(5)),
-        n_inputs=2, where=concat_last(5))),
+    rotation=Op(
+        "Reshape",
+        Op(
+            "Concat",
+            Op("Unsqueeze", Op("Neg", Op("Slice", X, where=strided_slice(1))), where=unsqueeze_last(5)),
+            Op(
+                "Unsqueeze",
+                Op("Slice", Var("x", differs="even and odd slices read different tensors"), where=strided_slice(0)),
+                where=unsqueeze_last(5),
+            ),
+            n_inputs=2,
+            where=concat_last(5),
+        ),
+    ),
     reference=lambda x_BHSDh, sincos: roformer_rotary_ref([x_BHSDh], sincos)[0],
     interleaved=1,
 )
@@ -109,7 +128,7 @@ SPLIT_HALVES = Layout(
     name="split-halves",
     rotation=Op("Concat", Op("Neg", Op("Slice", X)), Op("Slice", X), n_inputs=2, where=concat_last(4)),
     declined="rotation is rotate_half over split halves (GPT-NeoX/LLaMA), not RoFormer's interleaved pairs; "
-             "left untouched",
+    "left untouched",
 )
 
 LAYOUTS: tuple[Layout, ...] = (ROFORMER_INTERLEAVED, SPLIT_HALVES)  # matching order: the first Site wins

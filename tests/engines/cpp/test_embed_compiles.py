@@ -13,22 +13,36 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.fixtures.toolchain import headers_missing, skip_or_fail, tensorrt_include_dirs, version_of
 
 from export.thresholds import PRECISIONS
+from tests.fixtures.toolchain import headers_missing, skip_or_fail, tensorrt_include_dirs, version_of
 
 CPP = Path(__file__).resolve().parents[3] / "engines" / "cpp"
 CUDA_INC = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 HEADERS = tensorrt_include_dirs()
 # std:: names embed.cpp uses -> the header the standard declares them in (libstdc++ may bring it in anyway).
-STD_HEADERS = {"max": "algorithm", "min": "algorithm", "sort": "algorithm", "find": "algorithm",
-               "istreambuf_iterator": "iterator", "unique_ptr": "memory", "runtime_error": "stdexcept",
-               "ifstream": "fstream", "istringstream": "sstream", "strcmp": "cstring",
-               "remove_pointer_t": "type_traits"}
+STD_HEADERS = {
+    "max": "algorithm",
+    "min": "algorithm",
+    "sort": "algorithm",
+    "find": "algorithm",
+    "istreambuf_iterator": "iterator",
+    "unique_ptr": "memory",
+    "runtime_error": "stdexcept",
+    "ifstream": "fstream",
+    "istringstream": "sstream",
+    "strcmp": "cstring",
+    "remove_pointer_t": "type_traits",
+}
 # The precisions export.build writes (export.passes.precision) -> TensorRT DataType and its bytes.
-OUTPUT_TYPES = {"fp32": ("kFLOAT", 4), "fp16": ("kHALF", 2), "bf16": ("kBF16", 2),
-                # Q/DQ graphs (export.passes.quantize) quantize only inside: their outputs stay float
-                "int8": ("kFLOAT", 4), "fp8": ("kFLOAT", 4)}
+OUTPUT_TYPES = {
+    "fp32": ("kFLOAT", 4),
+    "fp16": ("kHALF", 2),
+    "bf16": ("kBF16", 2),
+    # Q/DQ graphs (export.passes.quantize) quantize only inside: their outputs stay float
+    "int8": ("kFLOAT", 4),
+    "fp8": ("kFLOAT", 4),
+}
 
 
 def code() -> str:
@@ -49,8 +63,21 @@ def toolchain(need_cmake: bool = False) -> None:
 @pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
 def test_embed_compiles_with_warnings_as_errors(tmp_path, include):
     toolchain()
-    cmd = ["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", str(include), "-isystem", str(CUDA_INC),
-           "-c", str(CPP / "embed.cpp"), "-o", str(tmp_path / "embed.o")]
+    cmd = [
+        "c++",
+        "-std=c++17",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-isystem",
+        str(include),
+        "-isystem",
+        str(CUDA_INC),
+        "-c",
+        str(CPP / "embed.cpp"),
+        "-o",
+        str(tmp_path / "embed.o"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert (tmp_path / "embed.o").stat().st_size > 0
@@ -61,8 +88,12 @@ def test_embed_compiles_with_warnings_as_errors(tmp_path, include):
 def test_cmake_project_builds_objects(tmp_path, include):
     toolchain(need_cmake=True)
     b = tmp_path / "b"
-    cfg = subprocess.run(["cmake", "-S", str(CPP), "-B", str(b), f"-DTensorRT_INCLUDE_DIR={include}",
-                          "-DEMBED_COMPILE_ONLY=ON"], capture_output=True, text=True, timeout=120)
+    cfg = subprocess.run(
+        ["cmake", "-S", str(CPP), "-B", str(b), f"-DTensorRT_INCLUDE_DIR={include}", "-DEMBED_COMPILE_ONLY=ON"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cfg.returncode == 0, cfg.stderr
     build = subprocess.run(["cmake", "--build", str(b)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
@@ -72,8 +103,11 @@ def test_cmake_project_builds_objects(tmp_path, include):
 def test_every_std_name_used_has_its_own_include():
     src = code()
     included = set(re.findall(r"#include\s*<(\w+)>", src))
-    missing = {f"std::{name} needs <{header}>" for name, header in STD_HEADERS.items()
-               if re.search(rf"\bstd::{name}\b", src) and header not in included}
+    missing = {
+        f"std::{name} needs <{header}>"
+        for name, header in STD_HEADERS.items()
+        if re.search(rf"\bstd::{name}\b", src) and header not in included
+    }
     assert not missing, sorted(missing)
 
 

@@ -22,8 +22,21 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ comp
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory) -> Path:
     exe = tmp_path_factory.mktemp("embed") / "embedOutputsTest"
-    r = subprocess.run(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", str(CPP / "tests" / "embedOutputsTest.cpp"),
-                        "-o", str(exe)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "c++",
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            str(CPP / "tests" / "embedOutputsTest.cpp"),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and r.stderr == "", r.stderr
     return exe
 
@@ -34,20 +47,30 @@ def call(driver: Path, *args: str, stdin: str = "") -> str:
     return r.stdout.strip()
 
 
-@pytest.mark.parametrize("outputs, chosen", [
-    (["sentence_embedding"], 0),  # --outputs sentence_embedding: the engine's only output
-    (["last_hidden_state", "sentence_embedding"], 1),  # both: the pooled one
-    (["last_hidden_state"], 0),  # no pooling in the engine: embed pools on the host
-    (["logits"], -1),  # a task head: nothing to print
-])
+@pytest.mark.parametrize(
+    "outputs, chosen",
+    [
+        (["sentence_embedding"], 0),  # --outputs sentence_embedding: the engine's only output
+        (["last_hidden_state", "sentence_embedding"], 1),  # both: the pooled one
+        (["last_hidden_state"], 0),  # no pooling in the engine: embed pools on the host
+        (["logits"], -1),  # a task head: nothing to print
+    ],
+)
 def test_output_choice(driver, outputs, chosen):
     assert call(driver, "choose", *outputs) == str(chosen)
 
 
-@pytest.mark.parametrize("kind, dims, ok", [
-    ("pooled", [3, 32], True), ("pooled", [3, 5, 32], False), ("pooled", [2, 32], False),
-    ("hidden", [3, 5, 32], True), ("hidden", [3, 32], False), ("hidden", [3, 4, 32], False),
-])
+@pytest.mark.parametrize(
+    "kind, dims, ok",
+    [
+        ("pooled", [3, 32], True),
+        ("pooled", [3, 5, 32], False),
+        ("pooled", [2, 32], False),
+        ("hidden", [3, 5, 32], True),
+        ("hidden", [3, 32], False),
+        ("hidden", [3, 4, 32], False),
+    ],
+)
 def test_shape_check(driver, kind, dims, ok):
     out = call(driver, "shape", kind, "3", "5", *map(str, dims))
     assert (out == "ok") == ok, out

@@ -32,15 +32,18 @@ def test_the_cap_follows_the_model():
     assert request_cap(choices, 64, 2).max_elements == 2 * 4 * 64
 
 
-@pytest.mark.parametrize("shape,kw,expected", [
-    ([1, 1_000_000_000_000], {"count": 1}, "declares 1000000000000 elements, more than the model's limit of 512"),
-    ([1, 2**61 + 1], {"nbytes": 8}, "more than the model's limit"),  # 8 * (2**61 + 1) wraps to 8 in 64 bits
-    ([1, -3], {"count": 1}, "negative dimension"),
-    ([1, 3], {"count": 2}, "declares 3 elements but the data holds 2"),
-    ([1, 3], {"nbytes": 16}, "is 24 bytes but the data holds 16"),
-    ("[1, 3]", {"count": 3}, "shape must be a list of non-negative integers"),
-    ([1, True], {"count": 1}, "shape must be a list of non-negative integers"),
-])
+@pytest.mark.parametrize(
+    "shape,kw,expected",
+    [
+        ([1, 1_000_000_000_000], {"count": 1}, "declares 1000000000000 elements, more than the model's limit of 512"),
+        ([1, 2**61 + 1], {"nbytes": 8}, "more than the model's limit"),  # 8 * (2**61 + 1) wraps to 8 in 64 bits
+        ([1, -3], {"count": 1}, "negative dimension"),
+        ([1, 3], {"count": 2}, "declares 3 elements but the data holds 2"),
+        ([1, 3], {"nbytes": 16}, "is 24 bytes but the data holds 16"),
+        ("[1, 3]", {"count": 3}, "shape must be a list of non-negative integers"),
+        ([1, True], {"count": 1}, "shape must be a list of non-negative integers"),
+    ],
+)
 def test_declarations_that_cannot_be_served(shape, kw, expected):
     assert expected in input_problem("input_ids", shape, "INT64", cap=CAP, **kw)
     assert input_problem("input_ids", [2, 64], "INT64", count=128, cap=CAP) is None
@@ -49,6 +52,7 @@ def test_declarations_that_cannot_be_served(shape, kw, expected):
 
 class Upstream(BaseHTTPRequestHandler):
     """Stands in for tritonserver: records what reaches it and answers 200 with a JSON body."""
+
     protocol_version = "HTTP/1.1"
     seen: list = []
 
@@ -94,23 +98,41 @@ def infer_json(shape, data, name="input_ids"):
     return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": "INT64", "data": data}]}).encode()
 
 
-@pytest.mark.parametrize("body,status,expected", [
-    (infer_json([1, 1_000_000_000_000], [1]), 400, "more than the model's limit of 512"),
-    (infer_json([1, 3], [1, 2]), 400, "declares 3 elements but 'data' holds 2"),
-    (infer_json([1, 3], [[1, 2, 3, 4]]), 400, "declares 3 elements but 'data' holds 4 (nested as [1, 4])"),
-    (infer_json([2, 2], [[1, 2], [3]]), 400, "ragged nested list"),
-    (infer_json([1, 2], [1.5, 2]), 400, "must be an integer in [-9223372036854775808, 9223372036854775807]"),
-    (infer_json([1, 2], [True, 2]), 400, "must be an integer"),
-    (infer_json([1, 1], [2**70]), 400, "must be an integer"),
-    (infer_json([1, -1], [1]), 400, "negative dimension"),
-    (b'{"inputs": [{"name"', 400, "request body is not valid JSON"),
-    (b"[" * 90_000, 400, "request body is not valid JSON"),  # nested past Python's recursion limit
-    (infer_json([1, 2], [[1], {"a": 1}]), 400, "'data' mixes lists and values"),
-    (infer_json([1, 1], {"a": 1}), 400, "'data' must be a list"),
-    (json.dumps({"inputs": [{"name": "input_ids", "shape": [1], "datatype": "INT64", "data": [1],
-                             "parameters": {"shared_memory_region": "r"}}]}).encode(), 400, "shared memory"),
-    (b"{}", 400, "request has no 'inputs' list"),
-])
+@pytest.mark.parametrize(
+    "body,status,expected",
+    [
+        (infer_json([1, 1_000_000_000_000], [1]), 400, "more than the model's limit of 512"),
+        (infer_json([1, 3], [1, 2]), 400, "declares 3 elements but 'data' holds 2"),
+        (infer_json([1, 3], [[1, 2, 3, 4]]), 400, "declares 3 elements but 'data' holds 4 (nested as [1, 4])"),
+        (infer_json([2, 2], [[1, 2], [3]]), 400, "ragged nested list"),
+        (infer_json([1, 2], [1.5, 2]), 400, "must be an integer in [-9223372036854775808, 9223372036854775807]"),
+        (infer_json([1, 2], [True, 2]), 400, "must be an integer"),
+        (infer_json([1, 1], [2**70]), 400, "must be an integer"),
+        (infer_json([1, -1], [1]), 400, "negative dimension"),
+        (b'{"inputs": [{"name"', 400, "request body is not valid JSON"),
+        (b"[" * 90_000, 400, "request body is not valid JSON"),  # nested past Python's recursion limit
+        (infer_json([1, 2], [[1], {"a": 1}]), 400, "'data' mixes lists and values"),
+        (infer_json([1, 1], {"a": 1}), 400, "'data' must be a list"),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input_ids",
+                            "shape": [1],
+                            "datatype": "INT64",
+                            "data": [1],
+                            "parameters": {"shared_memory_region": "r"},
+                        }
+                    ]
+                }
+            ).encode(),
+            400,
+            "shared memory",
+        ),
+        (b"{}", 400, "request has no 'inputs' list"),
+    ],
+)
 def test_hostile_json_is_refused_before_forwarding(front, body, status, expected):
     Upstream.seen.clear()
     code, data, _ = send(front, "POST", MODEL, body, {"Content-Type": "application/json"})
@@ -139,8 +161,18 @@ def test_valid_requests_are_forwarded_unchanged(front):
     body = infer_json([1, 3], [[2, 7, 3]])  # nested row-major data counts its leaves
     assert send(front, "POST", MODEL, body, {"Content-Type": "application/json"})[0] == 200
     ids = np.arange(6, dtype=np.int64)
-    header = json.dumps({"inputs": [{"name": "input_ids", "shape": [2, 3], "datatype": "INT64",
-                                     "parameters": {"binary_data_size": ids.nbytes}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input_ids",
+                    "shape": [2, 3],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": ids.nbytes},
+                }
+            ]
+        }
+    ).encode()
     binary = header + ids.tobytes()
     hdr = {"Inference-Header-Content-Length": str(len(header))}
     code, data, _ = send(front, "POST", MODEL, binary, hdr)
@@ -150,7 +182,9 @@ def test_valid_requests_are_forwarded_unchanged(front):
     code, data, _ = send(front, "POST", MODEL, binary[:-8], hdr)  # one element short of what the header says
     assert code == 400 and "the binary section holds 40 bytes but the inputs declare 48" in json.loads(data)["error"]
     short = header.replace(b'"binary_data_size": 48', b'"binary_data_size": 40')
-    code, data, _ = send(front, "POST", MODEL, short + ids.tobytes()[:40], {"Inference-Header-Content-Length": str(len(short))})
+    code, data, _ = send(
+        front, "POST", MODEL, short + ids.tobytes()[:40], {"Inference-Header-Content-Length": str(len(short))}
+    )
     assert code == 400 and "is 48 bytes but the data holds 40" in json.loads(data)["error"]
     assert len(Upstream.seen) == 2
 
@@ -159,13 +193,20 @@ def test_only_the_offered_endpoints_are_forwarded(front):
     Upstream.seen.clear()
     for path in ("/v2/health/ready", "/v2/models/tiny_onnx/config", "/v2/models/tiny_onnx/versions/1/ready"):
         assert send(front, "GET", path)[0] == 200
-    for method, path in (("POST", "/v2/logging"), ("POST", "/v2/systemsharedmemory/region/r/register"),
-                         ("POST", "/v2/repository/models/tiny_onnx/unload"), ("GET", "/v2/trace/setting"),
-                         ("DELETE", "/v2/models/tiny_onnx")):
+    for method, path in (
+        ("POST", "/v2/logging"),
+        ("POST", "/v2/systemsharedmemory/region/r/register"),
+        ("POST", "/v2/repository/models/tiny_onnx/unload"),
+        ("GET", "/v2/trace/setting"),
+        ("DELETE", "/v2/models/tiny_onnx"),
+    ):
         code, data, _ = send(front, method, path, b"{}")
         assert code == 404 and "not offered on this port" in json.loads(data)["error"], (method, path)
-    assert [s[1] for s in Upstream.seen] == ["/v2/health/ready", "/v2/models/tiny_onnx/config",
-                                             "/v2/models/tiny_onnx/versions/1/ready"]
+    assert [s[1] for s in Upstream.seen] == [
+        "/v2/health/ready",
+        "/v2/models/tiny_onnx/config",
+        "/v2/models/tiny_onnx/versions/1/ready",
+    ]
 
 
 def test_a_dead_upstream_is_503_not_a_hang():
@@ -216,7 +257,10 @@ def test_watchdog_names_the_dead_server_and_exits_5(tmp_path):
         stub.wait()
         died = server_death(server, [stub.pid], log)
         assert died.exit_code == EXIT_SERVER_DIED == 5
-        assert str(died) == f"the model's Python backend stub (pid {stub.pid}) exited, so tritonserver serves nothing; see {log}"
+        assert (
+            str(died)
+            == f"the model's Python backend stub (pid {stub.pid}) exited, so tritonserver serves nothing; see {log}"
+        )
         server.send_signal(signal.SIGABRT)  # what std::bad_alloc's abort looks like from outside
         server.wait()
         assert str(server_death(server, [], log)) == f"tritonserver exited (signal SIGABRT); see {log}"

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 
-
 def _serving_unavailable() -> str | None:
     """Why the live server cannot run here, else None. Any exception is a reason, not a collection error:
     a tritonclient installed without [http] raises RuntimeError on import, not ImportError."""
@@ -27,6 +26,7 @@ def _serving_unavailable() -> str | None:
         return f"tritonclient[http,grpc] not usable (serving extra): {type(e).__name__}: {e}"
     try:
         from engines.serving.server import check_runtime
+
         check_runtime()
     except Exception as e:
         return f"{type(e).__name__}: {e}"
@@ -39,15 +39,40 @@ if SKIP and os.environ.get("ROFORMER_TRT_REQUIRE_SERVING") == "1":
     pytest.fail(f"ROFORMER_TRT_REQUIRE_SERVING=1 but the live server cannot run: {SKIP}", pytrace=False)
 # Generous on purpose (a loaded 2-core machine): starting tritonserver and loading the model takes ~10 s here.
 LIVE_TIMEOUT_S = 900
-pytestmark = [pytest.mark.skipif(SKIP is not None, reason=f"cannot serve here: {SKIP}"), pytest.mark.timeout(LIVE_TIMEOUT_S)]
+pytestmark = [
+    pytest.mark.skipif(SKIP is not None, reason=f"cannot serve here: {SKIP}"),
+    pytest.mark.timeout(LIVE_TIMEOUT_S),
+]
 if SKIP is None:
     from engines.client import ServerError, TextEncoder, TritonEncoderClient, encode, load_tokenizer
     from tests.fixtures.tiny_build import write_tiny_build
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION
 N_REQUESTS = 24  # per protocol; bounded so the module stays well under a minute
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "我", "们", "爱", "北", "京", "天", "安", "门",
-         "今", "气", "不", "错", "hello", "world", "##s", ",", "."]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "我",
+    "们",
+    "爱",
+    "北",
+    "京",
+    "天",
+    "安",
+    "门",
+    "今",
+    "气",
+    "不",
+    "错",
+    "hello",
+    "world",
+    "##s",
+    ",",
+    ".",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +105,7 @@ def random_feeds(seed):
     b, s = int(rng.integers(1, 5)), int(rng.integers(1, 65))
     ids = rng.integers(5, 99, (b, s)).astype(np.int64)
     mask = np.ones_like(ids)
-    mask[0, max(1, s // 2):] = 0
+    mask[0, max(1, s // 2) :] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
@@ -93,8 +118,10 @@ def test_concurrent_requests_match_torch(server, protocol):
         with TritonEncoderClient(urls[protocol], urls["model"], protocol) as c:
             got = c.infer(feeds, ("last_hidden_state", "sentence_embedding"))
         ref_h, ref_e = torch_embedding(model, feeds)
-        return (float(np.abs(got["sentence_embedding"] - ref_e).max()),
-                float(np.abs(got["last_hidden_state"] - ref_h).max()))
+        return (
+            float(np.abs(got["sentence_embedding"] - ref_e).max()),
+            float(np.abs(got["last_hidden_state"] - ref_h).max()),
+        )
 
     with ThreadPoolExecutor(8) as pool:
         errs = list(pool.map(one, range(N_REQUESTS)))
@@ -171,6 +198,7 @@ def test_bad_requests_fail_clearly_and_server_keeps_serving(server, protocol):
 def serving_rss_mib() -> dict[str, float]:
     """{"pid:name": RSS MiB} of the serving processes: this one (the fronts run here) and every
     descendant (tritonserver, the Python backend stub)."""
+
     def tree(pid):
         kids = []
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -187,7 +215,9 @@ def serving_rss_mib() -> dict[str, float]:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:  # exited meanwhile
             continue
-        out[f"{pid}:{name}"] = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0) / 1024
+        out[f"{pid}:{name}"] = (
+            next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0) / 1024
+        )
     return out
 
 
@@ -222,15 +252,20 @@ def test_memory_returns_after_oversize_requests(server):
     urls, _ = server
 
     def send(n):
-        subprocess.run([sys.executable, "-c", OVERSIZE_CLIENT, urls["http"], urls["model"], str(n), str(OVERSIZE_TOKENS)],
-                       check=True, timeout=LIVE_TIMEOUT_S)
+        subprocess.run(
+            [sys.executable, "-c", OVERSIZE_CLIENT, urls["http"], urls["model"], str(n), str(OVERSIZE_TOKENS)],
+            check=True,
+            timeout=LIVE_TIMEOUT_S,
+        )
 
     send(2)
     before = serving_rss_mib()
     send(N_OVERSIZE)
     after = serving_rss_mib()
     total_before, total_after = sum(before.values()), sum(after.values())
-    print(f"serving RSS after 2 oversize requests {total_before:.0f} MiB, after {N_OVERSIZE} more {total_after:.0f} MiB")
+    print(
+        f"serving RSS after 2 oversize requests {total_before:.0f} MiB, after {N_OVERSIZE} more {total_after:.0f} MiB"
+    )
     growth = {k: round(after.get(k, 0) - v) for k, v in before.items()}
     assert total_after <= 1.10 * total_before, (round(total_before), round(total_after), growth)
 
@@ -277,8 +312,10 @@ def test_client_truncates_to_the_positions_the_model_publishes(server, tmp_path,
 
 
 HOSTILE_JSON = [  # (body, what the one-line answer says); every one got HTTP 500 or killed tritonserver 2.51
-    (b'{"inputs":[{"name":"input_ids","shape":[1,1000000000000],"datatype":"INT64","data":[1]}]}',
-     "more than the model's limit"),
+    (
+        b'{"inputs":[{"name":"input_ids","shape":[1,1000000000000],"datatype":"INT64","data":[1]}]}',
+        "more than the model's limit",
+    ),
     (b'{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","data":[1]}]}', "but 'data' holds 1"),
     (b'{"inputs":[{"name":"input_ids","shape":[2,2],"datatype":"INT64","data":[[1,2],[3]]}]}', "ragged"),
     (b'{"inputs":[{"name":"input_ids","shape":[1,-3],"datatype":"INT64","data":[1]}]}', "negative dimension"),
@@ -301,7 +338,9 @@ def test_hostile_http_requests_get_400_and_the_server_keeps_serving(server):
     host, port = urls["http"].rsplit(":", 1)
     for body, expected in HOSTILE_JSON:
         conn = http.client.HTTPConnection(host, int(port), timeout=LIVE_TIMEOUT_S)
-        conn.request("POST", f"/v2/models/{urls['model']}/infer", body=body, headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST", f"/v2/models/{urls['model']}/infer", body=body, headers={"Content-Type": "application/json"}
+        )
         r = conn.getresponse()
         error = json.loads(r.read())["error"]
         conn.close()
@@ -317,9 +356,11 @@ def test_hostile_grpc_requests_get_invalid_argument_and_the_server_keeps_serving
 
     urls, model = server
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(urls["grpc"]))
-    for shape, n, expected in (([1, 2**61 + 1], 1, "more than the model's limit"),
-                               ([1, 10**12], 1, "more than the model's limit"),
-                               ([1, 3], 2, "is 24 bytes but the data holds 16")):
+    for shape, n, expected in (
+        ([1, 2**61 + 1], 1, "more than the model's limit"),
+        ([1, 10**12], 1, "more than the model's limit"),
+        ([1, 3], 2, "is 24 bytes but the data holds 16"),
+    ):
         r = service_pb2.ModelInferRequest(model_name=urls["model"])
         for name in ("input_ids", "attention_mask", "token_type_ids"):
             r.inputs.add(name=name, datatype="INT64", shape=shape)
@@ -340,9 +381,25 @@ def _start_cli(build, tmp_path):
     import time
 
     out = (tmp_path / "stdout").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "engines.serving", "--build", str(build), "--http-port", "0",
-                             "--grpc-port", "0", "--threads", "1"], stdout=out, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[3])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engines.serving",
+            "--build",
+            str(build),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--threads",
+            "1",
+        ],
+        stdout=out,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
         out.seek(0)

@@ -29,13 +29,19 @@ def test_repository_holds_config_model_py_and_graph(loaded, tmp_path):
     from tritonclient.grpc import model_config_pb2
 
     model, limits, name = loaded
-    folder = write_python_repository(tmp_path / "repo", "tiny_onnx", model, limits, max_batch=4, threads=1,
-                                     env_path=Path("/some/venv"))
+    folder = write_python_repository(
+        tmp_path / "repo", "tiny_onnx", model, limits, max_batch=4, threads=1, env_path=Path("/some/venv")
+    )
     cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.backend == "python" and cfg.platform == "" and cfg.max_batch_size == 4
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params == {"max_sequence_length": str(limits.max_sequence), "vocab_size": "99", "type_vocab_size": "2",
-                      "ort_threads": "1", "EXECUTION_ENV_PATH": "/some/venv"}
+    assert params == {
+        "max_sequence_length": str(limits.max_sequence),
+        "vocab_size": "99",
+        "type_vocab_size": "2",
+        "ort_threads": "1",
+        "EXECUTION_ENV_PATH": "/some/venv",
+    }
     assert limits.max_sequence == 64
     assert (folder / "1" / "model.py").read_bytes() == BACKEND_MODEL.read_bytes()
     served = onnx.load(str(folder / "1" / "model.onnx"))

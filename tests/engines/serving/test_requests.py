@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from engines.serving.ort_model import OrtEncoder, RequestError
-from tests.fixtures.tiny_build import write_tiny_build
 from export.errors import UsageError, VerificationError
+from tests.fixtures.tiny_build import write_tiny_build
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,22 @@ def feeds(s=5):
 
 def test_oversize_request_is_judged_on_metadata_alone(encoder):
     meta = {n: ((1, 2_000_000), np.dtype(np.int64)) for n in ("input_ids", "attention_mask", "token_type_ids")}
-    assert encoder.shape_problem(meta) == "sequence length 2000000 exceeds the model's 64 positions; truncate to 64 tokens"
+    assert (
+        encoder.shape_problem(meta) == "sequence length 2000000 exceeds the model's 64 positions; truncate to 64 tokens"
+    )
     assert encoder.shape_problem({n: (a.shape, a.dtype) for n, a in feeds().items()}) is None
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("token_type_ids", 2, "token_type_ids outside [0, 2)"),
-    ("token_type_ids", -1, "token_type_ids outside [0, 2)"),  # ORT's Gather would wrap -1 and answer
-    ("attention_mask", 2, "attention_mask holds values other than 0 and 1"),
-    ("attention_mask", -1, "attention_mask holds values other than 0 and 1"),
-    ("input_ids", 99, "input_ids outside [0, 99)"),
-])
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("token_type_ids", 2, "token_type_ids outside [0, 2)"),
+        ("token_type_ids", -1, "token_type_ids outside [0, 2)"),  # ORT's Gather would wrap -1 and answer
+        ("attention_mask", 2, "attention_mask holds values other than 0 and 1"),
+        ("attention_mask", -1, "attention_mask holds values other than 0 and 1"),
+        ("input_ids", 99, "input_ids outside [0, 99)"),
+    ],
+)
 def test_out_of_range_values_are_refused(encoder, name, value, expected):
     f = feeds()
     f[name][0, 1] = value
@@ -95,7 +100,10 @@ def test_client_vocab_is_read_safely(tmp_path, capsys):
 
     os.mkfifo(tmp_path / "fifo.txt")
     (tmp_path / "latin1.txt").write_bytes("[PAD]\n[UNK]\n[CLS]\n[SEP]\ncaf\xe9\n".encode("latin-1"))
-    for name, expected in [("fifo.txt", "is a FIFO (named pipe), not a regular file"), ("latin1.txt", "is not UTF-8 text")]:
+    for name, expected in [
+        ("fifo.txt", "is a FIFO (named pipe), not a regular file"),
+        ("latin1.txt", "is not UTF-8 text"),
+    ]:
         code = main(["--vocab", str(tmp_path / name), "--model", "m", "hello"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and expected in err and len(err.splitlines()) == 1, err

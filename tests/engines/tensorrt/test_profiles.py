@@ -16,8 +16,9 @@ def test_batch_forms():
     assert parse_batch("16") == Range(1, 16, 16)
 
 
-@pytest.mark.parametrize("text,msg", [("8,4,32", "min <= opt <= max"), ("1,2", "one number"), ("0", ">= 1"),
-                                      ("a,b,c", "integers")])
+@pytest.mark.parametrize(
+    "text,msg", [("8,4,32", "min <= opt <= max"), ("1,2", "one number"), ("0", ">= 1"), ("a,b,c", "integers")]
+)
 def test_batch_errors(text, msg):
     with pytest.raises(UsageError, match=msg):
         parse_batch(text)
@@ -35,9 +36,16 @@ def test_buckets_and_added_last():
     assert ps.added_last and len(ps) == 3
 
 
-@pytest.mark.parametrize("text,max_len,msg", [("512,128", 2048, "ascending"), ("128,128", 2048, "ascending"),
-                                              ("128,4096", 2048, "exceeds --max-len 2048"), ("0,128", 2048, ">= 1"),
-                                              ("128", 0, "--max-len")])
+@pytest.mark.parametrize(
+    "text,max_len,msg",
+    [
+        ("512,128", 2048, "ascending"),
+        ("128,128", 2048, "ascending"),
+        ("128,4096", 2048, "exceeds --max-len 2048"),
+        ("0,128", 2048, ">= 1"),
+        ("128", 0, "--max-len"),
+    ],
+)
 def test_profile_errors(text, max_len, msg):
     with pytest.raises(UsageError, match=msg) as e:
         parse_profiles(text, max_len)

@@ -38,9 +38,13 @@ def generated(io, profiles: ProfileSet, instances: int = 1):
 
 def every_shape_refused(cfg, boxes, max_len):
     """Brute force, shape by shape with `accepts` (not the interval shortcut refused_shapes takes)."""
-    return [(inst.name, b, s) for inst in rules.instances_for(cfg, len(boxes))
-            for s in range(1, max_len + 1) for b in range(1, cfg.max_batch_size + 1)
-            if not rules.accepts(inst, boxes, b, s, cfg.max_batch_size)]
+    return [
+        (inst.name, b, s)
+        for inst in rules.instances_for(cfg, len(boxes))
+        for s in range(1, max_len + 1)
+        for b in range(1, cfg.max_batch_size + 1)
+        if not rules.accepts(inst, boxes, b, s, cfg.max_batch_size)
+    ]
 
 
 @pytest.mark.parametrize("tops", [None, "2048", "512,2048", "128,512,2048", "128,512"])
@@ -94,8 +98,11 @@ def test_interval_shortcut_agrees_with_brute_force():
     cfg.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, profile=["0", "1", "2"])
     spans = [(1, 2), (2, 4), (3, 6), (5, 6), (1, 6)]
     for batches in itertools.product(spans, repeat=3):
-        boxes = [rules.ProfileBox(batches[0], (1, 10)), rules.ProfileBox(batches[1], (5, 20)),
-                 rules.ProfileBox(batches[2], (15, 30))]
+        boxes = [
+            rules.ProfileBox(batches[0], (1, 10)),
+            rules.ProfileBox(batches[1], (5, 20)),
+            rules.ProfileBox(batches[2], (15, 30)),
+        ]
         brute = every_shape_refused(cfg, boxes, 30)
         lines = rules.refused_shapes(cfg, boxes, 30)
         assert bool(brute) == bool(lines)

@@ -9,8 +9,10 @@ from engines.triton import __main__ as triton
 from export.report import REPORT_JSON
 from tests.helpers import one_line
 
-pytestmark = pytest.mark.skipif(__import__("importlib").util.find_spec("tritonclient") is None,
-                                reason="tritonclient[grpc] not installed (the dev extra)")
+pytestmark = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tritonclient") is None,
+    reason="tritonclient[grpc] not installed (the dev extra)",
+)
 
 
 @pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ""])
@@ -38,6 +40,7 @@ def test_triton_garbage_onnx_with_matching_hash_exits_2(copy, tmp_path, capsys):
     out, doctor = copy
     (out / "model.onnx").write_bytes(b"garbage")
     import hashlib
+
     digest = hashlib.sha256(b"garbage").hexdigest()
     doctor(lambda r: r["artifacts_sha256"].update({"model.onnx": digest}))
     assert triton.main(["--build", str(out), "--out", str(tmp_path / "r")]) == 2

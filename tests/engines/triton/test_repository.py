@@ -48,7 +48,10 @@ def test_ort_twin_matches_onnx_io(tiny, tmp_path, capsys):
     assert [i.name for i in cfg.input] == [s.name for s in ins] == ["input_ids", "attention_mask", "token_type_ids"]
     assert all(list(i.dims) == [-1] and i.data_type == model_config_pb2.TYPE_INT64 for i in cfg.input)
     hidden = model.config.hidden_size
-    assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden], "sentence_embedding": [hidden]}
+    assert {o.name: list(o.dims) for o in cfg.output} == {
+        "last_hidden_state": [-1, hidden],
+        "sentence_embedding": [hidden],
+    }
     assert not cfg.dynamic_batching.preferred_batch_size  # requests of equal shape merge, up to max_batch_size
     assert cfg.dynamic_batching.max_queue_delay_microseconds == tc.QUEUE_DELAY_US
     assert cfg.parameters[tc.MAX_SEQUENCE_LENGTH].string_value == "64"  # the build's --max-len: engines.client reads it
@@ -59,8 +62,11 @@ def _torch_reference(model, ids, mask):
     import torch
 
     with torch.no_grad():
-        h = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                  token_type_ids=torch.zeros_like(torch.from_numpy(ids))).last_hidden_state.double()
+        h = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.zeros_like(torch.from_numpy(ids)),
+        ).last_hidden_state.double()
     m = torch.from_numpy(mask).double()[..., None]
     return h.numpy(), ((h * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy(), h[:, 0].numpy()
 
@@ -129,12 +135,22 @@ def test_usage_errors_exit_2(tiny, tmp_path, capsys):
     assert cli.main(["--build", str(build), "--out", str(repo), "--max-batch", "4"]) == 2
     assert "--force" in capsys.readouterr().err
     assert cli.main(["--build", str(build), "--out", str(repo), "--max-batch", "4", "--force"]) == 0
-    assert parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4 and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
+    assert (
+        parse(repo / "tiny_onnx" / "config.pbtxt").max_batch_size == 4
+        and before != (repo / "tiny_onnx" / "config.pbtxt").read_text()
+    )
     report = json.loads((build / "report.json").read_text())
     bad = tmp_path / "bad"
     shutil.copytree(build, bad)  # every file of the build, the plan the doctored report names excepted
-    report["engine"] = {"engines": [{"plan": "model.fp16.plan", "precision": "fp16",
-                                     "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}]}]}
+    report["engine"] = {
+        "engines": [
+            {
+                "plan": "model.fp16.plan",
+                "precision": "fp16",
+                "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64]}],
+            }
+        ]
+    }
     (bad / "report.json").write_text(json.dumps(report))
     assert cli.main(["--build", str(bad), "--out", str(tmp_path / "r3")]) == 2  # the plan is no artifact of it
     assert "model.fp16.plan" in capsys.readouterr().err
@@ -154,6 +170,7 @@ def test_pooling_needs_hidden_state(tiny):
 
 # ---- a build made with export.build --pooling: both models serve its sentence_embedding ----------------------
 
+
 def test_twin_serves_the_builds_own_pooling(pooled, tmp_path, capsys):
     import onnx
 
@@ -166,11 +183,14 @@ def test_twin_serves_the_builds_own_pooling(pooled, tmp_path, capsys):
     twin = repo / "tiny_onnx" / "1" / "model.onnx"
     hidden = json.loads((pooled / "report.json").read_text())["model"]["hidden"]
     cfg = parse(repo / "tiny_onnx" / "config.pbtxt")
-    assert {o.name: list(o.dims) for o in cfg.output} == {"last_hidden_state": [-1, hidden],
-                                                          "sentence_embedding": [hidden]}
+    assert {o.name: list(o.dims) for o in cfg.output} == {
+        "last_hidden_state": [-1, hidden],
+        "sentence_embedding": [hidden],
+    }
     feeds = make_inputs(Shape(3, 19, padded_rows=2), vocab_size=99, type_vocab_size=2)
     engine_graph = ort_session(OnnxFile(pooled / "model.rope-plugin.onnx", rotary_function=True))
-    want = dict(zip([o.name for o in engine_graph.get_outputs()], engine_graph.run(None, feeds)))["sentence_embedding"]
+    names = [o.name for o in engine_graph.get_outputs()]
+    want = dict(zip(names, engine_graph.run(None, feeds), strict=True))["sentence_embedding"]
     got = ort_session(onnx.load(str(twin))).run(["sentence_embedding"], feeds)[0]
     assert float(np.abs(got - want).max()) <= ATOL  # same pooling, normalisation included, as the TensorRT-bound graph
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
@@ -184,8 +204,9 @@ def test_one_request_fits_both_models_of_a_pooled_build(pooled, tmp_path):
     twin = parse(repo / "tiny_onnx" / "config.pbtxt")
     ins, outs = tc.read_onnx_io(pooled / "model.rope-plugin.fp16.onnx")
     trt = tc.check_config(tc.config_text(tc.make_config("tiny_fp16", "tensorrt_plan", ins, outs, 8)), ins, outs)
-    assert [(i.name, i.data_type, list(i.dims)) for i in trt.input] == [(i.name, i.data_type, list(i.dims))
-                                                                        for i in twin.input]
+    assert [(i.name, i.data_type, list(i.dims)) for i in trt.input] == [
+        (i.name, i.data_type, list(i.dims)) for i in twin.input
+    ]
     hidden = json.loads((pooled / "report.json").read_text())["model"]["hidden"]
 
     def embedding(cfg):

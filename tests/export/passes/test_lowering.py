@@ -16,9 +16,14 @@ from plugins import identity
 @pytest.fixture(scope="module")
 def rewritten(exported):
     path, _, config = exported("torchscript", 17)
-    new, rep = fuse_rotary(onnx.load(str(path)), "plugin", expected=2 * config.num_hidden_layers,
-                           expected_nodes=config.num_hidden_layers, max_len=96,
-                           head_dim=config.hidden_size // config.num_attention_heads)
+    new, rep = fuse_rotary(
+        onnx.load(str(path)),
+        "plugin",
+        expected=2 * config.num_hidden_layers,
+        expected_nodes=config.num_hidden_layers,
+        max_len=96,
+        head_dim=config.hidden_size // config.num_attention_heads,
+    )
     assert rep.coverage_error() is None
     return new
 
@@ -43,18 +48,21 @@ def _with_attr(model, name, value):
     return bad
 
 
-@pytest.mark.parametrize("name,value,why", [
-    (identity.ATTR_INTERLEAVED, 0, "interleaved=0"),
-    (identity.ATTR_INTERLEAVED, 2, "interleaved=2"),
-    (identity.ATTR_ROTARY_DIM, 6, "sincos table is"),
-    (identity.ATTR_ROTARY_DIM, 7, "rotary_dim=7"),
-    (identity.ATTR_ROTARY_DIM, None, "missing required attribute"),
-    (identity.ATTR_NUM_TENSORS, 3, "inputs but num_tensors=3"),
-    (identity.ATTR_NUM_TENSORS, 5, "num_tensors=5"),
-    (identity.ATTR_PLUGIN_NAMESPACE, "", "plugin_namespace"),
-    (identity.ATTR_PLUGIN_VERSION, "2", "plugin_version"),
-    ("rope_base", 10000, "unknown attributes"),
-])
+@pytest.mark.parametrize(
+    "name,value,why",
+    [
+        (identity.ATTR_INTERLEAVED, 0, "interleaved=0"),
+        (identity.ATTR_INTERLEAVED, 2, "interleaved=2"),
+        (identity.ATTR_ROTARY_DIM, 6, "sincos table is"),
+        (identity.ATTR_ROTARY_DIM, 7, "rotary_dim=7"),
+        (identity.ATTR_ROTARY_DIM, None, "missing required attribute"),
+        (identity.ATTR_NUM_TENSORS, 3, "inputs but num_tensors=3"),
+        (identity.ATTR_NUM_TENSORS, 5, "num_tensors=5"),
+        (identity.ATTR_PLUGIN_NAMESPACE, "", "plugin_namespace"),
+        (identity.ATTR_PLUGIN_VERSION, "2", "plugin_version"),
+        ("rope_base", 10000, "unknown attributes"),
+    ],
+)
 def test_a_node_the_plugin_refuses_does_not_run_on_the_cpu(rewritten, name, value, why):
     with pytest.raises(VerificationError, match=why):
         with_rotary_function(_with_attr(rewritten, name, value))

@@ -11,8 +11,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
-from export.passes.pooling import (EMBEDDING, HIDDEN, Pooling, add_sentence_embedding, check_task, declared_pooling,
-                                   parse_pooling)
+from export.passes.pooling import (
+    EMBEDDING,
+    HIDDEN,
+    Pooling,
+    add_sentence_embedding,
+    check_task,
+    declared_pooling,
+    parse_pooling,
+)
 from export.passes.precision import plan_precision
 from export.reference import sentence_embedding_ref
 from export.spec import TASKS
@@ -33,7 +40,7 @@ def encoder_graph(hidden_elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
 def run(model, h, mask) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {"h": h, "attention_mask": mask})))
+    return dict(zip(names, sess.run(None, {"h": h, "attention_mask": mask}), strict=True))
 
 
 def inputs(seed: int = 0):
@@ -82,8 +89,9 @@ def test_graph_output_matches_reference_in_fp32(mode, normalize, stored):
     assert emb_type.elem_type == TensorProto.FLOAT
     assert [d.dim_param or d.dim_value for d in emb_type.shape.dim] == ["batch", D]
     # fp32 sums of 7 terms of |h| < 5 against float64: a few ulp of float32 at that scale
-    np.testing.assert_allclose(got[EMBEDDING], sentence_embedding_ref(stored_h, mask, mode, normalize), rtol=0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[EMBEDDING], sentence_embedding_ref(stored_h, mask, mode, normalize), rtol=0, atol=1e-5
+    )
     assert np.isfinite(got[EMBEDDING]).all()
 
 
@@ -134,23 +142,29 @@ def test_pooling_only_for_heads_with_hidden_states(task):
     check_task(None, task)
 
 
-@pytest.mark.parametrize("args, want", [
-    (("none", False, None), None),
-    (("mean", False, None), Pooling("mean")),
-    (("cls", True, "sentence_embedding"), Pooling("cls", True, keep_hidden=False)),
-    (("mean", False, "last_hidden_state, sentence_embedding"), Pooling("mean")),
-])
+@pytest.mark.parametrize(
+    "args, want",
+    [
+        (("none", False, None), None),
+        (("mean", False, None), Pooling("mean")),
+        (("cls", True, "sentence_embedding"), Pooling("cls", True, keep_hidden=False)),
+        (("mean", False, "last_hidden_state, sentence_embedding"), Pooling("mean")),
+    ],
+)
 def test_parse_pooling(args, want):
     assert parse_pooling(*args) == want
 
 
-@pytest.mark.parametrize("args, match", [
-    (("none", True, None), "--normalize applies"),
-    (("none", False, "sentence_embedding"), "--outputs chooses"),
-    (("mean", False, "last_hidden_state"), "--outputs 'last_hidden_state'"),
-    (("mean", False, "sentence_embedding,logits"), "--outputs"),
-    (("max", False, None), "--pooling 'max'"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("none", True, None), "--normalize applies"),
+        (("none", False, "sentence_embedding"), "--outputs chooses"),
+        (("mean", False, "last_hidden_state"), "--outputs 'last_hidden_state'"),
+        (("mean", False, "sentence_embedding,logits"), "--outputs"),
+        (("max", False, None), "--pooling 'max'"),
+    ],
+)
 def test_parse_pooling_refuses(args, match):
     with pytest.raises(UsageError, match=match):
         parse_pooling(*args)

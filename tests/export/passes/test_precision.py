@@ -11,8 +11,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.passes.precision import convert_precision, parse_precision, plan_precision, write_precision_variants
 from export.errors import UsageError
+from export.passes.precision import convert_precision, parse_precision, plan_precision, write_precision_variants
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, make_inputs, ort_session, validate_graphs
 
@@ -30,10 +30,16 @@ def tiny(tmp_path_factory, request):
         add_outliers(model)
     path = tmp_path_factory.mktemp("tiny") / "model.onnx"
     ids = torch.randint(0, 99, (2, 16))
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path), dynamo=False,
-                      opset_version=17, input_names=["input_ids", "attention_mask", "token_type_ids"],
-                      output_names=["last_hidden_state"],
-                      dynamic_axes={n: AXES for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")})
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: AXES for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+    )
     return model, cfg, path
 
 
@@ -92,13 +98,16 @@ def test_fp16_and_bf16_emulated_match_pytorch_fp32(tiny, tmp_path):
     fp16, _ = convert_precision(src, "fp16")
     twin, _ = convert_precision(src, "bf16", emulate=True)
     graphs = {"onnx": (src, "fp32"), "fp16": (fp16, "fp16"), "bf16-emulated": (twin, "bf16")}
-    cases = validate_graphs(graphs, TorchReference(model, "model"), SHAPES, Thresholds.defaults(),
-                            cfg.vocab_size, cfg.type_vocab_size)
+    cases = validate_graphs(
+        graphs, TorchReference(model, "model"), SHAPES, Thresholds.defaults(), cfg.vocab_size, cfg.type_vocab_size
+    )
     assert len(cases) == len(graphs) * len(SHAPES)
     for c in cases:
         o = c["outputs"]["last_hidden_state"]
-        print(f"{c['graph']:>14} B={c['batch']} S={c['seq']} pad={c['padded_rows']}: max_abs {o['max_abs']:.3g} "
-              f"scaled_error {o['scaled_error']:.3g} cosine {o['cosine']:.9f} row_cosine {o['row_cosine']:.12f}")
+        print(
+            f"{c['graph']:>14} B={c['batch']} S={c['seq']} pad={c['padded_rows']}: max_abs {o['max_abs']:.3g} "
+            f"scaled_error {o['scaled_error']:.3g} cosine {o['cosine']:.9f} row_cosine {o['row_cosine']:.12f}"
+        )
     assert all(c["passed"] for c in cases), [c for c in cases if not c["passed"]]
 
     # Flash-attention-style bound: the mixed-precision graph is at most twice as wrong as PyTorch run
@@ -106,7 +115,7 @@ def test_fp16_and_bf16_emulated_match_pytorch_fp32(tiny, tmp_path):
     shape = Shape(3, 29, padded_rows=2)
     feeds = make_inputs(shape, cfg.vocab_size, cfg.type_vocab_size)
     ref = TorchReference(model, "model")(shape, feeds)["last_hidden_state"].astype(np.float64)
-    for graph, dtype, eps in (("fp16", torch.float16, 2.0 ** -11), ("bf16-emulated", torch.bfloat16, 2.0 ** -8)):
+    for graph, dtype, eps in (("fp16", torch.float16, 2.0**-11), ("bf16-emulated", torch.bfloat16, 2.0**-8)):
         sess = ort_session(graphs[graph][0])
         got = sess.run(None, feeds)[0]
         low_model = type(model)(cfg).eval()
@@ -151,18 +160,29 @@ def test_decomposed_layernorm_stays_fp32():
     w = numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")
     two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
     eps = numpy_helper.from_array(np.array(1e-12, np.float32), "eps")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("ReduceMean", ["h"], ["mu"], axes=[-1]),
-             helper.make_node("Sub", ["h", "mu"], ["d"]),
-             helper.make_node("Pow", ["d", "two"], ["d2"]),
-             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["var", "eps"], ["ve"]),
-             helper.make_node("Sqrt", ["ve"], ["sd"]),
-             helper.make_node("Div", ["d", "sd"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("ReduceMean", ["h"], ["mu"], axes=[-1]),
+        helper.make_node("Sub", ["h", "mu"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["y"]),
+    ]
     model = _graph(nodes, [w, two, eps])
     plan = plan_precision(model, "fp16")
     dt = {model.graph.node[i].output[0]: d for i, d in plan.node_dtype.items()}
-    assert dt == {"h": "low", "mu": "fp32", "d": "fp32", "d2": "fp32", "var": "fp32", "ve": "fp32", "sd": "fp32", "y": "fp32"}
+    assert dt == {
+        "h": "low",
+        "mu": "fp32",
+        "d": "fp32",
+        "d2": "fp32",
+        "var": "fp32",
+        "ve": "fp32",
+        "sd": "fp32",
+        "y": "fp32",
+    }
     out, _ = convert_precision(model, "fp16")
     onnx.checker.check_model(out, full_check=True)
 
@@ -174,10 +194,21 @@ def test_rotary_plugin_node_takes_low_x_and_fp32_sincos(precision):
     low = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
     w = numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")
     table = numpy_helper.from_array(sincos_table(16, 8), "roformer_rotary_sincos")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"]), helper.make_node("MatMul", ["x", "w"], ["k"]),
-             helper.make_node("RoformerRotary", ["q", "k", "roformer_rotary_sincos"], ["qr", "kr"], domain="roformer_trt",
-                              interleaved=1, rotary_dim=8, plugin_version="1", plugin_namespace="roformer_trt"),
-             helper.make_node("Add", ["qr", "kr"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["q"]),
+        helper.make_node("MatMul", ["x", "w"], ["k"]),
+        helper.make_node(
+            "RoformerRotary",
+            ["q", "k", "roformer_rotary_sincos"],
+            ["qr", "kr"],
+            domain="roformer_trt",
+            interleaved=1,
+            rotary_dim=8,
+            plugin_version="1",
+            plugin_namespace="roformer_trt",
+        ),
+        helper.make_node("Add", ["qr", "kr"], ["y"]),
+    ]
     model = _graph(nodes, [w, table], extra_opset="roformer_trt")
     out, _ = convert_precision(model, precision)
     onnx.checker.check_model(out, full_check=True)
@@ -208,10 +239,18 @@ def test_rope_plugin_graph_in_low_precision_matches_pytorch(tiny, precision, gra
         for n in (n for n in low.graph.node if n.op_type == "RoformerRotary"):
             assert types[n.input[-1]] == TensorProto.FLOAT
             assert {types[i] for i in n.input[:-1]} == {TensorProto.FLOAT16}
-    cases = validate_graphs({graph: (with_rotary_function(low), precision)}, TorchReference(model, "model"),
-                            SHAPES[1:3], Thresholds.defaults(), cfg.vocab_size, cfg.type_vocab_size)
+    cases = validate_graphs(
+        {graph: (with_rotary_function(low), precision)},
+        TorchReference(model, "model"),
+        SHAPES[1:3],
+        Thresholds.defaults(),
+        cfg.vocab_size,
+        cfg.type_vocab_size,
+    )
     for c in cases:
         o = c["outputs"]["last_hidden_state"]
-        print(f"rope-plugin {graph} B={c['batch']} S={c['seq']}: scaled_error {o['scaled_error']:.3g} "
-              f"row_cosine {o['row_cosine']:.12f}")
+        print(
+            f"rope-plugin {graph} B={c['batch']} S={c['seq']}: scaled_error {o['scaled_error']:.3g} "
+            f"row_cosine {o['row_cosine']:.12f}"
+        )
     assert all(c["passed"] for c in cases)

@@ -9,8 +9,14 @@ import pytest
 
 from export.errors import UsageError
 from export.passes.quantize import build, calibrate, plan
-from export.passes.quantize.calibrate import (NUM_BINS, CalibMethod, calibration_session, check_method, entropy_amax,
-                                              percentile_amax)
+from export.passes.quantize.calibrate import (
+    NUM_BINS,
+    CalibMethod,
+    calibration_session,
+    check_method,
+    entropy_amax,
+    percentile_amax,
+)
 from export.passes.quantize.data import synthetic_set
 from tests.export.passes.quantize_fixtures import MAX_LEN, calibrated, rope_graph
 
@@ -52,6 +58,7 @@ def test_calibration_runs_the_plugin_graph_and_sees_what_pytorch_sees(tmp_path_f
     """Ranges come from the rewritten graph (RoformerRotary through its ONNX function): the largest |x| of the first
     layer's Q/K/V input equals the largest |LayerNorm output| PyTorch computes on the same batch."""
     import torch
+
     src, model, config = rope_graph(exported, tmp_path_factory)
     placement = plan(src)
     calib = synthetic_set(config.vocab_size, config.type_vocab_size, MAX_LEN, 8)

@@ -41,10 +41,14 @@ def test_json_lines_and_their_mistakes(tmp_path):
     s = file_set(f, None, VOCAB, 2, 64, None)  # no vocab needed
     assert [a.tolist() for a, _ in s.samples] == [[2, 5, 6, 3], [2, 7, 3]]
     assert s.samples[1][1].tolist() == [0, 1, 1]
-    for text, pattern in [("[2, 5,", r"ids.jsonl:2 is not JSON"), ("[2, 500]", r":2: input_ids value 500 is outside \[0, 99\)"),
-                          ('{"input_ids": [1, 2], "token_type_ids": [0]}', r"token_type_ids has 1 entries for 2"),
-                          ("[]", r"non-empty list of integers"), ("[1, true]", r"list of integers"),
-                          ('{"input_ids": [1], "token_type_ids": [5]}', r"token_type_ids value 5 is outside")]:
+    for text, pattern in [
+        ("[2, 5,", r"ids.jsonl:2 is not JSON"),
+        ("[2, 500]", r":2: input_ids value 500 is outside \[0, 99\)"),
+        ('{"input_ids": [1, 2], "token_type_ids": [0]}', r"token_type_ids has 1 entries for 2"),
+        ("[]", r"non-empty list of integers"),
+        ("[1, true]", r"list of integers"),
+        ('{"input_ids": [1], "token_type_ids": [5]}', r"token_type_ids value 5 is outside"),
+    ]:
         f.write_text("[1, 2]\n" + text + "\n")  # the bad sample on line 2
         with pytest.raises(UsageError, match=pattern):
             file_set(f, None, VOCAB, 2, 64, None)

@@ -34,7 +34,10 @@ def test_search_gives_up_at_the_budget():
     assert k is None and max(t["kept"] for t in trials) == 5
 
 
-def cases_for(model, config, shapes=(Shape(1, 1), Shape(3, 17, 2))):
+SHORT_SHAPES = (Shape(1, 1), Shape(3, 17, 2))
+
+
+def cases_for(model, config, shapes=SHORT_SHAPES):
     ref = TorchReference(model, "model")
     out = []
     for s in shapes:
@@ -47,6 +50,7 @@ def judge_at(max_abs: float):
     def judge(got, case):
         s = error_stats(got["last_hidden_state"], case.refs["last_hidden_state"])
         return s.max_abs <= max_abs, f"{case.label}: max_abs {s.max_abs:.3g}"
+
     return judge
 
 
@@ -61,7 +65,7 @@ def test_sweep_and_search_find_the_broken_node(tmp_path_factory, exported):
     cases = cases_for(model, config)
 
     sens = sensitivity(src, placement, bad, "int8", cases, rotary_function=True)
-    top = sorted(sens, key=lambda n: -sens[n]["error"])[:len(readers)]
+    top = sorted(sens, key=lambda n: -sens[n]["error"])[: len(readers)]
     assert set(top) == readers, (top, readers)
     assert all(v["flops"] > 0 for v in sens.values())
 
@@ -69,39 +73,60 @@ def test_sweep_and_search_find_the_broken_node(tmp_path_factory, exported):
         return lambda keep: build(src, placement.with_kept(keep), amax_, "int8", "fp32")[0]
 
     # a bar between the clean graph's error and the broken one's, measured rather than guessed
-    clean = max(error_stats(_run(trial(amax)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
-                for c in cases)
-    broken = max(error_stats(_run(trial(bad)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
-                 for c in cases)
+    clean = max(
+        error_stats(_run(trial(amax)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
+        for c in cases
+    )
+    broken = max(
+        error_stats(_run(trial(bad)(frozenset()), src, c)["last_hidden_state"], c.refs["last_hidden_state"]).max_abs
+        for c in cases
+    )
     assert broken > 10 * clean, (clean, broken)
     bar = 3 * clean
-    r = run_fallback(src, placement, bad, "int8", cases, judge=judge_at(bar), trial=trial(bad), budget=4,
-                     rotary_function=True)
+    r = run_fallback(
+        src, placement, bad, "int8", cases, judge=judge_at(bar), trial=trial(bad), budget=4, rotary_function=True
+    )
     assert r.passed and r.keep == frozenset(readers), r.report
     assert [k["node"] for k in r.report["kept"]] == top
     assert 0 < r.report["high_flops_share"] < 1
-    ok = run_fallback(src, placement, amax, "int8", cases, judge=judge_at(bar), trial=trial(amax), budget=4,
-                      rotary_function=True)
-    assert ok.passed and ok.keep == frozenset() and ok.report["trials"] == [{"kept": 0, "passed": True,
-                                                                             "worst": ok.report["trials"][0]["worst"]}]
-    none = run_fallback(src, placement, bad, "int8", cases, judge=judge_at(clean / 1000), trial=trial(bad), budget=2,
-                        rotary_function=True)
+    ok = run_fallback(
+        src, placement, amax, "int8", cases, judge=judge_at(bar), trial=trial(amax), budget=4, rotary_function=True
+    )
+    assert (
+        ok.passed
+        and ok.keep == frozenset()
+        and ok.report["trials"] == [{"kept": 0, "passed": True, "worst": ok.report["trials"][0]["worst"]}]
+    )
+    none = run_fallback(
+        src,
+        placement,
+        bad,
+        "int8",
+        cases,
+        judge=judge_at(clean / 1000),
+        trial=trial(bad),
+        budget=2,
+        rotary_function=True,
+    )
     assert not none.passed and "budget" in none.report["reason"] and len(none.keep) == 2
 
 
 def _run(model, src, case):
     from export.passes.quantize.calibrate import single_thread_session
+
     sess = single_thread_session(model, src.parent, rotary_function=True)
     names = list(case.refs)
-    return dict(zip(names, sess.run(names, case.feeds)))
+    return dict(zip(names, sess.run(names, case.feeds), strict=True))
 
 
 def test_sensitivity_is_the_nodes_own_relative_error(tmp_path_factory, exported):
     """The sweep's number for a node equals ||fq(x) @ fq(W) - x @ W|| / ||x @ W|| computed in numpy from the fp32
     graph's x (fq: the same scales, round to nearest even), for every node, not only the one checked."""
     from onnx import numpy_helper
+
     from export.passes.quantize.calibrate import calibration_session
     from export.passes.quantize.qdq import quantize_weight
+
     src, model, config = rope_graph(exported, tmp_path_factory)
     placement, amax, _ = calibrated(src, config)
     cases = cases_for(model, config, shapes=(Shape(3, 17, 2),))

@@ -24,8 +24,10 @@ def test_placement_covers_every_matmul_and_nothing_else(tmp_path_factory, export
     src, _, config = rope_graph(exported, tmp_path_factory)
     p = plan(src)
     layers = config.num_hidden_layers
-    assert p.counts() == {"attention": {"quantized": ATTENTION_PER_LAYER * layers, "high": 0},
-                          "linear": {"quantized": LINEAR_PER_LAYER * layers, "high": 0}}
+    assert p.counts() == {
+        "attention": {"quantized": ATTENTION_PER_LAYER * layers, "high": 0},
+        "linear": {"quantized": LINEAR_PER_LAYER * layers, "high": 0},
+    }
     model = onnx.load(str(src), load_external_data=False)
     ops = {n.name: n.op_type for n in model.graph.node}
     assert {ops[s.node] for s in p.sites} == {"MatMul"}
@@ -82,18 +84,21 @@ def test_check_catches_every_departure(tmp_path_factory, exported):
 
     def bypass(m, byname):  # one site reads its tensor directly
         byname[site.node].input[site.index] = before_q
+
     assert any(f"{site.node} input {site.index}" in p and "has no Q/DQ" in p for p in broken(bypass))
 
     softmax = next(n for n in good.graph.node if n.op_type == "Softmax")
 
     def into_softmax(m, byname):  # a dequantized tensor feeding Softmax
         byname[softmax.name].input[0] = dq_out
+
     assert any("Softmax" in p and "outside the rules" in p for p in broken(into_softmax))
 
     rotary = next(n for n in good.graph.node if n.op_type == PLUGIN_OP)
 
     def into_rotary(m, byname):  # Q/DQ inside a rotary site
         byname[rotary.name].input[0] = dq_out
+
     assert any("rotary node" in p for p in broken(into_rotary))
     kept = placement.with_kept({site.node})
     assert any("kept the node high" in p for p in check_quantized(good, kept))
@@ -125,8 +130,8 @@ def test_weight_quantization_error_is_within_half_a_step(fmt):
     else:
         assert q.dtype == ml_dtypes.float8_e4m3fn and scale.shape == ()
         back = q.astype(np.float32) * scale
-        normal = np.abs(w) >= 2.0 ** -6 * scale  # E4M3's smallest normal, in w's units
-        assert np.all(np.abs(back - w)[normal] <= 2.0 ** -4 * np.abs(w)[normal] + 1e-12)  # 3 mantissa bits
+        normal = np.abs(w) >= 2.0**-6 * scale  # E4M3's smallest normal, in w's units
+        assert np.all(np.abs(back - w)[normal] <= 2.0**-4 * np.abs(w)[normal] + 1e-12)  # 3 mantissa bits
         assert np.isclose(np.abs(w).max(), 448 * scale)
 
 
@@ -139,12 +144,16 @@ def test_fp16_scale_never_underflows_to_zero():
 def test_qdq_in_onnx_runtime_matches_numpy_fake_quantization():
     """The DQ(Q(x)) our nodes compute in ORT equals numpy's round-to-nearest-even with the same scale."""
     import onnxruntime as ort
+
     x = np.linspace(-3, 3, 101, dtype=np.float32).reshape(1, 101)
     scale = np.float32(3 / 127)
-    g = helper.make_graph([helper.make_node(Q_OP, ["x", "s", "z"], ["q"]), helper.make_node(DQ_OP, ["q", "s", "z"], ["y"])],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 101])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 101])],
-                          [numpy_helper.from_array(np.array(scale), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")])
+    g = helper.make_graph(
+        [helper.make_node(Q_OP, ["x", "s", "z"], ["q"]), helper.make_node(DQ_OP, ["q", "s", "z"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 101])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 101])],
+        [numpy_helper.from_array(np.array(scale), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
     y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.array_equal(y, np.clip(np.rint(x / scale), -128, 127) * scale)

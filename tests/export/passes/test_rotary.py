@@ -9,8 +9,8 @@ import torch
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.reference import roformer_rotary_ref, sincos_table
-from export.stages.rope import expected_sites
 from export.spec import ExportSpec
+from export.stages.rope import expected_sites
 from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, grade, make_inputs, ort_session
 from plugins.identity import PLUGIN_OP
@@ -23,13 +23,20 @@ SHAPES = [Shape(1, 1), Shape(3, 13, 2)]
 def run_pass_and_check(path, model, config, task, precision, mode, max_len=96):
     src = onnx.load(str(path))
     layers = config.num_hidden_layers
-    new, rep = fuse_rotary(src, mode, expected=expected_sites(config), expected_nodes=layers, max_len=max_len,
-                           head_dim=config.hidden_size // config.num_attention_heads)
+    new, rep = fuse_rotary(
+        src,
+        mode,
+        expected=expected_sites(config),
+        expected_nodes=layers,
+        max_len=max_len,
+        head_dim=config.hidden_size // config.num_attention_heads,
+    )
     assert rep.coverage_error() is None, rep.to_dict()
     assert rep.rewritten == rep.expected == layers * (3 if config.rotary_value else 2)
     ops = [n.op_type for n in new.graph.node]
-    assert ops.count(PLUGIN_OP if mode == "plugin" else "RotaryEmbedding") == (layers if mode == "plugin"
-                                                                                else rep.expected)
+    assert ops.count(PLUGIN_OP if mode == "plugin" else "RotaryEmbedding") == (
+        layers if mode == "plugin" else rep.expected
+    )
     assert not any(n.op_type == "Neg" for n in new.graph.node), "a rotary chain survived the rewrite"
     assert not new.functions  # the TensorRT-bound file carries no function
     onnx.checker.check_model(new, full_check=True)
@@ -48,11 +55,17 @@ def run_pass_and_check(path, model, config, task, precision, mode, max_len=96):
         if task == "multiple-choice":
             shape = Shape(shape.batch, shape.seq, shape.padded_rows, choices=2)
         inputs = make_inputs(shape, config.vocab_size, config.type_vocab_size)
-        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs), strict=True))
         case = grade(f"rope-{mode}", precision, shape, got, ref(shape, inputs), th)
         assert case["passed"], case
-    again, rep2 = fuse_rotary(new, mode, expected=rep.expected, expected_nodes=layers, max_len=max_len,
-                              head_dim=config.hidden_size // config.num_attention_heads)
+    again, rep2 = fuse_rotary(
+        new,
+        mode,
+        expected=rep.expected,
+        expected_nodes=layers,
+        max_len=max_len,
+        head_dim=config.hidden_size // config.num_attention_heads,
+    )
     assert rep2.found == 0 and rep2.rewritten == rep.expected and rep2.coverage_error() is None
     assert again.graph.SerializeToString() == new.graph.SerializeToString(), "pass is not idempotent"
     return rep
@@ -88,8 +101,9 @@ def test_variants(exported, exporter, opset, task, overrides):
 
 def test_wrong_angles_are_detected_and_not_rewritten(tmp_path):
     """Same structure, other numbers (a table built with base 5000): every site fails its numerical check."""
-    from tests.fixtures.checkpoints import make_model, tiny_config
     from export.onnx_export import export_onnx
+    from tests.fixtures.checkpoints import make_model, tiny_config
+
     model = make_model(tiny_config(), "model")
     with torch.no_grad():
         w = model.encoder.embed_positions.weight
@@ -104,8 +118,15 @@ def test_wrong_angles_are_detected_and_not_rewritten(tmp_path):
 
 
 def test_neox_rotate_half_left_untouched(tmp_path):
-    torch.onnx.export(NeoXAttention(), (torch.randn(1, 5, 16),), str(tmp_path / "neox.onnx"), dynamo=False,
-                      opset_version=17, input_names=["h"], dynamic_axes={"h": {0: "batch", 1: "sequence"}})
+    torch.onnx.export(
+        NeoXAttention(),
+        (torch.randn(1, 5, 16),),
+        str(tmp_path / "neox.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["h"],
+        dynamic_axes={"h": {0: "batch", 1: "sequence"}},
+    )
     src = onnx.load(str(tmp_path / "neox.onnx"))
     new, rep = fuse_rotary(src, "plugin", expected=1, max_len=16, head_dim=8)
     assert rep.found == 0 and rep.rewritten == 0
@@ -115,8 +136,10 @@ def test_neox_rotate_half_left_untouched(tmp_path):
 
 def test_bert_has_nothing_to_rewrite(tmp_path):
     from transformers import BertConfig, BertModel
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=20)).eval()
+
+    bert = BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20)
+    ).eval()
     ids = torch.randint(0, 50, (1, 5))
 
     class Ids(torch.nn.Module):  # positional ids only: transformers 5 forwards extra positionals oddly
@@ -128,8 +151,15 @@ def test_bert_has_nothing_to_rewrite(tmp_path):
             return self.bert(input_ids=input_ids).last_hidden_state
 
     with torch.no_grad():
-        torch.onnx.export(Ids().eval(), (ids,), str(tmp_path / "bert.onnx"), dynamo=False, opset_version=17,
-                          input_names=["input_ids"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}})
+        torch.onnx.export(
+            Ids().eval(),
+            (ids,),
+            str(tmp_path / "bert.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+        )
     src = onnx.load(str(tmp_path / "bert.onnx"))
     new, rep = fuse_rotary(src, "plugin", expected=4, max_len=16, head_dim=8)
     assert rep.found == 0 and rep.rewritten == 0
@@ -142,21 +172,34 @@ def test_bert_has_nothing_to_rewrite(tmp_path):
 def test_lowered_function_equals_reference(k, dtype, rotary_dim):
     """The CPU lowering of the plugin node computes exactly the contract (fp32 math, one rounding)."""
     from onnx import helper
+
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     table = sincos_table(20, rotary_dim)
-    node = helper.make_node(PLUGIN_OP, [f"x{i}" for i in range(k)] + ["sincos"], [f"y{i}" for i in range(k)],
-                            domain="roformer_trt", plugin_version="1", plugin_namespace="roformer_trt",
-                            interleaved=1, rotary_dim=rotary_dim, num_tensors=k)
+    node = helper.make_node(
+        PLUGIN_OP,
+        [f"x{i}" for i in range(k)] + ["sincos"],
+        [f"y{i}" for i in range(k)],
+        domain="roformer_trt",
+        plugin_version="1",
+        plugin_namespace="roformer_trt",
+        interleaved=1,
+        rotary_dim=rotary_dim,
+        num_tensors=k,
+    )
     dims = ["B", 3, "S", 8]
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info(f"x{i}", elem, dims) for i in range(k)],
+        [node],
+        "g",
+        [helper.make_tensor_value_info(f"x{i}", elem, dims) for i in range(k)],
         [helper.make_tensor_value_info(f"y{i}", elem, dims) for i in range(k)],
-        initializer=[onnx.numpy_helper.from_array(table, "sincos")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid("roformer_trt", 1)])
+        initializer=[onnx.numpy_helper.from_array(table, "sincos")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("roformer_trt", 1)]
+    )
     sess = ort_session(with_rotary_function(model))
     rng = np.random.default_rng(k)
     xs = [rng.standard_normal((2, 3, 11, 8)).astype(dtype) for _ in range(k)]
     got = sess.run(None, {f"x{i}": x for i, x in enumerate(xs)})
-    for g, r in zip(got, roformer_rotary_ref(xs, table, rotary_dim=rotary_dim)):
+    for g, r in zip(got, roformer_rotary_ref(xs, table, rotary_dim=rotary_dim), strict=True):
         assert g.dtype == dtype and np.array_equal(g, r), np.abs(g.astype(np.float64) - r).max()

@@ -21,12 +21,16 @@ END = np.iinfo(np.int64).max
 
 
 def _slice(g: gs.Graph, t, start: int, step: int, axis: int = -1, end: int = END):
-    return g.layer(op="Slice", inputs=[t, np.array([start]), np.array([end]), np.array([axis]), np.array([step])],
-                   outputs=["slice"])[0]
+    return g.layer(
+        op="Slice",
+        inputs=[t, np.array([start]), np.array([end]), np.array([axis]), np.array([step])],
+        outputs=["slice"],
+    )[0]
 
 
-def interleaved_rotation(g: gs.Graph, x, even_x=None, odd_start: int = 1, step: int = 2, concat_axis: int = -1,
-                         unsqueeze_axis: int = -1):
+def interleaved_rotation(
+    g: gs.Graph, x, even_x=None, odd_start: int = 1, step: int = 2, concat_axis: int = -1, unsqueeze_axis: int = -1
+):
     """torch.stack([-x[..., odd_start::step], even_x[..., ::step]], dim=-1).reshape_as(x)"""
     odd = _slice(g, x, odd_start, step)
     even = _slice(g, x if even_x is None else even_x, 0, step)
@@ -38,10 +42,19 @@ def interleaved_rotation(g: gs.Graph, x, even_x=None, odd_start: int = 1, step: 
     return g.layer(op="Reshape", inputs=[cat, shape], outputs=["rotate_half"])[0]
 
 
-def site_graph(*, odd_start: int = 1, step: int = 2, concat_axis: int = -1, unsqueeze_axis: int = -1,
-               other_x: bool = False,
-               swap_add: bool = False, swap_rot_mul: bool = False, swap_x_mul: bool = False,
-               near_miss_cos: bool = False, dh: int = 8) -> tuple[gs.Graph, gs.Node]:
+def site_graph(
+    *,
+    odd_start: int = 1,
+    step: int = 2,
+    concat_axis: int = -1,
+    unsqueeze_axis: int = -1,
+    other_x: bool = False,
+    swap_add: bool = False,
+    swap_rot_mul: bool = False,
+    swap_x_mul: bool = False,
+    near_miss_cos: bool = False,
+    dh: int = 8,
+) -> tuple[gs.Graph, gs.Node]:
     """x * cos_pos + rotate_half(x) * sin_pos. Returns the graph and its final Add.
     other_x: the cos product reads another tensor than the rotation; near_miss_cos: cos_pos is itself
     an interleaved rotation with step 3 (a near miss the matcher meets before the real rotation)."""
@@ -50,8 +63,9 @@ def site_graph(*, odd_start: int = 1, step: int = 2, concat_axis: int = -1, unsq
     sin = gs.Variable("sin_pos", np.float32, [1, 1, "S", dh])
     cos = gs.Variable("cos_pos", np.float32, [1, 1, "S", dh])
     g = gs.Graph(inputs=[x, x2, sin, cos], opset=17)
-    rot = interleaved_rotation(g, x, odd_start=odd_start, step=step, concat_axis=concat_axis,
-                               unsqueeze_axis=unsqueeze_axis)
+    rot = interleaved_rotation(
+        g, x, odd_start=odd_start, step=step, concat_axis=concat_axis, unsqueeze_axis=unsqueeze_axis
+    )
     if near_miss_cos:
         cos = interleaved_rotation(g, cos, step=3)
     x_operands = [x2 if other_x else x, cos]
@@ -78,6 +92,7 @@ class RoformerSites(torch.nn.Module):
 
     def forward(self, h):
         from transformers.models.roformer.modeling_roformer import RoFormerSelfAttention
+
         b, s, _ = h.shape
         q = self.q(h).view(b, s, self.heads, self.dh).transpose(1, 2)
         k = self.k(h).view(b, s, self.heads, self.dh).transpose(1, 2)
@@ -104,7 +119,14 @@ class NeoXAttention(torch.nn.Module):
 def export_module(module: torch.nn.Module, path: Path, hidden: int, outputs: list[str]) -> onnx.ModelProto:
     """TorchScript export (opset 17) with dynamic batch and sequence; returns the loaded model."""
     with torch.no_grad():
-        torch.onnx.export(module.eval(), (torch.randn(1, 5, hidden),), str(path), dynamo=False, opset_version=17,
-                          input_names=["h"], output_names=outputs,
-                          dynamic_axes={"h": {0: "batch", 1: "sequence"}})
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(1, 5, hidden),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["h"],
+            output_names=outputs,
+            dynamic_axes={"h": {0: "batch", 1: "sequence"}},
+        )
     return onnx.load(str(path))

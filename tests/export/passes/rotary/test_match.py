@@ -38,13 +38,16 @@ def test_the_last_axis_may_be_written_as_a_positive_index(kwargs):
     assert isinstance(match_site(add, LAYOUTS), Site)
 
 
-@pytest.mark.parametrize("kwargs,reason", [
-    (dict(step=3), "steps=[3], expected x[..., 1::2]"),
-    (dict(unsqueeze_axis=3), "axes [3], expected the new last axis"),
-    (dict(odd_start=0), "starts=[0]"),
-    (dict(concat_axis=0), "axis 0, expected the last axis"),
-    (dict(other_x=True), "x itself is not the other product's operand"),
-])
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [
+        (dict(step=3), "steps=[3], expected x[..., 1::2]"),
+        (dict(unsqueeze_axis=3), "axes [3], expected the new last axis"),
+        (dict(odd_start=0), "starts=[0]"),
+        (dict(concat_axis=0), "axis 0, expected the last axis"),
+        (dict(other_x=True), "x itself is not the other product's operand"),
+    ],
+)
 def test_a_near_miss_is_a_miss_with_its_reason(kwargs, reason):
     _, add = site_graph(**kwargs)
     got = match_site(add, LAYOUTS)

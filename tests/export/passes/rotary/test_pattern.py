@@ -25,8 +25,9 @@ def test_var_binds_and_a_second_occurrence_must_be_the_same_tensor():
     _, t = small_graph()
     got = match(Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("p")), name="add"), t["y"])
     assert isinstance(got, Match) and got["p"] is t["a"] and got["q"] is t["b"] and got["add"].name == "add"
-    got = match(Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("q", differs="Neg reads another tensor"))),
-                t["y"])
+    got = match(
+        Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("q", differs="Neg reads another tensor"))), t["y"]
+    )
     assert isinstance(got, NoMatch) and got.reasons == ["Neg reads another tensor"]
     got = match(Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("q"))), t["y"])
     assert got.reasons == ["q is 'b' in one place and 'a' in another"]
@@ -53,6 +54,7 @@ def test_a_failed_condition_is_a_near_miss_naming_the_node():
     def never(node):
         calls.append(node.name)
         return "the check says no"
+
     got = match(Op("Add", Op("Mul", ANY, ANY), ANY, where=never), t["y"])
     assert got.reasons == ["Add 'add': the check says no"] and calls == ["add"]
     assert isinstance(match(Op("Add", Op("Mul", ANY, ANY), ANY, where=lambda n: None), t["y"]), Match)
@@ -87,8 +89,10 @@ def test_op_may_name_alternatives():
 def test_matching_changes_nothing():
     g, t = small_graph()
     before = gs.export_onnx(g).SerializeToString()
-    for p in (Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("p")), commutative=True),
-              Op("Add", Op("Mul", ANY, ANY), ANY, where=lambda n: "no")):
+    for p in (
+        Op("Add", Op("Mul", Var("p"), Var("q")), Op("Neg", Var("p")), commutative=True),
+        Op("Add", Op("Mul", ANY, ANY), ANY, where=lambda n: "no"),
+    ):
         match(p, t["y"])
     assert gs.export_onnx(g).SerializeToString() == before
 

@@ -20,15 +20,18 @@ from tests.export.passes.rotary.graphs import RoformerSites, export_module, site
 DH, ROWS = 8, 32
 
 
-@pytest.mark.parametrize("err,tol,want", [
-    (0.0, 1e-6, None),
-    (1e-6, 1e-6, None),  # at the bound: passes
-    (2e-6, 1e-6, "numerical check failed: max |graph - reference| = 2e-06 > 1e-06"),
-    (math.nan, 1e-6, "is nan (NaN or inf in the site's output"),
-    (math.inf, 1e-6, "is inf (NaN or inf in the site's output"),
-    (-math.inf, 1e-6, "is -inf (NaN or inf"),
-    (math.nan, math.inf, "is nan"),  # no tolerance lets NaN through
-])
+@pytest.mark.parametrize(
+    "err,tol,want",
+    [
+        (0.0, 1e-6, None),
+        (1e-6, 1e-6, None),  # at the bound: passes
+        (2e-6, 1e-6, "numerical check failed: max |graph - reference| = 2e-06 > 1e-06"),
+        (math.nan, 1e-6, "is nan (NaN or inf in the site's output"),
+        (math.inf, 1e-6, "is inf (NaN or inf in the site's output"),
+        (-math.inf, 1e-6, "is -inf (NaN or inf"),
+        (math.nan, math.inf, "is nan"),  # no tolerance lets NaN through
+    ],
+)
 def test_error_verdict(err, tol, want):
     got = error_verdict(err, tol)
     assert got == want if want is None else want in got
@@ -43,8 +46,12 @@ def hand_site_model():
 def pos_feeds(table: np.ndarray, seq: int) -> dict[str, np.ndarray]:
     """HF's sin_pos / cos_pos [1, 1, S, Dh]: each of the table's sin and cos columns twice, side by side."""
     sin, cos = np.split(table[:seq], 2, axis=-1)
-    return {"x": np.zeros((2, 2, seq, DH), np.float32), "x2": np.zeros((2, 2, seq, DH), np.float32),
-            "sin_pos": np.repeat(sin, 2, axis=-1)[None, None], "cos_pos": np.repeat(cos, 2, axis=-1)[None, None]}
+    return {
+        "x": np.zeros((2, 2, seq, DH), np.float32),
+        "x2": np.zeros((2, 2, seq, DH), np.float32),
+        "sin_pos": np.repeat(sin, 2, axis=-1)[None, None],
+        "cos_pos": np.repeat(cos, 2, axis=-1)[None, None],
+    }
 
 
 @pytest.mark.parametrize("poison,word", [(np.nan, "nan"), (np.inf, "inf")])

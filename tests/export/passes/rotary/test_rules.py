@@ -13,7 +13,7 @@ import torch
 from export.passes.rotary import fuse_rotary
 from export.passes.rotary.pattern import Match, NoMatch, match
 from export.passes.rotary.rules import LAYOUTS, ROFORMER_INTERLEAVED, SPLIT_HALVES, strided_slice, unsqueeze_last
-from export.reference import rotary_angles, roformer_rotary_ref, sincos_table
+from export.reference import roformer_rotary_ref, rotary_angles, sincos_table
 from export.validate import ort_session
 from plugins import identity
 from tests.export.passes.rotary.graphs import NeoXAttention, export_module, site_graph
@@ -51,14 +51,17 @@ def _slice_node(starts, ends, axes, steps):
     return gs.Node("Slice", "sl", inputs=ins, outputs=[gs.Variable("y")])
 
 
-@pytest.mark.parametrize("args,start,why", [
-    (([1], [9**9], [-1], [2]), 1, None),
-    (([0], [9**9], [3], [2]), 0, None),
-    (([0], [9**9], [3], [2]), 1, "starts=[0] axes=[3] steps=[2], expected x[..., 1::2]"),
-    (([1], [9**9], [2], [2]), 1, "expected x[..., 1::2]"),  # not the last axis
-    (([1], [9**9], [-1], [1]), 1, "steps=[1]"),
-    (([1], [1], [-1], [2]), 1, "ends=[1], expected the end of the head dimension"),
-])
+@pytest.mark.parametrize(
+    "args,start,why",
+    [
+        (([1], [9**9], [-1], [2]), 1, None),
+        (([0], [9**9], [3], [2]), 0, None),
+        (([0], [9**9], [3], [2]), 1, "starts=[0] axes=[3] steps=[2], expected x[..., 1::2]"),
+        (([1], [9**9], [2], [2]), 1, "expected x[..., 1::2]"),  # not the last axis
+        (([1], [9**9], [-1], [1]), 1, "steps=[1]"),
+        (([1], [1], [-1], [2]), 1, "ends=[1], expected the end of the head dimension"),
+    ],
+)
 def test_strided_slice(args, start, why):
     got = strided_slice(start)(_slice_node(*args))
     assert got == why if why is None else why in got
@@ -75,15 +78,16 @@ def test_unsqueeze_last_reads_axes_from_the_input_or_the_pre_13_attribute():
 
 def halves_reference(x_BHSDh: np.ndarray, sincos: np.ndarray) -> np.ndarray:
     """GPT-NeoX rotate_half over split halves, in float64: y = x * cos2 + cat(-x2, x1) * sin2."""
-    s, dh = x_BHSDh.shape[2], x_BHSDh.shape[3]
+    s = x_BHSDh.shape[2]
     sin, cos = np.split(sincos[:s].astype(np.float64), 2, axis=-1)  # [S, Dh/2] each
     x1, x2 = np.split(x_BHSDh.astype(np.float64), 2, axis=-1)
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BHSDh.dtype)
 
 
 # The whole of "support split halves in --rope onnx": one rule, the declined one given a reference.
-HALVES = dataclasses.replace(SPLIT_HALVES, name="split-halves-test", reference=halves_reference, interleaved=0,
-                             declined="")
+HALVES = dataclasses.replace(
+    SPLIT_HALVES, name="split-halves-test", reference=halves_reference, interleaved=0, declined=""
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +112,9 @@ def test_halves_reference_is_the_torch_module():
 
 
 def test_a_new_layout_is_one_rule(neox):
-    new, rep = fuse_rotary(neox, "onnx", expected=1, max_len=16, head_dim=8, feeds=neox_feeds(),
-                           layouts=(ROFORMER_INTERLEAVED, HALVES))
+    new, rep = fuse_rotary(
+        neox, "onnx", expected=1, max_len=16, head_dim=8, feeds=neox_feeds(), layouts=(ROFORMER_INTERLEAVED, HALVES)
+    )
     assert rep.found == 1 and rep.rewritten == 1 and rep.skipped == [] and rep.coverage_error() is None
     rot = [n for n in new.graph.node if n.op_type == "RotaryEmbedding"]
     assert len(rot) == 1
