@@ -33,6 +33,7 @@ from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, VerificationError
 from export.layout import ONNX_FILE, Planned, plan_file, sidecar_file
 from export.passes.pooling import HIDDEN, check_task
+from export.passes.quantize.data import CalibSet
 from export.progress import info, status
 from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report_io import report_text, save_report
@@ -44,7 +45,7 @@ from export.stages.engine import run_engine_stage
 from export.stages.onnx import run_export_stage
 from export.stages.pooling import run_pooling_stage, with_engine_outputs
 from export.stages.precision import run_precision_stage
-from export.stages.quantize import run_quantize_stage
+from export.stages.quantize import calibration_set, run_quantize_stage
 from export.stages.result import StageResult
 from export.stages.rope import run_rope_stage
 from export.stages.validation import run_validation_stage
@@ -114,6 +115,7 @@ class Run:
     planned: Planned
     timings: dict[str, float] = field(default_factory=dict)
     disk_need: int = 0
+    calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
@@ -125,6 +127,8 @@ class Run:
             memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
             self.disk_need = disk.need(inspected.config, self.planned)
             disk.require(self.flags.out, self.disk_need)
+            if self.flags.quant is not None:  # a bad calibration file is refused before any work
+                self.calib = calibration_set(self.flags.quant, inspected.config, plan.max_len)
             if inspected.config_source.startswith("--config"):
                 info(f"using {inspected.config_source} instead of the checkpoint's own config")
             if inspected.weights_dtype != "float32":
@@ -188,6 +192,7 @@ class Run:
             with self.timed("quantize"):
                 results["quantize"] = run_quantize_stage(
                     self.flags.quant,
+                    self.calib or calibration_set(self.flags.quant, ckpt.config, plan.max_len),
                     work / arts[trt_key],
                     trt_key,
                     work / arts[cpu_key],

@@ -56,6 +56,7 @@ def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
 
 def run_quantize_stage(
     q: QuantOptions,
+    calib: CalibSet,
     src: Path,
     src_key: str,
     cpu_src: Path,
@@ -65,14 +66,14 @@ def run_quantize_stage(
     thresholds: Thresholds,
     pooling: Pooling | None = None,
 ) -> StageResult[dict]:
-    """src/src_key: the TensorRT-bound fp32 graph (pooled already with --pooling); cpu_src/cpu_key: the fp32 graph ONNX
-    Runtime serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin."""
+    """calib: the calibration set (calibration_set, read before the build's work); src/src_key: the
+    TensorRT-bound fp32 graph (pooled already with --pooling); cpu_src/cpu_key: the fp32 graph ONNX Runtime
+    serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin."""
     outputs = pooling.outputs if pooling else None
     plugin = src_key == "rope-plugin"
     choices = 2 if ckpt.task == "multiple-choice" else None
     key = precision_key(src_key, q.fmt)
     placement = plan(src)
-    calib = calibration_set(q, ckpt.config, max_len)
     with status(
         f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples ({q.method.name})"
     ):

@@ -201,6 +201,33 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
     assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
 
 
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("empty.txt", "", r"has no samples; put one sample per line"),
+        ("blank.txt", "\n  \n", r"has no samples; put one sample per line"),
+        ("ids.jsonl", "[1, 2]\n[99999]\n", r"ids.jsonl:2: input_ids value 99999 is outside \[0, \d+\)"),
+        ("ids.jsonl", "not json\n", r"ids.jsonl:1 is not JSON"),
+    ],
+)
+def test_an_unusable_calibration_file_is_refused_before_the_export(
+    tiny_ckpt, tmp_path, capsys, monkeypatch, name, text, message
+):
+    import export.build as build_module
+
+    def no_export(*a, **k):
+        raise AssertionError("the export ran before the calibration file was checked")
+
+    monkeypatch.setattr(build_module, "run_export_stage", no_export)
+    calib = tmp_path / name
+    calib.write_text(text)
+    out = tmp_path / "out"
+    code, lines = run_cli(
+        ["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--calib", str(calib)], capsys
+    )
+    assert_clean_failure(code, lines, out, message)
+
+
 def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):
     out = tmp_path / "pooled"
     assert (
