@@ -12,14 +12,14 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from engines.tensorrt.availability import engine_stage_status, fp8_problem, gpu_identity, require_engine
+from engines.tensorrt.availability import engine_status_for, require_engine
 from engines.tensorrt.builder import build_engine
 from engines.tensorrt.flags import add_engine_flags
 from engines.tensorrt.graph import count_plugin_nodes, declared_max_len, quantized_format
 from engines.tensorrt.profiles import ProfileSet
 from export import cli
 from export.cli import Parser
-from export.errors import EXIT_OK, UnavailableError, UsageError
+from export.errors import EXIT_OK, UsageError
 from export.passes.precision import parse_precision
 from export.report import TIMING_CACHE
 from plugins.locate import find_plugin_library
@@ -113,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     onnx_path, precision, profiles, plugin_lib = check_usage(args)
-    require_engine(engine_stage_status(), flag=None)
-    if precision == "fp8":
-        problem = fp8_problem(*gpu_identity())
-        if problem:
-            raise UnavailableError(problem)
+    require_engine(engine_status_for(precision), flag=None)
     out = Path(args.out) if args.out else onnx_path.parent
     entry = build_engine(
         onnx_path,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engines.tensorrt.availability import engine_stage_status, require_engine
+from engines.tensorrt.availability import engine_status_for, require_engine
 from export import __version__, build_flags, cli, disk, memory
 from export.build_plan import Flags, Plan
 from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
@@ -75,7 +75,7 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
     if args.max_memory is not None:
         memory.parse_bytes(args.max_memory, "--max-memory")
-    engine = engine_stage_status()
+    engine = engine_status_for(flags.precision)  # FP8 on a GPU without FP8 tensor cores: skipped, named here
     if args.require_engine:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
     planned = flags.planned(args, engine["status"] == "available")

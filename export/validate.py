@@ -64,9 +64,15 @@ def largest_prime_in(lo: int, hi: int) -> int | None:
     return None
 
 
+def input_seed(shape: Shape, seed: int = 0) -> int:
+    """The generator seed make_inputs draws `shape`'s inputs from. Two (shape, seed) pairs with the same value draw
+    the same stream: a shorter shape's ids are then a prefix of the longer one's."""
+    return seed + shape.batch * 1009 + shape.seq
+
+
 def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length."""
-    rng = np.random.default_rng(seed + shape.batch * 1009 + shape.seq)
+    rng = np.random.default_rng(input_seed(shape, seed))
     dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
     ids = rng.integers(0, vocab_size, size=dims, dtype=np.int64)
     types = rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)

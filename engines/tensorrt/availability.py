@@ -59,6 +59,17 @@ def fp8_problem(name: str, cc: str) -> str | None:
     )
 
 
+def engine_status_for(precision: str) -> dict:
+    """engine_stage_status(), and for fp8 also skipped where this GPU has no FP8 tensor cores: one answer that
+    export.build (before any work, and at its engine stage) and engines.build share."""
+    status = engine_stage_status()
+    if status["status"] == "available" and precision == "fp8":
+        problem = fp8_problem(*gpu_identity())
+        if problem:
+            return {"status": "skipped", "reason": problem}
+    return status
+
+
 def gpu_identity() -> tuple[str, str]:
     """(GPU name, "major.minor") of CUDA device 0, via torch."""
     import torch

@@ -33,7 +33,8 @@ def input_axes(model) -> dict[str, tuple]:
 
 def quantized_format(onnx_path: str | Path) -> str | None:
     """ "int8" or "fp8" for a Q/DQ graph (read from its zero points' type), None for a graph without Q/DQ.
-    ValueError for a graph that mixes both (TensorRT cannot use INT8 and FP8 in one network)."""
+    ValueError for a graph that mixes both (TensorRT cannot use INT8 and FP8 in one network) or whose zero points
+    are not initializers of either type (nothing this toolchain writes)."""
     m = onnx.load(str(onnx_path), load_external_data=False)
     types = {t.name: t.data_type for t in m.graph.initializer}
     found = {
@@ -41,6 +42,8 @@ def quantized_format(onnx_path: str | Path) -> str | None:
         for n in m.graph.node
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
     }
+    if "other" in found:
+        raise ValueError(f"{Path(onnx_path).name} has Q/DQ zero points that are not int8 or float8e4m3fn initializers")
     if len(found) > 1:
         raise ValueError(f"{Path(onnx_path).name} mixes Q/DQ types {sorted(found)}")
     return found.pop() if found else None

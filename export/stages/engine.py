@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.tensorrt.availability import engine_stage_status, fp8_problem, gpu_identity
+from engines.tensorrt.availability import engine_status_for
 from engines.tensorrt.builder import build_engine
 from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.runner import EngineRunner
@@ -42,10 +42,7 @@ def run_engine_stage(
     """The `engine` section, the plan artifact and the engine's validation cases (none when skipped or
     not validating); ckpt: the loaded checkpoint (its model is not changed: the CUDA reference is a copy);
     pooling: what the graph's sentence_embedding computes, graded like the other outputs."""
-    status = engine_stage_status()
-    if status["status"] == "available" and precision == "fp8":
-        problem = fp8_problem(*gpu_identity())
-        status = {"status": "skipped", "reason": problem} if problem else status
+    status = engine_status_for(precision)
     if status["status"] != "available":
         info(f"engine stage skipped: {status['reason']}")
         return StageResult({**status, "profiles": profiles.to_report()})

@@ -12,6 +12,7 @@ stage: the report says where, and export.build exits 1.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from export.compare import error_stats, row_mask
@@ -28,12 +29,12 @@ from export.progress import info, status
 from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
 from export.stages.result import StageResult
 from export.thresholds import Threshold, Thresholds
-from export.validate import OnnxFile, TorchReference, make_inputs, validation_shapes
+from export.validate import OnnxFile, Shape, TorchReference, input_seed, make_inputs, validation_shapes
 
 # Validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on, and on several
 # draws of each short shape, because the largest error of one draw is a tail statistic (on tiny-stress, seeds 0..9
 # of batch 3 x 61 ranged 0.002 to 0.018 in scaled error). The longest shape, costly, gets one draw.
-FALLBACK_SEEDS = tuple(range(1, 9))
+FALLBACK_DRAWS = 8
 FEW_TOKENS = 512  # shapes of at most this many tokens get every seed
 FALLBACK_MARGIN = 0.8  # the fallback stops at 80 % of each threshold, so validation's inputs pass with room
 
@@ -124,16 +125,27 @@ def run_quantize_stage(
     return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
 
 
+def fallback_draws(max_len: int, task: str) -> list[tuple[Shape, int]]:
+    """Validation's shapes, each with FALLBACK_DRAWS seeds (one for shapes over FEW_TOKENS): the first seeds from 1
+    whose inputs are none of validation's (seed 0 of another shape can be the same stream: input_seed)."""
+    shapes = validation_shapes(max_len, task)
+    taken = {input_seed(s) for s in shapes}
+    draws = []
+    for shape in shapes:
+        fresh = (seed for seed in itertools.count(1) if input_seed(shape, seed) not in taken)
+        n = FALLBACK_DRAWS if shape.batch * shape.seq <= FEW_TOKENS else 1
+        draws += [(shape, seed) for seed in itertools.islice(fresh, n)]
+    return draws
+
+
 def fallback_cases(ckpt, max_len: int, pooling: Pooling | None = None) -> list[EvalCase]:
-    """Validation's shapes with FALLBACK_SEEDS inputs (one draw for shapes over FEW_TOKENS), PyTorch fp32 outputs
-    of the graph's outputs."""
+    """The inputs of fallback_draws, with the PyTorch fp32 outputs of the graph's outputs."""
     cases = []
-    for shape in validation_shapes(max_len, ckpt.task):
-        for seed in FALLBACK_SEEDS if shape.batch * shape.seq <= FEW_TOKENS else FALLBACK_SEEDS[:1]:
-            feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=seed)
-            refs = TorchReference(ckpt.model, ckpt.task, pooling=pooling)(shape, feeds)  # it caches by shape alone
-            wanted = pooling.outputs if pooling else tuple(refs)
-            cases.append(EvalCase(f"{shape.label()} seed {seed}", feeds, {k: refs[k] for k in wanted}))
+    for shape, seed in fallback_draws(max_len, ckpt.task):
+        feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=seed)
+        refs = TorchReference(ckpt.model, ckpt.task, pooling=pooling)(shape, feeds)  # it caches by shape alone
+        wanted = pooling.outputs if pooling else tuple(refs)
+        cases.append(EvalCase(f"{shape.label()} seed {seed}", feeds, {k: refs[k] for k in wanted}))
     return cases
 
 
@@ -173,7 +185,7 @@ def _fallback(
         judge=judge,
         budget=budget,
         rotary_function=plugin,
-        trial=lambda keep: build(src, placement.with_kept(keep), amax, q.fmt, "fp32")[0],
+        trial=lambda keep: build(src, placement.with_kept(keep), amax, q.fmt, q.high)[0],
     )
     kept = len(result.keep)
     info(

@@ -37,7 +37,7 @@ def int8_build(tiny_ckpt, tmp_path_factory):
 def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, built):
     r, plain = report(int8_build), report(built)
     assert r["passed"] and r["artifacts"]["tensorrt-onnx"] == "model.rope-plugin.int8.onnx"
-    assert r["rewrite"] == plain["rewrite"]  # the rotary pass and its verification, untouched by quantization
+    assert r["rewrite"] == plain["rewrite"]  # the rotary pass and its verification: the fp32 build's
     graphs = {c["graph"] for c in r["validation"]}
     assert {"rope-plugin.int8", "onnx.int8-cpu"} <= graphs
     for c in r["validation"]:
@@ -52,9 +52,10 @@ def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, 
     assert q["fallback"]["mode"] == "auto" and q["fallback"]["passed"]
     model = onnx.load(str(int8_build / "model.rope-plugin.int8.onnx"), load_external_data=False)
     source = onnx.load(str(int8_build / "model.rope-plugin.onnx"), load_external_data=False)
-    assert sum(n.op_type == PLUGIN_OP for n in model.graph.node) == sum(
-        n.op_type == PLUGIN_OP for n in source.graph.node
-    )
+    # the rotary sites as the verified rewrite left them: the same nodes, reading and writing the same tensors
+    # with the same attributes (Q/DQ sit on MatMul inputs only), so the rewrite's verification holds for them
+    rotary = [n for n in model.graph.node if n.op_type == PLUGIN_OP]
+    assert rotary and rotary == [n for n in source.graph.node if n.op_type == PLUGIN_OP]
     with_rotary_function(model)  # the plugin's node checks
     assert gate([str(int8_build / "report.json")]) == 0
     assert "## Quantization: int8" in (int8_build / "report.md").read_text()
@@ -86,6 +87,19 @@ def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):
         "report.md",
         MANIFEST,
     }
+
+
+def test_fp8_build_with_its_defaults_runs_in_onnx_runtime(tiny_ckpt, tmp_path):
+    """fp16 as the high precision and the fallback on: the graph TensorRT gets by default, validated in ORT."""
+    out = tmp_path / "fp8-default"
+    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "fp8"]) == 0
+    r = report(out)
+    cases = [c for c in r["validation"] if c["graph"] == "rope-plugin.fp8"]
+    assert r["passed"] and cases and all(c["precision"] == "fp8" and c["passed"] for c in cases)
+    assert r["quantization"]["high_precision"] == "fp16" and r["quantization"]["structure_problems"] == []
+    m = onnx.load(str(out / "model.rope-plugin.fp8.onnx"), load_external_data=False)
+    types = {t.data_type for t in m.graph.initializer}
+    assert {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT16} <= types
 
 
 def test_fp8_build_with_fp32_high_precision(tiny_ckpt, tmp_path):
@@ -226,6 +240,32 @@ def test_an_unusable_calibration_file_is_refused_before_the_export(
         ["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--calib", str(calib)], capsys
     )
     assert_clean_failure(code, lines, out, message)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--calib", "{dir}/ids.json"], r"a \.json file is neither form; write token ids .* to a \.jsonl file"),
+        (["--calib-vocab", "{dir}/vocab.txt"], r"--calib-vocab tokenizes a text --calib file; pass --calib FILE too"),
+    ],
+)
+def test_calibration_flags_that_would_be_misread_are_refused(tiny_ckpt, tmp_path, capsys, flags, message):
+    (tmp_path / "ids.json").write_text("[1, 2, 3]\n")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_ckpt), "--out", str(out), "--precision", "int8"]
+    code, lines = run_cli(argv + [f.format(dir=tmp_path) for f in flags], capsys)
+    assert_clean_failure(code, lines, out, message)
+
+
+def test_token_ids_in_a_jsonl_file_of_any_case(tiny_ckpt, tmp_path):
+    calib = tmp_path / "IDS.JSONL"
+    calib.write_text("[5, 6, 7]\n[8]\n")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--quant-fallback", "none"]
+    assert build([*argv, "--calib", str(calib), "--skip-validation"]) == 0
+    calibration = report(out)["quantization"]["calibration"]
+    assert calibration["tokenizer"] == "token ids (JSON lines)" and calibration["samples"] == 2
 
 
 def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):

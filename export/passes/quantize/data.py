@@ -108,6 +108,11 @@ def synthetic_set(vocab_size: int, type_vocab_size: int, max_len: int, size: int
     return CalibSet(samples, "synthetic", note=SYNTHETIC_NOTE)
 
 
+def is_json_lines(path: Path) -> bool:
+    """Token ids as JSON lines: a .jsonl file, whatever the case of its suffix."""
+    return Path(path).suffix.lower() == ".jsonl"
+
+
 def check_size(size: int | None) -> int | None:
     if size is not None and not 1 <= size <= MAX_CALIB_SIZE:
         raise UsageError(f"--calib-size must be from 1 to {MAX_CALIB_SIZE}, got {size}")
@@ -125,7 +130,7 @@ def file_set(
         raise UsageError(f"calibration file {path} has no samples; put one sample per line")
     lines = lines[:size] if size else lines
     cap = min(max_len, CALIB_LEN_CAP)
-    if path.suffix == ".jsonl":
+    if is_json_lines(path):
         samples = [_json_sample(path, n, line, vocab_size, type_vocab_size, cap) for n, line in lines]
         return CalibSet(samples, str(path), tokenizer="token ids (JSON lines)")
     if vocab is None or not Path(vocab).is_file():

@@ -4,7 +4,8 @@ quantization costs the most, until the graph passes its thresholds, within a bud
 In: the fp32 graph, the Placement and the calibrated ranges, the evaluation cases (inputs and PyTorch fp32
 outputs: the validation shapes with inputs of another seed than validation's, so what the fallback tunes on is
 not what validation then checks), `judge(outputs, case) -> (passed, worst line)`, `trial(keep) -> ModelProto`
-(the quantized graph with `keep` left high, fp32 as the high precision), the budget (most nodes kept high).
+(the quantized graph with `keep` left high, in the high precision the build writes, so the search judges the
+graph validation will judge), the budget (most nodes kept high).
 Out: a FallbackResult: the nodes kept high and the report section (ranking, every trial, what stayed high, its
 share of the MatMul FLOPs, or why no graph within the budget passes).
 

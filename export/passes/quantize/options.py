@@ -10,7 +10,7 @@ from pathlib import Path
 
 from export.errors import UsageError
 from export.passes.quantize.calibrate import CalibMethod, check_method
-from export.passes.quantize.data import check_size
+from export.passes.quantize.data import check_size, is_json_lines
 from export.passes.quantize.fallback import MODES as FALLBACK_MODES
 
 QUANTIZED = ("int8", "fp8")
@@ -75,6 +75,13 @@ class QuantOptions:
         calib = Path(args.calib) if args.calib else None
         if calib is not None and not calib.is_file():
             raise UsageError(f"--calib {calib} is not a file; pass a text file (one sample a line) or a .jsonl file")
+        if calib is not None and calib.suffix.lower() == ".json":  # token ids read as text would calibrate on "[1,"
+            raise UsageError(
+                f"--calib {calib}: a .json file is neither form; write token ids one sample a line to a .jsonl "
+                "file, or text one sample a line to a .txt file"
+            )
+        if calib is None and args.calib_vocab is not None:
+            raise UsageError("--calib-vocab tokenizes a text --calib file; pass --calib FILE too, or drop it")
         vocab = _vocab(args, calib)
         budget = DEFAULT_BUDGET if args.quant_fallback_budget is None else args.quant_fallback_budget
         if not 0.0 <= budget <= 1.0:
@@ -111,7 +118,7 @@ def _vocab(args, calib: Path | None) -> Path | None:
     beside = (model if model.is_dir() else model.parent) / "vocab.txt"
     if beside.is_file():
         return beside
-    if calib is not None and calib.suffix != ".jsonl":
+    if calib is not None and not is_json_lines(calib):
         raise UsageError(
             f"--calib {calib} is text but there is no vocab.txt beside the checkpoint ({beside}); pass "
             "--calib-vocab PATH, or give token ids as JSON lines in a .jsonl file"

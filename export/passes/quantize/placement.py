@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from plugins.identity import PLUGIN_OP
 
@@ -165,7 +167,7 @@ def check_quantized(model: onnx.ModelProto, placement: Placement) -> list[str]:
             problems.append(f"{s.node} input {s.index} is quantized but the fallback kept the node high")
         elif s.node not in placement.keep_high and not quantized:
             problems.append(f"{s.node} input {s.index} ({s.tensor}) has no Q/DQ")
-    allowed = {s.node for s in placement.active()}
+    allowed = {(s.node, s.index) for s in placement.active()}
     for node in model.graph.node:
         if node.op_type in ROTARY_OPS:
             problems += [
@@ -173,12 +175,37 @@ def check_quantized(model: onnx.ModelProto, placement: Placement) -> list[str]:
                 for t in node.input
                 if t and _reaches_dq(t, producers)
             ]
-        elif node.name not in allowed:
+        elif node.op_type not in (Q_OP, DQ_OP):
             problems += [
-                f"{node.op_type} node {node.name} reads a dequantized tensor ({t}), outside the rules"
-                for t in node.input
-                if t in producers and producers[t].op_type == DQ_OP
+                f"{node.op_type} node {node.name} input {i} reads a dequantized tensor ({t}), outside the rules"
+                for i, t in enumerate(node.input)
+                if t in producers and producers[t].op_type == DQ_OP and (node.name, i) not in allowed
             ]
+    return problems + _qdq_pair_problems(model, producers)
+
+
+def _qdq_pair_problems(model: onnx.ModelProto, producers: dict) -> list[str]:
+    """A Q read by anything but a DQ (a quantized tensor computed on), a Q/DQ nobody reads, a scale that is not a
+    positive finite initializer (an underflowed or NaN scale is invalid for ONNX and TensorRT alike)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in (Q_OP, DQ_OP):
+            continue
+        users = readers.get(node.output[0], [])
+        if not users and node.output[0] not in outputs:
+            problems.append(f"{node.op_type} {node.name} is read by nothing")
+        if node.op_type == Q_OP and any(u.op_type != DQ_OP for u in users):
+            problems.append(f"QuantizeLinear {node.name} is read by a node other than DequantizeLinear")
+        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+        values = None if scale is None else numpy_helper.to_array(scale).astype(np.float64)
+        if values is None or not (np.isfinite(values).all() and (values > 0).all()):
+            problems.append(f"{node.op_type} {node.name} has no positive finite scale initializer")
     return problems
 
 

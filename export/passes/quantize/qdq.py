@@ -107,7 +107,10 @@ class Inserter:
         if tensor not in self.made:
             elem = self.types.get(tensor, TensorProto.FLOAT)
             amax = self.amax[site.tensor]
-            scale = np.array(amax / self.qmax, dtype=HIGH_NP.get(elem, np.float32))
+            dtype = HIGH_NP.get(elem, np.float32)
+            scale = np.array(amax / self.qmax, dtype=dtype)
+            if not scale > 0:  # amax 0 (a constant-zero tensor) or an fp16 underflow: scale 0 is invalid in Q/DQ
+                scale = np.array(np.finfo(dtype).tiny, dtype=dtype)
             s = self.init(scale, f"{tensor}__qscale")
             z = self.zero(f"{tensor}__qzero", ())
             self.new_nodes += [

@@ -57,6 +57,7 @@ def test_quantized_format_reads_the_zero_points(tmp_path):
         ([TensorProto.INT8], "fp8", "is quantized to int8; pass --precision int8"),
         ([TensorProto.FLOAT8E4M3FN], "int8", "is quantized to fp8; pass --precision fp8"),
         ([TensorProto.INT8, TensorProto.FLOAT8E4M3FN], "int8", "mixes Q/DQ types"),
+        ([TensorProto.UINT8], "int8", "zero points that are not int8 or float8e4m3fn initializers"),
     ],
 )
 def test_precision_must_match_the_graph(tmp_path, zeros, precision, pattern):
@@ -114,3 +115,34 @@ def test_a_quantized_graph_passes_usage_and_stops_at_availability(tmp_path):
     )
     assert r.returncode == 3 and r.stderr.strip().count("\n") == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
+
+
+@pytest.mark.parametrize(
+    "precision, cc, available", [("fp8", "8.0", False), ("fp8", "9.0", True), ("int8", "8.0", True)]
+)
+def test_the_fp8_rule_is_part_of_the_engine_status(monkeypatch, precision, cc, available):
+    """engine_status_for joins the FP8 rule to availability, so export.build can refuse before any work. Here the
+    availability answer is given (this machine has no TensorRT): only our rule is under test."""
+    import engines.tensorrt.availability as availability
+
+    monkeypatch.setattr(availability, "engine_stage_status", lambda: {"status": "available", "tensorrt": "10.16"})
+    monkeypatch.setattr(availability, "gpu_identity", lambda: ("GPU-X", cc))
+    status = availability.engine_status_for(precision)
+    assert (status["status"] == "available") == available
+    if not available:
+        assert "GPU-X is 8.0" in status["reason"]
+
+
+def test_export_build_refuses_fp8_on_an_older_gpu_before_any_work(monkeypatch, tiny_ckpt, tmp_path, capsys):
+    import engines.tensorrt.availability as availability
+    import export.build as build_module
+
+    monkeypatch.setattr(availability, "engine_stage_status", lambda: {"status": "available", "tensorrt": "10.16"})
+    monkeypatch.setattr(availability, "gpu_identity", lambda: ("GPU-X", "8.6"))
+    monkeypatch.setattr(build_module.Run, "load", lambda self: pytest.fail("the checkpoint was read"))
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_ckpt), "--out", str(out), "--precision", "fp8", "--require-engine"]
+    assert build_module.main(argv) == 3
+    err = capsys.readouterr().err
+    assert "FP8 engines need compute capability >= 8.9" in err and "GPU-X is 8.6" in err
+    assert not out.exists() or not any(out.iterdir())

@@ -10,8 +10,29 @@ import pytest
 from export.compare import error_stats
 from export.passes.quantize import build
 from export.passes.quantize.fallback import EvalCase, run_fallback, search, sensitivity
-from export.validate import Shape, TorchReference, make_inputs
+from export.stages.quantize import FALLBACK_DRAWS, FEW_TOKENS, fallback_draws
+from export.validate import Shape, TorchReference, make_inputs, validation_shapes
 from tests.export.passes.quantize_fixtures import calibrated, rope_graph
+
+
+@pytest.mark.parametrize("max_len", [2, 24, 64, 100, 128, 2048])
+@pytest.mark.parametrize("task", ["model", "multiple-choice"])
+def test_the_fallback_never_tunes_on_validation_inputs(max_len, task):
+    """Validation draws seed 0 of each shape; a fallback draw whose ids equal (or prefix) one of those would let
+    the fallback tune on what validation then judges (seed + 1009 * batch + seq collided: B=1 S=23 seed 1 was
+    B=1 S=24 seed 0)."""
+    vocab = 2**40  # so that equal ids mean the same random stream, not a chance draw of a small vocab
+    validation = [make_inputs(s, vocab, 2)["input_ids"] for s in validation_shapes(max_len, task)]
+    draws = fallback_draws(max_len, task)
+    for shape in validation_shapes(max_len, task):
+        seeds = [seed for s, seed in draws if s == shape]
+        assert len(set(seeds)) == (FALLBACK_DRAWS if shape.batch * shape.seq <= FEW_TOKENS else 1)
+    for shape, seed in draws:
+        ids = make_inputs(shape, vocab, 2, seed=seed)["input_ids"]
+        for v in validation:
+            n = min(ids.shape[-1], v.shape[-1])
+            rows = min(ids.shape[0], v.shape[0])
+            assert not np.array_equal(ids[:rows, ..., :n], v[:rows, ..., :n]), (shape, seed)
 
 
 @pytest.mark.parametrize("need,budget", [(0, 8), (1, 8), (3, 8), (5, 8), (8, 8), (7, 10)])

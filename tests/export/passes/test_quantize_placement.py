@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -103,6 +105,39 @@ def test_check_catches_every_departure(tmp_path_factory, exported):
     kept = placement.with_kept({site.node})
     assert any("kept the node high" in p for p in check_quantized(good, kept))
 
+    # judged per input: a node with one site may not have Q/DQ on another input (here: the rules minus one
+    # activation site of a node whose weight stays a site)
+    weight = next(s for s in placement.sites if s.kind == "weight")
+    dropped = next(s for s in placement.sites if s.node == weight.node and s.kind == "activation")
+    fewer = dataclasses.replace(placement, sites=[s for s in placement.sites if s != dropped])
+    assert any(
+        f"{dropped.node} input {dropped.index} reads a dequantized tensor" in p for p in check_quantized(good, fewer)
+    )
+    q_node = made[made[dq_out].input[0]]
+
+    def computed_on(m, byname):  # an integer tensor read by a float op
+        byname[softmax.name].input[0] = q_node.output[0]
+
+    assert any("read by a node other than DequantizeLinear" in p for p in broken(computed_on))
+    scale_name = made[dq_out].input[1]
+
+    def zero_scale(m, byname):
+        for init in m.graph.initializer:
+            if init.name == scale_name:
+                init.CopyFrom(numpy_helper.from_array(np.zeros((), numpy_helper.to_array(init).dtype), scale_name))
+
+    assert any("positive finite scale" in p for p in broken(zero_scale))
+
+    def orphan(m, byname):  # a Q/DQ pair left behind, read by nothing
+        m.graph.node.extend(
+            [
+                helper.make_node(Q_OP, [before_q, scale_name, made[dq_out].input[2]], ["orphan_q"], name="orphan_Q"),
+                helper.make_node(DQ_OP, ["orphan_q", scale_name, made[dq_out].input[2]], ["orphan"], name="orphan_DQ"),
+            ]
+        )
+
+    assert any("orphan_DQ is read by nothing" in p for p in broken(orphan))
+
 
 def test_fallback_kept_nodes_read_their_fp_inputs(tmp_path_factory, exported):
     src, _, config = rope_graph(exported, tmp_path_factory)
@@ -139,6 +174,16 @@ def test_fp16_scale_never_underflows_to_zero():
     w = np.full((4, 2), 1e-9, np.float32)  # below fp16's smallest subnormal once divided by 127
     _, scale = quantize_weight(w, "int8", axis=1, high=np.float16)
     assert np.all(scale > 0)
+
+
+def test_activation_scale_of_a_constant_zero_tensor_is_positive(tmp_path_factory, exported):
+    src, _, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    site = next(s for s in placement.sites if s.kind == "activation")
+    tiny = {**amax, site.tensor: 0.0}  # a tensor that was zero on every calibration sample
+    model, summary = build(src, placement, tiny, "int8", "fp16")
+    assert summary.activations[site.tensor]["scale"] > 0
+    assert check_quantized(model, placement) == []
 
 
 def test_qdq_in_onnx_runtime_matches_numpy_fake_quantization():
