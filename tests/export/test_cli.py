@@ -99,7 +99,11 @@ def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
         (["--precision", "int8", "--quant-fallback-budget", "2"], r"--quant-fallback-budget must be a fraction"),
         (["--precision", "int8", "--calib", "/nonexistent.txt"], r"--calib /nonexistent.txt is not a file"),
         (["--precision", "int8", "--calib-size", "0"], r"--calib-size must be from 1"),
-        (["--precision", "fp8", "--calib-vocab", "/nonexistent/vocab.txt"], r"--calib-vocab .* is not a file"),
+        (
+            ["--precision", "fp8", "--calib", __file__, "--calib-vocab", "/nonexistent/vocab.txt"],
+            r"--calib-vocab .* is not a file",
+        ),
+        (["--precision", "fp8", "--calib-vocab", "/nonexistent/vocab.txt"], r"--calib-vocab tokenizes a text --calib"),
         (["--batch", "8,1,4"], r"--batch '8,1,4': needs min <= opt <= max"),
         (["--batch", "1,x"], r"--batch '1,x': expected comma-separated integers"),
         (["--max-len", "1024", "--profiles", "512,128"], r"bucket tops must be strictly ascending"),
