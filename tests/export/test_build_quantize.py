@@ -326,6 +326,10 @@ def test_fallback_turns_a_failing_stress_graph_into_a_passing_one(tmp_path, caps
     fb = report(tmp_path / "auto")["quantization"]["fallback"]
     assert fb["passed"] and 0 < len(fb["kept"]) <= fb["budget"] and 0 < fb["high_flops_share"] < 0.5
     assert any(k["node"].endswith("layer.0/attention/self/query/MatMul") for k in fb["kept"]), fb["kept"]
+    # the same data gives the same files with the fallback on too (its choice rests on PyTorch's reference outputs)
+    assert build([*common, "--out", str(tmp_path / "auto2"), "--quant-fallback-budget", "0.5"]) == 0
+    for f in ("model.rope-plugin.int8.onnx", "model.rope-plugin.int8.onnx.data"):
+        assert sha256_file(tmp_path / "auto" / f) == sha256_file(tmp_path / "auto2" / f), f
     # a budget too small: the build fails validation, and the report says why the fallback could not help
     assert build([*common, "--out", str(tmp_path / "small"), "--quant-fallback-budget", "0.1"]) == 1
     small = report(tmp_path / "small")["quantization"]["fallback"]
