@@ -3,7 +3,7 @@
 | code | meaning |
 |------|---------|
 | 0 | success |
-| 1 | verification failed: accuracy, or rotary-rewrite coverage (artifacts kept, report says why); for the build tools, the build step failed (`plugins.build`: CMake; `engines.build`: TensorRT's builder) |
+| 1 | verification failed: accuracy, rotary-rewrite coverage, or a quantized graph off its placement (artifacts kept, report says why); for the build tools, the build step failed (`plugins.build`: CMake; `engines.build`: TensorRT's builder) |
 | 2 | bad input or usage |
 | 3 | a stage asked for with a `--require-...` flag is unavailable here |
 | 4 | internal error: a bug in roformer-trt (one line; `--debug` shows the traceback) |
