@@ -224,7 +224,8 @@ def render_png(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(r["checkpoints"]), figsize=(13, 5), sharey=True)
+    fig, grid = plt.subplots(1, len(r["checkpoints"]), figsize=(13, 5), sharey=True, squeeze=False)
+    axes = grid[0]  # one Axes per checkpoint, also when there is one
     for ax, (name, ck) in zip(axes, r["checkpoints"].items(), strict=True):
         cells = ck["cells"]
         labels = [

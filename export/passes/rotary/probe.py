@@ -116,8 +116,8 @@ def concrete_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dic
     m = onnx.ModelProto()
     m.CopyFrom(model)  # structure-only models copy cheaply; an in-memory model is a test-sized one
     for inp in m.graph.input:
-        if inp.name in feeds:
-            dims = inp.type.tensor_type.shape.dim
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in feeds and len(dims) == feeds[inp.name].ndim:  # an input of unknown rank stays unsized
             for d, n in zip(dims, feeds[inp.name].shape, strict=True):
                 d.Clear()
                 d.dim_value = int(n)
