@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
     """name -> (model file, ORT optimization level), made once into `work`."""
+    import onnx
     from onnx.external_data_helper import load_external_data_for_model
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -73,6 +74,7 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
             use_external_data_format=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # as the twin: untyped fused outputs are fp32
         )
 
     make("dynamic", dyn(False))
