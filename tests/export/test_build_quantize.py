@@ -27,10 +27,15 @@ def report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+def build_tiny(ckpt: Path, out: Path, *flags: str) -> int:
+    """export.build of `ckpt` into `out` at the fast test settings; its exit code."""
+    return build(["--model", str(ckpt), "--out", str(out), *FAST, *flags])
+
+
 @pytest.fixture(scope="module")
 def int8_build(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "int8"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8"]) == 0
+    assert build_tiny(tiny_ckpt, out, "--precision", "int8") == 0
     return out
 
 
@@ -92,7 +97,7 @@ def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):
 def test_fp8_build_with_its_defaults_runs_in_onnx_runtime(tiny_ckpt, tmp_path):
     """fp16 as the high precision and the fallback on: the graph TensorRT gets by default, validated in ORT."""
     out = tmp_path / "fp8-default"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "fp8"]) == 0
+    assert build_tiny(tiny_ckpt, out, "--precision", "fp8") == 0
     r = report(out)
     cases = [c for c in r["validation"] if c["graph"] == "rope-plugin.fp8"]
     assert r["passed"] and cases and all(c["precision"] == "fp8" and c["passed"] for c in cases)
@@ -104,24 +109,7 @@ def test_fp8_build_with_its_defaults_runs_in_onnx_runtime(tiny_ckpt, tmp_path):
 
 def test_fp8_build_with_fp32_high_precision(tiny_ckpt, tmp_path):
     out = tmp_path / "fp8"
-    assert (
-        build(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
-                *FAST,
-                "--precision",
-                "fp8",
-                "--quant-high",
-                "fp32",
-                "--quant-fallback",
-                "none",
-            ]
-        )
-        == 0
-    )
+    assert build_tiny(tiny_ckpt, out, "--precision", "fp8", "--quant-high", "fp32", "--quant-fallback", "none") == 0
     r = report(out)
     assert r["passed"] and "onnx.int8-cpu" not in r["artifacts"]  # the CPU twin is INT8 only
     m = onnx.load(str(out / "model.rope-plugin.fp8.onnx"), load_external_data=False)
@@ -142,24 +130,7 @@ def test_fp8_build_with_fp32_high_precision(tiny_ckpt, tmp_path):
 
 def test_rope_onnx_int8_keeps_every_rotary_embedding(tiny_ckpt, tmp_path):
     out = tmp_path / "ro"
-    assert (
-        build(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
-                *FAST,
-                "--rope",
-                "onnx",
-                "--precision",
-                "int8",
-                "--quant-fallback",
-                "none",
-            ]
-        )
-        == 0
-    )
+    assert build_tiny(tiny_ckpt, out, "--rope", "onnx", "--precision", "int8", "--quant-fallback", "none") == 0
     r = report(out)
     assert r["passed"] and r["artifacts"]["rope-onnx.int8-cpu"] == "model.rope-onnx.int8-cpu.onnx"
     before = onnx.load(str(out / "model.rope-onnx.onnx"), load_external_data=False)
@@ -174,22 +145,17 @@ def test_text_calibration_is_recorded_and_the_same_data_gives_the_same_files(tin
     outs = [tmp_path / f"c{i}" for i in range(2)]
     for out in outs:
         assert (
-            build(
-                [
-                    "--model",
-                    str(tiny_ckpt),
-                    "--out",
-                    str(out),
-                    *FAST,
-                    "--precision",
-                    "int8",
-                    "--calib",
-                    str(calib),
-                    "--calib-method",
-                    "entropy",
-                    "--quant-fallback",
-                    "none",
-                ]
+            build_tiny(
+                tiny_ckpt,
+                out,
+                "--precision",
+                "int8",
+                "--calib",
+                str(calib),
+                "--calib-method",
+                "entropy",
+                "--quant-fallback",
+                "none",
             )
             == 0
         )
@@ -262,8 +228,8 @@ def test_token_ids_in_a_jsonl_file_of_any_case(tiny_ckpt, tmp_path):
     calib = tmp_path / "IDS.JSONL"
     calib.write_text("[5, 6, 7]\n[8]\n")
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_ckpt), "--out", str(out), *FAST, "--precision", "int8", "--quant-fallback", "none"]
-    assert build([*argv, "--calib", str(calib), "--skip-validation"]) == 0
+    flags = ["--precision", "int8", "--quant-fallback", "none", "--calib", str(calib), "--skip-validation"]
+    assert build_tiny(tiny_ckpt, out, *flags) == 0
     calibration = report(out)["quantization"]["calibration"]
     assert calibration["tokenizer"] == "token ids (JSON lines)" and calibration["samples"] == 2
 
@@ -271,22 +237,17 @@ def test_token_ids_in_a_jsonl_file_of_any_case(tiny_ckpt, tmp_path):
 def test_pooled_int8_graph_keeps_the_pooled_outputs(tiny_ckpt, tmp_path):
     out = tmp_path / "pooled"
     assert (
-        build(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
-                *FAST,
-                "--precision",
-                "int8",
-                "--pooling",
-                "mean",
-                "--outputs",
-                "sentence_embedding",
-                "--quant-fallback",
-                "none",
-            ]
+        build_tiny(
+            tiny_ckpt,
+            out,
+            "--precision",
+            "int8",
+            "--pooling",
+            "mean",
+            "--outputs",
+            "sentence_embedding",
+            "--quant-fallback",
+            "none",
         )
         == 0
     )
