@@ -15,34 +15,14 @@ def test_percentiles():
 
 
 def test_bench_smoke(tmp_path):
-    from transformers import RoFormerConfig, RoFormerModel
+    from export.onnx_export import export_onnx
+    from tests.fixtures.checkpoints import make_model, tiny_config
 
-    cfg = RoFormerConfig(
-        vocab_size=99,
-        embedding_size=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = RoFormerModel(cfg).eval()
+    model = make_model(tiny_config(), "model")
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     onnx_path = tmp_path / "model.onnx"
-    ax = {0: "batch", 1: "sequence"}
-    ids = torch.randint(0, 99, (2, 16))
-    torch.onnx.export(
-        model,
-        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-        str(onnx_path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["last_hidden_state"],
-        dynamic_axes={n: ax for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
-    )
+    export_onnx(model, "model", onnx_path, 64, "torchscript", 17)  # the product's export, as export.build runs it
     out = tmp_path / "bench"
     rc = main(
         [

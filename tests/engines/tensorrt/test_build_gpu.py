@@ -22,7 +22,6 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     import onnx
-    from transformers import RoFormerConfig, RoFormerModel
 
     from engines.tensorrt.builder import build_engine
     from engines.tensorrt.profiles import ProfileSet
@@ -30,21 +29,13 @@ def built(tmp_path_factory):
     from export.passes.precision import convert_precision
     from export.passes.rotary import fuse_rotary
     from plugins.locate import find_plugin_library
+    from tests.fixtures.checkpoints import make_model, tiny_config
 
     lib = find_plugin_library()
     if lib is None:
         pytest.skip("plugin library not built; run python -m plugins.build")
-    cfg = RoFormerConfig(
-        vocab_size=99,
-        embedding_size=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = RoFormerModel(cfg).eval()
+    cfg = tiny_config()
+    model = make_model(cfg, "model")  # seed 0
     out = tmp_path_factory.mktemp("engine")
     ax = {0: "batch", 1: "sequence"}
     ids = torch.randint(0, 99, (2, 16))
