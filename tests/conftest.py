@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures.tiny_build import build_args
+
 os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-based in CI logs
 
 
@@ -84,26 +86,7 @@ def pooled(tiny_ckpt, tmp_path_factory):
     from export.build import main as build
 
     out = tmp_path_factory.mktemp("pooled") / "tiny"
-    assert (
-        build(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
-                "--exporter",
-                "torchscript",
-                "--max-len",
-                "24",
-                "--pooling",
-                "mean",
-                "--normalize",
-                "--precision",
-                "fp16",
-            ]
-        )
-        == 0
-    )
+    assert build(build_args(tiny_ckpt, out, "--pooling", "mean", "--normalize", "--precision", "fp16")) == 0
     return out
 
 

@@ -13,6 +13,7 @@ from engines.build import main
 from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import declared_max_len
 from export.build import main as export_main
+from tests.fixtures.tiny_build import build_args
 from tests.limits import SLOW_MACHINE_S
 
 STAGE = engine_stage_status()
@@ -23,21 +24,7 @@ def built(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
     for rope in ("plugin", "onnx"):
         code = export_main(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out / rope),
-                "--exporter",
-                "torchscript",
-                "--max-len",
-                "48",
-                "--rope",
-                rope,
-                "--precision",
-                "fp16",
-                "--skip-validation",
-            ]
+            build_args(tiny_ckpt, out / rope, "--rope", rope, "--precision", "fp16", "--skip-validation", max_len=48)
         )
         assert code == 0
     return out

@@ -17,10 +17,10 @@ from engines.gate import main as gate
 from export.build import main as build
 from export.report import REPORT_JSON, REPORT_MD, SCHEMA_VERSION
 from export.staging import PREFIX
+from tests.fixtures.tiny_build import FAST
 from tests.limits import HANG_S, SLOW_MACHINE_S, no_checkpoint_reading
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--exporter", "torchscript", "--max-len", "24"]
 
 
 def cli(ckpt, out, *extra) -> list[str]:

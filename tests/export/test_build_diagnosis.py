@@ -15,8 +15,8 @@ from export.build import main as build
 from export.onnx_io import write_model
 from export.report import REPORT_JSON, REPORT_MD
 from tests.fixtures import faults
+from tests.fixtures.tiny_build import FAST
 
-FAST = ["--exporter", "torchscript", "--max-len", "24"]
 LAYER = 1
 
 

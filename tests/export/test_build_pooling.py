@@ -15,6 +15,7 @@ from export.build import main as build
 from export.passes.pooling import EMBEDDING, HIDDEN, Pooling, declared_pooling
 from export.spec import TASKS
 from export.validate import validation_shapes
+from tests.fixtures.tiny_build import build_args
 from tests.helpers import one_line
 
 MAX_LEN = 24  # the `pooled` fixture's --max-len
@@ -89,22 +90,9 @@ def test_outputs_sentence_embedding_drops_the_hidden_state(tiny_ckpt, tmp_path):
     out = tmp_path / "cls"
     assert (
         build(
-            [
-                "--model",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
-                "--exporter",
-                "torchscript",
-                "--max-len",
-                "16",
-                "--rope",
-                "none",
-                "--pooling",
-                "cls",
-                "--outputs",
-                "sentence_embedding",
-            ]
+            build_args(
+                tiny_ckpt, out, "--rope", "none", "--pooling", "cls", "--outputs", "sentence_embedding", max_len=16
+            )
         )
         == 0
     )
@@ -126,23 +114,7 @@ def test_default_build_keeps_its_outputs(built):
 def test_pooling_refused_for_heads_without_hidden_states(make_ckpt, tmp_path, capsys, task):
     ckpt, _ = make_ckpt(task=task)
     out = tmp_path / "o"
-    assert (
-        build(
-            [
-                "--model",
-                str(ckpt),
-                "--out",
-                str(out),
-                "--exporter",
-                "torchscript",
-                "--max-len",
-                "16",
-                "--pooling",
-                "mean",
-            ]
-        )
-        == 2
-    )
+    assert build(build_args(ckpt, out, "--pooling", "mean", max_len=16)) == 2
     line = one_line(capsys)
     assert f"a {task} checkpoint" in line and "drop --pooling" in line, line
     assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]

@@ -19,8 +19,7 @@ from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
 from plugins.identity import PLUGIN_OP
 from tests.export.test_cli import assert_clean_failure, run_cli
-
-FAST = ["--exporter", "torchscript", "--max-len", "24"]
+from tests.fixtures.tiny_build import FAST, build_args
 
 
 def report(out: Path) -> dict:
@@ -29,7 +28,7 @@ def report(out: Path) -> dict:
 
 def build_tiny(ckpt: Path, out: Path, *flags: str) -> int:
     """export.build of `ckpt` into `out` at the fast test settings; its exit code."""
-    return build(["--model", str(ckpt), "--out", str(out), *FAST, *flags])
+    return build(build_args(ckpt, out, *flags))
 
 
 @pytest.fixture(scope="module")

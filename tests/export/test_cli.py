@@ -10,6 +10,7 @@ import torch
 
 from export.build import main
 from tests.fixtures.checkpoints import make_model, tiny_config
+from tests.fixtures.tiny_build import build_args
 from tests.limits import SLOW_MACHINE_S
 
 
@@ -152,19 +153,7 @@ def test_module_entry_point_exit_code(tmp_path):
 
 
 def test_json_report_flag(tmp_path, capsys, tiny_ckpt):
-    code = main(
-        [
-            "--model",
-            str(tiny_ckpt),
-            "--out",
-            str(tmp_path / "o"),
-            "--exporter",
-            "torchscript",
-            "--max-len",
-            "32",
-            "--json",
-        ]
-    )
+    code = main(build_args(tiny_ckpt, tmp_path / "o", "--json", max_len=32))
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["passed"] and report["artifacts"]["rope-plugin"] == "model.rope-plugin.onnx"
 

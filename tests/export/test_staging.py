@@ -14,8 +14,8 @@ from export.layout import MANIFEST
 from export.ownership import Ownership, write_manifest
 from export.report import REPORT_JSON, REPORT_MD
 from export.staging import PREFIX, BuildFolder, move_rank, remove_dead_stagings
+from tests.fixtures.tiny_build import FAST
 
-FAST = ["--exporter", "torchscript", "--max-len", "24"]
 USER_FILES = {
     "bench/my_results.csv": "a,b\n1,2\n",
     "model_quantized.onnx": "mine",

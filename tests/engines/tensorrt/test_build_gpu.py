@@ -107,20 +107,15 @@ def test_export_build_engine_stage_end_to_end(tmp_path, tiny_ckpt, precision):
     from engines.gate import main as gate_main
     from export.build import main
     from plugins.locate import find_plugin_library
+    from tests.fixtures.tiny_build import build_args
 
     if find_plugin_library() is None:
         pytest.skip("plugin library not built; run python -m plugins.build")
     out = tmp_path / precision
     code = main(
-        [
-            "--model",
-            str(tiny_ckpt),
-            "--out",
-            str(out),
-            "--exporter",
-            "torchscript",
-            "--max-len",
-            "64",
+        build_args(
+            tiny_ckpt,
+            out,
             "--precision",
             precision,
             "--batch",
@@ -128,7 +123,8 @@ def test_export_build_engine_stage_end_to_end(tmp_path, tiny_ckpt, precision):
             "--profiles",
             "16,64",
             "--require-engine",
-        ]
+            max_len=64,
+        )
     )
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and report["passed"] and report["engine"]["status"] == "built"
