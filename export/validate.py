@@ -219,8 +219,8 @@ def expected_outputs(graph, reference: TorchReference) -> tuple[str, ...]:
     return reference.spec.output_names
 
 
-def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
-    """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
+def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, dict]) -> dict:
+    """A validation case in report.json's schema; it passes when it has outputs and every one passes."""
     return {
         "graph": graph,
         "precision": precision,
@@ -228,9 +228,14 @@ def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...],
         "seq": shape.seq,
         "choices": shape.choices,
         "padded_rows": shape.padded_rows,
-        "outputs": {n: {"error": why, "passed": False} for n in names},
-        "passed": False,
+        "outputs": outputs,
+        "passed": bool(outputs) and all(o["passed"] for o in outputs.values()),
     }
+
+
+def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
+    """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
+    return _case(graph, precision, shape, {n: {"error": why, "passed": False} for n in names})
 
 
 def grade(
@@ -264,16 +269,7 @@ def grade(
             **th.to_dict(),
             "passed": th.passes(stats.max_abs, stats.scaled_error, stats.cosine, stats.n_nan, stats.row_cosine),
         }
-    return {
-        "graph": graph,
-        "precision": precision,
-        "batch": shape.batch,
-        "seq": shape.seq,
-        "choices": shape.choices,
-        "padded_rows": shape.padded_rows,
-        "outputs": outputs,
-        "passed": bool(outputs) and all(o["passed"] for o in outputs.values()),
-    }
+    return _case(graph, precision, shape, outputs)
 
 
 def failures(cases: list[dict]) -> list[str]:
