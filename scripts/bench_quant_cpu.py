@@ -40,20 +40,18 @@ import numpy as np  # noqa: E402
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
     """name -> (model file, ORT optimization level), made once into `work`."""
-    import onnx
     from onnx.external_data_helper import load_external_data_for_model
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
     from export.onnx_io import write_model
     from export.passes.quantize import build, calibrate, plan
     from export.passes.quantize.calibrate import CalibMethod
-    from export.passes.quantize.cpu_twin import write_cpu_twin
+    from export.passes.quantize.cpu_twin import quantize_matmuls, write_cpu_twin
 
     work.mkdir(parents=True, exist_ok=True)
     made: dict[str, tuple[Path, str]] = {"fp32": (src, "all")}
@@ -67,15 +65,7 @@ def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]
         made[name] = (path, opt)
 
     def dyn(per_channel, source=src):
-        return lambda p: quantize_dynamic(
-            str(source),
-            str(p),
-            op_types_to_quantize=["MatMul"],
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # as the twin: untyped fused outputs are fp32
-        )
+        return lambda p: quantize_matmuls(source, p, per_channel)  # the twin's quantizer
 
     make("dynamic", dyn(False))
     made["dynamic@basic"] = (made["dynamic"][0], "basic")

@@ -32,10 +32,27 @@ RECIPE = (
 )
 
 
+def quantize_matmuls(src: Path, dst: Path, per_channel: bool = False) -> None:
+    """ORT's quantize_dynamic on the MatMuls with constant weights: int8 weights (per tensor, or per output channel),
+    activations quantized at run time; weights in dst's external data file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # DefaultTensorType: ONNX shape inference cannot type the outputs of the fused com.microsoft ops; every float of
+    # these fp32 graphs is float32
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul"],
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
 def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     """src: the fp32 CPU graph; dst: the twin's path (beside src); heads, hidden: the model's (for ORT's fusion
     patterns). Returns dst."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     src, dst = Path(src), Path(dst)
@@ -45,17 +62,7 @@ def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
         optimize_model(
             str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
         ).save_model_to_file(str(fused), use_external_data_format=True)
-        # DefaultTensorType: ONNX shape inference cannot type the outputs of the fused com.microsoft ops; every
-        # float of this fp32 graph is float32
-        quantize_dynamic(
-            str(fused),
-            str(out),
-            op_types_to_quantize=["MatMul"],
-            per_channel=False,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        quantize_matmuls(fused, out)
         model = onnx.load(str(out))
         if dst.parent.resolve() == src.parent.resolve():  # elsewhere the twin holds all of its weights
             _share_unchanged(model, src)
