@@ -192,7 +192,7 @@ class Run:
             with self.timed("quantize"):
                 results["quantize"] = run_quantize_stage(
                     self.flags.quant,
-                    self.calib or calibration_set(self.flags.quant, ckpt.config, plan.max_len),
+                    self.calib,  # read by load() whenever the build quantizes
                     work / arts[trt_key],
                     trt_key,
                     work / arts[cpu_key],
