@@ -28,9 +28,9 @@ from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import input_axes
 from engines.tensorrt.runner import EngineRunner
 from export import cli
-from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
+from export.folder.atomic import write_atomic
 from export.validate import Shape, fp32_eval_on, make_inputs
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
 from export.passes.precision import parse_precision
-from export.report import TIMING_CACHE
+from export.report.schema import TIMING_CACHE
 from plugins.locate import find_plugin_library
 
 

@@ -1,10 +1,10 @@
 """Accuracy gate: python -m engines.gate out/report.json [--thresholds gates.toml] [--junit gate.xml]
 
-In:  report.json (schema export/report.py), an optional thresholds TOML (export/thresholds.py format;
+In:  report.json (schema export/report/schema.py), an optional thresholds TOML (export/report/thresholds.py format;
      default = DEFAULTS per precision).
 Out: exit 0 when the verdict passes; 1 with a table of the failed checks; 2 for an unusable report or
      thresholds file (malformed, another schema version, not a regular file: one line on stderr).
-The checks are the one verdict of export/verdict.py (the same function export.build, engines.triton and
+The checks are the one verdict of export/report/verdict.py (the same function export.build, engines.triton and
 engines.serving use), with the artifacts beside the report hashed: each check is one line of the table
 and one JUnit testcase.
 """
@@ -20,15 +20,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from export import cli
-from export.atomic import write_atomic
 from export.cli import Parser
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
 from export.files import load_toml
-from export.report import Report
-from export.report_io import read_report
-from export.report_md import divergence_sentence
-from export.thresholds import ThresholdError, Thresholds
-from export.verdict import NO_CASES, Check, judge, passed
+from export.folder.atomic import write_atomic
+from export.report.markdown import divergence_sentence
+from export.report.persist import read_report
+from export.report.schema import Report
+from export.report.thresholds import ThresholdError, Thresholds
+from export.report.verdict import NO_CASES, Check, judge, passed
 
 
 def write_junit(path: str | Path, checks: list[Check], suite: str = "accuracy-gate") -> None:
@@ -77,8 +77,8 @@ def build_parser() -> Parser:
     p.add_argument(
         "--thresholds",
         default=None,
-        help="TOML thresholds ([precision.graph.output] tables, see export/thresholds.py); "
-        "default: export.thresholds.DEFAULTS per precision",
+        help="TOML thresholds ([precision.graph.output] tables, see export/report/thresholds.py); "
+        "default: export.report.thresholds.DEFAULTS per precision",
     )
     p.add_argument("--junit", default=None, help="also write JUnit XML here (one testcase per check)")
     return p

@@ -10,8 +10,8 @@ would replace: exit 2, nothing written), then `--require-engine` (exit 3). Then 
 checked (keys, shapes, dtypes) without building the model, the length and profiles are decided once, the
 memory the build needs is compared with what is available, and only then is the model built. The stages
 (export/stages/) run in a staging folder inside --out and each returns its result; this file alone
-assembles report.json from them, judges it with export.verdict, and moves the set into place
-(export/staging.py): --out never holds a report beside files of another run, and a user's files are never
+assembles report.json from them, judges it with export.report.verdict, and moves the set into place
+(export/folder/staging.py): --out never holds a report beside files of another run, and a user's files are never
 moved, replaced or removed.
 """
 
@@ -25,19 +25,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engines.tensorrt.availability import engine_status_for, require_engine
-from export import __version__, build_flags, cli, disk, memory
+from export import __version__, build_flags, cli, memory
 from export.build_plan import Flags, Plan
-from export.checkpoint import LoadedCheckpoint, inspect_checkpoint, materialize
+from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
-from export.digest import artifact_hashes, sha256_tree
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, VerificationError
-from export.layout import ONNX_FILE, Planned, plan_file, sidecar_file
+from export.folder import disk
+from export.folder.digest import artifact_hashes, sha256_tree
+from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
+from export.folder.staging import BuildFolder
 from export.passes.pooling import HIDDEN, check_task
 from export.passes.quantize.data import CalibSet
 from export.progress import info, status
-from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
-from export.report_io import report_text, save_report
-from export.reproduce import reproduce_commands
+from export.report.persist import report_text, save_report
+from export.report.reproduce import reproduce_commands
+from export.report.schema import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
+from export.report.thresholds import ThresholdError
+from export.report.verdict import case_checks, failure_lines, judge, passed
 from export.stages.bench import run_bench_stage
 from export.stages.diagnosis import run_diagnosis_stage
 from export.stages.diagnosis import summary as diagnosis_summary
@@ -49,10 +53,7 @@ from export.stages.quantize import calibration_set, run_quantize_stage
 from export.stages.result import StageResult
 from export.stages.rope import run_rope_stage
 from export.stages.validation import run_validation_stage
-from export.staging import BuildFolder
-from export.thresholds import ThresholdError
 from export.validate import failures
-from export.verdict import case_checks, failure_lines, judge, passed
 from plugins.identity import PLUGIN_LIB, STATIC_PLUGIN_LIB
 from plugins.locate import find_static_plugin_library, plugin_library_status
 
@@ -261,7 +262,7 @@ class Run:
     def finish(
         self, results: dict, ckpt, plan: Plan, work: Path, error: RoformerTrtError | None
     ) -> tuple[Report, RoformerTrtError | None]:
-        """Assemble the report from the results, judge it (export.verdict), save it; returns it and the error."""
+        """Assemble the report from the results, judge it (export.report.verdict), save it; returns it and the error."""
         report = assemble_report(self, results, ckpt, plan, work)
         checks = judge(report, self.flags.thresholds, own_flag=False)
         report.passed = passed(checks)

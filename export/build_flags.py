@@ -104,9 +104,11 @@ def _accuracy_flags(p: Parser) -> None:
         "--rtol",
         type=float,
         help="override every rtol of the thresholds (bound on scaled_error = "
-        "max abs error / max |reference|; export/thresholds.py)",
+        "max abs error / max |reference|; export/report/thresholds.py)",
     )
-    p.add_argument("--thresholds", help="thresholds TOML (format in export/thresholds.py), read by engines.gate too")
+    p.add_argument(
+        "--thresholds", help="thresholds TOML (format in export/report/thresholds.py), read by engines.gate too"
+    )
 
 
 def _run_flags(p: Parser) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 from engines.tensorrt.profiles import ProfileSet, check_choices, parse_batch, parse_profile_tops
 from export.errors import UsageError
 from export.files import load_toml
-from export.layout import Planned
+from export.folder.layout import Planned
 from export.onnx_export import MIN_MAX_LEN, check_export_args
 from export.passes.pooling import Pooling, parse_pooling
 from export.passes.precision import parse_precision
 from export.passes.quantize.options import QuantOptions
+from export.report.thresholds import Thresholds
 from export.stages.bench import parse_grid, parse_grid_text
-from export.thresholds import Thresholds
 
 MAX_LEN_LIMIT = 65536  # beyond this the table alone is hundreds of MB and validation at max_len takes hours
 MAX_BENCH_ITERS = 100_000

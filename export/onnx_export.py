@@ -1,12 +1,12 @@
 """PyTorch RoFormer -> ONNX with dynamic batch/sequence axes, checked before anyone uses it.
 
-In: an HF RoFormer model (from export.checkpoint), the task, max_len, exporter and opset.
+In: an HF RoFormer model (from export.checkpoint.rebuild), the task, max_len, exporter and opset.
 Out: an ONNX file at `out_path` with its weights in `<name>.data` beside it (written in a temp folder,
 then renamed) that passes `onnx.checker.check_model(full_check=True)`. The weights go to external data
 at every size, so later passes read the graph without them and graphs of the same precision share them.
 The graph runs up to `max_len` tokens, also past the checkpoint's `max_position_embeddings`: the sinusoidal
 table is a formula, so a model whose table is shorter is exported with a longer one swapped in for the
-export and restored after it (`export.checkpoint.table_of_at_least`: the caller's model is left as it was).
+export and restored after it (`export.checkpoint.rebuild.table_of_at_least`: the caller's model is left as it was).
 The file declares that length in its metadata (`MAX_LEN_KEY`), which engines.build reads.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.checkpoint import table_of_at_least
+from export.checkpoint.rebuild import table_of_at_least
 from export.errors import UsageError
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.spec import INPUT_NAMES, ExportSpec

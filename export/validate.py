@@ -4,7 +4,8 @@ In: one or more graphs (ONNX path, `OnnxFile`, or a self-contained ModelProto, w
 compute in), the PyTorch fp32 model, the shapes to try. The PyTorch outputs for every shape are computed
 first, then one ONNX Runtime session at a time is made, run on every shape and dropped, so at most
 one copy of the graph's weights is held besides the PyTorch model. Out: validation cases in report.json's schema
-(per output: the statistics of export/compare.py, with the per-row cosine over non-padded rows, the thresholds used,
+(per output: the statistics of export/report/compare.py, with the per-row cosine over non-padded rows, the thresholds
+used,
 passed). `failures` lists every failing case so the CLI can fail once with all of them.
 """
 
@@ -21,14 +22,14 @@ import numpy as np
 import onnx
 import torch
 
-from export.compare import error_stats, row_mask
 from export.errors import VerificationError
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
 from export.reference import sentence_embedding_ref
+from export.report.compare import error_stats, row_mask
+from export.report.thresholds import Thresholds
 from export.spec import ExportSpec
-from export.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def main() -> int:
 
     from transformers.models.roformer import modeling_roformer
 
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint.rebuild import load_checkpoint
     from export.onnx_export import export_onnx
     from export.stages.bench import host_description
     from export.stages.rope import rewrite_file

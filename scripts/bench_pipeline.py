@@ -92,7 +92,7 @@ def run_stage(stage: str, ckpt: Path, work: Path, max_len: int) -> dict:
         rep = rewrite_file(work / "model.onnx", work / "model.rope-plugin.onnx", "plugin", config, max_len, "model")
         assert rep["coverage_error"] is None, rep["coverage_error"]
         return {"seconds": time.perf_counter() - t0}
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint.rebuild import load_checkpoint
     from export.onnx_export import extend_rotary_table
     from export.validate import OnnxFile
 
@@ -103,7 +103,7 @@ def run_stage(stage: str, ckpt: Path, work: Path, max_len: int) -> dict:
 
         export_onnx(loaded.model, loaded.task, work / "model.onnx", max_len)
     elif stage == "validation":
-        from export.thresholds import Thresholds
+        from export.report.thresholds import Thresholds
         from export.validate import TorchReference, failures, validate_graphs, validation_shapes
 
         extend_rotary_table(loaded.model, max_len)  # as export_onnx does before the CLI validates

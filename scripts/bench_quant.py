@@ -43,7 +43,7 @@ def export(ckpt: str, out: Path, *flags: str) -> Path:
 
 def calibration_npz(ckpt: str, path: Path) -> None:
     """The batches export.build's default (synthetic) calibration runs, for ModelOpt's reader."""
-    from export.checkpoint import inspect_checkpoint
+    from export.checkpoint.rebuild import inspect_checkpoint
     from export.passes.quantize.data import synthetic_set
 
     cfg = inspect_checkpoint(ckpt, None, False).config
@@ -61,8 +61,8 @@ def placement(path: Path) -> dict[str, int]:
 
 
 def accuracy(graphs: dict[str, tuple[Path, bool]], ckpt: str) -> dict[str, dict]:
-    from export.checkpoint import load_checkpoint
-    from export.compare import error_stats, row_mask
+    from export.checkpoint.rebuild import load_checkpoint
+    from export.report.compare import error_stats, row_mask
     from export.validate import OnnxFile, Shape, TorchReference, make_inputs, ort_session, validation_shapes
 
     ck = load_checkpoint(ckpt, table_rows=2048)

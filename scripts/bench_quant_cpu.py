@@ -213,7 +213,7 @@ def main() -> int:
     p.add_argument("--grid", default="1x128,8x128,1x512,8x512")
     args = p.parse_args()
 
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint.rebuild import load_checkpoint
     from export.passes.quantize.data import synthetic_set
     from export.stages.bench import host_description
 

@@ -14,7 +14,7 @@ only by weighted MatMuls (Q/K/V, attention output, FFN in and out).
 Variants, each the rope-plugin graph with our placement and max calibration (synthetic set), fp32 high precision:
 none; residual (the residual Adds' inputs quantized too, as NVIDIA's QDQBERT does for TensorRT's Add fusion);
 fallback (export.build's --quant-fallback auto); smooth (alpha 0.5); smooth + fallback. Each is judged at
-the validation shapes up to --max-len against PyTorch fp32 with the int8 thresholds of export/thresholds.py, and
+the validation shapes up to --max-len against PyTorch fp32 with the int8 thresholds of export/report/thresholds.py, and
 the fallback's own account (nodes kept high, their share of the MatMul FLOPs). Writes
 quant_variants_<label>.{json,md} into --out.
 """
@@ -115,15 +115,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
     args = p.parse_args()
 
-    from export.checkpoint import load_checkpoint
-    from export.compare import error_stats, row_mask
+    from export.checkpoint.rebuild import load_checkpoint
     from export.passes.quantize import build, calibrate, plan
     from export.passes.quantize.calibrate import CalibMethod, single_thread_session
     from export.passes.quantize.data import synthetic_set
     from export.passes.quantize.fallback import EvalCase, run_fallback
+    from export.report.compare import error_stats, row_mask
+    from export.report.thresholds import DEFAULTS
     from export.stages.bench import host_description
     from export.stages.quantize import FALLBACK_MARGIN, fallback_cases
-    from export.thresholds import DEFAULTS
     from export.validate import TorchReference, make_inputs, validation_shapes
 
     ck = load_checkpoint(args.model, table_rows=args.max_len)

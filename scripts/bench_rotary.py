@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from transformers.models.roformer.modeling_roformer import RoFormerSelfAttention  # noqa: E402
 
 from export import cli  # noqa: E402
-from export.atomic import write_atomic  # noqa: E402
 from export.cli import Parser  # noqa: E402
 from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError  # noqa: E402
+from export.folder.atomic import write_atomic  # noqa: E402
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
 from plugins import locate  # noqa: E402
 from plugins.identity import DTYPE_CODES, KERNEL_LIB  # noqa: E402

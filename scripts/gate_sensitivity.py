@@ -9,7 +9,7 @@ For each checkpoint (written into --work by tests.fixtures.checkpoints.write_dem
    and LayerNorm in fp16 written into the fp16 graph, each validated as export.build validates and judged by the
    default gate's verdict (tests/fixtures/sensitivity.py; miss = the gate passes a defect), and located with
    python -m export.diagnose's API;
-3. the worst honest statistics per precision and the defaults they imply (export/thresholds.py's rule).
+3. the worst honest statistics per precision and the defaults they imply (export/report/thresholds.py's rule).
 Writes gate_sensitivity.{json,md,png} into --out with the date and the machine.
 """
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from export.checkpoint import load_checkpoint  # noqa: E402
-from export.report_io import read_report  # noqa: E402
-from export.thresholds import DEFAULTS  # noqa: E402
+from export.checkpoint.rebuild import load_checkpoint  # noqa: E402
+from export.report.persist import read_report  # noqa: E402
+from export.report.thresholds import DEFAULTS  # noqa: E402
 from export.validate import Shape, TorchReference, make_inputs  # noqa: E402
 from tests.fixtures.checkpoints import write_demo  # noqa: E402
 from tests.fixtures.sensitivity import TINY_WITHOUT_OUTLIERS, WITHOUT_OUTLIERS, defects, honest  # noqa: E402
@@ -101,7 +101,7 @@ def step_125(x: float) -> float:
 
 
 def derivation(cells: list[dict]) -> dict:
-    """Worst honest statistics per precision, and the defaults export/thresholds.py's rule makes of them."""
+    """Worst honest statistics per precision, and the defaults export/report/thresholds.py's rule makes of them."""
     out = {}
     for precision in ("fp32", "fp16", "bf16"):
         hs = [c for c in cells if c["defect"] == "honest" and c["precision"] == precision]
@@ -170,7 +170,7 @@ def render_markdown(r: dict) -> str:
         f"{r['date']}, {r['machine']}. `python scripts/gate_sensitivity.py` (max_len {r['max_len']}); every "
         "statistic is the worst over the build's validation shapes (batch 1 and 3, sequence 1, 61 and "
         f"{r['max_len']}, padded rows), ONNX Runtime CPU against PyTorch fp32, default thresholds "
-        "(export/thresholds.py).",
+        "(export/report/thresholds.py).",
         "",
     ]
     lines += ["| checkpoint | largest \\|output\\| | median \\|output\\| |", "|---|---|---|"]

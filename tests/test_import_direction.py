@@ -22,14 +22,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "leaves: import nothing from the project",
         (
             "export.__init__",
+            "export.folder.__init__",
+            "export.report.__init__",
+            "export.checkpoint.__init__",
             "export.errors",
-            "export.report",
+            "export.report.schema",
             "export.reference",
-            "export.atomic",
+            "export.folder.atomic",
             "export.spec",
             "export.progress",
-            "export.compare",
-            "export.reproduce",
+            "export.report.compare",
+            "export.report.reproduce",
             "plugins.identity",
         ),
     ),
@@ -39,21 +42,21 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "export.cli",
             "export.files",
             "export.onnx_io",
-            "export.digest",
-            "export.report_md",
-            "export.report_io",
-            "export.thresholds",
-            "export.artifacts",
-            "export.verdict",
-            "export.layout",
-            "export.ownership",
+            "export.folder.digest",
+            "export.report.markdown",
+            "export.report.persist",
+            "export.report.thresholds",
+            "export.folder.artifacts",
+            "export.report.verdict",
+            "export.folder.layout",
+            "export.folder.ownership",
             "export.memory",
-            "export.disk",
+            "export.folder.disk",
         ),
     ),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
     ("export: checkpoint -> ONNX -> passes -> validation -> diagnosis", ("export", "export.diagnose")),
-    ("engines.tensorrt and build-folder access", ("engines.__init__", "export.artifacts", "engines.tensorrt")),
+    ("engines.tensorrt and build-folder access", ("engines.__init__", "export.folder.artifacts", "engines.tensorrt")),
     ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
     (
         "orchestrator: export.build, its plan and the stages it runs",
@@ -142,15 +145,15 @@ def test_every_module_has_a_layer():
 def test_the_rule_catches_a_backwards_import(tmp_path):
     """The checker itself can fail: a leaf importing the project, export importing engines, plugins importing
     export's core, the TensorRT layer importing serving."""
-    assert violation("export.report", "export.errors")
+    assert violation("export.report.schema", "export.errors")
     assert violation("export.validate", "engines.tensorrt.builder")
     assert violation("plugins.build", "export.validate")
     assert violation("engines.tensorrt.runner", "engines.serving.server")
     assert violation("export.stages.engine", "engines.tensorrt.builder") is None
-    assert violation("engines.gate", "export.report") is None
+    assert violation("engines.gate", "export.report.schema") is None
     assert violation("plugins.build", "export.cli") is None
     with pytest.raises(KeyError):
         layer_of("elsewhere.module")
     src = tmp_path / "m.py"
-    src.write_text("import os\n\ndef f():\n    from export.report import Report\n")
-    assert project_imports(src) == [(4, "export.report", False)]
+    src.write_text("import os\n\ndef f():\n    from export.report.schema import Report\n")
+    assert project_imports(src) == [(4, "export.report.schema", False)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.checkpoint import load_checkpoint
+from export.checkpoint.rebuild import load_checkpoint
 from export.validate import Shape, TorchReference, make_inputs
 from tests.fixtures.checkpoints import SYNTHETIC_NOTE, outlier_channels, write_demo
 

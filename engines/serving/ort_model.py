@@ -1,7 +1,7 @@
 """ONNX Runtime encoder for serving: the graph of a build, request checks, one-line errors.
 
 In:  a build dir (`report.json` + the `rope-onnx` graph, else the plain `onnx` one, each checked by
-     export.artifacts.verify_artifact), a pooling mode.
+     export.folder.artifacts.verify_artifact), a pooling mode.
 Out: `OrtEncoder(feeds) -> {output name: array}` for int64 inputs `input_ids`, `attention_mask`,
      `token_type_ids` [batch, sequence] (or [batch, choices, sequence]); outputs as in the graph,
      plus `sentence_embedding` [batch, hidden] with pooling "mean" or "cls".
@@ -23,11 +23,11 @@ import onnxruntime as ort
 
 from engines.triton.config import read_onnx_io
 from engines.triton.pooling import twin_pooling
-from export.artifacts import artifact
 from export.errors import UsageError
+from export.folder.artifacts import artifact
 from export.passes.pooling import add_sentence_embedding
-from export.report import ONNX_KEY, rope_key
-from export.verdict import read_build
+from export.report.schema import ONNX_KEY, rope_key
+from export.report.verdict import read_build
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def limits_from_report(report: dict) -> Limits:
 
 def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Limits, str]:
     """(the graph to serve with its pooling output, the request limits, the build's name) of a build that
-    passed; its files checked by export.artifacts."""
+    passed; its files checked by export.folder.artifacts."""
     build = Path(build)
     report = read_build(build)
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)

@@ -28,9 +28,9 @@ from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.graph import input_axes as read_axes
 from engines.tensorrt.plugin_library import load_plugins
 from engines.tensorrt.sidecar import load_sidecar, make_sidecar, onnx_sha256, reuse_decision, sidecar_path
-from export.atomic import write_atomic
-from export.digest import sha256_file
 from export.errors import UsageError, VerificationError
+from export.folder.atomic import write_atomic
+from export.folder.digest import sha256_file
 from plugins.identity import PLUGIN_OP
 
 log = logging.getLogger(__name__)

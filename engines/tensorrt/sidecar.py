@@ -13,9 +13,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from export.digest import sha256_file
 from export.errors import UsageError
 from export.files import MiB, load_json
+from export.folder.digest import sha256_file
 from export.onnx_io import external_data_files
 
 MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")

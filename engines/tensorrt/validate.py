@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from export.thresholds import Thresholds
+from export.report.thresholds import Thresholds
 from export.validate import Shape, grade, largest_prime_in, make_inputs
 
 

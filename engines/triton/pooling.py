@@ -1,6 +1,6 @@
 """The pooling a build's engine computes, and what every model serving that build must serve with it.
 
-In:  a build folder that passed (its report read by export.verdict.read_build), the `--pooling` asked for.
+In:  a build folder that passed (its report read by export.report.verdict.read_build), the `--pooling` asked for.
 Out: the build's own Pooling (export.passes.pooling.declared_pooling of the graph TensorRT builds from), None
      when that graph has no `sentence_embedding`; `twin_pooling`: what an ONNX twin adds to serve the same
      output as the engine (engines.triton's twin, engines.serving's model).
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import onnx
 
-from export.artifacts import artifact
 from export.errors import UsageError
+from export.folder.artifacts import artifact
 from export.passes.pooling import EMBEDDING, Pooling, declared_pooling
-from export.report import ONNX_KEY, TENSORRT_ONNX_KEY, Report, rope_key
+from export.report.schema import ONNX_KEY, TENSORRT_ONNX_KEY, Report, rope_key
 
 
 def tensorrt_graph(build: Path, report: Report) -> Path | None:

@@ -11,7 +11,7 @@ Pooling: a build whose TensorRT-bound graph computes `sentence_embedding` (expor
 it from both models: the ONNX twin gets the same pooling (export.passes.pooling); `--pooling` must then
 be that mode or none (exit 2 otherwise). Without it, `--pooling mean|cls` adds the output to the twin only.
 Only a build that passed is published, and only the files its report describes: every file is read
-through export.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
+through export.folder.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
 back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into
 place (staged in `<out>/.staging-<random>`, then renamed). Nothing is written outside `--out`.
 Exit codes: export/errors.py (0 ok, 1 the build did not pass or a generated config failed its check,
@@ -37,14 +37,14 @@ from engines.triton import backend_rules
 from engines.triton import config as tc
 from engines.triton.pooling import tensorrt_graph, twin_pooling
 from engines.triton.twin import twin_keys
-from export.artifacts import artifact, verify_artifact
 from export.errors import UsageError, VerificationError
+from export.folder.artifacts import artifact, verify_artifact
+from export.folder.staging import check_out_path
 from export.onnx_io import save_model
 from export.passes.pooling import EMBEDDING, Pooling, add_sentence_embedding
-from export.report import Report
-from export.report_io import read_report
-from export.staging import check_out_path
-from export.verdict import read_build
+from export.report.persist import read_report
+from export.report.schema import Report
+from export.report.verdict import read_build
 
 DEFAULT_MAX_BATCH = 8  # ORT twin when the build has no engine to take a batch max from
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a Triton model name is a folder name: no separators

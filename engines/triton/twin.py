@@ -10,7 +10,7 @@ scripts/results/quant/quant_cpu.md).
 from __future__ import annotations
 
 from export.errors import UsageError
-from export.report import CPU_TWIN, ONNX_KEY, Report, precision_key, rope_key
+from export.report.schema import CPU_TWIN, ONNX_KEY, Report, precision_key, rope_key
 
 CHOICES = ("auto", "fp32", "int8")
 FP32_KEYS = (rope_key("onnx"), ONNX_KEY)

@@ -9,8 +9,8 @@ Graphs are paths, export.validate.OnnxFile, or ModelProtos holding their weights
 (export.validate.make_inputs). Both sides are run on the same feeds with their RoFormer landmarks exposed
 (export/diagnose/structure.py: embeddings, then per layer the Q/K projections, the rotary output, the
 attention output, the FFN output and the layer output, then head outputs), located from each graph's structure,
-so names need not survive; each landmark is judged by the pass rule of export/thresholds.py on the statistics
-of export/compare.py (scaled error, per-row cosine over non-padded tokens). The first landmark in depth order
+so names need not survive; each landmark is judged by the pass rule of export/report/thresholds.py on the statistics
+of export/report/compare.py (scaled error, per-row cosine over non-padded tokens). The first landmark in depth order
 that fails is the first divergence; when the reference is an ONNX graph whose tensor names the candidate kept,
 the search continues between the last landmarks that agreed and that one for the first tensor, in graph
 order, that fails, and names its node.
@@ -29,7 +29,7 @@ from onnx import TensorProto
 from export.diagnose.divergence import DEFAULT_BUDGET, Point, compare
 from export.diagnose.nodes import first_failing_node, search_region
 from export.diagnose.sides import Key, OnnxSide, TorchSide
-from export.thresholds import Threshold, Thresholds
+from export.report.thresholds import Threshold, Thresholds
 
 
 @dataclass

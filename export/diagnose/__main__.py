@@ -13,22 +13,22 @@ import time
 from pathlib import Path
 
 from export import cli
-from export.artifacts import artifact
-from export.checkpoint import load_checkpoint
+from export.checkpoint.rebuild import load_checkpoint
 from export.cli import Parser
 from export.diagnose import diagnose, diagnose_model
 from export.diagnose.divergence import DEFAULT_BUDGET
 from export.diagnose.expose import structure_of
 from export.diagnose.inputs import graph_feeds, graph_shape
 from export.diagnose.render import write_outputs
-from export.digest import sha256_tree
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
 from export.files import load_toml, require_regular_file
+from export.folder.artifacts import artifact
+from export.folder.digest import sha256_tree
 from export.onnx_export import declared_max_len
-from export.report import ONNX_KEY, key_precision
-from export.report_io import read_report
-from export.report_md import divergence_sentence
-from export.thresholds import ThresholdError, Thresholds
+from export.report.markdown import divergence_sentence
+from export.report.persist import read_report
+from export.report.schema import ONNX_KEY, key_precision
+from export.report.thresholds import ThresholdError, Thresholds
 from export.validate import OnnxFile, Shape, make_inputs
 
 EXAMPLE = (
@@ -55,7 +55,9 @@ def build_parser() -> Parser:
         help="the candidate's precision for its thresholds (default: read from its dtypes "
         "or, with --build, from the artifact key)",
     )
-    p.add_argument("--thresholds", help="thresholds TOML (export/thresholds.py); default: the precision's defaults")
+    p.add_argument(
+        "--thresholds", help="thresholds TOML (export/report/thresholds.py); default: the precision's defaults"
+    )
     p.add_argument(
         "--budget-mib",
         type=int,

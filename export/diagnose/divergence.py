@@ -1,7 +1,8 @@
 """Compare two sides landmark by landmark and find where they part: the core of export.diagnose.
 
 In:  a reference side and a candidate side (export/diagnose/sides.py), numpy feeds, the Threshold each
-     landmark is judged by (the pass rule of export/thresholds.py, on the statistics of export/compare.py),
+     landmark is judged by (the pass rule of export/report/thresholds.py, on the statistics of
+     export/report/compare.py),
      a memory budget and an optional deadline.
 Out: one Point per landmark both sides have, in depth order, and whether the run finished.
 
@@ -20,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from export.compare import error_stats, row_mask
 from export.diagnose.sides import Key
 from export.diagnose.structure import STAGES
-from export.thresholds import Threshold
+from export.report.compare import error_stats, row_mask
+from export.report.thresholds import Threshold
 
 DEFAULT_BUDGET = 512 << 20  # bytes of exposed tensors per group, both sides together
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.compare import error_stats
 from export.diagnose.divergence import aligned, token_rows
 from export.diagnose.locate import upstream
 from export.diagnose.sides import OnnxSide
 from export.diagnose.structure import SHAPE_OPS
-from export.thresholds import Threshold
+from export.report.compare import error_stats
+from export.report.thresholds import Threshold
 
 SKIP_OPS = SHAPE_OPS | {"Constant", "ConstantOfShape", "Range"}
 SIZE = 0.1  # of the landmark's scaled error

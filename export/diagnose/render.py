@@ -9,8 +9,8 @@ import io
 import json
 from pathlib import Path
 
-from export.atomic import write_atomic
-from export.report_md import divergence_sentence
+from export.folder.atomic import write_atomic
+from export.report.markdown import divergence_sentence
 
 
 def render_markdown(d: dict) -> str:

@@ -15,7 +15,7 @@ Out: the same model with one more output `sentence_embedding` [batch, hidden], *
      that what it is asked for agrees with what the graph computes (`declared_pooling`).
 The new nodes are named `pool/...` (NODE_PREFIX); export.passes.precision keeps them in fp32.
 Where export.build runs it: after the rotary pass, before the precision pass, on the fp32 graph TensorRT
-will get, which gains the output under its own file name (export/layout.py).
+will get, which gains the output under its own file name (export/folder/layout.py).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from export.onnx_io import load_tensor, write_model
 from export.passes.float_tensors import float_constants_to_initializers, float_value_names
 from export.passes.pooling import NODE_PREFIX as POOLING_NODES
 from export.reference import bf16_round
-from export.thresholds import PRECISIONS
+from export.report.thresholds import PRECISIONS
 from plugins.identity import PLUGIN_OP
 
 LOW_ELEM = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}

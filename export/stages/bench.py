@@ -21,9 +21,9 @@ import torch
 from engines.bench import run_bench, write_results
 from engines.tensorrt.graph import input_axes
 from export.errors import UsageError
-from export.layout import BENCH_DIR
+from export.folder.layout import BENCH_DIR
 from export.progress import info
-from export.report import BenchSection, bench_key
+from export.report.schema import BenchSection, bench_key
 from export.stages.result import StageResult
 
 

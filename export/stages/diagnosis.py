@@ -1,7 +1,7 @@
 """The diagnosis stage of export.build: when validation fails, where does the graph leave PyTorch?
 
 In: the validation cases, the graphs validated (name -> (graph, precision)), the checkpoint (its fp32 model is
-the reference), the thresholds, the staging folder. Out: report.json `diagnosis` (export.report.DiagnosisSection)
+the reference), the thresholds, the staging folder. Out: report.json `diagnosis` (export.report.schema.DiagnosisSection)
 and `diagnosis/diagnosis.{json,md,png}` in the build, for ONE failing case: the smallest failing shape (fewest
 tokens) of the first graph that failed, so the stage stays short. It runs export.diagnose.diagnose_model with a
 time cap of TIME_CAP_S: no layer group starts after it (the demo model at S = 61: 7 s in one group after the
@@ -17,15 +17,15 @@ import logging
 import time
 from pathlib import Path
 
-from export.atomic import write_atomic
 from export.diagnose import diagnose_model
 from export.diagnose.render import render_markdown, render_png
-from export.layout import DIAGNOSIS_FILES, diagnosis_file
+from export.folder.atomic import write_atomic
+from export.folder.layout import DIAGNOSIS_FILES, diagnosis_file
 from export.progress import status
-from export.report import ONNX_KEY, DiagnosisSection, diagnosis_key
-from export.report_md import divergence_sentence
+from export.report.markdown import divergence_sentence
+from export.report.schema import ONNX_KEY, DiagnosisSection, diagnosis_key
+from export.report.thresholds import Thresholds
 from export.stages.result import StageResult
-from export.thresholds import Thresholds
 from export.validate import Shape, make_inputs
 
 TIME_CAP_S = 120.0

@@ -19,10 +19,10 @@ from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.runner import EngineRunner
 from engines.tensorrt.validate import validate_engine
 from export.errors import UsageError
-from export.layout import plan_file, sidecar_file
+from export.folder.layout import plan_file, sidecar_file
 from export.passes.pooling import Pooling
 from export.progress import info
-from export.report import TIMING_CACHE, EngineSection, engine_key
+from export.report.schema import TIMING_CACHE, EngineSection, engine_key
 from export.stages.result import StageResult
 from export.validate import TorchReference
 from plugins.locate import find_plugin_library

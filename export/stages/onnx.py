@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
-from export.layout import ONNX_FILE
+from export.folder.layout import ONNX_FILE
 from export.onnx_export import export_onnx
 from export.progress import info, status
-from export.report import ONNX_KEY, ExportSection
+from export.report.schema import ONNX_KEY, ExportSection
 from export.stages.result import StageResult
 
 

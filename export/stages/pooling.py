@@ -3,7 +3,7 @@
 
 In: the graph the rotary stage left (`model.rope-plugin.onnx`, `model.rope-onnx.onnx`, or `model.onnx` with
 `--rope none`), its artifact key, the Pooling asked for. Out: that file rewritten in place (its structure
-only: it keeps reading its weights from `model.onnx.data`; no new file, export/layout.py), the `pooling`
+only: it keeps reading its weights from `model.onnx.data`; no new file, export/folder/layout.py), the `pooling`
 section, and the graph to validate under the same key, which must now have exactly Pooling.outputs.
 After the precision stage, `with_engine_outputs` adds what the file TensorRT builds from declares: its
 outputs (dtype, shape) and the bytes one request of batch REQUEST_BATCH x max_len returns.
@@ -20,7 +20,7 @@ from onnx import helper
 from export.onnx_io import write_model
 from export.passes.pooling import EMBEDDING, HIDDEN, Pooling, add_sentence_embedding
 from export.progress import info, status
-from export.report import PoolingSection
+from export.report.schema import PoolingSection
 from export.spec import BATCH, SEQUENCE
 from export.stages.result import StageResult
 from export.validate import OnnxFile

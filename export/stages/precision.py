@@ -15,7 +15,7 @@ from pathlib import Path
 
 from export.passes.precision import write_precision_variants
 from export.progress import info, status
-from export.report import TENSORRT_ONNX_KEY, PrecisionSection, precision_key
+from export.report.schema import TENSORRT_ONNX_KEY, PrecisionSection, precision_key
 from export.stages.result import StageResult
 from export.validate import OnnxFile
 

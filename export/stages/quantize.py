@@ -15,8 +15,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from export.compare import error_stats, row_mask
-from export.layout import cpu_twin_file
+from export.folder.layout import cpu_twin_file
 from export.onnx_io import write_model
 from export.passes.pooling import Pooling
 from export.passes.quantize import build, calibrate, check_quantized, plan
@@ -26,9 +25,10 @@ from export.passes.quantize.data import CalibSet, file_set, synthetic_set
 from export.passes.quantize.fallback import EvalCase, FallbackResult, run_fallback
 from export.passes.quantize.options import QuantOptions
 from export.progress import info, status
-from export.report import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
+from export.report.compare import error_stats, row_mask
+from export.report.schema import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
+from export.report.thresholds import Threshold, Thresholds
 from export.stages.result import StageResult
-from export.thresholds import Threshold, Thresholds
 from export.validate import OnnxFile, Shape, TorchReference, input_seed, make_inputs, validation_shapes
 
 # Validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on, and on several

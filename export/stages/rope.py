@@ -16,12 +16,12 @@ from typing import cast
 import onnx
 
 from export.errors import VerificationError
-from export.layout import ONNX_FILE, rope_file
+from export.folder.layout import ONNX_FILE, rope_file
 from export.onnx_io import write_model
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
-from export.report import RewriteSection, rope_key
+from export.report.schema import RewriteSection, rope_key
 from export.stages.result import StageResult
 from export.validate import OnnxFile, Shape, make_inputs
 

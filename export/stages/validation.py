@@ -2,14 +2,14 @@
 
 In: the graphs the other stages returned (name -> (graph, precision)), the fp32 model (the reference works
 on it without changing it), the shapes for the build's max_len, the thresholds. Out: the validation cases
-(report.json `validation`); the verdict on them is export.verdict's, taken by the orchestrator.
+(report.json `validation`); the verdict on them is export.report.verdict's, taken by the orchestrator.
 """
 
 from __future__ import annotations
 
 from export.passes.pooling import Pooling
+from export.report.thresholds import Thresholds
 from export.stages.result import StageResult
-from export.thresholds import Thresholds
 from export.validate import TorchReference, validate_graphs, validation_shapes
 
 

@@ -1,4 +1,4 @@
-"""export.artifacts.verify_artifact: a build's file is used only if it is inside the build and unchanged."""
+"""export.folder.artifacts.verify_artifact: a build's file is used only if it is inside the build and unchanged."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from export.artifacts import verify_artifact
 from export.errors import UsageError
+from export.folder.artifacts import verify_artifact
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""engines.gate, the CI gate: the one verdict (export.verdict) on real reports, doctored ones and unusable files.
+"""engines.gate, the CI gate: the one verdict (export.report.verdict) on real reports, doctored ones and unusable files.
 
 One real tiny build is made per module; each test doctors a copy of it. The CLI's own parts (the table,
 JUnit, exit codes, thresholds files) are tested here; the verdict's rules one by one in
-tests/export/test_verdict.py.
+tests/export/report/test_verdict.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from engines.gate import main as gate
-from export.report import REPORT_JSON, SCHEMA_VERSION
+from export.report.schema import REPORT_JSON, SCHEMA_VERSION
 from tests.helpers import one_line
 from tests.limits import HANG_S
 
@@ -249,7 +249,7 @@ def test_deeply_nested_thresholds_exit_2(built, tmp_path, capsys):
 
 
 def test_atol_flag_overrides_every_table_of_the_file(tmp_path):
-    from export.thresholds import DEFAULTS, Thresholds
+    from export.report.thresholds import DEFAULTS, Thresholds
 
     th = Thresholds.from_cli({"fp32": {"engine-fp32": {"*": {"atol": 0.0}}}}, "t.toml", atol=0.5, rtol=None)
     assert th.lookup("fp32", "engine-fp32", "last_hidden_state").atol == 0.5

@@ -15,8 +15,8 @@ import pytest
 
 from engines.gate import main as gate
 from export.build import main as build
-from export.report import REPORT_JSON, REPORT_MD, SCHEMA_VERSION
-from export.staging import PREFIX
+from export.folder.staging import PREFIX
+from export.report.schema import REPORT_JSON, REPORT_MD, SCHEMA_VERSION
 from tests.fixtures.tiny_build import FAST
 from tests.limits import HANG_S, SLOW_MACHINE_S, no_checkpoint_reading
 

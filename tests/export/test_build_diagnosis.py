@@ -13,7 +13,7 @@ import export.build
 from engines.gate import main as gate
 from export.build import main as build
 from export.onnx_io import write_model
-from export.report import REPORT_JSON, REPORT_MD
+from export.report.schema import REPORT_JSON, REPORT_MD
 from tests.fixtures import faults
 from tests.fixtures.tiny_build import FAST
 

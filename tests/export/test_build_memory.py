@@ -13,8 +13,8 @@ from export import validate
 from export.onnx_io import SIZE_THRESHOLD, check_locations, external_data_files
 from export.passes.precision import convert_precision, write_precision_variants
 from export.passes.rotary import SINCOS_NAME
+from export.report.thresholds import Thresholds
 from export.stages.rope import expected_sites, rewrite_file
-from export.thresholds import Thresholds
 from export.validate import OnnxFile, Shape, TorchReference, make_inputs, ort_session, validate_graphs
 
 MAX_LEN = 96

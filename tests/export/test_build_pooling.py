@@ -139,7 +139,7 @@ def test_grading_fails_an_output_the_graph_should_not_have():
     """--outputs sentence_embedding: a graph that kept last_hidden_state fails validation instead of passing."""
     import numpy as np
 
-    from export.thresholds import Thresholds
+    from export.report.thresholds import Thresholds
     from export.validate import Shape, grade
 
     emb = np.ones((2, 4), np.float32)

@@ -13,8 +13,8 @@ import pytest
 
 from engines.gate import main as gate
 from export.build import main as build
-from export.digest import sha256_file
-from export.layout import MANIFEST
+from export.folder.digest import sha256_file
+from export.folder.layout import MANIFEST
 from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
 from plugins.identity import PLUGIN_OP

@@ -126,7 +126,7 @@ def test_a_real_config_field_out_of_range_is_refused(tmp_path, capsys, parts, fi
 def test_a_config_far_larger_than_its_weights_is_refused_at_once(tmp_path, capsys, parts, monkeypatch):
     """110 kB of weights with num_hidden_layers 10000 asked for 283 GB: refused before a model is described."""
     config, state = parts
-    import export.checkpoint as ck
+    import export.checkpoint.rebuild as ck
 
     monkeypatch.setattr(ck, "_meta_state", lambda *a: pytest.fail("a model of the config's size was described"))
     ckpt = save(tmp_path, "c.pt", {**config, "num_hidden_layers": 10000}, state)
@@ -134,7 +134,7 @@ def test_a_config_far_larger_than_its_weights_is_refused_at_once(tmp_path, capsy
 
 
 def test_a_build_that_would_not_fit_in_memory_is_refused_with_both_numbers(tmp_path, capsys, tiny_ckpt, monkeypatch):
-    import export.checkpoint as ck
+    import export.checkpoint.rebuild as ck
 
     monkeypatch.setattr(ck, "materialize", lambda *a, **k: pytest.fail("the model was built"))
     monkeypatch.setenv("ROFORMER_TRT_MEMORY_LIMIT", "2G")
@@ -163,9 +163,9 @@ def test_a_full_disk_is_named_with_the_space_needed(tmp_path, capsys, tiny_ckpt,
     mount = _tmpfs(tmp_path, "200k")
     try:
         if not precheck:  # the disk fills up during the build (another writer): Errno 28 mid-way
-            import export.disk
+            import export.folder.disk
 
-            monkeypatch.setattr(export.disk, "require", lambda *a: None)
+            monkeypatch.setattr(export.folder.disk, "require", lambda *a: None)
         line = refused(
             capsys, ["--model", str(tiny_ckpt), *FAST], mount / "o", "free" if precheck else "no space left", "GB"
         )

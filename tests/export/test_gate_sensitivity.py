@@ -11,9 +11,9 @@ import pytest
 
 from engines.gate import main as gate
 from export.build import main as build
-from export.checkpoint import load_checkpoint
-from export.report_io import read_report
-from export.thresholds import DEFAULTS
+from export.checkpoint.rebuild import load_checkpoint
+from export.report.persist import read_report
+from export.report.thresholds import DEFAULTS
 from tests.fixtures.checkpoints import write_demo
 from tests.fixtures.sensitivity import TINY_WITHOUT_OUTLIERS, defects, honest
 

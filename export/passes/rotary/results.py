@@ -1,6 +1,6 @@
 """What the rotary pass hands back: a `Site` or a `Miss` per candidate, a `PassReport` per run.
 
-`PassReport.to_dict()` is the report's `rewrite` section (export/report.py RewriteSection).
+`PassReport.to_dict()` is the report's `rewrite` section (export/report/schema.py RewriteSection).
 """
 
 from __future__ import annotations

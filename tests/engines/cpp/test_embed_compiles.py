@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from export.thresholds import PRECISIONS
+from export.report.thresholds import PRECISIONS
 from tests.fixtures.toolchain import headers_missing, skip_or_fail, tensorrt_include_dirs, version_of
 
 CPP = Path(__file__).resolve().parents[3] / "engines" / "cpp"

@@ -1,6 +1,6 @@
 """engines.serving without a server (main environment, ONNX Runtime only): request checks and the build's
 files. A request is judged on its metadata before anything is copied; values that would be answered as
-if valid are refused; the graph is opened only through export.artifacts.verify_artifact."""
+if valid are refused; the graph is opened only through export.folder.artifacts.verify_artifact."""
 
 from __future__ import annotations
 

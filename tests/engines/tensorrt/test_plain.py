@@ -20,9 +20,9 @@ from engines.tensorrt.sidecar import (
     sidecar_path,
 )
 from engines.tensorrt.validate import largest_prime_in, validation_shapes
-from export.atomic import write_atomic
-from export.digest import sha256_file
 from export.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
+from export.folder.atomic import write_atomic
+from export.folder.digest import sha256_file
 
 
 def _sidecar(**over):

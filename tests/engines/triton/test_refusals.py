@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engines.triton import __main__ as triton
-from export.report import REPORT_JSON
+from export.report.schema import REPORT_JSON
 from tests.helpers import one_line
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ except Exception as e:
 
 from engines.triton import __main__ as cli  # noqa: E402
 from engines.triton.twin import twin_keys  # noqa: E402
-from export.report import Report  # noqa: E402
+from export.report.schema import Report  # noqa: E402
 from export.validate import Shape, make_inputs, ort_session  # noqa: E402
 from tests.fixtures.tiny_build import write_tiny_build  # noqa: E402
 

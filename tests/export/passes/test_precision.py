@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import UsageError
 from export.passes.precision import convert_precision, parse_precision, plan_precision, write_precision_variants
-from export.thresholds import Thresholds
+from export.report.thresholds import Thresholds
 from export.validate import Shape, TorchReference, make_inputs, ort_session, validate_graphs
 
 AXES = {0: "batch", 1: "sequence"}

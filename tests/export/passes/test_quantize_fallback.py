@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from export.compare import error_stats
 from export.passes.quantize import build
 from export.passes.quantize.fallback import EvalCase, run_fallback, search, sensitivity
+from export.report.compare import error_stats
 from export.stages.quantize import FALLBACK_DRAWS, FEW_TOKENS, fallback_draws
 from export.validate import Shape, TorchReference, make_inputs, validation_shapes
 from tests.export.passes.quantize_fixtures import calibrated, rope_graph

@@ -9,9 +9,9 @@ import torch
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.reference import roformer_rotary_ref, sincos_table
+from export.report.thresholds import Thresholds
 from export.spec import ExportSpec
 from export.stages.rope import expected_sites
-from export.thresholds import Thresholds
 from export.validate import Shape, TorchReference, grade, make_inputs, ort_session
 from plugins.identity import PLUGIN_OP
 from tests.export.passes.rotary.graphs import NeoXAttention

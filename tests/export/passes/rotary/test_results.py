@@ -1,7 +1,7 @@
 """The pass's report: the `rewrite` section's fields and the coverage verdict the CLI turns into exit 1."""
 
 from export.passes.rotary.results import PassReport
-from export.report import RewriteSection
+from export.report.schema import RewriteSection
 
 
 def test_to_dict_is_the_rewrite_section():

@@ -1,4 +1,4 @@
-"""export.verdict, the one verdict: each rule on a synthetic report (files are not read without a build_dir),
+"""export.report.verdict, the one verdict: each rule on a synthetic report (files are not read without a build_dir),
 and the three callers (export.build, engines.gate, read_build) agreeing on the same report."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import copy
 import pytest
 
 from export.errors import VerificationError
-from export.report import Report, key_precision
-from export.thresholds import DEFAULTS, Thresholds
-from export.verdict import judge, passed, read_build
+from export.report.schema import Report, key_precision
+from export.report.thresholds import DEFAULTS, Thresholds
+from export.report.verdict import judge, passed, read_build
 
 H = "a" * 64
 

@@ -5,7 +5,7 @@ life, and moves the finished set into `<out>` at the end: the previous set stays
 Staging folders of dead runs (killed, even by SIGKILL) are removed by the next run: the kernel drops a
 dead process's lock, so a `.staging-*` folder whose lock can be taken belongs to nobody.
 
-Ownership (export.ownership): a run removes or replaces only files a run of ours wrote, as the manifest
+Ownership (export.folder.ownership): a run removes or replaces only files a run of ours wrote, as the manifest
 `.roformer-trt-files.json` and the previous report record them, with their sha256. Everything else in
 `<out>` is the user's: never moved, replaced or removed (a folder such as `bench/` is never removed
 whole: only our files in it, and the folder itself once it is empty). A planned file whose name is taken
@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from export.digest import sha256_file
 from export.errors import UsageError
-from export.ownership import Ownership, merge_claims, write_manifest
-from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
+from export.folder.digest import sha256_file
+from export.folder.ownership import Ownership, merge_claims, write_manifest
+from export.report.schema import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 PREFIX = ".staging-"
 LOCK = ".lock"

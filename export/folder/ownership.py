@@ -2,7 +2,7 @@
 
 Claims come from two records, each with the sha256 a file had when we wrote it:
 - the manifest `.roformer-trt-files.json` ({"tool": "roformer-trt", "files": {relative path: [sha256, ...]}}),
-  rewritten by every swap (export.staging); during a swap a path may be claimed with the old and the new
+  rewritten by every swap (export.folder.staging); during a swap a path may be claimed with the old and the new
   file's hash;
 - the previous report.json's `artifacts_sha256`, so a folder whose manifest is lost, or that an older
   roformer-trt wrote, is still recognised. Its report.json and report.md are recognised by their content,
@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from export.atomic import write_atomic
-from export.digest import sha256_file
-from export.layout import MANIFEST
-from export.report import REPORT_JSON, REPORT_MD, TIMING_CACHE
+from export.folder.atomic import write_atomic
+from export.folder.digest import sha256_file
+from export.folder.layout import MANIFEST
+from export.report.schema import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 TOOL = "roformer-trt"
 BY_CONTENT = "by-content"  # a claim checked by what the file says rather than by a hash

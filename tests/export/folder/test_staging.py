@@ -1,4 +1,5 @@
-"""export.staging and export.ownership: a run removes or replaces only what a run of ours wrote, decided from
+"""export.folder.staging and export.folder.ownership: a run removes or replaces only what a run of ours wrote, decided
+from
 the manifest and the previous report (with hashes), never from a name pattern; the swap's order is recorded."""
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ import json
 import pytest
 
 from export.build import main as build
-from export.digest import sha256_file
 from export.errors import UsageError
-from export.layout import MANIFEST
-from export.ownership import Ownership, write_manifest
-from export.report import REPORT_JSON, REPORT_MD
-from export.staging import PREFIX, BuildFolder, move_rank, remove_dead_stagings
+from export.folder.digest import sha256_file
+from export.folder.layout import MANIFEST
+from export.folder.ownership import Ownership, write_manifest
+from export.folder.staging import PREFIX, BuildFolder, move_rank, remove_dead_stagings
+from export.report.schema import REPORT_JSON, REPORT_MD
 from tests.fixtures.tiny_build import FAST
 
 USER_FILES = {
@@ -183,7 +184,7 @@ def test_a_kill_during_the_swap_leaves_a_manifest_that_still_claims_both_sets(tm
         old = stage(bf, {"model.onnx": "old", "model.rope-plugin.onnx": "old", REPORT_JSON: '{"tool": "roformer-trt"}'})
         bf.commit(old, old)
     put(out, USER_FILES)
-    import export.staging as staging
+    import export.folder.staging as staging
 
     def killed(*args):
         raise KeyboardInterrupt  # stands for SIGKILL at the first move: nothing after it runs

@@ -1,4 +1,4 @@
-"""export.thresholds: the pass rule at its boundaries, the precedence of the tables, as the docstring states, and
+"""export.report.thresholds: the pass rule at its boundaries, the precedence of the tables, as the docstring states, and
 old (schema 1) threshold files still read."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from export.compare import error_stats
-from export.thresholds import DEFAULTS, Threshold, ThresholdError, Thresholds
+from export.report.compare import error_stats
+from export.report.thresholds import DEFAULTS, Threshold, ThresholdError, Thresholds
 
 
 def test_the_boundary_passes():

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from export.errors import UsageError
-from export.layout import Planned
+from export.folder.layout import Planned
 from export.memory import GB, parameter_count
 
 SLACK = 16 << 20  # graphs, reports, the timing cache: small next to the weights

@@ -6,7 +6,7 @@ Format (every table optional):
     rtol = 1e-5                            # bound on scaled_error = max_abs / max|ref|
     atol = 0.0                             # absolute alternative: max_abs <= atol also passes (0: off)
     min_cosine = 0.99999                   # whole-tensor cosine
-    min_row_cosine = 0.99999999995         # per-row cosine (outputs with rows: export.compare.ROW_OUTPUTS)
+    min_row_cosine = 0.99999999995         # per-row cosine (outputs with rows: export.report.compare.ROW_OUTPUTS)
 
     [fp16.engine.logits]
     atol = 0.1
@@ -20,7 +20,7 @@ tolerance given to a whole graph.
 The rule (`Threshold.passes`, re-checked by the gate from the statistics in report.json alone; equality
 passes): an output passes when `max_abs <= atol or scaled_error <= rtol`, `cosine >= min_cosine`,
 `row_cosine >= min_row_cosine` (outputs that have rows), and nothing is NaN. The statistics are defined in
-export/compare.py.
+export/report/compare.py.
 
 How the keys and flags map onto schema 1's (`--atol`, `--rtol` and old TOML files keep working):
 - `atol` / `--atol`: unchanged, the absolute alternative. Its defaults are now 0 (off): an absolute bound
@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from export.report import PRECISIONS
+from export.report.schema import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -166,5 +166,5 @@ def check_value(where: str, key: str, value) -> float:
 
 def _tables(source: str, where: str, value):
     if not isinstance(value, dict):
-        raise ThresholdError(f"{source}: [{where}] must be a table; see export/thresholds.py for the format")
+        raise ThresholdError(f"{source}: [{where}] must be a table; see export/report/thresholds.py for the format")
     return value.items()

@@ -1,7 +1,7 @@
 """A RoFormer checkpoint, checked before anything is allocated, then rebuilt as the HF model.
 
 Two steps, so a build decides its memory before spending it:
-1. `inspect_checkpoint(path, --config, ...)`: the files are read (export.checkpoint_files; tensors memory-mapped),
+1. `inspect_checkpoint(path, --config, ...)`: the files are read (export.checkpoint.formats; tensors memory-mapped),
    the config checked field by field, the task head detected, the layer count and then every key, shape and
    dtype compared with a model built on the `meta` device (no memory), the weights checked for NaN/inf.
    bf16/fp16/fp64 weights are ordinary checkpoints: they are upcast to fp32 (the report says so); integer
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.checkpoint_files import read_checkpoint, short
+from export.checkpoint.formats import read_checkpoint, short
 from export.errors import UsageError
 from export.reference import sincos_table
 from export.spec import ARCHITECTURE_TO_TASK, TASKS

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.atomic import write_atomic
 from export.errors import UsageError
 from export.files import load_json
-from export.report import REPORT_JSON, REPORT_MD, Report, ReportError
-from export.report_md import render_markdown
+from export.folder.atomic import write_atomic
+from export.report.markdown import render_markdown
+from export.report.schema import REPORT_JSON, REPORT_MD, Report, ReportError
 
 MAX_REPORT_BYTES = 64 << 20  # a demo report is ~30 kB; thousands of validation cases stay far below this
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from export.checkpoint import load_checkpoint
+from export.checkpoint.rebuild import load_checkpoint
 from export.errors import UsageError
 from export.spec import TASKS
 from tests.fixtures.checkpoints import make_model, tiny_config

@@ -1,11 +1,11 @@
-"""export.compare: the statistics report.json stores, each on a case whose answer is known by hand."""
+"""export.report.compare: the statistics report.json stores, each on a case whose answer is known by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from export.compare import error_stats, row_mask
+from export.report.compare import error_stats, row_mask
 from export.validate import Shape, padding_mask
 
 

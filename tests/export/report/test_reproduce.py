@@ -1,4 +1,4 @@
-"""export.reproduce: the trtexec / Polygraphy commands in report.md, pinned to the structure those tools accept.
+"""export.report.reproduce: the trtexec / Polygraphy commands in report.md, pinned to the structure those tools accept.
 
 The flag sets below were read by hand from NVIDIA/TensorRT tags v10.16 and v11.1
 (samples/common/sampleOptions.cpp; tools/Polygraphy/polygraphy/tools/args/**). Only flags present in both
@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from export.reproduce import POLY_INPUTS, POLY_OUTPUTS, render_markdown, reproduce_commands
+from export.report.reproduce import POLY_INPUTS, POLY_OUTPUTS, render_markdown, reproduce_commands
 from plugins import identity
 
 # trtexec: flags (name before '=') that both tags parse. --fp16/--bf16 exist in 10.16 only.

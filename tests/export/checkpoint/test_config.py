@@ -53,7 +53,7 @@ def test_bad_config_value_is_refused(tmp_path, capsys, tiny_parts, field, value,
 
 
 def test_null_embedding_size_means_hidden_size(tiny_parts, tmp_path):
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint.rebuild import load_checkpoint
 
     config, state = tiny_parts
     assert config["embedding_size"] == config["hidden_size"]  # so the weights fit either spelling

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.report import CPU_TWIN, REPORT_JSON, REPORT_MD, TIMING_CACHE
+from export.report.schema import CPU_TWIN, REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 ONNX_FILE = "model.onnx"
 BENCH_DIR = "bench"
 BENCH_FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
 DIAGNOSIS_DIR = "diagnosis"
 DIAGNOSIS_FILES = {"json": "diagnosis.json", "md": "diagnosis.md", "png": "diagnosis.png"}
-MANIFEST = ".roformer-trt-files.json"  # what runs of roformer-trt wrote here (export.staging)
+MANIFEST = ".roformer-trt-files.json"  # what runs of roformer-trt wrote here (export.folder.staging)
 
 
 def data_file(graph: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from export.report import Report
-from export.reproduce import render_markdown as render_reproduce
+from export.report.reproduce import render_markdown as render_reproduce
+from export.report.schema import Report
 
 
 def render_markdown(r: Report) -> str:
@@ -175,7 +175,7 @@ def _validation(r: Report) -> list[str]:
         "ONNX graphs run in ONNX Runtime (CPU); `engine-*` graphs are TensorRT engines. An output passes when "
         "its scaled error (max abs / max |reference|) <= rtol (or max abs <= atol, when an atol is set), its "
         "cosine and its per-row cosine (minimum over non-padded tokens) reach their minimums, and nothing is "
-        "NaN; the thresholds follow the graph's precision (export/thresholds.py).",
+        "NaN; the thresholds follow the graph's precision (export/report/thresholds.py).",
         "",
     ] + _table(
         [

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from export.report import SCHEMA_VERSION, Report, ReportError, bench_key, engine_key, precision_key, rope_key
-from export.report_md import render_markdown
+from export.report.markdown import render_markdown
+from export.report.schema import SCHEMA_VERSION, Report, ReportError, bench_key, engine_key, precision_key, rope_key
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def full_report() -> Report:

@@ -1,7 +1,7 @@
 """The one verdict on a build: did it pass, judged from its report.json (and, given its folder, its files).
 
 `judge(report, thresholds, build_dir)` is the only place that decides; `export.build` (before it writes the
-report), `engines.gate` (the CI gate) and `export.artifacts.read_build` (what engines.triton publishes and
+report), `engines.gate` (the CI gate) and `export.folder.artifacts.read_build` (what engines.triton publishes and
 engines.serving serves) all call it. A report passes only when every Check passes:
 
 - the producer's own word: not `--skip-validation`, no `failure`, no failed engine stage, and (for a finished
@@ -9,10 +9,10 @@ engines.serving serves) all call it. A report passes only when every Check passe
 - at least one validation case: the verdict never passes vacuously;
 - every case's graph is an artifact of the report with a recorded sha256: a report that describes no files, or
   a case about a graph it does not list, proves nothing;
-- the case's thresholds come from its artifact key (`export.report.key_precision`): "rope-plugin.fp16" is judged
+- the case's thresholds come from its artifact key (`export.report.schema.key_precision`): "rope-plugin.fp16" is judged
   as fp16 whatever its `precision` field says, and a `precision` field that disagrees with the key fails;
 - every output: an `error` fails whatever else it holds; each statistic a finite real in its range (the
-  per-row cosine required for outputs that have rows, export.compare.ROW_OUTPUTS); then `Threshold.passes`
+  per-row cosine required for outputs that have rows, export.report.compare.ROW_OUTPUTS); then `Threshold.passes`
   on the stored statistics, so the flags a producer wrote decide nothing;
 - with `build_dir`: every artifact (and every external-data file it reads) is beside the report, inside the
   folder, and has the recorded sha256.
@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.artifacts import verify_artifact
-from export.compare import ROW_OUTPUTS
 from export.errors import UsageError, VerificationError
-from export.report import Report, key_precision
-from export.report_io import read_report
-from export.thresholds import Threshold, ThresholdError, Thresholds
+from export.folder.artifacts import verify_artifact
+from export.report.compare import ROW_OUTPUTS
+from export.report.persist import read_report
+from export.report.schema import Report, key_precision
+from export.report.thresholds import Threshold, ThresholdError, Thresholds
 
 STATS = ("max_abs", "scaled_error", "cosine")  # required: the pass rule reads them
-ROW_STATS = ("row_cosine",)  # also required for outputs with rows (export.compare.ROW_OUTPUTS)
+ROW_STATS = ("row_cosine",)  # also required for outputs with rows (export.report.compare.ROW_OUTPUTS)
 RANGES = {
     "max_abs": (0.0, math.inf),
     "mean_abs": (0.0, math.inf),

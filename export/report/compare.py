@@ -1,7 +1,7 @@
 """Error statistics between an output and its reference: the numbers report.json stores and the gate re-checks.
 
 Each statistic is a property of the two tensors alone, never of a threshold, so any gate can re-judge a
-report with its own thresholds (export/thresholds.py holds the rule and the defaults):
+report with its own thresholds (export/report/thresholds.py holds the rule and the defaults):
 
 - max_abs, mean_abs: |got - ref| over the whole tensor (padded rows included), as in schema 1;
 - scaled_error = max_abs / max|ref|: the largest error as a fraction of the output's largest magnitude. It does

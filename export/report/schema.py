@@ -1,7 +1,7 @@
 """report.json, the spine of a build: one typed definition of its sections, with a schema version.
 
 Each stage of export.build returns its own section (the TypedDicts below); `export/build.py` puts them
-into one `Report`; `export/report_io.py` writes it (JSON for machines, report.md for people) and reads
+into one `Report`; `export/report/persist.py` writes it (JSON for machines, report.md for people) and reads
 it back for `engines.gate`, `engines.triton` and `engines.serving`, which refuse a report of another
 schema version or a malformed one (`ReportError`, exit 2). A report without `schema_version` is
 version 0. A leaf module: it imports nothing from the project.
@@ -102,7 +102,7 @@ class ProfileRow(TypedDict):
     sequence: list[int]
 
 
-class OutputStats(TypedDict, total=False):  # the statistics are defined in export/compare.py
+class OutputStats(TypedDict, total=False):  # the statistics are defined in export/report/compare.py
     max_abs: float
     mean_abs: float
     scaled_error: float  # max_abs / max|ref|

@@ -1,6 +1,6 @@
 """Open a build's artifact only if it is the file report.json names and, when recorded, hashes to.
 
-Used by the verdict (export.verdict, every artifact of a report) and by what reads a build's files
+Used by the verdict (export.report.verdict, every artifact of a report) and by what reads a build's files
 (engines.triton, engines.serving: `artifact`).
 
 In:  the build folder, a path relative to it (as report.json's `artifacts` lists it), the report.
@@ -20,10 +20,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from google.protobuf.message import DecodeError
 
-from export.digest import sha256_file
 from export.errors import UsageError
+from export.folder.digest import sha256_file
 from export.onnx_io import external_data_files
-from export.report import REBUILD, Report
+from export.report.schema import REBUILD, Report
 
 
 def verify_artifact(build_dir: str | Path, rel_path: str, report: Report | dict) -> Path:
