@@ -122,14 +122,16 @@ class Run:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
-            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
+            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle, attention=a.attention)
             check_task(self.flags.pooling, inspected.task)
-            plan = Plan.decide(a, inspected.config, inspected.task)
-            memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
-            self.disk_need = disk.need(inspected.config, self.planned)
+            facts = inspected.facts
+            plan = Plan.decide(a, facts, inspected.task)
+            estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
+            memory.require(estimate, "this build", a.max_memory)
+            self.disk_need = disk.need(inspected.params, self.planned)
             disk.require(self.flags.out, self.disk_need)
             if self.flags.quant is not None:  # a bad calibration file is refused before any work
-                self.calib = calibration_set(self.flags.quant, inspected.config, plan.max_len)
+                self.calib = calibration_set(self.flags.quant, facts, plan.max_len)
             if inspected.config_source.startswith("--config"):
                 info(f"using {inspected.config_source} instead of the checkpoint's own config")
             if inspected.weights_dtype != "float32":
@@ -164,7 +166,7 @@ class Run:
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(
-                    _graphs(results), ckpt.model, ckpt.task, ckpt.config, plan.max_len, self.flags.thresholds, pooling
+                    _graphs(results), ckpt.model, ckpt.task, ckpt.facts, plan.max_len, self.flags.thresholds, pooling
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -254,7 +256,7 @@ class Run:
             plan=plan_path,
             plugin_lib=plugin_library_status().get("path"),
             model=ckpt.model,
-            config=ckpt.config,
+            facts=ckpt.facts,
             iters=self.args.bench_iters,
             compile_=self.args.bench_compile,
         )
@@ -340,20 +342,20 @@ def _graphs(results: dict[str, StageResult]) -> dict:
 
 
 def model_facts(ckpt: LoadedCheckpoint) -> dict:
-    c = ckpt.config
+    """report.json `model`: the family's facts, the task, the inputs, the attention kernel, and per layer the
+    rotary and the attention kind the family declares."""
     return {
-        "layers": c.num_hidden_layers,
-        "hidden": c.hidden_size,
-        "heads": c.num_attention_heads,
-        "head_dim": c.hidden_size // c.num_attention_heads,
-        "embedding_size": c.embedding_size,
-        "vocab_size": c.vocab_size,
-        "type_vocab_size": c.type_vocab_size,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rotary_value": bool(c.rotary_value),
+        **ckpt.facts.to_report(),
         "task": ckpt.task,
+        "inputs": list(ckpt.family.inputs),
+        "attn_implementation": ckpt.attn_implementation,
         "params": sum(p.numel() for p in ckpt.model.parameters()),
         "table": ckpt.table,
+        "rotary": [
+            {"layout": r.layout, "dim": r.dim, "table": r.table.name, "theta": r.table.theta, "sites": list(r.sites)}
+            for r in ckpt.rotary
+        ],
+        "attention": [a.describe() for a in ckpt.attention],
     }
 
 
@@ -393,12 +395,13 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         plan=plan_file(flags.precision),
         profiles=report.profiles,
         precision=flags.precision,
-        vocab_size=ckpt.config.vocab_size,
-        type_vocab_size=ckpt.config.type_vocab_size,
+        vocab_size=ckpt.facts.vocab_size,
+        type_vocab_size=ckpt.facts.type_vocab_size,
         atol=atol,
         rtol=0.0,
         plugin_lib=plugin_lib,
         static_plugin_lib=static_lib,
+        inputs=ckpt.family.inputs,
         rank=3 if ckpt.task == "multiple-choice" else 2,
     )
     if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export

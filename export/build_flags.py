@@ -20,7 +20,7 @@ def _input_flags(p: Parser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="checkpoint: HF folder, {config, state_dict} .pt, "
+        help="checkpoint of a supported family (export/families/): HF folder (sharded too), {config, state_dict} .pt, "
         "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)",
     )
     p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
@@ -40,9 +40,15 @@ def _input_flags(p: Parser) -> None:
         "--max-len",
         type=int,
         help="longest sequence the graphs serve, at least 2 (default: the "
-        "checkpoint's max_position_embeddings); may exceed it, the sinusoidal table is computed",
+        "checkpoint's max_position_embeddings); may exceed it, rotary tables are a formula",
     )
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
+    p.add_argument(
+        "--attention",
+        choices=["eager", "sdpa"],
+        help="the attention kernel the model is exported with (default: the family's first; never flash-attention, "
+        "which does not export); the report says which",
+    )
     p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
     p.add_argument(
         "--rope",

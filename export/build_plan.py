@@ -2,8 +2,9 @@
 read) the length, profiles and benchmark grid, each decided once and passed down.
 
 `Flags.check(args)` needs nothing but the command line (exit 2 with one line on the first bad flag);
-`Plan.decide(args, flags, config, task)` adds what the checkpoint's config settles (--max-len defaults to
-max_position_embeddings; profiles and grid are checked against that length).
+`Plan.decide(args, facts, task)` adds what the checkpoint's config settles (--max-len defaults to
+max_position_embeddings, read by the family: ModelFacts.max_positions; profiles and grid are checked against
+that length).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Plan:
     grid: list[tuple[int, int]] | None
 
     @classmethod
-    def decide(cls, args, config, task: str) -> Plan:
-        max_len = args.max_len or config.max_position_embeddings
+    def decide(cls, args, facts, task: str) -> Plan:
+        max_len = args.max_len or facts.max_positions
         if max_len < MIN_MAX_LEN or max_len > MAX_LEN_LIMIT:
             raise UsageError(
                 f"the checkpoint's max_position_embeddings {max_len} is outside {MIN_MAX_LEN}.."

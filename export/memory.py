@@ -1,7 +1,8 @@
 """Memory is decided before it is spent: what a build will need, what this process may use, and the refusal.
 
-`build_estimate(config, max_len)` computes, from the config alone (nothing allocated), the weights' size
-and the build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
+`build_estimate(facts, params, max_len)` computes, from the model's sizes alone (its family's ModelFacts and its
+parameter count, read from a model described on the meta device: nothing allocated), the weights' size and the
+build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
 RLIMIT_AS minus this process's address space, or the override (`--max-memory`, or the environment variable
 ROFORMER_TRT_MEMORY_LIMIT, e.g. "8G", so tests are deterministic). `require(estimate, ...)` refuses a build
 that would not fit with one line (exit 2) naming both numbers.
@@ -41,22 +42,14 @@ class Estimate:
         )
 
 
-def parameter_count(config) -> int:
-    """Parameters of a RoFormer encoder (and the usual heads, bounded by the LM head) from its config."""
-    e = config.embedding_size or config.hidden_size
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    embeddings = (config.vocab_size + config.type_vocab_size) * e + 2 * e + (e * h + h if e != h else 0)
-    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
-    head = config.vocab_size * e + h * h + 3 * h  # masked-LM decoder, the largest head
-    return embeddings + n * layer + head
-
-
-def build_estimate(config, max_len: int) -> Estimate:
-    weights = 4 * parameter_count(config)
-    s, heads = max_len, config.num_attention_heads
+def build_estimate(facts, params: int, max_len: int) -> Estimate:
+    """facts: export.families.facts.ModelFacts (heads, hidden, intermediate, head_dim); params: the parameters of
+    the model the checkpoint fills (export.checkpoint.rebuild.InspectedCheckpoint.params)."""
+    weights = 4 * params
+    s, heads = max_len, facts.heads
     # attention scores, softmax and the masked copy per head, plus the per-token tensors of a layer
-    activations = 4 * (3 * heads * s * s + s * (8 * config.hidden_size + 2 * config.intermediate_size))
-    table = 4 * max_len * (config.hidden_size // heads)
+    activations = 4 * (3 * heads * s * s + s * (8 * facts.hidden + 2 * facts.intermediate))
+    table = 4 * max_len * facts.head_dim
     return Estimate(weights, activations + table, int(IMPORTS + 3 * weights + activations + table))
 
 

@@ -71,15 +71,18 @@ def input_seed(shape: Shape, seed: int = 0) -> int:
     return seed + shape.batch * 1009 + shape.seq
 
 
-def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length."""
+def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length.
+    token_type_ids too, from [0, type_vocab_size), unless type_vocab_size is None (a family without that input:
+    ModelFacts.type_vocab_size)."""
     rng = np.random.default_rng(input_seed(shape, seed))
     dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
     ids = rng.integers(0, vocab_size, size=dims, dtype=np.int64)
-    types = rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
+    types = None if type_vocab_size is None else rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
     mask = padding_mask(shape)
     ids[mask == 0] = 0
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return feeds if types is None else {**feeds, "token_type_ids": types}
 
 
 def padding_mask(shape: Shape) -> np.ndarray:
@@ -181,7 +184,7 @@ def validate_graphs(
     shapes: list[Shape],
     thresholds: Thresholds,
     vocab_size: int,
-    type_vocab_size: int,
+    type_vocab_size: int | None,
 ) -> list[dict]:
     """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
     shape-major (every graph at the first shape, then the next shape)."""

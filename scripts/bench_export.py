@@ -71,7 +71,7 @@ def main() -> int:
     model = ck.model.float().eval()
     rows = []
     for s in seqs:
-        inputs = make_inputs(Shape(args.batch, s), ck.config.vocab_size, ck.config.type_vocab_size)
+        inputs = make_inputs(Shape(args.batch, s), ck.facts.vocab_size, ck.facts.type_vocab_size)
         tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
         runners = {name: (lambda sess=sess, inputs=inputs: sess.run(None, inputs)) for name, sess in sessions.items()}
         runners["torch-eager"] = lambda tin=tin: model(**tin)

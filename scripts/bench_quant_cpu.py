@@ -224,7 +224,7 @@ def main() -> int:
             continue
         ck = load_checkpoint(ckpt_path)
         src = build / ("model.rope-onnx.onnx" if (build / "model.rope-onnx.onnx").exists() else "model.onnx")
-        calib = synthetic_set(ck.config.vocab_size, ck.config.type_vocab_size, 512)
+        calib = synthetic_set(ck.facts.vocab_size, ck.facts.type_vocab_size, 512)
         made = variants(src, args.work / label, calib, ck.config)
         sessions = {n: session(path, opt) for n, (path, opt) in made.items()}
         entry = {"source": src.name, "accuracy": accuracy(sessions, ck.model, ck.task, ck.config)}

@@ -129,7 +129,7 @@ def main() -> int:
     ck = load_checkpoint(args.model, table_rows=args.max_len)
     src = args.build / "model.rope-plugin.onnx"
     placement = plan(src)
-    calib = synthetic_set(ck.config.vocab_size, ck.config.type_vocab_size, args.max_len)
+    calib = synthetic_set(ck.facts.vocab_size, ck.facts.type_vocab_size, args.max_len)
     amax = calibrate(src, placement, calib, CalibMethod("max"), rotary_function=True)
     scales = smoothing(src, placement, calib.batches(), args.alpha)
     channels = channel_amax(src, sorted(scales), calib.batches())
@@ -140,7 +140,7 @@ def main() -> int:
     def validation_cases():
         out = []
         for s in validation_shapes(args.max_len, ck.task):
-            feeds = make_inputs(s, ck.config.vocab_size, ck.config.type_vocab_size)
+            feeds = make_inputs(s, ck.facts.vocab_size, ck.facts.type_vocab_size)
             out.append(EvalCase(s.label(), feeds, ref(s, feeds)))
         return out
 

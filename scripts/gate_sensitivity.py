@@ -76,7 +76,7 @@ def measure_checkpoint(name: str, ckpt: Path, work: Path, max_len: int, tiny: bo
         name, ck.model, ck.task, ck.config, work / f"{name}-fp16", max_len, layers, not_caught, locate=True
     )
     shape = Shape(1, max_len)
-    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.config.vocab_size, ck.config.type_vocab_size))[
+    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.facts.vocab_size, ck.facts.type_vocab_size))[
         "last_hidden_state"
     ]
     return {

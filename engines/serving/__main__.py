@@ -1,7 +1,8 @@
 """`python -m engines.serving --build build/<name>`: serve a build's ONNX graph on Triton (CPU).
 
-Blocks until Ctrl-C (or SIGTERM): exit 130, the server stopped. Inputs int64 input_ids/attention_mask/
-token_type_ids [batch, sequence]; outputs the graph's plus `sentence_embedding` unless --pooling none.
+Blocks until Ctrl-C (or SIGTERM): exit 130, the server stopped. Inputs: the graph's, int64 [batch, sequence]
+(input_ids, attention_mask, and token_type_ids where the family has it); outputs the graph's plus
+`sentence_embedding` unless --pooling none.
 A watchdog polls tritonserver and the model's backend stub every WATCH_INTERVAL_S; when either dies the
 command prints `error: tritonserver exited (<signal or code>); see <log>` (or names the stub) and exits 5,
 so a supervisor restarts it. Exit codes: export/errors.py.

@@ -64,7 +64,7 @@ TYPED_CONTENTS = {  # datatype -> the InferTensorContents field that carries it
 def infer_problem(request, cap: RequestCap) -> str | None:
     """The one-line reason a ModelInferRequest's inputs cannot be served as declared, else None."""
     if not request.inputs:
-        return "request has no inputs; send input_ids, attention_mask and token_type_ids"
+        return "request has no inputs; send the inputs the model's metadata lists"
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         return f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"

@@ -2,8 +2,9 @@
 
 In:  a build dir (`report.json` + the `rope-onnx` graph, else the plain `onnx` one, each checked by
      export.folder.artifacts.verify_artifact), a pooling mode.
-Out: `OrtEncoder(feeds) -> {output name: array}` for int64 inputs `input_ids`, `attention_mask`,
-     `token_type_ids` [batch, sequence] (or [batch, choices, sequence]); outputs as in the graph,
+Out: `OrtEncoder(feeds) -> {output name: array}` for the graph's int64 inputs (`input_ids`, `attention_mask`,
+     and `token_type_ids` where the family has it) [batch, sequence] (or [batch, choices, sequence]); outputs as
+     in the graph,
      plus `sentence_embedding` [batch, hidden] with pooling "mean" or "cls".
 Request checks raise RequestError (a ValueError) naming the problem and the fix, before ORT runs:
 `shape_problem` looks only at names, shapes and dtypes (so the server can refuse an oversize request
@@ -82,10 +83,11 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
     graph = onnx.load(str(src))
     if limits.type_vocab_size is None:
         limits = Limits(limits.max_sequence, limits.vocab_size, type_vocab_from_graph(graph))
+    types = any(i.name == "token_type_ids" for i in graph.graph.input)  # a family may have no such input
     for what, v in (
         ("max_position_embeddings: sequence length", limits.max_sequence),
         ("vocab_size: input_ids", limits.vocab_size),
-        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size),
+        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size if types else 0),
     ):
         if v is None:
             log.warning("report.json gives no %s is not checked", what)
@@ -94,7 +96,7 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
 
 
 class OrtEncoder:
-    def __init__(self, model, limits: Limits, name: str = "roformer", threads: int | None = None):
+    def __init__(self, model, limits: Limits, name: str = "model", threads: int | None = None):
         self.name = name
         self.limits = limits
         self.inputs, self.outputs = read_onnx_io(model)

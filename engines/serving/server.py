@@ -59,7 +59,7 @@ def serve(
     dist = find_tritonserver()  # then availability (exit 3)
     require_grpc()
     name = f"{name}_onnx"
-    work = Path(tempfile.mkdtemp(prefix="roformer-serving-"))
+    work = Path(tempfile.mkdtemp(prefix="roformer-trt-serving-"))
     log_file = Path(log_file) if log_file else work / "tritonserver.log"
     own_repository = repository is None
     repo = work / "repository" if own_repository else Path(repository)

@@ -24,7 +24,7 @@ def build_parser() -> Parser:
         description="Write a Triton model repository from a roformer-trt build dir: a TensorRT model per engine "
         "(when built; one instance group listing every optimization profile, so every instance takes "
         "every length) and an ONNX Runtime twin for CPU hosts.",
-        epilog="example: python -m engines.triton --build build/roformer_base --out model_repository --pooling mean",
+        epilog="example: python -m engines.triton --build build/demo --out model_repository --pooling mean",
     )
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")

@@ -133,7 +133,7 @@ def _build_mode(args, thresholds: Thresholds, deadline):
     graph = artifact(build, report, key)
     ck = _checkpoint(args, report, graph)
     shape = _case_shape(report, key, args, ck.config)
-    feeds = make_inputs(shape, ck.config.vocab_size, ck.config.type_vocab_size)
+    feeds = make_inputs(shape, ck.facts.vocab_size, ck.facts.type_vocab_size)
     names = _name_reference(build, report, key)
     return diagnose_model(
         ck.model,

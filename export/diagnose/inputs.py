@@ -23,7 +23,7 @@ def graph_shape(model: onnx.ModelProto, batch: int, seq: int) -> Shape:
         raise UsageError(f"--seq {seq} is longer than the graph's max_len {max_len}; pass --seq {max_len} or less")
     ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
     if ids is None:
-        raise UsageError("the graph has no input_ids input; pass a RoFormer graph written by python -m export.build")
+        raise UsageError("the graph has no input_ids input; pass a graph written by python -m export.build")
     rank = len(ids.type.tensor_type.shape.dim)
     return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, MC_CHOICES if rank == 3 else None)
 

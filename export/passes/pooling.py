@@ -82,11 +82,11 @@ def parse_pooling(mode: str, normalize: bool, outputs: str | None) -> Pooling | 
 
 def check_task(pooling: Pooling | None, task: str) -> None:
     """Pooling means something only for a head that returns the hidden states; UsageError for the others."""
-    if pooling is None or HIDDEN in TASKS[task][1]:
+    if pooling is None or HIDDEN in TASKS[task]:
         return
     raise UsageError(
         f"--pooling {pooling.mode} pools last_hidden_state, and a {task} checkpoint "
-        f"({TASKS[task][0]}) returns {', '.join(TASKS[task][1])}; drop --pooling for this head"
+        f"returns {', '.join(TASKS[task])}; drop --pooling for this head"
     )
 
 

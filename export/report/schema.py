@@ -26,19 +26,27 @@ class ReportError(ValueError):
 # ---- sections --------------------------------------------------------------------------------------
 
 
-class ModelSection(TypedDict):
+class ModelSection(TypedDict, total=False):
+    """The family-blind fields (export.families.facts.ModelFacts.to_report), then the family's own (RoFormer:
+    embedding_size, rotary_value; ModernBERT: local_attention, layer_types, rope_theta)."""
+
+    family: str
     layers: int
     hidden: int
     heads: int
     head_dim: int
-    embedding_size: int
     vocab_size: int
-    type_vocab_size: int
+    type_vocab_size: int | None  # None: no token_type_ids input
     max_position_embeddings: int
-    rotary_value: bool
     task: str
+    inputs: list[str]
+    attn_implementation: str  # "eager" or "sdpa"
     params: int
-    table: str
+    table: str | None  # a stored formula table: "checkpoint" or "generated"; None: the family has none
+    rotary: list[dict]  # per layer: layout, dim, table, theta, sites
+    attention: list[str]  # per layer: "full" or "sliding, half-window N"
+    embedding_size: int
+    rotary_value: bool
 
 
 class CheckpointSection(TypedDict, total=False):

@@ -60,7 +60,7 @@ def run_bench_stage(
     plan: Path | None,
     plugin_lib: str | None,
     model,
-    config,
+    facts,
     iters: int,
     compile_: bool,
 ) -> StageResult[BenchSection]:
@@ -77,8 +77,8 @@ def run_bench_stage(
         backends=backends,
         iters=iters,
         warmup=max(1, iters // 10),
-        vocab_size=config.vocab_size,
-        type_vocab_size=config.type_vocab_size,
+        vocab_size=facts.vocab_size,
+        type_vocab_size=facts.type_vocab_size,
         input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))),
     )
     meta: BenchSection = {

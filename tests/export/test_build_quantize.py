@@ -177,7 +177,9 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
     code, lines = run_cli(
         ["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys
     )
-    assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
+    assert_clean_failure(
+        code, lines, out, r"no tokenizer.json or vocab.txt beside the checkpoint .* pass --calib-vocab PATH"
+    )
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def truncated_checkpoint(path, source):
         ("empty", r"is empty.*re-save"),
         ("truncated", r"not a readable PyTorch checkpoint.*truncated"),
         ("garbage", r"not a readable PyTorch checkpoint"),
-        ("bert", r"model_type='bert', not a RoFormer"),
+        ("bert", r"model_type='bert', which roformer-trt does not support \(supported: modernbert, roformer\)"),
         ("wrong_keys", r"missing .* keys.*unexpected .* keys"),
         ("list", r"not a state_dict"),
     ],
