@@ -103,3 +103,41 @@ def copy(built, tmp_path):
         return str(out / "report.json")
 
     return out, doctor
+
+
+@pytest.fixture(scope="session")
+def hf_ckpt(tmp_path_factory):
+    """hf_ckpt(family, task="model", **config overrides) -> (HF folder with tokenizer.json, model): cached per
+    argument set, so each tiny variant of a family is written once per session."""
+    from tests.fixtures.hf_checkpoints import write_hf
+
+    cache: dict = {}
+
+    def make(family: str, task: str = "model", **overrides):
+        key = (family, task, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = write_hf(tmp_path_factory.mktemp(f"{family}-{task}") / "ckpt", family, task, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def family_build(hf_ckpt, tmp_path_factory):
+    """family_build(family, task, *export.build flags, **config overrides) -> (build folder, model): one real
+    export.build of the tiny HF checkpoint per argument set (exit 0 asserted), shared by every test that reads it."""
+    from export.build import main as build
+
+    cache: dict = {}
+
+    def make(family: str, task: str = "model", *flags: str, **overrides):
+        key = (family, task, flags, tuple(sorted(overrides.items())))
+        if key not in cache:
+            ckpt, model = hf_ckpt(family, task, **overrides)
+            out = tmp_path_factory.mktemp(f"build-{family}-{task}") / "tiny"
+            code = build(["--model", str(ckpt), "--out", str(out), *flags])
+            assert code == 0, f"export.build of the tiny {family} {task} checkpoint {flags} exited {code}"
+            cache[key] = (out, model)
+        return cache[key]
+
+    return make
