@@ -34,9 +34,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--pooling",
         choices=["mean", "cls", "none"],
-        default="mean",
-        help="sentence_embedding output added to the graph (a build made with export.build --pooling "
-        "serves its own: pass that mode or none)",
+        default=None,
+        help="sentence_embedding output added to the graph (default: the build's own when it was made with "
+        "export.build --pooling, else its model family's, export/families/; pass none for no pooling)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")

@@ -25,6 +25,7 @@ import onnxruntime as ort
 from engines.triton.config import read_onnx_io
 from engines.triton.pooling import twin_pooling
 from export.errors import UsageError
+from export.families.registry import by_name, names
 from export.folder.artifacts import artifact
 from export.passes.pooling import add_sentence_embedding
 from export.report.schema import ONNX_KEY, rope_key
@@ -68,11 +69,16 @@ def limits_from_report(report: dict) -> Limits:
     )
 
 
-def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Limits, str]:
+def load_build(build: Path, pooling: str | None = "mean") -> tuple[onnx.ModelProto, Limits, str]:
     """(the graph to serve with its pooling output, the request limits, the build's name) of a build that
-    passed; its files checked by export.folder.artifacts."""
+    passed; its files checked by export.folder.artifacts. pooling None: the build's own when it was made with
+    --pooling, else the default of its family (report.json model.family; `Family.default_pooling`; mean for a
+    report that names none)."""
     build = Path(build)
     report = read_build(build)
+    if pooling is None:
+        family = (report.model or {}).get("family")
+        pooling = "none" if report.pooling else by_name(family).default_pooling if family in names() else "mean"
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
         raise UsageError(

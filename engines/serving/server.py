@@ -44,7 +44,7 @@ def check_runtime() -> None:
 @contextlib.contextmanager
 def serve(
     build: Path,
-    pooling: str = "mean",
+    pooling: str | None = None,  # None: the family's default (ort_model.load_build)
     host: str = "127.0.0.1",
     http_port: int | None = None,
     grpc_port: int | None = None,

@@ -41,4 +41,5 @@ def graph_feeds(model: onnx.ModelProto, shape: Shape) -> dict[str, np.ndarray]:
     vocab = table_rows(model, "input_ids")
     if vocab is None:
         raise UsageError("cannot read the vocab size from the graph (no Gather of input_ids from a table)")
-    return make_inputs(shape, vocab, table_rows(model, "token_type_ids") or 1)
+    has_types = any(i.name == "token_type_ids" for i in model.graph.input)  # a family may have no such input
+    return make_inputs(shape, vocab, (table_rows(model, "token_type_ids") or 1) if has_types else None)

@@ -135,6 +135,17 @@ def test_served_graph_embeds_text_from_tokenizer_json_like_transformers(family_b
     assert float(np.abs(got - ref).max()) <= 1e-4  # fp32 ORT vs PyTorch: optimum's BERT ATOL_FOR_VALIDATION
 
 
+def test_serving_pools_as_the_build_or_its_family_says(family_build, built):
+    """No --pooling: a pooled build serves its own pooling; an unpooled one its family's default."""
+    from engines.serving.ort_model import load_build
+    from export.passes.pooling import Pooling, declared_pooling
+
+    out, _ = build_of(family_build, "fp16-cls")
+    assert declared_pooling(load_build(out, None)[0]) == Pooling("cls", normalize=False)
+    family = by_name(read_report(built).model["family"])
+    assert declared_pooling(load_build(built, None)[0]) == Pooling(family.default_pooling, normalize=False)
+
+
 def test_client_sends_only_the_inputs_the_model_declares(hf_ckpt, monkeypatch):
     """engines.client asks the server which inputs the model has: a ModernBERT model gets no token_type_ids."""
     from engines import client

@@ -118,3 +118,16 @@ def test_a_pre_norm_graph_is_mapped_layer_by_layer_with_or_without_its_family_me
             assert stages[("attention_input", k)] == 1 and stages[("rotary_output", k)] == 2
             assert all((st, k) in stages for st in ("attention_output", "ffn_output", "layer_output"))
         assert stages[("embeddings", None)] == 1 and stages[("head", None)] == 1  # the final norm's output
+
+
+def test_the_diagnose_cli_locates_a_fault_between_two_modernbert_graphs(sensitive, tmp_path, capsys):
+    """python -m export.diagnose REF CAND on graphs without token_type_ids: the inputs come from the graph alone."""
+    from export.diagnose.__main__ import main
+
+    ck, graph = sensitive
+    ref, cand = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    onnx.save(graph, str(ref))
+    onnx.save(fault("window+1", ck, graph), str(cand))
+    assert main([str(ref), str(cand)]) == 1
+    out = capsys.readouterr().out
+    assert "layer 1" in out and "attention_output" in out, out
