@@ -5,11 +5,11 @@ RotaryEmbedding) -> precision graph -> validation in ONNX Runtime against PyTorc
 TensorRT exists -> report.json + report.md. Exit codes: export/errors.py (0 ok, 1 verification failed,
 2 bad input or usage, 3 a --require-... stage is unavailable here, 4 internal error, 130 interrupted).
 
-Order of work: every flag is checked first, then --out (writable, and no file of the user's that this run
-would replace: exit 2, nothing written), then `--require-engine` (exit 3). Then the checkpoint is read and
-checked (keys, shapes, dtypes) without building the model, the length and profiles are decided once, the
-memory the build needs is compared with what is available, and only then is the model built. The stages
-(export/stages/) run in a staging folder inside --out and each returns its result; this file alone
+Order of work: every flag is checked first, then --out and every path this run will write (no folder, no file it
+cannot write and no file of the user's there: exit 2, nothing written), then `--require-engine` (exit 3). Then
+the checkpoint is read and checked (keys, shapes, dtypes) without building the model, the length and profiles
+are decided once, the memory the build needs is compared with what is available, and only then is the model
+built. The stages (export/stages/) run in a staging folder inside --out and each returns its result; this file alone
 assembles report.json from them, judges it with export.report.verdict, and moves the set into place
 (export/folder/staging.py): --out never holds a report beside files of another run, and a user's files are never
 moved, replaced or removed.
@@ -81,7 +81,7 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
     planned = flags.planned(args, engine["status"] == "available")
     with BuildFolder(flags.out, force=args.force) as folder:
-        folder.check_collisions(planned.files())
+        folder.check_targets(planned.files())
         run = Run(args, argv, flags, planned)
         ckpt, plan = run.load()
         note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
