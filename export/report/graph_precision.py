@@ -5,7 +5,7 @@ calls an fp32 graph "rope-plugin.int8" (and so claims int8's looser thresholds) 
 
 In:  an ONNX file (its structure only: external weights are not read).
 Out: `graph_precision(path)`: "fp32", "fp16", "bf16", "int8", "fp8", or a phrase saying what else it is
-     ("quantized (uint8)", "mixed fp16 and bf16"); ValueError when the file is not an ONNX graph.
+     ("quantized (uint8)", "mixed fp16 and bf16"); ValueError (the parser's reason) when it is not an ONNX graph.
 
 Every node counts (the graph's, its subgraphs' and its local functions'), and every element type the file
 states: initializers, Constant values, Cast targets, declared inputs, outputs and values, Q `output_dtype`.
@@ -54,7 +54,9 @@ def graph_precision(path: str | Path) -> str:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as e:
-        raise ValueError(f"{Path(path).name} is not an ONNX graph ({str(e).splitlines()[0][:80]})") from None
+        raise ValueError(str(e).splitlines()[0][:100] if str(e) else type(e).__name__) from None
+    if not model.graph.node:  # an empty file parses as an empty ModelProto: that is no graph at all
+        raise ValueError("it holds no nodes")
     return precision_of(model)
 
 

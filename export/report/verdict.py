@@ -41,7 +41,7 @@ from export.folder.digest import onnx_sha256
 from export.report.compare import ROW_OUTPUTS
 from export.report.graph_precision import graph_precision
 from export.report.persist import read_report
-from export.report.schema import TENSORRT_ONNX_KEY, Report, key_precision
+from export.report.schema import REBUILD, TENSORRT_ONNX_KEY, Report, key_precision
 from export.report.thresholds import Threshold, ThresholdError, Thresholds
 
 STATS = ("max_abs", "scaled_error", "cosine")  # required: the pass rule reads them
@@ -309,42 +309,49 @@ def artifact_checks(report: Report, build_dir: Path) -> list[Check]:
 
 def kind_checks(report: Report, build_dir: Path, verified: set[str]) -> list[Check]:
     """Every graph artifact (and engine) is what its key says, read from the files themselves; `verified`: the
-    paths whose sha256 matched (the others fail already)."""
+    paths whose sha256 matched (the others fail already). A file that is not a usable graph or sidecar is
+    UsageError (exit 2), as for the report itself."""
     checks = []
     for key, rel in sorted(report.artifacts.items()):
         precision = key_precision(key)
         if precision is None or rel not in verified:
             continue
         try:
-            if key.startswith("engine-"):
-                what = engine_precision(build_dir, report, key)
-            else:
-                what = graph_precision(build_dir / rel)
-        except (ValueError, UsageError) as e:
-            checks.append(Check("graphs", key, False, f"{rel}: {e}", KIND))
+            what = engine_precision(build_dir, report, key, verified) if key.startswith("engine-") else None
+        except ValueError as e:
+            checks.append(Check("graphs", key, False, f"{rel} cannot be judged: {e}", KIND))
             continue
-        ok = what == precision
+        what = what or _read_precision(build_dir, rel)
         why = f"{rel} is {what}"
-        if not ok:
+        if what != precision:
             why += f", not {precision} as its key {key!r} says; thresholds follow what it is"
-        checks.append(Check("graphs", key, ok, why, KIND))
+        checks.append(Check("graphs", key, what == precision, why, KIND))
     return checks
 
 
-def engine_precision(build_dir: Path, report: Report, key: str) -> str:
+def engine_precision(build_dir: Path, report: Report, key: str, verified: set[str]) -> str:
     """What an engine computes in: the precision of the graph it was built from, which its sidecar must name,
-    with that graph's hash. A plan cannot be read without TensorRT; its sidecar and graph can."""
+    with that graph's hash. A plan cannot be read without TensorRT; its sidecar and graph can. ValueError: why the
+    engine cannot be judged by them."""
     sidecar_rel, graph_rel = report.artifacts.get(key + ".sidecar"), report.artifacts.get(TENSORRT_ONNX_KEY)
     if sidecar_rel is None or graph_rel is None:
         raise ValueError(f"the report lists no {key}.sidecar or {TENSORRT_ONNX_KEY} artifact to judge it by")
-    sidecar = load_json(verify_artifact(build_dir, sidecar_rel, report), what="engine sidecar", max_bytes=MiB)
-    graph = verify_artifact(build_dir, graph_rel, report)
-    if not isinstance(sidecar, dict) or sidecar.get("onnx_sha256") != onnx_sha256(graph):
+    if not {sidecar_rel, graph_rel} <= verified:
+        raise ValueError(f"{sidecar_rel} or {graph_rel}, which it is judged by, failed its sha256 check")
+    sidecar = load_json(build_dir / sidecar_rel, what="engine sidecar", max_bytes=MiB)
+    built = _read_precision(build_dir, graph_rel)
+    if not isinstance(sidecar, dict) or sidecar.get("onnx_sha256") != onnx_sha256(build_dir / graph_rel):
         raise ValueError(f"its sidecar {sidecar_rel} does not record the sha256 of {graph_rel}, its graph")
-    built = graph_precision(graph)
     if sidecar.get("precision") != built:
         raise ValueError(f"its sidecar says {sidecar.get('precision')!r}, but {graph_rel}, its graph, is {built}")
     return built
+
+
+def _read_precision(build_dir: Path, rel: str) -> str:
+    try:
+        return graph_precision(build_dir / rel)
+    except ValueError as e:
+        raise UsageError(f"{build_dir}/{rel} is not a usable ONNX graph ({e}); {REBUILD}") from None
 
 
 def _count(v: object) -> int | None:

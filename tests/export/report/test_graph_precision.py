@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
+from export.errors import UsageError
 from export.folder.digest import onnx_sha256, sha256_file
 from export.report.graph_precision import graph_precision, precision_of
 from export.report.schema import Report, key_precision
@@ -126,10 +127,14 @@ def test_a_quantization_of_another_type_is_named():
     assert precision_of(m) == "quantized (uint8)"
 
 
-def test_a_file_that_is_not_onnx_is_refused(tmp_path):
-    (tmp_path / "g.onnx").write_bytes(b"not a graph \xff" * 10)
-    with pytest.raises(ValueError, match="not an ONNX graph"):
+@pytest.mark.parametrize("content", [b"not a graph \xff" * 10, b""])
+def test_a_file_that_is_not_onnx_is_refused(tmp_path, content):
+    (tmp_path / "g.onnx").write_bytes(content)
+    with pytest.raises(ValueError):
         graph_precision(tmp_path / "g.onnx")
+    report = report_about(tmp_path, "onnx", {"onnx": "g.onnx"})
+    with pytest.raises(UsageError, match="g.onnx is not a usable ONNX graph"):
+        judge(report, Thresholds.defaults(), tmp_path)
 
 
 def report_about(folder: Path, key: str, files: dict[str, str], **sections) -> Report:
