@@ -3,7 +3,7 @@
 A run works in `<out>/.staging-<random>/`, holding an exclusive lock on `.staging-*/.lock` for its whole
 life, and moves the finished set into `<out>` at the end: the previous set stays untouched until then.
 Staging folders of dead runs (killed, even by SIGKILL) are removed by the next run: the kernel drops a
-dead process's lock, so a `.staging-*` folder whose lock can be taken belongs to nobody.
+dead process's lock, so a staging folder of ours whose lock can be taken belongs to nobody.
 
 Ownership (export.folder.ownership): a run removes or replaces only files a run of ours wrote, as the manifest
 `.roformer-trt-files.json` and the previous report record them, with their sha256. Everything else in
