@@ -101,6 +101,7 @@ def inspect_checkpoint(
     family = family_of(files.config, set(state), path)
     impl = attn_implementation(family, attention)
     config = family.make_config(files.config, path)
+    config._attn_implementation = impl  # whatever the file asks (flash-attention does not export), before any build
     task = task or detect_task(family, state, config, path)
     if task == "model":  # a bare encoder: accept keys with or without the base model's prefix
         state = {k.removeprefix(family.base_prefix + "."): v for k, v in state.items()}

@@ -136,11 +136,16 @@ def test_bare_weights_load_with_config_beside_or_given(hf_ckpt, tmp_path):
     assert load_checkpoint(tmp_path / "c.pt").family.name == "modernbert"
 
 
-def test_sdpa_is_taken_when_asked_and_never_flash_attention(hf_ckpt):
+def test_sdpa_is_taken_when_asked_and_never_flash_attention(hf_ckpt, tmp_path):
+    """--attention sdpa is honoured; a config that asks for flash-attention (which does not export, nor is it
+    installed here) still loads, with the kernel we export."""
     folder, _ = hf_ckpt("modernbert")
     assert load_checkpoint(folder, attention="sdpa").model.config._attn_implementation == "sdpa"
     config = json.loads((folder / "config.json").read_text())
-    assert "_attn_implementation" not in config and "attn_implementation" not in config
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    ck = load_checkpoint(tmp_path)
+    assert ck.attn_implementation == ck.model.config._attn_implementation == "eager"
 
 
 @pytest.mark.parametrize(
