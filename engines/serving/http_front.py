@@ -17,6 +17,7 @@ a new client is served at once while slow ones hold threads (health and inferenc
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
@@ -243,6 +244,7 @@ class HttpFront(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._waiting: dict[FrontHandler, float] = {}  # connections waiting for a request -> since when
         self._lock = threading.Lock()
+        self._local = threading.local()  # each connection thread's upstream connections
         self._thread: threading.Thread | None = None
 
     def handle_error(self, request, client_address):
@@ -279,24 +281,47 @@ class HttpFront(ThreadingHTTPServer):
                 pass
         log.debug("every connection thread taken: closed the connection waiting longest for its request")
 
+    def upstream(self, method: str, path: str, body: bytes | None, headers: dict):
+        """(status, relayed headers, body) of the same request sent to tritonserver's socket (GET /metrics:
+        its metrics socket), on a kept-alive connection of this thread's."""
+        metrics = path.split("?", 1)[0] == "/metrics"
+        for attempt in (0, 1):  # a kept-alive connection that tritonserver closed meanwhile is opened once more
+            conn = self._connection(metrics)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                reply = conn.getresponse()
+                data = reply.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop(metrics)
+                if attempt:
+                    raise
+                continue
+            except OSError:
+                self._drop(metrics)
+                raise
+            relayed = [(k, v) for k, v in reply.getheaders() if k in RELAYED or k.title() in RELAYED]
+            return reply.status, relayed, data
+        raise AssertionError("unreachable")
+
+    def _connection(self, metrics: bool) -> UnixHTTPConnection:
+        conns = self._local.__dict__.setdefault("conns", {})
+        if metrics not in conns:
+            where = self.sockets.metrics if metrics else self.sockets.http
+            conns[metrics] = UnixHTTPConnection(where, timeout=UPSTREAM_TIMEOUT_S)
+        return conns[metrics]
+
+    def _drop(self, metrics: bool) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(metrics, None)
+        if conn is not None:
+            conn.close()
+
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._drop(False)
+            self._drop(True)
             self._slots.release()
-
-    def upstream(self, method: str, path: str, body: bytes | None, headers: dict):
-        """(status, relayed headers, body) of the same request sent to tritonserver's socket (metrics: its
-        metrics socket), on a connection of its own: connecting to a Unix socket costs microseconds."""
-        where = self.sockets.metrics if path.split("?", 1)[0] == "/metrics" else self.sockets.http
-        conn = UnixHTTPConnection(where, timeout=UPSTREAM_TIMEOUT_S)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            reply = conn.getresponse()
-            data = reply.read()
-        finally:
-            conn.close()
-        return reply.status, [(k, v) for k, v in reply.getheaders() if k in RELAYED or k.title() in RELAYED], data
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-front", daemon=True)

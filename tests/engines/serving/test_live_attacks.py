@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.serving import sandbox
+from engines.serving.sockets import SocketFolder, UnixHTTPConnection
 from tests.engines.serving import local_attacker
 from tests.engines.serving.live_server import SKIP, live_marks
 
@@ -92,11 +96,20 @@ def attack(targets: dict) -> tuple[str, list[dict]]:
     return ("nobody" if ids else "this user"), [json.loads(line) for line in done.stdout.splitlines()]
 
 
+def _isolated() -> None:
+    from engines.serving.tritonserver import isolation_refused
+
+    refused = isolation_refused()
+    if refused is not None:
+        pytest.skip(f"this host cannot isolate tritonserver ({refused}): engines.serving refuses to serve here")
+
+
 def test_a_local_user_reaches_no_api_and_reads_no_tensor(server):
     """Issue 27's attack. On the server before the fix tritonserver's HTTP port on 127.0.0.1 answered the
     registration 200 and the backend's region in /dev/shm was 0644: both breaches. Now tritonserver has no
     TCP port (in the host's network or its own), its sockets are in a 0700 folder, its regions in a /dev/shm
     of its own; the keys on its command line (which the attacker does read) open nothing it can reach."""
+    _isolated()
     urls, _ = server
     triton = urls["server"]
     serving = [os.getpid(), triton.proc.pid, *triton.stubs]
@@ -247,3 +260,49 @@ def test_64_trickling_clients_do_not_lock_out_a_new_one(server):
             t.join()
     print(f"with {TRICKLERS} trickling clients: health answered in {health_s:.2f} s, an inference in {infer_s:.2f} s")
     assert health_s < ANSWER_WITHIN_S and infer_s < ANSWER_WITHIN_S, (health_s, infer_s)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming an unprivileged user takes root")
+def test_tritonserver_runs_isolated_as_an_unprivileged_user(tmp_path_factory):
+    """The path of every non-root user, with the real binary: sandbox.py (an unprivileged user namespace
+    first) execs tritonserver, which serves on its Unix sockets from a network of its own. An empty model
+    repository: the Python backend stub needs an interpreter nobody may run here, the launcher's own test
+    (test_sandbox.py) covers /dev/shm for that user."""
+    from engines.serving.tritonserver import find_tritonserver, server_env
+
+    python = local_attacker.python_for(NOBODY)
+    if python is None:
+        pytest.skip("no Python interpreter that user nobody can run")
+    work = Path(tempfile.mkdtemp(prefix="roformer-nobody-"))  # /tmp: nobody may not enter pytest's folders
+    try:
+        os.chown(work, NOBODY, NOBODY)
+        for sub in ("repository", "sockets"):
+            (work / sub).mkdir(mode=0o700)
+            os.chown(work / sub, NOBODY, NOBODY)
+        sockets, dist = SocketFolder(work / "sockets"), find_tritonserver()
+        launcher = [python, "-I", "-S", "-c", Path(sandbox.__file__).read_text(), "--parent", str(os.getpid()), "--"]
+        cmd = [*launcher, str(dist.binary), "--model-repository", str(work / "repository"), *sockets.triton_args()]
+        ids = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+        proc = subprocess.Popen(
+            cmd, env=server_env(dist), cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **ids
+        )
+        try:
+            deadline, status = time.monotonic() + 60, None
+            while status is None and time.monotonic() < deadline and proc.poll() is None:
+                conn = UnixHTTPConnection(sockets.http, timeout=5)
+                try:
+                    conn.request("GET", "/v2/health/live")
+                    status = conn.getresponse().status
+                except OSError:
+                    time.sleep(0.3)
+                finally:
+                    conn.close()
+            assert status == 200, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no answer"
+            assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            assert Path(f"/proc/{proc.pid}/uid_map").read_text().split() == [str(NOBODY), str(NOBODY), "1"]
+            assert listening_tcp(Path(f"/proc/{proc.pid}/net")) == {}
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
