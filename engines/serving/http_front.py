@@ -56,9 +56,10 @@ def header_length(value: str | None, name: str) -> int | None:
     """A length header's value as an int (None when absent); Refusal(400) unless it is 1-18 ASCII digits."""
     if value is None:
         return None
-    if not LENGTH.fullmatch(value.strip()):
+    digits = value.strip(" \t")  # HTTP's own whitespace; str.strip() would take Unicode spaces too
+    if not LENGTH.fullmatch(digits):
         raise Refusal(400, f"{name} {value[:20]!r} is not a length in ASCII digits")
-    return int(value.strip())
+    return int(digits)
 
 
 class DeadlineReader(io.RawIOBase):

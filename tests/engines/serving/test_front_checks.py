@@ -42,6 +42,7 @@ BODY = infer_json([1, 3], [1, 2, 3])
         (b"Content-Length: \xb2\r\n", "Content-Length '\u00b2' is not a length in ASCII digits"),  # isdigit() is true
         (b"Content-Length: \xb9\xb2\r\n", "is not a length in ASCII digits"),
         (b"Content-Length: +%d\r\n" % len(BODY), "is not a length in ASCII digits"),  # int() takes it
+        (b"Content-Length: %d\xa0\r\n" % len(BODY), "is not a length in ASCII digits"),  # str.strip() takes it
         (b"Content-Length: 1" + b"0" * 4400 + b"\r\n", "is not a length in ASCII digits"),  # past int()'s 4300 digits
         (
             b"Content-Length: %d\r\nInference-Header-Content-Length: \xb9\xb2\r\n" % len(BODY),
