@@ -10,6 +10,8 @@ Out: a grpc.Server that forwards the KServe v2 methods tritonclient uses (live, 
      over the cap is RESOURCE_EXHAUSTED (gRPC's own receive limit); streaming inference, shared memory,
      model load/unload, logging and trace settings are UNIMPLEMENTED here. No client metadata is passed on
      (tritonserver reads only its restriction key from it); the key goes with RepositoryIndex alone.
+     A connection silent for IDLE_S (no HTTP/2 handshake, or no call) is closed. gRPC's core reads each
+     message whole before a worker sees it, so a slow sender holds no worker thread.
 Why: over gRPC tritonserver 2.51 compares the declared byte size with the data, but in 64 bits: an INT64
 input of shape [1, 2**61 + 1] with 8 bytes of data passes and kills the model's backend stub, after which
 tritonserver answers every request with "Stub process is not healthy" while reporting itself ready.
@@ -52,6 +54,7 @@ STREAMING = {"ModelStreamInfer"}
 KEYED = "RepositoryIndex"  # the one forwarded method behind tritonserver's restriction key
 KEY_METADATA = f"triton-grpc-protocol-{RESTRICTION_HEADER}"
 WORKERS = 16  # requests handled at once; more wait in gRPC's queue
+IDLE_S = 30.0  # a connection silent this long (no handshake, or no call) is closed, as at the HTTP front
 UPSTREAM_TIMEOUT_S = 600.0  # when the client set no deadline
 TYPED_CONTENTS = {  # datatype -> the InferTensorContents field that carries it
     "BOOL": "bool_contents",
@@ -161,7 +164,7 @@ class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
         )
 
 
-def start_grpc_front(address: str, upstream: str, cap: RequestCap, key: str):
+def start_grpc_front(address: str, upstream: str, cap: RequestCap, key: str, idle_s: float = IDLE_S):
     """Serve the front on `address` (host:port, port 0: a free one) before tritonserver at `upstream`
     (unix:<path>); returns the server, its upstream channel (stop and close both) and the port it listens on."""
     require_grpc()
@@ -175,6 +178,8 @@ def start_grpc_front(address: str, upstream: str, cap: RequestCap, key: str):
             ("grpc.max_receive_message_length", cap.max_body_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            ("grpc.server_handshake_timeout_ms", int(idle_s * 1000)),  # a connection that never speaks HTTP/2
+            ("grpc.max_connection_idle_ms", int(idle_s * 1000)),  # one with no call (GOAWAY: clients reconnect)
         ],
     )
     port = server.add_insecure_port(address)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.engines.serving.stand_in import MODEL, send, serving_front
+from tests.engines.serving.stand_in import CAP, MODEL, send, serving_front
 
 DEADLINE_S = 1.5
 THREADS = 8
@@ -107,3 +107,22 @@ def test_an_idle_connection_is_closed_at_the_deadline(front):
             data += chunk
         elapsed = time.monotonic() - start
     assert data.startswith(b"HTTP/1.1 200") and DEADLINE_S - 0.3 <= elapsed <= DEADLINE_S + 2, (data[:40], elapsed)
+
+
+def test_a_silent_or_idle_grpc_connection_is_closed():
+    pytest.importorskip("grpc", reason="grpcio (dev extra) not installed")
+    from engines.serving.grpc_front import start_grpc_front
+
+    server, channel, port = start_grpc_front("127.0.0.1:0", "unix:/nonexistent", CAP, "k", idle_s=DEADLINE_S)
+    try:
+        for first_bytes in (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(first_bytes)  # nothing, or the HTTP/2 preface and an empty SETTINGS frame, then silence
+                start = time.monotonic()
+                while s.recv(65536):
+                    pass
+                elapsed = time.monotonic() - start
+            assert DEADLINE_S - 0.3 <= elapsed <= DEADLINE_S + 3, (first_bytes[:3], elapsed)
+    finally:
+        server.stop(grace=None)
+        channel.close()
