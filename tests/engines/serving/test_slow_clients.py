@@ -14,7 +14,7 @@ import pytest
 
 from tests.engines.serving.stand_in import CAP, MODEL, send, serving_front
 
-DEADLINE_S = 1.5
+DEADLINE_S = 2.0
 THREADS = 8
 
 
@@ -58,26 +58,21 @@ def test_a_trickling_request_is_cut_at_its_deadline(front):
 
 
 def test_a_body_sent_too_slowly_gets_408(front):
+    """A byte of the body every 0.2 s until just before the deadline, then nothing more: the front answers
+    408 at the deadline (the bytes stop early so the front's close is clean, not a reset that loses it)."""
     body = b'{"inputs": []}' + b" " * 50
     with socket.create_connection(("127.0.0.1", front), timeout=30) as s:
-        s.sendall(b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MODEL.encode(), len(body)))
         start = time.monotonic()
+        s.sendall(b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MODEL.encode(), len(body)))
+        for i in range(int((DEADLINE_S - 0.5) / 0.2)):
+            s.sendall(body[i : i + 1])
+            time.sleep(0.2)
         answer = b""
-        for i in range(len(body)):
-            try:
-                s.sendall(body[i : i + 1])
-            except OSError:
-                break
-            s.settimeout(0.2)
-            try:
-                answer += s.recv(65536)
-            except TimeoutError:
-                continue
-            if answer:
-                break
+        while chunk := s.recv(65536):
+            answer += chunk
         elapsed = time.monotonic() - start
     assert answer.startswith(b"HTTP/1.1 408") and b"was not whole within" in answer, answer[:200]
-    assert elapsed <= DEADLINE_S + 2
+    assert DEADLINE_S - 0.3 <= elapsed <= DEADLINE_S + 2, elapsed
 
 
 def test_a_new_client_is_answered_while_every_thread_is_taken(front):
@@ -94,7 +89,7 @@ def test_a_new_client_is_answered_while_every_thread_is_taken(front):
         stop.set()
         for t in tricklers:
             t.join()
-    assert code == 200 and elapsed < 0.5 * DEADLINE_S, (code, elapsed)
+    assert code == 200 and elapsed < DEADLINE_S - 0.5 - 0.5, (code, elapsed)  # before any trickler's deadline
     assert min(closed) < DEADLINE_S  # the one that made room was closed before its own deadline
 
 
