@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
 from plugins import build as plugin_build_cli  # noqa: E402
 from plugins import identity, locate  # noqa: E402
+from tests.plugins.fixtures import bind_launch  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -66,13 +67,7 @@ def kernels(tmp_path_factory):
         if proc.returncode != 0:
             pytest.fail(f"kernel build failed:\n{(proc.stderr + proc.stdout)[-6000:]}")
         path = build_dir / locate.KERNEL_LIB
-    lib = ctypes.CDLL(str(path))
-    # (dtype, interleaved, k, x, y, sincos, B, H[k], S, Dh, R, P, stream)
-    lib.roformer_rotary_launch.restype = ctypes.c_int
-    lib.roformer_rotary_launch.argtypes = (
-        [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3 + [I64, ctypes.c_void_p] + [I64] * 4 + [ctypes.c_void_p]
-    )
-    return lib
+    return bind_launch(ctypes.CDLL(str(path)))
 
 
 def launch(lib, xs: list, ys: list, table, rotary_dim: int, interleaved: int = 1) -> int:

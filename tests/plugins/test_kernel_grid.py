@@ -11,12 +11,21 @@ AddressSanitizer + UBSan runs the same program.
 
 from __future__ import annotations
 
+import ctypes
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
-from tests.plugins.fixtures import SANITIZE_BUILD_DIR, build_targets, plugin_build, sanitizer_supported  # noqa: F401
+from plugins import identity, locate
+from tests.plugins.fixtures import (  # noqa: F401
+    SANITIZE_BUILD_DIR,
+    bind_launch,
+    build_targets,
+    plugin_build,
+    sanitizer_supported,
+)
 
 TARGET = "roformer_rotary_kernel_grid_test"
 WIDTHS = {
@@ -73,3 +82,34 @@ def test_launcher_takes_the_launch_error():
     src = (identity.CONFIG_YAML.parent / "roformerRotaryKernel.cu").read_text()
     code = "\n".join(line.split("//")[0] for line in src.splitlines())
     assert "cudaPeekAtLastError" not in code and "return cudaGetLastError();" in code
+
+
+def test_launcher_c_entry_validates_before_any_cuda_call(plugin_build):  # noqa: F811
+    """The C entry's argument order and its refusals, on the CPU: a call it refuses (cudaErrorInvalidValue = 1)
+    and an empty call (B = 0: cudaSuccess) both return before any CUDA call, so they need no GPU. An argument
+    out of place (H as a count, interleaved and k swapped, ...) turns these answers around."""
+    lib = bind_launch(ctypes.CDLL(str(plugin_build.require(locate.KERNEL_LIB, "see the CMake log"))))
+    buf = np.zeros(4096, np.float32)
+    ptrs = (ctypes.c_void_p * 4)(*([buf.ctypes.data] * 4))
+    heads = (ctypes.c_int64 * 4)(4, 2, 2, 2)  # grouped-query attention: x_1.. with 2 heads
+
+    def launch(dtype=0, interleaved=1, k=2, b=0, h=heads, s=5, dh=8, r=8, p=5):
+        return lib.roformer_rotary_launch(dtype, interleaved, k, ptrs, ptrs, buf.ctypes.data, b, h, s, dh, r, p, None)
+
+    for layout in identity.INTERLEAVED_ALLOWED:
+        for k in range(1, 5):
+            assert launch(interleaved=layout, k=k) == 0  # B = 0: nothing to do, a valid call
+    for bad in (
+        dict(interleaved=2),
+        dict(interleaved=-1),
+        dict(k=0),
+        dict(k=5),
+        dict(dtype=3),
+        dict(s=6),  # S > P
+        dict(r=6, dh=4),  # R > Dh
+        dict(r=3),
+        dict(b=-1),
+        dict(h=(ctypes.c_int64 * 4)(4, -2, 2, 2)),  # a negative H_1
+        dict(h=None),
+    ):
+        assert launch(**bad) == 1, bad  # cudaErrorInvalidValue
