@@ -2,7 +2,7 @@
 
 A family file (export/families/roformer.py, modernbert.py) builds one `Family` from data and small functions
 of the config; export/families/registry.py finds it from a checkpoint's config. Everything else reads these
-fields and never tests a `model_type` (tests/export/families/test_family_blind.py greps for that).
+fields and never tests a `model_type` (tests/export/families/test_registry.py checks the code for that).
 
 Fields, in the order a build needs them:
 - recognising a checkpoint: `model_types`, `recognise(config dict, weight keys)` for configs without a
@@ -10,7 +10,7 @@ Fields, in the order a build needs them:
 - building it: `make_config(config dict, path)` checks every field the file relies on and refuses, with the
   reason, what the file does not implement (UsageError, exit 2); `heads` (task -> transformers class);
   `base_prefix` (the base model's attribute and key prefix in the head classes); `layer_key` (the regex whose
-  group 1 is the layer index of an encoder weight key); `detect_task(keys, config)`; `attn_implementations`
+  group 1 is the layer index of an encoder weight key); `detect_task(state, config)`; `attn_implementations`
   (the attention kernels the export may use, the first is the default);
 - position tables that are a formula, not weights (RoFormer's sinusoidal table; None when the family has
   none): `positions`;
