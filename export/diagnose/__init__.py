@@ -66,10 +66,18 @@ class Diagnosis:
         }
 
 
+QUANT_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"}
+)  # a Q/DQ graph (export.build --precision int8 | fp8) or ONNX Runtime's dynamic quantization (the INT8 CPU twin)
+
+
 def graph_precision(model: onnx.ModelProto) -> str:
-    """fp16 / bf16 when the graph stores or casts to that type anywhere, else fp32."""
+    """fp8 / int8 for a quantized graph (by its float8 tensors, else its quantization ops), else fp16 / bf16 when
+    the graph stores or casts to that type anywhere, else fp32: the thresholds it is judged by."""
     types = {t.data_type for t in model.graph.initializer}
     types |= {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    if any(n.op_type in QUANT_OPS for n in model.graph.node):
+        return "fp8" if TensorProto.FLOAT8E4M3FN in types else "int8"
     return "fp16" if TensorProto.FLOAT16 in types else "bf16" if TensorProto.BFLOAT16 in types else "fp32"
 
 
