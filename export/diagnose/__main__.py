@@ -18,7 +18,7 @@ from export.checkpoint.rebuild import load_checkpoint
 from export.cli import Parser
 from export.diagnose import diagnose, diagnose_model
 from export.diagnose.divergence import DEFAULT_BUDGET
-from export.diagnose.inputs import check_feeds, graph_feeds, graph_shape, vocab_sizes
+from export.diagnose.inputs import check_feeds, check_tokens, graph_feeds, graph_shape, vocab_sizes
 from export.diagnose.render import write_outputs
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
 from export.files import check_distinct, check_output_file, load_toml
@@ -30,7 +30,7 @@ from export.numbers import check_int, float_arg, int_arg
 from export.onnx_export import declared_max_len
 from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
-from export.report.schema import ONNX_KEY, REPORT_JSON, REPORT_MD, key_precision
+from export.report.schema import ONNX_KEY, REPORT_JSON, REPORT_MD, Report, key_precision
 from export.report.thresholds import ThresholdError, Thresholds
 from export.validate import OnnxFile, Shape, make_inputs
 
@@ -162,7 +162,8 @@ def _graph_inputs(args) -> GraphPair:
     for g in (ref, cand):
         check_feeds(g.model, feeds, f"graph {g.path}")
     files = [g.path for g in (ref, cand)] + [g.path.parent / f for g in (ref, cand) for f in g.data_files]
-    return GraphPair(ref, cand, feeds, files)
+    records = [g.path.parent / n for g in (ref, cand) for n in (REPORT_JSON, REPORT_MD, MANIFEST)]
+    return GraphPair(ref, cand, feeds, files + records)  # a build's records beside a graph are never written over
 
 
 def _vocab_from_report(graph: GraphFile) -> tuple[int, int]:
@@ -196,7 +197,7 @@ class BuildRun:
     """A build's graph against the PyTorch model of its checkpoint, every file checked before the model loads."""
 
     build: Path
-    report: object
+    report: Report
     key: str
     graph: Path
     checkpoint: Path
@@ -290,6 +291,7 @@ def _case_shape(report, key: str, args) -> Shape:
     batch, seq = args.batch or 2, args.seq or min(61, max_len)
     if seq > max_len:
         raise UsageError(f"--seq {seq} is longer than the build's max_len {max_len}; pass --seq {max_len} or less")
+    check_tokens(batch, seq)
     choices = 2 if (report.model or {}).get("task") == "multiple-choice" else None
     return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, choices)
 

@@ -14,13 +14,13 @@ from export.onnx_export import declared_max_len
 from export.validate import Shape, make_inputs
 
 MC_CHOICES = 2  # choices per example for a multiple-choice graph, as in validation
+MAX_TOKENS = 1 << 16  # batch x seq of one diagnosis: 32 x 2048 (validation's longest case is 1 x max_len)
 GRAPH_FIX = "pass a RoFormer graph written by python -m export.build"
 
 
 def graph_shape(model: onnx.ModelProto, batch: int, seq: int) -> Shape:
     """Shape(batch, seq) for this graph: the last row half padded when there are rows and tokens to pad."""
-    if batch < 1 or seq < 1:
-        raise UsageError(f"--batch {batch} --seq {seq}: both must be at least 1")
+    check_tokens(batch, seq)
     max_len = declared_max_len(model)
     if max_len is not None and seq > max_len:
         raise UsageError(f"--seq {seq} is longer than the graph's max_len {max_len}; pass --seq {max_len} or less")
@@ -29,6 +29,17 @@ def graph_shape(model: onnx.ModelProto, batch: int, seq: int) -> Shape:
         raise UsageError("the graph has no input_ids input; pass a RoFormer graph written by python -m export.build")
     rank = len(ids.type.tensor_type.shape.dim)
     return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, MC_CHOICES if rank == 3 else None)
+
+
+def check_tokens(batch: int, seq: int) -> None:
+    """UsageError unless 1 <= batch, seq and batch x seq <= MAX_TOKENS."""
+    if batch < 1 or seq < 1:
+        raise UsageError(f"--batch {batch} --seq {seq}: both must be at least 1")
+    if batch * seq > MAX_TOKENS:
+        raise UsageError(
+            f"--batch {batch} x --seq {seq} is {batch * seq} tokens, more than the {MAX_TOKENS} a diagnosis runs; "
+            "a divergence shows on a few rows: pass a smaller --batch or --seq"
+        )
 
 
 def table_rows(model: onnx.ModelProto, input_name: str) -> int | None:

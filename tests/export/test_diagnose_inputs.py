@@ -124,6 +124,11 @@ def test_seq_past_the_graphs_max_len(built, capsys, no_work):
     refused(capsys, ["--build", built, "--batch", "0"], "argument --batch: '0' is out of range")
 
 
+def test_too_many_tokens_for_a_graph_that_declares_no_max_len(tmp_path, capsys, no_work):
+    g = small_graph(tmp_path)  # declares no max_len: only the token bound stands between --seq and the memory
+    refused(capsys, [g, g, "--batch", "256", "--seq", "100000"], "25600000 tokens, more than the 65536")
+
+
 def test_output_paths_are_checked_before_the_run(built, tmp_path, capsys, no_work):
     pair = [built / "model.onnx", built / "model.rope-plugin.onnx"]
     refused(capsys, [*pair, "--json", "/proc/x.json"], "--json /proc/x.json cannot be written in /proc")
@@ -144,6 +149,7 @@ def test_an_input_is_never_written_over(copy, built, tmp_path, capsys, no_work):
     text = report.read_text()
     refused(capsys, ["--build", built, "--png", report], "an input of this run")
     refused(capsys, ["--build", built, "--json", built / "model.onnx.data"], "an input of this run")
+    refused(capsys, [built / "model.onnx", built / "model.onnx", "--md", built / "report.md"], "an input of this run")
     assert report.read_text() == text
 
 
