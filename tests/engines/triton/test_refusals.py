@@ -44,7 +44,7 @@ def test_triton_garbage_onnx_with_matching_hash_exits_2(copy, tmp_path, capsys):
     digest = hashlib.sha256(b"garbage").hexdigest()
     doctor(lambda r: r["artifacts_sha256"].update({"model.onnx": digest}))
     assert triton.main(["--build", str(out), "--out", str(tmp_path / "r")]) == 2
-    assert "is not an ONNX file" in one_line(capsys)  # export.graph_file, through export.folder.artifacts
+    assert "not a usable ONNX graph" in one_line(capsys)
 
 
 @pytest.mark.parametrize("bad_out", ["file", "/proc/roformer-trt-test"])
