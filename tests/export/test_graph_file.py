@@ -22,8 +22,12 @@ def test_a_sound_graph_and_its_data_file(tmp_path):
     assert g.model.graph.initializer[0].data_location == TensorProto.EXTERNAL  # structure only: nothing loaded
 
 
-def test_every_graph_a_build_writes_passes(built):
-    for f in sorted(built.glob("*.onnx")):
+@pytest.mark.parametrize("build", ["built", "int8_built", "pooled"])  # fp32; int8 and its CPU twin; fp16 pooled
+def test_every_graph_a_build_writes_passes(request, build):
+    folder = request.getfixturevalue(build)
+    graphs = sorted(folder.glob("*.onnx"))
+    assert len(graphs) >= 2
+    for f in graphs:
         assert read_graph(f).data_files, f
 
 
