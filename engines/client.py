@@ -32,6 +32,7 @@ import numpy as np
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
+from export.numbers import NumberError, int_arg, parse_int
 from export.text import TextTokenizer, load_text_tokenizer
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
@@ -123,7 +124,7 @@ class TritonEncoderClient:
             else:
                 params = cfg.config.parameters
                 value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
-            return int(value) if value and value.isdigit() and int(value) > 0 else None
+            return _positive(value)
         raise ServerError(reason)
 
     def input_names(self) -> list[str]:
@@ -183,6 +184,14 @@ class TextEncoder:
         self.client.close()
 
 
+def _positive(value: str | None) -> int | None:
+    """A positive integer the server published as text (ASCII digits only), else None."""
+    try:
+        return parse_int(value, lo=1) if value else None
+    except NumberError:
+        return None
+
+
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m engines.client",
@@ -204,7 +213,7 @@ def build_parser() -> Parser:
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=int_arg(),
         default=None,
         help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
     )

@@ -28,6 +28,7 @@ import torch
 
 from export.errors import UsageError
 from export.families.registry import family_of_model
+from export.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.spec import ExportSpec
 
@@ -46,10 +47,11 @@ FAMILY_KEY = "roformer_trt.family"  # metadata_props: the family whose layer map
 
 
 def declared_max_len(model: onnx.ModelProto) -> int | None:
-    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none."""
+    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none;
+    NumberError (exit 2) for a value that is not a length."""
     for prop in model.metadata_props:
-        if prop.key == MAX_LEN_KEY and prop.value.isdigit():
-            return int(prop.value)
+        if prop.key == MAX_LEN_KEY:
+            return parse_int(prop.value, what=f"the graph's metadata {MAX_LEN_KEY}", lo=1, hi=2**31 - 1)
     return None
 
 
