@@ -1,5 +1,6 @@
 """Site matching (read-only), the per-site dims check and the grouping of sites into layers."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -73,9 +74,12 @@ def test_a_declined_layout_is_a_miss_with_its_reason_and_the_first_site_wins(tmp
     torch.manual_seed(0)
     model = export_module(NeoXAttention(), tmp_path / "neox.onnx", 16, ["y"])
     graph = gs.import_onnx(model)
-    sites, misses = find_sites(graph, LAYOUTS)
-    assert sites == [] and [m.reason for m in misses] == [SPLIT_HALVES.declined]
+    declined = dataclasses.replace(SPLIT_HALVES, name="halves-declined", reference=None, declined="not rewritten here")
+    sites, misses = find_sites(graph, (ROFORMER_INTERLEAVED, declined))
+    assert sites == [] and [m.reason for m in misses] == [declined.declined]
     assert find_sites(graph, (ROFORMER_INTERLEAVED,)) == ([], [])  # not a candidate for interleaved pairs
+    sites, misses = find_sites(graph, LAYOUTS)  # the default rules rewrite split halves
+    assert [s.layout for s in sites] == [SPLIT_HALVES] and misses == []
 
 
 def test_check_dims_binds_static_dims_and_names_a_mismatch():
