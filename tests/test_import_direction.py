@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "export.folder.ownership",
             "export.memory",
             "export.folder.disk",
+            "export.families",
         ),
     ),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
