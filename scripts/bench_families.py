@@ -139,9 +139,9 @@ class _LastHidden(torch.nn.Module):
 def export_ours_and_expanded(model, work: Path, max_len: int) -> None:
     import onnx
 
+    from export.families.spec import SPLIT_HALVES, LayerRotary, RotaryTable
     from export.onnx_io import write_model
     from export.passes.rotary import fuse_rotary
-    from export.passes.rotary.spec import RotarySpec
 
     ids = torch.randint(5, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
     b, s = torch.export.Dim("batch"), torch.export.Dim("sequence", max=model.config.max_position_embeddings)
@@ -155,7 +155,9 @@ def export_ours_and_expanded(model, work: Path, max_len: int) -> None:
         )  # fmt: skip
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    specs = [RotarySpec("split-halves", head_dim, float(cfg.rope_parameters[t]["rope_theta"])) for t in cfg.layer_types]
+    heads = (("query", cfg.num_attention_heads), ("key", cfg.num_attention_heads))
+    theta = {t: float(cfg.rope_parameters[t]["rope_theta"]) for t in set(cfg.layer_types)}
+    specs = [LayerRotary(SPLIT_HALVES, head_dim, RotaryTable(t, head_dim, theta[t]), heads) for t in cfg.layer_types]
     raw = onnx.load(str(work / "raw.onnx"), load_external_data=False)
     log("rotary pass (--rope onnx)")
     n = 2 * cfg.num_hidden_layers

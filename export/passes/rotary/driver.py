@@ -18,12 +18,14 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
+from export.families.spec import LayerRotary, RotaryTable
 from export.onnx_io import is_external, load_tensor
+from export.passes.graph_utils import static_dim
 from export.passes.rotary import rewrite, rules
 from export.passes.rotary.match import check_site, find_sites
 from export.passes.rotary.probe import Expected, default_feeds, verify_sites
 from export.passes.rotary.results import PassReport, Site
-from export.passes.rotary.spec import RotarySpec
+from export.passes.rotary.tables import sincos
 from export.reference import DEFAULT_BASE, sincos_table
 from plugins.identity import PLUGIN_DOMAIN, PLUGIN_OP
 
@@ -44,14 +46,14 @@ def fuse_rotary(
     base: float = DEFAULT_BASE,
     base_dir: str | Path | None = None,
     layouts: Sequence[rules.Layout] | None = None,
-    rotary: Sequence[RotarySpec] | None = None,
+    rotary: Sequence[LayerRotary] | None = None,
 ) -> tuple[onnx.ModelProto, PassReport]:
     """pattern -> check -> probe -> rewrite over the whole graph. Returns the new model and the report; the
-    caller decides what a coverage shortfall means (the CLI: exit 1). `rotary`: the spec of each layer in
-    order (one spec: every layer), from the model's family; the table of a layer is built from its spec
-    and the probe proves the graph computed that very table. Without it every site gets the RoFormer
-    table of `base` over the head size (`head_dim` is a hint for graphs whose shapes are not inferable),
-    in its own layout. `max_len` sizes the table (default: the graph's own RoFormer table);
+    caller decides what a coverage shortfall means (the CLI: exit 1). `rotary`: each layer's `LayerRotary`
+    in order (one: every layer), from the model's family (export/families/spec.py); the table of a layer is
+    built from it and the probe proves the graph computed that very table. Without it every site gets the
+    RoFormer table of `base` over the head size (`head_dim` is a hint for graphs whose shapes are not
+    inferable), in its own layout. `max_len` sizes the table (default: the graph's own RoFormer table);
     `layouts` defaults to rules.LAYOUTS. The new model references the same external data files as the
     input (write it beside the original)."""
     if mode not in MODES:
@@ -83,9 +85,15 @@ def fuse_rotary(
     rows = max_len or (_table_rows(graph, dims["Dh"], base_dir) if rotary is None and "Dh" in dims else None)
     if rows is None:
         raise ValueError("max_len is needed: no sinusoidal table initializer of width head_dim in the graph")
-    tables = {spec: spec.table(rows) for spec in dict.fromkeys(specs.values())}  # float64-built, fp32
+    tables = {spec: sincos(spec, rows) for spec in dict.fromkeys(specs.values())}  # float64-built, fp32
     expect = {name: Expected(tables[spec], spec) for name, spec in specs.items()}
-    bad |= _verify(model, [s for s in sites if s.name not in bad], expect, feeds or default_feeds(model), base_dir)
+    bad |= _verify(
+        model,
+        [s for s in sites if s.name not in bad],
+        expect,
+        feeds or default_feeds(model, seq=min(37, rows)),
+        base_dir,
+    )
 
     _rewrite_layers(graph, layers, bad, specs, tables, mode, report)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -106,37 +114,45 @@ def group_layers(sites: list[Site]) -> list[list[Site]]:
 
 def _site_specs(
     layers: list[list[Site]],
-    rotary: Sequence[RotarySpec] | None,
+    rotary: Sequence[LayerRotary] | None,
     head_dim: int | None,
     base: float,
     bad: dict[str, str],
-) -> dict[str, RotarySpec]:
-    """The spec of every site's layer. A site whose layout or rotated width is not its spec's is added to
-    `bad` with the reason (the interleaved layout told for a split-halves model, a partial rotary)."""
+) -> dict[str, RotaryTable]:
+    """The table of every site's layer. A site whose layout, rotated width or head count is not its layer's
+    is added to `bad` with the reason (the interleaved layout told for a split-halves model, a partial
+    rotary, a key of other heads)."""
     specs = {}
     for i, layer in enumerate(layers):
         for s in layer:
-            if rotary is None:  # RoFormer's table, over the head size, in the site's own layout
+            if rotary is None:  # RoFormer's table over the head size, in the site's own layout
                 r = head_dim or s.rotary_dim
                 if r is None:
                     raise ValueError(
                         "head size of the rotated tensors is not static after shape inference; pass head_dim"
                     )
-                layout = "interleaved" if s.layout.interleaved == 1 else "split-halves"
-                specs[s.name] = RotarySpec(layout, r, base)
+                specs[s.name] = RotaryTable("default", r, base)
                 continue
             if len(rotary) > 1 and i >= len(rotary):
                 bad.setdefault(s.name, f"layer {i} has no rotary spec; the family declares {len(rotary)} layers")
                 continue
-            spec = rotary[i if len(rotary) > 1 else 0]
-            specs[s.name] = spec
-            if s.layout.interleaved != spec.interleaved:
-                why = f"the graph rotates {s.layout.name}, but the rotary spec of layer {i} says {spec.layout}"
-                bad.setdefault(s.name, why)
-            elif s.rotary_dim is not None and s.rotary_dim != spec.rotary_dim:
-                why = f"the site rotates {s.rotary_dim} dims, but the rotary spec of layer {i} says R={spec.rotary_dim}"
-                bad.setdefault(s.name, why)
+            rot = rotary[i if len(rotary) > 1 else 0]
+            specs[s.name] = rot.table
+            why = _spec_mismatch(s, rot)
+            if why:
+                bad.setdefault(s.name, f"{why} (layer {i})")
     return specs
+
+
+def _spec_mismatch(site: Site, rot: LayerRotary) -> str | None:
+    if site.layout.interleaved != rot.interleaved:
+        return f"the graph rotates {site.layout.name}, but the rotary spec says {rot.layout}"
+    if site.rotary_dim is not None and site.rotary_dim != rot.dim:
+        return f"the site rotates {site.rotary_dim} dims, but the rotary spec says R={rot.dim}"
+    heads = static_dim(site.x.shape, 1)
+    if heads is not None and heads not in {n for _, n in rot.heads}:
+        return f"the site has {heads} heads, but the rotary spec's tensors have {dict(rot.heads)}"
+    return None
 
 
 def _verify(
@@ -164,8 +180,8 @@ def _rewrite_layers(
     graph: gs.Graph,
     layers: list[list[Site]],
     bad: dict[str, str],
-    specs: dict[str, RotarySpec],
-    tables: dict[RotarySpec, np.ndarray],
+    specs: dict[str, RotaryTable],
+    tables: dict[RotaryTable, np.ndarray],
     mode: str,
     report: PassReport,
 ) -> None:

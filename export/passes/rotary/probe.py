@@ -9,7 +9,7 @@ the site's last node, with the sin/cos path they read; it reads only the initial
 reason} for every site that fails.
 
 A site whose sin/cos path computes Cos/Sin in the graph (the exporters' HF models) formed its angles in
-fp32; its bound adds that rounding (`RotarySpec.fp32_sincos_error` over the probe's positions). A site that
+fp32; its bound adds that rounding (`tables.fp32_sincos_error` over the probe's positions). A site that
 reads a table (RoFormer's initializer) is held to a few ulps.
 """
 
@@ -25,20 +25,21 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
+from export.families.spec import RotaryTable
 from export.onnx_io import load_tensor
 from export.passes.rotary.results import Site
-from export.passes.rotary.spec import RotarySpec
+from export.passes.rotary.tables import describe, fp32_sincos_error
 
 ANGLE_OPS = ("Cos", "Sin")
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What one site must compute: the table [P, R] = [sin | cos] and the spec it was built from (None: a
-    table given as is, e.g. RoFormer's, whose graph reads it)."""
+    """What one site must compute: the table [P, R] = [sin | cos] and the family's table it was built from
+    (None: a table given as is)."""
 
     table: np.ndarray
-    spec: RotarySpec | None = None
+    spec: RotaryTable | None = None
 
 
 def verify_sites(
@@ -89,15 +90,15 @@ def verify_sites(
         spec = exp.spec if s.name in angle_sites else None
         why = check_output(s, xs[s.x.name], values[s.add.outputs[0].name], exp.table, dtype, spec)
         if why:
-            bad[s.name] = why + (f" (table: {exp.spec.describe()})" if exp.spec is not None else "")
+            bad[s.name] = why + (f" (table: {describe(exp.spec)})" if exp.spec is not None else "")
     return bad
 
 
 def check_output(
-    site: Site, x: np.ndarray, y: np.ndarray, table: np.ndarray, dtype: np.dtype, spec: RotarySpec | None = None
+    site: Site, x: np.ndarray, y: np.ndarray, table: np.ndarray, dtype: np.dtype, spec: RotaryTable | None = None
 ) -> str | None:
     """One site's output y for input x against its layout's reference; why it fails, or None. `spec`: the
-    site computed its sin/cos in the graph in fp32 (adds `spec.fp32_sincos_error` over its positions)."""
+    site computed its sin/cos in the graph in fp32 (adds `fp32_sincos_error(spec)` over its positions)."""
     if x.ndim != 4 or x.shape != y.shape or x.shape[-1] < table.shape[1]:
         return f"x is {list(x.shape)}, expected [B, H, S, Dh] with Dh matching the table width {table.shape[1]}"
     if x.shape[2] > table.shape[0]:
@@ -109,7 +110,7 @@ def check_output(
     x_max = float(np.max(np.abs(x))) if x.size else 1.0
     tol = 8 * float(np.finfo(dtype).eps) * max(1.0, x_max)
     if spec is not None:  # y = x1 cos -/+ x2 sin: each of cos and sin off by at most the bound
-        tol += 2 * x_max * spec.fp32_sincos_error(x.shape[2])
+        tol += 2 * x_max * fp32_sincos_error(spec, x.shape[2])
     return error_verdict(err, tol)
 
 

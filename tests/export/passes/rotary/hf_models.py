@@ -1,7 +1,7 @@
 """A tiny random ModernBERT straight from transformers, exported the three ways the rotary pass meets it.
 
 Until the family files (export/families/) load checkpoints, the tests build the model with its HF config
-class and derive its rotary specs here the way the family file will (one spec per layer, the global or
+class and derive its `LayerRotary` list here the way the family file will (one per layer, the global or
 local theta of `config.rope_parameters`). The exports:
 - "dynamo23": torch.onnx.export(dynamo=True, opset 23): two ai.onnx RotaryEmbedding nodes per layer with
   batch-1 caches (onnx-rotary-embedding rule);
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from export.passes.rotary.spec import RotarySpec
+from export.families.spec import SPLIT_HALVES, LayerRotary, RotaryTable
 
 FORMS = {"dynamo23": ("dynamo", 23), "dynamo18": ("dynamo", 18), "torchscript": ("torchscript", 17)}
 MAX_LEN = 96  # rows of the tables the tests rewrite with; above the tests' longest sequence (61)
@@ -48,13 +48,26 @@ def tiny_modernbert(**overrides) -> torch.nn.Module:
     return ModernBertModel(config).eval()
 
 
-def modernbert_specs(config) -> list[RotarySpec]:
+def modernbert_specs(config) -> list[LayerRotary]:
     """Layer i's rotary: split halves over the head size, theta of its layer type (full / sliding)."""
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim, heads = config.hidden_size // config.num_attention_heads, config.num_attention_heads
+    names = {"full_attention": "global", "sliding_attention": "local"}
     return [
-        RotarySpec("split-halves", head_dim, float(config.rope_parameters[kind]["rope_theta"]))
+        LayerRotary(
+            SPLIT_HALVES,
+            head_dim,
+            RotaryTable(names[kind], head_dim, float(config.rope_parameters[kind]["rope_theta"])),
+            (("query", heads), ("key", heads)),
+        )
         for kind in config.layer_types
     ]
+
+
+def halves(dim: int = 8, theta: float = 10000.0, heads=(4, 2), head_dim: int = 8) -> LayerRotary:
+    """The split-halves rotary of the tests' hand-made layers: a query and a key of `heads` heads."""
+    return LayerRotary(
+        SPLIT_HALVES, head_dim, RotaryTable("default", dim, theta), (("query", heads[0]), ("key", heads[1]))
+    )
 
 
 class LastHidden(torch.nn.Module):

@@ -10,14 +10,15 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
+from export.families.spec import INTERLEAVED, LayerRotary
 from export.passes.rotary import COS_CACHE_NAME, SIN_CACHE_NAME, fuse_rotary
 from export.passes.rotary.rules import rotate_half_ref
-from export.passes.rotary.spec import RotarySpec
+from export.passes.rotary.tables import sincos
 from export.report.thresholds import Thresholds
 from export.validate import Shape, grade, ort_session
 from plugins import identity
 from tests.export.passes.rotary.graphs import fused_rotary_graph
-from tests.export.passes.rotary.hf_models import MAX_LEN, modernbert_specs
+from tests.export.passes.rotary.hf_models import MAX_LEN, halves, modernbert_specs
 
 SEQ = 61  # a prime above ModernBERT's window (16)
 PLUGIN_SPLIT_HALVES = 0 in identity.INTERLEAVED_ALLOWED
@@ -82,7 +83,7 @@ def test_the_raw_export_fails_onnx_runtime_at_batch_3_and_ours_passes(rewritten)
 def test_the_rewritten_nodes_read_constant_tables_through_position_ids(rewritten):
     raw, new, rep, model = rewritten
     specs = modernbert_specs(model.config)
-    assert specs[0].theta != specs[1].theta  # a global and a local layer: two tables
+    assert specs[0].table.theta != specs[1].table.theta  # a global and a local layer: two tables
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in new.graph.initializer}
     producers = {o: n for n in new.graph.node for o in n.output}
     rot = [n for n in new.graph.node if n.op_type == "RotaryEmbedding"]
@@ -92,7 +93,7 @@ def test_the_rewritten_nodes_read_constant_tables_through_position_ids(rewritten
         x, cos, sin, pos = node.input
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs == {"interleaved": 0}  # 4-D x: no num_heads (ONNX and TensorRT read it for 3-D x only)
-        table = specs[i // 2].table(MAX_LEN)  # [P, R] = [sin | cos]
+        table = sincos(specs[i // 2].table, MAX_LEN)  # [P, R] = [sin | cos]
         np.testing.assert_array_equal(inits[cos], table[:, 8:])
         np.testing.assert_array_equal(inits[sin], table[:, :8])
         assert inits[cos].shape == (MAX_LEN, 8) and inits[cos].dtype == np.float32
@@ -107,15 +108,20 @@ def test_the_rewritten_nodes_read_constant_tables_through_position_ids(rewritten
     assert again.graph.SerializeToString() == new.graph.SerializeToString(), "the pass is not idempotent"
 
 
+def with_table(rot: LayerRotary, **change) -> LayerRotary:
+    return dataclasses.replace(rot, table=dataclasses.replace(rot.table, **change))
+
+
 @pytest.mark.parametrize(
     "change,reason",
     [
         (lambda s: s[::-1], "numerical check failed"),  # global and local theta swapped
-        (lambda s: [dataclasses.replace(x, theta=x.theta * 1.5) for x in s], "numerical check failed"),
-        (lambda s: [dataclasses.replace(x, layout="interleaved") for x in s], "but the rotary spec of layer"),
-        (lambda s: [dataclasses.replace(x, rotary_dim=8) for x in s], "rotates 16 dims, but the rotary spec"),
+        (lambda s: [with_table(x, theta=x.table.theta * 1.5) for x in s], "numerical check failed"),
+        (lambda s: [dataclasses.replace(x, layout=INTERLEAVED) for x in s], "but the rotary spec says interleaved"),
+        (lambda s: [with_table(x, dim=8) for x in s], "rotates 16 dims, but the rotary spec says R=8"),
+        (lambda s: [dataclasses.replace(x, heads=(("query", 4), ("key", 4))) for x in s], "has 2 heads, but"),
     ],
-    ids=["theta-swapped", "theta-off", "interleaved", "partial"],
+    ids=["theta-swapped", "theta-off", "interleaved", "partial", "heads"],
 )
 def test_a_wrong_spec_is_a_miss_with_its_reason_not_a_rewrite(modernbert, change, reason):
     path, model = modernbert("dynamo23")
@@ -125,23 +131,30 @@ def test_a_wrong_spec_is_a_miss_with_its_reason_not_a_rewrite(modernbert, change
     assert rep.found == 4 and rep.rewritten == 0 and len(rep.skipped) == 4, rep.to_dict()
     assert all(reason in s["reason"] for s in rep.skipped), rep.skipped
     if "numerical" in reason:  # the reason names the table that was tried
-        assert f"theta {specs[0].theta:g}" in rep.skipped[0]["reason"]
+        assert f"theta {specs[0].table.theta:g}" in rep.skipped[0]["reason"]
     assert "0/4" in rep.coverage_error()
     assert not any(len(n.input) == 4 for n in new.graph.node if n.op_type == "RotaryEmbedding")
+
+
+def test_without_feeds_the_probe_stays_within_the_table(modernbert):
+    """The default probe sequence (37) is cut to --max-len: a 20-row table is probed at 20 positions."""
+    path, model = modernbert("dynamo23")
+    _, rep = fuse_rotary(onnx.load(str(path)), "onnx", expected=4, max_len=20, rotary=modernbert_specs(model.config))
+    assert rep.coverage_error() is None and rep.rewritten == 4, rep.skipped
 
 
 def hand_feeds(batch=3, seq=11):
     return {"h": np.random.default_rng(1).standard_normal((batch, seq, 16)).astype(np.float32)}
 
 
-def hand_reference(model: onnx.ModelProto, feeds, spec: RotarySpec) -> list[np.ndarray]:
+def hand_reference(model: onnx.ModelProto, feeds, spec: LayerRotary) -> list[np.ndarray]:
     """The hand graph's projections, then rotate_half over the spec's table: [B, H, S, Dh] per tensor."""
     w = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     h, outs = feeds["h"], []
     for i in range(len(model.graph.output)):
         hn, dh = int(w[f"shape{i}"][2]), int(w[f"shape{i}"][3])
         x = (h @ w[f"w{i}"]).reshape(h.shape[0], h.shape[1], hn, dh).transpose(0, 2, 1, 3)
-        outs.append(rotate_half_ref(x, spec.table(32)))
+        outs.append(rotate_half_ref(x, sincos(spec.table, 32)))
     return outs
 
 
@@ -149,7 +162,7 @@ def hand_reference(model: onnx.ModelProto, feeds, spec: RotarySpec) -> list[np.n
 def test_query_and_key_of_different_head_counts_and_partial_rotary(rotary_dim):
     """Grouped-query attention (a key of 2 heads beside a query of 4) is one layer of two sites; a node
     rotating 4 of 8 dims keeps rotary_embedding_dim and gets caches of R/2 columns."""
-    spec = RotarySpec("split-halves", rotary_dim or 8, 10000.0)
+    spec = halves(dim=rotary_dim or 8)
     model = fused_rotary_graph(heads=(4, 2), rotary_dim=rotary_dim)
     new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec], feeds=hand_feeds(batch=2))
     assert rep.coverage_error() is None and rep.rewritten == 2 and len(rep.layers) == 1, rep.to_dict()
@@ -170,7 +183,7 @@ def test_query_and_key_of_different_head_counts_and_partial_rotary(rotary_dim):
 )
 def test_exporter_nodes_the_rule_does_not_take_are_near_misses(kwargs, reason):
     model = fused_rotary_graph(**kwargs)
-    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[RotarySpec("split-halves", 8)])
+    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[halves()])
     assert rep.found == 0 and len(rep.skipped) == 2 and all(reason in s["reason"] for s in rep.skipped), rep.skipped
     assert new is model
 
@@ -180,7 +193,7 @@ def test_the_probe_tells_a_wrong_theta_from_fp32_rounding():
     the probe within the fp32 bound; a table of theta 10500 does not."""
     model = fused_rotary_graph()
     for theta, ok in ((10000.0, True), (10500.0, False)):
-        spec = RotarySpec("split-halves", 8, theta)
+        spec = halves(theta=theta)
         _, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec], feeds=hand_feeds(batch=2))
         assert (rep.rewritten == 2) is ok, (theta, rep.skipped)
 
@@ -200,6 +213,6 @@ def test_plugin_mode_writes_one_roformer_rotary_per_layer(rewritten, modernbert)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs[identity.ATTR_INTERLEAVED] == 0 and attrs[identity.ATTR_NUM_TENSORS] == 2
         table = next(t for t in new.graph.initializer if t.name == node.input[-1])
-        np.testing.assert_array_equal(onnx.numpy_helper.to_array(table), spec.table(MAX_LEN))
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(table), sincos(spec.table, MAX_LEN))
     feeds = hf_feeds()
     passes_fp32_gate(ort_session(with_rotary_function(new)).run(None, feeds)[0], hf_out(model, feeds), feeds)

@@ -12,10 +12,11 @@ import torch
 from export.passes.graph_utils import fold_ints
 from export.passes.rotary import fuse_rotary
 from export.passes.rotary.rules import SPLIT_HALVES
-from export.passes.rotary.spec import RotarySpec
+from export.passes.rotary.tables import fp32_sincos_error
 from export.validate import ort_session
 from tests.export.passes.rotary.graphs import HalvesAttention, export_module
 from tests.export.passes.rotary.hf_models import MAX_LEN, modernbert_specs
+from tests.export.passes.rotary.hf_models import halves as spec
 from tests.export.passes.rotary.test_exporter_node import hf_feeds, hf_out, passes_fp32_gate
 
 
@@ -47,27 +48,27 @@ def feeds(batch=2, seq=11):
 def test_grouped_query_heads_and_the_module_itself(tmp_path):
     """A key of 2 heads beside a query of 4 is one layer of two sites; the rewrite equals the module."""
     model, module = halves(tmp_path, heads_q=4, heads_k=2)
-    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[RotarySpec("split-halves", 8)], feeds=feeds())
+    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec()], feeds=feeds())
     assert rep.coverage_error() is None and len(rep.layers) == 1 and rep.layers[0]["rewritten"], rep.to_dict()
     f = feeds(batch=3, seq=29)
     with torch.no_grad():
         want = [t.numpy() for t in module(torch.from_numpy(f["h"]))]
     for got, ref in zip(ort_session(new).run(None, f), want, strict=True):
         assert got.shape == ref.shape
-        # the module's fp32 angles vs our float64 table: RotarySpec's bound at 29 positions, plus fp32 rounding
-        tol = 2 * np.abs(ref).max() * RotarySpec("split-halves", 8).fp32_sincos_error(29) + 1e-6
+        # the module's fp32 angles vs our float64 table: the fp32 bound at 29 positions, plus fp32 rounding
+        tol = 2 * np.abs(ref).max() * fp32_sincos_error(spec().table, 29) + 1e-6
         np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
 
 
 def test_partial_rotary_rotates_the_sliced_head(tmp_path):
     """HF's partial rotary rotates q[..., :R] and concatenates the rest: the site's x is the slice, of R dims."""
     model, _ = halves(tmp_path, rotary_dim=4)
-    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[RotarySpec("split-halves", 4)], feeds=feeds())
+    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec(dim=4)], feeds=feeds())
     assert rep.coverage_error() is None, rep.to_dict()
     rot = [n for n in new.graph.node if n.op_type == "RotaryEmbedding"]
     assert [next(t for t in new.graph.initializer if t.name == n.input[1]).dims for n in rot] == [[32, 2]] * 2
-    _, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[RotarySpec("split-halves", 8)], feeds=feeds())
-    assert rep.rewritten == 0 and all("rotates 4 dims, but the rotary spec of layer 0 says R=8" in s["reason"]
+    _, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec()], feeds=feeds())
+    assert rep.rewritten == 0 and all("rotates 4 dims, but the rotary spec says R=8 (layer 0)" in s["reason"]
                                       for s in rep.skipped), rep.skipped  # fmt: skip
 
 
@@ -82,7 +83,7 @@ def test_partial_rotary_rotates_the_sliced_head(tmp_path):
 )
 def test_near_misses(tmp_path, kwargs, reason):
     model, _ = halves(tmp_path, **kwargs)
-    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[RotarySpec("split-halves", 8)], feeds=feeds())
+    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec()], feeds=feeds())
     assert rep.rewritten == 0 and len(rep.skipped) == 2 and all(reason in s["reason"] for s in rep.skipped), rep.skipped
     assert not any(n.op_type == "RotaryEmbedding" for n in new.graph.node)
 
