@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "export.report.markdown",
             "export.report.persist",
             "export.report.thresholds",
+            "export.report.graph_precision",
             "export.folder.artifacts",
             "export.report.verdict",
             "export.folder.layout",

@@ -21,7 +21,6 @@ from tests.export.passes.rotary.graphs import fused_rotary_graph
 from tests.export.passes.rotary.hf_models import MAX_LEN, halves, modernbert_specs
 
 SEQ = 61  # a prime above ModernBERT's window (16)
-PLUGIN_SPLIT_HALVES = 0 in identity.INTERLEAVED_ALLOWED
 
 
 def hf_feeds(batch: int = 3, seq: int = SEQ, vocab: int = 64) -> dict[str, np.ndarray]:
@@ -198,9 +197,6 @@ def test_the_probe_tells_a_wrong_theta_from_fp32_rounding():
         assert (rep.rewritten == 2) is ok, (theta, rep.skipped)
 
 
-@pytest.mark.xfail(
-    not PLUGIN_SPLIT_HALVES, reason="RoformerRotary learns interleaved=0 on the plugin branch", strict=True
-)
 def test_plugin_mode_writes_one_roformer_rotary_per_layer(rewritten, modernbert):
     from export.passes.lowering import with_rotary_function
 

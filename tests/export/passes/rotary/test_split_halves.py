@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from export.passes.graph_utils import fold_ints
+from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.passes.rotary.rules import SPLIT_HALVES
 from export.passes.rotary.tables import fp32_sincos_error
@@ -45,15 +46,18 @@ def feeds(batch=2, seq=11):
     return {"h": np.random.default_rng(0).standard_normal((batch, seq, 16)).astype(np.float32)}
 
 
-def test_grouped_query_heads_and_the_module_itself(tmp_path):
-    """A key of 2 heads beside a query of 4 is one layer of two sites; the rewrite equals the module."""
+@pytest.mark.parametrize("mode", ["onnx", "plugin"])
+def test_grouped_query_heads_and_the_module_itself(tmp_path, mode):
+    """A key of 2 heads beside a query of 4 is one layer of two sites (one RoformerRotary node over both in
+    plugin mode); the rewrite equals the module."""
     model, module = halves(tmp_path, heads_q=4, heads_k=2)
-    new, rep = fuse_rotary(model, "onnx", expected=2, max_len=32, rotary=[spec()], feeds=feeds())
+    new, rep = fuse_rotary(model, mode, expected=2, expected_nodes=1, max_len=32, rotary=[spec()], feeds=feeds())
     assert rep.coverage_error() is None and len(rep.layers) == 1 and rep.layers[0]["rewritten"], rep.to_dict()
+    graph = with_rotary_function(new) if mode == "plugin" else new
     f = feeds(batch=3, seq=29)
     with torch.no_grad():
         want = [t.numpy() for t in module(torch.from_numpy(f["h"]))]
-    for got, ref in zip(ort_session(new).run(None, f), want, strict=True):
+    for got, ref in zip(ort_session(graph).run(None, f), want, strict=True):
         assert got.shape == ref.shape
         # the module's fp32 angles vs our float64 table: the fp32 bound at 29 positions, plus fp32 rounding
         tol = 2 * np.abs(ref).max() * fp32_sincos_error(spec().table, 29) + 1e-6
