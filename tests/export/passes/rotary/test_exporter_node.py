@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from export.families.spec import INTERLEAVED, LayerRotary
 from export.passes.rotary import COS_CACHE_NAME, SIN_CACHE_NAME, fuse_rotary
@@ -64,7 +65,7 @@ def test_the_raw_export_fails_onnx_runtime_at_batch_3_and_ours_passes(rewritten)
     feeds = hf_feeds()
     rot = [n for n in raw.graph.node if n.op_type == "RotaryEmbedding"]
     assert len(rot) == 2 * model.config.num_hidden_layers and all(len(n.input) == 3 for n in rot)
-    with pytest.raises(Exception, match="cos_cache"):
+    with pytest.raises(InvalidArgument, match="'cos_cache' and 'sin_cache' are expected to have the same shape"):
         ort_session(raw).run(None, feeds)
     ref = hf_out(model, feeds)
     passes_fp32_gate(ReferenceEvaluator(raw).run(None, feeds)[0], ref, feeds)  # the raw graph is right, though
