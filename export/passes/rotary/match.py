@@ -109,12 +109,13 @@ def check_site(site: Site, dims: dict[str, int]) -> str | None:
 
 
 def layer_key(x: gs.Tensor) -> str:
-    """Walk x back through Transpose/Reshape/Add/Cast (and the Split/Slice/Squeeze/Gather that cut a fused
-    QKV projection) to the projection MatMul; its activation input names the layer (query, key and value
-    of one self-attention read the same hidden state)."""
+    """Walk x back through Transpose/Reshape/Cast, an Add or a Mul/Div of a constant (a bias, ESM's query
+    scaling) and the Split/Slice/Squeeze/Gather that cut a fused QKV projection, to the projection MatMul;
+    its activation input names the layer (query, key and value of one self-attention read the same hidden
+    state)."""
     t = x
     for _ in range(8):
-        node = producer(t, ("Transpose", "Reshape", "Add", "Cast", "Identity", "MatMul", "Gemm") + _DATA_FIRST)
+        node = producer(t, _THROUGH + _DATA_FIRST)
         if node is None:
             break
         variables = [i for i in node.inputs if not _is_const(i)]
@@ -132,6 +133,7 @@ def layer_key(x: gs.Tensor) -> str:
     return x.name  # a site of its own: reported if a layer then comes out incomplete
 
 
+_THROUGH = ("Transpose", "Reshape", "Add", "Mul", "Div", "Cast", "Identity", "MatMul", "Gemm")
 # A fused projection (ModernBERT's Wqkv, NomicBERT's Wqkv) is cut into q, k, v by these: the data is input 0.
 _DATA_FIRST = ("Squeeze", "Unsqueeze", "Slice", "Split", "Gather")
 

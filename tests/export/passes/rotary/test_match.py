@@ -120,5 +120,10 @@ def test_a_tensor_that_reaches_no_projection_is_a_layer_of_its_own():
     assert layer_key(g.inputs[0]) == "x"
     h = gs.Variable("h", np.float32, [1, 5, 16])
     w = gs.Constant("w", np.zeros((16, 16), np.float32))
-    t = gs.Graph(inputs=[h], opset=17).layer(op="MatMul", inputs=[h, w], outputs=["proj"])[0]
+    g = gs.Graph(inputs=[h], opset=17)
+    t = g.layer(op="MatMul", inputs=[h, w], outputs=["proj"])[0]
     assert layer_key(t) == "h"
+    scaled = g.layer(op="Mul", inputs=[t, np.array(0.25, np.float32)], outputs=["q_scaled"])[0]  # ESM's query
+    assert layer_key(scaled) == "h"
+    both = g.layer(op="Mul", inputs=[t, h], outputs=["gated"])[0]  # two activations: not a projection's output
+    assert layer_key(both) == both.name
