@@ -30,6 +30,7 @@ from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
 from export.files import MiB, read_text
+from export.numbers import NumberError, int_arg, parse_int
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
@@ -146,7 +147,7 @@ class TritonEncoderClient:
             else:
                 params = cfg.config.parameters
                 value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
-            return int(value) if value and value.isdigit() and int(value) > 0 else None
+            return _positive(value)
         raise ServerError(reason)
 
     def close(self) -> None:
@@ -194,6 +195,14 @@ class TextEncoder:
         self.client.close()
 
 
+def _positive(value: str | None) -> int | None:
+    """A positive integer the server published as text (ASCII digits only), else None."""
+    try:
+        return parse_int(value, lo=1) if value else None
+    except NumberError:
+        return None
+
+
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m engines.client",
@@ -208,7 +217,7 @@ def build_parser() -> Parser:
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=int_arg(),
         default=None,
         help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
     )

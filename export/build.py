@@ -17,6 +17,7 @@ report beside files of another run, and a user's files are never moved, replaced
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
-    if args.max_memory is not None:
-        memory.parse_bytes(args.max_memory, "--max-memory")
+    if args.max_memory is None and os.environ.get(memory.ENV):
+        memory.env_limit()  # read before any work, like --max-memory (exit 2 for anything but a size)
     engine = engine_status_for(flags.precision)  # FP8 on a GPU without FP8 tensor cores: skipped, named here
     if args.require_engine:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written

@@ -5,6 +5,7 @@ from __future__ import annotations
 from engines.tensorrt.flags import add_engine_flags
 from export import memory
 from export.cli import Parser
+from export.numbers import float_arg, int_arg, size_arg
 from export.passes.pooling import POOLINGS
 from export.passes.quantize.options import add_quant_flags
 
@@ -38,12 +39,14 @@ def _input_flags(p: Parser) -> None:
     )
     p.add_argument(
         "--max-len",
-        type=int,
+        type=int_arg(),
         help="longest sequence the graphs serve, at least 2 (default: the "
         "checkpoint's max_position_embeddings); may exceed it, the sinusoidal table is computed",
     )
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
-    p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
+    p.add_argument(
+        "--opset", type=int_arg(), help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)"
+    )
     p.add_argument(
         "--rope",
         default="plugin",
@@ -89,20 +92,20 @@ def _bench_flags(p: Parser) -> None:
         "--bench-grid",
         help="BATCHxSEQ list for --bench, e.g. 1x128,8x512 (default: each profile's opt length at batch min and opt)",
     )
-    p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
+    p.add_argument("--bench-iters", type=int_arg(), default=20, help="timed runs per --bench point (+10%% warm-up)")
     p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
 
 
 def _accuracy_flags(p: Parser) -> None:
     p.add_argument(
         "--atol",
-        type=float,
+        type=float_arg(),
         help="override every atol of the thresholds (absolute alternative: "
         "max abs error <= atol also passes; default 0, off)",
     )
     p.add_argument(
         "--rtol",
-        type=float,
+        type=float_arg(),
         help="override every rtol of the thresholds (bound on scaled_error = "
         "max abs error / max |reference|; export/report/thresholds.py)",
     )
@@ -114,6 +117,7 @@ def _accuracy_flags(p: Parser) -> None:
 def _run_flags(p: Parser) -> None:
     p.add_argument(
         "--max-memory",
+        type=size_arg(),
         help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
         f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger",
     )

@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from export.numbers import int_arg  # noqa: E402
+
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
     """name -> (model file, ORT optimization level), made once into `work`."""
@@ -209,7 +211,7 @@ def main() -> int:
     p.add_argument("--stress-model")
     p.add_argument("--work", type=Path, default=Path("build/bench_quant_cpu"), help="where the variants are written")
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int_arg(), default=7)
     p.add_argument("--grid", default="1x128,8x128,1x512,8x512")
     args = p.parse_args()
 

@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from export.numbers import float_arg, int_arg  # noqa: E402
+
 ALPHA = 0.5  # the paper's default
 
 
@@ -110,8 +112,8 @@ def main() -> int:
     p.add_argument("--build", type=Path, required=True, help="an export.build folder with model.rope-plugin.onnx")
     p.add_argument("--model", required=True)
     p.add_argument("--label", default="stress")
-    p.add_argument("--max-len", type=int, default=2048)
-    p.add_argument("--alpha", type=float, default=ALPHA)
+    p.add_argument("--max-len", type=int_arg(), default=2048)
+    p.add_argument("--alpha", type=float_arg(), default=ALPHA)
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
     args = p.parse_args()
 

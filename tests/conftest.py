@@ -81,6 +81,17 @@ def built(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def int8_built(tiny_ckpt, tmp_path_factory):
+    """A real tiny build with `--precision int8` (its Q/DQ graph and INT8 CPU twin), shared by the quantization and
+    diagnosis tests."""
+    from export.build import main as build
+
+    out = tmp_path_factory.mktemp("q") / "int8"
+    assert build(build_args(tiny_ckpt, out, "--precision", "int8")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def pooled(tiny_ckpt, tmp_path_factory):
     """A real tiny build with `--pooling mean --normalize --precision fp16`, shared by the pooling and Triton tests."""
     from export.build import main as build

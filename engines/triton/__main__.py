@@ -16,6 +16,7 @@ from engines.triton.twin import CHOICES
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK
+from export.numbers import int_arg
 
 
 def build_parser() -> Parser:
@@ -37,14 +38,14 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--instances",
-        type=int,
+        type=int_arg(),
         default=1,
         help="instances of each TensorRT model per GPU (the instance group's count); each holds one "
         "execution context per optimization profile",
     )
     p.add_argument(
         "--max-batch",
-        type=int,
+        type=int_arg(),
         default=None,
         help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})",
     )
