@@ -41,7 +41,8 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     same_folder = src.resolve().parent == dst.resolve().parent
     model = onnx.load(str(src), load_external_data=not same_folder)
     choices = 2 if task == "multiple-choice" else None
-    facts = family_of_config(config).facts(config)
+    family = family_of_config(config)
+    facts = family.facts(config)
     feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), facts.vocab_size, facts.type_vocab_size)
     new, report = fuse_rotary(
         model,
@@ -52,6 +53,7 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
         feeds=feeds,
         head_dim=facts.head_dim,
         base_dir=src.parent,
+        rotary=family.rotaries(config),  # each layer's layout and table, as the family declares them
     )
     del model
     write_model(new, dst, check=True)

@@ -4,8 +4,8 @@ right padding, judged by the default gate; then what the rest of the toolchain d
 repository, CPU serving, client) without a token_type_ids input.
 
 Every build is made once per session (tests/conftest.py family_build) and many things are asserted on it.
-The rotary stays as exported (`--rope none`) until the split-halves rules of the rotary pass land; then the
-same builds run with --rope plugin / onnx and int8 / fp8 (which need a rewritten rotary).
+Both rope modes: --rope plugin (one RoformerRotary node per layer, interleaved=0) and --rope onnx (two ai.onnx
+RotaryEmbedding nodes per layer), each layer's table the family's (global theta 160000, local 10000).
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ from export.onnx_export import FAMILY_KEY, MAX_LEN_KEY
 from export.report.persist import read_report
 
 MAX_LEN = 96
-ROPE = ("--rope", "none")  # until the rotary pass rewrites split halves
 FAST = ("--exporter", "torchscript")
-BUILDS = {  # name -> (task, flags): each precision, head, pooling mode and attention kernel at least once
-    "fp32-mean": ("model", ("--pooling", "mean", "--max-len", str(MAX_LEN), *ROPE)),  # the default exporter
-    "fp16-cls": ("model", ("--pooling", "cls", "--precision", "fp16", "--max-len", str(MAX_LEN), *ROPE, *FAST)),
-    "bf16-mlm-sdpa": (
-        "masked-lm",
-        ("--precision", "bf16", "--attention", "sdpa", "--max-len", str(MAX_LEN), *ROPE, *FAST),
-    ),
-    "fp32-classifier": ("sequence-classification", ("--max-len", str(MAX_LEN), *ROPE, *FAST)),
+LEN = ("--max-len", str(MAX_LEN))
+BUILDS = {  # name -> (task, flags): each precision, head, pooling mode, rope mode and attention kernel at least once
+    "fp32-mean": ("model", ("--pooling", "mean", *LEN)),  # the defaults: dynamo exporter, --rope plugin
+    "fp16-cls": ("model", ("--pooling", "cls", "--precision", "fp16", "--rope", "onnx", *LEN, *FAST)),
+    "bf16-mlm-sdpa": ("masked-lm", ("--precision", "bf16", "--attention", "sdpa", *LEN, *FAST)),
+    "int8-classifier": ("sequence-classification", ("--precision", "int8", "--rope", "onnx", *LEN, *FAST)),
+    "fp8-mean": ("model", ("--pooling", "mean", "--precision", "fp8", *LEN, *FAST)),
 }
 
 
@@ -57,6 +55,10 @@ def test_every_build_matches_transformers_in_and_beyond_the_window_and_passes_th
     precision = name.split("-")[0]
     assert {c["precision"] for c in cases} == {"fp32", precision}
     assert gate([str(out)]) == 0
+    rewrite = read_report(out).rewrite
+    layers = model.config.num_hidden_layers
+    assert rewrite["rewritten"] == rewrite["expected"] == 2 * layers  # query and key of every layer
+    assert rewrite["nodes"] == (layers if rewrite["mode"] == "plugin" else 2 * layers)
 
 
 def test_the_report_says_what_the_family_declares(made):
@@ -77,22 +79,26 @@ def test_the_report_says_what_the_family_declares(made):
 
 
 def test_the_graph_takes_the_family_inputs_and_holds_the_window_in_its_mask(made):
-    """No token_type_ids; the family and length in the metadata; the sliding window is in the graph's mask: one
-    comparison |i - j| <= 8 (an Abs against the constant 8), shared by the sliding layers."""
-    _, out, _ = made
-    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
-    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]
-    props = {p.key: p.value for p in graph.metadata_props}
-    assert props[FAMILY_KEY] == "modernbert" and props[MAX_LEN_KEY] == str(MAX_LEN)
+    """No token_type_ids; the family and length in the metadata; the sliding window is in the graph's mask (one
+    comparison |i - j| <= 8: an Abs against the constant 8, shared by the sliding layers), in the plain export and
+    still in the rotary pass's graph."""
     from tests.fixtures.faults import resize_window
 
-    resize_window(graph, 8, 8)  # raises when no such comparison is in the graph
-    with pytest.raises(ValueError, match="no \\|i - j\\| <= 7 comparison"):
-        resize_window(graph, 7, 8)
+    _, out, _ = made
+    report = read_report(out)
+    rope = report.artifacts[f"rope-{report.rewrite['mode']}"]
+    for name in ("model.onnx", rope):
+        graph = onnx.load(str(out / name), load_external_data=False)
+        assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]
+        props = {p.key: p.value for p in graph.metadata_props}
+        assert props[FAMILY_KEY] == "modernbert" and props[MAX_LEN_KEY] == str(MAX_LEN)
+        resize_window(graph, 8, 8)  # raises when no such comparison is in the graph
+        with pytest.raises(ValueError, match="no \\|i - j\\| <= 7 comparison"):
+            resize_window(graph, 7, 8)
 
 
 def test_pooling_modes_are_validated_against_sentence_transformers_rule(family_build):
-    for name, mode in (("fp32-mean", "mean"), ("fp16-cls", "cls")):
+    for name, mode in (("fp32-mean", "mean"), ("fp16-cls", "cls"), ("fp8-mean", "mean")):
         out, _ = build_of(family_build, name)
         r = read_report(out)
         assert r.pooling["mode"] == mode

@@ -17,8 +17,10 @@ import pytest
 from export.checkpoint.rebuild import load_checkpoint
 from export.diagnose import diagnose_model
 from export.onnx_export import export_onnx
+from export.passes.lowering import with_rotary_function
 from export.report.thresholds import DEFAULTS, Thresholds
 from export.validate import Shape, TorchReference, make_inputs, validate_graphs, validation_shapes
+from plugins.identity import PLUGIN_OP
 from tests.fixtures import faults
 from tests.fixtures.sensitivity import verdict_on, worst
 
@@ -27,16 +29,38 @@ SENSITIVE = {"initializer_range": 0.2}
 
 
 @pytest.fixture(scope="module")
-def sensitive(hf_ckpt, tmp_path_factory):
+def exported(hf_ckpt, tmp_path_factory):
+    """The position-sensitive checkpoint and its plain export on disk."""
     folder, _ = hf_ckpt("modernbert", **SENSITIVE)
     ck = load_checkpoint(folder)
     path = tmp_path_factory.mktemp("mb-faults") / "model.onnx"
     export_onnx(ck.model, ck.task, path, MAX_LEN, "torchscript")
+    return ck, path
+
+
+@pytest.fixture(scope="module")
+def sensitive(exported):
+    ck, path = exported
     return ck, onnx.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def rewritten(exported):
+    """mode -> the rotary pass's graph of the same export (the family's tables, both layers' layouts)."""
+    from export.stages.rope import rewrite_file
+
+    ck, path = exported
+    graphs = {}
+    for mode in ("onnx", "plugin"):
+        dst = path.with_name(f"model.rope-{mode}.onnx")
+        assert rewrite_file(path, dst, mode, ck.config, MAX_LEN, ck.task)["coverage_error"] is None
+        graphs[mode] = onnx.load(str(dst))
+    return graphs
 
 
 def judged(ck, graph) -> tuple[bool, float]:
     """(the default gate passes it, worst scaled error), over export.build's validation shapes."""
+    graph = with_rotary_function(graph) if any(n.op_type == PLUGIN_OP for n in graph.graph.node) else graph
     cases = validate_graphs(
         {"onnx": (graph, "fp32")},
         TorchReference(ck.model, ck.task),
@@ -87,6 +111,23 @@ def test_each_fault_is_caught_and_located(sensitive, name, layer, point):
     assert first is not None and (first["stage"], first["layer"], first["point"]) == ("layer", layer, point), first
     earlier = [p for p in d.points if p.stage == "embeddings" or (p.layer is not None and p.layer < layer)]
     assert earlier and all(p.passed for p in earlier)  # everything before the faulty layer was compared and agrees
+
+
+@pytest.mark.parametrize("mode", ["onnx", "plugin"])
+@pytest.mark.parametrize("name,layer", [("theta-swap", 0), ("layout-layer1", 1)])
+def test_faults_in_the_rewritten_graph_are_caught_and_located(sensitive, rewritten, mode, name, layer):
+    """The same faults where the rotary pass wrote them: the constant caches of the two tables swapped, a layer's
+    RotaryEmbedding / RoformerRotary nodes told interleaved=1. The honest rewritten graph passes."""
+    ck, _ = sensitive
+    graph = rewritten[mode]
+    assert judged(ck, graph)[0]
+    bad = fault(name, ck, graph)
+    ok, scaled = judged(ck, bad)
+    assert not ok and scaled > DEFAULTS["fp32"].rtol, (mode, name, scaled)
+    feeds = make_inputs(Shape(2, 61, 1), ck.facts.vocab_size, ck.facts.type_vocab_size)
+    cand = with_rotary_function(bad) if mode == "plugin" else bad
+    first = diagnose_model(ck.model, ck.task, cand, feeds).first_divergence
+    assert first is not None and (first["layer"], first["point"]) == (layer, "rotary_output"), first
 
 
 def test_the_faults_refuse_a_graph_without_what_they_change(sensitive):
