@@ -19,6 +19,7 @@ from export import cli
 from export.cli import InterruptNote, Parser
 from export.errors import EXIT_OK, UsageError
 from export.numbers import int_arg
+from export.passes.pooling import POOLINGS
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 
@@ -33,7 +34,7 @@ def build_parser() -> Parser:
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "none"],
+        choices=POOLINGS,
         default="mean",
         help="sentence_embedding output added to the graph (a build made with export.build --pooling "
         "serves its own: pass that mode or none)",

@@ -71,6 +71,16 @@ def _load_hf_folder(folder: Path):
     raise UsageError(f"{folder}/ has no {' or '.join(HF_WEIGHT_FILES)}; pass the folder written by save_pretrained()")
 
 
+def read_tensors(path: Path) -> dict:
+    """The tensors of a .safetensors file, or of a torch.save file read with weights_only=True (no code runs);
+    UsageError for anything else."""
+    require_regular_file(path, what="weights")
+    state = _load_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path, False)
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
 def _load_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
