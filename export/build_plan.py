@@ -44,7 +44,7 @@ class Flags:
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
         thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
-        pooling = PoolingRequest.check(args.pooling, args.normalize, args.outputs, args.truncate_dim)
+        pooling = PoolingRequest.check(args.pooling, args.normalize, args.outputs, args.truncate_dim, args.model)
         quant = QuantOptions.check(args, precision)
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)

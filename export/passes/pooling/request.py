@@ -36,11 +36,23 @@ class PoolingRequest:
     truncate_dim: int | None = None
 
     @classmethod
-    def check(cls, mode: str, normalize: bool, outputs: str | None, truncate_dim: int | None) -> PoolingRequest:
+    def check(
+        cls, mode: str, normalize: bool, outputs: str | None, truncate_dim: int | None, model: str | Path
+    ) -> PoolingRequest:
+        """The flags for the checkpoint at `model`, refused before anything is read where they contradict."""
         if truncate_dim is not None and truncate_dim < 1:
             raise UsageError(f"--truncate-dim {truncate_dim} must be at least 1")
-        parse_pooling("mean" if mode == AUTO else mode, normalize, outputs, truncate_dim)  # the same refusals
-        return cls(mode, normalize, outputs, truncate_dim)
+        request = cls(mode, normalize, outputs, truncate_dim)
+        if mode == AUTO and not has_pipeline(Path(model)):
+            if request.flags():
+                raise UsageError(
+                    f"{request.flags()[0]} applies to a pooled output, and {model} has no sentence-transformers "
+                    "pipeline (modules.json) for --pooling auto to build; add --pooling mean (or another mode), "
+                    f"or drop {request.flags()[0]}"
+                )
+            request = cls("none")  # auto without a pipeline: the outputs as exported
+        parse_pooling("mean" if request.mode == AUTO else request.mode, normalize, outputs, truncate_dim)
+        return request
 
     def flags(self) -> list[str]:
         """The flags applied on top of the pipeline, as typed."""
@@ -67,12 +79,7 @@ def resolve(request: PoolingRequest, model: str | Path, hidden: int, task: str) 
         if request.truncate_dim is None and pipeline.pooling.truncate_dim is not None:
             origin = f"{folder / ST_CONFIG} truncate_dim"  # the folder's own default, checked like the flag
     else:
-        if request.mode == AUTO and request.flags():
-            raise UsageError(
-                f"{' '.join(request.flags()[:1])} applies to a pooled output, and {folder} has no sentence-"
-                "transformers pipeline (modules.json); add --pooling mean (or another mode)"
-            )
-        pooling = parse_pooling("none" if request.mode == AUTO else request.mode, *_rest(request))
+        pooling = parse_pooling(request.mode, *_rest(request))  # check() made auto without a pipeline none
         if pooling is None:
             return Resolved(None)
         source = {"kind": "flags", "folder": None, "files": {}}
