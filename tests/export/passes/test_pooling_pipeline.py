@@ -169,7 +169,10 @@ def test_on_a_roformer_export_against_pytorch(exported, name):
     p = pipelines()[name]
     if p.dense:  # Dense layers sized for the export's hidden width
         dims = [config.hidden_size * len(p.modes)] + [d.out_features for d in p.dense]
-        layers = tuple(dense(rng, i, o, d.activation, d.bias is not None) for i, o, d in zip(dims, dims[1:], p.dense))
+        layers = tuple(
+            dense(rng, i, o, d.activation, d.bias is not None)
+            for i, o, d in zip(dims[:-1], dims[1:], p.dense, strict=True)
+        )
         p = Pooling(p.mode, p.normalize, dense=layers, truncate_dim=p.truncate_dim)
     graph = add_sentence_embedding(onnx.load(str(path)), p)
     sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
