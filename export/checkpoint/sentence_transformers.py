@@ -115,13 +115,15 @@ def _module_kinds(modules, folder: Path) -> list[tuple[str, str]]:
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise UsageError(f"{where} is not a list of modules; re-save the sentence-transformers model")
     kinds = []
-    for m in sorted(modules, key=lambda m: m.get("idx", 0) if isinstance(m.get("idx"), int) else 0):
+    for m in modules:  # in list order, as SentenceTransformer._load_sbert_model runs them
         kind, path = str(m.get("type", "")).rsplit(".", 1)[-1], m.get("path", "")
         if not str(m.get("type", "")).startswith("sentence_transformers.") or not isinstance(path, str):
             raise UsageError(f"{where}: module {m.get('type')!r} is not a sentence-transformers module we read")
         if ".." in Path(path).parts or Path(path).is_absolute():
             raise UsageError(f"{where}: module path {path!r} leaves the checkpoint folder")
         kinds.append((kind, path))
+    if kinds and kinds[0] == ("Transformer", kinds[0][1]) and kinds[0][1] != "":
+        raise UsageError(f"{where} puts the Transformer in {kinds[0][1]!r}, not the folder itself; not implemented")
     names = [k for k, _ in kinds]
     body = names[2:-1] if names[-1:] == ["Normalize"] and len(names) > 2 else names[2:]
     if names[:2] != ["Transformer", "Pooling"] or kinds[0][1] != "" or any(k != "Dense" for k in body):
