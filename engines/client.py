@@ -2,7 +2,8 @@
 
 In:  raw Chinese/English text, the model's `vocab.txt` (RoFormerTokenizer, word segmentation by
      rjieba), a server URL `host:port` and model name.
-Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`).
+Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
+     a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`.
 
     from engines.client import TextEncoder
     enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "ckpt_onnx")
