@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engines.serving.ort_model import load_build
+from engines.triton import config as tc
 from engines.triton.repository import build_repository
 from export.build import main as build
 from export.checkpoint.sentence_transformers import read_pipeline
@@ -88,6 +89,9 @@ def test_triton_twin_and_serving_carry_the_pipeline(st_built, tmp_path):
     assert declared_pooling(twin).truncate_dim == WIDTH and declared_pooling(twin).dense
     config = (repo / "build_onnx" / "config.pbtxt").read_text()
     assert f'name: "{EMBEDDING}"' in config and f"dims: {WIDTH}" in config.split(EMBEDDING)[1].split("}")[0]
+    ins, outs = tc.read_onnx_io(out / "model.rope-plugin.onnx")  # what the TensorRT model's config is made from
+    trt = tc.check_config(tc.config_text(tc.make_config("build_fp32", "tensorrt_plan", ins, outs, 8)), ins, outs)
+    assert next(list(o.dims) for o in trt.output if o.name == EMBEDDING) == [WIDTH]
     served, _, _ = load_build(out, "none")
     feeds = make_inputs(Shape(3, 11, padded_rows=2), model.config.vocab_size, model.config.type_vocab_size)
     want = library_rule(st, model, feeds)
