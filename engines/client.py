@@ -3,8 +3,10 @@
 In:  raw text, the model's tokenizer: its `tokenizer.json` (HF `tokenizers`; ModernBERT and most checkpoints)
      or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/text.py), a
      server URL `host:port` and model name.
-Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`). Only the inputs the model
-declares (its metadata on the server) are sent: a model without token_type_ids gets input_ids and attention_mask.
+Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
+     a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`. Only the inputs the
+     model declares (its metadata on the server) are sent: a model without token_type_ids gets input_ids and
+     attention_mask.
 
     from engines.client import TextEncoder
     enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "ckpt_onnx")

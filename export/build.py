@@ -35,7 +35,8 @@ from export.folder import disk
 from export.folder.digest import artifact_hashes, sha256_tree
 from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
 from export.folder.staging import BuildFolder
-from export.passes.pooling import HIDDEN, check_task
+from export.passes.pooling import HIDDEN
+from export.passes.pooling.request import Resolved, resolve
 from export.passes.quantize.data import CalibSet
 from export.progress import info, status
 from export.report.persist import report_text, save_report
@@ -118,14 +119,16 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     disk_need: int = 0
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
+    pooled: Resolved = field(default_factory=lambda: Resolved(None))  # the pooling, once the checkpoint is read
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
             inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle, attention=a.attention)
-            check_task(self.flags.pooling, inspected.task)
             facts = inspected.facts
+            if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
+                self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
             plan = Plan.decide(a, facts, inspected.task)
             estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
             memory.require(estimate, "this build", a.max_memory)
@@ -153,11 +156,11 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
-        pooling = self.flags.pooling
+        pooling = self.pooled.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
             with self.timed("pooling"):
                 results["pooling"] = run_pooling_stage(
-                    pooling, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
+                    self.pooled, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
                 )
         self.low_precision(results, ckpt, plan, work, trt_key)
         if pooling is not None and TENSORRT_ONNX_KEY in _artifacts(results):
@@ -185,7 +188,7 @@ class Run:
     def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
         """The precision stage (fp16/bf16 graphs), or for int8/fp8 the quantization stage, from the fp32
         TensorRT-bound graph; none after a failed rotary rewrite (the quantized graph would have no sites)."""
-        arts, outputs = _artifacts(results), self.flags.pooling.outputs if self.flags.pooling else None
+        arts, outputs = _artifacts(results), self.pooled.pooling.outputs if self.pooled.pooling else None
         if self.flags.quant is None:
             with self.timed("precision"):
                 results["precision"] = run_precision_stage(
@@ -204,7 +207,7 @@ class Run:
                     ckpt,
                     plan.max_len,
                     self.flags.thresholds,
-                    self.flags.pooling,
+                    self.pooled.pooling,
                 )
 
     def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
@@ -226,7 +229,7 @@ class Run:
                     ckpt=ckpt,
                     thresholds=self.flags.thresholds,
                     workspace_mib=self.args.workspace_mib,
-                    pooling=self.flags.pooling,
+                    pooling=self.pooled.pooling,
                 )
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
             results["engine"] = StageResult(

@@ -6,7 +6,7 @@ from engines.tensorrt.flags import add_engine_flags
 from export import memory
 from export.cli import Parser
 from export.numbers import float_arg, int_arg, size_arg
-from export.passes.pooling import POOLINGS
+from export.passes.pooling import MODES
 from export.passes.quantize.options import add_quant_flags
 
 
@@ -72,17 +72,24 @@ def _graph_flags(p: Parser) -> None:
     add_quant_flags(p)
     p.add_argument(
         "--pooling",
-        default="none",
-        choices=POOLINGS,
-        help="add sentence_embedding [batch, hidden] to "
-        "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
-        "mean) or cls (first token); none: the outputs as exported. Base-model checkpoints only",
+        default="auto",
+        metavar="auto|none|MODE[+MODE]",
+        help="add sentence_embedding [batch, width] to the TensorRT-bound graph, in fp32, by sentence-"
+        "transformers' rules. auto: the checkpoint folder's own pipeline when it has modules.json (Pooling, "
+        f"Dense, Normalize), else none; MODE: {', '.join(MODES)} (joined by + to concatenate); none: the "
+        "outputs as exported. Base-model checkpoints only (export/passes/pooling/README.md)",
     )
-    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with --pooling)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with a pooling)")
     p.add_argument(
         "--outputs",
-        help="with --pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
+        help="with a pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
         "engine drops last_hidden_state) or last_hidden_state,sentence_embedding (default: both)",
+    )
+    p.add_argument(
+        "--truncate-dim",
+        type=int_arg(),
+        help="Matryoshka: keep the first N channels of sentence_embedding, before the normalisation; N must be "
+        "one of the widths the checkpoint declares (config.json matryoshka_dimensions) when it declares them",
     )
     add_engine_flags(p)
 

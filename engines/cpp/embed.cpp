@@ -6,7 +6,8 @@
 // padded with id 0 to the longest one; attention_mask marks the real tokens; every other input the engine
 // declares (token_type_ids, where the model has it) is 0. Inputs are bound by name, whatever the family.
 // Prints one line per sequence: the `sentence_embedding` output when the engine has one (export.build
-// --pooling mean|cls; with --outputs sentence_embedding it is the engine's only output), otherwise the
+// --pooling: any sentence-transformers pipeline, its width that of the last Dense layer or --truncate-dim; with
+// --outputs sentence_embedding it is the engine's only output), otherwise the
 // attention-mask mean of `last_hidden_state` computed here on the host (embedOutputs.h: the choice, the
 // shape check and the mean, tested on the host).
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and

@@ -20,6 +20,7 @@ from export import cli
 from export.cli import InterruptNote, Parser
 from export.errors import EXIT_OK, UsageError
 from export.numbers import int_arg
+from export.passes.pooling import POOLINGS
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 
@@ -34,7 +35,7 @@ def build_parser() -> Parser:
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "none"],
+        choices=POOLINGS,
         default=None,
         help="sentence_embedding output added to the graph (default: the build's own when it was made with "
         "export.build --pooling, else its model family's, export/families/; pass none for no pooling)",

@@ -17,6 +17,7 @@ from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK
 from export.numbers import int_arg
+from export.passes.pooling import POOLINGS
 
 
 def build_parser() -> Parser:
@@ -31,7 +32,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "none"],
+        choices=POOLINGS,
         default="none",
         help="add a sentence_embedding [batch, hidden] output to the ONNX twin. A build made with "
         "export.build --pooling serves its own from both models: pass that mode or none",
