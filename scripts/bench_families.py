@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from export.numbers import int_arg  # noqa: E402
+
 DEMO = dict(
     vocab_size=50368,
     hidden_size=768,
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a 3-layer random ModernBERT (a smoke run)")
     p.add_argument("--optimum-python", help="python of a venv with optimum-onnx (omitted: no optimum peer)")
     p.add_argument("--shapes", default="8x128,1x512", help="batch x sequence, comma-separated")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per shape (>= 9)")
+    p.add_argument("--rounds", type=int_arg(lo=9), default=9, help="interleaved rounds per shape (>= 9)")
     p.add_argument("--work", help="folder for the checkpoint and graphs (default: a temporary one)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "families"))
     args = p.parse_args(argv)
