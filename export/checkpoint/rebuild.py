@@ -102,11 +102,13 @@ def inspect_checkpoint(
     impl = attn_implementation(family, attention)
     config = family.make_config(files.config, path)
     config._attn_implementation = impl  # whatever the file asks (flash-attention does not export), before any build
+    if family.convert_state is not None:  # a layout other than the class's names (legacy, another implementation's)
+        state = family.convert_state(state, config, path)
     task = task or detect_task(family, state, config, path)
     if task == "model":  # a bare encoder: accept keys with or without the base model's prefix
         state = {k.removeprefix(family.base_prefix + "."): v for k, v in state.items()}
     check_layer_count(family, state, config, path)
-    state, table = take_tables(family, state, task, path)
+    state, table = take_tables(family, state, task, path, config)
     expected = _meta_state(family, config, task, path)
     params = sum(v.numel() for k, v in expected.items() if not k.startswith("__"))
     check_keys_and_shapes(state, expected, path)
@@ -182,14 +184,14 @@ def detect_task(family: Family, state: dict, config, path: Path) -> str:
     return task
 
 
-def take_tables(family: Family, state: dict, task: str, path) -> tuple[dict, str | None]:
+def take_tables(family: Family, state: dict, task: str, path, config=None) -> tuple[dict, str | None]:
     """The state without the family's formula tables, each checked against the formula in its stored dtype;
     "checkpoint" (stored and verified), "generated" (absent), None (the family has none)."""
     if family.positions is None:
         return state, None
     keys = [k for k in family.positions.keys(task) if k in state]
     for k in keys:
-        family.positions.check(state[k], path)
+        family.positions.check(state[k], path, config)
     return {k: v for k, v in state.items() if k not in keys}, "checkpoint" if keys else "generated"
 
 

@@ -1,12 +1,14 @@
 """Where the layers of a pre-norm encoder (ModernBERT) are in an ONNX graph: the residual stream, walked.
 
 In a pre-norm layer the normalisations sit inside the blocks (x + attn(norm(x)), then x + mlp(norm(x))), so
-they do not bound the layers; the residual stream does. From the embeddings' normalisation (the first one
-without a weight MatMul upstream) the walk follows the stream tensor x through the Add that adds it an
-attention branch (a Softmax, or a fused attention op, upstream of the other operand): its output is the layer's
-attention_output; then through the Add that adds an FFN branch (a weight MatMul upstream, no Softmax): its
-output is layer_output and the other operand ffn_output. It stops when no attention branch joins x; what
-follows (the final norm, the head) gives the head landmarks: every graph output but the last layer's.
+they do not bound the layers; the residual stream does. The walk starts from the embeddings' normalisation (the
+first one without a weight MatMul upstream); when that one is layer 0's own attention norm, as in an encoder
+without an embeddings normalisation (ESM-2), it starts from that norm's input, the embeddings themselves. It
+follows the stream tensor x through the Add that adds it an attention branch (a Softmax, or a fused attention op,
+upstream of the other operand): its output is the layer's attention_output; then through the Add that adds an FFN
+branch (a weight MatMul upstream, no Softmax): its output is layer_output and the other operand ffn_output. It
+stops when no attention branch joins x; what follows (the final norm, the head) gives the head landmarks: every
+graph output but the last layer's.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ def locate_pre(model: onnx.ModelProto) -> Structure:
     embeddings = next((n for n in find_norms(g) if not _weights(g, region(g, n.inputs, set()))), None)
     if embeddings is None:
         return Structure([], 0, {}, ["no embeddings normalisation found (none without a weight MatMul upstream)"])
-    landmarks.append(Landmark("embeddings", None, (embeddings.output,), (g.name(embeddings.index),)))
-    x, k = embeddings.output, 0
+    x = embeddings.output
+    if _branch_add(g, x, attention=True) is None and len(embeddings.inputs) == 1:
+        stream = embeddings.inputs[0]  # layer 0's attention norm: the residual stream is what it normalises
+        if _branch_add(g, stream, attention=True) is not None:
+            x = stream
+    node = g.producer.get(x, embeddings.index)
+    landmarks.append(Landmark("embeddings", None, (x,), (g.name(node),)))
+    k = 0
     while (attn := _branch_add(g, x, attention=True)) is not None:
         mid = attn.output[0]
         ffn = _branch_add(g, mid, attention=False)

@@ -16,7 +16,10 @@ Fields, in the order a build needs them:
   none): `positions`;
 - what the graph looks like: `inputs`, `rotary(config, layer)`, `attention(config, layer)`, `layer_map`;
 - describing it: `facts(config)` (export.families.facts.ModelFacts), `default_pooling`;
-- making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them);
+- checkpoints stored under other names (legacy names, another implementation's layout): `convert_state(state,
+  config, path)` returns the state in the class's names (None: only the class's own layout is read);
+- making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them),
+  `tokenizer(config)` (a `tokenizers.Tokenizer` shaped like the real checkpoints' own, None: a WordPiece one);
 - its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py).
 """
 
@@ -71,13 +74,13 @@ class LayerMap:
 class Positions:
     """Position tables a family stores as weights although they are a formula (RoFormer's sinusoidal table).
 
-    keys(task): their state-dict keys in the task's class; check(tensor, path): refuse a stored table that is
+    keys(task): their state-dict keys in the task's class; check(tensor, path, config): refuse a stored table that is
     not the formula (it is then dropped: the model gets the formula's); restore(model, rows): the formula's
     table, at least `rows` long, put in the built model; at_least(model, rows): a context manager in which the
     model's table has at least `rows` rows, restored after it (yields the rows in use)."""
 
     keys: Callable[[str], tuple[str, ...]]
-    check: Callable[[torch.Tensor, Path], None]
+    check: Callable[[torch.Tensor, Path, object], None]
     restore: Callable[[torch.nn.Module, int | None], None]
     at_least: Callable[[torch.nn.Module, int], AbstractContextManager[int]]
 
@@ -105,6 +108,8 @@ class Family:
     # checkpoints that ship a vocab.txt instead of tokenizer.json: (table) -> (tokenizer, description); may raise
     # ImportError when its word segmenter is not installed (export.text then falls back to WordPiece alone)
     vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
+    convert_state: Callable[[dict, object, Path], dict] | None = None  # (state, config, path) -> the class's names
+    tokenizer: Callable[[object], object] | None = None  # (config) -> tokenizers.Tokenizer for demo checkpoints
 
     def rotaries(self, config) -> list[LayerRotary]:
         return [self.rotary(config, k) for k in range(self.facts(config).layers)]

@@ -96,7 +96,7 @@ def table_keys(task: str) -> tuple[str, ...]:
     return (TABLE_KEY if task == "model" else f"roformer.{TABLE_KEY}",)
 
 
-def check_table(weight: torch.Tensor, path) -> None:
+def check_table(weight: torch.Tensor, path, config=None) -> None:
     """The sinusoidal table is a formula: refuse a checkpoint whose table is anything else."""
     rows, dim = weight.shape
     want = torch.from_numpy(sincos_table(rows, dim, dtype=np.float64))
