@@ -28,12 +28,14 @@ from pathlib import Path
 from engines.tensorrt.availability import engine_status_for, require_engine
 from export import __version__, build_flags, cli, memory
 from export.build_plan import Flags, Plan
+from export.build_tasks import build_all, held_tasks, task_files
 from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError
+from export.families.adapters import ALL
 from export.folder import disk
 from export.folder.digest import artifact_hashes, sha256_tree
-from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
+from export.folder.layout import ONNX_FILE, TASKS_INDEX, Planned, plan_file, sidecar_file
 from export.folder.staging import BuildFolder
 from export.passes.pooling import HIDDEN
 from export.passes.pooling.request import Resolved, resolve
@@ -83,29 +85,43 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
     planned = flags.planned(args, engine["status"] == "available")
     with BuildFolder(flags.out, force=args.force) as folder:
-        folder.check_targets(planned.files())
-        run = Run(args, argv, flags, planned)
-        ckpt, plan = run.load()
-        note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
-        folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
+        tasks = (
+            held_tasks(args.model, args.config, args.trust_pickle, args.attention) if args.adapter_task == ALL else None
+        )
+        folder.check_targets(planned.files() if tasks is None else task_files(planned.files(), tasks))
+        disk_need = [0]
         try:
-            report, error = run.stages(ckpt, plan, folder.stage)
+            if tasks is None:
+                report, error, files, hashes = _one(args, argv, flags, planned, folder, note, disk_need)
+            else:
+                note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
+                new_run = lambda: Run(args, argv, flags, planned)  # noqa: E731
+                report, error, files, hashes = build_all(new_run, folder.stage, tasks, disk_need)
             folder.commit(
-                report.artifacts_sha256,
-                report.artifacts_sha256,
-                on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place"),
+                files, hashes, on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place")
             )
         except (RoformerTrtError, KeyboardInterrupt):
             raise
         except Exception as e:  # a disk that filled up is the user's to fix: named as such, exit 2
-            full = disk.full_disk(flags.out, run.disk_need, e)
+            full = disk.full_disk(flags.out, disk_need[0], e)
             if full is None:
                 raise
             raise full from e
     if error is not None:
         raise error
-    print(report_text(report), end="") if args.json else print(f"ok: {flags.out / 'report.json'}")
+    where = flags.out / (TASKS_INDEX if tasks else "report.json")
+    print(report_text(report), end="") if args.json else print(f"ok: {where}")
     return EXIT_OK
+
+
+def _one(args, argv, flags, planned, folder, note, disk_need):
+    run = Run(args, argv, flags, planned)
+    ckpt, plan = run.load()
+    disk_need[0] = run.disk_need
+    note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
+    folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
+    report, error = run.stages(ckpt, plan, folder.stage)
+    return report, error, report.artifacts_sha256, report.artifacts_sha256
 
 
 @dataclass
@@ -121,11 +137,13 @@ class Run:
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
     pooled: Resolved = field(default_factory=lambda: Resolved(None))  # the pooling, once the checkpoint is read
 
-    def load(self) -> tuple[LoadedCheckpoint, Plan]:
+    def load(self, adapter_task: str | None = None) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
-            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle, attention=a.attention)
+            inspected = inspect_checkpoint(
+                a.model, a.config, a.trust_pickle, attention=a.attention, adapter_task=adapter_task or a.adapter_task
+            )
             facts = inspected.facts
             if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
                 self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
@@ -145,8 +163,11 @@ class Run:
             info(f"--profiles tops end below --max-len {plan.max_len}: added a last profile up to {plan.max_len}")
         return ckpt, plan
 
-    def stages(self, ckpt: LoadedCheckpoint, plan: Plan, work: Path) -> tuple[Report, RoformerTrtError | None]:
-        """Every stage into `work`; returns the saved report and the error to raise once it is in place."""
+    def stages(
+        self, ckpt: LoadedCheckpoint, plan: Plan, work: Path, shapes=None, before_validation=None
+    ) -> tuple[Report, RoformerTrtError | None]:
+        """Every stage into `work`; returns the saved report and the error to raise once it is in place. shapes: the
+        validation shapes (None: export.build's); before_validation(artifacts): a check of the graphs first."""
         a, results = self.args, {}
         with self.timed("export"):
             results["export"] = run_export_stage(
@@ -167,10 +188,19 @@ class Run:
             results["pooling"] = with_engine_outputs(
                 results["pooling"], work / _artifacts(results)[TENSORRT_ONNX_KEY], plan.max_len
             )
+        if before_validation is not None:
+            before_validation(_artifacts(results))
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(
-                    _graphs(results), ckpt.model, ckpt.task, ckpt.facts, plan.max_len, self.flags.thresholds, pooling
+                    _graphs(results),
+                    ckpt.model,
+                    ckpt.task,
+                    ckpt.facts,
+                    plan.max_len,
+                    self.flags.thresholds,
+                    pooling,
+                    shapes,
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -316,6 +346,7 @@ def assemble_report(
         precision=section("precision"),
         quantization=section("quantize"),
         pooling=section("pooling"),
+        adapter=ckpt.adapter,
         profiles=plan.profiles.to_report(),
         validation=[c for r in results.values() for c in r.cases],
         validation_skipped=True if run.args.skip_validation else None,

@@ -30,6 +30,14 @@ def _input_flags(p: Parser) -> None:
         action="store_true",
         help="allow a pickled nn.Module (runs code from the file; only for files you trust)",
     )
+    p.add_argument(
+        "--task",
+        dest="adapter_task",
+        metavar="NAME|all|none",
+        help="a checkpoint with task adapters (jina-embeddings-v3's LoRA): merge task NAME's adapter into the weights "
+        "before export (one graph per task, no adapter at run time); all: one sub-folder per task; none: the base "
+        "weights. Refused for a checkpoint without adapters; required (or none) for one with them",
+    )
     p.add_argument("--out", help="output folder (default: build/<checkpoint stem>)")
     p.add_argument(
         "--force",

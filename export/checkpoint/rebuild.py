@@ -25,6 +25,7 @@ import torch
 
 from export.checkpoint.formats import read_checkpoint, short
 from export.errors import UsageError
+from export.families.adapters import choose
 from export.families.facts import ModelFacts
 from export.families.family import Family
 from export.families.registry import family_of
@@ -46,6 +47,7 @@ class InspectedCheckpoint:
     family: Family
     attn_implementation: str  # "eager" or "sdpa"
     params: int = 0  # parameters of the model the state fills (counted on the meta device)
+    adapter: dict | None = None  # the task adapter merged (TaskAdapters.describe), or the tasks held (--task none)
 
     @property
     def facts(self) -> ModelFacts:
@@ -63,6 +65,7 @@ class LoadedCheckpoint:
     weights_dtype: str = "float32"
     family: Family = field(default=None)  # type: ignore[assignment]  # always set by materialize
     attn_implementation: str = "eager"
+    adapter: dict | None = None  # report.json `adapter`: the task adapter merged into the weights, if any
 
     @property
     def facts(self) -> ModelFacts:
@@ -84,8 +87,10 @@ def load_checkpoint(
     task: str | None = None,
     table_rows: int | None = None,
     attention: str | None = None,
+    adapter_task: str | None = None,
 ) -> LoadedCheckpoint:
-    return materialize(inspect_checkpoint(path, config_path, trust_pickle, task, attention), table_rows)
+    inspected = inspect_checkpoint(path, config_path, trust_pickle, task, attention, adapter_task)
+    return materialize(inspected, table_rows)
 
 
 def inspect_checkpoint(
@@ -94,7 +99,10 @@ def inspect_checkpoint(
     trust_pickle: bool = False,
     task: str | None = None,
     attention: str | None = None,
+    adapter_task: str | None = None,
 ) -> InspectedCheckpoint:
+    """adapter_task: the task adapter to merge (--task NAME; "none": the base weights), refused for a checkpoint
+    without adapters and required for one with them (export/families/adapters.py)."""
     path = Path(path)
     files = read_checkpoint(path, config_path, trust_pickle)
     state = _strip_prefixes(files.state)
@@ -102,6 +110,7 @@ def inspect_checkpoint(
     impl = attn_implementation(family, attention)
     config = family.make_config(files.config, path)
     config._attn_implementation = impl  # whatever the file asks (flash-attention does not export), before any build
+    state, adapter = with_adapter(family, state, files.config, path, adapter_task)
     if family.convert_state is not None:  # a layout other than the class's names (legacy, another implementation's)
         state = family.convert_state(state, config, path)
     task = task or detect_task(family, state, config, path)
@@ -115,8 +124,22 @@ def inspect_checkpoint(
     state, dtype = upcast(state, path)
     check_finite(state, path)
     return InspectedCheckpoint(
-        config, state, task, files.source_format, files.config_source, dtype, table, path, family, impl, params
+        config, state, task, files.source_format, files.config_source, dtype, table, path, family, impl, params, adapter
     )
+
+
+def with_adapter(family: Family, state: dict, config: dict, path: Path, task: str | None) -> tuple[dict, dict | None]:
+    """The state with the chosen task adapter merged in (in the checkpoint's own layout, before its names are
+    converted), and what the report says of it; checkpoints without adapters refuse a task."""
+    adapters = None
+    if family.adapters is not None:
+        state, adapters = family.adapters(state, config, path)
+    chosen = choose(adapters, task, path)
+    if chosen is not None:
+        return adapters.merged(state, chosen), adapters.describe(chosen)
+    if adapters is not None:  # --task none: the base weights, the adapters named
+        return state, {"task": None, "tasks": list(adapters.tasks), "kind": adapters.kind}
+    return state, None
 
 
 def attn_implementation(family: Family, asked: str | None) -> str:
@@ -155,6 +178,7 @@ def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> Loade
         ck.weights_dtype,
         ck.family,
         ck.attn_implementation,
+        ck.adapter,
     )
 
 

@@ -16,6 +16,9 @@ Fields, in the order a build needs them:
   none): `positions`;
 - what the graph looks like: `inputs`, `rotary(config, layer)`, `attention(config, layer)`, `layer_map`;
 - describing it: `facts(config)` (export.families.facts.ModelFacts), `default_pooling`;
+- checkpoints written for code that is never run, read as data: `adopts(config, keys)` (such a config is this
+  family's, its remote-code fields notwithstanding); `adapters(state, config dict, path)` -> (state, TaskAdapters
+  or None): per-task weight updates the checkpoint holds (export/families/adapters.py), merged by `--task`;
 - checkpoints stored under other names (legacy names, another implementation's layout): `convert_state(state,
   config, path)` returns the state in the class's names (None: only the class's own layout is read);
 - making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them),
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from export.families.adapters import TaskAdapters
 from export.families.facts import ModelFacts
 from export.families.spec import LayerAttention, LayerRotary
 
@@ -110,6 +114,8 @@ class Family:
     vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
     convert_state: Callable[[dict, object, Path], dict] | None = None  # (state, config, path) -> the class's names
     tokenizer: Callable[[object], object] | None = None  # (config) -> tokenizers.Tokenizer for demo checkpoints
+    adopts: Callable[[dict, set[str]], bool] | None = None  # a remote-code config this family reads as data
+    adapters: Callable[[dict, dict, Path], tuple[dict, TaskAdapters | None]] | None = None
 
     def rotaries(self, config) -> list[LayerRotary]:
         return [self.rotary(config, k) for k in range(self.facts(config).layers)]

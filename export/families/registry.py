@@ -1,6 +1,7 @@
 """Which family a checkpoint belongs to: its config's `model_type`, else the family that recognises it.
 
-`family_of(config, keys, path)` refuses (UsageError, exit 2, one line) a config that asks for remote code, a
+`family_of(config, keys, path)` refuses (UsageError, exit 2, one line) a config that asks for remote code (unless a
+family adopts it: reads that checkpoint's layout as data, never its code; jina-embeddings-v3's original), a
 model_type no family file declares (naming the supported ones), and a config without model_type that no
 family, or more than one, recognises. `by_name` finds a family by its name (the graph's metadata, a CLI flag).
 """
@@ -10,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families import esm, modernbert, roformer
+from export.families import esm, jina_embeddings_v3, modernbert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
 
-FAMILIES: tuple[Family, ...] = (roformer.FAMILY, modernbert.FAMILY, esm.FAMILY)
+FAMILIES: tuple[Family, ...] = (roformer.FAMILY, modernbert.FAMILY, esm.FAMILY, jina_embeddings_v3.FAMILY)
 
 
 def names() -> tuple[str, ...]:
@@ -34,6 +35,9 @@ def by_name(name: str) -> Family:
 
 
 def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
+    for f in FAMILIES:  # a checkpoint written for remote code whose layout a family reads as data (never run)
+        if f.adopts is not None and f.adopts(config, keys):
+            return f
     refuse_remote_code(config, Path(path))
     model_type = config.get("model_type")
     if model_type is not None:

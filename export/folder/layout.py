@@ -19,6 +19,7 @@ BENCH_FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"
 DIAGNOSIS_DIR = "diagnosis"
 DIAGNOSIS_FILES = {"json": "diagnosis.json", "md": "diagnosis.md", "png": "diagnosis.png"}
 MANIFEST = ".roformer-trt-files.json"  # what runs of roformer-trt wrote here (export.folder.staging)
+TASKS_INDEX = "tasks.json"  # export.build --task all: the index of the per-task sub-folders (export/build_tasks.py)
 
 
 def data_file(graph: str) -> str:

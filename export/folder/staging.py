@@ -42,7 +42,7 @@ from pathlib import Path
 
 from export.errors import UsageError
 from export.folder.digest import sha256_file
-from export.folder.layout import MANIFEST
+from export.folder.layout import MANIFEST, TASKS_INDEX
 from export.folder.ownership import TOOL, Ownership, merge_claims, write_manifest
 from export.report.schema import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
@@ -138,10 +138,9 @@ class BuildFolder:
             self.check_targets(new)  # again under the lock: a user's file may have appeared meanwhile
             new_hashes = {n: hashes.get(n) or sha256_file(stage / n) for n in new}
             write_manifest(self.out, merge_claims({n: owner.claims[n] for n in old}, new_hashes))  # both sets
-            for name in (REPORT_JSON, REPORT_MD):
-                if name in old:
-                    (self.out / name).unlink()  # first: no report may describe a half-swapped folder
-            for stale in sorted(set(old) - set(new) - set(KEEP) - {REPORT_JSON, REPORT_MD}):
+            for name in sorted(n for n in old if _is_report(n)):  # a task sub-folder's too (export.build --task all)
+                (self.out / name).unlink()  # first: no report may describe a half-swapped folder
+            for stale in sorted(n for n in set(old) - set(new) - set(KEEP) if not _is_report(n)):
                 _remove_file(self.out, stale)
             kept = {n: owner.claims[n] for n in KEEP if n in old and n not in new}
             moves = sorted(new, key=move_rank)
@@ -154,8 +153,21 @@ class BuildFolder:
 
 
 def move_rank(name: str) -> tuple:
-    """Weights first, then anything else, then graphs (which read the weights), report.md, report.json last."""
-    return (name == REPORT_JSON, name == REPORT_MD, name.endswith(".onnx"), not name.endswith(".data"), name)
+    """Weights first, then anything else, then graphs (which read the weights), the report.md and report.json of
+    every folder (a task sub-folder's too), the --task all index, report.json last."""
+    base = name.rsplit("/", 1)[-1]
+    return (
+        name == REPORT_JSON,
+        name == TASKS_INDEX,
+        base in (REPORT_JSON, REPORT_MD),
+        name.endswith(".onnx"),
+        not name.endswith(".data"),
+        name,
+    )
+
+
+def _is_report(name: str) -> bool:
+    return name.rsplit("/", 1)[-1] in (REPORT_JSON, REPORT_MD)
 
 
 def check_out_path(out: Path) -> None:

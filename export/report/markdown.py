@@ -14,6 +14,7 @@ def render_markdown(r: Report) -> str:
         lines += ["**Not validated** (`--skip-validation`): the accuracy gate fails this report.", ""]
     for section in (
         _model,
+        _adapter,
         _export,
         _rewrite,
         _pooling,
@@ -52,6 +53,29 @@ def _model(r: Report) -> list[str]:
             "",
         ]
     return lines
+
+
+def _adapter(r: Report) -> list[str]:
+    a = r.adapter
+    if not a:
+        return []
+    held = ", ".join(a.get("tasks") or [])
+    if a.get("task") is None:
+        return [
+            "## Task adapter",
+            "",
+            f"None merged (`--task none`): the base weights; the checkpoint holds {held}.",
+            "",
+        ]
+    prefix = a.get("prefix") or ""
+    return [
+        "## Task adapter",
+        "",
+        f"`{a['task']}` (index {a.get('index')} of {held}) merged into {a.get('weights_merged')} weights before "
+        f"export: {a.get('kind')}, rank {a.get('rank')}, alpha {a.get('alpha')}, scaling {a.get('scaling')}. "
+        + (f"Texts for this task start with `{prefix}` (the client adds it)." if prefix else "No text prefix."),
+        "",
+    ]
 
 
 def _per_layer(values: list) -> str:

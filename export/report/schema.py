@@ -240,6 +240,7 @@ class Report:
     plugin: PluginSection | None = None
     precision: PrecisionSection | None = None
     pooling: PoolingSection | None = None  # optional (no schema bump): readers of version 1 ignore it
+    adapter: dict | None = None  # --task: the task adapter merged into the weights (export/families/adapters.py)
     quantization: dict | None = None  # --precision int8 | fp8: export.stages.quantize
     profiles: list[ProfileRow] = field(default_factory=list)
     validation: list[ValidationCase] = field(default_factory=list)
@@ -300,6 +301,7 @@ _SHAPES = {
     "plugin": "object",
     "precision": "object",
     "pooling": "object",
+    "adapter": "object",
     "quantization": "object",
     "profiles": "list",
     "validation": "list",

@@ -14,14 +14,22 @@ from export.validate import TorchReference, validate_graphs, validation_shapes
 
 
 def run_validation_stage(
-    graphs: dict, model, task: str, facts, max_len: int, thresholds: Thresholds, pooling: Pooling | None = None
+    graphs: dict,
+    model,
+    task: str,
+    facts,
+    max_len: int,
+    thresholds: Thresholds,
+    pooling: Pooling | None = None,
+    shapes: list | None = None,
 ) -> StageResult[None]:
     """facts: the family's ModelFacts (vocab sizes, and whether there is a token_type_ids input); pooling: the
-    reference computes sentence_embedding too, for the graphs that have it (their OnnxFile says)."""
+    reference computes sentence_embedding too, for the graphs that have it (their OnnxFile says); shapes: None for
+    validation_shapes(max_len) (every build's), or fewer (export.build --task all, after its first task)."""
     cases = validate_graphs(
         graphs,
         TorchReference(model, task, pooling=pooling),
-        validation_shapes(max_len, task),
+        shapes or validation_shapes(max_len, task),
         thresholds,
         facts.vocab_size,
         facts.type_vocab_size,
