@@ -172,3 +172,21 @@ def family_build(hf_ckpt, tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def jina_original(tmp_path_factory):
+    """jina_original(**config overrides) -> (folder, base model, {module: (lora_A, lora_B)}): a tiny jina-embeddings-v3
+    checkpoint in the original layout with its five task LoRA adapters (tests/fixtures/jina_original.py), written
+    once per argument set."""
+    from tests.fixtures.jina_original import write_original
+
+    cache: dict = {}
+
+    def make(**overrides):
+        key = tuple(sorted(overrides.items()))
+        if key not in cache:
+            cache[key] = write_original(tmp_path_factory.mktemp("jina-original") / "ckpt", **overrides)
+        return cache[key]
+
+    return make
