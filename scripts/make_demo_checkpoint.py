@@ -5,12 +5,19 @@
     python scripts/make_demo_checkpoint.py --out stress --outliers     # the RoFormer stress twin (synthetic)
     python scripts/make_demo_checkpoint.py --family modernbert --out demo-mb          # shaped like ModernBERT-base
     python scripts/make_demo_checkpoint.py --family modernbert --out tiny-mb --tiny   # 3 layers, window 16
+    python scripts/make_demo_checkpoint.py --family esm --task masked-lm --out demo-esm   # esm2_t33_650M's shape
+    python scripts/make_demo_checkpoint.py --family jina_embeddings_v3 --out demo-jina   # with its 5 task adapters
 
 RoFormer: the canonical {config, state_dict} ckpt.pt and a vocab.txt (what engines.client and --calib text read).
 Other families: an HF folder (config.json, model.safetensors) with a tokenizer.json built with the `tokenizers`
 library (WordPiece over ASCII, words and CJK, the special tokens at the config's ids; tests/fixtures/hf_checkpoints.py),
 which engines.client reads through `tokenizers`. ModernBERT's demo: 22 layers, hidden 768, 12 heads, local_attention
 128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py).
+ESM-2's demo: esm2_t33_650M_UR50D's shape (33 layers, hidden 1280, 20 heads, vocab 33, token dropout on) with its
+per-residue tokenizer.json. jina-embeddings-v3's demo is written in the ORIGINAL checkpoint's layout and config
+(jinaai/jina-embeddings-v3: model_type xlm-roberta with its auto_map, weights under roberta. as parametrized
+weights, five task LoRA adapters of rank 4 with the published names and shapes; tests/fixtures/jina_original.py),
+so `export.build --task NAME|all` reads it as it reads the real one; 24 layers, hidden 1024, vocab 250002.
 The weights are random (HF's initialisation under a fixed seed): the model has the real one's shapes, layer types,
 rotary tables and windows, and computes nothing meaningful.
 
@@ -25,10 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.families.registry import names  # noqa: E402
+from export.families.registry import by_name, names  # noqa: E402
 from export.spec import TASKS  # noqa: E402
 from tests.fixtures.checkpoints import write_demo  # noqa: E402
 from tests.fixtures.hf_checkpoints import write_hf  # noqa: E402
+from tests.fixtures.jina_original import write_original  # noqa: E402
 
 CANONICAL = "roformer"  # the family written as ckpt.pt + vocab.txt (the other families: HF folders)
 
@@ -51,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--rotary-value and --outliers apply to --family {CANONICAL}")
         if Path(args.out).exists() and any(Path(args.out).iterdir()):
             p.error(f"--out {args.out} is not empty; pass a new folder (nothing there is overwritten)")
-        path, _ = write_hf(Path(args.out), args.family, args.task, tiny=args.tiny)
+        if by_name(args.family).adopts is not None:  # a family whose real checkpoints are another code's layout
+            if args.task != "model":
+                p.error(f"--family {args.family} is written as its original checkpoint: the base model (--task model)")
+            path, _, _ = write_original(Path(args.out), tiny=args.tiny)
+        else:
+            path, _ = write_hf(Path(args.out), args.family, args.task, tiny=args.tiny)
     print(path)
     return 0
 

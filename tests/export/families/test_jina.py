@@ -109,3 +109,27 @@ def test_the_tokenizer_is_xlm_r_shaped(jina_original):
     assert enc.ids[0] == 0 and enc.ids[-1] == 2 and "▁hello" in enc.tokens and "▁world" in enc.tokens
     assert tok.token_to_id("<pad>") == model.config.pad_token_id == 1
     assert tok.token_to_id("<mask>") == model.config.vocab_size - 1 and tok.get_vocab_size() == model.config.vocab_size
+
+
+def test_make_demo_checkpoint_writes_the_original_layout_with_adapters(tmp_path):
+    """scripts/make_demo_checkpoint.py --family jina_embeddings_v3 --tiny: the original config (auto_map, adapters)
+    and weights (roberta., parametrized, lora_A / lora_B), which export.build --task reads; the demo config is
+    jina-embeddings-v3's shape (asserted on the config alone)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "scripts" / "make_demo_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_demo_checkpoint", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "jina"
+    assert script.main(["--family", "jina_embeddings_v3", "--tiny", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "xlm-roberta" and config["lora_adaptations"][0] == "retrieval.query"
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert "roberta.encoder.layers.0.mixer.Wqkv.parametrizations.weight.0.lora_A" in keys
+    assert load_checkpoint(out, adapter_task="classification").adapter["index"] == 3
+    demo = JINA.demo()
+    shape = (demo.num_hidden_layers, demo.hidden_size, demo.num_attention_heads, demo.intermediate_size)
+    assert shape == (24, 1024, 16, 4096) and (demo.vocab_size, demo.max_position_embeddings) == (250002, 8194)
+    assert demo.rope_parameters["rope_theta"] == 20000.0
