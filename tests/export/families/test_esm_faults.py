@@ -70,6 +70,28 @@ def test_each_fault_is_caught_and_located(sensitive, name, where):
     assert first_divergence(ck, bad) == where
 
 
+@pytest.mark.parametrize("mode", ["onnx", "plugin"])
+def test_faults_in_the_rewritten_graph_are_caught_and_located(sensitive, tmp_path, mode):
+    """The same faults in the rotary pass's graph: its query Mul still sits before the rewritten node of each layer
+    (RotaryEmbedding or RoformerRotary), and the token dropout constant is untouched by the pass."""
+    from export.passes.lowering import with_rotary_function
+    from export.stages.rope import rewrite_file
+
+    ck, graph = sensitive
+    src, dst = tmp_path / "model.onnx", tmp_path / f"model.rope-{mode}.onnx"
+    onnx.save(graph, str(src))
+    assert rewrite_file(src, dst, mode, ck.config, MAX_LEN, ck.task)["coverage_error"] is None
+    rewritten = onnx.load(str(dst))
+    assert judged(ck, rewritten)[0]
+    lowered = (lambda g: with_rotary_function(g)) if mode == "plugin" else (lambda g: g)
+    for bad, where in (
+        (faults.set_scalar(rewritten, 0.88, 1.0), {"stage": "embeddings", "layer": None, "point": "embeddings"}),
+        (faults.move_query_scale(rewritten, 2, "drop"), {"stage": "layer", "layer": 2, "point": "rotary_output"}),
+    ):
+        assert not judged(ck, bad)[0]
+        assert first_divergence(ck, lowered(bad)) == where
+
+
 def test_the_query_scale_after_the_rotary_is_the_same_function(sensitive):
     """Moved after the rotary in every layer, the scale leaves the outputs as they were (within fp32 rounding) and
     passes the gate: this placement is not a fault any output comparison could catch, and none is claimed."""

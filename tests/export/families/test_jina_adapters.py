@@ -206,6 +206,7 @@ def test_task_all_writes_one_gated_build_per_task_under_one_manifest(builds):
         graded = [c for c in report.validation if "sentence_embedding" in c["outputs"]]
         assert graded and {c["precision"] for c in graded} == {"fp32", "fp16"}
         assert "## Task adapter" in (out / task / "report.md").read_text()
+        assert report.rewrite["found"] == report.rewrite["rewritten"] == report.rewrite["expected"] == 6
     assert "tasks.json" in owned and not (out / "report.json").exists()
 
 
