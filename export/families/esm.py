@@ -128,11 +128,8 @@ def convert_state(state: dict, config, path: Path) -> dict:
             freqs[k] = v
         elif k.endswith("embeddings.position_ids"):
             _check_position_ids(k, v, path)
-        elif k.endswith("embeddings.position_embeddings.weight"):
-            continue  # a rotary model never reads it (transformers: _keys_to_ignore_on_load_unexpected)
-        else:
-            out[k.removesuffix(".gamma") + ".weight" if k.endswith("LayerNorm.gamma") else
-                k.removesuffix(".beta") + ".bias" if k.endswith("LayerNorm.beta") else k] = v  # fmt: skip
+        elif not k.endswith("embeddings.position_embeddings.weight"):  # unused by a rotary model: dropped
+            out[_layer_norm_name(k)] = v
     if freqs:
         first, *rest = sorted(freqs)
         for k in rest:
@@ -141,6 +138,14 @@ def convert_state(state: dict, config, path: Path) -> dict:
         prefix = first.split("encoder.layer.")[0]  # "esm." in the head classes, "" in the base model
         out.setdefault(prefix + INV_FREQ, freqs[first])
     return out
+
+
+def _layer_norm_name(key: str) -> str:
+    """LayerNorm.gamma / .beta (the published names) -> .weight / .bias."""
+    for old, new in ((".LayerNorm.gamma", ".LayerNorm.weight"), (".LayerNorm.beta", ".LayerNorm.bias")):
+        if key.endswith(old):
+            return key.removesuffix(old) + new
+    return key
 
 
 def _check_position_ids(key: str, value: torch.Tensor, path: Path) -> None:
