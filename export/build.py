@@ -129,7 +129,7 @@ class Run:
             facts = inspected.facts
             if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
                 self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
-            plan = Plan.decide(a, facts, inspected.task)
+            plan = Plan.decide(a, facts, inspected.task, inspected.family.rotaries(inspected.config))
             estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
             memory.require(estimate, "this build", a.max_memory)
             self.disk_need = disk.need(inspected.params, self.planned)
