@@ -13,7 +13,8 @@ that way. arctic-embed-m-v2.0 has rope_theta 160000 and no scaling: the default 
 Inputs input_ids and attention_mask: the token-type table has one row (type_vocab_size 1: both checkpoints;
 0: no table), which the model adds to every token when no token_type_ids are given; a config with more token
 types is refused (pairs of segments would need the input, which this file does not export).
-Pooling: CLS, as both checkpoints' sentence-transformers configs (1_Pooling) use it.
+Pooling: CLS (gte-multilingual-base's usage takes the first token; Snowflake's arctic-embed models pool cls in
+their 1_Pooling configs; a checkpoint folder's own sentence-transformers modules decide with --pooling auto).
 
 What this file does not implement is refused at load, with the reason: rope types other than the three above,
 a partial rotary, more than one token type, heads other than the four below.
