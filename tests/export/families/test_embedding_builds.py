@@ -289,3 +289,31 @@ def test_make_demo_checkpoint_writes_each_family(family, tmp_path):
     assert demo.rope_parameters["rope_theta"] == theta and demo.max_position_embeddings == (
         2048 if family == "nomic_bert" else 8192
     )
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_client_reads_prompts_and_positions_from_either_protocol_config(protocol):
+    """TritonEncoderClient.parameters() reads the config as tritonclient returns it: a JSON dict over HTTP, a
+    ModelConfigResponse over gRPC; a prompts value that is not a JSON object of strings is ignored."""
+    from engines import client
+
+    published = {"max_sequence_length": "64", "prompts": json.dumps({"search_query": "search_query: "})}
+    if protocol == "http":
+        cfg = {"parameters": {k: {"string_value": v} for k, v in published.items()}}
+    else:
+        service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2", reason="tritonclient[grpc] not installed")
+        cfg = service_pb2.ModelConfigResponse()
+        for k, v in published.items():
+            cfg.config.parameters[k].string_value = v
+
+    class Server:
+        def get_model_config(self, model):
+            return cfg
+
+    c = client.TritonEncoderClient.__new__(client.TritonEncoderClient)
+    c._client, c.model, c.protocol = Server(), "m", protocol
+    assert c.parameters() == published and c.max_sequence_length() == 64
+    assert c.prompts() == {"search_query": "search_query: "}
+    for bad in ('["search_query: "]', '{"a": 1}', "not json"):
+        assert client.parse_prompts(bad) == {}
+    assert client.parse_prompts(None) == {}
