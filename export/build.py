@@ -28,13 +28,14 @@ from pathlib import Path
 from engines.tensorrt.availability import engine_status_for, require_engine
 from export import __version__, build_flags, cli, memory
 from export.build_plan import Flags, Plan
+from export.build_report import checkpoint_facts, model_facts
 from export.build_tasks import build_all, held_tasks, task_files
 from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError
 from export.families.adapters import ALL
 from export.folder import disk
-from export.folder.digest import artifact_hashes, sha256_tree
+from export.folder.digest import artifact_hashes
 from export.folder.layout import ONNX_FILE, TASKS_INDEX, Planned, plan_file, sidecar_file
 from export.folder.staging import BuildFolder
 from export.passes.pooling import HIDDEN
@@ -147,7 +148,7 @@ class Run:
             facts = inspected.facts
             if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
                 self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
-            plan = Plan.decide(a, facts, inspected.task)
+            plan = Plan.decide(a, facts, inspected.task, inspected.family.rotaries(inspected.config))
             estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
             memory.require(estimate, "this build", a.max_memory)
             self.disk_need = disk.need(inspected.params, self.planned)
@@ -368,34 +369,6 @@ def _artifacts(results: dict[str, StageResult]) -> dict[str, str]:
 
 def _graphs(results: dict[str, StageResult]) -> dict:
     return {k: v for r in results.values() for k, v in r.graphs.items()}
-
-
-def model_facts(ckpt: LoadedCheckpoint) -> dict:
-    """report.json `model`: the family's facts, the task, the inputs, the attention kernel, and per layer the
-    rotary and the attention kind the family declares."""
-    return {
-        **ckpt.facts.to_report(),
-        "task": ckpt.task,
-        "inputs": list(ckpt.family.inputs),
-        "attn_implementation": ckpt.attn_implementation,
-        "params": sum(p.numel() for p in ckpt.model.parameters()),
-        "table": ckpt.table,
-        "rotary": [
-            {"layout": r.layout, "dim": r.dim, "table": r.table.name, "theta": r.table.theta, "sites": list(r.sites)}
-            for r in ckpt.rotary
-        ],
-        "attention": [a.describe() for a in ckpt.attention],
-    }
-
-
-def checkpoint_facts(args, ckpt: LoadedCheckpoint) -> dict:
-    return {
-        "path": str(args.model),
-        "format": ckpt.source_format,
-        "sha256": sha256_tree(args.model),
-        "config_source": ckpt.config_source,
-        "weights_dtype": ckpt.weights_dtype,
-    }
 
 
 def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | None:

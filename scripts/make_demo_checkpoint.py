@@ -5,6 +5,9 @@
     python scripts/make_demo_checkpoint.py --out stress --outliers     # the RoFormer stress twin (synthetic)
     python scripts/make_demo_checkpoint.py --family modernbert --out demo-mb          # shaped like ModernBERT-base
     python scripts/make_demo_checkpoint.py --family modernbert --out tiny-mb --tiny   # 3 layers, window 16
+    python scripts/make_demo_checkpoint.py --family gte --out demo-gte          # gte-multilingual-base's shape
+    python scripts/make_demo_checkpoint.py --family nomic_bert --out demo-nomic # nomic-embed-text-v1.5's shape
+    python scripts/make_demo_checkpoint.py --family eurobert --out demo-euro    # EuroBERT-210m's shape
     python scripts/make_demo_checkpoint.py --family esm --task masked-lm --out demo-esm   # esm2_t33_650M's shape
     python scripts/make_demo_checkpoint.py --family jina_embeddings_v3 --out demo-jina   # with its 5 task adapters
 
@@ -12,12 +15,11 @@ RoFormer: the canonical {config, state_dict} ckpt.pt and a vocab.txt (what engin
 Other families: an HF folder (config.json, model.safetensors) with a tokenizer.json built with the `tokenizers`
 library (WordPiece over ASCII, words and CJK, the special tokens at the config's ids; tests/fixtures/hf_checkpoints.py),
 which engines.client reads through `tokenizers`. ModernBERT's demo: 22 layers, hidden 768, 12 heads, local_attention
-128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py).
-ESM-2's demo: esm2_t33_650M_UR50D's shape (33 layers, hidden 1280, 20 heads, vocab 33, token dropout on) with its
-per-residue tokenizer.json. jina-embeddings-v3's demo is written in the ORIGINAL checkpoint's layout and config
-(jinaai/jina-embeddings-v3: model_type xlm-roberta with its auto_map, weights under roberta. as parametrized
-weights, five task LoRA adapters of rank 4 with the published names and shapes; tests/fixtures/jina_original.py),
-so `export.build --task NAME|all` reads it as it reads the real one; 24 layers, hidden 1024, vocab 250002.
+128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py);
+the others' in their family files (export/families/README.md). jina-embeddings-v3's demo is written in the ORIGINAL
+checkpoint's layout and config (jinaai/jina-embeddings-v3: model_type xlm-roberta with its auto_map, weights under
+roberta. as parametrized weights, five task LoRA adapters of rank 4 with the published names and shapes;
+tests/fixtures/jina_original.py), so `export.build --task NAME|all` reads it as it reads the real one.
 The weights are random (HF's initialisation under a fixed seed): the model has the real one's shapes, layer types,
 rotary tables and windows, and computes nothing meaningful.
 

@@ -64,7 +64,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
     (
         "orchestrator: export.build, its plan and the stages it runs",
-        ("export.build", "export.build_flags", "export.build_plan", "export.stages", "export.__main__"),
+        (
+            "export.build",
+            "export.build_flags",
+            "export.build_plan",
+            "export.build_report",
+            "export.build_tasks",
+            "export.stages",
+            "export.__main__",
+        ),
     ),
 ]
 

@@ -1,14 +1,14 @@
 """Where the layers of a pre-norm encoder (ModernBERT) are in an ONNX graph: the residual stream, walked.
 
 In a pre-norm layer the normalisations sit inside the blocks (x + attn(norm(x)), then x + mlp(norm(x))), so
-they do not bound the layers; the residual stream does. The walk starts from the embeddings' normalisation (the
-first one without a weight MatMul upstream); when that one is layer 0's own attention norm, as in an encoder
-without an embeddings normalisation (ESM-2), it starts from that norm's input, the embeddings themselves. It
-follows the stream tensor x through the Add that adds it an attention branch (a Softmax, or a fused attention op,
-upstream of the other operand): its output is the layer's attention_output; then through the Add that adds an FFN
-branch (a weight MatMul upstream, no Softmax): its output is layer_output and the other operand ffn_output. It
-stops when no attention branch joins x; what follows (the final norm, the head) gives the head landmarks: every
-graph output but the last layer's.
+they do not bound the layers; the residual stream does. From the embeddings' normalisation (the first one
+without a weight MatMul upstream; in a model with no such normalisation, EuroBERT's or ESM-2's, that first
+norm is layer 0's own and the stream starts at its input, the embeddings) the walk follows the stream tensor x
+through the Add that adds it an
+attention branch (a Softmax, or a fused attention op, upstream of the other operand): its output is the layer's
+attention_output; then through the Add that adds an FFN branch (a weight MatMul upstream, no Softmax): its
+output is layer_output and the other operand ffn_output. It stops when no attention branch joins x; what
+follows (the final norm, the head) gives the head landmarks: every graph output but the last layer's.
 """
 
 from __future__ import annotations
@@ -29,14 +29,8 @@ def locate_pre(model: onnx.ModelProto) -> Structure:
     embeddings = next((n for n in find_norms(g) if not _weights(g, region(g, n.inputs, set()))), None)
     if embeddings is None:
         return Structure([], 0, {}, ["no embeddings normalisation found (none without a weight MatMul upstream)"])
-    x = embeddings.output
-    if _branch_add(g, x, attention=True) is None and len(embeddings.inputs) == 1:
-        stream = embeddings.inputs[0]  # layer 0's attention norm: the residual stream is what it normalises
-        if _branch_add(g, stream, attention=True) is not None:
-            x = stream
-    node = g.producer.get(x, embeddings.index)
-    landmarks.append(Landmark("embeddings", None, (x,), (g.name(node),)))
-    k = 0
+    x, k = _stream_start(g, embeddings), 0
+    landmarks.append(Landmark("embeddings", None, (x,), (g.name(g.producer[x]) if x in g.producer else x,)))
     while (attn := _branch_add(g, x, attention=True)) is not None:
         mid = attn.output[0]
         ffn = _branch_add(g, mid, attention=False)
@@ -55,6 +49,17 @@ def locate_pre(model: onnx.ModelProto) -> Structure:
         if o != x and o in g.producer:
             landmarks.append(Landmark("head", None, (o,), (g.name(g.producer[o]),)))
     return Structure(sorted(landmarks, key=lambda m: m.key), k, regions, notes)
+
+
+def _stream_start(g: Graph, norm) -> str:
+    """The embeddings' normalisation output, or, when no attention branch joins it there, the norm's input or a
+    tensor it was cast from (a model without embeddings normalisation: the first norm is layer 0's)."""
+    t = norm.inputs[0]
+    candidates = [norm.output, t]
+    while (n := g.node_of(t)) is not None and n.op_type in PASS_THROUGH:
+        t = n.input[0]
+        candidates.append(t)
+    return next((c for c in candidates if _branch_add(g, c, attention=True) is not None), norm.output)
 
 
 def _branch_add(g: Graph, x: str, attention: bool) -> onnx.NodeProto | None:

@@ -16,14 +16,17 @@ Fields, in the order a build needs them:
   none): `positions`;
 - what the graph looks like: `inputs`, `rotary(config, layer)`, `attention(config, layer)`, `layer_map`;
 - describing it: `facts(config)` (export.families.facts.ModelFacts), `default_pooling`;
+- making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them),
+  `tokenizer(config)` (a `tokenizers.Tokenizer` shaped like the real checkpoints' own, None: a WordPiece one);
 - checkpoints written for code that is never run, read as data: `adopts(config, keys)` (such a config is this
   family's, its remote-code fields notwithstanding); `adapters(state, config dict, path)` -> (state, TaskAdapters
   or None): per-task weight updates the checkpoint holds (export/families/adapters.py), merged by `--task`;
-- checkpoints stored under other names (legacy names, another implementation's layout): `convert_state(state,
-  config, path)` returns the state in the class's names (None: only the class's own layout is read);
-- making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them),
-  `tokenizer(config)` (a `tokenizers.Tokenizer` shaped like the real checkpoints' own, None: a WordPiece one);
-- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py).
+- checkpoints stored under other names (legacy names, another implementation's layout) that transformers' own
+  conversion mapping does not cover: `convert_state(state, config, path)` returns the state in the class's names
+  (None: nothing beyond transformers' conversion);
+- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py); `prompts`, the
+  prefixes its checkpoints expect before a text, by sentence-transformers prompt name (NomicBERT's
+  "search_query: "...): report.json `model.prompts`, published to Triton and added by engines.client --prompt.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ class Family:
     # checkpoints that ship a vocab.txt instead of tokenizer.json: (table) -> (tokenizer, description); may raise
     # ImportError when its word segmenter is not installed (export.text then falls back to WordPiece alone)
     vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
+    prompts: tuple[tuple[str, str], ...] = ()  # (sentence-transformers prompt name, prefix added to the text)
     convert_state: Callable[[dict, object, Path], dict] | None = None  # (state, config, path) -> the class's names
     tokenizer: Callable[[object], object] | None = None  # (config) -> tokenizers.Tokenizer for demo checkpoints
     adopts: Callable[[dict, set[str]], bool] | None = None  # a remote-code config this family reads as data

@@ -49,9 +49,11 @@ ADAPTER_FIELDS = ("lora_adaptations", "task_instructions", "lora_rank", "lora_al
 
 
 def recognise(config: dict, keys: set[str]) -> bool:
-    """A config without model_type is jina-v3's when it names task adapters, or its keys have the fused Wqkv with
-    the embeddings' `emb_ln` (the original layout) or the class's post-MLP norm."""
-    return "lora_adaptations" in config or any(".mixer.Wqkv." in k or ".post_mlp_layernorm." in k for k in keys)
+    """A config without model_type is jina-v3's when it names task adapters, or its keys have the original layout's
+    fused `mixer.Wqkv`, or the class's post-MLP norm with a plain two-matrix MLP (`mlp.fc1`; GTE's gated MLP has
+    up/gate projections instead)."""
+    post_norm = any(".post_mlp_layernorm." in k for k in keys) and any(".mlp.fc1." in k for k in keys)
+    return "lora_adaptations" in config or post_norm or any(".mixer.Wqkv." in k for k in keys)
 
 
 def make_config(config: dict, path: Path):
@@ -234,7 +236,6 @@ FAMILY = Family(
     tiny=tiny,
     demo=demo,
     attn_implementations=("eager", "sdpa"),
-    convert_state=jina_lora.convert_state,
     tokenizer=tokenizer,
     adopts=jina_lora.adopts,
     adapters=adapters,

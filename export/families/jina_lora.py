@@ -28,14 +28,14 @@ revision bd55a5ec8e6c0fb1d6c26efb4b6a4a74ce8a88d3 with jina-embeddings-v3 ab036b
 reachable here. The merge runs on the checkpoint's own layout, before its names are converted, exactly where
 modeling_lora.py applies it (to the parametrized weight); the fused Wqkv is split into q/k/v afterwards.
 
-The weight names are converted to the class's as transformers 5.25 does for this model type
-(conversion_mapping.py "jina_embeddings_v3": emb_ln, encoder.layers, mixer.out_proj, norm1, norm2 renamed, the
-fused mixer.Wqkv chunked into q/k/v along dim 0); transformers 5.25's save_pretrained writes that layout too.
+Once the wrapper prefix and the parametrization names are gone, the names are those transformers 5.25's own
+conversion mapping reads (conversion_mapping.py "jina_embeddings_v3": emb_ln, encoder.layers, mixer.out_proj,
+norm1, norm2 renamed, the fused mixer.Wqkv chunked into q/k/v along dim 0; its save_pretrained writes that layout
+too): export/checkpoint/conversion.py applies it, after the adapter is merged.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -167,30 +167,3 @@ def _check_pair(module: str, pair: dict, weight, tasks: int, rank: int, path: Pa
             f"{path}: adapter of {module} has lora_A {a}, lora_B {b}; expected {want[0]}, {want[1]} for "
             f"{tasks} task(s) of rank {rank} on a weight of shape {(out_dim, in_dim)}"
         )
-
-
-RENAMES = (  # transformers 5.25 conversion_mapping.py "jina_embeddings_v3"
-    (r"(^|\.)emb_ln\.", r"\1embeddings.LayerNorm."),
-    (r"(^|\.)encoder\.layers\.", r"\1layers."),
-    (r"\.mixer\.out_proj\.", ".self_attn.o_proj."),
-    (r"\.norm1\.", ".post_attention_layernorm."),
-    (r"\.norm2\.", ".post_mlp_layernorm."),
-)
-QKV = re.compile(r"\.mixer\.Wqkv\.(weight|bias)$")
-
-
-def convert_state(state: dict, config, path: Path) -> dict:
-    """The class's names for the original layout (and transformers' own save layout); other keys unchanged."""
-    out = {}
-    for k, v in state.items():
-        for pattern, repl in RENAMES:
-            k = re.sub(pattern, repl, k)
-        m = QKV.search(k)
-        if m is None:
-            out[k] = v
-            continue
-        if v.shape[0] % 3:
-            raise UsageError(f"{path}: {k} has {v.shape[0]} rows, not 3 equal parts for query, key and value")
-        for part, chunk in zip(("q", "k", "v"), v.chunk(3, dim=0), strict=True):
-            out[k[: m.start()] + f".self_attn.{part}_proj.{m.group(1)}"] = chunk
-    return out

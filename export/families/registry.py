@@ -11,11 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families import esm, jina_embeddings_v3, modernbert, roformer
+from export.families import esm, eurobert, gte, jina_embeddings_v3, modernbert, nomic_bert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
 
-FAMILIES: tuple[Family, ...] = (roformer.FAMILY, modernbert.FAMILY, esm.FAMILY, jina_embeddings_v3.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    roformer.FAMILY,
+    modernbert.FAMILY,
+    gte.FAMILY,
+    nomic_bert.FAMILY,
+    eurobert.FAMILY,
+    esm.FAMILY,
+    jina_embeddings_v3.FAMILY,
+)
 
 
 def names() -> tuple[str, ...]:

@@ -133,3 +133,14 @@ def test_make_demo_checkpoint_writes_the_original_layout_with_adapters(tmp_path)
     shape = (demo.num_hidden_layers, demo.hidden_size, demo.num_attention_heads, demo.intermediate_size)
     assert shape == (24, 1024, 16, 4096) and (demo.vocab_size, demo.max_position_embeddings) == (250002, 8194)
     assert demo.rope_parameters["rope_theta"] == 20000.0
+
+
+def test_a_config_without_model_type_is_recognised_by_its_keys(hf_ckpt, jina_original):
+    """The class's keys (post-MLP norm with fc1/fc2: not GTE's gated MLP), the original keys (mixer.Wqkv), or the
+    adapter fields: jina-v3's, and no other family's."""
+    folder, model = hf_ckpt("jina_embeddings_v3")
+    assert family_of({}, set(model.state_dict()), "c") is JINA
+    assert family_of({}, set(load_file(str(folder / "model.safetensors"))), "c") is JINA
+    original, _, _ = jina_original()
+    assert family_of({}, set(load_file(str(original / "model.safetensors"))), "c") is JINA
+    assert family_of({"lora_adaptations": ["a"]}, set(), "c") is JINA

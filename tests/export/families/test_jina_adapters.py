@@ -292,3 +292,59 @@ def test_the_wrong_adapter_is_caught_and_located(jina_original, references, tmp_
     first = diagnose_model(ref, "model", bad, feeds).first_divergence
     assert (first["stage"], first["layer"]) == ("layer", 1) and first["point"] == "attention_input", first
     assert np.isfinite(scaled)
+
+
+def test_the_task_prefix_reaches_the_served_model_through_the_client(builds, references, jina_original, monkeypatch):
+    """retrieval.query's build publishes its prefix under its task name (report model.prompts, the Triton config's
+    `prompts`); engines.client --prompt retrieval.query prepends it, and the build's CPU serving model then gives the
+    mean-pooled embedding of transformers' model of the reference merge on the prefixed text. A task without a
+    prefix publishes "" under its name; the base weights (--task none) publish none."""
+    from engines import client
+    from engines.serving.ort_model import OrtEncoder
+    from engines.triton.config import prompts_parameter
+    from export.reference import sentence_embedding_ref
+
+    out = builds["all-fp16"] / "retrieval.query"
+    assert read_report(out).model["prompts"] == {"retrieval.query": PREFIXES["retrieval.query"]}
+    assert read_report(builds["text-matching-bf16"]).model["prompts"] == {"text-matching": ""}
+    params = prompts_parameter(read_report(out).model) | {"max_sequence_length": str(MAX_LEN)}
+    served = OrtEncoder.from_build(out, threads=1)
+    sent: list[dict] = []
+
+    class StandIn:  # Triton's side: the config parameters, and infer on the build's own CPU serving model
+        def __init__(self, url, model, protocol="http"):
+            self.model = model
+
+        def input_names(self):
+            return ["input_ids", "attention_mask"]
+
+        def parameters(self):
+            return dict(params)
+
+        max_sequence_length = client.TritonEncoderClient.max_sequence_length
+        prompts = client.TritonEncoderClient.prompts
+
+        def infer(self, feeds, outputs):
+            sent.append(feeds)
+            return {o: served(feeds)[o] for o in outputs}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(client, "TritonEncoderClient", StandIn)
+    folder, _, _ = jina_original()
+    enc = client.TextEncoder(folder / "tokenizer.json", "host:1", "q", prompt_name="retrieval.query")
+    got = enc.embed(["hello world", "the query of the world"])
+    tok = client.load_tokenizer(folder / "tokenizer.json")
+    texts = [PREFIXES["retrieval.query"] + t for t in ("hello world", "the query of the world")]
+    feeds = client.encode(tok, texts, MAX_LEN)
+    assert np.array_equal(sent[0]["input_ids"], feeds["input_ids"])
+    with torch.no_grad():
+        hidden = references["retrieval.query"](
+            input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"])
+        ).last_hidden_state.numpy()
+    want = sentence_embedding_ref(hidden, feeds["attention_mask"], "mean")
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    from export.build_report import prompts
+
+    assert prompts(load_checkpoint(folder, adapter_task="none")) == {}
