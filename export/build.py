@@ -102,6 +102,9 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
             raise full from e
     if error is not None:
         raise error
+    if run.bench_interrupted:
+        note.text = f"the benchmark; the validated build in {flags.out}/ is in place, without bench results"
+        raise KeyboardInterrupt
     print(report_text(report), end="") if args.json else print(f"ok: {flags.out / 'report.json'}")
     return EXIT_OK
 
@@ -117,6 +120,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     disk_need: int = 0
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
+    bench_interrupted: bool = False  # Ctrl-C during --bench: the build is published, then the command exits 130
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
@@ -175,8 +179,12 @@ class Run:
                     results["diagnosis"] = diagnosis
         error = self.engine(results, ckpt, plan, work)
         if error is None and a.bench and not self.why_no_engine(results):
-            with self.timed("bench"):
-                results["bench"] = self.bench(results, ckpt, plan, work)
+            try:
+                with self.timed("bench"):
+                    results["bench"] = self.bench(results, ckpt, plan, work)
+            except KeyboardInterrupt:  # the benchmark is an addition: the validated build is published without it
+                self.bench_interrupted = True
+                info("benchmark interrupted: publishing the validated build without bench results")
         return self.finish(results, ckpt, plan, work, error)
 
     def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
@@ -287,11 +295,14 @@ class Run:
 
     @contextmanager
     def timed(self, stage: str):
+        """Times the stage; after it, what it freed goes back to the system, so the next stage's peak starts from
+        what is still live (export.memory.release_freed)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
+            memory.release_freed()
 
 
 def assemble_report(
