@@ -19,14 +19,22 @@ from export.spec import TASKS  # noqa: E402
 from tests.fixtures.checkpoints import write_demo  # noqa: E402
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/make_demo_checkpoint.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="demo", help="folder for ckpt.pt and vocab.txt")
     p.add_argument("--tiny", action="store_true", help="2 layers, hidden 32: for tests")
     p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head")
     p.add_argument("--rotary-value", action="store_true", help="rotate value too (RoFormer rotary_value=True)")
     p.add_argument("--outliers", action="store_true", help="the stress twin: outlier LayerNorm channels (synthetic)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     ckpt = write_demo(
         Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers, rotary_value=args.rotary_value
     )
