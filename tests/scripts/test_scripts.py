@@ -161,3 +161,13 @@ def test_measure_sincos_error_writes_its_json(tmp_path):
 def test_make_demo_checkpoint_tiny(tmp_path):
     assert load("make_demo_checkpoint").main(["--tiny", "--out", str(tmp_path / "t")]) == 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["ckpt.pt", "vocab.txt"]
+
+
+def test_bench_engines_takes_the_demo_checkpoint_format(tiny_ckpt, built, tmp_path, capsys):
+    """Its example passes demo/ckpt.pt (a {config, state_dict} file); it used to want an HF folder."""
+    argv = ["--checkpoint", str(tiny_ckpt), "--onnx", str(built / "model.onnx"), "--batch", "1", "--seq", "8"]
+    argv += ["--backends", "torch-fp32,ort", "--iters", "1", "--warmup", "1", "--out", str(tmp_path / "o")]
+    assert load("bench_engines").main(argv) == 0
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["results"]
+    assert {r["backend"] for r in rows if r["p50_ms"]} == {"torch-fp32", "ort"}
+    assert "benchmark: 1 shapes x 2 backends" in capsys.readouterr().err
