@@ -33,6 +33,7 @@ from export.checkpoint.rebuild import load_checkpoint
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
 from export.folder.atomic import write_atomic
+from export.numbers import int_arg, parse_int_list
 from export.progress import info, steps
 from export.validate import Shape, fp32_eval_on, make_inputs
 
@@ -324,13 +325,8 @@ def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Map
 
 
 def _ints(text: str, flag: str) -> list[int]:
-    try:
-        v = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
-    if not v or min(v) < 1:
-        raise UsageError(f"{flag} {text!r}: values must be >= 1")
-    return v
+    """Comma-separated sizes of the grid, each from 1 to INT32_MAX (TensorRT dimensions are int32)."""
+    return parse_int_list(text, what=flag, lo=1, hi=2**31 - 1)
 
 
 def build_parser() -> Parser:
@@ -349,8 +345,8 @@ def build_parser() -> Parser:
     p.add_argument("--seq", default="128,512", help="sequence lengths of the grid")
     p.add_argument("--backends", default="trt,torch-fp32,torch-fp16,ort", help=f"subset of {','.join(BACKENDS)}")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile(dynamic=True) (slow to compile)")
-    p.add_argument("--iters", type=int, default=50, help="timed iterations per point")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations per point")
+    p.add_argument("--iters", type=int_arg(1, 10**6), default=50, help="timed iterations per point")
+    p.add_argument("--warmup", type=int_arg(0, 10**6), default=10, help="untimed warm-up iterations per point")
     p.add_argument("--out", default="build/bench", help="output folder for bench.json/.md/.png")
     return p
 

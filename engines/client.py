@@ -2,7 +2,8 @@
 
 In:  raw Chinese/English text, the model's `vocab.txt` (RoFormerTokenizer, word segmentation by
      rjieba), a server URL `host:port` and model name.
-Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`).
+Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
+     a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`.
 
     from engines.client import TextEncoder
     enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "ckpt_onnx")
@@ -34,6 +35,7 @@ from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
 from export.files import MiB, read_text
+from export.numbers import NumberError, float_arg, int_arg, parse_int
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
@@ -150,7 +152,7 @@ class TritonEncoderClient:
             else:
                 params = cfg.config.parameters
                 value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
-            return int(value) if value and value.isdigit() and int(value) > 0 else None
+            return _positive(value)
         raise ServerError(reason)
 
     def wait_ready(self, seconds: float, poll_s: float = 0.5) -> None:
@@ -233,6 +235,14 @@ class TextEncoder:
         self.client.close()
 
 
+def _positive(value: str | None) -> int | None:
+    """A positive integer the server published as text (ASCII digits only), else None."""
+    try:
+        return parse_int(value, lo=1) if value else None
+    except NumberError:
+        return None
+
+
 def build_parser() -> Parser:
     p = Parser(
         prog="python -m engines.client",
@@ -247,13 +257,13 @@ def build_parser() -> Parser:
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=int_arg(),
         default=None,
         help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
     )
     p.add_argument(
         "--wait",
-        type=float,
+        type=float_arg(0),
         default=0.0,
         metavar="SECONDS",
         help="first wait up to this long for the server and the model to be ready (exit 3 past it); 0: no wait",

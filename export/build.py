@@ -17,6 +17,7 @@ report beside files of another run, and a user's files are never moved, replaced
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ from export.folder import disk
 from export.folder.digest import artifact_hashes, sha256_tree
 from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
 from export.folder.staging import BuildFolder
-from export.passes.pooling import HIDDEN, check_task
+from export.passes.pooling import HIDDEN
+from export.passes.pooling.request import Resolved, resolve
 from export.passes.quantize.data import CalibSet
 from export.progress import info, status
 from export.report.persist import report_text, save_report
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
-    if args.max_memory is not None:
-        memory.parse_bytes(args.max_memory, "--max-memory")
+    if args.max_memory is None and os.environ.get(memory.ENV):
+        memory.env_limit()  # read before any work, like --max-memory (exit 2 for anything but a size)
     engine = engine_status_for(flags.precision)  # FP8 on a GPU without FP8 tensor cores: skipped, named here
     if args.require_engine:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
@@ -121,13 +123,15 @@ class Run:
     disk_need: int = 0
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
     bench_interrupted: bool = False  # Ctrl-C during --bench: the build is published, then the command exits 130
+    pooled: Resolved = field(default_factory=lambda: Resolved(None))  # the pooling, once the checkpoint is read
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
             inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
-            check_task(self.flags.pooling, inspected.task)
+            if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
+                self.pooled = resolve(self.flags.pooling, a.model, inspected.config.hidden_size, inspected.task)
             plan = Plan.decide(a, inspected.config, inspected.task)
             memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
             self.disk_need = disk.need(inspected.config, self.planned)
@@ -154,11 +158,11 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
-        pooling = self.flags.pooling
+        pooling = self.pooled.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
             with self.timed("pooling"):
                 results["pooling"] = run_pooling_stage(
-                    pooling, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
+                    self.pooled, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
                 )
         self.low_precision(results, ckpt, plan, work, trt_key)
         if pooling is not None and TENSORRT_ONNX_KEY in _artifacts(results):
@@ -190,7 +194,7 @@ class Run:
     def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
         """The precision stage (fp16/bf16 graphs), or for int8/fp8 the quantization stage, from the fp32
         TensorRT-bound graph; none after a failed rotary rewrite (the quantized graph would have no sites)."""
-        arts, outputs = _artifacts(results), self.flags.pooling.outputs if self.flags.pooling else None
+        arts, outputs = _artifacts(results), self.pooled.pooling.outputs if self.pooled.pooling else None
         if self.flags.quant is None:
             with self.timed("precision"):
                 results["precision"] = run_precision_stage(
@@ -209,7 +213,7 @@ class Run:
                     ckpt,
                     plan.max_len,
                     self.flags.thresholds,
-                    self.flags.pooling,
+                    self.pooled.pooling,
                 )
 
     def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
@@ -231,7 +235,7 @@ class Run:
                     ckpt=ckpt,
                     thresholds=self.flags.thresholds,
                     workspace_mib=self.args.workspace_mib,
-                    pooling=self.flags.pooling,
+                    pooling=self.pooled.pooling,
                 )
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
             results["engine"] = StageResult(

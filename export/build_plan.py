@@ -16,7 +16,7 @@ from export.errors import UsageError
 from export.files import load_toml
 from export.folder.layout import Planned
 from export.onnx_export import MIN_MAX_LEN, check_export_args
-from export.passes.pooling import Pooling, parse_pooling
+from export.passes.pooling.request import PoolingRequest
 from export.passes.precision import parse_precision
 from export.passes.quantize.options import QuantOptions
 from export.report.thresholds import Thresholds
@@ -34,7 +34,7 @@ class Flags:
     precision: str
     opset: int
     out: Path
-    pooling: Pooling | None = None  # --pooling mean|cls (--normalize, --outputs); None: outputs as exported
+    pooling: PoolingRequest | None = None  # --pooling, --normalize, --outputs, --truncate-dim (resolved by Run.load)
     quant: QuantOptions | None = None  # --precision int8 | fp8
 
     @classmethod
@@ -44,7 +44,7 @@ class Flags:
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
         thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
-        pooling = parse_pooling(args.pooling, args.normalize, args.outputs)
+        pooling = PoolingRequest.check(args.pooling, args.normalize, args.outputs, args.truncate_dim, args.model)
         quant = QuantOptions.check(args, precision)
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)

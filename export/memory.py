@@ -19,17 +19,16 @@ import ctypes
 import functools
 import gc
 import os
-import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
+from export.numbers import parse_size
 
 GB = 10**9
 IMPORTS = 0.8 * GB  # torch + transformers + onnx + ONNX Runtime, measured before the checkpoint loads
 ENV = "ROFORMER_TRT_MEMORY_LIMIT"
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -64,24 +63,23 @@ def build_estimate(config, max_len: int) -> Estimate:
     return Estimate(weights, activations + table, int(IMPORTS + 3 * weights + activations + table))
 
 
-def parse_bytes(text: str, where: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"{where} {text!r} is not a memory size; write e.g. 8G, 512M or 2000000000")
-    return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
-
-
-def available(override: str | None = None) -> tuple[int, str]:
-    """(bytes this process may still use, where that number came from)."""
+def available(override: int | None = None) -> tuple[int, str]:
+    """(bytes this process may still use, where that number came from). override: --max-memory, in bytes
+    (export.numbers.size_arg read it); the environment variable is read here by the same parser."""
     if override is not None:
-        return parse_bytes(override, "--max-memory"), "--max-memory"
+        return override, "--max-memory"
     if os.environ.get(ENV):
-        return parse_bytes(os.environ[ENV], ENV), ENV
+        return env_limit(), ENV
     limits = [v for v in (_mem_available(), _cgroup_room(), _address_space_room()) if v is not None]
     return min(limits, key=lambda v: v[0]) if limits else (1 << 62, "no limit found")
 
 
-def require(estimate: Estimate, what: str, override: str | None = None) -> None:
+def env_limit() -> int:
+    """ROFORMER_TRT_MEMORY_LIMIT in bytes (e.g. 8G); NumberError (exit 2) for anything but a size."""
+    return parse_size(os.environ[ENV], what=ENV)
+
+
+def require(estimate: Estimate, what: str, override: int | None = None) -> None:
     """UsageError when the estimate does not fit. An override is the whole process's budget; a measured limit
     is the room left now, after the imports this process already holds."""
     have, source = available(override)

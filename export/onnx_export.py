@@ -26,6 +26,7 @@ import torch
 
 from export.checkpoint.rebuild import table_of_at_least
 from export.errors import UsageError
+from export.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.spec import INPUT_NAMES, ExportSpec
 
@@ -43,10 +44,11 @@ MAX_LEN_KEY = "roformer_trt.max_len"  # metadata_props: the longest sequence the
 
 
 def declared_max_len(model: onnx.ModelProto) -> int | None:
-    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none."""
+    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none;
+    NumberError (exit 2) for a value that is not a length."""
     for prop in model.metadata_props:
-        if prop.key == MAX_LEN_KEY and prop.value.isdigit():
-            return int(prop.value)
+        if prop.key == MAX_LEN_KEY:
+            return parse_int(prop.value, what=f"the graph's metadata {MAX_LEN_KEY}", lo=1, hi=2**31 - 1)
     return None
 
 

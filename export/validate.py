@@ -27,7 +27,6 @@ from export.memory import release_freed
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
-from export.reference import sentence_embedding_ref
 from export.report.compare import error_stats, row_mask
 from export.report.thresholds import Thresholds
 from export.spec import ExportSpec
@@ -113,7 +112,8 @@ class TorchReference:
     shapes (batch 32 x 2048 tokens takes minutes on a CPU); TF32 is off while the reference runs there
     (`true_fp32`), so it stays true fp32, and the flags are restored after.
     With `pooling`, `sentence_embedding` too: sentence-transformers' rule on the fp32 hidden states
-    (export.reference.sentence_embedding_ref, in float64), padded rows masked as the graph masks them.
+    (Pooling.reference: export.reference.sentence_embedding_ref, in float64), padded rows masked as the graph
+    masks them.
     """
 
     def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu", pooling: Pooling | None = None):
@@ -131,9 +131,7 @@ class TorchReference:
                 )
             ref = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
             if self.pooling is not None:
-                ref[EMBEDDING] = sentence_embedding_ref(
-                    ref[HIDDEN], inputs[MASK], self.pooling.mode, self.pooling.normalize
-                )
+                ref[EMBEDDING] = self.pooling.reference(ref[HIDDEN], inputs[MASK])
             self._cache[shape] = ref
         return self._cache[shape]
 

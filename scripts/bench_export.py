@@ -26,7 +26,7 @@ from script_outputs import add_output_flags  # noqa: E402
 
 from export import cli  # noqa: E402
 from export.cli import Parser  # noqa: E402
-from export.errors import UsageError  # noqa: E402
+from export.numbers import int_arg, parse_int_list  # noqa: E402
 
 
 def build_parser() -> Parser:
@@ -37,8 +37,8 @@ def build_parser() -> Parser:
     )
     p.add_argument("--model", default="demo/ckpt.pt", help="checkpoint (python scripts/make_demo_checkpoint.py)")
     p.add_argument("--seqs", default="128,512,2048", help="sequence lengths, comma separated")
-    p.add_argument("--batch", type=int, default=1, help="sequences per call")
-    p.add_argument("--reps", type=int, default=15, help="interleaved rounds per sequence length")
+    p.add_argument("--batch", type=int_arg(1), default=1, help="sequences per call")
+    p.add_argument("--reps", type=int_arg(1), default=15, help="interleaved rounds per sequence length")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
     add_output_flags(p, "bench_export", "bench_export", work=True)
     return p
@@ -57,12 +57,7 @@ def _main(args) -> int:
     from export.stages.rope import rewrite_file
     from export.validate import Shape, make_inputs, ort_session
 
-    try:
-        seqs = [int(s) for s in args.seqs.split(",")]
-    except ValueError:
-        raise UsageError(f"--seqs {args.seqs!r}: expected comma-separated integers, e.g. 128,512,2048") from None
-    if min(seqs) < 1 or args.batch < 1 or args.reps < 1:
-        raise UsageError("--seqs, --batch and --reps must be >= 1")
+    seqs = parse_int_list(args.seqs, what="--seqs", lo=1)
     max_len = max(seqs)
     ck = load_checkpoint(args.model, table_rows=max_len)  # the eager model serves every length measured
     out, work = Path(args.out), Path(args.work)

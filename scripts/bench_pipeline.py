@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from script_outputs import add_output_flags  # noqa: E402
 
+from export.numbers import int_arg  # noqa: E402
+
 SIZES = {  # name -> (config overrides for tests.fixtures.checkpoints.demo_config, --max-len)
     "tiny": (
         dict(
@@ -352,14 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="tiny,base,large", help="comma list of tiny, base, large")
     p.add_argument("--base-ckpt", help="use this checkpoint for base (e.g. demo/ckpt.pt) instead of writing one")
     p.add_argument("--precision", choices=sorted(STAGES), default="fp16", help="the build's --precision")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement; medians are reported")
+    p.add_argument("--repeats", type=int_arg(), default=3, help="runs per measurement; medians are reported")
     p.add_argument("--delta-sizes", default="base", help="sizes that also get the pass-delta runs (fp16)")
     add_output_flags(p, "bench_pipeline", "pipeline", work=True)
     p.add_argument("--render", action="store_true", help="only re-render --out's JSON of this --precision")
     p.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
-    p.add_argument("--max-len", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--max-len", type=int_arg(), help=argparse.SUPPRESS)
     return p
 
 

@@ -40,6 +40,7 @@ from script_outputs import add_output_flags  # noqa: E402
 from export import cli  # noqa: E402
 from export.cli import Parser  # noqa: E402
 from export.errors import UsageError  # noqa: E402
+from export.numbers import int_arg, parse_int_list  # noqa: E402
 
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
@@ -216,7 +217,7 @@ def build_parser() -> Parser:
     p.add_argument("--stress-build", type=Path, help="export.build folder of the stress checkpoint (accuracy only)")
     p.add_argument("--stress-model", help="the stress checkpoint")
     add_output_flags(p, "bench_quant_cpu", "quant", work=True)
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    p.add_argument("--rounds", type=int_arg(), default=7, help="interleaved rounds per shape")
     p.add_argument("--grid", default="1x128,8x128,1x512,8x512", help="BATCHxSEQ list")
     return p
 
@@ -231,10 +232,9 @@ def _main(args) -> int:
             raise UsageError(f"{build} has no model.onnx; pass a folder written by python -m export.build")
     if (args.stress_build is None) != (args.stress_model is None):
         raise UsageError("--stress-build and --stress-model go together")
-    try:
-        grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",")]
-    except ValueError:
-        raise UsageError(f"--grid {args.grid!r}: expected BATCHxSEQ items, e.g. 1x128,8x512") from None
+    grid = [tuple(parse_int_list(g, what="--grid", lo=1, sep="x", max_items=2)) for g in args.grid.split(",")]
+    if any(len(g) != 2 for g in grid):
+        raise UsageError(f"--grid {args.grid!r}: expected BATCHxSEQ items, e.g. 1x128,8x512")
     from export.checkpoint.rebuild import load_checkpoint
     from export.passes.quantize.data import synthetic_set
     from export.stages.bench import host_description

@@ -34,6 +34,7 @@ from script_outputs import add_output_flags  # noqa: E402
 from export import cli  # noqa: E402
 from export.cli import Parser  # noqa: E402
 from export.errors import UsageError  # noqa: E402
+from export.numbers import float_arg, int_arg  # noqa: E402
 
 ALPHA = 0.5  # the paper's default
 
@@ -118,8 +119,8 @@ def build_parser() -> Parser:
     p.add_argument("--build", type=Path, required=True, help="an export.build folder with model.rope-plugin.onnx")
     p.add_argument("--model", required=True, help="its checkpoint (the PyTorch reference)")
     p.add_argument("--label", default="stress", help="results file stem: quant_variants_<label>.{json,md}")
-    p.add_argument("--max-len", type=int, default=2048, help="the build's --max-len")
-    p.add_argument("--alpha", type=float, default=ALPHA, help="SmoothQuant's migration strength")
+    p.add_argument("--max-len", type=int_arg(), default=2048, help="the build's --max-len")
+    p.add_argument("--alpha", type=float_arg(), default=ALPHA, help="SmoothQuant's migration strength")
     add_output_flags(p, "bench_quant_variants", "quant")
     return p
 

@@ -36,6 +36,7 @@ from export import cli  # noqa: E402
 from export.checkpoint.rebuild import load_checkpoint  # noqa: E402
 from export.cli import Parser  # noqa: E402
 from export.errors import UsageError  # noqa: E402
+from export.numbers import int_arg  # noqa: E402
 from export.report.persist import read_report  # noqa: E402
 from export.report.thresholds import DEFAULTS  # noqa: E402
 from export.validate import Shape, TorchReference, make_inputs  # noqa: E402
@@ -271,7 +272,7 @@ def build_parser() -> Parser:
     )
     add_output_flags(p, "gate_sensitivity", "gate_sensitivity", work=True)
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints (a quick run; the suite tests these)")
-    p.add_argument("--max-len", type=int, help="default: 2048 (64 with --tiny)")
+    p.add_argument("--max-len", type=int_arg(), help="default: 2048 (64 with --tiny)")
     p.add_argument("--render", action="store_true", help="only re-render --out's gate_sensitivity.json")
     return p
 

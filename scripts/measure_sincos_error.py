@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the project's packages
 
+from export.numbers import int_arg  # noqa: E402
 from export.reference import DEFAULT_BASE, rotary_angles, sincos_table  # noqa: E402
 
 
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python scripts/measure_sincos_error.py --head-dims 64 128",
     )
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
-    p.add_argument("--max-pos", type=int, default=8192, help="positions 0 .. max-pos-1")
+    p.add_argument("--head-dims", type=int_arg(), nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
+    p.add_argument("--max-pos", type=int_arg(), default=8192, help="positions 0 .. max-pos-1")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 

@@ -81,6 +81,17 @@ def built(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def int8_built(tiny_ckpt, tmp_path_factory):
+    """A real tiny build with `--precision int8` (its Q/DQ graph and INT8 CPU twin), shared by the quantization and
+    diagnosis tests."""
+    from export.build import main as build
+
+    out = tmp_path_factory.mktemp("q") / "int8"
+    assert build(build_args(tiny_ckpt, out, "--precision", "int8")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def pooled(tiny_ckpt, tmp_path_factory):
     """A real tiny build with `--pooling mean --normalize --precision fp16`, shared by the pooling and Triton tests."""
     from export.build import main as build
@@ -88,6 +99,26 @@ def pooled(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("pooled") / "tiny"
     assert build(build_args(tiny_ckpt, out, "--pooling", "mean", "--normalize", "--precision", "fp16")) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def st_built(tmp_path_factory):
+    """A real tiny build of a sentence-transformers folder (RoFormer weights at the folder itself; modules.json:
+    lasttoken Pooling, a Tanh Dense 32 -> 24, Normalize; config.json declares Matryoshka widths 8, 16, 24) with
+    `--truncate-dim 16`: (StFolder, build folder, torch model), shared by the pooling, Triton and serving tests."""
+    from export.build import main as build
+    from tests.fixtures.checkpoints import make_model, tiny_config
+    from tests.fixtures.st_folder import write_st_folder
+
+    root = tmp_path_factory.mktemp("st")
+    model = make_model(tiny_config(), "model")
+    hidden = model.config.hidden_size
+    pooling = {"embedding_dimension": hidden, "pooling_mode": "lasttoken"}
+    config = {"matryoshka_dimensions": [8, 16, 24]}
+    st = write_st_folder(root / "ckpt", hidden, pooling, ({"out": 24},), model=model, config=config)
+    out = root / "build"
+    assert build(build_args(st.folder, out, "--truncate-dim", "16")) == 0
+    return st, out, model
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@
 // ids.txt: one sequence per line, space-separated token ids ([CLS] ... [SEP] included). Sequences are
 // padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
 // Prints one line per sequence: the `sentence_embedding` output when the engine has one (export.build
-// --pooling mean|cls; with --outputs sentence_embedding it is the engine's only output), otherwise the
+// --pooling: any sentence-transformers pipeline, its width that of the last Dense layer or --truncate-dim; with
+// --outputs sentence_embedding it is the engine's only output), otherwise the
 // attention-mask mean of `last_hidden_state` computed here on the host (embedOutputs.h: the choice, the
 // shape check and the mean, tested on the host).
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and

@@ -18,6 +18,8 @@ from engines.serving.server import TRUST_FLAG, serve
 from export import cli
 from export.cli import InterruptNote, Parser
 from export.errors import EXIT_OK, UsageError
+from export.numbers import int_arg
+from export.passes.pooling import POOLINGS
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 
@@ -32,16 +34,18 @@ def build_parser() -> Parser:
     p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "none"],
+        choices=POOLINGS,
         default="mean",
         help="sentence_embedding output added to the graph (a build made with export.build --pooling "
         "serves its own: pass that mode or none)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--http-port", type=int_arg(), default=8000, help="HTTP port (0: a free one)")
+    p.add_argument("--grpc-port", type=int_arg(), default=8001, help="gRPC port (0: a free one)")
+    p.add_argument("--max-batch", type=int_arg(), default=8, help="max_batch_size for dynamic batching")
+    p.add_argument(
+        "--threads", type=int_arg(1, 4096), default=None, help="ONNX Runtime intra-op threads (default: ORT's)"
+    )
     p.add_argument(
         "--repository",
         type=Path,

@@ -4,7 +4,7 @@ In:  a build dir (`report.json` + the `rope-onnx` graph, else the plain `onnx` o
      export.folder.artifacts.verify_artifact), a pooling mode.
 Out: `OrtEncoder(feeds) -> {output name: array}` for int64 inputs `input_ids`, `attention_mask`,
      `token_type_ids` [batch, sequence] (or [batch, choices, sequence]); outputs as in the graph,
-     plus `sentence_embedding` [batch, hidden] with pooling "mean" or "cls".
+     plus `sentence_embedding` [batch, width]: the build's own pipeline when it has one, else `pooling`'s mode.
 Request checks raise RequestError (a ValueError) naming the problem and the fix, before ORT runs:
 `shape_problem` looks only at names, shapes and dtypes (so the server can refuse an oversize request
 before a byte of it is copied), `check_request` adds the values: ids in [0, vocab),

@@ -16,6 +16,8 @@ from engines.triton.twin import CHOICES
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK
+from export.numbers import int_arg
+from export.passes.pooling import POOLINGS
 
 
 def build_parser() -> Parser:
@@ -30,21 +32,21 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "none"],
+        choices=POOLINGS,
         default="none",
         help="add a sentence_embedding [batch, hidden] output to the ONNX twin. A build made with "
         "export.build --pooling serves its own from both models: pass that mode or none",
     )
     p.add_argument(
         "--instances",
-        type=int,
+        type=int_arg(),
         default=1,
         help="instances of each TensorRT model per GPU (the instance group's count); each holds one "
         "execution context per optimization profile",
     )
     p.add_argument(
         "--max-batch",
-        type=int,
+        type=int_arg(),
         default=None,
         help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})",
     )

@@ -71,6 +71,24 @@ def _load_hf_folder(folder: Path):
     raise UsageError(f"{folder}/ has no {' or '.join(HF_WEIGHT_FILES)}; pass the folder written by save_pretrained()")
 
 
+def read_tensors(path: Path) -> dict:
+    """The tensors of a .safetensors file, or of a torch.save file read with weights_only=True (no code runs);
+    UsageError for anything else."""
+    require_regular_file(path, what="weights")
+    if path.suffix == ".safetensors":
+        state = _load_safetensors(path)
+    else:
+        try:
+            state = _torch_load(path, False)
+        except UsageError:  # no --trust-pickle here: weights that only unpickling reads are refused
+            raise UsageError(
+                f"{path} is not a weights file torch.load(weights_only=True) reads; re-save it as model.safetensors"
+            ) from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
 def _load_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

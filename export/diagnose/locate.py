@@ -18,6 +18,7 @@ from export.diagnose.structure import (
     find_norms,
 )
 
+INTEGER_MATMUL_OPS = frozenset({"MatMulInteger"})  # int32 accumulators: the product only after their scales
 SCORES_DEPTH = 8  # ops between the scores MatMul and its Softmax (scale, mask Add, Where, Casts): a handful
 
 
@@ -210,13 +211,26 @@ def _projection(g: Graph, t: str, stops: set[str]) -> tuple[str, str] | None:
 
 
 def _with_bias(g: Graph, out: str) -> str:
-    """A projection's output after its bias Add (through dtype Casts on the way), or as it is."""
-    t = out
-    while (nxt := g.single_consumer(t)) is not None and nxt.op_type in PASS_THROUGH:
-        t = nxt.output[0]
+    """A projection's output after its bias Add (through dtype Casts on the way), or as it is. An integer MatMul
+    (ONNX Runtime's dynamic quantization, as in the INT8 CPU twin: MatMulInteger -> Cast -> Mul by the scales)
+    is followed to its dequantized product first: its own output is the int32 accumulator."""
+    t, nxt = _through_casts(g, out)
+    producer = g.node_of(out)
+    if producer is not None and producer.op_type in INTEGER_MATMUL_OPS:
+        if nxt is None or nxt.op_type not in ("Mul", "DequantizeLinear"):
+            return out
+        out = nxt.output[0]
+        t, nxt = _through_casts(g, out)
     if nxt is not None and nxt.op_type == "Add" and any(g.is_const(y) for y in nxt.input if y != t):
         return nxt.output[0]
     return out
+
+
+def _through_casts(g: Graph, t: str):
+    """(the tensor after dtype Casts from `t`, the single consumer there or None)."""
+    while (nxt := g.single_consumer(t)) is not None and nxt.op_type in PASS_THROUGH:
+        t = nxt.output[0]
+    return t, nxt
 
 
 def _residual_branch(g: Graph, norm: Norm, residual: str) -> str | None:

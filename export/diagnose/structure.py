@@ -10,7 +10,8 @@ So the graph's normalisations, in topological order, are the skeleton: the one w
 upstream is the embeddings', one with a Softmax since the previous normalisation closes an attention
 block, the next one with a MatMul closes the FFN and with it the layer; a normalisation after the last
 layer belongs to the head. Normalisations are LayerNormalization (or ORT's Skip/Simplified variants, RMS)
-or the decomposed form ReduceMean -> Sub -> ... -> Div -> Mul(scale) -> Add(bias).
+or the decomposed form ReduceMean -> Sub -> ... -> Div -> Mul(scale) -> Add(bias); ORT's EmbedLayerNormalization
+is the embeddings' normalisation fused with their lookups.
 
 Per layer the landmarks are (stage names as in STAGES):
 - attention_input: the Q and K projections (MatMul + bias output, [B, S, H]), what enters the rotary;
@@ -35,6 +36,7 @@ NORM_OPS = frozenset(
         "SimplifiedLayerNormalization",
         "SkipSimplifiedLayerNormalization",
         "RMSNormalization",
+        "EmbedLayerNormalization",  # ONNX Runtime's fused embeddings + LN (the INT8 CPU twin): output 0 is the LN's
     }
 )
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul"})

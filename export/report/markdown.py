@@ -107,14 +107,24 @@ def _pooling(r: Report) -> list[str]:
     p = r.pooling
     if not p:
         return []
+    steps = [f"{p.get('mode')} pooling"] + [
+        f"Dense {d.get('in_features')}->{d.get('out_features')} {d.get('activation')}" for d in p.get("dense") or []
+    ]
+    steps += [f"first {p['truncate_dim']} channels"] if p.get("truncate_dim") else []
+    steps += ["L2-normalised"] if p.get("normalize") else []
     lines = [
         "## Pooling",
         "",
-        f"`sentence_embedding` [batch, hidden] computed in fp32 inside `{p.get('graph')}` "
-        f"({p.get('mode')} pooling{', L2-normalised' if p.get('normalize') else ''}); outputs: "
-        f"{', '.join(p.get('outputs') or [])}.",
+        f"`sentence_embedding` [batch, {p.get('width', 'hidden')}] computed in fp32 inside `{p.get('graph')}` "
+        f"({', '.join(steps)}); outputs: {', '.join(p.get('outputs') or [])}.",
         "",
     ]
+    src = p.get("source") or {}
+    if src.get("files"):
+        lines += [f"From the sentence-transformers files of `{src.get('folder')}`:", ""]
+        lines += _table(["file", "sha256"], [[name, f"`{sha}`"] for name, sha in src["files"].items()])
+    if src.get("flags"):
+        lines += [f"Flags applied: `{' '.join(src['flags'])}`.", ""]
     b = p.get("request_bytes")
     if b:
         rows = [[name, f"{n:,}"] for name, n in b["engine_outputs"].items()]

@@ -84,10 +84,16 @@ class PrecisionSection(TypedDict, total=False):
 
 
 class PoolingSection(TypedDict, total=False):
-    """`export.build --pooling mean|cls` only (absent otherwise)."""
+    """`export.build` with a pooling only (`--pooling MODE`, or `auto` on a sentence-transformers folder)."""
 
-    mode: str  # mean | cls
-    normalize: bool  # L2-normalised
+    mode: str  # sentence-transformers' mode: mean | cls | max | mean_sqrt_len_tokens | weightedmean | lasttoken,
+    # or several joined by "+" (concatenated)
+    normalize: bool  # L2-normalised (after the truncation)
+    dense: list[dict]  # the Dense layers in order: {in_features, out_features, bias, activation}
+    truncate_dim: int | None  # Matryoshka: the first N channels kept, before the normalisation
+    width: int  # sentence_embedding's channels
+    matryoshka_dimensions: list[int] | None  # the widths the checkpoint declares ([]: any), None: it says nothing
+    source: dict  # {kind: "sentence-transformers" | "flags", folder, files: {name: sha256}, flags: [...]}
     graph: str  # the fp32 TensorRT-bound graph that gained sentence_embedding (its file name kept)
     outputs: list[str]  # that graph's outputs, and the engine's
     hidden_state: dict  # last_hidden_state {dtype, shape} as the graph declared it before pooling

@@ -9,12 +9,16 @@ the same hash means the same calibration input), and feed batches for ONNX Runti
 
 Text is tokenized by RoFormerTokenizer with rjieba's word segmentation when rjieba is installed (the `serving`
 extra); without it by BertTokenizer on the same vocab (CJK split per character), and the report says which.
+
+What a file can cost is bounded before any of it is parsed: the file is read up to MAX_FILE_BYTES; a text line
+is cut to CHARS_PER_TOKEN characters per token kept before the tokenizer sees it (a tokenizer given a 60 MB line
+allocates gigabytes for its offsets although it keeps 128 tokens), then to the token cap; a JSON line nests at
+most MAX_JSON_DEPTH containers, and its integers have at most export.numbers.MAX_CHARS digits.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import UsageError
-from export.files import MiB, read_text
+from export.files import MiB, parse_json, read_text
 
 SYNTHETIC_SIZE = 64  # samples when --calib is not given
 MAX_CALIB_SIZE = 100_000
@@ -33,6 +37,12 @@ SYNTHETIC_NOTE = (
     "unknown; pass --calib FILE with text like the deployment's"
 )
 BATCH_TOKENS = 1024  # tokens per calibration batch: about 60 MB of activations per batch for the demo model
+MAX_FILE_BYTES = 256 * MiB
+# BERT's WordPiece makes a word of more than 100 characters one [UNK], so the first N tokens of a line whose
+# words are separated by single blanks lie in its first N x 101 characters: cutting at N x 128 keeps them (a
+# line that is mostly blanks or control characters keeps fewer; it still calibrates on its first tokens)
+CHARS_PER_TOKEN = 128
+MAX_JSON_DEPTH = 2  # {"input_ids": [...]} is the deepest form a sample takes
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def file_set(
 ) -> CalibSet:
     """The user's calibration file; UsageError (exit 2) naming the file and line for anything unusable."""
     path = Path(path)
-    text = read_text(path, what="calibration file", max_bytes=256 * MiB)
+    text = read_text(path, what="calibration file", max_bytes=MAX_FILE_BYTES)
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise UsageError(f"calibration file {path} has no samples; put one sample per line")
@@ -142,7 +152,7 @@ def file_set(
     tok, name = text_tokenizer(Path(vocab))
     samples = []
     for n, line in lines:
-        enc = tok(line, truncation=True, max_length=cap, return_token_type_ids=True)
+        enc = tok(line[: cap * CHARS_PER_TOKEN], truncation=True, max_length=cap, return_token_type_ids=True)
         ids = np.asarray(enc["input_ids"], np.int64)
         if ids.size and int(ids.max()) >= vocab_size:
             raise UsageError(
@@ -157,10 +167,7 @@ def _json_sample(
     path: Path, n: int, line: str, vocab_size: int, type_vocab_size: int, cap: int
 ) -> tuple[np.ndarray, np.ndarray]:
     where = f"{path}:{n}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{where} is not JSON ({e.msg}); each line must be a list of token ids") from None
+    obj = parse_json(line, where=where, max_depth=MAX_JSON_DEPTH, fix="each line must be a list of token ids")
     ids, types = (obj.get("input_ids"), obj.get("token_type_ids")) if isinstance(obj, dict) else (obj, None)
     ids = _int_list(ids, where, "input_ids", vocab_size)
     types = _int_list(types, where, "token_type_ids", type_vocab_size) if types is not None else [0] * len(ids)

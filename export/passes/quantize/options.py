@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
+from export.numbers import float_arg, int_arg
 from export.passes.quantize.calibrate import CalibMethod, check_method
 from export.passes.quantize.data import check_size, is_json_lines
 from export.passes.quantize.fallback import MODES as FALLBACK_MODES
@@ -33,7 +34,7 @@ def add_quant_flags(p) -> None:
         "or token ids as JSON lines in a .jsonl file (default: a deterministic synthetic set)",
     )
     p.add_argument("--calib-vocab", help="vocab.txt for --calib text (default: vocab.txt beside the checkpoint)")
-    p.add_argument("--calib-size", type=int, help="use the first N samples of --calib (synthetic: 64)")
+    p.add_argument("--calib-size", type=int_arg(), help="use the first N samples of --calib (synthetic: 64)")
     p.add_argument("--calib-method", help="max | entropy | percentile (int8); max | percentile (fp8). Default max")
     p.add_argument(
         "--quant-fallback",
@@ -43,7 +44,7 @@ def add_quant_flags(p) -> None:
     )
     p.add_argument(
         "--quant-fallback-budget",
-        type=float,
+        type=float_arg(),
         help="the most MatMuls --quant-fallback auto may keep high, "
         f"as a fraction of the quantized ones (default {DEFAULT_BUDGET})",
     )
