@@ -87,5 +87,14 @@ def test_wait_gives_up_naming_the_server():
 
 @pytest.mark.parametrize("wait", ["-1", "nan"])
 def test_a_negative_wait_is_usage(tmp_path, capsys, wait):
-    assert main(["--vocab", str(tmp_path / "v.txt"), "--model", "m", "--wait", wait, "hi"]) == 2
-    assert "--wait" in one_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["--vocab", str(tmp_path / "v.txt"), "--model", "m", "--wait", wait, "hi"])
+    assert e.value.code == 2 and "--wait" in one_line(capsys)
+
+
+def test_the_api_refuses_a_negative_wait_before_connecting(tmp_path):
+    from engines.client import TextEncoder
+    from export.errors import UsageError
+
+    with pytest.raises(UsageError, match="--wait"):
+        TextEncoder(tmp_path / "v.txt", "127.0.0.1:1", "m", wait_s=-1)

@@ -171,3 +171,14 @@ def test_bench_engines_takes_the_demo_checkpoint_format(tiny_ckpt, built, tmp_pa
     rows = json.loads((tmp_path / "o" / "bench.json").read_text())["results"]
     assert {r["backend"] for r in rows if r["p50_ms"]} == {"torch-fp32", "ort"}
     assert "benchmark: 1 shapes x 2 backends" in capsys.readouterr().err
+
+
+def test_st_crosscheck_without_sentence_transformers_says_so(tmp_path, capsys):
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("sentence-transformers is installed here")
+    assert load("st_crosscheck").main(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]) == 3
+    assert "sentence-transformers" in one_line(capsys) and sorted(os.listdir(tmp_path)) == []
