@@ -134,7 +134,7 @@ def _address_space_room() -> tuple[int, str] | None:
 
 def release_freed() -> None:
     """Return to the system what is already free: objects kept only by reference cycles (ONNX Runtime's graph
-    optimizer holds its model in some: 1.7 GB on the demo until collected) and the heap pages glibc keeps after a
+    optimizer holds its whole model in some, until collected) and the heap pages glibc keeps after a
     free (malloc_trim; elsewhere the C library keeps them). Changes no value; costs a garbage collection."""
     gc.collect()
     trim = _malloc_trim()

@@ -18,6 +18,7 @@ from export.folder.digest import sha256_file
 from export.folder.layout import MANIFEST
 from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
+from export.passes.quantize.cpu_twin import write_cpu_twin
 from plugins.identity import PLUGIN_OP
 from tests.export.test_cli import assert_clean_failure, run_cli
 from tests.fixtures.tiny_build import FAST, build_args
@@ -89,6 +90,33 @@ def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_built, tmp_path, capsy
     (out / "report.json").write_text(json.dumps(r))
     assert gate([str(out)]) == 1
     assert "model.rope-plugin.int8.onnx is int8, not fp8" in capsys.readouterr().out
+
+
+def test_cpu_twin_is_the_one_its_recipe_makes_from_the_fully_loaded_graph(int8_built, tmp_path):
+    """The twin's fusions run on the graph without its MatMul weights (they never read them) and, beside the source,
+    the fused graph reads them from the source's data file: the twin is still the recipe's, tensor for tensor, as
+    ORT's optimizer and quantizer make it from the graph loaded whole (the way it was made before)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from export.passes.quantize.cpu_twin import quantize_matmuls
+
+    cfg = json.loads((int8_built / "report.json").read_text())["model"]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(int8_built / f, src / f)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    optimize_model(
+        str(src / "model.onnx"), model_type="bert", num_heads=cfg["heads"], hidden_size=cfg["hidden"], opt_level=0
+    ).save_model_to_file(str(ref / "fused.onnx"), use_external_data_format=True)
+    quantize_matmuls(ref / "fused.onnx", ref / "twin.onnx")
+    ours = src / "model.int8-cpu.onnx"
+    write_cpu_twin(src / "model.onnx", ours, cfg["heads"], cfg["hidden"])
+    assert onnx.load(str(ours)).SerializeToString() == onnx.load(str(ref / "twin.onnx")).SerializeToString()
+    assert sorted(p.name for p in src.iterdir()) == sorted(
+        ["model.onnx", "model.onnx.data", ours.name, ours.name + ".data"]
+    )
 
 
 def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_built):

@@ -83,7 +83,7 @@ def single_thread_session(model: onnx.ModelProto, folder: Path, rotary_function:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Kahn's order by node index (onnxruntime graph_viewer.cc, PriorityNodeCompare) instead of the default reverse
     # DFS from the outputs, which ran the sensitivity sweep's per-node twins after the whole graph and held every
-    # activation until then: 7.8 GB against 2.1 GB on the demo at 2048 tokens. The order changes no value.
+    # activation until then (the demo's INT8 build peaked at 8.6 GB; scripts/results/pipeline/). No value changes.
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(folder).resolve()))
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

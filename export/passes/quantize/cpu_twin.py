@@ -110,8 +110,9 @@ def _temp_files_in(folder: Path) -> Iterator[None]:
 def without_matmul_weights(src: Path) -> onnx.ModelProto:
     """The graph at `src` with every initializer read except MatMul weights, which stay in the external data file.
     ORT's fusions read the constants they match (biases, LayerNorm's, the embedding tables) but never a MatMul's
-    weight, and run shape inference on the whole ModelProto many times: without those weights its peak on the demo
-    is 0.8 GB instead of 2.9 GB, and the twin is the same, byte for byte."""
+    weight, and run shape inference on the whole ModelProto many times, so without those weights they hold a
+    fraction of the graph (the quantize stage's peak: scripts/results/pipeline/pipeline-int8*.md), and the twin is
+    the same, byte for byte (tests/export/test_build_quantize.py)."""
     model = onnx.load(str(src), load_external_data=False)
     weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
     for i, t in enumerate(model.graph.initializer):

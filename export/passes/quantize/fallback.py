@@ -81,7 +81,7 @@ def sensitivity_model(
             helper.make_node("Shape", [node.input[1]], [p + "sb"], name=p + "sb"),
         ]
         # Right after the node, not after the whole graph: ONNX Runtime runs nodes in the file's order, and a twin
-        # left to the end holds every node's inputs and output alive until then (8.8 GB on the demo at 2048 tokens).
+        # left to the end holds every node's inputs and output alive until then (calibrate.single_thread_session).
         rank |= {n.name: position[name] + 0.5 for n in chain}
         extra += chain
         outs += [
