@@ -9,9 +9,9 @@ large (24 layers, hidden 1024, random init, --max-len 512). Each stage runs in a
 (export: load + torch.onnx export; pass: the rotary rewrite of that export; precision: the fp16 graph of
 the rewrite; validation: load + ORT vs PyTorch on the plain, rewritten and fp16 graphs at the CLI's
 shapes), so each stage's peak RSS is that child's own (`os.wait4`), interpreter and imports included.
-With `--precision int8` the precision stage is the quantize stage (calibration, the fallback's sensitivity sweep
-and search, the Q/DQ graph and the INT8 CPU twin, as export.build runs it) and validation also runs the int8 graph
-and the twin.
+With `--precision int8` (or `fp8`) the precision stage is the quantize stage (calibration, the fallback's
+sensitivity sweep and search, the Q/DQ graph and, for INT8, the CPU twin, as export.build runs it) and validation
+also runs the quantized graph and the twin.
 The parent imports neither torch nor onnx: Linux counts a child's RSS before exec (its copy of the
 parent) in the child's peak, so checkpoints are written and weighed by a child too.
 `build` is the CLI's default run (export + pass + validation) and `pass-delta` the issue's measure of the
@@ -63,22 +63,24 @@ SIZES = {  # name -> (config overrides for tests.fixtures.checkpoints.demo_confi
         512,
     ),
 }
-STAGES = {"fp16": ("export", "pass", "precision", "validation"), "int8": ("export", "pass", "quantize", "validation")}
+QUANTIZED = ("int8", "fp8")
+STAGES = {"fp16": ("export", "pass", "precision", "validation")}
+STAGES |= {q: ("export", "pass", "quantize", "validation") for q in QUANTIZED}
 CHILDREN = STAGES["fp16"] + ("quantize", "prepare")
 GB = 1e9
 
 
-INT8_BOUND = 3 * GB  # issue #28: the INT8 demo build within what the fp32 one needs on a laptop
+INT8_BOUND = 3 * GB  # issue #28: the INT8 and FP8 demo builds within what the fp32 one needs on a laptop
 
 
 def goal_bytes(weight_bytes: int, precision: str = "fp16") -> float:
     """The goal for every stage and the whole run: issue #15's 2.5 x the fp32 weights + 1 GB, or for an INT8 build
     issue #28's 3 GB (the quantize stage holds the fp32 graph, its Q/DQ twin and ONNX Runtime's sessions)."""
-    return INT8_BOUND if precision == "int8" else 2.5 * weight_bytes + 1 * GB
+    return INT8_BOUND if precision in QUANTIZED else 2.5 * weight_bytes + 1 * GB
 
 
 def goal_text(precision: str) -> str:
-    return "3 GB (issue #28)" if precision == "int8" else "2.5 x fp32 weight bytes + 1 GB (issue #15)"
+    return "3 GB (issue #28)" if precision in QUANTIZED else "2.5 x fp32 weight bytes + 1 GB (issue #15)"
 
 
 # ---- children: one stage each ----------------------------------------------------------------------
@@ -118,7 +120,7 @@ def run_stage(stage: str, ckpt: Path, work: Path, max_len: int, precision: str) 
 
         export_onnx(loaded.model, loaded.task, work / "model.onnx", max_len)
     elif stage == "quantize":
-        quantize(loaded, ckpt, work, max_len)
+        quantize(loaded, ckpt, work, max_len, precision)
     elif stage == "validation":
         validate(loaded, work, max_len, precision)
     return {"seconds": time.perf_counter() - t0}
@@ -133,11 +135,11 @@ def build_flags(ckpt: Path, max_len: int, precision: str):
     return Flags.check(build_parser().parse_args(argv))
 
 
-def quantize(loaded, ckpt: Path, work: Path, max_len: int) -> None:
-    """export.build's quantize stage on the rewritten graph, with its default options (int8)."""
+def quantize(loaded, ckpt: Path, work: Path, max_len: int, precision: str) -> None:
+    """export.build's quantize stage on the rewritten graph, with its default options for `precision`."""
     from export.stages.quantize import calibration_set, run_quantize_stage
 
-    flags = build_flags(ckpt, max_len, "int8")
+    flags = build_flags(ckpt, max_len, precision)
     calib = calibration_set(flags.quant, loaded.config, max_len)
     result = run_quantize_stage(
         flags.quant,
@@ -165,8 +167,10 @@ def validate(loaded, work: Path, max_len: int, precision: str) -> None:
         "onnx": (OnnxFile(work / "model.onnx"), "fp32"),
         "rope-plugin": (OnnxFile(work / "model.rope-plugin.onnx", True), "fp32"),
     }
+    if precision in QUANTIZED:
+        graph = OnnxFile(work / f"model.rope-plugin.{precision}.onnx", True)
+        graphs[precision_key("rope-plugin", precision)] = (graph, precision)
     if precision == "int8":
-        graphs[precision_key("rope-plugin", "int8")] = (OnnxFile(work / "model.rope-plugin.int8.onnx", True), "int8")
         graphs[precision_key("onnx", CPU_TWIN)] = (OnnxFile(work / "model.int8-cpu.onnx"), "int8")
     else:
         graphs["rope-plugin.fp16"] = (OnnxFile(work / "model.rope-plugin.fp16.onnx", True), "fp16")
@@ -244,7 +248,7 @@ def bench_size(size: str, ckpt: Path, work: Path, repeats: int, with_delta: bool
                 file=sys.stderr,
             )
         cli = [sys.executable, "-m", "export.build", "--model", str(ckpt), "--max-len", str(max_len)]
-        cli += ["--precision", "int8"] if precision == "int8" else []
+        cli += ["--precision", precision] if precision in QUANTIZED else []
         runs = {"build": []} | ({"rope-none": [], "rope-plugin": []} if with_delta else {})
         for name in runs:
             extra = {
