@@ -157,23 +157,31 @@ def quantize(loaded, ckpt: Path, work: Path, max_len: int, precision: str) -> No
     (work / "quantize.json").write_text(json.dumps({"kept_high": kept, "fallback": result.section["fallback"]}))
 
 
-def validate(loaded, work: Path, max_len: int, precision: str) -> None:
-    """ORT against PyTorch at the CLI's shapes on the plain, rewritten and low-precision graphs."""
+def graphs_to_validate(work: Path, precision: str) -> dict:
+    """name -> (OnnxFile, precision): the graphs export.build validates for `precision`, as `work` holds them."""
     from export.report.schema import CPU_TWIN, precision_key
-    from export.report.thresholds import Thresholds
-    from export.validate import OnnxFile, TorchReference, failures, validate_graphs, validation_shapes
+    from export.validate import OnnxFile
 
     graphs = {
         "onnx": (OnnxFile(work / "model.onnx"), "fp32"),
         "rope-plugin": (OnnxFile(work / "model.rope-plugin.onnx", True), "fp32"),
     }
-    if precision in QUANTIZED:
-        graph = OnnxFile(work / f"model.rope-plugin.{precision}.onnx", True)
-        graphs[precision_key("rope-plugin", precision)] = (graph, precision)
+    if precision not in QUANTIZED:
+        graphs["rope-plugin.fp16"] = (OnnxFile(work / "model.rope-plugin.fp16.onnx", True), "fp16")
+        return graphs
+    graph = OnnxFile(work / f"model.rope-plugin.{precision}.onnx", True)
+    graphs[precision_key("rope-plugin", precision)] = (graph, precision)
     if precision == "int8":
         graphs[precision_key("onnx", CPU_TWIN)] = (OnnxFile(work / "model.int8-cpu.onnx"), "int8")
-    else:
-        graphs["rope-plugin.fp16"] = (OnnxFile(work / "model.rope-plugin.fp16.onnx", True), "fp16")
+    return graphs
+
+
+def validate(loaded, work: Path, max_len: int, precision: str) -> None:
+    """ORT against PyTorch at the CLI's shapes on the plain, rewritten and low-precision graphs."""
+    from export.report.thresholds import Thresholds
+    from export.validate import TorchReference, failures, validate_graphs, validation_shapes
+
+    graphs = graphs_to_validate(work, precision)
     cases = validate_graphs(
         graphs,
         TorchReference(loaded.model, loaded.task),

@@ -106,6 +106,21 @@ def test_bench_pipeline_runs_every_stage_of_an_int8_build(tmp_path, monkeypatch)
     assert sorted(p.name for p in out.iterdir()) == ["pipeline-int8.json", "pipeline-int8.md", "pipeline-int8.png"]
 
 
+@pytest.mark.parametrize(
+    "precision,files",
+    [
+        ("fp16", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.fp16.onnx"}),
+        ("int8", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.int8.onnx", "model.int8-cpu.onnx"}),
+        ("fp8", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.fp8.onnx"}),
+    ],
+)
+def test_bench_pipeline_validates_the_graphs_the_build_writes(tmp_path, precision, files):
+    """Every --precision's validation child names the files its quantize or precision child wrote (fp8 once asked
+    for an fp16 graph nobody made)."""
+    graphs = load("bench_pipeline").graphs_to_validate(tmp_path, precision)
+    assert {g.path.name for g, _ in graphs.values()} == files
+
+
 def test_bench_pipeline_measures_a_childs_own_peak():
     m = load("bench_pipeline").measure([sys.executable, "-c", "b = bytearray(300_000_000); print('ok')"])
     assert m["peak_rss"] >= 300_000_000 and m["stdout"].strip() == "ok" and m["wall"] > 0
