@@ -85,6 +85,7 @@ def single_thread_session(model: onnx.ModelProto, folder: Path, rotary_function:
     # DFS from the outputs, which ran the sensitivity sweep's per-node twins after the whole graph and held every
     # activation until then (the demo's INT8 build peaked at 8.6 GB; scripts/results/pipeline/). No value changes.
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    opts.enable_cpu_mem_arena = False  # freed activations go back at once; the arena's growth overshoots the peak
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(folder).resolve()))
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 

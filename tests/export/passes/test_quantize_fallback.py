@@ -183,3 +183,17 @@ def test_the_sweep_runs_each_twin_beside_its_node(tmp_path_factory, exported):
         last = max(order.index(c) for c in chain)
         between = set(order[order.index(name) + 1 : last + 1]) - chain
         assert {op[n] for n in between} <= {Q_OP, DQ_OP}, (name, sorted(between))
+
+
+def test_the_sweep_in_groups_gives_each_node_its_own_numbers(tmp_path_factory, exported, monkeypatch):
+    """The sweep runs its twins in SWEEP_GROUPS graphs to hold fewer dequantized weights at once; a twin's numbers do
+    not depend on which others share its graph, bit for bit (the fallback's choice, and so the file, rests on them)."""
+    from export.passes.quantize import fallback
+
+    src, model, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    cases = cases_for(model, config)
+    monkeypatch.setattr(fallback, "SWEEP_GROUPS", 1)
+    whole = sensitivity(src, placement, amax, "int8", cases, rotary_function=True)
+    monkeypatch.setattr(fallback, "SWEEP_GROUPS", 3)
+    assert sensitivity(src, placement, amax, "int8", cases, rotary_function=True) == whole
