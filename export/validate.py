@@ -23,6 +23,7 @@ import onnx
 import torch
 
 from export.errors import VerificationError
+from export.memory import release_freed
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
@@ -211,6 +212,7 @@ def validate_graphs(
                 by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
             del sess, got  # one session's weights in memory at a time
+            release_freed()
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
 

@@ -47,9 +47,11 @@ def build_parser() -> Parser:
     p = Parser(
         prog="scripts/bench_rotary.py",
         description=__doc__.split("\n")[0],
-        epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048",
+        epilog="example: python scripts/bench_rotary.py --seqs 256 1024 2048",
     )
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON, Markdown and PNG")
+    p.add_argument(
+        "--out", type=Path, default=Path("build/scripts/bench_rotary"), help="folder for JSON, Markdown and PNG"
+    )
     p.add_argument("--lib", type=Path, default=None, help="libroformer_rotary_kernels.so (default: plugins.locate)")
     p.add_argument("--batch", type=int_arg(), default=8, help="B")
     p.add_argument("--heads", type=int_arg(), default=12, help="H")

@@ -16,6 +16,7 @@ import itertools
 from pathlib import Path
 
 from export.folder.layout import cpu_twin_file
+from export.memory import release_freed
 from export.onnx_io import write_model
 from export.passes.pooling import Pooling
 from export.passes.quantize import build, calibrate, check_quantized, plan
@@ -75,11 +76,13 @@ def run_quantize_stage(
     plugin = src_key == "rope-plugin"
     choices = 2 if ckpt.task == "multiple-choice" else None
     key = precision_key(src_key, q.fmt)
+    twin = _cpu_twin(cpu_src, ckpt.facts.heads, ckpt.facts.hidden) if q.fmt == "int8" else None
     placement = plan(src)
     with status(
         f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples ({q.method.name})"
     ):
         amax = calibrate(src, placement, calib, q.method, rotary_function=plugin, choices=choices)
+    release_freed()
     fallback = None
     if q.fallback == "auto":
         with status("fallback: sensitivity sweep and search"):
@@ -110,20 +113,21 @@ def run_quantize_stage(
     failure = f"quantization: the graph departs from its placement: {'; '.join(problems[:3])}" if problems else None
     artifacts = {key: dst.name, TENSORRT_ONNX_KEY: dst.name}
     graphs = {key: (OnnxFile(dst, rotary_function=plugin, outputs=outputs), q.fmt)}
-    if q.fmt == "int8":
-        with status("writing the INT8 CPU twin"):
-            twin = write_cpu_twin(
-                cpu_src,
-                cpu_src.with_name(cpu_twin_file(cpu_src.name)),
-                ckpt.facts.heads,
-                ckpt.facts.hidden,
-            )
+    if twin is not None:
         twin_key = precision_key(cpu_key, CPU_TWIN)
         twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
         artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin, outputs=twin_outputs), "int8")
         section["cpu_twin"] = {"file": twin.name, "source": cpu_src.name, "recipe": CPU_TWIN_RECIPE}
-        info(f"INT8 CPU twin: {twin.name}")
     return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
+
+
+def _cpu_twin(cpu_src: Path, heads: int, hidden: int) -> Path:
+    """The INT8 CPU twin of `cpu_src`, written beside it. First in the stage: its peak (ONNX Runtime's fusions and
+    quantize_dynamic hold the fp32 graph's weights twice over) then adds to the least this build holds."""
+    with status("writing the INT8 CPU twin"):
+        twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)), heads, hidden)
+    info(f"INT8 CPU twin: {twin.name}")
+    return twin
 
 
 def fallback_draws(max_len: int, task: str) -> list[tuple[Shape, int]]:
