@@ -148,7 +148,7 @@ class Run:
             )
         if a.rope != "none":
             with self.timed("rotary"):
-                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
+                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len, plan.profiles.choices)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
         pooling = self.flags.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
@@ -164,7 +164,7 @@ class Run:
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(
-                    _graphs(results), ckpt.model, ckpt.task, ckpt.config, plan.max_len, self.flags.thresholds, pooling
+                    _graphs(results), ckpt.model, ckpt.task, ckpt.config, plan.shapes, self.flags.thresholds, pooling
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -199,7 +199,7 @@ class Run:
                     work / arts[cpu_key],
                     cpu_key,
                     ckpt,
-                    plan.max_len,
+                    plan.shapes,
                     self.flags.thresholds,
                     self.flags.pooling,
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BATCH, SEQUENCE, CHOICES = "batch", "sequence", "choices"
+DEFAULT_CHOICES = 2  # choices per example of a multiple-choice head when export.build gets no --choices
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 # task -> (HF class name, output names in the order the HF model returns them)
@@ -26,10 +27,6 @@ ARCHITECTURE_TO_TASK = {arch: task for task, (arch, _) in TASKS.items()}
 @dataclass(frozen=True)
 class ExportSpec:
     task: str
-
-    @property
-    def architecture(self) -> str:
-        return TASKS[self.task][0]
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
 from export.report.schema import ONNX_KEY, key_precision
 from export.report.thresholds import ThresholdError, Thresholds
+from export.spec import DEFAULT_CHOICES
 from export.validate import OnnxFile, Shape, make_inputs
 
 EXAMPLE = (
@@ -187,8 +188,16 @@ def _case_shape(report, key: str, args, config) -> Shape:
     batch, seq = args.batch or 2, args.seq or min(61, max_len)
     if seq > max_len or batch < 1 or seq < 1:
         raise UsageError(f"--batch {batch} --seq {seq}: need 1 <= seq <= max_len {max_len} and batch >= 1")
-    choices = 2 if (report.model or {}).get("task") == "multiple-choice" else None
-    return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, choices)
+    return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, recorded_choices(report))
+
+
+def recorded_choices(report) -> int | None:
+    """The choices a multiple-choice build fixed (its profiles record them, whatever --choices was); None for
+    other heads."""
+    if (report.model or {}).get("task") != "multiple-choice":
+        return None
+    rows = [r["choices"][0] for r in report.profiles or [] if isinstance(r, dict) and r.get("choices")]
+    return rows[0] if rows else DEFAULT_CHOICES
 
 
 def _name_reference(build: Path, report, key: str):
