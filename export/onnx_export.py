@@ -192,10 +192,6 @@ def _check_dynamic(path: Path, spec: ExportSpec) -> None:
                 raise RuntimeError(f"export froze {value.name} axis {axis} ({name}) to {dims[axis].dim_value}")
 
 
-def _roformer(model):
-    return model.roformer if hasattr(model, "roformer") else model
-
-
 @contextlib.contextmanager
 def _quiet():
     """The dynamo exporter prints progress lines of its own on stdout; keep stdout for our results."""

@@ -11,7 +11,7 @@
  * untouched, every vector access aligned to its width. Cases: fp32/fp16/bf16 x k = 1..4 x shapes
  * (full rotation, R < Dh, Dh not a multiple of the vector, odd B/H/S) x pointer offsets (aligned, 1, 2
  * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the
- * path each case took; exit 0 when all pass. Run by tests/test_kernel_grid.py.
+ * path each case took; exit 0 when all pass. Run by tests/plugins/test_kernel_grid.py.
  */
 #include "roformerRotaryHostRef.h"
 #include "roformerRotaryThread.h"

@@ -59,7 +59,7 @@ def test_kernel_grid_under_asan_ubsan():
 def test_launcher_takes_the_launch_error():
     """cudaPeekAtLastError would leave a failed launch's error set for every later enqueue on the thread (our
     cudart is static and private, nobody else clears it): the launcher must take it with cudaGetLastError.
-    (On a GPU, tests/gpu/test_rotary_kernel.py runs the launcher itself.)"""
+    (On a GPU, tests/plugins/test_kernel_gpu.py runs the launcher itself.)"""
     from plugins import identity
 
     src = (identity.CONFIG_YAML.parent / "roformerRotaryKernel.cu").read_text()
