@@ -5,6 +5,7 @@ from __future__ import annotations
 from engines.tensorrt.flags import add_engine_flags
 from export import memory
 from export.cli import Parser
+from export.cli_flags import DEFAULT_POOLING, add_thresholds, add_trust_pickle
 from export.passes.pooling import POOLINGS
 from export.passes.quantize.options import add_quant_flags
 
@@ -24,11 +25,7 @@ def _input_flags(p: Parser) -> None:
         "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)",
     )
     p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a pickled nn.Module (runs code from the file; only for files you trust)",
-    )
+    add_trust_pickle(p)
     p.add_argument("--out", help="output folder (default: build/<checkpoint stem>)")
     p.add_argument(
         "--force",
@@ -63,7 +60,7 @@ def _graph_flags(p: Parser) -> None:
     add_quant_flags(p)
     p.add_argument(
         "--pooling",
-        default="none",
+        default=DEFAULT_POOLING,
         choices=POOLINGS,
         help="add sentence_embedding [batch, hidden] to "
         "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
@@ -106,9 +103,7 @@ def _accuracy_flags(p: Parser) -> None:
         help="override every rtol of the thresholds (bound on scaled_error = "
         "max abs error / max |reference|; export/report/thresholds.py)",
     )
-    p.add_argument(
-        "--thresholds", help="thresholds TOML (format in export/report/thresholds.py), read by engines.gate too"
-    )
+    add_thresholds(p)
 
 
 def _run_flags(p: Parser) -> None:

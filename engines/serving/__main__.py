@@ -1,7 +1,8 @@
 """`python -m engines.serving --build build/<name>`: serve a build's ONNX graph on Triton (CPU).
 
 Blocks until Ctrl-C (or SIGTERM): exit 130, the server stopped. Inputs int64 input_ids/attention_mask/
-token_type_ids [batch, sequence]; outputs the graph's plus `sentence_embedding` unless --pooling none.
+token_type_ids [batch, sequence]; outputs the build's (with `sentence_embedding` when it was built with
+--pooling), or with --pooling mean|cls a plain build's plus `sentence_embedding`.
 A watchdog polls tritonserver and the model's backend stub every WATCH_INTERVAL_S; when either dies the
 command prints `error: tritonserver exited (<signal or code>); see <log>` (or names the stub) and exits 5,
 so a supervisor restarts it. Exit codes: export/errors.py.
@@ -17,6 +18,7 @@ from pathlib import Path
 from engines.serving.server import serve
 from export import cli
 from export.cli import InterruptNote, Parser
+from export.cli_flags import add_build, add_served_pooling
 from export.errors import EXIT_OK, UsageError
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
@@ -29,14 +31,8 @@ def build_parser() -> Parser:
         "(tritonserver from nvidia-pytriton, our HTTP and gRPC fronts on the public ports).",
         epilog="example: python -m engines.serving --build build/ckpt --http-port 8000 --grpc-port 8001",
     )
-    p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
-    p.add_argument(
-        "--pooling",
-        choices=["mean", "cls", "none"],
-        default="mean",
-        help="sentence_embedding output added to the graph (a build made with export.build --pooling "
-        "serves its own: pass that mode or none)",
-    )
+    add_build(p)
+    add_served_pooling(p)
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
@@ -50,7 +46,6 @@ def build_parser() -> Parser:
         help="write the Triton model repository here (a new or empty folder; kept after exit) "
         "instead of a temporary folder",
     )
-    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
 

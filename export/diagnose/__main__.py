@@ -15,6 +15,7 @@ from pathlib import Path
 from export import cli
 from export.checkpoint.rebuild import load_checkpoint
 from export.cli import Parser
+from export.cli_flags import add_build, add_thresholds, add_trust_pickle
 from export.diagnose import diagnose, diagnose_model
 from export.diagnose.divergence import DEFAULT_BUDGET
 from export.diagnose.expose import structure_of
@@ -41,14 +42,14 @@ EXAMPLE = (
 def build_parser() -> Parser:
     p = Parser(prog="python -m export.diagnose", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
     p.add_argument("graphs", nargs="*", metavar="REF.onnx CAND.onnx", help="reference and candidate graphs")
-    p.add_argument("--build", help="a folder written by python -m export.build: its graph against PyTorch")
+    add_build(p, required=False)  # its graph against PyTorch
     p.add_argument(
         "--graph",
         help="with --build: the artifact key to diagnose (default: the graph of the first "
         "failing validation case, else the last graph validated)",
     )
     p.add_argument("--model", help="with --build: the checkpoint, instead of the path report.json records")
-    p.add_argument("--trust-pickle", action="store_true", help="with --build: allow a pickled nn.Module checkpoint")
+    add_trust_pickle(p)
     p.add_argument("--batch", type=int, help="batch of the inputs (default: the failing case's, else 2)")
     p.add_argument("--seq", type=int, help="sequence length (default: the failing case's, else min(61, max_len))")
     p.add_argument(
@@ -56,9 +57,7 @@ def build_parser() -> Parser:
         help="the candidate's precision for its thresholds (default: read from its dtypes "
         "or, with --build, from the artifact key)",
     )
-    p.add_argument(
-        "--thresholds", help="thresholds TOML (export/report/thresholds.py); default: the precision's defaults"
-    )
+    add_thresholds(p)
     p.add_argument(
         "--budget-mib",
         type=int,
