@@ -5,14 +5,14 @@ RotaryEmbedding) -> precision graph -> validation in ONNX Runtime against PyTorc
 TensorRT exists -> report.json + report.md. Exit codes: export/errors.py (0 ok, 1 verification failed,
 2 bad input or usage, 3 a --require-... stage is unavailable here, 4 internal error, 130 interrupted).
 
-Order of work: every flag is checked first, then --out (writable, and no file of the user's that this run
-would replace: exit 2, nothing written), then `--require-engine` (exit 3). Then the checkpoint is read and
-checked (keys, shapes, dtypes) without building the model, the length and profiles are decided once, the
-memory the build needs is compared with what is available, and only then is the model built. The stages
-(export/stages/) run in a staging folder inside --out and each returns its result; this file alone
-assembles report.json from them, judges it with export.report.verdict, and moves the set into place
-(export/folder/staging.py): --out never holds a report beside files of another run, and a user's files are never
-moved, replaced or removed.
+Order of work: every flag is checked first, then --out and every path this run will write (no folder, no file it
+cannot write and no file of the user's there: exit 2, nothing written), then `--require-engine` (exit 3). Then
+the checkpoint is read and checked (keys, shapes, dtypes) without building the model, the length and profiles
+are decided once, the memory the build needs is compared with what is available, and only then is the model
+built. The stages (export/stages/) run in a staging folder inside --out and each returns its result; this file alone
+assembles report.json from them, judges it with export.report.verdict (on the staged files: the exit status is
+that verdict's, `build_error`), and moves the set into place (export/folder/staging.py): --out never holds a
+report beside files of another run, and a user's files are never moved, replaced or removed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from export import __version__, build_flags, cli, memory
 from export.build_plan import Flags, Plan
 from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
 from export.cli import InterruptNote, Parser
-from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, VerificationError
+from export.errors import EXIT_OK, RoformerTrtError, UnavailableError
 from export.folder import disk
 from export.folder.digest import artifact_hashes, sha256_tree
 from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
@@ -41,7 +41,7 @@ from export.report.persist import report_text, save_report
 from export.report.reproduce import reproduce_commands
 from export.report.schema import ONNX_KEY, TENSORRT_ONNX_KEY, TIMING_CACHE, Report, engine_key, rope_key
 from export.report.thresholds import ThresholdError
-from export.report.verdict import case_checks, failure_lines, judge, passed
+from export.report.verdict import OUTPUT, build_error, judge, passed
 from export.stages.bench import run_bench_stage
 from export.stages.diagnosis import run_diagnosis_stage
 from export.stages.diagnosis import summary as diagnosis_summary
@@ -81,7 +81,7 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
     planned = flags.planned(args, engine["status"] == "available")
     with BuildFolder(flags.out, force=args.force) as folder:
-        folder.check_collisions(planned.files())
+        folder.check_targets(planned.files())
         run = Run(args, argv, flags, planned)
         ckpt, plan = run.load()
         note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
@@ -262,25 +262,19 @@ class Run:
     def finish(
         self, results: dict, ckpt, plan: Plan, work: Path, error: RoformerTrtError | None
     ) -> tuple[Report, RoformerTrtError | None]:
-        """Assemble the report from the results, judge it (export.report.verdict), save it; returns it and the error."""
+        """Assemble the report, judge it (export.report.verdict, on the files in `work`), save it; returns it and the
+        error to raise: the engine stage's own, else the verdict's (build_error), else --require-engine's."""
         report = assemble_report(self, results, ckpt, plan, work)
-        checks = judge(report, self.flags.thresholds, own_flag=False)
+        checks = judge(report, self.flags.thresholds, work, own_flag=False)
         report.passed = passed(checks)
-        rewrite_failure = results["rewrite"].failure if "rewrite" in results else None
-        case_failures = failure_lines(case_checks(report, self.flags.thresholds))
-        if error is None and rewrite_failure:
-            error = VerificationError(f"{rewrite_failure} (artifacts kept in the output folder)")
-        elif error is None and case_failures and not self.args.skip_validation:
-            where = diagnosis_summary(report.diagnosis)
-            report.failure = f"{len(case_failures)} validation check(s) failed" + (f"; {where}" if where else "")
-            error = VerificationError(
-                "outputs differ from PyTorch beyond thresholds:\n  "
-                + "\n  ".join(case_failures)
-                + (f"\n{where}" if where else "")
-            )
-        elif error is None and report.failure:  # a stage's own failure (e.g. a quantized graph off its placement)
-            error = VerificationError(f"{report.failure} (artifacts kept in the output folder)")
-        elif error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
+        where = diagnosis_summary(report.diagnosis)
+        verdict_error = build_error(report, checks, validated=not self.args.skip_validation, where=where)
+        outputs = [c for c in checks if c.rule == OUTPUT and not c.passed]
+        if outputs and not report.failure:
+            report.failure = f"{len(outputs)} validation check(s) failed" + (f"; {where}" if where else "")
+        if error is None:
+            error = verdict_error
+        if error is None and self.args.require_engine and (report.engine or {}).get("status") != "built":
             error = UnavailableError(f"--require-engine: {(report.engine or {}).get('reason')}")
         save_report(report, work)
         return report, error

@@ -5,7 +5,7 @@
 | 0 | success |
 | 1 | verification failed: accuracy, rotary-rewrite coverage, or a quantized graph off its placement (artifacts kept, report says why); for the build tools, the build step failed (`plugins.build`: CMake; `engines.build`: TensorRT's builder) |
 | 2 | bad input or usage |
-| 3 | a stage asked for with a `--require-...` flag is unavailable here |
+| 3 | a stage asked for with a `--require-...` flag is unavailable here; `engines.serving`: tritonserver cannot run, or cannot be kept from other local users, here |
 | 4 | internal error: a bug in roformer-trt (one line; `--debug` shows the traceback) |
 | 5 | `engines.serving`: the inference server died while serving (one line naming the cause and the server log), so a supervisor restarts it |
 | 130 | interrupted (Ctrl-C); the message says what was kept |

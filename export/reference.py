@@ -33,37 +33,55 @@ def sincos_table(max_len: int, rotary_dim: int, base: float = DEFAULT_BASE, dtyp
     return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).astype(dtype)  # [P, R]
 
 
+# The `interleaved` attribute (a leaf module: the same values as plugins.identity's, checked by its tests).
+LAYOUT_INTERLEAVED = 1  # pairs (x[2j], x[2j + 1]): RoFormer
+LAYOUT_SPLIT_HALVES = 0  # pairs (x[j], x[j + R/2]): HF rotate_half (GPT-NeoX, LLaMA, ModernBERT, ...)
+
+
+def rotary_pairs(rotary_dim: int, interleaved: int) -> tuple[slice, slice]:
+    """Channel slices of the first and second element of the R/2 pairs, pair j at position j of each."""
+    if interleaved == LAYOUT_INTERLEAVED:
+        return slice(0, rotary_dim, 2), slice(1, rotary_dim, 2)
+    if interleaved == LAYOUT_SPLIT_HALVES:
+        return slice(0, rotary_dim // 2), slice(rotary_dim // 2, rotary_dim)
+    raise NotImplementedError(f"interleaved={interleaved!r}: RoformerRotary defines 1 (adjacent pairs) and 0 (halves)")
+
+
 def roformer_rotary_ref(
-    xs: Sequence[np.ndarray], sincos: np.ndarray, rotary_dim: int | None = None, interleaved: int = 1
+    xs: Sequence[np.ndarray], sincos: np.ndarray, rotary_dim: int | None = None, interleaved: int = LAYOUT_INTERLEAVED
 ) -> list[np.ndarray]:
     """RoformerRotary, exactly as the contract states it: fp32 products and sums, no FMA.
 
-    xs: k arrays [B, H, S, Dh], one dtype (float32, float16, or a bfloat16 emulation passed as float32);
-    sincos: [P, R] float32 with P >= S. Returns k arrays [B, H, S, Dh] in the inputs' dtype.
+    xs: k arrays [B, H_i, S, Dh], one dtype (float32, float16, or a bfloat16 emulation passed as float32);
+    each may have its own head count H_i (grouped-query attention), B, S and Dh are shared.
+    sincos: [P, R] float32 with P >= S. interleaved: 1 rotates pairs (x[2j], x[2j+1]) (RoFormer), 0 pairs
+    (x[j], x[j+R/2]) (HF rotate_half); channels R..Dh pass through. Returns k arrays [B, H_i, S, Dh] in the
+    inputs' dtype.
     """
-    if interleaved != 1:
-        raise NotImplementedError("RoformerRotary implements interleaved=1 (adjacent pairs) only")
     if not xs:
         raise ValueError("RoformerRotary needs at least one tensor to rotate")
-    shape, dtype = xs[0].shape, xs[0].dtype
-    if any(x.shape != shape or x.dtype != dtype for x in xs):
-        raise ValueError(f"all rotated tensors must share shape and dtype, got {[(x.shape, x.dtype) for x in xs]}")
-    b, h, s, dh = shape
+    dtype = xs[0].dtype
+    if any(x.ndim != 4 or x.dtype != dtype for x in xs):
+        raise ValueError(f"rotated tensors must be rank 4 of one dtype, got {[(x.shape, x.dtype) for x in xs]}")
+    b, _, s, dh = xs[0].shape
+    if any((x.shape[0], x.shape[2], x.shape[3]) != (b, s, dh) for x in xs):
+        raise ValueError(f"rotated tensors must share B, S and Dh (H may differ), got {[x.shape for x in xs]}")
     r = sincos.shape[1] if rotary_dim is None else rotary_dim
     if r % 2 or not 2 <= r <= dh or sincos.shape[1] != r:
         raise ValueError(f"rotary_dim {r} must be even, 2 <= R <= Dh={dh} and equal sincos width {sincos.shape[1]}")
     if sincos.shape[0] < s:
         raise ValueError(f"sincos has {sincos.shape[0]} rows, sequence needs {s}")
+    first, second = rotary_pairs(r, interleaved)
     table = sincos[:s].astype(np.float32)  # [S, R]
-    sin, cos = table[:, : r // 2], table[:, r // 2 :]  # [S, R/2] each, broadcast over [B, H]
+    sin, cos = table[:, : r // 2], table[:, r // 2 :]  # [S, R/2] each, broadcast over [B, H_i]
     out = []
     for x in xs:
-        xf = x.astype(np.float32)  # [B, H, S, Dh]
-        x0, x1 = xf[..., 0:r:2], xf[..., 1:r:2]  # [B, H, S, R/2] each
+        xf = x.astype(np.float32)  # [B, H_i, S, Dh]
+        x0, x1 = xf[..., first], xf[..., second]  # [B, H_i, S, R/2] each: pair j = (x0[j], x1[j])
         y = xf.copy()
         # np.float32 products, then the sum: two roundings, as the contract states (no FMA).
-        y[..., 0:r:2] = (x0 * cos).astype(np.float32) - (x1 * sin).astype(np.float32)
-        y[..., 1:r:2] = (x1 * cos).astype(np.float32) + (x0 * sin).astype(np.float32)
+        y[..., first] = (x0 * cos).astype(np.float32) - (x1 * sin).astype(np.float32)
+        y[..., second] = (x1 * cos).astype(np.float32) + (x0 * sin).astype(np.float32)
         out.append(y.astype(dtype))
     return out
 

@@ -31,7 +31,10 @@ FIELDS = (ATTR_INTERLEAVED, ATTR_ROTARY_DIM, ATTR_NUM_TENSORS)
 ATTR_PLUGIN_VERSION = "plugin_version"
 ATTR_PLUGIN_NAMESPACE = "plugin_namespace"
 
-INTERLEAVED_ALLOWED = (1,)  # 0 (split halves) is not implemented and is refused
+# `interleaved`: which channels form a pair (contract README "Math"); the values of the C++ enum RotaryLayout.
+LAYOUT_SPLIT_HALVES = 0  # pairs (x[j], x[j + R/2]): HF rotate_half (GPT-NeoX, LLaMA, ModernBERT, ...)
+LAYOUT_INTERLEAVED = 1  # pairs (x[2j], x[2j + 1]): RoFormer
+INTERLEAVED_ALLOWED = (LAYOUT_SPLIT_HALVES, LAYOUT_INTERLEAVED)
 MIN_TENSORS, MAX_TENSORS = 1, 4
 DEFAULT_NUM_TENSORS = 2
 
@@ -61,9 +64,12 @@ def plugin_node_problem(
     missing = [f for f in (ATTR_ROTARY_DIM,) if f not in attrs]
     if missing:
         return f"missing required attribute {missing[0]!r}"
-    interleaved = attrs.get(ATTR_INTERLEAVED, 1)
+    interleaved = attrs.get(ATTR_INTERLEAVED, LAYOUT_INTERLEAVED)
     if interleaved not in INTERLEAVED_ALLOWED:
-        return f"{ATTR_INTERLEAVED}={interleaved!r}; the plugin implements {ATTR_INTERLEAVED}=1 (adjacent pairs) only"
+        return (
+            f"{ATTR_INTERLEAVED}={interleaved!r}; the plugin takes {ATTR_INTERLEAVED}=1 (pairs (2j, 2j+1)) or 0 "
+            "(pairs (j, j+R/2))"
+        )
     k = attrs.get(ATTR_NUM_TENSORS, DEFAULT_NUM_TENSORS)
     if not isinstance(k, int) or not MIN_TENSORS <= k <= MAX_TENSORS:
         return f"{ATTR_NUM_TENSORS}={k!r}; allowed {MIN_TENSORS}..{MAX_TENSORS}"

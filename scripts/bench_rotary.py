@@ -36,6 +36,7 @@ from export.folder.atomic import write_atomic  # noqa: E402
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
 from plugins import locate  # noqa: E402
 from plugins.identity import DTYPE_CODES, KERNEL_LIB  # noqa: E402
+from plugins.identity import LAYOUT_INTERLEAVED as INTERLEAVED  # noqa: E402
 
 METHODS = ("ours", "hf_eager", "compiled", "copy")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --dtype -> plugins.identity.DTYPE_CODES key
@@ -63,10 +64,13 @@ def build_parser() -> Parser:
 
 def load_kernel(path: Path):
     lib = ctypes.CDLL(str(path))
+    # (dtype, interleaved, k, x, y, sincos, B, H[k], S, Dh, R, P, stream)
     lib.roformer_rotary_launch.restype = ctypes.c_int
     lib.roformer_rotary_launch.argtypes = (
-        [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        + [ctypes.c_int64] * 6
+        [ctypes.c_int] * 3
+        + [ctypes.c_void_p] * 3
+        + [ctypes.c_int64, ctypes.c_void_p]
+        + [ctypes.c_int64] * 4
         + [ctypes.c_void_p]
     )
     return lib
@@ -111,16 +115,18 @@ class Bench:
         yp = (ctypes.c_void_p * 2)(yq.data_ptr(), yk.data_ptr())
         stream = torch.cuda.current_stream().cuda_stream
         a = self.args
+        heads = (ctypes.c_int64 * 2)(a.heads, a.heads)
 
         def run():
             rc = self.lib.roformer_rotary_launch(
                 self.code,
+                INTERLEAVED,  # RoFormer's adjacent pairs, as HF's apply_rotary_position_embeddings
                 2,
                 xp,
                 yp,
                 self.table.data_ptr(),
                 a.batch,
-                a.heads,
+                heads,
                 s,
                 a.head_dim,
                 a.head_dim,

@@ -5,8 +5,10 @@
 - `export.passes.pooling` (an export pass) adds the `sentence_embedding` output to an ONNX graph.
 - `engines.serving.ort_model` runs that graph with ONNX Runtime and validates requests.
 - `engines.serving.server` (`python -m engines.serving`) serves it live: our Python-backend model repository
-  (`python_repository`, `backend_model`), the tritonserver that nvidia-pytriton ships (`tritonserver`), and
-  our HTTP and gRPC fronts (`http_front`, `grpc_front`, `request_limits`) on the public ports.
+  (`python_repository`, `backend_model`), the tritonserver that nvidia-pytriton ships (`tritonserver`) on
+  Unix sockets in a private folder (`sockets`) and in namespaces of its own (`sandbox`), and our HTTP and
+  gRPC fronts (`http_front`, `http_judge`, `grpc_front`, `request_limits`, `request_parameters`) on the
+  public ports. What a remote client and a local user can reach: README.md beside this file.
 - `engines.client` goes from raw text to embeddings against either server.
 
 Nothing here imports tensorrt or pytriton (its tritonserver is run, not imported); grpc and

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from engines.serving.server import serve
+from engines.serving.server import TRUST_FLAG, serve
 from export import cli
 from export.cli import InterruptNote, Parser
 from export.cli_flags import add_build, add_served_pooling
@@ -36,7 +36,6 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port, on 127.0.0.1 (0: a free one)")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument(
@@ -45,6 +44,12 @@ def build_parser() -> Parser:
         default=None,
         help="write the Triton model repository here (a new or empty folder; kept after exit) "
         "instead of a temporary folder",
+    )
+    p.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="serve even where tritonserver cannot get network and mount namespaces of its own (then every "
+        "local user can read the request tensors in its /dev/shm regions); without it such a host is exit 3",
     )
     return p
 
@@ -59,7 +64,7 @@ def _stop_on_sigterm(signum, frame):
 
 
 def _main(args) -> int:
-    for flag in ("http_port", "grpc_port", "metrics_port"):
+    for flag in ("http_port", "grpc_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not a port; pass 0-65535")
     if args.max_batch < 1:
@@ -72,10 +77,10 @@ def _main(args) -> int:
             args.host,
             args.http_port,
             args.grpc_port,
-            args.metrics_port,
             args.max_batch,
             args.threads,
             args.repository,
+            trust_local_users=args.trust_local_users,
         ) as urls:
             print(
                 f"serving {urls['model']}: http {urls['http']}  grpc {urls['grpc']}  (Ctrl-C stops); "

@@ -1,9 +1,17 @@
 """The tritonserver binary that nvidia-pytriton ships, run as a subprocess of ours (PyTriton's own code unused).
 
-In:  a model repository (engines.serving.python_repository), loopback ports, a work folder, a log file.
-Out: `TritonProcess`: started with HTTP, gRPC and metrics bound to 127.0.0.1 only (every address given
-     explicitly: gRPC would listen on 0.0.0.0 otherwise), waited for until the model is ready, watched
-     (`death()`: tritonserver exited, or the model's backend stub did), stopped (SIGTERM, then SIGKILL).
+In:  a model repository (engines.serving.python_repository), a work folder, a log file, the socket folder
+     (engines.serving.sockets), the restriction key, and whether to isolate it (engines.serving.sandbox).
+Out: `TritonProcess`: started listening on Unix sockets only (HTTP, gRPC and metrics: no TCP port), inside
+     its own network and mount namespaces unless the user trusts local users, waited for until the model is
+     ready, watched (`death()`: tritonserver exited, or the model's backend stub did), stopped (SIGTERM,
+     then SIGKILL). `isolation_refused()` says why this host cannot isolate it, before anything starts.
+The second wall: shared-memory, model-repository, logging and trace APIs are restricted to requests that
+carry RESTRICTION_HEADER with a key made afresh at each start (`--http-restricted-api`,
+`--grpc-restricted-protocol`; 403 / UNAVAILABLE without it, measured on 2.51; the form `--help` prints is
+rejected by the binary). The fronts never send it except on the repository index they offer. The key is on
+tritonserver's command line, which every local user can read (/proc/<pid>/cmdline): it keeps out requests
+that reach tritonserver through the fronts, not a local user, whom the socket folder keeps out.
 What the backend needs, set in the subprocess's environment only (os.environ is never changed):
 - nvidia-pytriton 0.7 ships one Python-backend stub per Python version; the one for the running
   interpreter goes into a backend folder of ours (links to the wheel's files), as the backend loads
@@ -18,20 +26,19 @@ What the backend needs, set in the subprocess's environment only (os.environ is 
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.serving import sandbox
+from engines.serving.sockets import SocketFolder, UnixHTTPConnection
 from export.errors import ServerDiedError, UnavailableError
 
 TESTED_PYTRITON = "0.7."  # the layout below (tritonserver/, python_backend_stubs/, nvidia_pytriton.libs) is 0.7's
@@ -39,6 +46,9 @@ READY_TIMEOUT_S = 600.0  # loading the model (ONNX Runtime session in the stub) 
 STOP_TIMEOUT_S = 10.0  # SIGTERM, then SIGKILL
 STUB_NAME = "triton_python_backend_stub"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROBE_TIMEOUT_S = 60.0
+RESTRICTED = "shared-memory,model-repository,logging,trace"  # what only the restriction key opens
+RESTRICTION_HEADER = "x-rt-key"  # HTTP header; gRPC metadata triton-grpc-protocol-x-rt-key
 
 
 @dataclass(frozen=True)
@@ -117,46 +127,63 @@ def python_env_path() -> Path | None:
     return Path(sys.prefix) if sys.prefix != sys.base_prefix else None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when our process dies, however it dies (Linux prctl)."""
+def isolation_refused() -> str | None:
+    """Why tritonserver cannot get network and mount namespaces of its own here (one line), else None."""
     try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the watchdog's SIGTERM/SIGKILL on exit still stops it
-        pass
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", sandbox.__file__, "--probe"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the namespace probe did not run ({type(e).__name__})"
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+    return lines[-1].removeprefix("error: ")[:300]
+
+
+def triton_command(
+    dist: TritonDist, repository: Path, backends: Path, sockets: SocketFolder, key: str, isolate: bool
+) -> list[str]:
+    """sandbox.py, then tritonserver with its options: every endpoint a Unix socket, the restrictions."""
+    restriction = f"{RESTRICTED}:{RESTRICTION_HEADER}={key}"
+    launcher = [sys.executable, "-I", "-S", sandbox.__file__, *([] if isolate else ["--no-namespaces"])]
+    return [
+        *launcher,
+        "--parent",
+        str(os.getpid()),
+        "--",
+        str(dist.binary),
+        "--model-repository",
+        str(repository),
+        "--backend-directory",
+        str(backends),
+        *sockets.triton_args(),
+        f"--http-restricted-api={restriction}",
+        f"--grpc-restricted-protocol={restriction}",
+        "--exit-timeout-secs",
+        "5",
+        "--strict-readiness",
+        "true",
+    ]
 
 
 class TritonProcess:
-    def __init__(self, dist: TritonDist, repository: Path, work: Path, log_file: Path, ports: dict[str, int]):
-        self.log_file, self.ports, self.stubs = Path(log_file), ports, []
-        cmd = [
-            str(dist.binary),
-            "--model-repository",
-            str(repository),
-            "--backend-directory",
-            str(backend_folder(dist, work)),
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-address",
-            "127.0.0.1",
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--exit-timeout-secs",
-            "5",
-            "--strict-readiness",
-            "true",
-        ]
+    def __init__(
+        self,
+        dist: TritonDist,
+        repository: Path,
+        work: Path,
+        log_file: Path,
+        sockets: SocketFolder,
+        key: str,
+        isolate: bool = True,
+    ):
+        self.log_file, self.sockets, self.stubs = Path(log_file), sockets, []
+        cmd = triton_command(dist, repository, backend_folder(dist, work), sockets, key, isolate)
         self._log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
             cmd,
@@ -165,12 +192,10 @@ class TritonProcess:
             stderr=subprocess.STDOUT,
             env=server_env(dist),
             cwd=PROJECT_ROOT,
-            preexec_fn=_die_with_parent,
         )
 
     def wait_ready(self, model: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until `model` is ready; UnavailableError naming the log's last error when it cannot load."""
-        url = f"http://127.0.0.1:{self.ports['http']}/v2/models/{model}/ready"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -178,15 +203,21 @@ class TritonProcess:
                     f"tritonserver could not serve {model} ({exit_text(self.proc.returncode)}): "
                     f"{self.last_error()}; see {self.log_file}"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        self.stubs = stub_pids(self.proc.pid)
-                        return
-            except OSError:  # not listening yet, or the model is still loading (400)
-                pass
+            if self._ready(model):
+                self.stubs = stub_pids(self.proc.pid)
+                return
             time.sleep(0.5)
         raise UnavailableError(f"tritonserver did not get {model} ready within {timeout_s:.0f} s; see {self.log_file}")
+
+    def _ready(self, model: str) -> bool:
+        conn = UnixHTTPConnection(self.sockets.http, timeout=5)
+        try:
+            conn.request("GET", f"/v2/models/{model}/ready")
+            return conn.getresponse().status == 200
+        except OSError:  # not listening yet
+            return False
+        finally:
+            conn.close()
 
     def last_error(self) -> str:
         try:

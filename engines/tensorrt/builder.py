@@ -27,10 +27,10 @@ from engines.tensorrt.availability import gpu_identity, trt_major
 from engines.tensorrt.graph import count_plugin_nodes
 from engines.tensorrt.graph import input_axes as read_axes
 from engines.tensorrt.plugin_library import load_plugins
-from engines.tensorrt.sidecar import load_sidecar, make_sidecar, onnx_sha256, reuse_decision, sidecar_path
+from engines.tensorrt.sidecar import load_sidecar, make_sidecar, reuse_decision, sidecar_path
 from export.errors import UsageError, VerificationError
 from export.folder.atomic import write_atomic
-from export.folder.digest import sha256_file
+from export.folder.digest import onnx_sha256, sha256_file
 from plugins.identity import PLUGIN_OP
 
 log = logging.getLogger(__name__)

@@ -8,26 +8,14 @@ reader of the file, for the reuse rule and for engines.triton alike. Plain Pytho
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from export.errors import UsageError
 from export.files import MiB, load_json
-from export.folder.digest import sha256_file
-from export.onnx_io import external_data_files
 
 MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")
-
-
-def onnx_sha256(path: str | Path) -> str:
-    """sha256 of the ONNX file plus every external-data file it references (a rewritten or fp16 graph
-    reads most of its weights from model.onnx.data): new weights mean a new hash, so no stale plan is reused."""
-    h = hashlib.sha256(sha256_file(path).encode())
-    for extra in external_data_files(path):
-        h.update(sha256_file(Path(path).parent / extra).encode())
-    return h.hexdigest()
 
 
 def sidecar_path(plan: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""sha256 of files, streamed: what report.json records for every artifact and the checkpoint."""
+"""sha256 of files, streamed: what report.json records for every artifact and the checkpoint, and what an
+engine's sidecar records of its graph."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def sha256_tree(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
         h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def onnx_sha256(path: str | Path) -> str:
+    """sha256 of an ONNX file plus every external-data file it references (a rewritten or fp16 graph reads most
+    of its weights from model.onnx.data): what an engine's sidecar records of the graph it was built from."""
+    h = hashlib.sha256(sha256_file(path).encode())
+    for extra in external_data_files(path):
+        h.update(sha256_file(Path(path).parent / extra).encode())
     return h.hexdigest()
 
 

@@ -1,18 +1,21 @@
-"""Which files in a build folder a run of roformer-trt wrote: decided from records, never from a name pattern.
+"""Which files in a build folder a run of roformer-trt wrote: decided from records with hashes, never from a name
+or from what a file says.
 
-Claims come from two records, each with the sha256 a file had when we wrote it:
-- the manifest `.roformer-trt-files.json` ({"tool": "roformer-trt", "files": {relative path: [sha256, ...]}}),
-  rewritten by every swap (export.folder.staging); during a swap a path may be claimed with the old and the new
-  file's hash;
-- the previous report.json's `artifacts_sha256`, so a folder whose manifest is lost, or that an older
-  roformer-trt wrote, is still recognised. Its report.json and report.md are recognised by their content,
-  and timing.cache when that report built an engine.
-A claimed file is ours only while it is still the file we wrote: a regular file (not a symlink), inside the
-folder, with the recorded sha256. A file the user replaced or edited is the user's again.
+The records:
+- the manifest `.roformer-trt-files.json` ({"tool": "roformer-trt", "files": {relative path: [sha256, ...]},
+  "sha256": its own digest}), rewritten by every swap (export.folder.staging); during a swap a path may be claimed
+  with the old and the new file's hash. The manifest is ours only while its own digest (MANIFEST_DIGEST of its
+  "tool" and "files") matches: a user's file of that name, or our manifest edited, is the user's and claims
+  nothing;
+- the previous report.json's `artifacts_sha256`, when that report is itself ours (the manifest records its hash).
+report.json and report.md are files like any other: ours only while the manifest records the hash they have (an
+edited report is the user's). A claimed file is ours only while it is still the file we wrote: a regular file
+(not a symlink), inside the folder, with a recorded sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,10 +25,9 @@ from pathlib import Path
 from export.folder.atomic import write_atomic
 from export.folder.digest import sha256_file
 from export.folder.layout import MANIFEST
-from export.report.schema import REPORT_JSON, REPORT_MD, TIMING_CACHE
+from export.report.schema import REPORT_JSON
 
 TOOL = "roformer-trt"
-BY_CONTENT = "by-content"  # a claim checked by what the file says rather than by a hash
 MAX_RECORD_BYTES = 64 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -33,17 +35,20 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class Ownership:
     def __init__(self, out: Path):
         self.out = Path(out)
-        self.claims: dict[str, frozenset[str]] = _claims(self.out)
+        self.manifest_is_ours, manifest_files = _read_manifest(self.out)
+        self.claims: dict[str, frozenset[str]] = _claims(self.out, manifest_files)
         self._verdicts: dict[str, bool] = {}
 
     def owns(self, rel: str) -> bool:
+        if rel == MANIFEST:
+            return self.manifest_is_ours
         if rel not in self._verdicts:
             self._verdicts[rel] = self._check(rel)
         return self._verdicts[rel]
 
     def files(self) -> list[str]:
-        """Every claimed file still present and still ours."""
-        return sorted(rel for rel in self.claims if self.owns(rel))
+        """Every claimed file still present and still ours (the manifest itself not included)."""
+        return sorted(rel for rel in self.claims if rel != MANIFEST and self.owns(rel))
 
     def collisions(self, names) -> list[str]:
         """Names among `names` that exist in the folder and are not ours (a user's file or folder)."""
@@ -54,20 +59,20 @@ class Ownership:
         path = self.out / rel
         if claim is None or not _inside(self.out, rel) or path.is_symlink() or not path.is_file():
             return False
-        if BY_CONTENT not in claim:
-            return sha256_file(path) in claim
-        if rel == REPORT_JSON:
-            return (_read_json(path) or {}).get("tool") == TOOL
-        if rel == REPORT_MD:
-            with open(path, "rb") as f:
-                return f.read(64).startswith(b"# roformer-trt report")
-        return rel == TIMING_CACHE
+        return sha256_file(path) in claim
+
+
+def manifest_digest(files: Mapping[str, list[str]]) -> str:
+    """The manifest's own sha256: over its "tool" and "files", as canonical JSON (sorted keys, no spaces)."""
+    body = json.dumps({"files": files, "tool": TOOL}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def write_manifest(out: Path, files: Mapping[str, frozenset[str] | set[str] | str]) -> None:
     """files: {relative path: its sha256, or every sha256 it may have (old and new, during a swap)}."""
     table = {rel: sorted({h} if isinstance(h, str) else h) for rel, h in sorted(files.items())}
-    write_atomic(Path(out) / MANIFEST, json.dumps({"tool": TOOL, "files": table}, indent=1))
+    record = {"tool": TOOL, "files": table, "sha256": manifest_digest(table)}
+    write_atomic(Path(out) / MANIFEST, json.dumps(record, indent=1))
 
 
 def merge_claims(*tables: Mapping[str, str | Iterable[str]]) -> dict[str, set[str]]:
@@ -79,17 +84,24 @@ def merge_claims(*tables: Mapping[str, str | Iterable[str]]) -> dict[str, set[st
     return out
 
 
-def _claims(out: Path) -> dict[str, frozenset[str]]:
-    tables: list[Mapping[str, str | Iterable[str]]] = []
-    report = _read_json(out / REPORT_JSON)
-    if isinstance(report, dict) and report.get("tool") == TOOL:
-        tables.append({REPORT_JSON: BY_CONTENT, REPORT_MD: BY_CONTENT})
-        tables.append(_hashes(report.get("artifacts_sha256")))
-        if isinstance(report.get("engine"), dict) and report["engine"].get("status") == "built":
-            tables.append({TIMING_CACHE: BY_CONTENT})
-    manifest = _read_json(out / MANIFEST)
-    if isinstance(manifest, dict) and manifest.get("tool") == TOOL:
-        tables.append(_hashes(manifest.get("files")))
+def _read_manifest(out: Path) -> tuple[bool, dict[str, set[str]]]:
+    """(is the manifest ours, its claims): ours only when it carries its own digest and that digest matches."""
+    data = _read_json(out / MANIFEST)
+    if not isinstance(data, dict) or data.get("tool") != TOOL or not isinstance(data.get("files"), dict):
+        return False, {}
+    if data.get("sha256") != manifest_digest(data["files"]):
+        return False, {}
+    return True, _hashes(data["files"])
+
+
+def _claims(out: Path, manifest_files: dict[str, set[str]]) -> dict[str, frozenset[str]]:
+    tables: list[Mapping[str, str | Iterable[str]]] = [manifest_files]
+    report_path = out / REPORT_JSON
+    hashes = manifest_files.get(REPORT_JSON, set())
+    if hashes and not report_path.is_symlink() and report_path.is_file() and sha256_file(report_path) in hashes:
+        report = _read_json(report_path)  # a report of ours: its artifact hashes are records too
+        if isinstance(report, dict):
+            tables.append(_hashes(report.get("artifacts_sha256")))
     return {rel: frozenset(h) for rel, h in merge_claims(*tables).items() if _inside(out, rel)}
 
 

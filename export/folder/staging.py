@@ -3,13 +3,20 @@
 A run works in `<out>/.staging-<random>/`, holding an exclusive lock on `.staging-*/.lock` for its whole
 life, and moves the finished set into `<out>` at the end: the previous set stays untouched until then.
 Staging folders of dead runs (killed, even by SIGKILL) are removed by the next run: the kernel drops a
-dead process's lock, so a `.staging-*` folder whose lock can be taken belongs to nobody.
+dead process's lock, so a staging folder of ours whose lock can be taken belongs to nobody.
 
 Ownership (export.folder.ownership): a run removes or replaces only files a run of ours wrote, as the manifest
 `.roformer-trt-files.json` and the previous report record them, with their sha256. Everything else in
 `<out>` is the user's: never moved, replaced or removed (a folder such as `bench/` is never removed
-whole: only our files in it, and the folder itself once it is empty). A planned file whose name is taken
-by a user's file is refused before any work (`check_collisions`, exit 2), unless `force`.
+whole: only our files in it, and the folder itself once it is empty). A staging folder is ours only when its
+`.lock` holds our marker with the folder's own name (`marker`): a `.staging-mybackup/` of the user's is never
+touched.
+
+Every path a run will write (the planned files, the manifest, the folders they go in) and every file of ours it
+will replace or remove is checked before any work (`check_targets`, exit 2, naming it): a folder, a symlink or a
+file where one of our folders goes, a file that cannot be written (read-only, immutable) or a folder that
+cannot be written is refused even with `force`; a user's file under a planned name (an edited report, a
+manifest that is not ours included) is refused unless `force`.
 
 The swap (`commit`), under a lock on the folder and with Ctrl-C held:
 1. the manifest is rewritten to claim the old and the new set (a kill from here on leaves a folder whose
@@ -35,7 +42,8 @@ from pathlib import Path
 
 from export.errors import UsageError
 from export.folder.digest import sha256_file
-from export.folder.ownership import Ownership, merge_claims, write_manifest
+from export.folder.layout import MANIFEST
+from export.folder.ownership import TOOL, Ownership, merge_claims, write_manifest
 from export.report.schema import REPORT_JSON, REPORT_MD, TIMING_CACHE
 
 PREFIX = ".staging-"
@@ -62,6 +70,7 @@ class BuildFolder:
                 remove_dead_stagings(self.out)
                 self.stage = Path(tempfile.mkdtemp(prefix=PREFIX, dir=self.out))
                 self._lock_fd = os.open(self.stage / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+                os.write(self._lock_fd, marker(self.stage.name))
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except BaseException as e:
             self.__exit__()  # nothing half-made stays behind, Ctrl-C included
@@ -80,20 +89,20 @@ class BuildFolder:
         if self.created and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()  # a run that produced nothing leaves no empty folder it made
 
-    def check_collisions(self, planned: Iterable[str]) -> None:
-        """UsageError (before any work) when a file this run will write would replace a user's file."""
-        taken = Ownership(self.out).collisions(planned)
-        folders = [n for n in taken if (self.out / n).is_dir() and not (self.out / n).is_symlink()]
-        if folders:
-            raise UsageError(
-                f"--out {self.out} holds a folder {folders[0]!r} where this build writes a file; move it "
-                "away or pass another --out"
-            )
+    def check_targets(self, planned: Iterable[str]) -> None:
+        """UsageError (before any work) naming the first path this run cannot or may not write: see the module."""
+        names = list(dict.fromkeys([MANIFEST, *planned]))  # first: a manifest not ours is why nothing else is ours
+        owner = Ownership(self.out)
+        problem = _blocked(self.out, names + owner.files())
+        if problem:
+            raise UsageError(f"--out {self.out} holds {problem}; move it away or pass another --out")
+        taken = owner.collisions(names)
         if taken and not self.force:
             more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
             raise UsageError(
-                f"--out {self.out} holds {taken[0]!r}{more}, not written by roformer-trt, which this build "
-                "would replace; move it away, pass another --out, or pass --force to overwrite it"
+                f"--out {self.out} holds {taken[0]!r}{more}, not written by roformer-trt (no record of ours has its "
+                "sha256), which this build would replace; move it away, pass another --out, or pass --force to "
+                "overwrite it"
             )
 
     def _staged(self) -> Path:
@@ -126,7 +135,7 @@ class BuildFolder:
             new = sorted(n for n in wanted if (stage / n).is_file())
             owner = Ownership(self.out)
             old = owner.files()
-            self.check_collisions(new)  # again under the lock: a user's file may have appeared meanwhile
+            self.check_targets(new)  # again under the lock: a user's file may have appeared meanwhile
             new_hashes = {n: hashes.get(n) or sha256_file(stage / n) for n in new}
             write_manifest(self.out, merge_claims({n: owner.claims[n] for n in old}, new_hashes))  # both sets
             for name in (REPORT_JSON, REPORT_MD):
@@ -197,15 +206,28 @@ def folder_lock(out: Path):
         os.close(fd)
 
 
+def marker(name: str) -> bytes:
+    """What a run writes into its staging folder's `.lock`: our own words and the folder's own name."""
+    return f"{TOOL} staging folder {name}: removed by the next run once its lock is free\n".encode()
+
+
 def remove_dead_stagings(out: Path) -> list[str]:
-    """Remove `.staging-*` folders of runs that are gone (their lock can be taken). Returns their names."""
+    """Remove staging folders of runs that are gone: only folders whose `.lock` holds our marker for that very
+    folder (a user's `.staging-*` folder, or a copy of ours under another name, is kept) and whose lock can be
+    taken (a live run holds it). Returns their names."""
     removed = []
     for d in out.glob(PREFIX + "*"):
         lock = d / LOCK
-        if not d.is_dir() or d.is_symlink() or not lock.is_file():
+        if d.is_symlink() or not d.is_dir() or lock.is_symlink() or not lock.is_file():
             continue
-        fd = os.open(lock, os.O_RDWR)
+        want = marker(d.name)
         try:
+            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.read(fd, len(want) + 1) != want:
+                continue  # not a staging folder of ours
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             continue  # a live run holds it
@@ -214,6 +236,24 @@ def remove_dead_stagings(out: Path) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d.name)
     return removed
+
+
+def _blocked(out: Path, names: Iterable[str]) -> str | None:
+    """What stands where this run writes, whatever --force says: a folder where a file goes, a file or symlink where
+    a folder goes, a file or folder that cannot be written (read-only, or immutable: chattr +i). None if nothing."""
+    for name in dict.fromkeys(names):
+        path = out / name
+        for parent in reversed(path.relative_to(out).parents[:-1]):  # bench/ of bench/bench.json, outermost first
+            where = out / parent
+            if where.is_symlink() or (where.exists() and not where.is_dir()):
+                return f"{parent.as_posix()!r}, not a folder, where this build writes {name!r}"
+            if where.is_dir() and not os.access(where, os.W_OK | os.X_OK):
+                return f"a folder {parent.as_posix()!r} this build cannot write to (it writes {name!r} there)"
+        if path.is_dir() and not path.is_symlink():
+            return f"a folder {name!r} where this build writes a file"
+        if path.is_file() and not path.is_symlink() and not os.access(path, os.W_OK):
+            return f"{name!r}, which this build replaces or removes but cannot write (read-only or immutable)"
+    return None
 
 
 @contextmanager

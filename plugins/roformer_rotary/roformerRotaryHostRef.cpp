@@ -127,6 +127,18 @@ struct BF16
     static uint16_t store(float v) { return floatToBf16(v); }
 };
 
+//! Channel indices of pair j: (2j, 2j+1) interleaved, (j, j+R/2) split halves (README "Math").
+struct PairIndex
+{
+    int64_t first;
+    int64_t second;
+};
+
+PairIndex pairOf(int32_t layout, int64_t j, int64_t halfR)
+{
+    return layout == roformer_trt::kROTARY_INTERLEAVED ? PairIndex{2 * j, 2 * j + 1} : PairIndex{j, j + halfR};
+}
+
 template <typename Cvt>
 void rotateHost(int k, void const* const* xs, void* const* ys, float const* sincos, RotaryShape const& s)
 {
@@ -134,25 +146,26 @@ void rotateHost(int k, void const* const* xs, void* const* ys, float const* sinc
     int64_t const halfR = s.rotaryDim / 2;
     for (int i = 0; i < k; ++i)
     {
-        auto const* x = static_cast<T const*>(xs[i]); // [B, H, S, Dh]
-        auto* y = static_cast<T*>(ys[i]);             // [B, H, S, Dh]
-        for (int64_t row = 0; row < s.rows(); ++row)
+        auto const* x = static_cast<T const*>(xs[i]); // [B, H_i, S, Dh]
+        auto* y = static_cast<T*>(ys[i]);             // [B, H_i, S, Dh]
+        for (int64_t row = 0; row < s.rows(i); ++row)
         {
             float const* tab = sincos + (row % s.seq) * s.rotaryDim; // [R] = [sin | cos] of position p
             T const* xr = x + row * s.headDim;
             T* yr = y + row * s.headDim;
             for (int64_t j = 0; j < halfR; ++j)
             {
+                PairIndex const at = pairOf(s.layout, j, halfR);
                 float const sn = tab[j];
                 float const cs = tab[halfR + j];
-                float const x0 = Cvt::load(xr[2 * j]);
-                float const x1 = Cvt::load(xr[2 * j + 1]);
+                float const x0 = Cvt::load(xr[at.first]);
+                float const x1 = Cvt::load(xr[at.second]);
                 float const a = x0 * cs; // each product and the sum round to fp32 separately (no FMA)
                 float const b = x1 * sn;
                 float const c = x1 * cs;
                 float const d = x0 * sn;
-                yr[2 * j] = Cvt::store(a - b);
-                yr[2 * j + 1] = Cvt::store(c + d);
+                yr[at.first] = Cvt::store(a - b);
+                yr[at.second] = Cvt::store(c + d);
             }
             for (int64_t d = s.rotaryDim; d < s.headDim; ++d)
             {
@@ -162,23 +175,38 @@ void rotateHost(int k, void const* const* xs, void* const* ys, float const* sinc
     }
 }
 
+//! The shape of a C call: H points to k head counts (null or k out of range: left 0, refused by validation).
+RotaryShape shapeOf(int interleaved, int k, int64_t B, int64_t const* H, int64_t S, int64_t Dh, int64_t R, int64_t P)
+{
+    RotaryShape s = roformer_trt::uniformShape(B, 0, S, Dh, R, P, interleaved);
+    for (int i = 0; H != nullptr && i < k && i < roformer_trt::kMAX_ROTARY_TENSORS; ++i)
+    {
+        s.heads[i] = H[i];
+    }
+    return s;
+}
+
 } // namespace
 
 extern "C" char const* roformer_rotary_host_check(
-    int dtype, int k, int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P)
+    int dtype, int interleaved, int k, int64_t B, int64_t const* H, int64_t S, int64_t Dh, int64_t R, int64_t P)
 {
-    return roformer_trt::validateRotaryCall(dtype, k, RotaryShape{B, H, S, Dh, R, P});
+    if (H == nullptr)
+    {
+        return "H (the k head counts) is null";
+    }
+    return roformer_trt::validateRotaryCall(dtype, k, shapeOf(interleaved, k, B, H, S, Dh, R, P));
 }
 
-extern "C" int roformer_rotary_host(int dtype, int k, void const* const* x, void* const* y, float const* sincos,
-    int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P)
+extern "C" int roformer_rotary_host(int dtype, int interleaved, int k, void const* const* x, void* const* y,
+    float const* sincos, int64_t B, int64_t const* H, int64_t S, int64_t Dh, int64_t R, int64_t P)
 {
-    RotaryShape const s{B, H, S, Dh, R, P};
-    if (roformer_trt::validateRotaryCall(dtype, k, s) != nullptr)
+    if (roformer_rotary_host_check(dtype, interleaved, k, B, H, S, Dh, R, P) != nullptr)
     {
         return 1;
     }
-    if (s.rows() == 0)
+    RotaryShape const s = shapeOf(interleaved, k, B, H, S, Dh, R, P);
+    if (s.gridRows(k) == 0)
     {
         return 0;
     }
@@ -188,7 +216,7 @@ extern "C" int roformer_rotary_host(int dtype, int k, void const* const* x, void
     }
     for (int i = 0; i < k; ++i)
     {
-        if (x[i] == nullptr || y[i] == nullptr)
+        if (s.rows(i) > 0 && (x[i] == nullptr || y[i] == nullptr))
         {
             return 1;
         }

@@ -4,9 +4,10 @@
  * RoformerRotary CUDA kernel (contract: plugins/roformer_rotary/README.md).
  *
  * The per-thread work is rotaryThread (roformerRotaryThread.h), shared with the CPU grid test
- * (plugins/tests/kernelGridTest.cpp); this file holds the launcher. Memory bound: a chunk is one 16-byte load/store
- * per tensor when Dh and the pointers allow it (N = 8 for fp16/bf16, 4 for fp32), else 8- or 4-byte
- * vectors, else element loads of a pair (any even Dh, any element-aligned pointer).
+ * (plugins/tests/kernelGridTest.cpp); this file holds the launcher. Memory bound: every access is one 16-byte
+ * load/store when Dh (and R/2 for split halves) and the pointers allow it (N = 8 for fp16/bf16, 4 for fp32), else
+ * 8- or 4-byte vectors, else element loads (any even Dh and R, any element-aligned pointer). Both layouts
+ * (`interleaved` 1 and 0) and every vector width are separate instantiations of the same body.
  *
  * The products and sums use __fmul_rn / __fadd_rn / __fsub_rn: no FMA contraction, so the result is
  * bit-identical to the numpy and C++ host references (the contract allows FMA; we don't need it).
@@ -28,20 +29,18 @@ namespace
 constexpr int32_t kTHREADS = 256;
 
 //! The kernel is one call of the per-thread body (roformerRotaryThread.h), which the CPU grid test also runs.
-template <typename T, int N, bool kVECTOR>
-__global__ void __launch_bounds__(kTHREADS) roformerRotaryKernel(
-    RotaryTensors<T> t, float const* __restrict__ sincos, int64_t rows, int64_t seq, int32_t headDim, int32_t rotaryDim)
+template <typename T, int kLAYOUT, int N, bool kVECTOR>
+__global__ void __launch_bounds__(kTHREADS)
+    roformerRotaryKernel(RotaryTensors<T> t, float const* __restrict__ sincos, RotaryGrid g)
 {
-    rotaryThread<T, N, kVECTOR>(
-        t, sincos, rows, seq, headDim, rotaryDim, ThreadIndex{blockIdx.x, threadIdx.x, blockDim.x, gridDim.x});
+    rotaryThread<T, kLAYOUT, N, kVECTOR>(t, sincos, g, ThreadIndex{blockIdx.x, threadIdx.x, blockDim.x, gridDim.x});
 }
 
-template <typename T, int N, bool kVECTOR>
-void launchWith(RotaryTensors<T> const& t, float const* sincos, RotaryShape const& s, cudaStream_t stream)
+template <typename T, int kLAYOUT, int N, bool kVECTOR>
+void launchWith(RotaryTensors<T> const& t, float const* sincos, RotaryGrid const& g, cudaStream_t stream)
 {
-    int64_t const blocks = rotaryGridBlocks(s.rows(), s.headDim, N, kTHREADS);
-    roformerRotaryKernel<T, N, kVECTOR><<<static_cast<unsigned>(blocks), kTHREADS, 0, stream>>>(
-        t, sincos, s.rows(), s.seq, static_cast<int32_t>(s.headDim), static_cast<int32_t>(s.rotaryDim));
+    int64_t const blocks = rotaryGridBlocks(g.rows, rotaryUnitsPerRow(kLAYOUT, g.headDim, g.rotaryDim, N), kTHREADS);
+    roformerRotaryKernel<T, kLAYOUT, N, kVECTOR><<<static_cast<unsigned>(blocks), kTHREADS, 0, stream>>>(t, sincos, g);
 }
 
 template <typename T>
@@ -72,9 +71,9 @@ cudaError_t launchRoformerRotary(
     {
         return cudaErrorInvalidValue;
     }
-    if (s.rows() == 0)
+    if (s.gridRows(t.count) == 0)
     {
-        return cudaSuccess; // nothing to rotate (B, H or S is 0)
+        return cudaSuccess; // nothing to rotate (B, S or every H_i is 0)
     }
     if (sincos == nullptr)
     {
@@ -82,13 +81,15 @@ cudaError_t launchRoformerRotary(
     }
     for (int32_t i = 0; i < t.count; ++i)
     {
-        if (t.x[i] == nullptr || t.y[i] == nullptr)
+        if (s.heads[i] > 0 && (t.x[i] == nullptr || t.y[i] == nullptr))
         {
             return cudaErrorInvalidValue;
         }
     }
-    withPath<T>(choosePath(t, s.headDim),
-        [&](auto n, auto vector) { launchWith<T, decltype(n)::value, decltype(vector)::value>(t, sincos, s, stream); });
+    RotaryGrid const g = rotaryGrid(s, t.count);
+    withPath<T>(choosePath(t, s), [&](auto layout, auto n, auto vector) {
+        launchWith<T, decltype(layout)::value, decltype(n)::value, decltype(vector)::value>(t, sincos, g, stream);
+    });
     // Take (and clear) the launch's error: this library links its own static cudart, so nobody else clears
     // it, and cudaPeekAtLastError would leave a failed launch's error set for every later call on this thread.
     return cudaGetLastError();
@@ -124,10 +125,18 @@ int launchFromC(int k, void const* const* x, void* const* y, float const* sincos
 }
 } // namespace
 
-extern "C" int roformer_rotary_launch(int dtype, int k, void const* const* x, void* const* y, float const* sincos,
-    int64_t B, int64_t H, int64_t S, int64_t Dh, int64_t R, int64_t P, cudaStream_t stream)
+extern "C" int roformer_rotary_launch(int dtype, int interleaved, int k, void const* const* x, void* const* y,
+    float const* sincos, int64_t B, int64_t const* H, int64_t S, int64_t Dh, int64_t R, int64_t P, cudaStream_t stream)
 {
-    roformer_trt::RotaryShape const s{B, H, S, Dh, R, P};
+    if (H == nullptr || k < 1 || k > roformer_trt::kMAX_ROTARY_TENSORS)
+    {
+        return static_cast<int>(cudaErrorInvalidValue);
+    }
+    roformer_trt::RotaryShape s = roformer_trt::uniformShape(B, 0, S, Dh, R, P, interleaved);
+    for (int i = 0; i < k; ++i)
+    {
+        s.heads[i] = H[i];
+    }
     switch (dtype)
     {
     case roformer_trt::kROTARY_F32: return launchFromC<float>(k, x, y, sincos, s, stream);

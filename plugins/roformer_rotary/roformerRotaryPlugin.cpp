@@ -49,22 +49,25 @@ std::string dimsToString(Dims const& d)
     return s + "]";
 }
 
+//! The dims every x_i shares: B (0), S (2) and Dh (3). H (1) is each tensor's own (grouped-query attention).
+constexpr int32_t kSHARED_DIMS[] = {0, 2, 3};
+
 //! Checks one concrete or partly known (-1) set of input descriptors; used at build and at runtime.
 void checkInputs(PluginTensorDesc const* in, int32_t k, int32_t rotaryDim)
 {
-    Dims const& x0 = in[0].dims; // x_0: [B, H, S, Dh]
+    Dims const& x0 = in[0].dims; // x_0: [B, H_0, S, Dh]
     for (int32_t i = 0; i < k; ++i)
     {
-        Dims const& xi = in[i].dims;
+        Dims const& xi = in[i].dims; // x_i: [B, H_i, S, Dh]
         RR_VALIDATE(
             xi.nbDims == 4, "x_" + std::to_string(i) + " must be rank 4 [B, H, S, Dh], got " + dimsToString(xi));
         RR_VALIDATE(isRotatedType(in[i].type), "x_" + std::to_string(i) + " must be fp32, fp16 or bf16");
         RR_VALIDATE(in[i].type == in[0].type, "all rotated tensors must have the same dtype");
-        for (int32_t a = 0; a < 4; ++a)
+        for (int32_t a : kSHARED_DIMS)
         {
             RR_VALIDATE(xi.d[a] == -1 || x0.d[a] == -1 || xi.d[a] == x0.d[a],
-                "all rotated tensors must have the same shape: x_0 " + dimsToString(x0) + ", x_" + std::to_string(i)
-                    + " " + dimsToString(xi));
+                "all rotated tensors must share B, S and Dh (H may differ): x_0 " + dimsToString(x0) + ", x_"
+                    + std::to_string(i) + " " + dimsToString(xi));
         }
     }
     int64_t const dh = x0.d[3];
@@ -113,7 +116,8 @@ RoformerRotaryPlugin::RoformerRotaryPlugin(int32_t interleaved, int32_t rotaryDi
     , mNumTensors(numTensors)
 {
     // Build-time and deserialized plugins both come through here, so both are checked the same way.
-    RR_VALIDATE(mInterleaved == 1, "interleaved must be 1 (adjacent pairs); split halves (0) is not implemented");
+    RR_VALIDATE(mInterleaved == kROTARY_INTERLEAVED || mInterleaved == kROTARY_SPLIT_HALVES,
+        "interleaved must be 1 (pairs (2j, 2j+1)) or 0 (pairs (j, j+R/2)), got " + std::to_string(mInterleaved));
     RR_VALIDATE(
         mRotaryDim >= 2 && mRotaryDim % 2 == 0, "rotary_dim must be even and >= 2, got " + std::to_string(mRotaryDim));
     RR_VALIDATE(mNumTensors >= 1 && mNumTensors <= kMAX_ROTARY_TENSORS,
@@ -240,7 +244,15 @@ int32_t RoformerRotaryPlugin::getOutputShapes(DimsExprs const* inputs, int32_t n
         for (int32_t i = 0; i < mNumTensors; ++i)
         {
             RR_VALIDATE(inputs[i].nbDims == 4, "x_" + std::to_string(i) + " must be rank 4 [B, H, S, Dh]");
-            outputs[i] = inputs[i]; // y_i: [B, H, S, Dh], the shape of x_i
+            for (int32_t a : kSHARED_DIMS)
+            {
+                IDimensionExpr const* d = inputs[i].d[a];
+                IDimensionExpr const* d0 = inputs[0].d[a];
+                RR_VALIDATE(!d->isConstant() || !d0->isConstant() || d->getConstantValue() == d0->getConstantValue(),
+                    "x_" + std::to_string(i) + " dim " + std::to_string(a)
+                        + " differs from x_0's: all rotated tensors share B, S and Dh (H may differ)");
+            }
+            outputs[i] = inputs[i]; // y_i: [B, H_i, S, Dh], the shape of x_i
         }
         DimsExprs const& tab = inputs[mNumTensors]; // sincos: [P, R]
         RR_VALIDATE(tab.nbDims == 2, "sincos must be rank 2 [P, R]");
@@ -365,10 +377,19 @@ int32_t RoformerRotaryPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     try
     {
         RR_VALIDATE(inputDesc != nullptr && inputs != nullptr && outputs != nullptr, "null enqueue arguments");
-        Dims const& x = inputDesc[0].dims;             // [B, H, S, Dh]
+        Dims const& x = inputDesc[0].dims;             // x_0: [B, H_0, S, Dh]
         Dims const& tab = inputDesc[mNumTensors].dims; // [P, R]
-        RR_VALIDATE(x.nbDims == 4 && tab.nbDims == 2, "bad ranks at enqueue");
-        RotaryShape const s{x.d[0], x.d[1], x.d[2], x.d[3], mRotaryDim, tab.d[0]};
+        RR_VALIDATE(tab.nbDims == 2, "bad ranks at enqueue");
+        RotaryShape s = uniformShape(x.d[0], 0, x.d[2], x.d[3], mRotaryDim, tab.d[0], mInterleaved);
+        for (int32_t i = 0; i < mNumTensors; ++i)
+        {
+            Dims const& xi = inputDesc[i].dims; // x_i: [B, H_i, S, Dh]; the kernel indexes x_i with x_0's B, S, Dh
+            RR_VALIDATE(xi.nbDims == 4 && xi.d[0] == x.d[0] && xi.d[2] == x.d[2] && xi.d[3] == x.d[3]
+                    && inputDesc[i].type == inputDesc[0].type,
+                "bad shapes or dtypes at enqueue: x_" + std::to_string(i) + " " + dimsToString(xi) + ", x_0 "
+                    + dimsToString(x));
+            s.heads[i] = xi.d[1];
+        }
         int32_t const dtype = inputDesc[0].type == DataType::kFLOAT ? kROTARY_F32
             : inputDesc[0].type == DataType::kHALF                  ? kROTARY_F16
                                                                     : kROTARY_BF16;

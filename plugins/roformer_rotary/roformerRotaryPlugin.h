@@ -22,7 +22,7 @@ class RoformerRotaryPlugin : public nvinfer1::IPluginV3,
                              public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    //! Validates the attributes (throws PluginError): interleaved == 1, rotary_dim even >= 2, 1 <= numTensors <= 4.
+    //! Validates the attributes (throws PluginError): interleaved 0 or 1, rotary_dim even >= 2, 1 <= numTensors <= 4.
     RoformerRotaryPlugin(int32_t interleaved, int32_t rotaryDim, int32_t numTensors);
     RoformerRotaryPlugin(RoformerRotaryPlugin const& other);
     RoformerRotaryPlugin& operator=(RoformerRotaryPlugin const&) = delete;
@@ -63,9 +63,9 @@ private:
     void initFields();                                            //!< points mFields at this object's members
     void checkIoCount(int32_t nbInputs, int32_t nbOutputs) const; //!< k tensors + sincos in, k out
 
-    int32_t mInterleaved;
-    int32_t mRotaryDim;  //!< R
-    int32_t mNumTensors; //!< k
+    int32_t mInterleaved; //!< RotaryLayout: 1 pairs (2j, 2j+1), 0 pairs (j, j+R/2)
+    int32_t mRotaryDim;   //!< R
+    int32_t mNumTensors;  //!< k
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };

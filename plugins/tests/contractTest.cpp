@@ -298,6 +298,34 @@ std::vector<DynamicPluginTensorDesc> ioDescs(
     return io;
 }
 
+//! Grouped-query attention: x_1..x_{k-1} (and y_1..y_{k-1}) get `heads` heads, x_0 keeps its own.
+void setKvHeads(std::vector<DynamicPluginTensorDesc>& io, int32_t k, int64_t heads)
+{
+    for (int32_t i = 1; i < k; ++i)
+    {
+        for (size_t at : {static_cast<size_t>(i), static_cast<size_t>(k + 1 + i)})
+        {
+            for (Dims* d : {&io[at].desc.dims, &io[at].min, &io[at].opt, &io[at].max})
+            {
+                d->d[1] = heads;
+            }
+        }
+    }
+}
+
+//! x_1.. with dim `axis` changed to `value` (a refusal: B, S and Dh are shared by all rotated tensors).
+std::vector<DynamicPluginTensorDesc> withOtherDim(
+    std::vector<DynamicPluginTensorDesc> io, int32_t k, int32_t axis, int64_t value)
+{
+    for (int32_t i = 1; i < k; ++i)
+    {
+        DynamicPluginTensorDesc& d = io[static_cast<size_t>(i)];
+        d.desc.dims.d[axis] = value;
+        d.min.d[axis] = d.opt.d[axis] = d.max.d[axis] = value;
+    }
+    return io;
+}
+
 // ----------------------------------------------------------------------------------------- the drive
 
 struct Expect
@@ -343,7 +371,7 @@ IPluginV3* create(IPluginCreatorV3One* c, std::vector<Field> f, TensorRTPhase ph
     return c->createPlugin("rotary_0", &fields.fc, phase);
 }
 
-void driveFormats(IPluginV3OneBuild* b, int32_t k)
+void driveFormats(IPluginV3OneBuild* b, int32_t k, std::string const& tag)
 {
     int32_t const n = 2 * k + 1;
     std::set<std::pair<int32_t, int32_t>> const rotated = {{static_cast<int32_t>(DataType::kFLOAT), 0},
@@ -384,16 +412,21 @@ void driveFormats(IPluginV3OneBuild* b, int32_t k)
             io[static_cast<size_t>(pos)].desc.format = TensorFormat::kLINEAR;
         }
     }
-    check(
-        ok, "k=" + std::to_string(k) + ": supportsFormatCombination accepts exactly the contract's combinations" + why);
+    check(ok, tag + "supportsFormatCombination accepts exactly the contract's combinations" + why);
 }
 
-void driveBuild(IPluginCreatorV3One* c, int32_t k)
+std::string tagOf(int32_t k, int32_t interleaved)
 {
-    std::string const tag = "k=" + std::to_string(k) + ": ";
+    return "k=" + std::to_string(k) + " interleaved=" + std::to_string(interleaved) + ": ";
+}
+
+void driveBuild(IPluginCreatorV3One* c, int32_t k, int32_t interleaved)
+{
+    std::string const tag = tagOf(k, interleaved);
     size_t mark = gFinder.logger.errors.size();
-    IPluginV3* p = create(
-        c, {intField("interleaved", 1), intField("rotary_dim", 64), intField("num_tensors", k)}, TensorRTPhase::kBUILD);
+    IPluginV3* p
+        = create(c, {intField("interleaved", interleaved), intField("rotary_dim", 64), intField("num_tensors", k)},
+            TensorRTPhase::kBUILD);
     check(p != nullptr && !loggedSince(mark), tag + "createPlugin(kBUILD) with the parser's fields");
     if (p == nullptr)
     {
@@ -401,9 +434,9 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     }
     // The same attributes as kINT64 fields: the same plugin, serialized as the contract's kINT32 fields.
     mark = gFinder.logger.errors.size();
-    IPluginV3* p64
-        = create(c, {int64Field("interleaved", 1), int64Field("rotary_dim", 64), int64Field("num_tensors", k)},
-            TensorRTPhase::kBUILD);
+    IPluginV3* p64 = create(c,
+        {int64Field("interleaved", interleaved), int64Field("rotary_dim", 64), int64Field("num_tensors", k)},
+        TensorRTPhase::kBUILD);
     auto serialized = [](IPluginV3* q) {
         auto* r = static_cast<IPluginV3OneRuntime*>(q->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         return describe(r->getFieldsToSerialize());
@@ -449,9 +482,9 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     check(build->getOutputDataTypes(out.data(), k, mixed.data(), k + 1) != 0 && loggedSince(mark),
         tag + "getOutputDataTypes refuses an fp16 table, with a logged reason");
 
-    driveFormats(build, k);
+    driveFormats(build, k, tag);
 
-    // output shapes through the expression builder
+    // output shapes through the expression builder; x_1.. with 4 heads against x_0's 12 (grouped-query attention)
     FoldingBuilder eb;
     std::vector<DimsExprs> inE(static_cast<size_t>(k + 1));
     for (int32_t i = 0; i < k; ++i)
@@ -459,7 +492,7 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
         DimsExprs& d = inE[static_cast<size_t>(i)];
         d.nbDims = 4;
         d.d[0] = eb.unknown(); // B
-        d.d[1] = eb.constant(12);
+        d.d[1] = eb.constant(i == 0 ? 12 : 4);
         d.d[2] = eb.unknown(); // S
         d.d[3] = eb.constant(64);
     }
@@ -471,10 +504,19 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     for (int32_t i = 0; shapesOk && i < k; ++i)
     {
         DimsExprs const& o = outE[static_cast<size_t>(i)];
-        shapesOk = o.nbDims == 4 && !o.d[0]->isConstant() && o.d[1]->getConstantValue() == 12 && !o.d[2]->isConstant()
-            && o.d[3]->getConstantValue() == 64;
+        shapesOk = o.nbDims == 4 && !o.d[0]->isConstant() && o.d[1]->getConstantValue() == (i == 0 ? 12 : 4)
+            && !o.d[2]->isConstant() && o.d[3]->getConstantValue() == 64;
     }
-    check(shapesOk, tag + "getOutputShapes: y_i = [B, H, S, Dh] of x_i");
+    check(shapesOk, tag + "getOutputShapes: y_i = [B, H_i, S, Dh] of x_i, H_i per tensor");
+    if (k > 1)
+    {
+        DimsExprs const dh = inE[1];
+        inE[1].d[3] = eb.constant(32);
+        mark = gFinder.logger.errors.size();
+        check(build->getOutputShapes(inE.data(), k + 1, nullptr, 0, outE.data(), k, eb) != 0 && loggedSince(mark),
+            tag + "getOutputShapes refuses x_1 with another Dh");
+        inE[1] = dh;
+    }
     inE[static_cast<size_t>(k)].d[1] = eb.constant(32);
     mark = gFinder.logger.errors.size();
     check(build->getOutputShapes(inE.data(), k + 1, nullptr, 0, outE.data(), k, eb) != 0 && loggedSince(mark),
@@ -484,6 +526,10 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     auto io = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
     check(build->configurePlugin(io.data(), k + 1, io.data() + k + 1, k) == 0,
         tag + "configurePlugin accepts a valid profile");
+    auto gqa = io;
+    setKvHeads(gqa, k, 4);
+    check(build->configurePlugin(gqa.data(), k + 1, gqa.data() + k + 1, k) == 0,
+        tag + "configurePlugin accepts x_1.. with fewer heads than x_0");
     struct Refusal
     {
         char const* what;
@@ -501,6 +547,10 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
         auto m = ioDescs(k, DataType::kHALF, dims({-1, 12, -1, 64}), dims({512, 64}), 512);
         m[1].desc.type = DataType::kFLOAT;
         refusals.push_back({"mixed dtypes", m});
+        auto const fixed = ioDescs(k, DataType::kHALF, dims({2, 12, 16, 64}), dims({512, 64}), 512);
+        refusals.push_back({"x_1.. with another B", withOtherDim(fixed, k, 0, 3)});
+        refusals.push_back({"x_1.. with another S", withOtherDim(fixed, k, 2, 17)});
+        refusals.push_back({"x_1.. with another Dh", withOtherDim(fixed, k, 3, 128)});
     }
     for (Refusal& r : refusals)
     {
@@ -512,11 +562,19 @@ void driveBuild(IPluginCreatorV3One* c, int32_t k)
     delete p;
 }
 
-void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
+void driveRuntime(IPluginCreatorV3One* c, int32_t k, int32_t interleaved, bool gpu)
 {
-    std::string const tag = "k=" + std::to_string(k) + ": ";
-    IPluginV3* p = create(c, {intField("rotary_dim", 32), intField("num_tensors", k)}, TensorRTPhase::kBUILD);
-    check(p != nullptr, tag + "createPlugin with interleaved absent (default 1)");
+    std::string const tag = tagOf(k, interleaved);
+    std::vector<Field> fields{intField("rotary_dim", 32), intField("num_tensors", k)};
+    if (interleaved != 1)
+    {
+        fields.push_back(intField("interleaved", interleaved));
+    }
+    IPluginV3* p = create(c, fields, TensorRTPhase::kBUILD);
+    check(p != nullptr,
+        tag
+            + (interleaved == 1 ? "createPlugin with interleaved absent (default 1)"
+                                : "createPlugin, interleaved last"));
     if (p == nullptr)
     {
         return;
@@ -525,7 +583,8 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     PluginFieldCollection const* ser = rt->getFieldsToSerialize();
     std::string const before = describe(ser);
     check(before
-            == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=1, rotary_dim:"
+            == "interleaved:" + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32))
+                + "x1=" + std::to_string(interleaved) + ", rotary_dim:"
                 + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=32, num_tensors:"
                 + std::to_string(static_cast<int32_t>(PluginFieldType::kINT32)) + "x1=" + std::to_string(k),
         tag + "getFieldsToSerialize: " + before);
@@ -564,6 +623,38 @@ void driveRuntime(IPluginCreatorV3One* c, int32_t k, bool gpu)
     }
     auto* r = static_cast<IPluginV3OneRuntime*>(cl->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     check(r->onShapeChange(in.data(), k + 1, out.data(), k) == 0, tag + "onShapeChange accepts S <= P");
+    std::vector<PluginTensorDesc> gqa = in; // x_1.. with 2 heads against x_0's 4
+    std::vector<PluginTensorDesc> gqaOut = out;
+    for (int32_t i = 1; i < k; ++i)
+    {
+        gqa[static_cast<size_t>(i)].dims.d[1] = 2;
+        gqaOut[static_cast<size_t>(i)].dims.d[1] = 2;
+    }
+    check(r->onShapeChange(gqa.data(), k + 1, gqaOut.data(), k) == 0,
+        tag + "onShapeChange accepts x_1.. with fewer heads than x_0");
+    if (k > 1)
+    {
+        std::vector<PluginTensorDesc> otherDh = gqa;
+        otherDh[1].dims.d[3] = 32;
+        size_t const before = gFinder.logger.errors.size();
+        check(r->onShapeChange(otherDh.data(), k + 1, gqaOut.data(), k) != 0 && loggedSince(before),
+            tag + "onShapeChange refuses x_1 with another Dh");
+        std::vector<void const*> insDh(static_cast<size_t>(k + 1), nullptr);
+        std::vector<void*> outsDh(static_cast<size_t>(k), nullptr);
+        std::vector<uint16_t> buf(64);
+        for (auto& q : insDh)
+        {
+            q = buf.data();
+        }
+        for (auto& q : outsDh)
+        {
+            q = buf.data();
+        }
+        size_t const before2 = gFinder.logger.errors.size();
+        check(r->enqueue(otherDh.data(), gqaOut.data(), insDh.data(), outsDh.data(), nullptr, nullptr) != 0
+                && loggedSince(before2),
+            tag + "enqueue refuses x_1 with another Dh before any launch");
+    }
     std::vector<PluginTensorDesc> longer = in;
     for (int32_t i = 0; i < k; ++i)
     {
@@ -663,8 +754,10 @@ void driveBadFields(IPluginCreatorV3One* c)
     badFields(c, "rotary_dim 0", {I(1), R(0), K(2)});
     badFields(c, "rotary_dim negative", {I(1), R(-64), K(2)});
     badFields(c, "rotary_dim INT32_MIN", {I(1), R(INT32_MIN), K(2)});
-    badFields(c, "interleaved 0", {I(0), R(64), K(2)});
+    badFields(c, "interleaved -1", {I(-1), R(64), K(2)});
     badFields(c, "interleaved 2", {I(2), R(64), K(2)});
+    badFields(
+        c, "interleaved kINT64 2^32 (0 if truncated)", {int64Field("interleaved", int64_t{1} << 32), R(64), K(2)});
     badFields(c, "rotary_dim missing", {I(1), K(2)});
     badFields(c, "no fields", {});
     badFields(c, "rotary_dim kFLOAT32", {I(1), typed("rotary_dim", PluginFieldType::kFLOAT32, 1, 4), K(2)});
@@ -703,8 +796,11 @@ int drive(char const* path, Expect const& e)
     }
     for (int32_t k = 1; k <= 4; ++k)
     {
-        driveBuild(c, k);
-        driveRuntime(c, k, e.gpu);
+        for (int32_t interleaved : {1, 0})
+        {
+            driveBuild(c, k, interleaved);
+            driveRuntime(c, k, interleaved, e.gpu);
+        }
     }
     driveBadFields(c);
     check(gFinder.calls > 0, "errors reached the logger handed over by setLoggerFinder");

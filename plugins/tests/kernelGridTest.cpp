@@ -8,10 +8,11 @@
  *
  * Every case: bit-exact against the C++ host reference (roformer_rotary_host, with its own software
  * fp16/bf16 conversions), no byte written outside y_i (guard bytes around each output), x_i and the table
- * untouched, every vector access aligned to its width. Cases: fp32/fp16/bf16 x k = 1..4 x shapes
- * (full rotation, R < Dh, Dh not a multiple of the vector, odd B/H/S) x pointer offsets (aligned, 1, 2
- * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7). Prints the
- * path each case took; exit 0 when all pass. Run by tests/plugins/test_kernel_grid.py.
+ * untouched, every vector access aligned to its width. Cases: both layouts (interleaved 1 and 0) x
+ * fp32/fp16/bf16 x k = 1..4 x shapes (full rotation, R < Dh, Dh or R/2 not a multiple of the vector, odd
+ * B/H/S, tensors after the first with fewer heads: grouped-query attention) x pointer offsets (aligned, 1, 2
+ * and 4 elements off, x and y aligned differently) x grids (the launcher's, one block of 32, 3 blocks of 7).
+ * Prints the path each case took; exit 0 when all pass. Run by tests/plugins/test_kernel_grid.py.
  */
 #include "roformerRotaryHostRef.h"
 #include "roformerRotaryThread.h"
@@ -111,24 +112,31 @@ struct Grid
     int64_t threads;
 };
 
-std::map<std::string, int> gPaths; // "fp16 16B vector" -> cases
+std::map<std::string, int> gPaths; // "split fp16 16B vector" -> cases
+
+char const* layoutName(int32_t layout)
+{
+    return layout == kROTARY_INTERLEAVED ? "interleaved" : "split";
+}
 
 //! Runs rotaryThread for every (block, thread) of the grid, the way the GPU would (order does not matter:
-//! every chunk belongs to exactly one thread).
+//! every unit belongs to exactly one thread).
 template <typename T>
 void runGrid(RotaryTensors<T> const& t, float const* sincos, RotaryShape const& s, RotaryPath path, Grid g)
 {
-    withPath<T>(path, [&](auto n, auto vector) {
+    RotaryGrid const geo = rotaryGrid(s, t.count);
+    withPath<T>(path, [&](auto layout, auto n, auto vector) {
+        constexpr int kL = decltype(layout)::value;
         constexpr int kN = decltype(n)::value;
         int64_t const threads = g.blocks ? g.threads : 256;
-        int64_t const blocks = g.blocks ? g.blocks : rotaryGridBlocks(s.rows(), s.headDim, kN, 256);
+        int64_t const blocks = g.blocks
+            ? g.blocks
+            : rotaryGridBlocks(geo.rows, rotaryUnitsPerRow(kL, geo.headDim, geo.rotaryDim, kN), 256);
         for (int64_t b = 0; b < blocks; ++b)
         {
             for (int64_t th = 0; th < threads; ++th)
             {
-                rotaryThread<T, kN, decltype(vector)::value>(t, sincos, s.rows(), s.seq,
-                    static_cast<int32_t>(s.headDim), static_cast<int32_t>(s.rotaryDim),
-                    ThreadIndex{b, th, threads, blocks});
+                rotaryThread<T, kL, kN, decltype(vector)::value>(t, sincos, geo, ThreadIndex{b, th, threads, blocks});
             }
         }
     });
@@ -142,11 +150,10 @@ std::string pathName(RotaryPath p, size_t elem)
 template <typename T>
 void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t yOffset, Grid g)
 {
-    int64_t const n = s.elements();
     std::uniform_real_distribution<float> dist(-4.F, 4.F);
     std::vector<Guarded> xs;
     std::vector<Guarded> ys;
-    std::vector<std::vector<unsigned char>> refs(k, std::vector<unsigned char>(static_cast<size_t>(n) * sizeof(T)));
+    std::vector<std::vector<unsigned char>> refs;
     RotaryTensors<T> t{};
     t.count = k;
     void const* rx[kMAX_ROTARY_TENSORS];
@@ -155,6 +162,8 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t 
     ys.reserve(k);
     for (int32_t i = 0; i < k; ++i)
     {
+        int64_t const n = s.elements(i); // x_i: [B, H_i, S, Dh]
+        refs.emplace_back(static_cast<size_t>(n) * sizeof(T));
         xs.emplace_back(static_cast<size_t>(n), sizeof(T), offset);
         ys.emplace_back(static_cast<size_t>(n), sizeof(T), yOffset);
         T* x = reinterpret_cast<T*>(xs.back().data());
@@ -179,20 +188,25 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t 
     }
     std::vector<float> const tableBefore = table;
 
-    RotaryPath const path = choosePath(t, s.headDim);
+    RotaryPath const path = choosePath(t, s);
     hostAccessLog() = HostAccessLog{};
     runGrid(t, table.data(), s, path, g);
     HostAccessLog const log = hostAccessLog();
 
-    char label[256];
-    std::snprintf(label, sizeof(label), "%s k=%d B=%ld H=%ld S=%ld Dh=%ld R=%ld P=%ld offset=%zu/%zu grid=%s path=%s",
-        nameOf<T>(), k, static_cast<long>(s.batch), static_cast<long>(s.heads), static_cast<long>(s.seq),
+    std::string heads;
+    for (int32_t i = 0; i < k; ++i)
+    {
+        heads += (i ? "," : "") + std::to_string(s.heads[i]);
+    }
+    char label[320];
+    std::snprintf(label, sizeof(label), "%s %s k=%d B=%ld H=%s S=%ld Dh=%ld R=%ld P=%ld offset=%zu/%zu grid=%s path=%s",
+        layoutName(s.layout), nameOf<T>(), k, static_cast<long>(s.batch), heads.c_str(), static_cast<long>(s.seq),
         static_cast<long>(s.headDim), static_cast<long>(s.rotaryDim), static_cast<long>(s.tableRows), offset, yOffset,
         g.name, pathName(path, sizeof(T)).c_str());
-    gPaths[std::string(nameOf<T>()) + " " + pathName(path, sizeof(T))]++;
+    gPaths[std::string(layoutName(s.layout)) + " " + nameOf<T>() + " " + pathName(path, sizeof(T))]++;
 
-    if (roformer_rotary_host(
-            codeOf<T>(), k, rx, ry, table.data(), s.batch, s.heads, s.seq, s.headDim, s.rotaryDim, s.tableRows)
+    if (roformer_rotary_host(codeOf<T>(), s.layout, k, rx, ry, table.data(), s.batch, s.heads, s.seq, s.headDim,
+            s.rotaryDim, s.tableRows)
         != 0)
     {
         fail(std::string(label) + ": the host reference refused the call");
@@ -201,7 +215,8 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t 
     bool ok = true;
     for (int32_t i = 0; i < k; ++i)
     {
-        if (std::memcmp(ys[i].data(), refs[i].data(), refs[i].size()) != 0)
+        // (an empty x_i, H_i = 0, has an empty reference whose data() may be null: nothing to compare)
+        if (!refs[i].empty() && std::memcmp(ys[i].data(), refs[i].data(), refs[i].size()) != 0)
         {
             fail(std::string(label) + ": y_" + std::to_string(i) + " differs from the host reference");
             ok = false;
@@ -240,44 +255,70 @@ void runCase(std::mt19937& rng, int32_t k, RotaryShape s, size_t offset, size_t 
     }
 }
 
-//! The alignment check itself must be able to fail: force 16-byte vectors on pointers one element off.
+//! The alignment check itself must be able to fail: force 16-byte vectors on pointers one element off, in
+//! both layouts (split halves also reads the partner chunk at +R/2).
 bool alignmentCheckCatchesMisalignment()
 {
-    Guarded x(16, sizeof(__half), 1);
-    Guarded y(16, sizeof(__half), 1);
-    std::vector<float> table(2 * 16, 0.5F);
-    RotaryTensors<__half> t{};
-    t.count = 1;
-    t.x[0] = reinterpret_cast<__half*>(x.data());
-    t.y[0] = reinterpret_cast<__half*>(y.data());
-    hostAccessLog() = HostAccessLog{};
-    rotaryThread<__half, 8, true>(t, table.data(), 1, 1, 16, 16, ThreadIndex{0, 0, 1, 1});
-    return hostAccessLog().misaligned > 0; // counted, then moved byte-wise (no trap, no UB)
+    bool caught = true;
+    for (int32_t layout : {kROTARY_INTERLEAVED, kROTARY_SPLIT_HALVES})
+    {
+        Guarded x(16, sizeof(__half), 1);
+        Guarded y(16, sizeof(__half), 1);
+        std::vector<float> table(2 * 16, 0.5F);
+        RotaryTensors<__half> t{};
+        t.count = 1;
+        t.x[0] = reinterpret_cast<__half*>(x.data());
+        t.y[0] = reinterpret_cast<__half*>(y.data());
+        RotaryGrid const g = rotaryGrid(uniformShape(1, 1, 1, 16, 16, 1, layout), 1);
+        hostAccessLog() = HostAccessLog{};
+        if (layout == kROTARY_INTERLEAVED)
+        {
+            rotaryThread<__half, kROTARY_INTERLEAVED, 8, true>(t, table.data(), g, ThreadIndex{0, 0, 1, 1});
+        }
+        else
+        {
+            rotaryThread<__half, kROTARY_SPLIT_HALVES, 8, true>(t, table.data(), g, ThreadIndex{0, 0, 1, 1});
+        }
+        caught = caught && hostAccessLog().misaligned > 0; // counted, then moved byte-wise (no trap, no UB)
+    }
+    return caught;
 }
 
-template <typename T>
-void runDtype(std::mt19937& rng)
+//! B, H of x_0, H of x_1.. (grouped-query attention when smaller), S, Dh, R, P.
+struct GridShape
 {
-    RotaryShape const shapes[] = {
-        {2, 3, 5, 64, 64, 8}, // full rotation, vector paths
-        {1, 2, 7, 64, 32, 7}, // R < Dh: pass-through channels
-        {1, 1, 3, 6, 4, 4},   // Dh = 6: no 16- or 8-byte vector fits
-        {3, 1, 9, 10, 10, 9}, // odd sizes, Dh % 4 == 2
-        {1, 2, 4, 24, 16, 6}, // Dh % 16 != 0 for fp16, R < Dh
-        {1, 1, 1, 2, 2, 1},   // one pair
+    int64_t batch, heads, kvHeads, seq, headDim, rotaryDim, tableRows;
+};
+
+template <typename T>
+void runDtype(std::mt19937& rng, int32_t layout)
+{
+    GridShape const shapes[] = {
+        {2, 3, 3, 5, 64, 64, 8}, // full rotation, vector paths
+        {1, 2, 2, 7, 64, 32, 7}, // R < Dh: pass-through channels
+        {1, 1, 1, 3, 6, 4, 4},   // Dh = 6: no 16- or 8-byte vector fits; split: R/2 = 2
+        {3, 1, 1, 9, 10, 10, 9}, // odd sizes, Dh % 4 == 2; split: R/2 = 5, elements only
+        {1, 2, 2, 4, 24, 16, 6}, // Dh % 16 != 0 for fp16, R < Dh
+        {1, 1, 1, 1, 2, 2, 1},   // one pair
+        {2, 4, 2, 5, 64, 8, 6},  // GQA (x_1.. have 2 heads of 4); split: R/2 = 4 narrows fp16 to 8 bytes
+        {1, 3, 1, 6, 16, 12, 7}, // GQA 3:1; split: R/2 = 6 narrows to 2 channels
+        {1, 1, 3, 4, 12, 12, 4}, // x_0 has fewer heads than x_1..: the grid spans the largest H
+        {2, 2, 0, 3, 8, 8, 3},   // x_1.. with no heads at all: nothing to do for them
     };
     Grid const grids[] = {{"launcher", 0, 0}, {"1x32", 1, 32}, {"3x7", 3, 7}};
     // element offsets of (x_i, y_i) from a 64-byte boundary: aligned, 1/2/4 off, and x and y aligned differently
     std::pair<size_t, size_t> const offsets[] = {{0, 0}, {1, 1}, {2, 2}, {4, 4}, {0, 1}, {4, 2}};
     for (int32_t k = 1; k <= kMAX_ROTARY_TENSORS; ++k)
     {
-        for (RotaryShape const& s : shapes)
+        for (GridShape const& g : shapes)
         {
+            RotaryShape s = uniformShape(g.batch, g.kvHeads, g.seq, g.headDim, g.rotaryDim, g.tableRows, layout);
+            s.heads[0] = g.heads;
             for (auto const& [xOff, yOff] : offsets)
             {
-                for (Grid const& g : grids)
+                for (Grid const& grid : grids)
                 {
-                    runCase<T>(rng, k, s, xOff, yOff, g);
+                    runCase<T>(rng, k, s, xOff, yOff, grid);
                 }
             }
         }
@@ -292,9 +333,12 @@ int main()
     {
         fail("the host alignment check did not see a deliberately misaligned 16-byte access");
     }
-    runDtype<float>(rng);
-    runDtype<__half>(rng);
-    runDtype<__nv_bfloat16>(rng);
+    for (int32_t layout : {kROTARY_INTERLEAVED, kROTARY_SPLIT_HALVES})
+    {
+        runDtype<float>(rng, layout);
+        runDtype<__half>(rng, layout);
+        runDtype<__nv_bfloat16>(rng, layout);
+    }
     for (auto const& [path, count] : gPaths)
     {
         std::printf("path %s: %d cases\n", path.c_str(), count);

@@ -15,7 +15,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from engines.gate import main as gate
-from export.report.schema import REPORT_JSON, SCHEMA_VERSION
+from export.report.persist import read_report
+from export.report.schema import REPORT_JSON, SCHEMA_VERSION, key_precision
+from export.report.thresholds import DEFAULTS, Thresholds
+from export.report.verdict import judge, passed
 from tests.helpers import one_line
 from tests.limits import HANG_S
 
@@ -119,6 +122,48 @@ def test_the_gate_uses_its_own_thresholds_not_the_stored_ones(built, tmp_path):
     ],
 )
 def test_report_marked_failed_by_its_producer_fails(copy, capsys, change, why):
+    out, doctor = copy
+    assert gate([doctor(change)]) == 1
+    assert why in capsys.readouterr().out
+
+
+# ---- what a graph is, and what the stages recorded ----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["fp16", "bf16", "bf16-emulated", "int8", "int8-cpu", "fp8"])
+def test_an_fp32_build_relabelled_to_another_precision_fails(copy, capsys, variant):
+    """Issue 27 failure 3: `onnx` / `rope-plugin` renamed `onnx.int8` / `rope-plugin.int8`, cases relabelled, the
+    errors raised to what int8 allows, the sections made to agree: only the graph files can tell, and they do."""
+    out, doctor = copy
+    label = key_precision(f"onnx.{variant}")
+    assert label is not None
+
+    def relabel(r):
+        r["artifacts"] = {
+            (f"{k}.{variant}" if k in ("onnx", "rope-plugin") else k): v for k, v in r["artifacts"].items()
+        }
+        for c in r["validation"]:
+            c["graph"], c["precision"] = f"{c['graph']}.{variant}", label
+            c["outputs"]["last_hidden_state"]["scaled_error"] = DEFAULTS[label].rtol / 2  # e.g. 0.05 for int8
+        r.update(precision={"precision": label}, quantization={"format": label, "structure_problems": []})
+
+    path = doctor(relabel)
+    assert passed(judge(read_report(path), Thresholds.defaults()))  # the report alone cannot tell
+    assert gate([path]) == 1
+    text = capsys.readouterr().out
+    assert f"model.onnx is fp32, not {label}" in text and f"model.rope-plugin.onnx is fp32, not {label}" in text
+
+
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (lambda r: r["rewrite"].update(rewritten=r["rewrite"]["expected"] - 1), "rotary sites rewritten"),
+        (lambda r: r["rewrite"].update(nodes=r["rewrite"]["expected_nodes"] + 1), "RoformerRotary nodes for"),
+        (lambda r: r["rewrite"].pop("rewritten"), "records no site counts"),
+        (lambda r: r.update(quantization={"format": "int8"}), "records no structure check"),
+    ],
+)
+def test_what_a_stage_recorded_fails_the_gate_without_a_failure_line(copy, capsys, change, why):
     out, doctor = copy
     assert gate([doctor(change)]) == 1
     assert why in capsys.readouterr().out
@@ -293,7 +338,7 @@ def test_zero_cases_fail(copy, tmp_path, capsys):
     out, doctor = copy
     junit = tmp_path / "gate.xml"
     assert gate([doctor(lambda r: r.update(validation=[])), "--junit", str(junit)]) == 1
-    assert "no validation cases" in capsys.readouterr().err
+    assert "no validation cases" in capsys.readouterr().out  # the verdict's own failed check, in the table
     assert ET.parse(junit).getroot().find("testsuite").get("failures") != "0"
 
 

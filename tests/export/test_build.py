@@ -163,21 +163,22 @@ def test_report_records_hashes_timings_and_schema(previous):
 
 
 def test_a_node_the_plugin_refuses_fails_verification_with_the_report_kept(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    """A pass that wrote interleaved=0 (the CPU lowering never reads it): exit 1, report and artifacts kept."""
+    """A pass that wrote a node the plugin refuses (interleaved=2, no such layout): exit 1, report and artifacts
+    kept."""
     from export.passes.rotary import rewrite
 
     real = rewrite.rewrite_plugin
 
-    def interleaved_0(*args, **kwargs):
+    def interleaved_2(*args, **kwargs):
         node = real(*args, **kwargs)
-        node.attrs["interleaved"] = 0
+        node.attrs["interleaved"] = 2
         return node
 
-    monkeypatch.setattr(rewrite, "rewrite_plugin", interleaved_0)
+    monkeypatch.setattr(rewrite, "rewrite_plugin", interleaved_2)
     out = tmp_path / "o"
     assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 1
-    assert "interleaved=0" in capsys.readouterr().err
+    assert "interleaved=2" in capsys.readouterr().err
     r = json.loads((out / REPORT_JSON).read_text())
-    assert r["passed"] is False and "interleaved=0" in r["failure"] and r["engine"]["status"] == "skipped"
+    assert r["passed"] is False and "interleaved=2" in r["failure"] and r["engine"]["status"] == "skipped"
     assert (out / "model.rope-plugin.onnx").exists()
     assert gate([str(out / REPORT_JSON)]) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import onnx
@@ -69,6 +70,32 @@ def test_the_gate_rechecks_int8_thresholds(int8_build, tmp_path):
     strict = tmp_path / "strict.toml"
     strict.write_text('[int8."*"."*"]\natol = 0.0\nrtol = 0.0\nmin_cosine = 1.0\n')
     assert gate([str(int8_build / "report.json"), "--thresholds", str(strict)]) == 1
+
+
+def test_recorded_structure_problems_fail_the_gate(int8_build, tmp_path, capsys):
+    """Issue 27 failure 3: a report whose quantization.structure_problems lists an unquantized MatMul (the build's
+    own exit-1 condition) passed the gate once its `failure` line was gone."""
+    out = tmp_path / "int8"
+    shutil.copytree(int8_build, out)
+    r = report(out)
+    r["quantization"]["structure_problems"] = ["/encoder/layer.0/attention/self/query/MatMul: no Q/DQ on its input"]
+    (out / "report.json").write_text(json.dumps(r))
+    assert gate([str(out)]) == 1
+    assert "departs from its placement" in capsys.readouterr().out
+
+
+def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_build, tmp_path, capsys):
+    out = tmp_path / "int8"
+    shutil.copytree(int8_build, out)
+    r = report(out)
+    r["artifacts"]["rope-plugin.fp8"] = r["artifacts"].pop("rope-plugin.int8")
+    for c in r["validation"]:
+        if c["graph"] == "rope-plugin.int8":
+            c["graph"], c["precision"] = "rope-plugin.fp8", "fp8"
+    r["quantization"]["format"] = "fp8"
+    (out / "report.json").write_text(json.dumps(r))
+    assert gate([str(out)]) == 1
+    assert "model.rope-plugin.int8.onnx is int8, not fp8" in capsys.readouterr().out
 
 
 def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):

@@ -12,6 +12,7 @@ Import it in a test module with `from tests.plugins.fixtures import plugin_build
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -153,3 +154,12 @@ def sanitizer_supported() -> str | None:
         if run.returncode != 0:
             return f"an ASan program does not run here: {run.stderr.strip()[:200]}"
     return None
+
+
+def bind_launch(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declares roformer_rotary_launch's C signature (roformerRotaryKernel.h) on a loaded kernel library:
+    (dtype, interleaved, k, x[k], y[k], sincos, B, H[k], S, Dh, R, P, stream) -> cudaError_t."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.roformer_rotary_launch.restype = ctypes.c_int
+    lib.roformer_rotary_launch.argtypes = [ctypes.c_int] * 3 + [ptr] * 3 + [i64, ptr] + [i64] * 4 + [ptr]
+    return lib

@@ -70,10 +70,24 @@ def check_drive(result):
     assert len(bad) >= 2 * MIN_BAD_FIELD_SETS, len(bad)  # both phases
     assert sum("kBUILD" in b for b in bad) == sum("kRUNTIME" in b for b in bad)
     for k in range(1, 5):
-        assert f"ok   k={k}: supportsFormatCombination accepts exactly the contract's combinations" in out
-        # 10.x's parser passes kINT32; a kINT64 of length 1 makes the same plugin, range-checked
-        assert f"ok   k={k}: createPlugin(kBUILD) with kINT64 fields gives the kINT32 plugin" in out
+        for interleaved in identity.INTERLEAVED_ALLOWED:  # both layouts through every stage
+            tag = f"ok   k={k} interleaved={interleaved}: "
+            assert tag + "supportsFormatCombination accepts exactly the contract's combinations" in out
+            # 10.x's parser passes kINT32; a kINT64 of length 1 makes the same plugin, range-checked
+            assert tag + "createPlugin(kBUILD) with kINT64 fields gives the kINT32 plugin" in out
+            assert tag + "createPlugin(kRUNTIME) from the serialized fields gives identical fields" in out
+            # grouped-query attention: each x_i its own H, but B, S and Dh shared
+            assert tag + "getOutputShapes: y_i = [B, H_i, S, Dh] of x_i, H_i per tensor" in out
+            assert tag + "configurePlugin accepts x_1.. with fewer heads than x_0" in out
+            assert tag + "onShapeChange accepts x_1.. with fewer heads than x_0" in out
+            if k > 1:
+                for dim in ("B", "S", "Dh"):
+                    assert tag + f"configurePlugin refuses x_1.. with another {dim}, with a logged reason" in out
+                assert tag + "enqueue refuses x_1 with another Dh before any launch" in out
     assert "ok   bad fields kBUILD rotary_dim kINT64 2^32 + 64 (64 if truncated)" in out
+    for bad in ("interleaved -1", "interleaved 2", "interleaved kINT64 2^32 (0 if truncated)"):
+        assert f"ok   bad fields kBUILD {bad}: nullptr with a logged reason" in out
+        assert f"ok   bad fields kRUNTIME {bad}: nullptr with a logged reason" in out
     return passed
 
 

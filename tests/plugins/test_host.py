@@ -2,7 +2,8 @@
 
 Runs in CI (plain C++, no GPU). Both sides round each fp32 product and the sum separately (the library is
 built with -ffp-contract=off, numpy never fuses), and both cast with round-to-nearest-even, so every dtype
-must match bit for bit: any difference is a bug, not noise.
+must match bit for bit: any difference is a bug, not noise. Both layouts (interleaved 1 and 0), and tensors
+with their own head counts (grouped-query attention).
 """
 
 from __future__ import annotations
@@ -13,26 +14,26 @@ import numpy as np
 import pytest
 
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table
-from plugins import locate
+from plugins import identity, locate
 from tests.plugins.fixtures import plugin_build  # noqa: F401  (session fixture)
 
 F32, F16, BF16 = 0, 1, 2  # RotaryDType codes (plugins/roformer_rotary/roformerRotaryShape.h)
 I64 = ctypes.c_int64
+LAYOUTS = identity.INTERLEAVED_ALLOWED
+
+
+def heads_array(heads) -> ctypes.Array:
+    return (I64 * max(len(heads), 1))(*heads)
 
 
 @pytest.fixture(scope="module")
 def host(plugin_build):  # noqa: F811
     lib = ctypes.CDLL(str(plugin_build.require(locate.HOST_LIB, "see the CMake log")))
+    # (dtype, interleaved, k, x, y, sincos, B, H[k], S, Dh, R, P)
     lib.roformer_rotary_host.restype = ctypes.c_int
-    lib.roformer_rotary_host.argtypes = [
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-    ] + [I64] * 6
+    lib.roformer_rotary_host.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3 + [I64, ctypes.c_void_p] + [I64] * 4
     lib.roformer_rotary_host_check.restype = ctypes.c_char_p
-    lib.roformer_rotary_host_check.argtypes = [ctypes.c_int, ctypes.c_int] + [I64] * 6
+    lib.roformer_rotary_host_check.argtypes = [ctypes.c_int] * 3 + [I64, ctypes.c_void_p] + [I64] * 4
     for fn in (
         "roformer_rotary_host_float_to_half",
         "roformer_rotary_host_float_to_bf16",
@@ -43,18 +44,20 @@ def host(plugin_build):  # noqa: F811
     return lib
 
 
-def run_host(lib, dtype_code: int, xs: list[np.ndarray], table: np.ndarray, rotary_dim: int) -> list[np.ndarray]:
+def run_host(
+    lib, dtype_code: int, xs: list[np.ndarray], table: np.ndarray, rotary_dim: int, interleaved: int = 1
+) -> list[np.ndarray]:
     """Calls roformer_rotary_host on contiguous copies; returns the k outputs (same dtype as xs)."""
-    b, h, s, dh = xs[0].shape
+    b, _, s, dh = xs[0].shape
+    heads = heads_array([x.shape[1] for x in xs])
     xs = [np.ascontiguousarray(x) for x in xs]
     ys = [np.full_like(x, 0x5A5A if x.dtype == np.uint16 else np.nan) for x in xs]  # poison: every element written
     xp = (ctypes.c_void_p * len(xs))(*[x.ctypes.data for x in xs])
     yp = (ctypes.c_void_p * len(ys))(*[y.ctypes.data for y in ys])
     table = np.ascontiguousarray(table, dtype=np.float32)
-    rc = lib.roformer_rotary_host(
-        dtype_code, len(xs), xp, yp, table.ctypes.data, b, h, s, dh, rotary_dim, table.shape[0]
-    )
-    assert rc == 0, lib.roformer_rotary_host_check(dtype_code, len(xs), b, h, s, dh, rotary_dim, table.shape[0])
+    args = (b, heads, s, dh, rotary_dim, table.shape[0])
+    rc = lib.roformer_rotary_host(dtype_code, interleaved, len(xs), xp, yp, table.ctypes.data, *args)
+    assert rc == 0, lib.roformer_rotary_host_check(dtype_code, interleaved, len(xs), *args)
     return ys
 
 
@@ -67,11 +70,11 @@ def bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def make_inputs(rng, k, shape, dtype_code):
-    """k tensors [B, H, S, Dh] with a spread of magnitudes: normal values, large ones (fp16 overflow to inf
-    after rotation), tiny ones (fp16 subnormals), exact zeros and negative zeros."""
+def make_inputs(rng, shapes, dtype_code):
+    """One tensor [B, H_i, S, Dh] per shape with a spread of magnitudes: normal values, large ones (fp16 overflow
+    to inf after rotation), tiny ones (fp16 subnormals), exact zeros and negative zeros."""
     xs = []
-    for _ in range(k):
+    for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
         flat = x.reshape(-1)
         n = flat.size
@@ -91,34 +94,40 @@ def make_inputs(rng, k, shape, dtype_code):
     return xs
 
 
-# (B, H, S, Dh, R): S=1, S=217, H=5, Dh=2, Dh=6, 64, 128, partial rotation R < Dh.
+# (B, H, H_kv, S, Dh, R): x_0 has H heads, x_1.. H_kv (grouped-query attention when H_kv < H).
+# S=1, S=217, H=5, Dh=2, Dh=6, 64, 128, partial rotation R < Dh (R/2 odd too), GQA 4:2, 3:1 and 1:3.
 SHAPES = [
-    (1, 1, 1, 2, 2),
-    (2, 5, 217, 64, 64),
-    (1, 3, 7, 6, 6),
-    (1, 2, 9, 6, 4),
-    (2, 2, 33, 128, 128),
-    (1, 5, 17, 128, 64),
-    (3, 1, 1, 64, 2),
+    (1, 1, 1, 1, 2, 2),
+    (2, 5, 5, 217, 64, 64),
+    (1, 3, 3, 7, 6, 6),
+    (1, 2, 2, 9, 6, 4),
+    (2, 2, 2, 33, 128, 128),
+    (1, 5, 5, 17, 128, 64),
+    (3, 1, 1, 1, 64, 2),
+    (2, 4, 2, 11, 64, 64),
+    (1, 3, 1, 8, 16, 12),
+    (2, 1, 3, 5, 8, 6),
 ]
 
 
+@pytest.mark.parametrize("interleaved", LAYOUTS, ids=lambda v: f"interleaved={v}")
 @pytest.mark.parametrize("dtype_code", [F32, F16, BF16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("k", [1, 2, 3])
-@pytest.mark.parametrize("b,h,s,dh,r", SHAPES, ids=lambda v: str(v))
-def test_host_matches_numpy_reference_bitwise(host, dtype_code, k, b, h, s, dh, r):
+@pytest.mark.parametrize("b,h,h_kv,s,dh,r", SHAPES, ids=lambda v: str(v))
+def test_host_matches_numpy_reference_bitwise(host, interleaved, dtype_code, k, b, h, h_kv, s, dh, r):
     rng = np.random.default_rng(1234 + 7 * k + dh)
     table = sincos_table(s + 5, r)  # P > S: the kernel must use rows 0..S-1 only
-    xs = make_inputs(rng, k, (b, h, s, dh), dtype_code)
+    xs = make_inputs(rng, [(b, h if i == 0 else h_kv, s, dh) for i in range(k)], dtype_code)
     with np.errstate(over="ignore", invalid="ignore"):
-        ref = roformer_rotary_ref(xs, table, rotary_dim=r)  # fp32 math; fp16 cast by numpy (nearest even)
+        # fp32 math; fp16 cast by numpy (nearest even)
+        ref = roformer_rotary_ref(xs, table, rotary_dim=r, interleaved=interleaved)
     if dtype_code == BF16:
         ref = [bf16_round(y) for y in ref]  # the reference computes in fp32; cast_T for bf16
         args = [bf16_bits(x) for x in xs]
     else:
         args = xs
     before = [a.copy() for a in args]
-    got = run_host(host, dtype_code, args, table, r)
+    got = run_host(host, dtype_code, args, table, r, interleaved)
     if dtype_code == BF16:
         got = [bits_to_f32(g) for g in got]
     for i, (g, want) in enumerate(zip(got, ref, strict=True)):
@@ -133,45 +142,68 @@ def test_host_matches_numpy_reference_bitwise(host, dtype_code, k, b, h, s, dh, 
         assert np.array_equal(a.view(np.uint8), a0.view(np.uint8)), "the host reference wrote its input"
 
 
-def test_passthrough_channels_are_bit_exact(host):
+@pytest.mark.parametrize("interleaved", LAYOUTS)
+def test_passthrough_channels_are_bit_exact(host, interleaved):
     """Channels R..Dh are copied, NaN payloads and -0.0 included (no round trip through a product)."""
     x = np.zeros((1, 1, 3, 8), dtype=np.float32)
     x[..., 4:] = np.array([np.nan, -0.0, np.inf, 1e-45], dtype=np.float32)
     x.view(np.uint32)[..., 4] = 0x7FC12345  # a NaN with a payload
-    y = run_host(host, F32, [x], sincos_table(3, 4), 4)[0]
+    y = run_host(host, F32, [x], sincos_table(3, 4), 4, interleaved)[0]
     assert np.array_equal(y[..., 4:].view(np.uint32), x[..., 4:].view(np.uint32))
 
 
+def test_the_two_layouts_pair_different_channels(host):
+    """One non-zero channel moves into its partner: channel 1's partner is 0 when interleaved, R/2 + 1 otherwise."""
+    x = np.zeros((1, 1, 2, 8), dtype=np.float32)
+    x[..., 1] = 1.0
+    table = sincos_table(2, 8)
+    for interleaved, partner in ((1, 0), (0, 5)):
+        y = run_host(host, F32, [x], table, 8, interleaved)[0][0, 0, 1]  # position 1: a non-zero angle
+        assert set(np.flatnonzero(y)) == {1, partner}, (interleaved, y)
+
+
 @pytest.mark.parametrize(
-    "dtype,k,shape_r_p,message",
+    "dtype,interleaved,k,shape_r_p,message",
     [
-        (F32, 1, ((1, 1, 4, 8), 3, 4), "rotary_dim"),  # odd R
-        (F32, 1, ((1, 1, 4, 8), 10, 4), "rotary_dim"),  # R > Dh
-        (F32, 1, ((1, 1, 4, 8), 0, 4), "rotary_dim"),  # R = 0
-        (F32, 1, ((1, 1, 9, 8), 8, 8), "exceeds"),  # S > P
-        (F32, 1, ((1, 1, 4, 7), 6, 4), "Dh"),  # odd head size
-        (F32, 0, ((1, 1, 4, 8), 8, 4), "k"),  # no tensor
-        (F32, 5, ((1, 1, 4, 8), 8, 4), "k"),  # more than 4 tensors
-        (7, 1, ((1, 1, 4, 8), 8, 4), "dtype"),  # unknown dtype code
-        (F32, 1, ((-1, 1, 4, 8), 8, 4), ">= 0"),  # negative size
+        (F32, 1, 1, ((1, 1, 4, 8), 3, 4), "rotary_dim"),  # odd R
+        (F32, 0, 1, ((1, 1, 4, 8), 10, 4), "rotary_dim"),  # R > Dh
+        (F32, 1, 1, ((1, 1, 4, 8), 0, 4), "rotary_dim"),  # R = 0
+        (F32, 0, 1, ((1, 1, 9, 8), 8, 8), "exceeds"),  # S > P
+        (F32, 1, 1, ((1, 1, 4, 7), 6, 4), "Dh"),  # odd head size
+        (F32, 1, 0, ((1, 1, 4, 8), 8, 4), "k"),  # no tensor
+        (F32, 1, 5, ((1, 1, 4, 8), 8, 4), "k"),  # more than 4 tensors
+        (7, 1, 1, ((1, 1, 4, 8), 8, 4), "dtype"),  # unknown dtype code
+        (F32, 1, 1, ((-1, 1, 4, 8), 8, 4), ">= 0"),  # negative size
+        (F32, 1, 2, ((1, (1, -2), 4, 8), 8, 4), ">= 0"),  # a negative head count on x_1
+        (F32, 2, 1, ((1, 1, 4, 8), 8, 4), "interleaved"),  # no such layout
+        (F32, -1, 1, ((1, 1, 4, 8), 8, 4), "interleaved"),
     ],
 )
-def test_bad_arguments_are_refused(host, dtype, k, shape_r_p, message):
+def test_bad_arguments_are_refused(host, dtype, interleaved, k, shape_r_p, message):
     (b, h, s, dh), r, p = shape_r_p
-    why = host.roformer_rotary_host_check(dtype, k, b, h, s, dh, r, p)
+    heads = heads_array(list(h) if isinstance(h, tuple) else [h] * max(k, 1))
+    why = host.roformer_rotary_host_check(dtype, interleaved, k, b, heads, s, dh, r, p)
     assert why is not None and message in why.decode(), why
-    x = np.zeros(max(b, 0) * h * s * dh + 1, dtype=np.float32)
+    x = np.zeros(max(b, 0) * 2 * s * dh + 1, dtype=np.float32)
     y = np.full_like(x, 7.0)
     ptrs = (ctypes.c_void_p * 5)(*([x.ctypes.data] * 5))
     outs = (ctypes.c_void_p * 5)(*([y.ctypes.data] * 5))
     table = np.zeros((max(p, 1), max(r, 1)), dtype=np.float32)
-    assert host.roformer_rotary_host(dtype, k, ptrs, outs, table.ctypes.data, b, h, s, dh, r, p) == 1
+    assert host.roformer_rotary_host(dtype, interleaved, k, ptrs, outs, table.ctypes.data, b, heads, s, dh, r, p) == 1
     assert np.all(y == 7.0), "a refused call must not write its outputs"
 
 
+def test_null_head_counts_are_refused(host):
+    assert b"null" in host.roformer_rotary_host_check(F32, 1, 1, 1, None, 4, 8, 8, 4)
+    x = np.zeros(32, dtype=np.float32)
+    ptrs = (ctypes.c_void_p * 1)(x.ctypes.data)
+    assert host.roformer_rotary_host(F32, 1, 1, ptrs, ptrs, x.ctypes.data, 1, None, 4, 8, 8, 4) == 1
+
+
 def test_empty_batch_is_a_valid_no_op(host):
-    assert host.roformer_rotary_host_check(F32, 2, 0, 12, 5, 64, 64, 8) is None
-    assert host.roformer_rotary_host(F32, 2, None, None, None, 0, 12, 5, 64, 64, 8) == 0
+    heads = heads_array([12, 4])
+    assert host.roformer_rotary_host_check(F32, 0, 2, 0, heads, 5, 64, 64, 8) is None
+    assert host.roformer_rotary_host(F32, 0, 2, None, None, None, 0, heads, 5, 64, 64, 8) == 0
 
 
 def test_float_to_half_matches_numpy(host):

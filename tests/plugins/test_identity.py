@@ -11,6 +11,7 @@ import re
 import pytest
 import yaml
 
+from export import reference
 from plugins import identity
 
 
@@ -60,17 +61,23 @@ def test_dtype_codes_and_libraries_match_yaml(config):
     assert config["roformer_trt"]["libraries"] == identity.LIBRARIES
 
 
-def test_dtype_codes_match_the_cpp_enum():
+def test_dtype_and_layout_codes_match_the_cpp_enums():
     header = (identity.CONFIG_YAML.parent / "roformerRotaryShape.h").read_text()
-    enum = dict(re.findall(r"kROTARY_(\w+)\s*=\s*(\d+)", header))
-    assert {"F32": 0, "F16": 1, "BF16": 2} == {k: int(v) for k, v in enum.items()}
+    enum = {k: int(v) for k, v in re.findall(r"kROTARY_(\w+)\s*=\s*(\d+)", header)}
+    assert {"F32": 0, "F16": 1, "BF16": 2, "SPLIT_HALVES": 0, "INTERLEAVED": 1} == enum
     assert [identity.DTYPE_CODES[d] for d in ("float32", "float16", "bfloat16")] == [0, 1, 2]
+    assert (identity.LAYOUT_SPLIT_HALVES, identity.LAYOUT_INTERLEAVED) == (enum["SPLIT_HALVES"], enum["INTERLEAVED"])
+    # the numpy reference is a leaf too, so it spells the values again
+    assert (reference.LAYOUT_SPLIT_HALVES, reference.LAYOUT_INTERLEAVED) == (enum["SPLIT_HALVES"], enum["INTERLEAVED"])
 
 
 def test_readme_parameter_table_matches(readme_rows):
     assert set(readme_rows) == set(identity.FIELDS) | {identity.ATTR_PLUGIN_VERSION, identity.ATTR_PLUGIN_NAMESPACE}
     assert all(readme_rows[f]["type"] == "INT" for f in identity.FIELDS)
-    assert readme_rows[identity.ATTR_INTERLEAVED]["allowed"] == "`1`"
+    assert readme_rows[identity.ATTR_INTERLEAVED]["allowed"] == ", ".join(
+        f"`{v}`" for v in identity.INTERLEAVED_ALLOWED
+    )
+    assert readme_rows[identity.ATTR_INTERLEAVED]["default"] == f"`{identity.LAYOUT_INTERLEAVED}`"
     assert readme_rows[identity.ATTR_NUM_TENSORS]["allowed"].startswith(
         f"`{identity.MIN_TENSORS} … {identity.MAX_TENSORS}`"
     )
@@ -82,8 +89,10 @@ def test_readme_parameter_table_matches(readme_rows):
 @pytest.mark.parametrize(
     "attrs,n_inputs,why",
     [
-        ({"interleaved": 0, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=0"),
+        ({"interleaved": -1, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=-1"),
         ({"interleaved": 2, "rotary_dim": 64, "num_tensors": 2}, 3, "interleaved=2"),
+        ({"interleaved": 0, "rotary_dim": 64, "num_tensors": 2}, 3, None),  # split halves
+        ({"rotary_dim": 64, "num_tensors": 2}, 3, None),  # interleaved absent: 1
         ({"interleaved": 1, "num_tensors": 2}, 3, "missing required attribute 'rotary_dim'"),
         ({"interleaved": 1, "rotary_dim": 63, "num_tensors": 2}, 3, "rotary_dim=63"),
         ({"interleaved": 1, "rotary_dim": 0, "num_tensors": 2}, 3, "rotary_dim=0"),

@@ -1,6 +1,7 @@
-"""The serving fronts and the watchdog without tritonserver (main environment): a hostile declaration is
-refused before anything is forwarded, a valid request is forwarded byte for byte and its answer relayed,
-and a dead server or backend stub is reported with its cause and exit code 5."""
+"""The serving fronts and the watchdog without tritonserver (main environment): a hostile declaration or
+parameter is refused before anything is forwarded, a valid request is forwarded byte for byte to a stand-in
+tritonserver on a Unix socket and its answer relayed, and a dead server or backend stub is reported with
+its cause and exit code 5. Slow clients: engines/serving/tests in test_slow_clients.py."""
 
 from __future__ import annotations
 
@@ -9,25 +10,29 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from engines.serving.http_front import HttpFront
-from engines.serving.request_limits import RequestCap, input_problem, request_cap
+from engines.serving.request_limits import RequestCap, input_problem
+from engines.serving.sockets import SocketFolder
 from engines.serving.tritonserver import server_death
-from engines.triton.config import TensorSpec
 from export.errors import EXIT_SERVER_DIED
+from tests.engines.serving.stand_in import CAP, KEY, MODEL, Upstream, infer_json, send, serving_front
 
-INPUTS = [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask", "token_type_ids")]
-CAP = request_cap(INPUTS, positions=64, max_batch=8)
-MODEL = "/v2/models/tiny_onnx/infer"
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    with serving_front(tmp_path_factory.mktemp("sockets")) as port:
+        yield port
 
 
 def test_the_cap_follows_the_model():
     assert CAP == RequestCap(max_elements=8 * 64, n_inputs=3, max_batch=8, positions=64)
+    from engines.serving.request_limits import request_cap
+    from engines.triton.config import TensorSpec
+
     choices = [TensorSpec("input_ids", "int64", ("batch", 4, "sequence"))]
     assert request_cap(choices, 64, 2).max_elements == 2 * 4 * 64
 
@@ -48,54 +53,6 @@ def test_declarations_that_cannot_be_served(shape, kw, expected):
     assert expected in input_problem("input_ids", shape, "INT64", cap=CAP, **kw)
     assert input_problem("input_ids", [2, 64], "INT64", count=128, cap=CAP) is None
     assert "datatype 'BYTES' is not served" in input_problem("input_ids", [1], "BYTES", count=1, cap=CAP)
-
-
-class Upstream(BaseHTTPRequestHandler):
-    """Stands in for tritonserver: records what reaches it and answers 200 with a JSON body."""
-
-    protocol_version = "HTTP/1.1"
-    seen: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Upstream.seen.append((self.command, self.path, body, dict(self.headers)))
-        data = json.dumps({"upstream": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _answer
-
-
-@pytest.fixture(scope="module")
-def front():
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    f = HttpFront(("127.0.0.1", 0), upstream.server_address, CAP)
-    f.start()
-    yield f.server_address[1]
-    f.stop()
-    upstream.shutdown()
-    upstream.server_close()
-
-
-def send(port, method, path, body=b"", headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.read(), dict(r.getheaders())
-    finally:
-        conn.close()
-
-
-def infer_json(shape, data, name="input_ids"):
-    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": "INT64", "data": data}]}).encode()
 
 
 @pytest.mark.parametrize(
@@ -176,7 +133,7 @@ def test_valid_requests_are_forwarded_unchanged(front):
     binary = header + ids.tobytes()
     hdr = {"Inference-Header-Content-Length": str(len(header))}
     code, data, _ = send(front, "POST", MODEL, binary, hdr)
-    assert code == 200 and json.loads(data) == {"upstream": MODEL}
+    assert code == 200 and json.loads(data)["upstream"] == MODEL
     assert [s[2] for s in Upstream.seen] == [body, binary]
     assert Upstream.seen[1][3]["Inference-Header-Content-Length"] == str(len(header))
     code, data, _ = send(front, "POST", MODEL, binary[:-8], hdr)  # one element short of what the header says
@@ -209,13 +166,8 @@ def test_only_the_offered_endpoints_are_forwarded(front):
     ]
 
 
-def test_a_dead_upstream_is_503_not_a_hang():
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()
-    f = HttpFront(("127.0.0.1", 0), dead, CAP)
+def test_a_dead_upstream_is_503_not_a_hang(tmp_path):
+    f = HttpFront(("127.0.0.1", 0), SocketFolder(tmp_path), CAP, KEY)  # no socket in that folder
     f.start()
     try:
         code, data, _ = send(f.server_address[1], "GET", "/v2/health/ready")

@@ -1,8 +1,9 @@
 """Live Triton server on this machine (tritonserver from nvidia-pytriton, our Python backend and fronts, CPU):
 concurrent HTTP + gRPC clients vs PyTorch, bad and hostile requests, memory after oversize requests,
 text -> embedding through engines.client, and `python -m engines.serving` exiting 5 when tritonserver or
-its backend stub dies. Servers listen on 127.0.0.1 only, on free ports, and are stopped by the tests.
-Skipped, with the reason, where tritonserver cannot run (CI's serving venv sets ROFORMER_TRT_REQUIRE_SERVING=1)."""
+its backend stub dies. Servers listen on 127.0.0.1 only, on free ports, and are stopped by the tests; the
+shared one is conftest.py's session fixture. Skipped, with the reason, where tritonserver cannot run
+(CI's serving venv sets ROFORMER_TRT_REQUIRE_SERVING=1: live_server.py)."""
 
 from __future__ import annotations
 
@@ -15,37 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.engines.serving.live_server import LIVE_TIMEOUT_S, SKIP, live_marks
 
-def _serving_unavailable() -> str | None:
-    """Why the live server cannot run here, else None. Any exception is a reason, not a collection error:
-    a tritonclient installed without [http] raises RuntimeError on import, not ImportError."""
-    try:
-        import tritonclient.grpc  # noqa: F401
-        import tritonclient.http  # noqa: F401
-    except Exception as e:
-        return f"tritonclient[http,grpc] not usable (serving extra): {type(e).__name__}: {e}"
-    try:
-        from engines.serving.server import check_runtime
-
-        check_runtime()
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-SKIP = _serving_unavailable()
-# CI's serving environment sets this so that a server that cannot start fails the run instead of skipping.
-if SKIP and os.environ.get("ROFORMER_TRT_REQUIRE_SERVING") == "1":
-    pytest.fail(f"ROFORMER_TRT_REQUIRE_SERVING=1 but the live server cannot run: {SKIP}", pytrace=False)
-# Generous on purpose (a loaded 2-core machine): starting tritonserver and loading the model takes ~10 s here.
-LIVE_TIMEOUT_S = 900
-pytestmark = [
-    pytest.mark.skipif(SKIP is not None, reason=f"cannot serve here: {SKIP}"),
-    pytest.mark.timeout(LIVE_TIMEOUT_S),
-]
+pytestmark = live_marks()
 if SKIP is None:
     from engines.client import ServerError, TextEncoder, TritonEncoderClient, encode, load_tokenizer
-    from tests.fixtures.tiny_build import write_tiny_build
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION
 N_REQUESTS = 24  # per protocol; bounded so the module stays well under a minute
@@ -73,21 +48,6 @@ VOCAB = [
     ",",
     ".",
 ]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    build = tmp_path_factory.mktemp("serve") / "tiny"
-    return build, write_tiny_build(build)
-
-
-@pytest.fixture(scope="module")
-def server(built):
-    from engines.serving.server import serve
-
-    build, model = built
-    with serve(build, "mean", max_batch=8, threads=1) as urls:
-        yield urls, model
 
 
 def torch_embedding(model, feeds):

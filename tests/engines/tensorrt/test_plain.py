@@ -14,7 +14,6 @@ from engines.tensorrt.runner import pick_profile
 from engines.tensorrt.sidecar import (
     MATCH_KEYS,
     make_sidecar,
-    onnx_sha256,
     reuse_decision,
     sidecar_mismatches,
     sidecar_path,
@@ -22,7 +21,7 @@ from engines.tensorrt.sidecar import (
 from engines.tensorrt.validate import largest_prime_in, validation_shapes
 from export.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
 from export.folder.atomic import write_atomic
-from export.folder.digest import sha256_file
+from export.folder.digest import onnx_sha256, sha256_file
 
 
 def _sidecar(**over):

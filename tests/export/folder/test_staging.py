@@ -1,6 +1,6 @@
 """export.folder.staging and export.folder.ownership: a run removes or replaces only what a run of ours wrote, decided
-from
-the manifest and the previous report (with hashes), never from a name pattern; the swap's order is recorded."""
+from the manifest and the previous report (with hashes), never from a name pattern; the swap's order is recorded.
+Ownership of the reports, the manifest and staging folders, and the checks before work: test_ownership.py."""
 
 from __future__ import annotations
 
@@ -112,8 +112,9 @@ def test_a_doctored_report_claims_nothing_whose_hash_differs(tmp_path):
             }
         )
     )
+    write_manifest(out, {REPORT_JSON: sha256_file(out / REPORT_JSON)})  # the report is ours: its claims count
     owner = Ownership(out)
-    assert not owner.owns("notes.txt") and "../up" not in owner.claims and owner.owns(REPORT_JSON)
+    assert owner.owns(REPORT_JSON) and not owner.owns("notes.txt") and "../up" not in owner.claims
 
 
 def test_commit_moves_weights_then_graphs_then_reports_and_rewrites_the_manifest_last(tmp_path):
@@ -212,7 +213,7 @@ def test_a_user_folder_where_a_file_goes_is_refused_even_with_force(tmp_path):
     out = tmp_path / "o"
     (out / "model.onnx").mkdir(parents=True)
     with pytest.raises(UsageError, match="holds a folder 'model.onnx'"), BuildFolder(out, force=True) as bf:
-        bf.check_collisions(["model.onnx"])
+        bf.check_targets(["model.onnx"])
 
 
 def test_live_staging_is_never_removed(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from export.errors import VerificationError
 from export.report.schema import Report, key_precision
 from export.report.thresholds import DEFAULTS, Thresholds
-from export.report.verdict import judge, passed, read_build
+from export.report.verdict import build_error, judge, passed, read_build
 
 H = "a" * 64
 
@@ -45,15 +45,16 @@ GOOD = dict(
     version="0",
     created="x",
     passed=True,
+    precision={"precision": "bf16", "source": "model.rope-plugin.onnx"},
     artifacts={
         "onnx": "model.onnx",
-        "rope-plugin.fp16": "model.rope-plugin.fp16.onnx",
+        "rope-plugin.bf16": "model.rope-plugin.bf16.onnx",
         "rope-plugin.bf16-emulated": "model.rope-plugin.bf16-emulated.onnx",
     },
-    artifacts_sha256={"model.onnx": H, "model.rope-plugin.fp16.onnx": H, "model.rope-plugin.bf16-emulated.onnx": H},
+    artifacts_sha256={"model.onnx": H, "model.rope-plugin.bf16.onnx": H, "model.rope-plugin.bf16-emulated.onnx": H},
     validation=[
         case("onnx", "fp32", 5e-7),
-        case("rope-plugin.fp16", "fp16", 2e-3),
+        case("rope-plugin.bf16", "bf16", 2e-2),
         case("rope-plugin.bf16-emulated", "bf16", 2e-2),
     ],
 )
@@ -73,21 +74,98 @@ def test_a_good_report_passes():
     assert passed(verdict())
 
 
-@pytest.mark.parametrize(
-    "changes,why",
-    [
-        ({"validation": []}, "no validation cases"),
-        ({"artifacts": {}, "artifacts_sha256": {}}, "is not an artifact of the report"),
-        ({"artifacts_sha256": {}}, "has no recorded sha256"),
-        ({"passed": False}, "marked itself not passed"),
-        ({"failure": "rotary rewrite: 3/4"}, "the build failed"),
-        ({"validation_skipped": True}, "not validated"),
-        ({"engine": {"status": "failed", "reason": "parser"}}, "engine stage failed"),
-    ],
-)
+REWRITE = {"mode": "plugin", "expected": 4, "rewritten": 4, "nodes": 2, "expected_nodes": 2}
+RULES = [
+    ({"validation": []}, "no validation cases"),
+    ({"artifacts": {}, "artifacts_sha256": {}}, "is not an artifact of the report"),
+    ({"artifacts_sha256": {}}, "has no recorded sha256"),
+    ({"passed": False}, "marked itself not passed"),
+    ({"failure": "rotary rewrite: 3/4"}, "the build failed"),
+    ({"validation_skipped": True}, "not validated"),
+    ({"engine": {"status": "failed", "reason": "parser"}}, "engine stage failed"),
+    # what the stages recorded in their own sections, with no `failure` line (issue 27, failure 3)
+    ({"quantization": {"format": "int8", "structure_problems": ["MatMul_3: no Q/DQ"]}}, "departs from its placement"),
+    ({"quantization": {"format": "int8", "structure_problems": "MatMul_3"}}, "departs from its placement"),
+    ({"quantization": {"format": "int8"}}, "records no structure check"),
+    ({"rewrite": REWRITE | {"rewritten": 3}}, "3/4 rotary sites rewritten"),
+    ({"rewrite": REWRITE | {"nodes": 3}}, "3 RoformerRotary nodes for 2 layers"),
+    ({"rewrite": REWRITE | {"rewritten": None}}, "records no site counts"),
+    # the precision a key names must be the one the report's sections record
+    ({"precision": None}, "precision.precision is None"),
+    ({"precision": {"precision": "fp16"}}, "precision.precision is 'fp16'"),
+]
+
+
+@pytest.mark.parametrize("changes,why", RULES)
 def test_each_rule_fails_the_verdict(changes, why):
     checks = verdict(**changes)
     assert not passed(checks) and why in failed(checks)
+
+
+def test_honest_stage_records_pass():
+    assert passed(verdict(rewrite=REWRITE))
+    assert passed(verdict(rewrite=REWRITE | {"mode": "onnx", "nodes": 0}))  # one node per layer: plugin only
+
+
+@pytest.mark.parametrize(
+    "key,sections,why",
+    [
+        ("rope-plugin.fp16", {}, "precision.precision is None"),
+        ("rope-plugin.int8", {"precision": {"precision": "int8"}}, "quantization.format is None"),
+        (
+            "onnx.int8-cpu",
+            {"quantization": {"format": "fp8", "structure_problems": []}},
+            "quantization.format is 'fp8'",
+        ),
+        ("rope-plugin.fp8", {"quantization": {"format": "int8", "structure_problems": []}}, "format is 'int8'"),
+        ("engine-fp16", {"engine": {"status": "built", "engines": [{"precision": "fp32"}]}}, "records ['fp32']"),
+    ],
+)
+def test_a_key_whose_precision_the_report_does_not_record_fails(key, sections, why):
+    label = key_precision(key)
+    assert label is not None
+    c = case(key, label, DEFAULTS[label].rtol / 2)
+    fields = {"artifacts": {key: "g.onnx"}, "artifacts_sha256": {"g.onnx": H}, "validation": [c], "precision": None}
+    checks = verdict(**(fields | sections))
+    assert not passed(checks) and why in failed(checks)
+
+
+# ---- export.build's exit status is this verdict's (build_error), not a second chain ----------------------
+
+
+@pytest.mark.parametrize("changes,why", [({}, None), *RULES])
+def test_the_build_fails_exactly_when_the_verdict_does(changes, why):
+    report = Report(**(copy.deepcopy(GOOD) | changes))
+    checks = judge(report, Thresholds.defaults(), own_flag=False)
+    error = build_error(report, checks)
+    assert (error is None) == passed(checks)
+    if why is not None and changes != {"passed": False}:
+        assert error is not None and why in failed(checks)
+
+
+def test_skip_validation_explains_only_the_missing_validation():
+    unvalidated = copy.deepcopy(GOOD) | {"validation": [], "validation_skipped": True}
+    checks = judge(Report(**unvalidated), Thresholds.defaults(), own_flag=False)
+    assert not passed(checks) and build_error(Report(**unvalidated), checks, validated=False) is None
+    assert build_error(Report(**unvalidated), checks) is not None  # the same report, validation not skipped
+    bad = unvalidated | {"quantization": {"format": "int8", "structure_problems": ["MatMul_3"]}}
+    checks = judge(Report(**bad), Thresholds.defaults(), own_flag=False)
+    error = build_error(Report(**bad), checks, validated=False)
+    assert error is not None and "departs from its placement" in str(error)
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"failure": "rotary rewrite: 3/4 sites"}, "rotary rewrite: 3/4 sites (artifacts kept in the output folder)"),
+        ({"validation": [case("onnx", "fp32", 1e-3)]}, "outputs differ from PyTorch beyond thresholds:\n  #0 onnx"),
+        ({"rewrite": REWRITE | {"rewritten": 3}}, "the build fails its verdict:\n  report rewrite: 3/4"),
+    ],
+)
+def test_the_builds_error_names_the_first_failure(changes, words):
+    report = Report(**(copy.deepcopy(GOOD) | changes))
+    error = build_error(report, judge(report, Thresholds.defaults(), own_flag=False), where="where: layer 1")
+    assert error is not None and str(error).startswith(words)
 
 
 def test_a_case_about_a_graph_the_report_does_not_list_fails():

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 import pytest
 import torch
 
+from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.passes.rotary.pattern import Match, NoMatch, match
 from export.passes.rotary.rules import LAYOUTS, ROFORMER_INTERLEAVED, SPLIT_HALVES, strided_slice, unsqueeze_last
@@ -136,10 +137,26 @@ def test_the_probe_checks_a_new_rule_against_its_own_reference(neox):
     assert not any(n.op_type == "RotaryEmbedding" for n in new.graph.node)
 
 
-def test_a_rule_the_plugin_cannot_take_is_refused_in_plugin_mode_with_the_way_out(neox):
+def test_a_split_halves_rule_rewrites_to_the_plugin_too(neox):
+    """The plugin takes interleaved=0: the same rule in plugin mode gives a RoformerRotary node that, lowered on
+    the CPU, computes what the original graph did."""
     new, rep = fuse_rotary(neox, "plugin", expected=1, max_len=16, head_dim=8, feeds=neox_feeds(), layouts=(HALVES,))
+    assert rep.found == 1 and rep.rewritten == 1 and rep.skipped == []
+    (node,) = [n for n in new.graph.node if n.op_type == identity.PLUGIN_OP]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs[identity.ATTR_INTERLEAVED] == identity.LAYOUT_SPLIT_HALVES
+    inputs = {"h": np.random.default_rng(2).standard_normal((3, 11, 16)).astype(np.float32)}
+    before = ort_session(neox).run(None, inputs)[0]
+    after = ort_session(with_rotary_function(new)).run(None, inputs)[0]
+    atol = 8 * np.finfo(np.float32).eps * max(1.0, np.abs(before).max())  # as test_a_new_layout_is_one_rule
+    np.testing.assert_allclose(after, before, rtol=0, atol=atol)
+
+
+def test_a_rule_the_plugin_cannot_take_is_refused_in_plugin_mode(neox):
+    odd = dataclasses.replace(HALVES, name="no-such-layout", interleaved=2)
+    new, rep = fuse_rotary(neox, "plugin", expected=1, max_len=16, head_dim=8, feeds=neox_feeds(), layouts=(odd,))
     assert rep.found == 1 and rep.rewritten == 0
-    assert "interleaved=0" in rep.skipped[0]["reason"] and "--rope onnx" in rep.skipped[0]["reason"]
+    assert "interleaved=2" in rep.skipped[0]["reason"]
     assert not any(n.op_type == identity.PLUGIN_OP for n in new.graph.node)
 
 
