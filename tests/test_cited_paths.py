@@ -1,7 +1,7 @@
 """Every repository path the code and docs cite exists: a results file a comment quotes as evidence, the test a
 docstring says pins a behaviour, a module a README names. Paths are read from tracked text files, rooted at one of
-the top-level folders below and ending in a file extension; a path inside another (plugins/tests/x.cpp) is read
-whole, not as its tail. A moved or deleted file leaves its citations behind, and this says where."""
+the top-level folders below and ending in a file extension; a path inside another folder's tests/ is read whole,
+not as its tail. A moved or deleted file leaves its citations behind, and this says where."""
 
 from __future__ import annotations
 
