@@ -23,6 +23,8 @@ CALLED_FROM_OUTSIDE = {
     ("engines/serving/http_front.py", "do_HEAD"): "http.server.BaseHTTPRequestHandler",
     ("engines/serving/http_front.py", "do_POST"): "http.server.BaseHTTPRequestHandler",
     ("engines/serving/http_front.py", "handle_error"): "socketserver.BaseServer",
+    ("engines/serving/http_front.py", "readable"): "io.RawIOBase (DeadlineReader)",
+    ("engines/serving/http_front.py", "readinto"): "io.RawIOBase (DeadlineReader)",
     ("engines/tensorrt/builder.py", "phase_start"): "TensorRT's IProgressMonitor",
     ("engines/tensorrt/builder.py", "step_complete"): "TensorRT's IProgressMonitor",
     ("engines/tensorrt/builder.py", "phase_finish"): "TensorRT's IProgressMonitor",
@@ -30,7 +32,7 @@ CALLED_FROM_OUTSIDE = {
     ("scripts/modelopt_quantize.py", "get_next"): "onnxruntime.quantization.CalibrationDataReader",
     ("scripts/modelopt_quantize.py", "rewind"): "ModelOpt's calibration data reader",
     ("scripts/modelopt_quantize.py", "get_first"): "ModelOpt's calibration data reader",
-    ("tests/engines/serving/test_fronts.py", "log_message"): "http.server.BaseHTTPRequestHandler",
+    ("tests/engines/serving/stand_in.py", "log_message"): "http.server.BaseHTTPRequestHandler",
 }
 
 
