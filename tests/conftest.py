@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from tests.fixtures.tiny_build import build_args
+from tests.plugins import builds
 
 os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-based in CI logs
+
+
+def pytest_configure(config):
+    builds.start(config)  # the C++ builds of tests/plugins compile in the background while Python tests run
+
+
+def pytest_unconfigure(config):
+    builds.stop()
 
 
 @pytest.fixture(scope="session")
