@@ -71,15 +71,13 @@ def test_the_grpc_front_judges_the_same_edge():
         assert (infer_problem(request, cap) is None) == ok, n
 
 
-def test_the_server_caps_a_build_at_its_own_positions(tmp_path_factory):
+def test_the_server_caps_a_build_at_its_own_positions(served):
     """What engines.serving.server computes for a build: the positions the build records (its max_len), not a
     default, so the tiny build's cap is --max-batch x 64."""
     from engines.serving.ort_model import load_build
     from engines.triton.config import read_onnx_io
-    from tests.fixtures.tiny_build import TINY_MAX_LEN, write_tiny_build
+    from tests.fixtures.tiny_build import TINY_MAX_LEN
 
-    build = tmp_path_factory.mktemp("cap") / "tiny"
-    write_tiny_build(build)
-    model, limits, _ = load_build(build, "none")
+    model, limits, _ = load_build(served.path, "none")
     assert limits.max_sequence == TINY_MAX_LEN
     assert request_cap(read_onnx_io(model)[0], limits.max_sequence, 8).max_elements == 8 * TINY_MAX_LEN

@@ -263,27 +263,6 @@ def test_out_problems_are_found_from_the_path(tmp_path, bad, why):
         os.chmod(tmp_path / "ro", 0o700)
 
 
-def test_a_claimed_path_that_is_a_symlink_is_not_ours(tmp_path, tiny_ckpt, capsys):
-    """A symlink is never a file we wrote, even when the manifest claims its name and the file it points to has
-    the claimed hash: the link stays inside the folder (so only the symlink rule can refuse it), and a build that
-    would replace it refuses instead, leaving the link and its target as they were."""
-    out = tmp_path / "o"
-    (out / "mine").mkdir(parents=True)
-    (out / "mine" / "model.onnx").write_text("ours")
-    (out / "model.onnx").symlink_to(out / "mine" / "model.onnx")
-    (out / "mine" / "report.md").write_text("# roformer-trt report\nmy notes")
-    (out / REPORT_MD).symlink_to(out / "mine" / "report.md")
-    (out / REPORT_JSON).write_text(json.dumps({"tool": "roformer-trt", "artifacts_sha256": {}}))
-    write_manifest(out, {"model.onnx": sha256_file(out / "mine" / "model.onnx")})
-    owner = Ownership(out)
-    assert "model.onnx" in owner.claims and REPORT_MD in owner.claims  # claimed, by hash and by content
-    assert not owner.owns("model.onnx") and not owner.owns(REPORT_MD) and owner.owns(REPORT_JSON)
-    assert owner.collisions(["model.onnx", REPORT_MD]) == ["model.onnx", REPORT_MD]
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), *FAST]) == 2
-    assert "not written by roformer-trt" in capsys.readouterr().err
-    assert (out / "model.onnx").is_symlink() and (out / "mine" / "model.onnx").read_text() == "ours"
-
-
 def test_used_outside_its_with_block_the_error_names_the_class(tmp_path):
     with pytest.raises(RuntimeError, match=r"^BuildFolder is used outside its with-block$"):
         BuildFolder(tmp_path / "o").reuse("timing.cache")
