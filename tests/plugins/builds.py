@@ -97,7 +97,7 @@ def all_builds() -> list[CppBuild]:
 @contextlib.contextmanager
 def _locked(build_dir: Path):
     build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir.parent / f".{build_dir.name}.lock", "a") as f:
+    with open(build_dir / ".test-session.lock", "a") as f:  # inside the (ignored) build folder
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
