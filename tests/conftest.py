@@ -16,6 +16,20 @@ from tests.fixtures.tiny_build import build_args
 from tests.plugins import builds
 
 os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-based in CI logs
+WHOLE_SUITE_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The whole suite (README's `python -m pytest`: no paths, -k or -m given) runs on two pytest-xdist workers, a
+    module per worker at a time (--dist loadscope: a module's fixtures are made once); a run of chosen tests, or
+    one given -n, stays as asked. Measured: scripts/results/ci/README.md."""
+    if hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a worker: it runs what the controller sends it
+    whole = not config.args or [str(a) for a in config.args] == [str(a) for a in config.getini("testpaths")]
+    whole = whole and not config.option.keyword and not config.option.markexpr  # -k/-m: a chosen few
+    if whole and config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None:
+        config.option.numprocesses, config.option.dist = WHOLE_SUITE_WORKERS, "loadscope"
 
 
 def pytest_configure(config):

@@ -164,7 +164,10 @@ def ensure(build: CppBuild) -> tuple[bool, str]:
 
 
 def wanted(config) -> bool:
-    """True when this run includes tests/plugins (its arguments name it, a folder above it, or a file in it)."""
+    """True when this run includes tests/plugins (its arguments name it, a folder above it, or a file in it) and
+    selects no tests with -k or -m (those build what they use, when they use it)."""
+    if config.option.keyword or config.option.markexpr:
+        return False
     plugins = (REPO_ROOT / "tests" / "plugins").resolve()
     for arg in config.args or [str(REPO_ROOT / "tests")]:
         path = Path(str(arg).split("::")[0])
@@ -190,6 +193,14 @@ def start(config) -> None:
 
     _BG.thread = threading.Thread(target=run_all, name="cpp-builds", daemon=True)
     _BG.thread.start()
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_and_die)  # a killed session takes its compilers with it
+
+
+def _stop_and_die(signum, frame):
+    stop()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def stop() -> None:
