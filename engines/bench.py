@@ -28,9 +28,11 @@ from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import input_axes
 from engines.tensorrt.runner import EngineRunner
 from export import cli
+from export.checkpoint.rebuild import load_checkpoint
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
 from export.folder.atomic import write_atomic
+from export.numbers import int_arg, parse_int_list
 from export.validate import Shape, fp32_eval_on, make_inputs
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ def run_bench(
     iters: int = 50,
     warmup: int = 10,
     vocab_size: int = 1000,
-    type_vocab_size: int = 2,
+    type_vocab_size: int | None = 2,  # None: the model has no token_type_ids input
     choices: int | None = None,
     input_names: Sequence[str] | None = None,
     progress: bool = True,
@@ -263,13 +265,8 @@ def write_results(results: Sequence[BenchResult], out_dir: str | Path, meta: Map
 
 
 def _ints(text: str, flag: str) -> list[int]:
-    try:
-        v = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
-    if not v or min(v) < 1:
-        raise UsageError(f"{flag} {text!r}: values must be >= 1")
-    return v
+    """Comma-separated sizes of the grid, each from 1 to INT32_MAX (TensorRT dimensions are int32)."""
+    return parse_int_list(text, what=flag, lo=1, hi=2**31 - 1)
 
 
 def build_parser() -> Parser:
@@ -280,7 +277,7 @@ def build_parser() -> Parser:
         "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
         "--batch 1,8 --seq 128,512 --out demo/bench",
     )
-    p.add_argument("--checkpoint", help="HF checkpoint folder for the PyTorch backends")
+    p.add_argument("--checkpoint", help="checkpoint for the PyTorch backends (any export.build takes: HF folder, .pt)")
     p.add_argument("--onnx", help="ONNX file for ONNX Runtime")
     p.add_argument("--plan", help="TensorRT plan (engines.build output)")
     p.add_argument("--plugin-lib", help="plugin library the plan was built with")
@@ -288,8 +285,8 @@ def build_parser() -> Parser:
     p.add_argument("--seq", default="128,512", help="sequence lengths of the grid")
     p.add_argument("--backends", default="trt,torch-fp32,torch-fp16,ort", help=f"subset of {','.join(BACKENDS)}")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile(dynamic=True) (slow to compile)")
-    p.add_argument("--iters", type=int, default=50, help="timed iterations per point")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations per point")
+    p.add_argument("--iters", type=int_arg(1, 10**6), default=50, help="timed iterations per point")
+    p.add_argument("--warmup", type=int_arg(0, 10**6), default=10, help="untimed warm-up iterations per point")
     p.add_argument("--out", default="bench", help="output folder for bench.json/.md/.png")
     return p
 
@@ -303,14 +300,10 @@ def _main(args) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.compile and "torch-compile" not in backends:
         backends.append("torch-compile")
-    model, vocab = None, 1000
-    if args.checkpoint:
-        from transformers import AutoModel
-
-        if not (Path(args.checkpoint) / "config.json").exists():
-            raise UsageError(f"{args.checkpoint} has no config.json; pass the folder written by save_pretrained()")
-        model = AutoModel.from_pretrained(args.checkpoint).eval()
-        vocab = model.config.vocab_size
+    model, vocab, types = None, 1000, 2
+    if args.checkpoint:  # loaded as export.build loads it: checked, safe, its family's inputs
+        ck = load_checkpoint(args.checkpoint)
+        model, vocab, types = ck.model, ck.facts.vocab_size, ck.facts.type_vocab_size
     names = None
     if args.onnx:
         import onnx
@@ -326,7 +319,7 @@ def _main(args) -> int:
         iters=args.iters,
         warmup=args.warmup,
         vocab_size=vocab,
-        type_vocab_size=getattr(getattr(model, "config", None), "type_vocab_size", 2),
+        type_vocab_size=types,
         input_names=names,
     )
     meta = {

@@ -10,8 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
 from engines.tensorrt.availability import engine_status_for, require_engine
 from engines.tensorrt.builder import build_engine
 from engines.tensorrt.flags import add_engine_flags
@@ -20,6 +18,8 @@ from engines.tensorrt.profiles import ProfileSet
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, UsageError
+from export.graph_file import read_graph
+from export.numbers import int_arg
 from export.passes.precision import parse_precision
 from export.report.schema import TIMING_CACHE
 from plugins.locate import find_plugin_library
@@ -44,7 +44,7 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--max-len",
-        type=int,
+        type=int_arg(),
         help="longest sequence (default: the length the graph declares, export.build's --max-len)",
     )
     p.add_argument("--plugin-lib", help="plugin library (default: the one python -m plugins.build made)")
@@ -57,16 +57,9 @@ def build_parser() -> Parser:
 def check_usage(args) -> tuple[Path, str, object, str | None]:
     """Every check a user can fix by changing the command (UsageError, exit 2), before asking whether the
     engine stage can run at all: (onnx path, precision, ProfileSet, plugin library or None)."""
-    onnx_path = Path(args.onnx)
-    if not onnx_path.is_file():
-        raise UsageError(
-            f"{onnx_path} does not exist; pass the ONNX file export.build wrote (report.json artifacts.tensorrt-onnx)"
-        )
+    onnx_path = read_graph(args.onnx, what="ONNX file").path  # export.graph_file: the one checked loader
     precision = parse_precision(args.precision)
-    try:
-        declared = declared_max_len(onnx_path)
-    except DecodeError:
-        raise UsageError(f"{onnx_path} is not an ONNX file; pass the ONNX file export.build wrote") from None
+    declared = declared_max_len(onnx_path)
     check_quantized_precision(onnx_path, precision)
     if args.timing_cache and Path(args.timing_cache).exists() and not Path(args.timing_cache).is_file():
         raise UsageError(f"--timing-cache {args.timing_cache} is not a file; pass a file path (created if missing)")

@@ -1,14 +1,19 @@
 """Text -> embedding against a Triton server serving a roformer-trt model (HTTP or gRPC).
 
-In:  raw Chinese/English text, the model's `vocab.txt` (RoFormerTokenizer, word segmentation by
-     rjieba), a server URL `host:port` and model name.
-Out: `sentence_embedding` [batch, hidden] float32 (or any output named in `outputs`).
+In:  raw text, the model's tokenizer: its `tokenizer.json` (HF `tokenizers`; ModernBERT and most checkpoints)
+     or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/text.py), a
+     server URL `host:port` and model name.
+Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
+     a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`. Only the inputs the
+     model declares (its metadata on the server) are sent: a model without token_type_ids gets input_ids and
+     attention_mask.
 
     from engines.client import TextEncoder
     enc = TextEncoder("demo/vocab.txt", "127.0.0.1:8000", "ckpt_onnx")
     vectors = enc.embed(["今天天气不错", "hello world"])   # one call: tokenize, send, receive
 
 CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model ckpt_onnx "今天天气不错"
+     python -m engines.client --vocab demo-mb/tokenizer.json --url 127.0.0.1:8000 --model demo-mb_onnx "hello"
 Texts are truncated to the model's positions: the `max_sequence_length` parameter of its config.pbtxt
 (engines.serving and engines.triton publish it), or `--max-length` / `max_length=`, which override it.
 Empty text is refused here. A request the server refuses comes back as ServerError whose text is only
@@ -29,9 +34,9 @@ import numpy as np
 from export import cli
 from export.cli import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
-from export.files import MiB, read_text
+from export.numbers import NumberError, int_arg, parse_int
+from export.text import TextTokenizer, load_text_tokenizer
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
 FALLBACK_MAX_LENGTH = 512  # a model whose config publishes no positions (another server's): BERT's usual
 EMBEDDING = "sentence_embedding"
@@ -44,42 +49,17 @@ class ServerError(RoformerTrtError):
     exit_code = 1
 
 
-def load_tokenizer(vocab: Path):
-    """RoFormerTokenizer from a vocab.txt (one token per line, line number = id).
-
-    transformers 5 ignores `vocab_file=` in RoFormerTokenizer's constructor (the vocab stays None and the
-    first call fails inside tokenizers), so the vocab dict is read here and passed as `vocab=`."""
-    vocab = Path(vocab)
-    if not vocab.exists():
-        raise UsageError(f"{vocab} not found; pass the vocab.txt of the checkpoint the model was built from")
-    text = read_text(vocab, what="vocab", max_bytes=64 * MiB)  # a BERT vocab.txt is ~100 KB to a few MB
-    try:
-        import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
-        from transformers import RoFormerTokenizer
-    except ImportError as e:
-        raise UnavailableError(f"{e.name} is not installed; pip install rjieba transformers") from e
-    table = {}
-    for i, line in enumerate(text.splitlines()):
-        table.setdefault(line.strip(), i)
-    for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
-        if tok not in table:
-            raise UsageError(f"{vocab} has no {tok} line; it is not a BERT/RoFormer vocab.txt")
-    return RoFormerTokenizer(vocab=table)
+def load_tokenizer(path: Path) -> TextTokenizer:
+    """The checkpoint's tokenizer.json or vocab.txt (export.text); a vocab.txt whose family segments words with a
+    library that is not installed (a Chinese word segmenter) is UnavailableError here, not a silent per-character
+    split."""
+    return load_text_tokenizer(path, strict=True)
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """int64 [batch, sequence] feeds, padded to the longest text, truncated to max_length tokens."""
-    if not texts or any(not t.strip() for t in texts):
-        raise UsageError("empty text: every input needs at least one non-space character")
-    enc = tokenizer(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_token_type_ids=True,
-        return_tensors="np",
-    )
-    return {n: np.ascontiguousarray(enc[n], dtype=np.int64) for n in INPUTS}
+def encode(tokenizer: TextTokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """int64 [batch, sequence] feeds (input_ids, attention_mask, token_type_ids), padded to the longest text,
+    truncated to max_length tokens."""
+    return tokenizer.encode(list(texts), max_length)
 
 
 _PATH = re.compile(r"(?:/[\w.@+-]+){2,}")
@@ -146,7 +126,17 @@ class TritonEncoderClient:
             else:
                 params = cfg.config.parameters
                 value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
-            return int(value) if value and value.isdigit() and int(value) > 0 else None
+            return _positive(value)
+        raise ServerError(reason)
+
+    def input_names(self) -> list[str]:
+        """The inputs the model's metadata declares (input_ids, attention_mask[, token_type_ids])."""
+        try:
+            meta = self._client.get_model_metadata(self.model)
+        except Exception as e:  # tritonclient raises InferenceServerException; re-raised below with its reason
+            reason = server_reason(e)
+        else:
+            return [i["name"] for i in meta["inputs"]] if self.protocol == "http" else [i.name for i in meta.inputs]
         raise ServerError(reason)
 
     def close(self) -> None:
@@ -174,6 +164,7 @@ class TextEncoder:
             raise UsageError(f"--max-length must be >= 1, got {max_length}")
         self.tokenizer = load_tokenizer(vocab)
         self.client = TritonEncoderClient(url, model, protocol)
+        self.inputs = self.client.input_names()  # what the model takes: no token_type_ids for some families
         if max_length is None:
             max_length = self.client.max_sequence_length()
             if max_length is None:
@@ -188,10 +179,19 @@ class TextEncoder:
 
     def embed(self, texts: list[str] | str, output: str = EMBEDDING) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.client.infer(encode(self.tokenizer, texts, self.max_length), (output,))[output]
+        feeds = encode(self.tokenizer, texts, self.max_length)
+        return self.client.infer({n: feeds[n] for n in self.inputs}, (output,))[output]
 
     def close(self) -> None:
         self.client.close()
+
+
+def _positive(value: str | None) -> int | None:
+    """A positive integer the server published as text (ASCII digits only), else None."""
+    try:
+        return parse_int(value, lo=1) if value else None
+    except NumberError:
+        return None
 
 
 def build_parser() -> Parser:
@@ -202,13 +202,20 @@ def build_parser() -> Parser:
         '--model ckpt_onnx "今天天气不错" "hello world"',
     )
     p.add_argument("texts", nargs="+", help="texts to embed")
-    p.add_argument("--vocab", required=True, type=Path, help="vocab.txt of the checkpoint")
+    p.add_argument(
+        "--vocab",
+        "--tokenizer",
+        dest="vocab",
+        required=True,
+        type=Path,
+        help="the checkpoint's tokenizer.json (HF tokenizers) or vocab.txt",
+    )
     p.add_argument("--url", default="127.0.0.1:8000", help="server host:port (HTTP or gRPC port)")
     p.add_argument("--model", required=True, help="model name on the server, e.g. ckpt_onnx")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="transport")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=int_arg(),
         default=None,
         help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
     )

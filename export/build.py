@@ -17,6 +17,7 @@ report beside files of another run, and a user's files are never moved, replaced
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ from export.folder import disk
 from export.folder.digest import artifact_hashes, sha256_tree
 from export.folder.layout import ONNX_FILE, Planned, plan_file, sidecar_file
 from export.folder.staging import BuildFolder
-from export.passes.pooling import HIDDEN, check_task
+from export.passes.pooling import HIDDEN
+from export.passes.pooling.request import Resolved, resolve
 from export.passes.quantize.data import CalibSet
 from export.progress import info, status
 from export.report.persist import report_text, save_report
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
-    if args.max_memory is not None:
-        memory.parse_bytes(args.max_memory, "--max-memory")
+    if args.max_memory is None and os.environ.get(memory.ENV):
+        memory.env_limit()  # read before any work, like --max-memory (exit 2 for anything but a size)
     engine = engine_status_for(flags.precision)  # FP8 on a GPU without FP8 tensor cores: skipped, named here
     if args.require_engine:
         require_engine(engine)  # exit 3 in seconds, before anything is loaded or written
@@ -117,19 +119,23 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     disk_need: int = 0
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
+    pooled: Resolved = field(default_factory=lambda: Resolved(None))  # the pooling, once the checkpoint is read
 
     def load(self) -> tuple[LoadedCheckpoint, Plan]:
         """Read and check the checkpoint, decide the plan, check the memory, then build the model."""
         a = self.args
         with self.timed("load"), status("reading checkpoint"):
-            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle)
-            check_task(self.flags.pooling, inspected.task)
-            plan = Plan.decide(a, inspected.config, inspected.task)
-            memory.require(memory.build_estimate(inspected.config, plan.max_len), "this build", a.max_memory)
-            self.disk_need = disk.need(inspected.config, self.planned)
+            inspected = inspect_checkpoint(a.model, a.config, a.trust_pickle, attention=a.attention)
+            facts = inspected.facts
+            if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
+                self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
+            plan = Plan.decide(a, facts, inspected.task)
+            estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
+            memory.require(estimate, "this build", a.max_memory)
+            self.disk_need = disk.need(inspected.params, self.planned)
             disk.require(self.flags.out, self.disk_need)
             if self.flags.quant is not None:  # a bad calibration file is refused before any work
-                self.calib = calibration_set(self.flags.quant, inspected.config, plan.max_len)
+                self.calib = calibration_set(self.flags.quant, facts, plan.max_len)
             if inspected.config_source.startswith("--config"):
                 info(f"using {inspected.config_source} instead of the checkpoint's own config")
             if inspected.weights_dtype != "float32":
@@ -150,11 +156,11 @@ class Run:
             with self.timed("rotary"):
                 results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len, plan.profiles.choices)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
-        pooling = self.flags.pooling
+        pooling = self.pooled.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
             with self.timed("pooling"):
                 results["pooling"] = run_pooling_stage(
-                    pooling, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
+                    self.pooled, work / _artifacts(results)[trt_key], trt_key, rotary_function=a.rope == "plugin"
                 )
         self.low_precision(results, ckpt, plan, work, trt_key)
         if pooling is not None and TENSORRT_ONNX_KEY in _artifacts(results):
@@ -164,7 +170,7 @@ class Run:
         if not a.skip_validation:
             with self.timed("validation"):
                 results["validation"] = run_validation_stage(
-                    _graphs(results), ckpt.model, ckpt.task, ckpt.config, plan.shapes, self.flags.thresholds, pooling
+                    _graphs(results), ckpt.model, ckpt.task, ckpt.facts, plan.shapes, self.flags.thresholds, pooling
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -182,7 +188,7 @@ class Run:
     def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
         """The precision stage (fp16/bf16 graphs), or for int8/fp8 the quantization stage, from the fp32
         TensorRT-bound graph; none after a failed rotary rewrite (the quantized graph would have no sites)."""
-        arts, outputs = _artifacts(results), self.flags.pooling.outputs if self.flags.pooling else None
+        arts, outputs = _artifacts(results), self.pooled.pooling.outputs if self.pooled.pooling else None
         if self.flags.quant is None:
             with self.timed("precision"):
                 results["precision"] = run_precision_stage(
@@ -201,7 +207,7 @@ class Run:
                     ckpt,
                     plan.shapes,
                     self.flags.thresholds,
-                    self.flags.pooling,
+                    self.pooled.pooling,
                 )
 
     def engine(self, results: dict, ckpt, plan: Plan, work: Path) -> RoformerTrtError | None:
@@ -223,7 +229,7 @@ class Run:
                     ckpt=ckpt,
                     thresholds=self.flags.thresholds,
                     workspace_mib=self.args.workspace_mib,
-                    pooling=self.flags.pooling,
+                    pooling=self.pooled.pooling,
                 )
         except RoformerTrtError as e:  # parser errors, a failed build: the report still says what happened
             results["engine"] = StageResult(
@@ -254,7 +260,7 @@ class Run:
             plan=plan_path,
             plugin_lib=plugin_library_status().get("path"),
             model=ckpt.model,
-            config=ckpt.config,
+            facts=ckpt.facts,
             iters=self.args.bench_iters,
             compile_=self.args.bench_compile,
         )
@@ -334,20 +340,20 @@ def _graphs(results: dict[str, StageResult]) -> dict:
 
 
 def model_facts(ckpt: LoadedCheckpoint) -> dict:
-    c = ckpt.config
+    """report.json `model`: the family's facts, the task, the inputs, the attention kernel, and per layer the
+    rotary and the attention kind the family declares."""
     return {
-        "layers": c.num_hidden_layers,
-        "hidden": c.hidden_size,
-        "heads": c.num_attention_heads,
-        "head_dim": c.hidden_size // c.num_attention_heads,
-        "embedding_size": c.embedding_size,
-        "vocab_size": c.vocab_size,
-        "type_vocab_size": c.type_vocab_size,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rotary_value": bool(c.rotary_value),
+        **ckpt.facts.to_report(),
         "task": ckpt.task,
+        "inputs": list(ckpt.family.inputs),
+        "attn_implementation": ckpt.attn_implementation,
         "params": sum(p.numel() for p in ckpt.model.parameters()),
         "table": ckpt.table,
+        "rotary": [
+            {"layout": r.layout, "dim": r.dim, "table": r.table.name, "theta": r.table.theta, "sites": list(r.sites)}
+            for r in ckpt.rotary
+        ],
+        "attention": [a.describe() for a in ckpt.attention],
     }
 
 
@@ -387,12 +393,13 @@ def reproduce(report: Report, flags: Flags, ckpt: LoadedCheckpoint) -> dict | No
         plan=plan_file(flags.precision),
         profiles=report.profiles,
         precision=flags.precision,
-        vocab_size=ckpt.config.vocab_size,
-        type_vocab_size=ckpt.config.type_vocab_size,
+        vocab_size=ckpt.facts.vocab_size,
+        type_vocab_size=ckpt.facts.type_vocab_size,
         atol=atol,
         rtol=0.0,
         plugin_lib=plugin_lib,
         static_plugin_lib=static_lib,
+        inputs=ckpt.family.inputs,
         rank=3 if ckpt.task == "multiple-choice" else 2,
     )
     if report.pooling and report.pooling.get("graph") != ONNX_FILE:  # the reference is the unpooled export

@@ -5,8 +5,9 @@ from __future__ import annotations
 from engines.tensorrt.flags import add_engine_flags
 from export import memory
 from export.cli import Parser
-from export.cli_flags import DEFAULT_POOLING, add_thresholds, add_trust_pickle
-from export.passes.pooling import POOLINGS
+from export.cli_flags import add_thresholds, add_trust_pickle
+from export.numbers import float_arg, int_arg, size_arg
+from export.passes.pooling import MODES
 from export.passes.quantize.options import add_quant_flags
 
 
@@ -21,7 +22,7 @@ def _input_flags(p: Parser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="checkpoint: HF folder, {config, state_dict} .pt, "
+        help="checkpoint of a supported family (export/families/): HF folder (sharded too), {config, state_dict} .pt, "
         "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)",
     )
     p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
@@ -35,12 +36,20 @@ def _input_flags(p: Parser) -> None:
     )
     p.add_argument(
         "--max-len",
-        type=int,
+        type=int_arg(),
         help="longest sequence the graphs serve, at least 2 (default: the "
-        "checkpoint's max_position_embeddings); may exceed it, the sinusoidal table is computed",
+        "checkpoint's max_position_embeddings); may exceed it, rotary tables are a formula",
     )
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
-    p.add_argument("--opset", type=int, help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)")
+    p.add_argument(
+        "--attention",
+        choices=["eager", "sdpa"],
+        help="the attention kernel the model is exported with (default: the family's first; never flash-attention, "
+        "which does not export); the report says which",
+    )
+    p.add_argument(
+        "--opset", type=int_arg(), help="ONNX opset (dynamo 18-23, default 18; torchscript 17-20, default 17)"
+    )
     p.add_argument(
         "--rope",
         default="plugin",
@@ -60,17 +69,24 @@ def _graph_flags(p: Parser) -> None:
     add_quant_flags(p)
     p.add_argument(
         "--pooling",
-        default=DEFAULT_POOLING,
-        choices=POOLINGS,
-        help="add sentence_embedding [batch, hidden] to "
-        "the TensorRT-bound graph, in fp32 with the attention mask: mean (sentence-transformers' masked "
-        "mean) or cls (first token); none: the outputs as exported. Base-model checkpoints only",
+        default="auto",
+        metavar="auto|none|MODE[+MODE]",
+        help="add sentence_embedding [batch, width] to the TensorRT-bound graph, in fp32, by sentence-"
+        "transformers' rules. auto: the checkpoint folder's own pipeline when it has modules.json (Pooling, "
+        f"Dense, Normalize), else none; MODE: {', '.join(MODES)} (joined by + to concatenate); none: the "
+        "outputs as exported. Base-model checkpoints only (export/passes/pooling/README.md)",
     )
-    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with --pooling)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise sentence_embedding (with a pooling)")
     p.add_argument(
         "--outputs",
-        help="with --pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
+        help="with a pooling: the TensorRT-bound graph's outputs, sentence_embedding (the "
         "engine drops last_hidden_state) or last_hidden_state,sentence_embedding (default: both)",
+    )
+    p.add_argument(
+        "--truncate-dim",
+        type=int_arg(),
+        help="Matryoshka: keep the first N channels of sentence_embedding, before the normalisation; N must be "
+        "one of the widths the checkpoint declares (config.json matryoshka_dimensions) when it declares them",
     )
     add_engine_flags(p)
 
@@ -86,20 +102,20 @@ def _bench_flags(p: Parser) -> None:
         "--bench-grid",
         help="BATCHxSEQ list for --bench, e.g. 1x128,8x512 (default: each profile's opt length at batch min and opt)",
     )
-    p.add_argument("--bench-iters", type=int, default=20, help="timed runs per --bench point (+10%% warm-up)")
+    p.add_argument("--bench-iters", type=int_arg(), default=20, help="timed runs per --bench point (+10%% warm-up)")
     p.add_argument("--bench-compile", action="store_true", help="--bench also times torch.compile(dynamic=True)")
 
 
 def _accuracy_flags(p: Parser) -> None:
     p.add_argument(
         "--atol",
-        type=float,
+        type=float_arg(),
         help="override every atol of the thresholds (absolute alternative: "
         "max abs error <= atol also passes; default 0, off)",
     )
     p.add_argument(
         "--rtol",
-        type=float,
+        type=float_arg(),
         help="override every rtol of the thresholds (bound on scaled_error = "
         "max abs error / max |reference|; export/report/thresholds.py)",
     )
@@ -109,6 +125,7 @@ def _accuracy_flags(p: Parser) -> None:
 def _run_flags(p: Parser) -> None:
     p.add_argument(
         "--max-memory",
+        type=size_arg(),
         help="memory this build may use, e.g. 16G (default: what the machine, its cgroup "
         f"and ulimit -v leave; env {memory.ENV}); the build refuses to start when its estimate is larger",
     )

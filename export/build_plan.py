@@ -2,9 +2,9 @@
 read) the length, profiles and benchmark grid, each decided once and passed down.
 
 `Flags.check(args)` needs nothing but the command line (exit 2 with one line on the first bad flag);
-`Plan.decide(args, flags, config, task)` adds what the checkpoint's config settles (--max-len defaults to
-max_position_embeddings; profiles and grid are checked against that length; a multiple-choice head's --choices
-sets the choices of every shape the build runs).
+`Plan.decide(args, facts, task)` adds what the checkpoint's config settles (--max-len defaults to
+max_position_embeddings, read by the family: ModelFacts.max_positions; profiles and grid are checked against
+that length; a multiple-choice head's --choices sets the choices of every shape the build runs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from export.errors import UsageError
 from export.files import load_toml
 from export.folder.layout import Planned
 from export.onnx_export import MIN_MAX_LEN, check_export_args
-from export.passes.pooling import Pooling, parse_pooling
+from export.passes.pooling.request import PoolingRequest
 from export.passes.precision import parse_precision
 from export.passes.quantize.options import QuantOptions
 from export.report.thresholds import Thresholds
@@ -37,7 +37,7 @@ class Flags:
     precision: str
     opset: int
     out: Path
-    pooling: Pooling | None = None  # --pooling mean|cls (--normalize, --outputs); None: outputs as exported
+    pooling: PoolingRequest | None = None  # --pooling, --normalize, --outputs, --truncate-dim (resolved by Run.load)
     quant: QuantOptions | None = None  # --precision int8 | fp8
 
     @classmethod
@@ -47,7 +47,7 @@ class Flags:
         data = load_toml(args.thresholds, what="thresholds file") if args.thresholds else None
         thresholds = Thresholds.from_cli(data, str(args.thresholds), args.atol, args.rtol)
         precision = parse_precision(args.precision)
-        pooling = parse_pooling(args.pooling, args.normalize, args.outputs)
+        pooling = PoolingRequest.check(args.pooling, args.normalize, args.outputs, args.truncate_dim, args.model)
         quant = QuantOptions.check(args, precision)
         parse_batch(args.batch)
         tops = parse_profile_tops(args.profiles)
@@ -87,8 +87,8 @@ class Plan:
     shapes: list[Shape]
 
     @classmethod
-    def decide(cls, args, config, task: str) -> Plan:
-        max_len = args.max_len or config.max_position_embeddings
+    def decide(cls, args, facts, task: str) -> Plan:
+        max_len = args.max_len or facts.max_positions
         if max_len < MIN_MAX_LEN or max_len > MAX_LEN_LIMIT:
             raise UsageError(
                 f"the checkpoint's max_position_embeddings {max_len} is outside {MIN_MAX_LEN}.."

@@ -2,12 +2,13 @@
 default, in every command that has it (tests/export/test_cli_flags.py holds every command to that).
 
 - `--build` (engines.serving, engines.triton, export.diagnose): a folder export.build wrote.
-- `--pooling` (engines.serving, engines.triton; export.build takes POOLINGS and DEFAULT_POOLING for its own):
-  default `none`, the build as built. Pooling is decided once, by `export.build --pooling`, whose report
-  validates `sentence_embedding` against sentence-transformers' rule; a build made that way serves it from
-  every model with `none` or its own mode. `mean`/`cls` on a plain build add `sentence_embedding` to the ONNX
-  graph alone, an output the build never validated and the TensorRT engine does not have (a Triton repository
-  would publish two models of one build with different outputs), so they are asked for, not assumed.
+- `--pooling` (engines.serving, engines.triton; export.build's `--pooling` is its own: what the TensorRT-bound graph
+  computes, `auto` by default): default none given, meaning the build's own pooling, decided once by
+  `export.build --pooling` and validated in its report; a pooled build takes only its own mode or `none`. For a
+  build made without one, engines.serving (ONNX Runtime only) adds its model family's default pooling
+  (`Family.default_pooling`), and engines.triton adds none: the TensorRT engine cannot gain an output after the
+  build, and a twin with one would publish two models of one build with different outputs. `mean`/`cls` ask for
+  one explicitly.
 - `--thresholds` (export.build, engines.gate, export.diagnose), `--trust-pickle` (export.build, export.diagnose).
 `--debug` and its synonym `--verbose` come with every command's Parser (export.cli).
 """
@@ -19,8 +20,6 @@ from pathlib import Path
 
 from export.passes.pooling import POOLINGS
 
-DEFAULT_POOLING = "none"
-
 
 def add_build(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--build", required=required, type=Path, help="folder written by python -m export.build")
@@ -30,10 +29,11 @@ def add_served_pooling(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pooling",
         choices=POOLINGS,
-        default=DEFAULT_POOLING,
-        help="none: serve the build's outputs as built (a build made with export.build --pooling serves its "
-        "sentence_embedding); mean | cls: add sentence_embedding [batch, hidden] to the ONNX graph of a build "
-        "made without --pooling (a pooled build takes only its own mode)",
+        default=None,
+        help="sentence_embedding [batch, hidden] of the served ONNX graph. Default: the build's own (export.build "
+        "--pooling); for a build without one, engines.serving adds its model family's pooling and engines.triton "
+        "none (its TensorRT engine has none). mean | cls: add that one to a build without; none: no pooling "
+        "added (a pooled build takes only its own mode or none)",
     )
 
 

@@ -1,4 +1,5 @@
-"""Reading the files a user names, safely: every refusal is one UsageError line (exit 2).
+"""Reading the files a user names, safely, and checking the ones a command will write: every refusal is one
+UsageError line (exit 2).
 
 In:  a path, `what` the file is meant to be (used in the message, e.g. "checkpoint config"), a size cap.
 Out: its bytes, UTF-8 text, parsed JSON or parsed TOML.
@@ -9,9 +10,14 @@ Out: its bytes, UTF-8 text, parsed JSON or parsed TOML.
 - at most `max_bytes + 1` bytes are read, so a file over the cap is refused without being read whole
   (and a regular file whose size the kernel does not report, like /proc/*, cannot grow memory either);
 - text must be UTF-8; JSON deeper than `max_depth` containers (RecursionError inside json.loads
-  included) and invalid JSON or TOML are refused naming the file, what it is and the fix.
+  included), integers longer than export.numbers.MAX_CHARS digits (JSON and TOML: Python's int() refuses
+  4300 digits with a ValueError and is quadratic before that) and invalid JSON or TOML are refused naming the
+  file, what it is and the fix. `parse_json` applies the same rules to JSON text read some other way (a line).
 
-Imports only export.errors, so any module of export, engines or plugins may use it.
+Files a command writes are checked before its work by `check_output_file` (not a folder, not one of its
+inputs, its folder writable) and `check_distinct` (two flags never name one file).
+
+Imports only export.errors and export.numbers, so any module of export, engines or plugins may use it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from export.errors import UsageError
+from export.numbers import MAX_CHARS, NumberError, json_int
 
 MiB = 1 << 20
 _CHUNK = 1 << 20
@@ -125,16 +134,21 @@ def json_depth(obj: object) -> int:
 
 def load_json(path: str | Path, *, what: str, max_bytes: int = 16 * MiB, max_depth: int = 64) -> object:
     """Parsed JSON of a UTF-8 file of at most `max_bytes`, nested at most `max_depth` containers deep."""
-    text = read_text(path, what=what, max_bytes=max_bytes)
-    too_deep = f"{what} {path} nests JSON deeper than {max_depth} levels; it is not a {what}, pass the right file"
+    return parse_json(read_text(path, what=what, max_bytes=max_bytes), where=f"{what} {path}", max_depth=max_depth)
+
+
+def parse_json(text: str, *, where: str, max_depth: int = 64, fix: str = "fix or regenerate it") -> object:
+    """Parsed JSON text, nested at most `max_depth` containers deep, integers of at most MAX_CHARS digits;
+    UsageError starting with `where` (e.g. "c.jsonl:3") and ending with `fix` otherwise."""
+    too_deep = f"{where} nests JSON deeper than {max_depth} levels; {fix}"
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=json_int)
     except RecursionError:  # the C decoder stops at the interpreter's recursion limit instead of crashing
         raise UsageError(too_deep) from None
+    except NumberError:
+        raise UsageError(f"{where} holds an integer longer than {MAX_CHARS} digits; {fix}") from None
     except json.JSONDecodeError as e:
-        raise UsageError(
-            f"{what} {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); fix or regenerate it"
-        ) from None
+        raise UsageError(f"{where} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); {fix}") from None
     if json_depth(obj) > max_depth:
         raise UsageError(too_deep)
     return obj
@@ -153,3 +167,46 @@ def load_toml(path: str | Path, *, what: str, max_bytes: int = MiB) -> dict:
         raise UsageError(f"{what} {path} nests TOML too deeply to parse; pass the right file") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{what} {path} is not valid TOML ({str(e).splitlines()[0]}); fix or regenerate it") from None
+    except ValueError:  # tomllib's own int() past Python's 4300-digit limit
+        raise UsageError(f"{what} {path} holds a number too long to read; fix or regenerate it") from None
+
+
+def check_output_file(path: str | Path, *, flag: str, inputs: Iterable[str | Path] = ()) -> Path:
+    """A file a command will write (atomically: a temp file beside it, then a rename), checked before any work:
+    refused (UsageError naming `flag`) when it is a folder or another non-regular file, when it is one of
+    `inputs` (the same file, through links too: a run never writes over what it reads), or when its folder
+    cannot take a new file, which is probed by creating and removing a temp file there (root can write to
+    read-only modes, not to /proc: the probe answers what permission bits cannot)."""
+    path = Path(path)
+    if path.is_symlink() or path.exists():
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; pass a file path")
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{flag} {path} is not a regular file; pass a file path")
+        for other in inputs:
+            if Path(other).exists() and path.exists() and os.path.samefile(path, other):
+                raise UsageError(f"{flag} {path} is {other}, an input of this run; write it somewhere else")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the write makes missing folders: probe the first one
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path} cannot be written: {folder} is not a folder; pass another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise UsageError(f"{flag} {path} cannot be written in {folder} ({e.strerror}); pass another path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def check_distinct(paths: dict[str, str | Path | None]) -> None:
+    """UsageError when two output flags name one file ({flag: path or None})."""
+    seen: dict[Path, str] = {}
+    for flag, p in paths.items():
+        if p is None:
+            continue
+        key = Path(os.path.abspath(p))
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} name the same file {p}; give each its own")
+        seen[key] = flag

@@ -1,7 +1,8 @@
 """Memory is decided before it is spent: what a build will need, what this process may use, and the refusal.
 
-`build_estimate(config, max_len)` computes, from the config alone (nothing allocated), the weights' size
-and the build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
+`build_estimate(facts, params, max_len)` computes, from the model's sizes alone (its family's ModelFacts and its
+parameter count, read from a model described on the meta device: nothing allocated), the weights' size and the
+build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
 RLIMIT_AS minus this process's address space, or the override (`--max-memory`, or the environment variable
 ROFORMER_TRT_MEMORY_LIMIT, e.g. "8G", so tests are deterministic). `require(estimate, ...)` refuses a build
 that would not fit with one line (exit 2) naming both numbers.
@@ -15,17 +16,16 @@ side by design, since its job is to refuse 283 GB, not to save the last 10 %).
 from __future__ import annotations
 
 import os
-import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
+from export.numbers import parse_size
 
 GB = 10**9
 IMPORTS = 0.8 * GB  # torch + transformers + onnx + ONNX Runtime, measured before the checkpoint loads
 ENV = "ROFORMER_TRT_MEMORY_LIMIT"
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -41,43 +41,34 @@ class Estimate:
         )
 
 
-def parameter_count(config) -> int:
-    """Parameters of a RoFormer encoder (and the usual heads, bounded by the LM head) from its config."""
-    e = config.embedding_size or config.hidden_size
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    embeddings = (config.vocab_size + config.type_vocab_size) * e + 2 * e + (e * h + h if e != h else 0)
-    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
-    head = config.vocab_size * e + h * h + 3 * h  # masked-LM decoder, the largest head
-    return embeddings + n * layer + head
-
-
-def build_estimate(config, max_len: int) -> Estimate:
-    weights = 4 * parameter_count(config)
-    s, heads = max_len, config.num_attention_heads
+def build_estimate(facts, params: int, max_len: int) -> Estimate:
+    """facts: export.families.facts.ModelFacts (heads, hidden, intermediate, head_dim); params: the parameters of
+    the model the checkpoint fills (export.checkpoint.rebuild.InspectedCheckpoint.params)."""
+    weights = 4 * params
+    s, heads = max_len, facts.heads
     # attention scores, softmax and the masked copy per head, plus the per-token tensors of a layer
-    activations = 4 * (3 * heads * s * s + s * (8 * config.hidden_size + 2 * config.intermediate_size))
-    table = 4 * max_len * (config.hidden_size // heads)
+    activations = 4 * (3 * heads * s * s + s * (8 * facts.hidden + 2 * facts.intermediate))
+    table = 4 * max_len * facts.head_dim
     return Estimate(weights, activations + table, int(IMPORTS + 3 * weights + activations + table))
 
 
-def parse_bytes(text: str, where: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"{where} {text!r} is not a memory size; write e.g. 8G, 512M or 2000000000")
-    return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
-
-
-def available(override: str | None = None) -> tuple[int, str]:
-    """(bytes this process may still use, where that number came from)."""
+def available(override: int | None = None) -> tuple[int, str]:
+    """(bytes this process may still use, where that number came from). override: --max-memory, in bytes
+    (export.numbers.size_arg read it); the environment variable is read here by the same parser."""
     if override is not None:
-        return parse_bytes(override, "--max-memory"), "--max-memory"
+        return override, "--max-memory"
     if os.environ.get(ENV):
-        return parse_bytes(os.environ[ENV], ENV), ENV
+        return env_limit(), ENV
     limits = [v for v in (_mem_available(), _cgroup_room(), _address_space_room()) if v is not None]
     return min(limits, key=lambda v: v[0]) if limits else (1 << 62, "no limit found")
 
 
-def require(estimate: Estimate, what: str, override: str | None = None) -> None:
+def env_limit() -> int:
+    """ROFORMER_TRT_MEMORY_LIMIT in bytes (e.g. 8G); NumberError (exit 2) for anything but a size."""
+    return parse_size(os.environ[ENV], what=ENV)
+
+
+def require(estimate: Estimate, what: str, override: int | None = None) -> None:
     """UsageError when the estimate does not fit. An override is the whole process's budget; a measured limit
     is the room left now, after the imports this process already holds."""
     have, source = available(override)

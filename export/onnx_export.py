@@ -1,13 +1,15 @@
-"""PyTorch RoFormer -> ONNX with dynamic batch/sequence axes, checked before anyone uses it.
+"""A PyTorch model of a supported family -> ONNX with dynamic batch/sequence axes, checked before anyone uses it.
 
-In: an HF RoFormer model (from export.checkpoint.rebuild), the task, max_len, exporter and opset.
+In: an HF model (from export.checkpoint.rebuild), the task, max_len, exporter and opset; its family (found from
+its config) names the inputs (`Family.inputs`, e.g. no token_type_ids for ModernBERT).
 Out: an ONNX file at `out_path` with its weights in `<name>.data` beside it (written in a temp folder,
 then renamed) that passes `onnx.checker.check_model(full_check=True)`. The weights go to external data
 at every size, so later passes read the graph without them and graphs of the same precision share them.
-The graph runs up to `max_len` tokens, also past the checkpoint's `max_position_embeddings`: the sinusoidal
-table is a formula, so a model whose table is shorter is exported with a longer one swapped in for the
-export and restored after it (`export.checkpoint.rebuild.table_of_at_least`: the caller's model is left as it was).
-The file declares that length in its metadata (`MAX_LEN_KEY`), which engines.build reads.
+The graph runs up to `max_len` tokens, also past the checkpoint's `max_position_embeddings`: a family whose
+position table is a stored formula (RoFormer) is exported with a longer one swapped in for the export and
+restored after it (`Family.at_least`: the caller's model is left as it was); rotary computed from positions
+(ModernBERT) needs nothing. The file declares that length (`MAX_LEN_KEY`) and its family (`FAMILY_KEY`) in its
+metadata, which engines.build and export.diagnose read.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.checkpoint.rebuild import table_of_at_least
 from export.errors import UsageError
+from export.families.registry import family_of_model
+from export.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
-from export.spec import INPUT_NAMES, ExportSpec
+from export.spec import ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,15 @@ MIN_MAX_LEN = 2
 
 
 MAX_LEN_KEY = "roformer_trt.max_len"  # metadata_props: the longest sequence the graph serves
+FAMILY_KEY = "roformer_trt.family"  # metadata_props: the family whose layer map export.diagnose uses
 
 
 def declared_max_len(model: onnx.ModelProto) -> int | None:
-    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none."""
+    """The longest sequence a graph of ours declares (metadata MAX_LEN_KEY), None when it declares none;
+    NumberError (exit 2) for a value that is not a length."""
     for prop in model.metadata_props:
-        if prop.key == MAX_LEN_KEY and prop.value.isdigit():
-            return int(prop.value)
+        if prop.key == MAX_LEN_KEY:
+            return parse_int(prop.value, what=f"the graph's metadata {MAX_LEN_KEY}", lo=1, hi=2**31 - 1)
     return None
 
 
@@ -65,25 +70,30 @@ def check_export_args(exporter: str, opset: int | None) -> int:
     return opset
 
 
+def declared_family(model: onnx.ModelProto) -> str | None:
+    """The family a graph of ours declares (metadata FAMILY_KEY), None when it declares none."""
+    return next((p.value for p in model.metadata_props if p.key == FAMILY_KEY), None)
+
+
 class _Wrapper(torch.nn.Module):
-    """Positional inputs, tuple outputs in ExportSpec order: what both exporters want."""
+    """Positional inputs in ExportSpec.inputs order, tuple outputs in ExportSpec order: what both exporters want."""
 
     def __init__(self, model: torch.nn.Module, spec: ExportSpec):
         super().__init__()
-        self.model, self.names = model, spec.output_names
+        self.model, self.inputs, self.names = model, spec.inputs, spec.output_names
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
-        )
+    def forward(self, *inputs):
+        out = self.model(**dict(zip(self.inputs, inputs, strict=True)), return_dict=True)
         return tuple(out[n] for n in self.names)
 
 
 def example_inputs(spec: ExportSpec, vocab_size: int, batch: int = 2, seq: int = 7, choices: int = 3):
+    """input_ids drawn from the vocab, attention_mask ones, anything else (token_type_ids) zeros."""
     g = torch.Generator().manual_seed(0)
     shape = (batch, choices, seq) if spec.task == "multiple-choice" else (batch, seq)
     ids = torch.randint(0, vocab_size, shape, generator=g)
-    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+    fill = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return tuple(fill.get(n, torch.zeros_like(ids)) for n in spec.inputs)
 
 
 def export_onnx(
@@ -101,21 +111,22 @@ def export_onnx(
             f"max_len {max_len} is below {MIN_MAX_LEN}, the shortest length export and validation "
             f"support; pass --max-len {MIN_MAX_LEN} or more"
         )
-    spec = ExportSpec(task)
+    family = family_of_model(model)
+    spec = ExportSpec(task, family.inputs)
     out_path = Path(out_path)
     wrapper = _Wrapper(model, spec).eval()
-    args = example_inputs(spec, model.config.vocab_size, seq=min(7, max_len))  # a trace within the range
+    args = example_inputs(spec, family.facts(model.config).vocab_size, seq=min(7, max_len))  # a trace within the range
     t0 = time.perf_counter()
     tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_path.parent))
     try:
         tmp = tmpdir / out_path.name
-        with torch.no_grad(), warnings.catch_warnings(), _quiet(), table_of_at_least(model, max_len) as rows:
+        with torch.no_grad(), warnings.catch_warnings(), _quiet(), family.at_least(model, max_len) as rows:
             warnings.simplefilter("ignore")  # exporter deprecation/tracer chatter; the checks below are the truth
             if exporter == "dynamo":
                 _export_dynamo(wrapper, args, spec, tmp, opset, max_len)
             else:
                 _export_torchscript(wrapper, args, spec, tmp, opset)
-        _finalize(tmp, max_len)
+        _finalize(tmp, max_len, family.name)
         _check_dynamic(tmp, spec)
         files = move_into_place(tmpdir, out_path)
     finally:
@@ -139,14 +150,13 @@ def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_
     dims = {
         axis: Dim(name, min=1, max=max_len if name == "sequence" else 4096) for axis, name in spec.input_axes.items()
     }
-    dynamic_shapes = {n: dims for n in INPUT_NAMES}
     program = torch.onnx.export(
         wrapper,
         args,
         dynamo=True,
         opset_version=opset,
-        dynamic_shapes=dynamic_shapes,
-        input_names=list(INPUT_NAMES),
+        dynamic_shapes=(tuple(dims for _ in spec.inputs),),  # forward(*inputs): one tuple, a dict per input
+        input_names=list(spec.inputs),
         output_names=list(spec.output_names),
         optimize=True,
         verbose=False,
@@ -161,22 +171,23 @@ def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int)
         str(path),
         dynamo=False,
         opset_version=opset,
-        input_names=list(INPUT_NAMES),
+        input_names=list(spec.inputs),
         output_names=list(spec.output_names),
         dynamic_axes=spec.dynamic_axes(),
         do_constant_folding=True,
     )
 
 
-def _finalize(path: Path, max_len: int) -> None:
+def _finalize(path: Path, max_len: int, family: str) -> None:
     """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), the declared length
-    in the metadata, then the full checker on the file, which reads the graph and not the weights."""
+    and family in the metadata, then the full checker on the file, which reads the graph and not the weights."""
     model = onnx.load(str(path), load_external_data=False)
     if not has_external(model):
         model = onnx.load(str(path))
     else:
         check_locations(model)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, MAX_LEN_KEY: str(max_len)})
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, MAX_LEN_KEY: str(max_len), FAMILY_KEY: family})
     save_model(model, path, external=not has_external(model))
     del model
     onnx.checker.check_model(str(path), full_check=True)

@@ -1,5 +1,5 @@
 """Numpy references: the RoformerRotary contract (plugins/roformer_rotary/README.md) and the pooled
-`sentence_embedding` (export/passes/pooling.py).
+`sentence_embedding` (export/passes/pooling/).
 
 The single source of truth that the graph pass's site checks, the CPU lowering, the C++ host
 reference and the CUDA kernel tests compare against, and that validation grades the pooled output
@@ -8,6 +8,7 @@ with. Pure functions, no runtime around them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,23 +97,73 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
 
 
 MEAN_CLAMP = 1e-9  # sentence-transformers' Pooling: torch.clamp(sum_mask, min=1e-9)
-NORM_EPS = 1e-12  # sentence-transformers' Normalize: F.normalize(p=2, dim=1), whose eps is 1e-12
+NORM_EPS = 1e-12  # sentence-transformers' Normalize: F.normalize(p=2, dim=-1), whose eps is 1e-12
+# sentence-transformers' Pooling modes (POOLING_MODES of sentence_transformer/modules/pooling.py, 6.3.0), in the
+# order its legacy `pooling_mode_*_tokens` flags concatenate them
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid", "silu")  # Dense activations (torch.nn classes)
 
 
-def sentence_embedding_ref(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool = False) -> np.ndarray:
-    """sentence-transformers' pooling of `last_hidden_state`, computed in float64.
+def sentence_embedding_ref(
+    hidden: np.ndarray,
+    mask: np.ndarray,
+    mode: str,
+    normalize: bool = False,
+    dense: tuple = (),
+    truncate_dim: int | None = None,
+) -> np.ndarray:
+    """sentence-transformers' pipeline on `last_hidden_state` (Pooling, Dense..., truncation, Normalize), in float64.
 
-    hidden: [B, S, D]; mask: [B, S] of 0/1. mode "mean": sum_s(h * m) / max(sum_s m, 1e-9) (an all-padding
-    row gives zeros, not NaN); "cls": h[:, 0]. normalize: e / max(||e||_2, 1e-12). Returns [B, D] float64.
+    hidden: [B, S, D]; mask: [B, S] of 0/1. mode: one of POOLING_MODES or several joined by "+" (concatenated
+    in that order, [B, k*D]). dense: (weight [out, in], bias [out] or None, activation) per Dense layer, applied
+    in order: act(e @ weight.T + bias). truncate_dim: keep the first N channels (Matryoshka), before the
+    normalisation. normalize: e / max(||e||_2, 1e-12). Returns [B, width] float64.
     """
     h = hidden.astype(np.float64)  # [B, S, D]
-    if mode == "mean":
-        m = mask.astype(np.float64)[..., None]  # [B, S, 1]
-        e = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), MEAN_CLAMP)  # [B, D] / [B, 1]
-    elif mode == "cls":
-        e = h[:, 0]  # [B, D]
-    else:
-        raise NotImplementedError(f"pooling {mode!r}: only mean and cls are defined")
+    m = mask.astype(np.float64)  # [B, S]
+    e = np.concatenate([_pool(h, m, part) for part in mode.split("+")], axis=1)  # [B, k*D]
+    for weight, bias, activation in dense:
+        e = e @ np.asarray(weight, np.float64).T + (0.0 if bias is None else np.asarray(bias, np.float64))
+        e = _activation(e, activation)
+    if truncate_dim is not None:
+        e = e[:, :truncate_dim]
     if normalize:
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), NORM_EPS)  # [B, D] / [B, 1]
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), NORM_EPS)  # [B, W] / [B, 1]
     return e
+
+
+def _pool(h: np.ndarray, m: np.ndarray, mode: str) -> np.ndarray:
+    """One Pooling mode, [B, D]: sentence-transformers 6.3.0 Pooling._forward_padded on a padded batch."""
+    b, s, _ = h.shape
+    count = m.sum(axis=1, keepdims=True)  # [B, 1]
+    first = m.argmax(axis=1)  # [B]: the first non-padded token (0 for a row of padding)
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        denom = np.maximum(count, MEAN_CLAMP)
+        return (h * m[..., None]).sum(axis=1) / (denom if mode == "mean" else np.sqrt(denom))
+    if mode == "cls":
+        return h[np.arange(b), first]
+    if mode == "max":  # a row of padding gives -inf, as torch's masked_fill(-inf).max does
+        return np.where(m[..., None] > 0, h, -np.inf).max(axis=1)
+    if mode == "weightedmean":  # weights 1, 2, ... from the first non-padded token
+        w = (np.arange(1, s + 1)[None, :] - first[:, None]) * m  # [B, S]
+        return (h * w[..., None]).sum(axis=1) / np.maximum(w.sum(axis=1, keepdims=True), MEAN_CLAMP)
+    if mode == "lasttoken":  # the last non-padded token; a row of padding gives zeros
+        last = np.where(count[:, 0] > 0, s - 1 - m[:, ::-1].argmax(axis=1), 0)
+        return (h * m[..., None])[np.arange(b), last]
+    raise NotImplementedError(f"pooling {mode!r} is not one of {POOLING_MODES}")
+
+
+def _activation(x: np.ndarray, name: str) -> np.ndarray:
+    if name == "identity":
+        return x
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    if name == "gelu":  # torch.nn.GELU(): the exact (erf) form
+        return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    raise NotImplementedError(f"activation {name!r} is not one of {ACTIVATIONS}")

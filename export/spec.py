@@ -10,27 +10,27 @@ from dataclasses import dataclass
 
 BATCH, SEQUENCE, CHOICES = "batch", "sequence", "choices"
 DEFAULT_CHOICES = 2  # choices per example of a multiple-choice head when export.build gets no --choices
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
-# task -> (HF class name, output names in the order the HF model returns them)
-TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "model": ("RoFormerModel", ("last_hidden_state",)),
-    "masked-lm": ("RoFormerForMaskedLM", ("logits",)),
-    "sequence-classification": ("RoFormerForSequenceClassification", ("logits",)),
-    "token-classification": ("RoFormerForTokenClassification", ("logits",)),
-    "question-answering": ("RoFormerForQuestionAnswering", ("start_logits", "end_logits")),
-    "multiple-choice": ("RoFormerForMultipleChoice", ("logits",)),
+# task -> output names in the order the HF model returns them; the same for every family (which transformers
+# class makes each task is the family's: export/families/<name>.py `heads`)
+TASKS: dict[str, tuple[str, ...]] = {
+    "model": ("last_hidden_state",),
+    "masked-lm": ("logits",),
+    "sequence-classification": ("logits",),
+    "token-classification": ("logits",),
+    "question-answering": ("start_logits", "end_logits"),
+    "multiple-choice": ("logits",),
 }
-ARCHITECTURE_TO_TASK = {arch: task for task, (arch, _) in TASKS.items()}
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     task: str
+    inputs: tuple[str, ...] = ()  # the graph's inputs, the family's (`Family.inputs`); () where only outputs matter
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return TASKS[self.task][1]
+        return TASKS[self.task]
 
     @property
     def input_axes(self) -> dict[int, str]:
@@ -45,6 +45,6 @@ class ExportSpec:
         return {0: BATCH}  # [batch, labels] or [batch, choices]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        axes = {n: dict(self.input_axes) for n in INPUT_NAMES}
+        axes = {n: dict(self.input_axes) for n in self.inputs}
         axes.update({n: self.output_axes(n) for n in self.output_names})
         return axes

@@ -26,7 +26,6 @@ from export.errors import VerificationError
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
-from export.reference import sentence_embedding_ref
 from export.report.compare import error_stats, row_mask
 from export.report.thresholds import Thresholds
 from export.spec import DEFAULT_CHOICES, ExportSpec
@@ -73,15 +72,18 @@ def input_seed(shape: Shape, seed: int = 0) -> int:
     return seed + shape.batch * 1009 + shape.seq
 
 
-def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length."""
+def make_inputs(shape: Shape, vocab_size: int, type_vocab_size: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids from the vocab; the last `padded_rows` rows end in padding (mask 0, id 0) of growing length.
+    token_type_ids too, from [0, type_vocab_size), unless type_vocab_size is None (a family without that input:
+    ModelFacts.type_vocab_size)."""
     rng = np.random.default_rng(input_seed(shape, seed))
     dims = (shape.batch, shape.choices, shape.seq) if shape.choices else (shape.batch, shape.seq)
     ids = rng.integers(0, vocab_size, size=dims, dtype=np.int64)
-    types = rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
+    types = None if type_vocab_size is None else rng.integers(0, type_vocab_size, size=dims, dtype=np.int64)
     mask = padding_mask(shape)
     ids[mask == 0] = 0
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return feeds if types is None else {**feeds, "token_type_ids": types}
 
 
 def padding_mask(shape: Shape) -> np.ndarray:
@@ -114,7 +116,8 @@ class TorchReference:
     shapes (batch 32 x 2048 tokens takes minutes on a CPU); TF32 is off while the reference runs there
     (`true_fp32`), so it stays true fp32, and the flags are restored after.
     With `pooling`, `sentence_embedding` too: sentence-transformers' rule on the fp32 hidden states
-    (export.reference.sentence_embedding_ref, in float64), padded rows masked as the graph masks them.
+    (Pooling.reference: export.reference.sentence_embedding_ref, in float64), padded rows masked as the graph
+    masks them.
     """
 
     def __init__(self, model: torch.nn.Module, task: str, device: str = "cpu", pooling: Pooling | None = None):
@@ -132,9 +135,7 @@ class TorchReference:
                 )
             ref = {n: out[n].float().cpu().numpy() for n in self.spec.output_names}
             if self.pooling is not None:
-                ref[EMBEDDING] = sentence_embedding_ref(
-                    ref[HIDDEN], inputs[MASK], self.pooling.mode, self.pooling.normalize
-                )
+                ref[EMBEDDING] = self.pooling.reference(ref[HIDDEN], inputs[MASK])
             self._cache[shape] = ref
         return self._cache[shape]
 
@@ -183,7 +184,7 @@ def validate_graphs(
     shapes: list[Shape],
     thresholds: Thresholds,
     vocab_size: int,
-    type_vocab_size: int,
+    type_vocab_size: int | None,
 ) -> list[dict]:
     """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
     shape-major (every graph at the first shape, then the next shape)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from export import cli
 from export.cli import Parser
 from export.errors import RoformerTrtError, UsageError
+from export.numbers import int_arg
 from plugins import locate
 
 EXIT_OK, EXIT_BUILD_FAILED = 0, 1
@@ -60,7 +61,7 @@ def build_parser() -> Parser:
         help="CUDA SM archs, ';' or ',' separated; SASS for each, plus PTX for the last",
     )
     p.add_argument("--build-type", default="Release", help="CMAKE_BUILD_TYPE")
-    p.add_argument("-j", "--jobs", type=int, default=2, help="parallel build jobs")
+    p.add_argument("-j", "--jobs", type=int_arg(1, 1024), default=2, help="parallel build jobs")
     p.add_argument("--json", action="store_true", help="print the library paths as JSON on stdout")
     return p
 

@@ -21,13 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from export.numbers import int_arg  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo/ckpt.pt")
     p.add_argument("--seqs", default="128,512,2048")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--reps", type=int, default=15, help="interleaved rounds per sequence length")
+    p.add_argument("--batch", type=int_arg(), default=1)
+    p.add_argument("--reps", type=int_arg(), default=15, help="interleaved rounds per sequence length")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--out", default="build/bench")
     args = p.parse_args()
@@ -71,7 +73,7 @@ def main() -> int:
     model = ck.model.float().eval()
     rows = []
     for s in seqs:
-        inputs = make_inputs(Shape(args.batch, s), ck.config.vocab_size, ck.config.type_vocab_size)
+        inputs = make_inputs(Shape(args.batch, s), ck.facts.vocab_size, ck.facts.type_vocab_size)
         tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
         runners = {name: (lambda sess=sess, inputs=inputs: sess.run(None, inputs)) for name, sess in sessions.items()}
         runners["torch-eager"] = lambda tin=tin: model(**tin)

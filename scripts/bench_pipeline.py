@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export.numbers import int_arg  # noqa: E402
+
 SIZES = {  # name -> (config overrides for tests.fixtures.checkpoints.demo_config, --max-len)
     "tiny": (
         dict(
@@ -291,14 +293,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base,large", help="comma list of tiny, base, large")
     p.add_argument("--base-ckpt", help="use this checkpoint for base (e.g. demo/ckpt.pt) instead of writing one")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement; medians are reported")
+    p.add_argument("--repeats", type=int_arg(), default=3, help="runs per measurement; medians are reported")
     p.add_argument("--delta-sizes", default="base", help="sizes that also get the pass-delta runs")
     p.add_argument("--out", default="scripts/results/pipeline", help="folder for pipeline.{json,md,png}")
     p.add_argument("--work", help="scratch folder (default: a temp folder, removed at the end)")
     p.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
-    p.add_argument("--max-len", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--max-len", type=int_arg(), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child == "prepare":
         print(json.dumps(prepare(args.size, Path(args.work), args.base_ckpt)))

@@ -68,7 +68,7 @@ def accuracy(graphs: dict[str, tuple[Path, bool]], ckpt: str) -> dict[str, dict]
     ck = load_checkpoint(ckpt, table_rows=2048)
     ref = TorchReference(ck.model, ck.task)
     shapes = validation_shapes(2048, ck.task) + [Shape(3, 128, 2)]
-    feeds = {s: make_inputs(s, ck.config.vocab_size, ck.config.type_vocab_size) for s in shapes}
+    feeds = {s: make_inputs(s, ck.facts.vocab_size, ck.facts.type_vocab_size) for s in shapes}
     refs = {s: ref(s, feeds[s])["last_hidden_state"] for s in shapes}
     out = {}
     for name, (path, plugin) in graphs.items():

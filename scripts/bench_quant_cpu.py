@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from export.numbers import int_arg  # noqa: E402
+
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
     """name -> (model file, ORT optimization level), made once into `work`."""
@@ -209,7 +211,7 @@ def main() -> int:
     p.add_argument("--stress-model")
     p.add_argument("--work", type=Path, default=Path("build/bench_quant_cpu"), help="where the variants are written")
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int_arg(), default=7)
     p.add_argument("--grid", default="1x128,8x128,1x512,8x512")
     args = p.parse_args()
 
@@ -224,7 +226,7 @@ def main() -> int:
             continue
         ck = load_checkpoint(ckpt_path)
         src = build / ("model.rope-onnx.onnx" if (build / "model.rope-onnx.onnx").exists() else "model.onnx")
-        calib = synthetic_set(ck.config.vocab_size, ck.config.type_vocab_size, 512)
+        calib = synthetic_set(ck.facts.vocab_size, ck.facts.type_vocab_size, 512)
         made = variants(src, args.work / label, calib, ck.config)
         sessions = {n: session(path, opt) for n, (path, opt) in made.items()}
         entry = {"source": src.name, "accuracy": accuracy(sessions, ck.model, ck.task, ck.config)}

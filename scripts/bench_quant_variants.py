@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from export.numbers import float_arg, int_arg  # noqa: E402
+
 ALPHA = 0.5  # the paper's default
 
 
@@ -110,8 +112,8 @@ def main() -> int:
     p.add_argument("--build", type=Path, required=True, help="an export.build folder with model.rope-plugin.onnx")
     p.add_argument("--model", required=True)
     p.add_argument("--label", default="stress")
-    p.add_argument("--max-len", type=int, default=2048)
-    p.add_argument("--alpha", type=float, default=ALPHA)
+    p.add_argument("--max-len", type=int_arg(), default=2048)
+    p.add_argument("--alpha", type=float_arg(), default=ALPHA)
     p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
     args = p.parse_args()
 
@@ -129,7 +131,7 @@ def main() -> int:
     ck = load_checkpoint(args.model, table_rows=args.max_len)
     src = args.build / "model.rope-plugin.onnx"
     placement = plan(src)
-    calib = synthetic_set(ck.config.vocab_size, ck.config.type_vocab_size, args.max_len)
+    calib = synthetic_set(ck.facts.vocab_size, ck.facts.type_vocab_size, args.max_len)
     amax = calibrate(src, placement, calib, CalibMethod("max"), rotary_function=True)
     scales = smoothing(src, placement, calib.batches(), args.alpha)
     channels = channel_amax(src, sorted(scales), calib.batches())
@@ -140,7 +142,7 @@ def main() -> int:
     def validation_cases():
         out = []
         for s in validation_shapes(args.max_len, ck.task):
-            feeds = make_inputs(s, ck.config.vocab_size, ck.config.type_vocab_size)
+            feeds = make_inputs(s, ck.facts.vocab_size, ck.facts.type_vocab_size)
             out.append(EvalCase(s.label(), feeds, ref(s, feeds)))
         return out
 

@@ -33,6 +33,7 @@ from export import cli  # noqa: E402
 from export.cli import Parser  # noqa: E402
 from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError  # noqa: E402
 from export.folder.atomic import write_atomic  # noqa: E402
+from export.numbers import int_arg  # noqa: E402
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
 from plugins import locate  # noqa: E402
 from plugins.identity import DTYPE_CODES, KERNEL_LIB  # noqa: E402
@@ -50,14 +51,14 @@ def build_parser() -> Parser:
     )
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON, Markdown and PNG")
     p.add_argument("--lib", type=Path, default=None, help="libroformer_rotary_kernels.so (default: plugins.locate)")
-    p.add_argument("--batch", type=int, default=8, help="B")
-    p.add_argument("--heads", type=int, default=12, help="H")
-    p.add_argument("--seq", type=int, default=2048, help="S of the headline measurement")
-    p.add_argument("--head-dim", type=int, default=64, help="Dh (= R)")
-    p.add_argument("--seqs", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096], help="S sweep")
+    p.add_argument("--batch", type=int_arg(), default=8, help="B")
+    p.add_argument("--heads", type=int_arg(), default=12, help="H")
+    p.add_argument("--seq", type=int_arg(), default=2048, help="S of the headline measurement")
+    p.add_argument("--head-dim", type=int_arg(), default=64, help="Dh (= R)")
+    p.add_argument("--seqs", type=int_arg(), nargs="+", default=[128, 256, 512, 1024, 2048, 4096], help="S sweep")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="q/k dtype")
-    p.add_argument("--warmup", type=int, default=25, help="untimed iterations per method")
-    p.add_argument("--iters", type=int, default=200, help="timed iterations per method")
+    p.add_argument("--warmup", type=int_arg(), default=25, help="untimed iterations per method")
+    p.add_argument("--iters", type=int_arg(), default=200, help="timed iterations per method")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     return p
 

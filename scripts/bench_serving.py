@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.client import TritonEncoderClient  # noqa: E402
 from export.errors import RoformerTrtError  # noqa: E402
+from export.numbers import float_arg, int_arg  # noqa: E402
 from export.stages.bench import host_description  # noqa: E402
 
 
@@ -93,13 +94,13 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--build", type=Path, help="folder written by python -m export.build")
     src.add_argument("--tiny", action="store_true", help="benchmark a random tiny RoFormer")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels")
+    p.add_argument("--clients", type=int_arg(), nargs="+", default=[1, 4, 16], help="concurrency levels")
     p.add_argument("--protocols", nargs="+", choices=["http", "grpc"], default=["http", "grpc"], help="transports")
-    p.add_argument("--requests", type=int, default=100, help="timed requests per level")
-    p.add_argument("--warmup", type=int, default=2, help="untimed requests per client before timing")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="cap per level")
-    p.add_argument("--batch", type=int, default=1, help="sequences per request")
-    p.add_argument("--sequence", type=int, default=32, help="tokens per sequence")
+    p.add_argument("--requests", type=int_arg(), default=100, help="timed requests per level")
+    p.add_argument("--warmup", type=int_arg(), default=2, help="untimed requests per client before timing")
+    p.add_argument("--max-seconds", type=float_arg(), default=20.0, help="cap per level")
+    p.add_argument("--batch", type=int_arg(), default=1, help="sequences per request")
+    p.add_argument("--sequence", type=int_arg(), default=32, help="tokens per sequence")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--md", type=Path, help="write the Markdown table here")
     args = p.parse_args(argv)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from export.checkpoint.rebuild import load_checkpoint  # noqa: E402
+from export.numbers import int_arg  # noqa: E402
 from export.report.persist import read_report  # noqa: E402
 from export.report.thresholds import DEFAULTS  # noqa: E402
 from export.validate import Shape, TorchReference, make_inputs  # noqa: E402
@@ -76,7 +77,7 @@ def measure_checkpoint(name: str, ckpt: Path, work: Path, max_len: int, tiny: bo
         name, ck.model, ck.task, ck.config, work / f"{name}-fp16", max_len, layers, not_caught, locate=True
     )
     shape = Shape(1, max_len)
-    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.config.vocab_size, ck.config.type_vocab_size))[
+    out = TorchReference(ck.model, ck.task)(shape, make_inputs(shape, ck.facts.vocab_size, ck.facts.type_vocab_size))[
         "last_hidden_state"
     ]
     return {
@@ -261,7 +262,7 @@ def main() -> int:
     p.add_argument("--work", required=True, help="folder for the checkpoints and builds (several GB at demo size)")
     p.add_argument("--out", default="scripts/results/gate_sensitivity", help="folder for the results")
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints (a quick run; the suite tests these)")
-    p.add_argument("--max-len", type=int, help="default: 2048 (64 with --tiny)")
+    p.add_argument("--max-len", type=int_arg(), help="default: 2048 (64 with --tiny)")
     p.add_argument("--render", action="store_true", help="only re-render --out's gate_sensitivity.json")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)

@@ -1,12 +1,22 @@
-"""Write the deterministic demo checkpoint (canonical {config, state_dict}) and its vocab.txt.
+"""Write a deterministic demo checkpoint of a supported family, with its tokenizer. RANDOM WEIGHTS: no hub here.
 
-    python scripts/make_demo_checkpoint.py --out demo            # 12-layer, Chinese-base-like
-    python scripts/make_demo_checkpoint.py --out tiny --tiny     # 2-layer model for tests
-    python scripts/make_demo_checkpoint.py --out stress --outliers   # the stress twin (synthetic outlier channels)
+    python scripts/make_demo_checkpoint.py --out demo                  # RoFormer, 12 layers, Chinese-base-like
+    python scripts/make_demo_checkpoint.py --out tiny --tiny           # 2-layer RoFormer for tests
+    python scripts/make_demo_checkpoint.py --out stress --outliers     # the RoFormer stress twin (synthetic)
+    python scripts/make_demo_checkpoint.py --family modernbert --out demo-mb          # shaped like ModernBERT-base
+    python scripts/make_demo_checkpoint.py --family modernbert --out tiny-mb --tiny   # 3 layers, window 16
 
---outliers writes the same model with a few LayerNorm channels scaled and biased like the outlier dimensions of
-trained BERT-family encoders (tests/fixtures/checkpoints.add_outliers says what it emulates and its sources).
-It is synthetic: its config carries `roformer_trt_synthetic` saying so.
+RoFormer: the canonical {config, state_dict} ckpt.pt and a vocab.txt (what engines.client and --calib text read).
+Other families: an HF folder (config.json, model.safetensors) with a tokenizer.json built with the `tokenizers`
+library (WordPiece over ASCII, words and CJK, the special tokens at the config's ids; tests/fixtures/hf_checkpoints.py),
+which engines.client reads through `tokenizers`. ModernBERT's demo: 22 layers, hidden 768, 12 heads, local_attention
+128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py).
+The weights are random (HF's initialisation under a fixed seed): the model has the real one's shapes, layer types,
+rotary tables and windows, and computes nothing meaningful.
+
+--outliers (RoFormer) writes the same model with a few LayerNorm channels scaled and biased like the outlier
+dimensions of trained BERT-family encoders (tests/fixtures/checkpoints.add_outliers says what it emulates and its
+sources). It is synthetic: its config carries `roformer_trt_synthetic` saying so.
 """
 
 import argparse
@@ -15,22 +25,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.families.registry import names  # noqa: E402
 from export.spec import TASKS  # noqa: E402
 from tests.fixtures.checkpoints import write_demo  # noqa: E402
+from tests.fixtures.hf_checkpoints import write_hf  # noqa: E402
+
+CANONICAL = "roformer"  # the family written as ckpt.pt + vocab.txt (the other families: HF folders)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo", help="folder for ckpt.pt and vocab.txt")
-    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 32: for tests")
-    p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head")
-    p.add_argument("--rotary-value", action="store_true", help="rotate value too (RoFormer rotary_value=True)")
-    p.add_argument("--outliers", action="store_true", help="the stress twin: outlier LayerNorm channels (synthetic)")
-    args = p.parse_args()
-    ckpt = write_demo(
-        Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers, rotary_value=args.rotary_value
-    )
-    print(ckpt)
+    p.add_argument("--family", default=CANONICAL, choices=names(), help="model family (export/families/)")
+    p.add_argument("--out", default="demo", help="output folder")
+    p.add_argument("--tiny", action="store_true", help="the family's tiny config: for tests")
+    p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head (the family's heads)")
+    p.add_argument("--rotary-value", action="store_true", help="RoFormer: rotate value too (rotary_value=True)")
+    p.add_argument("--outliers", action="store_true", help="RoFormer: outlier LayerNorm channels (synthetic)")
+    args = p.parse_args(argv)
+    if args.family == CANONICAL:
+        path = write_demo(
+            Path(args.out), tiny=args.tiny, task=args.task, outliers=args.outliers, rotary_value=args.rotary_value
+        )
+    else:
+        if args.rotary_value or args.outliers:
+            p.error(f"--rotary-value and --outliers apply to --family {CANONICAL}")
+        if Path(args.out).exists() and any(Path(args.out).iterdir()):
+            p.error(f"--out {args.out} is not empty; pass a new folder (nothing there is overwritten)")
+        path, _ = write_hf(Path(args.out), args.family, args.task, tiny=args.tiny)
+    print(path)
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from export.numbers import int_arg
 from export.reference import DEFAULT_BASE, rotary_angles, sincos_table
 
 
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python scripts/measure_sincos_error.py --head-dims 64 128",
     )
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
-    p.add_argument("--max-pos", type=int, default=8192, help="positions 0 .. max-pos-1")
+    p.add_argument("--head-dims", type=int_arg(), nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
+    p.add_argument("--max-pos", type=int_arg(), default=8192, help="positions 0 .. max-pos-1")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     results = [measure(dh, args.max_pos) for dh in args.head_dims]

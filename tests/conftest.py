@@ -113,6 +113,17 @@ def built(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def int8_built(tiny_ckpt, tmp_path_factory):
+    """A real tiny build with `--precision int8` (its Q/DQ graph and INT8 CPU twin), shared by the quantization and
+    diagnosis tests."""
+    from export.build import main as build
+
+    out = tmp_path_factory.mktemp("q") / "int8"
+    assert build(build_args(tiny_ckpt, out, "--precision", "int8")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def pooled(tiny_ckpt, tmp_path_factory):
     """A real tiny build with `--pooling mean --normalize --precision fp16`, shared by the pooling and Triton tests."""
     from export.build import main as build
@@ -165,6 +176,26 @@ def served(tmp_path_factory) -> Served:
     return Served(folder / "tiny", tiny_model())
 
 
+@pytest.fixture(scope="session")
+def st_built(tmp_path_factory):
+    """A real tiny build of a sentence-transformers folder (RoFormer weights at the folder itself; modules.json:
+    lasttoken Pooling, a Tanh Dense 32 -> 24, Normalize; config.json declares Matryoshka widths 8, 16, 24) with
+    `--truncate-dim 16`: (StFolder, build folder, torch model), shared by the pooling, Triton and serving tests."""
+    from export.build import main as build
+    from tests.fixtures.checkpoints import make_model, tiny_config
+    from tests.fixtures.st_folder import write_st_folder
+
+    root = tmp_path_factory.mktemp("st")
+    model = make_model(tiny_config(), "model")
+    hidden = model.config.hidden_size
+    pooling = {"embedding_dimension": hidden, "pooling_mode": "lasttoken"}
+    config = {"matryoshka_dimensions": [8, 16, 24]}
+    st = write_st_folder(root / "ckpt", hidden, pooling, ({"out": 24},), model=model, config=config)
+    out = root / "build"
+    assert build(build_args(st.folder, out, "--truncate-dim", "16")) == 0
+    return st, out, model
+
+
 @pytest.fixture
 def copy(built, tmp_path):
     """A fresh copy of the build and a function that rewrites its report.json."""
@@ -178,3 +209,41 @@ def copy(built, tmp_path):
         return str(out / "report.json")
 
     return out, doctor
+
+
+@pytest.fixture(scope="session")
+def hf_ckpt(tmp_path_factory):
+    """hf_ckpt(family, task="model", **config overrides) -> (HF folder with tokenizer.json, model): cached per
+    argument set, so each tiny variant of a family is written once per session."""
+    from tests.fixtures.hf_checkpoints import write_hf
+
+    cache: dict = {}
+
+    def make(family: str, task: str = "model", **overrides):
+        key = (family, task, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = write_hf(tmp_path_factory.mktemp(f"{family}-{task}") / "ckpt", family, task, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def family_build(hf_ckpt, tmp_path_factory):
+    """family_build(family, task, *export.build flags, **config overrides) -> (build folder, model): one real
+    export.build of the tiny HF checkpoint per argument set (exit 0 asserted), shared by every test that reads it."""
+    from export.build import main as build
+
+    cache: dict = {}
+
+    def make(family: str, task: str = "model", *flags: str, **overrides):
+        key = (family, task, flags, tuple(sorted(overrides.items())))
+        if key not in cache:
+            ckpt, model = hf_ckpt(family, task, **overrides)
+            out = tmp_path_factory.mktemp(f"build-{family}-{task}") / "tiny"
+            code = build(["--model", str(ckpt), "--out", str(out), *flags])
+            assert code == 0, f"export.build of the tiny {family} {task} checkpoint {flags} exited {code}"
+            cache[key] = (out, model)
+        return cache[key]
+
+    return make

@@ -40,7 +40,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "shared: CLI path, files, ONNX I/O, the report on disk, the verdict",
         (
             "export.cli",
+            "export.numbers",
             "export.files",
+            "export.graph_file",
             "export.onnx_io",
             "export.folder.digest",
             "export.report.markdown",

@@ -3,9 +3,11 @@
 //   embed <libroformer_trt_plugin.so> <model.plan> <ids.txt | ->
 //
 // ids.txt: one sequence per line, space-separated token ids ([CLS] ... [SEP] included). Sequences are
-// padded with id 0 to the longest one; attention_mask marks the real tokens, token_type_ids are 0.
+// padded with id 0 to the longest one; attention_mask marks the real tokens; every other input the engine
+// declares (token_type_ids, where the model has it) is 0. Inputs are bound by name, whatever the family.
 // Prints one line per sequence: the `sentence_embedding` output when the engine has one (export.build
-// --pooling mean|cls; with --outputs sentence_embedding it is the engine's only output), otherwise the
+// --pooling: any sentence-transformers pipeline, its width that of the last Dense layer or --truncate-dim; with
+// --outputs sentence_embedding it is the engine's only output), otherwise the
 // attention-mask mean of `last_hidden_state` computed here on the host (embedOutputs.h: the choice, the
 // shape check and the mean, tested on the host).
 // The plugin library is loaded through the plugin registry (loadLibrary calls its getCreators and
@@ -313,7 +315,8 @@ void bindInputs(Engine& e, Batch const& b, cudaStream_t stream, std::vector<Uniq
         {
             throw std::runtime_error(std::string("setInputShape failed for ") + name);
         }
-        // input_ids / attention_mask / token_type_ids (zeros): [B, S], int64 or int32 as the engine declares
+        // every input the engine declares, by name: input_ids and attention_mask from the batch, any other
+        // (token_type_ids, where the family has it) zeros; [B, S], int64 or int32 as the engine declares
         DataType const type = e.engine->getTensorDataType(name);
         std::vector<int64_t> host(b.ids.size(), 0);
         if (std::strcmp(name, "input_ids") == 0)

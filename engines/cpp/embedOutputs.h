@@ -10,7 +10,7 @@
 
 namespace embed
 {
-char const* const kPOOLED{"sentence_embedding"}; // [B, D] fp32: export.build --pooling mean|cls
+char const* const kPOOLED{"sentence_embedding"}; // [B, W] fp32: export.build --pooling (W: its width)
 char const* const kHIDDEN{"last_hidden_state"};  // [B, S, D]
 double const kMEAN_CLAMP{1e-9};                  // sentence-transformers: sum_mask.clamp(min=1e-9)
 
@@ -27,8 +27,9 @@ inline int32_t chooseOutput(std::vector<std::string> const& names)
     return pooled >= 0 ? pooled : at(kHIDDEN);
 }
 
-//! "" when `dims` is the shape the chosen output must have for a [batch, seq] request: [batch, D] pooled,
-//! [batch, seq, D] hidden; otherwise why not.
+//! "" when `dims` is the shape the chosen output must have for a [batch, seq] request: [batch, W] pooled (W
+//! any width: a Dense layer or a Matryoshka truncation may make it differ from hidden), [batch, seq, D] hidden;
+//! otherwise why not.
 inline std::string checkShape(bool pooled, std::vector<int64_t> const& dims, int64_t batch, int64_t seq)
 {
     size_t const rank = pooled ? 2 : 3;
@@ -44,7 +45,7 @@ inline std::string checkShape(bool pooled, std::vector<int64_t> const& dims, int
         got += (got.empty() ? "" : ", ") + std::to_string(d);
     }
     return std::string(pooled ? kPOOLED : kHIDDEN) + " has shape [" + got + "], expected "
-        + (pooled ? "[batch, hidden]" : "[batch, sequence, hidden]") + " for batch " + std::to_string(batch)
+        + (pooled ? "[batch, width]" : "[batch, sequence, hidden]") + " for batch " + std::to_string(batch)
         + " x sequence " + std::to_string(seq);
 }
 

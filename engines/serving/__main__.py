@@ -1,8 +1,8 @@
 """`python -m engines.serving --build build/<name>`: serve a build's ONNX graph on Triton (CPU).
 
-Blocks until Ctrl-C (or SIGTERM): exit 130, the server stopped. Inputs int64 input_ids/attention_mask/
-token_type_ids [batch, sequence]; outputs the build's (with `sentence_embedding` when it was built with
---pooling), or with --pooling mean|cls a plain build's plus `sentence_embedding`.
+Blocks until Ctrl-C (or SIGTERM): exit 130, the server stopped. Inputs: the graph's, int64 [batch, sequence]
+(input_ids, attention_mask, and token_type_ids where the family has it); outputs the graph's plus
+`sentence_embedding` unless --pooling none.
 A watchdog polls tritonserver and the model's backend stub every WATCH_INTERVAL_S; when either dies the
 command prints `error: tritonserver exited (<signal or code>); see <log>` (or names the stub) and exits 5,
 so a supervisor restarts it. Exit codes: export/errors.py.
@@ -20,6 +20,7 @@ from export import cli
 from export.cli import InterruptNote, Parser
 from export.cli_flags import add_build, add_served_pooling
 from export.errors import EXIT_OK, UsageError
+from export.numbers import int_arg
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 
@@ -34,10 +35,12 @@ def build_parser() -> Parser:
     add_build(p)
     add_served_pooling(p)
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size for dynamic batching")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--http-port", type=int_arg(), default=8000, help="HTTP port (0: a free one)")
+    p.add_argument("--grpc-port", type=int_arg(), default=8001, help="gRPC port (0: a free one)")
+    p.add_argument("--max-batch", type=int_arg(), default=8, help="max_batch_size for dynamic batching")
+    p.add_argument(
+        "--threads", type=int_arg(1, 4096), default=None, help="ONNX Runtime intra-op threads (default: ORT's)"
+    )
     p.add_argument(
         "--repository",
         type=Path,

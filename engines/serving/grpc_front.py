@@ -75,7 +75,7 @@ def infer_problem(request, cap: RequestCap) -> str | None:
     """The one-line reason a ModelInferRequest cannot be served as declared, or asks for more than
     inference (a parameter outside request_parameters' list), else None."""
     if not request.inputs:
-        return "request has no inputs; send input_ids, attention_mask and token_type_ids"
+        return "request has no inputs; send the inputs the model's metadata lists"
     places = [("request", "the request", request.parameters)]
     places += [("output", f"output {out.name[:40]!r}", out.parameters) for out in request.outputs]
     places += [("input", f"input {item.name[:40]!r}", item.parameters) for item in request.inputs]

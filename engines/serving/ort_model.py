@@ -2,9 +2,10 @@
 
 In:  a build dir (`report.json` + the `rope-onnx` graph, else the plain `onnx` one, each checked by
      export.folder.artifacts.verify_artifact), a pooling mode.
-Out: `OrtEncoder(feeds) -> {output name: array}` for int64 inputs `input_ids`, `attention_mask`,
-     `token_type_ids` [batch, sequence] (or [batch, choices, sequence]); outputs as in the graph,
-     plus `sentence_embedding` [batch, hidden] with pooling "mean" or "cls".
+Out: `OrtEncoder(feeds) -> {output name: array}` for the graph's int64 inputs (`input_ids`, `attention_mask`,
+     and `token_type_ids` where the family has it) [batch, sequence] (or [batch, choices, sequence]); outputs as
+     in the graph, plus `sentence_embedding` [batch, width]: the build's own pipeline when it has one, else
+     `pooling`'s mode.
 Request checks raise RequestError (a ValueError) naming the problem and the fix, before ORT runs:
 `shape_problem` looks only at names, shapes and dtypes (so the server can refuse an oversize request
 before a byte of it is copied), `check_request` adds the values: ids in [0, vocab),
@@ -24,6 +25,7 @@ import onnxruntime as ort
 from engines.triton.config import read_onnx_io
 from engines.triton.pooling import twin_pooling
 from export.errors import UsageError
+from export.families.registry import by_name, names
 from export.folder.artifacts import artifact
 from export.passes.pooling import add_sentence_embedding
 from export.report.schema import ONNX_KEY, rope_key
@@ -67,11 +69,16 @@ def limits_from_report(report: dict) -> Limits:
     )
 
 
-def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Limits, str]:
+def load_build(build: Path, pooling: str | None = "mean") -> tuple[onnx.ModelProto, Limits, str]:
     """(the graph to serve with its pooling output, the request limits, the build's name) of a build that
-    passed; its files checked by export.folder.artifacts."""
+    passed; its files checked by export.folder.artifacts. pooling None: the build's own when it was made with
+    --pooling, else the default of its family (report.json model.family; `Family.default_pooling`; mean for a
+    report that names none)."""
     build = Path(build)
     report = read_build(build)
+    if pooling is None:
+        family = (report.model or {}).get("family")
+        pooling = "none" if report.pooling else by_name(family).default_pooling if family in names() else "mean"
     src = artifact(build, report, rope_key("onnx"), ONNX_KEY)
     if src is None:
         raise UsageError(
@@ -82,10 +89,11 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
     graph = onnx.load(str(src))
     if limits.type_vocab_size is None:
         limits = Limits(limits.max_sequence, limits.vocab_size, type_vocab_from_graph(graph))
+    types = any(i.name == "token_type_ids" for i in graph.graph.input)  # a family may have no such input
     for what, v in (
         ("max_position_embeddings: sequence length", limits.max_sequence),
         ("vocab_size: input_ids", limits.vocab_size),
-        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size),
+        ("type_vocab_size (nor does the graph): token_type_ids", limits.type_vocab_size if types else 0),
     ):
         if v is None:
             log.warning("report.json gives no %s is not checked", what)
@@ -94,7 +102,7 @@ def load_build(build: Path, pooling: str = "mean") -> tuple[onnx.ModelProto, Lim
 
 
 class OrtEncoder:
-    def __init__(self, model, limits: Limits, name: str = "roformer", threads: int | None = None):
+    def __init__(self, model, limits: Limits, name: str = "model", threads: int | None = None):
         self.name = name
         self.limits = limits
         self.inputs, self.outputs = read_onnx_io(model)

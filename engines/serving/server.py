@@ -69,7 +69,7 @@ def check_isolation(trust_local_users: bool) -> bool:
 @contextlib.contextmanager
 def serve(
     build: Path,
-    pooling: str = "mean",
+    pooling: str | None = None,  # None: the family's default (ort_model.load_build)
     host: str = "127.0.0.1",
     http_port: int | None = None,
     grpc_port: int | None = None,
@@ -85,7 +85,7 @@ def serve(
     require_grpc()
     isolate = check_isolation(trust_local_users)
     name = f"{name}_onnx"
-    work = Path(tempfile.mkdtemp(prefix="roformer-serving-"))
+    work = Path(tempfile.mkdtemp(prefix="roformer-trt-serving-"))
     log_file = Path(log_file) if log_file else work / "tritonserver.log"
     own_repository = repository is None
     repo = work / "repository" if own_repository else Path(repository)

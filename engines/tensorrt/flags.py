@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from export.cli import Parser
+from export.numbers import int_arg
 
 
 def add_engine_flags(p: Parser) -> None:
@@ -21,5 +22,7 @@ def add_engine_flags(p: Parser) -> None:
         "Default: one profile 1..max-len tuned for 128 tokens (or max-len if shorter); "
         "--profiles <max-len> tunes the single profile for the longest sequence",
     )
-    p.add_argument("--choices", type=int, help="multiple-choice only: number of choices the engine takes (default 2)")
-    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT builder workspace limit")
+    p.add_argument(
+        "--choices", type=int_arg(), help="multiple-choice only: number of choices the engine takes (default 2)"
+    )
+    p.add_argument("--workspace-mib", type=int_arg(), default=4096, help="TensorRT builder workspace limit")

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from export.errors import UsageError
+from export.numbers import NumberError, parse_int_list
 
 AXES = ("batch", "choices", "sequence")
 DEFAULT_OPT_SEQ = 128  # opt of the default single profile: a typical serving length, not the longest
@@ -52,10 +53,9 @@ INT32_MAX = 2**31 - 1  # TensorRT dimensions are int32
 
 
 def _ints(text: str, flag: str) -> list[int]:
-    parts = [p.strip() for p in str(text).split(",")]
     try:
-        values = [int(p) for p in parts]
-    except ValueError:
+        values = parse_int_list(str(text), what=flag)
+    except NumberError:
         raise UsageError(f"{flag} {text!r}: expected comma-separated integers, e.g. {flag} 1,8,32") from None
     if any(v < 1 for v in values):
         raise UsageError(f"{flag} {text!r}: every value must be >= 1")

@@ -44,7 +44,7 @@ class EngineRunner:
     """A deserialized engine + one execution context + one CUDA stream.
 
     runner = EngineRunner("out/model.fp16.plan", plugin_lib="plugins/build/libroformer_trt_plugin.so")
-    outputs = runner({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt})
+    outputs = runner(feeds)  # one array per input the engine declares: input_ids, attention_mask[, token_type_ids]
     """
 
     def __init__(self, plan: str | Path, plugin_lib: str | Path | None = None, device: int = 0):

@@ -43,7 +43,7 @@ def validate_engine(
     profiles,
     precision: str,
     vocab_size: int,
-    type_vocab_size: int = 2,
+    type_vocab_size: int | None = 2,  # None: the model has no token_type_ids input
     thresholds=None,
     seed: int = 0,
     outputs: tuple[str, ...] | None = None,

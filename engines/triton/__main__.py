@@ -17,6 +17,7 @@ from export import cli
 from export.cli import Parser
 from export.cli_flags import add_build, add_served_pooling
 from export.errors import EXIT_OK
+from export.numbers import int_arg
 
 
 def build_parser() -> Parser:
@@ -25,21 +26,21 @@ def build_parser() -> Parser:
         description="Write a Triton model repository from a roformer-trt build dir: a TensorRT model per engine "
         "(when built; one instance group listing every optimization profile, so every instance takes "
         "every length) and an ONNX Runtime twin for CPU hosts.",
-        epilog="example: python -m engines.triton --build build/roformer_base --out model_repository --pooling mean",
+        epilog="example: python -m engines.triton --build build/demo --out model_repository --pooling mean",
     )
     add_build(p)
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
     add_served_pooling(p)
     p.add_argument(
         "--instances",
-        type=int,
+        type=int_arg(),
         default=1,
         help="instances of each TensorRT model per GPU (the instance group's count); each holds one "
         "execution context per optimization profile",
     )
     p.add_argument(
         "--max-batch",
-        type=int,
+        type=int_arg(),
         default=None,
         help=f"max_batch_size (default: the engine's batch max, else {DEFAULT_MAX_BATCH})",
     )
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    pooling = args.pooling or "none"  # the build's own pooling, or none: the engine cannot gain one after the build
     rep = build_repository(
-        args.build, args.out, args.pooling, args.max_batch, args.name, args.force, args.instances, args.onnx_twin
+        args.build, args.out, pooling, args.max_batch, args.name, args.force, args.instances, args.onnx_twin
     )
     for n in rep.notes:
         print(f"note: {n}", file=sys.stderr)

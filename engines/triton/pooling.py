@@ -5,11 +5,13 @@ Out: the build's own Pooling (export.passes.pooling.declared_pooling of the grap
      when that graph has no `sentence_embedding`; `twin_pooling`: what an ONNX twin adds to serve the same
      output as the engine (engines.triton's twin, engines.serving's model).
 A build made with `export.build --pooling` fixes the embedding: `--pooling` must be that mode or none
-(UsageError naming both otherwise), and the twins get the same pooling, normalisation included.
+(UsageError naming both otherwise), and the twins get the same pipeline (Dense layers, truncation and
+normalisation included: the Dense weights are read from the graph's pool/ initializers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -29,7 +31,8 @@ def build_pooling(build: Path, report: Report, asked: str) -> Pooling | None:
     """The pooling the build's TensorRT-bound graph computes (None: it has no sentence_embedding); `asked`
     (--pooling) must be that mode or none: UsageError naming both otherwise."""
     graph = tensorrt_graph(build, report)
-    have = declared_pooling(onnx.load(str(graph), load_external_data=False)) if graph is not None else None
+    model = onnx.load(str(graph), load_external_data=False) if graph is not None else None
+    have = declared_pooling(model, graph.parent) if model is not None and graph is not None else None
     if have is not None and asked not in ("none", have.mode):
         raise UsageError(
             f"--pooling {asked} disagrees with the build: {graph.name} computes {EMBEDDING} with "
@@ -40,7 +43,7 @@ def build_pooling(build: Path, report: Report, asked: str) -> Pooling | None:
 
 
 def twin_pooling(build: Path, report: Report, asked: str) -> str | Pooling:
-    """What an ONNX twin of the build passes to add_sentence_embedding: the build's own pooling when it has one
-    (the twin keeps last_hidden_state), else `asked`."""
+    """What an ONNX twin of the build passes to add_sentence_embedding: the build's own pooling when it has one,
+    its whole pipeline (Dense layers and truncation included; the twin keeps last_hidden_state), else `asked`."""
     have = build_pooling(build, report, asked)
-    return Pooling(have.mode, have.normalize) if have is not None else asked
+    return dataclasses.replace(have, keep_hidden=True) if have is not None else asked

@@ -9,7 +9,8 @@ Out: `<out>/<name>_onnx/{config.pbtxt,1/model.onnx}`: ONNX Runtime twin (rope-on
      to take every batch 1..max_batch_size x every length 1..max-len on every instance.
 Pooling: a build whose TensorRT-bound graph computes `sentence_embedding` (export.build --pooling) serves
 it from both models: the ONNX twin gets the same pooling (export.passes.pooling); `--pooling` must then
-be that mode or none (exit 2 otherwise). Without it, `--pooling mean|cls` adds the output to the twin only.
+be that mode or none (exit 2 otherwise); the twin gets the whole pipeline (Dense layers, truncation). Without it,
+`--pooling MODE` adds the output to the twin only.
 Only a build that passed is published, and only the files its report describes: every file is read
 through export.folder.artifacts (inside the build folder, sha256 as recorded). Every config.pbtxt is parsed
 back with Triton's protobuf and checked against the ONNX graph before the model folder is moved into

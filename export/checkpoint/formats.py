@@ -1,7 +1,8 @@
-"""Read a RoFormer checkpoint in the formats people have: its config dict and its tensors, nothing built.
+"""Read a checkpoint in the formats people have: its config dict and its tensors, nothing built.
 
-In: a path (HF model folder, canonical `{"config", "state_dict"}` .pt, bare state_dict .pt/.bin or
-.safetensors with a config, or a pickled nn.Module with `trust_pickle`), and an optional `--config`.
+In: a path (HF model folder: config.json + model.safetensors, or shards named by model.safetensors.index.json,
+or pytorch_model.bin; canonical `{"config", "state_dict"}` .pt, bare state_dict .pt/.bin or .safetensors with
+a config, or a pickled nn.Module with `trust_pickle`), and an optional `--config`.
 Out: `CheckpointFiles` (config dict, state dict, format, where the config came from). Tensors of a
 torch.save archive are memory-mapped, so reading costs no copy of the weights until they are used.
 
@@ -23,6 +24,7 @@ from export.errors import UsageError
 from export.files import MiB, load_json, require_regular_file
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -52,7 +54,7 @@ def read_checkpoint(
     if explicit is not None:
         config, source = explicit, f"--config {config_path}"
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path} holds no tensors to load as a RoFormer state_dict; pass a RoFormer checkpoint")
+        raise UsageError(f"{path} holds no tensors to load as a state_dict; pass a model checkpoint")
     return CheckpointFiles(config, state, fmt, source)
 
 
@@ -68,7 +70,58 @@ def _load_hf_folder(folder: Path):
             if not isinstance(state, dict):
                 raise UsageError(f"{weights} does not hold a state_dict; re-save it with save_pretrained()")
             return _read_json(cfg), state, f"HF folder ({name})"
-    raise UsageError(f"{folder}/ has no {' or '.join(HF_WEIGHT_FILES)}; pass the folder written by save_pretrained()")
+    for name in HF_INDEX_FILES:
+        if (folder / name).exists():
+            return _read_json(cfg), _load_shards(folder / name), f"HF folder (sharded, {name})"
+    raise UsageError(
+        f"{folder}/ has no {' or '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)}; pass the folder written by "
+        "save_pretrained()"
+    )
+
+
+def _load_shards(index: Path) -> dict:
+    """The tensors of a sharded checkpoint: every shard its index names (plain file names in the same folder,
+    nothing else), each holding exactly the keys the index maps to it."""
+    data = load_json(index, what="checkpoint index", max_bytes=64 * MiB)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UsageError(
+            f"{index} has no weight_map of key -> shard file; re-save the checkpoint with save_pretrained()"
+        )
+    state: dict = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise UsageError(f"{index} names shard {shard!r}, not a file beside it; re-save the checkpoint")
+        path = require_regular_file(index.parent / shard, what="checkpoint shard")
+        tensors = _load_safetensors(path) if shard.endswith(".safetensors") else _torch_load(path, False)
+        if not isinstance(tensors, dict):
+            raise UsageError(f"{path} does not hold a state_dict; re-save the checkpoint with save_pretrained()")
+        mapped = {k for k, v in weight_map.items() if v == shard}
+        if set(tensors) != mapped:
+            odd = sorted(set(tensors) ^ mapped)[:3]
+            raise UsageError(
+                f"{path} does not hold the keys {index.name} maps to it (e.g. {odd}); re-save the checkpoint"
+            )
+        state.update(tensors)
+    return state
+
+
+def read_tensors(path: Path) -> dict:
+    """The tensors of a .safetensors file, or of a torch.save file read with weights_only=True (no code runs);
+    UsageError for anything else."""
+    require_regular_file(path, what="weights")
+    if path.suffix == ".safetensors":
+        state = _load_safetensors(path)
+    else:
+        try:
+            state = _torch_load(path, False)
+        except UsageError:  # no --trust-pickle here: weights that only unpickling reads are refused
+            raise UsageError(
+                f"{path} is not a weights file torch.load(weights_only=True) reads; re-save it as model.safetensors"
+            ) from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} does not hold a state_dict of tensors")
+    return state
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -116,10 +169,10 @@ def _torch_load(path: Path, trust_pickle: bool):
 def _unpack_torch_object(path: Path, obj, explicit: dict | None):
     if isinstance(obj, torch.nn.Module):
         config = getattr(obj, "config", None)
-        if config is None or getattr(config, "model_type", None) != "roformer":
+        if config is None or not callable(getattr(config, "to_dict", None)):
             raise UsageError(
-                f"{path} holds a {type(obj).__name__}, not a HF RoFormer model; "
-                "save a RoFormer model or {config, state_dict}"
+                f"{path} holds a {type(obj).__name__}, not a HF model with a config; "
+                "save a transformers model or {config, state_dict}"
             )
         return config.to_dict(), obj.state_dict(), "pickled nn.Module", "checkpoint (the module's config)"
     if not isinstance(obj, dict):
@@ -150,9 +203,9 @@ def _config_beside(path: Path, explicit: dict | None) -> tuple[dict, str]:
 
 
 def _read_json(path: Path) -> dict:
-    data = load_json(path, what="checkpoint config", max_bytes=MiB)  # a RoFormer config.json is ~1 KB
+    data = load_json(path, what="checkpoint config", max_bytes=MiB)  # a config.json is 1-2 KB
     if not isinstance(data, dict):
-        raise UsageError(f"{path} does not hold a JSON object; pass a RoFormer config.json")
+        raise UsageError(f"{path} does not hold a JSON object; pass the model's config.json")
     return data
 
 

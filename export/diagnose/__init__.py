@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from export.diagnose.divergence import DEFAULT_BUDGET, Point, compare
 from export.diagnose.nodes import first_failing_node, search_region
 from export.diagnose.sides import Key, OnnxSide, TorchSide
+from export.errors import UsageError
+from export.report.graph_precision import precision_of
+from export.report.schema import PRECISIONS
 from export.report.thresholds import Threshold, Thresholds
 
 
@@ -67,10 +69,14 @@ class Diagnosis:
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
-    """fp16 / bf16 when the graph stores or casts to that type anywhere, else fp32."""
-    types = {t.data_type for t in model.graph.initializer}
-    types |= {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
-    return "fp16" if TensorProto.FLOAT16 in types else "bf16" if TensorProto.BFLOAT16 in types else "fp32"
+    """The precision whose thresholds judge the graph, read from the graph itself (export.report.graph_precision,
+    as the verdict reads it: int8 / fp8 for a quantized graph, the INT8 CPU twin included, then bf16, fp16, fp32);
+    UsageError for a graph that computes in none of them (pass --precision)."""
+    found = precision_of(model)
+    found = "fp32" if found.startswith("fp32 holding") else found  # low-precision tensors, no low-precision math
+    if found not in PRECISIONS:
+        raise UsageError(f"the candidate graph computes in {found}, which has no thresholds; pass --precision")
+    return found
 
 
 def diagnose(

@@ -1,6 +1,7 @@
 """Run an ONNX graph in ONNX Runtime (CPU) with chosen intermediate tensors exposed as extra outputs.
 
-In:  a graph (path, export.validate.OnnxFile, or an in-memory ModelProto holding its weights), value names,
+In:  a graph (path, export.graph_file.GraphFile (read and checked), export.validate.OnnxFile, or an in-memory
+     ModelProto holding its weights), value names,
      numpy feeds. Out: {name: array, in the graph's dtype} for every name asked for.
 The graph file is read without its weights (ORT reads them from the file's folder), RoformerRotary nodes get
 their ONNX function attached in memory (export.passes.lowering), and one session lives at a time: the cost of
@@ -15,20 +16,24 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from export.graph_file import GraphFile
 from export.passes.lowering import with_rotary_function
 from export.validate import OnnxFile
 from plugins.identity import PLUGIN_OP
 
 
 def structure_of(graph) -> onnx.ModelProto:
-    """The graph's ModelProto without its external weights (an in-memory model is returned as it is)."""
+    """The graph's ModelProto without its external weights (an in-memory model is returned as it is, a GraphFile's
+    checked model too)."""
     if isinstance(graph, onnx.ModelProto):
         return graph
+    if isinstance(graph, GraphFile):
+        return graph.model
     return onnx.load(str(_path(graph)), load_external_data=False)
 
 
 def _path(graph) -> Path:
-    return Path(graph.path if isinstance(graph, OnnxFile) else graph)
+    return Path(graph.path if isinstance(graph, (OnnxFile, GraphFile)) else graph)
 
 
 def run_exposed(

@@ -1,31 +1,43 @@
-"""locate(model) -> Structure: the RoFormer landmarks of an ONNX graph (rules in export/diagnose/structure.py)."""
+"""locate(model) -> Structure: the landmarks of an ONNX graph (rules in export/diagnose/structure.py).
+
+Which skeleton is searched follows the family's layer map (`LayerMap.norm`): post-norm (RoFormer) here,
+pre-norm (ModernBERT) in export/diagnose/prenorm.py. The family comes from the graph's metadata
+(export.onnx_export.FAMILY_KEY); a graph without it is searched post-norm first, then pre-norm."""
 
 from __future__ import annotations
 
-from collections import deque
-
 import onnx
 
+from export.diagnose.attention import attention_landmarks, producer_name, region, weight_matmul
+from export.diagnose.prenorm import locate_pre
 from export.diagnose.structure import (
     FUSED_ATTENTION_OPS,
-    MATMUL_OPS,
     PASS_THROUGH,
-    SHAPE_OPS,
     Graph,
     Landmark,
     Norm,
     Structure,
     find_norms,
 )
-
-SCORES_DEPTH = 8  # ops between the scores MatMul and its Softmax (scale, mask Add, Where, Casts): a handful
+from export.families.family import PRE_NORM
+from export.families.registry import by_name, names
+from export.onnx_export import declared_family
 
 
 def locate(model: onnx.ModelProto) -> Structure:
+    family = declared_family(model)
+    if family is not None and family in names():
+        return (locate_pre if by_name(family).layer_map.norm == PRE_NORM else locate_post)(model)
+    post = locate_post(model)
+    return post if post.layers else locate_pre(model)
+
+
+def locate_post(model: onnx.ModelProto) -> Structure:
+    """Post-norm: each layer closes with a LayerNorm after its attention block and one after its FFN."""
     g = Graph(model)
     norms = find_norms(g)
     stops = {n.output for n in norms}
-    kinds = [_kind(g, norm, _region(g, norm.inputs, stops - {norm.output})) for norm in norms]
+    kinds = [_kind(g, norm, region(g, norm.inputs, stops - {norm.output})) for norm in norms]
     notes: list[str] = []
     landmarks: list[Landmark] = []
     regions: dict[int, list[int]] = {}
@@ -38,8 +50,8 @@ def locate(model: onnx.ModelProto) -> Structure:
     layers = _pair_layers(norms, kinds, notes)
     for k, (attn, ffn) in enumerate(layers):
         regions[k] = sorted(
-            _region(g, attn.inputs, stops - {attn.output})
-            | _region(g, ffn.inputs, stops - {ffn.output})
+            region(g, attn.inputs, stops - {attn.output})
+            | region(g, ffn.inputs, stops - {ffn.output})
             | _norm_nodes(g, attn)
             | _norm_nodes(g, ffn)
         )
@@ -51,43 +63,15 @@ def locate(model: onnx.ModelProto) -> Structure:
     return Structure(sorted(landmarks, key=lambda m: m.key), len(layers), regions, notes)
 
 
-def upstream(model: onnx.ModelProto, tensors: list[str], stops: list[str] = ()) -> list[int]:
-    """Node indices (graph order) computing `tensors`, walking back to graph inputs, constants or `stops`."""
-    return sorted(_region(Graph(model), tensors, set(stops)))
-
-
-def _region(g: Graph, starts, stop: set[str]) -> set[int]:
-    """Node indices reached walking back from `starts`, not crossing `stop`, graph inputs, constants or Shape."""
-    seen_t: set[str] = set()
-    nodes: set[int] = set()
-    q = deque(starts)
-    while q:
-        t = q.popleft()
-        if t in seen_t or t in stop or t in g.inputs or g.is_const(t):
-            continue
-        seen_t.add(t)
-        i = g.producer.get(t)
-        if i is None or i in nodes or g.nodes[i].op_type in SHAPE_OPS:
-            continue
-        nodes.add(i)
-        q.extend(x for x in g.nodes[i].input if x)
-    return nodes
-
-
 def _norm_nodes(g: Graph, norm: Norm) -> set[int]:
-    return _region(g, [norm.output], set(norm.inputs)) | {norm.index}
-
-
-def _weight_matmul(g: Graph, i: int) -> bool:
-    n = g.nodes[i]
-    return n.op_type in MATMUL_OPS and any(x and g.is_const(x) for x in n.input)
+    return region(g, [norm.output], set(norm.inputs)) | {norm.index}
 
 
 def _kind(g: Graph, norm: Norm, region: set[int]) -> str:
     ops = {g.nodes[i].op_type for i in region}
     if "Softmax" in ops or ops & FUSED_ATTENTION_OPS:
         return "attention"
-    if any(_weight_matmul(g, i) for i in region):
+    if any(weight_matmul(g, i) for i in region):
         return "matmul"
     return "embeddings"
 
@@ -114,108 +98,14 @@ def _pair_layers(norms: list[Norm], kinds: list[str], notes: list[str]) -> list[
 def _layer_landmarks(
     g: Graph, k: int, attn: Norm, ffn: Norm, stops: set[str], region: list[int], notes: list[str]
 ) -> list[Landmark]:
-    out = []
-    scores = _scores_matmul(g, region)
-    if scores is None:
-        notes.append(
-            f"layer {k}: no attention-scores MatMul before a Softmax (a fused attention op?): "
-            "attention_input and rotary_output not located"
-        )
-    else:
-        rotated = (_peel(g, g.nodes[scores].input[0]), _peel(g, g.nodes[scores].input[1], transpose=True))
-        out.append(Landmark("rotary_output", k, rotated, tuple(_producer_name(g, t) for t in rotated)))
-        projections = [_projection(g, t, stops) for t in rotated]
-        if all(projections) and projections[0] != projections[1]:
-            out.append(
-                Landmark("attention_input", k, tuple(p[0] for p in projections), tuple(p[1] for p in projections))
-            )
-        else:
-            notes.append(f"layer {k}: the Q/K projections (MatMul with a weight) before the rotary were not found")
+    out = attention_landmarks(g, k, stops, region, notes)
     out.append(Landmark("attention_output", k, (attn.output,), (g.name(attn.index),)))
     ffn_out = _residual_branch(g, ffn, attn.output)
     if ffn_out is None:
         notes.append(f"layer {k}: the FFN output (the residual Add's other operand) was not found")
     else:
-        out.append(Landmark("ffn_output", k, (ffn_out,), (_producer_name(g, ffn_out),)))
+        out.append(Landmark("ffn_output", k, (ffn_out,), (producer_name(g, ffn_out),)))
     out.append(Landmark("layer_output", k, (ffn.output,), (g.name(ffn.index),)))
-    return out
-
-
-def _producer_name(g: Graph, t: str) -> str:
-    return g.name(g.producer[t]) if t in g.producer else t
-
-
-def _scores_matmul(g: Graph, region: list[int]) -> int | None:
-    """The MatMul feeding the block's Softmax through a few elementwise ops (scale, mask, casts)."""
-    members = set(region)
-    for i in region:
-        if g.nodes[i].op_type != "Softmax":
-            continue
-        q, seen = deque([(g.nodes[i].input[0], 0)]), set()
-        while q:
-            t, depth = q.popleft()
-            j = g.producer.get(t)
-            if j is None or j in seen or j not in members or depth > SCORES_DEPTH:
-                continue
-            seen.add(j)
-            if g.nodes[j].op_type in MATMUL_OPS and not _weight_matmul(g, j):
-                return j
-            q.extend((x, depth + 1) for x in g.nodes[j].input if x and not g.is_const(x))
-    return None
-
-
-def _peel(g: Graph, t: str, transpose: bool = False) -> str:
-    """Through Cast/Identity, a scaling by a constant, and (for K) the transpose of its last two axes."""
-    while (n := g.node_of(t)) is not None:
-        data = [x for x in n.input if x and not g.is_const(x)]
-        if n.op_type in PASS_THROUGH:
-            t = n.input[0]
-        elif len(data) == 1 and (n.op_type == "Mul" or n.op_type == "Div" and n.input[0] == data[0]):
-            t = data[0]
-        elif transpose and n.op_type == "Transpose" and _swaps_last_two(n):
-            t, transpose = n.input[0], False
-        else:
-            return t
-    return t
-
-
-def _swaps_last_two(n: onnx.NodeProto) -> bool:
-    perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
-    return (
-        perm is not None
-        and len(perm) >= 2
-        and perm[-2:] == [len(perm) - 1, len(perm) - 2]
-        and perm[:-2] == list(range(len(perm) - 2))
-    )
-
-
-def _projection(g: Graph, t: str, stops: set[str]) -> tuple[str, str] | None:
-    """The nearest weight MatMul upstream of `t` (and its bias Add): (its output, its node name). A node with
-    several outputs (RoformerRotary: y_i from x_i) is entered through the input that matches the output."""
-    n = g.node_of(t)
-    if n is None:
-        return None
-    starts = [n.input[list(n.output).index(t)]] if len(n.output) > 1 and len(n.input) >= len(n.output) else [t]
-    q, seen = deque(starts), set()
-    while q:
-        x = q.popleft()
-        j = g.producer.get(x)
-        if x in seen or x in stops or j is None or g.is_const(x) or g.nodes[j].op_type in SHAPE_OPS:
-            continue
-        seen.add(x)
-        if _weight_matmul(g, j):
-            return _with_bias(g, g.nodes[j].output[0]), g.name(j)
-        q.extend(y for y in g.nodes[j].input if y)
-    return None
-
-
-def _with_bias(g: Graph, out: str) -> str:
-    """A projection's output after its bias Add (through dtype Casts on the way), or as it is."""
-    t = out
-    while (nxt := g.single_consumer(t)) is not None and nxt.op_type in PASS_THROUGH:
-        t = nxt.output[0]
-    if nxt is not None and nxt.op_type == "Add" and any(g.is_const(y) for y in nxt.input if y != t):
-        return nxt.output[0]
     return out
 
 

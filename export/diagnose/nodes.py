@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.diagnose.attention import upstream
 from export.diagnose.divergence import aligned, token_rows
-from export.diagnose.locate import upstream
 from export.diagnose.sides import OnnxSide
 from export.diagnose.structure import SHAPE_OPS
 from export.report.compare import error_stats

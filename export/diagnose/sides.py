@@ -14,8 +14,8 @@ import onnx
 from export.diagnose.expose import run_exposed, structure_of
 from export.diagnose.locate import locate
 from export.diagnose.structure import Landmark, Structure
-from export.diagnose.taps import capture
-from export.spec import ExportSpec
+from export.diagnose.taps import capture, head_outputs
+from export.families.registry import family_of_model
 
 Key = tuple[str, object]
 
@@ -57,11 +57,12 @@ class TorchSide:
 
     def __init__(self, model, task: str, label: str = "pytorch"):
         self.model, self.task, self.label = model, task, label
-        self.n_layers = len(model.base_model.encoder.layer)
+        self.family = family_of_model(model)
+        self.n_layers = self.family.facts(model.config).layers
 
     def keys(self) -> list[Key]:
         stages = ("attention_input", "rotary_output", "attention_output", "ffn_output", "layer_output")
-        heads = [("head", n) for n in ExportSpec(self.task).output_names if n != "last_hidden_state"]
+        heads = [("head", n) for n in head_outputs(self.family, self.task)]
         return [("embeddings", None)] + [(s, k) for k in range(self.n_layers) for s in stages] + heads
 
     def fetch(self, keys: list[Key], feeds: dict[str, np.ndarray]) -> dict[Key, list[np.ndarray]]:

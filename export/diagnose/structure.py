@@ -1,16 +1,17 @@
-"""Where a RoFormer's layers are in an ONNX graph, found from its structure (names need not survive).
+"""Where an encoder's layers are in an ONNX graph, found from its structure (names need not survive).
 
 In:  a ModelProto (its weights are not read: load it with load_external_data=False).
 Out: `Structure`: the landmark tensors, in order of depth, and the nodes of each layer.
 
-A RoFormer encoder is post-LN: embeddings -> LayerNorm, then per layer
+A post-norm encoder (RoFormer, BERT: the family's LayerMap.norm) is: embeddings -> LayerNorm, then per layer
   attention:  x -> Q/K projections (MatMul + bias) -> rotary -> scores MatMul -> Softmax -> ... -> Add(., x) -> LN
   FFN:        a -> MatMul -> GELU -> MatMul (the FFN output) -> Add(., a) -> LN (the layer output).
 So the graph's normalisations, in topological order, are the skeleton: the one with no weight MatMul
 upstream is the embeddings', one with a Softmax since the previous normalisation closes an attention
 block, the next one with a MatMul closes the FFN and with it the layer; a normalisation after the last
 layer belongs to the head. Normalisations are LayerNormalization (or ORT's Skip/Simplified variants, RMS)
-or the decomposed form ReduceMean -> Sub -> ... -> Div -> Mul(scale) -> Add(bias).
+or the decomposed form ReduceMean -> Sub -> ... -> Div -> Mul(scale) -> Add(bias); ORT's EmbedLayerNormalization
+is the embeddings' normalisation fused with their lookups.
 
 Per layer the landmarks are (stage names as in STAGES):
 - attention_input: the Q and K projections (MatMul + bias output, [B, S, H]), what enters the rotary;
@@ -18,8 +19,10 @@ Per layer the landmarks are (stage names as in STAGES):
   off ([B, heads, S, Dh]), whatever computes the rotation (decomposed ops, RoformerRotary, RotaryEmbedding);
 - attention_output: the attention block's LayerNorm output; ffn_output: the FFN's second MatMul (+ bias),
   the residual Add's other operand; layer_output: the layer's closing LayerNorm output.
-A landmark that cannot be found is left out with a note; pairing (export.diagnose.divergence) compares
-what both graphs have.
+A pre-norm encoder (ModernBERT) has the same landmarks, found by walking its residual stream instead
+(export/diagnose/prenorm.py): attention_output is the stream after the attention block's Add, layer_output after
+the FFN's; the final norm's output is a head landmark. A landmark that cannot be found is left out with a note;
+pairing (export.diagnose.divergence) compares what both graphs have.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ NORM_OPS = frozenset(
         "SimplifiedLayerNormalization",
         "SkipSimplifiedLayerNormalization",
         "RMSNormalization",
+        "EmbedLayerNormalization",  # ONNX Runtime's fused embeddings + LN (the INT8 CPU twin): output 0 is the LN's
     }
 )
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul"})

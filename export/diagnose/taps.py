@@ -1,12 +1,13 @@
 """The same landmarks as export/diagnose/locate.py, taken from the PyTorch model itself (fp32, eval).
 
-In:  an HF RoFormer model (any task head), numpy feeds, the layers to capture. Out: {(stage, layer): [arrays]}
-with the shapes the ONNX landmarks have (attention_input [B, S, H] x2: the query and key Linear outputs;
-rotary_output [B, heads, S, Dh] x2: what apply_rotary_position_embeddings returns; attention_output,
-ffn_output (the output dense before the residual Add), layer_output [B, S, H]; embeddings [B, S, E]), plus
-("head", name) for every model output but last_hidden_state (which is the last layer_output).
-Forward hooks on the submodules, and the rotary function wrapped on the attention instance for the call;
-everything is removed afterwards, so the model is left as it was.
+In:  an HF model of a supported family (any task head), numpy feeds, the layers to capture. Out:
+{(stage, layer): [arrays]} with the shapes the ONNX landmarks have: attention_input [B, S, H] x2 (the query and
+key Linear outputs) or x1 (a fused QKV Linear, [B, S, 3H]); rotary_output [B, heads, S, Dh] x2 (the rotated
+query and key); attention_output, ffn_output, layer_output [B, S, H]; embeddings [B, S, E]; plus ("head", name)
+for every model output that is not the last layer's output (last_hidden_state too for a pre-norm family, whose
+final norm follows the last layer). Where each is read is the family's layer map (`Family.layer_map`: module
+paths and whether a module's output or its input); forward hooks on those modules and the family's rotary tap,
+all removed afterwards, so the model is left as it was.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 import torch
 
+from export.families.family import PRE_NORM, Tap
+from export.families.registry import family_of_model
 from export.spec import ExportSpec
 from export.validate import true_fp32
+
+LAYER_STAGES = ("attention_output", "ffn_output", "layer_output")
 
 
 def capture(
@@ -30,38 +35,38 @@ def capture(
 ) -> dict[tuple[str, object], list[np.ndarray]]:
     """Run `model` (fp32, eval, CPU) once on `feeds`; the landmarks of `layers` (None: all), the embeddings and
     the head outputs as float32 arrays."""
-    base = model.base_model
-    n_layers = len(base.encoder.layer)
-    wanted = set(range(n_layers)) if layers is None else set(layers)
+    family = family_of_model(model)
+    lm = family.layer_map
+    base = family.base(model)
+    layer_list = base.get_submodule(lm.layers)
+    wanted = set(range(len(layer_list))) if layers is None else set(layers)
     found: dict[tuple[str, object], list[np.ndarray]] = {}
 
     def keep(key):
-        def hook(_module, _inputs, output):
-            found.setdefault(key, []).append(_np(output))
-
-        return hook
+        return lambda arrays: found.setdefault(key, []).extend(_np(a) for a in arrays)
 
     with ExitStack() as stack:
         if embeddings:
-            stack.enter_context(_hooked(base.embeddings.LayerNorm, keep(("embeddings", None))))
+            stack.enter_context(_hooked(base, lm.embeddings, keep(("embeddings", None))))
         for k in sorted(wanted):
-            layer = base.encoder.layer[k]
-            for module, stage in (
-                (layer.attention.self.query, "attention_input"),
-                (layer.attention.self.key, "attention_input"),
-                (layer.attention.output, "attention_output"),
-                (layer.output.dense, "ffn_output"),
-                (layer.output, "layer_output"),
-            ):
-                stack.enter_context(_hooked(module, keep((stage, k))))
-            stack.enter_context(_rotary_tap(layer.attention.self, found, k))
+            layer = layer_list[k]
+            for tap in lm.attention_input:
+                stack.enter_context(_hooked(layer, tap, keep(("attention_input", k))))
+            for stage in LAYER_STAGES:
+                stack.enter_context(_hooked(layer, getattr(lm, stage), keep((stage, k))))
+            stack.enter_context(lm.rotary_tap(layer, keep(("rotary_output", k))))
         with torch.no_grad(), true_fp32():
             out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}, return_dict=True)
     if head:
-        for name in ExportSpec(task).output_names:
-            if name != "last_hidden_state":
-                found[("head", name)] = [_np(out[name])]
+        for name in head_outputs(family, task):
+            found[("head", name)] = [_np(out[name])]
     return found
+
+
+def head_outputs(family, task: str) -> list[str]:
+    """The outputs compared as head landmarks: all but the last layer's own output (last_hidden_state of a
+    post-norm family)."""
+    return [n for n in ExportSpec(task).output_names if n != "last_hidden_state" or family.layer_map.norm == PRE_NORM]
 
 
 def _np(t) -> np.ndarray:
@@ -70,26 +75,14 @@ def _np(t) -> np.ndarray:
 
 
 @contextmanager
-def _hooked(module: torch.nn.Module, hook):
-    handle = module.register_forward_hook(hook)
+def _hooked(root: torch.nn.Module, tap: Tap, record):
+    """record([tensor]) with the output (or the first input) of root's submodule `tap.module` at every call."""
+    module = root.get_submodule(tap.module)
+    if tap.port == "input":
+        handle = module.register_forward_pre_hook(lambda _m, inputs: record([inputs[0]]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _inputs, output: record([output]))
     try:
         yield
     finally:
         handle.remove()
-
-
-@contextmanager
-def _rotary_tap(attention: torch.nn.Module, found: dict, k: int):
-    """Wrap the instance's apply_rotary_position_embeddings (a staticmethod HF calls through self) for the run."""
-    original = attention.apply_rotary_position_embeddings
-
-    def tapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        found.setdefault(("rotary_output", k), []).extend(_np(t) for t in result[:2])  # query, key
-        return result
-
-    attention.apply_rotary_position_embeddings = tapped
-    try:
-        yield
-    finally:
-        del attention.apply_rotary_position_embeddings  # the class's staticmethod shows through again

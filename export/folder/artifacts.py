@@ -9,7 +9,9 @@ Out: the resolved Path of a regular file inside the build folder; else UsageErro
 
 Refused: an absolute path or one with `..`; a path that resolves (symlinks followed) outside the build
 folder; a missing or non-regular file; a file whose sha256 differs from `report["artifacts_sha256"]`
-[rel_path] when the report records one (streamed, so an engine of any size costs 1 MiB of memory).
+[rel_path] when the report records one (streamed, so an engine of any size costs 1 MiB of memory); an ONNX
+graph that export.graph_file.read_graph refuses (the one checked loader of graphs), or whose data files fail
+any of the above.
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ import os
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from google.protobuf.message import DecodeError
-
 from export.errors import UsageError
 from export.folder.digest import sha256_file
-from export.onnx_io import external_data_files
+from export.graph_file import read_graph
 from export.report.schema import REBUILD, Report
 
 
@@ -68,16 +68,7 @@ def artifact(build: Path, report: Report, *keys: str) -> Path | None:
             path = verify_artifact(build, report.artifacts[k], report)
             if path.suffix == ".onnx":
                 parent = PurePosixPath(report.artifacts[k]).parent
-                for data in _external_data(path, build):
+                for data in read_graph(path, what=f"{build}/report.json artifact {k!r}").data_files:
                     verify_artifact(build, (parent / data).as_posix(), report)
             return path
     return None
-
-
-def _external_data(path: Path, build: Path) -> list[str]:
-    try:
-        return external_data_files(path)
-    except (ValueError, DecodeError) as e:  # a location outside the folder, or not an ONNX file at all
-        raise UsageError(
-            f"{build}/{path.name} is not a usable ONNX graph ({str(e).splitlines()[0][:100]}); {REBUILD}"
-        ) from None

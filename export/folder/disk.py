@@ -1,6 +1,6 @@
 """Disk is decided before it is spent, and a full disk is named as such.
 
-`need(config, planned)`: the bytes a build writes, from the config and the planned files alone (every graph's
+`need(params, planned)`: the bytes a build writes, from the parameter count and the planned files alone (every graph's
 weights: fp32 in model.onnx.data once, the low-precision copies of a precision graph, a plan); `require`
 refuses a build whose need exceeds the free space of --out's file system (exit 2, one line with both
 numbers). `full_disk(out, need, error)` turns a failure that happened because the disk filled up anyway (a
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from export.errors import UsageError
 from export.folder.layout import Planned
-from export.memory import GB, parameter_count
+from export.memory import GB
 
 SLACK = 16 << 20  # graphs, reports, the timing cache: small next to the weights
 NEARLY_FULL = 8 << 20  # a write that failed with less than this free failed for want of space
 
 
-def need(config, planned: Planned) -> int:
-    weights = 4 * parameter_count(config)
+def need(params: int, planned: Planned) -> int:
+    weights = 4 * params
     # bf16 also writes its fp32 twin; int8 a byte per MatMul weight twice (the Q/DQ graph and the CPU twin)
     low = {"fp32": 0.0, "fp16": 0.5, "bf16": 1.5, "int8": 0.5, "fp8": 0.25}.get(planned.precision, 1.0)
     plan = (0.5 if planned.precision != "fp32" else 1.0) if planned.engine else 0.0

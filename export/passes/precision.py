@@ -12,7 +12,7 @@ Out: the same graph with a per-node dtype ("low" = fp16 or bf16, or fp32) and ex
 | `RoformerRotary` x inputs / outputs | low | the plugin upcasts to fp32 internally; `sincos` (last input) stays fp32 |
 | LayerNormalization, Softmax, ReduceMean/Sum, Pow, Sqrt, Reciprocal, Exp, Log, Sin, Cos | fp32 | reductions and range-sensitive math (covers decomposed LayerNorm too) |
 | RotaryEmbedding (`--rope onnx` graphs) | fp32 | the rotation in fp32 with the fp32 sin/cos caches, as in the plugin |
-| the pooling pass's nodes (`pool/...`, export.passes.pooling) | fp32 | `sentence_embedding` is a sum over up to max-len tokens, computed in fp32 |
+| the pooling pass's nodes (`pool/...`, export.passes.pooling), its Dense MatMuls included | fp32 | `sentence_embedding` is a sum over up to max-len tokens, computed in fp32 |
 | anything else with float inputs (bias Add, GELU, Reshape, Transpose, Where, ...) | low iff **all** its non-constant float inputs are low, else fp32 | |
 | embedding / position tables read by Gather, mask arithmetic | fp32 | their float inputs are only constants, so the rule above keeps them fp32 |
 
@@ -150,9 +150,11 @@ def plan_precision(model: onnx.ModelProto, precision: str) -> PrecisionPlan:
         if node.op_type == "Cast":  # output dtype is its `to`; the input is read as stored
             store.update({o: "fp32" for o in fout})
             continue
-        if node.op_type in LOW_OPS or node.op_type == PLUGIN_OP:
+        if node.name.startswith(POOLING_NODES):  # first: the pooling's Dense MatMuls stay fp32 too
+            dt = "fp32"
+        elif node.op_type in LOW_OPS or node.op_type == PLUGIN_OP:
             dt = "low"
-        elif node.op_type in FP32_OPS or node.name.startswith(POOLING_NODES):
+        elif node.op_type in FP32_OPS:
             dt = "fp32"
         else:
             acts = [store.get(n, "fp32") for n in fin if n not in inits]

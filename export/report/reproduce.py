@@ -27,7 +27,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 
-DEFAULT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 POLY_INPUTS = "polygraphy_inputs.json"
 POLY_OUTPUTS = "polygraphy_trt_outputs.json"
 
@@ -60,12 +59,12 @@ def reproduce_commands(
     profiles: Sequence[Mapping],
     precision: str,
     vocab_size: int,
-    type_vocab_size: int,
+    type_vocab_size: int | None,
     atol: float,
     rtol: float,
     plugin_lib: str | None,
     static_plugin_lib: str | None,
-    inputs: Sequence[str] = DEFAULT_INPUTS,
+    inputs: Sequence[str],
     rank: int = 2,
 ) -> dict:
     """{"trtexec": [command], "polygraphy": [build+run, compare], "notes": [...]}; each command is one shell line.
@@ -75,14 +74,15 @@ def reproduce_commands(
     engine file trtexec writes (name it apart from our own plan); profiles: report.json `profiles`
     ({"index", "batch": [min, opt, max], "sequence": [...], optional "choices"}); precision: recorded in
     the notes only (the file carries its types: strongly typed); vocab_size / type_vocab_size: token-id
-    ranges for the random inputs; atol/rtol: the report's tolerances; plugin_lib / static_plugin_lib:
+    ranges for the random inputs (type_vocab_size None: no token_type_ids); inputs: the graph's inputs;
+    atol/rtol: the report's tolerances; plugin_lib / static_plugin_lib:
     paths of libroformer_trt_plugin.so (getCreators) and libroformer_trt_plugin_static.so (registers at
     load time), None when the graph has no plugin node or the library was not built; rank: 2 for
     [batch, sequence] inputs, 3 for multiple choice [batch, choices, sequence].
     """
     if not profiles:
         raise ValueError("at least one profile row is needed")
-    if vocab_size < 1 or type_vocab_size < 1:
+    if vocab_size < 1 or (type_vocab_size is not None and type_vocab_size < 1):
         raise ValueError(f"vocab_size {vocab_size} and type_vocab_size {type_vocab_size} must be >= 1")
     uses_plugin = plugin_lib is not None or static_plugin_lib is not None
     last = len(profiles) - 1
@@ -117,8 +117,9 @@ def _polygraphy(
     ranges = {
         "input_ids": f"[0,{vocab_size - 1}]",
         "attention_mask": "[1,1]",
-        "token_type_ids": f"[0,{type_vocab_size - 1}]",
     }
+    if type_vocab_size is not None:
+        ranges["token_type_ids"] = f"[0,{type_vocab_size - 1}]"
     build = ["polygraphy", "run", trt_onnx, "--trt", "--strongly-typed"]
     if static_plugin_lib:
         build += ["--plugins", static_plugin_lib]

@@ -26,19 +26,27 @@ class ReportError(ValueError):
 # ---- sections --------------------------------------------------------------------------------------
 
 
-class ModelSection(TypedDict):
+class ModelSection(TypedDict, total=False):
+    """The family-blind fields (export.families.facts.ModelFacts.to_report), then the family's own (RoFormer:
+    embedding_size, rotary_value; ModernBERT: local_attention, layer_types, rope_theta)."""
+
+    family: str
     layers: int
     hidden: int
     heads: int
     head_dim: int
-    embedding_size: int
     vocab_size: int
-    type_vocab_size: int
+    type_vocab_size: int | None  # None: no token_type_ids input
     max_position_embeddings: int
-    rotary_value: bool
     task: str
+    inputs: list[str]
+    attn_implementation: str  # "eager" or "sdpa"
     params: int
-    table: str
+    table: str | None  # a stored formula table: "checkpoint" or "generated"; None: the family has none
+    rotary: list[dict]  # per layer: layout, dim, table, theta, sites
+    attention: list[str]  # per layer: "full" or "sliding, half-window N"
+    embedding_size: int
+    rotary_value: bool
 
 
 class CheckpointSection(TypedDict, total=False):
@@ -84,10 +92,16 @@ class PrecisionSection(TypedDict, total=False):
 
 
 class PoolingSection(TypedDict, total=False):
-    """`export.build --pooling mean|cls` only (absent otherwise)."""
+    """`export.build` with a pooling only (`--pooling MODE`, or `auto` on a sentence-transformers folder)."""
 
-    mode: str  # mean | cls
-    normalize: bool  # L2-normalised
+    mode: str  # sentence-transformers' mode: mean | cls | max | mean_sqrt_len_tokens | weightedmean | lasttoken,
+    # or several joined by "+" (concatenated)
+    normalize: bool  # L2-normalised (after the truncation)
+    dense: list[dict]  # the Dense layers in order: {in_features, out_features, bias, activation}
+    truncate_dim: int | None  # Matryoshka: the first N channels kept, before the normalisation
+    width: int  # sentence_embedding's channels
+    matryoshka_dimensions: list[int] | None  # the widths the checkpoint declares ([]: any), None: it says nothing
+    source: dict  # {kind: "sentence-transformers" | "flags", folder, files: {name: sha256}, flags: [...]}
     graph: str  # the fp32 TensorRT-bound graph that gained sentence_embedding (its file name kept)
     outputs: list[str]  # that graph's outputs, and the engine's
     hidden_state: dict  # last_hidden_state {dtype, shape} as the graph declared it before pooling

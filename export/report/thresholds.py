@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from export.numbers import NumberError, check_real
 from export.report.schema import PRECISIONS
 
 
@@ -152,16 +153,13 @@ class Thresholds:
 
 
 def check_value(where: str, key: str, value) -> float:
-    """A threshold value: a finite real (not a bool) inside LIMITS[key]; ThresholdError naming `where`."""
+    """A threshold value: a finite real (not a bool) inside LIMITS[key]; ThresholdError naming `where`.
+    Read by export.numbers.check_real, so an integer of 400 digits is refused, not an OverflowError."""
     lo, hi = LIMITS[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        raise ThresholdError(f"{where} = {value!r} is not allowed; it must be a finite number in [{lo}, {hi}]")
-    return float(value)
+    try:
+        return check_real(value, what=where, lo=lo, hi=hi)
+    except NumberError as e:
+        raise ThresholdError(str(e)) from None
 
 
 def _tables(source: str, where: str, value):

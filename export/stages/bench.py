@@ -20,8 +20,10 @@ import torch
 
 from engines.bench import run_bench, write_results
 from engines.tensorrt.graph import input_axes
+from engines.tensorrt.profiles import INT32_MAX
 from export.errors import UsageError
 from export.folder.layout import BENCH_DIR
+from export.numbers import NumberError, parse_int_list
 from export.progress import info
 from export.report.schema import BenchSection, bench_key
 from export.stages.result import StageResult
@@ -32,10 +34,10 @@ def parse_grid_text(text: str) -> list[tuple[int, int]]:
     grid = []
     for item in text.split(","):
         try:
-            b, s = (int(v) for v in item.lower().split("x"))
-        except ValueError:
+            b, s = parse_int_list(item.lower(), what="--bench-grid", lo=1, hi=INT32_MAX, sep="x")
+        except (NumberError, ValueError):  # not ASCII digits, out of range, or not two of them
             raise UsageError(
-                f"--bench-grid {text!r}: expected BATCHxSEQ items, e.g. --bench-grid 1x128,8x512"
+                f"--bench-grid {text!r}: expected BATCHxSEQ items of positive integers, e.g. --bench-grid 1x128,8x512"
             ) from None
         grid.append((b, s))
     return grid
@@ -60,7 +62,7 @@ def run_bench_stage(
     plan: Path | None,
     plugin_lib: str | None,
     model,
-    config,
+    facts,
     iters: int,
     compile_: bool,
 ) -> StageResult[BenchSection]:
@@ -77,8 +79,8 @@ def run_bench_stage(
         backends=backends,
         iters=iters,
         warmup=max(1, iters // 10),
-        vocab_size=config.vocab_size,
-        type_vocab_size=config.type_vocab_size,
+        vocab_size=facts.vocab_size,
+        type_vocab_size=facts.type_vocab_size,
         input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))),
     )
     meta: BenchSection = {

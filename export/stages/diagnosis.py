@@ -44,7 +44,7 @@ def run_diagnosis_stage(
     shape = Shape(case["batch"], case["seq"], case.get("padded_rows", 0), case.get("choices"))
     section: DiagnosisSection = {"graph": first_graph, "reference": "pytorch", "batch": shape.batch, "seq": shape.seq}
     names = _name_reference(cases, graphs, first_graph)
-    feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size)  # the case's own inputs
+    feeds = make_inputs(shape, ckpt.facts.vocab_size, ckpt.facts.type_vocab_size)  # the case's own inputs
     t0 = time.monotonic()
     try:
         with status(f"diagnosing {first_graph} at {shape.label()}"):

@@ -99,8 +99,8 @@ def run_engine_stage(
         reference,
         profiles,
         precision,
-        ckpt.config.vocab_size,
-        ckpt.config.type_vocab_size,
+        ckpt.facts.vocab_size,
+        ckpt.facts.type_vocab_size,
         thresholds,
         outputs=pooling.outputs if pooling else None,
     )

@@ -1,10 +1,12 @@
-"""The pooling stage of export.build (`--pooling mean|cls`): the fp32 TensorRT-bound graph gains
-`sentence_embedding` [batch, hidden] (export.passes.pooling) under its own file name.
+"""The pooling stage of export.build (`--pooling`): the fp32 TensorRT-bound graph gains `sentence_embedding`
+[batch, width] (export.passes.pooling) under its own file name.
 
 In: the graph the rotary stage left (`model.rope-plugin.onnx`, `model.rope-onnx.onnx`, or `model.onnx` with
-`--rope none`), its artifact key, the Pooling asked for. Out: that file rewritten in place (its structure
-only: it keeps reading its weights from `model.onnx.data`; no new file, export/folder/layout.py), the `pooling`
-section, and the graph to validate under the same key, which must now have exactly Pooling.outputs.
+`--rope none`), its artifact key, the resolved pooling (export.passes.pooling.request: the Pooling and where it
+came from). Out: that file rewritten in place (its structure and the pipeline's own small weights, the Dense
+layers, kept in the graph file: it keeps reading the encoder's weights from `model.onnx.data`; no new file,
+export/folder/layout.py), the `pooling` section, and the graph to validate under the same key, which must now
+have exactly Pooling.outputs.
 After the precision stage, `with_engine_outputs` adds what the file TensorRT builds from declares: its
 outputs (dtype, shape) and the bytes one request of batch REQUEST_BATCH x max_len returns.
 """
@@ -18,7 +20,8 @@ import onnx
 from onnx import helper
 
 from export.onnx_io import write_model
-from export.passes.pooling import EMBEDDING, HIDDEN, Pooling, add_sentence_embedding
+from export.passes.pooling import EMBEDDING, HIDDEN, add_sentence_embedding
+from export.passes.pooling.request import Resolved
 from export.progress import info, status
 from export.report.schema import PoolingSection
 from export.spec import BATCH, SEQUENCE
@@ -28,17 +31,28 @@ from export.validate import OnnxFile
 REQUEST_BATCH = 8  # the request the report sizes: batch 8 x max_len tokens
 
 
-def run_pooling_stage(pooling: Pooling, src: Path, src_key: str, rotary_function: bool) -> StageResult[PoolingSection]:
+def run_pooling_stage(
+    resolved: Resolved, src: Path, src_key: str, rotary_function: bool
+) -> StageResult[PoolingSection]:
     """src: the fp32 TensorRT-bound graph (rewritten in place); rotary_function: ORT needs the RoformerRotary
     function attached to run it (a `--rope plugin` graph)."""
+    pooling = resolved.pooling
+    assert pooling is not None  # the build runs this stage only with a pooling
     with status(f"pooling pass ({pooling.describe()})"):
         model = onnx.load(str(src), load_external_data=False)
         hidden = declared_outputs(model)[HIDDEN]
-        write_model(add_sentence_embedding(model, pooling), src, check=True)
-    info(f"{src.name}: outputs {', '.join(pooling.outputs)} ({pooling.describe()} pooling, fp32)")
+        pooled = add_sentence_embedding(model, pooling)
+        write_model(pooled, src, check=True)
+    width = declared_outputs(pooled)[EMBEDDING]["shape"][-1]
+    info(f"{src.name}: outputs {', '.join(pooling.outputs)} ({pooling.describe()}, fp32, width {width})")
     section: PoolingSection = {
         "mode": pooling.mode,
         "normalize": pooling.normalize,
+        "dense": [d.describe() for d in pooling.dense],
+        "truncate_dim": pooling.truncate_dim,
+        "width": width,
+        "matryoshka_dimensions": list(resolved.matryoshka) if resolved.matryoshka is not None else None,
+        "source": resolved.source or {},
         "graph": src.name,
         "outputs": list(pooling.outputs),
         "hidden_state": hidden,

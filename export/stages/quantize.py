@@ -49,10 +49,11 @@ def with_margin(t: Threshold, margin: float = FALLBACK_MARGIN) -> Threshold:
     )
 
 
-def calibration_set(q: QuantOptions, config, max_len: int) -> CalibSet:
+def calibration_set(q: QuantOptions, facts, max_len: int) -> CalibSet:
+    """facts: the family's ModelFacts (vocab sizes; type_vocab_size None: no token_type_ids)."""
     if q.calib is None:
-        return synthetic_set(config.vocab_size, config.type_vocab_size, max_len, q.size or 64)
-    return file_set(q.calib, q.vocab, config.vocab_size, config.type_vocab_size, max_len, q.size)
+        return synthetic_set(facts.vocab_size, facts.type_vocab_size, max_len, q.size or 64)
+    return file_set(q.calib, q.vocab, facts.vocab_size, facts.type_vocab_size, max_len, q.size)
 
 
 def run_quantize_stage(
@@ -115,8 +116,8 @@ def run_quantize_stage(
             twin = write_cpu_twin(
                 cpu_src,
                 cpu_src.with_name(cpu_twin_file(cpu_src.name)),
-                ckpt.config.num_attention_heads,
-                ckpt.config.hidden_size,
+                ckpt.facts.heads,
+                ckpt.facts.hidden,
             )
         twin_key = precision_key(cpu_key, CPU_TWIN)
         twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
@@ -142,7 +143,7 @@ def fallback_cases(ckpt, shapes: list[Shape], pooling: Pooling | None = None) ->
     """The inputs of fallback_draws(shapes), with the PyTorch fp32 outputs of the graph's outputs."""
     cases = []
     for shape, seed in fallback_draws(shapes):
-        feeds = make_inputs(shape, ckpt.config.vocab_size, ckpt.config.type_vocab_size, seed=seed)
+        feeds = make_inputs(shape, ckpt.facts.vocab_size, ckpt.facts.type_vocab_size, seed=seed)
         refs = TorchReference(ckpt.model, ckpt.task, pooling=pooling)(shape, feeds)  # it caches by shape alone
         wanted = pooling.outputs if pooling else tuple(refs)
         cases.append(EvalCase(f"{shape.label()} seed {seed}", feeds, {k: refs[k] for k in wanted}))

@@ -16,6 +16,7 @@ from typing import cast
 import onnx
 
 from export.errors import VerificationError
+from export.families.registry import family_of_config
 from export.folder.layout import ONNX_FILE, rope_file
 from export.onnx_io import write_model
 from export.passes.lowering import with_rotary_function
@@ -28,8 +29,9 @@ from export.validate import OnnxFile, Shape, make_inputs
 
 
 def expected_sites(config) -> int:
-    """Query and key of every layer, plus value when the checkpoint rotates it."""
-    return config.num_hidden_layers * (3 if config.rotary_value else 2)
+    """The rotated tensors of every layer, as the family declares them (query and key; RoFormer's value too with
+    rotary_value)."""
+    return sum(len(r.sites) for r in family_of_config(config).rotaries(config))
 
 
 def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: str, choices: int | None = None) -> dict:
@@ -40,16 +42,19 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     same_folder = src.resolve().parent == dst.resolve().parent
     model = onnx.load(str(src), load_external_data=not same_folder)
     choices = (choices or DEFAULT_CHOICES) if task == "multiple-choice" else None
-    feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), config.vocab_size, config.type_vocab_size)
+    family = family_of_config(config)
+    facts = family.facts(config)
+    feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), facts.vocab_size, facts.type_vocab_size)
     new, report = fuse_rotary(
         model,
         mode=mode,
         expected=expected_sites(config),
-        expected_nodes=config.num_hidden_layers,
+        expected_nodes=facts.layers,
         max_len=max_len,
         feeds=feeds,
-        head_dim=config.hidden_size // config.num_attention_heads,
+        head_dim=facts.head_dim,
         base_dir=src.parent,
+        rotary=family.rotaries(config),  # each layer's layout and table, as the family declares them
     )
     del model
     write_model(new, dst, check=True)

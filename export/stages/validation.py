@@ -15,15 +15,16 @@ from export.validate import Shape, TorchReference, validate_graphs
 
 
 def run_validation_stage(
-    graphs: dict, model, task: str, config, shapes: list[Shape], thresholds: Thresholds, pooling: Pooling | None = None
+    graphs: dict, model, task: str, facts, shapes: list[Shape], thresholds: Thresholds, pooling: Pooling | None = None
 ) -> StageResult[None]:
-    """pooling: the reference computes sentence_embedding too, for the graphs that have it (their OnnxFile says)."""
+    """facts: the family's ModelFacts (vocab sizes, and whether there is a token_type_ids input); pooling: the
+    reference computes sentence_embedding too, for the graphs that have it (their OnnxFile says)."""
     cases = validate_graphs(
         graphs,
         TorchReference(model, task, pooling=pooling),
         shapes,
         thresholds,
-        config.vocab_size,
-        config.type_vocab_size,
+        facts.vocab_size,
+        facts.type_vocab_size,
     )
     return StageResult(None, cases=cases)

@@ -13,6 +13,8 @@ from engines.build import main
 from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import declared_max_len
 from export.build import main as export_main
+from export.onnx_export import MAX_LEN_KEY
+from tests.fixtures.hostile_graphs import edited, set_external, small_graph
 from tests.fixtures.tiny_build import build_args
 from tests.limits import SLOW_MACHINE_S
 
@@ -73,6 +75,22 @@ def test_missing_file_and_unknown_length_exit_2(built, capsys):
     onnx.save(bare, str(built / "plugin" / "bare.onnx"))
     code, err = run([built / "plugin" / "bare.onnx"], capsys)
     assert code == 2 and "pass --max-len" in err[0]
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (set_external("location", "../../../../etc/passwd"), "external data at '../../../../etc/passwd'"),
+        (set_external("offset", "1000000000000000"), "reads bytes 1000000000000000"),
+        (lambda m: setattr(m.opset_import[0], "version", 99), "imports opset 99"),
+        (lambda m: m.metadata_props.add(key=MAX_LEN_KEY, value="²"), "'²' is not an integer"),
+        (lambda m: m.metadata_props.add(key=MAX_LEN_KEY, value="9" * 5000), "is too long for an integer"),
+    ],
+)
+def test_the_graph_goes_through_the_checked_loader(tmp_path, capsys, change, pattern):
+    """engines.build reads its graph with export.graph_file, as export.diagnose does (issue 27)."""
+    code, err = run([edited(small_graph(tmp_path), change)], capsys)
+    assert code == 2 and len(err) == 1 and pattern in err[0], err
 
 
 @pytest.mark.parametrize(

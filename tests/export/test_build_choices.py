@@ -63,4 +63,4 @@ def test_diagnose_takes_the_builds_choices(mc_int8):
     _, out, _ = mc_int8
     report = read_report(out)
     args = argparse.Namespace(batch=2, seq=5)
-    assert _case_shape(report, "onnx", args, None) == Shape(2, 5, 1, CHOICES)
+    assert _case_shape(report, "onnx", args) == Shape(2, 5, 1, CHOICES)

@@ -124,7 +124,9 @@ def test_pooling_refused_for_heads_without_hidden_states(make_ckpt, tmp_path, ca
     "flags, fragment",
     [
         (["--normalize"], "--normalize applies"),
-        (["--outputs", "sentence_embedding"], "--outputs chooses"),
+        (["--outputs", "sentence_embedding"], "--outputs applies to a pooled output"),
+        (["--truncate-dim", "8"], "--truncate-dim applies to a pooled output"),
+        (["--pooling", "mean", "--truncate-dim", "0"], "--truncate-dim 0 must be at least 1"),
         (["--pooling", "mean", "--outputs", "last_hidden_state"], "--outputs 'last_hidden_state'"),
     ],
 )

@@ -32,15 +32,8 @@ def build_tiny(ckpt: Path, out: Path, *flags: str) -> int:
     return build(build_args(ckpt, out, *flags))
 
 
-@pytest.fixture(scope="module")
-def int8_build(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "int8"
-    assert build_tiny(tiny_ckpt, out, "--precision", "int8") == 0
-    return out
-
-
-def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, built):
-    r, plain = report(int8_build), report(built)
+def test_int8_built_is_validated_gated_and_keeps_the_rotary_rewrite(int8_built, built):
+    r, plain = report(int8_built), report(built)
     assert r["passed"] and r["artifacts"]["tensorrt-onnx"] == "model.rope-plugin.int8.onnx"
     assert r["rewrite"] == plain["rewrite"]  # the rotary pass and its verification: the fp32 build's
     graphs = {c["graph"] for c in r["validation"]}
@@ -55,28 +48,28 @@ def test_int8_build_is_validated_gated_and_keeps_the_rotary_rewrite(int8_build, 
     assert re.fullmatch(r"[0-9a-f]{64}", q["calibration"]["sha256"])
     assert q["activation_scales"] and all(v["scale"] > 0 for v in q["activation_scales"].values())
     assert q["fallback"]["mode"] == "auto" and q["fallback"]["passed"]
-    model = onnx.load(str(int8_build / "model.rope-plugin.int8.onnx"), load_external_data=False)
-    source = onnx.load(str(int8_build / "model.rope-plugin.onnx"), load_external_data=False)
+    model = onnx.load(str(int8_built / "model.rope-plugin.int8.onnx"), load_external_data=False)
+    source = onnx.load(str(int8_built / "model.rope-plugin.onnx"), load_external_data=False)
     # the rotary sites as the verified rewrite left them: the same nodes, reading and writing the same tensors
     # with the same attributes (Q/DQ sit on MatMul inputs only), so the rewrite's verification holds for them
     rotary = [n for n in model.graph.node if n.op_type == PLUGIN_OP]
     assert rotary and rotary == [n for n in source.graph.node if n.op_type == PLUGIN_OP]
     with_rotary_function(model)  # the plugin's node checks
-    assert gate([str(int8_build / "report.json")]) == 0
-    assert "## Quantization: int8" in (int8_build / "report.md").read_text()
+    assert gate([str(int8_built / "report.json")]) == 0
+    assert "## Quantization: int8" in (int8_built / "report.md").read_text()
 
 
-def test_the_gate_rechecks_int8_thresholds(int8_build, tmp_path):
+def test_the_gate_rechecks_int8_thresholds(int8_built, tmp_path):
     strict = tmp_path / "strict.toml"
     strict.write_text('[int8."*"."*"]\natol = 0.0\nrtol = 0.0\nmin_cosine = 1.0\n')
-    assert gate([str(int8_build / "report.json"), "--thresholds", str(strict)]) == 1
+    assert gate([str(int8_built / "report.json"), "--thresholds", str(strict)]) == 1
 
 
-def test_recorded_structure_problems_fail_the_gate(int8_build, tmp_path, capsys):
+def test_recorded_structure_problems_fail_the_gate(int8_built, tmp_path, capsys):
     """Issue 27 failure 3: a report whose quantization.structure_problems lists an unquantized MatMul (the build's
     own exit-1 condition) passed the gate once its `failure` line was gone."""
     out = tmp_path / "int8"
-    shutil.copytree(int8_build, out)
+    shutil.copytree(int8_built, out)
     r = report(out)
     r["quantization"]["structure_problems"] = ["/encoder/layer.0/attention/self/query/MatMul: no Q/DQ on its input"]
     (out / "report.json").write_text(json.dumps(r))
@@ -84,9 +77,9 @@ def test_recorded_structure_problems_fail_the_gate(int8_build, tmp_path, capsys)
     assert "departs from its placement" in capsys.readouterr().out
 
 
-def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_build, tmp_path, capsys):
+def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_built, tmp_path, capsys):
     out = tmp_path / "int8"
-    shutil.copytree(int8_build, out)
+    shutil.copytree(int8_built, out)
     r = report(out)
     r["artifacts"]["rope-plugin.fp8"] = r["artifacts"].pop("rope-plugin.int8")
     for c in r["validation"]:
@@ -98,14 +91,14 @@ def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_build, tmp_path, capsy
     assert "model.rope-plugin.int8.onnx is int8, not fp8" in capsys.readouterr().out
 
 
-def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_build):
-    r = report(int8_build)
+def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_built):
+    r = report(int8_built)
     twin = r["artifacts"]["onnx.int8-cpu"]
     assert twin == "model.int8-cpu.onnx" and r["quantization"]["cpu_twin"]["source"] == "model.onnx"
-    assert external_data_files(int8_build / twin) == ["model.int8-cpu.onnx.data", "model.onnx.data"]
-    m = onnx.load(str(int8_build / twin), load_external_data=False)
+    assert external_data_files(int8_built / twin) == ["model.int8-cpu.onnx.data", "model.onnx.data"]
+    m = onnx.load(str(int8_built / twin), load_external_data=False)
     assert {n.op_type for n in m.graph.node} >= {"DynamicQuantizeLinear", "MatMulInteger"}
-    written = {p.name for p in int8_build.iterdir()}  # no leftovers of ORT's quantizer (its inferred copy, temp dirs)
+    written = {p.name for p in int8_built.iterdir()}  # no leftovers of ORT's quantizer (its inferred copy, temp dirs)
     assert written == {
         "model.onnx",
         "model.onnx.data",
@@ -204,7 +197,9 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
     code, lines = run_cli(
         ["--model", str(ckpt), "--out", str(out), "--precision", "int8", "--calib", str(calib)], capsys
     )
-    assert_clean_failure(code, lines, out, r"no vocab.txt beside the checkpoint .* pass --calib-vocab PATH")
+    assert_clean_failure(
+        code, lines, out, r"no tokenizer.json or vocab.txt beside the checkpoint .* pass --calib-vocab PATH"
+    )
 
 
 @pytest.mark.parametrize(
@@ -213,7 +208,13 @@ def test_text_calibration_without_a_vocab_is_refused_before_work(make_ckpt, tmp_
         ("empty.txt", "", r"has no samples; put one sample per line"),
         ("blank.txt", "\n  \n", r"has no samples; put one sample per line"),
         ("ids.jsonl", "[1, 2]\n[99999]\n", r"ids.jsonl:2: input_ids value 99999 is outside \[0, \d+\)"),
-        ("ids.jsonl", "not json\n", r"ids.jsonl:1 is not JSON"),
+        ("ids.jsonl", "not json\n", r"ids.jsonl:1 is not valid JSON"),
+        # issue 27, failure 7: RecursionError and Python's 4300-digit ValueError were exit 4
+        ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", r"deep.jsonl:1 nests JSON deeper than 2 levels"),
+        ("deep.jsonl", "[[[1]]]\n", r"deep.jsonl:1 nests JSON deeper than 2 levels"),
+        ("big.jsonl", "[" + "9" * 5000 + "]\n", r"big.jsonl:1 holds an integer longer than 64 digits"),
+        ("big.jsonl", "[1e999, 2]\n", r"big.jsonl:1: input_ids must be a non-empty list of integers"),
+        ("nan.jsonl", "[NaN]\n", r"nan.jsonl:1: input_ids must be a non-empty list of integers"),
     ],
 )
 def test_an_unusable_calibration_file_is_refused_before_the_export(

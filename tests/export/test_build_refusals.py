@@ -149,6 +149,19 @@ def test_a_build_that_would_not_fit_in_memory_is_refused_with_both_numbers(tmp_p
     refused(capsys, ["--model", str(tiny_ckpt), "--max-memory", "1M", *FAST], tmp_path / "o2", "(--max-memory)")
 
 
+@pytest.mark.parametrize("value", ["9" * 400, "9" * 5000, "1e400G", "nan", "８G", "0"])
+def test_a_memory_limit_that_is_not_a_size_is_one_line(tmp_path, capsys, tiny_ckpt, monkeypatch, value):
+    """Issue 27, failure 8: a 400-digit --max-memory or ROFORMER_TRT_MEMORY_LIMIT was an OverflowError, exit 4."""
+    import export.checkpoint.rebuild as ck
+
+    monkeypatch.setattr(ck, "inspect_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was read"))
+    with pytest.raises(SystemExit) as e:  # argparse's refusal of the flag
+        build(["--model", str(tiny_ckpt), "--max-memory", value, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "argument --max-memory" in one_line(capsys)
+    monkeypatch.setenv("ROFORMER_TRT_MEMORY_LIMIT", value)
+    refused(capsys, ["--model", str(tiny_ckpt), *FAST], tmp_path / "o", "ROFORMER_TRT_MEMORY_LIMIT")
+
+
 def _tmpfs(tmp_path, size: str) -> Path:
     mount = tmp_path / "small"
     mount.mkdir()

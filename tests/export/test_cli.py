@@ -15,7 +15,10 @@ from tests.limits import SLOW_MACHINE_S
 
 
 def run_cli(argv, capsys):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # a flag argparse refuses (export.numbers' types): its one line, exit 2
+        code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     return code, [line for line in err if line.strip()]
 
@@ -54,7 +57,7 @@ def truncated_checkpoint(path, source):
         ("empty", r"is empty.*re-save"),
         ("truncated", r"not a readable PyTorch checkpoint.*truncated"),
         ("garbage", r"not a readable PyTorch checkpoint"),
-        ("bert", r"model_type='bert', not a RoFormer"),
+        ("bert", r"model_type='bert', which roformer-trt does not support \(supported: modernbert, roformer\)"),
         ("wrong_keys", r"missing .* keys.*unexpected .* keys"),
         ("list", r"not a state_dict"),
     ],
@@ -112,7 +115,18 @@ def test_bad_checkpoint(tmp_path, capsys, tiny_ckpt, case, pattern):
         (["--choices", "4"], r"--choices applies to multiple-choice checkpoints only"),
         (["--workspace-mib", "0"], r"--workspace-mib must be from 1"),
         (["--batch", "99999999999"], r"<= 2147483647"),
-        (["--max-memory", "lots"], r"--max-memory 'lots' is not a memory size"),
+        (["--max-memory", "lots"], r"argument --max-memory: 'lots' is not a memory size"),
+        (["--max-memory", "9" * 400], r"argument --max-memory: '999999999999'...\(400 characters\) is too long"),
+        (["--max-len", "²"], r"argument --max-len: '²' is not an integer"),
+        (["--max-len", "١٢"], r"argument --max-len: '١٢' is not an integer"),  # int() reads it as 12
+        (["--opset", "9" * 5000], r"argument --opset: .* is too long"),
+        (["--atol", "nan"], r"argument --atol: 'nan' is not a finite number"),
+        (["--rtol", "1e999"], r"argument --rtol: '1e999' is too large"),
+        (["--precision", "int8", "--calib-size", "1_000"], r"argument --calib-size: '1_000' is not an integer"),
+        (["--precision", "int8", "--quant-fallback-budget", "inf"], r"argument --quant-fallback-budget: 'inf'"),
+        (["--workspace-mib", "２"], r"argument --workspace-mib: '２' is not an integer"),
+        (["--bench", "--bench-grid", "1x١٢٨"], r"--bench-grid '1x١٢٨': expected BATCHxSEQ"),
+        (["--batch", "1,²"], r"--batch '1,²': expected comma-separated integers"),
         (["--bench-grid", "1x8"], r"--bench-grid applies with --bench"),
         (["--bench", "--bench-grid", "8by128"], r"--bench-grid '8by128': expected BATCHxSEQ"),
         (["--bench", "--max-len", "64", "--bench-grid", "1x128"], r"sequence length 128 is outside 1..64"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
+import onnx
 import pytest
 
 from export import cli_flags
@@ -33,7 +34,9 @@ DIFFERENT = {  # flag -> why the commands that take it mean different things
     "--precision": "what export.build makes, what engines.build records, what export.diagnose judges",
     "--max-batch": "engines.triton reads the engine's batch max by default; engines.serving has no engine",
 }
-OWN_MEANING = {("export.build", "--pooling")}  # pools the TensorRT-bound graph at build time; same choices, default
+OWN_MEANING = {  # (command, flag) -> why that command's flag is another one under the same name
+    ("export.build", "--pooling"): "what the TensorRT-bound graph computes at build time: auto|none|MODE[+MODE]",
+}
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
@@ -44,16 +47,34 @@ def flags(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {o: a for a in p._actions for o in a.option_strings if o.startswith("--")}
 
 
+PROBES = ("-1", "0", "1", "2", "64", "65", "4096", "65536", "1.5", "1G", "x")
+
+
+def converts(t) -> tuple | None:
+    """What an argparse type makes of a few inputs (a value, or that it refused): two types are the same flag's
+    when they agree on all of them (export.numbers' int_arg(lo, hi) makes a new function per call)."""
+    if t is None:
+        return None
+    out = []
+    for text in PROBES:
+        try:
+            out.append(repr(t(text)))
+        except (ValueError, argparse.ArgumentTypeError):
+            out.append("refused")
+    return tuple(out)
+
+
 def signature(a: argparse.Action) -> tuple:
     choices = tuple(a.choices) if a.choices is not None else None
-    return type(a).__name__, a.dest, a.default, choices, a.type, a.nargs, a.const
+    return type(a).__name__, a.dest, a.default, choices, converts(a.type), a.nargs, a.const
 
 
 def test_a_flag_two_commands_take_has_one_default_choices_and_type():
     by_flag: dict[str, dict[str, tuple]] = {}
     for name, p in parsers().items():
         for flag, action in flags(p).items():
-            by_flag.setdefault(flag, {})[name] = signature(action)
+            if (name, flag) not in OWN_MEANING:
+                by_flag.setdefault(flag, {})[name] = signature(action)
     mixed = {
         flag: defs
         for flag, defs in by_flag.items()
@@ -79,16 +100,34 @@ def test_shared_flags_are_the_shared_definition(flag, add):
     takers = {name: flags(p)[flag] for name, p in parsers().items() if flag in flags(p)}
     assert len(takers) >= 2, takers
     for name, action in takers.items():
-        assert signature(action) == signature(want), name
         if (name, flag) not in OWN_MEANING:
-            assert action.help == want.help, name
+            assert signature(action) == signature(want) and action.help == want.help, name
 
 
-def test_pooling_defaults_to_the_build_as_built_everywhere():
+def test_pooling_of_a_served_build_defaults_to_the_builds_own_in_both_commands(served, pooled, tmp_path):
+    """engines.serving and engines.triton: one --pooling (POOLINGS, default None = the build's own). A pooled build
+    serves its own pooling from both; a plain RoFormer build gets its family's (mean) from engines.serving and none
+    from engines.triton, whose TensorRT model could not have it."""
+    from engines.serving.ort_model import load_build
+    from engines.triton import __main__ as triton
+    from export.passes.pooling import declared_pooling
+
     takers = {name: flags(p)["--pooling"] for name, p in parsers().items() if "--pooling" in flags(p)}
-    assert set(takers) == {"export.build", "engines.serving", "engines.triton"}
-    assert {a.default for a in takers.values()} == {cli_flags.DEFAULT_POOLING} == {"none"}
-    assert all(tuple(a.choices) == POOLINGS for a in takers.values())
+    served_by = {name for name in takers if (name, "--pooling") not in OWN_MEANING}
+    assert served_by == {"engines.serving", "engines.triton"}
+    assert {takers[n].default for n in served_by} == {None} and all(
+        tuple(takers[n].choices) == POOLINGS for n in served_by
+    )
+    args = {n: importlib.import_module(COMMANDS[n]).build_parser().parse_args(REQUIRED[n]) for n in served_by}
+    assert {a.pooling for a in args.values()} == {None}
+    assert declared_pooling(load_build(pooled, None)[0]) == declared_pooling(load_build(pooled, "none")[0])
+    assert declared_pooling(load_build(served.path, None)[0]).mode == "mean"  # RoFormer's family default
+    for build, name in ((served.path, "plain"), (pooled, "pooled")):
+        assert triton.main(["--build", str(build), "--out", str(tmp_path / name), "--json"]) == 0
+    twin = onnx.load(str(tmp_path / "plain" / "tiny_onnx" / "1" / "model.onnx"), load_external_data=False)
+    assert [o.name for o in twin.graph.output] == ["last_hidden_state"]
+    pooled_twin = onnx.load(str(tmp_path / "pooled" / "tiny_onnx" / "1" / "model.onnx"), load_external_data=False)
+    assert "sentence_embedding" in [o.name for o in pooled_twin.graph.output]
 
 
 def test_verbose_is_debug_in_every_command():

@@ -1,20 +1,25 @@
 """Calibration data: the token sequences calibration runs the graph on, from the user's file or synthetic, hashed.
 
-In: `--calib FILE` (text, one sample a line, tokenized with a vocab.txt; or `.jsonl`: one sample a line as a
+In: `--calib FILE` (text, one sample a line, tokenized with the checkpoint's tokenizer.json or vocab.txt; or
+`.jsonl`: one sample a line as a
 JSON list of token ids or {"input_ids": [...], "token_type_ids": [...]}), `--calib-size N`, the model's
 vocab size and longest sequence. Without a file: a deterministic synthetic set (seeded ids from the
 vocab, lengths spread up to the longest sequence calibration uses).
 Out: a CalibSet: the samples, where they came from, the sha256 of their token ids (what the report records:
 the same hash means the same calibration input), and feed batches for ONNX Runtime.
 
-Text is tokenized by RoFormerTokenizer with rjieba's word segmentation when rjieba is installed (the `serving`
-extra); without it by BertTokenizer on the same vocab (CJK split per character), and the report says which.
+Text is tokenized by export.text: a tokenizer.json by the `tokenizers` library; a vocab.txt with its family's word
+segmentation when that is installed, else WordPiece alone (CJK split per character); the report says which.
+
+What a file can cost is bounded before any of it is parsed: the file is read up to MAX_FILE_BYTES; a text line
+is cut to CHARS_PER_TOKEN characters per token kept before the tokenizer sees it (a tokenizer given a 60 MB line
+allocates gigabytes for its offsets although it keeps 128 tokens), then to the token cap; a JSON line nests at
+most MAX_JSON_DEPTH containers, and its integers have at most export.numbers.MAX_CHARS digits.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import UsageError
-from export.files import MiB, read_text
+from export.files import MiB, parse_json, read_text
+from export.text import load_text_tokenizer
 
 SYNTHETIC_SIZE = 64  # samples when --calib is not given
 MAX_CALIB_SIZE = 100_000
@@ -33,6 +39,12 @@ SYNTHETIC_NOTE = (
     "unknown; pass --calib FILE with text like the deployment's"
 )
 BATCH_TOKENS = 1024  # tokens per calibration batch: about 60 MB of activations per batch for the demo model
+MAX_FILE_BYTES = 256 * MiB
+# BERT's WordPiece makes a word of more than 100 characters one [UNK], so the first N tokens of a line whose
+# words are separated by single blanks lie in its first N x 101 characters: cutting at N x 128 keeps them (a
+# line that is mostly blanks or control characters keeps fewer; it still calibrates on its first tokens)
+CHARS_PER_TOKEN = 128
+MAX_JSON_DEPTH = 2  # {"input_ids": [...]} is the deepest form a sample takes
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class CalibSet:
     source: str  # "synthetic" or the file's path
     tokenizer: str | None = None
     note: str | None = None
+    types: bool = True  # the model has a token_type_ids input (False: the types are zeros and never fed)
 
     @property
     def sha256(self) -> str:
@@ -75,26 +88,27 @@ class CalibSet:
                 n = 1  # ascending lengths: the group's last sample is its longest, the padded width
                 while i + n < len(order) and (n + 1) * len(self.samples[order[i + n]][0]) <= batch_tokens:
                     n += 1
-                yield _feed([self.samples[j] for j in order[i : i + n]], choices)
+                yield _feed([self.samples[j] for j in order[i : i + n]], choices, self.types)
                 i += n
 
         return gen
 
 
-def _feed(group: list[tuple[np.ndarray, np.ndarray]], choices: int | None) -> dict[str, np.ndarray]:
+def _feed(group: list[tuple[np.ndarray, np.ndarray]], choices: int | None, types_input: bool) -> dict[str, np.ndarray]:
     s = max(len(ids) for ids, _ in group)
     ids = np.zeros((len(group), s), np.int64)
     types = np.zeros_like(ids)
     mask = np.zeros_like(ids)
     for r, (i, t) in enumerate(group):
         ids[r, : len(i)], types[r, : len(t)], mask[r, : len(i)] = i, t, 1
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feed = {"input_ids": ids, "attention_mask": mask} | ({"token_type_ids": types} if types_input else {})
     if choices:
         feed = {k: np.repeat(v[:, None, :], choices, axis=1) for k, v in feed.items()}
     return feed
 
 
-def synthetic_set(vocab_size: int, type_vocab_size: int, max_len: int, size: int = SYNTHETIC_SIZE) -> CalibSet:
+def synthetic_set(vocab_size: int, type_vocab_size: int | None, max_len: int, size: int = SYNTHETIC_SIZE) -> CalibSet:
+    """type_vocab_size None: a model without token_type_ids (every type 0, none fed)."""
     rng = np.random.default_rng(20240521)
     lengths = [n for n in SYNTHETIC_LENGTHS if n <= min(max_len, CALIB_LEN_CAP)] or [min(max_len, CALIB_LEN_CAP)]
     samples = []
@@ -102,10 +116,10 @@ def synthetic_set(vocab_size: int, type_vocab_size: int, max_len: int, size: int
         n = lengths[k % len(lengths)]
         ids = rng.integers(0, vocab_size, size=n, dtype=np.int64)
         types = np.zeros(n, np.int64)
-        if type_vocab_size > 1 and k % 2:
+        if (type_vocab_size or 0) > 1 and k % 2:
             types[n // 2 :] = 1  # a second segment in every other sample
         samples.append((ids, types))
-    return CalibSet(samples, "synthetic", note=SYNTHETIC_NOTE)
+    return CalibSet(samples, "synthetic", note=SYNTHETIC_NOTE, types=type_vocab_size is not None)
 
 
 def is_json_lines(path: Path) -> bool:
@@ -120,11 +134,11 @@ def check_size(size: int | None) -> int | None:
 
 
 def file_set(
-    path: Path, vocab: Path | None, vocab_size: int, type_vocab_size: int, max_len: int, size: int | None
+    path: Path, vocab: Path | None, vocab_size: int, type_vocab_size: int | None, max_len: int, size: int | None
 ) -> CalibSet:
     """The user's calibration file; UsageError (exit 2) naming the file and line for anything unusable."""
     path = Path(path)
-    text = read_text(path, what="calibration file", max_bytes=256 * MiB)
+    text = read_text(path, what="calibration file", max_bytes=MAX_FILE_BYTES)
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise UsageError(f"calibration file {path} has no samples; put one sample per line")
@@ -132,37 +146,35 @@ def file_set(
     cap = min(max_len, CALIB_LEN_CAP)
     if is_json_lines(path):
         samples = [_json_sample(path, n, line, vocab_size, type_vocab_size, cap) for n, line in lines]
-        return CalibSet(samples, str(path), tokenizer="token ids (JSON lines)")
+        return CalibSet(samples, str(path), tokenizer="token ids (JSON lines)", types=type_vocab_size is not None)
     if vocab is None or not Path(vocab).is_file():
-        where = f"{vocab} does not exist" if vocab else "there is no vocab.txt beside the checkpoint"
+        where = f"{vocab} does not exist" if vocab else "there is no tokenizer.json or vocab.txt beside the checkpoint"
         raise UsageError(
             f"--calib {path} is text and {where}; pass --calib-vocab PATH, or give token ids as JSON "
             "lines in a .jsonl file"
         )
-    tok, name = text_tokenizer(Path(vocab))
+    tok = load_text_tokenizer(Path(vocab))
     samples = []
     for n, line in lines:
-        enc = tok(line, truncation=True, max_length=cap, return_token_type_ids=True)
-        ids = np.asarray(enc["input_ids"], np.int64)
+        ids, types = tok.encode_one(line[: cap * CHARS_PER_TOKEN], cap)
         if ids.size and int(ids.max()) >= vocab_size:
             raise UsageError(
                 f"{path}:{n}: token id {int(ids.max())} from {vocab} is outside the model's vocab of "
-                f"{vocab_size}; pass the vocab.txt of this checkpoint with --calib-vocab"
+                f"{vocab_size}; pass the tokenizer of this checkpoint with --calib-vocab"
             )
-        samples.append((ids, np.asarray(enc["token_type_ids"], np.int64)))
-    return CalibSet(samples, str(path), tokenizer=name)
+        samples.append((ids, types if type_vocab_size is not None else np.zeros_like(ids)))
+    return CalibSet(samples, str(path), tokenizer=tok.describe(), types=type_vocab_size is not None)
 
 
 def _json_sample(
-    path: Path, n: int, line: str, vocab_size: int, type_vocab_size: int, cap: int
+    path: Path, n: int, line: str, vocab_size: int, type_vocab_size: int | None, cap: int
 ) -> tuple[np.ndarray, np.ndarray]:
     where = f"{path}:{n}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{where} is not JSON ({e.msg}); each line must be a list of token ids") from None
+    obj = parse_json(line, where=where, max_depth=MAX_JSON_DEPTH, fix="each line must be a list of token ids")
     ids, types = (obj.get("input_ids"), obj.get("token_type_ids")) if isinstance(obj, dict) else (obj, None)
     ids = _int_list(ids, where, "input_ids", vocab_size)
+    if types is not None and type_vocab_size is None:
+        raise UsageError(f"{where}: token_type_ids given, but this model has no token_type_ids input; drop them")
     types = _int_list(types, where, "token_type_ids", type_vocab_size) if types is not None else [0] * len(ids)
     if len(types) != len(ids):
         raise UsageError(f"{where}: token_type_ids has {len(types)} entries for {len(ids)} input_ids")
@@ -176,26 +188,3 @@ def _int_list(v, where: str, what: str, limit: int) -> list[int]:
     if bad is not None:
         raise UsageError(f"{where}: {what} value {bad} is outside [0, {limit})")
     return v
-
-
-def text_tokenizer(vocab: Path):
-    """(tokenizer, description): RoFormerTokenizer when rjieba is installed, else BertTokenizer on the same vocab."""
-    text = read_text(vocab, what="vocab", max_bytes=64 * MiB)
-    table: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines()):
-        table.setdefault(line.strip(), i)
-    for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
-        if tok not in table:
-            raise UsageError(f"{vocab} has no {tok} line; it is not a BERT/RoFormer vocab.txt")
-    try:
-        import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)
-        from transformers import RoFormerTokenizer
-
-        return RoFormerTokenizer(vocab=table), f"RoFormerTokenizer ({vocab.name}, rjieba word segmentation)"
-    except ImportError:
-        from transformers import BertTokenizer
-
-        return BertTokenizer(vocab=table), (
-            f"BertTokenizer ({vocab.name}; rjieba not installed: CJK split per "
-            "character, not by words as RoFormerTokenizer does)"
-        )

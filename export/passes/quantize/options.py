@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
+from export.numbers import float_arg, int_arg
 from export.passes.quantize.calibrate import CalibMethod, check_method
 from export.passes.quantize.data import check_size, is_json_lines
 from export.passes.quantize.fallback import MODES as FALLBACK_MODES
@@ -32,8 +33,11 @@ def add_quant_flags(p) -> None:
         help="int8/fp8 calibration data: text, one sample a line (tokenized with --calib-vocab), "
         "or token ids as JSON lines in a .jsonl file (default: a deterministic synthetic set)",
     )
-    p.add_argument("--calib-vocab", help="vocab.txt for --calib text (default: vocab.txt beside the checkpoint)")
-    p.add_argument("--calib-size", type=int, help="use the first N samples of --calib (synthetic: 64)")
+    p.add_argument(
+        "--calib-vocab",
+        help="tokenizer.json or vocab.txt for --calib text (default: the one beside the checkpoint)",
+    )
+    p.add_argument("--calib-size", type=int_arg(), help="use the first N samples of --calib (synthetic: 64)")
     p.add_argument("--calib-method", help="max | entropy | percentile (int8); max | percentile (fp8). Default max")
     p.add_argument(
         "--quant-fallback",
@@ -43,7 +47,7 @@ def add_quant_flags(p) -> None:
     )
     p.add_argument(
         "--quant-fallback-budget",
-        type=float,
+        type=float_arg(),
         help="the most MatMuls --quant-fallback auto may keep high, "
         f"as a fraction of the quantized ones (default {DEFAULT_BUDGET})",
     )
@@ -108,19 +112,21 @@ class QuantOptions:
 
 
 def _vocab(args, calib: Path | None) -> Path | None:
-    """--calib-vocab, or vocab.txt beside the checkpoint; a text --calib without one is refused here."""
+    """--calib-vocab, or the tokenizer.json (else vocab.txt) beside the checkpoint; a text --calib without one is
+    refused here."""
     if args.calib_vocab is not None:
         vocab = Path(args.calib_vocab)
         if not vocab.is_file():
-            raise UsageError(f"--calib-vocab {vocab} is not a file; pass the checkpoint's vocab.txt")
+            raise UsageError(f"--calib-vocab {vocab} is not a file; pass the checkpoint's tokenizer.json or vocab.txt")
         return vocab
     model = Path(args.model)
-    beside = (model if model.is_dir() else model.parent) / "vocab.txt"
-    if beside.is_file():
-        return beside
+    folder = model if model.is_dir() else model.parent
+    for name in ("tokenizer.json", "vocab.txt"):
+        if (folder / name).is_file():
+            return folder / name
     if calib is not None and not is_json_lines(calib):
         raise UsageError(
-            f"--calib {calib} is text but there is no vocab.txt beside the checkpoint ({beside}); pass "
-            "--calib-vocab PATH, or give token ids as JSON lines in a .jsonl file"
+            f"--calib {calib} is text but there is no tokenizer.json or vocab.txt beside the checkpoint "
+            f"({folder}); pass --calib-vocab PATH, or give token ids as JSON lines in a .jsonl file"
         )
     return None

@@ -13,7 +13,7 @@ The rules, with their sources:
 | MatMul / Gemm weights | per-channel (output channel) INT8, per-tensor FP8; stored quantized with a DequantizeLinear | TensorRT: per-channel scales only for weights ("Activations cannot be quantized per-channel", NvInfer.h IQuantizeLayer); pre-quantized weights need a DQ between them and the GEMM ("Quantized Weights") |
 | both inputs of the attention matmuls (Q·Kᵀ and softmax·V) | per-tensor | QDQBERT `matmul_{q,k,v,a}_input_quantizer` |
 | residual Add inputs (`residual=True` only) | per-tensor | QDQBERT `add_local_input_quantizer` / `add_residual_input_quantizer`; TensorRT fuses an Add into the GEMM before it when its inputs are quantized |
-| never: inside a rotary site (inputs of RoformerRotary / RotaryEmbedding, their sin/cos tables), Softmax, LayerNormalization, GELU, the mask arithmetic, outputs of weighted ops | none | rotary math stays in the plugin's fp32; TensorRT keeps these in high precision (no Q/DQ) |
+| never: inside a rotary site (inputs of RoformerRotary / RotaryEmbedding, their sin/cos tables), Softmax, LayerNormalization, GELU, the mask arithmetic, outputs of weighted ops, the pooling pass's `pool/` nodes (its Dense MatMuls too) | none | rotary math stays in the plugin's fp32; TensorRT keeps these in high precision (no Q/DQ) |
 
 Why `residual` is off by default: in this post-LayerNorm encoder the residual stream is the LayerNorm output
 itself, and per-tensor INT8 on it costs more accuracy than anything else placed here (measured in
@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from export.passes.pooling.spec import NODE_PREFIX as POOLING_NODES
 from plugins.identity import PLUGIN_OP
 
 LINEAR_OPS = frozenset({"MatMul", "Gemm"})
@@ -91,6 +92,8 @@ def plan_placement(model: onnx.ModelProto, residual: bool = False) -> Placement:
     producers = {o: n for n in model.graph.node for o in n.output}
     sites: list[Site] = []
     for node in model.graph.node:
+        if node.name.startswith(POOLING_NODES):  # the pooled output stays fp32, its Dense MatMuls included
+            continue
         if node.op_type in LINEAR_OPS:
             sites += _linear_sites(node, inits, producers)
         elif residual and _is_residual_add(node, producers):

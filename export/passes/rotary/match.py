@@ -2,7 +2,8 @@
 grouping of sites into layers. Nothing here changes the graph.
 
 In: an onnx-graphsurgeon graph (shapes inferred) and the layouts to try (rules.LAYOUTS by default).
-Out: `Site`s (x_BHSDh, the final Add, the layout, the layer they belong to) and `Miss`es with a reason.
+Out: `Site`s (x_BHSDh, the site's last node, the layout, R, the layer they belong to) and `Miss`es with a
+reason.
 """
 
 from __future__ import annotations
@@ -12,30 +13,54 @@ from collections.abc import Sequence
 import onnx_graphsurgeon as gs
 
 from export.passes.graph_utils import producer, static_dim
-from export.passes.rotary.pattern import Match, match
+from export.passes.rotary.pattern import Match, match, same_value
 from export.passes.rotary.results import Miss, Site
-from export.passes.rotary.rules import Layout
+from export.passes.rotary.rules import Layout, rotary_dim
 
-SITE_DIMS = "B H S Dh"  # x_BHSDh
+# x_BHSDh: B and S are one batch and one sequence for every site; H is not bound across sites (grouped-query
+# attention rotates a key with fewer heads than its query); Dh is one head size.
+SITE_DIMS = "B _ S Dh"
 
 
-def match_site(add: gs.Node, layouts: Sequence[Layout]) -> Site | Miss | None:
-    """The first layout whose site pattern matches at `add`: a Site, or a Miss for a declined layout.
-    Otherwise the first near miss of any layout, or None (not even a candidate). A complete match always
-    wins over a near miss, whatever order the exporter wrote the operands in."""
-    if add.op != "Add" or len(add.inputs) != 2 or not add.outputs:
+def match_site(node: gs.Node, layouts: Sequence[Layout]) -> Site | Miss | None:
+    """The first layout whose site pattern matches at `node` (the site's last node: the final Add, or a
+    fused rotary node): a Site, or a Miss for a declined layout. Otherwise the first near miss of any
+    layout, or None (not even a candidate). A complete match always wins over a near miss, whatever order
+    the exporter wrote the operands in."""
+    if not node.outputs or not any(node.op in layout.site.op for layout in layouts):
         return None
-    anchor = add.name or add.outputs[0].name
+    anchor = node.name or node.outputs[0].name
     first_miss = None
     for layout in layouts:
-        got = match(layout.site, add.outputs[0])
+        if node.op not in layout.site.op:
+            continue
+        got = match(layout.site, node.outputs[0])
         if isinstance(got, Match):
             if not layout.declined:
-                return Site(add=add, x=got["x"], layout=layout)
+                x = got["x"]
+                return Site(node, x, layout, rotary_dim(node, x), aliases_in_site(node, x))
             first_miss = first_miss or Miss(anchor, layout.declined)
         elif got.reasons and first_miss is None:
             first_miss = Miss(anchor, got.reasons[0])
     return first_miss
+
+
+def aliases_in_site(last: gs.Node, x: gs.Tensor, depth: int = 6) -> tuple[str, ...]:
+    """Tensors near the site's last node that hold x's value through other nodes (pattern.same_value):
+    the probe feeds them x, so the site is run as one function of x."""
+    found, frontier, seen = [], list(last.inputs), set()
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            if t is x or t.name in seen or isinstance(t, gs.Constant):
+                continue
+            seen.add(t.name)
+            if same_value(t, x):
+                found.append(t.name)
+                continue
+            nxt += [i for n in t.inputs for i in n.inputs]
+        frontier = nxt
+    return tuple(found)
 
 
 def find_sites(graph: gs.Graph, layouts: Sequence[Layout]) -> tuple[list[Site], list[Miss]]:
@@ -52,8 +77,9 @@ def find_sites(graph: gs.Graph, layouts: Sequence[Layout]) -> tuple[list[Site], 
 
 def check_dims(dims: dict[str, int], name: str, shape, expected: str) -> str | None:
     """Bind each symbol of `expected` ("B H S Dh") to the dim of `shape` at its place, the first time that
-    dim is static; a later static dim must equal it. Symbolic dims bind nothing (exporters name one axis
-    differently in different places). An unknown shape (None) passes: the probe sizes it from its feeds."""
+    dim is static; a later static dim must equal it. "_" binds nothing. Symbolic dims bind nothing
+    (exporters name one axis differently in different places). An unknown shape (None) passes: the probe
+    sizes it from its feeds."""
     if shape is None:
         return None
     syms = expected.split()
@@ -61,29 +87,35 @@ def check_dims(dims: dict[str, int], name: str, shape, expected: str) -> str | N
         return f"{name} has rank {len(shape)} {list(shape)}, expected [{', '.join(syms)}]"
     for i, sym in enumerate(syms):
         got = static_dim(shape, i)
-        if got is not None and dims.setdefault(sym, got) != got:
+        if got is not None and sym != "_" and dims.setdefault(sym, got) != got:
             return f"dim {i} ({sym}) of {name} is {got}, but {sym} was bound to {dims[sym]}"
     return None
 
 
 def check_site(site: Site, dims: dict[str, int]) -> str | None:
-    """What the pattern cannot say about a site: x is [B, H, S, Dh] with an even Dh, and every site agrees
-    on the dims (one table width, one plugin node per layer over tensors of one shape)."""
+    """What the pattern cannot say about a site: x is [B, H, S, Dh] with an even Dh, every site agrees on
+    B, S and Dh (one plugin node per layer over tensors of one batch, sequence and head size), and the
+    rotated width R is even and within Dh."""
     miss = check_dims(dims, "x", site.x.shape, SITE_DIMS)
     if miss:
         return miss
     dh = static_dim(site.x.shape)
     if dh is not None and dh % 2:
         return f"head size {dh} is odd; a rotation turns pairs of dims"
+    r = site.rotary_dim
+    if r is not None and (r % 2 or r <= 0 or (dh is not None and r > dh)):
+        return f"rotary_embedding_dim {r} must be even and within the head size {dh}"
     return None
 
 
 def layer_key(x: gs.Tensor) -> str:
-    """Walk x back through Transpose/Reshape/Add/Cast to the projection MatMul; its activation input
-    names the layer (query, key and value of one self-attention read the same hidden state)."""
+    """Walk x back through Transpose/Reshape/Cast, an Add or a Mul/Div of a constant (a bias, ESM's query
+    scaling) and the Split/Slice/Squeeze/Gather that cut a fused QKV projection, to the projection MatMul;
+    its activation input names the layer (query, key and value of one self-attention read the same hidden
+    state)."""
     t = x
     for _ in range(8):
-        node = producer(t, ("Transpose", "Reshape", "Add", "Cast", "Identity", "MatMul", "Gemm"))
+        node = producer(t, _THROUGH + _DATA_FIRST)
         if node is None:
             break
         variables = [i for i in node.inputs if not _is_const(i)]
@@ -93,12 +125,17 @@ def layer_key(x: gs.Tensor) -> str:
             if len(acts) == 1:
                 return acts[0].name
             break
-        if node.op == "Reshape":
+        if node.op == "Reshape" or node.op in _DATA_FIRST:
             variables = [node.inputs[0]]
         if len(variables) != 1:
             break
         t = variables[0]
     return x.name  # a site of its own: reported if a layer then comes out incomplete
+
+
+_THROUGH = ("Transpose", "Reshape", "Add", "Mul", "Div", "Cast", "Identity", "MatMul", "Gemm")
+# A fused projection (ModernBERT's Wqkv, NomicBERT's Wqkv) is cut into q, k, v by these: the data is input 0.
+_DATA_FIRST = ("Squeeze", "Unsqueeze", "Slice", "Split", "Gather")
 
 
 def _from_weights(t: gs.Tensor) -> bool:

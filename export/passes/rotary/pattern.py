@@ -10,6 +10,10 @@ alternatives that got furthest. Two kinds of failure, as onnxscript's MatchStatu
 - structure (an op that is not there, a tensor with several producers): not a candidate, no reason;
 - a condition (an attribute or constant checked by `where`, a `Var` bound to two different tensors):
   a near miss, with a reason naming the node at fault. Callers report these.
+Two tensors are "the same" for a `Var` when they are one tensor once Identity and no-op Casts (to the
+dtype the tensor already has) are looked through, or the outputs of two identical nodes over the same
+inputs: TorchScript traces HF's `q.float()` once per use, so `q.float() * cos` reads Cast(q) and
+`rotate_half(q.float())` reads Cast(Cast(q)).
 Commutative ops try both input orders; the first complete match wins over every near miss.
 """
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from export.passes.graph_utils import producer
@@ -110,7 +116,7 @@ def _match(p: Pattern, t: gs.Tensor, b: Bindings, reasons: list[str]) -> Iterato
         bound = b.get(p.name)
         if bound is None:
             yield {**b, p.name: t}
-        elif bound is t:
+        elif same_value(bound, t):
             yield b
         else:
             reasons.append(p.differs or f"{p.name} is {bound.name!r} in one place and {t.name!r} in another")
@@ -138,3 +144,50 @@ def _match_inputs(patterns: tuple, tensors: list[gs.Tensor], b: Bindings, reason
         return
     for got in _match(patterns[0], tensors[0], b, reasons):
         yield from _match_inputs(patterns[1:], tensors[1:], got, reasons)
+
+
+def same_value(a: gs.Tensor, b: gs.Tensor, depth: int = 4) -> bool:
+    """a is b, or both are the one output of nodes with one op, equal attributes and the same inputs (a
+    common subexpression the exporter did not merge). Never reads values."""
+    a, b = _through_no_ops(a), _through_no_ops(b)
+    if a is b:
+        return True
+    if depth == 0 or not (isinstance(a, gs.Variable) and isinstance(b, gs.Variable)):
+        return False
+    if len(a.inputs) != 1 or len(b.inputs) != 1:
+        return False
+    na, nb = a.inputs[0], b.inputs[0]
+    if na.op != nb.op or na.domain != nb.domain or len(na.outputs) != 1 or len(nb.outputs) != 1:
+        return False
+    if len(na.inputs) != len(nb.inputs) or not _same_attrs(na.attrs, nb.attrs):
+        return False
+    return all(same_value(x, y, depth - 1) for x, y in zip(na.inputs, nb.inputs, strict=True))
+
+
+def _through_no_ops(t: gs.Tensor) -> gs.Tensor:
+    """The tensor behind Identity nodes and Casts to the dtype their input already has."""
+    for _ in range(8):
+        node = producer(t, ("Identity", "Cast"))
+        if node is None or not node.inputs:
+            return t
+        src = node.inputs[0]
+        if node.op == "Cast" and (src.dtype is None or _onnx_type(src.dtype) != node.attrs.get("to")):
+            return t
+        t = src
+    return t
+
+
+def _onnx_type(dtype) -> int | None:
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, ValueError, KeyError):  # a dtype numpy does not know: treat the Cast as a real one
+        return None
+
+
+def _same_attrs(a: dict, b: dict) -> bool:
+    """Plain attribute values only (ints, floats, strings, lists of them); a tensor or graph attribute
+    makes two nodes different."""
+    plain = (int, float, str, bytes, list, tuple)
+    if a.keys() != b.keys() or not all(isinstance(v, plain) for v in (*a.values(), *b.values())):
+        return False
+    return all(a[k] == b[k] for k in a)

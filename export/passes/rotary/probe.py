@@ -1,16 +1,23 @@
 """The numerical check of rotary sites: each site's own subgraph, run in ONNX Runtime, against its layout's
 numpy reference.
 
-In: the (shape-inferred) model, the sites, the contract's sincos table [P, Dh], feeds for the graph inputs
-(they fix B and S, and feed any input the sin/cos path reads). The probe model holds only the sites'
-subgraphs, from a random x_BHSDh to the final Add, with the sin/cos path they read; it reads only the
-initializers that path needs (the position table, shape constants), from `base_dir` when they are
-external. Out: {site name: reason} for every site that fails.
+In: the (shape-inferred) model, the sites, the table each site must equal (the contract's sincos [P, R],
+one for all sites or an `Expected` per site), feeds for the graph inputs (they fix B and S, and feed any
+input the sin/cos path reads). The probe model holds only the sites' subgraphs, from a random x_BHSDh to
+the site's last node, with the sin/cos path they read; it reads only the initializers that path needs
+(the position table, inv_freq, shape constants), from `base_dir` when they are external. Out: {site name:
+reason} for every site that fails.
+
+A site whose sin/cos path computes Cos/Sin in the graph (the exporters' HF models) formed its angles in
+fp32; its bound adds that rounding (`tables.fp32_sincos_error` over the probe's positions). A site that
+reads a table (RoFormer's initializer) is held to a few ulps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +25,39 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
+from export.families.spec import RotaryTable
 from export.onnx_io import load_tensor
 from export.passes.rotary.results import Site
+from export.passes.rotary.tables import describe, fp32_sincos_error
+
+ANGLE_OPS = ("Cos", "Sin")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one site must compute: the table [P, R] = [sin | cos] and the family's table it was built from
+    (None: a table given as is)."""
+
+    table: np.ndarray
+    spec: RotaryTable | None = None
 
 
 def verify_sites(
     model: onnx.ModelProto,
     sites: list[Site],
-    table: np.ndarray,
+    table: np.ndarray | Mapping[str, Expected],
     feeds: dict[str, np.ndarray],
     dtype: np.dtype,
     base_dir: str | Path | None = None,
     seed: int = 0,
 ) -> dict[str, str]:
-    """Run every site's own subgraph once in ORT (`site_probe`: x_BHSDh fed with random values, the final
-    Add as output) and compare each output with its layout's reference of x. Returns {site name: reason}
-    for failing sites."""
+    """Run every site's own subgraph once in ORT (`site_probe`: x_BHSDh fed with random values, the site's
+    last node as output) and compare each output with its layout's reference of x and the site's table.
+    `table`: one table for every site, or an `Expected` per site name. Returns {site name: reason} for
+    failing sites."""
     import onnxruntime as ort
 
+    expected = table if isinstance(table, Mapping) else {s.name: Expected(table) for s in sites}
     shapes = concrete_shapes(model, feeds)
     bad = {}
     for s in sites:
@@ -52,34 +74,63 @@ def verify_sites(
         return bad | {s.name: f"the site's subgraph cannot be extracted: {e}" for s in sites}
     rng = np.random.default_rng(seed)
     xs = {s.x.name: rng.standard_normal(shapes[s.x.name]).astype(np.dtype(s.x.dtype or dtype)) for s in sites}
+    aliases = {a: xs[s.x.name] for s in sites for a in s.x_aliases}  # the same x, read through another node
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
     outs = [s.add.outputs[0].name for s in sites]
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        values = dict(zip(outs, sess.run(outs, xs | {k: feeds[k] for k in needs}), strict=True))
+        values = dict(zip(outs, sess.run(outs, xs | aliases | {k: feeds[k] for k in needs}), strict=True))
     except Exception as e:  # ORT raises its own error types; the reason lands in the report's skipped list
         return bad | {s.name: f"the site's subgraph does not run in ONNX Runtime: {e}" for s in sites}
+    angle_sites = computes_angles(probe, sites)
     for s in sites:
-        why = check_output(s, xs[s.x.name], values[s.add.outputs[0].name], table, dtype)
+        exp = expected[s.name]
+        spec = exp.spec if s.name in angle_sites else None
+        why = check_output(s, xs[s.x.name], values[s.add.outputs[0].name], exp.table, dtype, spec)
         if why:
-            bad[s.name] = why
+            bad[s.name] = why + (f" (table: {describe(exp.spec)})" if exp.spec is not None else "")
     return bad
 
 
-def check_output(site: Site, x: np.ndarray, y: np.ndarray, table: np.ndarray, dtype: np.dtype) -> str | None:
-    """One site's output y for input x against its layout's reference; why it fails, or None."""
-    if x.ndim != 4 or x.shape != y.shape or x.shape[-1] != table.shape[1]:
-        return f"x is {list(x.shape)}, expected [B, H, S, {table.shape[1]}] matching the table width"
+def check_output(
+    site: Site, x: np.ndarray, y: np.ndarray, table: np.ndarray, dtype: np.dtype, spec: RotaryTable | None = None
+) -> str | None:
+    """One site's output y for input x against its layout's reference; why it fails, or None. `spec`: the
+    site computed its sin/cos in the graph in fp32 (adds `fp32_sincos_error(spec)` over its positions)."""
+    if x.ndim != 4 or x.shape != y.shape or x.shape[-1] < table.shape[1]:
+        return f"x is {list(x.shape)}, expected [B, H, S, Dh] with Dh matching the table width {table.shape[1]}"
     if x.shape[2] > table.shape[0]:
         return f"sequence {x.shape[2]} exceeds the table's {table.shape[0]} rows"
     ref = site.layout.reference(x, table).astype(np.float64)
     err = float(np.max(np.abs(y.astype(np.float64) - ref))) if y.size else 0.0
     # exported graphs round x*cos and rh*sin in their own dtype: a few ulps of |x|; a wrong angle,
     # sign or pairing is off by O(|x|)
-    tol = 8 * float(np.finfo(dtype).eps) * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+    x_max = float(np.max(np.abs(x))) if x.size else 1.0
+    tol = 8 * float(np.finfo(dtype).eps) * max(1.0, x_max)
+    if spec is not None:  # y = x1 cos -/+ x2 sin: each of cos and sin off by at most the bound
+        tol += 2 * x_max * fp32_sincos_error(spec, x.shape[2])
     return error_verdict(err, tol)
+
+
+def computes_angles(probe: onnx.ModelProto, sites: list[Site]) -> set[str]:
+    """Names of the sites whose probe subgraph takes Cos or Sin in the graph (their table is fp32-formed)."""
+    producers = {o: n for n in probe.graph.node for o in n.output if o}
+    found = set()
+    for s in sites:
+        stack, seen = [s.add.outputs[0].name], {s.x.name}
+        while stack:
+            name = stack.pop()
+            node = producers.get(name)
+            if name in seen or node is None:
+                continue
+            seen.add(name)
+            if node.op_type in ANGLE_OPS:
+                found.add(s.name)
+                break
+            stack.extend(node.input)
+    return found
 
 
 def error_verdict(err: float, tol: float) -> str | None:
@@ -135,14 +186,15 @@ def concrete_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dic
 def site_probe(
     model: onnx.ModelProto, sites: list[Site], shapes: dict[str, list[int]], base_dir: str | Path | None
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """A model of the sites' subgraphs only: inputs are each site's x_BHSDh (+ the graph inputs the sin/cos
-    path reads), outputs each site's final Add. Walks back from the Adds and stops at x, at initializers
-    and at Shape nodes whose input has a static shape in `shapes` (folded into a Constant, so the walk does
-    not follow e.g. Shape(hidden_states) into the embeddings). Returns (probe, names of graph inputs it needs)."""
+    """A model of the sites' subgraphs only: inputs are each site's x_BHSDh and its aliases (+ the graph
+    inputs the sin/cos path reads), outputs each site's last node. Walks back from those and stops at x, at
+    initializers and at Shape nodes whose input has a static shape in `shapes` (folded into a Constant, so
+    the walk does not follow e.g. Shape(hidden_states) into the embeddings). Returns (probe, names of graph
+    inputs it needs)."""
     producers = {o: n for n in model.graph.node for o in n.output if o}
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name: i for i in model.graph.input}
-    cut = {s.x.name for s in sites}
+    cut = {s.x.name for s in sites} | {a for s in sites for a in s.x_aliases}
     kept: dict[int, onnx.NodeProto] = {}
     need_inits, need_inputs, seen = [], [], set()
     stack = [s.add.outputs[0].name for s in sites]
@@ -169,7 +221,11 @@ def site_probe(
         if id(n) in kept
     ]
     elem = lambda s: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(s.x.dtype or np.float32))  # noqa: E731
-    xs = [onnx.helper.make_tensor_value_info(s.x.name, elem(s), shapes[s.x.name]) for s in sites]
+    xs = [
+        onnx.helper.make_tensor_value_info(name, elem(s), shapes[s.x.name])
+        for s in sites
+        for name in (s.x.name, *s.x_aliases)
+    ]
     graph = onnx.helper.make_graph(
         nodes,
         "rotary_site_probe",

@@ -20,9 +20,11 @@ class Miss:
 
 @dataclass
 class Site:
-    add: gs.Node  # the final Add; its output is the rotated tensor
+    add: gs.Node  # the site's last node (the final Add, or a fused RotaryEmbedding): its output is rotated x
     x: gs.Variable  # x_BHSDh
     layout: Layout
+    rotary_dim: int | None = None  # R, the rotated leading dims of each head (None: not static)
+    x_aliases: tuple[str, ...] = ()  # names of tensors in the site that hold x itself (pattern.same_value)
     layer_key: str = ""  # name of the hidden state feeding this layer's projections
 
     @property

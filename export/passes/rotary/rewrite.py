@@ -1,8 +1,12 @@
 """The rewriters: verified sites -> one `roformer_trt::RoformerRotary` node per layer ("plugin",
 plugins/roformer_rotary/README.md) or one ai.onnx `RotaryEmbedding` per site ("onnx", opset 23).
 
-Each takes over the sites' output tensors, so every consumer now reads the new node; the old chains are
-left dangling for the driver's cleanup. The `interleaved` attribute comes from the site's layout.
+Each takes over the sites' output tensors, so every consumer now reads the new node; the old chains (and
+the in-graph Cos/Sin work they read) are left dangling for the driver's cleanup. The `interleaved`
+attribute comes from the site's layout. The tables are constants: one [P, R] sincos per distinct table for
+the plugin, one cos and one sin cache [P, R/2] for RotaryEmbedding, which reads them through position_ids
+[B, S] (int64), the form ONNX Runtime runs at any batch and TensorRT's IRotaryEmbeddingLayer takes
+(export/passes/rotary/README.md).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from export.passes.graph_utils import static_dim
 from export.passes.rotary.results import Site
 from export.passes.rotary.rules import Layout
 from plugins import identity
@@ -33,13 +38,14 @@ def refusal(mode: str, layout: Layout) -> str | None:
     return None
 
 
-def tables(table: np.ndarray) -> tuple[gs.Constant, gs.Constant, gs.Constant]:
-    """sincos [P, Dh] for the plugin; cos and sin caches [P, Dh/2] for RotaryEmbedding."""
-    half = table.shape[1] // 2
+def tables(table: np.ndarray, index: int = 0) -> tuple[gs.Constant, gs.Constant, gs.Constant]:
+    """sincos [P, R] for the plugin; cos and sin caches [P, R/2] for RotaryEmbedding. The model's first
+    table keeps the plain names; ModernBERT's second (its local theta) gets the suffix `_1`."""
+    half, suffix = table.shape[1] // 2, f"_{index}" if index else ""
     return (
-        gs.Constant(SINCOS_NAME, table),
-        gs.Constant(COS_CACHE_NAME, np.ascontiguousarray(table[:, half:])),
-        gs.Constant(SIN_CACHE_NAME, np.ascontiguousarray(table[:, :half])),
+        gs.Constant(SINCOS_NAME + suffix, table),
+        gs.Constant(COS_CACHE_NAME + suffix, np.ascontiguousarray(table[:, half:])),
+        gs.Constant(SIN_CACHE_NAME + suffix, np.ascontiguousarray(table[:, :half])),
     )
 
 
@@ -75,12 +81,16 @@ def rewrite_plugin(graph: gs.Graph, layer: list[Site], sincos: gs.Constant, inde
 def rewrite_onnx(
     graph: gs.Graph, site: Site, cos: gs.Constant, sin: gs.Constant, position_ids: gs.Variable, index: int
 ) -> gs.Node:
-    """ai.onnx RotaryEmbedding. fp16/bf16 x is cast to fp32 around it, so the rotation is computed in fp32
-    as the contract says (and ORT has no bf16 kernel for it)."""
+    """ai.onnx RotaryEmbedding(x, cos_cache, sin_cache, position_ids) on 4-D x, so no num_heads (ONNX and
+    TensorRT read it only for a 3-D x). fp16/bf16 x is cast to fp32 around it, so the rotation is computed
+    in fp32 as the contract says (and ORT has no bf16 kernel for it)."""
     y = _take_output(site)
     x = site.x
     name = f"RotaryEmbedding_{index}"
     attrs = {"interleaved": site.layout.interleaved}
+    rotated, dh = 2 * int(cos.shape[1]), static_dim(x.shape)
+    if dh is not None and rotated < dh:  # partial rotary; 0 (the default) means all of Dh
+        attrs["rotary_embedding_dim"] = rotated
     if x.dtype != np.float32:
         x32 = gs.Variable(f"{name}_x_fp32", dtype=np.float32, shape=x.shape)
         graph.nodes.append(gs.Node("Cast", f"{name}_cast_in", {"to": onnx.TensorProto.FLOAT}, [x], [x32]))

@@ -64,6 +64,8 @@ def test_output_choice(driver, outputs, chosen):
     "kind, dims, ok",
     [
         ("pooled", [3, 32], True),
+        ("pooled", [3, 16], True),  # a Dense layer or --truncate-dim: any width is the pooled output's
+        ("pooled", [3, 0], False),
         ("pooled", [3, 5, 32], False),
         ("pooled", [2, 32], False),
         ("hidden", [3, 5, 32], True),

@@ -77,7 +77,7 @@ def test_prefixes_are_stripped(tmp_path, prefix):
 def test_task_head_detected(make_ckpt, task):
     path, model = make_ckpt(task)
     ck = load_checkpoint(path)
-    assert ck.task == task and type(ck.model).__name__ == TASKS[task][0] and same_weights(ck.model, model)
+    assert ck.task == task and type(ck.model).__name__ == ck.family.heads[task] and same_weights(ck.model, model)
 
 
 def test_variants_embedding_size_and_rotary_value(make_ckpt):

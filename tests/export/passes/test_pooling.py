@@ -148,6 +148,7 @@ def test_pooling_only_for_heads_with_hidden_states(task):
         (("none", False, None), None),
         (("mean", False, None), Pooling("mean")),
         (("cls", True, "sentence_embedding"), Pooling("cls", True, keep_hidden=False)),
+        (("lasttoken+mean", False, None, 4), Pooling("lasttoken+mean", truncate_dim=4)),
         (("mean", False, "last_hidden_state, sentence_embedding"), Pooling("mean")),
     ],
 )
@@ -159,10 +160,12 @@ def test_parse_pooling(args, want):
     "args, match",
     [
         (("none", True, None), "--normalize applies"),
-        (("none", False, "sentence_embedding"), "--outputs chooses"),
+        (("none", False, "sentence_embedding"), "--outputs applies to a pooled output"),
+        (("none", False, None, 8), "--truncate-dim applies to a pooled output"),
         (("mean", False, "last_hidden_state"), "--outputs 'last_hidden_state'"),
         (("mean", False, "sentence_embedding,logits"), "--outputs"),
-        (("max", False, None), "--pooling 'max'"),
+        (("maximum", False, None), "--pooling 'maximum'"),
+        (("cls+avg", False, None), "--pooling 'cls\\+avg'"),
     ],
 )
 def test_parse_pooling_refuses(args, match):

@@ -116,7 +116,7 @@ def test_wrong_angles_are_detected_and_not_rewritten(tmp_path):
     assert not any(n.op_type == PLUGIN_OP for n in new.graph.node)
 
 
-def test_neox_rotate_half_left_untouched(tmp_path):
+def test_neox_rotate_half_is_rewritten_with_the_split_halves_rule(tmp_path):
     torch.onnx.export(
         NeoXAttention(),
         (torch.randn(1, 5, 16),),
@@ -127,10 +127,10 @@ def test_neox_rotate_half_left_untouched(tmp_path):
         dynamic_axes={"h": {0: "batch", 1: "sequence"}},
     )
     src = onnx.load(str(tmp_path / "neox.onnx"))
-    new, rep = fuse_rotary(src, "plugin", expected=1, max_len=16, head_dim=8)
-    assert rep.found == 0 and rep.rewritten == 0
-    assert any("rotate_half" in s["reason"] for s in rep.skipped), rep.skipped
-    assert new.graph.SerializeToString() == src.graph.SerializeToString()
+    new, rep = fuse_rotary(src, "onnx", expected=1, max_len=16, head_dim=8)
+    assert rep.found == rep.rewritten == 1 and rep.coverage_error() is None, rep.to_dict()
+    assert [n.op_type for n in new.graph.node].count("RotaryEmbedding") == 1
+    assert not any(n.op_type == "Neg" for n in new.graph.node)
 
 
 def test_bert_has_nothing_to_rewrite(tmp_path):

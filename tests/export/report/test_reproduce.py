@@ -67,6 +67,7 @@ def commands(**over):
         rtol=0.001,
         plugin_lib=f"plugins/build/{identity.PLUGIN_LIB}",
         static_plugin_lib=f"plugins/build/{identity.STATIC_PLUGIN_LIB}",
+        inputs=("input_ids", "attention_mask", "token_type_ids"),
     )
     kw.update(over)
     return reproduce_commands(**kw)
@@ -144,3 +145,10 @@ def test_markdown_holds_every_command():
     c = commands()
     md = render_markdown(c)
     assert all(cmd in md for cmd in c["trtexec"] + c["polygraphy"]) and md.count("```") == 4
+
+
+def test_a_model_without_token_type_ids_gets_commands_without_them():
+    """The inputs are the graph's (ModernBERT has no token_type_ids): no shape, no value range for a missing input."""
+    cmds = commands(inputs=("input_ids", "attention_mask"), type_vocab_size=None)
+    text = " ".join(cmds["trtexec"] + cmds["polygraphy"])
+    assert "token_type_ids" not in text and "input_ids:[0,999]" in text and "attention_mask:" in text

@@ -12,6 +12,7 @@ import pytest
 
 from export.report.compare import error_stats
 from export.report.thresholds import DEFAULTS, Threshold, ThresholdError, Thresholds
+from tests.helpers import one_line
 
 
 def test_the_boundary_passes():
@@ -87,6 +88,12 @@ def test_precedence_from_weakest_to_strongest():
         {"fp32": {"*": {"*": 1}}},
         {"fp32": {"*": {"*": {"min_row_cosine": 1.5}}}},
         {"fp32": {"*": {"*": {"max_rel": 1}}}},
+        # issue 27: a TOML integer of any size reaches check_value (math.isfinite(10**400) is an OverflowError)
+        {"fp32": {"*": {"*": {"atol": 10**400}}}},
+        {"fp32": {"*": {"*": {"rtol": -(10**400)}}}},
+        {"fp32": {"*": {"*": {"rtol": float("nan")}}}},
+        {"fp32": {"*": {"*": {"atol": float("inf")}}}},
+        {"fp32": {"*": {"*": {"min_cosine": True}}}},
     ],
 )
 def test_bad_tables_are_refused(data):
@@ -139,3 +146,16 @@ def test_the_quantized_defaults_follow_their_stated_arithmetic():
     assert fp8.rtol == 2 * int8.rtol
     assert 1 - fp8.min_row_cosine == pytest.approx(next_125(4 * (1 - 0.996)), rel=1e-9)
     assert int8.min_row_cosine == int8.min_cosine == 0.999 and fp8.min_cosine == 0.99
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "9" * 5000, "nan", "inf", "-inf", "1e999"])
+def test_thresholds_file_numbers_are_one_line_exit_2(built, tmp_path, capsys, value):
+    """Through the gate's CLI: every one was exit 4 (OverflowError, Python's 4300-digit ValueError) or passed
+    a NaN before."""
+    from engines.gate import main as gate
+
+    t = tmp_path / "t.toml"
+    t.write_text(f'[fp32."*"."*"]\natol = {value}\n')
+    assert gate([str(built / "report.json"), "--thresholds", str(t)]) == 2
+    line = one_line(capsys)
+    assert str(t) in line and ("atol" in line or "too long" in line), line

@@ -130,3 +130,92 @@ def export_module(module: torch.nn.Module, path: Path, hidden: int, outputs: lis
             dynamic_axes={"h": {0: "batch", 1: "sequence"}},
         )
     return onnx.load(str(path))
+
+
+class HalvesAttention(torch.nn.Module):
+    """HF's rotate_half rotary on a query of `heads_q` and a key of `heads_k` heads of one hidden state, with
+    switches that break one thing at a time: the split point, the axis the halves are cut on, the rotated
+    width (partial rotary rotates q[..., :rotary_dim] and concatenates the rest, as HF's partial models do)
+    and theta. The table is computed in the module from fp32 angles, as HF computes it."""
+
+    def __init__(self, heads_q=4, heads_k=2, dh=8, rotary_dim=None, theta=10000.0, split_at=None, axis=-1):
+        super().__init__()
+        self.hq, self.hk, self.dh, self.axis = heads_q, heads_k, dh, axis
+        self.r = rotary_dim or dh
+        self.split_at = split_at or self.r // 2
+        self.q = torch.nn.Linear(16, heads_q * dh)
+        self.k = torch.nn.Linear(16, heads_k * dh)
+        self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, self.r, 2, dtype=torch.float) / self.r))
+
+    def rotate_half(self, x):
+        h = self.split_at
+        if self.axis == -1:
+            return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+        return torch.cat([-x[:, :, h:], x[:, :, :h]], dim=2)  # the near miss: halves of the sequence axis
+
+    def rotate(self, x, cos, sin):
+        x_rot, x_pass = x[..., : self.r], x[..., self.r :]
+        y = x_rot * cos + self.rotate_half(x_rot) * sin
+        return torch.cat([y, x_pass], dim=-1) if self.r < self.dh else y
+
+    def forward(self, h):
+        b, s, _ = h.shape
+        ang = torch.arange(s, dtype=torch.float)[:, None] * self.inv_freq  # [S, R/2]
+        emb = torch.cat([ang, ang], dim=-1)
+        cos, sin = emb.cos()[None, None], emb.sin()[None, None]  # [1, 1, S, R]
+        q = self.q(h).view(b, s, self.hq, self.dh).transpose(1, 2)
+        k = self.k(h).view(b, s, self.hk, self.dh).transpose(1, 2)
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+
+def fused_rotary_graph(
+    heads=(4, 2), dh=8, rotary_dim=None, theta=10000.0, interleaved=0, rank3=False, seed=0
+) -> onnx.ModelProto:
+    """What torch's dynamo exporter writes at opset 23, by hand: h [B, S, 16] -> per tensor MatMul, Reshape,
+    Transpose -> RotaryEmbedding(x_BHSDh, cos [1, S, R/2], sin [1, S, R/2]) with interleaved and num_heads,
+    the caches computed in the graph from fp32 angles. heads: the head count of each rotated tensor (query,
+    key); rank3: feed x as [B, S, H*Dh] (the 3-D form of the op)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = rotary_dim or dh
+    rng = np.random.default_rng(seed)
+    inv = (1.0 / theta ** (np.arange(0, r, 2, dtype=np.float32) / np.float32(r))).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(inv, "inv_freq"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_1d"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["h"], ["S_1d"], start=1, end=2),
+        helper.make_node("Squeeze", ["S_1d", "axis0"], ["S"]),
+        helper.make_node("Range", ["zero", "S", "one"], ["pos"]),
+        helper.make_node("Cast", ["pos"], ["pos_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["pos_f", "axis1"], ["pos_S1"]),
+        helper.make_node("Mul", ["pos_S1", "inv_freq"], ["ang"]),  # [S, R/2]
+        helper.make_node("Unsqueeze", ["ang", "axis0"], ["ang_1S"]),
+    ]
+    outputs = []
+    for i, hn in enumerate(heads):
+        w = rng.standard_normal((16, hn * dh)).astype(np.float32) / 4
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.array([0, 0, hn, dh]), f"shape{i}")]
+        nodes += [
+            helper.make_node("MatMul", ["h", f"w{i}"], [f"proj{i}"]),
+            helper.make_node("Reshape", [f"proj{i}", f"shape{i}"], [f"x{i}_BSHDh"]),
+            helper.make_node("Transpose", [f"x{i}_BSHDh"], [f"x{i}"], perm=[0, 2, 1, 3]),
+            helper.make_node("Cos", ["ang_1S"], [f"cos{i}"]),  # one Cos per node, as the exporter writes them
+            helper.make_node("Sin", ["ang_1S"], [f"sin{i}"]),
+        ]
+        x = f"x{i}"
+        if rank3:
+            inits.append(numpy_helper.from_array(np.array([0, 0, hn * dh]), f"flat{i}"))
+            nodes.append(helper.make_node("Reshape", [f"proj{i}", f"flat{i}"], [f"x{i}_BSD"]))
+            x = f"x{i}_BSD"
+        attrs = {"interleaved": interleaved, "num_heads": hn} | ({"rotary_embedding_dim": r} if r < dh else {})
+        nodes.append(helper.make_node("RotaryEmbedding", [x, f"cos{i}", f"sin{i}"], [f"y{i}"], f"rope{i}", **attrs))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", "sequence", 16])
+    graph = helper.make_graph(nodes, "fused_rotary", [h], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])

@@ -1,5 +1,6 @@
 """Site matching (read-only), the per-site dims check and the grouping of sites into layers."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -73,9 +74,12 @@ def test_a_declined_layout_is_a_miss_with_its_reason_and_the_first_site_wins(tmp
     torch.manual_seed(0)
     model = export_module(NeoXAttention(), tmp_path / "neox.onnx", 16, ["y"])
     graph = gs.import_onnx(model)
-    sites, misses = find_sites(graph, LAYOUTS)
-    assert sites == [] and [m.reason for m in misses] == [SPLIT_HALVES.declined]
+    declined = dataclasses.replace(SPLIT_HALVES, name="halves-declined", reference=None, declined="not rewritten here")
+    sites, misses = find_sites(graph, (ROFORMER_INTERLEAVED, declined))
+    assert sites == [] and [m.reason for m in misses] == [declined.declined]
     assert find_sites(graph, (ROFORMER_INTERLEAVED,)) == ([], [])  # not a candidate for interleaved pairs
+    sites, misses = find_sites(graph, LAYOUTS)  # the default rules rewrite split halves
+    assert [s.layout for s in sites] == [SPLIT_HALVES] and misses == []
 
 
 def test_check_dims_binds_static_dims_and_names_a_mismatch():
@@ -116,5 +120,10 @@ def test_a_tensor_that_reaches_no_projection_is_a_layer_of_its_own():
     assert layer_key(g.inputs[0]) == "x"
     h = gs.Variable("h", np.float32, [1, 5, 16])
     w = gs.Constant("w", np.zeros((16, 16), np.float32))
-    t = gs.Graph(inputs=[h], opset=17).layer(op="MatMul", inputs=[h, w], outputs=["proj"])[0]
+    g = gs.Graph(inputs=[h], opset=17)
+    t = g.layer(op="MatMul", inputs=[h, w], outputs=["proj"])[0]
     assert layer_key(t) == "h"
+    scaled = g.layer(op="Mul", inputs=[t, np.array(0.25, np.float32)], outputs=["q_scaled"])[0]  # ESM's query
+    assert layer_key(scaled) == "h"
+    both = g.layer(op="Mul", inputs=[t, h], outputs=["gated"])[0]  # two activations: not a projection's output
+    assert layer_key(both) == both.name

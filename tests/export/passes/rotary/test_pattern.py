@@ -5,7 +5,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from export.passes.rotary.pattern import ANY, Match, NoMatch, Op, Var, match
+from export.passes.rotary.pattern import ANY, Match, NoMatch, Op, Var, match, same_value
 
 
 def small_graph():
@@ -100,3 +100,22 @@ def test_matching_changes_nothing():
 def test_a_commutative_pattern_takes_two_inputs():
     with pytest.raises(ValueError, match="two inputs"):
         Op("Concat", ANY, ANY, ANY, commutative=True)
+
+
+def test_same_value_sees_through_what_the_exporter_did_not_merge():
+    """TorchScript traces `q.float()` per use: Cast(q) and Cast(Cast(q)) of an fp32 q hold q itself; two
+    identical Transposes of one tensor hold one value; a Cast to another type or another perm does not."""
+    q = gs.Variable("q", np.float32, [1, 2, 3, 4])
+    g = gs.Graph(inputs=[q], opset=17)
+    fp32, fp16 = 1, 10  # TensorProto FLOAT, FLOAT16
+    c1 = g.layer(op="Cast", inputs=[q], outputs=["c1"], attrs={"to": fp32})[0]
+    c1.dtype = np.float32
+    c2 = g.layer(op="Cast", inputs=[c1], outputs=["c2"], attrs={"to": fp32})[0]
+    half = g.layer(op="Cast", inputs=[q], outputs=["half"], attrs={"to": fp16})[0]
+    ident = g.layer(op="Identity", inputs=[q], outputs=["ident"])[0]
+    t1, t2, t3 = (g.layer(op="Transpose", inputs=[q], outputs=[f"t{i}"], attrs={"perm": p})[0]
+                  for i, p in enumerate(([0, 2, 1, 3], [0, 2, 1, 3], [0, 1, 3, 2])))  # fmt: skip
+    assert same_value(c2, q) and same_value(c1, c2) and same_value(ident, q) and same_value(t1, t2)
+    assert not same_value(half, q) and not same_value(t1, t3) and not same_value(t1, q)
+    got = match(Op("Add", Var("x"), Var("x", differs="not one x")), g.layer(op="Add", inputs=[c2, q], outputs=["s"])[0])
+    assert isinstance(got, Match) and got["x"] is c2

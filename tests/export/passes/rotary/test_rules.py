@@ -13,7 +13,15 @@ import torch
 from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.passes.rotary.pattern import Match, NoMatch, match
-from export.passes.rotary.rules import LAYOUTS, ROFORMER_INTERLEAVED, SPLIT_HALVES, strided_slice, unsqueeze_last
+from export.passes.rotary.rules import (
+    LAYOUTS,
+    ONNX_ROTARY_EMBEDDING,
+    ROFORMER_INTERLEAVED,
+    SPLIT_HALVES,
+    rotate_half_ref,
+    strided_slice,
+    unsqueeze_last,
+)
 from export.reference import roformer_rotary_ref, rotary_angles, sincos_table
 from export.validate import ort_session
 from plugins import identity
@@ -24,11 +32,13 @@ def test_the_registry():
     assert LAYOUTS[0] is ROFORMER_INTERLEAVED  # RoFormer's own layout is tried first
     assert len({layout.name for layout in LAYOUTS}) == len(LAYOUTS)
     for layout in LAYOUTS:
+        assert layout.source, f"{layout.name} does not say where its pattern comes from"
         if layout.declined:  # recognised, reported by name, never rewritten
             assert layout.reference is None
         else:
             assert layout.reference is not None and layout.interleaved in (0, 1)
     assert ROFORMER_INTERLEAVED.interleaved in identity.INTERLEAVED_ALLOWED  # the plugin can take it
+    assert {SPLIT_HALVES.interleaved, ONNX_ROTARY_EMBEDDING.interleaved} == {0}
 
 
 def test_interleaved_rotation_binds_x():
@@ -85,10 +95,8 @@ def halves_reference(x_BHSDh: np.ndarray, sincos: np.ndarray) -> np.ndarray:
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BHSDh.dtype)
 
 
-# The whole of "support split halves in --rope onnx": one rule, the declined one given a reference.
-HALVES = dataclasses.replace(
-    SPLIT_HALVES, name="split-halves-test", reference=halves_reference, interleaved=0, declined=""
-)
+# A rule written here, with this file's own reference: handed to the driver, it is all it takes.
+HALVES = dataclasses.replace(SPLIT_HALVES, name="split-halves-test", reference=halves_reference)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,8 @@ def neox_feeds(seq=5):
 
 
 def test_halves_reference_is_the_torch_module():
-    """The test rule's reference against the module it describes (its angles are rotary_angles(.., 8))."""
+    """The test rule's reference against the module it describes (its angles are rotary_angles(.., 8)), and
+    the shipped rule's reference against this one."""
     torch.manual_seed(0)
     x = torch.randn(2, 2, 5, 8)
     ang = torch.from_numpy(rotary_angles(5, 8)).float()
@@ -110,6 +119,7 @@ def test_halves_reference_is_the_torch_module():
     want = x * cos + torch.cat([-x[..., 4:], x[..., :4]], dim=-1) * sin
     got = halves_reference(x.numpy(), sincos_table(16, 8))
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)  # fp32 torch vs float64 numpy
+    np.testing.assert_array_equal(rotate_half_ref(x.numpy(), sincos_table(16, 8)), got)
 
 
 def test_a_new_layout_is_one_rule(neox):
@@ -160,8 +170,9 @@ def test_a_rule_the_plugin_cannot_take_is_refused_in_plugin_mode(neox):
     assert not any(n.op_type == identity.PLUGIN_OP for n in new.graph.node)
 
 
-def test_default_rules_decline_split_halves(neox):
-    new, rep = fuse_rotary(neox, "onnx", expected=1, max_len=16, head_dim=8)
-    assert rep.found == 0 and [s["reason"] for s in rep.skipped] == [SPLIT_HALVES.declined]
-    assert new is neox
+def test_default_rules_rewrite_split_halves(neox):
+    new, rep = fuse_rotary(neox, "onnx", expected=1, max_len=16, head_dim=8, feeds=neox_feeds())
+    assert rep.found == rep.rewritten == 1 and rep.skipped == [] and rep.coverage_error() is None
+    (rot,) = [n for n in new.graph.node if n.op_type == "RotaryEmbedding"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in rot.attribute} == {"interleaved": 0}
     assert isinstance(match(ROFORMER_INTERLEAVED.site, gs.import_onnx(neox).outputs[0]), NoMatch)

@@ -1,0 +1,73 @@
+"""Which family a checkpoint belongs to: its config's `model_type`, else the family that recognises it.
+
+`family_of(config, keys, path)` refuses (UsageError, exit 2, one line) a config that asks for remote code, a
+model_type no family file declares (naming the supported ones), and a config without model_type that no
+family, or more than one, recognises. `by_name` finds a family by its name (the graph's metadata, a CLI flag).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.errors import UsageError
+from export.families import modernbert, roformer
+from export.families.config_check import refuse_remote_code
+from export.families.family import Family
+
+FAMILIES: tuple[Family, ...] = (roformer.FAMILY, modernbert.FAMILY)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(f.name for f in FAMILIES))
+
+
+def supported() -> str:
+    """The model_types the families take, e.g. "modernbert, roformer"."""
+    return ", ".join(sorted(t for f in FAMILIES for t in f.model_types))
+
+
+def by_name(name: str) -> Family:
+    for f in FAMILIES:
+        if f.name == name:
+            return f
+    raise UsageError(f"family {name!r} is not one of {', '.join(names())}")
+
+
+def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
+    refuse_remote_code(config, Path(path))
+    model_type = config.get("model_type")
+    if model_type is not None:
+        for f in FAMILIES:
+            if model_type in f.model_types:
+                return f
+        raise UsageError(
+            f"{path}: config says model_type={model_type!r}, which roformer-trt does not support "
+            f"(supported: {supported()}); pass a checkpoint of a supported family"
+        )
+    found = [f for f in FAMILIES if f.recognise(config, keys)]
+    if len(found) != 1:
+        why = "matches none" if not found else f"matches {' and '.join(f.name for f in found)}"
+        raise UsageError(
+            f"{path}: config has no model_type and {why} of the supported families; add model_type "
+            f"(supported: {supported()})"
+        )
+    return found[0]
+
+
+def vocab_tokenizer(table: dict) -> tuple[object, str]:
+    """The vocab.txt tokenizer of the family that ships one (ImportError when its segmenter is missing, or when no
+    family has one: export.text then uses WordPiece alone)."""
+    for f in FAMILIES:
+        if f.vocab_tokenizer is not None:
+            return f.vocab_tokenizer(table)
+    raise ImportError("no family tokenizes a vocab.txt its own way", name="a family vocab tokenizer")
+
+
+def family_of_config(config) -> Family:
+    """The family of a transformers config object (its model_type)."""
+    return family_of(config.to_dict(), set(), type(config).__name__)
+
+
+def family_of_model(model) -> Family:
+    """The family of a built transformers model (from its config's model_type)."""
+    return family_of_config(model.config)
