@@ -14,6 +14,12 @@ Out: `sentence_embedding` [batch, width] float32, as the served model computes i
 
 CLI: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 --model ckpt_onnx "今天天气不错"
      python -m engines.client --vocab demo-mb/tokenizer.json --url 127.0.0.1:8000 --model demo-mb_onnx "hello"
+     python -m engines.client --vocab nomic/tokenizer.json --url ... --model nomic_onnx --prompt search_query "q"
+Task prefixes, as sentence-transformers' `prompt_name`: a family whose checkpoints expect one before the text
+(NomicBERT: "search_query: ", ...) declares them by name; the build records them and the served model's config
+publishes them (parameter `prompts`, JSON). `--prompt NAME` / `prompt_name=` prepends that prefix to every text
+(before tokenizing and truncating, as sentence-transformers does); a name the model does not publish is refused
+with the names it does.
 Texts are truncated to the model's positions: the `max_sequence_length` parameter of its config.pbtxt
 (engines.serving and engines.triton publish it), or `--max-length` / `max_length=`, which override it.
 Empty text is refused here. A request the server refuses comes back as ServerError whose text is only
@@ -38,6 +44,7 @@ from export.numbers import NumberError, int_arg, parse_int
 from export.text import TextTokenizer, load_text_tokenizer
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
+PROMPTS = "prompts"  # engines.triton.config.PROMPTS: {prompt name: prefix} as JSON
 FALLBACK_MAX_LENGTH = 512  # a model whose config publishes no positions (another server's): BERT's usual
 EMBEDDING = "sentence_embedding"
 log = logging.getLogger(__name__)
@@ -114,20 +121,25 @@ class TritonEncoderClient:
             return {n: res.as_numpy(n) for n in outputs}
         raise ServerError(reason)
 
-    def max_sequence_length(self) -> int | None:
-        """The positions the model's config publishes (parameter max_sequence_length), else None."""
+    def parameters(self) -> dict[str, str]:
+        """The string parameters of the model's config (max_sequence_length, prompts, ...)."""
         try:
             cfg = self._client.get_model_config(self.model)
         except Exception as e:  # tritonclient raises InferenceServerException; re-raised below with its reason
             reason = server_reason(e)
         else:
             if self.protocol == "http":
-                value = ((cfg.get("parameters") or {}).get(MAX_SEQUENCE_LENGTH) or {}).get("string_value")
-            else:
-                params = cfg.config.parameters
-                value = params[MAX_SEQUENCE_LENGTH].string_value if MAX_SEQUENCE_LENGTH in params else None
-            return _positive(value)
+                return {k: (v or {}).get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}
+            return {k: v.string_value for k, v in cfg.config.parameters.items()}
         raise ServerError(reason)
+
+    def max_sequence_length(self) -> int | None:
+        """The positions the model's config publishes (parameter max_sequence_length), else None."""
+        return _positive(self.parameters().get(MAX_SEQUENCE_LENGTH))
+
+    def prompts(self) -> dict[str, str]:
+        """The text prefixes the model's config publishes by prompt name (parameter prompts), else {}."""
+        return parse_prompts(self.parameters().get(PROMPTS))
 
     def input_names(self) -> list[str]:
         """The inputs the model's metadata declares (input_ids, attention_mask[, token_type_ids])."""
@@ -155,16 +167,46 @@ def _triton_dtype(dt) -> str:
     return np_to_triton_dtype(np.dtype(dt))
 
 
+def parse_prompts(value: str | None) -> dict[str, str]:
+    """{name: prefix} from the config parameter's JSON; anything else there is ignored with a warning."""
+    if not value:
+        return {}
+    try:
+        prompts = json.loads(value)
+    except ValueError:
+        prompts = None
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        log.warning("the model's %s parameter is not a JSON object of strings; ignoring it", PROMPTS)
+        return {}
+    return prompts
+
+
 class TextEncoder:
     """Text in, embeddings out: tokenizer + TritonEncoderClient. max_length None: the model's positions, read
-    from its config on the server (FALLBACK_MAX_LENGTH, with a warning, when it publishes none)."""
+    from its config on the server (FALLBACK_MAX_LENGTH, with a warning, when it publishes none). prompt_name: the
+    served model's task prefix added to every text (module docstring), unless embed() names another."""
 
-    def __init__(self, vocab: Path, url: str, model: str, protocol: str = "http", max_length: int | None = None):
+    def __init__(
+        self,
+        vocab: Path,
+        url: str,
+        model: str,
+        protocol: str = "http",
+        max_length: int | None = None,
+        prompt_name: str | None = None,
+    ):
         if max_length is not None and max_length < 1:
             raise UsageError(f"--max-length must be >= 1, got {max_length}")
         self.tokenizer = load_tokenizer(vocab)
         self.client = TritonEncoderClient(url, model, protocol)
         self.inputs = self.client.input_names()  # what the model takes: no token_type_ids for some families
+        self._prompts: dict[str, str] | None = None
+        self.prompt_name = prompt_name
+        try:
+            self.prefix(prompt_name)  # an unknown name is refused now, before any text is sent
+        except RoformerTrtError:
+            self.client.close()
+            raise
         if max_length is None:
             max_length = self.client.max_sequence_length()
             if max_length is None:
@@ -177,9 +219,23 @@ class TextEncoder:
                 max_length = FALLBACK_MAX_LENGTH
         self.max_length = max_length
 
-    def embed(self, texts: list[str] | str, output: str = EMBEDDING) -> np.ndarray:
+    def prefix(self, prompt_name: str | None) -> str:
+        """The text the served model's prompt `prompt_name` prepends ("" for None); an unknown name is refused."""
+        if prompt_name is None:
+            return ""
+        if self._prompts is None:
+            self._prompts = self.client.prompts()
+        if prompt_name not in self._prompts:
+            known = ", ".join(sorted(self._prompts)) or "none"
+            where = f"model {self.client.model}"
+            raise UsageError(f"--prompt {prompt_name!r}: {where} publishes no such prompt (it has: {known})")
+        return self._prompts[prompt_name]
+
+    def embed(self, texts: list[str] | str, output: str = EMBEDDING, prompt_name: str | None = None) -> np.ndarray:
+        """prompt_name: this call's prompt (sentence-transformers' encode(prompt_name=)), else the encoder's."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        feeds = encode(self.tokenizer, texts, self.max_length)
+        head = self.prefix(prompt_name if prompt_name is not None else self.prompt_name)
+        feeds = encode(self.tokenizer, [head + t for t in texts], self.max_length)
         return self.client.infer({n: feeds[n] for n in self.inputs}, (output,))[output]
 
     def close(self) -> None:
@@ -219,6 +275,13 @@ def build_parser() -> Parser:
         default=None,
         help="truncate to this many tokens (default: the max_sequence_length the model's config publishes)",
     )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        metavar="NAME",
+        help="prepend the served model's task prefix NAME to every text (sentence-transformers' prompt_name; "
+        "e.g. search_query or search_document for NomicBERT); the names are those the model's config publishes",
+    )
     return p
 
 
@@ -227,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length)
+    enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length, args.prompt)
     try:
         vec = enc.embed(args.texts)
     finally:

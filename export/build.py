@@ -129,7 +129,7 @@ class Run:
             facts = inspected.facts
             if self.flags.pooling is not None:  # --pooling auto reads the folder's sentence-transformers files
                 self.pooled = resolve(self.flags.pooling, a.model, facts.hidden, inspected.task)
-            plan = Plan.decide(a, facts, inspected.task)
+            plan = Plan.decide(a, facts, inspected.task, inspected.family.rotaries(inspected.config))
             estimate = memory.build_estimate(facts, inspected.params, plan.max_len)
             memory.require(estimate, "this build", a.max_memory)
             self.disk_need = disk.need(inspected.params, self.planned)
@@ -340,8 +340,9 @@ def _graphs(results: dict[str, StageResult]) -> dict:
 
 
 def model_facts(ckpt: LoadedCheckpoint) -> dict:
-    """report.json `model`: the family's facts, the task, the inputs, the attention kernel, and per layer the
-    rotary and the attention kind the family declares."""
+    """report.json `model`: the family's facts, the task, the inputs, the attention kernel, per layer the rotary
+    (its table's rope type and parameters, the heads of each rotated tensor) and the attention kind the family
+    declares, and the family's text prefixes (`prompts`)."""
     return {
         **ckpt.facts.to_report(),
         "task": ckpt.task,
@@ -350,10 +351,20 @@ def model_facts(ckpt: LoadedCheckpoint) -> dict:
         "params": sum(p.numel() for p in ckpt.model.parameters()),
         "table": ckpt.table,
         "rotary": [
-            {"layout": r.layout, "dim": r.dim, "table": r.table.name, "theta": r.table.theta, "sites": list(r.sites)}
+            {
+                "layout": r.layout,
+                "dim": r.dim,
+                "table": r.table.name,
+                "theta": r.table.theta,
+                "rope_type": r.table.rope_type,
+                "rope_parameters": dict(r.table.parameters),
+                "sites": list(r.sites),
+                "heads": [h for _, h in r.heads],
+            }
             for r in ckpt.rotary
         ],
         "attention": [a.describe() for a in ckpt.attention],
+        "prompts": dict(ckpt.family.prompts),  # text prefixes by prompt name (engines.client --prompt)
     }
 
 

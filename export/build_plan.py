@@ -2,9 +2,10 @@
 read) the length, profiles and benchmark grid, each decided once and passed down.
 
 `Flags.check(args)` needs nothing but the command line (exit 2 with one line on the first bad flag);
-`Plan.decide(args, facts, task)` adds what the checkpoint's config settles (--max-len defaults to
-max_position_embeddings, read by the family: ModelFacts.max_positions; profiles and grid are checked against
-that length; a multiple-choice head's --choices sets the choices of every shape the build runs).
+`Plan.decide(args, facts, task, rotary)` adds what the checkpoint's config settles (--max-len defaults to
+max_position_embeddings, read by the family: ModelFacts.max_positions; a rotary table that is right only up to
+some length, `RotaryTable.max_rows`, refuses a longer --max-len; profiles and grid are checked against that
+length; a multiple-choice head's --choices sets the choices of every shape the build runs).
 """
 
 from __future__ import annotations
@@ -87,13 +88,21 @@ class Plan:
     shapes: list[Shape]
 
     @classmethod
-    def decide(cls, args, facts, task: str) -> Plan:
+    def decide(cls, args, facts, task: str, rotary=()) -> Plan:
         max_len = args.max_len or facts.max_positions
         if max_len < MIN_MAX_LEN or max_len > MAX_LEN_LIMIT:
             raise UsageError(
                 f"the checkpoint's max_position_embeddings {max_len} is outside {MIN_MAX_LEN}.."
                 f"{MAX_LEN_LIMIT}; pass --max-len in that range"
             )
+        for r in rotary:  # a sequence-dependent rope type: one constant table is right up to max_rows only
+            rows = r.table.max_rows
+            if rows is not None and max_len > rows:
+                raise UsageError(
+                    f"--max-len {max_len}: rope_type {r.table.rope_type!r} (table {r.table.name!r}) recomputes its "
+                    f"table from the sequence length above max_position_embeddings {rows}, so no constant table "
+                    f"is right there; pass --max-len {rows} or less"
+                )
         profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, task))
         grid = parse_grid(args.bench_grid, profiles) if args.bench else None
         return cls(max_len, profiles, grid, validation_shapes(max_len, task, profiles.choices))

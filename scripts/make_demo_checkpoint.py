@@ -5,12 +5,16 @@
     python scripts/make_demo_checkpoint.py --out stress --outliers     # the RoFormer stress twin (synthetic)
     python scripts/make_demo_checkpoint.py --family modernbert --out demo-mb          # shaped like ModernBERT-base
     python scripts/make_demo_checkpoint.py --family modernbert --out tiny-mb --tiny   # 3 layers, window 16
+    python scripts/make_demo_checkpoint.py --family gte --out demo-gte          # gte-multilingual-base's shape
+    python scripts/make_demo_checkpoint.py --family nomic_bert --out demo-nomic # nomic-embed-text-v1.5's shape
+    python scripts/make_demo_checkpoint.py --family eurobert --out demo-euro    # EuroBERT-210m's shape
 
 RoFormer: the canonical {config, state_dict} ckpt.pt and a vocab.txt (what engines.client and --calib text read).
 Other families: an HF folder (config.json, model.safetensors) with a tokenizer.json built with the `tokenizers`
 library (WordPiece over ASCII, words and CJK, the special tokens at the config's ids; tests/fixtures/hf_checkpoints.py),
 which engines.client reads through `tokenizers`. ModernBERT's demo: 22 layers, hidden 768, 12 heads, local_attention
-128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py).
+128 (every third layer global), theta 160000 global / 10000 local, vocab 50368 (export/families/modernbert.py);
+the others' in their family files (export/families/README.md).
 The weights are random (HF's initialisation under a fixed seed): the model has the real one's shapes, layer types,
 rotary tables and windows, and computes nothing meaningful.
 

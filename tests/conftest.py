@@ -40,6 +40,11 @@ def pytest_unconfigure(config):
     builds.stop()
 
 
+def overrides_key(overrides: dict) -> str:
+    """A cache key for config overrides, nested dicts (rope_parameters) included."""
+    return json.dumps(overrides, sort_keys=True, default=repr)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """Canonical {config, state_dict} checkpoint of a 2-layer RoFormerModel."""
@@ -220,7 +225,7 @@ def hf_ckpt(tmp_path_factory):
     cache: dict = {}
 
     def make(family: str, task: str = "model", **overrides):
-        key = (family, task, tuple(sorted(overrides.items())))
+        key = (family, task, overrides_key(overrides))
         if key not in cache:
             cache[key] = write_hf(tmp_path_factory.mktemp(f"{family}-{task}") / "ckpt", family, task, **overrides)
         return cache[key]
@@ -237,7 +242,7 @@ def family_build(hf_ckpt, tmp_path_factory):
     cache: dict = {}
 
     def make(family: str, task: str = "model", *flags: str, **overrides):
-        key = (family, task, flags, tuple(sorted(overrides.items())))
+        key = (family, task, flags, overrides_key(overrides))
         if key not in cache:
             ckpt, model = hf_ckpt(family, task, **overrides)
             out = tmp_path_factory.mktemp(f"build-{family}-{task}") / "tiny"

@@ -3,7 +3,8 @@
 In:  the graph to serve (ONNX, pooling output added), its request Limits, a model name, --max-batch,
      ONNX Runtime threads, and the Python environment the backend stub should run (a venv, or None).
 Out: `<out>/<name>/config.pbtxt` (`backend: "python"`, int64 inputs [-1], dynamic batching, parameters
-     max_sequence_length / vocab_size / type_vocab_size / ort_threads / EXECUTION_ENV_PATH),
+     max_sequence_length / vocab_size / type_vocab_size / ort_threads / EXECUTION_ENV_PATH, and the build's
+     `prompts` when its family declares text prefixes),
      `<out>/<name>/1/model.py` (engines/serving/backend_model.py) and `<out>/<name>/1/model.onnx`.
 The config is parsed back with Triton's protobuf and compared with the graph before anything is written.
 `<out>` must be missing or empty: nothing is overwritten.
@@ -26,8 +27,15 @@ QUEUE_DELAY_US = 100  # dynamic batching: how long a request waits for others to
 
 
 def python_config_text(
-    name: str, model: onnx.ModelProto, limits: Limits, max_batch: int, threads: int | None, env_path: Path | None
+    name: str,
+    model: onnx.ModelProto,
+    limits: Limits,
+    max_batch: int,
+    threads: int | None,
+    env_path: Path | None,
+    extra: dict[str, str] | None = None,
 ) -> str:
+    """extra: more config parameters (tc.prompts_parameter)."""
     ins, outs = tc.read_onnx_io(model)
     params = {
         tc.MAX_SEQUENCE_LENGTH: limits.max_sequence,
@@ -35,6 +43,7 @@ def python_config_text(
         "type_vocab_size": limits.type_vocab_size,
         "ort_threads": threads,
         "EXECUTION_ENV_PATH": env_path,
+        **(extra or {}),
     }
     cfg = tc.make_config(
         name,
@@ -58,14 +67,15 @@ def write_python_repository(
     max_batch: int,
     threads: int | None = None,
     env_path: Path | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """Writes the model folder `<out>/<name>`; returns it."""
+    """Writes the model folder `<out>/<name>`; returns it. extra: more config parameters (the build's prompts)."""
     out = Path(out)
     if max_batch < 1:
         raise UsageError(f"--max-batch must be >= 1, got {max_batch}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--repository {out} exists and is not an empty folder; pass a new or empty folder")
-    text = python_config_text(name, model, limits, max_batch, threads, env_path)
+    text = python_config_text(name, model, limits, max_batch, threads, env_path, extra)
     version = out / name / "1"
     try:
         version.mkdir(parents=True)

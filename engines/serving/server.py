@@ -35,8 +35,9 @@ from engines.serving.python_repository import write_python_repository
 from engines.serving.request_limits import request_cap
 from engines.serving.sockets import make_socket_folder
 from engines.serving.tritonserver import TritonProcess, find_tritonserver, isolation_refused, python_env_path
-from engines.triton.config import read_onnx_io
+from engines.triton.config import prompts_parameter, read_onnx_io
 from export.errors import UnavailableError, UsageError
+from export.report.verdict import read_build
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def serve(
 ) -> Iterator[dict]:
     """Serve `build` until the block exits. Port None (or 0): a free one."""
     model, limits, name = load_build(build, pooling)  # usage errors (exit 2) before anything starts
+    extra = prompts_parameter(read_build(Path(build)).model)  # the family's text prefixes, for engines.client
     dist = find_tritonserver()  # then availability (exit 3)
     require_grpc()
     isolate = check_isolation(trust_local_users)
@@ -93,7 +95,7 @@ def serve(
     key = secrets.token_urlsafe(32)  # the second wall's key: made afresh, sent only for the repository index
     try:
         sockets = make_socket_folder(work)
-        write_python_repository(repo, name, model, limits, max_batch, threads, python_env_path())
+        write_python_repository(repo, name, model, limits, max_batch, threads, python_env_path(), extra)
         cap = request_cap(read_onnx_io(model)[0], limits.max_sequence, max_batch)
         del model  # the stub loads its own copy; this process keeps only the fronts
         front = _listen_http(host, http_port or 0, sockets, cap, key)  # a taken port: exit 2 now

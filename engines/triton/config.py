@@ -17,6 +17,7 @@ No tensorrt import: everything here runs on a CPU host.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from onnx import helper
 from export.errors import UnavailableError, UsageError, VerificationError
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a served model takes
+PROMPTS = "prompts"  # config parameter: {prompt name: text prefix} as JSON (engines.client --prompt NAME)
 
 # numpy dtype name -> Triton DataType enum name (model_config.proto)
 TRITON_DTYPE = {
@@ -206,3 +208,10 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     if bad:
         raise VerificationError("config.pbtxt disagrees with the graph: " + "; ".join(bad))
     return cfg
+
+
+def prompts_parameter(model: dict | None) -> dict[str, str]:
+    """{PROMPTS: JSON} of report.json `model.prompts` (the prefixes the family's checkpoints expect before a text,
+    by sentence-transformers prompt name); {} when the build declares none."""
+    prompts = (model or {}).get("prompts") or {}
+    return {PROMPTS: json.dumps(prompts, sort_keys=True, ensure_ascii=False)} if prompts else {}

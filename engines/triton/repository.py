@@ -95,10 +95,11 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def positions_parameter(report: Report) -> dict[str, str]:
-    """{max_sequence_length: N}, the positions the build takes (engines.client truncates to it); {} if unknown."""
+def served_parameters(report: Report) -> dict[str, str]:
+    """{max_sequence_length: N}, the positions the build takes (engines.client truncates to it; left out if
+    unknown), and {prompts: JSON} when the family declares text prefixes (engines.client --prompt)."""
     n = limits_from_report(report.to_dict()).max_sequence
-    return {tc.MAX_SEQUENCE_LENGTH: str(n)} if n else {}
+    return ({tc.MAX_SEQUENCE_LENGTH: str(n)} if n else {}) | tc.prompts_parameter(report.model)
 
 
 def _batch_max(entry: dict, sidecar: dict) -> tuple[int, list[dict]]:
@@ -167,7 +168,7 @@ def _tensorrt_model(
         rep.notes.append(f"{plan.name}: sidecar records no tensor dtypes; used the ONNX graph's")
     mb = bmax if max_batch is None else max_batch
     mname = f"{name}_{entry.get('precision', 'trt')}"
-    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len, positions_parameter(report))
+    text = tensorrt_config(mname, io, mb, dtypes, profiles, instances, max_len, served_parameters(report))
     return ModelFolder(mname, "tensorrt_plan", text, mb, plan.name, plan=plan)
 
 
@@ -244,7 +245,7 @@ def onnx_model(
     ins, outs = tc.read_onnx_io(model)
     oname = f"{name}_onnx"
     text = tc.config_text(
-        tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch, parameters=positions_parameter(report))
+        tc.make_config(oname, "onnxruntime_onnx", ins, outs, max_batch, parameters=served_parameters(report))
     )
     tc.check_config(text, ins, outs)
     mode = pooling.describe() if isinstance(pooling, Pooling) else pooling

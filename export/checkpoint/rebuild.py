@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from export.checkpoint.conversion import convert_keys
 from export.checkpoint.formats import read_checkpoint, short
 from export.errors import UsageError
 from export.families.facts import ModelFacts
@@ -102,12 +103,15 @@ def inspect_checkpoint(
     impl = attn_implementation(family, attention)
     config = family.make_config(files.config, path)
     config._attn_implementation = impl  # whatever the file asks (flash-attention does not export), before any build
+    state = convert_keys(_meta_model(family, config, "model", path), state, path)  # the original code's names
     task = task or detect_task(family, state, config, path)
     if task == "model":  # a bare encoder: accept keys with or without the base model's prefix
         state = {k.removeprefix(family.base_prefix + "."): v for k, v in state.items()}
     check_layer_count(family, state, config, path)
     state, table = take_tables(family, state, task, path)
     expected = _meta_state(family, config, task, path)
+    if task != "model":  # a head's encoder keys saved without the base model's prefix (as transformers loads them)
+        state = {_prefixed(k, expected, family.base_prefix): v for k, v in state.items()}
     params = sum(v.numel() for k, v in expected.items() if not k.startswith("__"))
     check_keys_and_shapes(state, expected, path)
     state, dtype = upcast(state, path)
@@ -207,16 +211,26 @@ def check_layer_count(family: Family, state: dict, config, path) -> None:
         )
 
 
-def _meta_state(family: Family, config, task: str, path) -> dict:
-    """The state_dict the task's HF class expects, built on the meta device: shapes and dtypes, no memory."""
+def _meta_model(family: Family, config, task: str, path) -> torch.nn.Module:
+    """The task's HF class built on the meta device (no memory); a config it cannot build is refused."""
     cls = family.model_class(task)
     try:
         with torch.device("meta"):
-            model = cls(config)
+            return cls(config)
     except Exception as e:  # e.g. an unknown hidden_act
         raise UsageError(
             f"{path}: config cannot build {cls.__name__} ({short(e)}); fix the checkpoint's config"
         ) from None
+
+
+def _prefixed(key: str, expected: dict, prefix: str) -> str:
+    return f"{prefix}.{key}" if key not in expected and f"{prefix}.{key}" in expected else key
+
+
+def _meta_state(family: Family, config, task: str, path) -> dict:
+    """The state_dict the task's HF class expects, built on the meta device: shapes and dtypes, no memory."""
+    model = _meta_model(family, config, task, path)
+    cls = type(model)
     tied = getattr(model, "_tied_weights_keys", None) or {}
     expected = dict(model.state_dict())
     if family.positions is not None:  # a formula table: rebuilt by materialize, never expected from the file

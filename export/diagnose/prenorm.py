@@ -2,7 +2,9 @@
 
 In a pre-norm layer the normalisations sit inside the blocks (x + attn(norm(x)), then x + mlp(norm(x))), so
 they do not bound the layers; the residual stream does. From the embeddings' normalisation (the first one
-without a weight MatMul upstream) the walk follows the stream tensor x through the Add that adds it an
+without a weight MatMul upstream; in a Llama-style model with no such normalisation, EuroBERT's, that first
+norm is layer 0's own and the stream starts at its input, the embeddings) the walk follows the stream tensor x
+through the Add that adds it an
 attention branch (a Softmax, or a fused attention op, upstream of the other operand): its output is the layer's
 attention_output; then through the Add that adds an FFN branch (a weight MatMul upstream, no Softmax): its
 output is layer_output and the other operand ffn_output. It stops when no attention branch joins x; what
@@ -27,8 +29,8 @@ def locate_pre(model: onnx.ModelProto) -> Structure:
     embeddings = next((n for n in find_norms(g) if not _weights(g, region(g, n.inputs, set()))), None)
     if embeddings is None:
         return Structure([], 0, {}, ["no embeddings normalisation found (none without a weight MatMul upstream)"])
-    landmarks.append(Landmark("embeddings", None, (embeddings.output,), (g.name(embeddings.index),)))
-    x, k = embeddings.output, 0
+    x, k = _stream_start(g, embeddings), 0
+    landmarks.append(Landmark("embeddings", None, (x,), (g.name(g.producer[x]) if x in g.producer else x,)))
     while (attn := _branch_add(g, x, attention=True)) is not None:
         mid = attn.output[0]
         ffn = _branch_add(g, mid, attention=False)
@@ -47,6 +49,17 @@ def locate_pre(model: onnx.ModelProto) -> Structure:
         if o != x and o in g.producer:
             landmarks.append(Landmark("head", None, (o,), (g.name(g.producer[o]),)))
     return Structure(sorted(landmarks, key=lambda m: m.key), k, regions, notes)
+
+
+def _stream_start(g: Graph, norm) -> str:
+    """The embeddings' normalisation output, or, when no attention branch joins it there, the norm's input or a
+    tensor it was cast from (a model without embeddings normalisation: the first norm is layer 0's)."""
+    t = norm.inputs[0]
+    candidates = [norm.output, t]
+    while (n := g.node_of(t)) is not None and n.op_type in PASS_THROUGH:
+        t = n.input[0]
+        candidates.append(t)
+    return next((c for c in candidates if _branch_add(g, c, attention=True) is not None), norm.output)
 
 
 def _branch_add(g: Graph, x: str, attention: bool) -> onnx.NodeProto | None:

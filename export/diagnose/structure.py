@@ -136,7 +136,7 @@ def find_norms(g: Graph) -> list[Norm]:
             data = tuple(x for x in n.input[: 2 if n.op_type.startswith("Skip") else 1] if x)
             norms.append(Norm(i, data, n.output[0], i))
         elif n.op_type == "ReduceMean":
-            norm = _decomposed_norm(g, i)
+            norm = _decomposed_norm(g, i) or _decomposed_rms(g, i)
             if norm is not None:
                 norms.append(norm)
     return sorted(norms, key=lambda m: m.index)
@@ -166,6 +166,44 @@ def _decomposed_norm(g: Graph, i: int) -> Norm | None:
     ):
         out = _forward(g, nxt.output[0])
     return Norm(g.producer[out], (x,), out, i)
+
+
+def _decomposed_rms(g: Graph, i: int) -> Norm | None:
+    """ReduceMean(Pow(x, 2) or Mul(x, x)) -> Add(eps) -> Sqrt -> Reciprocal (or Div(1, .)) -> Mul(x, .) (or
+    Div(x, sqrt)) -> Mul(scale), or None; dtype Casts may sit between them. x is taken back through Casts."""
+    square = g.node_of(g.nodes[i].input[0])
+    if square is None or square.op_type not in ("Pow", "Mul"):
+        return None
+    x = square.input[0]
+    squares = square.input[1] == x if square.op_type == "Mul" else g.is_const(square.input[1])
+    if not squares:
+        return None
+    chain = [_forward(g, g.nodes[i].output[0])]
+    for op in ("Add", "Sqrt"):
+        nxt = g.single_consumer(chain[-1])
+        if nxt is None or nxt.op_type != op or (op == "Add" and not any(g.is_const(t) for t in nxt.input)):
+            return None
+        chain.append(_forward(g, nxt.output[0]))
+    nxt = g.single_consumer(chain[-1])
+    inverse = nxt is not None and (nxt.op_type == "Reciprocal" or (nxt.op_type == "Div" and g.is_const(nxt.input[0])))
+    if nxt is not None and inverse:
+        nxt = g.single_consumer(_forward(g, nxt.output[0]))
+        scaled = nxt is not None and nxt.op_type == "Mul" and _back(g, x) in {_back(g, t) for t in nxt.input}
+    else:
+        scaled = nxt is not None and nxt.op_type == "Div" and _back(g, nxt.input[0]) == _back(g, x)
+    if not scaled:
+        return None
+    out = _forward(g, nxt.output[0])
+    while (m := g.single_consumer(out)) is not None and m.op_type == "Mul" and any(g.is_const(t) for t in m.input):
+        out = _forward(g, m.output[0])
+    return Norm(g.producer[out], (x,), out, g.producer[square.output[0]])
+
+
+def _back(g: Graph, t: str) -> str:
+    """Through the Casts / Identities that produce t, to the tensor they convert."""
+    while (n := g.node_of(t)) is not None and n.op_type in PASS_THROUGH:
+        t = n.input[0]
+    return t
 
 
 def _forward(g: Graph, t: str) -> str:

@@ -17,7 +17,9 @@ Fields, in the order a build needs them:
 - what the graph looks like: `inputs`, `rotary(config, layer)`, `attention(config, layer)`, `layer_map`;
 - describing it: `facts(config)` (export.families.facts.ModelFacts), `default_pooling`;
 - making one: `tiny(**overrides)`, `demo(**overrides)` (config objects; random weights are made from them);
-- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py).
+- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py); `prompts`, the
+  prefixes its checkpoints expect before a text, by sentence-transformers prompt name (NomicBERT's
+  "search_query: "...): report.json `model.prompts`, published to Triton and added by engines.client --prompt.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Family:
     # checkpoints that ship a vocab.txt instead of tokenizer.json: (table) -> (tokenizer, description); may raise
     # ImportError when its word segmenter is not installed (export.text then falls back to WordPiece alone)
     vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
+    prompts: tuple[tuple[str, str], ...] = ()  # (sentence-transformers prompt name, prefix added to the text)
 
     def rotaries(self, config) -> list[LayerRotary]:
         return [self.rotary(config, k) for k in range(self.facts(config).layers)]

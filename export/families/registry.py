@@ -10,11 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families import modernbert, roformer
+from export.families import eurobert, gte, modernbert, nomic_bert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
 
-FAMILIES: tuple[Family, ...] = (roformer.FAMILY, modernbert.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    roformer.FAMILY,
+    modernbert.FAMILY,
+    gte.FAMILY,
+    nomic_bert.FAMILY,
+    eurobert.FAMILY,
+)
 
 
 def names() -> tuple[str, ...]:

@@ -26,7 +26,11 @@ from export.reference import rotary_angles
 INTERLEAVED, SPLIT_HALVES = "interleaved", "split-halves"
 LAYOUTS = (INTERLEAVED, SPLIT_HALVES)
 FULL, SLIDING = "full", "sliding"
-ROPE_TYPES = ("default",)  # the table formulas implemented; a family's config check refuses the others
+# The table formulas implemented (transformers 5.25 modeling_rope_utils: compute_default_rope_parameters,
+# _compute_linear_scaling_rope_parameters, _compute_dynamic_ntk_parameters); a family's config check refuses
+# the others. "dynamic" recomputes its table from the sequence length above max_position_embeddings
+# (dynamic_rope_update): below it, it is the default table; above it, no one constant table is right.
+ROPE_TYPES = ("default", "linear", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,12 @@ class RotaryTable:
     compute_default_rope_parameters and RoFormer's sinusoidal table alike), cos and sin scaled by `scaling`.
 
     name: layers that name the same table share its constants ("default"; ModernBERT: "global", "local").
-    parameters: the rest of the config's rope_parameters for this table (sorted (key, value) pairs), kept so
-    a rope type other than "default" is described exactly; none is implemented yet (ROPE_TYPES)."""
+    parameters: what the rope type needs besides theta, as sorted (key, value) pairs:
+    - "linear" (`factor` f): inv_freq / f, i.e. position p rotates as p / f (HF
+      _compute_linear_scaling_rope_parameters);
+    - "dynamic" (`factor`, `max_position_embeddings` N): HF _compute_dynamic_ntk_parameters with
+      seq_len = max(S, N) makes the base theta * (f S / N - (f - 1))**(R / (R - 2)), which is theta itself for
+      every S <= N: the default table, valid for positions < N only (`max_rows`)."""
 
     name: str
     dim: int  # R
@@ -52,14 +60,47 @@ class RotaryTable:
             raise ValueError(f"rotary table {self.name!r}: theta {self.theta} must be a finite number > 0")
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"rotary table {self.name!r}: rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
+        needs = {"default": (), "linear": ("factor",), "dynamic": ("factor", "max_position_embeddings")}
+        missing = [k for k in needs[self.rope_type] if k not in dict(self.parameters)]
+        if missing:
+            raise ValueError(f"rotary table {self.name!r}: rope_type {self.rope_type!r} needs {missing}")
+        factor = self.parameter("factor")
+        if factor is not None and not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"rotary table {self.name!r}: factor {factor} must be a finite number > 0")
+
+    def parameter(self, key: str):
+        return dict(self.parameters).get(key)
+
+    @property
+    def max_rows(self) -> int | None:
+        """Positions this one constant table is right for (None: any): a sequence-dependent rope type changes its
+        table above max_position_embeddings."""
+        return int(self.parameter("max_position_embeddings")) if self.rope_type == "dynamic" else None
+
+    def _scale(self) -> float:
+        """What inv_freq is divided by: the linear factor, else 1."""
+        return float(self.parameter("factor")) if self.rope_type == "linear" else 1.0
 
     def inv_freq(self) -> np.ndarray:
         """float64 [R/2]: the angle per position of each pair."""
-        return rotary_angles(2, self.dim, self.theta)[1]  # row p = 1 is inv_freq itself
+        return rotary_angles(2, self.dim, self.theta)[1] / self._scale()  # row p = 1 is inv_freq itself
 
     def angles(self, rows: int) -> np.ndarray:
         """float64 [P, R/2]: p * inv_freq[j] for p < rows, written as rotary_angles writes it."""
-        return rotary_angles(rows, self.dim, self.theta)
+        if self.max_rows is not None and rows > self.max_rows:
+            raise ValueError(
+                f"rotary table {self.name!r}: rope_type {self.rope_type!r} changes its table with the sequence "
+                f"length above {self.max_rows} positions; no constant table of {rows} rows is right"
+            )
+        return rotary_angles(rows, self.dim, self.theta) / self._scale()
+
+    def describe(self) -> str:
+        """e.g. "default, R=16, theta 10000" or "default, R=16, theta 160000, linear factor 1.297"."""
+        extra = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in self.parameters)
+        kind = f", {self.rope_type}" if self.rope_type != "default" else ""
+        return f"{self.name}, R={self.dim}, theta {self.theta:g}{kind}{extra}" + (
+            f", scaling {self.scaling:g}" if self.scaling != 1.0 else ""
+        )
 
     def cos_sin(self, rows: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin tables [P, R/2] (times `scaling`), computed in float64 and rounded once to `dtype`:

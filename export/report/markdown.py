@@ -58,9 +58,18 @@ def _per_layer(values: list) -> str:
     """Per-layer values grouped: "full (layers 0, 3); sliding, half-window 8 (layers 1, 2, 4)"."""
     groups: dict[str, list[int]] = {}
     for k, v in enumerate(values or []):
-        text = v if isinstance(v, str) else f"{v['layout']} R={v['dim']} {v['table']} θ={v['theta']:g}"
+        text = v if isinstance(v, str) else _rotary(v)
         groups.setdefault(text, []).append(k)
     return "; ".join(f"{text} (layers {', '.join(map(str, ks))})" for text, ks in groups.items())
+
+
+def _rotary(v: dict) -> str:
+    """e.g. "split-halves R=16 default θ=160000 linear factor=1.3 heads 4/2" (type, parameters, heads when told)."""
+    text = f"{v['layout']} R={v['dim']} {v['table']} θ={v['theta']:g}"
+    if v.get("rope_type", "default") != "default":
+        text += f" {v['rope_type']}" + "".join(f" {k}={p:g}" for k, p in (v.get("rope_parameters") or {}).items())
+    heads = v.get("heads") or []
+    return text + (f" heads {'/'.join(map(str, heads))}" if len(set(heads)) > 1 else "")
 
 
 def _export(r: Report) -> list[str]:

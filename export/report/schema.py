@@ -28,7 +28,8 @@ class ReportError(ValueError):
 
 class ModelSection(TypedDict, total=False):
     """The family-blind fields (export.families.facts.ModelFacts.to_report), then the family's own (RoFormer:
-    embedding_size, rotary_value; ModernBERT: local_attention, layer_types, rope_theta)."""
+    embedding_size, rotary_value; ModernBERT: local_attention, layer_types, rope_theta; GTE, NomicBERT, EuroBERT:
+    rope_theta, rope_type, rope_parameters; EuroBERT: num_key_value_heads)."""
 
     family: str
     layers: int
@@ -43,8 +44,9 @@ class ModelSection(TypedDict, total=False):
     attn_implementation: str  # "eager" or "sdpa"
     params: int
     table: str | None  # a stored formula table: "checkpoint" or "generated"; None: the family has none
-    rotary: list[dict]  # per layer: layout, dim, table, theta, sites
+    rotary: list[dict]  # per layer: layout, dim, table, theta, rope_type, rope_parameters, sites, heads
     attention: list[str]  # per layer: "full" or "sliding, half-window N"
+    prompts: dict[str, str]  # text prefixes the family's checkpoints expect, by prompt name ({}: none)
     embedding_size: int
     rotary_value: bool
 

@@ -3,7 +3,9 @@ with its MatMul weights in int8.
 
 In: the build's fp32 CPU graph (`model.rope-onnx.onnx`, else `model.onnx`; weights in its external data file).
 Out: `<dst>` + `<dst>.data`: ONNX Runtime's transformer fusions (onnxruntime.transformers.optimizer, Python passes
-only: SkipLayerNormalization, BiasGelu, EmbedLayerNormalization; the rotary attention does not fuse), then
+only: SkipLayerNormalization, BiasGelu, EmbedLayerNormalization; the rotary attention does not fuse; its layer-norm
+pass is off: both exporters write LayerNormalization already, and it would turn a decomposed RMSNorm into
+SimplifiedLayerNormalization, an ONNX Runtime op in the ONNX domain that no ONNX opset defines), then
 onnxruntime.quantization.quantize_dynamic on the MatMuls with constant weights (int8 per-tensor weights, uint8
 activations quantized per tensor at run time; the attention matmuls, LayerNorm, GELU and Softmax stay fp32).
 Chosen by scripts/bench_quant_cpu.py (scripts/results/quant/quant_cpu.md) over static Q/DQ as in the TensorRT
@@ -53,14 +55,17 @@ def quantize_matmuls(src: Path, dst: Path, per_channel: bool = False) -> None:
 def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     """src: the fp32 CPU graph; dst: the twin's path (beside src); heads, hidden: the model's (for ORT's fusion
     patterns). Returns dst."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     src, dst = Path(src), Path(dst)
+    options = FusionOptions("bert")
+    options.enable_layer_norm = False  # module docstring: LayerNormalization is there already, RMSNorm stays as is
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
         fused, out = tmp / "fused.onnx", tmp / dst.name
         optimize_model(
-            str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+            str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0, optimization_options=options
         ).save_model_to_file(str(fused), use_external_data_format=True)
         quantize_matmuls(fused, out)
         model = onnx.load(str(out))

@@ -48,10 +48,18 @@ class QdqSummary:
 
 
 def raise_opset(model: onnx.ModelProto, at_least: int = QDQ_OPSET) -> dict[str, int]:
-    """Default-domain opset to >= at_least (the ops of this encoder mean the same from 18 to 19: 19 adds types
-    and Cast's `saturate`, which defaults to the old behaviour for non-float8 casts); IR version >= 9."""
+    """Default-domain opset to >= at_least, in place; IR version >= 9. From 18 the ops of these encoders mean the
+    same at 19 (19 adds types and Cast's `saturate`, which defaults to the old behaviour for non-float8 casts), so
+    the number is raised. Below 18 (the TorchScript exporter's opset 17) some ops changed form at 18 (ReduceMean's
+    axes became an input: a decomposed RMSNorm has one), so ONNX's own version converter rewrites the graph; it
+    reads the structure only (weights in external data stay there) and keeps other domains' nodes."""
     entry = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
     before = entry.version
+    if before < 18 and before < at_least:
+        from onnx import version_converter
+
+        model.CopyFrom(version_converter.convert_version(model, at_least))
+        entry = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
     entry.version = max(entry.version, at_least)
     model.ir_version = max(model.ir_version, 9)
     return {"source": before, "graph": entry.version}

@@ -21,9 +21,7 @@ def sincos(table: RotaryTable, rows: int) -> np.ndarray:
 
 
 def describe(table: RotaryTable) -> str:
-    return f"{table.name}, R={table.dim}, theta {table.theta:g}" + (
-        f", scaling {table.scaling:g}" if table.scaling != 1.0 else ""
-    )
+    return table.describe()
 
 
 def fp32_sincos_error(table: RotaryTable, rows: int) -> float:
