@@ -330,7 +330,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     enc = TextEncoder(
-        args.vocab, args.url, args.model, args.protocol, max_length=args.max_length, prompt_name=args.prompt, wait_s=args.wait
+        args.vocab,
+        args.url,
+        args.model,
+        args.protocol,
+        max_length=args.max_length,
+        prompt_name=args.prompt,
+        wait_s=args.wait,
     )
     try:
         vec = enc.embed(args.texts)

@@ -182,7 +182,7 @@ class Run:
             )
         if a.rope != "none":
             with self.timed("rotary"):
-                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
+                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len, plan.profiles.choices)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
         pooling = self.pooled.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
@@ -204,10 +204,9 @@ class Run:
                     ckpt.model,
                     ckpt.task,
                     ckpt.facts,
-                    plan.max_len,
+                    shapes or plan.shapes,
                     self.flags.thresholds,
                     pooling,
-                    shapes,
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -246,7 +245,7 @@ class Run:
                     work / arts[cpu_key],
                     cpu_key,
                     ckpt,
-                    plan.max_len,
+                    plan.shapes,
                     self.flags.thresholds,
                     self.pooled.pooling,
                 )

@@ -189,7 +189,7 @@ def _main(args) -> int:
             )
         return rows
 
-    tune, test = fallback_cases(ck, args.max_len), validation_cases()
+    tune, test = fallback_cases(ck, validation_shapes(args.max_len, ck.task)), validation_cases()
     plain = lambda keep: build(src, placement.with_kept(keep), amax, "int8", "fp32")[0]  # noqa: E731
     smooth = lambda keep: smoothed_graph(src, placement.with_kept(keep), amax, scales, smooth_amax)  # noqa: E731
     result = {

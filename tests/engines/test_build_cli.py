@@ -110,7 +110,7 @@ def test_usage_errors_come_before_availability(built, extra, pattern):
 @pytest.mark.skipif(
     STAGE["status"] == "available",
     reason=f"the engine stage can run here (TensorRT "
-    f"{STAGE.get('tensorrt')} and a GPU); tests/gpu/test_engine_build.py builds the engine",
+    f"{STAGE.get('tensorrt')} and a GPU); tests/engines/tensorrt/test_build_gpu.py builds the engine",
 )
 def test_without_tensorrt_exit_3_with_reason(built):
     plan_dir = built / "plugin"

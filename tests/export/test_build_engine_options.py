@@ -17,7 +17,7 @@ STAGE = engine_stage_status()  # cheap: no tensorrt import when it is absent, no
 needs_no_engine_stage = pytest.mark.skipif(
     STAGE["status"] == "available",
     reason=f"the engine stage can run here (TensorRT {STAGE.get('tensorrt')} and a GPU): this test checks what a "
-    "machine without them reports (tests/gpu/test_engine_build.py covers the stage itself)",
+    "machine without them reports (tests/engines/tensorrt/test_build_gpu.py covers the stage itself)",
 )
 
 BASE = ["--exporter", "torchscript", "--max-len", "48"]

@@ -23,7 +23,7 @@ def test_the_fallback_never_tunes_on_validation_inputs(max_len, task):
     B=1 S=24 seed 0)."""
     vocab = 2**40  # so that equal ids mean the same random stream, not a chance draw of a small vocab
     validation = [make_inputs(s, vocab, 2)["input_ids"] for s in validation_shapes(max_len, task)]
-    draws = fallback_draws(max_len, task)
+    draws = fallback_draws(validation_shapes(max_len, task))
     for shape in validation_shapes(max_len, task):
         seeds = [seed for s, seed in draws if s == shape]
         assert len(set(seeds)) == (FALLBACK_DRAWS if shape.batch * shape.seq <= FEW_TOKENS else 1)
