@@ -28,12 +28,12 @@ import numpy as np
 from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import input_axes
 from engines.tensorrt.runner import EngineRunner
-from export import cli
 from export.checkpoint.rebuild import load_checkpoint
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import EXIT_OK, UsageError
 from export.folder.atomic import write_atomic
-from export.numbers import int_arg, parse_int_list
+from export.inputs.numbers import int_arg, parse_int_list
 from export.progress import info, steps
 from export.validate import Shape, fp32_eval_on, make_inputs
 

@@ -1,7 +1,7 @@
 """Text -> embedding against a Triton server serving a roformer-trt model (HTTP or gRPC).
 
 In:  raw text, the model's tokenizer: its `tokenizer.json` (HF `tokenizers`; ModernBERT and most checkpoints)
-     or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/text.py), a
+     or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/inputs/text.py), a
      server URL `host:port` and model name.
 Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
      a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`. Only the inputs the
@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
-from export.numbers import NumberError, float_arg, int_arg, parse_int
-from export.text import TextTokenizer, load_text_tokenizer
+from export.inputs.numbers import NumberError, float_arg, int_arg, parse_int
+from export.inputs.text import TextTokenizer, load_text_tokenizer
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
 PROMPTS = "prompts"  # engines.triton.config.PROMPTS: {prompt name: prefix} as JSON
@@ -61,7 +61,7 @@ class ServerError(RoformerTrtError):
 
 
 def load_tokenizer(path: Path) -> TextTokenizer:
-    """The checkpoint's tokenizer.json or vocab.txt (export.text); a vocab.txt whose family segments words with a
+    """The checkpoint's tokenizer.json or vocab.txt (export.inputs.text); a vocab.txt whose family segments words with a
     library that is not installed (a Chinese word segmenter) is UnavailableError here, not a silent per-character
     split."""
     return load_text_tokenizer(path, strict=True)

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from export import cli
-from export.cli import Parser
-from export.cli_flags import add_thresholds
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_thresholds
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import load_toml
 from export.folder.atomic import write_atomic
+from export.inputs.files import load_toml
 from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
 from export.report.schema import Report

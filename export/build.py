@@ -26,12 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engines.tensorrt.availability import engine_status_for, require_engine
-from export import __version__, build_flags, cli, memory
+from export import __version__, build_flags, memory
 from export.build_plan import Flags, Plan
 from export.build_report import checkpoint_facts, model_facts
 from export.build_tasks import build_all, held_tasks, task_files
 from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
-from export.cli import InterruptNote, Parser
+from export.cli import entry as cli
+from export.cli.entry import InterruptNote, Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError
 from export.families.adapters import ALL
 from export.folder import disk

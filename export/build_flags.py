@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from engines.tensorrt.flags import add_engine_flags
 from export import memory
-from export.cli import Parser
-from export.cli_flags import add_thresholds, add_trust_pickle
-from export.numbers import float_arg, int_arg, size_arg
+from export.cli.entry import Parser
+from export.cli.flags import add_thresholds, add_trust_pickle
+from export.inputs.numbers import float_arg, int_arg, size_arg
 from export.passes.pooling import MODES
 from export.passes.quantize.options import add_quant_flags
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from engines.tensorrt.profiles import ProfileSet, check_choices, parse_batch, parse_profile_tops
 from export.errors import UsageError
-from export.files import load_toml
 from export.folder.layout import Planned
+from export.inputs.files import load_toml
 from export.onnx_export import MIN_MAX_LEN, check_export_args
 from export.passes.pooling.request import PoolingRequest
 from export.passes.precision import parse_precision

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
-from export.numbers import parse_size
+from export.inputs.numbers import parse_size
 
 GB = 10**9
 IMPORTS = 0.8 * GB  # torch + transformers + onnx + ONNX Runtime, measured before the checkpoint loads
@@ -58,7 +58,7 @@ def build_estimate(facts, params: int, max_len: int) -> Estimate:
 
 def available(override: int | None = None) -> tuple[int, str]:
     """(bytes this process may still use, where that number came from). override: --max-memory, in bytes
-    (export.numbers.size_arg read it); the environment variable is read here by the same parser."""
+    (export.inputs.numbers.size_arg read it); the environment variable is read here by the same parser."""
     if override is not None:
         return override, "--max-memory"
     if os.environ.get(ENV):

@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
-from export import cli  # noqa: E402
-from export.cli import Parser  # noqa: E402
-from export.numbers import int_arg, parse_int_list  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.inputs.numbers import int_arg, parse_int_list  # noqa: E402
 
 
 def build_parser() -> Parser:

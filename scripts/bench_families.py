@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 
 DEMO = dict(
     vocab_size=50368,

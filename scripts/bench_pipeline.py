@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 
 SIZES = {  # name -> (config overrides for tests.fixtures.checkpoints.demo_config, --max-len)
     "tiny": (

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
-from export import cli  # noqa: E402
-from export.cli import Parser  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
 from export.errors import UnavailableError, UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
-from export import cli  # noqa: E402
-from export.cli import Parser  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
 from export.errors import UsageError  # noqa: E402
-from export.numbers import float_arg, int_arg  # noqa: E402
+from export.inputs.numbers import float_arg, int_arg  # noqa: E402
 
 ALPHA = 0.5  # the paper's default
 

@@ -30,7 +30,7 @@ from script_outputs import add_output_flags  # noqa: E402
 
 from engines.client import TritonEncoderClient  # noqa: E402
 from export.errors import RoformerTrtError, UsageError  # noqa: E402
-from export.numbers import float_arg, int_arg  # noqa: E402
+from export.inputs.numbers import float_arg, int_arg  # noqa: E402
 from export.stages.bench import host_description  # noqa: E402
 
 

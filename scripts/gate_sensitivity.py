@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
-from export import cli  # noqa: E402
 from export.checkpoint.rebuild import load_checkpoint  # noqa: E402
-from export.cli import Parser  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
 from export.errors import UsageError  # noqa: E402
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 from export.report.persist import read_report  # noqa: E402
 from export.report.thresholds import DEFAULTS  # noqa: E402
 from export.validate import Shape, TorchReference, make_inputs  # noqa: E402

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the project's packages
 
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 from export.reference import DEFAULT_BASE, rotary_angles, sincos_table  # noqa: E402
 
 

@@ -33,6 +33,8 @@ CALLED_FROM_OUTSIDE = {
     ("scripts/modelopt_quantize.py", "rewind"): "ModelOpt's calibration data reader",
     ("scripts/modelopt_quantize.py", "get_first"): "ModelOpt's calibration data reader",
     ("tests/engines/serving/stand_in.py", "log_message"): "http.server.BaseHTTPRequestHandler",
+    ("tests/engines/test_client_wait.py", "ServerReady"): "tritonclient's GRPCInferenceServiceServicer (gRPC)",
+    ("tests/engines/test_client_wait.py", "ModelReady"): "tritonclient's GRPCInferenceServiceServicer (gRPC)",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from export.files import load_toml
+from export.inputs.files import load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = load_toml(ROOT / "pyproject.toml", what="pyproject.toml")

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from engines.serving.server import TRUST_FLAG, serve
-from export import cli
-from export.cli import InterruptNote, Parser
-from export.cli_flags import add_build, add_served_pooling
+from export.cli import entry as cli
+from export.cli.entry import InterruptNote, Parser
+from export.cli.flags import add_build, add_served_pooling
 from export.errors import EXIT_OK, UsageError
-from export.numbers import int_arg
+from export.inputs.numbers import int_arg
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from engines.triton.repository import DEFAULT_MAX_BATCH, build_repository
 from engines.triton.twin import CHOICES
-from export import cli
-from export.cli import Parser
-from export.cli_flags import add_build, add_served_pooling
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_build, add_served_pooling
 from export.errors import EXIT_OK
-from export.numbers import int_arg
+from export.inputs.numbers import int_arg
 
 
 def build_parser() -> Parser:

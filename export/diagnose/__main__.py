@@ -13,21 +13,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import cli
 from export.checkpoint.rebuild import load_checkpoint
-from export.cli import Parser
-from export.cli_flags import add_build, add_thresholds, add_trust_pickle
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_build, add_thresholds, add_trust_pickle
 from export.diagnose import diagnose, diagnose_model
 from export.diagnose.divergence import DEFAULT_BUDGET
 from export.diagnose.inputs import check_feeds, check_tokens, graph_feeds, graph_shape, takes_types, vocab_sizes
 from export.diagnose.render import write_outputs
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import check_distinct, check_output_file, load_toml
 from export.folder.artifacts import artifact
 from export.folder.digest import sha256_tree
 from export.folder.layout import MANIFEST
-from export.graph_file import GraphFile, read_graph
-from export.numbers import check_int, float_arg, int_arg
+from export.inputs.files import check_distinct, check_output_file, load_toml
+from export.inputs.graph_file import GraphFile, read_graph
+from export.inputs.numbers import check_int, float_arg, int_arg
 from export.onnx_export import declared_max_len
 from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
@@ -236,7 +236,7 @@ def _build_inputs(args) -> BuildRun:
             f"--graph {key!r} is not an ONNX graph of {build}/report.json; use one of {graphs} (a "
             "TensorRT engine is diagnosed through the ONNX graph it was built from)"
         )
-    graph = artifact(build, report, key)  # export.graph_file's checks, and the recorded sha256
+    graph = artifact(build, report, key)  # export.inputs.graph_file's checks, and the recorded sha256
     checkpoint = _checkpoint_path(args, report)
     _case_shape(report, key, args)  # --batch / --seq against the build's max_len, before the model loads
     inputs = [build / n for n in (REPORT_JSON, REPORT_MD, MANIFEST, *report.artifacts_sha256)]

@@ -28,7 +28,7 @@ from engines.tensorrt.graph import input_axes
 from engines.tensorrt.profiles import INT32_MAX
 from export.errors import UsageError
 from export.folder.layout import BENCH_DIR
-from export.numbers import NumberError, parse_int_list
+from export.inputs.numbers import NumberError, parse_int_list
 from export.progress import info
 from export.report.schema import BenchSection, bench_key
 from export.stages.result import StageResult

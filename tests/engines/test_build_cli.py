@@ -88,7 +88,7 @@ def test_missing_file_and_unknown_length_exit_2(built, capsys):
     ],
 )
 def test_the_graph_goes_through_the_checked_loader(tmp_path, capsys, change, pattern):
-    """engines.build reads its graph with export.graph_file, as export.diagnose does (issue 27)."""
+    """engines.build reads its graph with export.inputs.graph_file, as export.diagnose does (issue 27)."""
     code, err = run([edited(small_graph(tmp_path), change)], capsys)
     assert code == 2 and len(err) == 1 and pattern in err[0], err
 

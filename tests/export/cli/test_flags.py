@@ -1,7 +1,7 @@
 """A flag two commands take means one thing: one default, one set of choices, one type and action in every command
-that has it, unless DIFFERENT says why it is another flag under the same name; the flags export.cli_flags defines
+that has it, unless DIFFERENT says why it is another flag under the same name; the flags export.cli.flags defines
 are that module's definition wherever they appear (help included), so they cannot drift apart again. And
-`--pooling` defaults to the build as built everywhere (the reason is export/cli_flags.py's docstring)."""
+`--pooling` defaults to the build as built everywhere (the reason is export/cli/flags.py's docstring)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import importlib
 import onnx
 import pytest
 
-from export import cli_flags
-from export.cli import Parser
+from export.cli.entry import Parser
+from export.cli import flags as cli_flags
 from export.passes.pooling import POOLINGS
 
 COMMANDS = {  # command -> module whose build_parser() makes its parser
@@ -52,7 +52,7 @@ PROBES = ("-1", "0", "1", "2", "64", "65", "4096", "65536", "1.5", "1G", "x")
 
 def converts(t) -> tuple | None:
     """What an argparse type makes of a few inputs (a value, or that it refused): two types are the same flag's
-    when they agree on all of them (export.numbers' int_arg(lo, hi) makes a new function per call)."""
+    when they agree on all of them (export.inputs.numbers' int_arg(lo, hi) makes a new function per call)."""
     if t is None:
         return None
     out = []

@@ -16,7 +16,7 @@ Out: an int or a finite float inside the bounds; else NumberError (a UsageError,
   trailing B or iB, e.g. 2000000000, 512M, 8G, 1.5T, 8GiB; from 1 byte to MAX_SIZE.
 
 For argparse, `int_arg(lo, hi)`, `float_arg(lo, hi)` and `size_arg()` are `type=`
-callables: argparse turns their refusal into its one-line usage error (exit 2, export.cli.Parser).
+callables: argparse turns their refusal into its one-line usage error (exit 2, export.cli.entry.Parser).
 A server's header value is read with `parse_int(value, what="Content-Length", lo=0, hi=...)`: the same ASCII rule.
 """
 

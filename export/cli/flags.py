@@ -1,5 +1,5 @@
 """The flags several commands take, defined once: the same name means the same thing, with the same choices and
-default, in every command that has it (tests/export/test_cli_flags.py holds every command to that).
+default, in every command that has it (tests/export/cli/test_flags.py holds every command to that).
 
 - `--build` (engines.serving, engines.triton, export.diagnose): a folder export.build wrote.
 - `--pooling` (engines.serving, engines.triton; export.build's `--pooling` is its own: what the TensorRT-bound graph
@@ -10,7 +10,7 @@ default, in every command that has it (tests/export/test_cli_flags.py holds ever
   build, and a twin with one would publish two models of one build with different outputs. `mean`/`cls` ask for
   one explicitly.
 - `--thresholds` (export.build, engines.gate, export.diagnose), `--trust-pickle` (export.build, export.diagnose).
-`--debug` and its synonym `--verbose` come with every command's Parser (export.cli).
+`--debug` and its synonym `--verbose` come with every command's Parser (export.cli.entry).
 """
 
 from __future__ import annotations
