@@ -197,3 +197,45 @@ def test_st_crosscheck_without_sentence_transformers_says_so(tmp_path, capsys):
         pytest.skip("sentence-transformers is installed here")
     assert load("st_crosscheck").main(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]) == 3
     assert "sentence-transformers" in one_line(capsys) and sorted(os.listdir(tmp_path)) == []
+
+
+def test_bench_families_tiny_two_families(tmp_path):
+    """Two families' tiny demo checkpoints (GQA's fewer K heads in eurobert): ours from the build's stages and
+    raw+expand pass HF's check with padded rows and are timed; the run says why there is no Optimum peer, names
+    its files by family and date, and leaves no graphs behind in --work."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--tiny", "--family", "modernbert", "--family", "eurobert", "--shapes", "2x16", "--rounds", "9"]
+    assert load("bench_families").main([*argv, "--out", str(out), "--work", str(work)]) == 0
+    (stem,) = {p.stem for p in out.iterdir()}
+    assert stem.startswith("bench_families_modernbert+eurobert_") and stem.endswith("_tiny")
+    result = json.loads((out / f"{stem}.json").read_text())
+    assert list(result["families"]) == ["modernbert", "eurobert"]
+    for fam in result["families"].values():
+        assert fam["rotary_sites"]["rewritten"] == fam["rotary_sites"]["expected"] == 2 * fam["config"]["layers"]
+        assert fam["ops"]["ours"]["RotaryEmbedding"] == fam["ops"]["raw+expand"]["RotaryEmbedding"]
+        assert fam["ops"]["ours"].get("Cos", 0) == 0 < fam["ops"]["raw+expand"]["Cos"]  # the tables are constants
+        assert all(c["passed"] and c["padded"] for g in ("ours", "raw+expand") for c in fam["checks"][g])
+        (row,) = fam["timings"]
+        assert set(row["stats"]) == {"ours", "raw+expand"} and row["faster_peer"] == "raw+expand"
+        assert row["verdict"] in ("faster", "within spread", "slower") and fam["optimum"] == {
+            "none": "not run (no --optimum-python)"
+        }
+    assert not [p for p in work.rglob("*.onnx")], "each run's graphs are removed without --keep-graphs"
+
+
+@pytest.mark.parametrize(
+    ("ours", "want"), [(9.0, "faster"), (10.0, "faster"), (11.0, "within spread"), (12.5, "slower")]
+)
+def test_bench_families_verdict_against_the_faster_peer(ours, want):
+    stat = {"median_ms": 10.0, "q3_ms": 12.0}
+    stats = {"ours": {"median_ms": ours}, "slow": {"median_ms": 20.0, "q3_ms": 30.0}, "fast": stat}
+    row = load("bench_families").verdict("8x128", 9, stats)
+    assert (row["faster_peer"], row["verdict"], row["ours_vs_faster_peer"]) == ("fast", want, ours / 10.0)
+
+
+def test_bench_families_checkpoint_takes_one_family(tmp_path, capsys):
+    argv = ["--family", "esm", "--family", "gte", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        load("bench_families").main(argv)
+    assert e.value.code == 2 and "--checkpoint takes one --family" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
