@@ -30,6 +30,7 @@ import contextlib
 import gc
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -138,7 +139,9 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
             graphs["optimum"] = Path(optimum.pop("graph"))
         ops = {n: op_counts(g) for n, g in graphs.items()}
         checks, sessions = check_against_hf(ckpt.model, family.inputs, graphs, shapes, name)
+        load = {"cpus": os.cpu_count(), "before": [round(x, 2) for x in os.getloadavg()]}  # 1, 5, 15 min
         timings = time_graphs(sessions, shapes, args.rounds, family.inputs, ckpt.facts.vocab_size, name)
+        load["after"] = [round(x, 2) for x in os.getloadavg()]  # other jobs share the machine: say how loaded
         del sessions
     finally:
         if not args.keep_graphs:
@@ -153,6 +156,7 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
         "rotary_sites": {k: rewrite.get(k) for k in ("expected", "rewritten", "nodes")},
         "export_and_rotary_pass_seconds": round(export_s, 1),
         "optimum": optimum,
+        "load_average": load,
         "ops": ops,
         "checks": checks,
         "timings": timings,
@@ -366,6 +370,8 @@ def _family_markdown(name: str, fam: dict) -> list[str]:
         f"- rotary pass: {fam['rotary_sites']}; tables of {fam['max_len_of_tables']} rows; export + pass "
         f"{fam['export_and_rotary_pass_seconds']} s",
         f"- optimum: {opt.get('versions') or 'no peer: ' + opt['none']}",
+        f"- load average (1, 5, 15 min) on {fam['load_average']['cpus']} CPUs: {fam['load_average']['before']} as "
+        f"timing started, {fam['load_average']['after']} as it ended",
         "",
         "Checked against HF transformers (fp32, default fp32 thresholds, right-padded rows) before timing:",
         "",
