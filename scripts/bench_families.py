@@ -331,7 +331,8 @@ def time_graphs(sessions: dict, shapes, rounds: int, inputs, vocab: int, family:
                 sessions[n].run(None, per[n])
                 times[n].append(time.perf_counter() - t)
             log(f"{family} {batch}x{seq} round {r + 1}/{rounds}")
-        rows.append(verdict(f"{batch}x{seq}", rounds, {n: _stats(ts) for n, ts in times.items()}))
+        row = verdict(f"{batch}x{seq}", rounds, {n: _stats(ts) for n, ts in times.items()})
+        rows.append(row | {"runs_ms": {n: [round(t * 1e3, 1) for t in ts] for n, ts in times.items()}})  # by round
     return rows
 
 
