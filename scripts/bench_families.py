@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = "all" if "all" in (args.family or []) else "+".join(families)
-    stem = f"bench_families_{label}_{date}{'_tiny' if args.tiny else ''}"
+    stem = base = f"bench_families_{label}_{date}{'_tiny' if args.tiny else ''}"
+    for n in range(2, 1000):  # a second run the same day keeps the first one's files
+        if not (out / f"{stem}.json").exists() and not (out / f"{stem}.md").exists():
+            break
+        stem = f"{base}_{n}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     (out / f"{stem}.md").write_text(md)
