@@ -110,16 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = "all" if "all" in (args.family or []) else "+".join(families)
-    stem = base = f"bench_families_{label}_{date}{'_tiny' if args.tiny else ''}"
-    for n in range(2, 1000):  # a second run the same day keeps the first one's files
-        if not (out / f"{stem}.json").exists() and not (out / f"{stem}.md").exists():
-            break
-        stem = f"{base}_{n}"
+    stem = free_stem(out, f"bench_families_{label}_{date}{'_tiny' if args.tiny else ''}")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     (out / f"{stem}.md").write_text(md)
     print(md)
     return 0
+
+
+def free_stem(out: Path, base: str) -> str:
+    """`base`, or `base_2`, `base_3`... when an earlier run wrote that one: a second run keeps the first's files."""
+    stem, n = base, 1
+    while any((out / f"{stem}{ext}").exists() for ext in (".json", ".md")):
+        n += 1
+        stem = f"{base}_{n}"
+    return stem
 
 
 def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> dict:

@@ -239,3 +239,11 @@ def test_bench_families_checkpoint_takes_one_family(tmp_path, capsys):
         load("bench_families").main(argv)
     assert e.value.code == 2 and "--checkpoint takes one --family" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_families_keeps_an_earlier_runs_results(tmp_path):
+    free_stem = load("bench_families").free_stem
+    assert free_stem(tmp_path, "b_2026-12-08") == "b_2026-12-08"
+    (tmp_path / "b_2026-12-08.md").write_text("first run")
+    (tmp_path / "b_2026-12-08_2.json").write_text("{}")
+    assert free_stem(tmp_path, "b_2026-12-08") == "b_2026-12-08_3"
