@@ -341,6 +341,12 @@ def time_graphs(sessions: dict, shapes, rounds: int, inputs, vocab: int, family:
                 times[n].append(time.perf_counter() - t)
             log(f"{family} {batch}x{seq} round {r + 1}/{rounds}")
         row = verdict(f"{batch}x{seq}", rounds, {n: _stats(ts) for n, ts in times.items()})
+        if "ours" in times:  # ours / peer within each round (the same load), its median: for reading noise only
+            row["paired_ratio_median"] = {
+                n: statistics.median(a / b for a, b in zip(times["ours"], ts, strict=True))
+                for n, ts in times.items()
+                if n != "ours"
+            }
         rows.append(row | {"runs_ms": {n: [round(t * 1e3, 1) for t in ts] for n, ts in times.items()}})  # by round
     return rows
 
@@ -404,8 +410,10 @@ def _family_markdown(name: str, fam: dict) -> list[str]:
     lines += [""]
     for row in fam["timings"]:
         if row["verdict"]:
+            paired = ", ".join(f"{n} {r:.3f}" for n, r in row.get("paired_ratio_median", {}).items())
             lines.append(f"- {row['shape']}: ours / {row['faster_peer']} = {row['ours_vs_faster_peer']:.3f} "
-                         f"({row['rounds']} interleaved rounds): **{row['verdict']}**")  # fmt: skip
+                         f"({row['rounds']} interleaved rounds): **{row['verdict']}**"
+                         + (f"; median of the per-round ratios ours / peer: {paired}" if paired else ""))  # fmt: skip
     ops = fam["ops"]
     kinds = sorted({k for c in ops.values() for k in c if len({c.get(k, 0) for c in ops.values()}) > 1})
     lines += ["", "Nodes per graph (total; op types whose counts differ):", ""]

@@ -217,6 +217,7 @@ def test_bench_families_tiny_two_families(tmp_path):
         assert all(c["passed"] and c["padded"] for g in ("ours", "raw+expand") for c in fam["checks"][g])
         (row,) = fam["timings"]
         assert set(row["stats"]) == {"ours", "raw+expand"} and row["faster_peer"] == "raw+expand"
+        assert set(row["paired_ratio_median"]) == {"raw+expand"} and len(row["runs_ms"]["ours"]) == 9
         assert row["verdict"] in ("faster", "within spread", "slower") and fam["optimum"] == {
             "none": "not run (no --optimum-python)"
         }
