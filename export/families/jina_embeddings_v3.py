@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -195,7 +196,8 @@ def tokenizer(config):
     words = ["▁the", "▁of", "▁and", "▁to", "▁hello", "▁world", "▁query", "▁document", "▁represent", "▁for", ":"]
     letters = [c for c in "abcdefghijklmnopqrstuvwxyz"]
     pieces = words + [f"▁{c}" for c in letters] + letters + ["▁", ".", ",", "?", "!", "-"]
-    pieces += [chr(c) for c in range(0x4E00, 0x4E00 + max(0, config.vocab_size))]
+    cjk_and_on = (chr(c) for c in range(0x4E00, 0x110000) if not 0xD800 <= c <= 0xDFFF)  # surrogates: not text
+    pieces += list(islice(cjk_and_on, max(0, config.vocab_size)))  # the demo's 250002 pass 0xD800
     n = config.vocab_size - len(SPECIALS) - 1
     vocab = [(t, 0.0) for t in SPECIALS] + [(p, -float(i + 1)) for i, p in enumerate(pieces[:n])] + [("<mask>", 0.0)]
     tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))

@@ -58,6 +58,10 @@ def test_each_family_file_is_consistent(family):
         assert all(r.head_dim == facts.head_dim for r in family.rotaries(cfg))
         assert (facts.type_vocab_size is None) == ("token_type_ids" not in family.inputs)
     assert set(family.heads) <= set(TASKS) and "model" in family.heads
+    for make in (family.tiny, family.demo):  # the demo's own tokenizer too: jina's 250002 pieces crossed U+D800
+        cfg = make()
+        tok = family.tokenizer(cfg) if family.tokenizer is not None else None
+        assert tok is None or tok.get_vocab_size() == cfg.vocab_size
     lm = family.layer_map
     for task in family.heads:
         with torch.device("meta"):
