@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import make_demo_checkpoint  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_families_report import markdown  # noqa: E402
 from script_outputs import add_output_flags  # noqa: E402
 
 from export.families.registry import by_name, names  # noqa: E402
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", default="8x128,1x512", help="batch x sequence, comma-separated")
     p.add_argument("--rounds", type=int_arg(lo=9), default=9, help="interleaved rounds per shape (>= 9)")
     p.add_argument("--keep-graphs", action="store_true", help="keep each run's graphs in --work")
+    p.add_argument("--profile", type=int_arg(lo=0), default=0, metavar="RUNS",
+                   help="after timing, RUNS profiled runs of each graph per shape (ONNX Runtime's profiler): "
+                        "milliseconds per run by op type")  # fmt: skip
     add_output_flags(p, "bench_families", "families", work=True)
     return p
 
@@ -152,6 +156,7 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
         timings = time_graphs(sessions, shapes, args.rounds, family.inputs, ckpt.facts.vocab_size, name)
         load["after"] = [round(x, 2) for x in os.getloadavg()]  # other jobs share the machine: say how loaded
         del sessions
+        profile = profile_graphs(graphs, shapes, args.profile, family.inputs, ckpt.facts.vocab_size, graphs_dir)
     finally:
         if not args.keep_graphs:
             shutil.rmtree(graphs_dir, ignore_errors=True)
@@ -169,6 +174,7 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
         "ops": ops,
         "checks": checks,
         "timings": timings,
+        "profile": profile,
     }
 
 
@@ -363,63 +369,44 @@ def verdict(shape: str, rounds: int, stats: dict) -> dict:
             "verdict": word}  # fmt: skip
 
 
+def profile_graphs(graphs: dict[str, Path], shapes, runs: int, inputs, vocab: int, work: Path) -> dict:
+    """ONNX Runtime's profiler on each graph, one session at a time: per shape and graph, the milliseconds per run
+    spent in each op type's kernels (the first run, a warm-up, left out). Where the time goes, not a timing."""
+    import onnxruntime as ort
+
+    result: dict = {}
+    for batch, seq in shapes if runs else []:
+        for graph, path in graphs.items():
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(work / "profile")
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            f = _session_feeds(sess, feeds(batch, seq, inputs, vocab, pad=False))
+            for _ in range(runs + 1):
+                sess.run(None, f)
+            trace = Path(sess.end_profiling())
+            events = json.loads(trace.read_text())
+            trace.unlink()
+            del sess
+            first = next(e for e in events if e.get("name") == "model_run")
+            per_op: Counter = Counter()
+            for e in events:
+                if (
+                    e.get("cat") == "Node"
+                    and e["name"].endswith("_kernel_time")
+                    and e["ts"] > first["ts"] + first["dur"]
+                ):
+                    per_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+            result.setdefault(f"{batch}x{seq}", {})[graph] = {k: round(v, 3) for k, v in per_op.most_common()}
+            log(f"profiled {graph} at {batch}x{seq}: {sum(per_op.values()):.0f} ms per run in kernels")
+    return result
+
+
 def _stats(ts: list[float]) -> dict:
     ms = sorted(t * 1e3 for t in ts)
     q1, _, q3 = statistics.quantiles(ms, n=4)
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "q1_ms": q1, "q3_ms": q3, "max_ms": ms[-1]}
-
-
-def markdown(result: dict) -> str:
-    lines = [f"# Rotary families on ONNX Runtime CPU: ours vs peers ({result['date']})", "",
-             f"- machine: {result['machine']}", ""]  # fmt: skip
-    for name, fam in result["families"].items():
-        lines += _family_markdown(name, fam)
-    return "\n".join(lines) + "\n"
-
-
-def _family_markdown(name: str, fam: dict) -> list[str]:
-    opt = fam["optimum"]
-    lines = [
-        f"## {name}",
-        "",
-        f"- model: {fam['model']}; {fam['config']}; attention {fam['attn_implementation']}",
-        f"- rotary pass: {fam['rotary_sites']}; tables of {fam['max_len_of_tables']} rows; export + pass "
-        f"{fam['export_and_rotary_pass_seconds']} s",
-        f"- optimum: {opt.get('versions') or 'no peer: ' + opt['none']}",
-        f"- load average (1, 5, 15 min) on {fam['load_average']['cpus']} CPUs: {fam['load_average']['before']} as "
-        f"timing started, {fam['load_average']['after']} as it ended",
-        "",
-        "Checked against HF transformers (fp32, default fp32 thresholds, right-padded rows) before timing:",
-        "",
-        "| graph | shape | padded rows | passed | max abs | scaled error | min row cosine |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for graph, cases in fam["checks"].items():
-        lines += [f"| {graph} | {c['shape']} | {c['padded']} | {c['passed']} | {c['max_abs']:.3g} | "
-                  f"{c['scaled_error']:.3g} | {c['row_cosine']:.12f} |" for c in cases]  # fmt: skip
-    caveat = [g for g, cs in fam["checks"].items() if any(not c["passed"] for c in cs if c["padded"])
-              and all(c["passed"] for c in cs if not c["padded"]) and g != "ours"]  # fmt: skip
-    if caveat:
-        lines += ["", f"Timed though failing with padded rows (they pass without padding; timing does not pad): "
-                      f"{', '.join(caveat)}."]  # fmt: skip
-    lines += ["", "| shape | graph | median ms | min | q1 | q3 | max |", "|---|---|---|---|---|---|---|"]
-    for row in fam["timings"]:
-        for graph, s in row["stats"].items():
-            lines.append(f"| {row['shape']} | {graph} | {s['median_ms']:.1f} | {s['min_ms']:.1f} | {s['q1_ms']:.1f} | "
-                         f"{s['q3_ms']:.1f} | {s['max_ms']:.1f} |")  # fmt: skip
-    lines += [""]
-    for row in fam["timings"]:
-        if row["verdict"]:
-            paired = ", ".join(f"{n} {r:.3f}" for n, r in row.get("paired_ratio_median", {}).items())
-            lines.append(f"- {row['shape']}: ours / {row['faster_peer']} = {row['ours_vs_faster_peer']:.3f} "
-                         f"({row['rounds']} interleaved rounds): **{row['verdict']}**"
-                         + (f"; median of the per-round ratios ours / peer: {paired}" if paired else ""))  # fmt: skip
-    ops = fam["ops"]
-    kinds = sorted({k for c in ops.values() for k in c if len({c.get(k, 0) for c in ops.values()}) > 1})
-    lines += ["", "Nodes per graph (total; op types whose counts differ):", ""]
-    lines += [f"- {g}: {sum(c.values())} nodes; " + ", ".join(f"{k} {c.get(k, 0)}" for k in kinds)
-              for g, c in ops.items()]  # fmt: skip
-    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from tests.helpers import one_line
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 RESULTS = SCRIPTS / "results"
-HELPERS = {"script_outputs"}  # imported by the scripts, not run
+HELPERS = {"script_outputs", "bench_families_report"}  # imported by the scripts, not run
 ALL = sorted(p.stem for p in SCRIPTS.glob("*.py") if p.stem not in HELPERS)
 OUT_ELSEWHERE = {"make_demo_checkpoint": "demo"}  # writes the demo checkpoint README's commands read, not results
 
@@ -205,6 +205,7 @@ def test_bench_families_tiny_two_families(tmp_path):
     its files by family and date, and leaves no graphs behind in --work."""
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--tiny", "--family", "modernbert", "--family", "eurobert", "--shapes", "2x16", "--rounds", "9"]
+    argv += ["--profile", "1"]
     assert load("bench_families").main([*argv, "--out", str(out), "--work", str(work)]) == 0
     (stem,) = {p.stem for p in out.iterdir()}
     assert stem.startswith("bench_families_modernbert+eurobert_") and stem.endswith("_tiny")
@@ -218,6 +219,8 @@ def test_bench_families_tiny_two_families(tmp_path):
         (row,) = fam["timings"]
         assert set(row["stats"]) == {"ours", "raw+expand"} and row["faster_peer"] == "raw+expand"
         assert set(row["paired_ratio_median"]) == {"raw+expand"} and len(row["runs_ms"]["ours"]) == 9
+        prof = fam["profile"]["2x16"]
+        assert prof["ours"]["RotaryEmbedding"] > 0 and "Cos" not in prof["ours"] and "Cos" in prof["raw+expand"]
         assert row["verdict"] in ("faster", "within spread", "slower") and fam["optimum"] == {
             "none": "not run (no --optimum-python)"
         }
