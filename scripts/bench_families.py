@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.stages.bench import host_description
 
     date = time.strftime("%Y-%m-%d")
-    result = {"date": date, "machine": host_description(), "families": {}}
+    result = {"date": date, "machine": host_description(), "commit": _commit(), "families": {}}
     for name in families:
         result["families"][name] = run_family(name, args, shapes, Path(args.work) / name)
         gc.collect()
@@ -120,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(md)
     print(md)
     return 0
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with "+changes" when the tree differs from it): which code made the figures."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else None
 
 
 def free_stem(out: Path, base: str) -> str:
@@ -370,37 +378,43 @@ def verdict(shape: str, rounds: int, stats: dict) -> dict:
 
 
 def profile_graphs(graphs: dict[str, Path], shapes, runs: int, inputs, vocab: int, work: Path) -> dict:
-    """ONNX Runtime's profiler on each graph, one session at a time: per shape and graph, the milliseconds per run
-    spent in each op type's kernels (the first run, a warm-up, left out). Where the time goes, not a timing."""
+    """ONNX Runtime's profiler on every graph, runs interleaved as in the timing (the same load for each): per shape
+    and graph, the milliseconds per run spent in each op type's kernels (a warm-up run left out). Where the time
+    goes, not a timing: the profiler adds its own cost."""
     import onnxruntime as ort
 
     result: dict = {}
     for batch, seq in shapes if runs else []:
+        sessions = {}
         for graph, path in graphs.items():
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             opts.enable_profiling = True
-            opts.profile_file_prefix = str(work / "profile")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            f = _session_feeds(sess, feeds(batch, seq, inputs, vocab, pad=False))
-            for _ in range(runs + 1):
-                sess.run(None, f)
+            opts.profile_file_prefix = str(work / f"profile-{len(sessions)}")
+            sessions[graph] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        per = {g: _session_feeds(s, feeds(batch, seq, inputs, vocab, pad=False)) for g, s in sessions.items()}
+        order = list(sessions)
+        for r in range(runs + 1):
+            for g in order[r % len(order) :] + order[: r % len(order)]:
+                sessions[g].run(None, per[g])
+        for graph, sess in sessions.items():
             trace = Path(sess.end_profiling())
-            events = json.loads(trace.read_text())
+            per_op = _kernel_ms(json.loads(trace.read_text()), runs)
             trace.unlink()
-            del sess
-            first = next(e for e in events if e.get("name") == "model_run")
-            per_op: Counter = Counter()
-            for e in events:
-                if (
-                    e.get("cat") == "Node"
-                    and e["name"].endswith("_kernel_time")
-                    and e["ts"] > first["ts"] + first["dur"]
-                ):
-                    per_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
-            result.setdefault(f"{batch}x{seq}", {})[graph] = {k: round(v, 3) for k, v in per_op.most_common()}
+            result.setdefault(f"{batch}x{seq}", {})[graph] = per_op
             log(f"profiled {graph} at {batch}x{seq}: {sum(per_op.values()):.0f} ms per run in kernels")
+        del sessions
     return result
+
+
+def _kernel_ms(events: list[dict], runs: int) -> dict[str, float]:
+    """Milliseconds per run by op type, from a profile's kernel events after its first run."""
+    first = next(e for e in events if e.get("name") == "model_run")
+    per_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > first["ts"] + first["dur"]:
+            per_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return {k: round(v, 3) for k, v in per_op.most_common()}
 
 
 def _stats(ts: list[float]) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 def markdown(result: dict) -> str:
     lines = [f"# Rotary families on ONNX Runtime CPU: ours vs peers ({result['date']})", "",
-             f"- machine: {result['machine']}", ""]  # fmt: skip
+             f"- machine: {result['machine']}; code: commit {result.get('commit')}", ""]  # fmt: skip
     for name, fam in result["families"].items():
         lines += _family_markdown(name, fam)
     return "\n".join(lines) + "\n"
