@@ -52,6 +52,7 @@ from export.families.registry import by_name, names  # noqa: E402
 from export.inputs.numbers import int_arg  # noqa: E402
 
 OPSET = 23
+CONTROL = "ours (2nd session)"  # --control: a second session of our graph, timed like a peer, never one
 OPTIMUM_CHECK = """
 import json, sys
 import optimum.exporters.onnx.model_configs  # fills the exporter's registry
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimum-python", help="python of a venv with optimum-onnx (omitted: no optimum peer)")
     p.add_argument("--shapes", default="8x128,1x512", help="batch x sequence, comma-separated")
     p.add_argument("--rounds", type=int_arg(lo=9), default=9, help="interleaved rounds per shape (>= 9)")
+    p.add_argument("--control", action="store_true", help=f"also time {CONTROL!r}: the noise of this machine")
     p.add_argument("--keep-graphs", action="store_true", help="keep each run's graphs in --work")
     p.add_argument("--profile", type=int_arg(lo=0), default=0, metavar="RUNS",
                    help="after timing, RUNS profiled runs of each graph per shape (ONNX Runtime's profiler): "
@@ -141,6 +143,7 @@ def free_stem(out: Path, base: str) -> str:
 
 def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> dict:
     from export.checkpoint.rebuild import inspect_checkpoint, materialize
+    from export.validate import ort_session
 
     work.mkdir(parents=True, exist_ok=True)
     path = Path(args.checkpoint) if args.checkpoint else demo_checkpoint(name, args.tiny, work)
@@ -160,6 +163,8 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
             graphs["optimum"] = Path(optimum.pop("graph"))
         ops = {n: op_counts(g) for n, g in graphs.items()}
         checks, sessions = check_against_hf(ckpt.model, family.inputs, graphs, shapes, name)
+        if args.control and "ours" in sessions:  # an A/A pair: how far two sessions of one graph differ here
+            sessions[CONTROL] = ort_session(graphs["ours"])
         load = {"cpus": os.cpu_count(), "before": [round(x, 2) for x in os.getloadavg()]}  # 1, 5, 15 min
         timings = time_graphs(sessions, shapes, args.rounds, family.inputs, ckpt.facts.vocab_size, name)
         load["after"] = [round(x, 2) for x in os.getloadavg()]  # other jobs share the machine: say how loaded
@@ -366,7 +371,7 @@ def time_graphs(sessions: dict, shapes, rounds: int, inputs, vocab: int, family:
 
 
 def verdict(shape: str, rounds: int, stats: dict) -> dict:
-    peers = [n for n in stats if n != "ours"]
+    peers = [n for n in stats if n not in ("ours", CONTROL)]
     faster = min(peers, key=lambda n: stats[n]["median_ms"]) if peers else None
     word = ratio = None
     if faster is not None and "ours" in stats:

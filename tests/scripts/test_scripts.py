@@ -205,7 +205,7 @@ def test_bench_families_tiny_two_families(tmp_path):
     its files by family and date, and leaves no graphs behind in --work."""
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--tiny", "--family", "modernbert", "--family", "eurobert", "--shapes", "2x16", "--rounds", "9"]
-    argv += ["--profile", "1"]
+    argv += ["--profile", "1", "--control"]
     assert load("bench_families").main([*argv, "--out", str(out), "--work", str(work)]) == 0
     (stem,) = {p.stem for p in out.iterdir()}
     assert stem.startswith("bench_families_modernbert+eurobert_") and stem.endswith("_tiny")
@@ -217,8 +217,9 @@ def test_bench_families_tiny_two_families(tmp_path):
         assert fam["ops"]["ours"].get("Cos", 0) == 0 < fam["ops"]["raw+expand"]["Cos"]  # the tables are constants
         assert all(c["passed"] and c["padded"] for g in ("ours", "raw+expand") for c in fam["checks"][g])
         (row,) = fam["timings"]
-        assert set(row["stats"]) == {"ours", "raw+expand"} and row["faster_peer"] == "raw+expand"
-        assert set(row["paired_ratio_median"]) == {"raw+expand"} and len(row["runs_ms"]["ours"]) == 9
+        control = load("bench_families").CONTROL
+        assert set(row["stats"]) == {"ours", "raw+expand", control} and row["faster_peer"] == "raw+expand"
+        assert set(row["paired_ratio_median"]) == {"raw+expand", control} and len(row["runs_ms"]["ours"]) == 9
         prof = fam["profile"]["2x16"]
         assert prof["ours"]["RotaryEmbedding"] > 0 and "Cos" not in prof["ours"] and "Cos" in prof["raw+expand"]
         assert row["verdict"] in ("faster", "within spread", "slower") and fam["optimum"] == {
@@ -231,9 +232,12 @@ def test_bench_families_tiny_two_families(tmp_path):
     ("ours", "want"), [(9.0, "faster"), (10.0, "faster"), (11.0, "within spread"), (12.5, "slower")]
 )
 def test_bench_families_verdict_against_the_faster_peer(ours, want):
+    """The faster peer decides; --control's second session of our graph is never a peer, however fast."""
+    bench = load("bench_families")
     stat = {"median_ms": 10.0, "q3_ms": 12.0}
     stats = {"ours": {"median_ms": ours}, "slow": {"median_ms": 20.0, "q3_ms": 30.0}, "fast": stat}
-    row = load("bench_families").verdict("8x128", 9, stats)
+    stats[bench.CONTROL] = {"median_ms": 1.0, "q3_ms": 1.0}
+    row = bench.verdict("8x128", 9, stats)
     assert (row["faster_peer"], row["verdict"], row["ours_vs_faster_peer"]) == ("fast", want, ours / 10.0)
 
 
