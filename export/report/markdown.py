@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from export.report.reproduce import render_markdown as render_reproduce
 from export.report.schema import Report
 
@@ -34,7 +36,7 @@ def render_markdown(r: Report) -> str:
     return "\n".join(lines)
 
 
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+def _table(header: list[str], rows: Sequence[Sequence[object]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return out + [""]
@@ -43,7 +45,7 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 def _model(r: Report) -> list[str]:
     if not r.model:
         return []
-    rows = [[k, _per_layer(v) if k in ("rotary", "attention") else v] for k, v in r.model.items()]
+    rows = [[k, _per_layer(v) if k in ("rotary", "attention") and isinstance(v, list) else v] for k, v in r.model.items()]
     lines = ["## Model", ""] + _table(["field", "value"], rows)
     if r.checkpoint:
         lines += [
@@ -110,7 +112,7 @@ def _export(r: Report) -> list[str]:
 
 def _table_sentence(r: Report) -> str:
     """Where the graph's sinusoidal rows came from: the checkpoint's (verified) and the formula's."""
-    rows, m = (r.export or {}).get("table_rows"), r.model or {}
+    rows, m = r.export.get("table_rows") if r.export else None, r.model or {}
     held = m.get("max_position_embeddings")
     if m.get("table") == "checkpoint":
         extended = f", extended to {rows} rows by the formula" if rows and held and rows > held else ""

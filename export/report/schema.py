@@ -55,6 +55,8 @@ class CheckpointSection(TypedDict, total=False):
     path: str
     format: str
     sha256: str
+    config_source: str  # which config was used: the checkpoint's, the one beside it, or --config
+    weights_dtype: str  # the stored weights' dtype, e.g. "float32"
 
 
 class ExportSection(TypedDict):
@@ -84,6 +86,7 @@ class PluginSection(TypedDict, total=False):
     path: str
     sha256: str
     reason: str
+    tensorrt_headers: str  # the version of the TensorRT headers the library was built against, when known
 
 
 class PrecisionSection(TypedDict, total=False):
