@@ -45,7 +45,9 @@ def _table(header: list[str], rows: Sequence[Sequence[object]]) -> list[str]:
 def _model(r: Report) -> list[str]:
     if not r.model:
         return []
-    rows = [[k, _per_layer(v) if k in ("rotary", "attention") and isinstance(v, list) else v] for k, v in r.model.items()]
+    rows = [
+        [k, _per_layer(v) if k in ("rotary", "attention") and isinstance(v, list) else v] for k, v in r.model.items()
+    ]
     lines = ["## Model", ""] + _table(["field", "value"], rows)
     if r.checkpoint:
         lines += [
