@@ -160,22 +160,25 @@ def attention(config, layer: int) -> LayerAttention:
     return LayerAttention(FULL)
 
 
+ROTARY_METHOD = "apply_rotary_position_embeddings"  # RoFormerSelfAttention's, patched on the instance by name
+
+
 @contextmanager
 def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
     """Wrap the instance's apply_rotary_position_embeddings (a staticmethod HF calls through self) for the run."""
-    attention = layer.attention.self
-    original = attention.apply_rotary_position_embeddings
+    attention = layer.get_submodule("attention.self")
+    original = getattr(attention, ROTARY_METHOD)
 
     def tapped(*args, **kwargs):
         result = original(*args, **kwargs)
         record(list(result[:2]))  # query, key
         return result
 
-    attention.apply_rotary_position_embeddings = tapped
+    setattr(attention, ROTARY_METHOD, tapped)
     try:
         yield
     finally:
-        del attention.apply_rotary_position_embeddings  # the class's staticmethod shows through again
+        delattr(attention, ROTARY_METHOD)  # the class's staticmethod shows through again
 
 
 def vocab_tokenizer(table: dict) -> tuple[object, str]:
