@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported when a runner is made: this module loads on CPU hosts without the cost of torch
-    import torch
-
 from engines.tensorrt.plugin_library import load_plugins
 from export.errors import UsageError
+
+if TYPE_CHECKING:  # imported when a runner is made: this module loads on CPU hosts without the cost of torch
+    import torch
 
 
 def pick_profile(profile_shapes: Sequence[Mapping[str, tuple]], shapes: Mapping[str, tuple]) -> int:

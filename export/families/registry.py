@@ -9,11 +9,15 @@ family, or more than one, recognises. `by_name` finds a family by its name (the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.errors import UsageError
 from export.families import esm, eurobert, gte, jina_embeddings_v3, modernbert, nomic_bert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
+
+if TYPE_CHECKING:  # imported where a family makes its tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 FAMILIES: tuple[Family, ...] = (
     roformer.FAMILY,
@@ -66,7 +70,7 @@ def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
     return found[0]
 
 
-def vocab_tokenizer(table: dict) -> tuple[object, str]:
+def vocab_tokenizer(table: dict) -> tuple[PreTrainedTokenizerBase, str]:
     """The vocab.txt tokenizer of the family that ships one (ImportError when its segmenter is missing, or when no
     family has one: export.inputs.text then uses WordPiece alone)."""
     for f in FAMILIES:

@@ -118,6 +118,7 @@ def sensitivity(
         wanted = {i.name for i in sess.get_inputs()}
         names = [f"__sens{i}_{k}" for i in range(len(nodes)) for k in ("err", "ref", "sa", "sb")]
         part = f" ({g // size + 1}/{SWEEP_GROUPS})" if len(every) > size else ""
+
         def describe(c: EvalCase, part: str = part) -> str:
             return f"fallback: sensitivity sweep{part}, {c.label}"
 
