@@ -87,7 +87,9 @@ def test_the_substitution_table_leaves_nothing_demo_sized_in_readme():
         " && python -m export.build --model d/c.pt --max-len 64"
     )
     assert cr.apply("python scripts/make_demo_checkpoint.py --tiny --out d", table).count("--tiny") == 1
-    assert cr.apply("python scripts/x.py --port 8000", cr.substitutions("demo", (1234, 5678))).endswith("--port 1234")
+    assert cr.apply("python scripts/check_readme.py --port 8000", cr.substitutions("demo", (1234, 5678))).endswith(
+        "--port 1234"
+    )
 
 
 def test_every_readme_command_has_a_rule_and_what_is_not_run_is_what_ci_runs():
