@@ -100,12 +100,19 @@ def _export(r: Report) -> list[str]:
     if not r.export:
         return []
     e = r.export
+    head = f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, {e['seconds']} s."
+    return ["## Export", "", f"{head} {_table_sentence(r)}", ""] + _repair_note(e) + _checkpoint_notes(r)
+
+
+def _repair_note(e: dict) -> list[str]:
+    n = e.get("rotary_caches_expanded")
+    if not n:
+        return []
     return [
-        "## Export",
+        f"Repaired: {n} exporter `RotaryEmbedding` nodes read batch-1 cos/sin caches, which ONNX Runtime and TensorRT "
+        "refuse at batch > 1; their caches are expanded to the batch (export/passes/rotary/repair.py).",
         "",
-        f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, {e['seconds']} s. {_table_sentence(r)}",
-        "",
-    ] + _checkpoint_notes(r)
+    ]
 
 
 def _table_sentence(r: Report) -> str:

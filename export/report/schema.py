@@ -62,6 +62,7 @@ class ExportSection(TypedDict):
     opset: int
     max_len: int
     table_rows: int
+    rotary_caches_expanded: int  # exporter RotaryEmbedding nodes whose batch-1 caches were expanded (rotary/repair.py)
     dtype: str
     seconds: float
     files: list[str]
