@@ -61,6 +61,9 @@ def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     src, dst = Path(src), Path(dst)
     options = FusionOptions("bert")
     options.enable_layer_norm = False  # module docstring: LayerNormalization is there already, RMSNorm stays as is
+    # ORT 1.32's SkipLayerNormalization fusion reads LayerNormalization's optional bias as node.input[2] (IndexError
+    # without it): a graph with a bias-less LayerNormalization (ModernBERT's dynamo export) keeps its Add + norm
+    options.enable_skip_layer_norm = not has_biasless_layer_norm(src)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
         fused, out = tmp / "fused.onnx", tmp / dst.name
@@ -75,6 +78,12 @@ def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def has_biasless_layer_norm(src: Path) -> bool:
+    """Whether a LayerNormalization of the graph at `src` has no bias input (structure only; weights not read)."""
+    graph = onnx.load(str(src), load_external_data=False).graph
+    return any(n.op_type == "LayerNormalization" and (len(n.input) < 3 or not n.input[2]) for n in graph.node)
 
 
 def _share_unchanged(model: onnx.ModelProto, src: Path) -> None:
