@@ -1,14 +1,15 @@
 """Latency / throughput benchmark over a (batch, seq) grid: TensorRT engine vs PyTorch vs ONNX Runtime.
 
-In:  an HF checkpoint folder (PyTorch backends), an ONNX file (ORT), optionally a plan + plugin library
-     (TensorRT), a grid `--batch 1,8 --seq 128,512`, iterations and warm-up counts.
+In:  a checkpoint (PyTorch backends; any format export.build takes), an ONNX file (ORT), optionally a plan + plugin
+     library (TensorRT), a grid `--batch 1,8 --seq 128,512`, iterations and warm-up counts.
 Out: `<out>/bench.json` (every measurement), `bench.md` (table), `bench.png` (p50 latency per backend).
 
 Backends: `trt` (TensorRT + GPU only), `torch-fp32` (CUDA if available, else CPU), `torch-fp16` (GPU
 only), `torch-compile` (opt-in, `torch.compile(dynamic=True)`; first-call compile time reported apart
 as compile_s), `ort` (CUDAExecutionProvider when available, else CPU). Warm-up runs are excluded;
 on GPU each timed call ends with torch.cuda.synchronize(). On a CPU-only machine ORT/CPU and PyTorch
-CPU run, so the report is never empty. Not part of CI.
+CPU run, so the report is never empty. Before the first timed run it says what it will run and about how long
+that takes here, and names each point as it starts (a line per point off a terminal). Not part of CI.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import numpy as np
 from engines.tensorrt.availability import engine_stage_status
 from engines.tensorrt.graph import input_axes
 from engines.tensorrt.runner import EngineRunner
-from export import cli
 from export.checkpoint.rebuild import load_checkpoint
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import EXIT_OK, UsageError
 from export.folder.atomic import write_atomic
-from export.numbers import int_arg, parse_int_list
+from export.inputs.numbers import int_arg, parse_int_list
+from export.progress import info, steps
 from export.validate import Shape, fp32_eval_on, make_inputs
 
 log = logging.getLogger(__name__)
@@ -116,30 +118,16 @@ def _ort_backend(onnx_path: str | Path):
     return make, ("cuda" if cuda else "cpu")
 
 
-def run_bench(
-    grid: Sequence[tuple[int, int]],
-    *,
-    model=None,
-    onnx_path=None,
-    plan=None,
-    plugin_lib=None,
-    backends: Sequence[str] = ("trt", "torch-fp32", "torch-fp16", "ort"),
-    iters: int = 50,
-    warmup: int = 10,
-    vocab_size: int = 1000,
-    type_vocab_size: int | None = 2,  # None: the model has no token_type_ids input
-    choices: int | None = None,
-    input_names: Sequence[str] | None = None,
-    progress: bool = True,
-) -> list[BenchResult]:
-    """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows."""
+def make_backends(
+    backends: Sequence[str], *, model=None, onnx_path=None, plan=None, plugin_lib=None
+) -> dict[str, tuple[Callable | None, str, str | None]]:
+    """backend -> (make(feeds) -> call, device, why it cannot run here or None)."""
     try:
         import torch
 
         gpu = torch.cuda.is_available()
     except ImportError:
-        torch, gpu = None, False
-    sync = torch.cuda.synchronize if gpu else None
+        gpu = False
     device = "cuda" if gpu else "cpu"
     makers: dict[str, tuple[Callable | None, str, str | None]] = {}
     for b in backends:
@@ -165,24 +153,96 @@ def run_bench(
             else:
                 mk, dev = _ort_backend(onnx_path)
                 makers[b] = (mk, dev, None)
-    results = []
-    work = [(b, bs, s) for b in backends for bs, s in grid]
-    iterator = work
-    if progress:
-        from rich.progress import track
+    return makers
 
-        iterator = track(work, description="benchmark", transient=True)
-    for backend, bs, seq in iterator:
+
+def sequence_cost(config, batch: int, seq: int) -> float:
+    """Relative cost of one forward pass: an encoder's FLOPs (per layer and token 8h^2 + 4hi for the projections and
+    the FFN, 4sh for the attention scores and their product with V), or tokens when the config is unknown."""
+    if config is None:
+        return float(batch * seq)
+    h, i = config.hidden_size, config.intermediate_size
+    return float(batch * seq * config.num_hidden_layers * (8 * h * h + 4 * h * i + 4 * seq * h))
+
+
+def estimate_seconds(
+    points: Sequence[tuple[str, int, int]], probe: Callable[[str, int, int], float], runs: int, config=None
+) -> dict[tuple[str, int, int], float]:
+    """Seconds each (backend, batch, seq) point will take for `runs` calls: `probe(backend, batch, seq)` times one
+    call of each backend at its cheapest point, scaled to the others by sequence_cost."""
+    out: dict[tuple[str, int, int], float] = {}
+    for backend in dict.fromkeys(b for b, _, _ in points):
+        mine = [p for p in points if p[0] == backend]
+        _, b0, s0 = min(mine, key=lambda p: sequence_cost(config, p[1], p[2]))
+        per_cost = probe(backend, b0, s0) / sequence_cost(config, b0, s0)
+        out.update({p: runs * per_cost * sequence_cost(config, p[1], p[2]) for p in mine})
+    return out
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def run_bench(
+    grid: Sequence[tuple[int, int]],
+    *,
+    model=None,
+    onnx_path=None,
+    plan=None,
+    plugin_lib=None,
+    backends: Sequence[str] = ("trt", "torch-fp32", "torch-fp16", "ort"),
+    iters: int = 50,
+    warmup: int = 10,
+    vocab_size: int = 1000,
+    type_vocab_size: int | None = 2,  # None: the model has no token_type_ids input
+    choices: int | None = None,
+    input_names: Sequence[str] | None = None,
+    config=None,
+) -> list[BenchResult]:
+    """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows. Before the
+    first timed run it prints what it will run and about how long that takes here (estimate_seconds; config: the
+    model's, for sequence_cost), then names each point as it starts."""
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        torch, gpu = None, False
+    sync = torch.cuda.synchronize if gpu else None
+    makers = make_backends(backends, model=model, onnx_path=onnx_path, plan=plan, plugin_lib=plugin_lib)
+
+    def feeds_for(backend: str, bs: int, seq: int) -> dict:
+        feeds = make_inputs(Shape(bs, seq, 0, choices), vocab_size, type_vocab_size)
+        if input_names is not None:
+            feeds = {k: v for k, v in feeds.items() if k in input_names}
+        return {k: torch.from_numpy(v).cuda() for k, v in feeds.items()} if backend == "trt" else feeds
+
+    def probe(backend: str, bs: int, seq: int) -> float:
+        call = makers[backend][0](feeds_for(backend, bs, seq))
+        return min(time_calls(call, 2, 0, sync if makers[backend][1] == "cuda" else None)) / 1e3
+
+    points = [(b, bs, s) for b in backends for bs, s in grid]
+    runnable = [p for p in points if makers[p[0]][0] is not None and p[0] != "torch-compile"]
+    est = estimate_seconds(runnable, probe, iters + warmup, config)
+    skipped = sorted({b for b, (mk, _, _) in makers.items() if mk is None})
+    info(
+        f"benchmark: {len(grid)} shapes x {len(backends) - len(skipped)} backends"
+        + (f" ({', '.join(skipped)} cannot run here)" if skipped else "")
+        + f", {iters} timed + {warmup} warm-up runs each: about {duration(sum(est.values()))} here"
+        + (" plus torch.compile's compile time" if "torch-compile" in backends else "")
+        + " (one run per backend at its smallest shape, scaled by FLOPs)"
+    )
+    results = []
+
+    def describe(p: tuple[str, int, int]) -> str:
+        return f"bench {p[0]} {p[1]}x{p[2]}" + (f" (about {duration(est[p])})" if p in est else "")
+
+    for backend, bs, seq in steps(points, describe):
         make, dev, why = makers[backend]
         if make is None:
             results.append(BenchResult(backend, dev, bs, seq, 0, skipped=why))
             continue
-        feeds = make_inputs(Shape(bs, seq, 0, choices), vocab_size, type_vocab_size)
-        if input_names is not None:
-            feeds = {k: v for k, v in feeds.items() if k in input_names}
-        if backend == "trt":
-            feeds = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
-        call = make(feeds)
+        call = make(feeds_for(backend, bs, seq))
         compile_s = None
         if backend == "torch-compile":
             t0 = time.perf_counter()
@@ -273,11 +333,11 @@ def build_parser() -> Parser:
     p = Parser(
         prog="scripts/bench_engines.py",
         description=__doc__.split("\n\n")[0],
-        epilog="example: python scripts/bench_engines.py --checkpoint ckpt/ --onnx demo/model.onnx "
-        "--plan demo/model.fp16.plan --plugin-lib plugins/build/libroformer_trt_plugin.so "
-        "--batch 1,8 --seq 128,512 --out demo/bench",
+        epilog="example: python scripts/bench_engines.py --checkpoint demo/ckpt.pt --onnx build/ckpt/model.onnx "
+        "--batch 1,8 --seq 128,512 (add --plan build/ckpt/model.fp16.plan --plugin-lib "
+        "plugins/build/libroformer_trt_plugin.so where TensorRT and a GPU are)",
     )
-    p.add_argument("--checkpoint", help="checkpoint for the PyTorch backends (any export.build takes: HF folder, .pt)")
+    p.add_argument("--checkpoint", help="checkpoint for the PyTorch backends (any format export.build takes)")
     p.add_argument("--onnx", help="ONNX file for ONNX Runtime")
     p.add_argument("--plan", help="TensorRT plan (engines.build output)")
     p.add_argument("--plugin-lib", help="plugin library the plan was built with")
@@ -287,7 +347,7 @@ def build_parser() -> Parser:
     p.add_argument("--compile", action="store_true", help="also measure torch.compile(dynamic=True) (slow to compile)")
     p.add_argument("--iters", type=int_arg(1, 10**6), default=50, help="timed iterations per point")
     p.add_argument("--warmup", type=int_arg(0, 10**6), default=10, help="untimed warm-up iterations per point")
-    p.add_argument("--out", default="bench", help="output folder for bench.json/.md/.png")
+    p.add_argument("--out", default="build/bench", help="output folder for bench.json/.md/.png")
     return p
 
 
@@ -301,8 +361,8 @@ def _main(args) -> int:
     if args.compile and "torch-compile" not in backends:
         backends.append("torch-compile")
     model, vocab, types = None, 1000, 2
-    if args.checkpoint:  # loaded as export.build loads it: checked, safe, its family's inputs
-        ck = load_checkpoint(args.checkpoint)
+    if args.checkpoint:  # loaded as export.build loads it: checked, safe, its family's inputs, a table long enough
+        ck = load_checkpoint(args.checkpoint, table_rows=max(s for _, s in grid))
         model, vocab, types = ck.model, ck.facts.vocab_size, ck.facts.type_vocab_size
     names = None
     if args.onnx:
@@ -321,6 +381,7 @@ def _main(args) -> int:
         vocab_size=vocab,
         type_vocab_size=types,
         input_names=names,
+        config=getattr(model, "config", None),
     )
     meta = {
         "iters": args.iters,

@@ -15,11 +15,11 @@ from engines.tensorrt.builder import build_engine
 from engines.tensorrt.flags import add_engine_flags
 from engines.tensorrt.graph import count_plugin_nodes, declared_max_len, quantized_format
 from engines.tensorrt.profiles import ProfileSet
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import EXIT_OK, UsageError
-from export.graph_file import read_graph
-from export.numbers import int_arg
+from export.inputs.graph_file import read_graph
+from export.inputs.numbers import int_arg
 from export.passes.precision import parse_precision
 from export.report.schema import TIMING_CACHE
 from plugins.locate import find_plugin_library
@@ -57,7 +57,7 @@ def build_parser() -> Parser:
 def check_usage(args) -> tuple[Path, str, object, str | None]:
     """Every check a user can fix by changing the command (UsageError, exit 2), before asking whether the
     engine stage can run at all: (onnx path, precision, ProfileSet, plugin library or None)."""
-    onnx_path = read_graph(args.onnx, what="ONNX file").path  # export.graph_file: the one checked loader
+    onnx_path = read_graph(args.onnx, what="ONNX file").path  # export.inputs.graph_file: the one checked loader
     precision = parse_precision(args.precision)
     declared = declared_max_len(onnx_path)
     check_quantized_precision(onnx_path, precision)

@@ -1,7 +1,7 @@
 """Text -> embedding against a Triton server serving a roformer-trt model (HTTP or gRPC).
 
 In:  raw text, the model's tokenizer: its `tokenizer.json` (HF `tokenizers`; ModernBERT and most checkpoints)
-     or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/text.py), a
+     or `vocab.txt` (WordPiece, with the word segmentation of the family that ships one: export/inputs/text.py), a
      server URL `host:port` and model name.
 Out: `sentence_embedding` [batch, width] float32, as the served model computes it (its width: the hidden size,
      a Dense layer's or a Matryoshka `--truncate-dim`), or any output named in `outputs`. Only the inputs the
@@ -20,6 +20,9 @@ Task prefixes, as sentence-transformers' `prompt_name`: a family whose checkpoin
 publishes them (parameter `prompts`, JSON). `--prompt NAME` / `prompt_name=` prepends that prefix to every text
 (before tokenizing and truncating, as sentence-transformers does); a name the model does not publish is refused
 with the names it does.
+`--wait SECONDS` first polls the server's readiness (KServe v2 health: `/v2/health/ready`, then the model's
+`/v2/models/<model>/ready`; their gRPC twins ServerReady / ModelReady) until both say ready, so a client started
+beside the server waits for it instead of failing with "connection refused"; past the wait it exits 3.
 Texts are truncated to the model's positions: the `max_sequence_length` parameter of its config.pbtxt
 (engines.serving and engines.triton publish it), or `--max-length` / `max_length=`, which override it.
 Empty text is refused here. A request the server refuses comes back as ServerError whose text is only
@@ -32,16 +35,17 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError, UsageError
-from export.numbers import NumberError, int_arg, parse_int
-from export.text import TextTokenizer, load_text_tokenizer
+from export.inputs.numbers import NumberError, float_arg, int_arg, parse_int
+from export.inputs.text import TextTokenizer, load_text_tokenizer
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # engines.triton.config.MAX_SEQUENCE_LENGTH (no import: a client)
 PROMPTS = "prompts"  # engines.triton.config.PROMPTS: {prompt name: prefix} as JSON
@@ -57,7 +61,7 @@ class ServerError(RoformerTrtError):
 
 
 def load_tokenizer(path: Path) -> TextTokenizer:
-    """The checkpoint's tokenizer.json or vocab.txt (export.text); a vocab.txt whose family segments words with a
+    """The checkpoint's tokenizer.json or vocab.txt (export.inputs.text); a vocab.txt whose family segments words with a
     library that is not installed (a Chinese word segmenter) is UnavailableError here, not a silent per-character
     split."""
     return load_text_tokenizer(path, strict=True)
@@ -99,7 +103,7 @@ class TritonEncoderClient:
                 self._client = tc.InferenceServerClient(url)
         except ImportError as e:
             raise UnavailableError("tritonclient is not installed; pip install 'tritonclient[http,grpc]'") from e
-        self._tc, self.model, self.protocol, self.timeout_s = tc, model, protocol, timeout_s
+        self._tc, self.model, self.protocol, self.timeout_s, self.url = tc, model, protocol, timeout_s, url
 
     def infer(self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] = (EMBEDDING,)) -> dict[str, np.ndarray]:
         tc = self._tc
@@ -151,6 +155,29 @@ class TritonEncoderClient:
             return [i["name"] for i in meta["inputs"]] if self.protocol == "http" else [i.name for i in meta.inputs]
         raise ServerError(reason)
 
+    def wait_ready(self, seconds: float, poll_s: float = 0.5) -> None:
+        """Poll until the server and the model say ready (tritonclient's is_server_ready / is_model_ready); a
+        refused connection or a not-ready answer is retried. UnavailableError once `seconds` have passed. Each
+        poll uses a fresh client: a gRPC channel that found nothing listening backs off its reconnects for up to
+        two minutes, and would notice a server that has just come up that much later."""
+        deadline, why = time.monotonic() + seconds, "no answer"
+        while True:
+            probe = self._tc.InferenceServerClient(self.url)
+            try:
+                if not probe.is_server_ready():
+                    why = "the server is not ready"
+                elif not probe.is_model_ready(self.model):
+                    why = f"model {self.model} is not ready"
+                else:
+                    return
+            except Exception as e:  # tritonclient's and socket errors while nothing listens yet: `why` says it
+                why = server_reason(e)
+            finally:
+                probe.close()
+            if time.monotonic() + poll_s > deadline:
+                raise UnavailableError(f"{self.protocol} server at {self.url} not ready after {seconds:g} s: {why}")
+            time.sleep(poll_s)
+
     def close(self) -> None:
         self._client.close()
 
@@ -194,11 +221,16 @@ class TextEncoder:
         protocol: str = "http",
         max_length: int | None = None,
         prompt_name: str | None = None,
+        wait_s: float = 0.0,
     ):
         if max_length is not None and max_length < 1:
             raise UsageError(f"--max-length must be >= 1, got {max_length}")
+        if not wait_s >= 0:
+            raise UsageError(f"--wait must be >= 0 seconds, got {wait_s}")
         self.tokenizer = load_tokenizer(vocab)
         self.client = TritonEncoderClient(url, model, protocol)
+        if wait_s:
+            self.client.wait_ready(wait_s)
         self.inputs = self.client.input_names()  # what the model takes: no token_type_ids for some families
         self._prompts: dict[str, str] | None = None
         self.prompt_name = prompt_name
@@ -255,7 +287,7 @@ def build_parser() -> Parser:
         prog="python -m engines.client",
         description="Embed text with a roformer-trt model served by Triton.",
         epilog="example: python -m engines.client --vocab demo/vocab.txt --url 127.0.0.1:8000 "
-        '--model ckpt_onnx "今天天气不错" "hello world"',
+        '--model ckpt_onnx --wait 120 "今天天气不错" "hello world"',
     )
     p.add_argument("texts", nargs="+", help="texts to embed")
     p.add_argument(
@@ -282,6 +314,13 @@ def build_parser() -> Parser:
         help="prepend the served model's task prefix NAME to every text (sentence-transformers' prompt_name; "
         "e.g. search_query or search_document for NomicBERT); the names are those the model's config publishes",
     )
+    p.add_argument(
+        "--wait",
+        type=float_arg(0),
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the server and the model to be ready (exit 3 past it); 0: no wait",
+    )
     return p
 
 
@@ -290,7 +329,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    enc = TextEncoder(args.vocab, args.url, args.model, args.protocol, args.max_length, args.prompt)
+    enc = TextEncoder(
+        args.vocab,
+        args.url,
+        args.model,
+        args.protocol,
+        max_length=args.max_length,
+        prompt_name=args.prompt,
+        wait_s=args.wait,
+    )
     try:
         vec = enc.embed(args.texts)
     finally:

@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_thresholds
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import load_toml
 from export.folder.atomic import write_atomic
+from export.inputs.files import load_toml
 from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
 from export.report.schema import Report
@@ -74,12 +75,7 @@ def build_parser() -> Parser:
         epilog="example: python -m engines.gate build/ckpt/report.json --thresholds gates.toml --junit gate.xml",
     )
     p.add_argument("report", help="report.json written by export.build (or its folder)")
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        help="TOML thresholds ([precision.graph.output] tables, see export/report/thresholds.py); "
-        "default: export.report.thresholds.DEFAULTS per precision",
-    )
+    add_thresholds(p)
     p.add_argument("--junit", default=None, help="also write JUnit XML here (one testcase per check)")
     return p
 

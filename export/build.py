@@ -26,12 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engines.tensorrt.availability import engine_status_for, require_engine
-from export import __version__, build_flags, cli, memory
+from export import __version__, build_flags, memory
 from export.build_plan import Flags, Plan
 from export.build_report import checkpoint_facts, model_facts
 from export.build_tasks import build_all, held_tasks, task_files
 from export.checkpoint.rebuild import LoadedCheckpoint, inspect_checkpoint, materialize
-from export.cli import InterruptNote, Parser
+from export.cli import entry as cli
+from export.cli.entry import InterruptNote, Parser
 from export.errors import EXIT_OK, RoformerTrtError, UnavailableError
 from export.families.adapters import ALL
 from export.folder import disk
@@ -90,10 +91,12 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
             held_tasks(args.model, args.config, args.trust_pickle, args.attention) if args.adapter_task == ALL else None
         )
         folder.check_targets(planned.files() if tasks is None else task_files(planned.files(), tasks))
-        disk_need = [0]
+        disk_need, bench_interrupted = [0], False
         try:
             if tasks is None:
-                report, error, files, hashes = _one(args, argv, flags, planned, folder, note, disk_need)
+                report, error, files, hashes, bench_interrupted = _one(
+                    args, argv, flags, planned, folder, note, disk_need
+                )
             else:
                 note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
                 new_run = lambda: Run(args, argv, flags, planned)  # noqa: E731
@@ -110,6 +113,9 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
             raise full from e
     if error is not None:
         raise error
+    if bench_interrupted:
+        note.text = f"the benchmark; the validated build in {flags.out}/ is in place, without bench results"
+        raise KeyboardInterrupt
     where = flags.out / (TASKS_INDEX if tasks else "report.json")
     print(report_text(report), end="") if args.json else print(f"ok: {where}")
     return EXIT_OK
@@ -122,7 +128,7 @@ def _one(args, argv, flags, planned, folder, note, disk_need):
     note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
     folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
     report, error = run.stages(ckpt, plan, folder.stage)
-    return report, error, report.artifacts_sha256, report.artifacts_sha256
+    return report, error, report.artifacts_sha256, report.artifacts_sha256, run.bench_interrupted
 
 
 @dataclass
@@ -136,6 +142,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     disk_need: int = 0
     calib: CalibSet | None = None  # --precision int8|fp8: read and checked before the model is built
+    bench_interrupted: bool = False  # Ctrl-C during --bench: the build is published, then the command exits 130
     pooled: Resolved = field(default_factory=lambda: Resolved(None))  # the pooling, once the checkpoint is read
 
     def load(self, adapter_task: str | None = None) -> tuple[LoadedCheckpoint, Plan]:
@@ -176,7 +183,7 @@ class Run:
             )
         if a.rope != "none":
             with self.timed("rotary"):
-                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len)
+                results["rewrite"] = run_rope_stage(a.rope, ckpt, work, plan.max_len, plan.profiles.choices)
         trt_key = rope_key(a.rope) if "rewrite" in results else ONNX_KEY
         pooling = self.pooled.pooling
         if pooling is not None:  # the fp32 TensorRT-bound graph gains sentence_embedding, before precision
@@ -198,10 +205,9 @@ class Run:
                     ckpt.model,
                     ckpt.task,
                     ckpt.facts,
-                    plan.max_len,
+                    shapes or plan.shapes,
                     self.flags.thresholds,
                     pooling,
-                    shapes,
                 )
             if failures(results["validation"].cases):  # where the graph leaves PyTorch, for one failing case
                 with self.timed("diagnosis"):
@@ -212,8 +218,12 @@ class Run:
                     results["diagnosis"] = diagnosis
         error = self.engine(results, ckpt, plan, work)
         if error is None and a.bench and not self.why_no_engine(results):
-            with self.timed("bench"):
-                results["bench"] = self.bench(results, ckpt, plan, work)
+            try:
+                with self.timed("bench"):
+                    results["bench"] = self.bench(results, ckpt, plan, work)
+            except KeyboardInterrupt:  # the benchmark is an addition: the validated build is published without it
+                self.bench_interrupted = True
+                info("benchmark interrupted: publishing the validated build without bench results")
         return self.finish(results, ckpt, plan, work, error)
 
     def low_precision(self, results: dict, ckpt, plan: Plan, work: Path, trt_key: str) -> None:
@@ -236,7 +246,7 @@ class Run:
                     work / arts[cpu_key],
                     cpu_key,
                     ckpt,
-                    plan.max_len,
+                    plan.shapes,
                     self.flags.thresholds,
                     self.pooled.pooling,
                 )
@@ -318,11 +328,14 @@ class Run:
 
     @contextmanager
     def timed(self, stage: str):
+        """Times the stage; after it, what it freed goes back to the system, so the next stage's peak starts from
+        what is still live (export.memory.release_freed)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 2)
+            memory.release_freed()
 
 
 def assemble_report(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from engines.tensorrt.flags import add_engine_flags
 from export import memory
-from export.cli import Parser
-from export.numbers import float_arg, int_arg, size_arg
+from export.cli.entry import Parser
+from export.cli.flags import add_thresholds, add_trust_pickle
+from export.inputs.numbers import float_arg, int_arg, size_arg
 from export.passes.pooling import MODES
 from export.passes.quantize.options import add_quant_flags
 
@@ -25,11 +26,7 @@ def _input_flags(p: Parser) -> None:
         "state_dict .pt/.bin/.safetensors (+ config.json beside it or --config)",
     )
     p.add_argument("--config", help="config.json to use instead of the checkpoint's own (the report says which)")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a pickled nn.Module (runs code from the file; only for files you trust)",
-    )
+    add_trust_pickle(p)
     p.add_argument(
         "--task",
         dest="adapter_task",
@@ -130,9 +127,7 @@ def _accuracy_flags(p: Parser) -> None:
         help="override every rtol of the thresholds (bound on scaled_error = "
         "max abs error / max |reference|; export/report/thresholds.py)",
     )
-    p.add_argument(
-        "--thresholds", help="thresholds TOML (format in export/report/thresholds.py), read by engines.gate too"
-    )
+    add_thresholds(p)
 
 
 def _run_flags(p: Parser) -> None:

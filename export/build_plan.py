@@ -5,7 +5,7 @@ read) the length, profiles and benchmark grid, each decided once and passed down
 `Plan.decide(args, facts, task, rotary)` adds what the checkpoint's config settles (--max-len defaults to
 max_position_embeddings, read by the family: ModelFacts.max_positions; a rotary table that is right only up to
 some length, `RotaryTable.max_rows`, refuses a longer --max-len; profiles and grid are checked against that
-length).
+length; a multiple-choice head's --choices sets the choices of every shape the build runs).
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from pathlib import Path
 
 from engines.tensorrt.profiles import ProfileSet, check_choices, parse_batch, parse_profile_tops
 from export.errors import UsageError
-from export.files import load_toml
 from export.folder.layout import Planned
+from export.inputs.files import load_toml
 from export.onnx_export import MIN_MAX_LEN, check_export_args
 from export.passes.pooling.request import PoolingRequest
 from export.passes.precision import parse_precision
 from export.passes.quantize.options import QuantOptions
 from export.report.thresholds import Thresholds
+from export.spec import DEFAULT_CHOICES
 from export.stages.bench import parse_grid, parse_grid_text
+from export.validate import Shape, validation_shapes
 
 MAX_LEN_LIMIT = 65536  # beyond this the table alone is hundreds of MB and validation at max_len takes hours
 MAX_BENCH_ITERS = 100_000
@@ -76,11 +78,14 @@ class Flags:
 
 @dataclass(frozen=True)
 class Plan:
-    """The length, profiles and benchmark grid of this build, decided once from the flags and the config."""
+    """The length, profiles, validation shapes and benchmark grid of this build, decided once from the flags and
+    the config. `shapes` (validation's, the fallback's and calibration's choices axis) take the engine's choices, so
+    what is validated is what the engine is built for."""
 
     max_len: int
     profiles: ProfileSet
     grid: list[tuple[int, int]] | None
+    shapes: list[Shape]
 
     @classmethod
     def decide(cls, args, facts, task: str, rotary=()) -> Plan:
@@ -100,7 +105,7 @@ class Plan:
                 )
         profiles = ProfileSet.from_cli(args.batch, args.profiles, max_len, engine_choices(args.choices, task))
         grid = parse_grid(args.bench_grid, profiles) if args.bench else None
-        return cls(max_len, profiles, grid)
+        return cls(max_len, profiles, grid, validation_shapes(max_len, task, profiles.choices))
 
 
 def default_out(args) -> Path:
@@ -120,9 +125,9 @@ def check_max_len(max_len: int | None) -> None:
 
 
 def engine_choices(choices: int | None, task: str) -> int | None:
-    """Choices the engine profiles fix for a multiple-choice head (default 2); None for other heads."""
+    """Choices the engine profiles fix for a multiple-choice head (default DEFAULT_CHOICES); None for other heads."""
     if task != "multiple-choice":
         if choices is not None:
             raise UsageError(f"--choices applies to multiple-choice checkpoints only; this one is {task}")
         return None
-    return 2 if choices is None else choices
+    return DEFAULT_CHOICES if choices is None else choices

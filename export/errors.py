@@ -10,7 +10,7 @@
 | 5 | `engines.serving`: the inference server died while serving (one line naming the cause and the server log), so a supervisor restarts it |
 | 130 | interrupted (Ctrl-C); the message says what was kept |
 
-`export/cli.py` maps these errors to the codes for every `python -m` command.
+`export/cli/entry.py` maps these errors to the codes for every `python -m` command.
 """
 
 from __future__ import annotations

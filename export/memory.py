@@ -5,7 +5,8 @@ parameter count, read from a model described on the meta device: nothing allocat
 build's peak; `available()` is the least of MemAvailable, the cgroup's limit minus its usage and
 RLIMIT_AS minus this process's address space, or the override (`--max-memory`, or the environment variable
 ROFORMER_TRT_MEMORY_LIMIT, e.g. "8G", so tests are deterministic). `require(estimate, ...)` refuses a build
-that would not fit with one line (exit 2) naming both numbers.
+that would not fit with one line (exit 2) naming both numbers. `release_freed()` gives back, between the steps of a
+build, what a finished step freed, so the next step's peak starts from what is still live.
 
 The peak model was fitted to scripts/bench_pipeline.py's measurements (2026-12-02): the default build peaks
 at about IMPORTS + 3 x the fp32 weights + ONNX Runtime's activations at batch 1 x max_len (the tiny, demo
@@ -15,13 +16,16 @@ side by design, since its job is to refuse 283 GB, not to save the last 10 %).
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
-from export.numbers import parse_size
+from export.inputs.numbers import parse_size
 
 GB = 10**9
 IMPORTS = 0.8 * GB  # torch + transformers + onnx + ONNX Runtime, measured before the checkpoint loads
@@ -54,7 +58,7 @@ def build_estimate(facts, params: int, max_len: int) -> Estimate:
 
 def available(override: int | None = None) -> tuple[int, str]:
     """(bytes this process may still use, where that number came from). override: --max-memory, in bytes
-    (export.numbers.size_arg read it); the environment variable is read here by the same parser."""
+    (export.inputs.numbers.size_arg read it); the environment variable is read here by the same parser."""
     if override is not None:
         return override, "--max-memory"
     if os.environ.get(ENV):
@@ -119,3 +123,21 @@ def _address_space_room() -> tuple[int, str] | None:
     except (OSError, StopIteration):
         size = 0
     return soft - size, "RLIMIT_AS (ulimit -v)"
+
+
+def release_freed() -> None:
+    """Return to the system what is already free: objects kept only by reference cycles (ONNX Runtime's graph
+    optimizer holds its whole model in some, until collected) and the heap pages glibc keeps after a
+    free (malloc_trim; elsewhere the C library keeps them). Changes no value; costs a garbage collection."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim, the collection above still ran
+        return None

@@ -31,7 +31,7 @@ import torch
 
 from export.errors import UsageError
 from export.families.registry import family_of_model
-from export.numbers import parse_int
+from export.inputs.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.passes.rotary.repair import expand_batch_one_caches
 from export.spec import ExportSpec
@@ -42,7 +42,7 @@ OPSETS = {"dynamo": range(18, 24), "torchscript": range(17, 21)}
 DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
 # The shortest --max-len: the dynamo exporter cannot make a dimension whose range is 1..1 ("inconsistent
 # min=1, max=1"), and validation wants a prime length beside length 1. Measured: 2 exports, rewrites and
-# validates with both exporters, every rope mode and fp16 (tests/export/test_cli.py builds at 2).
+# validates with both exporters, every rope mode and fp16 (tests/export/cli/test_entry.py builds at 2).
 MIN_MAX_LEN = 2
 
 

@@ -6,7 +6,7 @@ External data rules kept by every writer here: a `location` is a plain file name
 folder (never absolute, never `..`), so a finished build folder can be moved or renamed as a whole;
 `external_data_files(graph)` lists the data files a graph needs (for hashing and copying).
 
-Measured with onnx 1.23 / onnxruntime 1.32 (tests/test_pipeline_memory.py): two graphs whose
+Measured with onnx 1.23 / onnxruntime 1.32 (tests/export/test_build_memory.py): two graphs whose
 initializers name the same data file both pass `onnx.checker.check_model(path, full_check=True)`,
 load with `onnx.load`, and run in ORT from their path; ORT refuses a graph loaded from bytes unless
 told the folder (`session.model_external_initializers_file_folder_path`), and refuses locations that

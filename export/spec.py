@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BATCH, SEQUENCE, CHOICES = "batch", "sequence", "choices"
+DEFAULT_CHOICES = 2  # choices per example of a multiple-choice head when export.build gets no --choices
 
 # task -> output names in the order the HF model returns them; the same for every family (which transformers
 # class makes each task is the family's: export/families/<name>.py `heads`)

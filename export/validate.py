@@ -24,12 +24,13 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.errors import VerificationError
+from export.memory import release_freed
 from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
 from export.report.compare import error_stats, row_mask
 from export.report.thresholds import Thresholds
-from export.spec import ExportSpec
+from export.spec import DEFAULT_CHOICES, ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ class Shape:
         return f"B={self.batch}{c} S={self.seq}" + (f" pad={self.padded_rows}" if self.padded_rows else "")
 
 
-def validation_shapes(max_len: int, task: str, prime: int = 61) -> list[Shape]:
+def validation_shapes(max_len: int, task: str, choices: int | None = None, prime: int = 61) -> list[Shape]:
     """Batch 1 and 3 at sequence 1 and a prime length (the largest prime <= min(61, max_len)), batch 1 at
-    max_len; batch 3 rows padded. A prime length catches kernels and graphs that assume even or tiled lengths."""
-    choices = 2 if task == "multiple-choice" else None
+    max_len; batch 3 rows padded. A prime length catches kernels and graphs that assume even or tiled lengths.
+    A multiple-choice head gets `choices` per example (the engine's, export.build's --choices; default
+    DEFAULT_CHOICES); other heads have no choices axis."""
+    choices = (choices or DEFAULT_CHOICES) if task == "multiple-choice" else None
     p = largest_prime_in(2, min(prime, max_len)) or 1
     shapes = [Shape(1, 1, 0, choices), Shape(3, 1, 0, choices), Shape(1, p, 0, choices), Shape(3, p, 2, choices)]
     if max_len not in (1, p):
@@ -223,6 +226,7 @@ def validate_graphs(
                 bar.advance(task)
                 del got
             del sess  # one session's weights in memory at a time
+            release_freed()
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
 

@@ -24,10 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
 from export.errors import RoformerTrtError, UsageError
-from export.numbers import int_arg
+from export.inputs.numbers import int_arg
 from plugins import locate
 
 EXIT_OK, EXIT_BUILD_FAILED = 0, 1

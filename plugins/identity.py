@@ -1,6 +1,6 @@
 """The RoformerRotary plugin's identity, in one place for every Python module of the project.
 
-The single source is `plugins/roformer_rotary/RoformerRotary_PluginConfig.yaml`; `tests/test_plugin_identity.py`
+The single source is `plugins/roformer_rotary/RoformerRotary_PluginConfig.yaml`; `tests/plugins/test_identity.py`
 checks every value here against it, against the contract README's parameter table and against the C++
 sources, so the graph pass, the CPU lowering, the precision pass, `engines` and the tests cannot drift
 from what the TensorRT adapter accepts. A leaf module: it imports nothing from the project.

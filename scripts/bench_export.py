@@ -1,15 +1,17 @@
 """CPU speed of the demo model: PyTorch eager vs ONNX Runtime on the plain export, the `--rope onnx`
 graph, and the limit (the same model exported with the rotation replaced by identity).
 
-    python scripts/bench_export.py --model demo/ckpt.pt --seqs 128,512,2048 --reps 15 --out build/bench
+    python scripts/bench_export.py --model demo/ckpt.pt --seqs 128,512,2048 --reps 15
 
 Runs are interleaved (one of each variant per round) so drift hits all alike; reports medians with
-min/max and ratios to the rotary-free export, from one run, as JSON + Markdown + PNG.
+min/max and ratios to the rotary-free export, from one run, as JSON + Markdown + PNG in --out (default
+build/scripts/bench_export/; --update-results: scripts/results/bench_export/). The graphs go to --work.
+Lengths past the checkpoint's max_position_embeddings are measured as export.build serves them: the model is
+loaded with a sinusoidal table of the longest length (the table is a formula).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -20,20 +22,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import int_arg  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.inputs.numbers import int_arg, parse_int_list  # noqa: E402
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="demo/ckpt.pt")
-    p.add_argument("--seqs", default="128,512,2048")
-    p.add_argument("--batch", type=int_arg(), default=1)
-    p.add_argument("--reps", type=int_arg(), default=15, help="interleaved rounds per sequence length")
-    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
-    p.add_argument("--out", default="build/bench")
-    args = p.parse_args()
+def build_parser() -> Parser:
+    p = Parser(
+        prog="scripts/bench_export.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/bench_export.py --model demo/ckpt.pt --seqs 128,512,2048 --reps 15",
+    )
+    p.add_argument("--model", default="demo/ckpt.pt", help="checkpoint (python scripts/make_demo_checkpoint.py)")
+    p.add_argument("--seqs", default="128,512,2048", help="sequence lengths, comma separated")
+    p.add_argument("--batch", type=int_arg(1), default=1, help="sequences per call")
+    p.add_argument("--reps", type=int_arg(1), default=15, help="interleaved rounds per sequence length")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
+    add_output_flags(p, "bench_export", "bench_export", work=True)
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
     from transformers.models.roformer import modeling_roformer
 
     from export.checkpoint.rebuild import load_checkpoint
@@ -42,28 +57,29 @@ def main() -> int:
     from export.stages.rope import rewrite_file
     from export.validate import Shape, make_inputs, ort_session
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seqs = [int(s) for s in args.seqs.split(",")]
+    seqs = parse_int_list(args.seqs, what="--seqs", lo=1)
     max_len = max(seqs)
-    ck = load_checkpoint(args.model)
+    ck = load_checkpoint(args.model, table_rows=max_len)  # the eager model serves every length measured
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    export_onnx(ck.model, ck.task, out / "model.onnx", max_len, args.exporter)
+    export_onnx(ck.model, ck.task, work / "model.onnx", max_len, args.exporter)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rewrite_file(out / "model.onnx", out / "model.rope-onnx.onnx", "onnx", ck.config, max_len, ck.task)
+    rewrite_file(work / "model.onnx", work / "model.rope-onnx.onnx", "onnx", ck.config, max_len, ck.task)
     rope_s = time.perf_counter() - t0
 
     original = modeling_roformer.RoFormerSelfAttention.__dict__["apply_rotary_position_embeddings"]  # the staticmethod
     identity = staticmethod(lambda pos, q, k, v=None: (q, k) if v is None else (q, k, v))
     modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = identity
     try:  # the rotary-free limit: same weights, no rotation at all
-        export_onnx(ck.model, ck.task, out / "model.norotary.onnx", max_len, args.exporter)
+        export_onnx(ck.model, ck.task, work / "model.norotary.onnx", max_len, args.exporter)
     finally:
         modeling_roformer.RoFormerSelfAttention.apply_rotary_position_embeddings = original
 
     sessions = {
-        name: ort_session(out / f)
+        name: ort_session(work / f)
         for name, f in [
             ("ort-plain", "model.onnx"),
             ("ort-rope-onnx", "model.rope-onnx.onnx"),
@@ -130,13 +146,14 @@ def main() -> int:
     (out / "bench_export.md").write_text("\n".join(md) + "\n")
     _plot(rows, out / "bench_export.png")
     print("\n".join(md))
+    print(f"wrote {out}/bench_export.{{json,md,png}}", file=sys.stderr)
     return 0
 
 
 def _plot(rows, path: Path) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     variants = sorted({r["variant"] for r in rows})

@@ -16,7 +16,8 @@ thresholds, right-padded rows) before it is timed; a graph that fails is reporte
 interleaved (one run of each graph per round, the order rotated); the result is the median with min, quartiles
 and max. Verdict per shape: ours is "faster" when its median is at most the faster peer's, "within spread"
 when it is at most that peer's upper quartile, else "slower". Writes bench_families_<date>.json and .md to
---out (default scripts/results/families/).
+--out (default build/scripts/bench_families/; --update-results: scripts/results/families/); the checkpoint and
+graphs go to --work (default build/scripts/bench_families/work/).
 
 The model loading and export here are the script's own until export/families/ loads checkpoints.
 """
@@ -28,7 +29,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 
 DEMO = dict(
     vocab_size=50368,
@@ -57,23 +58,28 @@ def log(msg: str) -> None:
     print(f"[bench_families] {msg}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench_families.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="an HF ModernBERT folder (default: a random-init one of base shape)")
     p.add_argument("--tiny", action="store_true", help="a 3-layer random ModernBERT (a smoke run)")
     p.add_argument("--optimum-python", help="python of a venv with optimum-onnx (omitted: no optimum peer)")
     p.add_argument("--shapes", default="8x128,1x512", help="batch x sequence, comma-separated")
     p.add_argument("--rounds", type=int_arg(lo=9), default=9, help="interleaved rounds per shape (>= 9)")
-    p.add_argument("--work", help="folder for the checkpoint and graphs (default: a temporary one)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "families"))
+    add_output_flags(p, "bench_families", "families", work=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.rounds < 9:
         p.error("--rounds must be at least 9")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="bench-families-") as tmp:
-        work = Path(args.work or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        result = run(args, shapes, work)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    result = run(args, shapes, work)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_families_{result['date']}{'_tiny' if args.tiny else ''}"

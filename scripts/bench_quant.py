@@ -1,7 +1,6 @@
 """Our INT8/FP8 graphs side by side with NVIDIA ModelOpt's ONNX PTQ, on the demo and the outlier stress checkpoint.
 
-    python scripts/bench_quant.py --demo demo/ckpt.pt --stress stress/ckpt.pt \
-        --modelopt-python .venv-modelopt/bin/python --work build/bench_quant --out scripts/results/quant
+    python scripts/bench_quant.py --demo demo/ckpt.pt --stress stress/ckpt.pt
 
 Per checkpoint: `python -m export.build --precision int8` and `--precision fp8` (ours, defaults: synthetic calibration,
 max ranges, the fallback, fp16 high precision, on the rope-plugin graph), a `--rope onnx` fp32 build whose graph
@@ -10,12 +9,13 @@ with the same calibration batches our build used, ModelOpt's defaults otherwise.
 Runtime (CPU) against PyTorch fp32 at the validation shapes (seed 0, padded rows) plus batch 3 x 128: per-row
 cosine over non-padded tokens and the largest absolute error scaled by the reference's largest magnitude (the
 report's statistics), and the Q/DQ placement per op type (how many nodes of each type read a dequantized tensor).
-Writes quant_vs_modelopt.{json,md,png} into --out. Not part of .ci/run (it takes about half an hour on 2 cores).
+Writes quant_vs_modelopt.{json,md,png} into --out (default build/scripts/bench_quant/; --update-results:
+scripts/results/quant/); the builds go to --work. Not part of .ci/run (about half an hour on 2 cores). Without
+ModelOpt's venv it says so and exits 3 before any work.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import subprocess
@@ -26,6 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
+
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.errors import UnavailableError, UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,22 +201,43 @@ def plot(r: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(
+        prog="scripts/bench_quant.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/bench_quant.py --demo demo/ckpt.pt --stress stress/ckpt.pt",
+    )
     p.add_argument("--demo", required=True, help="demo checkpoint")
     p.add_argument("--stress", help="outlier stress checkpoint (make_demo_checkpoint.py --outliers)")
-    p.add_argument("--modelopt-python", default=".venv-modelopt/bin/python")
-    p.add_argument("--work", type=Path, default=Path("build/bench_quant"))
-    p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
-    args = p.parse_args()
+    p.add_argument("--modelopt-python", default=".venv-modelopt/bin/python", help="python of ModelOpt's venv")
+    add_output_flags(p, "bench_quant", "quant", work=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
     from export.stages.bench import host_description
 
-    version = subprocess.run(
-        [args.modelopt_python, "-c", "import modelopt; print(modelopt.__version__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    for ckpt in (args.demo, args.stress):
+        if ckpt is not None and not Path(ckpt).exists():
+            raise UsageError(f"{ckpt} does not exist; write it with python scripts/make_demo_checkpoint.py")
+    probe = (
+        subprocess.run(
+            [args.modelopt_python, "-c", "import modelopt; print(modelopt.__version__)"], capture_output=True, text=True
+        )
+        if Path(args.modelopt_python).is_file()
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        raise UnavailableError(
+            f"ModelOpt is not importable with {args.modelopt_python}; make its venv first "
+            "(python3 -m venv .venv-modelopt && .venv-modelopt/bin/pip install 'nvidia-modelopt[onnx]==0.47.0') "
+            "or pass --modelopt-python"
+        )
+    version = probe.stdout.strip()
     r = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "modelopt": version, "checkpoints": {}}
     for label, ckpt in (("demo", args.demo), ("stress", args.stress)):
         if ckpt:

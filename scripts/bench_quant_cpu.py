@@ -1,8 +1,7 @@
 """The INT8 CPU twin: which quantization of the ONNX Runtime model is fastest on a CPU host at what accuracy.
 
-    python scripts/bench_quant_cpu.py --build build/demo --model demo/ckpt.pt \
-        --stress-build build/stress --stress-model stress/ckpt.pt --work build/bench_quant_cpu \
-        --out scripts/results/quant --rounds 7 --grid 1x128,8x128,1x512,8x512
+    python scripts/bench_quant_cpu.py --build build/ckpt --model demo/ckpt.pt \
+        --stress-build build/stress --stress-model stress/ckpt.pt --rounds 7 --grid 1x128,8x128,1x512,8x512
 
 Variants, all made from the build's fp32 CPU graph (what engines.triton publishes as `<name>_onnx`: the
 `rope-onnx` graph, else the plain `model.onnx`):
@@ -21,12 +20,12 @@ batch x sequence; ONNX Runtime's CPU memory arena is off for every session (a do
 their arenas grown to batch 8 x 512 do not fit beside each other in 24 GB). Accuracy: against PyTorch fp32,
 per-row cosine over non-padded rows and the largest absolute
 error scaled by the reference's largest magnitude, at batch 3 x 128 with 2 padded rows and batch 1 x 512; the
-stress checkpoint (outlier channels) for accuracy only. Writes quant_cpu.{json,md,png} into --out.
+stress checkpoint (outlier channels) for accuracy only. Writes quant_cpu.{json,md,png} into --out (default
+build/scripts/bench_quant_cpu/; --update-results: scripts/results/quant/); the variants go to --work.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -36,8 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import int_arg  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.errors import UsageError  # noqa: E402
+from export.inputs.numbers import int_arg, parse_int_list  # noqa: E402
 
 
 def variants(src: Path, work: Path, calib, config) -> dict[str, tuple[Path, str]]:
@@ -203,28 +206,44 @@ def speed(sessions: dict, grid: list[tuple[int, int]], rounds: int, config) -> l
     return rows
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(
+        prog="scripts/bench_quant_cpu.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/bench_quant_cpu.py --build build/ckpt --model demo/ckpt.pt --rounds 3",
+    )
     p.add_argument("--build", required=True, type=Path, help="export.build folder of the demo model")
     p.add_argument("--model", required=True, help="its checkpoint (the PyTorch reference)")
     p.add_argument("--stress-build", type=Path, help="export.build folder of the stress checkpoint (accuracy only)")
-    p.add_argument("--stress-model")
-    p.add_argument("--work", type=Path, default=Path("build/bench_quant_cpu"), help="where the variants are written")
-    p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
-    p.add_argument("--rounds", type=int_arg(), default=7)
-    p.add_argument("--grid", default="1x128,8x128,1x512,8x512")
-    args = p.parse_args()
+    p.add_argument("--stress-model", help="the stress checkpoint")
+    add_output_flags(p, "bench_quant_cpu", "quant", work=True)
+    p.add_argument("--rounds", type=int_arg(), default=7, help="interleaved rounds per shape")
+    p.add_argument("--grid", default="1x128,8x128,1x512,8x512", help="BATCHxSEQ list")
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    for build in (args.build, args.stress_build):
+        if build is not None and not (build / "model.onnx").is_file():
+            raise UsageError(f"{build} has no model.onnx; pass a folder written by python -m export.build")
+    if (args.stress_build is None) != (args.stress_model is None):
+        raise UsageError("--stress-build and --stress-model go together")
+    grid = [tuple(parse_int_list(g, what="--grid", lo=1, sep="x", max_items=2)) for g in args.grid.split(",")]
+    if any(len(g) != 2 for g in grid):
+        raise UsageError(f"--grid {args.grid!r}: expected BATCHxSEQ items, e.g. 1x128,8x512")
     from export.checkpoint.rebuild import load_checkpoint
     from export.passes.quantize.data import synthetic_set
     from export.stages.bench import host_description
 
-    grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",")]
     result = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "rounds": args.rounds, "checkpoints": {}}
     for label, build, ckpt_path in (("demo", args.build, args.model), ("stress", args.stress_build, args.stress_model)):
         if build is None:
             continue
-        ck = load_checkpoint(ckpt_path)
+        ck = load_checkpoint(ckpt_path, table_rows=max([512] + [s for _, s in grid]))  # every length measured
         src = build / ("model.rope-onnx.onnx" if (build / "model.rope-onnx.onnx").exists() else "model.onnx")
         calib = synthetic_set(ck.facts.vocab_size, ck.facts.type_vocab_size, 512)
         made = variants(src, args.work / label, calib, ck.config)

@@ -1,8 +1,7 @@
 """INT8 placement choices measured: SmoothQuant against the accuracy-driven fallback, and quantizing the residual
 Adds, on the outlier stress checkpoint and the demo.
 
-    python scripts/bench_quant_variants.py --build build/stress --model stress/ckpt.pt --label stress \
-        --out scripts/results/quant
+    python scripts/bench_quant_variants.py --build build/stress --model stress/ckpt.pt --label stress
 
 SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language
 Models", ICML 2023) moves activation outliers into the weights: for a MatMul x @ W with per-channel activation
@@ -16,12 +15,12 @@ none; residual (the residual Adds' inputs quantized too, as NVIDIA's QDQBERT doe
 fallback (export.build's --quant-fallback auto); smooth (alpha 0.5); smooth + fallback. Each is judged at
 the validation shapes up to --max-len against PyTorch fp32 with the int8 thresholds of export/report/thresholds.py, and
 the fallback's own account (nodes kept high, their share of the MatMul FLOPs). Writes
-quant_variants_<label>.{json,md} into --out.
+quant_variants_<label>.{json,md} into --out (default build/scripts/bench_quant_variants/; --update-results:
+scripts/results/quant/).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,8 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
-from export.numbers import float_arg, int_arg  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.errors import UsageError  # noqa: E402
+from export.inputs.numbers import float_arg, int_arg  # noqa: E402
 
 ALPHA = 0.5  # the paper's default
 
@@ -46,7 +49,7 @@ def channel_amax(src: Path, tensors: list[str], batches) -> dict[str, np.ndarray
         m = a.reshape(-1, a.shape[-1]).max(axis=0)
         out[name] = m if name not in out else np.maximum(out[name], m)
 
-    run_batches(sess, tensors, batches, see)
+    run_batches(sess, tensors, batches, see, "smoothing ranges")
     return out
 
 
@@ -107,16 +110,28 @@ def smoothed_graph(src: Path, placement, amax: dict, scales: dict, smooth_amax: 
     return model
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(
+        prog="scripts/bench_quant_variants.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/bench_quant_variants.py --build build/stress --model stress/ckpt.pt",
+    )
     p.add_argument("--build", type=Path, required=True, help="an export.build folder with model.rope-plugin.onnx")
-    p.add_argument("--model", required=True)
-    p.add_argument("--label", default="stress")
-    p.add_argument("--max-len", type=int_arg(), default=2048)
-    p.add_argument("--alpha", type=float_arg(), default=ALPHA)
-    p.add_argument("--out", type=Path, default=Path("scripts/results/quant"))
-    args = p.parse_args()
+    p.add_argument("--model", required=True, help="its checkpoint (the PyTorch reference)")
+    p.add_argument("--label", default="stress", help="results file stem: quant_variants_<label>.{json,md}")
+    p.add_argument("--max-len", type=int_arg(), default=2048, help="the build's --max-len")
+    p.add_argument("--alpha", type=float_arg(), default=ALPHA, help="SmoothQuant's migration strength")
+    add_output_flags(p, "bench_quant_variants", "quant")
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
+    if not (args.build / "model.rope-plugin.onnx").is_file():
+        raise UsageError(f"--build {args.build} has no model.rope-plugin.onnx; run python -m export.build first")
     from export.checkpoint.rebuild import load_checkpoint
     from export.passes.quantize import build, calibrate, plan
     from export.passes.quantize.calibrate import CalibMethod, single_thread_session
@@ -174,7 +189,7 @@ def main() -> int:
             )
         return rows
 
-    tune, test = fallback_cases(ck, args.max_len), validation_cases()
+    tune, test = fallback_cases(ck, validation_shapes(args.max_len, ck.task)), validation_cases()
     plain = lambda keep: build(src, placement.with_kept(keep), amax, "int8", "fp32")[0]  # noqa: E731
     smooth = lambda keep: smoothed_graph(src, placement.with_kept(keep), amax, scales, smooth_amax)  # noqa: E731
     result = {

@@ -9,7 +9,7 @@ Before timing, the kernel's output is checked bit for bit against export.referen
 on a mismatch). Each method: warm-up, then per-iteration CUDA events on the current stream; medians with
 p10/p90. Writes bench_rotary.json, bench_rotary.md and bench_rotary.png (sweep over S) to --out.
 
-Exit codes (export/cli.py): 0 ok; 1 correctness check failed; 2 library missing / bad arguments; 3 no CUDA device.
+Exit codes (export/cli/entry.py): 0 ok; 1 correctness check failed; 2 library missing / bad arguments; 3 no CUDA device.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.models.roformer.modeling_roformer import RoFormerSelfAttention  # noqa: E402
 
-from export import cli  # noqa: E402
-from export.cli import Parser  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
 from export.errors import EXIT_OK, UnavailableError, UsageError, VerificationError  # noqa: E402
 from export.folder.atomic import write_atomic  # noqa: E402
-from export.numbers import int_arg  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 from export.reference import bf16_round, roformer_rotary_ref, sincos_table  # noqa: E402
 from plugins import locate  # noqa: E402
 from plugins.identity import DTYPE_CODES, KERNEL_LIB  # noqa: E402
@@ -47,9 +47,11 @@ def build_parser() -> Parser:
     p = Parser(
         prog="scripts/bench_rotary.py",
         description=__doc__.split("\n")[0],
-        epilog="example: python scripts/bench_rotary.py --out bench_out --seqs 256 1024 2048",
+        epilog="example: python scripts/bench_rotary.py --seqs 256 1024 2048",
     )
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON, Markdown and PNG")
+    p.add_argument(
+        "--out", type=Path, default=Path("build/scripts/bench_rotary"), help="folder for JSON, Markdown and PNG"
+    )
     p.add_argument("--lib", type=Path, default=None, help="libroformer_rotary_kernels.so (default: plugins.locate)")
     p.add_argument("--batch", type=int_arg(), default=8, help="B")
     p.add_argument("--heads", type=int_arg(), default=12, help="H")

@@ -1,12 +1,15 @@
 """Throughput and latency of the live Triton server (engines.serving: our fronts, tritonserver's Python
 backend, ONNX Runtime, CPU) at 1/4/16 clients.
 
-    python scripts/bench_serving.py --build build/ckpt --requests 200 --json bench.json --md bench.md
+    python scripts/bench_serving.py --build build/ckpt                        # 1 x 128 tokens, 1/4/16 clients
+    python scripts/bench_serving.py --build build/ckpt --label demo --update-results   # the committed figures
     python scripts/bench_serving.py --tiny          # the tiny checkpoint through export.build, for a smoke run
 
-Each level: `--warmup` untimed requests, then `--requests` timed ones (or until `--max-seconds`), each
-client thread on its own connection. Reports requests/s, sequences/s and p50/p99 latency (ms).
-stdout: the Markdown table; --json/--md also write files. Numbers are for this host's CPU only.
+Run it in the serving environment (`.venv-serving`, see engines/serving/README.md); elsewhere it says so and exits 3
+before any work. Each level: `--warmup` untimed requests, then `--requests` timed ones (or until `--max-seconds`),
+each client thread on its own connection. Reports requests/s, sequences/s and p50/p99 latency (ms).
+stdout: the Markdown table; `<label>_s<sequence>.{json,md}` in --out (default build/scripts/bench_serving/;
+--update-results: scripts/results/bench_serving/). Numbers are for this host's CPU only.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from script_outputs import add_output_flags  # noqa: E402
+
 from engines.client import TritonEncoderClient  # noqa: E402
-from export.errors import RoformerTrtError  # noqa: E402
-from export.numbers import float_arg, int_arg  # noqa: E402
+from export.errors import RoformerTrtError, UsageError  # noqa: E402
+from export.inputs.numbers import float_arg, int_arg  # noqa: E402
 from export.stages.bench import host_description  # noqa: E402
 
 
@@ -85,11 +90,12 @@ def markdown(rows, meta):
     return head + t
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="scripts/bench_serving.py",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: python scripts/bench_serving.py --tiny --requests 100",
+        epilog="example: python scripts/bench_serving.py --build build/ckpt --clients 1 4 16",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--build", type=Path, help="folder written by python -m export.build")
@@ -100,16 +106,20 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int_arg(), default=2, help="untimed requests per client before timing")
     p.add_argument("--max-seconds", type=float_arg(), default=20.0, help="cap per level")
     p.add_argument("--batch", type=int_arg(), default=1, help="sequences per request")
-    p.add_argument("--sequence", type=int_arg(), default=32, help="tokens per sequence")
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--md", type=Path, help="write the Markdown table here")
-    args = p.parse_args(argv)
+    p.add_argument("--sequence", type=int_arg(), default=128, help="tokens per sequence (README's figures: 128)")
+    p.add_argument("--label", help="results file stem (default: the build folder's name, tiny with --tiny)")
+    add_output_flags(p, "bench_serving", "bench_serving")
+    return p
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from engines.serving.ort_model import load_build
-    from engines.serving.server import serve
+    from engines.serving.server import check_runtime, serve
     from tests.fixtures.tiny_build import write_tiny_build
 
     try:
+        check_runtime()  # not in the serving environment: say so (exit 3) before building or loading anything
         with tempfile.TemporaryDirectory() as tmp:
             build = args.build
             if args.tiny:
@@ -117,7 +127,7 @@ def main(argv=None) -> int:
                 write_tiny_build(build)
             _, limits, _ = load_build(build, "mean")
             if limits.max_sequence and args.sequence > limits.max_sequence:
-                raise SystemExit(f"error: --sequence {args.sequence} > the model's {limits.max_sequence} positions")
+                raise UsageError(f"--sequence {args.sequence} > the model's {limits.max_sequence} positions")
             vocab = limits.vocab_size or 100
             rows = []
             with serve(build, "mean", http_port=0, grpc_port=0, max_batch=max(16, args.batch)) as urls:
@@ -142,11 +152,13 @@ def main(argv=None) -> int:
         return e.exit_code
     meta = {"date": time.strftime("%Y-%m-%d"), "host": host_description(), "model": urls["model"]}
     md = markdown(rows, meta)
-    if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    if args.md:
-        args.md.write_text(md)
+    label = args.label or ("tiny" if args.tiny else Path(args.build).resolve().name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{label}_s{args.sequence}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
+    print(f"wrote {args.out / stem}.{{json,md}}", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,8 @@ them at opset 23 (fused RotaryEmbedding with batch-1 caches) and opset 18 (decom
 For each family x opset: the RotaryEmbedding and Cos nodes of the raw export, whether ONNX Runtime runs the raw
 graph at batch 3, and for --rope onnx and --rope plugin (lowered to its ONNX function on the CPU) the sites
 found / rewritten, the nodes written and the largest error against HF fp32 at batch 3 with right padding at
-S = 61 (padded rows excluded), relative to the largest |output|. Writes rotary_families_<date>.md to --out.
+S = 61 (padded rows excluded), relative to the largest |output|. Writes rotary_families_<date>.md to --out
+(default build/scripts/check_rotary_families/; --update-results: scripts/results/families/), graphs to --work.
 Tiny configs (2 layers, hidden 32, head size 8 or 16) built with each family's HF config class; each layer's
 rotary is split halves over the head size with the config's theta, as the family files declare it.
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
 BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
             max_position_embeddings=128, pad_token_id=0)  # fmt: skip
@@ -48,12 +50,19 @@ FAMILIES = {  # model_type: (config class, model class, config overrides)
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/check_rotary_families.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma list of model types")
+    add_output_flags(p, "check_rotary_families", "families", work=True)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "families"))
-    p.add_argument("--work", default="/tmp/check_rotary_families")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from export.stages.bench import host_description
 
     work = Path(args.work)

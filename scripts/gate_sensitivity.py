@@ -1,6 +1,8 @@
 """The accuracy gate's sensitivity and specificity, measured on the demo checkpoint and its outlier stress twin.
 
-    python scripts/gate_sensitivity.py --work /tmp/gs --out scripts/results/gate_sensitivity [--tiny]
+    python scripts/gate_sensitivity.py                     # demo size: about 25 min on 2 cores
+    python scripts/gate_sensitivity.py --tiny              # the tiny checkpoints: about 5 min
+    python scripts/gate_sensitivity.py --update-results    # regenerate scripts/results/gate_sensitivity/
 
 For each checkpoint (written into --work by tests.fixtures.checkpoints.write_demo, plain and --outliers):
 1. honest builds: `python -m export.build --precision fp16` and `--precision bf16` (each also holds the fp32
@@ -10,10 +12,11 @@ For each checkpoint (written into --work by tests.fixtures.checkpoints.write_dem
    default gate's verdict (tests/fixtures/sensitivity.py; miss = the gate passes a defect), and located with
    python -m export.diagnose's API;
 3. the worst honest statistics per precision and the defaults they imply (export/report/thresholds.py's rule).
-Writes gate_sensitivity.{json,md,png} into --out with the date and the machine.
+Writes gate_sensitivity.{json,md,png} into --out (default build/scripts/gate_sensitivity/; --update-results:
+scripts/results/gate_sensitivity/, the derivation README and export/report/thresholds.py cite) with the date and
+the machine; checkpoints and builds go to --work (several GB at demo size).
 """
 
-import argparse
 import json
 import math
 import os
@@ -27,9 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from script_outputs import add_output_flags  # noqa: E402
 
 from export.checkpoint.rebuild import load_checkpoint  # noqa: E402
-from export.numbers import int_arg  # noqa: E402
+from export.cli import entry as cli  # noqa: E402
+from export.cli.entry import Parser  # noqa: E402
+from export.errors import UsageError  # noqa: E402
+from export.inputs.numbers import int_arg  # noqa: E402
 from export.report.persist import read_report  # noqa: E402
 from export.report.thresholds import DEFAULTS  # noqa: E402
 from export.validate import Shape, TorchReference, make_inputs  # noqa: E402
@@ -257,16 +264,28 @@ def write_results(r: dict, out: Path) -> None:
     render_png(r, out / "gate_sensitivity.png")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", required=True, help="folder for the checkpoints and builds (several GB at demo size)")
-    p.add_argument("--out", default="scripts/results/gate_sensitivity", help="folder for the results")
+def build_parser() -> Parser:
+    p = Parser(
+        prog="scripts/gate_sensitivity.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/gate_sensitivity.py --tiny",
+    )
+    add_output_flags(p, "gate_sensitivity", "gate_sensitivity", work=True)
     p.add_argument("--tiny", action="store_true", help="tiny checkpoints (a quick run; the suite tests these)")
     p.add_argument("--max-len", type=int_arg(), help="default: 2048 (64 with --tiny)")
     p.add_argument("--render", action="store_true", help="only re-render --out's gate_sensitivity.json")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), _main, argv)
+
+
+def _main(args) -> int:
     work, out = Path(args.work), Path(args.out)
     if args.render:
+        if not (out / "gate_sensitivity.json").is_file():
+            raise UsageError(f"--render: {out} holds no gate_sensitivity.json; run without --render first")
         write_results(json.loads((out / "gate_sensitivity.json").read_text()), out)
         return 0
     max_len = args.max_len or (64 if args.tiny else 2048)

@@ -43,14 +43,23 @@ from tests.fixtures.jina_original import write_original  # noqa: E402
 CANONICAL = "roformer"  # the family written as ckpt.pt + vocab.txt (the other families: HF folders)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/make_demo_checkpoint.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--family", default=CANONICAL, choices=names(), help="model family (export/families/)")
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--tiny", action="store_true", help="the family's tiny config: for tests")
     p.add_argument("--task", default="model", choices=sorted(TASKS), help="task head (the family's heads)")
     p.add_argument("--rotary-value", action="store_true", help="RoFormer: rotate value too (rotary_value=True)")
     p.add_argument("--outliers", action="store_true", help="RoFormer: outlier LayerNorm channels (synthetic)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.family == CANONICAL:
         path = write_demo(

@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from export.numbers import int_arg
-from export.reference import DEFAULT_BASE, rotary_angles, sincos_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the project's packages
+
+from export.inputs.numbers import int_arg  # noqa: E402
+from export.reference import DEFAULT_BASE, rotary_angles, sincos_table  # noqa: E402
 
 
 def measure(head_dim: int, max_pos: int, base: float = DEFAULT_BASE) -> dict:
@@ -57,8 +60,9 @@ def measure(head_dim: int, max_pos: int, base: float = DEFAULT_BASE) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="scripts/measure_sincos_error.py",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python scripts/measure_sincos_error.py --head-dims 64 128",
@@ -66,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dims", type=int_arg(), nargs="+", default=[64, 128], help="head sizes Dh (R = Dh)")
     p.add_argument("--max-pos", type=int_arg(), default=8192, help="positions 0 .. max-pos-1")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     results = [measure(dh, args.max_pos) for dh in args.head_dims]
     for r in results:
         a, f, t = r["fp32_angle"], r["fp32_angle_fp32_sincos"], r["fp32_table"]

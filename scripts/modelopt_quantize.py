@@ -1,8 +1,9 @@
 """Run NVIDIA ModelOpt's ONNX PTQ in ModelOpt's own environment (never the project's: it pins onnx 1.21 and
 onnxruntime-gpu 1.24): the peer scripts/bench_quant.py compares with.
 
-    .venv-modelopt/bin/python scripts/modelopt_quantize.py --onnx build/demo/model.rope-onnx.onnx \
-        --calib calib.npz --mode int8 --out build/bench_quant/demo.modelopt-int8.onnx
+    .venv-modelopt/bin/python scripts/modelopt_quantize.py \
+        --onnx build/scripts/bench_quant/work/demo/rope-onnx/model.rope-onnx.onnx \
+        --calib build/scripts/bench_quant/work/demo/calib.npz --mode int8 --out build/modelopt-int8.onnx
 
 --calib: the calibration batches bench_quant.py wrote (keys `b<i>/<input>`), the very feeds our calibration ran,
 served through a CalibrationDataReader. ModelOpt's defaults otherwise (entropy for int8, max for fp8; fp16 high
@@ -29,13 +30,19 @@ def batches(path: str) -> list[dict[str, np.ndarray]]:
     return [out[i] for i in sorted(out)]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", required=True)
-    p.add_argument("--calib", required=True)
-    p.add_argument("--mode", choices=["int8", "fp8"], required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/modelopt_quantize.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--onnx", required=True, help="the --rope onnx fp32 graph to quantize")
+    p.add_argument("--calib", required=True, help="calibration batches (.npz written by scripts/bench_quant.py)")
+    p.add_argument("--mode", choices=["int8", "fp8"], required=True, help="quantization format")
+    p.add_argument("--out", required=True, help="the quantized graph to write")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import modelopt
     from modelopt.onnx.quantization import quantize

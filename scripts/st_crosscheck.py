@@ -9,7 +9,8 @@ only), it compares in float64:
 - our reading of the folder (export.checkpoint.sentence_transformers.read_pipeline) and its rule
   (Pooling.reference, i.e. export.reference.sentence_embedding_ref);
 - the tests' numpy restatement (tests/export/passes/st_rules.py).
-Writes scripts/results/st_crosscheck/st_crosscheck.{json,md}; exit 1 when any difference exceeds 1e-12.
+Writes st_crosscheck.{json,md} to --out (default build/scripts/st_crosscheck/; --update-results:
+scripts/results/st_crosscheck/); exit 1 when any difference exceeds 1e-12, 3 without sentence-transformers.
 
 Run it with an interpreter that has sentence-transformers and this repository's packages, e.g. a separate
 virtual environment (`python -m venv /tmp/st && /tmp/st/bin/pip install sentence-transformers==6.3.0`, plus a
@@ -18,6 +19,7 @@ virtual environment (`python -m venv /tmp/st && /tmp/st/bin/pip install sentence
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -31,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from script_outputs import add_output_flags  # noqa: E402
 
 from export.checkpoint.sentence_transformers import read_pipeline  # noqa: E402
 from tests.export.passes import st_rules  # noqa: E402
@@ -142,10 +146,25 @@ def run_case(name: str, spec: dict, tmp: Path) -> dict:
     }
 
 
-def main() -> int:
-    import sentence_transformers
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/st_crosscheck.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_output_flags(p, "st_crosscheck", "st_crosscheck", work=True)
+    return p
 
-    with tempfile.TemporaryDirectory() as tmp:
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import sentence_transformers
+    except ImportError:
+        print("unavailable: sentence-transformers is not installed here; run this with the interpreter of a venv "
+              "that has it (see --help)", file=sys.stderr)  # fmt: skip
+        return 3
+
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:  # the tiny sentence-transformers folders
         rows = [run_case(name, spec, Path(tmp)) for name, spec in CASES.items()]
     worst = max(max(r["ours_vs_library_max_abs"], r["st_rules_vs_library_max_abs"]) for r in rows)
     result = {
@@ -158,7 +177,7 @@ def main() -> int:
         "worst_max_abs": worst,
         "passed": worst <= 1e-12,
     }
-    out = ROOT / "scripts" / "results" / "st_crosscheck"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "st_crosscheck.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

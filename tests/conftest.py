@@ -5,14 +5,39 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.fixtures.once import locked, session_root, shared_folder
 from tests.fixtures.tiny_build import build_args
+from tests.plugins import builds
 
 os.environ.setdefault("TERM", "dumb")  # rich progress stays quiet and line-based in CI logs
+WHOLE_SUITE_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The whole suite (README's `python -m pytest`: no paths, -k or -m given) runs on two pytest-xdist workers, a
+    module per worker at a time (--dist loadscope: a module's fixtures are made once); a run of chosen tests, or
+    one given -n, stays as asked. Measured: scripts/results/ci/README.md."""
+    if hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a worker: it runs what the controller sends it
+    whole = not config.args or [str(a) for a in config.args] == [str(a) for a in config.getini("testpaths")]
+    whole = whole and not config.option.keyword and not config.option.markexpr  # -k/-m: a chosen few
+    if whole and config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None:
+        config.option.numprocesses, config.option.dist = WHOLE_SUITE_WORKERS, "loadscope"
+
+
+def pytest_configure(config):
+    builds.start(config)  # the C++ builds of tests/plugins compile in the background while Python tests run
+
+
+def pytest_unconfigure(config):
+    builds.stop()
 
 
 def overrides_key(overrides: dict) -> str:
@@ -25,7 +50,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     """Canonical {config, state_dict} checkpoint of a 2-layer RoFormerModel."""
     from tests.fixtures.checkpoints import write_demo
 
-    return write_demo(tmp_path_factory.mktemp("tiny"), tiny=True)
+    return shared_folder(tmp_path_factory, "tiny-ckpt", lambda d: write_demo(d, tiny=True)) / "ckpt.pt"
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +74,9 @@ def make_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(exporter, opset, task=..., dtype=..., max_len=..., **overrides) -> (onnx path, model, config)."""
+    """exported(exporter, opset, task=..., dtype=..., max_len=..., **overrides) -> (onnx path, model, config).
+    Each graph is exported once per session (and shared by pytest-xdist workers); the model is the same
+    deterministic one in every process."""
     from export.onnx_export import export_onnx
     from tests.fixtures.checkpoints import make_model, tiny_config
 
@@ -67,9 +94,13 @@ def exported(tmp_path_factory):
         if key not in cache:
             config = tiny_config(**overrides)
             model = make_model(config, task, dtype=dtype)
-            path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-            export_onnx(model, task, path, max_len, exporter, opset)
-            cache[key] = (path, model, config)
+            name = "-".join(str(k) for k in key[:5]) + "".join(f"-{k}={v}" for k, v in key[5])
+            folder = shared_folder(
+                tmp_path_factory,
+                f"onnx-{name}",
+                lambda d: export_onnx(model, task, d / "model.onnx", max_len, exporter, opset),
+            )
+            cache[key] = (folder / "model.onnx", model, config)
         return cache[key]
 
     return export
@@ -80,9 +111,10 @@ def built(tiny_ckpt, tmp_path_factory):
     """One real tiny build (export.build), shared by the tests that read or doctor a build folder."""
     from export.build import main as build
 
-    out = tmp_path_factory.mktemp("rel") / "tiny"
-    assert build(["--model", str(tiny_ckpt), "--out", str(out), "--exporter", "torchscript", "--max-len", "24"]) == 0
-    return out
+    def make(d: Path):
+        assert build(build_args(tiny_ckpt, d / "tiny")) == 0
+
+    return shared_folder(tmp_path_factory, "built", make) / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -101,9 +133,52 @@ def pooled(tiny_ckpt, tmp_path_factory):
     """A real tiny build with `--pooling mean --normalize --precision fp16`, shared by the pooling and Triton tests."""
     from export.build import main as build
 
-    out = tmp_path_factory.mktemp("pooled") / "tiny"
-    assert build(build_args(tiny_ckpt, out, "--pooling", "mean", "--normalize", "--precision", "fp16")) == 0
-    return out
+    def make(d: Path):
+        assert build(build_args(tiny_ckpt, d / "tiny", "--pooling", "mean", "--normalize", "--precision", "fp16")) == 0
+
+    return shared_folder(tmp_path_factory, "pooled", make) / "tiny"
+
+
+RELEASE_FLAGS = ("--max-len", "128", "--profiles", "64,128")  # past the tiny table's 64 rows: the table is extended
+KEEP_ENV = "ROFORMER_TRT_KEEP_BUILDS"  # a folder to copy the release builds into (.ci/run gates them there)
+
+
+@pytest.fixture(scope="session")
+def release_builds(tiny_ckpt, tmp_path_factory) -> dict[str, Path]:
+    """{"fp16": folder, "int8": folder}: the tiny checkpoint built as a user builds it (the default exporter and
+    rotary mode, the fallback on), --max-len 128 and two profiles. With $ROFORMER_TRT_KEEP_BUILDS=<folder>, also
+    copied to <folder>/fp16 and <folder>/int8 (which must not exist yet), where .ci/run gates them for real."""
+    from export.build import main as build
+
+    def make(d: Path):
+        for precision in ("fp16", "int8"):
+            argv = ["--model", str(tiny_ckpt), "--out", str(d / precision), "--precision", precision, *RELEASE_FLAGS]
+            assert build(argv) == 0, precision
+
+    folder = shared_folder(tmp_path_factory, "release", make)
+    keep = os.environ.get(KEEP_ENV)
+    if keep:
+        with locked(session_root(tmp_path_factory) / "once" / "keep.lock"):
+            if not (Path(keep) / "int8").exists():
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for precision in ("fp16", "int8"):
+                    shutil.copytree(folder / precision, Path(keep) / precision)
+    return {p: folder / p for p in ("fp16", "int8")}
+
+
+@dataclass(frozen=True)
+class Served:
+    path: Path  # the build folder (read only: copy it to change it)
+    model: torch.nn.Module  # the fp32 model it was built from
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> Served:
+    """The tiny build the serving and Triton tests serve (tests.fixtures.tiny_build.write_tiny_build, seed 0)."""
+    from tests.fixtures.tiny_build import tiny_model, write_tiny_build
+
+    folder = shared_folder(tmp_path_factory, "served", lambda d: write_tiny_build(d / "tiny"))
+    return Served(folder / "tiny", tiny_model())
 
 
 @pytest.fixture(scope="session")

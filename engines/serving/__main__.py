@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from engines.serving.server import TRUST_FLAG, serve
-from export import cli
-from export.cli import InterruptNote, Parser
+from export.cli import entry as cli
+from export.cli.entry import InterruptNote, Parser
+from export.cli.flags import add_build, add_served_pooling
 from export.errors import EXIT_OK, UsageError
-from export.numbers import int_arg
-from export.passes.pooling import POOLINGS
+from export.inputs.numbers import int_arg
 
 WATCH_INTERVAL_S = 1.0  # the issue asks for at most 2 s between two looks at the server
 
@@ -32,14 +32,8 @@ def build_parser() -> Parser:
         "(tritonserver from nvidia-pytriton, our HTTP and gRPC fronts on the public ports).",
         epilog="example: python -m engines.serving --build build/ckpt --http-port 8000 --grpc-port 8001",
     )
-    p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
-    p.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default=None,
-        help="sentence_embedding output added to the graph (default: the build's own when it was made with "
-        "export.build --pooling, else its model family's, export/families/; pass none for no pooling)",
-    )
+    add_build(p)
+    add_served_pooling(p)
     p.add_argument("--host", default="127.0.0.1", help="address the fronts listen on (0.0.0.0 exposes them)")
     p.add_argument("--http-port", type=int_arg(), default=8000, help="HTTP port (0: a free one)")
     p.add_argument("--grpc-port", type=int_arg(), default=8001, help="gRPC port (0: a free one)")
@@ -60,7 +54,6 @@ def build_parser() -> Parser:
         help="serve even where tritonserver cannot get network and mount namespaces of its own (then every "
         "local user can read the request tensors in its /dev/shm regions); without it such a host is exit 3",
     )
-    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from export.cli import Parser
-from export.numbers import int_arg
+from export.cli.entry import Parser
+from export.inputs.numbers import int_arg
 
 
 def add_engine_flags(p: Parser) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from export.errors import UsageError
-from export.numbers import NumberError, parse_int_list
+from export.inputs.numbers import NumberError, parse_int_list
 
 AXES = ("batch", "choices", "sequence")
 DEFAULT_OPT_SEQ = 128  # opt of the default single profile: a typical serving length, not the longest

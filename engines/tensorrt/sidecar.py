@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from export.errors import UsageError
-from export.files import MiB, load_json
+from export.inputs.files import MiB, load_json
 
 MATCH_KEYS = ("tensorrt_version", "gpu", "precision", "profiles", "onnx_sha256", "plugin_sha256")
 
@@ -57,7 +57,7 @@ def sidecar_mismatches(existing: Mapping, expected: Mapping) -> list[str]:
 
 
 def load_sidecar(path: str | Path) -> dict:
-    """The sidecar JSON object at `path` (a `<name>.plan.json`), read through export.files (size cap, depth).
+    """The sidecar JSON object at `path` (a `<name>.plan.json`), read through export.inputs.files (size cap, depth).
 
     UsageError, naming the file, when it is missing, unreadable, not JSON or not a JSON object: every caller
     either stops with it (engines.triton) or turns it into a reason to rebuild (reuse_decision)."""

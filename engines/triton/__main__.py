@@ -13,11 +13,11 @@ from pathlib import Path
 
 from engines.triton.repository import DEFAULT_MAX_BATCH, build_repository
 from engines.triton.twin import CHOICES
-from export import cli
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_build, add_served_pooling
 from export.errors import EXIT_OK
-from export.numbers import int_arg
-from export.passes.pooling import POOLINGS
+from export.inputs.numbers import int_arg
 
 
 def build_parser() -> Parser:
@@ -28,15 +28,9 @@ def build_parser() -> Parser:
         "every length) and an ONNX Runtime twin for CPU hosts.",
         epilog="example: python -m engines.triton --build build/demo --out model_repository --pooling mean",
     )
-    p.add_argument("--build", required=True, type=Path, help="folder written by python -m export.build")
+    add_build(p)
     p.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
-    p.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default="none",
-        help="add a sentence_embedding [batch, hidden] output to the ONNX twin. A build made with "
-        "export.build --pooling serves its own from both models: pass that mode or none",
-    )
+    add_served_pooling(p)
     p.add_argument(
         "--instances",
         type=int_arg(),
@@ -60,7 +54,6 @@ def build_parser() -> Parser:
     p.add_argument("--name", default=None, help="model name prefix (default: the build folder's name)")
     p.add_argument("--force", action="store_true", help="replace model folders of the same name in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--verbose", dest="debug", action="store_true", help="same as --debug")
     return p
 
 
@@ -69,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    pooling = args.pooling or "none"  # the build's own pooling, or none: the engine cannot gain one after the build
     rep = build_repository(
-        args.build, args.out, args.pooling, args.max_batch, args.name, args.force, args.instances, args.onnx_twin
+        args.build, args.out, pooling, args.max_batch, args.name, args.force, args.instances, args.onnx_twin
     )
     for n in rep.notes:
         print(f"note: {n}", file=sys.stderr)

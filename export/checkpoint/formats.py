@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from export.errors import UsageError
-from export.files import MiB, load_json, require_regular_file
+from export.inputs.files import MiB, load_json, require_regular_file
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

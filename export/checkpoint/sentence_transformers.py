@@ -30,8 +30,8 @@ import numpy as np
 
 from export.checkpoint.formats import read_tensors
 from export.errors import UsageError
-from export.files import load_json
 from export.folder.digest import sha256_file
+from export.inputs.files import load_json
 from export.passes.pooling.spec import EMBEDDING, MODES, Dense, Pooling
 
 MODULES = "modules.json"

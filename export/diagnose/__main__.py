@@ -13,25 +13,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import cli
 from export.checkpoint.rebuild import load_checkpoint
-from export.cli import Parser
+from export.cli import entry as cli
+from export.cli.entry import Parser
+from export.cli.flags import add_build, add_thresholds, add_trust_pickle
 from export.diagnose import diagnose, diagnose_model
 from export.diagnose.divergence import DEFAULT_BUDGET
 from export.diagnose.inputs import check_feeds, check_tokens, graph_feeds, graph_shape, takes_types, vocab_sizes
 from export.diagnose.render import write_outputs
 from export.errors import EXIT_OK, EXIT_VERIFICATION, UsageError
-from export.files import check_distinct, check_output_file, load_toml
 from export.folder.artifacts import artifact
 from export.folder.digest import sha256_tree
 from export.folder.layout import MANIFEST
-from export.graph_file import GraphFile, read_graph
-from export.numbers import check_int, float_arg, int_arg
+from export.inputs.files import check_distinct, check_output_file, load_toml
+from export.inputs.graph_file import GraphFile, read_graph
+from export.inputs.numbers import check_int, float_arg, int_arg
 from export.onnx_export import declared_max_len
 from export.report.markdown import divergence_sentence
 from export.report.persist import read_report
 from export.report.schema import ONNX_KEY, REPORT_JSON, REPORT_MD, Report, key_precision
 from export.report.thresholds import ThresholdError, Thresholds
+from export.spec import DEFAULT_CHOICES
 from export.validate import OnnxFile, Shape, make_inputs
 
 EXAMPLE = (
@@ -48,14 +50,14 @@ OUTPUTS = ("json", "md", "png")
 def build_parser() -> Parser:
     p = Parser(prog="python -m export.diagnose", description=__doc__.split("\n\n")[1], epilog=EXAMPLE)
     p.add_argument("graphs", nargs="*", metavar="REF.onnx CAND.onnx", help="reference and candidate graphs")
-    p.add_argument("--build", help="a folder written by python -m export.build: its graph against PyTorch")
+    add_build(p, required=False)  # its graph against PyTorch
     p.add_argument(
         "--graph",
         help="with --build: the artifact key to diagnose (default: the graph of the first "
         "failing validation case, else the last graph validated)",
     )
     p.add_argument("--model", help="with --build: the checkpoint, instead of the path report.json records")
-    p.add_argument("--trust-pickle", action="store_true", help="with --build: allow a pickled nn.Module checkpoint")
+    add_trust_pickle(p)
     p.add_argument(
         "--batch",
         type=int_arg(1, MAX_BATCH),
@@ -71,9 +73,7 @@ def build_parser() -> Parser:
         help="the candidate's precision for its thresholds (default: read from its dtypes "
         "or, with --build, from the artifact key)",
     )
-    p.add_argument(
-        "--thresholds", help="thresholds TOML (export/report/thresholds.py); default: the precision's defaults"
-    )
+    add_thresholds(p)
     p.add_argument(
         "--budget-mib",
         type=int_arg(1, MAX_BUDGET_MIB),
@@ -236,7 +236,7 @@ def _build_inputs(args) -> BuildRun:
             f"--graph {key!r} is not an ONNX graph of {build}/report.json; use one of {graphs} (a "
             "TensorRT engine is diagnosed through the ONNX graph it was built from)"
         )
-    graph = artifact(build, report, key)  # export.graph_file's checks, and the recorded sha256
+    graph = artifact(build, report, key)  # export.inputs.graph_file's checks, and the recorded sha256
     checkpoint = _checkpoint_path(args, report)
     _case_shape(report, key, args)  # --batch / --seq against the build's max_len, before the model loads
     inputs = [build / n for n in (REPORT_JSON, REPORT_MD, MANIFEST, *report.artifacts_sha256)]
@@ -294,8 +294,18 @@ def _case_shape(report, key: str, args) -> Shape:
     if seq > max_len:
         raise UsageError(f"--seq {seq} is longer than the build's max_len {max_len}; pass --seq {max_len} or less")
     check_tokens(batch, seq)
-    choices = 2 if (report.model or {}).get("task") == "multiple-choice" else None
-    return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, choices)
+    return Shape(batch, seq, 1 if batch > 1 and seq > 1 else 0, recorded_choices(report))
+
+
+def recorded_choices(report) -> int | None:
+    """The choices a multiple-choice build fixed (its profiles record them, whatever --choices was); None for
+    other heads."""
+    if (report.model or {}).get("task") != "multiple-choice":
+        return None
+    rows = [r["choices"] for r in report.profiles or [] if isinstance(r, dict) and isinstance(r.get("choices"), list)]
+    if not rows or not rows[0]:
+        return DEFAULT_CHOICES
+    return check_int(rows[0][0], what="report.json profiles choices", lo=1, hi=64)
 
 
 def _name_reference(build: Path, report, key: str):

@@ -1,6 +1,6 @@
 """Run an ONNX graph in ONNX Runtime (CPU) with chosen intermediate tensors exposed as extra outputs.
 
-In:  a graph (path, export.graph_file.GraphFile (read and checked), export.validate.OnnxFile, or an in-memory
+In:  a graph (path, export.inputs.graph_file.GraphFile (read and checked), export.validate.OnnxFile, or an in-memory
      ModelProto holding its weights), value names,
      numpy feeds. Out: {name: array, in the graph's dtype} for every name asked for.
 The graph file is read without its weights (ORT reads them from the file's folder), RoformerRotary nodes get
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from export.graph_file import GraphFile
+from export.inputs.graph_file import GraphFile
 from export.passes.lowering import with_rotary_function
 from export.validate import OnnxFile
 from plugins.identity import PLUGIN_OP

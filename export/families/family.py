@@ -24,7 +24,7 @@ Fields, in the order a build needs them:
 - checkpoints stored under other names (legacy names, another implementation's layout) that transformers' own
   conversion mapping does not cover: `convert_state(state, config, path)` returns the state in the class's names
   (None: nothing beyond transformers' conversion);
-- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/text.py); `prompts`, the
+- its text: `vocab_tokenizer` for a family whose checkpoints ship a vocab.txt (export/inputs/text.py); `prompts`, the
   prefixes its checkpoints expect before a text, by sentence-transformers prompt name (NomicBERT's
   "search_query: "...): report.json `model.prompts`, published to Triton and added by engines.client --prompt.
 """
@@ -113,7 +113,7 @@ class Family:
     attn_implementations: tuple[str, ...] = ("eager",)
     positions: Positions | None = None
     # checkpoints that ship a vocab.txt instead of tokenizer.json: (table) -> (tokenizer, description); may raise
-    # ImportError when its word segmenter is not installed (export.text then falls back to WordPiece alone)
+    # ImportError when its word segmenter is not installed (export.inputs.text then falls back to WordPiece alone)
     vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
     prompts: tuple[tuple[str, str], ...] = ()  # (sentence-transformers prompt name, prefix added to the text)
     convert_state: Callable[[dict, object, Path], dict] | None = None  # (state, config, path) -> the class's names

@@ -68,7 +68,7 @@ def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
 
 def vocab_tokenizer(table: dict) -> tuple[object, str]:
     """The vocab.txt tokenizer of the family that ships one (ImportError when its segmenter is missing, or when no
-    family has one: export.text then uses WordPiece alone)."""
+    family has one: export.inputs.text then uses WordPiece alone)."""
     for f in FAMILIES:
         if f.vocab_tokenizer is not None:
             return f.vocab_tokenizer(table)

@@ -10,7 +10,7 @@ Out: the resolved Path of a regular file inside the build folder; else UsageErro
 Refused: an absolute path or one with `..`; a path that resolves (symlinks followed) outside the build
 folder; a missing or non-regular file; a file whose sha256 differs from `report["artifacts_sha256"]`
 [rel_path] when the report records one (streamed, so an engine of any size costs 1 MiB of memory); an ONNX
-graph that export.graph_file.read_graph refuses (the one checked loader of graphs), or whose data files fail
+graph that export.inputs.graph_file.read_graph refuses (the one checked loader of graphs), or whose data files fail
 any of the above.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from export.errors import UsageError
 from export.folder.digest import sha256_file
-from export.graph_file import read_graph
+from export.inputs.graph_file import read_graph
 from export.report.schema import REBUILD, Report
 
 

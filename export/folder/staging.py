@@ -107,7 +107,7 @@ class BuildFolder:
 
     def _staged(self) -> Path:
         if self.stage is None:
-            raise RuntimeError("StagedFolder is used outside its with-block")
+            raise RuntimeError(f"{type(self).__name__} is used outside its with-block")
         return self.stage
 
     def reuse(self, *names: str) -> None:

@@ -171,10 +171,3 @@ class _Consts:
             self.nodes.append(helper.make_node("Constant", [], [name], value=t))
             self._made.add(name)
         return name
-
-    def i64s(self, name: str, values: list[int]) -> str:
-        if name not in self._made:
-            t = helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
-            self.nodes.append(helper.make_node("Constant", [], [name], value=t))
-            self._made.add(name)
-        return name

@@ -7,8 +7,8 @@ report with its own thresholds (export/report/thresholds.py holds the rule and t
 - scaled_error = max_abs / max|ref|: the largest error as a fraction of the output's largest magnitude. It does
   not depend on the output's scale, and floating-point error is relative to the magnitude of the values
   computed, so honest builds land on nearly the same number whether or not the model has outlier channels
-  (measured: scripts/results/gate_sensitivity.md). The per-element relative error (schema 1's max_rel) is
-  gone: hidden states have elements near zero, where it is large for honest builds and says nothing;
+  (measured: scripts/results/gate_sensitivity/gate_sensitivity.md). The per-element relative error (schema 1's
+  max_rel) is gone: hidden states have elements near zero, where it is large for honest builds and says nothing;
 - cosine: over the whole flattened tensor;
 - row_cosine: for outputs whose last axis is the hidden one (ROW_OUTPUTS: per token for last_hidden_state,
   per sentence for sentence_embedding), the minimum over non-padded rows of the cosine over that axis: one

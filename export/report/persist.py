@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from export.errors import UsageError
-from export.files import load_json
 from export.folder.atomic import write_atomic
+from export.inputs.files import load_json
 from export.report.markdown import render_markdown
 from export.report.schema import REPORT_JSON, REPORT_MD, Report, ReportError
 

@@ -4,7 +4,7 @@
 sizes, tolerances); it touches no file and imports nothing heavy, so report.md / report.json can carry
 its output on any machine. `render_markdown(cmds)` formats the result for report.md.
 
-Checked by hand against the sources of TensorRT tags v10.16 and v11.1 (tests/test_reproduce.py pins
+Checked by hand against the sources of TensorRT tags v10.16 and v11.1 (tests/export/report/test_reproduce.py pins
 the structure):
   - trtexec (samples/common/sampleOptions.cpp): several profiles are `--profile=i` followed by that
     profile's `--minShapes/--optShapes/--maxShapes` (shape flags repeated without `--profile` are an

@@ -113,10 +113,14 @@ class PoolingSection(TypedDict, total=False):
     request_bytes: dict  # batch 8 x max_len: bytes per engine output, last_hidden_state, sentence_embedding, saved
 
 
-class ProfileRow(TypedDict):
+class _ProfileAxes(TypedDict):
     index: int
     batch: list[int]  # [min, opt, max]
     sequence: list[int]
+
+
+class ProfileRow(_ProfileAxes, total=False):
+    choices: list[int]  # multiple-choice heads only: [c, c, c], the engine's fixed --choices
 
 
 class OutputStats(TypedDict, total=False):  # the statistics are defined in export/report/compare.py
@@ -257,9 +261,6 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     passed: bool = False
     failure: str | None = None
-
-    def add_artifacts(self, artifacts: dict[str, str]) -> None:
-        self.artifacts.update(artifacts)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

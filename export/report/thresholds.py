@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from export.numbers import NumberError, check_real
+from export.inputs.numbers import NumberError, check_real
 from export.report.schema import PRECISIONS
 
 
@@ -108,7 +108,7 @@ class Thresholds:
 
     @classmethod
     def from_data(cls, data: dict | None, source: str = "thresholds") -> Thresholds:
-        """Parsed TOML (read by the caller with export.files.load_toml) -> Thresholds; None -> defaults.
+        """Parsed TOML (read by the caller with export.inputs.files.load_toml) -> Thresholds; None -> defaults.
         Every value must be a finite real: atol, rtol >= 0, the cosines in [-1, 1] (ThresholdError otherwise)."""
         if data is None:
             return cls.defaults()
@@ -154,7 +154,7 @@ class Thresholds:
 
 def check_value(where: str, key: str, value) -> float:
     """A threshold value: a finite real (not a bool) inside LIMITS[key]; ThresholdError naming `where`.
-    Read by export.numbers.check_real, so an integer of 400 digits is refused, not an OverflowError."""
+    Read by export.inputs.numbers.check_real, so an integer of 400 digits is refused, not an OverflowError."""
     lo, hi = LIMITS[key]
     try:
         return check_real(value, what=where, lo=lo, hi=hi)

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from export.errors import UsageError, VerificationError
-from export.files import MiB, load_json
 from export.folder.artifacts import verify_artifact
 from export.folder.digest import onnx_sha256
+from export.inputs.files import MiB, load_json
 from export.report.compare import ROW_OUTPUTS
 from export.report.graph_precision import graph_precision
 from export.report.persist import read_report

@@ -2,6 +2,11 @@
 
 It gets the files it times (the ORT graph, the plan) from the orchestrator, never from the report.
 
+An addition to a build, never a condition of it: it runs after validation and the engine stage, and Ctrl-C
+during it publishes the validated build without bench results (export.build, exit 130). Before the first timed run
+it says what it will run and about how long that takes here; each point is named as it starts (a line per
+point off a terminal).
+
 Grid: by default each profile's opt sequence length at the batch min and opt (`--bench-grid 1x128,8x512`
 overrides). Backends: the engine when one was built, PyTorch fp32 (fp16 too on a GPU; torch.compile
 with `--bench-compile`), ONNX Runtime on the ORT-runnable graph (`--rope onnx` file, else the plain
@@ -23,7 +28,7 @@ from engines.tensorrt.graph import input_axes
 from engines.tensorrt.profiles import INT32_MAX
 from export.errors import UsageError
 from export.folder.layout import BENCH_DIR
-from export.numbers import NumberError, parse_int_list
+from export.inputs.numbers import NumberError, parse_int_list
 from export.progress import info
 from export.report.schema import BenchSection, bench_key
 from export.stages.result import StageResult
@@ -69,7 +74,7 @@ def run_bench_stage(
     """Benchmark into out/bench/: ORT on `ort_graph`, the engine `plan` when one was built (with `plugin_lib`),
     PyTorch on `model` (never changed: the backends work on copies where they convert it)."""
     backends = ["trt", "torch-fp32", "torch-fp16", "ort"] + (["torch-compile"] if compile_ else [])
-    info(f"benchmark: {len(grid)} shapes x {len(backends)} backends, {iters} timed runs each")
+    info("benchmark: the build is validated; Ctrl-C stops the benchmark and publishes the build without its results")
     results = run_bench(
         grid,
         model=model,
@@ -82,6 +87,7 @@ def run_bench_stage(
         vocab_size=facts.vocab_size,
         type_vocab_size=facts.type_vocab_size,
         input_names=list(input_axes(onnx.load(str(ort_graph), load_external_data=False))),
+        config=getattr(model, "config", None),  # for the estimate's FLOPs (sequence_cost)
     )
     meta: BenchSection = {
         "date": time.strftime("%Y-%m-%d"),

@@ -1,13 +1,13 @@
 """The quantization stage of export.build (`--precision int8 | fp8`): the TensorRT-bound fp32 graph -> its Q/DQ twin.
 
-In: the fp32 graph the rotary stage left (`model.rope-plugin.onnx` or `model.rope-onnx.onnx`), its artifact key,
-the checked QuantOptions, the loaded checkpoint (config, and its model for the fallback's PyTorch reference), the
-build's max_len and thresholds. Out: `<stem>.int8.onnx` / `<stem>.fp8.onnx` (new weights in `<name>.data`, the
-rest read from the source's data file), the `quantization` section (placement per role, calibration data and its
-sha256, every scale, the fallback's account), the artifacts (the file is also `tensorrt-onnx`, the engine's
-source) and the graph to validate (RoformerRotary through its in-memory ONNX function, as for fp16).
-A graph that departs from the placement (a site without Q/DQ, Q/DQ anywhere else or at a rotary node) is a failed
-stage: the report says where, and export.build exits 1.
+In: the fp32 graph the rotary stage left (`model.rope-plugin.onnx` or `model.rope-onnx.onnx`), its artifact key, the
+checked QuantOptions, the loaded checkpoint (config, and its model for the fallback's PyTorch reference), the
+build's validation shapes (export.build_plan) and thresholds. Out: `<stem>.int8.onnx` / `<stem>.fp8.onnx` (new
+weights in `<name>.data`, the rest read from the source's data file), the `quantization` section (placement per
+role, calibration data and its sha256, every scale, the fallback's account), the artifacts (the file is also
+`tensorrt-onnx`, the engine's source) and the graph to validate (RoformerRotary through its in-memory ONNX function,
+as for fp16). A graph that departs from the placement (a site without Q/DQ, Q/DQ anywhere else or at a rotary node)
+is a failed stage: the report says where, and export.build exits 1.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import itertools
 from pathlib import Path
 
 from export.folder.layout import cpu_twin_file
+from export.memory import release_freed
 from export.onnx_io import write_model
 from export.passes.pooling import Pooling
 from export.passes.quantize import build, calibrate, check_quantized, plan
@@ -29,7 +30,7 @@ from export.report.compare import error_stats, row_mask
 from export.report.schema import CPU_TWIN, TENSORRT_ONNX_KEY, precision_key
 from export.report.thresholds import Threshold, Thresholds
 from export.stages.result import StageResult
-from export.validate import OnnxFile, Shape, TorchReference, input_seed, make_inputs, validation_shapes
+from export.validate import OnnxFile, Shape, TorchReference, input_seed, make_inputs
 
 # Validation draws its inputs with seed 0: the fallback tunes on other inputs than it is judged on, and on several
 # draws of each short shape, because the largest error of one draw is a tail statistic (on tiny-stress, seeds 0..9
@@ -64,26 +65,29 @@ def run_quantize_stage(
     cpu_src: Path,
     cpu_key: str,
     ckpt,
-    max_len: int,
+    shapes: list[Shape],
     thresholds: Thresholds,
     pooling: Pooling | None = None,
 ) -> StageResult[dict]:
     """calib: the calibration set (calibration_set, read before the build's work); src/src_key: the
     TensorRT-bound fp32 graph (pooled already with --pooling); cpu_src/cpu_key: the fp32 graph ONNX Runtime
-    serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin."""
+    serves on CPU hosts, from which --precision int8 also makes the INT8 CPU twin; shapes: validation's (the
+    plan's), which the fallback draws its inputs like and whose choices calibration's batches take."""
     outputs = pooling.outputs if pooling else None
     plugin = src_key == "rope-plugin"
-    choices = 2 if ckpt.task == "multiple-choice" else None
+    choices = shapes[0].choices
     key = precision_key(src_key, q.fmt)
+    twin = _cpu_twin(cpu_src, ckpt.facts.heads, ckpt.facts.hidden) if q.fmt == "int8" else None
     placement = plan(src)
     with status(
         f"calibrating {len(placement.activations())} tensors on {len(calib.samples)} samples ({q.method.name})"
     ):
         amax = calibrate(src, placement, calib, q.method, rotary_function=plugin, choices=choices)
+    release_freed()
     fallback = None
     if q.fallback == "auto":
         with status("fallback: sensitivity sweep and search"):
-            fallback = _fallback(q, src, placement, amax, ckpt, max_len, thresholds, key, plugin, pooling)
+            fallback = _fallback(q, src, placement, amax, ckpt, shapes, thresholds, key, plugin, pooling)
         placement = placement.with_kept(fallback.keep)
     with status(f"writing the {q.fmt} graph ({q.high} high precision)"):
         model, summary = build(src, placement, amax, q.fmt, q.high)
@@ -110,26 +114,26 @@ def run_quantize_stage(
     failure = f"quantization: the graph departs from its placement: {'; '.join(problems[:3])}" if problems else None
     artifacts = {key: dst.name, TENSORRT_ONNX_KEY: dst.name}
     graphs = {key: (OnnxFile(dst, rotary_function=plugin, outputs=outputs), q.fmt)}
-    if q.fmt == "int8":
-        with status("writing the INT8 CPU twin"):
-            twin = write_cpu_twin(
-                cpu_src,
-                cpu_src.with_name(cpu_twin_file(cpu_src.name)),
-                ckpt.facts.heads,
-                ckpt.facts.hidden,
-            )
+    if twin is not None:
         twin_key = precision_key(cpu_key, CPU_TWIN)
         twin_outputs = outputs if cpu_src == src else None  # pooled only when it is the TensorRT-bound graph too
         artifacts[twin_key], graphs[twin_key] = twin.name, (OnnxFile(twin, outputs=twin_outputs), "int8")
         section["cpu_twin"] = {"file": twin.name, "source": cpu_src.name, "recipe": CPU_TWIN_RECIPE}
-        info(f"INT8 CPU twin: {twin.name}")
     return StageResult(section, artifacts=artifacts, failure=failure, graphs=graphs)
 
 
-def fallback_draws(max_len: int, task: str) -> list[tuple[Shape, int]]:
+def _cpu_twin(cpu_src: Path, heads: int, hidden: int) -> Path:
+    """The INT8 CPU twin of `cpu_src`, written beside it. First in the stage: its peak (ONNX Runtime's fusions and
+    quantize_dynamic hold the fp32 graph's weights twice over) then adds to the least this build holds."""
+    with status("writing the INT8 CPU twin"):
+        twin = write_cpu_twin(cpu_src, cpu_src.with_name(cpu_twin_file(cpu_src.name)), heads, hidden)
+    info(f"INT8 CPU twin: {twin.name}")
+    return twin
+
+
+def fallback_draws(shapes: list[Shape]) -> list[tuple[Shape, int]]:
     """Validation's shapes, each with FALLBACK_DRAWS seeds (one for shapes over FEW_TOKENS): the first seeds from 1
     whose inputs are none of validation's (seed 0 of another shape can be the same stream: input_seed)."""
-    shapes = validation_shapes(max_len, task)
     taken = {input_seed(s) for s in shapes}
     draws = []
     for shape in shapes:
@@ -139,10 +143,10 @@ def fallback_draws(max_len: int, task: str) -> list[tuple[Shape, int]]:
     return draws
 
 
-def fallback_cases(ckpt, max_len: int, pooling: Pooling | None = None) -> list[EvalCase]:
-    """The inputs of fallback_draws, with the PyTorch fp32 outputs of the graph's outputs."""
+def fallback_cases(ckpt, shapes: list[Shape], pooling: Pooling | None = None) -> list[EvalCase]:
+    """The inputs of fallback_draws(shapes), with the PyTorch fp32 outputs of the graph's outputs."""
     cases = []
-    for shape, seed in fallback_draws(max_len, ckpt.task):
+    for shape, seed in fallback_draws(shapes):
         feeds = make_inputs(shape, ckpt.facts.vocab_size, ckpt.facts.type_vocab_size, seed=seed)
         refs = TorchReference(ckpt.model, ckpt.task, pooling=pooling)(shape, feeds)  # it caches by shape alone
         wanted = pooling.outputs if pooling else tuple(refs)
@@ -156,14 +160,14 @@ def _fallback(
     placement,
     amax,
     ckpt,
-    max_len: int,
+    shapes: list[Shape],
     thresholds: Thresholds,
     key: str,
     plugin: bool,
     pooling: Pooling | None,
 ) -> FallbackResult:
     """The evaluation cases (fallback_cases) and the search, judged with the thresholds less FALLBACK_MARGIN."""
-    cases = fallback_cases(ckpt, max_len, pooling)
+    cases = fallback_cases(ckpt, shapes, pooling)
 
     def judge(got: dict, case: EvalCase) -> tuple[bool, str]:
         worst = []

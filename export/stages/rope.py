@@ -23,6 +23,7 @@ from export.passes.lowering import with_rotary_function
 from export.passes.rotary import fuse_rotary
 from export.progress import info, status
 from export.report.schema import RewriteSection, rope_key
+from export.spec import DEFAULT_CHOICES
 from export.stages.result import StageResult
 from export.validate import OnnxFile, Shape, make_inputs
 
@@ -33,14 +34,14 @@ def expected_sites(config) -> int:
     return sum(len(r.sites) for r in family_of_config(config).rotaries(config))
 
 
-def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: str) -> dict:
+def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: str, choices: int | None = None) -> dict:
     """Run the pass on `src`'s structure, check the result and write it atomically to `dst`, pointing at
-    `src`'s external data (same folder; elsewhere the weights are loaded and written with `dst`).
-    Returns the report dict."""
+    `src`'s external data (same folder; elsewhere the weights are loaded and written with `dst`). The probe's
+    inputs have `choices` choices for a multiple-choice head (default DEFAULT_CHOICES). Returns the report dict."""
     src, dst = Path(src), Path(dst)
     same_folder = src.resolve().parent == dst.resolve().parent
     model = onnx.load(str(src), load_external_data=not same_folder)
-    choices = 2 if task == "multiple-choice" else None
+    choices = (choices or DEFAULT_CHOICES) if task == "multiple-choice" else None
     family = family_of_config(config)
     facts = family.facts(config)
     feeds = make_inputs(Shape(2, min(37, max_len), 1, choices), facts.vocab_size, facts.type_vocab_size)
@@ -60,11 +61,11 @@ def rewrite_file(src: Path, dst: Path, mode: str, config, max_len: int, task: st
     return report.to_dict() | {"coverage_error": report.coverage_error()}
 
 
-def run_rope_stage(mode: str, ckpt, out: Path, max_len: int) -> StageResult[RewriteSection]:
+def run_rope_stage(mode: str, ckpt, out: Path, max_len: int, choices: int | None = None) -> StageResult[RewriteSection]:
     """out/model.onnx -> out/model.rope-<mode>.onnx; the section, the artifact and the graph to validate."""
     name = rope_file(mode)
     with status(f"rotary pass ({mode})"):
-        rewrite = rewrite_file(out / ONNX_FILE, out / name, mode, ckpt.config, max_len, ckpt.task)
+        rewrite = rewrite_file(out / ONNX_FILE, out / name, mode, ckpt.config, max_len, ckpt.task, choices)
     failure = rewrite.pop("coverage_error")
     info(f"rotary pass ({mode}): {rewrite['rewritten']}/{rewrite['expected']} sites into {rewrite['nodes']} nodes")
     if mode == "plugin" and failure is None:  # the plugin's node checks, now, not when validation starts

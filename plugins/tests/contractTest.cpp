@@ -4,7 +4,7 @@
  * Contract test of the TensorRT adapter: loads the built plugin library with dlopen and drives it through
  * its public interfaces only, in the order TensorRT's ONNX parser, builder and runtime do. It is NOT
  * TensorRT and proves nothing about TensorRT itself; the stand-ins here (a logger finder, a constant-folding
- * expression builder) only drive our library's side of the C ABI. Run by tests/test_plugin_contract.py.
+ * expression builder) only drive our library's side of the C ABI. Run by tests/plugins/test_contract.py.
  *
  *   contract_test drive  <libroformer_trt_plugin.so> --name N --version V --namespace NS --fields a,b,c [--no-gpu]
  *   contract_test static <stub libnvinfer.so.M> <static plugin library linked to it> --namespace NS

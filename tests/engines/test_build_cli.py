@@ -88,7 +88,7 @@ def test_missing_file_and_unknown_length_exit_2(built, capsys):
     ],
 )
 def test_the_graph_goes_through_the_checked_loader(tmp_path, capsys, change, pattern):
-    """engines.build reads its graph with export.graph_file, as export.diagnose does (issue 27)."""
+    """engines.build reads its graph with export.inputs.graph_file, as export.diagnose does (issue 27)."""
     code, err = run([edited(small_graph(tmp_path), change)], capsys)
     assert code == 2 and len(err) == 1 and pattern in err[0], err
 
@@ -110,7 +110,7 @@ def test_usage_errors_come_before_availability(built, extra, pattern):
 @pytest.mark.skipif(
     STAGE["status"] == "available",
     reason=f"the engine stage can run here (TensorRT "
-    f"{STAGE.get('tensorrt')} and a GPU); tests/gpu/test_engine_build.py builds the engine",
+    f"{STAGE.get('tensorrt')} and a GPU); tests/engines/tensorrt/test_build_gpu.py builds the engine",
 )
 def test_without_tensorrt_exit_3_with_reason(built):
     plan_dir = built / "plugin"

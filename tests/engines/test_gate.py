@@ -28,6 +28,24 @@ def test_the_real_build_passes_the_gate(built, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_the_release_builds_pass_the_gate(release_builds, precision, tmp_path, capsys):
+    """What .ci/run gates: the tiny checkpoint built with the defaults, fp16 (rotary plugin, fp16 graph) and int8
+    (calibrated Q/DQ graph with the plugin nodes, the fallback, the CPU twin), each validated against PyTorch and
+    passing the gate with its precision's default thresholds, one JUnit testcase per check."""
+    out = release_builds[precision]
+    assert gate([str(out / REPORT_JSON), "--junit", str(tmp_path / "junit.xml")]) == 0
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and int(suite.get("tests")) >= 10 and suite.get("failures") == "0"
+    r = read_report(out)
+    graphs = {c["graph"] for c in r.validation}
+    assert r.export["exporter"] == "dynamo" and r.export["max_len"] == 128 and len(r.profiles) == 2
+    if precision == "fp16":
+        assert graphs == {"onnx", "rope-plugin", "rope-plugin.fp16"}
+    else:
+        assert {"rope-plugin.int8", "onnx.int8-cpu"} <= graphs and r.quantization["fallback"]["mode"] == "auto"
+
+
 # ---- impossible statistics fail the case, naming it ------------------------------------------------
 
 

@@ -17,7 +17,7 @@ STAGE = engine_stage_status()  # cheap: no tensorrt import when it is absent, no
 needs_no_engine_stage = pytest.mark.skipif(
     STAGE["status"] == "available",
     reason=f"the engine stage can run here (TensorRT {STAGE.get('tensorrt')} and a GPU): this test checks what a "
-    "machine without them reports (tests/gpu/test_engine_build.py covers the stage itself)",
+    "machine without them reports (tests/engines/tensorrt/test_build_gpu.py covers the stage itself)",
 )
 
 BASE = ["--exporter", "torchscript", "--max-len", "48"]
@@ -113,6 +113,28 @@ def test_bench_measures_cpu_backends(tiny_ckpt, tmp_path):
     assert r["bench"]["ort_graph"] == "model.rope-onnx.onnx"
     for key in ("json", "markdown", "plot"):
         assert (out / r["artifacts"][f"bench-{key}"]).stat().st_size > 0
+
+
+@needs_no_engine_stage
+def test_interrupted_bench_publishes_the_validated_build(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """The benchmark is an addition: Ctrl-C during it (here after the first point is timed) exits 130 and leaves the
+    validated build in place, whole and passing the gate, without bench results; it used to discard the build."""
+    import engines.bench
+
+    def interrupted(times_ms):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engines.bench, "percentiles", interrupted)
+    out = tmp_path / "i"
+    code = main(
+        ["--model", str(tiny_ckpt), "--out", str(out), *BASE, "--rope", "onnx", "--bench", "--bench-iters", "1"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and "validated build" in err[-1] and str(out) in err[-1], err
+    r = json.loads((out / "report.json").read_text())
+    assert r["passed"] and not r.get("bench") and not any(k.startswith("bench") for k in r["artifacts"])
+    assert not (out / "bench").exists() and gate_main([str(out)]) == 0
+    assert any(line.startswith("benchmark: 2 shapes x") and "about" in line for line in err), err  # the estimate
 
 
 @pytest.mark.parametrize(

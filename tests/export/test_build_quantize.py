@@ -18,6 +18,7 @@ from export.folder.digest import sha256_file
 from export.folder.layout import MANIFEST
 from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
+from export.passes.quantize.cpu_twin import write_cpu_twin
 from plugins.identity import PLUGIN_OP
 from tests.export.test_cli import assert_clean_failure, run_cli
 from tests.fixtures.tiny_build import FAST, build_args
@@ -89,6 +90,33 @@ def test_an_int8_graph_relabelled_fp8_fails_the_gate(int8_built, tmp_path, capsy
     (out / "report.json").write_text(json.dumps(r))
     assert gate([str(out)]) == 1
     assert "model.rope-plugin.int8.onnx is int8, not fp8" in capsys.readouterr().out
+
+
+def test_cpu_twin_is_the_one_its_recipe_makes_from_the_fully_loaded_graph(int8_built, tmp_path):
+    """The twin's fusions run on the graph without its MatMul weights (they never read them) and, beside the source,
+    the fused graph reads them from the source's data file: the twin is still the recipe's, tensor for tensor, as
+    ORT's optimizer and quantizer make it from the graph loaded whole (the way it was made before)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from export.passes.quantize.cpu_twin import quantize_matmuls
+
+    cfg = json.loads((int8_built / "report.json").read_text())["model"]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(int8_built / f, src / f)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    optimize_model(
+        str(src / "model.onnx"), model_type="bert", num_heads=cfg["heads"], hidden_size=cfg["hidden"], opt_level=0
+    ).save_model_to_file(str(ref / "fused.onnx"), use_external_data_format=True)
+    quantize_matmuls(ref / "fused.onnx", ref / "twin.onnx")
+    ours = src / "model.int8-cpu.onnx"
+    write_cpu_twin(src / "model.onnx", ours, cfg["heads"], cfg["hidden"])
+    assert onnx.load(str(ours)).SerializeToString() == onnx.load(str(ref / "twin.onnx")).SerializeToString()
+    assert sorted(p.name for p in src.iterdir()) == sorted(
+        ["model.onnx", "model.onnx.data", ours.name, ours.name + ".data"]
+    )
 
 
 def test_cpu_twin_shares_the_fp32_weights_it_did_not_change(int8_built):
@@ -310,7 +338,15 @@ def test_fallback_turns_a_failing_stress_graph_into_a_passing_one(tmp_path, caps
     assert not failed["passed"] and any(
         not c["passed"] for c in failed["validation"] if c["graph"] == "rope-plugin.int8"
     )
+    capsys.readouterr()
     assert build([*common, "--out", str(tmp_path / "auto"), "--quant-fallback-budget", "0.5"]) == 0
+    log = capsys.readouterr().err  # off a terminal (captured), every long step of the stage says itself in a line
+    for step in (
+        "calibration (ranges): batch of",
+        "fallback: sensitivity sweep (2/2), B=1 S=128",
+        "fallback: trying the",
+    ):
+        assert step in log, step
     fb = report(tmp_path / "auto")["quantization"]["fallback"]
     assert fb["passed"] and 0 < len(fb["kept"]) <= fb["budget"] and 0 < fb["high_flops_share"] < 0.5
     assert any(k["node"].endswith("layer.0/attention/self/query/MatMul") for k in fb["kept"]), fb["kept"]

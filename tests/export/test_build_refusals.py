@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from engines.gate import main as gate
-from export import cli
 from export.build import main as build
+from export.cli import entry as cli
 from export.errors import UsageError
 from tests.helpers import one_line
 from tests.limits import SLOW_MACHINE_S, no_checkpoint_reading

@@ -1,5 +1,5 @@
 """python -m export.diagnose is as strict as the build (issue 27, failure 9): graphs go through the one checked
-loader, numbers through export.numbers, output paths are checked before any work and never name an input, and the
+loader, numbers through export.inputs.numbers, output paths are checked before any work and never name an input, and the
 build's INT8 CPU twin is diagnosed. Every refusal is one line, exit 2, before ONNX Runtime or PyTorch runs."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def no_work(monkeypatch):
 def refused(capsys, argv, text: str) -> None:
     try:
         code = diagnose([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own refusals (export.cli.Parser.error) exit from parse_args
+    except SystemExit as e:  # argparse's own refusals (export.cli.entry.Parser.error) exit from parse_args
         code = e.code
     assert code == 2
     assert text in one_line(capsys)

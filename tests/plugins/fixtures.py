@@ -2,12 +2,13 @@
 
 Import it in a test module with `from tests.plugins.fixtures import plugin_build  # noqa: F401`. Behaviour:
   - $ROFORMER_TRT_PLUGIN_DIR set: use the libraries already built there, build nothing;
-  - else run `python -m plugins.build` into plugins/build (incremental: a re-run only relinks what changed),
+  - else `python -m plugins.build` into plugins/build (incremental: a re-run only relinks what changed),
     with $ROFORMER_CUDA_ARCHS (default: the build's own) and $TensorRT_INCLUDE_DIR / $TensorRT_ROOT if set;
   - cmake or nvcc missing: every test that needs a library is skipped, with that reason (a failure with
     ROFORMER_TRT_REQUIRE_PLUGIN_TOOLS=1, as in .ci/run).
 `contract_build(include)` builds the TensorRT adapter and its contract test against one set of TensorRT headers
 (tests.fixtures.toolchain.tensorrt_include_dirs) into plugins/build/contract-<version>[-sanitize].
+Every build is made once per session (tests/plugins/builds.py), usually in the background before its tests run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +23,8 @@ import pytest
 
 from plugins import build as plugin_build_cli
 from plugins import locate
-from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV, skip_or_fail, version_of
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.toolchain import REQUIRE_TOOLS_ENV, skip_or_fail
+from tests.plugins import builds
 
 
 @dataclass
@@ -66,13 +65,9 @@ def plugin_build() -> PluginBuild:
         if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
             pytest.fail(f"{REQUIRE_TOOLS_ENV}=1 but {why}", pytrace=False)
         return PluginBuild(locate.DEFAULT_BUILD_DIR, {}, skip_reason=why)
-    cmd = [sys.executable, "-m", "plugins.build", "--build-dir", str(locate.DEFAULT_BUILD_DIR)]
-    if os.environ.get("ROFORMER_CUDA_ARCHS"):
-        cmd += ["--archs", os.environ["ROFORMER_CUDA_ARCHS"]]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
-    log = proc.stderr + proc.stdout
-    if proc.returncode != 0:
-        pytest.fail(f"python -m plugins.build failed (exit {proc.returncode}):\n{log[-6000:]}")
+    ok, log = builds.ensure(builds.default_build())
+    if not ok:
+        pytest.fail(f"python -m plugins.build failed:\n{log[-6000:]}")
     return PluginBuild(locate.DEFAULT_BUILD_DIR, _collect(locate.DEFAULT_BUILD_DIR), log=log)
 
 
@@ -84,54 +79,18 @@ def adapter_skip_reason(build: PluginBuild) -> str:
     return "no TensorRT headers (set TensorRT_INCLUDE_DIR to a folder holding NvInfer.h and rebuild)"
 
 
-SANITIZE_BUILD_DIR = locate.DEFAULT_BUILD_DIR / "sanitize"
-
-
-def build_targets(build_dir: Path, targets: list[str], defines: dict[str, str]) -> tuple[bool, str]:
-    """Configure plugins/ into build_dir with -D defines and build only `targets` (incremental); (ok, log)."""
+def built(build: builds.CppBuild) -> Path:
+    """The folder of `build`, made once per session; skip (or fail, tools required) without cmake or nvcc."""
     if plugin_build_cli.missing_tools():
         skip_or_fail(f"cannot build: {', '.join(plugin_build_cli.missing_tools())} not installed")
-    env = {**os.environ, "CUDACXX": os.environ.get("CUDACXX") or plugin_build_cli.find_nvcc() or "nvcc"}
-    conf = [
-        "cmake",
-        "-S",
-        str(plugin_build_cli.SOURCE_DIR),
-        "-B",
-        str(build_dir),
-        "-DROFORMER_CUDA_ARCHS=" + os.environ.get("ROFORMER_CUDA_ARCHS", "90"),
-    ]
-    conf += [f"-D{k}={v}" for k, v in defines.items()]
-    log = ""
-    for cmd in (conf, ["cmake", "--build", str(build_dir), "-j2", "--target", *targets]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        log += proc.stdout + proc.stderr
-        if proc.returncode != 0:
-            return False, log
-    return True, log
-
-
-CONTRACT_TARGETS = [
-    "roformer_trt_plugin",
-    "roformer_trt_contract_test",
-    "roformer_trt_stub_runtime",
-    "roformer_trt_plugin_static_on_stub",
-]
-_CONTRACT_BUILDS: dict[tuple[str, bool], Path] = {}
+    ok, log = builds.ensure(build)
+    assert ok, log[-6000:]
+    return build.build_dir
 
 
 def contract_build(include: Path, sanitize: bool = False) -> Path:
     """Build folder of the adapter, its contract test and the stub runtime for these headers (once per session)."""
-    key = (str(include), sanitize)
-    if key not in _CONTRACT_BUILDS:
-        d = locate.DEFAULT_BUILD_DIR / f"contract-{version_of(include)}{'-sanitize' if sanitize else ''}"
-        ok, log = build_targets(
-            d,
-            CONTRACT_TARGETS,
-            {"TensorRT_INCLUDE_DIR": str(include.resolve()), "ROFORMER_TRT_SANITIZE": "ON" if sanitize else "OFF"},
-        )
-        assert ok, log[-6000:]
-        _CONTRACT_BUILDS[key] = d
-    return _CONTRACT_BUILDS[key]
+    return built(builds.contract_build(include, sanitize))
 
 
 def sanitizer_supported() -> str | None:

@@ -1,6 +1,6 @@
 """plugins/identity.py against its one source, RoformerRotary_PluginConfig.yaml, and the contract README.
 
-The YAML is what the C++ side is checked against too (tests/test_plugin_contract.py drives the built
+The YAML is what the C++ side is checked against too (tests/plugins/test_contract.py drives the built
 adapter and compares its creator and field list with the same file), so Python and C++ meet here.
 """
 
@@ -111,7 +111,7 @@ def test_plugin_node_problem_refuses_what_the_plugin_refuses(attrs, n_inputs, wh
 
 def test_cpp_strings_match_yaml(config):
     """The adapter's spellings (creator identity, field names) are the YAML's; the contract test
-    (tests/test_plugin_contract.py) then checks the built library answers with them."""
+    (tests/plugins/test_contract.py) then checks the built library answers with them."""
     src = (identity.CONFIG_YAML.parent / "roformerRotaryPlugin.cpp").read_text()
     consts = dict(re.findall(r'char const\* const (k[A-Z_]+)\{"([^"]*)"\}', src))
     assert (consts["kNAME"], consts["kVERSION"], consts["kNAMESPACE"]) == (

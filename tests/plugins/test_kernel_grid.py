@@ -19,15 +19,10 @@ import numpy as np
 import pytest
 
 from plugins import identity, locate
-from tests.plugins.fixtures import (  # noqa: F401
-    SANITIZE_BUILD_DIR,
-    bind_launch,
-    build_targets,
-    plugin_build,
-    sanitizer_supported,
-)
+from tests.plugins import builds
+from tests.plugins.fixtures import bind_launch, built, plugin_build, sanitizer_supported  # noqa: F401
 
-TARGET = "roformer_rotary_kernel_grid_test"
+TARGET = builds.GRID_TARGET
 WIDTHS = {
     "fp32": {"16B vector", "8B vector", "element"},
     "fp16": {"16B vector", "8B vector", "4B vector", "element"},
@@ -68,15 +63,13 @@ def test_kernel_grid_under_asan_ubsan():
     why = sanitizer_supported()
     if why:
         pytest.skip(why)
-    ok, log = build_targets(SANITIZE_BUILD_DIR, [TARGET], {"ROFORMER_TRT_SANITIZE": "ON"})
-    assert ok, log[-4000:]
-    assert check_run(SANITIZE_BUILD_DIR / "tests" / TARGET) == CASES
+    assert check_run(built(builds.grid_sanitize_build()) / "tests" / TARGET) == CASES
 
 
 def test_launcher_takes_the_launch_error():
     """cudaPeekAtLastError would leave a failed launch's error set for every later enqueue on the thread (our
     cudart is static and private, nobody else clears it): the launcher must take it with cudaGetLastError.
-    (On a GPU, tests/gpu/test_rotary_kernel.py runs the launcher itself.)"""
+    (On a GPU, tests/plugins/test_kernel_gpu.py runs the launcher itself.)"""
     from plugins import identity
 
     src = (identity.CONFIG_YAML.parent / "roformerRotaryKernel.cu").read_text()

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 
 from export.errors import UsageError, VerificationError
 from export.passes.lowering import with_rotary_function
+from export.progress import steps
 
 METHODS = ("max", "entropy", "percentile")
 NUM_BINS = 2048  # TensorRT's and pytorch-quantization's histogram size
@@ -80,14 +81,19 @@ def single_thread_session(model: onnx.ModelProto, folder: Path, rotary_function:
     opts.log_severity_level = 3
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Kahn's order by node index (onnxruntime graph_viewer.cc, PriorityNodeCompare) instead of the default reverse
+    # DFS from the outputs, which ran the sensitivity sweep's per-node twins after the whole graph and held every
+    # activation until then (the demo's INT8 build peaked at 8.6 GB; scripts/results/pipeline/). No value changes.
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    opts.enable_cpu_mem_arena = False  # freed activations go back at once; the arena's growth overshoots the peak
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(folder).resolve()))
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def run_batches(session, tensors: list[str], batches: Callable[[], Iterable[dict]], visit) -> None:
-    """visit(name, array) for every tensor of every batch."""
+def run_batches(session, tensors: list[str], batches: Callable[[], Iterable[dict]], visit, label: str) -> None:
+    """visit(name, array) for every tensor of every batch; each batch named as it starts (export.progress)."""
     wanted = {i.name for i in session.get_inputs()}
-    for feed in batches():
+    for feed in steps(batches(), lambda f: f"{label}: batch of {'x'.join(map(str, f['input_ids'].shape))} tokens"):
         outs = session.run(tensors, {k: v for k, v in feed.items() if k in wanted})
         for name, arr in zip(tensors, outs, strict=True):
             if not np.all(np.isfinite(arr)):
@@ -109,7 +115,7 @@ def collect_amax(
     def see_max(name, a):
         peak[name] = max(peak[name], float(a.max(initial=0.0)))
 
-    run_batches(session, tensors, batches, see_max)
+    run_batches(session, tensors, batches, see_max, "calibration (ranges)")
     if method.name == "max":
         return {t: _positive(v) for t, v in peak.items()}
     hists = {t: np.zeros(NUM_BINS, dtype=np.int64) for t in tensors}
@@ -118,7 +124,7 @@ def collect_amax(
         top = _positive(peak[name])
         hists[name] += np.histogram(a, bins=NUM_BINS, range=(0.0, top))[0]
 
-    run_batches(session, tensors, batches, see_hist)
+    run_batches(session, tensors, batches, see_hist, f"calibration ({method.name} histograms)")
     pick = entropy_amax if method.name == "entropy" else (lambda h, top: percentile_amax(h, top, method.percentile))
     return {t: _positive(min(pick(hists[t], _positive(peak[t])), peak[t]) or peak[t]) for t in tensors}
 

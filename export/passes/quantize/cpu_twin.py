@@ -14,18 +14,23 @@ per-channel weights (as fast, more accurate on the demo, less on the stress chec
 anchor) and ORT's optimization levels (within noise).
 Beside the source, every initializer the quantizer left unchanged points back at the source's data file instead
 of being copied; elsewhere the twin holds all its weights.
-ORT's quantizer writes its shape-inferred copy beside the source and its output in a temp folder beside `dst`:
-nothing leaves the build folder.
+ORT's fusions run on the graph without its MatMul weights (they read the constants they match, never those), and
+beside the source the fused graph reads them from the source's data file, so they are loaded once, by the
+quantizer. ORT's quantizer writes its shape-inferred copy beside the fused graph, and its reloaded copy of the model
+and its output in a temp folder beside `dst`: nothing leaves the build folder.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 
+from export.memory import release_freed
 from export.onnx_io import is_external, load_tensor, write_model
 
 RECIPE = (
@@ -55,34 +60,83 @@ def quantize_matmuls(src: Path, dst: Path, per_channel: bool = False) -> None:
 def write_cpu_twin(src: Path, dst: Path, heads: int, hidden: int) -> Path:
     """src: the fp32 CPU graph; dst: the twin's path (beside src); heads, hidden: the model's (for ORT's fusion
     patterns). Returns dst."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
     src, dst = Path(src), Path(dst)
-    options = FusionOptions("bert")
-    options.enable_layer_norm = False  # module docstring: LayerNormalization is there already, RMSNorm stays as is
-    # ORT 1.32's SkipLayerNormalization fusion reads LayerNormalization's optional bias as node.input[2] (IndexError
-    # without it): a graph with a bias-less LayerNormalization (ModernBERT's dynamo export) keeps its Add + norm
-    options.enable_skip_layer_norm = not has_biasless_layer_norm(src)
+    beside = dst.parent.resolve() == src.parent.resolve()
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    # Beside the source the fused graph reads the MatMul weights from the source's data file: never loaded here.
+    fused = src.with_name(f"{tmp.name}-fused.onnx") if beside else tmp / "fused.onnx"
     try:
-        fused, out = tmp / "fused.onnx", tmp / dst.name
-        optimize_model(
-            str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0, optimization_options=options
-        ).save_model_to_file(str(fused), use_external_data_format=True)
-        quantize_matmuls(fused, out)
-        model = onnx.load(str(out))
-        if dst.parent.resolve() == src.parent.resolve():  # elsewhere the twin holds all of its weights
+        _fuse(src, fused, heads, hidden)
+        with _temp_files_in(tmp):
+            quantize_matmuls(fused, tmp / dst.name)
+        model = onnx.load(str(tmp / dst.name))
+        if beside:  # elsewhere the twin holds all of its weights
             _share_unchanged(model, src)
         write_model(model, dst, check=True, external=True)
     finally:
+        for f in (fused, fused.with_name(fused.name + ".data")):
+            f.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
-def has_biasless_layer_norm(src: Path) -> bool:
-    """Whether a LayerNormalization of the graph at `src` has no bias input (structure only; weights not read)."""
-    graph = onnx.load(str(src), load_external_data=False).graph
+def _fuse(src: Path, fused: Path, heads: int, hidden: int) -> None:
+    """ORT's transformer fusions on `src`, written to `fused` (with its own `.data`, and the MatMul weights read
+    from src's data file when `fused` lies beside src)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_layer_norm = False  # module docstring: LayerNormalization is there already, RMSNorm stays as is
+    model = without_matmul_weights(src)
+    # ORT 1.32's SkipLayerNormalization fusion reads LayerNormalization's optional bias as node.input[2] (IndexError
+    # without it): a graph with a bias-less LayerNormalization (ModernBERT's dynamo export) keeps its Add + norm
+    options.enable_skip_layer_norm = not has_biasless_layer_norm(model.graph)
+    optimizer = optimize_model(
+        model,
+        model_type="bert",
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+        optimization_options=options,
+    )
+    if fused.parent.resolve() != src.parent.resolve():  # elsewhere a location cannot name src's data file
+        for i, t in enumerate(optimizer.model.graph.initializer):
+            if is_external(t):
+                optimizer.model.graph.initializer[i].CopyFrom(load_tensor(t, src.parent))
+    optimizer.save_model_to_file(str(fused), use_external_data_format=True)
+    del optimizer
+    release_freed()  # the optimizer's model object holds its graph in reference cycles
+
+
+@contextmanager
+def _temp_files_in(folder: Path) -> Iterator[None]:
+    """quantize_dynamic saves and reloads a copy of the whole model in a tempfile.TemporaryDirectory: in `folder`
+    (inside the build), not in $TMPDIR, while the block runs."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
+
+
+def without_matmul_weights(src: Path) -> onnx.ModelProto:
+    """The graph at `src` with every initializer read except MatMul weights, which stay in the external data file.
+    ORT's fusions read the constants they match (biases, LayerNorm's, the embedding tables) but never a MatMul's
+    weight, and run shape inference on the whole ModelProto many times, so without those weights they hold a
+    fraction of the graph (the quantize stage's peak: scripts/results/pipeline/pipeline-int8*.md), and the twin is
+    the same, byte for byte (tests/export/test_build_quantize.py)."""
+    model = onnx.load(str(src), load_external_data=False)
+    weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    for i, t in enumerate(model.graph.initializer):
+        if is_external(t) and t.name not in weights:
+            model.graph.initializer[i].CopyFrom(load_tensor(t, src.parent))
+    return model
+
+
+def has_biasless_layer_norm(graph: onnx.GraphProto) -> bool:
+    """Whether a LayerNormalization of `graph` has no bias input (structure only)."""
     return any(n.op_type == "LayerNormalization" and (len(n.input) < 3 or not n.input[2]) for n in graph.node)
 
 

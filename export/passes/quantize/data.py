@@ -8,13 +8,14 @@ vocab, lengths spread up to the longest sequence calibration uses).
 Out: a CalibSet: the samples, where they came from, the sha256 of their token ids (what the report records:
 the same hash means the same calibration input), and feed batches for ONNX Runtime.
 
-Text is tokenized by export.text: a tokenizer.json by the `tokenizers` library; a vocab.txt with its family's word
-segmentation when that is installed, else WordPiece alone (CJK split per character); the report says which.
+Text is tokenized by export.inputs.text: a tokenizer.json by the `tokenizers` library; a vocab.txt with its
+family's word segmentation when that is installed, else WordPiece alone (CJK split per character); the report
+says which.
 
 What a file can cost is bounded before any of it is parsed: the file is read up to MAX_FILE_BYTES; a text line
 is cut to CHARS_PER_TOKEN characters per token kept before the tokenizer sees it (a tokenizer given a 60 MB line
 allocates gigabytes for its offsets although it keeps 128 tokens), then to the token cap; a JSON line nests at
-most MAX_JSON_DEPTH containers, and its integers have at most export.numbers.MAX_CHARS digits.
+most MAX_JSON_DEPTH containers, and its integers have at most export.inputs.numbers.MAX_CHARS digits.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import UsageError
-from export.files import MiB, parse_json, read_text
-from export.text import load_text_tokenizer
+from export.inputs.files import MiB, parse_json, read_text
+from export.inputs.text import load_text_tokenizer
 
 SYNTHETIC_SIZE = 64  # samples when --calib is not given
 MAX_CALIB_SIZE = 100_000

@@ -27,10 +27,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.memory import release_freed
 from export.onnx_io import load_tensor
 from export.passes.quantize.calibrate import single_thread_session
 from export.passes.quantize.placement import Placement, load_structure
 from export.passes.quantize.qdq import Inserter, raise_opset
+from export.progress import info, steps
 
 MODES = ("none", "auto")
 
@@ -50,17 +52,19 @@ class FallbackResult:
 
 
 def sensitivity_model(
-    src: Path, placement: Placement, amax: dict[str, float], fmt: str
+    src: Path, placement: Placement, amax: dict[str, float], fmt: str, only: list[str] | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """The fp32 graph plus, per quantizable node i, outputs err_i / ref_i (sums of squares of the twin's error and
-    of the node's output) and shape_a_i / shape_b_i (its inputs' shapes, for FLOPs). Returns (model, nodes)."""
+    """The fp32 graph plus, per quantizable node i (of `only`, default all), outputs err_i / ref_i (sums of squares of
+    the twin's error and of the node's output) and shape_a_i / shape_b_i (its inputs' shapes, for FLOPs). Returns
+    (model, nodes)."""
     src = Path(src)
     model = load_structure(src)
     raise_opset(model)
     inits = {t.name: t for t in model.graph.initializer}
     ins = Inserter(model, fmt, amax, lambda n: numpy_helper.to_array(load_tensor(inits[n], src.parent)))
-    nodes = placement.nodes()
-    extra, outs = [], []
+    nodes = placement.nodes() if only is None else only
+    position = {n.name: k for k, n in enumerate(model.graph.node)}
+    extra, outs, rank = [], [], {}
     for i, name in enumerate(nodes):
         node = ins.nodes[name]
         twin = onnx.NodeProto()
@@ -69,14 +73,18 @@ def sensitivity_model(
         for site in (s for s in placement.sites if s.node == name):
             twin.input[site.index] = ins.dq_for(site, node.input[site.index])
         y, p = node.output[0], f"__sens{i}_"
-        extra += [
+        chain = [
             twin,
-            helper.make_node("Sub", [twin.output[0], y], [p + "d"]),
-            helper.make_node("ReduceSumSquare", [p + "d"], [p + "err"], keepdims=0),
-            helper.make_node("ReduceSumSquare", [y], [p + "ref"], keepdims=0),
-            helper.make_node("Shape", [node.input[0]], [p + "sa"]),
-            helper.make_node("Shape", [node.input[1]], [p + "sb"]),
+            helper.make_node("Sub", [twin.output[0], y], [p + "d"], name=p + "sub"),
+            helper.make_node("ReduceSumSquare", [p + "d"], [p + "err"], name=p + "err", keepdims=0),
+            helper.make_node("ReduceSumSquare", [y], [p + "ref"], name=p + "ref", keepdims=0),
+            helper.make_node("Shape", [node.input[0]], [p + "sa"], name=p + "sa"),
+            helper.make_node("Shape", [node.input[1]], [p + "sb"], name=p + "sb"),
         ]
+        # Right after the node, not after the whole graph: ONNX Runtime runs nodes in the file's order, and a twin
+        # left to the end holds every node's inputs and output alive until then (calibrate.single_thread_session).
+        rank |= {n.name: position[name] + 0.5 for n in chain}
+        extra += chain
         outs += [
             helper.make_tensor_value_info(p + "err", TensorProto.FLOAT, []),
             helper.make_tensor_value_info(p + "ref", TensorProto.FLOAT, []),
@@ -84,28 +92,39 @@ def sensitivity_model(
             helper.make_tensor_value_info(p + "sb", TensorProto.INT64, None),
         ]
     ins.new_nodes += extra
-    ins.finish()
+    ins.finish(rank)
     model.graph.output.extend(outs)
     return model, nodes
+
+
+SWEEP_GROUPS = 2  # sweep graphs, each with the twins of a share of the nodes: ORT holds that share's weights at once
 
 
 def sensitivity(
     src: Path, placement: Placement, amax: dict[str, float], fmt: str, cases: list[EvalCase], rotary_function: bool
 ) -> dict[str, dict]:
-    """node -> {"error": largest relative local error over the cases, "flops": MatMul FLOPs at the largest case}."""
-    model, nodes = sensitivity_model(src, placement, amax, fmt)
-    sess = single_thread_session(model, Path(src).parent, rotary_function)
-    del model
-    wanted = {i.name for i in sess.get_inputs()}
-    names = [f"__sens{i}_{k}" for i in range(len(nodes)) for k in ("err", "ref", "sa", "sb")]
-    out = {n: {"error": 0.0, "flops": 0} for n in nodes}
-    for case in cases:
-        got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
-        for i, n in enumerate(nodes):
-            err, ref = float(got[f"__sens{i}_err"]), float(got[f"__sens{i}_ref"])
-            rel = float(np.sqrt(err / ref)) if ref > 0 else (0.0 if err == 0 else float("inf"))
-            out[n]["error"] = max(out[n]["error"], rel)
-            out[n]["flops"] = max(out[n]["flops"], _flops(got[f"__sens{i}_sa"], got[f"__sens{i}_sb"]))
+    """node -> {"error": largest relative local error over the cases, "flops": MatMul FLOPs at the largest case}.
+    The nodes are swept in SWEEP_GROUPS graphs one after the other (each twin's numbers are its own whatever the
+    group): the dequantized weights of all twins at once took 0.34 GB on the demo."""
+    every = placement.nodes()
+    out = {n: {"error": 0.0, "flops": 0} for n in every}
+    size = -(-len(every) // SWEEP_GROUPS)
+    for g in range(0, len(every), size):
+        model, nodes = sensitivity_model(src, placement, amax, fmt, every[g : g + size])
+        sess = single_thread_session(model, Path(src).parent, rotary_function)
+        del model
+        wanted = {i.name for i in sess.get_inputs()}
+        names = [f"__sens{i}_{k}" for i in range(len(nodes)) for k in ("err", "ref", "sa", "sb")]
+        part = f" ({g // size + 1}/{SWEEP_GROUPS})" if len(every) > size else ""
+        for case in steps(cases, lambda c, part=part: f"fallback: sensitivity sweep{part}, {c.label}"):
+            got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
+            for i, n in enumerate(nodes):
+                err, ref = float(got[f"__sens{i}_err"]), float(got[f"__sens{i}_ref"])
+                rel = float(np.sqrt(err / ref)) if ref > 0 else (0.0 if err == 0 else float("inf"))
+                out[n]["error"] = max(out[n]["error"], rel)
+                out[n]["flops"] = max(out[n]["flops"], _flops(got[f"__sens{i}_sa"], got[f"__sens{i}_sb"]))
+        del sess
+        release_freed()
     return out
 
 
@@ -160,9 +179,11 @@ def run_fallback(
 ) -> FallbackResult:
     """Sensitivity sweep, then the search (module docstring); the report says what stayed high and what it cost."""
     sens = sensitivity(src, placement, amax, fmt, cases, rotary_function)
+    release_freed()
     order = sorted(sens, key=lambda n: -sens[n]["error"])  # stable: graph order among equals
 
     def attempt(keep: frozenset[str]) -> tuple[bool, str]:
+        info(f"fallback: trying the graph with {len(keep)} of {len(order)} MatMuls kept high ({len(cases)} cases)")
         sess = single_thread_session(trial(keep), Path(src).parent, rotary_function)
         wanted = {i.name for i in sess.get_inputs()}
         graded = []
@@ -171,6 +192,9 @@ def run_fallback(
             got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
             graded.append(judge(got, case))
         failed = [line for ok, line in graded if not ok]
+        info(f"fallback: {len(keep)} kept high: " + (f"fails ({failed[0]})" if failed else "passes"))
+        del sess
+        release_freed()  # each trial's graph and session start from what the build holds, not on top of the last's
         return not failed, failed[0] if failed else graded[-1][1]
 
     k, trials = search(order, budget, attempt)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import UsageError
-from export.numbers import float_arg, int_arg
+from export.inputs.numbers import float_arg, int_arg
 from export.passes.quantize.calibrate import CalibMethod, check_method
 from export.passes.quantize.data import check_size, is_json_lines
 from export.passes.quantize.fallback import MODES as FALLBACK_MODES

@@ -22,7 +22,7 @@ FP8 Q/DQ and fp16 scales need opset 19: the graph's default opset is raised to a
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import ml_dtypes
@@ -161,10 +161,10 @@ class Inserter:
             return self.weight_site(site, self.types.get(tensor, TensorProto.FLOAT))
         return self.activation(site, tensor)
 
-    def finish(self) -> None:
-        """Add the new nodes, restore a topological order, drop what nothing reads."""
+    def finish(self, rank: Mapping[str, float] | None = None) -> None:
+        """Add the new nodes, restore a topological order (toposort's `rank`), drop what nothing reads."""
         self.model.graph.node.extend(self.new_nodes)
-        toposort(self.model.graph)
+        toposort(self.model.graph, rank)
         drop_unused_initializers(self.model.graph)
 
 
@@ -208,27 +208,55 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def toposort(graph: onnx.GraphProto) -> None:
-    """Stable topological order (Kahn, ties in the current order): new Q/DQ land right before their readers."""
+def toposort(graph: onnx.GraphProto, rank: Mapping[str, float] | None = None) -> None:
+    """Stable topological order (Kahn): of the nodes ready, the lowest rank runs first. A node's rank is its index in
+    the current order, or `rank[node name]`, and never more than its readers' (a producer is pulled forward to the
+    reader that needs it), so new Q/DQ land right before their readers."""
     nodes = list(graph.node)
     made_by = {o: i for i, n in enumerate(nodes) for o in n.output}
     deps = [{made_by[t] for t in n.input if t in made_by} for n in nodes]
+    key = [float((rank or {}).get(n.name, i)) for i, n in enumerate(nodes)]
+    if rank:
+        for i in _reverse_order(deps):  # readers before producers
+            for j in deps[i]:
+                key[j] = min(key[j], key[i])
     readers: dict[int, list[int]] = {}
     for i, d in enumerate(deps):
         for j in d:
             readers.setdefault(j, []).append(i)
     left = [len(d) for d in deps]
-    ready = [i for i, n in enumerate(left) if n == 0]
+    ready = [(key[i], i) for i, n in enumerate(left) if n == 0]
     heapq.heapify(ready)
     order = []
     while ready:
-        i = heapq.heappop(ready)
+        _, i = heapq.heappop(ready)
         order.append(i)
         for r in readers.get(i, []):
             left[r] -= 1
             if left[r] == 0:
-                heapq.heappush(ready, r)
+                heapq.heappush(ready, (key[r], r))
     if len(order) != len(nodes):
         raise ValueError("the graph has a cycle after Q/DQ insertion")
     del graph.node[:]
     graph.node.extend(nodes[i] for i in order)
+
+
+def _reverse_order(deps: list[set[int]]) -> list[int]:
+    """The nodes, every reader before the nodes it reads (a reversed topological order of `deps`)."""
+    seen: set[int] = set()
+    order: list[int] = []
+    for start in range(len(deps)):
+        if start in seen:
+            continue
+        seen.add(start)
+        stack = [(start, iter(sorted(deps[start])))]
+        while stack:
+            node, it = stack[-1]
+            nxt = next((j for j in it if j not in seen), None)
+            if nxt is None:
+                order.append(node)
+                stack.pop()
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(sorted(deps[nxt]))))
+    return order[::-1]

@@ -6,6 +6,7 @@ element types of the precisions the export writes."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import re
 import shutil
@@ -86,10 +87,12 @@ def test_embed_compiles_with_warnings_as_errors(tmp_path, include):
 @pytest.mark.skipif(not HEADERS, reason=headers_missing())
 @pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
 def test_cmake_project_builds_objects(tmp_path, include):
+    """README's command on a machine with the headers and no libnvinfer: EMBED_COMPILE_ONLY switches on by itself."""
     toolchain(need_cmake=True)
-    b = tmp_path / "b"
+    b, no_lib = tmp_path / "b", tmp_path / "no-lib"
+    no_lib.mkdir()
     cfg = subprocess.run(
-        ["cmake", "-S", str(CPP), "-B", str(b), f"-DTensorRT_INCLUDE_DIR={include}", "-DEMBED_COMPILE_ONLY=ON"],
+        ["cmake", "-S", str(CPP), "-B", str(b), f"-DTensorRT_INCLUDE_DIR={include}", f"-DTensorRT_LIB_DIR={no_lib}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -98,6 +101,25 @@ def test_cmake_project_builds_objects(tmp_path, include):
     build = subprocess.run(["cmake", "--build", str(b)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
     assert list(b.rglob("embed.cpp.o"))
+    if ctypes.util.find_library("nvinfer") is None:  # a machine with libnvinfer links the example instead
+        assert "compiling objects only" in cfg.stdout and not (b / "embed").exists()
+
+
+def test_cmake_without_tensorrt_headers_says_what_it_needs_in_one_line(tmp_path):
+    """The sources include NvInfer.h, so without headers nothing compiles: configure refuses, naming the flag, in
+    one line, before looking for anything else (a CPU machine may have no CUDA toolkit either)."""
+    if shutil.which("cmake") is None:
+        skip_or_fail("cmake not on PATH")
+    r = subprocess.run(
+        ["cmake", "-S", str(CPP), "-B", str(tmp_path / "b"), f"-DTensorRT_INCLUDE_DIR={tmp_path / 'none'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = [line for line in r.stderr.splitlines() if "NvInfer.h" in line]
+    assert r.returncode != 0 and len(said) == 1, r.stderr
+    assert "-DTensorRT_INCLUDE_DIR=" in said[0] and "github.com/NVIDIA/TensorRT" in said[0], said[0]
+    assert "CUDA" not in r.stderr  # the first missing thing is named, not a CMake error further on
 
 
 def test_every_std_name_used_has_its_own_include():

@@ -9,11 +9,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    from tests.fixtures.tiny_build import write_tiny_build
-
-    build = tmp_path_factory.mktemp("serve") / "tiny"
-    return build, write_tiny_build(build)
+def built(served):
+    return served.path, served.model  # the session's tiny build (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")

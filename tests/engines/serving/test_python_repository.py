@@ -14,14 +14,11 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[g
 from engines.serving.ort_model import load_build  # noqa: E402
 from engines.serving.python_repository import BACKEND_MODEL, write_python_repository  # noqa: E402
 from export.errors import UsageError  # noqa: E402
-from tests.fixtures.tiny_build import write_tiny_build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    build = tmp_path_factory.mktemp("repo") / "tiny"
-    write_tiny_build(build)
-    return load_build(build, "mean")
+def loaded(served):
+    return load_build(served.path, "mean")
 
 
 def test_repository_holds_config_model_py_and_graph(loaded, tmp_path):

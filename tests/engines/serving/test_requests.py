@@ -12,14 +12,11 @@ import pytest
 
 from engines.serving.ort_model import OrtEncoder, RequestError
 from export.errors import UsageError, VerificationError
-from tests.fixtures.tiny_build import write_tiny_build
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    b = tmp_path_factory.mktemp("serving") / "tiny"
-    write_tiny_build(b)
-    return b
+def build(served):
+    return served.path  # read only; the tests that change it copy it first
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,14 @@ except Exception as e:
 
 from engines.triton import __main__ as cli  # noqa: E402
 from engines.triton import config as tc  # noqa: E402
-from tests.fixtures.tiny_build import write_tiny_build  # noqa: E402
 
 # fp32 ORT vs PyTorch: optimum's BertOnnxConfig.ATOL_FOR_VALIDATION for BERT-family encoders
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    build = tmp_path_factory.mktemp("b") / "tiny"
-    model = write_tiny_build(build)
-    return build, model
+def tiny(served):
+    return served.path, served.model
 
 
 def parse(path):

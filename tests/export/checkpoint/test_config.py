@@ -74,7 +74,7 @@ def test_non_finite_weight_is_refused_at_load(tmp_path, capsys, tiny_parts, bad)
 
 @pytest.mark.timeout(60)
 def test_config_json_fifo_and_deep_json_are_refused(tmp_path, capsys, tiny_parts):
-    """--config goes through export.files: a FIFO does not hang, a 100000-deep file is one line."""
+    """--config goes through export.inputs.files: a FIFO does not hang, a 100000-deep file is one line."""
     import os
 
     config, state = tiny_parts

@@ -246,7 +246,7 @@ def test_client_cli_takes_prompt(monkeypatch, capsys, hf_ckpt):
     seen = {}
 
     class StandIn:
-        def __init__(self, vocab, url, model, protocol, max_length, prompt_name):
+        def __init__(self, vocab, url, model, protocol, *, max_length, prompt_name, wait_s):
             seen["prompt"] = prompt_name
 
         def embed(self, texts):

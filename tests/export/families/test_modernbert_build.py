@@ -123,7 +123,7 @@ def test_triton_repository_serves_the_graph_inputs(family_build, tmp_path):
 
 
 def test_served_graph_embeds_text_from_tokenizer_json_like_transformers(family_build, hf_ckpt):
-    """The CPU serving model of the build, fed by the checkpoint's tokenizer.json through export.text (what
+    """The CPU serving model of the build, fed by the checkpoint's tokenizer.json through export.inputs.text (what
     engines.client sends), gives the mean-pooled embedding of transformers' model on the same ids."""
     from engines.client import encode, load_tokenizer
     from engines.serving.ort_model import OrtEncoder

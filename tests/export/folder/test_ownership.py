@@ -260,3 +260,22 @@ def test_a_dead_staging_of_ours_is_removed_and_its_copy_is_not(tmp_path):
 def test_a_live_staging_carries_our_marker(tmp_path):
     with BuildFolder(tmp_path / "o") as bf:
         assert bf.stage is not None and (bf.stage / LOCK).read_bytes() == marker(bf.stage.name)
+
+
+def test_a_claimed_path_that_is_a_symlink_is_not_ours(tmp_path, tiny_ckpt, capsys):
+    """A symlink is never a file we wrote, even when the manifest claims its name with the hash of the file it
+    points to: the links stay inside the folder (so only the symlink rule can refuse them), and a build that would
+    replace one refuses instead, leaving the link and its target as they were."""
+    out = tmp_path / "o"
+    (out / "mine").mkdir(parents=True)
+    for rel, text in (("model.onnx", "ours"), (REPORT_MD, "# roformer-trt report\nmy notes")):
+        (out / "mine" / rel).write_text(text)
+        (out / rel).symlink_to(out / "mine" / rel)
+    write_manifest(out, {rel: sha256_file(out / "mine" / rel) for rel in ("model.onnx", REPORT_MD)})
+    owner = Ownership(out)
+    assert {"model.onnx", REPORT_MD} <= set(owner.claims)  # claimed, with the targets' hashes
+    assert not owner.owns("model.onnx") and not owner.owns(REPORT_MD) and owner.owns(MANIFEST)
+    assert owner.collisions(["model.onnx", REPORT_MD]) == ["model.onnx", REPORT_MD]
+    assert build(build_args(tiny_ckpt, out)) == 2
+    assert "not written by roformer-trt" in capsys.readouterr().err
+    assert (out / "model.onnx").is_symlink() and (out / "mine" / "model.onnx").read_text() == "ours"

@@ -261,3 +261,8 @@ def test_out_problems_are_found_from_the_path(tmp_path, bad, why):
             pass
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_used_outside_its_with_block_the_error_names_the_class(tmp_path):
+    with pytest.raises(RuntimeError, match=r"^BuildFolder is used outside its with-block$"):
+        BuildFolder(tmp_path / "o").reuse("timing.cache")

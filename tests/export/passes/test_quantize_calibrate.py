@@ -95,3 +95,88 @@ def test_calibration_session_returns_the_requested_tensors(tmp_path_factory, exp
     sess = calibration_session(src, tensors, rotary_function=True)
     assert set(tensors) <= {o.name for o in sess.get_outputs()}
     assert onnx.load(str(src), load_external_data=False).graph.output[0].name in {o.name for o in sess.get_outputs()}
+
+
+def test_percentile_is_the_upper_edge_of_the_exact_bin():
+    """The P-th percentile is the upper edge of the first bin where the cumulative share reaches P % (not the bin
+    after it, not its lower edge): checked on ties by hand, then against that definition on random histograms."""
+    h, top = np.array([1, 1, 1, 1, 0, 0, 0, 0]), 8.0
+    assert [percentile_amax(h, top, p) for p in (25.0, 50.0, 50.001, 75.0, 100.0)] == [1.0, 2.0, 3.0, 3.0, 4.0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        hist = rng.integers(0, 1000, NUM_BINS) * (rng.random(NUM_BINS) < 0.3)
+        p = float(rng.uniform(90.0, 100.0))
+        need = p / 100 * hist.sum()
+        k = next(k for k in range(1, NUM_BINS + 1) if hist[:k].sum() >= need)  # the smallest such upper edge
+        assert percentile_amax(hist, 3.0, p) == 3.0 * k / NUM_BINS
+
+
+@pytest.mark.parametrize("method", ["max", "percentile", "entropy"])
+@pytest.mark.parametrize("bad", [-1.0, 0.0], ids=["nan", "inf"])
+def test_a_nan_or_inf_activation_is_refused_by_name(tmp_path, method, bad):
+    """sqrt(-1) is NaN, 1/0 is inf: a calibration batch that makes a tensor non-finite stops the calibration
+    with the tensor's name; NaN would otherwise vanish in max() and leave a made-up scale of 1."""
+    from onnx import TensorProto, helper
+
+    from export.errors import VerificationError
+    from export.passes.quantize.calibrate import collect_amax
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
+    node = helper.make_node("Sqrt", ["x"], ["act"]) if bad < 0 else helper.make_node("Reciprocal", ["x"], ["act"])
+    graph = helper.make_graph([node, helper.make_node("Identity", ["act"], ["y"])], "g", [x], [y])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = calibration_session(path, ["act"], rotary_function=False)
+    good = [{"x": np.array([1.0, 4.0], np.float32)}]
+    assert collect_amax(session, ["act"], lambda: iter(good), CalibMethod(method)) == {
+        "act": pytest.approx(2.0 if bad < 0 else 1.0, rel=0.01)
+    }
+    batches = [*good, {"x": np.array([4.0, bad], np.float32)}]
+    with pytest.raises(VerificationError, match="tensor act holds NaN or inf"):
+        collect_amax(session, ["act"], lambda: iter(batches), CalibMethod(method))
+
+
+def entropy_reference(hist: np.ndarray, top: float, levels: int = 128, start: int = 128) -> float:
+    """pytorch-quantization's _compute_amax_entropy (calib/histogram.py), loop for loop, with scipy.stats.entropy's
+    rule written out: bins[0] = bins[1]; for each i, p = bins[:i] plus the tail in its last bin, q = the
+    non-empty bins of each of `levels` groups (np.digitize on linspace(0, i, levels + 1)) at their mean; the
+    LAST i of least KL(p || q) wins."""
+    bins = hist.astype(np.float64).copy()
+    bins[0] = bins[1]
+    divergences = []
+    for i in range(start, len(bins) + 1):
+        digitized = np.digitize(range(i), np.linspace(0, i, num=levels + 1)) - 1
+        digitized[bins[:i] == 0] = -1
+        sums, counts = np.zeros(levels), np.zeros(levels)
+        for j, d in enumerate(digitized):
+            if d != -1:
+                sums[d] += bins[j]
+                counts[d] += 1
+        q = np.array([sums[d] / counts[d] if d != -1 else 0.0 for d in digitized])
+        p = bins[:i].copy()
+        p[-1] += bins[i:].sum()
+        p, q = p / p.sum(), q / q.sum()
+        if np.any((p > 0) & (q == 0)):
+            divergences.append(np.inf)
+        else:
+            m = p > 0
+            divergences.append(float(np.sum(p[m] * np.log(p[m] / q[m]))))
+    last_argmin = len(divergences) - 1 - int(np.argmin(divergences[::-1]))
+    return top * (start + last_argmin) / len(bins)
+
+
+def test_entropy_breaks_ties_for_the_last_threshold_as_pytorch_quantization():
+    """Mass in the first two bins only: every candidate threshold quantizes it without loss (KL 0 for all), and the
+    tie goes to the last one, the whole range. Then the same search against the loop reference on histograms of
+    several shapes (an exact tie, a bulk with a tail, sparse counts; 384 bins keep the loops short)."""
+    tie = np.zeros(NUM_BINS, np.int64)
+    tie[:2] = 1000
+    assert entropy_amax(tie, 2.0) == 2.0
+    rng = np.random.default_rng(0)
+    n = 384
+    bulk = np.histogram(np.abs(np.concatenate([rng.normal(0, 1, 50_000), rng.choice([-40.0, 40.0], 30)])), n)[0]
+    sparse = rng.integers(0, 50, n) * (rng.random(n) < 0.1)
+    laplace = np.histogram(np.abs(rng.laplace(0, 1, 50_000)), n)[0]
+    for hist in (tie[:n], bulk, sparse, laplace):
+        assert entropy_amax(hist, 7.0) == entropy_reference(hist, 7.0)

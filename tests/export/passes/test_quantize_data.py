@@ -101,7 +101,7 @@ PEAK_RSS = """
 import resource, sys
 from pathlib import Path
 from export.passes.quantize.data import file_set
-from export.text import load_text_tokenizer
+from export.inputs.text import load_text_tokenizer
 load_text_tokenizer(Path(sys.argv[2])).encode(["warm up"], 8)  # imports and one tokenizer made before the baseline
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s = file_set(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), 2, 512, None)

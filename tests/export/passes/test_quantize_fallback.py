@@ -23,7 +23,7 @@ def test_the_fallback_never_tunes_on_validation_inputs(max_len, task):
     B=1 S=24 seed 0)."""
     vocab = 2**40  # so that equal ids mean the same random stream, not a chance draw of a small vocab
     validation = [make_inputs(s, vocab, 2)["input_ids"] for s in validation_shapes(max_len, task)]
-    draws = fallback_draws(max_len, task)
+    draws = fallback_draws(validation_shapes(max_len, task))
     for shape in validation_shapes(max_len, task):
         seeds = [seed for s, seed in draws if s == shape]
         assert len(set(seeds)) == (FALLBACK_DRAWS if shape.batch * shape.seq <= FEW_TOKENS else 1)
@@ -163,3 +163,37 @@ def test_sensitivity_is_the_nodes_own_relative_error(tmp_path_factory, exported)
     y, yq = x.astype(np.float64) @ w, xq.astype(np.float64) @ (q.astype(np.float64) * scale)
     assert sens[site.node]["error"] == pytest.approx(np.linalg.norm(yq - y) / np.linalg.norm(y), rel=1e-3)
     assert sens[site.node]["flops"] == 2 * x.size * w.shape[1]
+
+
+def test_the_sweep_runs_each_twin_beside_its_node(tmp_path_factory, exported):
+    """ONNX Runtime runs a graph's nodes in the file's order: twins left at the end of the sensitivity graph kept every
+    node's inputs and output alive until then (the demo's INT8 build peaked at 8.6 GB). Each twin and its error sums
+    come right after the node they copy, with only the Q/DQ that feed the twin in between."""
+    from export.passes.quantize.fallback import sensitivity_model
+    from export.passes.quantize.placement import DQ_OP, Q_OP
+
+    src, _, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    model, nodes = sensitivity_model(src, placement, amax, "int8")
+    order = [n.name for n in model.graph.node]
+    op = {n.name: n.op_type for n in model.graph.node}
+    assert len(set(order)) == len(order) and len(nodes) > 2
+    for i, name in enumerate(nodes):
+        chain = {f"{name}__sens"} | {f"__sens{i}_{k}" for k in ("sub", "err", "ref", "sa", "sb")}
+        last = max(order.index(c) for c in chain)
+        between = set(order[order.index(name) + 1 : last + 1]) - chain
+        assert {op[n] for n in between} <= {Q_OP, DQ_OP}, (name, sorted(between))
+
+
+def test_the_sweep_in_groups_gives_each_node_its_own_numbers(tmp_path_factory, exported, monkeypatch):
+    """The sweep runs its twins in SWEEP_GROUPS graphs to hold fewer dequantized weights at once; a twin's numbers do
+    not depend on which others share its graph, bit for bit (the fallback's choice, and so the file, rests on them)."""
+    from export.passes.quantize import fallback
+
+    src, model, config = rope_graph(exported, tmp_path_factory)
+    placement, amax, _ = calibrated(src, config)
+    cases = cases_for(model, config)
+    monkeypatch.setattr(fallback, "SWEEP_GROUPS", 1)
+    whole = sensitivity(src, placement, amax, "int8", cases, rotary_function=True)
+    monkeypatch.setattr(fallback, "SWEEP_GROUPS", 3)
+    assert sensitivity(src, placement, amax, "int8", cases, rotary_function=True) == whole

@@ -3,7 +3,9 @@ old (schema 1) threshold files still read."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +99,53 @@ def test_precedence_from_weakest_to_strongest():
 def test_bad_tables_are_refused(data):
     with pytest.raises(ThresholdError):
         Thresholds.from_data(data)
+
+
+RESULTS = Path(__file__).resolve().parents[3] / "scripts" / "results" / "gate_sensitivity" / "gate_sensitivity.json"
+
+
+def next_125(x: float) -> float:
+    """The smallest m * 10**e (m in 1, 2, 5) at or above x, from the decimal digits (no logarithm)."""
+    e = int(f"{x:e}".split("e")[1])
+    for m, k in ((1, e), (2, e), (5, e), (1, e + 1)):
+        v = float(f"{m}e{k}")
+        if v >= x * (1 - 1e-12):
+            return v
+    raise AssertionError(x)
+
+
+def test_next_125():
+    assert [next_125(x) for x in (7.6e-6, 1e-5, 2.06e-3, 2.78e-6, 0.042, 0.09)] == [1e-5, 1e-5, 5e-3, 5e-6, 5e-2, 0.1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_the_measured_defaults_are_the_rule_applied_to_the_committed_measurements(precision):
+    """DEFAULTS' docstring rule, recomputed from every honest cell of scripts/results/gate_sensitivity/ (not from
+    the derivation the script wrote beside them): rtol = 2 x the worst honest scaled_error, 1 - min_row_cosine =
+    4 x the worst honest 1 - row_cosine, each rounded up to the next 1-2-5 step. A looser or tighter default, or
+    results regenerated without the defaults following them, fails here."""
+    data = json.loads(RESULTS.read_text())
+    cells = [c for ck in data["checkpoints"].values() for c in ck["cells"]]
+    honest = [c for c in cells if c["defect"] == "honest" and c["precision"] == precision]
+    assert len(honest) >= 2 and {c["checkpoint"] for c in honest} >= {"demo", "demo-stress"}
+    worst_error = max(c["scaled_error"] for c in honest)
+    worst_loss = max(1 - c["row_cosine"] for c in honest)
+    t = DEFAULTS[precision]
+    assert t.rtol == next_125(2 * worst_error)
+    assert 1 - t.min_row_cosine == pytest.approx(next_125(4 * worst_loss), rel=1e-6)
+    assert t.atol == 0.0
+
+
+def test_the_quantized_defaults_follow_their_stated_arithmetic():
+    """int8 and fp8 come from the formats (thresholds.py's comment), not from measurements: INT8 rounds each of
+    the 8 quantized matmul inputs of 12 layers to half a step of 1/254 of its range; independent errors add as
+    sqrt(96) / 254, doubled and rounded up 1-2-5 -> rtol; FP8 twice INT8's rtol, its row-cosine loss 4 x
+    ModelOpt's (1 - 0.996) rounded up."""
+    int8, fp8 = DEFAULTS["int8"], DEFAULTS["fp8"]
+    assert int8.rtol == next_125(2 * math.sqrt(12 * 8) / 254)
+    assert fp8.rtol == 2 * int8.rtol
+    assert 1 - fp8.min_row_cosine == pytest.approx(next_125(4 * (1 - 0.996)), rel=1e-9)
+    assert int8.min_row_cosine == int8.min_cosine == 0.999 and fp8.min_cosine == 0.99
 
 
 @pytest.mark.parametrize("value", ["9" * 400, "9" * 5000, "nan", "inf", "-inf", "1e999"])

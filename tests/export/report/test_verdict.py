@@ -247,3 +247,24 @@ def test_the_build_the_gate_and_read_build_agree(built, copy, capsys):
     assert gate([str(out)]) == 1
     with pytest.raises(VerificationError, match="thresholds follow the graph"):
         read_build(out)
+
+
+def test_cases_without_outputs_prove_nothing_and_fail():
+    """A case whose `outputs` is empty graded nothing: every such case fails, also when it is the only kind of
+    case and no other check would fail (so a report of empty cases cannot pass on the report-level checks)."""
+    empty = [dict(c, outputs={}) for c in copy.deepcopy(GOOD["validation"])]
+    checks = verdict(validation=empty)
+    assert not passed(checks)
+    assert [c.case for c in checks if c.message == "case has no outputs"] == [c.case for c in checks if not c.passed]
+    assert len([c for c in checks if not c.passed]) == len(empty)
+    one = [*copy.deepcopy(GOOD["validation"]), dict(copy.deepcopy(GOOD["validation"][0]), outputs={})]
+    assert failed(verdict(validation=one)) == "case has no outputs"
+
+
+def test_the_gate_fails_a_real_report_whose_cases_have_no_outputs(copy, capsys):
+    from engines.gate import main as gate
+
+    out, doctor = copy
+    doctor(lambda r: [c.update(outputs={}) for c in r["validation"]])
+    assert gate([str(out)]) == 1
+    assert "case has no outputs" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""export.graph_file.read_graph: the one checked loader of graphs a user names. Each class of broken graph is
+"""export.inputs.graph_file.read_graph: the one checked loader of graphs a user names. Each class of broken graph is
 refused with one UsageError line before any reader opens what it points at; a sound graph, and every graph a
 build writes, passes."""
 
@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto
 
 from export.errors import UsageError
-from export.graph_file import MAX_DIM, read_graph
+from export.inputs.graph_file import MAX_DIM, read_graph
 from tests.fixtures.hostile_graphs import VOCAB, edited, set_external, small_graph
 
 

@@ -13,7 +13,7 @@
 | KeyboardInterrupt | 130 | `interrupted: <what was kept>` |
 | anything else (a bug) | 4 | `internal error: ...; rerun with --debug` |
 
-`--debug` (added to every parser) prints the traceback as well and turns on debug logs. The order of
+`--debug` (or `--verbose`; added to every parser) prints the traceback as well and turns on debug logs. The order of
 work inside `_main` is the same everywhere: usage checks (exit 2), then availability (exit 3), then work.
 """
 
@@ -40,12 +40,12 @@ from export.errors import (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit 2) and `--debug` on every command."""
+    """argparse with a one-line usage error (exit 2) and `--debug` (`--verbose`) on every command."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
-        self.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        self.add_argument("--debug", "--verbose", action="store_true", help="show tracebacks and debug logs")
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message}; see {self.prog} --help\n")

@@ -1,4 +1,4 @@
-"""export.files: every user-named file that is not what it claims to be is one UsageError line, at once.
+"""export.inputs.files: every user-named file that is not what it claims to be is one UsageError line, at once.
 
 FIFOs, devices, directories, oversize files, non-UTF-8, pathological JSON nesting, invalid JSON/TOML."""
 
@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from export.errors import UsageError
-from export.files import MiB, load_json, load_toml, read_bytes, read_text, require_regular_file
+from export.inputs.files import MiB, load_json, load_toml, read_bytes, read_text, require_regular_file
 
 
 def refused(fn, *args, **kw) -> str:
@@ -55,7 +55,7 @@ def test_fifo_is_refused_without_hanging(tmp_path):
 @pytest.mark.timeout(10)
 def test_fifo_swapped_in_after_stat_does_not_hang(tmp_path, monkeypatch):
     """The race the O_NONBLOCK open + fstat guard is for: stat saw a file, open gets a FIFO."""
-    import export.files as files
+    import export.inputs.files as files
 
     fifo = tmp_path / "f"
     os.mkfifo(fifo)

@@ -15,8 +15,8 @@ Out: an int or a finite float inside the bounds; else NumberError (a UsageError,
 - Sizes (`parse_size`): bytes, with an optional binary unit K, M, G or T (powers of 1024) and an optional
   trailing B or iB, e.g. 2000000000, 512M, 8G, 1.5T, 8GiB; from 1 byte to MAX_SIZE.
 
-For argparse, `int_arg(lo, hi)`, `float_arg(lo, hi)`, `size_arg()` and `int_list_arg(lo, hi)` are `type=`
-callables: argparse turns their refusal into its one-line usage error (exit 2, export.cli.Parser).
+For argparse, `int_arg(lo, hi)`, `float_arg(lo, hi)` and `size_arg()` are `type=`
+callables: argparse turns their refusal into its one-line usage error (exit 2, export.cli.entry.Parser).
 A server's header value is read with `parse_int(value, what="Content-Length", lo=0, hi=...)`: the same ASCII rule.
 """
 
@@ -131,11 +131,6 @@ def float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = 
 def size_arg(lo: int = 1, hi: int = MAX_SIZE) -> Callable[[str], int]:
     """argparse type=: parse_size."""
     return _arg(lambda t: parse_size(t, lo=lo, hi=hi), "size")
-
-
-def int_list_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], list[int]]:
-    """argparse type=: comma-separated integers, each inside [lo, hi]."""
-    return _arg(lambda t: parse_int_list(t, lo=lo, hi=hi), "integer list")
 
 
 def _arg(parse: Callable, name: str) -> Callable:

@@ -10,14 +10,14 @@ Out: its bytes, UTF-8 text, parsed JSON or parsed TOML.
 - at most `max_bytes + 1` bytes are read, so a file over the cap is refused without being read whole
   (and a regular file whose size the kernel does not report, like /proc/*, cannot grow memory either);
 - text must be UTF-8; JSON deeper than `max_depth` containers (RecursionError inside json.loads
-  included), integers longer than export.numbers.MAX_CHARS digits (JSON and TOML: Python's int() refuses
+  included), integers longer than export.inputs.numbers.MAX_CHARS digits (JSON and TOML: Python's int() refuses
   4300 digits with a ValueError and is quadratic before that) and invalid JSON or TOML are refused naming the
   file, what it is and the fix. `parse_json` applies the same rules to JSON text read some other way (a line).
 
 Files a command writes are checked before its work by `check_output_file` (not a folder, not one of its
 inputs, its folder writable) and `check_distinct` (two flags never name one file).
 
-Imports only export.errors and export.numbers, so any module of export, engines or plugins may use it.
+Imports only export.errors and export.inputs.numbers, so any module of export, engines or plugins may use it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from export.errors import UsageError
-from export.numbers import MAX_CHARS, NumberError, json_int
+from export.inputs.numbers import MAX_CHARS, NumberError, json_int
 
 MiB = 1 << 20
 _CHUNK = 1 << 20

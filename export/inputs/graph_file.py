@@ -36,8 +36,8 @@ from onnx import TensorProto, helper
 from onnx.external_data_helper import _get_all_tensors
 
 from export.errors import UsageError
-from export.files import read_bytes
-from export.numbers import NumberError, parse_int
+from export.inputs.files import read_bytes
+from export.inputs.numbers import NumberError, parse_int
 
 MAX_GRAPH_BYTES = 2**31 - 1  # protobuf refuses messages of 2 GiB and more
 MAX_DIM = 2**31 - 1  # TensorRT dimensions are int32

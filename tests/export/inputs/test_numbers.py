@@ -1,4 +1,4 @@
-"""export.numbers: every number a user types is read by one set of functions, ASCII only, bounded before it is
+"""export.inputs.numbers: every number a user types is read by one set of functions, ASCII only, bounded before it is
 converted, finite; and no command of the project reads a number any other way (type=int, isdigit)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from export.cli import Parser
+from export.cli.entry import Parser
 from export.errors import UsageError
-from export.numbers import (
+from export.inputs.numbers import (
     MAX_CHARS,
     NumberError,
     check_int,
@@ -26,7 +26,7 @@ from export.numbers import (
     parse_size,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Not ASCII digits, though str.isdigit() says True for all but the last two and int() takes some of them.
 NOT_ASCII = ["²", "¹²", "١٢", "１２", "߁", "1_000", "0x10"]
 
@@ -138,7 +138,7 @@ def python_files():
 
 def test_no_command_reads_a_number_another_way():
     """argparse type=int / type=float (Python's int() and float() take '١٢', 'nan', 'inf' and 5000 digits) and
-    str.isdigit() ('²') are not used anywhere: numbers go through export.numbers."""
+    str.isdigit() ('²') are not used anywhere: numbers go through export.inputs.numbers."""
     found = []
     for path in python_files():
         rel = path.relative_to(ROOT).as_posix()

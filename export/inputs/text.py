@@ -23,7 +23,7 @@ import numpy as np
 
 from export.errors import UnavailableError, UsageError
 from export.families.registry import vocab_tokenizer
-from export.files import MiB, read_text
+from export.inputs.files import MiB, read_text
 
 VOCAB_SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")

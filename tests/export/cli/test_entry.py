@@ -17,7 +17,7 @@ from tests.limits import SLOW_MACHINE_S
 def run_cli(argv, capsys):
     try:
         code = main(argv)
-    except SystemExit as e:  # a flag argparse refuses (export.numbers' types): its one line, exit 2
+    except SystemExit as e:  # a flag argparse refuses (export.inputs.numbers' types): its one line, exit 2
         code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     return code, [line for line in err if line.strip()]
@@ -202,7 +202,7 @@ CLIS = [
 
 @pytest.mark.parametrize("module", CLIS)
 def test_every_cli_takes_debug_and_says_usage_errors_in_one_line(module, capsys):
-    """Every `python -m` entry point goes through export.cli: --debug exists, a bad flag is one line, exit 2."""
+    """Every `python -m` entry point goes through export.cli.entry: --debug exists, a bad flag is one line, exit 2."""
     import importlib
 
     mod = importlib.import_module(module)

@@ -1,0 +1,199 @@
+"""Every script of scripts/ starts, says before any work why it cannot run here, and writes only where it says:
+its --out (default under build/), never the committed scripts/results/ unless --update-results asks.
+
+Scripts are loaded from their files (they are not a package) and driven through `build_parser()` / `main(argv)`
+in this process, on the tiny checkpoint; the demo-size runs they exist for are not repeated here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import one_line
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+RESULTS = SCRIPTS / "results"
+HELPERS = {"script_outputs"}  # imported by the scripts, not run
+ALL = sorted(p.stem for p in SCRIPTS.glob("*.py") if p.stem not in HELPERS)
+OUT_ELSEWHERE = {"make_demo_checkpoint": "demo"}  # writes the demo checkpoint README's commands read, not results
+
+
+def load(name: str):
+    """The script as a module (loaded once), as `python scripts/<name>.py` sees its folder: with script_outputs."""
+    key = f"scripts_{name}"
+    if key not in sys.modules:
+        if str(SCRIPTS) not in sys.path:
+            sys.path.insert(0, str(SCRIPTS))
+        spec = importlib.util.spec_from_file_location(key, SCRIPTS / f"{name}.py")
+        sys.modules[key] = importlib.util.module_from_spec(spec)  # dataclasses look their module up there
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+def test_every_script_is_in_scripts_readme():
+    readme = (SCRIPTS / "README.md").read_text()
+    assert not [n for n in ALL if f"`{n}.py`" not in readme], "scripts/README.md must describe every script"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_help_starts(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        load(name).build_parser().parse_args(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_outputs_stay_out_of_the_committed_results(name):
+    """The class of `gate_sensitivity.py --tiny` overwriting scripts/results/: no default path of any flag leads
+    there; only --update-results does, and it names a folder that exists."""
+    parser = load(name).build_parser()
+    for action in parser._actions:
+        for value in (action.default, action.const):
+            if isinstance(value, (str, Path)) and "results" in Path(value).parts:
+                assert action.option_strings == ["--update-results"], (name, action.option_strings, value)
+                assert Path(value).resolve().is_relative_to(RESULTS) and Path(value).is_dir(), value
+        if action.dest in ("out", "work") and action.default is not None:
+            want = OUT_ELSEWHERE.get(name, "build")
+            assert Path(action.default).parts[0] == want, (name, action.dest, action.default)
+
+
+def test_bench_export_measures_past_the_checkpoint_table(tiny_ckpt, tmp_path):
+    """S=2048 on the demo (table 512) raised IndexError in the eager model: here S=70 on tiny (table 64)."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--model", str(tiny_ckpt), "--seqs", "8,70", "--reps", "1", "--exporter", "torchscript"]
+    assert load("bench_export").main([*argv, "--out", str(out), "--work", str(work)]) == 0
+    rows = json.loads((out / "bench_export.json").read_text())["rows"]
+    assert {(r["seq"], r["variant"]) for r in rows} == {
+        (s, v) for s in (8, 70) for v in ("torch-eager", "ort-plain", "ort-rope-onnx", "ort-no-rotary")
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["bench_export.json", "bench_export.md", "bench_export.png"]
+    assert (work / "model.rope-onnx.onnx").is_file()
+
+
+def test_bench_pipeline_runs_every_stage_of_an_int8_build(tmp_path, monkeypatch):
+    """main -> children (prepare, export, pass, quantize, validation) -> the CLI build -> the table, with each child
+    run in this process (a child costs seconds of imports); `measure` itself is checked on a real child below."""
+    mod = load("bench_pipeline")
+    ran = []
+
+    def in_process(cmd: list[str]) -> dict:
+        import contextlib
+        import io
+
+        from export.build import main as build
+
+        ran.append(cmd)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = build(cmd[3:]) if cmd[1:3] == ["-m", "export.build"] else mod.main(cmd[2:])
+        assert code == 0, cmd
+        return {"wall": 1.0, "peak_rss": 1, "stdout": buf.getvalue()}
+
+    monkeypatch.setattr(mod, "measure", in_process)
+    out = tmp_path / "out"
+    argv = ["--sizes", "tiny", "--precision", "int8", "--repeats", "1", "--out", str(out), "--work", str(tmp_path)]
+    assert mod.main(argv) == 0
+    stages = [c[c.index("--child") + 1] for c in ran if "--child" in c]
+    assert stages == ["prepare", "export", "pass", "quantize", "validation"]
+    result = json.loads((out / "pipeline-int8.json").read_text())
+    assert set(result["sizes"]["tiny"]["rows"]) == {"export", "pass", "quantize", "validation", "build"}
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline-int8.json", "pipeline-int8.md", "pipeline-int8.png"]
+
+
+@pytest.mark.parametrize(
+    "precision,files",
+    [
+        ("fp16", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.fp16.onnx"}),
+        ("int8", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.int8.onnx", "model.int8-cpu.onnx"}),
+        ("fp8", {"model.onnx", "model.rope-plugin.onnx", "model.rope-plugin.fp8.onnx"}),
+    ],
+)
+def test_bench_pipeline_validates_the_graphs_the_build_writes(tmp_path, precision, files):
+    """Every --precision's validation child names the files its quantize or precision child wrote (fp8 once asked
+    for an fp16 graph nobody made)."""
+    graphs = load("bench_pipeline").graphs_to_validate(tmp_path, precision)
+    assert {g.path.name for g, _ in graphs.values()} == files
+
+
+def test_bench_pipeline_measures_a_childs_own_peak():
+    m = load("bench_pipeline").measure([sys.executable, "-c", "b = bytearray(300_000_000); print('ok')"])
+    assert m["peak_rss"] >= 300_000_000 and m["stdout"].strip() == "ok" and m["wall"] > 0
+
+
+def test_gate_sensitivity_render_without_results_is_usage(tmp_path, capsys):
+    assert load("gate_sensitivity").main(["--render", "--out", str(tmp_path / "none")]) == 2
+    assert "run without --render" in one_line(capsys) and not (tmp_path / "none").exists()
+
+
+def test_bench_quant_without_modelopt_says_so_before_work(tiny_ckpt, tmp_path, capsys):
+    argv = ["--demo", str(tiny_ckpt), "--modelopt-python", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    assert load("bench_quant").main([*argv, "--work", str(tmp_path / "w")]) == 3
+    assert "ModelOpt" in one_line(capsys) and sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("name", ["bench_quant_cpu", "bench_quant_variants"])
+def test_quant_benches_refuse_a_missing_build(name, tmp_path, capsys):
+    argv = ["--build", str(tmp_path / "nope"), "--model", "m.pt", "--out", str(tmp_path / "o")]
+    assert load(name).main(argv) == 2
+    assert "export.build" in one_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_bench_serving_outside_its_environment_says_so_before_work(tmp_path, capsys):
+    from engines.serving.server import check_runtime
+    from export.errors import UnavailableError
+
+    try:
+        check_runtime()
+    except UnavailableError:
+        pass
+    else:
+        pytest.skip("the serving runtime is here: tests/engines/serving/test_live.py serves for real")
+    assert load("bench_serving").main(["--tiny", "--out", str(tmp_path / "o")]) == 3
+    assert "serving" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_bench_rotary_without_a_gpu_says_so(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: tests/plugins/test_kernel_gpu.py covers the kernel")
+    assert load("bench_rotary").main(["--out", str(tmp_path / "o")]) == 3
+    assert "CUDA" in one_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_measure_sincos_error_writes_its_json(tmp_path):
+    out = tmp_path / "e.json"
+    assert load("measure_sincos_error").main(["--head-dims", "8", "--max-pos", "16", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["fp32_table"]["max_abs_err"] < 1e-7
+
+
+def test_make_demo_checkpoint_tiny(tmp_path):
+    assert load("make_demo_checkpoint").main(["--tiny", "--out", str(tmp_path / "t")]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["ckpt.pt", "vocab.txt"]
+
+
+def test_bench_engines_takes_the_demo_checkpoint_format(tiny_ckpt, built, tmp_path, capsys):
+    """Its example passes demo/ckpt.pt (a {config, state_dict} file); it used to want an HF folder."""
+    argv = ["--checkpoint", str(tiny_ckpt), "--onnx", str(built / "model.onnx"), "--batch", "1", "--seq", "8"]
+    argv += ["--backends", "torch-fp32,ort", "--iters", "1", "--warmup", "1", "--out", str(tmp_path / "o")]
+    assert load("bench_engines").main(argv) == 0
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["results"]
+    assert {r["backend"] for r in rows if r["p50_ms"]} == {"torch-fp32", "ort"}
+    assert "benchmark: 1 shapes x 2 backends" in capsys.readouterr().err
+
+
+def test_st_crosscheck_without_sentence_transformers_says_so(tmp_path, capsys):
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("sentence-transformers is installed here")
+    assert load("st_crosscheck").main(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]) == 3
+    assert "sentence-transformers" in one_line(capsys) and sorted(os.listdir(tmp_path)) == []
