@@ -11,8 +11,8 @@ import importlib
 import onnx
 import pytest
 
-from export.cli.entry import Parser
 from export.cli import flags as cli_flags
+from export.cli.entry import Parser
 from export.passes.pooling import POOLINGS
 
 COMMANDS = {  # command -> module whose build_parser() makes its parser
