@@ -53,5 +53,6 @@ def checkpoint_facts(args, ckpt: LoadedCheckpoint) -> dict:
         "format": ckpt.source_format,
         "sha256": sha256_tree(args.model),
         "config_source": ckpt.config_source,
+        "auto_map_ignored": ckpt.auto_map_ignored,
         "weights_dtype": ckpt.weights_dtype,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from export.families.config_check import code_origin
 from export.report.reproduce import render_markdown as render_reproduce
 from export.report.schema import Report
 
@@ -134,6 +135,12 @@ def _checkpoint_notes(r: Report) -> list[str]:
         notes.append(f"Config: {c['config_source']}.")
     if c.get("weights_dtype") and c["weights_dtype"] != "float32":
         notes.append(f"Weights stored as {c['weights_dtype']}.")
+    if c.get("auto_map_ignored"):
+        notes.append(
+            f"The config's auto_map (code in {code_origin(c['auto_map_ignored'])}) was ignored: the checkpoint is "
+            "built with transformers' own class, as transformers loads it without trust_remote_code; that code never "
+            "ran."
+        )
     return [" ".join(notes), ""] if notes else []
 
 

@@ -55,6 +55,11 @@ class CheckpointSection(TypedDict, total=False):
     path: str
     format: str
     sha256: str
+    config_source: str
+    weights_dtype: str
+    # the config's auto_map (class -> "repo--module.Class"), left aside because its model_type is built with
+    # transformers' own class (export/families/registry.py); None: the config has none
+    auto_map_ignored: dict[str, str] | None
 
 
 class ExportSection(TypedDict):
