@@ -138,6 +138,7 @@ def build_flags(ckpt: Path, max_len: int, precision: str):
 def quantize(loaded, ckpt: Path, work: Path, max_len: int, precision: str) -> None:
     """export.build's quantize stage on the rewritten graph, with its default options for `precision`."""
     from export.stages.quantize import calibration_set, run_quantize_stage
+    from export.validate import validation_shapes
 
     flags = build_flags(ckpt, max_len, precision)
     calib = calibration_set(flags.quant, loaded.config, max_len)
@@ -149,7 +150,7 @@ def quantize(loaded, ckpt: Path, work: Path, max_len: int, precision: str) -> No
         work / "model.onnx",
         "onnx",
         loaded,
-        max_len,
+        validation_shapes(max_len, loaded.task),  # export.build's (its plan's) shapes
         flags.thresholds,
     )
     assert result.failure is None, result.failure

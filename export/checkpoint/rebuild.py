@@ -120,6 +120,8 @@ def inspect_checkpoint(
     state, adapter = with_adapter(family, state, files.config, path, adapter_task)  # in the checkpoint's own layout
     if family.convert_state is not None:  # a layout transformers' conversion mapping does not cover
         state = family.convert_state(state, config, path)
+    if any(re.search(family.layer_key, k) for k in state):  # transformers' names already: compared before a model
+        check_layer_count(family, state, config, path)  # of the config's size is described (10000 layers: 35 s)
     state = convert_keys(_meta_model(family, config, "model", path), state, path)  # the original code's names
     task = task or detect_task(family, state, config, path)
     if task == "model":  # a bare encoder: accept keys with or without the base model's prefix

@@ -13,7 +13,11 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 2  # 2: scaled_error and row_cosine replace max_rel; min_row_cosine; diagnosis
+# 2: scaled_error and row_cosine replace max_rel; min_row_cosine; diagnosis.
+# 3: model families (model.family, inputs, attn_implementation, rotary, attention, table, prompts), the pooling
+#    section (sentence-transformers' pipeline), the adapter section (task adapters merged), export's repaired
+#    rotary caches. A version-2 report lacks what the gate, Triton and serving now read: rebuilt, not guessed.
+SCHEMA_VERSION = 3
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, shared by every build into the folder (not an artifact)
 REBUILD = "rebuild it with python -m export.build"

@@ -157,7 +157,7 @@ def test_thresholds_fifo_does_not_hang(tiny_ckpt, tmp_path, capsys, monkeypatch)
 
 def test_report_records_hashes_timings_and_schema(previous):
     r = json.loads((previous / REPORT_JSON).read_text())
-    assert r["schema_version"] == SCHEMA_VERSION == 2 and r["passed"] is True
+    assert r["schema_version"] == SCHEMA_VERSION == 3 and r["passed"] is True
     assert set(r["artifacts"].values()) <= set(r["artifacts_sha256"])
     assert len(r["checkpoint"]["sha256"]) == 64
     assert {"load", "export", "rotary", "precision", "validation"} <= set(r["timings"])

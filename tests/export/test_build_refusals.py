@@ -128,7 +128,7 @@ def test_a_config_far_larger_than_its_weights_is_refused_at_once(tmp_path, capsy
     config, state = parts
     import export.checkpoint.rebuild as ck
 
-    monkeypatch.setattr(ck, "_meta_state", lambda *a: pytest.fail("a model of the config's size was described"))
+    monkeypatch.setattr(ck, "_meta_model", lambda *a: pytest.fail("a model of the config's size was described"))
     ckpt = save(tmp_path, "c.pt", {**config, "num_hidden_layers": 10000}, state)
     refused(capsys, ["--model", ckpt, *FAST], tmp_path / "o", "num_hidden_layers is 10000", "hold 2")
 

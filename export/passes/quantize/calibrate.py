@@ -90,10 +90,17 @@ def single_thread_session(model: onnx.ModelProto, folder: Path, rotary_function:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def _shape(feed: dict) -> str:
+    """'8x128 tokens' for a batch of token ids; a graph fed otherwise is named by its first input's shape."""
+    if "input_ids" in feed:
+        return f"{'x'.join(map(str, feed['input_ids'].shape))} tokens"
+    return "x".join(map(str, next(iter(feed.values())).shape))
+
+
 def run_batches(session, tensors: list[str], batches: Callable[[], Iterable[dict]], visit, label: str) -> None:
     """visit(name, array) for every tensor of every batch; each batch named as it starts (export.progress)."""
     wanted = {i.name for i in session.get_inputs()}
-    for feed in steps(batches(), lambda f: f"{label}: batch of {'x'.join(map(str, f['input_ids'].shape))} tokens"):
+    for feed in steps(batches(), lambda f: f"{label}: batch of {_shape(f)}"):
         outs = session.run(tensors, {k: v for k, v in feed.items() if k in wanted})
         for name, arr in zip(tensors, outs, strict=True):
             if not np.all(np.isfinite(arr)):
