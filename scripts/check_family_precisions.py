@@ -92,15 +92,15 @@ def graph_figures(cases: list[dict], precision: str) -> dict[str, dict]:
     for c in cases:
         if c["precision"] != precision:
             continue
-        g = by_graph.setdefault(c["graph"], {"max_scaled_error": 0.0, "min_row_cosine": 1.0, "passed": True})
+        g = by_graph.setdefault(c["graph"], {"max_scaled_error": 0.0, "min_row_cosine": None, "passed": True})
         g["passed"] = g["passed"] and c["passed"]
         for o in c["outputs"].values():
             if "error" in o:
                 g["error"] = o["error"]
                 continue
             g["max_scaled_error"] = max(g["max_scaled_error"], o["scaled_error"])
-            if o.get("row_cosine") is not None:
-                g["min_row_cosine"] = min(g["min_row_cosine"], o["row_cosine"])
+            if o.get("row_cosine") is not None:  # outputs without rows (logits of a classifier) have none
+                g["min_row_cosine"] = min(o["row_cosine"], g["min_row_cosine"] or 1.0)
             g["rtol"], g["min_row_cosine_threshold"] = o.get("rtol"), o.get("min_row_cosine")
     return by_graph
 
@@ -192,11 +192,12 @@ def render_matrix(results: dict) -> str:
         f"`export.build --rope MODE --max-len {results['max_len']}` (dynamo exporter, fp32) of a random-init HF "
         "checkpoint of each head; validated against transformers fp32 at S = 1, 61 and --max-len, batch 1 and batch 3 "
         "(two rows right-padded), every case judged by the default fp32 thresholds (scaled error <= 1e-05, row "
-        "cosine >= 0.99999999995). `onnx` is the plain export, `rope-MODE` the rotary pass's graph (`--rope plugin`: "
-        "run through the plugin's ONNX-function lowering on the CPU).\n\n"
+        "cosine >= 0.99999999995, i.e. 1 - row cosine <= 5e-11; `-`: outputs without token rows, such as logits). "
+        "`onnx` is the plain export, `rope-MODE` the rotary pass's graph (`--rope plugin`: run through the plugin's "
+        "ONNX-function lowering on the CPU).\n\n"
         "## Summary\n\n" + summary_table(results) + "\n## Every graph\n\n"
         "| family | head | rope | sites found / rewritten / expected | graph | batch | max scaled error | "
-        "min row cosine | passed |\n|---|---|---|---|---|---|---|---|---|\n"
+        "1 - min row cosine | passed |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for fam, rows in results["families"].items():
@@ -210,7 +211,7 @@ def render_matrix(results: dict) -> str:
             sites = f"{s['found']} / {s['rewritten']} / {s['expected']}"
             for key, f in r["graphs"].items():
                 graph, batch = key.split(" B=")
-                cos = f"{f['min_row_cosine']:.12f}"
+                cos = _cos(f["min_row_cosine"], ".1g", deficit=True)
                 ok = "yes" if f["passed"] else "NO"
                 lines.append(
                     f"| {fam} | {r['task']} | {r['rope']} | {sites} | `{graph}` | {batch} | "
@@ -219,12 +220,19 @@ def render_matrix(results: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _cos(value: float | None, fmt: str, deficit: bool = False) -> str:
+    """A row cosine (or 1 - it) for the tables; "-" for a graph whose outputs have no rows to compare."""
+    if value is None:
+        return "-"
+    return format(1 - value if deficit else value, fmt)
+
+
 def summary_table(results: dict) -> str:
     """One row per family x head: sites found / rewritten / expected in both rope modes, and over the plain export and
     both rotary graphs the worst scaled error and row cosine at batch 1 and at batch 3 (padded): the families
     README's table."""
     lines = [
-        "| family | head | sites (onnx; plugin) | batch 1: max scaled error, min row cosine | batch 3 padded: same "
+        "| family | head | sites (onnx; plugin) | batch 1: max scaled error, 1 - min row cosine | batch 3 padded: same "
         "| every case passed |",
         "|---|---|---|---|---|---|",
     ]
@@ -238,9 +246,9 @@ def summary_table(results: dict) -> str:
             worst = []
             for batch in ("1", "3"):
                 figs = [f for r in mine for k, f in r["graphs"].items() if k.endswith(f"B={batch}")]
-                worst.append(
-                    f"{max(f['max_scaled_error'] for f in figs):.2g}, {min(f['min_row_cosine'] for f in figs):.12f}"
-                )
+                cosines = [f["min_row_cosine"] for f in figs if f["min_row_cosine"] is not None]
+                cos = _cos(min(cosines) if cosines else None, ".1g", deficit=True)
+                worst.append(f"{max(f['max_scaled_error'] for f in figs):.2g}, {cos}")
             ok = "yes" if all(r["passed"] for r in mine) else "NO"
             lines.append(f"| {fam} | {task} | {sites} | {worst[0]} | {worst[1]} | {ok} |")
     return "\n".join(lines) + "\n"
@@ -282,7 +290,7 @@ def render(results: dict) -> str:
                 continue
             for g, f in r["graphs"].items():
                 err = f"{f['max_scaled_error']:.3g} ({f.get('rtol')})"
-                cos = f"{f['min_row_cosine']:.7f} ({f.get('min_row_cosine_threshold')})"
+                cos = _cos(f["min_row_cosine"], ".7f") + f" ({f.get('min_row_cosine_threshold')})"
                 fb = r.get("fallback")
                 kept = f"{fb['kept']}/{fb['of']} ({'passed' if fb['own_draws_passed'] else 'not passed'})" if fb else ""
                 lines.append(
