@@ -57,5 +57,6 @@ def checkpoint_facts(args: Namespace, ckpt: LoadedCheckpoint) -> CheckpointSecti
         "format": ckpt.source_format,
         "sha256": sha256_tree(args.model),
         "config_source": ckpt.config_source,
+        "auto_map_ignored": ckpt.auto_map_ignored,
         "weights_dtype": ckpt.weights_dtype,
     }

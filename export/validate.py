@@ -22,6 +22,7 @@ from typing import TypeAlias
 import numpy as np
 import onnx
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.errors import VerificationError
 from export.memory import release_freed
@@ -34,6 +35,10 @@ from export.report.thresholds import Thresholds
 from export.spec import DEFAULT_CHOICES, ExportSpec
 
 log = logging.getLogger(__name__)
+
+# What InferenceSession.run raises for a graph it cannot run with given feeds (a node's shape contract, a kernel
+# missing for a type): the graph's failure, graded as a failed case (exit 1), never a crash of the build (exit 4).
+ORT_RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NotImplemented, ort_state.RuntimeException)
 
 
 @dataclass(frozen=True)
@@ -214,11 +219,18 @@ def validate_graphs(
             for shape in shapes:
                 bar.update(task, description=f"validate {name} {shape.label()}")
                 feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
-                got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+                try:
+                    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+                except ORT_RUN_ERRORS as e:  # a graph that does not run at a shape it declares fails that case
+                    why = f"ONNX Runtime cannot run the graph at {shape.label()}: {str(e).splitlines()[0]}"
+                    by_graph[name].append(unrunnable(name, precision, shape, names, why))
+                    bar.advance(task)
+                    continue
                 ref = {n: refs[shape][n] for n in names}
                 by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
-            del sess, got  # one session's weights in memory at a time
+                del got
+            del sess  # one session's weights in memory at a time
             release_freed()
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
@@ -245,7 +257,8 @@ def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, OutputSta
 
 
 def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> ValidationCase:
-    """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
+    """The case of a graph ONNX Runtime was not allowed to run, or could not run at this shape: every output
+    fails with the reason."""
     return _case(graph, precision, shape, {n: {"error": why, "passed": False} for n in names})
 
 

@@ -21,6 +21,8 @@ Fields, in the order a build needs them:
 - checkpoints written for code that is never run, read as data: `adopts(config, keys)` (such a config is this
   family's, its remote-code fields notwithstanding); `adapters(state, config dict, path)` -> (state, TaskAdapters
   or None): per-task weight updates the checkpoint holds (export/families/adapters.py), merged by `--task`;
+  `foreign`: (model_type, what to do) for another implementation's model_type of this family's checkpoints, which
+  transformers does not implement (the remote-code refusal adds it);
 - checkpoints stored under other names (legacy names, another implementation's layout) that transformers' own
   conversion mapping does not cover: `convert_state(state, config, path)` returns the state in the class's names
   (None: nothing beyond transformers' conversion);
@@ -124,6 +126,7 @@ class Family:
     tokenizer: Callable[[object], object] | None = None  # (config) -> tokenizers.Tokenizer for demo checkpoints
     adopts: Callable[[dict, set[str]], bool] | None = None  # a remote-code config this family reads as data
     adapters: Callable[[dict, dict, Path], tuple[dict, TaskAdapters | None]] | None = None
+    foreign: tuple[tuple[str, str], ...] = ()  # (another implementation's model_type, what to do), for refusals
 
     def rotaries(self, config) -> list[LayerRotary]:
         return [self.rotary(config, k) for k in range(self.facts(config).layers)]

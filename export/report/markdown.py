@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from export.families.config_check import code_origin
 from export.report.reproduce import render_markdown as render_reproduce
-from export.report.schema import Report
+from export.report.schema import ExportSection, Report
 
 
 def render_markdown(r: Report) -> str:
@@ -104,12 +105,19 @@ def _export(r: Report) -> list[str]:
     if not r.export:
         return []
     e = r.export
+    head = f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, {e['seconds']} s."
+    return ["## Export", "", f"{head} {_table_sentence(r)}", ""] + _repair_note(e) + _checkpoint_notes(r)
+
+
+def _repair_note(e: ExportSection) -> list[str]:
+    n = e.get("rotary_caches_expanded")
+    if not n:
+        return []
     return [
-        "## Export",
+        f"Repaired: {n} exporter `RotaryEmbedding` nodes read batch-1 cos/sin caches, which ONNX Runtime and TensorRT "
+        "refuse at batch > 1; their caches are expanded to the batch (export/passes/rotary/repair.py).",
         "",
-        f"{e['exporter']} exporter, opset {e['opset']}, max_len {e['max_len']}, {e['seconds']} s. {_table_sentence(r)}",
-        "",
-    ] + _checkpoint_notes(r)
+    ]
 
 
 def _table_sentence(r: Report) -> str:
@@ -131,6 +139,12 @@ def _checkpoint_notes(r: Report) -> list[str]:
         notes.append(f"Config: {c['config_source']}.")
     if c.get("weights_dtype") and c["weights_dtype"] != "float32":
         notes.append(f"Weights stored as {c['weights_dtype']}.")
+    if ignored := c.get("auto_map_ignored"):
+        notes.append(
+            f"The config's auto_map (code in {code_origin(ignored)}) was ignored: the checkpoint is "
+            "built with transformers' own class, as transformers loads it without trust_remote_code; that code never "
+            "ran."
+        )
     return [" ".join(notes), ""] if notes else []
 
 

@@ -197,3 +197,26 @@ def test_st_crosscheck_without_sentence_transformers_says_so(tmp_path, capsys):
         pytest.skip("sentence-transformers is installed here")
     assert load("st_crosscheck").main(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]) == 3
     assert "sentence-transformers" in one_line(capsys) and sorted(os.listdir(tmp_path)) == []
+
+
+def test_check_family_precisions_refuses_an_unknown_family_before_work(tmp_path, capsys):
+    script = load("check_family_precisions")
+    argv = ["--families", "gte,bert", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert script.main(argv) == 2
+    assert "unknown family or precision ['bert']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_check_family_precisions_reads_the_worst_figures_of_a_report(built):
+    """Per graph: the largest scaled error and the smallest row cosine over every shape and output of the build's
+    own validation cases, with the thresholds they were judged by."""
+    from export.report.persist import read_report
+
+    cases = read_report(built).validation
+    figures = load("check_family_precisions").graph_figures(cases, "fp32")
+    assert set(figures) == {c["graph"] for c in cases}
+    for graph, f in figures.items():
+        outs = [o for c in cases if c["graph"] == graph for o in c["outputs"].values()]
+        assert f["max_scaled_error"] == max(o["scaled_error"] for o in outs)
+        assert f["min_row_cosine"] == min(o["row_cosine"] for o in outs if o.get("row_cosine") is not None)
+        assert f["rtol"] == outs[0]["rtol"] and f["passed"] is True
