@@ -10,6 +10,9 @@ position table is a stored formula (RoFormer) is exported with a longer one swap
 restored after it (`Family.at_least`: the caller's model is left as it was); rotary computed from positions
 (ModernBERT) needs nothing. The file declares that length (`MAX_LEN_KEY`) and its family (`FAMILY_KEY`) in its
 metadata, which engines.build and export.diagnose read.
+At opset 23 the dynamo exporter's `RotaryEmbedding` nodes read batch-1 caches, which ONNX Runtime and TensorRT
+refuse at batch > 1: they are repaired here, before the checker, by the one change
+export/passes/rotary/repair.py makes (the caches expanded to x's batch; `rotary_caches_expanded` counts them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from export.errors import UsageError
 from export.families.registry import family_of_model
 from export.inputs.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
+from export.passes.rotary.repair import expand_batch_one_caches
+from export.report.schema import ExportSection
 from export.spec import ExportSpec
 
 log = logging.getLogger(__name__)
@@ -103,8 +108,8 @@ def export_onnx(
     max_len: int,
     exporter: str = "dynamo",
     opset: int | None = None,
-) -> dict:
-    """Export, check and atomically write. Returns facts for report.json `export`."""
+) -> ExportSection:
+    """Export, check and atomically write. Returns report.json `export`."""
     opset = check_export_args(exporter, opset)
     if max_len < MIN_MAX_LEN:
         raise UsageError(
@@ -126,7 +131,7 @@ def export_onnx(
                 _export_dynamo(wrapper, args, spec, tmp, opset, max_len)
             else:
                 _export_torchscript(wrapper, args, spec, tmp, opset)
-        _finalize(tmp, max_len, family.name)
+        expanded = _finalize(tmp, max_len, family.name)
         _check_dynamic(tmp, spec)
         files = move_into_place(tmpdir, out_path)
     finally:
@@ -136,6 +141,7 @@ def export_onnx(
         "opset": opset,
         "max_len": max_len,
         "table_rows": rows,
+        "rotary_caches_expanded": expanded,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "seconds": round(time.perf_counter() - t0, 2),
         "files": files,
@@ -161,6 +167,7 @@ def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_
         optimize=True,
         verbose=False,
     )
+    assert program is not None  # dynamo=True returns the ONNXProgram (None only from the TorchScript exporter)
     program.save(str(path), external_data=True)  # streamed to <name>.data: no serialized copy in memory
 
 
@@ -178,19 +185,22 @@ def _export_torchscript(wrapper, args, spec: ExportSpec, path: Path, opset: int)
     )
 
 
-def _finalize(path: Path, max_len: int, family: str) -> None:
-    """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), the declared length
-    and family in the metadata, then the full checker on the file, which reads the graph and not the weights."""
+def _finalize(path: Path, max_len: int, family: str) -> int:
+    """Weights to `<name>.data` (the torchscript exporter writes them inline below 2 GB), the exporter's batch-1
+    rotary caches repaired, the declared length and family in the metadata, then the full checker on the file,
+    which reads the graph and not the weights. Returns the number of RotaryEmbedding nodes repaired."""
     model = onnx.load(str(path), load_external_data=False)
     if not has_external(model):
         model = onnx.load(str(path))
     else:
         check_locations(model)
+    expanded = expand_batch_one_caches(model)
     props = {p.key: p.value for p in model.metadata_props}
     onnx.helper.set_model_props(model, {**props, MAX_LEN_KEY: str(max_len), FAMILY_KEY: family})
     save_model(model, path, external=not has_external(model))
     del model
     onnx.checker.check_model(str(path), full_check=True)
+    return expanded
 
 
 def _check_dynamic(path: Path, spec: ExportSpec) -> None:

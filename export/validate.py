@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import onnx
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.errors import VerificationError
 from export.memory import release_freed
@@ -28,10 +30,15 @@ from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
 from export.report.compare import error_stats, row_mask
+from export.report.schema import OutputStats, ValidationCase
 from export.report.thresholds import Thresholds
 from export.spec import DEFAULT_CHOICES, ExportSpec
 
 log = logging.getLogger(__name__)
+
+# What InferenceSession.run raises for a graph it cannot run with given feeds (a node's shape contract, a kernel
+# missing for a type): the graph's failure, graded as a failed case (exit 1), never a crash of the build (exit 4).
+ORT_RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NotImplemented, ort_state.RuntimeException)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,9 @@ class OnnxFile:
     outputs: tuple[str, ...] | None = None
 
 
+Graph: TypeAlias = "str | Path | onnx.ModelProto | OnnxFile"  # what ort_session runs
+
+
 class TorchReference:
     """PyTorch fp32 outputs, computed once per shape and shared by every graph validated.
 
@@ -160,7 +170,7 @@ def true_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
+def ort_session(graph: Graph):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -180,18 +190,18 @@ def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
 
 
 def validate_graphs(
-    graphs: dict[str, tuple[object, str]],
+    graphs: Mapping[str, tuple[Graph, str]],
     reference: TorchReference,
     shapes: list[Shape],
     thresholds: Thresholds,
     vocab_size: int,
     type_vocab_size: int | None,
-) -> list[dict]:
+) -> list[ValidationCase]:
     """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
     shape-major (every graph at the first shape, then the next shape)."""
     inputs = {shape: make_inputs(shape, vocab_size, type_vocab_size) for shape in shapes}
     refs = {shape: reference(shape, inputs[shape]) for shape in shapes}  # PyTorch peak before any session
-    by_graph: dict[str, list[dict]] = {}
+    by_graph: dict[str, list[ValidationCase]] = {}
     with progress() as bar:
         task = bar.add_task("validate", total=len(graphs) * len(shapes))
         for name, (graph, precision) in graphs.items():
@@ -209,11 +219,18 @@ def validate_graphs(
             for shape in shapes:
                 bar.update(task, description=f"validate {name} {shape.label()}")
                 feed = {i.name: inputs[shape][i.name] for i in sess.get_inputs()}
-                got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+                try:
+                    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+                except ORT_RUN_ERRORS as e:  # a graph that does not run at a shape it declares fails that case
+                    why = f"ONNX Runtime cannot run the graph at {shape.label()}: {str(e).splitlines()[0]}"
+                    by_graph[name].append(unrunnable(name, precision, shape, names, why))
+                    bar.advance(task)
+                    continue
                 ref = {n: refs[shape][n] for n in names}
                 by_graph[name].append(grade(name, precision, shape, got, ref, thresholds, inputs[shape]))
                 bar.advance(task)
-            del sess, got  # one session's weights in memory at a time
+                del got
+            del sess  # one session's weights in memory at a time
             release_freed()
     return [by_graph[name][k] for k in range(len(shapes)) for name in graphs]
 
@@ -225,7 +242,7 @@ def expected_outputs(graph, reference: TorchReference) -> tuple[str, ...]:
     return reference.spec.output_names
 
 
-def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, dict]) -> dict:
+def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, OutputStats]) -> ValidationCase:
     """A validation case in report.json's schema; it passes when it has outputs and every one passes."""
     return {
         "graph": graph,
@@ -239,8 +256,9 @@ def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, dict]) ->
     }
 
 
-def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
-    """The case of a graph ONNX Runtime was not allowed to run: every output fails with the reason."""
+def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> ValidationCase:
+    """The case of a graph ONNX Runtime was not allowed to run, or could not run at this shape: every output
+    fails with the reason."""
     return _case(graph, precision, shape, {n: {"error": why, "passed": False} for n in names})
 
 
@@ -252,11 +270,11 @@ def grade(
     ref: dict[str, np.ndarray],
     thresholds: Thresholds,
     inputs: dict[str, np.ndarray] | None = None,
-) -> dict:
+) -> ValidationCase:
     """One validation case. inputs: the feeds (their attention_mask says which rows are padding); None: the
     padding make_inputs gives `shape`."""
     mask = inputs["attention_mask"] if inputs is not None else padding_mask(shape)
-    outputs = {
+    outputs: dict[str, OutputStats] = {
         name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
         for name in got
         if name not in ref
@@ -278,7 +296,7 @@ def grade(
     return _case(graph, precision, shape, outputs)
 
 
-def failures(cases: list[dict]) -> list[str]:
+def failures(cases: list[ValidationCase]) -> list[str]:
     """One line per failing case x output, for the one error the CLI raises at the end."""
     lines = []
     for c in cases:

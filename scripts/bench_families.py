@@ -180,7 +180,7 @@ def run_family(name: str, args, shapes: list[tuple[int, int]], work: Path) -> di
         "config": {k: v for k, v in vars(ckpt.facts).items() if isinstance(v, (int, float, str))},
         "attn_implementation": inspected.attn_implementation,
         "max_len_of_tables": max_len,
-        "rotary_sites": {k: rewrite.get(k) for k in ("expected", "rewritten", "nodes")},
+        "rotary_sites": {k: rewrite.get(k) for k in ("expected", "rewritten", "nodes", "caches_expanded")},
         "export_and_rotary_pass_seconds": round(export_s, 1),
         "optimum": optimum,
         "load_average": load,
@@ -224,21 +224,28 @@ def export_ours_and_expanded(ckpt, work: Path, max_len: int) -> tuple[dict[str, 
     if rope.failure:
         raise SystemExit(f"rotary pass: {rope.failure}")
     raw = onnx.load(str(work / ONNX_FILE), load_external_data=False)
-    write_model(expand_caches(raw), work / "raw_expand.onnx", check=True)
+    expanded, by_script = expand_caches(raw)
+    write_model(expanded, work / "raw_expand.onnx", check=True)
     ours = work / next(iter(rope.artifacts.values()))
-    del export
-    return {"ours": ours, "raw+expand": work / "raw_expand.onnx"}, dict(rope.section)
+    caches = {"by_the_export": export.section.get("rotary_caches_expanded", 0), "by_this_script": by_script}
+    return {"ours": ours, "raw+expand": work / "raw_expand.onnx"}, dict(rope.section) | {"caches_expanded": caches}
 
 
 def expand_caches(model):
     """Each RotaryEmbedding(x, cos [1, S, R/2], sin) of the raw export reads Expand(cos, [B, S, R/2]) instead:
-    valid at any batch, everything else as exported."""
+    valid at any batch, everything else as exported. Caches whose leading dim is not a static 1 (an export that
+    expanded them itself) are left as they are. Returns the graph and how many nodes this expanded."""
     import onnx
     import onnx_graphsurgeon as gs
 
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    lead = {v.name: v.type.tensor_type.shape.dim[:1] for v in (*inferred.value_info, *inferred.input)}
     graph = gs.import_onnx(model)
     idx = {k: gs.Constant(f"bench_i{k}", np.array([k], np.int64)) for k in (0, 1, 2)}
-    for i, node in enumerate([n for n in graph.nodes if n.op == "RotaryEmbedding" and len(n.inputs) == 3]):
+    batch_one = [n for n in graph.nodes if n.op == "RotaryEmbedding" and len(n.inputs) == 3
+                 and all(d.HasField("dim_value") and d.dim_value == 1 for d in lead.get(n.inputs[1].name, []))
+                 and lead.get(n.inputs[1].name)]  # fmt: skip
+    for i, node in enumerate(batch_one):
         x_shape = graph.layer(op="Shape", inputs=[node.inputs[0]], outputs=[f"bench_xs{i}"])[0]
         b = graph.layer(op="Gather", inputs=[x_shape, idx[0]], outputs=[f"bench_b{i}"], attrs={"axis": 0})[0]
         for k in (1, 2):
@@ -252,7 +259,7 @@ def expand_caches(model):
     out.ir_version = model.ir_version
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)
-    return onnx.shape_inference.infer_shapes(out)
+    return onnx.shape_inference.infer_shapes(out), len(batch_one)
 
 
 def optimum_peer(python: str | None, path: Path, ckpt, work: Path, graphs: Path) -> dict:

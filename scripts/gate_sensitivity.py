@@ -13,7 +13,7 @@ For each checkpoint (written into --work by tests.fixtures.checkpoints.write_dem
    python -m export.diagnose's API;
 3. the worst honest statistics per precision and the defaults they imply (export/report/thresholds.py's rule).
 Writes gate_sensitivity.{json,md,png} into --out (default build/scripts/gate_sensitivity/; --update-results:
-scripts/results/gate_sensitivity/, the derivation README and export/report/thresholds.py cite) with the date and
+scripts/results/gate_sensitivity/, the derivation export/report/README.md and thresholds.py cite) with the date and
 the machine; checkpoints and builds go to --work (several GB at demo size).
 """
 

@@ -2,7 +2,8 @@
 
 Two steps, so a build decides its memory before spending it:
 1. `inspect_checkpoint(path, --config, ...)`: the files are read (export.checkpoint.formats; tensors memory-mapped),
-   the family found (export.families.registry: remote code and unsupported families refused), the config
+   the family found (export.families.registry: remote code and unsupported families refused; an auto_map beside a
+   model_type the family builds with transformers' own class is set aside, never imported, and reported), the config
    checked field by field by the family's file, the task head detected, the layer count and then every key,
    shape and dtype compared with a model built on the `meta` device (no memory), the weights checked for NaN/inf.
    bf16/fp16/fp64 weights are ordinary checkpoints: they are upcast to fp32 (the report says so); integer
@@ -18,8 +19,9 @@ Two steps, so a build decides its memory before spending it:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,17 +29,22 @@ from export.checkpoint.conversion import convert_keys
 from export.checkpoint.formats import read_checkpoint, short
 from export.errors import UsageError
 from export.families.adapters import choose
+from export.families.config_check import code_origin
 from export.families.facts import ModelFacts
 from export.families.family import Family
-from export.families.registry import family_of
+from export.families.registry import family_of, ignored_auto_map
 from export.families.spec import LayerAttention, LayerRotary
+from export.progress import info
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: reading a checkpoint needs none of it
+    from transformers import PreTrainedConfig, PreTrainedModel
 
 PREFIXES = ("module.", "model.")
 
 
 @dataclass
 class InspectedCheckpoint:
-    config: object  # the family's transformers config, checked by its file
+    config: PreTrainedConfig  # the family's transformers config, checked by its file
     state: dict  # fp32 tensors, keys as the task's HF class names them
     task: str
     source_format: str
@@ -49,6 +56,7 @@ class InspectedCheckpoint:
     attn_implementation: str  # "eager" or "sdpa"
     params: int = 0  # parameters of the model the state fills (counted on the meta device)
     adapter: dict | None = None  # the task adapter merged (TaskAdapters.describe), or the tasks held (--task none)
+    auto_map_ignored: dict | None = None  # the config's auto_map, left aside (registry.ignored_auto_map)
 
     @property
     def facts(self) -> ModelFacts:
@@ -58,15 +66,16 @@ class InspectedCheckpoint:
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module
-    config: object
+    config: PreTrainedConfig
     task: str
     source_format: str
     table: str | None
+    family: Family
     config_source: str = "checkpoint"
     weights_dtype: str = "float32"
-    family: Family = field(default=None)  # type: ignore[assignment]  # always set by materialize
     attn_implementation: str = "eager"
     adapter: dict | None = None  # report.json `adapter`: the task adapter merged into the weights, if any
+    auto_map_ignored: dict | None = None  # report.json `checkpoint.auto_map_ignored`
 
     @property
     def facts(self) -> ModelFacts:
@@ -108,8 +117,9 @@ def inspect_checkpoint(
     files = read_checkpoint(path, config_path, trust_pickle)
     state = _strip_prefixes(files.state)
     family = family_of(files.config, set(state), path)
+    raw, ignored = without_ignored_auto_map(files.config, family)
     impl = attn_implementation(family, attention)
-    config = family.make_config(files.config, path)
+    config = family.make_config(raw, path)
     config._attn_implementation = impl  # whatever the file asks (flash-attention does not export), before any build
     state, adapter = with_adapter(family, state, files.config, path, adapter_task)  # in the checkpoint's own layout
     if family.convert_state is not None:  # a layout transformers' conversion mapping does not cover
@@ -129,9 +139,24 @@ def inspect_checkpoint(
     check_keys_and_shapes(state, expected, path)
     state, dtype = upcast(state, path)
     check_finite(state, path)
-    return InspectedCheckpoint(
+    ck = InspectedCheckpoint(
         config, state, task, files.source_format, files.config_source, dtype, table, path, family, impl, params, adapter
     )
+    ck.auto_map_ignored = ignored
+    return ck
+
+
+def without_ignored_auto_map(config: dict, family: Family) -> tuple[dict, dict | None]:
+    """The config dict the family builds from, and the auto_map left out of it (registry.ignored_auto_map: the
+    family builds the checkpoint with transformers' own class, the code it names is never imported), logged once."""
+    ignored = ignored_auto_map(config, family)
+    if not ignored:
+        return config, None
+    info(
+        f"config.json's auto_map (code in {code_origin(ignored)}) ignored: {family.name} is built with transformers' "
+        "own class, that code never runs"
+    )
+    return {k: v for k, v in config.items() if k != "auto_map"}, ignored
 
 
 def with_adapter(family: Family, state: dict, config: dict, path: Path, task: str | None) -> tuple[dict, dict | None]:
@@ -141,11 +166,11 @@ def with_adapter(family: Family, state: dict, config: dict, path: Path, task: st
     if family.adapters is not None:
         state, adapters = family.adapters(state, config, path)
     chosen = choose(adapters, task, path)
+    if adapters is None:
+        return state, None
     if chosen is not None:
         return adapters.merged(state, chosen), adapters.describe(chosen)
-    if adapters is not None:  # --task none: the base weights, the adapters named
-        return state, {"task": None, "tasks": list(adapters.tasks), "kind": adapters.kind}
-    return state, None
+    return state, {"task": None, "tasks": list(adapters.tasks), "kind": adapters.kind}  # --task none: base weights
 
 
 def attn_implementation(family: Family, asked: str | None) -> str:
@@ -180,11 +205,12 @@ def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> Loade
         ck.task,
         ck.source_format,
         ck.table,
+        ck.family,
         ck.config_source,
         ck.weights_dtype,
-        ck.family,
         ck.attn_implementation,
         ck.adapter,
+        ck.auto_map_ignored,
     )
 
 
@@ -239,7 +265,7 @@ def check_layer_count(family: Family, state: dict, config, path) -> None:
         )
 
 
-def _meta_model(family: Family, config, task: str, path) -> torch.nn.Module:
+def _meta_model(family: Family, config, task: str, path) -> PreTrainedModel:
     """The task's HF class built on the meta device (no memory); a config it cannot build is refused."""
     cls = family.model_class(task)
     try:

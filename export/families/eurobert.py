@@ -14,6 +14,11 @@ averages over the unpadded tokens (`classifier_pooling` "late", transformers' de
 
 What this file does not implement is refused at load, with the reason: rope types other than the three above,
 a partial rotary, heads that do not group evenly, an attention or MLP bias flag that is not a bool.
+
+Hub configs (EuroBERT-210m's config.json) say model_type eurobert with an auto_map into the folder's own
+modeling_eurobert.py, rope_theta/rope_scaling (converted to rope_parameters by transformers itself) and, in
+fine-tuned ones, the code's `clf_pooling`, which transformers 5.25 calls classifier_pooling and does not read: a
+clf_pooling other than the classifier_pooling the config gives transformers is refused with the field.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families.config_check import build_config, check_values
+from export.families.config_check import build_config, check_original_names, check_values
 from export.families.facts import ModelFacts
 from export.families.family import PRE_NORM, Family, LayerMap, Tap
 from export.families.rope_parameters import rotary_table
@@ -64,6 +69,9 @@ def make_config(config: dict, path: Path):
     check_values(config, path, INTS, REALS, nullable=("head_dim", "num_key_value_heads"))
     cfg = build_config("EuroBertConfig", config, path)
     check_values(cfg.to_dict(), path, INTS, REALS)
+    # EuroBERT's own code (its hub folder's configuration_eurobert.py) calls the classifier's pooling clf_pooling;
+    # transformers 5.25 renamed it classifier_pooling and does not read the old name
+    check_original_names(config, cfg, path, {"clf_pooling": "classifier_pooling"}, {})
     h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     if h % kv:
         raise UsageError(

@@ -18,6 +18,13 @@ their 1_Pooling configs; a checkpoint folder's own sentence-transformers modules
 
 What this file does not implement is refused at load, with the reason: rope types other than the three above,
 a partial rotary, more than one token type, heads other than the four below.
+
+Hub configs: arctic-embed-m-v2.0's config.json says model_type gte with an auto_map into its own folder's copy of
+Alibaba's code, and that code's fields (rope_theta and rope_scaling, which transformers converts to rope_parameters
+itself; position_embedding_type, layer_norm_type, logn_attention_scale, which GteConfig does not read): those must
+hold the values transformers' class computes (ORIGINAL_FIXED). gte-multilingual-base's own config says model_type
+"new" (Alibaba-NLP/new-impl), which transformers does not implement: refused, the line saying how transformers
+reads the same weights (FOREIGN).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families.config_check import build_config, check_heads, check_values
+from export.families.config_check import build_config, check_heads, check_original_names, check_values
 from export.families.facts import ModelFacts
 from export.families.family import POST_NORM, Family, LayerMap, Tap
 from export.families.rope_parameters import rotary_table
@@ -54,6 +61,19 @@ HEADS = {
     "sequence-classification": "GteForSequenceClassification",
     "token-classification": "GteForTokenClassification",
 }
+ORIGINAL_FIXED = {  # Alibaba-NLP/new-impl's configuration.py fields GteConfig does not read -> what GteModel computes
+    "position_embedding_type": (("rope",), "positions other than rotary"),
+    "layer_norm_type": (("layer_norm",), "another normalisation"),
+    "logn_attention_scale": ((False,), "log-n scaling of the attention scores"),
+}
+FOREIGN = (
+    (
+        "new",
+        "Alibaba-NLP/new-impl's own model type (gte-multilingual-base as published); transformers reads the same "
+        "weights as model_type gte with rope_parameters (its fixed NTK table as rope_type linear: "
+        "export/families/README.md, GTE; alibaba-nlp-community/gte-multilingual-base is that conversion)",
+    ),
+)
 SIGNATURE = ".post_mlp_layernorm."  # GTE and NomicBERT name their closing norm so; GTE's projections have bias
 
 
@@ -74,6 +94,7 @@ def make_config(config: dict, path: Path):
         )
     cfg = build_config("GteConfig", config, path)
     check_values(cfg.to_dict(), path, INTS, REALS)
+    check_original_names(config, cfg, path, {}, ORIGINAL_FIXED)
     dh = check_heads(cfg.hidden_size, cfg.num_attention_heads, path)
     if getattr(cfg, "head_dim", None) not in (None, dh):
         raise UsageError(f"{path}: config head_dim {cfg.head_dim} is not hidden_size / num_attention_heads {dh}")
@@ -213,4 +234,5 @@ FAMILY = Family(
     tiny=tiny,
     demo=demo,
     attn_implementations=("eager", "sdpa"),
+    foreign=FOREIGN,
 )

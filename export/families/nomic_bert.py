@@ -14,6 +14,14 @@ The checkpoints are trained with a task prefix in the text (its model card: "sea
 
 What this file does not implement is refused at load, with the reason: rope types other than the three above,
 a partial rotary, heads other than the four below.
+
+Hub configs (nomic-embed-text-v1.5's config.json) are still written in their first implementation's names
+(nomic-ai/nomic-bert-2048's configuration_hf_nomic_bert.py, a GPT2Config: n_embd, n_layer, n_head, n_inner,
+layer_norm_epsilon, rotary_emb_base, ...) beside model_type nomic_bert and an auto_map into that repository.
+transformers 5.25's NomicBertConfig reads none of them: it keeps its defaults, which are v1.5's values. So each
+original field must agree with what the class computes (ORIGINAL_NAMES, ORIGINAL_FIXED): v1.5 loads as transformers
+loads it, and a config whose original fields say otherwise (another width, theta 10000, arctic-embed-m-long's
+`rotary_scaling_factor` 2: a dynamic NTK table) is refused with the field, never built with the defaults.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import UsageError
-from export.families.config_check import build_config, check_values
+from export.families.config_check import build_config, check_original_names, check_values
 from export.families.facts import ModelFacts
 from export.families.family import POST_NORM, Family, LayerMap, Tap
 from export.families.rope_parameters import rotary_table
@@ -58,6 +66,29 @@ PROMPTS = (  # nomic-embed-text-v1.5's task instruction prefixes (model card, "T
     ("classification", "classification: "),
     ("clustering", "clustering: "),
 )
+# nomic-bert-2048's configuration_hf_nomic_bert.py names (as nomic-embed-text-v1.5's config.json writes them) ->
+# the field transformers' NomicBertConfig reads instead; and the original fields whose value the class fixes
+ORIGINAL_NAMES = {
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "rotary_emb_base": "rope_theta",
+}
+ORIGINAL_FIXED = {
+    "rotary_emb_fraction": ((1.0,), "a partial rotary"),
+    "rotary_emb_interleaved": ((False,), "the interleaved rotary layout"),
+    "rotary_scaling_factor": ((None,), "the original code's dynamic NTK scaling of the rotary table"),
+    "rotary_emb_scale_base": ((None,), "xPos scaling of the rotary"),
+    "prenorm": ((False,), "normalisation before each block"),
+    "parallel_block": ((False,), "attention and MLP in parallel"),
+    "causal": ((False,), "causal attention"),
+    "qkv_proj_bias": ((False,), "biases on the Q/K/V projections"),
+    "mlp_fc1_bias": ((False,), "a bias on the MLP's first projections"),
+    "mlp_fc2_bias": ((False,), "a bias on the MLP's last projection"),
+    "activation_function": (("swiglu",), "an MLP other than SwiGLU"),
+}
 SIGNATURE = ".post_mlp_layernorm."  # GTE and NomicBERT name their closing norm so; NomicBERT's projections have no bias
 
 
@@ -71,6 +102,7 @@ def make_config(config: dict, path: Path):
     check_values(config, path, INTS, REALS, nullable=("head_dim",))
     cfg = build_config("NomicBertConfig", config, path)
     check_values(cfg.to_dict(), path, INTS, REALS)
+    check_original_names(config, cfg, path, ORIGINAL_NAMES, ORIGINAL_FIXED)
     if cfg.head_dim % 2:
         raise UsageError(f"{path}: config head_dim {cfg.head_dim} is odd; rotary embeddings rotate channel pairs")
     table(cfg, path)  # refuses what the table cannot be

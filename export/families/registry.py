@@ -4,16 +4,30 @@
 family adopts it: reads that checkpoint's layout as data, never its code; jina-embeddings-v3's original), a
 model_type no family file declares (naming the supported ones), and a config without model_type that no
 family, or more than one, recognises. `by_name` finds a family by its name (the graph's metadata, a CLI flag).
+
+An `auto_map` beside a model_type a family declares is not a request this toolchain has to refuse: every family's
+model_types are transformers' own, and transformers 5.25 itself loads such a config with its own class unless the
+caller passes trust_remote_code=True (models/auto/configuration_auto.py: `has_local_code` makes
+resolve_trust_remote_code answer False). Real checkpoints are published that way (nomic-embed-text-v1.5: model_type
+nomic_bert, auto_map into nomic-ai/nomic-bert-2048; EuroBERT-210m; Snowflake arctic-embed-m-v2.0: model_type gte).
+So the family is found by its model_type, `ignored_auto_map` gives what loading leaves aside (report.json
+`checkpoint.auto_map_ignored`), and the code it names is never imported. `trust_remote_code` in a config, an
+auto_map without a model_type or beside one no family declares, stay refused; a family may say in `foreign` what
+another implementation's model_type of its checkpoints is (GTE: "new").
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.errors import UsageError
 from export.families import esm, eurobert, gte, jina_embeddings_v3, modernbert, nomic_bert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
+
+if TYPE_CHECKING:  # imported where a family makes its tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 FAMILIES: tuple[Family, ...] = (
     roformer.FAMILY,
@@ -46,12 +60,13 @@ def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
     for f in FAMILIES:  # a checkpoint written for remote code whose layout a family reads as data (never run)
         if f.adopts is not None and f.adopts(config, keys):
             return f
-    refuse_remote_code(config, Path(path))
     model_type = config.get("model_type")
+    native = next((f for f in FAMILIES if model_type in f.model_types), None)
+    if native is None or config.get("trust_remote_code"):
+        refuse_remote_code(config, Path(path), foreign(model_type))
+    if native is not None:
+        return native
     if model_type is not None:
-        for f in FAMILIES:
-            if model_type in f.model_types:
-                return f
         raise UsageError(
             f"{path}: config says model_type={model_type!r}, which roformer-trt does not support "
             f"(supported: {supported()}); pass a checkpoint of a supported family"
@@ -66,7 +81,22 @@ def family_of(config: dict, keys: set[str], path: Path | str) -> Family:
     return found[0]
 
 
-def vocab_tokenizer(table: dict) -> tuple[object, str]:
+def ignored_auto_map(config: dict, family: Family) -> dict | None:
+    """The auto_map of a config `family` builds with transformers' own class (its model_type is the family's; a
+    config the family adopts as data is not): what loading ignores. None when there is none."""
+    auto = config.get("auto_map")
+    if not auto or config.get("model_type") not in family.model_types:
+        return None
+    return dict(auto) if isinstance(auto, dict) else {"auto_map": repr(auto)}
+
+
+def foreign(model_type) -> str:
+    """What a family says of another implementation's model_type of its checkpoints ("; ..." or "")."""
+    said = [why for f in FAMILIES for t, why in f.foreign if t == model_type]
+    return f"; model_type {model_type!r}: {said[0]}" if said else ""
+
+
+def vocab_tokenizer(table: dict) -> tuple[PreTrainedTokenizerBase, str]:
     """The vocab.txt tokenizer of the family that ships one (ImportError when its segmenter is missing, or when no
     family has one: export.inputs.text then uses WordPiece alone)."""
     for f in FAMILIES:

@@ -59,6 +59,11 @@ class CheckpointSection(TypedDict, total=False):
     path: str
     format: str
     sha256: str
+    config_source: str  # which config was used: the checkpoint's, the one beside it, or --config
+    weights_dtype: str  # the stored weights' dtype, e.g. "float32"
+    # the config's auto_map (class -> "repo--module.Class"), left aside because its model_type is built with
+    # transformers' own class (export/families/registry.py); None: the config has none
+    auto_map_ignored: dict[str, str] | None
 
 
 class ExportSection(TypedDict):
@@ -66,6 +71,7 @@ class ExportSection(TypedDict):
     opset: int
     max_len: int
     table_rows: int
+    rotary_caches_expanded: int  # exporter RotaryEmbedding nodes whose batch-1 caches were expanded (rotary/repair.py)
     dtype: str
     seconds: float
     files: list[str]
@@ -88,6 +94,7 @@ class PluginSection(TypedDict, total=False):
     path: str
     sha256: str
     reason: str
+    tensorrt_headers: str  # the version of the TensorRT headers the library was built against, when known
 
 
 class PrecisionSection(TypedDict, total=False):

@@ -139,15 +139,14 @@ def test_cpp_strings_match_yaml(config):
 def test_docs_name_the_self_registering_library_for_dlopen_loaders():
     """Triton's plugins=, LD_PRELOAD and --staticPlugins only dlopen: they need the library that registers at load."""
     root = identity.CONFIG_YAML.parents[2]
-    texts = {
-        p: p.read_text()
-        for p in [root / "README.md", identity.CONTRACT_README, *sorted((root / "engines").glob("triton*.py"))]
-    }
+    docs = [root / "README.md", identity.CONTRACT_README, *sorted(root.glob("engines/**/README.md"))]
+    texts = {p: p.read_text() for p in [*docs, *sorted((root / "engines" / "triton").glob("*.py"))]}
     for path, text in texts.items():
         for lib in re.findall(r"(?:plugins=|LD_PRELOAD=|--staticPlugins[= ]|--plugins )(\S*?\.so)", text):
-            assert lib.endswith(identity.STATIC_PLUGIN_LIB), (path.name, lib)
-    readme = texts[root / "README.md"]
+            assert lib.endswith(identity.STATIC_PLUGIN_LIB), (path, lib)
+    triton = texts[root / "engines" / "triton" / "README.md"]  # where the repository's server command is shown
     assert (
-        f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in readme
-        and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in readme
+        f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in triton
+        and f"LD_PRELOAD=/path/{identity.STATIC_PLUGIN_LIB}" in triton
+        and f"plugins=/path/{identity.STATIC_PLUGIN_LIB}" in texts[root / "README.md"]
     )

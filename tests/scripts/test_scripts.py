@@ -220,6 +220,8 @@ def test_bench_families_tiny_two_families(tmp_path):
         control = load("bench_families").CONTROL
         assert set(row["stats"]) == {"ours", "raw+expand", control} and row["faster_peer"] == "raw+expand"
         assert set(row["paired_ratio_median"]) == {"raw+expand", control} and len(row["runs_ms"]["ours"]) == 9
+        expanded = fam["rotary_sites"]["caches_expanded"]  # the export repairs them now: the script adds nothing
+        assert expanded == {"by_the_export": 2 * fam["config"]["layers"], "by_this_script": 0}
         prof = fam["profile"]["2x16"]
         assert prof["ours"]["RotaryEmbedding"] > 0 and "Cos" not in prof["ours"] and "Cos" in prof["raw+expand"]
         assert row["verdict"] in ("faster", "within spread", "slower") and fam["optimum"] == {
@@ -255,3 +257,56 @@ def test_bench_families_keeps_an_earlier_runs_results(tmp_path):
     (tmp_path / "b_2026-12-08.md").write_text("first run")
     (tmp_path / "b_2026-12-08_2.json").write_text("{}")
     assert free_stem(tmp_path, "b_2026-12-08") == "b_2026-12-08_3"
+
+
+def test_check_family_precisions_refuses_an_unknown_family_before_work(tmp_path, capsys):
+    script = load("check_family_precisions")
+    argv = ["--families", "gte,bert", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert script.main(argv) == 2
+    assert "unknown family or precision ['bert']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_check_family_precisions_reads_the_worst_figures_of_a_report(built):
+    """Per graph: the largest scaled error and the smallest row cosine over every shape and output of the build's
+    own validation cases, with the thresholds they were judged by."""
+    from export.report.persist import read_report
+
+    cases = read_report(built).validation
+    figures = load("check_family_precisions").graph_figures(cases, "fp32")
+    assert set(figures) == {c["graph"] for c in cases}
+    for graph, f in figures.items():
+        outs = [o for c in cases if c["graph"] == graph for o in c["outputs"].values()]
+        assert f["max_scaled_error"] == max(o["scaled_error"] for o in outs)
+        assert f["min_row_cosine"] == min(o["row_cosine"] for o in outs if o.get("row_cosine") is not None)
+        assert f["rtol"] == outs[0]["rtol"] and f["passed"] is True
+
+
+def test_bench_families_expands_batch_one_caches_once():
+    """The raw+expand peer: a RotaryEmbedding with [1, S, R/2] caches runs at batch 3 on ONNX Runtime after the
+    script's expansion, as onnx.reference computes the original; a graph already expanded is left alone."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    info = helper.make_tensor_value_info
+    node = helper.make_node("RotaryEmbedding", ["x", "cos", "sin"], ["y"])
+    graph = helper.make_graph(
+        [node], "g",
+        [info("x", TensorProto.FLOAT, ["B", 2, "S", 8]), info("cos", TensorProto.FLOAT, [1, "S", 4]),
+         info("sin", TensorProto.FLOAT, [1, "S", 4])],
+        [info("y", TensorProto.FLOAT, ["B", 2, "S", 8])],
+    )  # fmt: skip
+    raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    expand = load("bench_families").expand_caches
+    fixed, n = expand(raw)
+    assert n == 1 and expand(fixed)[1] == 0
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((3, 2, 5, 8), np.float32)}
+    feeds |= {k: rng.standard_normal((1, 5, 4), np.float32) for k in ("cos", "sin")}
+    want = ReferenceEvaluator(raw).run(None, feeds)[0]
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception, match="same shape"):  # why the peer needs it: ORT refuses the raw node at batch 3
+        ort.InferenceSession(raw.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

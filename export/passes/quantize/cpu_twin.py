@@ -88,8 +88,12 @@ def _fuse(src: Path, fused: Path, heads: int, hidden: int) -> None:
 
     options = FusionOptions("bert")
     options.enable_layer_norm = False  # module docstring: LayerNormalization is there already, RMSNorm stays as is
+    model = without_matmul_weights(src)
+    # ORT 1.32's SkipLayerNormalization fusion reads LayerNormalization's optional bias as node.input[2] (IndexError
+    # without it): a graph with a bias-less LayerNormalization (ModernBERT's dynamo export) keeps its Add + norm
+    options.enable_skip_layer_norm = not has_biasless_layer_norm(model.graph)
     optimizer = optimize_model(
-        without_matmul_weights(src),
+        model,
         model_type="bert",
         num_heads=heads,
         hidden_size=hidden,
@@ -129,6 +133,11 @@ def without_matmul_weights(src: Path) -> onnx.ModelProto:
         if is_external(t) and t.name not in weights:
             model.graph.initializer[i].CopyFrom(load_tensor(t, src.parent))
     return model
+
+
+def has_biasless_layer_norm(graph: onnx.GraphProto) -> bool:
+    """Whether a LayerNormalization of `graph` has no bias input (structure only)."""
+    return any(n.op_type == "LayerNormalization" and (len(n.input) < 3 or not n.input[2]) for n in graph.node)
 
 
 def _share_unchanged(model: onnx.ModelProto, src: Path) -> None:

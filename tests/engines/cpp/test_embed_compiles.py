@@ -87,7 +87,7 @@ def test_embed_compiles_with_warnings_as_errors(tmp_path, include):
 @pytest.mark.skipif(not HEADERS, reason=headers_missing())
 @pytest.mark.parametrize("include", HEADERS, ids=[version_of(h) for h in HEADERS])
 def test_cmake_project_builds_objects(tmp_path, include):
-    """README's command on a machine with the headers and no libnvinfer: EMBED_COMPILE_ONLY switches on by itself."""
+    """The C++ README's command with the headers and no libnvinfer: EMBED_COMPILE_ONLY switches on by itself."""
     toolchain(need_cmake=True)
     b, no_lib = tmp_path / "b", tmp_path / "no-lib"
     no_lib.mkdir()

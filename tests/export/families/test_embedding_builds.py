@@ -5,7 +5,9 @@ right padding, judged by the default gate; what the rest of the toolchain does w
 Every build is made once per session (tests/conftest.py family_build) and many things are asserted on it.
 fp32 and fp16 on every family; int8 on GTE, bf16 on NomicBERT, fp8 on EuroBERT. Both rope modes on every family
 (--rope plugin: one RoformerRotary node per layer; --rope onnx: two RotaryEmbedding nodes per layer), both attention
-kernels and every head at least once; the TorchScript exporter, and the dynamo exporter (the default) on EuroBERT.
+kernels and every head at least once; the TorchScript exporter, the dynamo exporter at its default opset on EuroBERT,
+and at opset 23 on one build of each family (tests/fixtures/opset23.py: the exporter's batch-1 rotary caches repaired,
+the raw export failing ONNX Runtime at batch 3).
 The particularities in the tiny configs: GTE's rotary table is rope_type linear (its original fixed-NTK scaling),
 NomicBERT's theta is 1000 and its FFN SwiGLU, EuroBERT's key and value have 2 heads for 4 query heads.
 """
@@ -21,19 +23,20 @@ import torch
 from engines.gate import main as gate
 from export.families.registry import by_name
 from export.report.persist import read_report
+from tests.fixtures.opset23 import OPSET23, check_opset23_build
 
 MAX_LEN = 96
 FAST = ("--exporter", "torchscript")
 LEN = ("--max-len", str(MAX_LEN))
 BUILDS = {  # (family, name) -> (task, flags)
-    ("gte", "fp32-cls"): ("model", ("--pooling", "cls", *LEN, *FAST)),  # --rope plugin
+    ("gte", "fp32-cls"): ("model", ("--pooling", "cls", *LEN, *OPSET23)),  # --rope plugin
     ("gte", "fp16-mlm-onnx"): ("masked-lm", ("--precision", "fp16", "--rope", "onnx", *LEN, *FAST)),
     ("gte", "int8-mean"): ("model", ("--precision", "int8", "--pooling", "mean", *LEN, *FAST)),
     ("gte", "fp32-classifier-sdpa"): (
         "sequence-classification",
         ("--attention", "sdpa", "--rope", "onnx", *LEN, *FAST),
     ),
-    ("nomic_bert", "fp32-mean"): ("model", ("--pooling", "mean", *LEN, *FAST)),
+    ("nomic_bert", "fp32-mean"): ("model", ("--pooling", "mean", *LEN, *OPSET23)),
     ("nomic_bert", "fp16-tokens-onnx"): (
         "token-classification",
         ("--precision", "fp16", "--rope", "onnx", *LEN, *FAST),
@@ -45,7 +48,7 @@ BUILDS = {  # (family, name) -> (task, flags)
         ("--precision", "fp16", "--rope", "onnx", *LEN, *FAST),
     ),
     ("eurobert", "fp8-mean"): ("model", ("--precision", "fp8", "--pooling", "mean", *LEN, *FAST)),
-    ("eurobert", "fp32-tokens-sdpa"): ("token-classification", ("--attention", "sdpa", *LEN, *FAST)),
+    ("eurobert", "fp32-tokens-sdpa"): ("token-classification", ("--attention", "sdpa", *LEN, *OPSET23)),  # Attention-23
 }
 ROTARY = {  # family -> what report.json model.rotary says of each layer: table, theta, rope type, parameters, heads
     "gte": ("default", 160000.0, "linear", {"factor": pytest.approx(8 ** (2 / 16))}, [2, 2]),
@@ -82,6 +85,15 @@ def test_every_build_matches_transformers_and_passes_the_gate(made):
     layers = model.config.num_hidden_layers
     assert rewrite["found"] == rewrite["rewritten"] == rewrite["expected"] == 2 * layers  # query and key, each layer
     assert rewrite["nodes"] == (layers if rewrite["mode"] == "plugin" else 2 * layers) and not rewrite["skipped"]
+
+
+OPSET23_BUILDS = [key for key, (_, flags) in BUILDS.items() if "--opset" in flags]
+
+
+@pytest.mark.parametrize("key", OPSET23_BUILDS, ids="-".join)
+def test_the_opset_23_export_is_repaired_and_runs_at_every_batch(family_build, key):
+    out, model = build_of(family_build, *key)
+    check_opset23_build(out, model, BUILDS[key][0])
 
 
 def test_the_report_says_what_the_family_declares(made):

@@ -9,7 +9,8 @@ against that model: the loader's merge, each task's graph, the faults.
 
 Two builds of the tiny original checkpoint (tests/fixtures/jina_original.py: the original names and shapes, five
 tasks, rank 4), each made once: `--task all --precision fp16 --pooling mean` (--rope plugin) and `--task
-text-matching --precision bf16 --rope onnx`.
+text-matching --precision bf16 --rope onnx`, the latter exported by dynamo at opset 23 (tests/fixtures/opset23.py:
+the exporter's batch-1 rotary caches repaired, the raw export failing ONNX Runtime at batch 3).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from export.report.persist import read_report
 from export.report.thresholds import DEFAULTS, Thresholds
 from export.validate import OnnxFile, Shape, TorchReference, make_inputs, validate_graphs
 from tests.export.families.test_modernbert_faults import judged
+from tests.fixtures.opset23 import OPSET23, check_opset23_build
 from tests.helpers import one_line
 
 MAX_LEN = 96
@@ -170,10 +172,10 @@ def test_a_task_the_checkpoint_cannot_give_is_refused_in_one_line(
 
 # ---- the builds ------------------------------------------------------------------------------------------------
 
-COMMON = ("--max-len", str(MAX_LEN), "--exporter", "torchscript")
+LEN = ("--max-len", str(MAX_LEN))
 BUILDS = {
-    "all-fp16": ("--task", "all", "--precision", "fp16", "--pooling", "mean", *COMMON),
-    "text-matching-bf16": ("--task", "text-matching", "--precision", "bf16", "--rope", "onnx", *COMMON),
+    "all-fp16": ("--task", "all", "--precision", "fp16", "--pooling", "mean", *LEN, "--exporter", "torchscript"),
+    "text-matching-bf16": ("--task", "text-matching", "--precision", "bf16", "--rope", "onnx", *LEN, *OPSET23),
 }
 
 
@@ -238,6 +240,10 @@ def test_one_task_at_bf16_with_rope_onnx(builds):
     assert {c["precision"] for c in cases} == {"fp32", "bf16"} and {1, 61, MAX_LEN} <= {c["seq"] for c in cases}
     assert all(c["passed"] for c in cases) and gate([str(out)]) == 0
     assert report.rewrite["mode"] == "onnx" and report.rewrite["rewritten"] == report.rewrite["expected"] == 6
+
+
+def test_the_opset_23_export_is_repaired_and_runs_at_every_batch(builds, references):
+    check_opset23_build(builds["text-matching-bf16"], references["text-matching"])
 
 
 def test_the_structure_check_sees_a_different_graph(builds, tmp_path):

@@ -153,7 +153,8 @@ def test_sdpa_is_taken_when_asked_and_never_flash_attention(hf_ckpt, tmp_path):
     [
         ({"hidden_size": 48}, r"weight has shape \(32,\), config expects \(48,\); check config.json"),
         ({"num_hidden_layers": 4, "layer_types": None}, "config num_hidden_layers is 4 but the weights hold 3"),
-        ({"auto_map": {"AutoModel": "m.M"}}, "config has auto_map: it asks for model code"),
+        ({"trust_remote_code": True}, "config has trust_remote_code: it asks for model code"),
+        ({"model_type": "mb", "auto_map": {"AutoModel": "o/r--m.M"}}, r"config has auto_map \(code in o/r\): it asks"),
         ({"model_type": "gpt2"}, r"model_type='gpt2', which roformer-trt does not support \(supported: .*modernbert"),
     ],
 )

@@ -6,6 +6,9 @@ repository, CPU serving, client) without a token_type_ids input.
 Every build is made once per session (tests/conftest.py family_build) and many things are asserted on it.
 Both rope modes: --rope plugin (one RoformerRotary node per layer, interleaved=0) and --rope onnx (two ai.onnx
 RotaryEmbedding nodes per layer), each layer's table the family's (global theta 160000, local 10000).
+"fp32-mean" is exported at opset 23 (tests/fixtures/opset23.py: the exporter's batch-1 rotary caches repaired, the
+raw export failing ONNX Runtime at batch 3); two builds reuse its export (--rope none: model.onnx is then the
+TensorRT-bound graph; the raw export: exit 1, never a crash).
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import pytest
 import torch
 
 from engines.gate import main as gate
+from export.build import main as build
 from export.families.registry import by_name
 from export.onnx_export import FAMILY_KEY, MAX_LEN_KEY
 from export.report.persist import read_report
+from export.report.schema import ONNX_KEY, TENSORRT_ONNX_KEY, precision_key
+from tests.fixtures.opset23 import OPSET23, batch_3_failures, check_opset23_build, reusing_export
 
 MAX_LEN = 96
 FAST = ("--exporter", "torchscript")
 LEN = ("--max-len", str(MAX_LEN))
 BUILDS = {  # name -> (task, flags): each precision, head, pooling mode, rope mode and attention kernel at least once
-    "fp32-mean": ("model", ("--pooling", "mean", *LEN)),  # the defaults: dynamo exporter, --rope plugin
+    "fp32-mean": ("model", ("--pooling", "mean", *OPSET23, *LEN)),  # the dynamo exporter at opset 23, --rope plugin
     "fp16-cls": ("model", ("--pooling", "cls", "--precision", "fp16", "--rope", "onnx", *LEN, *FAST)),
     "bf16-mlm-sdpa": ("masked-lm", ("--precision", "bf16", "--attention", "sdpa", *LEN, *FAST)),
     "int8-classifier": ("sequence-classification", ("--precision", "int8", "--rope", "onnx", *LEN, *FAST)),
@@ -95,6 +101,48 @@ def test_the_graph_takes_the_family_inputs_and_holds_the_window_in_its_mask(made
         resize_window(graph, 8, 8)  # raises when no such comparison is in the graph
         with pytest.raises(ValueError, match="no \\|i - j\\| <= 7 comparison"):
             resize_window(graph, 7, 8)
+
+
+def test_the_opset_23_export_is_repaired_and_runs_at_every_batch(family_build):
+    check_opset23_build(*build_of(family_build, "fp32-mean"))
+
+
+def test_rope_none_at_opset_23_hands_tensorrt_the_repaired_export(family_build, hf_ckpt, tmp_path, monkeypatch):
+    """--rope none: model.onnx itself is the TensorRT-bound graph and the fp16 graph's source; both run and pass at
+    batch 3 with padding, their RotaryEmbedding nodes reading caches expanded to the batch."""
+    source, model = build_of(family_build, "fp32-mean")
+    reusing_export(monkeypatch, source)
+    out, layers = tmp_path / "none", model.config.num_hidden_layers
+    argv = ["--model", str(hf_ckpt("modernbert")[0]), "--out", str(out), *OPSET23, *LEN]
+    assert build([*argv, "--rope", "none", "--precision", "fp16"]) == 0
+    report = read_report(out)
+    fp16 = report.artifacts[precision_key(ONNX_KEY, "fp16")]  # made from model.onnx: what TensorRT builds from
+    assert report.rewrite is None and report.artifacts[TENSORRT_ONNX_KEY] == fp16
+    assert report.export["rotary_caches_expanded"] == 2 * layers
+    graphs = {c["graph"] for c in report.validation}
+    assert len(graphs) == 2 and all(c["passed"] for c in report.validation)
+    assert all(any(c["graph"] == g and c["batch"] == 3 and c["padded_rows"] for c in report.validation) for g in graphs)
+    assert gate([str(out)]) == 0
+    for name in ("model.onnx", fp16):
+        graph = onnx.load(str(out / name), load_external_data=False).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        rotary = [n for n in graph.node if n.op_type == "RotaryEmbedding"]
+        assert len(rotary) == 2 * layers and all(len(n.input) == 3 for n in rotary), name
+        assert all(producers[i] in ("Expand", "Cast") for n in rotary for i in n.input[1:3]), name
+
+
+def test_a_graph_onnx_runtime_cannot_run_at_a_shape_it_declares_fails_the_build(
+    family_build, hf_ckpt, tmp_path, monkeypatch, capsys
+):
+    """The raw export (the repair taken out) in the build: ONNX Runtime refuses it at batch 3, which is that case
+    failed with the reason (exit 1, the report written), never a crash (exit 4)."""
+    source, _ = build_of(family_build, "fp32-mean")
+    reusing_export(monkeypatch, source, raw=True)
+    out = tmp_path / "raw"
+    argv = ["--model", str(hf_ckpt("modernbert")[0]), "--out", str(out), *OPSET23, *LEN, "--rope", "none"]
+    assert build(argv) == 1
+    assert "internal error" not in capsys.readouterr().err
+    assert {c["graph"] for c in batch_3_failures(out)} == {"onnx"}
 
 
 def test_pooling_modes_are_validated_against_sentence_transformers_rule(family_build):
@@ -200,3 +248,27 @@ def test_make_demo_checkpoint_writes_a_modernbert_folder_export_build_reads(tmp_
     assert shape == (22, 768, 12, 128)
     assert (demo.vocab_size, demo.rope_parameters["full_attention"]["rope_theta"]) == (50368, 160000.0)
     assert demo.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+
+
+def test_the_int8_cpu_twin_of_a_layer_norm_without_bias_is_made_and_close(family_build, tmp_path):
+    """ModernBERT's dynamo export writes LayerNormalization without its optional bias; ONNX Runtime 1.32's
+    SkipLayerNormalization fusion indexed that bias (IndexError: `--precision int8` of the default export stopped
+    with exit 4). The twin is made with that fusion off for such graphs and follows the fp32 graph."""
+    from export.passes.quantize.cpu_twin import write_cpu_twin
+    from export.validate import Shape, make_inputs, ort_session
+
+    source, model = build_of(family_build, "fp32-mean")
+    graph = onnx.load(str(source / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "LayerNormalization" and len(n.input) < 3 for n in graph.node)
+    for name in ("model.onnx", "model.onnx.data"):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    cfg = model.config
+    dst = tmp_path / "model.int8-cpu.onnx"
+    write_cpu_twin(tmp_path / "model.onnx", dst, cfg.num_attention_heads, cfg.hidden_size)
+    twin = onnx.load(str(dst))
+    onnx.checker.check_model(twin, full_check=True)
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in twin.graph.node)
+    feeds = make_inputs(Shape(3, 61, 2), cfg.vocab_size, None)
+    ref = ort_session(tmp_path / "model.onnx").run(None, feeds)[0]
+    got = ort_session(twin).run(None, feeds)[0]
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 0.1

@@ -30,10 +30,41 @@ def test_model_type_finds_the_family_and_an_unknown_one_names_the_supported():
     assert by_name("modernbert").inputs == ("input_ids", "attention_mask")
 
 
-@pytest.mark.parametrize("field,value", [("auto_map", {"AutoModel": "modeling_x.XModel"}), ("trust_remote_code", True)])
-def test_a_config_asking_for_remote_code_is_refused_with_the_reason(field, value):
-    with pytest.raises(UsageError, match=f"config has {field}: it asks for model code from its repository"):
-        family_of({"model_type": "modernbert", field: value}, set(), "c.json")
+@pytest.mark.parametrize(
+    "config,fragment",
+    [
+        (
+            {"model_type": "modernbert", "trust_remote_code": True},
+            "config has trust_remote_code: it asks for model code",
+        ),
+        (
+            {"auto_map": {"AutoModel": "modeling_x.XModel"}},
+            r"auto_map \(code in the checkpoint's own folder\): it asks",
+        ),
+        (
+            {"model_type": "x", "auto_map": {"AutoModel": "o/r--m.X"}},
+            r"auto_map \(code in o/r\): it asks for model code",
+        ),
+        ({"model_type": "new", "auto_map": {"AutoModel": "a/b--m.X"}}, r"model_type 'new': Alibaba-NLP/new-impl's own"),
+    ],
+    ids=["trust_remote_code", "no-model-type", "unknown-model-type", "foreign-model-type"],
+)
+def test_a_config_asking_for_remote_code_is_refused_with_the_reason(config, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        family_of(config, set(), "c.json")
+
+
+def test_an_auto_map_beside_a_model_type_a_family_builds_is_ignored_as_transformers_does():
+    """transformers 5.25 loads such a config with its own class unless asked to trust remote code
+    (configuration_auto.py, has_local_code); the family is the model_type's, the auto_map is what loading ignores."""
+    from export.families.registry import ignored_auto_map
+
+    auto = {"AutoModel": "someone/code--modeling.M"}
+    for f in FAMILIES:
+        for t in f.model_types:
+            config = {"model_type": t, "auto_map": auto}
+            assert family_of(config, set(), "c.json") is f and ignored_auto_map(config, f) == auto
+            assert ignored_auto_map({"model_type": t}, f) is None
 
 
 def test_a_config_without_model_type_is_recognised_or_refused():
