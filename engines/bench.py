@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -57,7 +58,14 @@ class BenchResult:
     skipped: str | None = None
 
 
-def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
+class Percentiles(TypedDict):
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+
+
+def percentiles(times_ms: Sequence[float]) -> Percentiles:
     a = np.asarray(times_ms, dtype=np.float64)
     return {
         "p50_ms": float(np.percentile(a, 50)),
@@ -90,15 +98,14 @@ def _torch_backend(model, name: str, device: str):
     m = fp32_eval_on(model, torch.device(device))  # the caller's model is never moved or converted
     if name == "torch-fp16":  # .half() converts in place: the fp32 backend may share `m`, so copy first
         m = copy.deepcopy(m).half()
-    if name == "torch-compile":
-        m = torch.compile(m, dynamic=True)
+    run: Callable[..., object] = torch.compile(m, dynamic=True) if name == "torch-compile" else m
 
     def make(feeds):
         t = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
 
         def call():
             with torch.inference_mode():
-                return m(**t)
+                return run(**t)
 
         return call
 
@@ -202,13 +209,9 @@ def run_bench(
     """Measure every backend at every (batch, seq); a backend that cannot run here yields `skipped` rows. Before the
     first timed run it prints what it will run and about how long that takes here (estimate_seconds; config: the
     model's, for sequence_cost), then names each point as it starts."""
-    try:
-        import torch
+    import torch  # a dependency (export.validate imports it too)
 
-        gpu = torch.cuda.is_available()
-    except ImportError:
-        torch, gpu = None, False
-    sync = torch.cuda.synchronize if gpu else None
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     makers = make_backends(backends, model=model, onnx_path=onnx_path, plan=plan, plugin_lib=plugin_lib)
 
     def feeds_for(backend: str, bs: int, seq: int) -> dict:
@@ -218,7 +221,9 @@ def run_bench(
         return {k: torch.from_numpy(v).cuda() for k, v in feeds.items()} if backend == "trt" else feeds
 
     def probe(backend: str, bs: int, seq: int) -> float:
-        call = makers[backend][0](feeds_for(backend, bs, seq))
+        make = makers[backend][0]
+        assert make is not None, "only the runnable points are probed"
+        call = make(feeds_for(backend, bs, seq))
         return min(time_calls(call, 2, 0, sync if makers[backend][1] == "cuda" else None)) / 1e3
 
     points = [(b, bs, s) for b in backends for bs, s in grid]
@@ -287,17 +292,20 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for backend in dict.fromkeys(r.backend for r in results):
-        rows = [r for r in results if r.backend == backend and r.p50_ms is not None]
+        rows = [  # (shape, p50, p90, device) of the measured points: a measured point has every percentile
+            (f"{r.batch}x{r.seq}", r.p50_ms, r.p90_ms, r.device)
+            for r in results
+            if r.backend == backend and r.p50_ms is not None and r.p90_ms is not None
+        ]
         if not rows:
             continue
-        xs = [f"{r.batch}x{r.seq}" for r in rows]
         ax.errorbar(
-            xs,
-            [r.p50_ms for r in rows],
-            yerr=[[0] * len(rows), [r.p90_ms - r.p50_ms for r in rows]],
+            [x for x, _, _, _ in rows],
+            [p50 for _, p50, _, _ in rows],
+            yerr=[[0.0] * len(rows), [p90 - p50 for _, p50, p90, _ in rows]],
             marker="o",
             capsize=3,
-            label=f"{backend} ({rows[0].device})",
+            label=f"{backend} ({rows[0][3]})",
         )
     ax.set_xlabel("batch x sequence")
     ax.set_ylabel("latency ms (p50, bar to p90)")
@@ -360,7 +368,8 @@ def _main(args) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.compile and "torch-compile" not in backends:
         backends.append("torch-compile")
-    model, vocab, types = None, 1000, 2
+    model, vocab = None, 1000
+    types: int | None = 2  # the token-type table's rows; None: the checkpoint's family has no token_type_ids
     if args.checkpoint:  # loaded as export.build loads it: checked, safe, its family's inputs, a table long enough
         ck = load_checkpoint(args.checkpoint, table_rows=max(s for _, s in grid))
         model, vocab, types = ck.model, ck.facts.vocab_size, ck.facts.type_vocab_size

@@ -20,10 +20,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from argparse import Namespace
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from engines.tensorrt.availability import engine_status_for, require_engine
 from export import __version__, build_flags, memory
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def _main(args, argv: list[str], note: InterruptNote) -> int:
+def _main(args: Namespace, argv: list[str], note: InterruptNote) -> int:
     flags = Flags.check(args)
     if args.max_memory is None and os.environ.get(memory.ENV):
         memory.env_limit()  # read before any work, like --max-memory (exit 2 for anything but a size)
@@ -100,7 +102,7 @@ def _main(args, argv: list[str], note: InterruptNote) -> int:
             else:
                 note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
                 new_run = lambda: Run(args, argv, flags, planned)  # noqa: E731
-                report, error, files, hashes = build_all(new_run, folder.stage, tasks, disk_need)
+                report, error, files, hashes = build_all(new_run, folder.staged(), tasks, disk_need)
             folder.commit(
                 files, hashes, on_done=lambda: setattr(note, "text", f"the finished build in {flags.out}/ is in place")
             )
@@ -127,7 +129,7 @@ def _one(args, argv, flags, planned, folder, note, disk_need):
     disk_need[0] = run.disk_need
     note.text = f"nothing was changed in {flags.out}/ (the previous build there, if any, is untouched)"
     folder.reuse(TIMING_CACHE, plan_file(flags.precision), sidecar_file(plan_file(flags.precision)))
-    report, error = run.stages(ckpt, plan, folder.stage)
+    report, error = run.stages(ckpt, plan, folder.staged())
     return report, error, report.artifacts_sha256, report.artifacts_sha256, run.bench_interrupted
 
 
@@ -135,7 +137,7 @@ def _one(args, argv, flags, planned, folder, note, disk_need):
 class Run:
     """One build: the command, its checked flags, and the seconds each stage took."""
 
-    args: object
+    args: Namespace
     argv: list[str]
     flags: Flags
     planned: Planned
@@ -176,7 +178,8 @@ class Run:
     ) -> tuple[Report, RoformerTrtError | None]:
         """Every stage into `work`; returns the saved report and the error to raise once it is in place. shapes: the
         validation shapes (None: export.build's); before_validation(artifacts): a check of the graphs first."""
-        a, results = self.args, {}
+        a = self.args
+        results: dict[str, StageResult[Any]] = {}
         with self.timed("export"):
             results["export"] = run_export_stage(
                 ckpt.model, ckpt.task, work, plan.max_len, a.exporter, self.flags.opset
@@ -237,10 +240,11 @@ class Run:
                 )
         elif not results["rewrite"].failure:
             cpu_key = rope_key("onnx") if self.args.rope == "onnx" else ONNX_KEY
+            assert self.calib is not None, "load() reads the calibration set whenever the build quantizes"
             with self.timed("quantize"):
                 results["quantize"] = run_quantize_stage(
                     self.flags.quant,
-                    self.calib,  # read by load() whenever the build quantizes
+                    self.calib,
                     work / arts[trt_key],
                     trt_key,
                     work / arts[cpu_key],

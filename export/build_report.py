@@ -8,11 +8,14 @@ weights' stored dtype.
 
 from __future__ import annotations
 
+from argparse import Namespace
+
 from export.checkpoint.rebuild import LoadedCheckpoint
 from export.folder.digest import sha256_tree
+from export.report.schema import CheckpointSection, ModelSection
 
 
-def model_facts(ckpt: LoadedCheckpoint) -> dict:
+def model_facts(ckpt: LoadedCheckpoint) -> ModelSection:
     """report.json `model`: the family's facts, the task, the inputs, the attention kernel, per layer the rotary
     (its table's rope type and parameters, the heads of each rotated tensor) and the attention kind the family
     declares, and the text prefixes by prompt name (`prompts`): the family's, or for a task adapter build
@@ -43,11 +46,12 @@ def model_facts(ckpt: LoadedCheckpoint) -> dict:
 
 
 def prompts(ckpt: LoadedCheckpoint) -> dict[str, str]:
-    task = (ckpt.adapter or {}).get("task")
-    return {task: ckpt.adapter["prefix"]} if task else dict(ckpt.family.prompts)
+    adapter = ckpt.adapter or {}
+    task = adapter.get("task")
+    return {task: adapter["prefix"]} if task else dict(ckpt.family.prompts)
 
 
-def checkpoint_facts(args, ckpt: LoadedCheckpoint) -> dict:
+def checkpoint_facts(args: Namespace, ckpt: LoadedCheckpoint) -> CheckpointSection:
     return {
         "path": str(args.model),
         "format": ckpt.source_format,

@@ -57,7 +57,9 @@ def build_all(new_run, stage: Path, tasks: list[str], disk_need: list[int]):
         work.mkdir()
         shapes = None if i == 0 else one_shape(plan.max_len, ckpt.task)
         check = None if i == 0 else (lambda arts, w=work: _check_structure(stage / tasks[0], w, arts))
-        validated[task] = "every shape" if i == 0 else f"one shape ({shapes[0].label()}), same graph as {tasks[0]}"
+        validated[task] = (
+            "every shape" if shapes is None else f"one shape ({shapes[0].label()}), same graph as {tasks[0]}"
+        )
         report, error = run.stages(ckpt, plan, work, shapes=shapes, before_validation=check)
         reports[task] = report
         first_error = first_error or error

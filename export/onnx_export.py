@@ -34,6 +34,7 @@ from export.families.registry import family_of_model
 from export.inputs.numbers import parse_int
 from export.onnx_io import check_locations, has_external, move_into_place, save_model
 from export.passes.rotary.repair import expand_batch_one_caches
+from export.report.schema import ExportSection
 from export.spec import ExportSpec
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,8 @@ def export_onnx(
     max_len: int,
     exporter: str = "dynamo",
     opset: int | None = None,
-) -> dict:
-    """Export, check and atomically write. Returns facts for report.json `export`."""
+) -> ExportSection:
+    """Export, check and atomically write. Returns report.json `export`."""
     opset = check_export_args(exporter, opset)
     if max_len < MIN_MAX_LEN:
         raise UsageError(
@@ -166,6 +167,7 @@ def _export_dynamo(wrapper, args, spec: ExportSpec, path: Path, opset: int, max_
         optimize=True,
         verbose=False,
     )
+    assert program is not None  # dynamo=True returns the ONNXProgram (None only from the TorchScript exporter)
     program.save(str(path), external_data=True)  # streamed to <name>.data: no serialized copy in memory
 
 

@@ -18,7 +18,15 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 _console = Console(stderr=True)
 T = TypeVar("T")
@@ -49,7 +57,7 @@ class LineProgress:
     a task's description changes: the step it names has started."""
 
     def __init__(self) -> None:
-        self._tasks: dict[int, dict] = {}
+        self._tasks: dict[TaskID, dict] = {}
 
     def __enter__(self) -> LineProgress:
         return self
@@ -57,13 +65,13 @@ class LineProgress:
     def __exit__(self, *exc) -> None:
         return None
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
+    def add_task(self, description: str, total: float | None = None, **_) -> TaskID:
         """A task whose steps are announced by update(description=...): the description given here names none."""
-        task = len(self._tasks)
+        task = TaskID(len(self._tasks))  # rich's task ids: the same calls work on either progress
         self._tasks[task] = {"description": description, "total": total, "done": 0, "t0": time.perf_counter()}
         return task
 
-    def update(self, task: int, *, description: str | None = None, advance: float | None = None, **_) -> None:
+    def update(self, task: TaskID, *, description: str | None = None, advance: float | None = None, **_) -> None:
         t = self._tasks[task]
         if advance:
             t["done"] += advance
@@ -72,7 +80,7 @@ class LineProgress:
             total = f"/{t['total']:g}" if t["total"] is not None else ""
             info(f"[{t['done'] + 1:g}{total} {time.perf_counter() - t['t0']:.0f} s] {description}")
 
-    def advance(self, task: int, advance: float = 1) -> None:
+    def advance(self, task: TaskID, advance: float = 1) -> None:
         self._tasks[task]["done"] += advance
 
 

@@ -91,8 +91,8 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (nearest even), returned as float32: what __float2bfloat16_rn does."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     nan = np.isnan(x)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    out = u.astype(np.uint32).view(np.float32)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    out = rounded.astype(np.uint32).view(np.float32)
     return np.where(nan, np.float32(np.nan), out)
 
 

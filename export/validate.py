@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import onnx
@@ -29,6 +30,7 @@ from export.passes.lowering import with_rotary_function
 from export.passes.pooling import EMBEDDING, HIDDEN, MASK, Pooling
 from export.progress import progress
 from export.report.compare import error_stats, row_mask
+from export.report.schema import OutputStats, ValidationCase
 from export.report.thresholds import Thresholds
 from export.spec import DEFAULT_CHOICES, ExportSpec
 
@@ -114,6 +116,9 @@ class OnnxFile:
     outputs: tuple[str, ...] | None = None
 
 
+Graph: TypeAlias = "str | Path | onnx.ModelProto | OnnxFile"  # what ort_session runs
+
+
 class TorchReference:
     """PyTorch fp32 outputs, computed once per shape and shared by every graph validated.
 
@@ -165,7 +170,7 @@ def true_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
+def ort_session(graph: Graph):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -185,18 +190,18 @@ def ort_session(graph: str | Path | onnx.ModelProto | OnnxFile):
 
 
 def validate_graphs(
-    graphs: dict[str, tuple[object, str]],
+    graphs: Mapping[str, tuple[Graph, str]],
     reference: TorchReference,
     shapes: list[Shape],
     thresholds: Thresholds,
     vocab_size: int,
     type_vocab_size: int | None,
-) -> list[dict]:
+) -> list[ValidationCase]:
     """graphs: name -> (ONNX path, OnnxFile or ModelProto, precision). Returns one case per graph x shape,
     shape-major (every graph at the first shape, then the next shape)."""
     inputs = {shape: make_inputs(shape, vocab_size, type_vocab_size) for shape in shapes}
     refs = {shape: reference(shape, inputs[shape]) for shape in shapes}  # PyTorch peak before any session
-    by_graph: dict[str, list[dict]] = {}
+    by_graph: dict[str, list[ValidationCase]] = {}
     with progress() as bar:
         task = bar.add_task("validate", total=len(graphs) * len(shapes))
         for name, (graph, precision) in graphs.items():
@@ -237,7 +242,7 @@ def expected_outputs(graph, reference: TorchReference) -> tuple[str, ...]:
     return reference.spec.output_names
 
 
-def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, dict]) -> dict:
+def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, OutputStats]) -> ValidationCase:
     """A validation case in report.json's schema; it passes when it has outputs and every one passes."""
     return {
         "graph": graph,
@@ -251,7 +256,7 @@ def _case(graph: str, precision: str, shape: Shape, outputs: dict[str, dict]) ->
     }
 
 
-def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> dict:
+def unrunnable(graph: str, precision: str, shape: Shape, names: tuple[str, ...], why: str) -> ValidationCase:
     """The case of a graph ONNX Runtime was not allowed to run, or could not run at this shape: every output
     fails with the reason."""
     return _case(graph, precision, shape, {n: {"error": why, "passed": False} for n in names})
@@ -265,11 +270,11 @@ def grade(
     ref: dict[str, np.ndarray],
     thresholds: Thresholds,
     inputs: dict[str, np.ndarray] | None = None,
-) -> dict:
+) -> ValidationCase:
     """One validation case. inputs: the feeds (their attention_mask says which rows are padding); None: the
     padding make_inputs gives `shape`."""
     mask = inputs["attention_mask"] if inputs is not None else padding_mask(shape)
-    outputs = {
+    outputs: dict[str, OutputStats] = {
         name: {"error": f"unexpected output {name!r}: the graph should have only {sorted(ref)}", "passed": False}
         for name in got
         if name not in ref
@@ -291,7 +296,7 @@ def grade(
     return _case(graph, precision, shape, outputs)
 
 
-def failures(cases: list[dict]) -> list[str]:
+def failures(cases: list[ValidationCase]) -> list[str]:
     """One line per failing case x output, for the one error the CLI raises at the end."""
     lines = []
     for c in cases:

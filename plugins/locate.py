@@ -11,6 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from export.report.schema import PluginSection
 from plugins.identity import HOST_LIB, KERNEL_LIB, PLUGIN_LIB, STATIC_PLUGIN_LIB  # noqa: F401 (callers say locate.PLUGIN_LIB)
 
 ENV_DIR = "ROFORMER_TRT_PLUGIN_DIR"
@@ -89,7 +90,7 @@ def headers_version(include_dir: str | os.PathLike) -> str | None:
     return ".".join(found.get(k, "0") for k in ("MAJOR", "MINOR", "PATCH")) if "MAJOR" in found else None
 
 
-def plugin_library_status(build_dir: Path | None = None) -> dict:
+def plugin_library_status(build_dir: Path | None = None) -> PluginSection:
     """Whether the TensorRT plugin library is built, and if not, exactly why and what to run.
 
     Returns {"status": "built", "path", "sha256", "reason", "tensorrt_headers"?} or
@@ -102,7 +103,8 @@ def plugin_library_status(build_dir: Path | None = None) -> dict:
     lib = _find(PLUGIN_LIB, bdir)
     if lib is not None:
         include = _cmake_cache(lib.parent).get("TensorRT_INCLUDE_DIR") or ""
-        out = {"status": "built", **library_info(lib)}
+        built = library_info(lib)
+        out = PluginSection(status="built", path=built["path"], sha256=built["sha256"])
         version = headers_version(include) if include else None
         out["reason"] = f"{PLUGIN_LIB} built" + (f" against TensorRT {version} headers ({include})" if version else "")
         if version:

@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("plugins: the C++/CUDA library's build and location", ("plugins",)),
     ("export: checkpoint -> ONNX -> passes -> validation -> diagnosis", ("export", "export.diagnose")),
-    ("engines.tensorrt and build-folder access", ("engines.__init__", "export.folder.artifacts", "engines.tensorrt")),
+    ("engines.tensorrt: the only code that calls TensorRT", ("engines.__init__", "engines.tensorrt")),
     ("engines: Triton, serving, gate, bench, client and their CLIs", ("engines",)),
     (
         "orchestrator: export.build, its plan and the stages it runs",
@@ -80,6 +80,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 def module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     return ".".join(rel.parts)
+
+
+def test_every_prefix_names_one_layer():
+    """A prefix listed twice would sit in the first layer only (layer_of keeps the first of equal length)."""
+    prefixes = [prefix for _, group in LAYERS for prefix in group]
+    assert len(prefixes) == len(set(prefixes)), sorted({p for p in prefixes if prefixes.count(p) > 1})
 
 
 def layer_of(module: str) -> int:

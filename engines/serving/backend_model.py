@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import triton_python_backend_utils as pb_utils  # type: ignore  # only inside the backend stub
+import triton_python_backend_utils as pb_utils  # only inside the backend stub
 
 from engines.serving.ort_model import Limits, OrtEncoder, RequestError
 

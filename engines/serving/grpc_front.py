@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from engines.serving.request_limits import RequestCap, input_problem
 from engines.serving.request_parameters import parameter_problem
 from engines.serving.tritonserver import RESTRICTION_HEADER
 from export.errors import UnavailableError
 
+MISSING: str | None  # why grpc cannot be imported here; None: it can
 try:  # the dev and serving extras; without them `python -m engines.serving --help` still works
     import grpc
     from tritonclient.grpc import service_pb2
@@ -117,7 +119,10 @@ def require_grpc() -> None:
         )
 
 
-class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
+_HANDLER: Any = grpc.GenericRpcHandler if grpc is not None else object  # grpc has no type stubs here
+
+
+class FrontHandler(_HANDLER):
     def __init__(self, channel, cap: RequestCap, key: str):
         self.channel, self.cap = channel, cap
         self.metadata = [(KEY_METADATA, key)]
@@ -142,11 +147,13 @@ class FrontHandler(grpc.GenericRpcHandler if grpc is not None else object):
                 code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNAVAILABLE
                 details_text = e.details() if isinstance(e, grpc.Call) else str(e)
             context.abort(code, details_text)
+            raise AssertionError("context.abort raises")  # gRPC ends the call there
 
         return grpc.unary_unary_rpc_method_handler(forward)
 
     def _check(self, body: bytes, context) -> None:
         request = service_pb2.ModelInferRequest()
+        problem: str | None
         try:
             request.ParseFromString(body)
         except Exception as e:  # protobuf raises DecodeError (a plain Exception subclass); answered below

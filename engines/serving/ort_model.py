@@ -97,8 +97,8 @@ def load_build(build: Path, pooling: str | None = "mean") -> tuple[onnx.ModelPro
     ):
         if v is None:
             log.warning("report.json gives no %s is not checked", what)
-    pooling = twin_pooling(build, report, pooling)  # a build made with --pooling serves its own embedding
-    return add_sentence_embedding(graph, pooling), limits, build.resolve().name
+    served = twin_pooling(build, report, pooling)  # a build made with --pooling serves its own embedding
+    return add_sentence_embedding(graph, served), limits, build.resolve().name
 
 
 class OrtEncoder:

@@ -86,7 +86,7 @@ def input_problem(
     if not isinstance(name, str) or not name:
         return "every input needs a non-empty string 'name'"
     n, problem = declared_elements(name, shape, cap)
-    if problem:
+    if n is None:  # declared_elements gives a count or a reason, never neither
         return problem
     if datatype not in ELEMENT_BYTES:
         return f"input {name!r}: datatype {str(datatype)[:20]!r} is not served here; send INT64"

@@ -90,7 +90,7 @@ def serve(
     work = Path(tempfile.mkdtemp(prefix="roformer-trt-serving-"))
     log_file = Path(log_file) if log_file else work / "tritonserver.log"
     own_repository = repository is None
-    repo = work / "repository" if own_repository else Path(repository)
+    repo = Path(repository) if repository is not None else work / "repository"
     server = grpc_server = channel = front = None
     key = secrets.token_urlsafe(32)  # the second wall's key: made afresh, sent only for the repository index
     try:
@@ -121,6 +121,7 @@ def serve(
             front.stop()
         if grpc_server is not None:
             grpc_server.stop(grace=None)
+        if channel is not None:  # made with grpc_server
             channel.close()
         if server is not None:
             server.stop()

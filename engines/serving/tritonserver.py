@@ -80,6 +80,11 @@ def find_tritonserver() -> TritonDist:
             ".venv-serving && .venv-serving/bin/pip install -e '.[serving]', as .ci/run does)"
         )
     spec = importlib.util.find_spec("pytriton")  # located, not imported: none of PyTriton's code runs
+    if spec is None or not spec.submodule_search_locations:  # the distribution's record without its package
+        raise UnavailableError(
+            f"nvidia-pytriton {version} is recorded as installed but its pytriton package is missing; "
+            "reinstall nvidia-pytriton==0.7.* (the roformer-trt 'serving' extra)"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     dist = TritonDist(
@@ -182,7 +187,8 @@ class TritonProcess:
         key: str,
         isolate: bool = True,
     ):
-        self.log_file, self.sockets, self.stubs = Path(log_file), sockets, []
+        self.log_file, self.sockets = Path(log_file), sockets
+        self.stubs: list[int] = []  # the backend stubs' pids, once the server is up
         cmd = triton_command(dist, repository, backend_folder(dist, work), sockets, key, isolate)
         self._log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(

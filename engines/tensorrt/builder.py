@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 from rich.progress import Progress
@@ -64,8 +65,8 @@ def _io_entry(tensor) -> dict:
     return {"name": tensor.name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)}
 
 
-def _progress_monitor(trt):
-    """A trt.IProgressMonitor that drives a rich progress bar on stderr."""
+def _progress_monitor(trt: Any):
+    """A trt.IProgressMonitor that drives a rich progress bar on stderr. trt: the tensorrt module (no stubs)."""
 
     class RichMonitor(trt.IProgressMonitor):
         def __init__(self):

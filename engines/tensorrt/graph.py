@@ -38,7 +38,7 @@ def quantized_format(onnx_path: str | Path) -> str | None:
     m = onnx.load(str(onnx_path), load_external_data=False)
     types = {t.name: t.data_type for t in m.graph.initializer}
     found = {
-        QUANT_TYPES.get(types.get(n.input[2]), "other")
+        QUANT_TYPES.get(types.get(n.input[2], onnx.TensorProto.UNDEFINED), "other")  # not an initializer: other
         for n in m.graph.node
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
     }

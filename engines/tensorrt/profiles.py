@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from export.errors import UsageError
 from export.inputs.numbers import NumberError, parse_int_list
+from export.report.schema import ProfileRow
 
 AXES = ("batch", "choices", "sequence")
 DEFAULT_OPT_SEQ = 128  # opt of the default single profile: a typical serving length, not the longest
@@ -157,7 +158,7 @@ class ProfileSet:
                     raise UsageError(f"input {name} has a 'choices' axis; pass --choices (number of choices)")
                 else:
                     raise UsageError(f"input {name} axis {a!r} is not one of {AXES}; re-export with those axis names")
-            out[name] = tuple(tuple(getattr(d, k) for d in dims) for k in ("min", "opt", "max"))
+            out[name] = (tuple(d.min for d in dims), tuple(d.opt for d in dims), tuple(d.max for d in dims))
         return out
 
     def profile_for(self, batch: int, seq: int, choices: int | None = None) -> int:
@@ -173,11 +174,15 @@ class ProfileSet:
             f"sequence length {seq} is outside 1..{self.max_len}; the engine was built for max_len {self.max_len}"
         )
 
-    def to_report(self) -> list[dict]:
+    def to_report(self) -> list[ProfileRow]:
         """report["engine"]["profiles"]: one row per profile, [min, opt, max] per axis."""
         rows = []
         for i in range(len(self)):
-            rows.append({"index": i, **{k: v.as_list() for k, v in self.axis_ranges(i).items()}})
+            r = self.axis_ranges(i)
+            row = ProfileRow(index=i, batch=r["batch"].as_list(), sequence=r["sequence"].as_list())
+            if "choices" in r:
+                row["choices"] = r["choices"].as_list()
+            rows.append(row)
         return rows
 
     def table(self) -> str:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines.tensorrt.plugin_library import load_plugins
 from export.errors import UsageError
+
+if TYPE_CHECKING:  # imported when a runner is made: this module loads on CPU hosts without the cost of torch
+    import torch
 
 
 def pick_profile(profile_shapes: Sequence[Mapping[str, tuple]], shapes: Mapping[str, tuple]) -> int:
@@ -90,7 +94,7 @@ class EngineRunner:
         if not self.context.set_tensor_address(name, address):
             raise RuntimeError(f"set_tensor_address failed for {name}; see the TensorRT log")
 
-    def run_torch(self, feeds: Mapping[str, object]) -> dict[str, object]:
+    def run_torch(self, feeds: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
         """feeds: torch CUDA tensors (or numpy) -> torch CUDA outputs; no host sync (benchmarks use this)."""
         torch = self.torch
         shapes = {n: tuple(feeds[n].shape) for n in self.inputs}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from export.report.schema import ValidationCase
 from export.report.thresholds import Thresholds
 from export.validate import Shape, grade, largest_prime_in, make_inputs
 
@@ -47,11 +48,11 @@ def validate_engine(
     thresholds=None,
     seed: int = 0,
     outputs: tuple[str, ...] | None = None,
-) -> list[dict]:
+) -> list[ValidationCase]:
     """One case per validation shape; graph "engine-<precision>", thresholds looked up by precision.
     outputs: the ones the engine must have and is graded on (None: every output the reference gives)."""
     th = thresholds or Thresholds.defaults()
-    cases = []
+    cases: list[ValidationCase] = []
     for shape in validation_shapes(profiles):
         feeds = make_inputs(shape, vocab_size, type_vocab_size, seed=seed)
         ref = dict(reference(shape, feeds))

@@ -91,7 +91,8 @@ def refused_shapes(cfg, boxes: list[ProfileBox], max_len: int) -> list[str]:
 def _refused_batches(inst: Instance, boxes: list[ProfileBox], seq: int, max_batch: int) -> list[int]:
     """Batches 1..max_batch that `inst` refuses at `seq` tokens, from the profiles' ranges (not one by one)."""
     spans = sorted(boxes[p].batch for p in inst.profiles if boxes[p].sequence[0] <= seq <= boxes[p].sequence[1])
-    refused, next_ok = [], 1
+    refused: list[int] = []
+    next_ok = 1
     for lo, hi in spans:
         refused += range(next_ok, min(lo, max_batch + 1))
         next_ok = max(next_ok, hi + 1)

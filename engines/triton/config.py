@@ -25,6 +25,7 @@ import onnx
 from onnx import helper
 
 from export.errors import UnavailableError, UsageError, VerificationError
+from export.report.schema import ModelSection
 
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # config parameter: the positions a served model takes
 PROMPTS = "prompts"  # config parameter: {prompt name: text prefix} as JSON (engines.client --prompt NAME)
@@ -210,7 +211,7 @@ def check_config(text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     return cfg
 
 
-def prompts_parameter(model: dict | None) -> dict[str, str]:
+def prompts_parameter(model: ModelSection | None) -> dict[str, str]:
     """{PROMPTS: JSON} of report.json `model.prompts` (the prefixes the family's checkpoints expect before a text,
     by sentence-transformers prompt name); {} when the build declares none."""
     prompts = (model or {}).get("prompts") or {}

@@ -31,8 +31,9 @@ def build_pooling(build: Path, report: Report, asked: str) -> Pooling | None:
     """The pooling the build's TensorRT-bound graph computes (None: it has no sentence_embedding); `asked`
     (--pooling) must be that mode or none: UsageError naming both otherwise."""
     graph = tensorrt_graph(build, report)
-    model = onnx.load(str(graph), load_external_data=False) if graph is not None else None
-    have = declared_pooling(model, graph.parent) if model is not None and graph is not None else None
+    if graph is None:
+        return None
+    have = declared_pooling(onnx.load(str(graph), load_external_data=False), graph.parent)
     if have is not None and asked not in ("none", have.mode):
         raise UsageError(
             f"--pooling {asked} disagrees with the build: {graph.name} computes {EMBEDDING} with "

@@ -129,7 +129,7 @@ def tensorrt_models(
             "report.json has engines but no 'tensorrt-onnx', 'rope-plugin' or 'onnx' artifact to read I/O from"
         )
     ins, outs = tc.read_onnx_io(graph)
-    max_len = int((report.export or {}).get("max_len") or 0)
+    max_len = int((report.export.get("max_len") if report.export else None) or 0)
     models = [
         _tensorrt_model(build, report, entry, name, max_batch, (ins, outs), max_len, instances, rep)
         for entry in engines
@@ -176,7 +176,8 @@ def check_engine_outputs(plan: str, sidecar: dict, outputs: list) -> None:
     """The outputs the sidecar recorded from the built network must be the graph's (the config lists the
     graph's): VerificationError otherwise. A sidecar that records none is not checked."""
     engine = [o.get("name") for o in sidecar.get("outputs") or [] if isinstance(o, dict)]
-    if engine and sorted(engine) != sorted(o.name for o in outputs):
+    # key=str: a sidecar output without a name (None) or with a number sorts beside the strings, and differs
+    if engine and sorted(engine, key=str) != sorted((o.name for o in outputs), key=str):
         raise VerificationError(
             f"{plan} has outputs {engine} (its sidecar), the graph it was built from "
             f"{[o.name for o in outputs]}; rebuild the engine"

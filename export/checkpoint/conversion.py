@@ -17,14 +17,16 @@ they are (the transforms match the original names only). A conversion that fails
 from __future__ import annotations
 
 from copy import deepcopy
-
-import torch
+from typing import TYPE_CHECKING
 
 from export.checkpoint.formats import short
 from export.errors import UsageError
 
+if TYPE_CHECKING:  # imported in convert_keys, like the rest of transformers here
+    from transformers import PreTrainedModel
 
-def convert_keys(model: torch.nn.Module, state: dict, path) -> dict:
+
+def convert_keys(model: PreTrainedModel, state: dict, path) -> dict:
     """state with transformers' names for `model`'s class (built on meta); unchanged when the type has no mapping."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key

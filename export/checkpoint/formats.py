@@ -58,7 +58,7 @@ def read_checkpoint(
     return CheckpointFiles(config, state, fmt, source)
 
 
-def _load_hf_folder(folder: Path):
+def _load_hf_folder(folder: Path) -> tuple[dict, dict, str]:
     cfg = folder / "config.json"
     if not cfg.exists():
         raise UsageError(f"{folder}/ has no config.json; pass the folder written by save_pretrained()")

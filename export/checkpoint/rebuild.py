@@ -19,8 +19,9 @@ Two steps, so a build decides its memory before spending it:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,12 +36,15 @@ from export.families.registry import family_of, ignored_auto_map
 from export.families.spec import LayerAttention, LayerRotary
 from export.progress import info
 
+if TYPE_CHECKING:  # transformers is imported where a model is built: reading a checkpoint needs none of it
+    from transformers import PreTrainedConfig, PreTrainedModel
+
 PREFIXES = ("module.", "model.")
 
 
 @dataclass
 class InspectedCheckpoint:
-    config: object  # the family's transformers config, checked by its file
+    config: PreTrainedConfig  # the family's transformers config, checked by its file
     state: dict  # fp32 tensors, keys as the task's HF class names them
     task: str
     source_format: str
@@ -62,13 +66,13 @@ class InspectedCheckpoint:
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module
-    config: object
+    config: PreTrainedConfig
     task: str
     source_format: str
     table: str | None
+    family: Family
     config_source: str = "checkpoint"
     weights_dtype: str = "float32"
-    family: Family = field(default=None)  # type: ignore[assignment]  # always set by materialize
     attn_implementation: str = "eager"
     adapter: dict | None = None  # report.json `adapter`: the task adapter merged into the weights, if any
     auto_map_ignored: dict | None = None  # report.json `checkpoint.auto_map_ignored`
@@ -162,11 +166,11 @@ def with_adapter(family: Family, state: dict, config: dict, path: Path, task: st
     if family.adapters is not None:
         state, adapters = family.adapters(state, config, path)
     chosen = choose(adapters, task, path)
+    if adapters is None:
+        return state, None
     if chosen is not None:
         return adapters.merged(state, chosen), adapters.describe(chosen)
-    if adapters is not None:  # --task none: the base weights, the adapters named
-        return state, {"task": None, "tasks": list(adapters.tasks), "kind": adapters.kind}
-    return state, None
+    return state, {"task": None, "tasks": list(adapters.tasks), "kind": adapters.kind}  # --task none: base weights
 
 
 def attn_implementation(family: Family, asked: str | None) -> str:
@@ -201,9 +205,9 @@ def materialize(ck: InspectedCheckpoint, table_rows: int | None = None) -> Loade
         ck.task,
         ck.source_format,
         ck.table,
+        ck.family,
         ck.config_source,
         ck.weights_dtype,
-        ck.family,
         ck.attn_implementation,
         ck.adapter,
         ck.auto_map_ignored,
@@ -261,7 +265,7 @@ def check_layer_count(family: Family, state: dict, config, path) -> None:
         )
 
 
-def _meta_model(family: Family, config, task: str, path) -> torch.nn.Module:
+def _meta_model(family: Family, config, task: str, path) -> PreTrainedModel:
     """The task's HF class built on the meta device (no memory); a config it cannot build is refused."""
     cls = family.model_class(task)
     try:

@@ -27,7 +27,8 @@ import onnx
 
 from export.diagnose.divergence import DEFAULT_BUDGET, Point, compare
 from export.diagnose.nodes import first_failing_node, search_region
-from export.diagnose.sides import Key, OnnxSide, TorchSide
+from export.diagnose.sides import OnnxSide, TorchSide
+from export.diagnose.structure import Key
 from export.errors import UsageError
 from export.report.graph_precision import precision_of
 from export.report.schema import PRECISIONS
@@ -147,7 +148,7 @@ def _diagnose(
     thresholds = thresholds or Thresholds.defaults()
 
     def threshold_of(key: Key) -> Threshold:
-        return thresholds.lookup(precision, graph_key, key[1] if key[0] == "head" else "last_hidden_state")
+        return thresholds.lookup(precision, graph_key, str(key[1]) if key[0] == "head" else "last_hidden_state")
 
     result = compare(ref, cand, feeds, threshold_of, budget_bytes, deadline)
     notes = list(cand.structure.notes) + [f"{p.stage} {p.layer}: {p.note}" for p in result.points if p.note]

@@ -237,6 +237,7 @@ def _build_inputs(args) -> BuildRun:
             "TensorRT engine is diagnosed through the ONNX graph it was built from)"
         )
     graph = artifact(build, report, key)  # export.inputs.graph_file's checks, and the recorded sha256
+    assert graph is not None, key  # a key of report.artifacts, checked above
     checkpoint = _checkpoint_path(args, report)
     _case_shape(report, key, args)  # --batch / --seq against the build's max_len, before the model loads
     inputs = [build / n for n in (REPORT_JSON, REPORT_MD, MANIFEST, *report.artifacts_sha256)]

@@ -9,6 +9,7 @@ skeleton finders share (`region`, `upstream`, `weight_matmul`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 import onnx
 
@@ -18,7 +19,7 @@ INTEGER_MATMUL_OPS = frozenset({"MatMulInteger"})  # int32 accumulators: the pro
 SCORES_DEPTH = 8  # ops between the scores MatMul and its Softmax (scale, mask Add, Where, Casts): a handful
 
 
-def upstream(model: onnx.ModelProto, tensors: list[str], stops: list[str] = ()) -> list[int]:
+def upstream(model: onnx.ModelProto, tensors: list[str], stops: Iterable[str] = ()) -> list[int]:
     """Node indices (graph order) computing `tensors`, walking back to graph inputs, constants or `stops`."""
     return sorted(region(Graph(model), tensors, set(stops)))
 
@@ -58,13 +59,13 @@ def attention_landmarks(g: Graph, k: int, stops: set[str], region: list[int], no
         return []
     rotated = (_peel(g, g.nodes[scores].input[0]), _peel(g, g.nodes[scores].input[1], transpose=True))
     out = [Landmark("rotary_output", k, rotated, tuple(producer_name(g, t) for t in rotated))]
-    projections = [_projection(g, t, stops) for t in rotated]
-    if not all(projections):
+    q, kp = (_projection(g, t, stops) for t in rotated)  # (tensor, node) of the Q and of the K projection
+    if q is None or kp is None:
         notes.append(f"layer {k}: the Q/K projections (MatMul with a weight) before the rotary were not found")
-    elif projections[0] == projections[1]:  # one fused QKV projection (ModernBERT's Wqkv)
-        out.append(Landmark("attention_input", k, (projections[0][0],), (projections[0][1],)))
+    elif q == kp:  # one fused QKV projection (ModernBERT's Wqkv)
+        out.append(Landmark("attention_input", k, (q[0],), (q[1],)))
     else:
-        out.append(Landmark("attention_input", k, tuple(p[0] for p in projections), tuple(p[1] for p in projections)))
+        out.append(Landmark("attention_input", k, (q[0], kp[0]), (q[1], kp[1])))
     return out
 
 

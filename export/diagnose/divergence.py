@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from export.diagnose.sides import Key
-from export.diagnose.structure import STAGES
+from export.diagnose.structure import STAGES, Key, key_layer
 from export.report.compare import error_stats, row_mask
 from export.report.thresholds import Threshold
 
@@ -58,18 +57,16 @@ class Comparison:
 
 
 def depth(key: Key) -> tuple[int, int]:
-    stage, where = key
-    if stage == "embeddings":
-        return -1, 0
-    if stage == "head":
-        return 10**9, 0
-    return int(where), STAGES.index(stage)
+    layer = key_layer(key)
+    if layer is None:  # the embeddings come first, the head last
+        return (-1, 0) if key[0] == "embeddings" else (10**9, 0)
+    return layer, STAGES.index(key[0])
 
 
 def groups_after_first(keys: list[Key], per_group: int) -> list[list[Key]]:
-    layers = sorted({k[1] for k in keys if k[0] not in ("embeddings", "head")})
+    layers = sorted({layer for k in keys if (layer := key_layer(k)) is not None})
     chunks = [layers[i : i + per_group] for i in range(0, len(layers), per_group)]
-    out = [[k for k in keys if k[0] not in ("embeddings", "head") and k[1] in chunk] for chunk in chunks]
+    out = [[k for k in keys if key_layer(k) in chunk] for chunk in chunks]
     heads = [k for k in keys if k[0] == "head"]
     if heads:
         out = out[:-1] + [out[-1] + heads] if out else [heads]
@@ -127,33 +124,25 @@ def compare_point(
     nodes: list[str],
 ) -> Point:
     stage, where = key
-    layer = where if stage not in ("embeddings", "head") else None
-    name = where if stage == "head" else stage
+    layer = key_layer(key)
+    name = str(where) if stage == "head" else stage
     if not ref or not got or len(ref) != len(got):
         return Point(stage, layer, name, True, nodes=nodes, note="not produced by both sides")
     stats = []
     for r, g in zip(ref, got, strict=True):
-        g = aligned(g, r)
-        if g is None:
+        a = aligned(g, r)
+        if a is None:
             return Point(stage, layer, name, True, nodes=nodes, note=f"shapes differ: {got[0].shape} vs {r.shape}")
         rows = row_mask(name, r.shape, mask) if stage == "head" else token_rows(r.shape, mask)
-        stats.append(error_stats(g.astype(np.float32), r.astype(np.float32), rows))
-    rows = [s.row_cosine for s in stats if s.row_cosine is not None]
-    p = Point(
-        stage,
-        layer,
-        name,
-        False,
-        max(s.scaled_error for s in stats),
-        max(s.max_abs for s in stats),
-        min(s.cosine for s in stats),
-        min(rows) if rows else None,
-        sum(s.n_nan for s in stats),
-        nodes,
-        list(ref[0].shape),
-    )
-    p.passed = t.passes(p.max_abs, p.scaled_error, p.cosine, p.n_nan, p.row_cosine)
-    return p
+        stats.append(error_stats(a.astype(np.float32), r.astype(np.float32), rows))
+    scaled = max(s.scaled_error for s in stats)
+    max_abs = max(s.max_abs for s in stats)
+    cosine = min(s.cosine for s in stats)
+    row_cosines = [s.row_cosine for s in stats if s.row_cosine is not None]
+    row_cosine = min(row_cosines) if row_cosines else None
+    n_nan = sum(s.n_nan for s in stats)
+    passed = t.passes(max_abs, scaled, cosine, n_nan, row_cosine)
+    return Point(stage, layer, name, passed, scaled, max_abs, cosine, row_cosine, n_nan, nodes, list(ref[0].shape))
 
 
 def aligned(got: np.ndarray, ref: np.ndarray) -> np.ndarray | None:

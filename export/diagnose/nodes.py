@@ -84,10 +84,10 @@ def _judge(name: str, r: np.ndarray, g: np.ndarray, mask: np.ndarray, t: Thresho
     """The statistics of a failing float tensor, None when it passes or cannot be compared."""
     if not (np.issubdtype(r.dtype, np.floating) and np.issubdtype(g.dtype, np.floating)):
         return None
-    g = aligned(g, r)
-    if g is None or r.size == 0:
+    a = aligned(g, r)
+    if a is None or r.size == 0:
         return None
-    s = error_stats(g.astype(np.float32), r.astype(np.float32), token_rows(r.shape, mask))
+    s = error_stats(a.astype(np.float32), r.astype(np.float32), token_rows(r.shape, mask))
     if t.passes(s.max_abs, s.scaled_error, s.cosine, s.n_nan, s.row_cosine):
         return None
     out = {"scaled_error": s.scaled_error}

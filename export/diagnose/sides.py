@@ -13,11 +13,9 @@ import onnx
 
 from export.diagnose.expose import run_exposed, structure_of
 from export.diagnose.locate import locate
-from export.diagnose.structure import Landmark, Structure
+from export.diagnose.structure import Key, Landmark, Structure, key_layer
 from export.diagnose.taps import capture, head_outputs
 from export.families.registry import family_of_model
-
-Key = tuple[str, object]
 
 
 def landmark_key(m: Landmark) -> Key:
@@ -62,11 +60,12 @@ class TorchSide:
 
     def keys(self) -> list[Key]:
         stages = ("attention_input", "rotary_output", "attention_output", "ffn_output", "layer_output")
-        heads = [("head", n) for n in head_outputs(self.family, self.task)]
-        return [("embeddings", None)] + [(s, k) for k in range(self.n_layers) for s in stages] + heads
+        heads: list[Key] = [("head", n) for n in head_outputs(self.family, self.task)]
+        per_layer: list[Key] = [(s, k) for k in range(self.n_layers) for s in stages]
+        return [("embeddings", None), *per_layer, *heads]
 
     def fetch(self, keys: list[Key], feeds: dict[str, np.ndarray]) -> dict[Key, list[np.ndarray]]:
-        layers = {k[1] for k in keys if k[0] not in ("embeddings", "head")}
+        layers = {layer for k in keys if (layer := key_layer(k)) is not None}
         found = capture(
             self.model,
             self.task,

@@ -46,6 +46,15 @@ FUSED_ATTENTION_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryA
 PASS_THROUGH = frozenset({"Cast", "Identity"})  # same values, maybe another dtype
 SHAPE_OPS = frozenset({"Shape", "Size"})  # their outputs carry no values of the tensor: never walked through
 STAGES = ("embeddings", "attention_input", "rotary_output", "attention_output", "ffn_output", "layer_output", "head")
+# A landmark on either side: (stage, where): the layer of a per-layer stage, the output's name for "head", None for
+# "embeddings".
+Key = tuple[str, int | str | None]
+
+
+def key_layer(key: Key) -> int | None:
+    """The layer of a per-layer landmark's key; None for the embeddings' and the head's."""
+    stage, where = key
+    return where if isinstance(where, int) and stage not in ("embeddings", "head") else None
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,7 @@ def _decomposed_rms(g: Graph, i: int) -> Norm | None:
         scaled = nxt is not None and nxt.op_type == "Mul" and _back(g, x) in {_back(g, t) for t in nxt.input}
     else:
         scaled = nxt is not None and nxt.op_type == "Div" and _back(g, nxt.input[0]) == _back(g, x)
-    if not scaled:
+    if nxt is None or not scaled:
         return None
     out = _forward(g, nxt.output[0])
     while (m := g.single_consumer(out)) is not None and m.op_type == "Mul" and any(g.is_const(t) for t in m.input):

@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 import torch
 
+from export.diagnose.structure import Key
 from export.families.family import PRE_NORM, Tap
 from export.families.registry import family_of_model
 from export.spec import ExportSpec
@@ -32,15 +33,16 @@ def capture(
     layers: set[int] | None = None,
     embeddings: bool = True,
     head: bool = True,
-) -> dict[tuple[str, object], list[np.ndarray]]:
+) -> dict[Key, list[np.ndarray]]:
     """Run `model` (fp32, eval, CPU) once on `feeds`; the landmarks of `layers` (None: all), the embeddings and
     the head outputs as float32 arrays."""
     family = family_of_model(model)
     lm = family.layer_map
     base = family.base(model)
     layer_list = base.get_submodule(lm.layers)
+    assert isinstance(layer_list, torch.nn.ModuleList), lm.layers  # LayerMap.layers names the family's ModuleList
     wanted = set(range(len(layer_list))) if layers is None else set(layers)
-    found: dict[tuple[str, object], list[np.ndarray]] = {}
+    found: dict[Key, list[np.ndarray]] = {}
 
     def keep(key):
         return lambda arrays: found.setdefault(key, []).extend(_np(a) for a in arrays)

@@ -100,7 +100,7 @@ def check_values(
             not isinstance(v, bool)
             and isinstance(v, numbers.Real)
             and math.isfinite(v)
-            and (lo <= v if lo_ok else lo < v)
+            and (lo <= float(v) if lo_ok else lo < float(v))  # float(): typeshed's Real has no reflected compare
             and v <= hi
         )
         if not ok:

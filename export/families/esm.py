@@ -176,7 +176,7 @@ def restore_inv_freq(model, rows: int | None) -> None:
     """The formula's inverse frequencies (float64, rounded once to fp32) in the built model."""
     base = FAMILY.base(model)
     with torch.no_grad():
-        base.rotary_embeddings.inv_freq.copy_(torch.from_numpy(_table(model.config).inv_freq()))
+        base.get_buffer(INV_FREQ).copy_(torch.from_numpy(_table(model.config).inv_freq()))
 
 
 # ---- what the graph looks like -------------------------------------------------------------------------
@@ -211,8 +211,9 @@ def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
             record(list(result[:2]))  # query (already scaled by head_dim^-0.5), key
         return result
 
-    before = layer.attention.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = layer.attention.register_forward_hook(lambda *_: active.__setitem__(0, False))
+    attn = layer.get_submodule("attention")
+    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
+    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
     me.apply_rotary_pos_emb = tapped
     try:
         yield

@@ -37,12 +37,16 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from export.families.adapters import TaskAdapters
 from export.families.facts import ModelFacts
 from export.families.spec import LayerAttention, LayerRotary
+
+if TYPE_CHECKING:  # the families' files import transformers where they build: loading this module needs none of it
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 POST_NORM, PRE_NORM = "post", "pre"  # where the normalisations sit: after each residual Add, or before each block
 
@@ -99,7 +103,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     recognise: Callable[[dict, set[str]], bool]
-    make_config: Callable[[dict, Path], object]
+    make_config: Callable[[dict, Path], PreTrainedConfig]
     heads: Mapping[str, str]  # task (export.spec.TASKS) -> transformers class name
     base_prefix: str  # "roformer", "model": the base model's attribute in the head classes
     layer_key: str  # regex; group 1 is the layer index of an encoder weight key
@@ -116,7 +120,7 @@ class Family:
     positions: Positions | None = None
     # checkpoints that ship a vocab.txt instead of tokenizer.json: (table) -> (tokenizer, description); may raise
     # ImportError when its word segmenter is not installed (export.inputs.text then falls back to WordPiece alone)
-    vocab_tokenizer: Callable[[dict], tuple[object, str]] | None = None
+    vocab_tokenizer: Callable[[dict], tuple[PreTrainedTokenizerBase, str]] | None = None
     prompts: tuple[tuple[str, str], ...] = ()  # (sentence-transformers prompt name, prefix added to the text)
     convert_state: Callable[[dict, object, Path], dict] | None = None  # (state, config, path) -> the class's names
     tokenizer: Callable[[object], object] | None = None  # (config) -> tokenizers.Tokenizer for demo checkpoints

@@ -125,8 +125,9 @@ def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
             record(list(result[:2]))  # query, key
         return result
 
-    before = layer.self_attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = layer.self_attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
+    attn = layer.get_submodule("self_attn")
+    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
+    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
     mj.apply_rotary_pos_emb = tapped
     try:
         yield

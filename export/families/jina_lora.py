@@ -101,7 +101,7 @@ def read_adapters(state: dict, config: dict, path: Path) -> tuple[dict, TaskAdap
     adapters they define (None when the checkpoint has none)."""
     if state and all(k.startswith(WRAPPER) for k in state):
         state = {k.removeprefix(WRAPPER): v for k, v in state.items()}
-    lora = {}
+    lora: dict[str, dict[str, torch.Tensor]] = {}  # module -> {"lora_A": [tasks, ...], "lora_B": ...}
     plain = {}
     for k, v in state.items():
         if k.endswith((LORA_A, LORA_B)):
@@ -146,8 +146,7 @@ def _tasks(config: dict, path: Path) -> list[str]:
 
 def _rank_alpha(config: dict, lora: dict, path: Path) -> tuple[int, float]:
     a, b = config.get("lora_rank"), config.get("lora_alpha")
-    ok = isinstance(a, int) and not isinstance(a, bool) and a >= 1 and isinstance(b, (int, float)) and b > 0
-    if not ok:
+    if not (isinstance(a, int) and not isinstance(a, bool) and a >= 1 and isinstance(b, (int, float)) and b > 0):
         raise UsageError(
             f"{path}: config lora_rank {a!r} / lora_alpha {b!r}: the adapters' scaling is lora_alpha / lora_rank, "
             "both must be set (the published config: 4 and 1)"

@@ -139,8 +139,9 @@ def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
             record(list(result[:2]))  # query, key
         return result
 
-    before = layer.attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = layer.attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
+    attn = layer.get_submodule("attn")
+    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
+    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
     mm.apply_rotary_pos_emb = tapped
     try:
         yield

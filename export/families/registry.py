@@ -19,11 +19,15 @@ another implementation's model_type of its checkpoints is (GTE: "new").
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.errors import UsageError
 from export.families import esm, eurobert, gte, jina_embeddings_v3, modernbert, nomic_bert, roformer
 from export.families.config_check import refuse_remote_code
 from export.families.family import Family
+
+if TYPE_CHECKING:  # imported where a family makes its tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 FAMILIES: tuple[Family, ...] = (
     roformer.FAMILY,
@@ -92,7 +96,7 @@ def foreign(model_type) -> str:
     return f"; model_type {model_type!r}: {said[0]}" if said else ""
 
 
-def vocab_tokenizer(table: dict) -> tuple[object, str]:
+def vocab_tokenizer(table: dict) -> tuple[PreTrainedTokenizerBase, str]:
     """The vocab.txt tokenizer of the family that ships one (ImportError when its segmenter is missing, or when no
     family has one: export.inputs.text then uses WordPiece alone)."""
     for f in FAMILIES:

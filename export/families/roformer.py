@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from export.families.facts import ModelFacts
 from export.families.family import POST_NORM, Family, LayerMap, Positions, Tap
 from export.families.spec import FULL, INTERLEAVED, LayerAttention, LayerRotary, RotaryTable
 from export.reference import DEFAULT_BASE, sincos_table
+
+if TYPE_CHECKING:  # imported where the tokenizer is made
+    from transformers import PreTrainedTokenizerBase
 
 NAME = "roformer"
 TABLE_KEY = "encoder.embed_positions.weight"  # below the base model; "roformer." before it in the head classes
@@ -160,25 +164,28 @@ def attention(config, layer: int) -> LayerAttention:
     return LayerAttention(FULL)
 
 
+ROTARY_METHOD = "apply_rotary_position_embeddings"  # RoFormerSelfAttention's, patched on the instance by name
+
+
 @contextmanager
 def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
     """Wrap the instance's apply_rotary_position_embeddings (a staticmethod HF calls through self) for the run."""
-    attention = layer.attention.self
-    original = attention.apply_rotary_position_embeddings
+    attention = layer.get_submodule("attention.self")
+    original = getattr(attention, ROTARY_METHOD)
 
     def tapped(*args, **kwargs):
         result = original(*args, **kwargs)
         record(list(result[:2]))  # query, key
         return result
 
-    attention.apply_rotary_position_embeddings = tapped
+    setattr(attention, ROTARY_METHOD, tapped)
     try:
         yield
     finally:
-        del attention.apply_rotary_position_embeddings  # the class's staticmethod shows through again
+        delattr(attention, ROTARY_METHOD)  # the class's staticmethod shows through again
 
 
-def vocab_tokenizer(table: dict) -> tuple[object, str]:
+def vocab_tokenizer(table: dict) -> tuple[PreTrainedTokenizerBase, str]:
     """RoFormer checkpoints ship a vocab.txt; RoFormerTokenizer segments Chinese text into words with rjieba
     (ImportError without it). transformers 5 ignores `vocab_file=` here, so the table is passed as `vocab=`."""
     import rjieba  # noqa: F401  (RoFormerTokenizer's Chinese word segmentation)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from typing import TypeGuard
 
 from export.errors import UsageError
 from export.families.spec import ROPE_TYPES, RotaryTable
@@ -66,5 +67,6 @@ def rotary_table(name: str, params: Mapping, dim: int, max_positions: int, path)
     return RotaryTable(name, dim, float(theta), rope_type, 1.0, tuple(sorted(extra.items())))
 
 
-def _positive(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+def _positive(v: object) -> TypeGuard[float]:
+    """A finite real number > 0 (float in typing's numeric tower; float(): typeshed's Real has no `>`)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v) > 0

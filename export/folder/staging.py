@@ -105,7 +105,8 @@ class BuildFolder:
                 "overwrite it"
             )
 
-    def _staged(self) -> Path:
+    def staged(self) -> Path:
+        """The staging folder; RuntimeError outside the with-block."""
         if self.stage is None:
             raise RuntimeError(f"{type(self).__name__} is used outside its with-block")
         return self.stage
@@ -113,7 +114,7 @@ class BuildFolder:
     def reuse(self, *names: str) -> None:
         """Link (or copy) files of the previous set that a stage may reuse into the staging folder: only files a
         run of ours wrote, never a user's file of the same name."""
-        owner, stage = Ownership(self.out), self._staged()
+        owner, stage = Ownership(self.out), self.staged()
         for name in names:
             src, dst = self.out / name, stage / name
             if owner.owns(name) and not dst.exists():
@@ -129,7 +130,7 @@ class BuildFolder:
         "bench/bench.json"), plus report.json, report.md and KEEP when the staging folder has them; anything else
         there is dropped with it. `hashes`: sha256 of files already hashed (the report's). Returns the moves in
         the order made. Ctrl-C waits until it is done, and `on_done` runs before it is let through."""
-        stage = self._staged()
+        stage = self.staged()
         with _no_sigint(), folder_lock(self.out):
             wanted = set(files) | {REPORT_JSON, REPORT_MD, *KEEP}
             new = sorted(n for n in wanted if (stage / n).is_file())

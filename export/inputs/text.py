@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,13 +26,17 @@ from export.errors import UnavailableError, UsageError
 from export.families.registry import vocab_tokenizer
 from export.inputs.files import MiB, read_text
 
+if TYPE_CHECKING:  # both imported where a tokenizer is made
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
+
 VOCAB_SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
 class TextTokenizer:
-    backend: object  # tokenizers.Tokenizer, or a transformers tokenizer
+    backend: Tokenizer | PreTrainedTokenizerBase
     description: str
 
     def describe(self) -> str:
@@ -40,7 +45,9 @@ class TextTokenizer:
     def encode(self, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
         if not texts or any(not t.strip() for t in texts):
             raise UsageError("empty text: every input needs at least one non-space character")
-        if hasattr(self.backend, "encode_batch"):  # tokenizers.Tokenizer
+        from tokenizers import Tokenizer
+
+        if isinstance(self.backend, Tokenizer):
             self.backend.enable_truncation(max_length)
             encs = self.backend.encode_batch(list(texts))
             out = {

@@ -35,11 +35,11 @@ def float_constants_to_initializers(model: onnx.ModelProto) -> None:
     # consumers read the initializer itself, so it converts like any other weight.
     inits = {i.name for i in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
-    alias = {}
+    alias: dict[str, str] = {}  # Identity output -> the initializer it repeats
     keep = []
     for node in model.graph.node:
         src = alias.get(node.input[0], node.input[0]) if node.input else None
-        if node.op_type == "Identity" and src in inits and node.output[0] not in outputs:
+        if node.op_type == "Identity" and src is not None and src in inits and node.output[0] not in outputs:
             alias[node.output[0]] = src
             continue
         keep.append(node)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from export.families.config_check import code_origin
 from export.report.reproduce import render_markdown as render_reproduce
-from export.report.schema import Report
+from export.report.schema import ExportSection, Report
 
 
 def render_markdown(r: Report) -> str:
@@ -35,7 +37,7 @@ def render_markdown(r: Report) -> str:
     return "\n".join(lines)
 
 
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+def _table(header: list[str], rows: Sequence[Sequence[object]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return out + [""]
@@ -44,7 +46,9 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 def _model(r: Report) -> list[str]:
     if not r.model:
         return []
-    rows = [[k, _per_layer(v) if k in ("rotary", "attention") else v] for k, v in r.model.items()]
+    rows = [
+        [k, _per_layer(v) if k in ("rotary", "attention") and isinstance(v, list) else v] for k, v in r.model.items()
+    ]
     lines = ["## Model", ""] + _table(["field", "value"], rows)
     if r.checkpoint:
         lines += [
@@ -105,7 +109,7 @@ def _export(r: Report) -> list[str]:
     return ["## Export", "", f"{head} {_table_sentence(r)}", ""] + _repair_note(e) + _checkpoint_notes(r)
 
 
-def _repair_note(e: dict) -> list[str]:
+def _repair_note(e: ExportSection) -> list[str]:
     n = e.get("rotary_caches_expanded")
     if not n:
         return []
@@ -118,7 +122,7 @@ def _repair_note(e: dict) -> list[str]:
 
 def _table_sentence(r: Report) -> str:
     """Where the graph's sinusoidal rows came from: the checkpoint's (verified) and the formula's."""
-    rows, m = (r.export or {}).get("table_rows"), r.model or {}
+    rows, m = r.export.get("table_rows") if r.export else None, r.model or {}
     held = m.get("max_position_embeddings")
     if m.get("table") == "checkpoint":
         extended = f", extended to {rows} rows by the formula" if rows and held and rows > held else ""
@@ -135,9 +139,9 @@ def _checkpoint_notes(r: Report) -> list[str]:
         notes.append(f"Config: {c['config_source']}.")
     if c.get("weights_dtype") and c["weights_dtype"] != "float32":
         notes.append(f"Weights stored as {c['weights_dtype']}.")
-    if c.get("auto_map_ignored"):
+    if ignored := c.get("auto_map_ignored"):
         notes.append(
-            f"The config's auto_map (code in {code_origin(c['auto_map_ignored'])}) was ignored: the checkpoint is "
+            f"The config's auto_map (code in {code_origin(ignored)}) was ignored: the checkpoint is "
             "built with transformers' own class, as transformers loads it without trust_remote_code; that code never "
             "ran."
         )

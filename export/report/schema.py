@@ -59,8 +59,8 @@ class CheckpointSection(TypedDict, total=False):
     path: str
     format: str
     sha256: str
-    config_source: str
-    weights_dtype: str
+    config_source: str  # which config was used: the checkpoint's, the one beside it, or --config
+    weights_dtype: str  # the stored weights' dtype, e.g. "float32"
     # the config's auto_map (class -> "repo--module.Class"), left aside because its model_type is built with
     # transformers' own class (export/families/registry.py); None: the config has none
     auto_map_ignored: dict[str, str] | None
@@ -94,6 +94,7 @@ class PluginSection(TypedDict, total=False):
     path: str
     sha256: str
     reason: str
+    tensorrt_headers: str  # the version of the TensorRT headers the library was built against, when known
 
 
 class PrecisionSection(TypedDict, total=False):

@@ -23,7 +23,7 @@ from export.folder.atomic import write_atomic
 from export.folder.layout import DIAGNOSIS_FILES, diagnosis_file
 from export.progress import status
 from export.report.markdown import divergence_sentence
-from export.report.schema import ONNX_KEY, DiagnosisSection, diagnosis_key
+from export.report.schema import ONNX_KEY, DiagnosisSection, ValidationCase, diagnosis_key
 from export.report.thresholds import Thresholds
 from export.stages.result import StageResult
 from export.validate import Shape, make_inputs
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def run_diagnosis_stage(
-    cases: list[dict], graphs: dict, ckpt, thresholds: Thresholds, work: Path
+    cases: list[ValidationCase], graphs: dict, ckpt, thresholds: Thresholds, work: Path
 ) -> StageResult[DiagnosisSection] | None:
     failing = [c for c in cases if not c["passed"] and c["graph"] in graphs]
     if not failing:
@@ -77,7 +77,7 @@ def run_diagnosis_stage(
     return StageResult(section, artifacts=artifacts)
 
 
-def _name_reference(cases: list[dict], graphs: dict, graph: str):
+def _name_reference(cases: list[ValidationCase], graphs: dict, graph: str):
     """The plain export, when it is not the graph diagnosed and passed every case: its names reach the node."""
     plain = [c for c in cases if c["graph"] == ONNX_KEY]
     if graph == ONNX_KEY or ONNX_KEY not in graphs or not plain or not all(c["passed"] for c in plain):

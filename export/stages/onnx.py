@@ -8,7 +8,6 @@ validate.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 from export.folder.layout import ONNX_FILE
 from export.onnx_export import export_onnx
@@ -23,6 +22,4 @@ def run_export_stage(
     with status(f"exporting ONNX ({exporter})"):
         section = export_onnx(model, task, out / ONNX_FILE, max_len, exporter, opset)
     info(f"exported {ONNX_FILE} in {section['seconds']} s")
-    return StageResult(
-        cast(ExportSection, section), artifacts={ONNX_KEY: ONNX_FILE}, graphs={ONNX_KEY: (out / ONNX_FILE, "fp32")}
-    )
+    return StageResult(section, artifacts={ONNX_KEY: ONNX_FILE}, graphs={ONNX_KEY: (out / ONNX_FILE, "fp32")})

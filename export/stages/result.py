@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from export.report.schema import ValidationCase
+from export.validate import Graph
+
 S = TypeVar("S")
 
 
@@ -13,6 +16,6 @@ S = TypeVar("S")
 class StageResult(Generic[S]):
     section: S  # the stage's report.json section
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact key -> file name in the build folder
-    graphs: Mapping[str, tuple[object, str]] = field(default_factory=dict)  # to validate: name -> (graph, precision)
-    cases: list[dict] = field(default_factory=list)  # validation cases the stage graded itself (engines)
+    graphs: Mapping[str, tuple[Graph, str]] = field(default_factory=dict)  # to validate: name -> (graph, precision)
+    cases: list[ValidationCase] = field(default_factory=list)  # validation cases the stage graded itself (engines)
     failure: str | None = None  # a coverage or stage failure line for report.json "failure"

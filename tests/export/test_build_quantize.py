@@ -20,7 +20,7 @@ from export.onnx_io import external_data_files
 from export.passes.lowering import with_rotary_function
 from export.passes.quantize.cpu_twin import write_cpu_twin
 from plugins.identity import PLUGIN_OP
-from tests.export.test_cli import assert_clean_failure, run_cli
+from tests.export.cli.test_entry import assert_clean_failure, run_cli
 from tests.fixtures.tiny_build import FAST, build_args
 
 

@@ -71,6 +71,8 @@ class Resolved:
 def resolve(request: PoolingRequest, model: str | Path, hidden: int, task: str) -> Resolved:
     """The Pooling `request` comes to for the checkpoint at `model` (its encoder `hidden` wide, head `task`)."""
     folder = Path(model)
+    pooling: Pooling | None
+    source: dict[str, object]  # report.json pooling.source
     if request.mode == AUTO and has_pipeline(folder):
         pipeline = read_pipeline(folder, hidden)
         pooling = _with_flags(pipeline.pooling, request)

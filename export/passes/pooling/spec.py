@@ -74,9 +74,10 @@ class Dense:
     def __eq__(self, other) -> bool:
         if not isinstance(other, Dense):
             return NotImplemented
-        same_bias = (self.bias is None) == (other.bias is None) and (
-            self.bias is None or np.array_equal(self.bias, other.bias)
-        )
+        if self.bias is None or other.bias is None:
+            same_bias = self.bias is None and other.bias is None
+        else:
+            same_bias = np.array_equal(self.bias, other.bias)
         return self.activation == other.activation and same_bias and np.array_equal(self.weight, other.weight)
 
     def __hash__(self) -> int:

@@ -174,9 +174,12 @@ def _json_sample(
     obj = parse_json(line, where=where, max_depth=MAX_JSON_DEPTH, fix="each line must be a list of token ids")
     ids, types = (obj.get("input_ids"), obj.get("token_type_ids")) if isinstance(obj, dict) else (obj, None)
     ids = _int_list(ids, where, "input_ids", vocab_size)
-    if types is not None and type_vocab_size is None:
+    if types is None:
+        types = [0] * len(ids)
+    elif type_vocab_size is None:
         raise UsageError(f"{where}: token_type_ids given, but this model has no token_type_ids input; drop them")
-    types = _int_list(types, where, "token_type_ids", type_vocab_size) if types is not None else [0] * len(ids)
+    else:
+        types = _int_list(types, where, "token_type_ids", type_vocab_size)
     if len(types) != len(ids):
         raise UsageError(f"{where}: token_type_ids has {len(types)} entries for {len(ids)} input_ids")
     return np.asarray(ids[:cap], np.int64), np.asarray(types[:cap], np.int64)

@@ -64,7 +64,9 @@ def sensitivity_model(
     ins = Inserter(model, fmt, amax, lambda n: numpy_helper.to_array(load_tensor(inits[n], src.parent)))
     nodes = placement.nodes() if only is None else only
     position = {n.name: k for k, n in enumerate(model.graph.node)}
-    extra, outs, rank = [], [], {}
+    extra: list[onnx.NodeProto] = []
+    outs: list[onnx.ValueInfoProto] = []
+    rank: dict[str, float] = {}  # toposort's rank: each node's checks right after it
     for i, name in enumerate(nodes):
         node = ins.nodes[name]
         twin = onnx.NodeProto()
@@ -116,7 +118,11 @@ def sensitivity(
         wanted = {i.name for i in sess.get_inputs()}
         names = [f"__sens{i}_{k}" for i in range(len(nodes)) for k in ("err", "ref", "sa", "sb")]
         part = f" ({g // size + 1}/{SWEEP_GROUPS})" if len(every) > size else ""
-        for case in steps(cases, lambda c, part=part: f"fallback: sensitivity sweep{part}, {c.label}"):
+
+        def describe(c: EvalCase, part: str = part) -> str:
+            return f"fallback: sensitivity sweep{part}, {c.label}"
+
+        for case in steps(cases, describe):
             got = dict(zip(names, sess.run(names, {k: v for k, v in case.feeds.items() if k in wanted}), strict=True))
             for i, n in enumerate(nodes):
                 err, ref = float(got[f"__sens{i}_err"]), float(got[f"__sens{i}_ref"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -34,7 +35,7 @@ from export.passes.quantize.placement import DQ_OP, Q_OP, Placement, Site
 
 QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear-19: fp16 inputs and scales, float8 types
 FORMATS = {"int8": (TensorProto.INT8, 127.0), "fp8": (TensorProto.FLOAT8E4M3FN, 448.0)}
-HIGH_NP = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+HIGH_NP: dict[int, type[np.floating]] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Inserter:
             self.model.graph.initializer.append(numpy_helper.from_array(q, qn))
             s = self.init(scale, f"{site.tensor}__wscale")
             z = self.zero(f"{site.tensor}__wzero", scale.shape)
-            attrs = {"axis": site.axis} if scale.ndim else {}
+            attrs: dict[str, Any] = {"axis": site.axis} if scale.ndim else {}  # the node's attributes
             self.new_nodes.append(
                 helper.make_node(DQ_OP, [qn, s, z], [f"{site.tensor}__dqw"], name=f"{site.tensor}__DQw", **attrs)
             )
@@ -179,7 +180,7 @@ def quantize_weight(w: np.ndarray, fmt: str, axis: int | None, high) -> tuple[np
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(high)
     scale = np.where(scale > 0, scale, np.finfo(high).tiny).astype(high)  # an fp16 underflow would be 0
     shape = [1] * w.ndim
-    if scale.ndim:
+    if scale.ndim and axis is not None:  # per channel (int8 with an axis): the scale runs along it
         shape[axis] = -1
     x = w / scale.astype(np.float32).reshape(shape)
     if fmt == "int8":

@@ -62,9 +62,10 @@ def verify_sites(
     bad = {}
     for s in sites:
         shape = shapes.get(s.x.name) or _x_shape_from_feeds(s.x, feeds)
-        if shape is None:
+        if shape is None:  # left out of `shapes`: another site's probe walks up to it instead of folding its Shape
             bad[s.name] = f"x is {s.x.shape}, not [B, H, S, Dh] with static H and Dh; cannot verify the site alone"
-        shapes[s.x.name] = shape
+        else:
+            shapes[s.x.name] = shape
     sites = [s for s in sites if s.name not in bad]
     if not sites:
         return bad
@@ -103,6 +104,7 @@ def check_output(
         return f"x is {list(x.shape)}, expected [B, H, S, Dh] with Dh matching the table width {table.shape[1]}"
     if x.shape[2] > table.shape[0]:
         return f"sequence {x.shape[2]} exceeds the table's {table.shape[0]} rows"
+    assert site.layout.reference is not None, site.layout.name  # a declined layout makes a Miss, never a Site
     ref = site.layout.reference(x, table).astype(np.float64)
     err = float(np.max(np.abs(y.astype(np.float64) - ref))) if y.size else 0.0
     # exported graphs round x*cos and rh*sin in their own dtype: a few ulps of |x|; a wrong angle,

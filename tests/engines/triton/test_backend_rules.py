@@ -5,6 +5,7 @@ the rules, with the backend's source lines)."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 
@@ -131,3 +132,13 @@ def test_sidecar_outputs_must_be_the_graphs(io):
     check_engine_outputs("model.fp16.plan", {}, outs)  # an older sidecar records none
     with pytest.raises(VerificationError, match="model.fp16.plan has outputs .*last_hidden_state.*rebuild"):
         check_engine_outputs("model.fp16.plan", {"outputs": side["outputs"][:1]}, outs)
+
+
+def test_a_sidecar_output_without_a_name_is_a_mismatch_not_a_crash():
+    """Sorting [None, "x"] raised TypeError (an internal error, exit 4) before the names were sorted as text."""
+    outs = [SimpleNamespace(name="last_hidden_state"), SimpleNamespace(name="sentence_embedding")]
+    side = {"outputs": [{"dtype": "DataType.FLOAT"}, {"name": "sentence_embedding"}]}
+    with pytest.raises(VerificationError, match=r"has outputs \[None, 'sentence_embedding'\]"):
+        check_engine_outputs("model.fp16.plan", side, outs)
+    with pytest.raises(VerificationError, match=r"has outputs \[7, 'x'\]"):  # a number: the same
+        check_engine_outputs("model.fp16.plan", {"outputs": [{"name": 7}, {"name": "x"}]}, outs)

@@ -15,7 +15,7 @@ from export.passes.rotary.probe import check_output, error_verdict, verify_sites
 from export.passes.rotary.rules import LAYOUTS, ROFORMER_INTERLEAVED
 from export.reference import sincos_table
 from plugins import identity
-from tests.export.passes.rotary.graphs import RoformerSites, export_module, site_graph
+from tests.export.passes.rotary.graphs import RoformerSites, export_module, interleaved_rotation, site_graph
 
 DH, ROWS = 8, 32
 
@@ -73,6 +73,38 @@ def test_a_wrong_sin_path_fails_with_the_error_and_the_bound():
     feeds = pos_feeds(sincos_table(ROWS, DH, base=5000.0), 7)  # other angles
     bad = verify_sites(model, sites, table, feeds, np.dtype(np.float32))
     assert "numerical check failed: max |graph - reference| = " in bad["site_add"] and " > " in bad["site_add"]
+
+
+def _site(g: gs.Graph, x, cos, sin, name: str):
+    """x * cos + rotate_half(x) * sin, its Add named `name`."""
+    mul_x = g.layer(op="Mul", inputs=[x, cos], outputs=[f"{name}_x_cos"])[0]
+    mul_r = g.layer(op="Mul", inputs=[interleaved_rotation(g, x), sin], outputs=[f"{name}_rh_sin"])[0]
+    y = gs.Variable(f"{name}_y", np.float32, ["B", 2, "S", DH])
+    g.nodes.append(gs.Node("Add", name, inputs=[mul_x, mul_r], outputs=[y]))
+    return y
+
+
+def test_a_site_reading_the_shape_of_an_unsized_sites_x_is_still_verified():
+    """Site b's x has no static shape (a Reshape to a fed shape): b is skipped with the reason. Site a's cos path
+    reads Shape(b's x) (a rotary that takes its length from the key does): its probe walks up to x2 and shape_b.
+    Before, b's x was recorded with shape None and a's probe folded that Shape: TypeError, the whole rewrite lost."""
+    x, x2 = (gs.Variable(n, np.float32, ["B", 2, "S", DH]) for n in ("x", "x2"))
+    shape_b = gs.Variable("shape_b", np.int64, [4])
+    sin, cos = (gs.Variable(n, np.float32, [1, 1, "S", DH]) for n in ("sin_pos", "cos_pos"))
+    g = gs.Graph(inputs=[x, x2, shape_b, sin, cos], opset=17)
+    xb = g.layer(op="Reshape", inputs=[x2, shape_b], outputs=["xb"])[0]
+    xb_shape = g.layer(op="Shape", inputs=[xb], outputs=["xb_shape"])[0]
+    cos_a = g.layer(op="Expand", inputs=[cos, xb_shape], outputs=["cos_a"])[0]
+    g.outputs = [_site(g, x, cos_a, sin, "site_a"), _site(g, xb, cos, sin, "site_b")]
+    model = gs.export_onnx(g)
+    sites, _ = find_sites(gs.import_onnx(model), LAYOUTS)
+    assert sorted(s.name for s in sites) == ["site_a", "site_b"]
+    table = sincos_table(ROWS, DH)
+    feeds = pos_feeds(table, 7) | {"shape_b": np.array([2, 2, 7, DH], np.int64)}
+    bad = verify_sites(model, sites, table, feeds, np.dtype(np.float32))
+    assert list(bad) == ["site_b"] and "not [B, H, S, Dh] with static H and Dh" in bad["site_b"], bad
+    feeds["cos_pos"] = feeds["cos_pos"] * 2  # the control: site a is really checked (a wrong cos fails it)
+    assert "numerical check failed" in verify_sites(model, sites, table, feeds, np.dtype(np.float32))["site_a"]
 
 
 def roformer_sites(tmp_path, table):
