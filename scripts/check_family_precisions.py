@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from script_outputs import add_output_flags  # noqa: E402
 
+from export.inputs.numbers import int_arg  # noqa: E402
+
 PRECISIONS = ("fp16", "bf16", "int8", "fp8")
 FAMILIES = ("modernbert", "gte", "nomic_bert", "eurobert", "esm", "jina_embeddings_v3")
 MAX_LEN = {"tiny": 96, "demo": 512}
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", default=",".join(FAMILIES), help="comma list of family names (export/families/)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of reduced precisions")
     p.add_argument("--size", default="tiny", choices=sorted(MAX_LEN), help="the family's tiny or demo config")
-    p.add_argument("--max-len", type=int, default=None, help="export.build --max-len (default: 96 tiny, 512 demo)")
+    p.add_argument(
+        "--max-len", type=int_arg(lo=2), default=None, help="export.build --max-len (default: 96 tiny, 512 demo)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the build folders under --work")
     p.add_argument("--matrix", action="store_true", help="fp32 per family x head x rope mode (tiny): matrix.{json,md}")
     p.add_argument("--render", action="store_true", help="only write the .md again from the .json in --out")
