@@ -27,8 +27,7 @@ mask token, rope types other than "default".
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from export.families.config_check import build_config, check_heads, check_values
 from export.families.facts import ModelFacts
 from export.families.family import PRE_NORM, Family, LayerMap, Positions, Tap
 from export.families.spec import FULL, SPLIT_HALVES, LayerAttention, LayerRotary, RotaryTable
+from export.families.taps import function_tap
 
 NAME = "esm"
 INV_FREQ = "rotary_embeddings.inv_freq"  # below the base model ("esm." before it in the head classes)
@@ -197,32 +197,6 @@ def attention(config, layer: int) -> LayerAttention:
     return LayerAttention(FULL)
 
 
-@contextmanager
-def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
-    """apply_rotary_pos_emb is a module function EsmSelfAttention calls by name: wrap it for the run and record only
-    calls made while this layer's attention runs (hooks mark when)."""
-    from transformers.models.esm import modeling_esm as me
-
-    original, active = me.apply_rotary_pos_emb, [False]
-
-    def tapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if active[0]:
-            record(list(result[:2]))  # query (already scaled by head_dim^-0.5), key
-        return result
-
-    attn = layer.get_submodule("attention")
-    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
-    me.apply_rotary_pos_emb = tapped
-    try:
-        yield
-    finally:
-        me.apply_rotary_pos_emb = original
-        before.remove()
-        after.remove()
-
-
 def facts(config) -> ModelFacts:
     return ModelFacts(
         NAME,
@@ -321,7 +295,7 @@ FAMILY = Family(
         attention_output=Tap("attention"),
         ffn_output=Tap("output.dense"),
         layer_output=Tap(""),
-        rotary_tap=rotary_tap,
+        rotary_tap=function_tap("transformers.models.esm.modeling_esm", "attention"),  # query: scaled already
     ),
     facts=facts,
     default_pooling="mean",

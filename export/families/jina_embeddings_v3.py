@@ -17,12 +17,8 @@ Refused at load, with the reason: rope types other than "default", absolute posi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-
-import torch
 
 from export.errors import UsageError
 from export.families import jina_lora
@@ -30,6 +26,7 @@ from export.families.config_check import build_config, check_heads, check_values
 from export.families.facts import ModelFacts
 from export.families.family import POST_NORM, Family, LayerMap, Tap
 from export.families.spec import FULL, SPLIT_HALVES, LayerAttention, LayerRotary, RotaryTable
+from export.families.taps import function_tap
 
 NAME = "jina_embeddings_v3"
 INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -110,32 +107,6 @@ def rotary(config, layer: int) -> LayerRotary:
 
 def attention(config, layer: int) -> LayerAttention:
     return LayerAttention(FULL)
-
-
-@contextmanager
-def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
-    """apply_rotary_pos_emb is a module function the attention calls by name: wrap it for the run and record only
-    calls made while this layer's attention runs (hooks mark when)."""
-    from transformers.models.jina_embeddings_v3 import modeling_jina_embeddings_v3 as mj
-
-    original, active = mj.apply_rotary_pos_emb, [False]
-
-    def tapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if active[0]:
-            record(list(result[:2]))  # query, key
-        return result
-
-    attn = layer.get_submodule("self_attn")
-    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
-    mj.apply_rotary_pos_emb = tapped
-    try:
-        yield
-    finally:
-        mj.apply_rotary_pos_emb = original
-        before.remove()
-        after.remove()
 
 
 def facts(config) -> ModelFacts:
@@ -232,7 +203,7 @@ FAMILY = Family(
         attention_output=Tap("post_attention_layernorm"),
         ffn_output=Tap("mlp"),
         layer_output=Tap("post_mlp_layernorm"),
-        rotary_tap=rotary_tap,
+        rotary_tap=function_tap("transformers.models.jina_embeddings_v3.modeling_jina_embeddings_v3", "self_attn"),
     ),
     facts=facts,
     default_pooling="mean",

@@ -17,17 +17,14 @@ dropped from the config.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 from export.errors import UsageError
 from export.families.config_check import build_config, check_heads, check_values
 from export.families.facts import ModelFacts
 from export.families.family import PRE_NORM, Family, LayerMap, Tap
 from export.families.spec import FULL, SLIDING, SPLIT_HALVES, LayerAttention, LayerRotary, RotaryTable
+from export.families.taps import function_tap
 
 NAME = "modernbert"
 FULL_TYPE, SLIDING_TYPE = "full_attention", "sliding_attention"
@@ -125,32 +122,6 @@ def attention(config, layer: int) -> LayerAttention:
     return LayerAttention(FULL)
 
 
-@contextmanager
-def rotary_tap(layer: torch.nn.Module, record) -> Iterator[None]:
-    """apply_rotary_pos_emb is a module function ModernBertAttention calls by name: wrap it for the run and record
-    only calls made while this layer's attention runs (hooks mark when)."""
-    from transformers.models.modernbert import modeling_modernbert as mm
-
-    original, active = mm.apply_rotary_pos_emb, [False]
-
-    def tapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if active[0]:
-            record(list(result[:2]))  # query, key
-        return result
-
-    attn = layer.get_submodule("attn")
-    before = attn.register_forward_pre_hook(lambda *_: active.__setitem__(0, True))
-    after = attn.register_forward_hook(lambda *_: active.__setitem__(0, False))
-    mm.apply_rotary_pos_emb = tapped
-    try:
-        yield
-    finally:
-        mm.apply_rotary_pos_emb = original
-        before.remove()
-        after.remove()
-
-
 def facts(config) -> ModelFacts:
     return ModelFacts(
         NAME,
@@ -238,7 +209,7 @@ FAMILY = Family(
         attention_output=Tap("mlp_norm", port="input"),
         ffn_output=Tap("mlp"),
         layer_output=Tap(""),
-        rotary_tap=rotary_tap,
+        rotary_tap=function_tap("transformers.models.modernbert.modeling_modernbert", "attn"),
     ),
     facts=facts,
     default_pooling="mean",

@@ -1,6 +1,6 @@
 """A `RotaryTap` (export/families/family.py) for the transformers models whose attention calls a module-level
 rotary function by name: `apply_rotary_pos_emb(q, k, cos, sin)` returning (q, k), as llama's code and every
-model copied from it do (gte, nomic_bert, eurobert in transformers 5.25).
+model copied from it do (every rotary family of transformers 5.25 but RoFormer).
 
 `function_tap(module, attention)`: while the tap is open the module's function is wrapped and records the rotated
 query and key of the calls made while this layer's attention submodule runs (pre/post hooks mark when).
